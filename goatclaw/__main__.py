@@ -1,0 +1,5 @@
+"""``python -m goatclaw`` runs the command-line interface."""
+
+from goatclaw.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""The Python API: load, check, plan and run pipelines. The CLI only calls this.
+
+::
+
+    import goatclaw
+
+    pipeline = goatclaw.load("pipelines/quickstart.yaml")   # SpecError if invalid
+    result = goatclaw.run(pipeline, vars={"topics": ["go"]})
+    print(result.status, result.outputs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from goatclaw.engine.executor import Executor
+from goatclaw.engine.runner import RunOptions, execute
+from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
+from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
+from goatclaw.events import Bus
+from goatclaw.graph import Plan, compile_plan, graph_problems
+from goatclaw.graph import check_templates as _check_templates
+from goatclaw.registry import Registry, default_registry
+from goatclaw.spec.loader import dotted, load_file, load_text
+from goatclaw.spec.model import Pipeline, build_pipeline
+from goatclaw.spec.project import Project, find_project_file, load_project
+from goatclaw.spec.schema import check_document
+
+__all__ = ["arun", "check", "load", "load_project_for", "parse_var", "plan", "run"]
+
+
+def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
+    """The project (``goatclaw.yaml``) that governs ``path``, or the embedded defaults."""
+    starts = [Path(path).resolve().parent] if path is not None else []
+    found = find_project_file(*starts, Path.cwd())
+    return load_project(found, root=Path.cwd())
+
+
+def check(path: str | os.PathLike[str], *, project: Project | None = None,
+          registry: Registry | None = None) -> tuple[Pipeline | None, list[Problem]]:
+    """Every problem in a pipeline file (none means it is valid), and the pipeline if built.
+
+    Steps: load the YAML (a fatal problem stops here), check it against the schema, build
+    the model, then check the graph, the templates and each task's plugin arguments.
+    """
+    try:
+        project = project or load_project_for(path)
+        doc = load_file(path)
+    except SpecError as exc:
+        return None, exc.problems
+    problems = list(doc.problems) + check_document(doc, "pipeline")
+    pipeline = build_pipeline(doc, default_name=Path(path).stem, project_defaults=project.defaults,
+                              file=Path(path), project=project)
+    found, graph = graph_problems(pipeline)
+    problems += found + _check_templates(pipeline, graph)
+    problems += _plugin_problems(pipeline, registry or _registry_for(project))
+    return pipeline, sorted(set(problems), key=Problem.sort_key)
+
+
+def load(path: str | os.PathLike[str], *, project: Project | None = None,
+         registry: Registry | None = None) -> Pipeline:
+    """Load and fully check a pipeline file; raise :class:`SpecError` listing every problem."""
+    pipeline, problems = check(path, project=project, registry=registry)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or pipeline is None:
+        raise SpecError(errors or problems)
+    return pipeline
+
+
+def plan(pipeline: Pipeline) -> Plan:
+    """Compile ``pipeline`` into its frozen execution plan (levels, needs, dependents)."""
+    return compile_plan(pipeline)
+
+
+def run(pipeline: Pipeline | str | os.PathLike[str], *, vars: Mapping[str, Any] | None = None,
+        **options: Any) -> RunResult:
+    """Run a pipeline to the end and return its :class:`RunResult` (see :func:`arun` for options)."""
+    return asyncio.run(arun(pipeline, vars=vars, **options))
+
+
+async def arun(
+    pipeline: Pipeline | str | os.PathLike[str],
+    *,
+    vars: Mapping[str, Any] | None = None,
+    concurrency: int | None = None,
+    only: Sequence[str] = (),
+    store: str | os.PathLike[str] | None | bool = True,
+    bus: Bus | None = None,
+    registry: Registry | None = None,
+    executor: Executor | None = None,
+    dry_run: bool = False,
+    secrets: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    seed: int | None = None,
+) -> RunResult:
+    """Run a pipeline on the running event loop.
+
+    ``vars`` override the file's ``vars``; ``only`` runs those tasks and what they need;
+    ``store`` is the store path (``True``: the project's, ``False``/``None``: no store);
+    ``bus`` receives every event (subscribe renderers to it); ``dry_run`` plans and
+    returns without running anything.
+    """
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load(pipeline, registry=registry)
+    project: Project = pipeline.project or load_project_for(pipeline.file)
+    compiled = compile_plan(pipeline)
+    if dry_run:
+        return _dry_result(compiled)
+    options = RunOptions(
+        vars={**pipeline.vars, **(vars or {})},
+        concurrency=concurrency or project.concurrency,
+        only=tuple(only),
+        store_path=_store_path(store, project),
+        workspace=project.root,
+        secrets=dict(secrets) if secrets is not None else read_secrets(pipeline.secrets, project.root),
+        bus=bus,
+        registry=registry or _registry_for(project),
+        executor=executor,
+        run_id=run_id,
+        seed=seed,
+    )
+    return await execute(compiled, options)
+
+
+def parse_var(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML (``[a, b]`` is a list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise GoatclawError(f"--var expects key=value, got '{text}'")
+    try:
+        value = load_text(raw, file="--var").data if raw.strip() else ""
+    except SpecError:
+        value = raw
+    return key.strip(), value
+
+
+def read_secrets(names: Sequence[str], root: Path) -> dict[str, str]:
+    """Values of declared secrets from the environment, else from ``.env`` in the project root."""
+    found = {n: os.environ[n] for n in names if n in os.environ}
+    missing = [n for n in names if n not in found]
+    if missing:
+        dotenv = _read_dotenv(root / ".env")
+        found.update({n: dotenv[n] for n in missing if n in dotenv})
+    return found
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def _store_path(store: str | os.PathLike[str] | None | bool, project: Project) -> Path | None:
+    if store is True:
+        env = os.environ.get("GOATCLAW_STORE")
+        return Path(env) if env else project.store_path
+    if store is False or store is None:
+        return None
+    return Path(store)
+
+
+def _registry_for(project: Project) -> Registry:
+    if project.plugins_allow is None and not project.plugins_deny:
+        return default_registry()
+    return Registry(allow=project.plugins_allow, deny=project.plugins_deny)
+
+
+def _plugin_problems(pipeline: Pipeline, registry: Registry) -> list[Problem]:
+    problems = []
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            if not task.uses:
+                continue
+            try:
+                plugin = registry.task(task.uses)
+            except PluginError as exc:
+                problems.append(Problem(pipeline.locate((*task.path, "uses")), dotted((*task.path, "uses")),
+                                        exc.message))
+                continue
+            for arg, message in plugin.check_args(task.with_):
+                path = (*task.path, "with", arg) if arg else (*task.path, "with") if task.with_ else task.path
+                problems.append(Problem(pipeline.locate(path, key=arg is not None), dotted(path), message))
+    return problems
+
+
+def _dry_result(compiled: Plan) -> RunResult:
+    return RunResult(run_id="dry-run", pipeline=compiled.pipeline.name, status=RunStatus.SUCCEEDED,
+                     tasks={tid: TaskResult(tid, TaskState.PENDING) for tid in compiled.order})

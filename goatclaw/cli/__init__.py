@@ -1,0 +1,23 @@
+"""The ``goatclaw`` command. :func:`main` is the one place that calls ``sys.exit``."""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
+    """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
+    from goatclaw.cli.app import app
+
+    try:
+        app(args=argv, prog_name="goatclaw", standalone_mode=True)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    if exit:
+        sys.exit(code)
+    return code

@@ -1,0 +1,277 @@
+"""The commands: a thin shell that parses, calls the Python API, renders and returns a code.
+
+Exit codes: 0 success, 1 a task failed (or another runtime error), 2 the pipeline or
+project file is invalid (or the command line is), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from goatclaw import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="goatclaw",
+    help="Declarative YAML pipelines for LLM and agent workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+runs_app = typer.Typer(help="Inspect stored runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+class Output(str, Enum):
+    """How ``apply`` shows a run."""
+
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    json = "json"
+
+
+class PlanFormat(str, Enum):
+    """How ``plan`` prints the graph."""
+
+    text = "text"
+    mermaid = "mermaid"
+    dot = "dot"
+    json = "json"
+
+
+class ProblemFormat(str, Enum):
+    """How ``validate`` prints problems."""
+
+    text = "text"
+    github = "github"
+    json = "json"
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn goatclaw's errors into a message and an exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from goatclaw.errors import GoatclawError, SpecError
+        from goatclaw.cli.render import print_problems
+
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as exc:
+            print_problems(exc.problems, _err())
+            raise typer.Exit(exc.exit_code) from None
+        except GoatclawError as exc:
+            _err().print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err().print("[magenta]cancelled[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"goatclaw {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Declarative YAML pipelines for LLM and agent workflows."""
+
+
+@app.command()
+@handles_errors
+def apply(
+    file: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    var: Annotated[list[str] | None, typer.Option("--var", "-v", help="Set a variable: key=value (YAML value).")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Tasks in flight.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this task (and what it needs).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and plan, run nothing.")] = False,
+    output: Annotated[Output, typer.Option("--output", "-o", help="rich, plain or json.")] = Output.auto,
+    store: Annotated[Path | None, typer.Option("--store", help="The store file (default from goatclaw.yaml).")] = None,
+) -> None:
+    """Check and run a pipeline, recording the run in the store."""
+    import goatclaw
+    from goatclaw.api import parse_var
+    from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
+
+    pipeline = goatclaw.load(file)
+    variables = dict(parse_var(v) for v in var or [])
+    mode = _output_mode(output)
+    if dry_run:
+        plan = goatclaw.plan(pipeline)
+        if mode == "json":
+            from goatclaw.graph import plan_data
+
+            print(json.dumps(plan_data(plan), indent=2))
+        else:
+            print_plan(plan, _out())
+        return
+    bus = goatclaw.Bus()
+    run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
+                            store=store if store is not None else True, bus=bus)
+    if mode == "rich":
+        console = _out()
+        with LiveView(bus, console):
+            result = asyncio.run(run())
+        print_result(result, console)
+    elif mode == "plain":
+        PlainView(bus, timestamps=_in_ci())
+        result = asyncio.run(run())
+        print_result(result, Console(highlight=False, no_color=True, soft_wrap=True))
+    else:
+        result = asyncio.run(run())
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+    if not result.ok:
+        raise typer.Exit(130 if result.status.value == "cancelled" else 1)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _output_mode(output: Output) -> str:
+    if output is not Output.auto:
+        return output.value
+    if _in_ci() or not sys.stdout.isatty():
+        return "plain"
+    return "rich"
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Pipeline files to check.")],
+    fmt: Annotated[ProblemFormat, typer.Option("--format", "-f", help="text, github or json.")] = ProblemFormat.text,
+) -> None:
+    """Check pipeline files without running anything; every problem at file:line:col."""
+    import goatclaw
+    from goatclaw.cli.render import print_problems
+
+    all_problems = []
+    for file in files:
+        _, problems = goatclaw.check(file)
+        all_problems += problems
+        if fmt is ProblemFormat.text and not [p for p in problems if p.severity == "error"]:
+            _err().print(f"[green]✓[/] {file}")
+    if fmt is ProblemFormat.json:
+        print(json.dumps([{"file": p.location.file if p.location else None,
+                           "line": p.location.line if p.location else None,
+                           "col": p.location.col if p.location else None,
+                           "path": p.path, "message": p.message, "severity": p.severity} for p in all_problems],
+                         indent=2))
+    else:
+        print_problems(all_problems, _out() if fmt is ProblemFormat.github else _err(), fmt=fmt.value)
+    if any(p.severity == "error" for p in all_problems):
+        raise typer.Exit(2)
+
+
+@app.command()
+@handles_errors
+def plan(
+    file: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="text, mermaid, dot or json.")] = PlanFormat.text,
+) -> None:
+    """Show the graph: which tasks run together, level by level."""
+    import goatclaw
+    from goatclaw.cli.render import print_plan
+    from goatclaw.graph import render_plan
+
+    compiled = goatclaw.plan(goatclaw.load(file))
+    if fmt is PlanFormat.text:
+        print_plan(compiled, _out())
+    else:
+        sys.stdout.write(render_plan(compiled, fmt.value))
+
+
+@app.command()
+def schema(
+    name: Annotated[str, typer.Argument(help="pipeline or goatclaw (the project file).")] = "pipeline",
+) -> None:
+    """Print a JSON Schema (for editors and other tools)."""
+    from goatclaw.spec.schema import SCHEMAS, schema_text
+
+    if name not in SCHEMAS:
+        _err().print(f"[red]error:[/] unknown schema '{name}' (use one of: {', '.join(SCHEMAS)})")
+        raise typer.Exit(2)
+    sys.stdout.write(schema_text(name))
+
+
+def _open_store(store: Path | None) -> Any:
+    from goatclaw.api import load_project_for
+    from goatclaw.errors import StoreError
+    from goatclaw.store import Store
+
+    path = store or Path(os.environ.get("GOATCLAW_STORE") or load_project_for(None).store_path)
+    if not path.exists():
+        raise StoreError(f"no store at {path} (run a pipeline first, or pass --store)")
+    return Store.open(path)
+
+
+@runs_app.command("list")
+@handles_errors
+def runs_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="Only this pipeline.")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the latest runs."""
+    from goatclaw.cli.render import print_runs
+
+    with _open_store(store) as db:
+        rows = db.runs(limit=limit, pipeline=pipeline)
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+    else:
+        print_runs(rows, _out())
+
+
+@runs_app.command("show")
+@handles_errors
+def runs_show(
+    run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
+    store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one run: each task's status, output or error, and failed attempts."""
+    from goatclaw.cli.render import print_run
+    from goatclaw.errors import GoatclawError
+
+    with _open_store(store) as db:
+        row = db.run(run)
+        if row is None:
+            raise GoatclawError(f"no run '{run}' in {db.path}")
+        tasks = db.tasks(row.id)
+        attempts = db.attempts(row.id)
+    if as_json:
+        print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts},
+                         indent=2, default=str))
+    else:
+        print_run(row, tasks, attempts, _out())

@@ -1,0 +1,276 @@
+"""Rendering for the terminal: the live run view, plain lines, the plan tree, run tables.
+
+The only module besides the command definitions that imports rich. Renderers subscribe
+to the run's event bus; the library itself never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from goatclaw.engine.state import RunResult
+from goatclaw.errors import Problem
+from goatclaw.events import Bus, Event
+from goatclaw.graph import Plan
+from goatclaw.store import RunRow, TaskRow
+
+__all__ = ["LiveView", "PlainView", "print_plan", "print_problems", "print_run", "print_runs"]
+
+STYLE = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "cyan"),
+    "succeeded": ("✓", "green"),
+    "cached": ("✓", "green"),
+    "failed": ("✗", "red"),
+    "skipped": ("↷", "yellow"),
+    "upstream_failed": ("⊘", "red"),
+    "cancelled": ("■", "magenta"),
+    "retrying": ("↻", "yellow"),
+}
+_TERMINAL_TOPICS = ("succeeded", "failed", "skipped", "upstream_failed", "cancelled", "cached")
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.2f}s"
+    return f"{seconds / 60:.1f}m"
+
+
+class PlainView:
+    """One line per task event, for pipes, logs and CI (``timestamps`` adds the time)."""
+
+    def __init__(self, bus: Bus, *, stream: TextIO | None = None, timestamps: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.timestamps = timestamps
+        bus.subscribe("task.*", self._on_task)
+        bus.subscribe("run.*", self._on_run)
+
+    def _line(self, ev: Event, text: str) -> None:
+        stamp = datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S ") if self.timestamps else ""
+        print(f"{stamp}{text}", file=self.stream, flush=True)
+
+    def _on_run(self, ev: Event) -> None:
+        if ev.topic == "run.started":
+            self._line(ev, f"run {ev.run_id} started: {ev.data.get('pipeline')} ({len(ev.data.get('tasks', []))} tasks)")
+        else:
+            self._line(ev, f"run {ev.run_id} {ev.topic.split('.', 1)[1]} in {_fmt_duration(ev.data.get('duration'))}")
+
+    def _on_task(self, ev: Event) -> None:
+        kind = ev.topic.split(".", 1)[1]
+        d = ev.data
+        if kind == "started":
+            self._line(ev, f"  ▶ {ev.task} started")
+        elif kind == "retrying":
+            self._line(ev, f"  ↻ {ev.task} attempt {d.get('attempt')} failed ({d.get('error_class')}: "
+                           f"{d.get('error')}); retrying in {d.get('delay')}s")
+        elif kind in _TERMINAL_TOPICS:
+            icon = STYLE[kind][0]
+            extra = f" in {_fmt_duration(d.get('duration'))}" if d.get("duration") is not None else ""
+            attempts = f", {d['attempts']} attempts" if d.get("attempts", 1) > 1 else ""
+            error = f": {d.get('error')}" if d.get("error") else ""
+            self._line(ev, f"  {icon} {ev.task} {kind}{extra}{attempts}{error}")
+
+
+class LiveView:
+    """A live table of the run on a terminal: each task's state, attempt and duration."""
+
+    MAX_ROWS = 30
+
+    def __init__(self, bus: Bus, console: Console) -> None:
+        self.console = console
+        self.order: list[str] = []
+        self.state: dict[str, str] = {}
+        self.started: dict[str, float] = {}
+        self.duration: dict[str, float] = {}
+        self.attempts: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
+        self.recent: deque[str] = deque(maxlen=10)
+        self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+        bus.subscribe("task.*", self._on_task)
+        bus.subscribe("run.started", self._on_start)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(*exc)
+
+    def _on_start(self, ev: Event) -> None:
+        self.order = list(ev.data.get("tasks", []))
+        self.state = dict.fromkeys(self.order, "pending")
+        self.live.update(self._render())
+
+    def _on_task(self, ev: Event) -> None:
+        tid = ev.task
+        if tid is None or tid not in self.state:
+            return
+        kind = ev.topic.split(".", 1)[1]
+        if kind == "started":
+            self.state[tid] = "running"
+            self.started[tid] = ev.ts
+        elif kind == "retrying":
+            self.state[tid] = "retrying"
+            self.notes[tid] = f"{ev.data.get('error_class')}; retry in {ev.data.get('delay')}s"
+        elif kind == "progress":
+            self.notes[tid] = str(ev.data.get("message") or f"{(ev.data.get('done') or 0) * 100:.0f}%")
+        elif kind in _TERMINAL_TOPICS:
+            self.state[tid] = kind
+            self.attempts[tid] = ev.data.get("attempts", 0)
+            if ev.data.get("duration") is not None:
+                self.duration[tid] = ev.data["duration"]
+            self.notes[tid] = str(ev.data.get("error") or "")
+            self.recent.append(tid)
+        else:
+            return
+        self.live.update(self._render())
+
+    def _rows(self) -> list[str]:
+        if len(self.order) <= self.MAX_ROWS:
+            return self.order
+        active = [t for t in self.order if self.state[t] in ("running", "retrying")]
+        failed = [t for t in self.order if self.state[t] in ("failed",)][:5]
+        shown = dict.fromkeys([*failed, *active[: self.MAX_ROWS - 10], *self.recent])
+        return list(shown)[: self.MAX_ROWS]
+
+    def _render(self) -> Group:
+        table = Table(box=None, padding=(0, 1), show_header=True, header_style="bold")
+        table.add_column("", width=1)
+        table.add_column("task")
+        table.add_column("state")
+        table.add_column("attempt", justify="right")
+        table.add_column("time", justify="right")
+        table.add_column("", overflow="ellipsis", no_wrap=True, max_width=60)
+        now = time.time()
+        for tid in self._rows():
+            state = self.state[tid]
+            icon, style = STYLE.get(state, ("?", ""))
+            dur = self.duration.get(tid)
+            if dur is None and tid in self.started and state in ("running", "retrying"):
+                dur = now - self.started[tid]
+            table.add_row(Text(icon, style=style), tid, Text(state, style=style),
+                          str(self.attempts.get(tid, "")) if self.attempts.get(tid, 0) > 1 else "",
+                          _fmt_duration(dur), Text(self.notes.get(tid, ""), style="dim"))
+        counts: dict[str, int] = {}
+        for s in self.state.values():
+            counts[s] = counts.get(s, 0) + 1
+        summary = Text("  ".join(f"{k} {v}" for k, v in sorted(counts.items())), style="bold")
+        return Group(table, summary)
+
+
+def print_problems(problems: list[Problem], console: Console, *, fmt: str = "text") -> None:
+    """Located problems, one line each (``github`` prints Actions annotations)."""
+    for p in problems:
+        if fmt == "github":
+            loc = p.location
+            where = f" file={loc.file},line={loc.line},col={loc.col}" if loc else ""
+            level = "warning" if p.severity == "warn" else "error"
+            msg = f"{p.path}: {p.message}" if p.path else p.message
+            console.print(f"::{level}{where}::{msg}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(Text(str(p), style="yellow" if p.severity == "warn" else "red"), soft_wrap=True)
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    """The plan as a tree of levels: what can run together, and what each task needs."""
+    p = plan.pipeline
+    tree = Tree(Text(f"{p.name}: {len(p.tasks)} tasks in {len(plan.levels)} levels", style="bold"))
+    for i, level in enumerate(plan.levels, 1):
+        branch = tree.add(Text(f"level {i}", style="cyan"))
+        for tid in level:
+            t = p.tasks[tid]
+            label = Text(tid, style="bold")
+            label.append(f"  {t.uses}", style="green")
+            if t.foreach is not None:
+                label.append("  foreach", style="magenta")
+            if t.if_ is not None:
+                label.append(f"  if {t.if_}", style="yellow")
+            if t.needs:
+                label.append(f"  ← {', '.join(t.needs)}", style="dim")
+            branch.add(label)
+    for title, group in (("on_failure", p.on_failure), ("finally", p.finally_)):
+        if group:
+            branch = tree.add(Text(title, style="cyan"))
+            for tid, t in group.items():
+                branch.add(Text(f"{tid}  {t.uses}"))
+    console.print(tree)
+
+
+def print_result(result: RunResult, console: Console) -> None:
+    """A one-line summary of a finished run."""
+    icon, style = STYLE.get(result.status.value, ("?", ""))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts().items()))
+    dur = _fmt_duration(None if result.finished_at is None else result.finished_at - result.started_at)
+    console.print(Text(f"{icon} run {result.run_id} {result.status.value} in {dur} ({counts})", style=style))
+    if result.error:
+        console.print(Text(f"  {result.error}", style="red"))
+    for tid, t in result.tasks.items():
+        if t.status.value == "failed":
+            console.print(Text(f"  ✗ {tid}: {t.error_class}: {t.error}", style="red"), soft_wrap=True)
+
+
+def print_runs(runs: list[RunRow], console: Console) -> None:
+    """A table of stored runs."""
+    table = Table(header_style="bold")
+    for col in ("run", "pipeline", "status", "started", "duration", "tasks"):
+        table.add_column(col, no_wrap=col in ("run", "status", "started"))
+    for r in runs:
+        icon, style = STYLE.get(r.status, ("▶", "cyan"))
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.summary.get("counts", {}).items()))
+        table.add_row(r.id, r.pipeline, Text(f"{icon} {r.status}", style=style),
+                      datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S"),
+                      _fmt_duration(r.duration), counts)
+    console.print(table)
+
+
+def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console) -> None:
+    """One stored run: its status, each task's result, and failed attempts."""
+    icon, style = STYLE.get(run.status, ("▶", "cyan"))
+    console.print(Text(f"{icon} {run.id}  {run.pipeline}  {run.status}", style=f"bold {style}"))
+    console.print(f"  file: {run.file}   started: {datetime.fromtimestamp(run.started_at):%Y-%m-%d %H:%M:%S}"
+                  f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False)
+    if run.vars:
+        console.print(f"  vars: {json.dumps(run.vars)}", highlight=False, soft_wrap=True)
+    if run.error:
+        console.print(Text(f"  error: {run.error}", style="red"))
+    table = Table(header_style="bold")
+    for col in ("task", "status", "attempts", "duration", "output / error"):
+        table.add_column(col, overflow="fold")
+    for t in tasks:
+        icon, style = STYLE.get(t.status, ("?", ""))
+        dur = None if t.started_at is None or t.finished_at is None else t.finished_at - t.started_at
+        detail = f"{t.error_class}: {t.error}" if t.error else _short_json(t.output)
+        table.add_row(t.task_id, Text(f"{icon} {t.status}", style=style), str(t.attempts), _fmt_duration(dur),
+                      Text(detail, style="red" if t.error else ""))
+    console.print(table)
+    failed = [a for a in attempts if a["status"] == "failed"]
+    if failed:
+        console.print(Text("failed attempts", style="bold"))
+        for a in failed:
+            item = f"[{a['item']}]" if a["item"] >= 0 else ""
+            console.print(Text(f"  {a['task_id']}{item} #{a['attempt']}: {a['error_class']}: {a['error']}",
+                               style="yellow"), soft_wrap=True)
+
+
+def _short_json(value: Any, limit: int = 200) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""The engine: scheduler, attempts, retries, executors and run recording."""

@@ -1,0 +1,64 @@
+"""Executor backends: where a plugin body actually runs.
+
+The scheduler, retries, validation and the store stay with the driver; an executor only
+calls a plugin with its context and rendered arguments and hands back the output. The
+``local`` executor runs async plugins on the event loop, blocking ones in a thread, and
+``cpu_bound`` ones in a worker process so the loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from goatclaw.plugin import TaskContext
+from goatclaw.registry import Plugin
+
+__all__ = ["Executor", "LocalExecutor"]
+
+
+class Executor(abc.ABC):
+    """Runs plugin bodies. Implement :meth:`call`; :meth:`close` releases resources."""
+
+    name: str = "executor"
+
+    @abc.abstractmethod
+    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+        """Run ``plugin`` with ``ctx`` and ``kwargs`` and return its output (or raise its error)."""
+
+    async def close(self) -> None:
+        """Release pools and connections (the default does nothing)."""
+
+
+def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+    return fn(ctx, **kwargs)
+
+
+class LocalExecutor(Executor):
+    """This machine: asyncio for async plugins, threads for blocking ones, processes for CPU-bound ones."""
+
+    name = "local"
+
+    def __init__(self, *, processes: int | None = None) -> None:
+        self._processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+        if plugin.is_async:
+            return await plugin.fn(ctx, **kwargs)
+        if plugin.spec.cpu_bound:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self._processes)
+            plain_ctx = dataclasses.replace(ctx, _emit=None)  # callbacks cannot cross processes
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
+        return await asyncio.to_thread(plugin.fn, ctx, **kwargs)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

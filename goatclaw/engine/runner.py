@@ -1,0 +1,453 @@
+"""Running a compiled plan: the scheduler loop, attempts, fan-out and recording.
+
+The scheduler is a pool of ``concurrency`` worker coroutines over a ready heap ordered by
+priority (higher first) then file order. A task becomes ready when all of its needs are
+done; the hot loop works on plain in-degree counts, never on the networkx graph. A task
+whose ``if`` is false is skipped, and so is every task that only depends on skipped
+tasks; a failed task marks its dependents ``upstream_failed`` while independent branches
+finish their work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from goatclaw.engine.executor import Executor, LocalExecutor
+from goatclaw.engine.recorder import Recorder
+from goatclaw.engine.retry import Backoff, should_retry
+from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
+from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout, TemplateError
+from goatclaw.events import Bus
+from goatclaw.graph import Plan
+from goatclaw.plugin import TaskContext
+from goatclaw.registry import Plugin, Registry, default_registry
+from goatclaw.spec.model import Task
+from goatclaw.store import Store
+from goatclaw.template import Compiled, compile_expression, compile_value, has_template
+
+__all__ = ["RunOptions", "execute"]
+
+_BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a plan (everything but the plan itself)."""
+
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: int | None = None
+    only: tuple[str, ...] = ()
+    store_path: Path | None = None
+    workspace: Path = field(default_factory=Path.cwd)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] | None = None
+    bus: Bus | None = None
+    registry: Registry | None = None
+    executor: Executor | None = None
+    run_id: str | None = None
+    seed: int | None = None
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+
+async def execute(plan: Plan, options: RunOptions) -> RunResult:
+    """Run ``plan`` to the end and return its result; cancellation records the run as cancelled."""
+    return await _Runner(plan, options).run()
+
+
+def new_run_id() -> str:
+    """A sortable, readable run id: ``20261124-140512-3fa9c1``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
+
+
+class _Runner:
+    """The one mutable object of a run: task results, the ready heap, the workers."""
+
+    def __init__(self, plan: Plan, options: RunOptions) -> None:
+        self.plan = plan
+        self.pipeline = plan.pipeline
+        self.opts = options
+        self.registry = options.registry or default_registry()
+        self.executor = options.executor or LocalExecutor()
+        self.bus = options.bus or Bus()
+        self.rng = random.Random(options.seed)
+        self.selected = _select(plan, options.only)
+        self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
+                                tasks={tid: TaskResult(tid) for tid in self.selected},
+                                store_path=str(options.store_path) if options.store_path else None)
+        self.views: dict[str, dict[str, Any]] = {}
+        self.compiled: dict[str, Compiled] = {}
+        self.recorder: Recorder | None = None
+        self.ready: list[tuple[int, int, str]] = []
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.pending: dict[str, int] = {}
+        self.done = 0
+        self.context: dict[str, Any] = {}
+
+    # -- the recipe ------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        self._open()
+        try:
+            await self._with_pipeline_timeout(self._schedule())
+        except asyncio.CancelledError:
+            self._finish(RunStatus.CANCELLED, "cancelled")
+            raise
+        except BaseException as exc:
+            self._finish(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            await self.executor.close() if self.opts.executor is None else None
+        self._finish(self._final_status(), self.result.error)
+        return self.result
+
+    def _open(self) -> None:
+        r = self.result
+        r.started_at = time.time()
+        store = Store.open(self.opts.store_path) if self.opts.store_path else None
+        self.recorder = Recorder(store, self.bus, r.run_id, secrets=tuple(self.opts.secrets.values()))
+        self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
+                                tasks=list(self.selected))
+        self.context = {
+            "vars": dict(self.opts.vars),
+            "env": dict(os.environ if self.opts.env is None else self.opts.env),
+            "secrets": dict(self.opts.secrets),
+            "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
+            "tasks": self.views,
+        }
+
+    async def _with_pipeline_timeout(self, work: Awaitable[None]) -> None:
+        if self.pipeline.timeout is None:
+            await work
+            return
+        try:
+            async with asyncio.timeout(self.pipeline.timeout):
+                await work
+        except TimeoutError:
+            self.result.error = f"the pipeline timed out after {self.pipeline.timeout:g}s"
+            self._cancel_unfinished("pipeline timeout")
+
+    def _finish(self, status: RunStatus, error: str | None) -> None:
+        r = self.result
+        if status is RunStatus.CANCELLED:
+            self._cancel_unfinished("run cancelled")
+        r.status = status
+        r.error = error
+        r.finished_at = time.time()
+        if self.recorder is not None:
+            self.recorder.finish_run(r)
+            self.recorder = None
+
+    def _final_status(self) -> RunStatus:
+        for tid, res in self.result.tasks.items():
+            if res.status in (TaskState.UPSTREAM_FAILED, TaskState.CANCELLED):
+                return RunStatus.FAILED
+            if res.status is TaskState.FAILED and not self.pipeline.tasks[tid].continue_on_error:
+                return RunStatus.FAILED
+        return RunStatus.FAILED if self.result.error else RunStatus.SUCCEEDED
+
+    def _cancel_unfinished(self, reason: str) -> None:
+        for res in self.result.tasks.values():
+            if not res.status.is_terminal():
+                res.move(TaskState.CANCELLED)
+                res.error = res.error or reason
+                res.finished_at = time.time()
+                if self.recorder is not None:
+                    self.recorder.task_finished(res)
+
+    # -- scheduling ------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        needs = self.plan.needs
+        sel = self.selected
+        self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
+        for tid in sel:
+            if self.pending[tid] == 0:
+                self._push(tid)
+        if not sel:
+            return
+        limit = self.opts.concurrency or self.pipeline.concurrency
+        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(sel))))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def _push(self, tid: str) -> None:
+        task = self.pipeline.tasks[tid]
+        heapq.heappush(self.ready, (-task.priority, task.order, tid))
+        if self.waiters:
+            self.waiters.popleft().set_result(None)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        total = len(self.selected)
+        while True:
+            if self.ready:
+                tid = heapq.heappop(self.ready)[2]
+                await self._run_task(self.pipeline.tasks[tid])
+                self._complete(tid)
+                continue
+            if self.done >= total:
+                return
+            waiter = loop.create_future()
+            self.waiters.append(waiter)
+            await waiter
+
+    def _complete(self, tid: str) -> None:
+        """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
+        stack = [tid]
+        sel = self.selected
+        while stack:
+            current = stack.pop()
+            self.done += 1
+            for dep in self.plan.dependents[current]:
+                if dep not in sel:
+                    continue
+                self.pending[dep] -= 1
+                if self.pending[dep] == 0:
+                    verdict = self._settle(dep)
+                    if verdict is None:
+                        self._push(dep)
+                    else:
+                        self._mark(dep, verdict)
+                        stack.append(dep)
+        if self.done >= len(sel):
+            while self.waiters:
+                self.waiters.popleft().set_result(None)
+
+    def _settle(self, tid: str) -> TaskState | None:
+        """``None`` if ``tid`` may run; else the state it ends in without running."""
+        results = self.result.tasks
+        needs = [n for n in self.plan.needs[tid] if n in self.selected]
+        states = [results[n].status for n in needs]
+        for need, state in zip(needs, states, strict=True):
+            if state in _BLOCKING and not (state is TaskState.FAILED and self.pipeline.tasks[need].continue_on_error):
+                return TaskState.UPSTREAM_FAILED
+        if states and all(s is TaskState.SKIPPED for s in states):
+            return TaskState.SKIPPED
+        return None
+
+    def _mark(self, tid: str, state: TaskState) -> None:
+        res = self.result.tasks[tid]
+        res.move(state)
+        if state is TaskState.UPSTREAM_FAILED:
+            failed = [n for n in self.plan.needs[tid] if self.result.tasks.get(n) and
+                      self.result.tasks[n].status in _BLOCKING]
+            res.error = f"needs {', '.join(failed)}, which did not succeed"
+            res.error_class = "upstream"
+        self.views[tid] = res.view()
+        assert self.recorder is not None
+        self.recorder.task_finished(res)
+
+    # -- one task --------------------------------------------------------------------
+
+    async def _run_task(self, task: Task) -> None:
+        res = self.result.tasks[task.id]
+        rec = self.recorder
+        assert rec is not None
+        res.move(TaskState.RUNNING)
+        res.started_at = time.time()
+        rec.task_started(task.id, res.started_at)
+        try:
+            if task.if_ is not None and not self._condition(task):
+                res.move(TaskState.SKIPPED)
+            else:
+                plugin = self._plugin(task)
+                if task.foreach is not None:
+                    res.output = await self._foreach(task, plugin, res)
+                else:
+                    res.output = await self._attempts(task, plugin, res, self.context, None)
+                res.move(TaskState.SUCCEEDED)
+        except asyncio.CancelledError:
+            res.move(TaskState.CANCELLED)
+            res.error = "cancelled"
+            raise
+        except TaskError as exc:
+            res.move(TaskState.FAILED)
+            res.error, res.error_class = exc.message, exc.error_class
+        finally:
+            res.finished_at = time.time()
+            self.views[task.id] = res.view()
+            rec.task_finished(res)
+
+    def _condition(self, task: Task) -> bool:
+        if isinstance(task.if_, bool):
+            return task.if_
+        try:
+            return bool(compile_expression(task.if_ or "true").evaluate(self.context))
+        except TemplateError as exc:
+            raise TaskError(f"if: {exc.message}", error_class="invalid_input") from None
+
+    def _plugin(self, task: Task) -> Plugin:
+        try:
+            return self.registry.task(task.uses)
+        except PluginError as exc:
+            raise TaskError(exc.message, error_class="invalid_input") from None
+
+    def _inputs(self, task: Task) -> Compiled:
+        compiled = self.compiled.get(task.id)
+        if compiled is None:
+            try:
+                compiled = compile_value(dict(task.with_))
+            except TemplateError as exc:
+                raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
+            self.compiled[task.id] = compiled
+        return compiled
+
+    async def _foreach(self, task: Task, plugin: Plugin, res: TaskResult) -> list[Any]:
+        items = self._items(task)
+        res.items = len(items)
+        limit = task.concurrency or self.opts.concurrency or self.pipeline.concurrency
+        gate = asyncio.Semaphore(limit)
+        outputs: list[Any] = [None] * len(items)
+
+        async def one(index: int, item: Any) -> None:
+            async with gate:
+                ctx = {**self.context, "item": item, "index": index}
+                outputs[index] = await self._attempts(task, plugin, res, ctx, index)
+
+        if task.fail_fast:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for i, item in enumerate(items):
+                        group.create_task(one(i, item))
+            except* TaskError as eg:
+                first = eg.exceptions[0]
+                assert isinstance(first, TaskError)
+                raise first from None
+            return outputs
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)), return_exceptions=True)
+        errors = [(i, e) for i, e in enumerate(results) if isinstance(e, BaseException)]
+        for _, e in errors:
+            if not isinstance(e, TaskError):
+                raise e
+        if errors:
+            first = errors[0][1]
+            assert isinstance(first, TaskError)
+            raise TaskError(f"{len(errors)} of {len(items)} items failed; item {errors[0][0]}: {first.message}",
+                            error_class=first.error_class)
+        return outputs
+
+    def _items(self, task: Task) -> list[Any]:
+        spec = task.foreach
+        try:
+            if isinstance(spec, str) and not has_template(spec):
+                value = compile_expression(spec).evaluate(self.context)
+            else:
+                value = compile_value(spec).render(self.context)
+        except TemplateError as exc:
+            raise TaskError(f"foreach: {exc.message}", error_class="invalid_input") from None
+        if isinstance(value, Mapping):
+            return [{"key": k, "value": v} for k, v in value.items()]
+        if not isinstance(value, (list, tuple)):
+            raise TaskError(f"foreach: expected a list, got {type(value).__name__} {json.dumps(value, default=str)}",
+                            error_class="invalid_input")
+        return list(value)
+
+    async def _attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                        index: int | None) -> Any:
+        policy = task.retry
+        backoff: Backoff | None = None
+        rec = self.recorder
+        assert rec is not None
+        first_start = time.monotonic()
+        attempt = 0
+        compiled = self._inputs(task)
+        while True:
+            attempt += 1
+            res.attempts = max(res.attempts, attempt)  # a fan-out counts its busiest item
+            started = time.time()
+            try:
+                output = await self._attempt(task, plugin, compiled, context, attempt, index)
+            except asyncio.CancelledError:
+                rec.attempt(task.id, index, attempt, "cancelled", started, None, "cancelled")
+                raise
+            except Exception as exc:
+                err = _as_task_error(exc, task)
+                rec.attempt(task.id, index, attempt, "failed", started, err.error_class, err.message)
+                elapsed = time.monotonic() - first_start
+                if (attempt >= policy.attempts or not should_retry(policy, err.error_class)
+                        or (policy.max_elapsed is not None and elapsed >= policy.max_elapsed)):
+                    raise err from exc
+                backoff = backoff or Backoff(policy, self.rng)
+                delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
+                rec.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(delay, 3),
+                                                     "error_class": err.error_class, "error": err.message})
+                await self.opts.sleep(delay)
+                continue
+            rec.attempt(task.id, index, attempt, "succeeded", started, None, None)
+            return output
+
+    async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
+                       attempt: int, index: int | None) -> Any:
+        try:
+            kwargs = compiled.render(context)
+        except TemplateError as exc:
+            raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
+        assert self.recorder is not None
+        ctx = TaskContext(
+            run_id=self.result.run_id, task_id=task.id, attempt=attempt,
+            item=context.get("item") if index is not None else None, index=index,
+            workspace=self.opts.workspace, secrets=self.opts.secrets, env=task.env, timeout=task.timeout,
+            permissions=task.permissions, _emit=self.recorder.task_event,
+        )
+        call = self.executor.call(plugin, ctx, kwargs)
+        if task.timeout is None:
+            output = await call
+        else:
+            try:
+                async with asyncio.timeout(task.timeout):
+                    output = await call
+            except TimeoutError:
+                raise TaskTimeout(f"timed out after {task.timeout:g}s") from None
+        _check_json(output)
+        return output
+
+
+def _check_json(output: Any) -> None:
+    """Outputs are stored and read by later tasks: they must be finite JSON."""
+    if output is None or isinstance(output, (str, int, float, bool)):
+        if isinstance(output, float) and (output != output or output in (float("inf"), float("-inf"))):
+            raise TaskError(f"output {output} is not a finite number", error_class="invalid_output")
+        return
+    try:
+        json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"output is not JSON-serialisable: {exc}", error_class="invalid_output") from None
+
+
+def _as_task_error(exc: BaseException, task: Task) -> TaskError:
+    """The boundary between plugin code and the engine: every failure becomes a TaskError."""
+    if isinstance(exc, TaskError):
+        return exc
+    if isinstance(exc, GoatclawError):
+        return TaskError(exc.message, error_class="internal")
+    wrapped = TaskError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                        error_class=type(exc).__name__)
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _select(plan: Plan, only: tuple[str, ...]) -> dict[str, None]:
+    """The tasks to run, in plan order: all, or ``only`` plus everything they need."""
+    if not only:
+        return dict.fromkeys(plan.order)
+    unknown = [t for t in only if t not in plan.pipeline.tasks]
+    if unknown:
+        raise GoatclawError(f"--only names unknown task(s): {', '.join(unknown)}")
+    wanted = set(only)
+    for tid in only:
+        wanted |= plan.ancestors(tid)
+    return {tid: None for tid in plan.order if tid in wanted}

@@ -1,0 +1,135 @@
+"""A run's one mutable object: task states with explicit transitions, and the results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunResult", "RunStatus", "TaskResult", "TaskState"]
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"
+    CANCELLED = "cancelled"
+    CACHED = "cached"
+
+    def is_terminal(self) -> bool:
+        """Whether the task is done, one way or another."""
+        return self not in (TaskState.PENDING, TaskState.RUNNING)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ALLOWED: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED, TaskState.UPSTREAM_FAILED,
+                                  TaskState.CANCELLED, TaskState.SUCCEEDED, TaskState.CACHED}),
+    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED,
+                                  TaskState.CANCELLED, TaskState.CACHED}),
+}
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended (or that it is still going)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class TaskResult:
+    """One task's outcome: status, output, error, attempts and timings."""
+
+    id: str
+    status: TaskState = TaskState.PENDING
+    output: Any = None
+    error: str | None = None
+    error_class: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    items: int | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the task ran, if it ran."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def move(self, to: TaskState) -> None:
+        """Change state, refusing a transition that makes no sense (a bug, not user error)."""
+        if to not in _ALLOWED.get(self.status, frozenset()):
+            raise RuntimeError(f"task {self.id}: illegal transition {self.status} -> {to}")
+        self.status = to
+
+    def view(self) -> dict[str, Any]:
+        """What templates see as ``tasks.<id>``."""
+        view: dict[str, Any] = {"status": self.status.value, "output": self.output, "error": self.error}
+        if self.items is not None:
+            view["outputs"] = self.output
+        return view
+
+
+@dataclass
+class RunResult:
+    """What :func:`goatclaw.run` returns: the run's status and each task's result."""
+
+    run_id: str
+    pipeline: str
+    status: RunStatus = RunStatus.RUNNING
+    tasks: dict[str, TaskResult] = field(default_factory=dict)
+    started_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None
+    store_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run succeeded."""
+        return self.status is RunStatus.SUCCEEDED
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Each task's output by id."""
+        return {tid: t.output for tid, t in self.tasks.items()}
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks ended in each state."""
+        out: dict[str, int] = {}
+        for t in self.tasks.values():
+            out[t.status.value] = out.get(t.status.value, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready document of the run."""
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": None if self.finished_at is None else round(self.finished_at - self.started_at, 6),
+            "error": self.error,
+            "store": self.store_path,
+            "counts": self.counts(),
+            "tasks": {
+                tid: {"status": t.status.value, "output": t.output, "error": t.error, "error_class": t.error_class,
+                      "attempts": t.attempts,
+                      "duration": None if t.duration is None else round(t.duration, 6)}
+                for tid, t in self.tasks.items()
+            },
+        }

@@ -1,0 +1,230 @@
+"""Pipeline → DAG: dependency checks, cycles, template references, and the plan.
+
+The only module that imports networkx. It is used to compile and analyse; the engine's
+hot loop runs on the plain ``needs``/``dependents`` tables of the :class:`Plan`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+
+from goatclaw.errors import Location, Problem, SpecError, TemplateError
+from goatclaw.spec.loader import dotted
+from goatclaw.spec.model import Pipeline, Task
+from goatclaw.template import TemplateRefs, check_expression, check_value, has_template
+
+__all__ = ["Plan", "check_templates", "compile_plan", "render_plan"]
+
+#: Names every task template may read.
+TASK_NAMES = frozenset({"vars", "env", "secrets", "run", "tasks"})
+FOREACH_NAMES = frozenset({"item", "index"})
+RULE_NAMES = frozenset({"output"})
+#: Jinja2 globals (range, dict, lipsum, cycler, joiner, namespace) are always defined.
+JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The compiled, frozen plan of a pipeline's main graph."""
+
+    pipeline: Pipeline
+    order: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+    needs: Mapping[str, tuple[str, ...]]
+    dependents: Mapping[str, tuple[str, ...]]
+    graph: Any = field(repr=False, compare=False)
+
+    def ancestors(self, task_id: str) -> set[str]:
+        """Every task ``task_id`` depends on, directly or transitively."""
+        return set(nx.ancestors(self.graph, task_id)) if task_id in self.graph else set()
+
+
+def compile_plan(pipeline: Pipeline) -> Plan:
+    """Check the graph and templates of ``pipeline``; raise :class:`SpecError` with every problem."""
+    problems, graph = _graph_problems(pipeline)
+    if not problems:
+        problems += check_templates(pipeline, graph)
+    if problems:
+        raise SpecError(problems)
+    return _plan(pipeline, graph)
+
+
+def graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
+    """Unknown needs, self-dependencies, cycles and bad ``fallback`` names, plus the graph."""
+    return _graph_problems(pipeline)
+
+
+def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
+    tasks = pipeline.tasks
+    graph = nx.DiGraph()
+    graph.add_nodes_from(tasks)
+    problems: list[Problem] = []
+    for task in tasks.values():
+        for i, need in enumerate(task.needs):
+            path = (*task.path, "needs", i) if _needs_is_list(pipeline, task) else (*task.path, "needs")
+            if need == task.id:
+                problems.append(_problem(pipeline, path, f"task '{task.id}' cannot need itself"))
+            elif need not in tasks:
+                problems.append(_problem(pipeline, path, f"unknown task '{need}'{_did_you_mean(need, tasks)}"))
+            else:
+                graph.add_edge(need, task.id)
+        if task.fallback is not None and task.fallback not in tasks:
+            problems.append(_problem(pipeline, (*task.path, "fallback"),
+                                     f"unknown task '{task.fallback}'{_did_you_mean(task.fallback, tasks)}"))
+    for group in (pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            for i, need in enumerate(task.needs):
+                if need not in group:
+                    problems.append(_problem(pipeline, (*task.path, "needs", i),
+                                             f"unknown task '{need}' in {task.group}{_did_you_mean(need, group)}"))
+    problems += _cycle_problems(pipeline, graph)
+    return problems, graph
+
+
+def _needs_is_list(pipeline: Pipeline, task: Task) -> bool:
+    src = pipeline.source
+    raw = src.data.get(task.group, {}).get(task.id, {}).get("needs") if src is not None and isinstance(
+        src.data, dict) else None
+    return isinstance(raw, list)
+
+
+def _cycle_problems(pipeline: Pipeline, graph: Any) -> list[Problem]:
+    problems = []
+    seen: set[frozenset[str]] = set()
+    for component in nx.strongly_connected_components(graph):
+        if len(component) < 2 or frozenset(component) in seen:
+            continue
+        seen.add(frozenset(component))
+        cycle = nx.find_cycle(graph.subgraph(component))
+        ids = [edge[0] for edge in cycle]
+        start = min(ids, key=lambda t: pipeline.tasks[t].order)
+        k = ids.index(start)
+        ids = ids[k:] + ids[:k]
+        text = " -> ".join([*ids, ids[0]])
+        problems.append(_problem(pipeline, (*pipeline.tasks[start].path, "needs"), f"dependency cycle: {text}"))
+    return problems
+
+
+def check_templates(pipeline: Pipeline, graph: Any) -> list[Problem]:
+    """Template syntax errors and references to unknown or non-upstream tasks or names."""
+    problems: list[Problem] = []
+    for task in pipeline.tasks.values():
+        upstream = nx.ancestors(graph, task.id) if task.id in graph else set()
+        problems += _task_template_problems(pipeline, task, upstream, pipeline.tasks)
+    for group in (pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            problems += _task_template_problems(pipeline, task, set(pipeline.tasks) | set(task.needs),
+                                                {**pipeline.tasks, **group})
+    return problems
+
+
+def _task_template_problems(pipeline: Pipeline, task: Task, upstream: set[str],
+                            known: Mapping[str, Task]) -> list[Problem]:
+    names = TASK_NAMES | (FOREACH_NAMES if task.foreach is not None else frozenset())
+    found: list[tuple[tuple[str | int, ...], TemplateRefs | TemplateError, frozenset[str]]] = []
+    found += [((*task.path, "with", *p), r, names) for p, r in check_value(dict(task.with_))]
+    if isinstance(task.if_, str):
+        found.append(((*task.path, "if"), check_expression(task.if_), names))
+    if isinstance(task.foreach, str):
+        refs = check_value(task.foreach) if has_template(task.foreach) else [((), check_expression(task.foreach))]
+        found += [((*task.path, "foreach", *p), r, TASK_NAMES) for p, r in refs]
+    for rule in task.validate:
+        if rule.kind == "expr" and isinstance(rule.arg, str):
+            found.append(((*rule.path, "expr"), check_expression(rule.arg), names | RULE_NAMES))
+    problems = []
+    for path, refs, allowed in found:
+        if isinstance(refs, TemplateError):
+            problems.append(_problem(pipeline, path, refs.message))
+            continue
+        for name in sorted(refs.names - allowed - JINJA_GLOBALS):
+            problems.append(_problem(pipeline, path, f"unknown name '{name}'{_did_you_mean(name, allowed)}"))
+        for ref in refs.tasks:
+            if ref not in known:
+                problems.append(_problem(pipeline, path, f"unknown task '{ref}'{_did_you_mean(ref, known)}"))
+            elif ref not in upstream:
+                problems.append(_problem(pipeline, path, f"task '{ref}' is not upstream of '{task.id}': "
+                                                         f"add it to needs"))
+    return problems
+
+
+def _problem(pipeline: Pipeline, path: tuple[str | int, ...], message: str) -> Problem:
+    loc = pipeline.locate(path)
+    return Problem(loc if isinstance(loc, Location) else None, dotted(path), message)
+
+
+def _did_you_mean(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _plan(pipeline: Pipeline, graph: Any) -> Plan:
+    order_of = {tid: t.order for tid, t in pipeline.tasks.items()}
+    levels = tuple(tuple(sorted(gen, key=order_of.__getitem__)) for gen in nx.topological_generations(graph))
+    return Plan(
+        pipeline=pipeline,
+        order=tuple(t for level in levels for t in level),
+        levels=levels,
+        needs=MappingProxyType({tid: tuple(dict.fromkeys(t.needs)) for tid, t in pipeline.tasks.items()}),
+        dependents=MappingProxyType({tid: tuple(graph.successors(tid)) for tid in pipeline.tasks}),
+        graph=graph,
+    )
+
+
+# -- documents -------------------------------------------------------------------------
+
+
+def render_plan(plan: Plan, fmt: str) -> str:
+    """The plan as ``mermaid``, ``dot`` or ``json`` text."""
+    if fmt == "mermaid":
+        return _mermaid(plan)
+    if fmt == "dot":
+        return _dot(plan)
+    if fmt == "json":
+        return json.dumps(plan_data(plan), indent=2)
+    raise ValueError(f"unknown plan format '{fmt}' (use text, mermaid, dot or json)")
+
+
+def plan_data(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data: levels and every task's needs and plugin."""
+    p = plan.pipeline
+    return {
+        "pipeline": p.name,
+        "levels": [list(level) for level in plan.levels],
+        "tasks": {
+            tid: {"uses": t.uses, "needs": list(t.needs), "foreach": t.foreach is not None,
+                  "if": t.if_, "priority": t.priority}
+            for tid, t in p.tasks.items()
+        },
+        "on_failure": list(p.on_failure),
+        "finally": list(p.finally_),
+    }
+
+
+def _mermaid(plan: Plan) -> str:
+    ids = {tid: f"t{i}" for i, tid in enumerate(plan.order)}
+    lines = ["flowchart TD"]
+    for tid in plan.order:
+        task = plan.pipeline.tasks[tid]
+        label = f"{tid}<br/><small>{task.uses}{' (foreach)' if task.foreach is not None else ''}</small>"
+        lines.append(f'    {ids[tid]}["{label}"]')
+    for src, dst in plan.graph.edges:
+        lines.append(f"    {ids[src]} --> {ids[dst]}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot(plan: Plan) -> str:
+    lines = [f"digraph {json.dumps(plan.pipeline.name)} {{", "    rankdir=LR;", "    node [shape=box];"]
+    for tid in plan.order:
+        label = json.dumps(f"{tid}\n{plan.pipeline.tasks[tid].uses}")
+        lines.append(f"    {json.dumps(tid)} [label={label}];")
+    for src, dst in plan.graph.edges:
+        lines.append(f"    {json.dumps(src)} -> {json.dumps(dst)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""The plugin contract: what a task plugin receives, declares and raises.
+
+A task plugin is a function or ``async`` function that takes a :class:`TaskContext` and
+keyword arguments from the task's ``with:``::
+
+    from goatclaw.plugin import TaskContext, fail, task
+
+    @task(cacheable=True)
+    async def slugify(ctx: TaskContext, *, text: str, max_length: int = 60) -> dict:
+        \"\"\"Turn text into a URL slug.\"\"\"
+        if not text:
+            fail("text is empty", error_class="invalid_input")
+        ...
+
+Its signature (type hints and defaults) describes ``with:`` so that ``goatclaw validate``
+can check a pipeline before anything runs; a ``schema=`` given to :func:`task` takes its
+place. The return value must be JSON-serialisable: it is stored and read by later tasks as
+``tasks.<id>.output``. A synchronous plugin runs in a thread (it may block); one declared
+``cpu_bound=True`` runs in a worker process. Plugins see only this context, never the
+scheduler. The built-in tasks are written against exactly this contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from goatclaw.errors import TaskError
+
+__all__ = ["PluginSpec", "TaskContext", "fail", "spec_of", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """What a plugin declares about itself.
+
+    ``cacheable``: the same inputs give the same output, so a stored output may be reused.
+    ``cpu_bound``: run in a worker process so the event loop is never blocked.
+    ``permissions``: what it needs (``shell``, ``network``, ``files``, ``env``, ``python``).
+    ``schema``: a JSON Schema for ``with:``; by default the signature is used.
+    ``side_effects``: it changes the world (writes files, sends requests): never cached by default.
+    """
+
+    cacheable: bool = True
+    cpu_bound: bool = False
+    permissions: tuple[str, ...] = ()
+    schema: Mapping[str, Any] | None = None
+    side_effects: bool = False
+
+
+def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False,
+         permissions: tuple[str, ...] | list[str] = (), schema: Mapping[str, Any] | None = None,
+         side_effects: bool = False) -> Any:
+    """Declare a function as a task plugin, with what it needs (see :class:`PluginSpec`).
+
+    Usable bare (``@task``) or with options (``@task(cpu_bound=True)``). Undecorated
+    functions are valid plugins too, with the defaults.
+    """
+    spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects)
+
+    def mark(f: F) -> F:
+        f.__goatclaw__ = spec  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def spec_of(fn: Callable[..., Any]) -> PluginSpec:
+    """The :class:`PluginSpec` a plugin declared, or the defaults."""
+    spec = getattr(fn, "__goatclaw__", None)
+    return spec if isinstance(spec, PluginSpec) else PluginSpec()
+
+
+def fail(message: str, *, error_class: str = "internal", retry_after: float | None = None,
+         **details: Any) -> NoReturn:
+    """Fail the task with ``message``; ``error_class`` tells retry policies what happened.
+
+    Use ``invalid_input`` for bad arguments (never retried), ``rate_limit`` or
+    ``server_error`` with ``retry_after`` for a service asking to wait, ``timeout``,
+    ``connection``, ``auth``.
+    """
+    raise TaskError(message, error_class=error_class, retry_after=retry_after, details=details)
+
+
+@dataclass
+class TaskContext:
+    """What a running task can see and do. Plugins get one as their first argument."""
+
+    run_id: str
+    task_id: str
+    attempt: int = 1
+    item: Any = None
+    index: int | None = None
+    workspace: Path = field(default_factory=Path.cwd)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float | None = None
+    permissions: Any = None
+    _emit: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger named after the task (``goatclaw.task.<id>``)."""
+        return logging.getLogger(f"goatclaw.task.{self.task_id}")
+
+    def secret(self, name: str) -> str:
+        """The value of a declared secret; a clear error if it was not declared or set."""
+        try:
+            return self.secrets[name]
+        except KeyError:
+            fail(f"secret '{name}' is not available: declare it under secrets: and set it in the "
+                 "environment or .env", error_class="invalid_input")
+
+    def progress(self, done: float | None = None, message: str | None = None) -> None:
+        """Report progress (``done`` from 0 to 1) and/or a status line to the live view."""
+        self.emit("task.progress", done=done, message=message)
+
+    def emit(self, topic: str, **data: Any) -> None:
+        """Publish an event for this task (stored in the run's event log)."""
+        if self._emit is not None:
+            self._emit(topic, {"task": self.task_id, "item": self.index, **data})
+
+    def path(self, relative: str | Path) -> Path:
+        """``relative`` resolved inside the workspace; refuses paths that escape it."""
+        base = self.workspace.resolve()
+        target = (base / relative).resolve()
+        if not target.is_relative_to(base):
+            fail(f"path '{relative}' is outside the workspace {base}", error_class="permission_denied")
+        return target

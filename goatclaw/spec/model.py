@@ -1,0 +1,408 @@
+"""The checked pipeline as frozen data: Pipeline, Task, RetryPolicy, Rule, Permissions …
+
+Nothing here changes after it is built. :func:`build_pipeline` turns a schema-checked
+:class:`~goatclaw.spec.loader.Document` into a :class:`Pipeline`; it is defensive, so it
+can also run on a document with schema errors to find more problems in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from goatclaw.errors import Location
+
+__all__ = [
+    "Budget",
+    "BreakerPolicy",
+    "CachePolicy",
+    "Defaults",
+    "FixPolicy",
+    "Permissions",
+    "Pipeline",
+    "RetryPolicy",
+    "Rule",
+    "Task",
+    "build_defaults",
+    "build_pipeline",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def parse_duration(value: Any) -> float | None:
+    """``500ms``, ``10s``, ``2m``, ``1h`` or a number of seconds → seconds (``None`` stays ``None``)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"'{value}' is not a duration (use 500ms, 10s, 2m, 1h or seconds)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _duration(value: Any, default: float | None = None) -> float | None:
+    try:
+        parsed = parse_duration(value)
+    except ValueError:
+        return default
+    return default if parsed is None else parsed
+
+
+def _freeze(value: Any) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value)) if isinstance(value, dict) else _EMPTY
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed attempt is retried; see docs for each backoff's formula."""
+
+    attempts: int = 1
+    backoff: str = "exponential"
+    delay: float = 1.0
+    max_delay: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.0
+    max_elapsed: float | None = None
+    on: tuple[str, ...] = ()
+    never_on: tuple[str, ...] = ("auth", "invalid_input", "permission_denied")
+
+    @classmethod
+    def from_data(cls, data: Any, base: RetryPolicy | None = None) -> RetryPolicy:
+        """Build from a ``retry:`` mapping, filling gaps from ``base``."""
+        base = base or cls()
+        if data is False:
+            return cls(attempts=1)
+        if not isinstance(data, dict):
+            return base
+        jitter = data.get("jitter", base.jitter)
+        jitter_f = 1.0 if jitter is True else 0.0 if jitter is False else float(jitter) if isinstance(
+            jitter, (int, float)) else base.jitter
+        return cls(
+            attempts=data["attempts"] if isinstance(data.get("attempts"), int) else max(base.attempts, 3),
+            backoff=data.get("backoff", base.backoff) if isinstance(data.get("backoff", ""), str) else base.backoff,
+            delay=_duration(data.get("delay"), base.delay) or 0.0,
+            max_delay=_duration(data.get("max_delay"), base.max_delay) or 0.0,
+            multiplier=float(data["multiplier"]) if isinstance(data.get("multiplier"), (int, float)) else base.multiplier,
+            jitter=jitter_f,
+            max_elapsed=_duration(data.get("max_elapsed"), base.max_elapsed),
+            on=_strings(data["on"]) if "on" in data else base.on,
+            never_on=_strings(data["never_on"]) if "never_on" in data else base.never_on,
+        )
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """A circuit breaker: ``failures`` within ``window`` opens it; ``reset`` half-opens it."""
+
+    failures: int = 5
+    window: float = 60.0
+    reset: float = 30.0
+    key: str | None = None
+    wait: bool = False
+
+    @classmethod
+    def from_data(cls, data: Any, base: BreakerPolicy | None = None) -> BreakerPolicy | None:
+        """Build from a ``breaker:`` mapping; ``false`` turns an inherited breaker off."""
+        if data is False:
+            return None
+        if not isinstance(data, dict):
+            return base
+        b = base or cls()
+        return cls(
+            failures=data["failures"] if isinstance(data.get("failures"), int) else b.failures,
+            window=_duration(data.get("window"), b.window) or b.window,
+            reset=_duration(data.get("reset"), b.reset) or b.reset,
+            key=data["key"] if isinstance(data.get("key"), str) else b.key,
+            wait=bool(data.get("wait", b.wait)),
+        )
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Whether a task's stored output may be reused, and for how long."""
+
+    enabled: bool = True
+    ttl: float | None = None
+    key: str = ""
+
+    @classmethod
+    def from_data(cls, data: Any, base: CachePolicy | None = None) -> CachePolicy:
+        """Build from ``cache: true|false|{ttl, key}``."""
+        base = base or cls()
+        if isinstance(data, bool):
+            return cls(enabled=data, ttl=base.ttl, key=base.key)
+        if isinstance(data, dict):
+            return cls(True, _duration(data.get("ttl"), base.ttl), str(data.get("key", base.key)))
+        return base
+
+
+@dataclass(frozen=True)
+class FixPolicy:
+    """What to do when validation rejects an output."""
+
+    attempts: int = 2
+    model: str | None = None
+    mode: str = "feedback"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule: its ``kind`` (schema, expr, type, …), its argument and options."""
+
+    kind: str
+    arg: Any
+    message: str | None = None
+    severity: str = "error"
+    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    path: tuple[str | int, ...] = ()
+
+
+RULE_KINDS = ("schema", "expr", "type", "range", "length", "format", "regex", "one_of", "judge", "use")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What a pipeline or task may do. ``None`` in a field means "not said here"."""
+
+    shell: bool | tuple[str, ...] | None = None
+    network: bool | tuple[str, ...] | None = None
+    files_read: tuple[str, ...] | None = None
+    files_write: tuple[str, ...] | None = None
+    env: bool | tuple[str, ...] | None = None
+    python: bool | tuple[str, ...] | None = None
+
+    @classmethod
+    def from_data(cls, data: Any) -> Permissions:
+        """Build from a ``permissions:`` mapping."""
+        if not isinstance(data, dict):
+            return cls()
+
+        def flag(v: Any) -> bool | tuple[str, ...] | None:
+            return v if isinstance(v, bool) else _strings(v) if isinstance(v, list) else None
+
+        files = data.get("files") if isinstance(data.get("files"), dict) else {}
+        return cls(
+            shell=flag(data.get("shell")),
+            network=flag(data.get("network")),
+            files_read=_strings(files["read"]) if "read" in files else None,
+            files_write=_strings(files["write"]) if "write" in files else None,
+            env=flag(data.get("env")),
+            python=flag(data.get("python")),
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A dollar limit for a run, with an optional cheaper model to switch to."""
+
+    usd: float
+    downgrade: str | None = None
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Task settings that apply where a task says nothing."""
+
+    timeout: float | None = None
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy | None = None
+    cache: CachePolicy = CachePolicy()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a pipeline, as written (templates unrendered)."""
+
+    id: str
+    uses: str
+    with_: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    needs: tuple[str, ...] = ()
+    if_: str | bool | None = None
+    foreach: Any = None
+    concurrency: int | None = None
+    fail_fast: bool = True
+    timeout: float | None = None
+    retry: RetryPolicy = RetryPolicy()
+    validate: tuple[Rule, ...] = ()
+    fix: FixPolicy | None = None
+    breaker: BreakerPolicy | None = None
+    priority: int = 0
+    cache: CachePolicy = CachePolicy()
+    continue_on_error: bool = False
+    fallback: str | None = None
+    run_on: str | None = None
+    inputs: tuple[str, ...] = ()
+    permissions: Permissions = Permissions()
+    trust: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    name: str | None = None
+    description: str | None = None
+    order: int = 0
+    path: tuple[str | int, ...] = ()
+    group: str = "tasks"
+
+    @property
+    def title(self) -> str:
+        """The display name: ``name`` if given, else the id."""
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A checked pipeline file. Build it with :func:`goatclaw.load`."""
+
+    name: str
+    tasks: Mapping[str, Task]
+    version: int = 1
+    description: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    secrets: tuple[str, ...] = ()
+    defaults: Defaults = Defaults()
+    concurrency: int = 4
+    timeout: float | None = None
+    permissions: Permissions = Permissions()
+    budget: Budget | None = None
+    hooks: tuple[Any, ...] = ()
+    on_failure: Mapping[str, Task] = field(default_factory=lambda: _EMPTY)
+    finally_: Mapping[str, Task] = field(default_factory=lambda: _EMPTY)
+    threat_threshold: float | None = None
+    max_output_bytes: int | None = None
+    file: Path | None = None
+    digest: str = ""
+    source: Any = field(default=None, repr=False, compare=False)  # the loader Document
+    project: Any = field(default=None, repr=False, compare=False)  # the Project it was loaded with
+
+    def locate(self, path: tuple[str | int, ...], *, key: bool = False) -> Location | None:
+        """Where ``path`` (e.g. ``("tasks", "fetch", "needs")``) is in the file, if known."""
+        return self.source.locate(path, key=key) if self.source is not None else None
+
+
+def build_pipeline(doc: Any, *, default_name: str = "pipeline", project_defaults: Any = None,
+                   file: Path | None = None, project: Any = None) -> Pipeline:
+    """Turn a loaded document into a :class:`Pipeline` (lenient with bad types)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    defaults = build_defaults(data.get("defaults"), project_defaults)
+    budget = data.get("budget")
+    return Pipeline(
+        name=data["name"] if isinstance(data.get("name"), str) else default_name,
+        tasks=_task_map(data.get("tasks"), defaults, "tasks"),
+        version=data.get("version", 1) if isinstance(data.get("version"), int) else 1,
+        description=data.get("description") if isinstance(data.get("description"), str) else None,
+        vars=_freeze(data.get("vars")),
+        secrets=_strings(data.get("secrets")),
+        defaults=defaults,
+        concurrency=_positive_int(data.get("concurrency"), 4),
+        timeout=_duration(data.get("timeout")),
+        permissions=Permissions.from_data(data.get("permissions")),
+        budget=Budget(float(budget["usd"]), budget.get("downgrade")) if isinstance(budget, dict) and isinstance(
+            budget.get("usd"), (int, float)) else None,
+        hooks=tuple(data["hooks"]) if isinstance(data.get("hooks"), list) else (),
+        on_failure=_task_map(data.get("on_failure"), defaults, "on_failure"),
+        finally_=_task_map(data.get("finally"), defaults, "finally"),
+        threat_threshold=data.get("threat_threshold") if isinstance(data.get("threat_threshold"), (int, float)) else None,
+        max_output_bytes=data.get("max_output_bytes") if isinstance(data.get("max_output_bytes"), int) else None,
+        file=file,
+        digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        source=doc,
+        project=project,
+    )
+
+
+def _positive_int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
+
+
+def build_defaults(data: Any, project: Defaults | None) -> Defaults:
+    """Task defaults from a `defaults:` mapping, over the project's (or the embedded) ones."""
+    base = project or Defaults()
+    if not isinstance(data, dict):
+        return base
+    return Defaults(
+        timeout=_duration(data.get("timeout"), base.timeout),
+        retry=RetryPolicy.from_data(data.get("retry"), base.retry),
+        breaker=BreakerPolicy.from_data(data.get("breaker"), base.breaker) if "breaker" in data else base.breaker,
+        cache=CachePolicy.from_data(data.get("cache"), base.cache),
+    )
+
+
+def _task_map(data: Any, defaults: Defaults, group: str) -> Mapping[str, Task]:
+    if not isinstance(data, dict):
+        return _EMPTY
+    return MappingProxyType({
+        tid: _task(str(tid), spec, defaults, order, group)
+        for order, (tid, spec) in enumerate(data.items())
+        if isinstance(spec, dict)
+    })
+
+
+def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: str) -> Task:
+    path = (group, tid)
+    fix = d.get("fix")
+    return Task(
+        id=tid,
+        uses=d["uses"] if isinstance(d.get("uses"), str) else "",
+        with_=_freeze(d.get("with")),
+        needs=_strings(d.get("needs")),
+        if_=d.get("if") if isinstance(d.get("if"), (str, bool)) else None,
+        foreach=d.get("foreach"),
+        concurrency=_positive_int(d.get("concurrency"), 0) or None,
+        fail_fast=bool(d.get("fail_fast", True)),
+        timeout=_duration(d.get("timeout"), defaults.timeout),
+        retry=RetryPolicy.from_data(d["retry"], defaults.retry) if "retry" in d else defaults.retry,
+        validate=_rules(d.get("validate"), path),
+        fix=FixPolicy(
+            attempts=fix.get("attempts", 2) if isinstance(fix.get("attempts", 2), int) else 2,
+            model=fix.get("model") if isinstance(fix.get("model"), str) else None,
+            mode=fix.get("mode", "feedback") if isinstance(fix.get("mode", ""), str) else "feedback",
+        ) if isinstance(fix, dict) else None,
+        breaker=BreakerPolicy.from_data(d["breaker"], defaults.breaker) if "breaker" in d else defaults.breaker,
+        priority=d["priority"] if isinstance(d.get("priority"), int) else 0,
+        cache=CachePolicy.from_data(d.get("cache"), defaults.cache),
+        continue_on_error=d.get("continue_on_error") is True,
+        fallback=d["fallback"] if isinstance(d.get("fallback"), str) else None,
+        run_on=d["run_on"] if isinstance(d.get("run_on"), str) else None,
+        inputs=_strings(d.get("inputs")),
+        permissions=Permissions.from_data(d.get("permissions")),
+        trust=_strings(d.get("trust")),
+        env=MappingProxyType({str(k): str(v) for k, v in d["env"].items()}) if isinstance(d.get("env"), dict) else _EMPTY,
+        name=d["name"] if isinstance(d.get("name"), str) else None,
+        description=d["description"] if isinstance(d.get("description"), str) else None,
+        order=order,
+        path=path,
+        group=group,
+    )
+
+
+def _rules(data: Any, task_path: tuple[str | int, ...]) -> tuple[Rule, ...]:
+    if not isinstance(data, list):
+        return ()
+    rules = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            continue
+        kind = next((k for k in RULE_KINDS if k in item), None)
+        if kind is None:
+            continue
+        options = {k: v for k, v in item.items() if k not in (kind, "message", "severity")}
+        rules.append(Rule(kind, item[kind], item.get("message"), str(item.get("severity", "error")),
+                          MappingProxyType(options), (*task_path, "validate", i)))
+    return tuple(rules)

@@ -1,0 +1,88 @@
+"""The project file ``goatclaw.yaml``: project-wide settings, each with an embedded default.
+
+It is found next to the pipeline file or in one of its parent folders (else in the
+current folder or its parents). Relative paths in it (the store) are relative to the
+folder it is in, which is also the workspace that tasks' relative paths start from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from goatclaw.errors import SpecError
+from goatclaw.spec.loader import load_file
+from goatclaw.spec.model import Budget, Defaults, Permissions, build_defaults
+from goatclaw.spec.schema import check_document
+
+__all__ = ["PROJECT_FILE", "Project", "find_project_file", "load_project"]
+
+PROJECT_FILE = "goatclaw.yaml"
+DEFAULT_STORE = ".goatclaw/goatclaw.db"
+
+
+@dataclass(frozen=True)
+class Project:
+    """Checked project settings (embedded defaults where the file says nothing)."""
+
+    root: Path
+    file: Path | None = None
+    store_path: Path = Path(DEFAULT_STORE)
+    defaults: Defaults = Defaults()
+    concurrency: int | None = None
+    model: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    budget: Budget | None = None
+    executor: str = "local"
+    executor_address: str | None = None
+    permissions: Permissions = Permissions()
+    plugins_allow: tuple[str, ...] | None = None
+    plugins_deny: tuple[str, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def find_project_file(*starts: Path) -> Path | None:
+    """The nearest ``goatclaw.yaml`` at or above any of ``starts`` (first match wins)."""
+    for start in starts:
+        folder = start.resolve()
+        for candidate in (folder, *folder.parents):
+            path = candidate / PROJECT_FILE
+            if path.is_file():
+                return path
+    return None
+
+
+def load_project(file: Path | None = None, *, root: Path | None = None) -> Project:
+    """Load and check ``file`` (or return the embedded defaults when there is none)."""
+    if file is None:
+        base = (root or Path.cwd()).resolve()
+        return Project(root=base, store_path=base / DEFAULT_STORE)
+    doc = load_file(file)
+    problems = doc.problems + check_document(doc, "goatclaw")
+    if problems:
+        raise SpecError(problems)
+    data: dict[str, Any] = doc.data if isinstance(doc.data, dict) else {}
+    base = file.resolve().parent
+    store = data.get("store", {}).get("path", DEFAULT_STORE) if isinstance(data.get("store"), dict) else DEFAULT_STORE
+    executor = data.get("executor", "local")
+    budget = data.get("budget")
+    plugins = data.get("plugins", {}) if isinstance(data.get("plugins"), dict) else {}
+    return Project(
+        root=base,
+        file=file,
+        store_path=(base / store).resolve() if not Path(store).is_absolute() else Path(store),
+        defaults=build_defaults(data.get("defaults"), None),
+        concurrency=data.get("concurrency"),
+        model=data.get("model"),
+        fallbacks=tuple(data.get("fallbacks", ())),
+        budget=Budget(float(budget["usd"]), budget.get("downgrade")) if isinstance(budget, dict) else None,
+        executor=executor if isinstance(executor, str) else executor.get("type", "local"),
+        executor_address=None if isinstance(executor, str) else executor.get("address"),
+        permissions=Permissions.from_data(data.get("permissions")),
+        plugins_allow=tuple(plugins["allow"]) if "allow" in plugins else None,
+        plugins_deny=tuple(plugins.get("deny", ())),
+        data=MappingProxyType(data),
+    )

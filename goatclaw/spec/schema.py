@@ -1,0 +1,157 @@
+"""JSON Schema checks for pipeline and project files, with errors at file:line:col.
+
+The schemas (``schemas/pipeline.schema.json``, ``schemas/goatclaw.schema.json``) are
+Draft 2020-12 and ship inside the package. Valid files take a fast path: the schema is
+compiled once to Python code by fastjsonschema (the schemas keep to keywords whose
+meaning is the same in draft 7), about ten times faster than jsonschema on a large
+pipeline. A file that fails it is checked again by jsonschema, which finds every error;
+each is mapped back to the line and column of the offending node.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from goatclaw.errors import Problem
+from goatclaw.spec.loader import Document, dotted
+
+__all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
+
+SCHEMAS = ("pipeline", "goatclaw")
+
+
+def schema_text(name: str = "pipeline") -> str:
+    """The raw text of a shipped schema (``pipeline`` or ``goatclaw``)."""
+    if name not in SCHEMAS:
+        raise ValueError(f"unknown schema '{name}' (use one of {', '.join(SCHEMAS)})")
+    return resources.files("goatclaw").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+
+
+@cache
+def load_schema(name: str = "pipeline") -> dict[str, Any]:
+    """A shipped schema as data."""
+    data: dict[str, Any] = json.loads(schema_text(name))
+    return data
+
+
+@cache
+def _fast(name: str) -> Callable[[Any], Any]:
+    schema = dict(load_schema(name))
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return fastjsonschema.compile(schema)
+
+
+@cache
+def _full(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
+def check_document(doc: Document, name: str = "pipeline") -> list[Problem]:
+    """Every schema problem in ``doc``, located and sorted (empty when valid)."""
+    try:
+        _fast(name)(doc.data)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass
+    return schema_problems(doc, _full(name).iter_errors(doc.data))
+
+
+def check_instance(instance: Any, schema: dict[str, Any]) -> list[str]:
+    """Validate plain data against a user-supplied schema; messages with their paths."""
+    validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator = validator_cls(schema)
+    out = []
+    for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
+        where = dotted(tuple(err.absolute_path))
+        out.append(f"{where}: {err.message}" if where else err.message)
+    return out
+
+
+def check_schema(schema: Any) -> str | None:
+    """``None`` if ``schema`` is a valid JSON Schema, else why not."""
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return exc.message
+    return None
+
+
+def schema_problems(doc: Document, errors: Any) -> list[Problem]:
+    """Turn jsonschema errors into located, readable problems (one per real mistake)."""
+    problems: dict[tuple[str, str], Problem] = {}
+    for err in errors:
+        for problem in _explain(doc, err):
+            problems.setdefault((problem.path, problem.message), problem)
+    return sorted(problems.values(), key=Problem.sort_key)
+
+
+def _explain(doc: Document, err: ValidationError) -> list[Problem]:
+    path = tuple(err.absolute_path)
+    kind = err.validator
+    if kind == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extras = [k for k in err.instance if k not in allowed]
+        return [Problem(doc.locate((*path, k), key=True), dotted((*path, k)),
+                        f"unknown field '{k}'{_did_you_mean(k, allowed)}") for k in extras]
+    if kind == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return [Problem(doc.locate(path), dotted(path), f"missing required field '{missing}'")]
+    if kind == "propertyNames":
+        bad = err.instance
+        return [Problem(doc.locate((*path, bad), key=True) if isinstance(bad, str) else doc.locate(path),
+                        dotted(path), f"invalid name '{bad}': {_short(err)}")]
+    if kind in ("oneOf", "anyOf") and err.context:
+        return _alternatives(doc, err)
+    return [Problem(doc.locate(path), dotted(path), err.message)]
+
+
+def _short(err: ValidationError) -> str:
+    if err.context:
+        return jsonschema.exceptions.best_match(err.context).message
+    return err.message
+
+
+def _alternatives(doc: Document, err: ValidationError) -> list[Problem]:
+    """A oneOf/anyOf failure, said plainly: the types wanted, or the closest branch's errors."""
+    path = tuple(err.absolute_path)
+    here = [e for e in err.context if not e.relative_path]
+    if here and all(e.validator == "type" for e in here) and len(here) == len(err.context):
+        wanted: list[str] = []
+        for e in here:
+            types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+            wanted += [t for t in types if t not in wanted]
+        message = f"{_json(err.instance)} is not of type {' or '.join(repr(t) for t in wanted)}"
+        return [Problem(doc.locate(path), dotted(path), message)]
+    deeper = [e for e in err.context if e.relative_path or e.validator in ("additionalProperties", "required")]
+    if not deeper:
+        informative = [e for e in err.context if e.validator != "type"] or list(err.context)
+        best = jsonschema.exceptions.best_match(informative)
+        return [Problem(doc.locate(path), dotted(path), best.message)]
+    # explain the branch that got furthest (the one whose errors are deepest), all of its errors
+    branch = max({e.schema_path[0] for e in deeper},
+                 key=lambda b: max(len(e.relative_path) for e in deeper if e.schema_path[0] == b))
+    problems: list[Problem] = []
+    for e in deeper:
+        if e.schema_path[0] == branch:
+            problems += _explain(doc, e)
+    return problems
+
+
+def _json(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(name: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,276 @@
+"""The SQLite store: runs, task results, attempts and the append-only event log.
+
+One file (default ``.goatclaw/goatclaw.db``) in WAL mode, opened through sqlean.py,
+whose SQLite can load extensions (sqlite-vec for memory). Writers take
+``BEGIN IMMEDIATE``; a task's state change and its events commit in one transaction, so
+``kill -9`` never loses a committed task. Migrations are an ordered list of named
+functions recorded in the ``migrations`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlean
+
+from goatclaw.errors import StoreError
+
+__all__ = ["MIGRATIONS", "RunRow", "Store", "TaskRow"]
+
+Connection = Any  # sqlean.Connection; typed loosely since sqlean ships no stubs
+
+
+def _script(db: Connection, sql: str) -> None:
+    """Run several statements inside the caller's transaction (``executescript`` would commit it)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _m001_core(db: Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            file TEXT,
+            digest TEXT,
+            status TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            vars TEXT,
+            error TEXT,
+            summary TEXT
+        );
+        CREATE INDEX runs_by_pipeline ON runs (pipeline, started_at);
+        CREATE INDEX runs_by_start ON runs (started_at);
+        CREATE TABLE tasks (
+            run_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started_at REAL,
+            finished_at REAL,
+            output TEXT,
+            error TEXT,
+            error_class TEXT,
+            PRIMARY KEY (run_id, task_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE attempts (
+            run_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            item INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error_class TEXT,
+            error TEXT,
+            PRIMARY KEY (run_id, task_id, item, attempt)
+        ) WITHOUT ROWID;
+        CREATE TABLE events (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            topic TEXT NOT NULL,
+            task_id TEXT,
+            data TEXT,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+#: Ordered, named migrations; each runs once, in its own transaction.
+MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
+    ("001_core", _m001_core),
+)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A stored run."""
+
+    id: str
+    pipeline: str
+    file: str | None
+    digest: str | None
+    status: str
+    started_at: float
+    finished_at: float | None
+    vars: dict[str, Any]
+    error: str | None
+    summary: dict[str, Any]
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, if finished."""
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task's stored result within a run."""
+
+    run_id: str
+    task_id: str
+    status: str
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    output: Any
+    error: str | None
+    error_class: str | None
+
+
+class Store:
+    """A connection to the store file; create with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, db: Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open (creating and migrating if needed) the store at ``path``."""
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlean.connect(str(p), isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db, p)
+            store._migrate()
+        except sqlean.DatabaseError as exc:
+            raise StoreError(f"cannot open the store {p}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create the store folder {p.parent}: {exc.strerror or exc}") from None
+        return store
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+        for name, migration in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction() as db:
+                if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                    continue  # another process migrated meanwhile
+                migration(db)
+                db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+
+    # -- writing ---------------------------------------------------------------------
+
+    def create_run(self, run_id: str, pipeline: str, *, file: str | None, digest: str | None,
+                   vars: dict[str, Any], started_at: float) -> None:
+        """Record a new run as ``running``."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars) VALUES (?,?,?,?,?,?,?)",
+                (run_id, pipeline, file, digest, "running", started_at, json.dumps(vars, default=str)),
+            )
+
+    def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
+                    attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None) -> None:
+        """Append events and upsert task and attempt rows in one transaction.
+
+        Rows are tuples in table column order. ``run`` is ``(status, finished_at, error,
+        summary_json, run_id)`` to finish the run in the same transaction.
+        """
+        with self.transaction() as db:
+            if tasks:
+                db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)", tasks)
+            if attempts:
+                db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
+            if events:
+                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+            if run is not None:
+                db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def runs(self, *, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
+        """The latest runs, newest first."""
+        sql = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if pipeline:
+            sql += " WHERE pipeline = ?"
+            args = (pipeline,)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        return [_run_row(r) for r in self.db.execute(sql, (*args, limit))]
+
+    def run(self, ref: str) -> RunRow | None:
+        """A run by id, unique id prefix, or ``last``."""
+        if ref in ("last", "latest"):
+            row = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            return _run_row(row) if row else None
+        rows = self.db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY started_at DESC LIMIT 2",
+                               (ref, ref.replace("%", "").replace("_", "\\_") + "%")).fetchall()
+        exact = [r for r in rows if r[0] == ref]
+        if exact:
+            return _run_row(exact[0])
+        if len(rows) > 1:
+            raise StoreError(f"run id prefix '{ref}' is ambiguous")
+        return _run_row(rows[0]) if rows else None
+
+    def tasks(self, run_id: str) -> list[TaskRow]:
+        """Every stored task result of a run, in the order they started."""
+        rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at, task_id", (run_id,))
+        return [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), r[7], r[8]) for r in rows]
+
+    def attempts(self, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
+        """Attempt rows of a run (optionally one task)."""
+        sql = "SELECT * FROM attempts WHERE run_id = ?" + (" AND task_id = ?" if task_id else "")
+        args = (run_id, task_id) if task_id else (run_id,)
+        cols = ("run_id", "task_id", "item", "attempt", "status", "started_at", "finished_at", "error_class", "error")
+        return [dict(zip(cols, r, strict=True)) for r in self.db.execute(sql + " ORDER BY started_at", args)]
+
+    def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events of a run with ``seq > after``, in order."""
+        sql = "SELECT seq, ts, topic, task_id, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
+                for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
+
+    def integrity(self) -> str:
+        """``PRAGMA integrity_check``'s answer (``ok`` when healthy)."""
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run_row(r: Sequence[Any]) -> RunRow:
+    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {})
