@@ -22,7 +22,7 @@ from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
-from goatclaw.graph import Plan, compile_plan, graph_problems
+from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.registry import Registry, default_registry
 from goatclaw.spec.loader import dotted, load_file, load_text
@@ -57,6 +57,8 @@ def check(path: str | os.PathLike[str], *, project: Project | None = None,
                               file=Path(path), project=project)
     found, graph = graph_problems(pipeline)
     problems += found + _check_templates(pipeline, graph)
+    if not found:
+        pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 

@@ -20,7 +20,7 @@ from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Task
 from goatclaw.template import TemplateRefs, check_expression, check_value, has_template
 
-__all__ = ["Plan", "check_templates", "compile_plan", "render_plan"]
+__all__ = ["Plan", "build_plan", "check_templates", "compile_plan", "graph_problems", "plan_data", "render_plan"]
 
 #: Names every task template may read.
 TASK_NAMES = frozenset({"vars", "env", "secrets", "run", "tasks"})
@@ -47,13 +47,19 @@ class Plan:
 
 
 def compile_plan(pipeline: Pipeline) -> Plan:
-    """Check the graph and templates of ``pipeline``; raise :class:`SpecError` with every problem."""
+    """Compile ``pipeline``'s graph into a plan; :class:`SpecError` if the graph is broken.
+
+    Templates are checked by :func:`check_templates` when the pipeline is loaded.
+    """
+    cached = pipeline.memo.get("plan")
+    if isinstance(cached, Plan):
+        return cached
     problems, graph = _graph_problems(pipeline)
-    if not problems:
-        problems += check_templates(pipeline, graph)
     if problems:
         raise SpecError(problems)
-    return _plan(pipeline, graph)
+    plan = build_plan(pipeline, graph)
+    pipeline.memo["plan"] = plan
+    return plan
 
 
 def graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
@@ -66,15 +72,16 @@ def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
     graph = nx.DiGraph()
     graph.add_nodes_from(tasks)
     problems: list[Problem] = []
+    edges = []
     for task in tasks.values():
         for i, need in enumerate(task.needs):
-            path = (*task.path, "needs", i) if _needs_is_list(pipeline, task) else (*task.path, "needs")
-            if need == task.id:
-                problems.append(_problem(pipeline, path, f"task '{task.id}' cannot need itself"))
-            elif need not in tasks:
-                problems.append(_problem(pipeline, path, f"unknown task '{need}'{_did_you_mean(need, tasks)}"))
+            if need in tasks and need != task.id:
+                edges.append((need, task.id))
+            elif need == task.id:
+                problems.append(_problem(pipeline, _need_path(pipeline, task, i), f"task '{task.id}' cannot need itself"))
             else:
-                graph.add_edge(need, task.id)
+                problems.append(_problem(pipeline, _need_path(pipeline, task, i),
+                                         f"unknown task '{need}'{_did_you_mean(need, tasks)}"))
         if task.fallback is not None and task.fallback not in tasks:
             problems.append(_problem(pipeline, (*task.path, "fallback"),
                                      f"unknown task '{task.fallback}'{_did_you_mean(task.fallback, tasks)}"))
@@ -84,15 +91,17 @@ def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
                 if need not in group:
                     problems.append(_problem(pipeline, (*task.path, "needs", i),
                                              f"unknown task '{need}' in {task.group}{_did_you_mean(need, group)}"))
-    problems += _cycle_problems(pipeline, graph)
+    graph.add_edges_from(edges)
+    if not nx.is_directed_acyclic_graph(graph):
+        problems += _cycle_problems(pipeline, graph)
     return problems, graph
 
 
-def _needs_is_list(pipeline: Pipeline, task: Task) -> bool:
+def _need_path(pipeline: Pipeline, task: Task, i: int) -> tuple[str | int, ...]:
+    """``tasks.x.needs[i]`` when needs is a list in the file, ``tasks.x.needs`` when a string."""
+    path = (*task.path, "needs", i)
     src = pipeline.source
-    raw = src.data.get(task.group, {}).get(task.id, {}).get("needs") if src is not None and isinstance(
-        src.data, dict) else None
-    return isinstance(raw, list)
+    return path if src is None or path in src.locations else (*task.path, "needs")
 
 
 def _cycle_problems(pipeline: Pipeline, graph: Any) -> list[Problem]:
@@ -116,8 +125,7 @@ def check_templates(pipeline: Pipeline, graph: Any) -> list[Problem]:
     """Template syntax errors and references to unknown or non-upstream tasks or names."""
     problems: list[Problem] = []
     for task in pipeline.tasks.values():
-        upstream = nx.ancestors(graph, task.id) if task.id in graph else set()
-        problems += _task_template_problems(pipeline, task, upstream, pipeline.tasks)
+        problems += _task_template_problems(pipeline, task, _Upstream(graph, task.id), pipeline.tasks)
     for group in (pipeline.on_failure, pipeline.finally_):
         for task in group.values():
             problems += _task_template_problems(pipeline, task, set(pipeline.tasks) | set(task.needs),
@@ -125,7 +133,19 @@ def check_templates(pipeline: Pipeline, graph: Any) -> list[Problem]:
     return problems
 
 
-def _task_template_problems(pipeline: Pipeline, task: Task, upstream: set[str],
+class _Upstream:
+    """``ref in upstream``: whether ``ref`` is an ancestor of a task, searched only when asked."""
+
+    def __init__(self, graph: Any, task_id: str) -> None:
+        self.graph = graph
+        self.task_id = task_id
+
+    def __contains__(self, ref: object) -> bool:
+        g = self.graph
+        return ref in g and self.task_id in g and ref != self.task_id and nx.has_path(g, ref, self.task_id)
+
+
+def _task_template_problems(pipeline: Pipeline, task: Task, upstream: Any,
                             known: Mapping[str, Task]) -> list[Problem]:
     names = TASK_NAMES | (FOREACH_NAMES if task.foreach is not None else frozenset())
     found: list[tuple[tuple[str | int, ...], TemplateRefs | TemplateError, frozenset[str]]] = []
@@ -164,7 +184,8 @@ def _did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _plan(pipeline: Pipeline, graph: Any) -> Plan:
+def build_plan(pipeline: Pipeline, graph: Any) -> Plan:
+    """The plan of a pipeline whose graph has been checked (see :func:`graph_problems`)."""
     order_of = {tid: t.order for tid, t in pipeline.tasks.items()}
     levels = tuple(tuple(sorted(gen, key=order_of.__getitem__)) for gen in nx.topological_generations(graph))
     return Plan(

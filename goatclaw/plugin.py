@@ -87,7 +87,7 @@ def fail(message: str, *, error_class: str = "internal", retry_after: float | No
     raise TaskError(message, error_class=error_class, retry_after=retry_after, details=details)
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskContext:
     """What a running task can see and do. Plugins get one as their first argument."""
 

@@ -5,6 +5,11 @@ whose SQLite can load extensions (sqlite-vec for memory). Writers take
 ``BEGIN IMMEDIATE``; a task's state change and its events commit in one transaction, so
 ``kill -9`` never loses a committed task. Migrations are an ordered list of named
 functions recorded in the ``migrations`` table.
+
+Tables: ``runs`` (one row a run), ``tasks`` (each task's final result: status, attempts,
+timings, output or error; the successful attempt is this row), ``attempts`` (every
+attempt that failed or was cancelled: the retry history), ``events`` (the append-only
+log, numbered per run).
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class Compiled:
 
     def __init__(self, value: Any) -> None:
         self.value = value
-        self._render = _compile(value)
+        self._render = _compile(value) if _any_template(value) else None
         self.is_constant = self._render is None
 
     def render(self, context: Mapping[str, Any]) -> Any:
@@ -146,6 +146,26 @@ class Compiled:
 def compile_value(value: Any) -> Compiled:
     """Compile every template inside ``value``."""
     return Compiled(value)
+
+
+def _any_template(value: Any) -> bool:
+    """A quick scan: does ``value`` hold template syntax anywhere? (Concrete types first: fast.)"""
+    kind = type(value)
+    if kind is str:
+        return "{" in value and has_template(value)
+    if kind is int or kind is float or kind is bool or value is None:
+        return False
+    if kind is dict:
+        return any(map(_any_template, value.values()))
+    if kind is list or kind is tuple:
+        return any(map(_any_template, value))
+    if isinstance(value, str):
+        return "{" in value and has_template(value)
+    if isinstance(value, Mapping):
+        return any(map(_any_template, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_any_template, value))
+    return False
 
 
 def _compile(value: Any) -> Callable[[Mapping[str, Any]], Any] | None:

@@ -1,16 +1,19 @@
 """Recording a run: events to the bus, rows to the store, in group commits.
 
 Every event gets a sequence number and is published on the bus at once (the live view
-sees it immediately). Rows are buffered and committed together at the end of the event
-loop's current turn, so tasks finishing together share one transaction, and a finished
-task is durable a moment after it finishes. Declared secret values are masked in
-everything written.
+sees it immediately). Rows are buffered and handed, at the end of the event loop's
+current turn, to one writer thread that commits each batch in one transaction: tasks
+finishing together share a commit, a finished task is durable a moment after it
+finishes, and SQLite's work (which releases the GIL) overlaps with the run instead of
+stalling the event loop. Declared secret values are masked in everything written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import threading
 import time
 from typing import Any
 
@@ -23,6 +26,26 @@ __all__ = ["Recorder"]
 
 _FLUSH_ROWS = 2000
 _MASK = "***"
+
+
+_SIMPLE = (int, float, bool, type(None))
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    """JSON for event data; flat dicts of numbers (the common case) skip the json module."""
+    if all(type(v) in _SIMPLE for v in data.values()):
+        parts = []
+        for k, v in data.items():
+            if v is None or v is True or v is False:
+                v = "null" if v is None else "true" if v else "false"
+            elif isinstance(v, float) and (v != v or v in (_INF, -_INF)):
+                return json.dumps(data, default=str)
+            parts.append(f'"{k}": {v}')
+        return "{" + ", ".join(parts) + "}"
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+_INF = float("inf")
 
 
 class Recorder:
@@ -38,6 +61,7 @@ class Recorder:
         self.tasks: list[tuple[Any, ...]] = []
         self.attempts: list[tuple[Any, ...]] = []
         self._flush_pending = False
+        self._writer: _Writer | None = None
 
     # -- run -------------------------------------------------------------------------
 
@@ -47,7 +71,9 @@ class Recorder:
             self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
                                   digest=pipeline.digest, vars=vars, started_at=started_at)
         self.event("run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
-        self.flush()
+        self._write()
+        if self.store is not None:
+            self._writer = _Writer(self.store)
 
     def finish_run(self, result: RunResult) -> None:
         """Record the run's end and flush everything (one transaction)."""
@@ -56,6 +82,9 @@ class Recorder:
                     "duration": None if result.finished_at is None else result.finished_at - result.started_at})
         summary = json.dumps({"counts": result.counts()})
         self._write(run=(result.status.value, result.finished_at, self._mask(result.error), summary, self.run_id))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -68,7 +97,10 @@ class Recorder:
 
     def task_finished(self, res: TaskResult) -> None:
         """A task reached a terminal state: store its row and publish ``task.<state>``."""
-        output = None if res.output is None else self._mask(json.dumps(res.output, ensure_ascii=False))
+        output = res.output_json
+        if output is None and res.output is not None:
+            output = json.dumps(res.output, ensure_ascii=False, default=str)
+        output = self._mask(output)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
                            output, self._mask(res.error), res.error_class))
         data: dict[str, Any] = {"attempts": res.attempts}
@@ -104,7 +136,7 @@ class Recorder:
         if self.bus.handlers(topic):
             self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, data or {}))
         if self.store is not None:
-            text = None if data is None else self._mask(json.dumps(data, ensure_ascii=False, default=str))
+            text = None if data is None else self._mask(_dumps(data))
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
                 self.flush()
@@ -133,9 +165,12 @@ class Recorder:
     def _write(self, run: tuple[Any, ...] | None = None) -> None:
         if self.store is None or not (self.events or self.tasks or self.attempts or run):
             return
-        events, tasks, attempts = self.events, self.tasks, self.attempts
+        batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run}
         self.events, self.tasks, self.attempts = [], [], []
-        self.store.write_batch(events=events, tasks=tasks, attempts=attempts, run=run)
+        if self._writer is not None:
+            self._writer.put(batch)
+        else:
+            self.store.write_batch(**batch)
 
     def _mask(self, text: str | None) -> str | None:
         if text is None or not self.secrets:
@@ -144,3 +179,54 @@ class Recorder:
             if secret in text:
                 text = text.replace(secret, _MASK)
         return text
+
+
+class _Writer:
+    """One thread that commits batches in order; :meth:`close` waits for all of them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="goatclaw-store-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, batch: dict[str, Any]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.queue.get()
+            if batch is None:
+                return
+            # merge what queued up meanwhile into one transaction
+            merged = {"events": list(batch["events"]), "tasks": list(batch["tasks"]),
+                      "attempts": list(batch["attempts"]), "run": batch["run"]}
+            done = False
+            while merged["run"] is None:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                for key in ("events", "tasks", "attempts"):
+                    merged[key] += more[key]
+                merged["run"] = more["run"]
+            try:
+                self.store.write_batch(**merged)
+            except BaseException as exc:  # surfaced on the next put and on close
+                self.error = exc
+                return
+            if done:
+                return
+
+    def close(self) -> None:
+        """Commit everything queued, stop the thread, and raise a write error if one happened."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error

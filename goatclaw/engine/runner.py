@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,18 +78,21 @@ class _Runner:
         self.opts = options
         self.registry = options.registry or default_registry()
         self.executor = options.executor or LocalExecutor()
+        self.inline_async = type(self.executor) is LocalExecutor
         self.bus = options.bus or Bus()
         self.rng = random.Random(options.seed)
         self.selected = _select(plan, options.only)
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
                                 store_path=str(options.store_path) if options.store_path else None)
-        self.views: dict[str, dict[str, Any]] = {}
+        self.views = _TaskViews(self.result.tasks)
         self.compiled: dict[str, Compiled] = {}
         self.recorder: Recorder | None = None
         self.ready: list[tuple[int, int, str]] = []
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.pending: dict[str, int] = {}
+        self.blocked: set[str] = set()  # tasks with a need that failed for good
+        self.live: set[str] = set()  # tasks with a need that was not skipped
         self.done = 0
         self.context: dict[str, Any] = {}
 
@@ -209,35 +212,35 @@ class _Runner:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
         stack = [tid]
         sel = self.selected
+        results = self.result.tasks
+        pending, blocked, live = self.pending, self.blocked, self.live
         while stack:
             current = stack.pop()
             self.done += 1
+            state = results[current].status
+            blocks = state in _BLOCKING and not (
+                state is TaskState.FAILED and self.pipeline.tasks[current].continue_on_error)
+            skipped = state is TaskState.SKIPPED
             for dep in self.plan.dependents[current]:
                 if dep not in sel:
                     continue
-                self.pending[dep] -= 1
-                if self.pending[dep] == 0:
-                    verdict = self._settle(dep)
-                    if verdict is None:
-                        self._push(dep)
-                    else:
-                        self._mark(dep, verdict)
+                if blocks:
+                    blocked.add(dep)
+                if not skipped:
+                    live.add(dep)
+                pending[dep] -= 1
+                if pending[dep] == 0:
+                    if dep in blocked:
+                        self._mark(dep, TaskState.UPSTREAM_FAILED)
                         stack.append(dep)
+                    elif dep not in live:
+                        self._mark(dep, TaskState.SKIPPED)
+                        stack.append(dep)
+                    else:
+                        self._push(dep)
         if self.done >= len(sel):
             while self.waiters:
                 self.waiters.popleft().set_result(None)
-
-    def _settle(self, tid: str) -> TaskState | None:
-        """``None`` if ``tid`` may run; else the state it ends in without running."""
-        results = self.result.tasks
-        needs = [n for n in self.plan.needs[tid] if n in self.selected]
-        states = [results[n].status for n in needs]
-        for need, state in zip(needs, states, strict=True):
-            if state in _BLOCKING and not (state is TaskState.FAILED and self.pipeline.tasks[need].continue_on_error):
-                return TaskState.UPSTREAM_FAILED
-        if states and all(s is TaskState.SKIPPED for s in states):
-            return TaskState.SKIPPED
-        return None
 
     def _mark(self, tid: str, state: TaskState) -> None:
         res = self.result.tasks[tid]
@@ -247,7 +250,6 @@ class _Runner:
                       self.result.tasks[n].status in _BLOCKING]
             res.error = f"needs {', '.join(failed)}, which did not succeed"
             res.error_class = "upstream"
-        self.views[tid] = res.view()
         assert self.recorder is not None
         self.recorder.task_finished(res)
 
@@ -266,9 +268,9 @@ class _Runner:
             else:
                 plugin = self._plugin(task)
                 if task.foreach is not None:
-                    res.output = await self._foreach(task, plugin, res)
+                    res.output, res.output_json = await self._foreach(task, plugin, res)
                 else:
-                    res.output = await self._attempts(task, plugin, res, self.context, None)
+                    res.output, res.output_json = await self._attempts(task, plugin, res, self.context, None)
                 res.move(TaskState.SUCCEEDED)
         except asyncio.CancelledError:
             res.move(TaskState.CANCELLED)
@@ -279,7 +281,6 @@ class _Runner:
             res.error, res.error_class = exc.message, exc.error_class
         finally:
             res.finished_at = time.time()
-            self.views[task.id] = res.view()
             rec.task_finished(res)
 
     def _condition(self, task: Task) -> bool:
@@ -300,23 +301,24 @@ class _Runner:
         compiled = self.compiled.get(task.id)
         if compiled is None:
             try:
-                compiled = compile_value(dict(task.with_))
+                compiled = compile_value(task.with_)
             except TemplateError as exc:
                 raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
             self.compiled[task.id] = compiled
         return compiled
 
-    async def _foreach(self, task: Task, plugin: Plugin, res: TaskResult) -> list[Any]:
+    async def _foreach(self, task: Task, plugin: Plugin, res: TaskResult) -> tuple[list[Any], str]:
         items = self._items(task)
         res.items = len(items)
         limit = task.concurrency or self.opts.concurrency or self.pipeline.concurrency
         gate = asyncio.Semaphore(limit)
         outputs: list[Any] = [None] * len(items)
+        texts: list[str] = ["null"] * len(items)
 
         async def one(index: int, item: Any) -> None:
             async with gate:
                 ctx = {**self.context, "item": item, "index": index}
-                outputs[index] = await self._attempts(task, plugin, res, ctx, index)
+                outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
 
         if task.fail_fast:
             try:
@@ -327,7 +329,7 @@ class _Runner:
                 first = eg.exceptions[0]
                 assert isinstance(first, TaskError)
                 raise first from None
-            return outputs
+            return outputs, "[" + ",".join(texts) + "]"
         results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)), return_exceptions=True)
         errors = [(i, e) for i, e in enumerate(results) if isinstance(e, BaseException)]
         for _, e in errors:
@@ -338,7 +340,7 @@ class _Runner:
             assert isinstance(first, TaskError)
             raise TaskError(f"{len(errors)} of {len(items)} items failed; item {errors[0][0]}: {first.message}",
                             error_class=first.error_class)
-        return outputs
+        return outputs, "[" + ",".join(texts) + "]"
 
     def _items(self, task: Task) -> list[Any]:
         spec = task.foreach
@@ -357,53 +359,76 @@ class _Runner:
         return list(value)
 
     async def _attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
-                        index: int | None) -> Any:
+                        index: int | None) -> tuple[Any, str]:
+        """Run one task (or one item of a fan-out) with its retry policy; (output, output JSON).
+
+        The first attempt takes a short path; the retry loop starts only after a failure.
+        The successful attempt is the task's own row; the attempts table keeps the failures.
+        """
+        compiled = self._inputs(task)
+        res.attempts = res.attempts or 1
+        started = time.time()
+        try:
+            return await self._attempt(task, plugin, compiled, context, 1, index)
+        except asyncio.CancelledError:
+            self._record_attempt(task, index, 1, started, None)
+            raise
+        except Exception as exc:
+            return await self._retry(task, plugin, res, compiled, context, index, exc, started)
+
+    async def _retry(self, task: Task, plugin: Plugin, res: TaskResult, compiled: Compiled,
+                     context: Mapping[str, Any], index: int | None, first: Exception, started: float) -> tuple[Any, str]:
         policy = task.retry
-        backoff: Backoff | None = None
+        backoff = Backoff(policy, self.rng)
         rec = self.recorder
         assert rec is not None
-        first_start = time.monotonic()
-        attempt = 0
-        compiled = self._inputs(task)
+        first_start = time.monotonic() - (time.time() - started)
+        exc: Exception = first
+        attempt = 1
         while True:
+            err = _as_task_error(exc, task)
+            self._record_attempt(task, index, attempt, started, err)
+            elapsed = time.monotonic() - first_start
+            if (attempt >= policy.attempts or not should_retry(policy, err.error_class)
+                    or (policy.max_elapsed is not None and elapsed >= policy.max_elapsed)):
+                raise err from exc
+            delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
+            rec.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(delay, 3),
+                                                 "error_class": err.error_class, "error": err.message})
+            await self.opts.sleep(delay)
             attempt += 1
             res.attempts = max(res.attempts, attempt)  # a fan-out counts its busiest item
             started = time.time()
             try:
-                output = await self._attempt(task, plugin, compiled, context, attempt, index)
+                return await self._attempt(task, plugin, compiled, context, attempt, index)
             except asyncio.CancelledError:
-                rec.attempt(task.id, index, attempt, "cancelled", started, None, "cancelled")
+                self._record_attempt(task, index, attempt, started, None)
                 raise
-            except Exception as exc:
-                err = _as_task_error(exc, task)
-                rec.attempt(task.id, index, attempt, "failed", started, err.error_class, err.message)
-                elapsed = time.monotonic() - first_start
-                if (attempt >= policy.attempts or not should_retry(policy, err.error_class)
-                        or (policy.max_elapsed is not None and elapsed >= policy.max_elapsed)):
-                    raise err from exc
-                backoff = backoff or Backoff(policy, self.rng)
-                delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
-                rec.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(delay, 3),
-                                                     "error_class": err.error_class, "error": err.message})
-                await self.opts.sleep(delay)
-                continue
-            rec.attempt(task.id, index, attempt, "succeeded", started, None, None)
-            return output
+            except Exception as next_exc:
+                exc = next_exc
+
+    def _record_attempt(self, task: Task, index: int | None, attempt: int, started: float,
+                        err: TaskError | None) -> None:
+        assert self.recorder is not None
+        if err is None:
+            self.recorder.attempt(task.id, index, attempt, "cancelled", started, "cancelled", "cancelled")
+        else:
+            self.recorder.attempt(task.id, index, attempt, "failed", started, err.error_class, err.message)
 
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
-                       attempt: int, index: int | None) -> Any:
+                       attempt: int, index: int | None) -> tuple[Any, str]:
         try:
             kwargs = compiled.render(context)
         except TemplateError as exc:
             raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
         assert self.recorder is not None
-        ctx = TaskContext(
-            run_id=self.result.run_id, task_id=task.id, attempt=attempt,
-            item=context.get("item") if index is not None else None, index=index,
-            workspace=self.opts.workspace, secrets=self.opts.secrets, env=task.env, timeout=task.timeout,
-            permissions=task.permissions, _emit=self.recorder.task_event,
-        )
-        call = self.executor.call(plugin, ctx, kwargs)
+        ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
+                          index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
+                          self.recorder.task_event)
+        if self.inline_async and plugin.is_async:
+            call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
+        else:
+            call = self.executor.call(plugin, ctx, kwargs)
         if task.timeout is None:
             output = await call
         else:
@@ -412,18 +437,35 @@ class _Runner:
                     output = await call
             except TimeoutError:
                 raise TaskTimeout(f"timed out after {task.timeout:g}s") from None
-        _check_json(output)
-        return output
+        return output, _to_json(output)
 
 
-def _check_json(output: Any) -> None:
-    """Outputs are stored and read by later tasks: they must be finite JSON."""
-    if output is None or isinstance(output, (str, int, float, bool)):
-        if isinstance(output, float) and (output != output or output in (float("inf"), float("-inf"))):
-            raise TaskError(f"output {output} is not a finite number", error_class="invalid_output")
-        return
+class _TaskViews(Mapping[str, Any]):
+    """``tasks`` in templates: finished tasks' status, output and error, built when read."""
+
+    def __init__(self, results: Mapping[str, TaskResult]) -> None:
+        self._results = results
+
+    def __getitem__(self, tid: str) -> dict[str, Any]:
+        res = self._results[tid]
+        if not res.status.is_terminal():
+            raise KeyError(tid)
+        return res.view()
+
+    def __iter__(self) -> Iterator[str]:
+        return (tid for tid, r in self._results.items() if r.status.is_terminal())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
+def _to_json(output: Any) -> str:
+    """Outputs are stored and read by later tasks: they must be finite JSON. Returns the text."""
     try:
-        json.dumps(output, allow_nan=False)
+        return _ENCODER.encode(output)
     except (TypeError, ValueError) as exc:
         raise TaskError(f"output is not JSON-serialisable: {exc}", error_class="invalid_output") from None
 

@@ -62,6 +62,7 @@ class TaskResult:
     started_at: float | None = None
     finished_at: float | None = None
     items: int | None = None
+    output_json: str | None = field(default=None, repr=False)
 
     @property
     def duration(self) -> float | None:
@@ -97,6 +98,9 @@ class RunResult:
     error: str | None = None
     store_path: str | None = None
 
+    def __repr__(self) -> str:
+        return f"RunResult(run_id={self.run_id!r}, status={self.status.value!r}, tasks={len(self.tasks)})"
+
     @property
     def ok(self) -> bool:
         """Whether the run succeeded."""
@@ -111,8 +115,8 @@ class RunResult:
         """How many tasks ended in each state."""
         out: dict[str, int] = {}
         for t in self.tasks.values():
-            out[t.status.value] = out.get(t.status.value, 0) + 1
-        return out
+            out[t.status] = out.get(t.status, 0) + 1
+        return {state.value: n for state, n in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready document of the run."""

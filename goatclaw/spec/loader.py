@@ -53,7 +53,7 @@ _MAYBE_SPECIAL = frozenset("-+.0123456789~nNtTfF")
 class Limits:
     """Bounds that keep a hostile file from costing unbounded time or memory."""
 
-    max_bytes: int = int(os.environ.get("GOATCLAW_MAX_FILE_BYTES", 8 * 1024 * 1024))
+    max_bytes: int = 16 * 1024 * 1024
     max_depth: int = 64
     max_alias_nodes: int = 100_000
 

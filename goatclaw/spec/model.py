@@ -290,6 +290,10 @@ class Pipeline:
     digest: str = ""
     source: Any = field(default=None, repr=False, compare=False)  # the loader Document
     project: Any = field(default=None, repr=False, compare=False)  # the Project it was loaded with
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # derived data (the plan)
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, tasks={len(self.tasks)}, file={str(self.file)!r})"
 
     def locate(self, path: tuple[str | int, ...], *, key: bool = False) -> Location | None:
         """Where ``path`` (e.g. ``("tasks", "fetch", "needs")``) is in the file, if known."""

@@ -27,6 +27,7 @@ from goatclaw.spec.loader import Document, dotted
 __all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
 
 SCHEMAS = ("pipeline", "goatclaw")
+_DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
 
 
 def schema_text(name: str = "pipeline") -> str:
@@ -112,6 +113,9 @@ def _explain(doc: Document, err: ValidationError) -> list[Problem]:
                         dotted(path), f"invalid name '{bad}': {_short(err)}")]
     if kind in ("oneOf", "anyOf") and err.context:
         return _alternatives(doc, err)
+    if kind == "pattern" and err.validator_value == _DURATION_PATTERN:
+        return [Problem(doc.locate(path), dotted(path),
+                        f"{_json(err.instance)} is not a duration (use 500ms, 10s, 2m, 1h or a number of seconds)")]
     return [Problem(doc.locate(path), dotted(path), err.message)]
 
 
@@ -135,8 +139,7 @@ def _alternatives(doc: Document, err: ValidationError) -> list[Problem]:
     deeper = [e for e in err.context if e.relative_path or e.validator in ("additionalProperties", "required")]
     if not deeper:
         informative = [e for e in err.context if e.validator != "type"] or list(err.context)
-        best = jsonschema.exceptions.best_match(informative)
-        return [Problem(doc.locate(path), dotted(path), best.message)]
+        return _explain(doc, jsonschema.exceptions.best_match(informative))
     # explain the branch that got furthest (the one whose errors are deepest), all of its errors
     branch = max({e.schema_path[0] for e in deeper},
                  key=lambda b: max(len(e.relative_path) for e in deeper if e.schema_path[0] == b))

@@ -1,0 +1,145 @@
+"""Engine overhead: no-op DAGs through goatclaw (store on) next to a bare asyncio ready-queue.
+
+Run: ``python benchmarks/engine.py [--sizes 1000,10000,100000] [--concurrency 4]``
+
+For each size, a random DAG where each task needs about three earlier ones is run
+twice in the same process: once through ``goatclaw.arun`` with the SQLite store on, and
+once through a bare asyncio ready-queue loop (in-degree counts, ``concurrency`` workers
+awaiting a no-op coroutine). A second table times a 10k-task pipeline from the YAML
+file to a stored run (load + schema + graph + run + store), the issue's 2 s target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import goatclaw
+
+
+def make_dag(n: int, *, seed: int = 7, fan_in: int = 3, window: int = 50) -> list[tuple[str, list[str]]]:
+    """Task ids with their needs: each task needs up to ``fan_in`` of the ``window`` before it."""
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        k = min(i, fan_in)
+        needs = sorted(rng.sample(range(max(0, i - window), i), k)) if k else []
+        tasks.append((f"t{i}", [f"t{j}" for j in needs]))
+    return tasks
+
+
+def write_yaml(tasks: list[tuple[str, list[str]]], path: Path) -> None:
+    lines = ["version: 1", "name: bench", "concurrency: 4", "tasks:"]
+    for tid, needs in tasks:
+        lines.append(f"  {tid}:")
+        lines.append("    uses: echo")
+        if needs:
+            lines.append(f"    needs: [{', '.join(needs)}]")
+        lines.append(f"    with: {{value: {tid[1:]}}}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+async def bare_loop(tasks: list[tuple[str, list[str]]], concurrency: int) -> None:
+    """The baseline: the least a DAG runner can do."""
+    dependents: dict[str, list[str]] = {tid: [] for tid, _ in tasks}
+    pending: dict[str, int] = {}
+    for tid, needs in tasks:
+        pending[tid] = len(needs)
+        for n in needs:
+            dependents[n].append(tid)
+    ready = deque(tid for tid, needs in tasks if not needs)
+    total = len(tasks)
+    done = 0
+    waiters: deque[asyncio.Future[None]] = deque()
+
+    async def noop(value: str) -> str:
+        return value
+
+    async def worker() -> None:
+        nonlocal done
+        loop = asyncio.get_running_loop()
+        while True:
+            if ready:
+                tid = ready.popleft()
+                await noop(tid)
+                done += 1
+                for d in dependents[tid]:
+                    pending[d] -= 1
+                    if pending[d] == 0:
+                        ready.append(d)
+                        if waiters:
+                            waiters.popleft().set_result(None)
+                if done == total:
+                    while waiters:
+                        waiters.popleft().set_result(None)
+                continue
+            if done >= total:
+                return
+            fut = loop.create_future()
+            waiters.append(fut)
+            await fut
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            dag = make_dag(n)
+            path = Path(tmp) / f"bench{n}.yaml"
+            write_yaml(dag, path)
+            pipeline = goatclaw.load(path)
+            store = Path(tmp) / f"store{n}.db"
+            bare, _ = timed(asyncio.run, bare_loop(dag, args.concurrency))
+            engine, result = timed(goatclaw.run, pipeline, store=store, concurrency=args.concurrency)
+            assert result.ok, result.error  # type: ignore[attr-defined]
+            rows.append((n, bare, engine))
+        print(f"\nno-op DAGs, ~3 needs per task, concurrency {args.concurrency}, store on (Python {sys.version.split()[0]})\n")
+        print(f"| tasks | bare loop | goatclaw | bare µs/task | goatclaw µs/task | ratio |")
+        print(f"|------:|----------:|---------:|-------------:|-----------------:|------:|")
+        for n, bare, engine in rows:
+            print(f"| {n:,} | {bare * 1000:,.0f} ms | {engine * 1000:,.0f} ms | {bare / n * 1e6:.1f} | "
+                  f"{engine / n * 1e6:.1f} | {engine / bare:.1f}x |")
+
+        n = 10_000
+        dag = make_dag(n)
+        path = Path(tmp) / "e2e.yaml"
+        write_yaml(dag, path)
+        store = Path(tmp) / "e2e.db"
+        t0 = time.perf_counter()
+        pipeline = goatclaw.load(path)
+        t1 = time.perf_counter()
+        result = goatclaw.run(pipeline, store=store)
+        t2 = time.perf_counter()
+        assert result.ok
+        print(f"\n10k-task pipeline, file to stored run (target < 2 s)\n")
+        print("| step | time |")
+        print("|------|-----:|")
+        print(f"| load + check (YAML, schema, graph, templates, plugins) | {(t1 - t0) * 1000:,.0f} ms |")
+        print(f"| compile + run + store | {(t2 - t1) * 1000:,.0f} ms |")
+        print(f"| **total** | **{(t2 - t0) * 1000:,.0f} ms** |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

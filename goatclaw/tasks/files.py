@@ -1,0 +1,228 @@
+"""``file.read``, ``file.write`` and ``file.list``: files inside the workspace.
+
+Every path is relative to the workspace and resolved (symlinks included) before use; a
+path that ends up outside it (``../x``, ``/etc/passwd``, a symlink pointing out) fails
+with ``permission_denied``. Writes replace a file atomically (a temporary file in the
+same directory, then a rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, NoReturn
+
+from goatclaw.plugin import TaskContext, fail, task
+
+__all__ = ["list_files", "read", "write"]
+
+#: The largest file ``file.read`` returns: outputs are stored and handed to later tasks.
+MAX_READ_BYTES = 10 * 1024 * 1024
+
+_READ_FORMATS = ("text", "json", "yaml", "lines")
+_WRITE_FORMATS = ("text", "json")
+_WRITE_MODES = ("overwrite", "append")
+
+
+@task(cacheable=True)
+def read(ctx: TaskContext, *, path: str, format: Literal["text", "json", "yaml", "lines"] = "text",
+         encoding: str = "utf-8") -> Any:
+    """Read a workspace file as text, JSON, YAML or a list of lines."""
+    _check_choice("format", format, _READ_FORMATS)
+    text = _read_text(_existing_file(ctx, path), path, encoding)
+    if format == "json":
+        return _parse_json(text, path)
+    if format == "yaml":
+        return _parse_yaml(text, path)
+    if format == "lines":
+        return text.splitlines()
+    return text
+
+
+@task(side_effects=True)
+def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", "json"] = "text",
+          mode: Literal["overwrite", "append"] = "overwrite", mkdir: bool = True,
+          encoding: str = "utf-8") -> dict[str, Any]:
+    """Write text or JSON to a workspace file (atomically when overwriting); returns its path and size."""
+    _check_choice("format", format, _WRITE_FORMATS)
+    _check_choice("mode", mode, _WRITE_MODES)
+    target = ctx.path(path)
+    data = _encode(_serialise(content, format, mode), encoding)
+    _prepare_parent(target, path, mkdir)
+    if target.is_dir():
+        fail(f"cannot write '{path}': it is a directory", error_class="invalid_input")
+    try:
+        if mode == "append":
+            with target.open("ab") as fh:
+                fh.write(data)
+        else:
+            _replace_atomically(target, data)
+    except OSError as exc:
+        fail(f"cannot write '{path}': {exc.strerror or exc}", error_class="internal")
+    return {"path": _relative(ctx, target), "bytes": len(data)}
+
+
+@task(cacheable=False)
+def list_files(ctx: TaskContext, *, pattern: str = "*", path: str = ".", recursive: bool = False,
+               files_only: bool = True) -> list[str]:
+    """List workspace paths under ``path`` matching a glob ``pattern``, sorted, relative to the workspace."""
+    root = ctx.path(path)
+    if not root.is_dir():
+        fail(f"cannot list '{path}': no such directory in the workspace", error_class="invalid_input")
+    _check_pattern(pattern)
+    base = ctx.workspace.resolve()
+    matches = root.rglob(pattern) if recursive else root.glob(pattern)
+    found = {entry.relative_to(base).as_posix() for entry in matches
+             if _inside(entry, base) and (entry.is_file() if files_only else True)}
+    return sorted(found)
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def _existing_file(ctx: TaskContext, path: str) -> Path:
+    """The resolved path of an existing regular file, or a clear ``invalid_input``."""
+    target = ctx.path(path)
+    if not target.exists():
+        fail(f"cannot read '{path}': no such file in the workspace", error_class="invalid_input", path=path)
+    if not target.is_file():
+        fail(f"cannot read '{path}': it is not a regular file", error_class="invalid_input", path=path)
+    return target
+
+
+def _read_text(target: Path, path: str, encoding: str) -> str:
+    """The file's text, refusing files over :data:`MAX_READ_BYTES`."""
+    try:
+        size = target.stat().st_size
+        if size > MAX_READ_BYTES:
+            fail(f"cannot read '{path}': it is {size:,} bytes, over the limit of {MAX_READ_BYTES:,}",
+                 error_class="invalid_input", path=path)
+        return target.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        fail(f"cannot read '{path}' as {encoding}: {exc.reason} at byte {exc.start}", error_class="invalid_input",
+             path=path)
+    except LookupError:
+        fail(f"unknown encoding '{encoding}'", error_class="invalid_input")
+    except OSError as exc:
+        fail(f"cannot read '{path}': {exc.strerror or exc}", error_class="invalid_input", path=path)
+
+
+def _parse_json(text: str, path: str) -> Any:
+    """Strict JSON: ``NaN`` and ``Infinity`` are refused (Python's json accepts them)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        fail(f"'{path}' is not valid JSON: {exc}", error_class="invalid_input", path=path)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    """``json`` calls this for ``NaN``, ``Infinity`` and ``-Infinity``."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    """YAML through goatclaw's safe loader (no tags, no alias bombs, no duplicate keys)."""
+    from goatclaw.errors import SpecError
+    from goatclaw.spec.loader import load_text  # imported here: it is the one owner of PyYAML
+
+    try:
+        doc = load_text(text, file=path)
+    except SpecError as exc:
+        fail(f"'{path}' is not valid YAML: {exc}", error_class="invalid_input", path=path)
+    if doc.problems:
+        fail(f"'{path}' is not valid YAML: " + "; ".join(str(p) for p in doc.problems), error_class="invalid_input",
+             path=path)
+    return doc.data
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+def _serialise(content: Any, format: str, mode: str) -> str:
+    """The text to write: ``content`` itself, or JSON (indented, or one line per append for JSON Lines)."""
+    if format == "text":
+        if not isinstance(content, str):
+            fail(f"content is a {type(content).__name__}, not text: use format: json to write data",
+                 error_class="invalid_input")
+        return content
+    try:
+        if mode == "append":
+            return json.dumps(content, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=2) + "\n"
+    except (TypeError, ValueError) as exc:
+        fail(f"content cannot be written as JSON: {exc}", error_class="invalid_input")
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    """The bytes to write, or ``invalid_input`` for an unknown encoding or unencodable text."""
+    try:
+        return text.encode(encoding)
+    except LookupError:
+        fail(f"unknown encoding '{encoding}'", error_class="invalid_input")
+    except UnicodeEncodeError as exc:
+        fail(f"content cannot be encoded as {encoding}: {exc.reason}", error_class="invalid_input")
+
+
+def _prepare_parent(target: Path, path: str, mkdir: bool) -> None:
+    """Make sure the parent directory exists (creating it if ``mkdir``)."""
+    parent = target.parent
+    if parent.is_dir():
+        return
+    if not mkdir:
+        fail(f"cannot write '{path}': directory '{parent.name}' does not exist (mkdir is off)",
+             error_class="invalid_input")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the directory for '{path}': {exc.strerror or exc}", error_class="invalid_input")
+
+
+def _replace_atomically(target: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``target``, flush it to disk, then rename it over ``target``."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as for any new file; an existing file keeps its mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- listing -------------------------------------------------------------------------
+
+
+def _check_pattern(pattern: str) -> None:
+    """A glob pattern must stay below the listed directory."""
+    if not isinstance(pattern, str) or not pattern:
+        fail("pattern must be a non-empty glob such as '*.md'", error_class="invalid_input")
+    parts = PurePosixPath(pattern).parts
+    if pattern.startswith(("/", "\\")) or ".." in parts:
+        fail(f"pattern '{pattern}' reaches outside the listed directory", error_class="permission_denied")
+
+
+def _inside(entry: Path, base: Path) -> bool:
+    """Whether ``entry`` (after following symlinks) is inside the workspace."""
+    try:
+        return entry.resolve().is_relative_to(base)
+    except OSError:
+        return False
+
+
+def _relative(ctx: TaskContext, target: Path) -> str:
+    """``target`` as a POSIX path relative to the workspace."""
+    return target.relative_to(ctx.workspace.resolve()).as_posix()
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """``invalid_input`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        fail(f"{name} must be one of {', '.join(choices)}, not '{value}'", error_class="invalid_input")
