@@ -1,0 +1,41 @@
+"""Shared fixtures: a throwaway project folder with its own store, and pipeline writers."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder (with goatclaw.yaml) that is also the current directory."""
+    (tmp_path / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GOATCLAW_STORE", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def write_pipeline(project: Path) -> Callable[..., Path]:
+    """Write a pipeline file into the project: ``write_pipeline(yaml_text, name="p.yaml")``."""
+
+    def write(text: str, name: str = "p.yaml") -> Path:
+        path = project / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return write
+
+
+@pytest.fixture
+def store_path(project: Path) -> Path:
+    """Where the project's store lives."""
+    return project / ".goatclaw" / "goatclaw.db"
