@@ -250,7 +250,7 @@ class Store:
 
     def tasks(self, run_id: str) -> list[TaskRow]:
         """Every stored task result of a run, in the order they started."""
-        rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at, task_id", (run_id,))
+        rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at IS NULL, started_at, task_id", (run_id,))
         return [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), r[7], r[8]) for r in rows]
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:

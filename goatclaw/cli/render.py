@@ -100,7 +100,7 @@ class LiveView:
         self.attempts: dict[str, int] = {}
         self.notes: dict[str, str] = {}
         self.recent: deque[str] = deque(maxlen=10)
-        self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+        self.live = Live(console=console, refresh_per_second=8, transient=False, get_renderable=self._render)
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.started", self._on_start)
 
@@ -109,13 +109,12 @@ class LiveView:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.live.update(self._render())
+        self.live.refresh()
         self.live.__exit__(*exc)
 
     def _on_start(self, ev: Event) -> None:
         self.order = list(ev.data.get("tasks", []))
         self.state = dict.fromkeys(self.order, "pending")
-        self.live.update(self._render())
 
     def _on_task(self, ev: Event) -> None:
         tid = ev.task
@@ -139,7 +138,6 @@ class LiveView:
             self.recent.append(tid)
         else:
             return
-        self.live.update(self._render())
 
     def _rows(self) -> list[str]:
         if len(self.order) <= self.MAX_ROWS:

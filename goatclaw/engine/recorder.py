@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from goatclaw.engine.state import RunResult, TaskResult
+from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.events import Bus, Event
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store
@@ -28,24 +28,8 @@ _FLUSH_ROWS = 2000
 _MASK = "***"
 
 
-_SIMPLE = (int, float, bool, type(None))
 
-
-def _dumps(data: dict[str, Any]) -> str:
-    """JSON for event data; flat dicts of numbers (the common case) skip the json module."""
-    if all(type(v) in _SIMPLE for v in data.values()):
-        parts = []
-        for k, v in data.items():
-            if v is None or v is True or v is False:
-                v = "null" if v is None else "true" if v else "false"
-            elif isinstance(v, float) and (v != v or v in (_INF, -_INF)):
-                return json.dumps(data, default=str)
-            parts.append(f'"{k}": {v}')
-        return "{" + ", ".join(parts) + "}"
-    return json.dumps(data, ensure_ascii=False, default=str)
-
-
-_INF = float("inf")
+_TOPICS = {state: f"task.{state.value}" for state in TaskState}
 
 
 class Recorder:
@@ -103,15 +87,21 @@ class Recorder:
         output = self._mask(output)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
                            output, self._mask(res.error), res.error_class))
-        data: dict[str, Any] = {"attempts": res.attempts}
-        if res.duration is not None:
-            data["duration"] = round(res.duration, 6)
-        if res.error is not None:
-            data["error"] = res.error
-            data["error_class"] = res.error_class
-        if res.items is not None:
-            data["items"] = res.items
-        self.event(f"task.{res.status.value}", res.id, data, ts=res.finished_at)
+        topic = _TOPICS[res.status]
+        duration = None if res.duration is None else round(res.duration, 6)
+        if res.error is None and res.items is None:
+            # the common case, formatted without the json module (this runs once per task)
+            text = f'{{"attempts": {res.attempts}, "duration": {"null" if duration is None else duration}}}'
+            self.event(topic, res.id, None, ts=res.finished_at, text=text,
+                       lazy=lambda: {"attempts": res.attempts, "duration": duration})
+        else:
+            data: dict[str, Any] = {"attempts": res.attempts, "duration": duration}
+            if res.error is not None:
+                data["error"] = res.error
+                data["error_class"] = res.error_class
+            if res.items is not None:
+                data["items"] = res.items
+            self.event(topic, res.id, data, ts=res.finished_at)
         self._schedule_flush()
 
     def attempt(self, task_id: str, index: int | None, attempt: int, status: str, started: float,
@@ -129,14 +119,21 @@ class Recorder:
 
     # -- events ----------------------------------------------------------------------
 
-    def event(self, topic: str, task_id: str | None, data: dict[str, Any] | None, *, ts: float | None = None) -> None:
-        """Publish an event now and buffer it for the store."""
+    def event(self, topic: str, task_id: str | None, data: dict[str, Any] | None, *, ts: float | None = None,
+              text: str | None = None, lazy: Any = None) -> None:
+        """Publish an event now and buffer it for the store.
+
+        ``text`` is the data already as JSON (then ``lazy`` builds the dict for subscribers).
+        """
         self.seq += 1
         ts = time.time() if ts is None else ts
         if self.bus.handlers(topic):
-            self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, data or {}))
+            payload = data if data is not None else (lazy() if lazy is not None else {})
+            self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
         if self.store is not None:
-            text = None if data is None else self._mask(_dumps(data))
+            if text is None and data is not None:
+                text = json.dumps(data, ensure_ascii=False, default=str)
+            text = self._mask(text)
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
                 self.flush()

@@ -163,6 +163,7 @@ class _Runner:
             if not res.status.is_terminal():
                 res.move(TaskState.CANCELLED)
                 res.error = res.error or reason
+                res.error_class = "cancelled"
                 res.finished_at = time.time()
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
@@ -274,7 +275,7 @@ class _Runner:
                 res.move(TaskState.SUCCEEDED)
         except asyncio.CancelledError:
             res.move(TaskState.CANCELLED)
-            res.error = "cancelled"
+            res.error, res.error_class = "cancelled", "cancelled"
             raise
         except TaskError as exc:
             res.move(TaskState.FAILED)
