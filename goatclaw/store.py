@@ -94,9 +94,27 @@ def _m001_core(db: Connection) -> None:
     )
 
 
+def _m002_breakers(db: Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE breakers (
+            key TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            failures TEXT NOT NULL DEFAULT '[]',
+            opened_at REAL,
+            probe_until REAL,
+            successes INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
+    ("002_breakers", _m002_breakers),
 )
 
 
@@ -267,6 +285,42 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
                 for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
+
+    # -- circuit breakers --------------------------------------------------------------
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """Every breaker's stored state."""
+        cols = ("key", "state", "failures", "opened_at", "probe_until", "successes", "updated_at")
+        rows = [dict(zip(cols, r, strict=True)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM breakers "
+                                                                         "ORDER BY key")]
+        for r in rows:
+            r["failures"] = json.loads(r["failures"])
+        return rows
+
+    def update_breaker(self, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> Any:
+        """Read a breaker, apply ``change`` and write the result, in one ``BEGIN IMMEDIATE`` transaction.
+
+        ``change`` gets the current row (or ``None``) and returns the new row (or ``None``
+        to leave it); the new row is returned.
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT state, failures, opened_at, probe_until, successes FROM breakers WHERE key = ?",
+                             (key,)).fetchone()
+            current = None if row is None else {"key": key, "state": row[0], "failures": json.loads(row[1]),
+                                                "opened_at": row[2], "probe_until": row[3], "successes": row[4]}
+            new = change(current)
+            if new is not None:
+                db.execute("INSERT OR REPLACE INTO breakers (key, state, failures, opened_at, probe_until, successes, "
+                           "updated_at) VALUES (?,?,?,?,?,?,?)",
+                           (key, new["state"], json.dumps(new["failures"]), new.get("opened_at"),
+                            new.get("probe_until"), new.get("successes", 0), time.time()))
+        return new if new is not None else current
+
+    def reset_breakers(self, key: str | None = None) -> int:
+        """Close (forget) one breaker, or all of them; how many were reset."""
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM breakers" + (" WHERE key = ?" if key else ""), (key,) if key else ())
+            return int(cur.rowcount)
 
     def integrity(self) -> str:
         """``PRAGMA integrity_check``'s answer (``ok`` when healthy)."""

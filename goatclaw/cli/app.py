@@ -275,3 +275,43 @@ def runs_show(
                          indent=2, default=str))
     else:
         print_run(row, tasks, attempts, _out())
+
+
+breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)
+app.add_typer(breakers_app, name="breakers")
+
+
+@breakers_app.command("list")
+@handles_errors
+def breakers_list(
+    store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every circuit breaker with its state and recent failures."""
+    from goatclaw.cli.render import print_breakers
+
+    with _open_store(store) as db:
+        rows = db.breakers()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_breakers(rows, _out())
+
+
+@breakers_app.command("reset")
+@handles_errors
+def breakers_reset(
+    key: Annotated[str | None, typer.Argument(help="The breaker's key (omit with --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Reset every breaker.")] = False,
+    store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
+) -> None:
+    """Close a breaker (forget its failures), or all of them with --all."""
+    from goatclaw.errors import GoatclawError
+
+    if (key is None) == (not all_):
+        raise GoatclawError("name one breaker key, or pass --all")
+    with _open_store(store) as db:
+        count = db.reset_breakers(None if all_ else key)
+    if key is not None and count == 0:
+        raise GoatclawError(f"no breaker '{key}'")
+    _err().print(f"reset {count} breaker{'s' if count != 1 else ''}")

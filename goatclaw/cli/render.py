@@ -272,3 +272,19 @@ def _short_json(value: Any, limit: int = 200) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = text.replace("\n", " ⏎ ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_breakers(rows: list[dict[str, Any]], console: Console) -> None:
+    """A table of circuit breakers."""
+    if not rows:
+        console.print("no circuit breakers have been used yet")
+        return
+    table = Table(header_style="bold")
+    for col in ("key", "state", "failures", "opened", "updated"):
+        table.add_column(col, no_wrap=col in ("state", "opened", "updated"))
+    style = {"closed": "green", "open": "red", "half_open": "yellow"}
+    for r in rows:
+        opened = datetime.fromtimestamp(r["opened_at"]).strftime("%H:%M:%S") if r["opened_at"] else ""
+        table.add_row(r["key"], Text(r["state"], style=style.get(r["state"], "")), str(len(r["failures"])), opened,
+                      datetime.fromtimestamp(r["updated_at"]).strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)

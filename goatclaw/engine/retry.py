@@ -9,7 +9,8 @@ With ``n`` the number of the retry (1 for the first retry), ``d`` the base ``del
 * ``fibonacci``: ``d * F(n)`` with F(1) = 1, F(2) = 2, F(3) = 3, F(4) = 5 …
 * ``decorrelated``: ``uniform(d, previous * 3)`` (AWS "decorrelated jitter")
 * ``adaptive``: exponential whose exponent grows by one extra step for each repeat of
-  the same error class in a row
+  the same error class in a row, divided by ``1 + s`` where ``s`` is the number of
+  successes the task's shared breaker has seen since its last failure
 
 All are capped at ``cap``; ``jitter`` j (0..1) then scales the delay by a uniform factor
 in ``[1 - j, 1]``; a ``Retry-After`` hint raises the delay to at least the hint.
@@ -18,6 +19,7 @@ in ``[1 - j, 1]``; a ``Retry-After`` hint raises the delay to at least the hint.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from goatclaw.spec.model import RetryPolicy
@@ -50,6 +52,7 @@ class Backoff:
     previous: float = 0.0
     streak: int = 0
     last_class: str | None = None
+    successes: Callable[[], int] | None = None
 
     def next_delay(self, retry: int, error_class: str, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
@@ -66,6 +69,7 @@ class Backoff:
             delay = self.rng.uniform(p.delay, max(p.delay, self.previous * 3))
         elif p.backoff == "adaptive":
             delay = p.delay * p.multiplier ** (retry - 1 + max(0, self.streak - 1))
+            delay /= 1 + (self.successes() if self.successes is not None else 0)
         else:
             delay = p.delay * p.multiplier ** (retry - 1)
         delay = min(delay, p.max_delay)

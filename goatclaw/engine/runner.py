@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
@@ -31,7 +32,7 @@ from goatclaw.events import Bus
 from goatclaw.graph import Plan
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
-from goatclaw.spec.model import Task
+from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
 
@@ -81,13 +82,17 @@ class _Runner:
         self.inline_async = type(self.executor) is LocalExecutor
         self.bus = options.bus or Bus()
         self.rng = random.Random(options.seed)
-        self.selected = _select(plan, options.only)
+        self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
+        self.standby = _standby(plan.pipeline)
+        self.selected = _select(plan, options.only, self.standby)
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
                                 store_path=str(options.store_path) if options.store_path else None)
         self.views = _TaskViews(self.result.tasks)
         self.compiled: dict[str, Compiled] = {}
         self.recorder: Recorder | None = None
+        self.breakers: Breakers | None = None
+        self.breaker_keys: dict[str, str] = {}
         self.ready: list[tuple[int, int, str]] = []
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.pending: dict[str, int] = {}
@@ -102,6 +107,7 @@ class _Runner:
         self._open()
         try:
             await self._with_pipeline_timeout(self._schedule())
+            await self._after_graph()
         except asyncio.CancelledError:
             self._finish(RunStatus.CANCELLED, "cancelled")
             raise
@@ -118,6 +124,10 @@ class _Runner:
         r.started_at = time.time()
         store = Store.open(self.opts.store_path) if self.opts.store_path else None
         self.recorder = Recorder(store, self.bus, r.run_id, secrets=tuple(self.opts.secrets.values()))
+        if any(t.breaker is not None for t in self.all_tasks.values()):
+            rec = self.recorder
+            self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
+                                     emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected))
         self.context = {
@@ -146,6 +156,8 @@ class _Runner:
         r.status = status
         r.error = error
         r.finished_at = time.time()
+        if self.breakers is not None:
+            self.breakers.close()
         if self.recorder is not None:
             self.recorder.finish_run(r)
             self.recorder = None
@@ -154,9 +166,42 @@ class _Runner:
         for tid, res in self.result.tasks.items():
             if res.status in (TaskState.UPSTREAM_FAILED, TaskState.CANCELLED):
                 return RunStatus.FAILED
-            if res.status is TaskState.FAILED and not self.pipeline.tasks[tid].continue_on_error:
+            if res.status is TaskState.FAILED and not self.all_tasks[tid].continue_on_error:
                 return RunStatus.FAILED
         return RunStatus.FAILED if self.result.error else RunStatus.SUCCEEDED
+
+    # -- after the graph: on_failure and finally -------------------------------------
+
+    async def _after_graph(self) -> None:
+        """Run ``on_failure`` tasks if the graph failed, then ``finally`` tasks, with the run's status."""
+        p = self.pipeline
+        if not (p.on_failure or p.finally_):
+            return
+        status = self._final_status()
+        self.context["run"] = {**self.context["run"], "status": status.value, "errors": self._errors()}
+        if status is RunStatus.FAILED and p.on_failure:
+            await self._run_group(p.on_failure)
+        if p.finally_:
+            await self._run_group(p.finally_)
+
+    def _errors(self) -> list[dict[str, Any]]:
+        return [{"task": tid, "error": r.error, "error_class": r.error_class}
+                for tid, r in self.result.tasks.items() if r.status is TaskState.FAILED]
+
+    async def _run_group(self, group: Mapping[str, Task]) -> None:
+        """A small graph run in order (needs within the group), one task at a time."""
+        results = self.result.tasks
+        for tid in group:
+            results[tid] = TaskResult(tid)
+        for tid in _group_order(group):
+            task = group[tid]
+            states = [results[n].status for n in task.needs if n in results]
+            if any(s in _BLOCKING for s in states):
+                self._mark(tid, TaskState.UPSTREAM_FAILED)
+            elif states and all(s is TaskState.SKIPPED for s in states):
+                self._mark(tid, TaskState.SKIPPED)
+            else:
+                await self._run_task(task)
 
     def _cancel_unfinished(self, reason: str) -> None:
         for res in self.result.tasks.values():
@@ -278,11 +323,29 @@ class _Runner:
             res.error, res.error_class = "cancelled", "cancelled"
             raise
         except TaskError as exc:
-            res.move(TaskState.FAILED)
             res.error, res.error_class = exc.message, exc.error_class
+            if task.fallback in self.standby and await self._fallback(task, res):
+                res.move(TaskState.SUCCEEDED)
+            else:
+                res.move(TaskState.FAILED)
         finally:
             res.finished_at = time.time()
             rec.task_finished(res)
+
+    async def _fallback(self, task: Task, res: TaskResult) -> bool:
+        """Run ``task``'s fallback; its output stands in. Whether it succeeded."""
+        assert self.recorder is not None and task.fallback is not None
+        standby = self.pipeline.tasks[task.fallback]
+        self.recorder.event("task.fallback", task.id, {"fallback": standby.id, "error": res.error,
+                                                       "error_class": res.error_class})
+        spare = self.result.tasks.setdefault(standby.id, TaskResult(standby.id))
+        if spare.status is TaskState.PENDING:
+            await self._run_task(standby)
+        if spare.status is not TaskState.SUCCEEDED:
+            res.error = f"{res.error}; fallback '{standby.id}' failed too: {spare.error}"
+            return False
+        res.output, res.output_json, res.fallback = spare.output, spare.output_json, standby.id
+        return True
 
     def _condition(self, task: Task) -> bool:
         if isinstance(task.if_, bool):
@@ -380,7 +443,7 @@ class _Runner:
     async def _retry(self, task: Task, plugin: Plugin, res: TaskResult, compiled: Compiled,
                      context: Mapping[str, Any], index: int | None, first: Exception, started: float) -> tuple[Any, str]:
         policy = task.retry
-        backoff = Backoff(policy, self.rng)
+        backoff = Backoff(policy, self.rng, successes=self._successes_of(task))
         rec = self.recorder
         assert rec is not None
         first_start = time.monotonic() - (time.time() - started)
@@ -408,6 +471,13 @@ class _Runner:
             except Exception as next_exc:
                 exc = next_exc
 
+    def _successes_of(self, task: Task) -> Callable[[], int] | None:
+        """For adaptive backoff: successes seen by the task's shared breaker since its last failure."""
+        if self.breakers is None or task.breaker is None:
+            return None
+        breakers = self.breakers
+        return lambda: breakers.recent_successes(self.breaker_keys.get(task.id, task.uses))
+
     def _record_attempt(self, task: Task, index: int | None, attempt: int, started: float,
                         err: TaskError | None) -> None:
         assert self.recorder is not None
@@ -426,6 +496,28 @@ class _Runner:
         ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
                           index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
                           self.recorder.task_event)
+        if task.breaker is not None:
+            return await self._guarded(task, plugin, ctx, kwargs, task.breaker)
+        return await self._call(task, plugin, ctx, kwargs)
+
+    async def _guarded(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any],
+                       policy: BreakerPolicy) -> tuple[Any, str]:
+        """A call behind the task's circuit breaker."""
+        assert self.breakers is not None
+        key = breaker_key(policy, task.uses, kwargs)
+        self.breaker_keys[task.id] = key
+        await self.breakers.before(key, policy)
+        try:
+            result = await self._call(task, plugin, ctx, kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.breakers.failure(key, policy, _as_task_error(exc, task).error_class)
+            raise
+        self.breakers.success(key)
+        return result
+
+    async def _call(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[Any, str]:
         if self.inline_async and plugin.is_async:
             call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
         else:
@@ -483,14 +575,39 @@ def _as_task_error(exc: BaseException, task: Task) -> TaskError:
     return wrapped
 
 
-def _select(plan: Plan, only: tuple[str, ...]) -> dict[str, None]:
+def _group_order(group: Mapping[str, Task]) -> list[str]:
+    """File order, moved only as far as needs within the group require."""
+    order: list[str] = []
+    placed: set[str] = set()
+    remaining = list(group)
+    while remaining:
+        for tid in remaining:
+            if all(n in placed or n not in group for n in group[tid].needs):
+                order.append(tid)
+                placed.add(tid)
+                remaining.remove(tid)
+                break
+        else:  # a cycle: validate reports it; run the rest in file order
+            order += remaining
+            break
+    return order
+
+
+def _standby(pipeline: Any) -> frozenset[str]:
+    """Tasks that are only someone's ``fallback``: they run when needed, not on their own."""
+    fallbacks = {t.fallback for t in pipeline.tasks.values() if t.fallback}
+    needed = {n for t in pipeline.tasks.values() for n in t.needs}
+    return frozenset(f for f in fallbacks if f in pipeline.tasks and f not in needed)
+
+
+def _select(plan: Plan, only: tuple[str, ...], standby: frozenset[str] = frozenset()) -> dict[str, None]:
     """The tasks to run, in plan order: all, or ``only`` plus everything they need."""
     if not only:
-        return dict.fromkeys(plan.order)
+        return {tid: None for tid in plan.order if tid not in standby}
     unknown = [t for t in only if t not in plan.pipeline.tasks]
     if unknown:
         raise GoatclawError(f"--only names unknown task(s): {', '.join(unknown)}")
     wanted = set(only)
     for tid in only:
         wanted |= plan.ancestors(tid)
-    return {tid: None for tid in plan.order if tid in wanted}
+    return {tid: None for tid in plan.order if tid in wanted and tid not in standby}

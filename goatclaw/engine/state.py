@@ -63,6 +63,7 @@ class TaskResult:
     finished_at: float | None = None
     items: int | None = None
     output_json: str | None = field(default=None, repr=False)
+    fallback: str | None = None  # the task whose output stands in for this one
 
     @property
     def duration(self) -> float | None:
@@ -132,7 +133,7 @@ class RunResult:
             "counts": self.counts(),
             "tasks": {
                 tid: {"status": t.status.value, "output": t.output, "error": t.error, "error_class": t.error_class,
-                      "attempts": t.attempts,
+                      "attempts": t.attempts, "fallback": t.fallback,
                       "duration": None if t.duration is None else round(t.duration, 6)}
                 for tid, t in self.tasks.items()
             },

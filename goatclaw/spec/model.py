@@ -83,7 +83,8 @@ class RetryPolicy:
     jitter: float = 0.0
     max_elapsed: float | None = None
     on: tuple[str, ...] = ()
-    never_on: tuple[str, ...] = ("auth", "invalid_input", "permission_denied")
+    never_on: tuple[str, ...] = ("auth", "invalid_input", "permission_denied", "context_length", "validation",
+                                 "breaker_open")
 
     @classmethod
     def from_data(cls, data: Any, base: RetryPolicy | None = None) -> RetryPolicy:
