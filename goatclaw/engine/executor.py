@@ -13,8 +13,10 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin
 
@@ -51,12 +53,36 @@ class LocalExecutor(Executor):
         if plugin.is_async:
             return await plugin.fn(ctx, **kwargs)
         if plugin.spec.cpu_bound:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self._processes)
-            plain_ctx = dataclasses.replace(ctx, _emit=None)  # callbacks cannot cross processes
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
+            return await self._in_process(plugin, ctx, kwargs)
         return await asyncio.to_thread(plugin.fn, ctx, **kwargs)
+
+    async def _in_process(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+        """Run in the worker pool. A cancelled call (timeout, Ctrl-C) kills the pool's processes,
+        since a running call cannot be stopped any other way; calls that were in flight in
+        them fail with error class ``connection`` (retryable), and the next call starts a new pool."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self._processes)
+        pool = self._pool
+        # callbacks cannot cross processes; read-only mapping proxies cannot be pickled
+        plain_ctx = dataclasses.replace(ctx, _emit=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
+        except asyncio.CancelledError:
+            self._kill(pool)
+            raise
+        except BrokenProcessPool as exc:
+            self._kill(pool)
+            raise TaskError(f"the worker process running '{plugin.name}' died: {exc}",
+                            error_class="connection") from None
+
+    def _kill(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         if self._pool is not None:
