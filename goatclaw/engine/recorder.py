@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-import threading
+import multiprocessing
+import pickle
 import time
 from typing import Any
 
 from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.events import Bus, Event
 from goatclaw.spec.model import Pipeline
+from goatclaw.errors import StoreError
 from goatclaw.store import Store
 
 __all__ = ["Recorder"]
 
 _FLUSH_ROWS = 2000
+#: From this many tasks on, a child process commits the rows; smaller runs write in-line.
+_PROCESS_WRITER_TASKS = 500
+_PROCESS_FLUSH_SECONDS = 0.01
 _MASK = "***"
 
 
@@ -56,7 +60,7 @@ class Recorder:
                                   digest=pipeline.digest, vars=vars, started_at=started_at)
         self.event("run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
-        if self.store is not None:
+        if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:
             self._writer = _Writer(self.store)
 
     def finish_run(self, result: RunResult) -> None:
@@ -152,7 +156,10 @@ class Recorder:
             self.flush()
             return
         self._flush_pending = True
-        loop.call_soon(self.flush)
+        if self._writer is None:
+            loop.call_soon(self.flush)
+        else:  # the writer process commits every few milliseconds; each send has a fixed cost
+            loop.call_later(_PROCESS_FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
         """Commit everything buffered in one transaction."""
@@ -178,52 +185,79 @@ class Recorder:
         return text
 
 
+def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several queued batches as one transaction's worth of rows."""
+    merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None}
+    for batch in batches:
+        for key in ("events", "tasks", "attempts"):
+            merged[key] += batch[key]
+        merged["run"] = batch["run"] or merged["run"]
+    return merged
+
+
 class _Writer:
-    """One thread that commits batches in order; :meth:`close` waits for all of them."""
+    """A child process that commits batches in order, on its own core.
+
+    SQLite's work and the Python-to-C binding of every row then cost the run only the
+    pickling of each batch. The child opens its own connection; when the parent dies
+    (even by SIGKILL) the child sees the pipe close, commits what it received and exits.
+    """
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name="goatclaw-store-writer", daemon=True)
-        self.thread.start()
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_writer_main, args=(child, str(store.path)), name="goatclaw-store-writer",
+                                   daemon=True)
+        self.process.start()
+        child.close()
 
     def put(self, batch: dict[str, Any]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
-
-    def _loop(self) -> None:
-        while True:
-            batch = self.queue.get()
-            if batch is None:
-                return
-            # merge what queued up meanwhile into one transaction
-            merged = {"events": list(batch["events"]), "tasks": list(batch["tasks"]),
-                      "attempts": list(batch["attempts"]), "run": batch["run"]}
-            done = False
-            while merged["run"] is None:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    done = True
-                    break
-                for key in ("events", "tasks", "attempts"):
-                    merged[key] += more[key]
-                merged["run"] = more["run"]
-            try:
-                self.store.write_batch(**merged)
-            except BaseException as exc:  # surfaced on the next put and on close
-                self.error = exc
-                return
-            if done:
-                return
+        try:
+            self.conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise StoreError(f"the store writer process died ({exc}); the run cannot be recorded") from None
 
     def close(self) -> None:
-        """Commit everything queued, stop the thread, and raise a write error if one happened."""
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        """Commit everything sent, stop the child, and raise the error it reported if any."""
+        try:
+            self.conn.send_bytes(b"")
+            error = self.conn.recv_bytes().decode()
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            error = f"the store writer process died: {exc}"
+        self.conn.close()
+        self.process.join(timeout=10)
+        if error:
+            raise StoreError(error)
+
+
+def _writer_main(conn: Any, path: str) -> None:
+    """The writer process: receive pickled batches, commit them (merging what queued up)."""
+    store = Store.open(path)
+    error = ""
+    try:
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except EOFError:  # the parent is gone: keep what arrived
+                return
+            if not data:
+                break
+            batches = [pickle.loads(data)]
+            stop = False
+            while conn.poll() and len(batches) < 64:
+                more = conn.recv_bytes()
+                if not more:
+                    stop = True
+                    break
+                batches.append(pickle.loads(more))
+            store.write_batch(**_merge(batches))
+            if stop:
+                break
+    except Exception as exc:  # reported to the parent on close
+        error = f"the store writer failed: {type(exc).__name__}: {exc}"
+    finally:
+        store.close()
+    try:
+        conn.send_bytes(error.encode())
+    except OSError:
+        pass
