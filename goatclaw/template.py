@@ -6,7 +6,9 @@
 * ``if:`` and ``expr:`` are bare expressions.
 * Names are strict: an undefined name is an error, never an empty string or ``None``.
 * The sandbox is immutable (no ``list.append``), blocks ``_``-prefixed attributes and
-  bounds ``*``/``**`` so that ``'a' * 10**9`` fails instead of eating memory.
+  bounds ``*``/``**``, ``%`` and ``format`` widths, padding, ``slice``/``batch`` counts
+  and rendered output, so that ``'a' * 10**9`` fails instead of eating memory. (It cannot
+  bound CPU: a loop nest that prints nothing still runs to its end.)
 * On mappings, keys win over methods: ``output.items`` is the ``items`` key.
 
 Templates are compiled once per task definition and rendered many times.
@@ -16,14 +18,17 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import filters, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import generate_lorem_ipsum
 
 from goatclaw.errors import TemplateError
 
@@ -47,7 +52,7 @@ _MARKERS = ("${{", "{%", "${#")
 class _Environment(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox with ``${{ }}`` delimiters and data-first attributes."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
@@ -55,13 +60,110 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 10_000:
+        if operator == "**" and isinstance(right, int) and (
+                abs(right) > 10_000 or (isinstance(left, int) and left.bit_length() * right > 1_000_000)):
             raise jinja2.exceptions.SecurityError("exponent too large")
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
                     raise jinja2.exceptions.SecurityError(f"result would exceed {MAX_RENDER_CHARS:,} items")
+        if operator == "%" and isinstance(left, str):
+            _check_printf(left)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str) and name in _STR_SIZE_METHODS:
+            size = max((a for a in (*args, *kwargs.values()) if type(a) is int), default=0)
+            _bound(size * len(owner) if name == "expandtabs" else size)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format(fmt)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+
+# The sandbox bounds time and memory only where Jinja2 lets one call build a huge string
+# from a small number: padding widths, format widths and precisions, slice and batch counts.
+_STR_SIZE_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_DIGITS = re.compile(r"\d+")
+
+
+def _bound(size: int) -> None:
+    if size > MAX_RENDER_CHARS:
+        raise jinja2.exceptions.SecurityError(f"result would exceed {MAX_RENDER_CHARS:,} characters")
+
+
+def _check_printf(fmt: str) -> None:
+    """``'%9999999999s' % x``: refuse widths and precisions that add up past the bound."""
+    total = 0
+    for width, precision in _PRINTF.findall(fmt):
+        if "*" in (width, precision):
+            raise jinja2.exceptions.SecurityError("'*' widths are not allowed in % formats")
+        total += int(width or 0) + int(precision or 0)
+    _bound(total)
+
+
+def _check_format(fmt: str) -> None:
+    """``'{:>9999999999}'.format(x)``: the same for ``str.format`` specs (nested specs refused)."""
+    total = 0
+    for _, _, spec, _ in string.Formatter().parse(fmt):
+        if spec and "{" in spec:
+            raise jinja2.exceptions.SecurityError("nested format specs are not allowed")
+        total += sum(int(d) for d in _DIGITS.findall(spec or ""))
+    _bound(total)
+
+
+def _center(value: str, width: int = 80) -> str:
+    _bound(width)
+    return filters.do_center(value, width)
+
+
+def _indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    _bound((width if isinstance(width, int) else len(width)) * (str(s).count("\n") + 1))
+    return filters.do_indent(s, width, first, blank)
+
+
+def _format(value: str, *args: Any, **kwargs: Any) -> str:
+    _check_printf(str(value))
+    return filters.do_format(value, *args, **kwargs)
+
+
+@jinja2.pass_eval_context
+def _slice(eval_ctx: Any, value: Any, slices: int, fill_with: Any = None) -> Any:
+    _bound(slices)
+    return filters.do_slice(eval_ctx, value, slices, fill_with)
+
+
+def _batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+    _bound(linecount)
+    return filters.do_batch(value, linecount, fill_with)
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    _bound(n * max * 20)
+    return generate_lorem_ipsum(n, html, min, max)
+
+
+def _strict_test(test: Callable[..., bool]) -> Callable[..., bool]:
+    """A Jinja2 test that raises on an undefined value (only ``defined`` may probe one)."""
+
+    def strict(value: Any, *args: Any) -> bool:
+        if isinstance(value, jinja2.Undefined):
+            value._fail_with_undefined_error()
+        return test(value, *args)
+
+    return strict
 
 
 def _fromjson(text: str) -> Any:
@@ -90,7 +192,12 @@ def environment() -> _Environment:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        env.filters["fromjson"] = _fromjson
+        env.filters.update(fromjson=_fromjson, center=_center, indent=_indent, format=_format, slice=_slice,
+                           batch=_batch)
+        env.globals["lipsum"] = _lipsum
+        # `x is none` must not quietly answer False for an undefined or blocked x
+        env.tests.update({name: _strict_test(test) for name, test in env.tests.items()
+                          if name not in ("defined", "undefined") and not hasattr(test, "jinja_pass_arg")})
         env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
         _ENV = env
     return _ENV
@@ -157,7 +264,7 @@ def _any_template(value: Any) -> bool:
         return "{" in value and has_template(value)
     if kind is int or kind is float or kind is bool or value is None:
         return False
-    if kind is dict:
+    if kind is dict or kind is MappingProxyType:
         return any(map(_any_template, value.values()))
     if kind is list or kind is tuple:
         return any(map(_any_template, value))
@@ -199,13 +306,20 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
         raise TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno) from None
 
     def render(ctx: Mapping[str, Any]) -> str:
+        # stream and count, so that a loop that prints too much stops at the bound, not at the end
+        parts: list[str] = []
+        size = 0
         try:
-            out = template.render(ctx)
+            for part in template.generate(ctx):
+                size += len(part)
+                if size > MAX_RENDER_CHARS:
+                    raise TemplateError(f"rendered text is over {MAX_RENDER_CHARS:,} characters")
+                parts.append(part)
+        except TemplateError:
+            raise
         except Exception as exc:
             raise _runtime_error(exc, text) from None
-        if len(out) > MAX_RENDER_CHARS:
-            raise TemplateError(f"rendered text is over {MAX_RENDER_CHARS:,} characters")
-        return out
+        return "".join(parts)
 
     return render
 

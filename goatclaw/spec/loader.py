@@ -17,6 +17,7 @@ always strings (the key's source text). Merge keys (``<<: *defaults``) are suppo
 from __future__ import annotations
 
 import gc
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ Path_ = tuple[str | int, ...]
 
 _STD = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = {f"{_STD}{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")} | {"!"}
+_COLLECTION_TAGS = {f"{_STD}seq", f"{_STD}map"}
+_NODE_NAMES = {"map": "mapping", "seq": "sequence", "scalar": "scalar"}
+_TAG_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (float,), "bool": (bool,), "null": (type(None),)}
 _NULL = {"", "~", "null", "Null", "NULL"}
 _TRUE = {"true", "True", "TRUE"}
 _FALSE = {"false", "False", "FALSE"}
@@ -191,6 +195,8 @@ class _Builder:
             if kind is scalar_event:
                 top = stack[-1] if stack else None
                 if top is not None and top.is_map and top.key is None:
+                    if ev.tag is not None:
+                        self._check_tag(ev, stack)
                     self._key(top, ev.value, ev)
                     if ev.anchor:
                         self.anchors[ev.anchor] = (ev.value, 1)
@@ -221,7 +227,7 @@ class _Builder:
                     locations[(*top.path, len(top.container))] = (mark.line + 1, mark.column + 1)
                     top.container.append(value)  # type: ignore[union-attr]
             elif kind in start_events:
-                self._check_tag(ev, stack)
+                self._check_tag(ev, stack, "map" if kind is yaml.MappingStartEvent else "seq")
                 if len(stack) >= self.limits.max_depth:
                     raise self.fail(ev.start_mark, f"nesting is deeper than {self.limits.max_depth} levels")
                 if stack and stack[-1].is_map and stack[-1].key is None:
@@ -290,11 +296,17 @@ class _Builder:
         frame.merge_next = plain_merge
 
     def _tagged(self, ev: yaml.ScalarEvent, stack: list[_Frame]) -> Any:
-        """A scalar with an explicit tag: only the standard JSON-like tags are allowed."""
+        """A scalar with an explicit tag: only the standard JSON-like tags, and the value must fit it."""
         self._check_tag(ev, stack)
         if ev.tag in (f"{_STD}str", "!"):
             return ev.value
-        return self._resolve(ev.value, ev, stack)
+        value = self._resolve(ev.value, ev, stack)
+        name = ev.tag.removeprefix(_STD)
+        if name == "float" and type(value) is int:
+            return float(value)
+        if type(value) not in _TAG_TYPES.get(name, ()):
+            raise self.fail(ev.start_mark, f"'{ev.value}' is not a valid !!{name}", self._child_path(stack))
+        return value
 
     def _resolve(self, value: str, ev: yaml.ScalarEvent, stack: list[_Frame]) -> Any:
         if value and value[0] not in _MAYBE_SPECIAL:
@@ -310,16 +322,23 @@ class _Builder:
         if _INT_OTHER.match(value):
             return int(value, 0)
         if _FLOAT.match(value):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # 1e400 overflows to inf
+                raise self.fail(ev.start_mark, f"'{value}' is too large; JSON cannot hold it", self._child_path(stack))
+            return number
         if _NONFINITE.match(value):
             raise self.fail(ev.start_mark, f"'{value}' is not a finite number; JSON cannot hold it",
                             self._child_path(stack))
         return value
 
-    def _check_tag(self, ev: yaml.Event, stack: list[_Frame]) -> None:
+    def _check_tag(self, ev: yaml.Event, stack: list[_Frame], node: str = "scalar") -> None:
         tag = getattr(ev, "tag", None)
         if tag and tag not in _ALLOWED_TAGS:
             raise self.fail(ev.start_mark, f"tag '{tag}' is not allowed; only plain YAML values are",
+                            self._child_path(stack))
+        fits = tag == f"{_STD}{node}" if node != "scalar" else tag not in _COLLECTION_TAGS
+        if tag and tag != "!" and not fits:
+            raise self.fail(ev.start_mark, f"tag '{tag}' does not fit a {_NODE_NAMES[node]}",
                             self._child_path(stack))
 
     # -- aliases and merges ------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -48,12 +49,35 @@ def load_schema(name: str = "pipeline") -> dict[str, Any]:
 def _fast(name: str) -> Callable[[Any], Any]:
     schema = dict(load_schema(name))
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    return fastjsonschema.compile(schema)
+    # use_default=False: by default fastjsonschema writes every schema `default` into the
+    # data it checks, which would make a task's `retry: {delay: 2s}` shadow `defaults.retry`.
+    return fastjsonschema.compile(schema, use_default=False)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """``pattern`` with ECMA-262's ``$`` (end of string), as fastjsonschema has it.
+
+    jsonschema uses Python's ``re.search``, whose ``$`` also matches before a final
+    newline, so a duration of ``10s`` plus a newline would pass the slow path and fail
+    the fast one.
+    """
+    if validator.is_type(instance, "string") and not _ecma_search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _compiled_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
+def _ecma_search(pattern: str, text: str) -> bool:
+    return _compiled_pattern(pattern).search(text) is not None
 
 
 @cache
 def _full(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(load_schema(name))
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+    return validator(load_schema(name))  # type: ignore[no-any-return]
 
 
 def check_document(doc: Document, name: str = "pipeline") -> list[Problem]:
@@ -106,17 +130,30 @@ def _explain(doc: Document, err: ValidationError) -> list[Problem]:
                         f"unknown field '{k}'{_did_you_mean(k, allowed)}") for k in extras]
     if kind == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
-        return [Problem(doc.locate(path), dotted(path), f"missing required field '{missing}'")]
-    if kind == "propertyNames":
+        # at the mapping's key (``a:``), not at its first field, which may be far below
+        return [Problem(doc.locate(path, key=True), dotted(path), f"missing required field '{missing}'")]
+    if kind == "propertyNames" or "propertyNames" in err.relative_schema_path:
+        # jsonschema reports a bad key at its mapping, with the key as the instance
         bad = err.instance
         return [Problem(doc.locate((*path, bad), key=True) if isinstance(bad, str) else doc.locate(path),
-                        dotted(path), f"invalid name '{bad}': {_short(err)}")]
+                        dotted((*path, bad)) if isinstance(bad, str) else dotted(path),
+                        f"invalid name '{bad}': {_short(err)}")]
     if kind in ("oneOf", "anyOf") and err.context:
         return _alternatives(doc, err)
+    if kind == "oneOf" and isinstance(err.instance, dict) and _one_required_each(err.validator_value):
+        # valid under several branches that each require one field: a rule with two kinds
+        kinds = [b["required"][0] for b in err.validator_value if b["required"][0] in err.instance]
+        return [Problem(doc.locate(path), dotted(path),
+                        f"has {' and '.join(repr(k) for k in kinds)}; use exactly one of them")]
     if kind == "pattern" and err.validator_value == _DURATION_PATTERN:
         return [Problem(doc.locate(path), dotted(path),
                         f"{_json(err.instance)} is not a duration (use 500ms, 10s, 2m, 1h or a number of seconds)")]
     return [Problem(doc.locate(path), dotted(path), err.message)]
+
+
+def _one_required_each(branches: Any) -> bool:
+    return isinstance(branches, list) and all(
+        isinstance(b, dict) and list(b) == ["required"] and len(b["required"]) == 1 for b in branches)
 
 
 def _short(err: ValidationError) -> str:

@@ -15,7 +15,10 @@ Two forms, exactly one per task:
 
 The command runs in a new process group. When the task is cancelled (a timeout, Ctrl-C)
 the whole group gets ``SIGTERM``, then ``SIGKILL`` after a grace period, so no
-grandchild outlives its task.
+grandchild outlives its task. A command that exits while processes it started in the
+background still hold its output open (``server &``) would never finish; after a short
+grace those processes are killed. To keep one running, redirect its output
+(``server > server.log 2>&1 &``).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from typing import Any, NoReturn
 
 from goatclaw.plugin import TaskContext, fail, task
 
-_log = logging.getLogger(__name__)
-
 __all__ = ["shell"]
+
+_log = logging.getLogger(__name__)
 
 #: Output kept per stream; the rest is read and dropped so the command never blocks.
 MAX_OUTPUT_BYTES = 10 * 1024 * 1024
@@ -58,17 +61,22 @@ async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str |
     """
     argv = _argv(run, script, shell)
     workdir = _workdir(ctx, cwd)
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        fail(f"timeout must be a positive number of seconds, not {timeout!r}", error_class="invalid_input")
     proc = await _spawn(argv, workdir, _environment(ctx.env, env), piped_stdin=input is not None)
+    command = _Running(proc, input)
     try:
         async with asyncio.timeout(timeout):
-            stdout, stderr = await _communicate(proc, input)
+            await command.finish()
     except TimeoutError:
-        await _kill_group(proc)
+        await command.kill()
         fail(f"command timed out after {timeout:g}s: {_describe(argv)}", error_class="timeout")
     except BaseException:  # CancelledError above all: never leave the process tree behind
-        await _kill_group(proc)
+        await command.kill()
         raise
-    result = {"exit_code": proc.returncode, "stdout": stdout.text(), "stderr": stderr.text()}
+    finally:
+        await command.stop_io()
+    result = {"exit_code": proc.returncode, "stdout": command.stdout.text(), "stderr": command.stderr.text()}
     if check and proc.returncode != 0:
         _fail_exit(argv, result)
     return result
@@ -134,38 +142,71 @@ async def _spawn(argv: list[str], workdir: Path, env: dict[str, str], *,
         fail(f"cannot start '{argv[0]}': {exc.strerror or exc}", error_class="invalid_input", program=argv[0])
 
 
-async def _communicate(proc: asyncio.subprocess.Process, input: str | None) -> tuple[_Capture, _Capture]:
-    """Feed stdin and read both streams (capped) until the command has exited and the pipes are closed."""
-    assert proc.stdout is not None and proc.stderr is not None
-    stdout, stderr = _Capture("stdout"), _Capture("stderr")
-    io = [asyncio.ensure_future(stdout.read(proc.stdout)), asyncio.ensure_future(stderr.read(proc.stderr)),
-          asyncio.ensure_future(_feed(proc, input))]
-    try:
-        await _until_exit(proc, io)
-    finally:
-        for job in io:
-            job.cancel()
-        await asyncio.gather(*io, return_exceptions=True)
-    return stdout, stderr
+class _Running:
+    """A started command: its output being read, its stdin being fed, and how to end it.
 
-
-async def _until_exit(proc: asyncio.subprocess.Process, io: list[asyncio.Future[None]]) -> None:
-    """Wait for the exit and for the pipes to close; kill what the command left holding them.
-
-    ``proc.wait()`` alone would also wait for every process that inherited the pipes (``sleep 60 &``),
-    so the exit is noticed through ``returncode`` while the pipes are still open.
+    ``proc.wait()`` alone cannot tell when a command is done: it returns at once if the exit
+    is already known, and otherwise waits for every process that inherited the pipes
+    (``sleep 60 &``). Done here means: the command exited *and* both pipes reached their end.
     """
-    pending: set[asyncio.Future[None]] = set(io)
-    while pending and proc.returncode is None:
-        _, pending = await asyncio.wait(pending, timeout=_POLL_SECONDS)
-    if pending:
-        _, pending = await asyncio.wait(pending, timeout=PIPE_GRACE_SECONDS)
-    if pending:
-        _log.warning("killing processes left running by pid %s that hold its output open", proc.pid)
-        _signal_group(proc.pid, signal.SIGKILL)
-        _, pending = await asyncio.wait(pending, timeout=KILL_GRACE_SECONDS)
-    if not pending:  # else a process outside the group holds the pipes: stop reading, the exit code is known
-        await proc.wait()
+
+    def __init__(self, proc: asyncio.subprocess.Process, input: str | None) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self.stdout, self.stderr = _Capture("stdout"), _Capture("stderr")
+        self.io = [asyncio.ensure_future(self.stdout.read(proc.stdout)),
+                   asyncio.ensure_future(self.stderr.read(proc.stderr)),
+                   asyncio.ensure_future(_feed(proc, input))]
+
+    async def finish(self) -> None:
+        """Wait until the command is done; kill what it left running that holds its pipes open."""
+        pending = set(self.io)
+        while pending and self.proc.returncode is None:
+            _, pending = await asyncio.wait(pending, timeout=_POLL_SECONDS)
+        if not pending:
+            await self.proc.wait()  # the pipes are closed: this waits for the exit alone
+        elif not await self._settled(PIPE_GRACE_SECONDS):
+            _log.warning("killing processes left running by pid %s that hold its output open", self.proc.pid)
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            await self._settled_or_warn()
+
+    async def kill(self) -> None:
+        """SIGTERM the command's process group, wait a little, then SIGKILL whatever is left."""
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        settled = False
+        try:
+            settled = await self._settled(KILL_GRACE_SECONDS)
+        finally:
+            # Always: the leader may have exited on SIGTERM while children that ignore it live on.
+            _signal_group(self.proc.pid, signal.SIGKILL)
+        if not settled:
+            await self._settled_or_warn()
+
+    async def stop_io(self) -> None:
+        """Stop reading and feeding (a no-op once the pipes have closed)."""
+        for job in self.io:
+            job.cancel()
+        await asyncio.gather(*self.io, return_exceptions=True)
+
+    async def _settled(self, within: float) -> bool:
+        """Whether the command has exited and its pipes have closed within ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        pending = [job for job in self.io if not job.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=within)
+            if still:
+                return False
+        try:
+            await asyncio.wait_for(self.proc.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _settled_or_warn(self) -> None:
+        """After SIGKILL: wait for the pipes to close; only a process outside the group can keep them open."""
+        if not await self._settled(KILL_GRACE_SECONDS):
+            _log.warning("processes started by pid %s survive outside its process group", self.proc.pid)
 
 
 async def _feed(proc: asyncio.subprocess.Process, input: str | None) -> None:
@@ -203,23 +244,6 @@ class _Capture:
             text += (f"\n[goatclaw: {self.name} truncated at {MAX_OUTPUT_BYTES:,} bytes; "
                      f"{self.dropped:,} more bytes dropped]")
         return text
-
-
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the command's process group, wait a little, then SIGKILL whatever is left."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        # proc.wait() returns once the leader has exited and every process holding its pipes is gone.
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
-    except TimeoutError:
-        pass
-    finally:
-        # Always: the leader may have exited on SIGTERM while children that ignore it live on.
-        _signal_group(proc.pid, signal.SIGKILL)
-    try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)  # let the pipes close before the loop moves on
-    except TimeoutError:
-        _log.warning("processes started by pid %s survive outside its process group", proc.pid)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
