@@ -114,9 +114,10 @@ def main() -> int:
             engine, result = timed(goatclaw.run, pipeline, store=store, concurrency=args.concurrency)
             assert result.ok, result.error  # type: ignore[attr-defined]
             rows.append((n, bare, engine))
-        print(f"\nno-op DAGs, ~3 needs per task, concurrency {args.concurrency}, store on (Python {sys.version.split()[0]})\n")
-        print(f"| tasks | bare loop | goatclaw | bare µs/task | goatclaw µs/task | ratio |")
-        print(f"|------:|----------:|---------:|-------------:|-----------------:|------:|")
+        version = sys.version.split()[0]
+        print(f"\nno-op DAGs, ~3 needs per task, concurrency {args.concurrency}, store on (Python {version})\n")
+        print("| tasks | bare loop | goatclaw | bare µs/task | goatclaw µs/task | ratio |")
+        print("|------:|----------:|---------:|-------------:|-----------------:|------:|")
         for n, bare, engine in rows:
             print(f"| {n:,} | {bare * 1000:,.0f} ms | {engine * 1000:,.0f} ms | {bare / n * 1e6:.1f} | "
                   f"{engine / n * 1e6:.1f} | {engine / bare:.1f}x |")
@@ -132,7 +133,7 @@ def main() -> int:
         result = goatclaw.run(pipeline, store=store)
         t2 = time.perf_counter()
         assert result.ok
-        print(f"\n10k-task pipeline, file to stored run (target < 2 s)\n")
+        print("\n10k-task pipeline, file to stored run (target < 2 s)\n")
         print("| step | time |")
         print("|------|-----:|")
         print(f"| load + check (YAML, schema, graph, templates, plugins) | {(t1 - t0) * 1000:,.0f} ms |")

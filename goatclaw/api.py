@@ -90,7 +90,7 @@ async def arun(
     vars: Mapping[str, Any] | None = None,
     concurrency: int | None = None,
     only: Sequence[str] = (),
-    store: str | os.PathLike[str] | None | bool = True,
+    store: str | os.PathLike[str] | bool | None = True,
     bus: Bus | None = None,
     registry: Registry | None = None,
     executor: Executor | None = None,
@@ -114,7 +114,7 @@ async def arun(
         return _dry_result(compiled)
     options = RunOptions(
         vars={**pipeline.vars, **(vars or {})},
-        concurrency=concurrency or project.concurrency,
+        concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
         only=tuple(only),
         store_path=_store_path(store, project),
         workspace=project.root,
@@ -166,7 +166,13 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return out
 
 
-def _store_path(store: str | os.PathLike[str] | None | bool, project: Project) -> Path | None:
+def _says(pipeline: Pipeline, key: str) -> bool:
+    """Whether the pipeline file itself sets ``key`` (so it beats the project's setting)."""
+    data = pipeline.source.data if pipeline.source is not None else None
+    return isinstance(data, dict) and key in data
+
+
+def _store_path(store: str | os.PathLike[str] | bool | None, project: Project) -> Path | None:
     if store is True:
         env = os.environ.get("GOATCLAW_STORE")
         return Path(env) if env else project.store_path

@@ -78,7 +78,8 @@ def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
             if need in tasks and need != task.id:
                 edges.append((need, task.id))
             elif need == task.id:
-                problems.append(_problem(pipeline, _need_path(pipeline, task, i), f"task '{task.id}' cannot need itself"))
+                problems.append(_problem(pipeline, _need_path(pipeline, task, i),
+                                         f"task '{task.id}' cannot need itself"))
             else:
                 problems.append(_problem(pipeline, _need_path(pipeline, task, i),
                                          f"unknown task '{need}'{_did_you_mean(need, tasks)}"))

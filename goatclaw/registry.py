@@ -209,7 +209,8 @@ def _describe(name: str, fn: Callable[..., Any], src: _Source, *, first_is_conte
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
-        raise PluginError(f"plugin '{name}' from {src.package} {src.version}: cannot read its signature: {exc}") from exc
+        raise PluginError(f"plugin '{name}' from {src.package} {src.version}: cannot read its signature: "
+                          f"{exc}") from exc
     params = list(sig.parameters.values())
     if first_is_context:
         if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
@@ -225,7 +226,7 @@ def _describe(name: str, fn: Callable[..., Any], src: _Source, *, first_is_conte
         raise PluginError(f"task '{name}' from {src.package} {src.version} has the wrong shape: arguments after "
                           f"the context must be keyword arguments (signature: {name}{sig})")
     return Plugin(name, fn, spec_of(fn), src.package, src.version,
-                  inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)),
+                  inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__),
                   named, accepts_any)
 
 

@@ -257,8 +257,9 @@ class Store:
         if ref in ("last", "latest"):
             row = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
             return _run_row(row) if row else None
-        rows = self.db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY started_at DESC LIMIT 2",
-                               (ref, ref.replace("%", "").replace("_", "\\_") + "%")).fetchall()
+        pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY started_at DESC "
+                               "LIMIT 2", (ref, pattern)).fetchall()
         exact = [r for r in rows if r[0] == ref]
         if exact:
             return _run_row(exact[0])
@@ -268,7 +269,8 @@ class Store:
 
     def tasks(self, run_id: str) -> list[TaskRow]:
         """Every stored task result of a run, in the order they started."""
-        rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at IS NULL, started_at, task_id", (run_id,))
+        rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at IS NULL, started_at, task_id",
+                               (run_id,))
         return [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), r[7], r[8]) for r in rows]
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:

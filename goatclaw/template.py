@@ -258,7 +258,7 @@ def compile_value(value: Any) -> Compiled:
 
 
 def _any_template(value: Any) -> bool:
-    """A quick scan: does ``value`` hold template syntax anywhere? (Concrete types first: fast.)"""
+    """Whether ``value`` holds template syntax anywhere (concrete types are checked first: fast)."""
     kind = type(value)
     if kind is str:
         return "{" in value and has_template(value)

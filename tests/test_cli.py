@@ -186,8 +186,6 @@ def test_runs_list_and_show_read_the_store(cli: Callable[..., object], quickstar
     assert {t["task_id"]: t["status"] for t in doc["tasks"]} == dict.fromkeys(TASKS, "succeeded")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `runs list` at 80 columns (any pipe) squeezes the pipeline, duration "
-                                       "and tasks columns to 'qu…', '31…', 'su…'")
 def test_runs_list_is_readable_at_80_columns(cli: Callable[..., object], quickstart: Path) -> None:
     assert cli("apply", "pipelines/quickstart.yaml").exit_code == 0  # type: ignore[attr-defined]
     table = CliRunner().invoke(app, ["runs", "list"], env={"COLUMNS": "80"}, catch_exceptions=False)

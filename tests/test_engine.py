@@ -255,8 +255,6 @@ def test_concurrency_from_the_command_line_beats_the_file(write_pipeline: Callab
     assert rec.max_in_flight() == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: goatclaw.yaml's project-wide concurrency overrides the pipeline's own "
-                                       "`concurrency:` (api.arun uses `concurrency or project.concurrency`)")
 def test_pipeline_concurrency_beats_the_project_default(project: Path, write_pipeline: Callable[..., Path],
                                                         rec: Recording) -> None:
     (project / "goatclaw.yaml").write_text("version: 1\nconcurrency: 4\n")
@@ -479,9 +477,6 @@ def test_blocking_plugins_run_in_threads(write_pipeline: Callable[..., Path]) ->
     assert elapsed < 0.55, f"two 0.3 s blocking tasks took {elapsed:.2f}s: they did not overlap"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: goatclaw.run() returns only when a timed-out blocking plugin's thread "
-                                       "ends (asyncio.run waits for the default executor), so `timeout:` does not "
-                                       "bound the run")
 def test_a_timed_out_blocking_plugin_does_not_hold_the_run(write_pipeline: Callable[..., Path]) -> None:
     def stuck(ctx: goatclaw.TaskContext) -> None:
         time.sleep(1.5)

@@ -356,9 +356,6 @@ def test_a_pipeline_timeout_stops_the_run_and_its_process_tree(write_pipeline: C
         kill_if_alive(pid)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on a pipeline timeout _schedule re-cancels the workers once gather() "
-                                       "returns early, interrupting the shell task's cleanup (child left unreaped, "
-                                       "pipe transports unclosed)")
 def test_a_pipeline_timeout_lets_the_cancelled_task_clean_up(write_pipeline: Callable[..., Path],
                                                              project: Path) -> None:
     # two tasks make two workers; the idle one ends gather() at once, and the busy one is cancelled twice
@@ -538,8 +535,6 @@ def test_a_half_open_breaker_lets_exactly_one_probe_through(server: Scripted, wr
     assert classes.count("breaker_open") == 4 - server.hits["/up"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: adaptive backoff never shortens with breaker successes: the task's "
-                                       "own failure resets the breaker's success count just before the delay reads it")
 def test_adaptive_backoff_shortens_after_successes_on_the_same_breaker(
         server: Scripted, write_pipeline: Callable[..., Path], store_path: Path) -> None:
     flaky = server.script("/flaky", Reply(503), Reply(503), Reply(200, {"ok": True}))
@@ -647,8 +642,6 @@ def test_on_failure_and_finally_see_the_failed_run(server: Scripted, write_pipel
     assert result.tasks["cleanup"].output == "failed"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `goatclaw runs show` shows failed attempts but neither breaker changes "
-                                       "nor that a fallback stood in (issue 3 asks for both)")
 def test_runs_show_tells_of_breaker_changes_and_fallbacks(server: Scripted, write_pipeline: Callable[..., Path],
                                                           store_path: Path) -> None:
     down = server.script("/down", Reply(503))

@@ -224,8 +224,6 @@ def test_adaptive_follows_retry_after(d: float, hint: float, k: int) -> None:
 # -- robustness: any schema-valid policy gives a finite delay ---------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Backoff.next_delay raises OverflowError (crashing the run) for a "
-                                       "large multiplier**retry instead of capping at max_delay")
 def test_a_large_multiplier_is_capped_not_an_overflow() -> None:
     # attempts: 100 and multiplier: 100 pass the schema; a run of the same error class then asks for 100 ** 196
     p = RetryPolicy(attempts=100, backoff="adaptive", delay=1.0, max_delay=60.0, multiplier=100.0)
@@ -293,8 +291,6 @@ def test_never_on_replaces_the_defaults_when_given() -> None:
     assert not should_retry(q, "timeout")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an explicit `on: [auth]` is silently overridden by the default "
-                                       "never_on, so the class the user listed is never retried")
 def test_an_explicit_on_beats_the_default_never_on() -> None:
     p = RetryPolicy.from_data({"attempts": 3, "on": ["auth"]})
     assert should_retry(p, "auth")

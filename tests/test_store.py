@@ -101,8 +101,6 @@ def test_runs_are_found_by_id_prefix_and_last(write_pipeline: Callable[..., Path
         assert db.runs(pipeline="nope") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store.run escapes '_' as '\\_' in LIKE without an ESCAPE clause, "
-                                       "so a prefix containing '_' never matches")
 def test_run_prefix_with_an_underscore(write_pipeline: Callable[..., Path], store_path: Path) -> None:
     path = write_pipeline(PIPELINE)
     run_into(path, store_path, "nightly_build_7")

@@ -124,8 +124,6 @@ def test_github_format_prints_annotations(must_show: Path) -> None:
                               "duplicate key 'url' (first defined at line 9, column 7)")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli/render.print_problems does not escape GitHub workflow-command "
-                                      "properties (',' ':' '%' newlines), so 'my,pipe.yaml' reads as file=my")
 def test_github_format_escapes_the_file_name(write_pipeline: Callable[..., Path]) -> None:
     write_pipeline("version: 1\ntasks:\n  a: {uses: echo, needs: [zz]}\n", name="my,pipe.yaml")
     result = CliRunner().invoke(app, ["validate", "my,pipe.yaml", "--format", "github"])

@@ -74,8 +74,8 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from goatclaw.errors import GoatclawError, SpecError
         from goatclaw.cli.render import print_problems
+        from goatclaw.errors import GoatclawError, SpecError
 
         try:
             return fn(*args, **kwargs)
@@ -110,7 +110,8 @@ def main_options(
 @handles_errors
 def apply(
     file: Annotated[Path, typer.Argument(help="The pipeline file.")],
-    var: Annotated[list[str] | None, typer.Option("--var", "-v", help="Set a variable: key=value (YAML value).")] = None,
+    var: Annotated[list[str] | None,
+                   typer.Option("--var", "-v", help="Set a variable: key=value (YAML value).")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Tasks in flight.")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only this task (and what it needs).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and plan, run nothing.")] = False,
@@ -270,11 +271,12 @@ def runs_show(
             raise GoatclawError(f"no run '{run}' in {db.path}")
         tasks = db.tasks(row.id)
         attempts = db.attempts(row.id)
+        events = [e for e in db.events(row.id) if e["topic"].startswith("breaker.") or e["topic"] == "task.fallback"]
     if as_json:
-        print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts},
-                         indent=2, default=str))
+        print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
+                          "incidents": events}, indent=2, default=str))
     else:
-        print_run(row, tasks, attempts, _out())
+        print_run(row, tasks, attempts, _out(), events)
 
 
 breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)

@@ -59,6 +59,12 @@ class PlainView:
         self.timestamps = timestamps
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.*", self._on_run)
+        bus.subscribe("breaker.*", self._on_incident)
+
+    def _on_incident(self, ev: Event) -> None:
+        text = incident_text(ev.topic, ev.task, ev.data)
+        if text:
+            self._line(ev, f"  ! {text}")
 
     def _line(self, ev: Event, text: str) -> None:
         stamp = datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S ") if self.timestamps else ""
@@ -66,7 +72,8 @@ class PlainView:
 
     def _on_run(self, ev: Event) -> None:
         if ev.topic == "run.started":
-            self._line(ev, f"run {ev.run_id} started: {ev.data.get('pipeline')} ({len(ev.data.get('tasks', []))} tasks)")
+            count = len(ev.data.get("tasks", []))
+            self._line(ev, f"run {ev.run_id} started: {ev.data.get('pipeline')} ({count} tasks)")
         else:
             self._line(ev, f"run {ev.run_id} {ev.topic.split('.', 1)[1]} in {_fmt_duration(ev.data.get('duration'))}")
 
@@ -75,6 +82,8 @@ class PlainView:
         d = ev.data
         if kind == "started":
             self._line(ev, f"  ▶ {ev.task} started")
+        elif kind == "fallback":
+            self._line(ev, f"  ! {incident_text(ev.topic, ev.task, d)}")
         elif kind == "retrying":
             self._line(ev, f"  ↻ {ev.task} attempt {d.get('attempt')} failed ({d.get('error_class')}: "
                            f"{d.get('error')}); retrying in {d.get('delay')}s")
@@ -127,6 +136,8 @@ class LiveView:
         elif kind == "retrying":
             self.state[tid] = "retrying"
             self.notes[tid] = f"{ev.data.get('error_class')}; retry in {ev.data.get('delay')}s"
+        elif kind == "fallback":
+            self.notes[tid] = f"fallback '{ev.data.get('fallback')}' stands in"
         elif kind == "progress":
             self.notes[tid] = str(ev.data.get("message") or f"{(ev.data.get('done') or 0) * 100:.0f}%")
         elif kind in _TERMINAL_TOPICS:
@@ -172,14 +183,24 @@ class LiveView:
         return Group(table, summary)
 
 
+def _gh_data(text: str) -> str:
+    """Escape a GitHub Actions workflow-command message."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    """Escape a GitHub Actions workflow-command property value."""
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
 def print_problems(problems: list[Problem], console: Console, *, fmt: str = "text") -> None:
     """Located problems, one line each (``github`` prints Actions annotations)."""
     for p in problems:
         if fmt == "github":
             loc = p.location
-            where = f" file={loc.file},line={loc.line},col={loc.col}" if loc else ""
+            where = f" file={_gh_property(loc.file)},line={loc.line},col={loc.col}" if loc else ""
             level = "warning" if p.severity == "warn" else "error"
-            msg = f"{p.path}: {p.message}" if p.path else p.message
+            msg = _gh_data(f"{p.path}: {p.message}" if p.path else p.message)
             console.print(f"::{level}{where}::{msg}", markup=False, highlight=False, soft_wrap=True)
         else:
             console.print(Text(str(p), style="yellow" if p.severity == "warn" else "red"), soft_wrap=True)
@@ -224,20 +245,35 @@ def print_result(result: RunResult, console: Console) -> None:
 
 
 def print_runs(runs: list[RunRow], console: Console) -> None:
-    """A table of stored runs."""
-    table = Table(header_style="bold")
-    for col in ("run", "pipeline", "status", "started", "duration", "tasks"):
-        table.add_column(col, no_wrap=col in ("run", "status", "started"))
+    """A table of stored runs (fits 80 columns, so a pipe can grep it)."""
+    table = Table(box=None, header_style="bold", padding=(0, 1), pad_edge=False)
+    for col in ("run", "pipeline", "status", "started", "time", "tasks"):
+        table.add_column(col, no_wrap=col != "tasks", overflow="fold")
     for r in runs:
-        icon, style = STYLE.get(r.status, ("▶", "cyan"))
+        _, style = STYLE.get(r.status, ("▶", "cyan"))
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.summary.get("counts", {}).items()))
-        table.add_row(r.id, r.pipeline, Text(f"{icon} {r.status}", style=style),
-                      datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S"),
-                      _fmt_duration(r.duration), counts)
+        table.add_row(r.id, r.pipeline, Text(r.status, style=style),
+                      datetime.fromtimestamp(r.started_at).strftime("%m-%d %H:%M"), _fmt_duration(r.duration), counts)
     console.print(table)
 
 
-def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console) -> None:
+def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | None:
+    """A line for the events that explain a run's recoveries (breakers, fallbacks), else None."""
+    if topic == "breaker.opened":
+        return (f"breaker '{data.get('key')}' opened after {data.get('failures')} failures "
+                f"(half-opens in {data.get('reset')}s)")
+    if topic == "breaker.half_open":
+        return f"breaker '{data.get('key')}' half-open: one probe call goes through"
+    if topic == "breaker.closed":
+        return f"breaker '{data.get('key')}' closed again"
+    if topic == "task.fallback":
+        return (f"{task} failed ({data.get('error_class')}: {data.get('error')}); fallback '{data.get('fallback')}' "
+                "stands in")
+    return None
+
+
+def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console,
+              events: list[dict[str, Any]] | None = None) -> None:
     """One stored run: its status, each task's result, and failed attempts."""
     icon, style = STYLE.get(run.status, ("▶", "cyan"))
     console.print(Text(f"{icon} {run.id}  {run.pipeline}  {run.status}", style=f"bold {style}"))
@@ -257,6 +293,12 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
         table.add_row(t.task_id, Text(f"{icon} {t.status}", style=style), str(t.attempts), _fmt_duration(dur),
                       Text(detail, style="red" if t.error else ""))
     console.print(table)
+    incidents = [(e["ts"], incident_text(e["topic"], e["task"], e["data"])) for e in events or []]
+    if any(text for _, text in incidents):
+        console.print(Text("breakers and fallbacks", style="bold"))
+        for ts, text in incidents:
+            if text:
+                console.print(Text(f"  {datetime.fromtimestamp(ts):%H:%M:%S} {text}", style="yellow"), soft_wrap=True)
     failed = [a for a in attempts if a["status"] == "failed"]
     if failed:
         console.print(Text("failed attempts", style="bold"))

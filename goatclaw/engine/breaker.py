@@ -20,6 +20,7 @@ state lives in memory for the run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,7 +85,7 @@ class Breakers:
         """Let a call through, or fail fast (``breaker_open``), or wait (``wait: true``)."""
         while True:
             verdict: dict[str, Any] = {}
-            self._update(key, lambda row: self._admit(key, row, policy, verdict))
+            self._update(key, functools.partial(self._admit, key, policy=policy, verdict=verdict))
             if verdict.get("allow"):
                 if verdict.get("probe"):
                     self.emit("breaker.half_open", {"key": key})
@@ -96,7 +97,7 @@ class Breakers:
                                 details={"breaker": key})
             await self.sleep(max(remaining, 0.01))
 
-    def _admit(self, key: str, row: Row | None, policy: BreakerPolicy, verdict: dict[str, Any]) -> Row | None:
+    def _admit(self, key: str, row: Row | None, *, policy: BreakerPolicy, verdict: dict[str, Any]) -> Row | None:
         now = self.clock()
         if row is None or row["state"] == "closed":
             verdict["allow"] = True
@@ -132,14 +133,19 @@ class Breakers:
         if changed:
             self.emit("breaker.closed", {"key": key})
 
-    def failure(self, key: str, policy: BreakerPolicy, error_class: str) -> None:
-        """A call on ``key`` failed with ``error_class``: count it, and open the breaker if due."""
+    def failure(self, key: str, policy: BreakerPolicy, error_class: str) -> int:
+        """A call on ``key`` failed with ``error_class``: count it, and open the breaker if due.
+
+        Returns the successes the breaker had seen since its previous failure.
+        """
+        before: dict[str, int] = {}
         if error_class in NOT_COUNTED:
-            return
+            return self.recent_successes(key)
         opened: dict[str, Any] = {}
 
         def change(row: Row | None) -> Row | None:
             now = self.clock()
+            before["successes"] = int(row.get("successes", 0)) if row else 0
             row = row or {"key": key, "state": "closed", "failures": [], "opened_at": None, "probe_until": None,
                           "successes": 0}
             failures = [t for t in row["failures"] if now - t < policy.window] + [now]
@@ -152,6 +158,7 @@ class Breakers:
         self._update(key, change)
         if opened:
             self.emit("breaker.opened", {"key": key, "failures": opened["failures"], "reset": policy.reset})
+        return before.get("successes", 0)
 
     def recent_successes(self, key: str) -> int:
         """Successes on ``key`` since its last failure (adaptive backoff shortens with them)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,8 +33,38 @@ class Executor(abc.ABC):
     async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
         """Run ``plugin`` with ``ctx`` and ``kwargs`` and return its output (or raise its error)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
         """Release pools and connections (the default does nothing)."""
+
+
+async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+    """Run a blocking plugin in a daemon thread of its own.
+
+    A thread cannot be killed: on a timeout or cancel it is abandoned and its result is
+    dropped. Being a daemon, and not in the loop's default executor, it holds neither the
+    run (``asyncio.run`` waits for the default executor) nor the process's exit.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def work() -> None:
+        try:
+            result = fn(ctx, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task, which maps it
+            ok, value = False, exc
+        else:
+            ok, value = True, result
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name=f"goatclaw-task-{ctx.task_id}", daemon=True).start()
+    return await future
 
 
 def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
@@ -41,7 +72,7 @@ def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> An
 
 
 class LocalExecutor(Executor):
-    """This machine: asyncio for async plugins, threads for blocking ones, processes for CPU-bound ones."""
+    """Runs on this machine: asyncio for async plugins, threads for blocking ones, processes for CPU-bound ones."""
 
     name = "local"
 
@@ -50,16 +81,20 @@ class LocalExecutor(Executor):
         self._pool: ProcessPoolExecutor | None = None
 
     async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
+        """Await an async plugin; run a blocking one in a thread, a CPU-bound one in a process."""
         if plugin.is_async:
             return await plugin.fn(ctx, **kwargs)
         if plugin.spec.cpu_bound:
             return await self._in_process(plugin, ctx, kwargs)
-        return await asyncio.to_thread(plugin.fn, ctx, **kwargs)
+        return await _in_thread(plugin.fn, ctx, kwargs)
 
     async def _in_process(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
-        """Run in the worker pool. A cancelled call (timeout, Ctrl-C) kills the pool's processes,
-        since a running call cannot be stopped any other way; calls that were in flight in
-        them fail with error class ``connection`` (retryable), and the next call starts a new pool."""
+        """Run in the worker pool.
+
+        A cancelled call (timeout, Ctrl-C) kills the pool's processes, since a running call
+        cannot be stopped any other way; calls that were in flight in them fail with error
+        class ``connection`` (retryable), and the next call starts a new pool.
+        """
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._processes)
         pool = self._pool
@@ -85,6 +120,7 @@ class LocalExecutor(Executor):
         pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
+        """Shut the worker pool down without waiting for abandoned calls."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

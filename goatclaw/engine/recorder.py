@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from goatclaw.engine.state import RunResult, TaskResult, TaskState
+from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.spec.model import Pipeline
-from goatclaw.errors import StoreError
 from goatclaw.store import Store
 
 __all__ = ["Recorder"]

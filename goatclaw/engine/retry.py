@@ -43,6 +43,21 @@ def _fib(n: int) -> int:
     return a
 
 
+def _power(base: float, exponent: int) -> float:
+    """``base ** exponent``, infinite instead of an OverflowError (the cap applies next)."""
+    try:
+        return float(base**exponent)
+    except OverflowError:
+        return float("inf")
+
+
+def _float(n: int) -> float:
+    try:
+        return float(n)
+    except OverflowError:
+        return float("inf")
+
+
 @dataclass
 class Backoff:
     """Delay computation for one task's retries (keeps the state that some strategies need)."""
@@ -64,15 +79,15 @@ class Backoff:
         elif p.backoff == "linear":
             delay = p.delay * retry
         elif p.backoff == "fibonacci":
-            delay = p.delay * _fib(retry)
+            delay = p.delay * _float(_fib(retry))
         elif p.backoff == "decorrelated":
             delay = self.rng.uniform(p.delay, max(p.delay, self.previous * 3))
         elif p.backoff == "adaptive":
-            delay = p.delay * p.multiplier ** (retry - 1 + max(0, self.streak - 1))
+            delay = p.delay * _power(p.multiplier, retry - 1 + max(0, self.streak - 1))
             delay /= 1 + (self.successes() if self.successes is not None else 0)
         else:
-            delay = p.delay * p.multiplier ** (retry - 1)
-        delay = min(delay, p.max_delay)
+            delay = p.delay * _power(p.multiplier, retry - 1)
+        delay = min(delay, p.max_delay) if delay == delay else p.max_delay  # inf * 0 is nan
         if p.jitter:
             delay *= 1 - p.jitter * self.rng.random()
         if retry_after is not None:

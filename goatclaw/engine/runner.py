@@ -93,6 +93,7 @@ class _Runner:
         self.recorder: Recorder | None = None
         self.breakers: Breakers | None = None
         self.breaker_keys: dict[str, str] = {}
+        self.breaker_successes: dict[str, int] = {}
         self.ready: list[tuple[int, int, str]] = []
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.pending: dict[str, int] = {}
@@ -229,8 +230,10 @@ class _Runner:
         try:
             await asyncio.gather(*workers)
         finally:
+            # cancel each worker once: a second cancel would interrupt a task's own cleanup
             for w in workers:
-                w.cancel()
+                if not w.done() and not w.cancelling():
+                    w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
     def _push(self, tid: str) -> None:
@@ -441,7 +444,8 @@ class _Runner:
             return await self._retry(task, plugin, res, compiled, context, index, exc, started)
 
     async def _retry(self, task: Task, plugin: Plugin, res: TaskResult, compiled: Compiled,
-                     context: Mapping[str, Any], index: int | None, first: Exception, started: float) -> tuple[Any, str]:
+                     context: Mapping[str, Any], index: int | None, first: Exception,
+                     started: float) -> tuple[Any, str]:
         policy = task.retry
         backoff = Backoff(policy, self.rng, successes=self._successes_of(task))
         rec = self.recorder
@@ -475,8 +479,7 @@ class _Runner:
         """For adaptive backoff: successes seen by the task's shared breaker since its last failure."""
         if self.breakers is None or task.breaker is None:
             return None
-        breakers = self.breakers
-        return lambda: breakers.recent_successes(self.breaker_keys.get(task.id, task.uses))
+        return lambda: self.breaker_successes.get(task.id, 0)
 
     def _record_attempt(self, task: Task, index: int | None, attempt: int, started: float,
                         err: TaskError | None) -> None:
@@ -515,7 +518,8 @@ class _Runner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.breakers.failure(key, policy, _as_task_error(exc, task).error_class)
+            # adaptive backoff reads the successes seen before this failure reset them
+            self.breaker_successes[task.id] = self.breakers.failure(key, policy, _as_task_error(exc, task).error_class)
             raise
         self.breakers.success(key)
         return result

@@ -1,4 +1,4 @@
-"""The checked pipeline as frozen data: Pipeline, Task, RetryPolicy, Rule, Permissions …
+"""The checked pipeline as frozen data: Pipeline, Task, RetryPolicy, Rule, Permissions and friends.
 
 Nothing here changes after it is built. :func:`build_pipeline` turns a schema-checked
 :class:`~goatclaw.spec.loader.Document` into a :class:`Pipeline`; it is defensive, so it
@@ -102,11 +102,14 @@ class RetryPolicy:
             backoff=data.get("backoff", base.backoff) if isinstance(data.get("backoff", ""), str) else base.backoff,
             delay=_duration(data.get("delay"), base.delay) or 0.0,
             max_delay=_duration(data.get("max_delay"), base.max_delay) or 0.0,
-            multiplier=float(data["multiplier"]) if isinstance(data.get("multiplier"), (int, float)) else base.multiplier,
+            multiplier=float(data["multiplier"]) if isinstance(data.get("multiplier"), (int, float))
+            else base.multiplier,
             jitter=jitter_f,
             max_elapsed=_duration(data.get("max_elapsed"), base.max_elapsed),
             on=_strings(data["on"]) if "on" in data else base.on,
-            never_on=_strings(data["never_on"]) if "never_on" in data else base.never_on,
+            # classes named in an explicit ``on`` are retried even if the default never_on lists them
+            never_on=_strings(data["never_on"]) if "never_on" in data else tuple(
+                c for c in base.never_on if c not in _strings(data.get("on"))),
         )
 
 
@@ -323,7 +326,8 @@ def build_pipeline(doc: Any, *, default_name: str = "pipeline", project_defaults
         hooks=tuple(data["hooks"]) if isinstance(data.get("hooks"), list) else (),
         on_failure=_task_map(data.get("on_failure"), defaults, "on_failure"),
         finally_=_task_map(data.get("finally"), defaults, "finally"),
-        threat_threshold=data.get("threat_threshold") if isinstance(data.get("threat_threshold"), (int, float)) else None,
+        threat_threshold=data.get("threat_threshold") if isinstance(data.get("threat_threshold"), (int, float))
+        else None,
         max_output_bytes=data.get("max_output_bytes") if isinstance(data.get("max_output_bytes"), int) else None,
         file=file,
         digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16],
@@ -388,7 +392,8 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
         inputs=_strings(d.get("inputs")),
         permissions=Permissions.from_data(d.get("permissions")),
         trust=_strings(d.get("trust")),
-        env=MappingProxyType({str(k): str(v) for k, v in d["env"].items()}) if isinstance(d.get("env"), dict) else _EMPTY,
+        env=MappingProxyType({str(k): str(v) for k, v in d["env"].items()}) if isinstance(d.get("env"), dict)
+        else _EMPTY,
         name=d["name"] if isinstance(d.get("name"), str) else None,
         description=d["description"] if isinstance(d.get("description"), str) else None,
         order=order,
