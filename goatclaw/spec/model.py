@@ -98,7 +98,8 @@ class RetryPolicy:
         jitter_f = 1.0 if jitter is True else 0.0 if jitter is False else float(jitter) if isinstance(
             jitter, (int, float)) else base.jitter
         return cls(
-            attempts=data["attempts"] if isinstance(data.get("attempts"), int) else max(base.attempts, 3),
+            attempts=_integer(data.get("attempts"), max(base.attempts, 3)) if "attempts" in data
+            else max(base.attempts, 3),
             backoff=data.get("backoff", base.backoff) if isinstance(data.get("backoff", ""), str) else base.backoff,
             delay=_duration(data.get("delay"), base.delay) or 0.0,
             max_delay=_duration(data.get("max_delay"), base.max_delay) or 0.0,
@@ -330,14 +331,32 @@ def build_pipeline(doc: Any, *, default_name: str = "pipeline", project_defaults
         else None,
         max_output_bytes=data.get("max_output_bytes") if isinstance(data.get("max_output_bytes"), int) else None,
         file=file,
-        digest=hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        digest=_digest(doc, data),
         source=doc,
         project=project,
     )
 
 
+def _digest(doc: Any, data: Any) -> str:
+    """A short hash of the pipeline: of its text when known (cheap), else of its data."""
+    text = getattr(doc, "text", "") or json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _integer(value: Any, default: int) -> int:
+    """An integer, also when YAML wrote it as ``2.0`` (JSON Schema's ``integer`` accepts that)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return default
+
+
 def _positive_int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
+    number = _integer(value, default)
+    return number if number >= 1 else default
 
 
 def build_defaults(data: Any, project: Defaults | None) -> Defaults:
@@ -363,8 +382,19 @@ def _task_map(data: Any, defaults: Defaults, group: str) -> Mapping[str, Task]:
     })
 
 
+_SIMPLE_KEYS = frozenset({"uses", "with", "needs", "name", "description"})
+
+
 def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: str) -> Task:
     path = (group, tid)
+    if d.keys() <= _SIMPLE_KEYS:  # most tasks of a large pipeline: skip the policy fields
+        uses, name, description = d.get("uses"), d.get("name"), d.get("description")
+        return Task(id=tid, uses=uses if isinstance(uses, str) else "", with_=_freeze(d.get("with")),
+                    needs=_strings(d.get("needs")), timeout=defaults.timeout, retry=defaults.retry,
+                    breaker=defaults.breaker, cache=defaults.cache,
+                    name=name if isinstance(name, str) else None,
+                    description=description if isinstance(description, str) else None,
+                    order=order, path=path, group=group)
     fix = d.get("fix")
     return Task(
         id=tid,
@@ -384,7 +414,7 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
             mode=fix.get("mode", "feedback") if isinstance(fix.get("mode", ""), str) else "feedback",
         ) if isinstance(fix, dict) else None,
         breaker=BreakerPolicy.from_data(d["breaker"], defaults.breaker) if "breaker" in d else defaults.breaker,
-        priority=d["priority"] if isinstance(d.get("priority"), int) else 0,
+        priority=_integer(d.get("priority"), 0),
         cache=CachePolicy.from_data(d.get("cache"), defaults.cache),
         continue_on_error=d.get("continue_on_error") is True,
         fallback=d["fallback"] if isinstance(d.get("fallback"), str) else None,
