@@ -28,6 +28,7 @@ from goatclaw.spec.loader import Document, dotted
 __all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
 
 SCHEMAS = ("pipeline", "goatclaw")
+_TYPE_ORDER = ("number", "integer", "string", "boolean", "object", "array", "null")
 _DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
 
 
@@ -171,6 +172,7 @@ def _alternatives(doc: Document, err: ValidationError) -> list[Problem]:
         for e in here:
             types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
             wanted += [t for t in types if t not in wanted]
+        wanted.sort(key=lambda t: _TYPE_ORDER.index(t) if t in _TYPE_ORDER else len(_TYPE_ORDER))
         message = f"{_json(err.instance)} is not of type {' or '.join(repr(t) for t in wanted)}"
         return [Problem(doc.locate(path), dotted(path), message)]
     deeper = [e for e in err.context if e.relative_path or e.validator in ("additionalProperties", "required")]
