@@ -25,7 +25,8 @@ from goatclaw.events import Bus, Event
 from goatclaw.graph import Plan
 from goatclaw.store import RunRow, TaskRow
 
-__all__ = ["LiveView", "PlainView", "print_plan", "print_problems", "print_run", "print_runs"]
+__all__ = ["LiveView", "PlainView", "print_plan", "print_plugin", "print_plugins", "print_problems", "print_run",
+           "print_runs"]
 
 STYLE = {
     "pending": ("·", "dim"),
@@ -60,6 +61,7 @@ class PlainView:
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.*", self._on_run)
         bus.subscribe("breaker.*", self._on_incident)
+        bus.subscribe("hook.*", self._on_incident)
 
     def _on_incident(self, ev: Event) -> None:
         text = incident_text(ev.topic, ev.task, ev.data)
@@ -71,9 +73,9 @@ class PlainView:
         print(f"{stamp}{text}", file=self.stream, flush=True)
 
     def _on_run(self, ev: Event) -> None:
-        if ev.topic == "run.started":
+        if ev.topic in ("run.started", "run.resumed"):
             count = len(ev.data.get("tasks", []))
-            self._line(ev, f"run {ev.run_id} started: {ev.data.get('pipeline')} ({count} tasks)")
+            self._line(ev, f"run {ev.run_id} {ev.topic[4:]}: {ev.data.get('pipeline')} ({count} tasks)")
         else:
             self._line(ev, f"run {ev.run_id} {ev.topic.split('.', 1)[1]} in {_fmt_duration(ev.data.get('duration'))}")
 
@@ -82,6 +84,8 @@ class PlainView:
         d = ev.data
         if kind == "started":
             self._line(ev, f"  ▶ {ev.task} started")
+        elif kind == "resumed":
+            self._line(ev, f"  {STYLE['succeeded'][0]} {ev.task} {d.get('status')} before: kept, not run again")
         elif kind == "fallback":
             self._line(ev, f"  ! {incident_text(ev.topic, ev.task, d)}")
         elif kind == "retrying":
@@ -109,9 +113,13 @@ class LiveView:
         self.attempts: dict[str, int] = {}
         self.notes: dict[str, str] = {}
         self.recent: deque[str] = deque(maxlen=10)
+        self.incidents: deque[str] = deque(maxlen=3)
         self.live = Live(console=console, refresh_per_second=8, transient=False, get_renderable=self._render)
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.started", self._on_start)
+        bus.subscribe("run.resumed", self._on_start)
+        bus.subscribe("hook.failed", self._on_hook)
+        bus.subscribe("breaker.*", self._on_breaker)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -120,6 +128,9 @@ class LiveView:
     def __exit__(self, *exc: Any) -> None:
         self.live.refresh()
         self.live.__exit__(*exc)
+
+    def _on_hook(self, ev: Event) -> None:
+        self.console.print(Text(f"! {incident_text(ev.topic, ev.task, ev.data)}", style="yellow"))
 
     def _on_start(self, ev: Event) -> None:
         self.order = list(ev.data.get("tasks", []))
@@ -133,6 +144,9 @@ class LiveView:
         if kind == "started":
             self.state[tid] = "running"
             self.started[tid] = ev.ts
+        elif kind == "resumed":
+            self.state[tid] = str(ev.data.get("status", "succeeded"))
+            self.notes[tid] = "kept from before the resume"
         elif kind == "retrying":
             self.state[tid] = "retrying"
             self.notes[tid] = f"{ev.data.get('error_class')}; retry in {ev.data.get('delay')}s"
@@ -180,7 +194,13 @@ class LiveView:
         for s in self.state.values():
             counts[s] = counts.get(s, 0) + 1
         summary = Text("  ".join(f"{k} {v}" for k, v in sorted(counts.items())), style="bold")
-        return Group(table, summary)
+        incidents = [Text(f"! {line}", style="yellow") for line in self.incidents]
+        return Group(table, summary, *incidents)
+
+    def _on_breaker(self, ev: Event) -> None:
+        text = incident_text(ev.topic, ev.task, ev.data)
+        if text:
+            self.incidents.append(text)
 
 
 def _gh_data(text: str) -> str:
@@ -239,9 +259,24 @@ def print_result(result: RunResult, console: Console) -> None:
     console.print(Text(f"{icon} run {result.run_id} {result.status.value} in {dur} ({counts})", style=style))
     if result.error:
         console.print(Text(f"  {result.error}", style="red"))
+    reused = reuse_note(result)
+    if reused:
+        console.print(Text(f"  {reused}", style="dim"))
     for tid, t in result.tasks.items():
         if t.status.value == "failed":
             console.print(Text(f"  ✗ {tid}: {t.error_class}: {t.error}", style="red"), soft_wrap=True)
+
+
+def reuse_note(result: RunResult) -> str:
+    """What a run took from before instead of running: ``3 tasks from cache, 2 kept by the resume``."""
+    cached = result.counts().get("cached", 0)
+    parts = [f"{cached} task{'s' if cached != 1 else ''} from cache"] if cached else []
+    if result.resumed:
+        parts.append(f"{len(result.resumed)} kept by the resume")
+    ran = sum(1 for tid, t in result.tasks.items() if t.status.value != "cached" and tid not in result.resumed)
+    if parts and not ran:
+        parts.append("nothing ran")
+    return ", ".join(parts)
 
 
 def print_runs(runs: list[RunRow], console: Console) -> None:
@@ -266,6 +301,8 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
         return f"breaker '{data.get('key')}' half-open: one probe call goes through"
     if topic == "breaker.closed":
         return f"breaker '{data.get('key')}' closed again"
+    if topic == "hook.failed":
+        return str(data.get("message") or f"hook '{data.get('hook')}' failed in {data.get('event')}")
     if topic == "task.fallback":
         return (f"{task} failed ({data.get('error_class')}: {data.get('error')}); fallback '{data.get('fallback')}' "
                 "stands in")
@@ -330,3 +367,59 @@ def print_breakers(rows: list[dict[str, Any]], console: Console) -> None:
         table.add_row(r["key"], Text(r["state"], style=style.get(r["state"], "")), str(len(r["failures"])), opened,
                       datetime.fromtimestamp(r["updated_at"]).strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
+
+
+def _args_text(arguments: Any) -> str:
+    parts = []
+    for a in arguments:
+        text = f"{a['name']}: {a['type']}"
+        parts.append(text if a["required"] else f"{text} = {a['default']!r}")
+    return ", ".join(parts)
+
+
+def print_plugins(infos: list[Any], console: Console) -> None:
+    """Every plugin in a table: kind, name, package and version, one-line doc, arguments (or why it is broken)."""
+    table = Table(box=None, padding=(0, 1), show_header=True, header_style="bold")
+    for column in ("kind", "name", "package", "doc / arguments"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        package = Text(f"{info.package} {info.version}".strip(), style="dim")
+        if info.error:
+            detail = Text(f"✗ {info.error}", style="red")
+        else:
+            detail = Text(info.doc or "")
+            if info.arguments:
+                detail.append(f"\n{_args_text(info.arguments)}", style="cyan")
+        table.add_row(info.kind, Text(info.name, style="bold red" if info.error else "bold"), package, detail)
+    console.print(table)
+    broken = sum(1 for i in infos if i.error)
+    if broken:
+        console.print(Text(f"{broken} plugin{'s' if broken != 1 else ''} cannot be used (see ✗)", style="red"))
+
+
+def print_plugin(info: Any, console: Console) -> None:
+    """One plugin in detail: where it comes from, its signature and arguments, what it declares, its doc."""
+    console.print(Text.assemble((f"{info.kind} ", "dim"), (info.name, "bold"), "  ",
+                                (f"{info.package} {info.version}".strip(), "dim")))
+    if info.ref:
+        console.print(Text(f"from {info.ref}", style="dim"))
+    if info.error:
+        console.print(Text(f"✗ {info.error}", style="red"))
+        return
+    if info.signature:
+        console.print(Text(f"signature: {info.name}{info.signature}"))
+    if info.arguments:
+        table = Table(box=None, padding=(0, 1), show_header=True, header_style="bold", title_justify="left")
+        for column in ("argument", "type", "required", "default"):
+            table.add_column(column)
+        for a in info.arguments:
+            table.add_row(a["name"], a["type"], "yes" if a["required"] else "",
+                          "" if a["required"] else repr(a["default"]))
+        console.print(table)
+    for key, value in info.spec.items():
+        if value not in (None, [], ()):
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else str(value).lower()
+            console.print(Text.assemble((f"{key}: ", "bold"), shown))
+    if info.full_doc:
+        console.print()
+        console.print(Text(info.full_doc))
