@@ -24,7 +24,7 @@ from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
-from goatclaw.registry import Registry, default_registry
+from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.spec.loader import dotted, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
@@ -98,13 +98,15 @@ async def arun(
     secrets: Mapping[str, str] | None = None,
     run_id: str | None = None,
     seed: int | None = None,
+    hooks: Sequence[Any] = (),
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
     ``vars`` override the file's ``vars``; ``only`` runs those tasks and what they need;
     ``store`` is the store path (``True``: the project's, ``False``/``None``: no store);
     ``bus`` receives every event (subscribe renderers to it); ``dry_run`` plans and
-    returns without running anything.
+    returns without running anything; ``hooks`` are lifecycle hook objects (see
+    :mod:`goatclaw.hooks`), called after the pipeline's own ``hooks:``.
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -124,6 +126,7 @@ async def arun(
         executor=executor,
         run_id=run_id,
         seed=seed,
+        hooks=tuple(hooks),
     )
     return await execute(compiled, options)
 
@@ -202,7 +205,7 @@ def _plugin_problems(pipeline: Pipeline, registry: Registry) -> list[Problem]:
             for arg, message in plugin.check_args(task.with_):
                 path = (*task.path, "with", arg) if arg else (*task.path, "with") if task.with_ else task.path
                 problems.append(Problem(pipeline.locate(path, key=arg is not None), dotted(path), message))
-    return problems
+    return problems + reference_problems(pipeline, registry)  # validators named by use: rules, hooks
 
 
 def _dry_result(compiled: Plan) -> RunResult:

@@ -9,20 +9,27 @@ and never breaks the others.
 
 from __future__ import annotations
 
+import collections.abc as abc
 import importlib
 import inspect
 import threading
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import PurePath
 from typing import Any
 
-from goatclaw.errors import PluginError
+from goatclaw.errors import PluginError, Problem
 from goatclaw.plugin import PluginSpec, spec_of
 
-__all__ = ["BUILTIN_TASKS", "Plugin", "Registry", "default_registry"]
+__all__ = ["BUILTIN_TASKS", "GROUPS", "HOOK_EVENTS", "KINDS", "Plugin", "PluginInfo", "Registry", "default_registry",
+           "reference_problems"]
 
 GROUPS = ("goatclaw.tasks", "goatclaw.validators", "goatclaw.hooks")
+#: The entry-point group of each kind of plugin.
+KINDS: Mapping[str, str] = {"task": "goatclaw.tasks", "validator": "goatclaw.validators", "hook": "goatclaw.hooks"}
 
 #: Built-in task plugins, loaded exactly like an entry point's ``module:attribute``.
 BUILTIN_TASKS: Mapping[str, str] = {
@@ -59,6 +66,8 @@ class Plugin:
     is_async: bool
     params: Mapping[str, inspect.Parameter] = field(repr=False)
     accepts_any: bool = False
+    hints: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    kind: str = "task"
 
     @property
     def doc(self) -> str:
@@ -70,10 +79,24 @@ class Plugin:
         """``package version`` for messages."""
         return f"{self.package} {self.version}".strip()
 
+    def arguments(self) -> list[dict[str, Any]]:
+        """Each ``with:`` argument: name, type (as text), whether required, and its default."""
+        out = []
+        for name, p in self.params.items():
+            required = p.default is inspect.Parameter.empty
+            out.append({"name": name, "type": type_text(self.hints.get(name, Any)), "required": required,
+                        "default": None if required else p.default})
+        return out
+
     def check_args(self, args: Mapping[str, Any]) -> list[tuple[str | None, str]]:
-        """Problems with ``with:`` arguments: (argument or None, message)."""
+        """Problems with ``with:`` arguments: (argument or None, message).
+
+        Unknown and missing arguments and constant values of the wrong type (from the type
+        hints), or, when the plugin declared ``schema=``, what that JSON Schema rejects.
+        Values holding a ``${{ }}`` template are only known at run time and are not typed.
+        """
         if self.spec.schema is not None:
-            return []  # checked against the declared schema by the caller
+            return self._check_schema(args)
         problems: list[tuple[str | None, str]] = []
         if not self.accepts_any:
             for name in args:
@@ -83,6 +106,27 @@ class Plugin:
         for name, p in self.params.items():
             if p.default is inspect.Parameter.empty and name not in args:
                 problems.append((None, f"'{self.name}' needs argument '{name}'"))
+        for name, value in args.items():
+            hint = self.hints.get(name)
+            if hint is None or name not in self.params or _templated(value):
+                continue
+            if _matches(value, hint) is False:
+                problems.append((name, f"'{self.name}' argument '{name}' expects {type_text(hint)}, "
+                                       f"got {_value_text(value)}"))
+        return problems
+
+    def _check_schema(self, args: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        from goatclaw.spec.schema import check_instance
+
+        schema = dict(self.spec.schema or {})
+        templated = {k for k, v in args.items() if _templated(v)}
+        if templated and isinstance(schema.get("required"), list):
+            schema["required"] = [r for r in schema["required"] if r not in templated]
+        constant = {k: v for k, v in args.items() if k not in templated}
+        problems: list[tuple[str | None, str]] = []
+        for message in check_instance(constant, schema):
+            head = message.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+            problems.append((head if head in constant and ":" in message else None, f"'{self.name}': {message}"))
         return problems
 
 
@@ -133,6 +177,55 @@ class Registry:
         """The task plugin ``name``, loaded on first use; :class:`PluginError` if unusable."""
         return self._get("goatclaw.tasks", name)
 
+    def validator(self, name: str) -> Plugin:
+        """The custom validator ``name`` (called as ``(output, **params)``); :class:`PluginError` if unusable."""
+        return self._get("goatclaw.validators", name)
+
+    def hook(self, name: str) -> Plugin:
+        """The hook ``name``: ``fn`` is the loaded object (instance, class or module).
+
+        For a class, ``params`` are its constructor's: what the pipeline's ``with:`` may pass.
+        """
+        return self._get("goatclaw.hooks", name)
+
+    def plugins(self, kind: str | None = None) -> list[PluginInfo]:
+        """Every plugin (of one ``kind``: task, validator, hook), loaded to describe it.
+
+        A plugin that cannot be loaded is listed with its ``error``; it never hides the others.
+        """
+        out = []
+        for k, group in KINDS.items():
+            if kind is not None and k != kind:
+                continue
+            for name in self.names(group):
+                src = self._discover()[group][name]
+                try:
+                    out.append(PluginInfo.of(self._get(group, name)))
+                except PluginError as exc:
+                    out.append(PluginInfo(name, k, src.package, src.version, src.ref, error=exc.message))
+        return out
+
+    def info(self, name: str, kind: str | None = None) -> PluginInfo:
+        """One plugin's description (tasks first, then validators, then hooks, unless ``kind`` says).
+
+        A plugin that cannot load is described with its ``error``; an unknown name is a
+        :class:`PluginError` with a suggestion.
+        """
+        kinds = [kind] if kind is not None else list(KINDS)
+        for k in kinds:
+            src = self.source(name, KINDS[k])
+            if src is not None:
+                try:
+                    return PluginInfo.of(self._get(KINDS[k], name))
+                except PluginError as exc:
+                    return PluginInfo(name, k, src.package, src.version, src.ref, error=exc.message)
+        everything = [n for k in kinds for n in self.names(KINDS[k])]
+        import difflib
+
+        close = difflib.get_close_matches(name, everything, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (see `goatclaw plugins`)"
+        raise PluginError(f"no plugin '{name}'{hint}")
+
     def _get(self, group: str, name: str) -> Plugin:
         key = (group, name)
         plugin = self._loaded.get(key)
@@ -157,10 +250,12 @@ class Registry:
         except Exception as exc:
             raise PluginError(f"{kind} '{name}' from {src.package} {src.version} failed to load: "
                               f"{type(exc).__name__}: {exc}") from exc
+        if group == "goatclaw.hooks":
+            return _describe_hook(name, obj, src)
         if not callable(obj):
             raise PluginError(f"{kind} '{name}' from {src.package} {src.version} is not callable "
                               f"({src.ref} is a {type(obj).__name__})")
-        return _describe(name, obj, src, first_is_context=group == "goatclaw.tasks")
+        return _describe(name, obj, src, kind=kind)
 
     def _suggest(self, group: str, name: str) -> str:
         import difflib
@@ -205,29 +300,219 @@ def _own_version() -> str:
         return "dev"
 
 
-def _describe(name: str, fn: Callable[..., Any], src: _Source, *, first_is_context: bool) -> Plugin:
+_FIRST = {"task": "the TaskContext", "validator": "the output"}
+
+
+def _describe(name: str, fn: Callable[..., Any], src: _Source, *, kind: str) -> Plugin:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
-        raise PluginError(f"plugin '{name}' from {src.package} {src.version}: cannot read its signature: "
+        raise PluginError(f"{kind} '{name}' from {src.package} {src.version}: cannot read its signature: "
                           f"{exc}") from exc
     params = list(sig.parameters.values())
-    if first_is_context:
+    if kind in _FIRST:
         if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            raise PluginError(f"task '{name}' from {src.package} {src.version} has the wrong shape: its first "
-                              f"parameter must take the TaskContext (signature: {name}{sig})")
+            raise PluginError(f"{kind} '{name}' from {src.package} {src.version} has the wrong shape: its first "
+                              f"parameter must take {_FIRST[kind]} (signature: {name}{sig})")
         params = params[1:]
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     named = {p.name: p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                       inspect.Parameter.KEYWORD_ONLY)}
     extra_positional = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY]
     if extra_positional:
-        raise PluginError(f"task '{name}' from {src.package} {src.version} has the wrong shape: arguments after "
-                          f"the context must be keyword arguments (signature: {name}{sig})")
+        raise PluginError(f"{kind} '{name}' from {src.package} {src.version} has the wrong shape: arguments after "
+                          f"{_FIRST.get(kind, 'the first')} must be keyword arguments (signature: {name}{sig})")
     return Plugin(name, fn, spec_of(fn), src.package, src.version,
                   inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__),
-                  named, accepts_any)
+                  named, accepts_any, _hints(fn), kind)
+
+
+#: The methods a hook may implement (any subset), each called with keyword arguments only.
+HOOK_EVENTS = ("on_run_start", "before_task", "after_task", "on_task_success", "on_task_failure", "on_run_end")
+
+
+def _describe_hook(name: str, obj: Any, src: _Source) -> Plugin:
+    """A hook is an object, class or module with some of :data:`HOOK_EVENTS` as methods/functions."""
+    if not any(callable(getattr(obj, event, None)) for event in HOOK_EVENTS):
+        raise PluginError(f"hook '{name}' from {src.package} {src.version} has the wrong shape: {src.ref} "
+                          f"implements none of {', '.join(HOOK_EVENTS)}")
+    if not inspect.isclass(obj):
+        return Plugin(name, obj, PluginSpec(), src.package, src.version, False, {}, False, {}, "hook")
+    described = _describe(name, obj, src, kind="hook")  # the constructor's parameters: what with: may pass
+    return Plugin(name, obj, PluginSpec(), src.package, src.version, False, described.params,
+                  described.accepts_any, _hints(obj.__init__), "hook")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin as ``goatclaw plugins`` lists it; ``error`` says why a broken one cannot load."""
+
+    name: str
+    kind: str
+    package: str
+    version: str
+    ref: str = ""
+    doc: str = ""
+    full_doc: str = ""
+    signature: str = ""
+    arguments: tuple[dict[str, Any], ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def of(cls, plugin: Plugin) -> PluginInfo:
+        """Describe a loaded plugin."""
+        fn = plugin.fn
+        try:
+            signature = str(inspect.signature(fn))
+        except (TypeError, ValueError):
+            signature = ""
+        spec = plugin.spec
+        declared = {"cacheable": spec.cacheable, "cpu_bound": spec.cpu_bound, "permissions": list(spec.permissions),
+                    "side_effects": spec.side_effects, "schema": dict(spec.schema) if spec.schema else None}
+        if plugin.kind == "hook":
+            declared = {"events": [e for e in HOOK_EVENTS if callable(getattr(fn, e, None))]}
+        module = getattr(fn, "__module__", None) or getattr(fn, "__name__", "")
+        return cls(plugin.name, plugin.kind, plugin.package, plugin.version,
+                   f"{module}:{getattr(fn, '__qualname__', '')}".rstrip(":"), plugin.doc,
+                   inspect.getdoc(fn) or "", signature, tuple(plugin.arguments()), declared)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {"name": self.name, "kind": self.kind, "package": self.package, "version": self.version,
+                "ref": self.ref, "doc": self.doc, "signature": self.signature,
+                "arguments": [{**a, "default": _jsonable(a["default"])} for a in self.arguments],
+                "spec": self.spec, "error": self.error, "full_doc": self.full_doc}
+
+
+def reference_problems(pipeline: Any, registry: Registry) -> list[Problem]:
+    """Problems with the validators (``use:`` rules) and hooks a pipeline names, at file:line:col.
+
+    Unknown or broken plugins and bad ``with:`` arguments; task plugins are checked by the API.
+    """
+    problems: list[Problem] = []
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            for rule in task.validate:
+                if rule.kind == "use" and isinstance(rule.arg, str):
+                    problems += _use_problems(pipeline, registry.validator, rule.arg, rule.options.get("with"),
+                                              rule.path, keyed=True)
+    for i, hook in enumerate(pipeline.hooks):
+        name, args = (hook, None) if isinstance(hook, str) else (hook.get("use"), hook.get("with"))
+        if isinstance(name, str):
+            problems += _use_problems(pipeline, registry.hook, name, args, ("hooks", i), keyed=isinstance(hook, dict))
+    return problems
+
+
+def _use_problems(pipeline: Any, get: Callable[[str], Plugin], name: str, args: Any,
+                  path: tuple[str | int, ...], *, keyed: bool) -> list[Problem]:
+    from goatclaw.spec.loader import dotted
+
+    try:
+        plugin = get(name)
+    except PluginError as exc:
+        where = (*path, "use") if keyed else path
+        return [Problem(pipeline.locate(where), dotted(where), exc.message)]
+    problems = []
+    for arg, message in plugin.check_args(args if isinstance(args, Mapping) else {}):
+        where = (*path, "with", arg) if arg else (*path, "with") if args else path
+        problems.append(Problem(pipeline.locate(where, key=arg is not None), dotted(where), message))
+    return problems
+
+
+# -- argument types ------------------------------------------------------------------
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    """Resolved type hints, or none when they cannot be resolved (then types are not checked)."""
+    try:
+        target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return {}
+    hints.pop("return", None)
+    return hints
+
+
+def _templated(value: Any) -> bool:
+    """Whether a ``with:`` value holds a ``${{ }}`` template anywhere (its type is only known at run time)."""
+    if isinstance(value, str):
+        return "${{" in value
+    if isinstance(value, Mapping):
+        return any(_templated(k) or _templated(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_templated(v) for v in value)
+    return False
+
+
+_MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
+_SEQUENCES = (list, tuple, abc.Sequence, abc.MutableSequence, abc.Iterable, abc.Collection)
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether a YAML value fits a type hint; ``None`` when the hint is not one we can check."""
+    if hint is Any or hint is object or isinstance(hint, typing.TypeVar):
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, a) is not False for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Annotated:
+        return _matches(value, args[0])
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if inspect.isclass(hint) and issubclass(hint, PurePath):
+        return isinstance(value, str)
+    base = origin or hint
+    if base in _MAPPINGS:
+        if not isinstance(value, Mapping):
+            return False
+        return not (len(args) == 2 and any(_matches(v, args[1]) is False for v in value.values()))
+    if base in _SEQUENCES:
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else None
+        return not (item is not None and any(_matches(v, item) is False for v in value))
+    return None
+
+
+def type_text(hint: Any) -> str:
+    """A type hint as a reader expects it: ``int``, ``list[str]``, ``'a' | 'b'``, ``str | None``."""
+    if hint is Any:
+        return "any"
+    if hint is None or hint is type(None):
+        return "None"
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(type_text(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join('...' if a is Ellipsis else type_text(a) for a in args)}]" if args else name
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _value_text(value: Any) -> str:
+    names = {str: "string", bool: "boolean", int: "integer", float: "number", list: "list", dict: "mapping"}
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{names.get(type(value), type(value).__name__)} {shown}"
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
 
 
 _DEFAULT: Registry | None = None

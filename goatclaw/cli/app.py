@@ -317,3 +317,60 @@ def breakers_reset(
     if key is not None and count == 0:
         raise GoatclawError(f"no breaker '{key}'")
     _err().print(f"reset {count} breaker{'s' if count != 1 else ''}")
+
+
+plugins_app = typer.Typer(help="Installed plugins: tasks, validators and hooks.")
+app.add_typer(plugins_app, name="plugins")
+
+
+class PluginKind(str, Enum):
+    """Which plugins ``plugins`` lists."""
+
+    task = "task"
+    validator = "validator"
+    hook = "hook"
+
+
+def _registry() -> Any:
+    """The registry the current project's pipelines use (its plugin allow/deny lists applied)."""
+    import goatclaw
+    from goatclaw.api import load_project_for
+
+    project = load_project_for(None)
+    return goatclaw.Registry(allow=project.plugins_allow, deny=project.plugins_deny)
+
+
+@plugins_app.callback(invoke_without_command=True)
+@handles_errors
+def plugins_list(
+    ctx: typer.Context,
+    kind: Annotated[PluginKind | None, typer.Option("--kind", "-k", help="Only tasks, validators or hooks.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every task, validator and hook with its package, version, doc and arguments."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from goatclaw.cli.render import print_plugins
+
+    infos = _registry().plugins(kind.value if kind else None)
+    if as_json:
+        print(json.dumps([i.to_dict() for i in infos], indent=2, default=str))
+    else:
+        print_plugins(infos, _out())
+
+
+@plugins_app.command("show")
+@handles_errors
+def plugins_show(
+    name: Annotated[str, typer.Argument(help="The plugin's name (as in uses:, use: or hooks:).")],
+    kind: Annotated[PluginKind | None, typer.Option("--kind", "-k", help="When a name is in several groups.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one plugin: where it comes from, its arguments with types and defaults, what it declares, its doc."""
+    from goatclaw.cli.render import print_plugin
+
+    info = _registry().info(name, kind.value if kind else None)
+    if as_json:
+        print(json.dumps(info.to_dict(), indent=2, default=str))
+    else:
+        print_plugin(info, _out())

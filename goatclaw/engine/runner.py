@@ -30,6 +30,7 @@ from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan
+from goatclaw.hooks import Hooks
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
 from goatclaw.spec.model import BreakerPolicy, Task
@@ -58,6 +59,7 @@ class RunOptions:
     run_id: str | None = None
     seed: int | None = None
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    hooks: tuple[Any, ...] = ()  # hook objects (or names) from Python, after the pipeline's own
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -101,12 +103,18 @@ class _Runner:
         self.live: set[str] = set()  # tasks with a need that was not skipped
         self.done = 0
         self.context: dict[str, Any] = {}
+        self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
 
     # -- the recipe ------------------------------------------------------------------
 
     async def run(self) -> RunResult:
         self._open()
         try:
+            if self.hooks:
+                assert self.recorder is not None
+                await self.hooks.run_started(run_id=self.result.run_id, pipeline=self.pipeline.name,
+                                             tasks=list(self.selected), workspace=self.opts.workspace,
+                                             emit=self.recorder.event)
             await self._with_pipeline_timeout(self._schedule())
             await self._after_graph()
         except asyncio.CancelledError:
@@ -117,7 +125,12 @@ class _Runner:
             raise
         finally:
             await self.executor.close() if self.opts.executor is None else None
-        self._finish(self._final_status(), self.result.error)
+        status = self._final_status()
+        if self.hooks and (fatal := await self.hooks.run_ending(
+                run_id=self.result.run_id, pipeline=self.pipeline.name, status=status.value,
+                error=self.result.error, workspace=self.opts.workspace)):
+            status, self.result.error = RunStatus.FAILED, self.result.error or fatal
+        self._finish(status, self.result.error)
         return self.result
 
     def _open(self) -> None:
@@ -311,6 +324,9 @@ class _Runner:
         res.move(TaskState.RUNNING)
         res.started_at = time.time()
         rec.task_started(task.id, res.started_at)
+        if self.hooks:
+            await self.hooks.call("before_task", run_id=self.result.run_id, pipeline=self.pipeline.name,
+                                  task_id=task.id, uses=task.uses)
         try:
             if task.if_ is not None and not self._condition(task):
                 res.move(TaskState.SKIPPED)
@@ -334,6 +350,8 @@ class _Runner:
         finally:
             res.finished_at = time.time()
             rec.task_finished(res)
+            if self.hooks and res.status is not TaskState.CANCELLED:
+                await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
 
     async def _fallback(self, task: Task, res: TaskResult) -> bool:
         """Run ``task``'s fallback; its output stands in. Whether it succeeded."""
