@@ -29,6 +29,7 @@ from goatclaw.spec.loader import dotted, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
+from goatclaw.store import Store
 
 __all__ = ["arun", "check", "load", "load_project_for", "parse_var", "plan", "run"]
 
@@ -99,6 +100,9 @@ async def arun(
     run_id: str | None = None,
     seed: int | None = None,
     hooks: Sequence[Any] = (),
+    resume: str | bool | None = None,
+    force: bool = False,
+    cache: bool = True,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -107,6 +111,11 @@ async def arun(
     ``bus`` receives every event (subscribe renderers to it); ``dry_run`` plans and
     returns without running anything; ``hooks`` are lifecycle hook objects (see
     :mod:`goatclaw.hooks`), called after the pipeline's own ``hooks:``.
+
+    ``resume`` continues a stored run under its own id (``True``: the last unfinished
+    run of this pipeline; or a run id or prefix): tasks that succeeded keep their stored
+    outputs and do not run again; a changed pipeline file is refused unless ``force``.
+    ``cache=False`` ignores the task cache.
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -114,11 +123,15 @@ async def arun(
     compiled = compile_plan(pipeline)
     if dry_run:
         return _dry_result(compiled)
+    store_path = _store_path(store, project)
+    stored_vars: dict[str, Any] | None = None
+    if resume:
+        run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
     options = RunOptions(
-        vars={**pipeline.vars, **(vars or {})},
+        vars=stored_vars if stored_vars is not None else {**pipeline.vars, **(vars or {})},
         concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
         only=tuple(only),
-        store_path=_store_path(store, project),
+        store_path=store_path,
         workspace=project.root,
         secrets=dict(secrets) if secrets is not None else read_secrets(pipeline.secrets, project.root),
         bus=bus,
@@ -127,8 +140,31 @@ async def arun(
         run_id=run_id,
         seed=seed,
         hooks=tuple(hooks),
+        resume=bool(resume),
+        cache=cache,
     )
     return await execute(compiled, options)
+
+
+def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,
+               force: bool) -> tuple[str, dict[str, Any]]:
+    """The stored run to resume and its variables; refuses a run that would not finish the same way."""
+    if store_path is None or not store_path.exists():
+        raise GoatclawError("--resume needs the store, and there is none yet" if store_path is None
+                            else f"--resume: no store at {store_path}")
+    with Store.open(store_path) as db:
+        row = db.last_unfinished(pipeline.name) if ref is True else db.run(str(ref))
+    if row is None:
+        raise GoatclawError(f"--resume: no unfinished run of pipeline '{pipeline.name}' in {store_path}"
+                            if ref is True else f"--resume: no run '{ref}' in {store_path}")
+    if row.pipeline != pipeline.name:
+        raise GoatclawError(f"--resume: run {row.id} is of pipeline '{row.pipeline}', not '{pipeline.name}'")
+    if row.digest != pipeline.digest and not force:
+        raise GoatclawError(f"--resume: {pipeline.file or pipeline.name} changed since run {row.id} started "
+                            "(its stored outputs may not fit any more); pass --force to resume anyway")
+    if vars and any(row.vars.get(k) != v for k, v in vars.items()) and not force:
+        raise GoatclawError(f"--resume: run {row.id} ran with other --var values; pass --force to override them")
+    return row.id, {**row.vars, **(vars or {})}
 
 
 def parse_var(text: str) -> tuple[str, Any]:

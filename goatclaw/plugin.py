@@ -59,7 +59,8 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
     """Declare a function as a task plugin, with what it needs (see :class:`PluginSpec`).
 
     Usable bare (``@task``) or with options (``@task(cpu_bound=True)``). Undecorated
-    functions are valid plugins too, with the defaults.
+    functions are valid plugins too, with the defaults, except that they are never
+    cached: only a plugin that declares itself has its outputs reused.
     """
     spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects)
 
@@ -70,10 +71,13 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
     return mark(fn) if fn is not None else mark
 
 
+_UNDECLARED = PluginSpec(cacheable=False)
+
+
 def spec_of(fn: Callable[..., Any]) -> PluginSpec:
-    """The :class:`PluginSpec` a plugin declared, or the defaults."""
+    """The :class:`PluginSpec` a plugin declared, or the defaults (not cacheable: it never said it was pure)."""
     spec = getattr(fn, "__goatclaw__", None)
-    return spec if isinstance(spec, PluginSpec) else PluginSpec()
+    return spec if isinstance(spec, PluginSpec) else _UNDECLARED
 
 
 def fail(message: str, *, error_class: str = "internal", retry_after: float | None = None,

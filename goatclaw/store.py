@@ -9,7 +9,8 @@ functions recorded in the ``migrations`` table.
 Tables: ``runs`` (one row a run), ``tasks`` (each task's final result: status, attempts,
 timings, output or error; the successful attempt is this row), ``attempts`` (every
 attempt that failed or was cancelled: the retry history), ``events`` (the append-only
-log, numbered per run).
+log, numbered per run), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
+that failed for good and event subscribers that raised, with what they were given).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sqlean
 
 from goatclaw.errors import StoreError
 
-__all__ = ["MIGRATIONS", "RunRow", "Store", "TaskRow"]
+__all__ = ["MIGRATIONS", "UNFINISHED", "DeadLetter", "RunRow", "Store", "TaskRow"]
 
 Connection = Any  # sqlean.Connection; typed loosely since sqlean ships no stubs
 
@@ -111,11 +112,68 @@ def _m002_breakers(db: Connection) -> None:
     )
 
 
+def _m003_cache(db: Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE cache (
+            key TEXT PRIMARY KEY,
+            plugin TEXT NOT NULL,
+            output TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    )
+
+
+def _m004_dead_letters(db: Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            run_id TEXT,
+            task_id TEXT,
+            topic TEXT,
+            inputs TEXT,
+            error_class TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            replayed_at REAL,
+            replay_status TEXT
+        );
+        CREATE INDEX dead_letters_by_run ON dead_letters (run_id)
+        """,
+    )
+
+
+def _m006_llm_cache(db: Connection) -> None:
+    # LLM answers by request hash (goatclaw.llm): model, messages and parameters, never the key
+    _script(
+        db,
+        """
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
     ("002_breakers", _m002_breakers),
+    ("003_cache", _m003_cache),
+    ("004_dead_letters", _m004_dead_letters),
+    ("006_llm_cache", _m006_llm_cache),
 )
+
+#: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
+UNFINISHED = ("running", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -223,14 +281,28 @@ class Store:
                 (run_id, pipeline, file, digest, "running", started_at, json.dumps(vars, default=str)),
             )
 
-    def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
-                    attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None) -> None:
-        """Append events and upsert task and attempt rows in one transaction.
+    def resume_run(self, run_id: str) -> int:
+        """Mark a stored run ``running`` again; the last event number it has (events continue from it)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = ?", (run_id,))
+            row = db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0] or 0)
 
-        Rows are tuples in table column order. ``run`` is ``(status, finished_at, error,
-        summary_json, run_id)`` to finish the run in the same transaction.
+    def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
+                    attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
+                    cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
+
+        Rows are tuples in table column order (``dead`` without the id and replay
+        columns). ``run`` is ``(status, finished_at, error, summary_json, run_id)`` to
+        finish the run in the same transaction.
         """
         with self.transaction() as db:
+            if cache:
+                db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
+            if dead:
+                db.executemany("INSERT INTO dead_letters (kind, run_id, task_id, topic, inputs, error_class, error, "
+                               "created_at) VALUES (?,?,?,?,?,?,?,?)", dead)
             if tasks:
                 db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)", tasks)
             if attempts:
@@ -288,6 +360,60 @@ class Store:
         return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
                 for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
 
+    def last_unfinished(self, pipeline: str) -> RunRow | None:
+        """The newest run of ``pipeline`` that did not succeed (what ``--resume`` picks)."""
+        row = self.db.execute(f"SELECT * FROM runs WHERE pipeline = ? AND status IN ({','.join('?' * len(UNFINISHED))})"
+                              " ORDER BY started_at DESC LIMIT 1", (pipeline, *UNFINISHED)).fetchone()
+        return _run_row(row) if row else None
+
+    # -- the task cache ----------------------------------------------------------------
+
+    def cached(self, key: str, ttl: float | None = None) -> str | None:
+        """The stored output JSON under ``key`` (younger than ``ttl`` seconds if given), else None."""
+        if ttl is None:
+            row = self.db.execute("SELECT output FROM cache WHERE key = ?", (key,)).fetchone()
+        else:
+            row = self.db.execute("SELECT output FROM cache WHERE key = ? AND created_at >= ?",
+                                  (key, time.time() - ttl)).fetchone()
+        return None if row is None else str(row[0])
+
+    def llm_cached(self, key: str) -> str | None:
+        """The cached LLM answer (JSON text) for a request hash, if any."""
+        row = self.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def llm_cache_put(self, key: str, model: str, response: str) -> None:
+        """Cache an LLM answer (JSON text) under its request hash."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
+                       (key, model, response, time.time()))
+
+    def clear_cache(self, *, older_than: float | None = None) -> int:
+        """Forget cached outputs (all, or those older than ``older_than`` seconds); how many."""
+        with self.transaction() as db:
+            if older_than is None:
+                return int(db.execute("DELETE FROM cache").rowcount)
+            return int(db.execute("DELETE FROM cache WHERE created_at < ?", (time.time() - older_than,)).rowcount)
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def dead_letters(self, *, limit: int = 50, run_id: str | None = None) -> list[DeadLetter]:
+        """The newest dead letters (of one run if given)."""
+        sql = f"SELECT {_DEAD_COLS} FROM dead_letters" + (" WHERE run_id = ?" if run_id else "")
+        args: tuple[Any, ...] = (run_id,) if run_id else ()
+        return [_dead(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+
+    def dead_letter(self, letter_id: int) -> DeadLetter | None:
+        """One dead letter by id."""
+        row = self.db.execute(f"SELECT {_DEAD_COLS} FROM dead_letters WHERE id = ?", (letter_id,)).fetchone()
+        return _dead(row) if row else None
+
+    def mark_replayed(self, letter_id: int, status: str) -> None:
+        """Note that a dead letter was replayed, and how that went."""
+        with self.transaction() as db:
+            db.execute("UPDATE dead_letters SET replayed_at = ?, replay_status = ? WHERE id = ?",
+                       (time.time(), status, letter_id))
+
     # -- circuit breakers --------------------------------------------------------------
 
     def breakers(self) -> list[dict[str, Any]]:
@@ -327,6 +453,35 @@ class Store:
     def integrity(self) -> str:
         """``PRAGMA integrity_check``'s answer (``ok`` when healthy)."""
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A task that failed for good (``kind`` ``task``) or a subscriber that raised (``subscriber``).
+
+    ``inputs`` are the task's rendered ``with:`` arguments (secrets masked), or the event
+    the subscriber was given.
+    """
+
+    id: int
+    kind: str
+    run_id: str | None
+    task_id: str | None
+    topic: str | None
+    inputs: Any
+    error_class: str | None
+    error: str | None
+    created_at: float
+    replayed_at: float | None
+    replay_status: str | None
+
+
+_DEAD_COLS = ("id, kind, run_id, task_id, topic, inputs, error_class, error, created_at, replayed_at, "
+              "replay_status")
+
+
+def _dead(r: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), r[6], r[7], r[8], r[9], r[10])
 
 
 def _loads(text: str | None) -> Any:

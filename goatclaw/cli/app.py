@@ -117,6 +117,14 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and plan, run nothing.")] = False,
     output: Annotated[Output, typer.Option("--output", "-o", help="rich, plain or json.")] = Output.auto,
     store: Annotated[Path | None, typer.Option("--store", help="The store file (default from goatclaw.yaml).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the last unfinished run of this pipeline; finished tasks do not run again.")
+    ] = False,
+    resume_run: Annotated[str | None, typer.Option(
+        "--run", metavar="RUN", help="With --resume: the run to continue (an id, a unique prefix, or 'last').")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline file changed.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task; reuse no cached output.")] = False,
 ) -> None:
     """Check and run a pipeline, recording the run in the store."""
     import goatclaw
@@ -137,7 +145,8 @@ def apply(
         return
     bus = goatclaw.Bus()
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
-                            store=store if store is not None else True, bus=bus)
+                            store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
+                            resume=resume_run or resume)
     if mode == "rich":
         console = _out()
         with LiveView(bus, console):

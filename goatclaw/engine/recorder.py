@@ -21,7 +21,7 @@ from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.spec.model import Pipeline
-from goatclaw.store import Store
+from goatclaw.store import Store, TaskRow
 
 __all__ = ["Recorder"]
 
@@ -48,17 +48,26 @@ class Recorder:
         self.events: list[tuple[Any, ...]] = []
         self.tasks: list[tuple[Any, ...]] = []
         self.attempts: list[tuple[Any, ...]] = []
+        self.cache: list[tuple[Any, ...]] = []
+        self.dead: list[tuple[Any, ...]] = []
+        self._bus_errors = len(bus.errors)
         self._flush_pending = False
         self._writer: _Writer | None = None
 
     # -- run -------------------------------------------------------------------------
 
-    def start_run(self, pipeline: Pipeline, *, vars: dict[str, Any], started_at: float, tasks: list[str]) -> None:
-        """Record the run as started (committed at once: a crash after this still shows the run)."""
-        if self.store is not None:
+    def start_run(self, pipeline: Pipeline, *, vars: dict[str, Any], started_at: float, tasks: list[str],
+                  resume: bool = False) -> None:
+        """Record the run as started (committed at once: a crash after this still shows the run).
+
+        With ``resume`` the stored run is marked running again and its event numbers go on.
+        """
+        if self.store is not None and resume:
+            self.seq = self.store.resume_run(self.run_id)
+        elif self.store is not None:
             self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
                                   digest=pipeline.digest, vars=vars, started_at=started_at)
-        self.event("run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
+        self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
         if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:
             self._writer = _Writer(self.store)
@@ -117,6 +126,28 @@ class Recorder:
             self.event("task.attempt_failed", task_id, {"attempt": attempt, "item": index,
                                                         "error_class": error_class, "error": error})
 
+    def stored_tasks(self) -> list[TaskRow]:
+        """The run's task rows as stored (what a resume starts from)."""
+        return [] if self.store is None else self.store.tasks(self.run_id)
+
+    def cached(self, key: str, ttl: float | None) -> str | None:
+        """A cached output's JSON, if the store has one under ``key`` (younger than ``ttl``)."""
+        return None if self.store is None else self.store.cached(key, ttl)
+
+    def cache_put(self, key: str, plugin: str, output_json: str) -> None:
+        """Keep a task's output under its cache key (committed with the task's row)."""
+        masked = self._mask(output_json)
+        if masked == output_json:  # an output holding a secret is never cached
+            self.cache.append((key, plugin, output_json, time.time()))
+
+    def dead_letter(self, task_id: str | None, inputs: Any, error_class: str | None, error: str | None, *,
+                    kind: str = "task", topic: str | None = None) -> None:
+        """Keep a task that failed for good (or an event a subscriber choked on) with its inputs."""
+        text = json.dumps(inputs, ensure_ascii=False, default=str)
+        self.dead.append((kind, self.run_id, task_id, topic, self._mask(text), error_class, self._mask(error),
+                          time.time()))
+        self.event("dead_letter.added", task_id, {"kind": kind, "topic": topic, "error_class": error_class})
+
     def task_event(self, topic: str, data: dict[str, Any]) -> None:
         """An event a plugin emitted through its TaskContext."""
         self.event(topic, data.get("task"), data)
@@ -134,6 +165,8 @@ class Recorder:
         if self.bus.handlers(topic):
             payload = data if data is not None else (lazy() if lazy is not None else {})
             self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
+            if len(self.bus.errors) > self._bus_errors:
+                self._subscriber_failed()
         if self.store is not None:
             if text is None and data is not None:
                 text = json.dumps(data, ensure_ascii=False, default=str)
@@ -141,6 +174,16 @@ class Recorder:
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
                 self.flush()
+
+    def _subscriber_failed(self) -> None:
+        """Subscribers that raised: each event and error becomes a dead letter (never an exception)."""
+        failures = self.bus.errors[self._bus_errors:]
+        self._bus_errors = len(self.bus.errors)
+        for ev, exc in failures:
+            if ev.topic == "dead_letter.added":
+                continue  # a subscriber failing on dead-letter news would loop
+            self.dead_letter(ev.task, {"topic": ev.topic, "seq": ev.seq, "task": ev.task, "data": ev.data},
+                             type(exc).__name__, str(exc), kind="subscriber", topic=ev.topic)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -169,8 +212,9 @@ class Recorder:
     def _write(self, run: tuple[Any, ...] | None = None) -> None:
         if self.store is None or not (self.events or self.tasks or self.attempts or run):
             return
-        batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run}
-        self.events, self.tasks, self.attempts = [], [], []
+        batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
+                 "cache": self.cache, "dead": self.dead}
+        self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
         if self._writer is not None:
             self._writer.put(batch)
         else:
@@ -187,9 +231,9 @@ class Recorder:
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Several queued batches as one transaction's worth of rows."""
-    merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None}
+    merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": []}
     for batch in batches:
-        for key in ("events", "tasks", "attempts"):
+        for key in ("events", "tasks", "attempts", "cache", "dead"):
             merged[key] += batch[key]
         merged["run"] = batch["run"] or merged["run"]
     return merged

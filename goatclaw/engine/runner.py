@@ -11,6 +11,7 @@ finish their work.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import json
 import os
@@ -60,6 +61,8 @@ class RunOptions:
     seed: int | None = None
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
     hooks: tuple[Any, ...] = ()  # hook objects (or names) from Python, after the pipeline's own
+    resume: bool = False  # run_id names a stored run: keep what finished, run the rest
+    cache: bool = True  # reuse stored outputs of cacheable tasks
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -104,6 +107,9 @@ class _Runner:
         self.done = 0
         self.context: dict[str, Any] = {}
         self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
+        self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
+        self.caching = False
+        self.cache_keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -143,7 +149,10 @@ class _Runner:
             self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
                                      emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
-                                tasks=list(self.selected))
+                                tasks=list(self.selected), resume=self.opts.resume)
+        self.caching = self.opts.cache and store is not None
+        if self.opts.resume:
+            self._seed()
         self.context = {
             "vars": dict(self.opts.vars),
             "env": dict(os.environ if self.opts.env is None else self.opts.env),
@@ -227,16 +236,39 @@ class _Runner:
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
 
+    # -- resume ----------------------------------------------------------------------
+
+    def _seed(self) -> None:
+        """Take the stored results of tasks that finished well; they count as done and never run again."""
+        assert self.recorder is not None
+        keep = {TaskState.SUCCEEDED.value, TaskState.CACHED.value, TaskState.SKIPPED.value}
+        for row in self.recorder.stored_tasks():
+            res = self.result.tasks.get(row.task_id)
+            if res is None or row.status not in keep or row.task_id not in self.pipeline.tasks:
+                continue
+            res.status = TaskState(row.status)
+            res.output, res.attempts = row.output, row.attempts
+            res.started_at, res.finished_at = row.started_at, row.finished_at
+            if self.pipeline.tasks[row.task_id].foreach is not None and isinstance(row.output, list):
+                res.items = len(row.output)
+            self.seeded.add(row.task_id)
+            self.recorder.event("task.resumed", row.task_id, {"status": row.status})
+        self.result.resumed = tuple(t for t in self.selected if t in self.seeded)
+
     # -- scheduling ------------------------------------------------------------------
 
     async def _schedule(self) -> None:
         needs = self.plan.needs
         sel = self.selected
         self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
+        seeded = self.seeded
         for tid in sel:
-            if self.pending[tid] == 0:
+            if self.pending[tid] == 0 and tid not in seeded:
                 self._push(tid)
-        if not sel:
+        for tid in sel:
+            if tid in seeded:
+                self._complete(tid)
+        if not sel or self.done >= len(sel):
             return
         limit = self.opts.concurrency or self.pipeline.concurrency
         workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(sel))))]
@@ -252,8 +284,11 @@ class _Runner:
     def _push(self, tid: str) -> None:
         task = self.pipeline.tasks[tid]
         heapq.heappush(self.ready, (-task.priority, task.order, tid))
-        if self.waiters:
-            self.waiters.popleft().set_result(None)
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():  # a worker cancelled while it waited (the run is being cancelled)
+                waiter.set_result(None)
+                break
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -275,7 +310,7 @@ class _Runner:
         stack = [tid]
         sel = self.selected
         results = self.result.tasks
-        pending, blocked, live = self.pending, self.blocked, self.live
+        pending, blocked, live, seeded = self.pending, self.blocked, self.live, self.seeded
         while stack:
             current = stack.pop()
             self.done += 1
@@ -291,7 +326,7 @@ class _Runner:
                 if not skipped:
                     live.add(dep)
                 pending[dep] -= 1
-                if pending[dep] == 0:
+                if pending[dep] == 0 and dep not in seeded:
                     if dep in blocked:
                         self._mark(dep, TaskState.UPSTREAM_FAILED)
                         stack.append(dep)
@@ -302,7 +337,9 @@ class _Runner:
                         self._push(dep)
         if self.done >= len(sel):
             while self.waiters:
-                self.waiters.popleft().set_result(None)
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _mark(self, tid: str, state: TaskState) -> None:
         res = self.result.tasks[tid]
@@ -336,7 +373,8 @@ class _Runner:
                     res.output, res.output_json = await self._foreach(task, plugin, res)
                 else:
                     res.output, res.output_json = await self._attempts(task, plugin, res, self.context, None)
-                res.move(TaskState.SUCCEEDED)
+                res.move(TaskState.CACHED if res.cache_hits and res.cache_hits == (res.items or 1)
+                         else TaskState.SUCCEEDED)
         except asyncio.CancelledError:
             res.move(TaskState.CANCELLED)
             res.error, res.error_class = "cancelled", "cancelled"
@@ -347,11 +385,28 @@ class _Runner:
                 res.move(TaskState.SUCCEEDED)
             else:
                 res.move(TaskState.FAILED)
+                self._dead_letter(task, res)
         finally:
             res.finished_at = time.time()
             rec.task_finished(res)
             if self.hooks and res.status is not TaskState.CANCELLED:
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
+
+    def _dead_letter(self, task: Task, res: TaskResult) -> None:
+        """A task failed for good: keep its rendered inputs and error for ``goatclaw dlq``."""
+        assert self.recorder is not None
+        if self.recorder.store is None:
+            return
+        inputs: dict[str, Any] = {"uses": task.uses}
+        try:
+            if task.foreach is not None:
+                inputs["items"] = self._items(task)
+                inputs["with"] = task.with_
+            else:
+                inputs["with"] = self._inputs(task).render(self.context)
+        except TaskError:
+            inputs["with"] = task.with_
+        self.recorder.dead_letter(task.id, inputs, res.error_class, res.error)
 
     async def _fallback(self, task: Task, res: TaskResult) -> bool:
         """Run ``task``'s fallback; its output stands in. Whether it succeeded."""
@@ -362,7 +417,7 @@ class _Runner:
         spare = self.result.tasks.setdefault(standby.id, TaskResult(standby.id))
         if spare.status is TaskState.PENDING:
             await self._run_task(standby)
-        if spare.status is not TaskState.SUCCEEDED:
+        if spare.status not in (TaskState.SUCCEEDED, TaskState.CACHED):
             res.error = f"{res.error}; fallback '{standby.id}' failed too: {spare.error}"
             return False
         res.output, res.output_json, res.fallback = spare.output, spare.output_json, standby.id
@@ -445,6 +500,43 @@ class _Runner:
 
     async def _attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
                         index: int | None) -> tuple[Any, str]:
+        """One task (or item of a fan-out): from the task cache if it may be, else run; (output, JSON)."""
+        if not (self.caching and plugin.spec.cacheable and task.cache.enabled):
+            return await self._run_attempts(task, plugin, res, context, index)
+        key = self._cache_key(task, plugin, context, index)
+        if key is None:
+            return await self._run_attempts(task, plugin, res, context, index)
+        assert self.recorder is not None
+        text = self.recorder.cached(key, task.cache.ttl)
+        if text is not None:
+            res.cache_hits += 1
+            return json.loads(text), text
+        output, text = await self._run_attempts(task, plugin, res, context, index)
+        self.recorder.cache_put(key, plugin.name, text)
+        return output, text
+
+    def _cache_key(self, task: Task, plugin: Plugin, context: Mapping[str, Any], index: int | None) -> str | None:
+        """Hash of the plugin (name, package, version), the rendered ``with:`` and ``cache.key``.
+
+        Inputs that do not render or encode give no key (the attempt reports the problem).
+        A task whose ``with:`` is constant is hashed once per run.
+        """
+        compiled = self._inputs(task)
+        constant = compiled.is_constant and index is None
+        if constant and task.id in self.cache_keys:
+            return self.cache_keys[task.id]
+        try:
+            kwargs = _KEY_ENCODER.encode(compiled.render(context))
+        except (TemplateError, TypeError, ValueError):
+            return None
+        raw = f"{plugin.name}\0{plugin.package}\0{plugin.version}\0{task.uses}\0{task.cache.key}\0{kwargs}"
+        key = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+        if constant:
+            self.cache_keys[task.id] = key
+        return key
+
+    async def _run_attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                            index: int | None) -> tuple[Any, str]:
         """Run one task (or one item of a fan-out) with its retry policy; (output, output JSON).
 
         The first attempt takes a short path; the retry loop starts only after a failure.
@@ -578,6 +670,8 @@ class _TaskViews(Mapping[str, Any]):
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=lambda v: dict(v) if isinstance(
+    v, Mapping) else sorted(v, key=repr) if isinstance(v, (frozenset, set)) else str(v))
 
 
 def _to_json(output: Any) -> str:

@@ -64,6 +64,7 @@ class TaskResult:
     items: int | None = None
     output_json: str | None = field(default=None, repr=False)
     fallback: str | None = None  # the task whose output stands in for this one
+    cache_hits: int = 0  # calls (items of a fan-out) answered from the task cache
 
     @property
     def duration(self) -> float | None:
@@ -98,6 +99,7 @@ class RunResult:
     finished_at: float | None = None
     error: str | None = None
     store_path: str | None = None
+    resumed: tuple[str, ...] = ()  # tasks whose stored result a resume kept (they did not run again)
 
     def __repr__(self) -> str:
         return f"RunResult(run_id={self.run_id!r}, status={self.status.value!r}, tasks={len(self.tasks)})"
@@ -131,6 +133,7 @@ class RunResult:
             "error": self.error,
             "store": self.store_path,
             "counts": self.counts(),
+            "resumed": list(self.resumed),
             "tasks": {
                 tid: {"status": t.status.value, "output": t.output, "error": t.error, "error_class": t.error_class,
                       "attempts": t.attempts, "fallback": t.fallback,

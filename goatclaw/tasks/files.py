@@ -26,7 +26,7 @@ _WRITE_FORMATS = ("text", "json")
 _WRITE_MODES = ("overwrite", "append")
 
 
-@task(cacheable=True)
+@task(cacheable=False)  # the output follows the file's content, which the cache key cannot see
 def read(ctx: TaskContext, *, path: str, format: Literal["text", "json", "yaml", "lines"] = "text",
          encoding: str = "utf-8") -> Any:
     """Read a workspace file as text, JSON, YAML or a list of lines."""
