@@ -104,6 +104,7 @@ async def arun(
     resume: str | bool | None = None,
     force: bool = False,
     cache: bool = True,
+    seed_from: str | None = None,
     llm: str | None = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
@@ -117,7 +118,9 @@ async def arun(
     ``resume`` continues a stored run under its own id (``True``: the last unfinished
     run of this pipeline; or a run id or prefix): tasks that succeeded keep their stored
     outputs and do not run again; a changed pipeline file is refused unless ``force``.
-    ``cache=False`` ignores the task cache.
+    ``cache=False`` ignores the task cache. ``seed_from`` names a stored run whose
+    finished tasks count as done in this new run (how ``goatclaw dlq replay`` re-runs one
+    task in its original context).
 
     ``llm`` is the LLM mode (``live``, ``record``, ``replay``; default: ``$GOATCLAW_LLM``,
     then ``llm.mode`` in goatclaw.yaml): ``record`` writes every model answer to the
@@ -149,6 +152,7 @@ async def arun(
         seed=seed,
         hooks=tuple(hooks),
         resume=bool(resume),
+        seed_from=seed_from,
         cache=cache and session.mode == "live",
     )
     session.secrets = [v for v in options.secrets.values() if v]

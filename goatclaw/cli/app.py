@@ -386,3 +386,7 @@ def plugins_show(
         print(json.dumps(info.to_dict(), indent=2, default=str))
     else:
         print_plugin(info, _out())
+
+
+# the commands over stored runs live in their own module; importing it registers them
+from goatclaw.cli import history as _history  # noqa: E402, F401
