@@ -106,6 +106,8 @@ class TaskContext:
     timeout: float | None = None
     permissions: Any = None
     _emit: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
+    #: The run's store file (``None`` when the run keeps no store); the ``memory`` task searches it.
+    store_path: Path | None = None
 
     @property
     def logger(self) -> logging.Logger:

@@ -40,7 +40,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.write": "goatclaw.tasks.files:write",
     "file.list": "goatclaw.tasks.files:list_files",
     "http": "goatclaw.tasks.http:http",
-    "llm": "goatclaw.tasks.llm:llm",
+    "memory": "goatclaw.tasks.memory:memory",
 }
 
 

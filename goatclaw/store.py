@@ -163,12 +163,49 @@ def _m006_llm_cache(db: Connection) -> None:
     )
 
 
+def _m005_memory(db: Connection) -> None:
+    # The vec0 vector table is made by goatclaw.memory on first use: it needs sqlite-vec
+    # loaded and the embedder's dimension.
+    _script(
+        db,
+        """
+        CREATE TABLE memories (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            count INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+        CREATE INDEX memories_by_kind ON memories (kind, last_seen);
+        CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE memory_entities (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            UNIQUE (kind, name)
+        );
+        CREATE TABLE memory_relations (
+            source INTEGER NOT NULL REFERENCES memory_entities (id) ON DELETE CASCADE,
+            relation TEXT NOT NULL,
+            target INTEGER NOT NULL REFERENCES memory_entities (id) ON DELETE CASCADE,
+            count INTEGER NOT NULL DEFAULT 1,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            PRIMARY KEY (source, relation, target)
+        ) WITHOUT ROWID
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
     ("002_breakers", _m002_breakers),
     ("003_cache", _m003_cache),
     ("004_dead_letters", _m004_dead_letters),
+    ("005_memory", _m005_memory),
     ("006_llm_cache", _m006_llm_cache),
 )
 
@@ -387,16 +424,6 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
                        (key, model, response, time.time()))
-
-    def cached_many(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
-        """Stored ``(output JSON, created_at)`` for those of ``keys`` that the cache holds (batched reads)."""
-        found: dict[str, tuple[str, float]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            for key, output, created in self.db.execute(
-                    f"SELECT key, output, created_at FROM cache WHERE key IN ({','.join('?' * len(chunk))})", chunk):
-                found[key] = (output, created)
-        return found
 
     def clear_cache(self, *, older_than: float | None = None) -> int:
         """Forget cached outputs (all, or those older than ``older_than`` seconds); how many."""
