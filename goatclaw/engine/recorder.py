@@ -34,6 +34,8 @@ _MASK = "***"
 
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
+#: One encoder for every event (``json.dumps`` with options builds a new encoder per call).
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 class Recorder:
@@ -169,7 +171,7 @@ class Recorder:
                 self._subscriber_failed()
         if self.store is not None:
             if text is None and data is not None:
-                text = json.dumps(data, ensure_ascii=False, default=str)
+                text = _EVENT_JSON(data)
             text = self._mask(text)
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
