@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from goatclaw import llm as llm_room
 from goatclaw.engine.executor import Executor
 from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
@@ -104,6 +105,8 @@ async def arun(
     resume: str | bool | None = None,
     force: bool = False,
     cache: bool = True,
+    seed_from: str | None = None,
+    llm: str | None = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -116,7 +119,14 @@ async def arun(
     ``resume`` continues a stored run under its own id (``True``: the last unfinished
     run of this pipeline; or a run id or prefix): tasks that succeeded keep their stored
     outputs and do not run again; a changed pipeline file is refused unless ``force``.
-    ``cache=False`` ignores the task cache.
+    ``cache=False`` ignores the task cache. ``seed_from`` names a stored run whose
+    finished tasks count as done in this new run (how ``goatclaw dlq replay`` re-runs one
+    task in its original context).
+
+    ``llm`` is the LLM mode (``live``, ``record``, ``replay``; default: ``$GOATCLAW_LLM``,
+    then ``llm.mode`` in goatclaw.yaml): ``record`` writes every model answer to the
+    pipeline's cassette, ``replay`` answers only from it (see docs/llm.md); both bypass
+    the task cache so that every ``llm`` task really records or replays.
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -128,6 +138,7 @@ async def arun(
     stored_vars: dict[str, Any] | None = None
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
+    session = llm_session(pipeline, project, llm, store_path)
     options = RunOptions(
         vars=stored_vars if stored_vars is not None else {**pipeline.vars, **(vars or {})},
         concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
@@ -142,9 +153,12 @@ async def arun(
         seed=seed,
         hooks=tuple(hooks),
         resume=bool(resume),
-        cache=cache,
+        seed_from=seed_from,
+        cache=cache and session.mode == "live",
     )
-    result = await execute(compiled, options)
+    session.secrets = [v for v in options.secrets.values() if v]
+    async with llm_room.using(session):
+        result = await execute(compiled, options)
     if store_path is not None:
         await _remember(result, pipeline, project, options.secrets)
     return result
@@ -165,6 +179,30 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
+def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None) -> llm_room.Session:
+    """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models."""
+    settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
+    mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
+    if mode not in llm_room.MODES:
+        raise GoatclawError(f"--llm must be one of {', '.join(llm_room.MODES)}, not '{mode}'")
+    cassette = None
+    if mode != "live":
+        if settings.get("cassette"):
+            cassette = llm_room.Cassette(project.root / str(settings["cassette"]))
+        elif pipeline.file is not None:
+            cassette = llm_room.Cassette(Path(pipeline.file).with_suffix(".cassette.json"))
+        else:
+            raise GoatclawError(f"--llm {mode} needs a cassette: set llm.cassette in goatclaw.yaml")
+    budget = pipeline.budget or project.budget
+    limits = project.data.get("rate_limits")
+    return llm_room.Session(
+        mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=cassette,
+        cache=store_path if settings.get("cache") and store_path is not None else None,
+        budget_usd=budget.usd if budget is not None else None,
+        rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
+    )
 
 
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,

@@ -41,6 +41,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.list": "goatclaw.tasks.files:list_files",
     "http": "goatclaw.tasks.http:http",
     "memory": "goatclaw.tasks.memory:memory",
+    "llm": "goatclaw.tasks.llm:llm",
 }
 
 

@@ -425,6 +425,16 @@ class Store:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
                        (key, model, response, time.time()))
 
+    def cached_many(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """Stored ``(output JSON, created_at)`` for those of ``keys`` that the cache holds (batched reads)."""
+        found: dict[str, tuple[str, float]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            for key, output, created in self.db.execute(
+                    f"SELECT key, output, created_at FROM cache WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                found[key] = (output, created)
+        return found
+
     def clear_cache(self, *, older_than: float | None = None) -> int:
         """Forget cached outputs (all, or those older than ``older_than`` seconds); how many."""
         with self.transaction() as db:

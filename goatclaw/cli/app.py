@@ -125,6 +125,9 @@ def apply(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline file changed.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task; reuse no cached output.")] = False,
+    llm: Annotated[str | None, typer.Option(
+        "--llm", metavar="MODE", help="LLM calls: live, record (write the pipeline's cassette) or replay (answer "
+        "only from it).")] = None,
 ) -> None:
     """Check and run a pipeline, recording the run in the store."""
     import goatclaw
@@ -146,7 +149,7 @@ def apply(
     bus = goatclaw.Bus()
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
                             store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
-                            resume=resume_run or resume)
+                            resume=resume_run or resume, llm=llm)
     if mode == "rich":
         console = _out()
         with LiveView(bus, console):
@@ -383,3 +386,7 @@ def plugins_show(
         print(json.dumps(info.to_dict(), indent=2, default=str))
     else:
         print_plugin(info, _out())
+
+
+# the commands over stored runs live in their own module; importing it registers them
+from goatclaw.cli import history as _history  # noqa: E402, F401

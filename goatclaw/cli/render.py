@@ -23,7 +23,7 @@ from goatclaw.engine.state import RunResult
 from goatclaw.errors import Problem
 from goatclaw.events import Bus, Event
 from goatclaw.graph import Plan
-from goatclaw.store import RunRow, TaskRow
+from goatclaw.store import DeadLetter, RunRow, TaskRow
 
 __all__ = ["LiveView", "PlainView", "print_plan", "print_plugin", "print_plugins", "print_problems", "print_run",
            "print_runs"]
@@ -272,7 +272,7 @@ def reuse_note(result: RunResult) -> str:
     cached = result.counts().get("cached", 0)
     parts = [f"{cached} task{'s' if cached != 1 else ''} from cache"] if cached else []
     if result.resumed:
-        parts.append(f"{len(result.resumed)} kept by the resume")
+        parts.append(f"{len(result.resumed)} kept from before")
     ran = sum(1 for tid, t in result.tasks.items() if t.status.value != "cached" and tid not in result.resumed)
     if parts and not ran:
         parts.append("nothing ran")
@@ -423,3 +423,70 @@ def print_plugin(info: Any, console: Console) -> None:
     if info.full_doc:
         console.print()
         console.print(Text(info.full_doc))
+
+
+def event_line(ev: dict[str, Any]) -> str:
+    """One stored event as a line: ``seq time topic task data``."""
+    stamp = datetime.fromtimestamp(ev["ts"]).strftime("%H:%M:%S.%f")[:-3]
+    data = json.dumps(ev["data"], ensure_ascii=False, default=str) if ev["data"] else ""
+    return f"{ev['seq']:>6} {stamp} {ev['topic']:<22} {ev['task'] or '-'} {data}".rstrip()
+
+
+def print_dead_letters(letters: list[DeadLetter], console: Console) -> None:
+    """A table of dead letters, newest first."""
+    if not letters:
+        console.print("no dead letters")
+        return
+    table = Table(header_style="bold")
+    for col in ("id", "kind", "run", "task / topic", "error", "replayed"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("id", "kind"))
+    for d in letters:
+        table.add_row(str(d.id), d.kind, d.run_id or "", d.task_id if d.kind == "task" else f"{d.topic} ({d.task_id})",
+                      Text(_short_json(f"{d.error_class}: {d.error}", 80), style="red"), d.replay_status or "")
+    console.print(table)
+
+
+def print_dead_letter(d: DeadLetter, console: Console) -> None:
+    """One dead letter in full."""
+    console.print(Text(f"dead letter {d.id}: {d.kind} {d.task_id or ''} in run {d.run_id}", style="bold"))
+    console.print(f"  when: {datetime.fromtimestamp(d.created_at):%Y-%m-%d %H:%M:%S}", highlight=False)
+    if d.topic:
+        console.print(f"  topic: {d.topic}", highlight=False)
+    console.print(Text(f"  error: {d.error_class}: {d.error}", style="red"), soft_wrap=True)
+    console.print("  inputs:", highlight=False)
+    console.print(json.dumps(d.inputs, indent=2, ensure_ascii=False, default=str), highlight=False, soft_wrap=True)
+    if d.replayed_at:
+        console.print(f"  replayed {datetime.fromtimestamp(d.replayed_at):%Y-%m-%d %H:%M:%S}: {d.replay_status}",
+                      highlight=False)
+
+
+def print_stats(data: dict[str, Any], console: Console) -> None:
+    """Per-task metrics over stored runs."""
+    runs = data["runs"]
+    console.print(Text(f"{sum(runs.values())} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(runs.items())),
+                       style="bold"))
+    if not data["tasks"]:
+        return
+    table = Table(header_style="bold")
+    for col in ("pipeline", "task", "runs", "ok", "cached", "p50", "p95", "attempts"):
+        table.add_column(col, justify="left" if col in ("pipeline", "task") else "right")
+    for t in data["tasks"]:
+        rate = "" if t["success_rate"] is None else f"{t['success_rate'] * 100:.0f}%"
+        table.add_row(t["pipeline"], t["task"], str(t["count"]), rate, str(t["cached"]), _fmt_duration(t["p50"]),
+                      _fmt_duration(t["p95"]), str(t["attempts"]))
+    console.print(table)
+
+
+def print_health(data: dict[str, Any], console: Console) -> None:
+    """The store's health, one line a check."""
+    ok = data["integrity"] == "ok"
+    console.print(Text(f"{'✓' if ok else '✗'} store {data['store']}: {data['size'] / 1e6:.1f} MB, "
+                       f"WAL {data['wal_size'] / 1e6:.1f} MB, integrity {data['integrity']}",
+                       style="green" if ok else "red"))
+    breakers = data["open_breakers"]
+    console.print(Text(f"{'✗' if breakers else '✓'} open breakers: {', '.join(breakers) or 'none'}",
+                       style="red" if breakers else "green"))
+    console.print(Text(f"{'!' if data['dead_letters'] else '✓'} dead letters not replayed: {data['dead_letters']}",
+                       style="yellow" if data["dead_letters"] else "green"))
+    console.print(f"  runs in the last 24 h: {data['runs_24h']}, failed: {data['failed_runs_24h']} "
+                  f"({data['error_rate_24h'] * 100:.0f}%)", highlight=False)

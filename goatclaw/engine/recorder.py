@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import pickle
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from goatclaw.engine.state import RunResult, TaskResult, TaskState
@@ -128,13 +129,17 @@ class Recorder:
             self.event("task.attempt_failed", task_id, {"attempt": attempt, "item": index,
                                                         "error_class": error_class, "error": error})
 
-    def stored_tasks(self) -> list[TaskRow]:
-        """The run's task rows as stored (what a resume starts from)."""
-        return [] if self.store is None else self.store.tasks(self.run_id)
+    def stored_tasks(self, run_id: str | None = None) -> list[TaskRow]:
+        """The run's (or another stored run's) task rows as stored (what a resume starts from)."""
+        return [] if self.store is None else self.store.tasks(run_id or self.run_id)
 
     def cached(self, key: str, ttl: float | None) -> str | None:
         """A cached output's JSON, if the store has one under ``key`` (younger than ``ttl``)."""
         return None if self.store is None else self.store.cached(key, ttl)
+
+    def cached_many(self, keys: list[str]) -> dict[str, tuple[str, float]]:
+        """Cached outputs and their age for many keys at once (see :meth:`Store.cached_many`)."""
+        return {} if self.store is None or not keys else self.store.cached_many(keys)
 
     def cache_put(self, key: str, plugin: str, output_json: str) -> None:
         """Keep a task's output under its cache key (committed with the task's row)."""
@@ -145,7 +150,7 @@ class Recorder:
     def dead_letter(self, task_id: str | None, inputs: Any, error_class: str | None, error: str | None, *,
                     kind: str = "task", topic: str | None = None) -> None:
         """Keep a task that failed for good (or an event a subscriber choked on) with its inputs."""
-        text = json.dumps(inputs, ensure_ascii=False, default=str)
+        text = json.dumps(inputs, ensure_ascii=False, default=_plain)
         self.dead.append((kind, self.run_id, task_id, topic, self._mask(text), error_class, self._mask(error),
                           time.time()))
         self.event("dead_letter.added", task_id, {"kind": kind, "topic": topic, "error_class": error_class})
@@ -167,8 +172,6 @@ class Recorder:
         if self.bus.handlers(topic):
             payload = data if data is not None else (lazy() if lazy is not None else {})
             self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
-            if len(self.bus.errors) > self._bus_errors:
-                self._subscriber_failed()
         if self.store is not None:
             if text is None and data is not None:
                 text = _EVENT_JSON(data)
@@ -176,6 +179,8 @@ class Recorder:
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
                 self.flush()
+        if len(self.bus.errors) > self._bus_errors:  # after this event is numbered and kept
+            self._subscriber_failed()
 
     def _subscriber_failed(self) -> None:
         """Subscribers that raised: each event and error becomes a dead letter (never an exception)."""
@@ -229,6 +234,15 @@ class Recorder:
             if secret in text:
                 text = text.replace(secret, _MASK)
         return text
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the frozen containers a spec holds (read-only mappings, sets); text for anything else."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)
 
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class RunOptions:
     hooks: tuple[Any, ...] = ()  # hook objects (or names) from Python, after the pipeline's own
     resume: bool = False  # run_id names a stored run: keep what finished, run the rest
     cache: bool = True  # reuse stored outputs of cacheable tasks
+    seed_from: str | None = None  # a stored run whose finished tasks this new run takes as done (dlq replay)
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -110,6 +111,7 @@ class _Runner:
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
         self.caching = False
         self.cache_keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
+        self.prefetched: dict[str, tuple[str, float]] = {}  # their cached (output JSON, created_at)
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class _Runner:
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume)
         self.caching = self.opts.cache and store is not None
-        if self.opts.resume:
+        if self.opts.resume or self.opts.seed_from:
             self._seed()
         self.context = {
             "vars": dict(self.opts.vars),
@@ -160,6 +162,8 @@ class _Runner:
             "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
             "tasks": self.views,
         }
+        if self.caching:
+            self._prefetch_cache()
 
     async def _with_pipeline_timeout(self, work: Awaitable[None]) -> None:
         if self.pipeline.timeout is None:
@@ -236,13 +240,44 @@ class _Runner:
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
 
+    # -- the task cache --------------------------------------------------------------
+
+    def _prefetch_cache(self) -> None:
+        """Look up, in one batched read, the cached outputs of every task whose ``with:`` is constant.
+
+        Those tasks then need no query of their own; tasks with templated inputs look up
+        their key when they run.
+        """
+        assert self.recorder is not None
+        for tid in self.selected:
+            task = self.pipeline.tasks[tid]
+            if tid in self.seeded or task.foreach is not None or not task.cache.enabled:
+                continue
+            try:
+                plugin = self.registry.task(task.uses)
+                if plugin.spec.cacheable and self._inputs(task).is_constant:
+                    self._cache_key(task, plugin, self.context, None)
+            except (PluginError, TaskError):
+                continue  # the task reports it when it runs
+        self.prefetched = self.recorder.cached_many(list(self.cache_keys.values()))
+
+    def _cache_lookup(self, task: Task, key: str) -> str | None:
+        """A cached output's JSON for ``key``, from the prefetched batch or the store."""
+        if self.cache_keys.get(task.id) != key:
+            assert self.recorder is not None
+            return self.recorder.cached(key, task.cache.ttl)
+        hit = self.prefetched.get(key)
+        if hit is None or (task.cache.ttl is not None and hit[1] < time.time() - task.cache.ttl):
+            return None
+        return hit[0]
+
     # -- resume ----------------------------------------------------------------------
 
     def _seed(self) -> None:
         """Take the stored results of tasks that finished well; they count as done and never run again."""
         assert self.recorder is not None
         keep = {TaskState.SUCCEEDED.value, TaskState.CACHED.value, TaskState.SKIPPED.value}
-        for row in self.recorder.stored_tasks():
+        for row in self.recorder.stored_tasks(self.opts.seed_from):
             res = self.result.tasks.get(row.task_id)
             if res is None or row.status not in keep or row.task_id not in self.pipeline.tasks:
                 continue
@@ -507,7 +542,7 @@ class _Runner:
         if key is None:
             return await self._run_attempts(task, plugin, res, context, index)
         assert self.recorder is not None
-        text = self.recorder.cached(key, task.cache.ttl)
+        text = self._cache_lookup(task, key)
         if text is not None:
             res.cache_hits += 1
             return json.loads(text), text

@@ -1,0 +1,182 @@
+"""Stored runs after the fact: their event log, replaying it, dead letters, stats, health, pruning.
+
+Everything here reads (or trims) the SQLite store; nothing runs a pipeline except
+:func:`replay_dead_letter`, which re-runs one failed task through :func:`goatclaw.arun`
+with the outputs of its needs taken from its original run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from goatclaw.engine.state import RunResult
+from goatclaw.errors import GoatclawError
+from goatclaw.events import Bus, Event
+from goatclaw.store import DeadLetter, RunRow, Store
+
+__all__ = ["events", "health", "prune", "replay", "replay_dead_letter", "stats"]
+
+
+def _run(db: Store, ref: str) -> RunRow:
+    row = db.run(ref)
+    if row is None:
+        raise GoatclawError(f"no run '{ref}' in {db.path}")
+    return row
+
+
+def events(store: str | os.PathLike[str], ref: str = "last", *, follow: bool = False, poll: float = 0.2,
+           sleep: Callable[[float], Any] = time.sleep) -> Iterator[dict[str, Any]]:
+    """A run's stored events in order; with ``follow``, keep reading until the run has ended.
+
+    Another process may be writing the run: WAL lets this reader see each committed batch.
+    """
+    with Store.open(store) as db:
+        run_id = _run(db, ref).id
+        after = 0
+        while True:
+            batch = db.events(run_id, after=after)
+            for ev in batch:
+                after = ev["seq"]
+                yield ev
+            if not follow:
+                return
+            row = db.run(run_id)
+            if not batch and (row is None or row.status != "running"):
+                return
+            if not batch:
+                sleep(poll)
+
+
+def replay(store: str | os.PathLike[str], ref: str, bus: Bus, *, speed: float | None = None,
+           sleep: Callable[[float], Any] = time.sleep) -> int:
+    """Publish a stored run's events on ``bus`` again (nothing runs); how many.
+
+    ``speed`` replays in real time scaled by it (``1``: as it happened, ``10``: ten times
+    faster); ``None`` replays at once.
+    """
+    with Store.open(store) as db:
+        run_id = _run(db, ref).id
+    count = 0
+    last_ts: float | None = None
+    for ev in events(store, run_id):
+        if speed and last_ts is not None and ev["ts"] > last_ts:
+            sleep((ev["ts"] - last_ts) / speed)
+        last_ts = ev["ts"]
+        bus.publish(Event(ev["topic"], run_id, ev["seq"], ev["ts"], ev["task"], ev["data"]))
+        count += 1
+    return count
+
+
+async def replay_dead_letter(store: str | os.PathLike[str], letter_id: int, *, force: bool = False,
+                             bus: Bus | None = None, registry: Any = None) -> RunResult:
+    """Re-run the task of a dead letter in its original run's context; the new run's result.
+
+    The pipeline file of the original run is loaded again (refused if it changed, unless
+    ``force``); the task runs with the original run's variables, and every task it needs
+    counts as done with its stored output. The dead letter records how the replay went.
+    """
+    from goatclaw.api import arun, load
+
+    with Store.open(store) as db:
+        letter = _letter(db, letter_id)
+        run = _run(db, str(letter.run_id))
+    if letter.kind != "task" or not letter.task_id:
+        raise GoatclawError(f"dead letter {letter_id} is a failed event subscriber, not a task: nothing to re-run")
+    if not run.file or not Path(run.file).exists():
+        raise GoatclawError(f"the pipeline file of run {run.id} ({run.file}) is gone: cannot replay")
+    pipeline = load(run.file, registry=registry)
+    if pipeline.digest != run.digest and not force:
+        raise GoatclawError(f"{run.file} changed since run {run.id}; pass --force to replay with the new file")
+    if letter.task_id not in pipeline.tasks:
+        raise GoatclawError(f"task '{letter.task_id}' is no longer in {run.file}")
+    result = await arun(pipeline, vars=run.vars, only=[letter.task_id], store=store, seed_from=run.id, bus=bus,
+                        registry=registry, cache=False)
+    with Store.open(store) as db:
+        db.mark_replayed(letter_id, f"{result.tasks[letter.task_id].status.value} in run {result.run_id}")
+    return result
+
+
+def _letter(db: Store, letter_id: int) -> DeadLetter:
+    letter = db.dead_letter(letter_id)
+    if letter is None:
+        raise GoatclawError(f"no dead letter {letter_id} in {db.path}")
+    return letter
+
+
+def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[str, Any]:
+    """Per task: runs, success rate, p50/p95 duration and attempts, over runs started ``since`` seconds ago."""
+    cutoff = 0.0 if since is None else time.time() - since
+    with Store.open(store) as db:
+        rows = db.db.execute(
+            "SELECT t.task_id, r.pipeline, t.status, t.attempts, t.started_at, t.finished_at FROM tasks t "
+            "JOIN runs r ON r.id = t.run_id WHERE r.started_at >= ?", (cutoff,)).fetchall()
+        run_rows = db.db.execute("SELECT status, COUNT(*) FROM runs WHERE started_at >= ? GROUP BY status",
+                                 (cutoff,)).fetchall()
+    groups: dict[tuple[str, str], list[tuple[str, int, float | None]]] = {}
+    for tid, pipeline, status, attempts, started, finished in rows:
+        duration = None if started is None or finished is None else finished - started
+        groups.setdefault((pipeline, tid), []).append((status, attempts, duration))
+    tasks = []
+    for (pipeline, tid), items in sorted(groups.items()):
+        done = [s for s, _, _ in items if s in ("succeeded", "cached", "failed")]
+        ok = sum(1 for s in done if s != "failed")
+        durations = sorted(d for s, _, d in items if d is not None and s in ("succeeded", "failed"))
+        tasks.append({"pipeline": pipeline, "task": tid, "count": len(items),
+                      "success_rate": None if not done else ok / len(done),
+                      "cached": sum(1 for s, _, _ in items if s == "cached"),
+                      "p50": _quantile(durations, 0.5), "p95": _quantile(durations, 0.95),
+                      "attempts": sum(a for _, a, _ in items)})
+    return {"since": since, "runs": dict(run_rows), "tasks": tasks}
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def health(store: str | os.PathLike[str]) -> dict[str, Any]:
+    """The store's size, integrity and WAL; open breakers, dead letters and last day's error rate."""
+    path = Path(store)
+    wal = Path(f"{path}-wal")
+    with Store.open(path) as db:
+        integrity = db.integrity()
+        breakers = [b["key"] for b in db.breakers() if b["state"] != "closed"]
+        dead = db.db.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
+        day = time.time() - 86400
+        done, failed = db.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status != "
+            "'running'", (day,)).fetchone()
+    return {"store": str(path), "size": path.stat().st_size, "wal_size": wal.stat().st_size if wal.exists() else 0,
+            "integrity": integrity, "open_breakers": breakers, "dead_letters": dead,
+            "runs_24h": done, "failed_runs_24h": failed, "error_rate_24h": failed / done if done else 0.0,
+            "ok": integrity == "ok" and not breakers}
+
+
+def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = False) -> dict[str, int]:
+    """Delete runs (with their tasks, attempts, events and dead letters) started over ``older_than`` seconds ago.
+
+    Runs still marked ``running`` are kept. Cached outputs older than that go too.
+    """
+    cutoff = time.time() - older_than
+    with Store.open(store) as db:
+        ids = [r[0] for r in db.db.execute("SELECT id FROM runs WHERE started_at < ? AND status != 'running'",
+                                           (cutoff,))]
+        counts = {"runs": len(ids)}
+        if dry_run:
+            return counts
+        with db.transaction() as conn:
+            for table, column in (("events", "run_id"), ("attempts", "run_id"), ("tasks", "run_id"),
+                                  ("dead_letters", "run_id"), ("runs", "id")):
+                total = 0
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    total += conn.execute(f"DELETE FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})",
+                                          chunk).rowcount
+                counts[table] = total
+            counts["cache"] = conn.execute("DELETE FROM cache WHERE created_at < ?", (cutoff,)).rowcount
+    return counts

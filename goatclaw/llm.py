@@ -1,0 +1,686 @@
+"""The one LLM room: the only module that imports litellm, and only when a model is called.
+
+:func:`complete` sends one :class:`Request` through a chain of models (the primary,
+then its fallbacks) and returns a :class:`Response`::
+
+    request ─▶ for each model: key ─▶ replay? cassette ─▶ cache? store ─▶ budget ─▶ rate limit
+                                     ─▶ litellm.acompletion ─▶ parse (text | json [+ schema])
+                                     ─▶ cache put, cassette put ─▶ Response (hops, usage, cost)
+
+Every litellm error is translated here, and only here, into a :class:`TaskError` whose
+``error_class`` the engine's retry policies understand (``rate_limit`` with the server's
+``Retry-After``, ``server_error``, ``timeout``, ``connection``, ``auth``,
+``context_length``, ``invalid_input``; a reply that is not the JSON asked for is
+``invalid_output``). A ``rate_limit``, ``server_error``, ``timeout`` or ``connection``
+error moves on to the next model and is recorded as a *hop*; ``auth`` and
+``invalid_input`` never do (another model will not fix a bad key or a bad request).
+
+What a run shares (record/replay mode, the cassette, the cache, the budget, the rate
+limiters) lives in one :class:`Session`, set for the duration of a run by
+``goatclaw.arun`` through the context variable :data:`SESSION` (asyncio tasks inherit
+it). Without one, calls are live, uncached and unbudgeted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from goatclaw.errors import TaskError
+
+__all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
+           "complete", "request_key", "session", "using"]
+
+#: Error classes after which the next model in the chain is tried.
+FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
+#: ``live`` calls models; ``record`` calls them and writes every answer to the cassette;
+#: ``replay`` answers only from the cassette.
+MODES = ("live", "record", "replay")
+_MASK = "***"
+Emit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One LLM call: the model chain and everything that shapes the answer.
+
+    ``models`` is the primary model then its fallbacks (litellm names such as
+    ``openai/gpt-4o-mini``). ``output`` is ``text`` or ``json``; with ``json`` the reply
+    is parsed (``NaN``/``Infinity`` rejected) and, when ``schema`` is given, validated.
+    ``api_base``/``api_key``/``timeout`` shape the transport and never the cache key.
+    """
+
+    models: tuple[str, ...]
+    messages: tuple[Mapping[str, Any], ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    output: Literal["text", "json"] = "text"
+    schema: Mapping[str, Any] | None = None
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float | None = None
+
+
+@dataclass
+class Response:
+    """The answer: ``text``, ``data`` (parsed JSON, or ``None`` for text), and what it cost.
+
+    ``model`` is the model that answered; ``hops`` the models that failed before it
+    (``{model, error_class, message}``); ``source`` is ``live``, ``cache`` or ``cassette``
+    (only a ``live`` answer costs anything: ``cost_usd`` is 0 otherwise).
+    """
+
+    text: str
+    data: Any
+    model: str
+    usage: dict[str, int]
+    cost_usd: float
+    latency_ms: float
+    hops: list[dict[str, Any]]
+    source: str
+    key: str
+
+    def as_output(self) -> dict[str, Any]:
+        """The JSON-serialisable form a task returns."""
+        return {"text": self.text, "data": self.data, "model": self.model, "usage": self.usage,
+                "cost_usd": self.cost_usd, "latency_ms": self.latency_ms, "hops": self.hops,
+                "source": self.source, "key": self.key}
+
+
+# -- the session: what one run shares --------------------------------------------------------
+
+
+class Cassette:
+    """Recorded answers in a JSON file, keyed by request hash; written after every record.
+
+    The file maps each key to ``{model, request, response}`` where ``request`` is the
+    masked request (no secrets, no API key) and ``response`` the answer as returned.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, Any] | None = None
+
+    def entries(self) -> dict[str, Any]:
+        """Every recorded exchange, read once."""
+        if self._entries is None:
+            try:
+                doc = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+            except (OSError, ValueError) as exc:
+                raise TaskError(f"cassette {self.path} cannot be read: {exc}", error_class="invalid_input") from None
+            self._entries = dict(doc.get("exchanges", {})) if isinstance(doc, dict) else {}
+        return self._entries
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The recorded exchange for ``key``, if any."""
+        return self.entries().get(key)
+
+    def put(self, key: str, exchange: dict[str, Any]) -> None:
+        """Record an exchange and rewrite the file atomically (sorted, so diffs stay small)."""
+        with self._lock:
+            self.entries()[key] = exchange
+            doc = {"version": 1, "exchanges": dict(sorted(self.entries().items()))}
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+class RateLimiter:
+    """Requests and tokens per minute over a sliding 60-second window, shared in-process.
+
+    ``acquire(tokens)`` waits until one more request of ``tokens`` tokens fits both limits.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rpm, self.tpm, self.clock = rpm, tpm, clock
+        self._calls: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def _wait_time(self, tokens: int) -> float:
+        now = self.clock()
+        while self._calls and self._calls[0][0] <= now - self.WINDOW:
+            self._calls.popleft()
+        waits = [0.0]
+        if self.rpm is not None and len(self._calls) >= self.rpm:
+            waits.append(self._calls[len(self._calls) - self.rpm][0] + self.WINDOW - now)
+        if self.tpm is not None and self._calls:
+            used = sum(t for _, t in self._calls)
+            for when, spent in self._calls:  # the oldest calls leave the window first
+                if used + tokens <= self.tpm:
+                    break
+                used -= spent
+                waits.append(when + self.WINDOW - now)
+        return max(waits)
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait for room, then take it (a request bigger than ``tpm`` goes alone in a window)."""
+        while True:
+            with self._lock:
+                wait = self._wait_time(tokens)
+                if wait <= 0:
+                    self._calls.append((self.clock(), tokens))
+                    return
+            await asyncio.sleep(min(wait, self.WINDOW))
+
+
+_LIMITERS: dict[tuple[str, int | None, int | None], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def _limiter(name: str, rpm: int | None, tpm: int | None) -> RateLimiter:
+    """The process-wide limiter for ``name`` with these limits (shared by every run)."""
+    with _LIMITERS_LOCK:
+        return _LIMITERS.setdefault((name, rpm, tpm), RateLimiter(rpm, tpm))
+
+
+@dataclass
+class Session:
+    """What the LLM calls of one run share: mode, cassette, cache, budget and rate limits.
+
+    ``model`` and ``fallbacks`` are the project's defaults (``goatclaw.yaml``);
+    ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``;
+    ``budget_usd`` the most the run may spend; ``rate_limits`` maps a model or provider
+    name (``openai``, ``openai/gpt-4o-mini``) to ``{rpm, tpm}``; ``secrets`` are values
+    masked out of every cassette.
+    """
+
+    mode: str = "live"
+    model: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    cassette: Cassette | None = None
+    cache: Path | None = None
+    budget_usd: float | None = None
+    rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    secrets: Sequence[str] = ()
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0  # estimates of calls in flight, so concurrent calls cannot overspend together
+    _store: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"LLM mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode != "live" and self.cassette is None:
+            raise ValueError(f"LLM mode {self.mode} needs a cassette")
+
+    def store(self) -> Any:
+        """The store holding the cache, opened on first use."""
+        if self._store is None and self.cache is not None:
+            from goatclaw.store import Store
+
+            self._store = Store.open(self.cache)
+        return self._store
+
+    def limiters(self, model: str) -> list[RateLimiter]:
+        """The limiters that apply to ``model``: its own and its provider's."""
+        provider = model.split("/", 1)[0] if "/" in model else model
+        names = dict.fromkeys((model, provider))
+        return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"))
+                for n in names if n in self.rate_limits]
+
+    async def aclose(self) -> None:
+        """Close the cache's store and litellm's pooled clients (bound to this event loop)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if "litellm" in sys.modules:
+            await _close_litellm_clients()
+
+
+#: The session of the running run (set by ``goatclaw.arun``); ``None`` outside a run.
+SESSION: ContextVar[Session | None] = ContextVar("goatclaw_llm_session", default=None)
+_LIVE = Session()
+
+
+def session() -> Session:
+    """The current run's session, or a live one without cache or budget."""
+    return SESSION.get() or _LIVE
+
+
+@contextlib.asynccontextmanager
+async def using(s: Session) -> AsyncIterator[Session]:
+    """Make ``s`` the session of everything awaited inside (and close it afterwards)."""
+    token = SESSION.set(s)
+    try:
+        yield s
+    finally:
+        SESSION.reset(token)
+        await s.aclose()
+
+
+# -- the call ------------------------------------------------------------------------------
+
+
+async def complete(request: Request, *, emit: Emit | None = None, secrets: Sequence[str] = ()) -> Response:
+    """Answer ``request`` with its first model that can, falling back on transient errors.
+
+    ``emit(topic, **data)`` receives ``llm.fallback`` for every hop and ``llm.call`` for
+    the answer; ``secrets`` are masked (with the session's) before anything is recorded.
+    Raises :class:`TaskError`; after the last model, the last error with every hop in
+    ``details["hops"]``.
+    """
+    _check(request)
+    s = session()
+    masks = _masks([*s.secrets, *secrets, request.api_key or ""])
+    hops: list[dict[str, Any]] = []
+    last: TaskError | None = None
+    if s.mode == "replay":
+        return _replay_chain(s, request, masks, emit)
+    for i, model in enumerate(request.models):
+        key = request_key(model, request, masks)
+        try:
+            response = await _answer(s, model, key, request, masks)
+        except TaskError as err:
+            if err.error_class not in FALLBACK_ON:
+                raise _with_hops(err, hops) from None
+            last = err
+            hops.append({"model": model, "error_class": err.error_class, "message": err.message})
+            if emit is not None and i + 1 < len(request.models):
+                emit("llm.fallback", model=model, to=request.models[i + 1], error_class=err.error_class,
+                     message=err.message)
+            continue
+        response.hops = hops
+        if emit is not None:
+            emit("llm.call", model=response.model, usage=response.usage, cost_usd=response.cost_usd,
+                 latency_ms=response.latency_ms, source=response.source, key=key)
+        return response
+    assert last is not None
+    raise _with_hops(last, hops)
+
+
+async def _answer(s: Session, model: str, key: str, request: Request, masks: Sequence[str]) -> Response:
+    """One model's answer: from the cassette (replay), the cache, or the provider."""
+    if s.mode == "replay":
+        return _replayed(s, model, key, request)
+    cached = _cached(s, key) if s.mode == "live" else None  # a recording calls the model every time
+    if cached is not None:
+        return _response(cached, model, key, request, source="cache")
+    reserved = await _admit(s, model, request)
+    try:
+        started = time.perf_counter()
+        raw = await _call(model, request)
+        latency = round((time.perf_counter() - started) * 1000, 1)
+    finally:
+        s.reserved_usd -= reserved
+    answer = _answer_of(raw, model, latency)
+    s.spent_usd += float(answer["cost_usd"])
+    response = _response(answer, model, key, request, source="live")
+    _remember(s, model, key, request, answer, masks)
+    return response
+
+
+def _check(request: Request) -> None:
+    """Refuse a request that no model could answer."""
+    if not request.models or not all(isinstance(m, str) and m for m in request.models):
+        raise TaskError("no model given: set model: on the task or in goatclaw.yaml", error_class="invalid_input")
+    if not request.messages:
+        raise TaskError("no messages: give a prompt or messages", error_class="invalid_input")
+    if request.output not in ("text", "json"):
+        raise TaskError(f"output must be text or json, not {request.output!r}", error_class="invalid_input")
+
+
+def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
+    """The content address of one model's request: sha256 of everything that shapes the answer.
+
+    Secrets are masked first, so a replay in CI with other (or dummy) secret values finds
+    the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
+    """
+    return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+
+
+def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
+    body = {"model": model, "messages": [dict(m) for m in request.messages], "temperature": request.temperature,
+            "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
+    return _mask(body, masks)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _masks(values: Sequence[str]) -> list[str]:
+    """Secret values to hide, longest first (so a secret containing another is hidden whole)."""
+    return sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+
+
+def _mask(value: Any, masks: Sequence[str]) -> Any:
+    """``value`` with every secret replaced by ``***`` (recursively through lists and mappings)."""
+    if not masks:
+        return value
+    if isinstance(value, str):
+        for secret in masks:
+            value = value.replace(secret, _MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _mask(v, masks) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask(v, masks) for v in value]
+    return value
+
+
+def _with_hops(err: TaskError, hops: list[dict[str, Any]]) -> TaskError:
+    if hops:
+        err.details = {**err.details, "hops": hops}
+        tried = ", ".join(h["model"] for h in hops)
+        if tried not in err.message:
+            err.message = f"{err.message} (after falling back from {tried})"
+            err.args = (err.message,)
+    return err
+
+
+# -- replay, cache, record -------------------------------------------------------------------
+
+
+def _replay_chain(s: Session, request: Request, masks: Sequence[str], emit: Emit | None) -> Response:
+    """The first model in the chain with a recorded answer (a recording may have fallen back)."""
+    keys = [(model, request_key(model, request, masks)) for model in request.models]
+    model, key = next(((m, k) for m, k in keys if s.cassette is not None and s.cassette.get(k)), keys[0])
+    response = _replayed(s, model, key, request)
+    if emit is not None:
+        emit("llm.call", model=model, usage=response.usage, cost_usd=0.0, latency_ms=0.0, source="cassette", key=key)
+    return response
+
+
+def _replayed(s: Session, model: str, key: str, request: Request) -> Response:
+    assert s.cassette is not None
+    exchange = s.cassette.get(key)
+    if exchange is None:
+        raise TaskError(f"replay: the cassette {s.cassette.path} has no answer for request {key[:16]} "
+                        f"(model {model}); run with --llm record to record it", error_class="invalid_input",
+                        details={"key": key, "model": model, "cassette": str(s.cassette.path)})
+    return _response(exchange["response"], model, key, request, source="cassette")
+
+
+def _cached(s: Session, key: str) -> dict[str, Any] | None:
+    store = s.store()
+    if store is None:
+        return None
+    text = store.llm_cached(key)
+    return json.loads(text) if text else None
+
+
+def _remember(s: Session, model: str, key: str, request: Request, answer: dict[str, Any],
+              masks: Sequence[str]) -> None:
+    """Put a live answer in the cache and, when recording, in the cassette (masked)."""
+    store = s.store()
+    if store is not None:
+        store.llm_cache_put(key, model, _canonical(answer))
+    if s.mode == "record" and s.cassette is not None:
+        s.cassette.put(key, {"model": model, "request": _masked_request(model, request, masks),
+                             "response": _mask(answer, masks)})
+
+
+# -- budget and rate limits ----------------------------------------------------------------
+
+
+async def _admit(s: Session, model: str, request: Request) -> float:
+    """Wait for the rate limits that apply; refuse a call the budget cannot afford, else reserve it.
+
+    The estimate is the prompt's tokens plus ``max_tokens`` at the model's prices; it is
+    held as reserved until the call ends, so concurrent calls cannot overspend together.
+    """
+    limiters = s.limiters(model)
+    if s.budget_usd is None and not limiters:
+        return 0.0
+    prompt_tokens = _prompt_tokens(model, request)
+    for limiter in limiters:
+        await limiter.acquire(prompt_tokens + (request.max_tokens or 0))
+    if s.budget_usd is None:
+        return 0.0
+    estimate = _cost(model, prompt_tokens, request.max_tokens or 0)
+    committed = s.spent_usd + s.reserved_usd
+    if s.spent_usd >= s.budget_usd or committed + estimate > s.budget_usd:
+        raise TaskError(f"budget: a call to {model} could cost ${estimate:.6f} and ${committed:.6f} of the "
+                        f"${s.budget_usd:.2f} budget is spent or in flight", error_class="budget",
+                        details={"spent_usd": s.spent_usd, "budget_usd": s.budget_usd, "estimate_usd": estimate})
+    s.reserved_usd += estimate
+    return estimate
+
+
+def _prompt_tokens(model: str, request: Request) -> int:
+    litellm = _litellm()
+    try:
+        return int(litellm.token_counter(model=model, messages=[dict(m) for m in request.messages]))
+    except Exception:  # an unknown tokenizer: about four characters a token
+        return sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
+
+
+def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """Dollars for these tokens from litellm's price map; 0 for a model it does not price."""
+    litellm = _litellm()
+    try:
+        a, b = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return float(a) + float(b)
+    except Exception:
+        return 0.0
+
+
+# -- litellm -------------------------------------------------------------------------------
+
+
+def _litellm() -> Any:
+    """litellm, imported on first use with the bundled price map and its own retries off."""
+    if "litellm" not in sys.modules:
+        # the bundled price list: importing litellm must not reach for the network
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.num_retries = 0  # goatclaw's retry policies decide, not litellm's
+    litellm.suppress_debug_info = True  # no "Give Feedback" banner on stdout
+    litellm.telemetry = False
+    return litellm
+
+
+async def _close_litellm_clients() -> None:
+    """Close and forget litellm's cached HTTP clients: they belong to the loop that is ending."""
+    litellm = sys.modules["litellm"]
+    with contextlib.suppress(Exception):
+        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+        await close_litellm_async_clients()
+    with contextlib.suppress(Exception):
+        litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+async def _call(model: str, request: Request) -> Any:
+    """One ``acompletion``, with litellm's errors translated into goatclaw's."""
+    litellm = _litellm()
+    kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
+                              "num_retries": 0, "max_retries": 0}
+    for name in ("temperature", "max_tokens", "api_base", "api_key", "timeout"):
+        if getattr(request, name) is not None:
+            kwargs[name] = getattr(request, name)
+    if request.output == "json" and _supports_json_mode(litellm, model):
+        kwargs["response_format"] = {"type": "json_object"}
+    try:
+        if request.timeout is None:
+            return await litellm.acompletion(**kwargs)
+        # litellm's own timeout bounds the HTTP request; this bounds everything around it
+        return await asyncio.wait_for(litellm.acompletion(**kwargs), request.timeout + 5)
+    except TimeoutError:
+        raise TaskError(f"{model}: no answer within {request.timeout:g}s", error_class="timeout") from None
+    except Exception as exc:
+        raise _translate(exc, model) from exc
+
+
+def _supports_json_mode(litellm: Any, model: str) -> bool:
+    """Whether ``model`` takes ``response_format: json_object`` (unknown OpenAI-style models: yes)."""
+    try:
+        params = litellm.get_supported_openai_params(model=model) or []
+    except Exception:
+        return False
+    return "response_format" in params
+
+
+_CLASSES = (  # litellm exception name → goatclaw error class; the first match in the MRO wins
+    ("ContextWindowExceededError", "context_length"),
+    ("RateLimitError", "rate_limit"),
+    ("Timeout", "timeout"),
+    ("APITimeoutError", "timeout"),
+    ("AuthenticationError", "auth"),
+    ("PermissionDeniedError", "auth"),
+    ("ServiceUnavailableError", "server_error"),
+    ("InternalServerError", "server_error"),
+    ("BadGatewayError", "server_error"),
+    ("APIConnectionError", "connection"),
+    ("NotFoundError", "invalid_input"),
+    ("BadRequestError", "invalid_input"),
+    ("UnprocessableEntityError", "invalid_input"),
+    ("UnsupportedParamsError", "invalid_input"),
+    ("ContentPolicyViolationError", "invalid_input"),
+    ("APIError", "server_error"),
+)
+_STATUS_CLASSES = {401: "auth", 403: "auth", 408: "timeout", 429: "rate_limit", 400: "invalid_input",
+                   404: "invalid_input", 413: "context_length", 422: "invalid_input"}
+_CONTEXT_WORDS = ("context length", "context_length", "context window", "too many tokens", "maximum context")
+
+
+def _translate(exc: BaseException, model: str) -> TaskError:
+    """The goatclaw error for a litellm exception (the one border where they are translated)."""
+    names = [c.__name__ for c in type(exc).__mro__]
+    error_class = next((cls for name, cls in _CLASSES if name in names), "upstream")
+    text = str(getattr(exc, "message", None) or exc)
+    if error_class == "invalid_input" and any(w in text.lower() for w in _CONTEXT_WORDS):
+        error_class = "context_length"
+    if error_class == "server_error" and "missing credentials" in text.lower():
+        error_class = "auth"  # the client refused to send a request without a key
+    elif error_class == "server_error" and _is_connection_failure(exc):
+        error_class = "connection"  # litellm reports a refused connection as an InternalServerError
+    status = getattr(exc, "status_code", None)
+    if error_class in ("server_error", "upstream") and isinstance(status, int):
+        error_class = _STATUS_CLASSES.get(status, error_class)  # litellm's generic APIError keeps the status
+    return TaskError(f"{model}: {_short(text)}", error_class=error_class, retry_after=_retry_after(exc),
+                     details={"model": model, "status": status if isinstance(status, int) else None,
+                              "litellm_error": type(exc).__name__})
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("APIConnectionError", "ConnectError", "ClientConnectorError",
+                                   "ConnectionRefusedError", "ServerDisconnectedError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "connection error" in str(exc).lower()
+
+
+def _short(text: str) -> str:
+    """The message of a litellm error without its prefixes and help banners, on one line."""
+    for prefix in ("litellm.", "OpenAIException - "):
+        text = text.replace(prefix, "")
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from the response's ``Retry-After`` (or ``retry-after-ms``) header, if any."""
+    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
+    if not headers:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return _http_date_delay(headers.get("retry-after"))
+
+
+def _http_date_delay(value: Any) -> float | None:
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+def _answer_of(raw: Any, model: str, latency_ms: float) -> dict[str, Any]:
+    """What is kept of a litellm response: text, usage, cost, the model that answered."""
+    try:
+        text = raw.choices[0].message.content or ""
+    except (AttributeError, IndexError, TypeError):
+        raise TaskError(f"{model}: the response has no message", error_class="invalid_output") from None
+    usage = getattr(raw, "usage", None)
+    counts = {name: int(getattr(usage, name, 0) or 0) for name in ("prompt_tokens", "completion_tokens",
+                                                                     "total_tokens")}
+    return {"text": text, "usage": counts, "cost_usd": _response_cost(raw, model, counts),
+            "model": model, "served_by": str(getattr(raw, "model", "") or model), "latency_ms": latency_ms}
+
+
+def _response_cost(raw: Any, model: str, usage: Mapping[str, int]) -> float:
+    """The cost litellm computed for the call, else the price map; 0 for a model it cannot price."""
+    hidden = getattr(raw, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+    if isinstance(cost, (int, float)) and math.isfinite(cost):
+        return float(cost)
+    return _cost(model, usage["prompt_tokens"], usage["completion_tokens"])
+
+
+def _response(answer: Mapping[str, Any], model: str, key: str, request: Request, *, source: str) -> Response:
+    """A :class:`Response` from a stored or live answer, its text parsed as the request asks."""
+    text = str(answer.get("text", ""))
+    data = _parse(text, model, request) if request.output == "json" else None
+    return Response(text=text, data=data, model=model, usage=dict(answer.get("usage", {})),
+                    cost_usd=float(answer.get("cost_usd", 0.0)) if source == "live" else 0.0,
+                    latency_ms=float(answer.get("latency_ms", 0.0)) if source == "live" else 0.0,
+                    hops=[], source=source, key=key)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(text: str, model: str, request: Request) -> Any:
+    """The reply as JSON (a fenced ```json block is accepted), checked against ``schema``."""
+    body = _unfence(text)
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise TaskError(f"{model} did not answer with JSON: {exc}; the reply began {text[:80]!r}",
+                        error_class="invalid_output", details={"text": text[:2000]}) from None
+    if request.schema is not None:
+        from goatclaw.spec.schema import check_instance
+
+        problems = check_instance(data, dict(request.schema))
+        if problems:
+            raise TaskError(f"{model}'s JSON does not match the schema: {'; '.join(problems[:5])}",
+                            error_class="invalid_output", details={"problems": problems, "data": data})
+    return data
+
+
+def _unfence(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```") and stripped.endswith("```") and stripped.count("```") == 2:
+        inner = stripped[3:-3]
+        first, _, rest = inner.partition("\n")
+        return rest if first.strip().lower() in ("json", "") else inner
+    return stripped

@@ -1,0 +1,124 @@
+"""``llm``: ask a model (through litellm), with fallbacks, JSON output, cost and record/replay.
+
+The output is always the same shape, so later tasks know where to look::
+
+    {"text": "<the reply>",            # always the raw reply
+     "data": {...} | null,              # output: json → the parsed (and schema-checked) reply
+     "model": "openai/gpt-4o-mini",     # the model that answered
+     "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+     "cost_usd": 5.85e-06,              # 0 from the cache or a cassette, and for unpriced models
+     "latency_ms": 412.0,
+     "hops": [{"model": ..., "error_class": "rate_limit", "message": ...}],   # models that failed first
+     "source": "live" | "cache" | "cassette",
+     "key": "<sha256 of the request>"}
+
+``model`` is one model or a list (the primary, then its fallbacks). A single model is
+followed by the project's ``fallbacks:``; with no model, the project's ``model:`` is used.
+litellm is imported when the first call is made, never when goatclaw is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from goatclaw.plugin import TaskContext, fail, task
+
+__all__ = ["llm"]
+
+_ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+@task(cacheable=True, permissions=("network",))
+async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
+              model: str | list[str] | None = None, system: str | None = None, temperature: float | None = None,
+              max_tokens: int | None = None, output: Literal["text", "json"] = "text",
+              schema: dict[str, Any] | None = None, api_base: str | None = None, api_key: str | None = None,
+              timeout: float | None = 120) -> dict[str, Any]:
+    """Ask a model: ``prompt`` (or chat ``messages``) → text, or parsed JSON with ``output: json``.
+
+    ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
+    match). ``api_base`` points at another OpenAI-compatible server (a local one, say).
+    """
+    from goatclaw import llm as room
+
+    request = room.Request(
+        models=_models(model, room.session()),
+        messages=tuple(_messages(prompt, messages, system)),
+        temperature=_number("temperature", temperature),
+        max_tokens=_count("max_tokens", max_tokens),
+        output=output,
+        schema=_schema(schema, output),
+        api_base=api_base or None,
+        api_key=api_key or None,
+        timeout=_number("timeout", timeout),
+    )
+    response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
+    return response.as_output()
+
+
+def _models(model: str | list[str] | None, session: Any) -> tuple[str, ...]:
+    """The chain to try: the task's list, or its model then the project's fallbacks."""
+    if isinstance(model, list):
+        chain = model
+    elif isinstance(model, str) and model:
+        chain = [model, *session.fallbacks]
+    else:
+        chain = [m for m in (session.model, *session.fallbacks) if m]
+    if not chain or not all(isinstance(m, str) and m.strip() for m in chain):
+        fail("no model: give model: (a litellm name such as openai/gpt-4o-mini, or a list of them) "
+             "or set model: in goatclaw.yaml", error_class="invalid_input")
+    return tuple(dict.fromkeys(m.strip() for m in chain))
+
+
+def _messages(prompt: str | None, messages: list[dict[str, Any]] | None, system: str | None) -> list[dict[str, Any]]:
+    """Chat messages from ``prompt`` or ``messages``, with ``system`` first."""
+    if (prompt is None) == (messages is None):
+        fail("give either prompt: or messages:, not both and not neither", error_class="invalid_input")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            fail("prompt is empty", error_class="invalid_input")
+        chat: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    else:
+        chat = [_message(i, m) for i, m in enumerate(messages or [])]
+        if not chat:
+            fail("messages is empty", error_class="invalid_input")
+    if system:
+        chat.insert(0, {"role": "system", "content": str(system)})
+    return chat
+
+
+def _message(index: int, m: Any) -> dict[str, Any]:
+    if not isinstance(m, Mapping) or m.get("role") not in _ROLES or "content" not in m:
+        fail(f"messages[{index}] must be a mapping with role ({', '.join(_ROLES)}) and content",
+             error_class="invalid_input")
+    return dict(m)
+
+
+def _number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        fail(f"{name} must be a non-negative number, not {value!r}", error_class="invalid_input")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        fail(f"{name} must be a positive integer, not {value!r}", error_class="invalid_input")
+    return value
+
+
+def _schema(schema: dict[str, Any] | None, output: str) -> dict[str, Any] | None:
+    if schema is None:
+        return None
+    if output != "json":
+        fail("schema: needs output: json", error_class="invalid_input")
+    from goatclaw.spec.schema import check_schema
+
+    problem = check_schema(schema)
+    if problem:
+        fail(f"schema is not a valid JSON Schema: {problem}", error_class="invalid_input")
+    return schema

@@ -1,0 +1,130 @@
+"""A real local HTTP server speaking the OpenAI chat completions API, scripted per test.
+
+``FakeOpenAI`` listens on ``127.0.0.1`` (a free port) in a thread. Every POST to
+``/v1/chat/completions`` is recorded in ``requests`` and answered by ``respond(body)``,
+which returns a :class:`Reply` (default: an answer echoing the last user message).
+Used by tests/test_llm.py and to record the cassette of pipelines/llm-digest.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """One scripted answer: a chat completion ``content``, or an HTTP error, or a hang."""
+
+    content: str | None = "ok"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = "error"
+    hang: float = 0.0
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+
+
+def completion_body(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """A chat completion response as the OpenAI API returns it."""
+    return {
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_local",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def echo(body: dict[str, Any]) -> Reply:
+    """The default answer: ``echo: <last user message>``."""
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    return Reply(f"echo: {users[-1]['content'] if users else ''}")
+
+
+class FakeOpenAI:
+    """The server; ``with FakeOpenAI() as srv:`` starts and stops it. ``srv.api_base`` for litellm."""
+
+    def __init__(self, respond: Callable[[dict[str, Any]], Reply] = echo) -> None:
+        self.respond = respond
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                outer.requests.append(body)
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}}, {})
+                reply = outer.respond(body)
+                if reply.hang:
+                    outer._stop.wait(reply.hang)
+                    return None
+                if reply.status != 200:
+                    err = {"error": {"message": reply.error, "type": "server_error", "code": str(reply.status)}}
+                    return self._send(reply.status, err, reply.headers)
+                return self._send(200, completion_body(body.get("model", "?"), reply.content or "",
+                                                       reply.prompt_tokens, reply.completion_tokens), reply.headers)
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def api_base(self) -> str:
+        """The base URL to give litellm (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        """Serve in a background thread."""
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release any hanging request."""
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":  # a server to point a pipeline at by hand
+    with FakeOpenAI() as srv:
+        print(srv.api_base, flush=True)
+        threading.Event().wait()
