@@ -164,6 +164,23 @@ async def arun(
     return result
 
 
+async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str]) -> None:
+    """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
+    from goatclaw.memory.learn import MemorySettings, remember_run
+
+    settings = MemorySettings.from_data(project.data.get("memory"))
+    if not settings.enabled or result.store_path is None:
+        return
+    plugins = {tid: t.uses or "" for tid, t in pipeline.tasks.items()}
+    try:
+        await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
+                                secrets=secrets)
+    except GoatclawError as exc:
+        logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
+    except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
+        logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None) -> llm_room.Session:
     """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models."""
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
@@ -186,21 +203,6 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         budget_usd=budget.usd if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
     )
-async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str]) -> None:
-    """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
-    from goatclaw.memory.learn import MemorySettings, remember_run
-
-    settings = MemorySettings.from_data(project.data.get("memory"))
-    if not settings.enabled or result.store_path is None:
-        return
-    plugins = {tid: t.uses or "" for tid, t in pipeline.tasks.items()}
-    try:
-        await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
-                                secrets=secrets)
-    except GoatclawError as exc:
-        logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
-    except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
-        logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
 
 
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,
