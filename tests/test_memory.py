@@ -264,3 +264,53 @@ def test_memory_task_refuses_a_search_without_query(write_pipeline: Callable[...
         """)
     result = goatclaw.run(path)
     assert not result.ok and "search needs a query" in (result.tasks["recall"].error or "")
+
+
+# -- the CLI -----------------------------------------------------------------------------
+
+
+def test_cli_memory_search_list_stats_forget(store_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    with open_memory(store_path) as m:
+        for text in FAILURES:
+            m.add(text, "failure", {"pipeline": "p", "task": "fetch"})
+    cli = CliRunner()
+    found = cli.invoke(app, ["memory", "search", "the service answered 503 unavailable", "-k", "2", "--json"])
+    assert found.exit_code == 0, found.output
+    hits = __import__("json").loads(found.output)
+    assert hits[0]["text"] == "HTTP 503 from api.example.com" and len(hits) == 2
+    listed = cli.invoke(app, ["memory", "list", "--kind", "failure"])
+    assert listed.exit_code == 0 and "disk full writing out/report.md" in listed.output
+    stats = cli.invoke(app, ["memory", "stats"])
+    assert "wordllama (256 dims)" in stats.output and "failure" in stats.output
+    assert cli.invoke(app, ["memory", "forget", "1"]).output.strip() == "forgot 1 memory"
+    bad = cli.invoke(app, ["memory", "search", "x", "--kind", "nonsense"])
+    assert bad.exit_code == 1 and "unknown memory kind 'nonsense'" in bad.output
+
+
+def test_cli_why_shows_the_past_fix(run_fetcher) -> None:
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    run_fetcher("connection refused to api.example.com")
+    run_fetcher("")
+    failed = run_fetcher("ECONNREFUSED: could not connect to api.example.com")
+    shown = CliRunner().invoke(app, ["why", failed.run_id], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "✗ fetch (connection): ECONNREFUSED" in shown.output
+    assert "like: connection refused to api.example.com" in shown.output
+    assert "fixed by: vars changed (error)" in shown.output
+
+
+def test_importing_goatclaw_and_the_cli_loads_no_memory_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, goatclaw, goatclaw.cli.app; "
+            "print(sorted(m for m in ('wordllama', 'sqlite_vec', 'goatclaw.memory.store') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

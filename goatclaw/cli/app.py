@@ -389,4 +389,6 @@ def plugins_show(
 
 
 # the commands over stored runs live in their own module; importing it registers them
+# (and those over semantic memory: memory …, why)
 from goatclaw.cli import history as _history  # noqa: E402, F401
+from goatclaw.cli import memory as _memory  # noqa: E402, F401

@@ -1,0 +1,196 @@
+"""Commands over semantic memory: ``memory search|list|forget|stats|consolidate|reembed`` and ``why``.
+
+Registered on the app by importing this module (``goatclaw.cli.app`` does). Each command
+parses, calls :mod:`goatclaw.memory`, and prints through the console it is given; the
+memory package (sqlite-vec, the embedder) is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from goatclaw.cli.app import _open_store, _out, app, handles_errors
+
+__all__ = ["memory_app"]
+
+memory_app = typer.Typer(help="Semantic memory: past runs, failures and their fixes, searched by meaning.",
+                         no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+StoreOption = Annotated[Path | None, typer.Option("--store", help="The store file.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+KindOption = Annotated[str | None, typer.Option("--kind", help="Only this kind: run, output, failure, fix, note.")]
+
+
+def _settings() -> Any:
+    from goatclaw.api import load_project_for
+    from goatclaw.memory.learn import MemorySettings
+
+    return MemorySettings.from_data(load_project_for(None).data.get("memory"))
+
+
+@contextmanager
+def _memory(store: Path | None) -> Iterator[Any]:
+    from goatclaw.memory.store import MemoryStore
+
+    with _open_store(store) as db:
+        yield MemoryStore(db, _settings().embedder)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
+    console = _out()
+    if not rows:
+        console.print("no memories")
+        return
+    for m in rows:
+        head = f"[bold]{m.id:>5}[/bold] {m.kind:<7}"
+        if scores:
+            head += f" {m.score:5.3f}"
+        seen = f" ×{m.count}" if m.count > 1 else ""
+        where = " ".join(f"{k}={m.metadata[k]}" for k in ("pipeline", "task") if m.metadata.get(k))
+        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{where}[/dim]", markup=True)
+        console.print(f"       {m.text}", markup=False)
+
+
+@memory_app.command("search")
+@handles_errors
+def memory_search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 10,
+    kind: KindOption = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="The lowest similarity (0..1).")] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The memories most similar in meaning to QUERY, best first."""
+    with _memory(store) as mem:
+        hits = mem.search(query, k=k, kind=kind, min_score=min_score)
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, default=str))
+    else:
+        _print_memories(hits, scores=True)
+
+
+@memory_app.command("list")
+@handles_errors
+def memory_list(
+    kind: KindOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many.")] = 50,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The most recently seen memories."""
+    with _memory(store) as mem:
+        rows = mem.list(kind=kind, limit=limit)
+    if as_json:
+        print(json.dumps([m.to_dict() for m in rows], indent=2, default=str))
+    else:
+        _print_memories(rows)
+
+
+@memory_app.command("forget")
+@handles_errors
+def memory_forget(
+    memory_id: Annotated[int | None, typer.Argument(help="The memory's id.")] = None,
+    kind: KindOption = None,
+    store: StoreOption = None,
+) -> None:
+    """Forget one memory (by id) or every memory of a kind."""
+    with _memory(store) as mem:
+        n = mem.forget(memory_id, kind=kind)
+    _out().print(f"forgot {n} memor{'y' if n == 1 else 'ies'}")
+
+
+@memory_app.command("stats")
+@handles_errors
+def memory_stats(store: StoreOption = None, as_json: JsonOption = False) -> None:
+    """How many memories of each kind, the embedder and its dimension."""
+    with _memory(store) as mem:
+        data = mem.stats()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    console = _out()
+    console.print(f"store     {data['store']}", markup=False)
+    console.print(f"embedder  {data['embedder'] or '(none yet)'}" + (f" ({data['dim']} dims)" if data["dim"] else ""),
+                  markup=False)
+    console.print(f"memories  {data['memories']} (seen {data['seen'] or 0} times)  "
+                  f"first {_when(data['first'])}, last {_when(data['last'])}", markup=False)
+    for kind, row in data["kinds"].items():
+        console.print(f"  {kind:<8}{row['memories']:>7}  seen {row['seen']}", markup=False)
+
+
+@memory_app.command("consolidate")
+@handles_errors
+def memory_consolidate(
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Similarity at which two memories are one.")] = 0.95,
+    max_memories: Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many "
+                                                     "(default: memory.max_memories).")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Merge near-duplicate memories (with a count) and drop the least valuable over the maximum."""
+    with _memory(store) as mem:
+        result = mem.consolidate(threshold=threshold, max_memories=max_memories or _settings().max_memories)
+    _out().print(f"merged {result['merged']}, dropped {result['dropped']}, kept {result['kept']}")
+
+
+@memory_app.command("reembed")
+@handles_errors
+def memory_reembed(store: StoreOption = None) -> None:
+    """Re-embed every memory with the configured embedder (after changing memory.embedder)."""
+    with _memory(store) as mem:
+        n = mem.reembed(_settings().embedder)
+    _out().print(f"re-embedded {n} memories with {_settings().embedder}")
+
+
+@app.command("why")
+@handles_errors
+def why(
+    run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
+    task: Annotated[str | None, typer.Argument(help="One task (default: every failed task).")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many similar past failures.")] = 3,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Explain a run's failures with the most similar past failures and what fixed them."""
+    from goatclaw.memory.learn import explain
+
+    settings = _settings()
+    with _open_store(store) as db:
+        path = db.path
+    run_id, found = explain(path, run, task, k=k, min_score=settings.similarity_threshold,
+                            embedder=settings.embedder)
+    if as_json:
+        print(json.dumps({"run": run_id, "tasks": [e.to_dict() for e in found]}, indent=2, default=str))
+        return
+    _print_explanations(run_id, found)
+
+
+def _print_explanations(run_id: str, found: list[Any]) -> None:
+    console = _out()
+    if not found:
+        console.print(f"run {run_id} has no failed task")
+    for e in found:
+        console.print(f"[bold red]✗ {e.task}[/bold red] ({e.error_class}): {e.error}", markup=True, highlight=False)
+        if not e.similar:
+            console.print("  nothing like it was seen before")
+        for s in e.similar:
+            seen = f"seen {s['count']}×, last {_when(s['last_seen'])}"
+            console.print(f"  {s['score']:.2f} like: {s['text']}  ({seen})", markup=False)
+            for f in s["fixes"]:
+                console.print(f"       fixed by: {f['metadata'].get('how') or f['text']} "
+                              f"(run {f['metadata'].get('run')})", markup=False)
+            if not s["fixes"]:
+                console.print("       no fix recorded", markup=False)
