@@ -37,6 +37,8 @@ from goatclaw.registry import Plugin, Registry, default_registry
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
+from goatclaw.validation import check_output
+from goatclaw.validation import failure as validation_failure
 
 __all__ = ["RunOptions", "execute"]
 
@@ -644,12 +646,29 @@ class _Runner:
         ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
                           index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
                           self.recorder.task_event, self.opts.store_path)
+        if task.validate:
+            result = await self._call(task, plugin, ctx, kwargs) if task.breaker is None else \
+                await self._guarded(task, plugin, ctx, kwargs, task.breaker)
+            self._check_output(task, result[0], context, index)
+            return result
         if task.breaker is not None:
             return await self._guarded(task, plugin, ctx, kwargs, task.breaker)
         if task.timeout is None and self.inline_async and plugin.is_async:
             output = await plugin.fn(ctx, **kwargs)  # the common case, one coroutine layer less
             return output, _to_json(output)
         return await self._call(task, plugin, ctx, kwargs)
+
+    def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None) -> None:
+        """Judge ``output`` by the task's ``validate:`` rules; every verdict is an event."""
+        assert self.recorder is not None
+        base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
+        verdicts = check_output(task.validate, output, context, base=base,
+                                validator=lambda name: self.registry.validator(name).fn)
+        for verdict in verdicts:
+            self.recorder.event("task.rule", task.id, {"item": index, **verdict.to_dict()})
+        error = validation_failure(verdicts)
+        if error is not None:
+            raise error
 
     async def _guarded(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any],
                        policy: BreakerPolicy) -> tuple[Any, str]:

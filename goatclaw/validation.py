@@ -1,0 +1,262 @@
+"""Output validation: the rule kinds of ``validate:`` and how a task's output is judged.
+
+Rules run in the order written (write the cheap ones first). Each gives a verdict
+(passed, message); a failed rule with ``severity: error`` fails the task with error
+class ``validation`` (never retried as an infrastructure error), one with
+``severity: warn`` is only recorded. Kinds:
+
+* ``schema``: a JSON Schema (``{$ref: path.json}`` loads it from a file beside the pipeline),
+* ``expr``: a sandboxed expression over ``output`` (and ``tasks``, ``vars``),
+* ``type``, ``range`` (``min``/``max``), ``length`` (exact or ``min``/``max``),
+  ``format`` (email, url, uuid, date, date-time, ipv4, ipv6, hostname),
+  ``regex`` (RE2: linear time, so no catastrophic backtracking), ``one_of``,
+* ``use``: a custom validator (registered from Python or the ``goatclaw.validators``
+  entry-point group) called as ``validator(output, **with)``; it returns ``None`` or
+  ``True`` to pass, ``False`` or a message to fail,
+* ``judge``: a criterion checked by an LLM. It is not evaluated yet: its verdict says
+  so (``passed`` is ``None``) and it never passes or fails a task silently.
+
+The auto-fix loop (``fix:``) builds on these verdicts and is not part of this module yet.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from goatclaw.errors import PluginError, TaskError, TemplateError
+from goatclaw.spec.model import Rule
+from goatclaw.spec.schema import check_instance, check_schema
+from goatclaw.template import compile_expression
+
+__all__ = ["Verdict", "check_output", "rule_problem"]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                       r"[A-Za-z0-9])?)*\.?$")
+_JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's verdict on an output. ``passed`` is ``None`` when the rule was not evaluated."""
+
+    index: int
+    kind: str
+    passed: bool | None
+    message: str
+    severity: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as event data."""
+        return {"rule": self.index, "kind": self.kind, "passed": self.passed, "message": self.message,
+                "severity": self.severity}
+
+
+def check_output(rules: tuple[Rule, ...], output: Any, context: Mapping[str, Any], *, base: Path,
+                 validator: Callable[[str], Any]) -> list[Verdict]:
+    """Every rule's verdict on ``output``, in order.
+
+    ``context`` is the task's template context (``output`` is added); ``base`` is the
+    folder that schema ``$ref`` paths start from; ``validator(name)`` finds a custom one.
+    """
+    verdicts = []
+    for i, rule in enumerate(rules):
+        passed, why = _judge(rule, output, context, base, validator)
+        message = rule.message if (passed is False and rule.message) else why
+        verdicts.append(Verdict(i, rule.kind, passed, message, rule.severity))
+    return verdicts
+
+
+def failure(verdicts: list[Verdict]) -> TaskError | None:
+    """The task error for the failed ``error`` rules, or ``None`` when the output passes."""
+    failed = [v for v in verdicts if v.passed is False and v.severity == "error"]
+    if not failed:
+        return None
+    text = "; ".join(f"rule {v.index + 1} ({v.kind}): {v.message}" for v in failed)
+    return TaskError(f"the output failed validation: {text}", error_class="validation",
+                     details={"verdicts": [v.to_dict() for v in verdicts]})
+
+
+def _judge(rule: Rule, output: Any, context: Mapping[str, Any], base: Path,
+           validator: Callable[[str], Any]) -> tuple[bool | None, str]:
+    kind, arg = rule.kind, rule.arg
+    if kind == "schema":
+        errors = check_instance(output, _schema(arg, base))
+        return (not errors), "; ".join(errors[:5]) or "matches the schema"
+    if kind == "expr":
+        try:
+            ok = bool(compile_expression(arg).evaluate({**context, "output": output}))
+        except TemplateError as exc:
+            return False, f"the expression failed: {exc.message}"
+        return ok, f"{arg}" + ("" if ok else " is false")
+    if kind == "type":
+        ok = _JSON_TYPES[arg](output)
+        return ok, f"is {'' if ok else 'not '}of type {arg}" + ("" if ok else f" (got {_type_name(output)})")
+    if kind == "range":
+        return _range(output, arg)
+    if kind == "length":
+        return _length(output, arg)
+    if kind == "format":
+        ok = isinstance(output, str) and _FORMATS[arg](output)
+        return ok, f"{_short(output)} is {'' if ok else 'not '}a valid {arg}"
+    if kind == "regex":
+        ok = isinstance(output, str) and _regex(arg).search(output) is not None
+        return ok, f"{'matches' if ok else 'does not match'} /{arg}/"
+    if kind == "one_of":
+        ok = output in arg
+        return ok, f"{_short(output)} is {'' if ok else 'not '}one of {_short(arg)}"
+    if kind == "use":
+        return _custom(arg, output, dict(rule.options.get("with") or {}), validator)
+    return None, f"{kind} rules are not evaluated yet (the LLM judge comes with issue 5)"
+
+
+def _range(output: Any, arg: Mapping[str, Any]) -> tuple[bool, str]:
+    if not _JSON_TYPES["number"](output):
+        return False, f"expected a number, got {_type_name(output)}"
+    low, high = arg.get("min"), arg.get("max")
+    ok = (low is None or output >= low) and (high is None or output <= high)
+    return ok, f"{output} is {'' if ok else 'not '}within [{low if low is not None else '-∞'}, " \
+               f"{high if high is not None else '∞'}]"
+
+
+def _length(output: Any, arg: Any) -> tuple[bool, str]:
+    if not isinstance(output, (str, list, dict)):
+        return False, f"expected a string, array or object, got {_type_name(output)}"
+    n = len(output)
+    if isinstance(arg, int):
+        return n == arg, f"length {n}" + ("" if n == arg else f", expected {arg}")
+    low, high = arg.get("min"), arg.get("max")
+    ok = (low is None or n >= low) and (high is None or n <= high)
+    return ok, f"length {n}" + ("" if ok else f", expected {low if low is not None else 0}..{high or '∞'}")
+
+
+def _custom(name: str, output: Any, params: dict[str, Any], validator: Callable[[str], Any]) -> tuple[bool, str]:
+    try:
+        fn = validator(name)
+    except PluginError as exc:
+        return False, exc.message
+    try:
+        answer = fn(output, **params)
+    except Exception as exc:  # the validator's own bug is reported, never raised through the engine
+        return False, f"validator '{name}' raised {type(exc).__name__}: {exc}"
+    if answer is None or answer is True:
+        return True, f"validator '{name}' passed"
+    if answer is False:
+        return False, f"validator '{name}' rejected the output"
+    return False, str(answer)
+
+
+def _is_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https", "ftp", "ws", "wss", "file") and bool(parts.netloc or parts.path)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
+
+
+def _is_datetime(text: str) -> bool:
+    try:
+        datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return "T" in text or " " in text
+
+
+_FORMATS: Mapping[str, Callable[[str], bool]] = {
+    "email": lambda t: bool(_EMAIL.match(t)),
+    "url": _is_url,
+    "uuid": _is_uuid,
+    "date": _is_date,
+    "date-time": _is_datetime,
+    "ipv4": lambda t: _is_ip(t, 4),
+    "ipv6": lambda t: _is_ip(t, 6),
+    "hostname": lambda t: bool(_HOSTNAME.match(t)),
+}
+
+
+@cache
+def _regex(pattern: str) -> Any:
+    """Compile with RE2: matching takes linear time, whatever the pattern or input."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _schema(arg: Any, base: Path) -> dict[str, Any]:
+    if isinstance(arg, dict) and set(arg) == {"$ref"} and isinstance(arg["$ref"], str) and not arg["$ref"].startswith(
+            "#"):
+        loaded: dict[str, Any] = json.loads((base / arg["$ref"]).read_text(encoding="utf-8"))
+        return loaded
+    return dict(arg)
+
+
+def rule_problem(rule: Rule, base: Path, validator_exists: Callable[[str], bool]) -> str | None:
+    """What is statically wrong with a rule (checked by ``goatclaw validate``), else ``None``."""
+    if rule.kind == "schema":
+        try:
+            schema = _schema(rule.arg, base)
+        except (OSError, ValueError) as exc:
+            return f"cannot read the schema {rule.arg.get('$ref')}: {exc}"
+        why = check_schema(schema)
+        return f"not a valid JSON Schema: {why}" if why else None
+    if rule.kind == "regex":
+        try:
+            _regex(rule.arg)
+        except Exception as exc:
+            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+            return f"not a pattern RE2 accepts (RE2 has no backreferences or lookaround): {why}"
+    if rule.kind == "use" and not validator_exists(rule.arg):
+        return f"unknown validator '{rule.arg}' (is its package installed? see `goatclaw plugins`)"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    for name, test in _JSON_TYPES.items():
+        if name != "integer" and test(value):
+            return "integer" if name == "number" and isinstance(value, int) else name
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
