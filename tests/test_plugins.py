@@ -145,6 +145,21 @@ def test_a_pipeline_uses_the_task_validator_and_hook(write_pipeline: Callable[..
     assert set(summary["tasks"]) == {"stats", "slug"}
 
 
+def test_the_example_validator_judges_the_output(write_pipeline: Callable[..., Path]) -> None:
+    path = write_pipeline("""
+        version: 1
+        tasks:
+          slug:
+            uses: echo
+            with: {value: "Not A Slug!"}
+            validate:
+              - use: example.slug
+        """)
+    result = goatclaw.run(path, store=False)
+    assert result.tasks["slug"].error_class == "validation", result.to_dict()
+    assert "rule 1 (use)" in (result.tasks["slug"].error or "")
+
+
 def test_validate_catches_bad_arguments_of_a_third_party_task(write_pipeline: Callable[..., Path]) -> None:
     path = write_pipeline("""
         version: 1
