@@ -133,7 +133,18 @@ class MemoryStore:
         """Remember several ``(text, kind, metadata)`` at once (one embedding batch, one transaction)."""
         for _, kind, _ in items:
             _check_kind(kind)
-        vectors = self.embed([text for text, _, _ in items])
+        return self.add_embedded(items, self.embed([text for text, _, _ in items]), merge_threshold=merge_threshold,
+                                 at=at)
+
+    def add_embedded(self, items: Sequence[tuple[str, str, Mapping[str, Any]]], vectors: np.ndarray, *,
+                     merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None) -> list[Memory]:
+        """Like :meth:`add_many` with the vectors already made by this store's embedder (imports, benchmarks)."""
+        emb = self._vectors_ready()
+        if len(vectors) != len(items) or (len(vectors) and np.shape(vectors)[1] != emb.dim):
+            raise GoatclawError(f"add_embedded: expected {len(items)} vectors of {emb.dim} dims, "
+                                f"got shape {np.shape(vectors)}")
+        for _, kind, _ in items:
+            _check_kind(kind)
         now = time.time() if at is None else at
         out: list[Memory] = []
         with self.store.transaction() as db:
