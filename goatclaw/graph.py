@@ -20,7 +20,8 @@ from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Task
 from goatclaw.template import TemplateRefs, check_expression, check_value, has_template
 
-__all__ = ["Plan", "build_plan", "check_templates", "compile_plan", "graph_problems", "plan_data", "render_plan"]
+__all__ = ["Plan", "build_plan", "check_templates", "compile_plan", "graph_problems", "knowledge_graph",
+           "plan_data", "render_knowledge", "render_plan"]
 
 #: Names every task template may read.
 TASK_NAMES = frozenset({"vars", "env", "secrets", "run", "tasks"})
@@ -249,4 +250,38 @@ def _dot(plan: Plan) -> str:
     for src, dst in plan.graph.edges:
         lines.append(f"    {json.dumps(src)} -> {json.dumps(dst)};")
     lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# -- the memory's knowledge graph ----------------------------------------------------------
+
+
+def knowledge_graph(entities: Iterable[Mapping[str, Any]], relations: Iterable[Mapping[str, Any]]) -> Any:
+    """A networkx ``MultiDiGraph`` of the memory's entities (nodes ``kind:name``) and relations (edges).
+
+    Nodes carry ``kind`` and ``name``; edges ``relation``, ``count``, ``first_seen`` and
+    ``last_seen`` (see :mod:`goatclaw.memory.knowledge`).
+    """
+    graph = nx.MultiDiGraph()
+    names = {}
+    for e in entities:
+        names[e["id"]] = f"{e['kind']}:{e['name']}"
+        graph.add_node(names[e["id"]], kind=e["kind"], name=e["name"])
+    for r in relations:
+        graph.add_edge(names[r["source"]], names[r["target"]], key=r["relation"], relation=r["relation"],
+                       count=r["count"], first_seen=r["first_seen"], last_seen=r["last_seen"])
+    return graph
+
+
+def render_knowledge(graph: Any, fmt: str) -> str:
+    """The knowledge graph as ``mermaid``, ``graphml`` or ``json`` (node-link) text."""
+    if fmt == "graphml":
+        return "\n".join(nx.generate_graphml(graph)) + "\n"
+    if fmt == "json":
+        return json.dumps(nx.node_link_data(graph, edges="edges"), indent=2, default=str) + "\n"
+    ids = {node: f"n{i}" for i, node in enumerate(graph.nodes)}
+    lines = ["graph LR"]
+    lines += [f'    {ids[n]}["{n.replace(chr(34), chr(39))}"]' for n in graph.nodes]
+    for a, b, data in graph.edges(data=True):
+        lines.append(f"    {ids[a]} -->|{data['relation']} ×{data['count']}| {ids[b]}")
     return "\n".join(lines) + "\n"

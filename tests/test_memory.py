@@ -314,3 +314,24 @@ def test_importing_goatclaw_and_the_cli_loads_no_memory_library() -> None:
             "print(sorted(m for m in ('wordllama', 'sqlite_vec', 'goatclaw.memory.store') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_knowledge_graph_of_a_failure_and_its_fix(run_fetcher) -> None:
+    import networkx as nx
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    run_fetcher("connection refused to api.example.com")
+    run_fetcher("")
+    cli = CliRunner()
+    mermaid = cli.invoke(app, ["memory", "graph"])
+    assert mermaid.exit_code == 0, mermaid.output
+    assert mermaid.output.startswith("graph LR") and "failed_with ×1" in mermaid.output
+    graphml = cli.invoke(app, ["memory", "graph", "--format", "graphml"]).output
+    graph = nx.parse_graphml(graphml, force_multigraph=True)
+    edges = {(a, b, d["relation"]) for a, b, d in graph.edges(data=True)}
+    assert ("task:fetcher.fetch", "error:connection", "failed_with") in edges
+    assert ("error:connection", "fix:later run", "fixed_by") in edges
+    assert ("task:fetcher.fetch", "plugin:flaky", "uses") in edges
+    assert ("pipeline:fetcher", "task:fetcher.after", "uses") in edges

@@ -194,3 +194,21 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
                               f"(run {f['metadata'].get('run')})", markup=False)
             if not s["fixes"]:
                 console.print("       no fix recorded", markup=False)
+
+
+@memory_app.command("graph")
+@handles_errors
+def memory_graph(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid, graphml or json.")] = "mermaid",
+    store: StoreOption = None,
+) -> None:
+    """The knowledge graph: pipelines, tasks, plugins, error classes and fixes, with how they relate."""
+    from goatclaw.errors import GoatclawError
+    from goatclaw.graph import knowledge_graph, render_knowledge
+    from goatclaw.memory.knowledge import graph_data
+
+    if fmt not in ("mermaid", "graphml", "json"):
+        raise GoatclawError(f"--format must be mermaid, graphml or json, not '{fmt}'")
+    with _open_store(store) as db:
+        entities, relations = graph_data(db.db)
+    print(render_knowledge(knowledge_graph(entities, relations), fmt), end="")

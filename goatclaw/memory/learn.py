@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from goatclaw.errors import GoatclawError
+from goatclaw.memory import knowledge
 from goatclaw.store import Store, TaskRow
 
 __all__ = ["Explanation", "MemorySettings", "explain", "remember_run"]
@@ -89,7 +90,7 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
         summary_wanted = settings.runs is True or (settings.runs is None and (notes.failures or notes.fixes))
         if not (notes.failures or notes.fixes or notes.outputs or summary_wanted):
             return 0
-        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted))
+        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins)
 
 
 def _worth_a_look(store: Store, pipeline: str, run_id: str) -> bool:
@@ -175,7 +176,7 @@ def _what_changed(store: Store, failed_run: str | None, run_id: str, t: TaskRow)
 
 
 def _write(store: Store, run: Any, tasks: Sequence[TaskRow], notes: _Notes, settings: MemorySettings, mask: Any,
-           summary: bool) -> int:
+           summary: bool, plugins: Mapping[str, str]) -> int:
     from goatclaw.memory.store import MemoryStore  # sqlite-vec only when something is written
 
     mem = MemoryStore(store, settings.embedder)
@@ -186,6 +187,9 @@ def _write(store: Store, run: Any, tasks: Sequence[TaskRow], notes: _Notes, sett
                                                                   "status": run.status, "time": time.time()}))
     written = mem.add_many(items)
     _link_fixes(store, notes, written[len(notes.failures):len(notes.failures) + len(notes.fixes)])
+    with store.transaction() as db:
+        knowledge.record(db, knowledge.relations_of(run.pipeline, tasks, plugins, (m for _, m in notes.failures),
+                                                    (m for _, m, _ in notes.fixes)))
     if settings.max_memories is not None and mem.count() > settings.max_memories:
         mem.consolidate(max_memories=settings.max_memories)
     return len(written)
