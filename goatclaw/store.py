@@ -148,21 +148,6 @@ def _m004_dead_letters(db: Connection) -> None:
     )
 
 
-def _m006_llm_cache(db: Connection) -> None:
-    # LLM answers by request hash (goatclaw.llm): model, messages and parameters, never the key
-    _script(
-        db,
-        """
-        CREATE TABLE llm_cache (
-            key TEXT PRIMARY KEY,
-            model TEXT NOT NULL,
-            response TEXT NOT NULL,
-            created_at REAL NOT NULL
-        ) WITHOUT ROWID
-        """,
-    )
-
-
 def _m005_memory(db: Connection) -> None:
     # The vec0 vector table is made by goatclaw.memory on first use: it needs sqlite-vec
     # loaded and the embedder's dimension.
@@ -194,6 +179,21 @@ def _m005_memory(db: Connection) -> None:
             first_seen REAL NOT NULL,
             last_seen REAL NOT NULL,
             PRIMARY KEY (source, relation, target)
+        ) WITHOUT ROWID
+        """,
+    )
+
+
+def _m006_llm_cache(db: Connection) -> None:
+    # LLM answers by request hash (goatclaw.llm): model, messages and parameters, never the key
+    _script(
+        db,
+        """
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at REAL NOT NULL
         ) WITHOUT ROWID
         """,
     )
