@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import gc
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,11 +97,41 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def e2e() -> None:
+    """A 10k-task pipeline from its file to a stored run: in-process steps, and the CLI as a user runs it."""
+    n = 10_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e2e.yaml"
+        write_yaml(make_dag(n), path)
+        t0 = time.perf_counter()
+        pipeline = goatclaw.load(path)
+        t1 = time.perf_counter()
+        result = goatclaw.run(pipeline, store=Path(tmp) / "e2e.db", cache=False)
+        t2 = time.perf_counter()
+        assert result.ok
+        cli = [sys.executable, "-m", "goatclaw", "apply", str(path), "--no-cache", "--output", "json",
+               "--store", str(Path(tmp) / "cli.db")]
+        c0 = time.perf_counter()
+        subprocess.run(cli, check=True, stdout=subprocess.DEVNULL)
+        c1 = time.perf_counter()
+    print("\n10k-task pipeline, file to stored run (target < 2 s)\n")
+    print("| step | time |")
+    print("|------|-----:|")
+    print(f"| load + check (YAML, schema, graph, templates, plugins) | {(t1 - t0) * 1000:,.0f} ms |")
+    print(f"| compile + run + store | {(t2 - t1) * 1000:,.0f} ms |")
+    print(f"| **total, in process** | **{(t2 - t0) * 1000:,.0f} ms** |")
+    print(f"| `goatclaw apply` as a new process (imports and JSON output included) | {(c1 - c0) * 1000:,.0f} ms |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--e2e", action="store_true", help="only the 10k file-to-stored-run timing")
     args = parser.parse_args()
+    if args.e2e:
+        e2e()
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,23 +157,8 @@ def main() -> int:
             print(f"| {n:,} | {bare * 1000:,.0f} ms | {engine * 1000:,.0f} ms | {bare / n * 1e6:.1f} | "
                   f"{engine / n * 1e6:.1f} | {engine / bare:.1f}x | {with_cache / n * 1e6:.1f} |")
 
-        n = 10_000
-        dag = make_dag(n)
-        path = Path(tmp) / "e2e.yaml"
-        write_yaml(dag, path)
-        store = Path(tmp) / "e2e.db"
-        t0 = time.perf_counter()
-        pipeline = goatclaw.load(path)
-        t1 = time.perf_counter()
-        result = goatclaw.run(pipeline, store=store, cache=False)
-        t2 = time.perf_counter()
-        assert result.ok
-        print("\n10k-task pipeline, file to stored run (target < 2 s)\n")
-        print("| step | time |")
-        print("|------|-----:|")
-        print(f"| load + check (YAML, schema, graph, templates, plugins) | {(t1 - t0) * 1000:,.0f} ms |")
-        print(f"| compile + run + store | {(t2 - t1) * 1000:,.0f} ms |")
-        print(f"| **total** | **{(t2 - t0) * 1000:,.0f} ms** |")
+    # file to stored run, in a fresh interpreter (a user's process never starts with a 100k-task heap)
+    subprocess.run([sys.executable, __file__, "--e2e"], check=True)
     return 0
 
 

@@ -28,6 +28,8 @@ from goatclaw.spec.loader import Document, dotted
 __all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
 
 SCHEMAS = ("pipeline", "goatclaw")
+#: Documents with more nodes than this are checked by the compiled fast path first.
+_FAST_FROM_NODES = 2000
 _TYPE_ORDER = ("number", "integer", "string", "boolean", "object", "array", "null")
 _DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
 
@@ -82,12 +84,17 @@ def _full(name: str) -> jsonschema.Draft202012Validator:
 
 
 def check_document(doc: Document, name: str = "pipeline") -> list[Problem]:
-    """Every schema problem in ``doc``, located and sorted (empty when valid)."""
-    try:
-        _fast(name)(doc.data)
-        return []
-    except fastjsonschema.JsonSchemaException:
-        pass
+    """Every schema problem in ``doc``, located and sorted (empty when valid).
+
+    Small documents (a project file, a short pipeline) go straight to jsonschema:
+    compiling the fast validator costs more than checking them.
+    """
+    if len(doc.locations) > _FAST_FROM_NODES:
+        try:
+            _fast(name)(doc.data)
+            return []
+        except fastjsonschema.JsonSchemaException:
+            pass
     return schema_problems(doc, _full(name).iter_errors(doc.data))
 
 
