@@ -13,10 +13,12 @@ class ``validation`` (never retried as an infrastructure error), one with
 * ``use``: a custom validator (registered from Python or the ``goatclaw.validators``
   entry-point group) called as ``validator(output, **with)``; it returns ``None`` or
   ``True`` to pass, ``False`` or a message to fail,
-* ``judge``: a criterion checked by an LLM. It is not evaluated yet: its verdict says
-  so (``passed`` is ``None``) and it never passes or fails a task silently.
+* ``judge``: a criterion (templated with the task context) checked by an LLM that
+  answers ``{"verdict": "pass"|"fail", "score": 0..1, "reason": ...}``; it passes when
+  the verdict is pass and the score reaches ``threshold`` (default 0.5). Judge rules run
+  last (:func:`acheck_output`), and are not asked when a cheaper error rule already failed.
 
-The auto-fix loop (``fix:``) builds on these verdicts and is not part of this module yet.
+The auto-fix loop (``fix:``) builds on these verdicts (:mod:`goatclaw.fix`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,9 +38,20 @@ from urllib.parse import urlsplit
 from goatclaw.errors import PluginError, TaskError, TemplateError
 from goatclaw.spec.model import Rule
 from goatclaw.spec.schema import check_instance, check_schema
-from goatclaw.template import compile_expression
+from goatclaw.template import compile_expression, compile_value
 
-__all__ = ["Verdict", "check_output", "rule_problem"]
+__all__ = ["JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages", "judge_verdict",
+           "rule_problem"]
+
+#: The JSON a judge must answer with.
+JUDGE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["verdict", "score"],
+    "properties": {"verdict": {"enum": ["pass", "fail"]}, "score": {"type": "number", "minimum": 0, "maximum": 1},
+                   "reason": {"type": "string"}},
+}
+#: How a judge rule is asked: ``(rule, criterion, output) -> (passed, why)``.
+JudgeFn = Callable[[Rule, str, Any], Awaitable[tuple[bool | None, str]]]
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
@@ -85,14 +98,78 @@ def check_output(rules: tuple[Rule, ...], output: Any, context: Mapping[str, Any
     return verdicts
 
 
-def failure(verdicts: list[Verdict]) -> TaskError | None:
+async def acheck_output(rules: tuple[Rule, ...], output: Any, context: Mapping[str, Any], *, base: Path,
+                        validator: Callable[[str], Any], judge: JudgeFn | None) -> list[Verdict]:
+    """Every rule's verdict, ``judge`` rules last (the cheap rules first, the LLM only if they pass).
+
+    ``judge(rule, criterion, output)`` asks the LLM; without one, judge rules are not evaluated.
+    """
+    cheap = [(i, r) for i, r in enumerate(rules) if r.kind != "judge"]
+    found = check_output(tuple(r for _, r in cheap), output, context, base=base, validator=validator)
+    verdicts = {i: Verdict(i, v.kind, v.passed, v.message, v.severity) for (i, _), v in zip(cheap, found, strict=True)}
+    blocked = any(v.passed is False and v.severity == "error" for v in verdicts.values())
+    for i, rule in enumerate(rules):
+        if rule.kind != "judge":
+            continue
+        if blocked or judge is None:
+            why = "not asked: a cheaper rule already failed" if blocked else "no LLM judge available"
+            verdicts[i] = Verdict(i, "judge", None, why, rule.severity)
+            continue
+        try:
+            criterion = str(compile_value(rule.arg).render({**context, "output": output}))
+        except TemplateError as exc:
+            verdicts[i] = Verdict(i, "judge", False, f"the criterion failed to render: {exc.message}", rule.severity)
+            continue
+        passed, why = await judge(rule, criterion, output)
+        message = rule.message if (passed is False and rule.message) else why
+        verdicts[i] = Verdict(i, "judge", passed, message, rule.severity)
+    return [verdicts[i] for i in sorted(verdicts)]
+
+
+def judge_messages(criterion: str, output: Any) -> list[dict[str, str]]:
+    """The chat messages that ask a judge whether ``output`` meets ``criterion``."""
+    text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, default=str, indent=2)
+    return [
+        {"role": "system", "content": "You are a strict reviewer. Judge whether the output meets the criterion. "
+                                      'Answer with JSON only: {"verdict": "pass" or "fail", "score": a number from 0 '
+                                      'to 1, "reason": "one sentence"}.'},
+        {"role": "user", "content": f"Criterion: {criterion}\n\nOutput:\n{text}"},
+    ]
+
+
+def judge_verdict(answer: Any, threshold: float) -> tuple[bool, str]:
+    """``(passed, why)`` from a judge's parsed JSON answer."""
+    if not isinstance(answer, Mapping) or answer.get("verdict") not in ("pass", "fail") or \
+            not isinstance(answer.get("score"), (int, float)) or isinstance(answer.get("score"), bool):
+        return False, f"the judge gave no verdict and score: {_short(answer)}"
+    score = float(answer["score"])
+    ok = answer["verdict"] == "pass" and score >= threshold
+    reason = str(answer.get("reason") or "").strip()
+    return ok, f"judge: {answer['verdict']}, score {score:g} (threshold {threshold:g})" + (f": {reason}" if reason
+                                                                                         else "")
+
+
+class Rejected(TaskError):
+    """An output failed its ``error`` rules; keeps the ``output`` and the ``verdicts`` for the fix loop."""
+
+    def __init__(self, message: str, output: Any, verdicts: list[Verdict]) -> None:
+        super().__init__(message, error_class="validation", details={"verdicts": [v.to_dict() for v in verdicts]})
+        self.output = output
+        self.verdicts = verdicts
+
+    @property
+    def failed(self) -> list[Verdict]:
+        """The failed ``error`` rules."""
+        return [v for v in self.verdicts if v.passed is False and v.severity == "error"]
+
+
+def failure(verdicts: list[Verdict], output: Any = None) -> Rejected | None:
     """The task error for the failed ``error`` rules, or ``None`` when the output passes."""
     failed = [v for v in verdicts if v.passed is False and v.severity == "error"]
     if not failed:
         return None
     text = "; ".join(f"rule {v.index + 1} ({v.kind}): {v.message}" for v in failed)
-    return TaskError(f"the output failed validation: {text}", error_class="validation",
-                     details={"verdicts": [v.to_dict() for v in verdicts]})
+    return Rejected(f"the output failed validation: {text}", output, verdicts)
 
 
 def _judge(rule: Rule, output: Any, context: Mapping[str, Any], base: Path,
@@ -125,7 +202,7 @@ def _judge(rule: Rule, output: Any, context: Mapping[str, Any], base: Path,
         return ok, f"{_short(output)} is {'' if ok else 'not '}one of {_short(arg)}"
     if kind == "use":
         return _custom(arg, output, dict(rule.options.get("with") or {}), validator)
-    return None, f"{kind} rules are not evaluated yet (the LLM judge comes with issue 5)"
+    return None, f"{kind} rules are evaluated by acheck_output (they need an LLM)"
 
 
 def _range(output: Any, arg: Mapping[str, Any]) -> tuple[bool, str]:

@@ -293,7 +293,7 @@ def print_runs(runs: list[RunRow], console: Console) -> None:
 
 
 def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | None:
-    """A line for the events that explain a run's recoveries (breakers, fallbacks), else None."""
+    """A line for the events that explain a run's recoveries (breakers, fallbacks, fixes), else None."""
     if topic == "breaker.opened":
         return (f"breaker '{data.get('key')}' opened after {data.get('failures')} failures "
                 f"(half-opens in {data.get('reset')}s)")
@@ -303,6 +303,11 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
         return f"breaker '{data.get('key')}' closed again"
     if topic == "hook.failed":
         return str(data.get("message") or f"hook '{data.get('hook')}' failed in {data.get('event')}")
+    if topic == "task.fix":
+        item = f"[{data['item']}]" if data.get("item") is not None else ""
+        outcome = (f"fixed after {data.get('attempt')} attempt{'s' if data.get('attempt') != 1 else ''}"
+                   if data.get("passed") else f"fix attempt {data.get('attempt')} still rejected")
+        return f"{task}{item} rejected because {data.get('rejected')}; {outcome} ({data.get('mode')})"
     if topic == "task.fallback":
         return (f"{task} failed ({data.get('error_class')}: {data.get('error')}); fallback '{data.get('fallback')}' "
                 "stands in")
@@ -332,7 +337,7 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
     console.print(table)
     incidents = [(e["ts"], incident_text(e["topic"], e["task"], e["data"])) for e in events or []]
     if any(text for _, text in incidents):
-        console.print(Text("breakers and fallbacks", style="bold"))
+        console.print(Text("breakers, fallbacks and fixes", style="bold"))
         for ts, text in incidents:
             if text:
                 console.print(Text(f"  {datetime.fromtimestamp(ts):%H:%M:%S} {text}", style="yellow"), soft_wrap=True)

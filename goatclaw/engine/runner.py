@@ -30,6 +30,7 @@ from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
+from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import TaskContext
@@ -37,7 +38,7 @@ from goatclaw.registry import Plugin, Registry, default_registry
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
-from goatclaw.validation import check_output
+from goatclaw.validation import JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, judge_messages, judge_verdict
 from goatclaw.validation import failure as validation_failure
 
 __all__ = ["RunOptions", "execute"]
@@ -573,13 +574,16 @@ class _Runner:
         return key
 
     async def _run_attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
-                            index: int | None) -> tuple[Any, str]:
+                            index: int | None, compiled: Compiled | None = None) -> tuple[Any, str]:
         """Run one task (or one item of a fan-out) with its retry policy; (output, output JSON).
 
         The first attempt takes a short path; the retry loop starts only after a failure.
         The successful attempt is the task's own row; the attempts table keeps the failures.
+        With ``fix:``, a rejected output goes through the fix loop (``compiled`` is given there).
         """
-        compiled = self._inputs(task)
+        if compiled is None and task.fix is not None and task.validate:
+            return await self._fix_loop(task, plugin, res, context, index)
+        compiled = compiled or self._inputs(task)
         res.attempts = res.attempts or 1
         started = time.time()
         try:
@@ -649,7 +653,7 @@ class _Runner:
         if task.validate:
             result = await self._call(task, plugin, ctx, kwargs) if task.breaker is None else \
                 await self._guarded(task, plugin, ctx, kwargs, task.breaker)
-            self._check_output(task, result[0], context, index)
+            await self._check_output(task, result[0], context, index, kwargs)
             return result
         if task.breaker is not None:
             return await self._guarded(task, plugin, ctx, kwargs, task.breaker)
@@ -658,17 +662,101 @@ class _Runner:
             return output, _to_json(output)
         return await self._call(task, plugin, ctx, kwargs)
 
-    def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None) -> None:
-        """Judge ``output`` by the task's ``validate:`` rules; every verdict is an event."""
+    async def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None,
+                            kwargs: Mapping[str, Any]) -> None:
+        """Judge ``output`` by the task's ``validate:`` rules (judge rules last); every verdict is an event."""
         assert self.recorder is not None
         base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
-        verdicts = check_output(task.validate, output, context, base=base,
-                                validator=lambda name: self.registry.validator(name).fn)
+        judge = self._judge(task, kwargs) if any(r.kind == "judge" for r in task.validate) else None
+        verdicts = await acheck_output(task.validate, output, context, base=base,
+                                       validator=lambda name: self.registry.validator(name).fn, judge=judge)
         for verdict in verdicts:
             self.recorder.event("task.rule", task.id, {"item": index, **verdict.to_dict()})
-        error = validation_failure(verdicts)
+        error = validation_failure(verdicts, output)
         if error is not None:
             raise error
+
+    def _judge(self, task: Task, kwargs: Mapping[str, Any]) -> JudgeFn:
+        """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
+        from goatclaw import llm as room
+
+        async def judge(rule: Any, criterion: str, output: Any) -> tuple[bool | None, str]:
+            model, base, key = fix_llm(task, kwargs, rule.options.get("model"), room.session().model)
+            if not model:
+                raise TaskError("a judge rule needs a model: give it model:, or set model: in goatclaw.yaml",
+                                error_class="invalid_input")
+            request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
+                                   temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
+            response = await room.complete(request, secrets=list(self.opts.secrets.values()))
+            return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
+
+        return judge
+
+    async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                        index: int | None) -> tuple[Any, str]:
+        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries)."""
+        assert task.fix is not None and self.recorder is not None
+        compiled = self._inputs(task)
+        try:
+            return await self._run_attempts(task, plugin, res, context, index, compiled)
+        except Rejected as exc:
+            rejected = exc
+        mode = task.fix.mode if task.fix.mode in ("feedback", "repair", "rerun") else "feedback"
+        if mode == "feedback" and task.uses != "llm":
+            mode = "repair"  # only an llm task can take feedback; any output can be repaired
+        for n in range(1, task.fix.attempts + 1):
+            res.fixes = max(res.fixes, n)
+            data: dict[str, Any] = {"item": index, "attempt": n, "mode": mode, "rejected": rejected.message}
+            try:
+                if mode == "repair":
+                    output = await self._repair(task, res, context, index, rejected)
+                    result = output, _to_json(output)
+                else:
+                    use = FeedbackInputs(compiled, rejected) if mode == "feedback" else compiled
+                    result = await self._run_attempts(task, plugin, res, context, index, use)
+            except Rejected as again:
+                self.recorder.event("task.fix", task.id, {**data, "passed": False, "diff": diff(rejected.output,
+                                                                                                 again.output)})
+                rejected = again
+                continue
+            self.recorder.event("task.fix", task.id, {**data, "passed": True, "diff": diff(rejected.output, result[0])})
+            return result
+        raise Rejected(f"{rejected.message} (still rejected after {task.fix.attempts} fix attempts)", rejected.output,
+                       rejected.verdicts)
+
+    async def _repair(self, task: Task, res: TaskResult, context: Mapping[str, Any], index: int | None,
+                      rejected: Rejected) -> Any:
+        """Ask an LLM to rewrite a rejected output (under the task's retry policy), then check every rule."""
+        from goatclaw import llm as room
+
+        assert task.fix is not None and self.recorder is not None
+        try:
+            kwargs = self._inputs(task).render(context)
+        except TemplateError:
+            kwargs = {}
+        model, base, key = fix_llm(task, kwargs, task.fix.model, room.session().model)
+        if not model:
+            raise TaskError("fix: {mode: repair} needs a model: give fix.model, or set model: in goatclaw.yaml",
+                            error_class="invalid_input")
+        request = room.Request(models=(model,), messages=tuple(repair_messages(task.validate, rejected)),
+                               temperature=0, output="json", api_base=base, api_key=key)
+        policy, attempt = task.retry, 1
+        backoff = Backoff(policy, self.rng)
+        while True:
+            try:
+                response = await room.complete(request, secrets=list(self.opts.secrets.values()))
+                break
+            except TaskError as err:
+                if attempt >= policy.attempts or not should_retry(policy, err.error_class):
+                    raise
+                delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
+                self.recorder.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(
+                    delay, 3), "error_class": err.error_class, "error": err.message, "fix": True})
+                await self.opts.sleep(delay)
+                attempt += 1
+                res.attempts = max(res.attempts, attempt)
+        await self._check_output(task, response.data, context, index, kwargs)
+        return response.data
 
     async def _guarded(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any],
                        policy: BreakerPolicy) -> tuple[Any, str]:

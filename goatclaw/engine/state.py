@@ -65,6 +65,7 @@ class TaskResult:
     output_json: str | None = field(default=None, repr=False)
     fallback: str | None = None  # the task whose output stands in for this one
     cache_hits: int = 0  # calls (items of a fan-out) answered from the task cache
+    fixes: int = 0  # fix attempts (fix:) its output needed, counted apart from retries
 
     @property
     def duration(self) -> float | None:
