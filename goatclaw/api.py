@@ -26,6 +26,7 @@ from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
+from goatclaw.providers import model_problems
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.spec.loader import dotted, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
@@ -65,6 +66,7 @@ def check(path: str | os.PathLike[str], *, project: Project | None = None,
         pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
     problems += _rule_problems(pipeline)
+    problems += model_problems(pipeline, project.root)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
 
@@ -203,6 +205,7 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=cassette,
         cache=store_path if settings.get("cache") and store_path is not None else None,
         budget_usd=budget.usd if budget is not None else None,
+        downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
     )
 

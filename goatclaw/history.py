@@ -18,7 +18,7 @@ from goatclaw.errors import GoatclawError
 from goatclaw.events import Bus, Event
 from goatclaw.store import DeadLetter, RunRow, Store
 
-__all__ = ["events", "health", "prune", "replay", "replay_dead_letter", "stats"]
+__all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "stats"]
 
 
 def _run(db: Store, ref: str) -> RunRow:
@@ -105,6 +105,31 @@ def _letter(db: Store, letter_id: int) -> DeadLetter:
     if letter is None:
         raise GoatclawError(f"no dead letter {letter_id} in {db.path}")
     return letter
+
+
+def llm_costs(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dollars and tokens of a run's ``llm.call`` events: in total and per task.
+
+    ``events`` as :meth:`Store.events` returns them. ``{"calls": 0, ...}`` for a run that
+    called no model; answers from the cache or a cassette count as calls costing 0.
+    """
+    total = {"calls": 0, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "downgrades": 0}
+    per_task: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["topic"] == "llm.downgrade":
+            total["downgrades"] += 1
+        if e["topic"] != "llm.call":
+            continue
+        data = e.get("data") or {}
+        usage = data.get("usage") or {}
+        row = per_task.setdefault(str(e.get("task") or ""), {"calls": 0, "cost_usd": 0.0, "prompt_tokens": 0,
+                                                             "completion_tokens": 0})
+        for acc in (total, row):
+            acc["calls"] += 1
+            acc["cost_usd"] += float(data.get("cost_usd") or 0.0)
+            acc["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            acc["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+    return {**total, "tasks": per_task}
 
 
 def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any, Literal
 from goatclaw.errors import TaskError
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
-           "complete", "request_key", "session", "using"]
+           "complete", "embed", "estimate_costs", "request_key", "session", "using"]
 
 #: Error classes after which the next model in the chain is tried.
 FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -196,7 +196,9 @@ class Session:
 
     ``model`` and ``fallbacks`` are the project's defaults (``goatclaw.yaml``);
     ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``;
-    ``budget_usd`` the most the run may spend; ``rate_limits`` maps a model or provider
+    ``budget_usd`` the most the run may spend, ``downgrade`` the cheaper model a call
+    switches to (event ``llm.downgrade``) when the budget cannot afford its own;
+    ``rate_limits`` maps a model or provider
     name (``openai``, ``openai/gpt-4o-mini``) to ``{rpm, tpm}``; ``secrets`` are values
     masked out of every cassette.
     """
@@ -207,6 +209,7 @@ class Session:
     cassette: Cassette | None = None
     cache: Path | None = None
     budget_usd: float | None = None
+    downgrade: str | None = None  # a cheaper model to switch to when the budget cannot afford a call
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     secrets: Sequence[str] = ()
     spent_usd: float = 0.0
@@ -285,7 +288,7 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     for i, model in enumerate(request.models):
         key = request_key(model, request, masks)
         try:
-            response = await _answer(s, model, key, request, masks)
+            response = await _answer(s, model, key, request, masks, emit)
         except TaskError as err:
             if err.error_class not in FALLBACK_ON:
                 raise _with_hops(err, hops) from None
@@ -298,20 +301,35 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
         response.hops = hops
         if emit is not None:
             emit("llm.call", model=response.model, usage=response.usage, cost_usd=response.cost_usd,
-                 latency_ms=response.latency_ms, source=response.source, key=key)
+                 latency_ms=response.latency_ms, source=response.source, key=response.key)
         return response
     assert last is not None
     raise _with_hops(last, hops)
 
 
-async def _answer(s: Session, model: str, key: str, request: Request, masks: Sequence[str]) -> Response:
-    """One model's answer: from the cassette (replay), the cache, or the provider."""
+async def _answer(s: Session, model: str, key: str, request: Request, masks: Sequence[str],
+                  emit: Emit | None = None) -> Response:
+    """One model's answer: from the cassette (replay), the cache, or the provider.
+
+    When the budget cannot afford the call and the session names a ``downgrade`` model,
+    the cheaper model answers instead (``llm.downgrade``); if it cannot be afforded
+    either, the budget error stands.
+    """
     if s.mode == "replay":
         return _replayed(s, model, key, request)
     cached = _cached(s, key) if s.mode == "live" else None  # a recording calls the model every time
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
-    reserved = await _admit(s, model, request)
+    try:
+        reserved = await _admit(s, model, request)
+    except TaskError as err:
+        cheaper = s.downgrade
+        if err.error_class != "budget" or not cheaper or cheaper == model:
+            raise
+        if emit is not None:
+            emit("llm.downgrade", model=model, to=cheaper, spent_usd=s.spent_usd, budget_usd=s.budget_usd,
+                 estimate_usd=err.details.get("estimate_usd"))
+        return await _answer(s, cheaper, request_key(cheaper, request, masks), request, masks, emit)
     try:
         started = time.perf_counter()
         raw = await _call(model, request)
@@ -498,6 +516,7 @@ async def _close_litellm_clients() -> None:
         litellm.in_memory_llm_clients_cache.flush_cache()
 
 
+
 async def _call(model: str, request: Request) -> Any:
     """One ``acompletion``, with litellm's errors translated into goatclaw's."""
     litellm = _litellm()
@@ -517,6 +536,97 @@ async def _call(model: str, request: Request) -> Any:
         raise TaskError(f"{model}: no answer within {request.timeout:g}s", error_class="timeout") from None
     except Exception as exc:
         raise _translate(exc, model) from exc
+
+
+def estimate_costs(pipeline: Any, default_model: str | None = None) -> list[dict[str, Any]]:
+    """A rough cost for each ``llm`` task of ``pipeline`` (what ``goatclaw plan --cost`` shows).
+
+    Prompt tokens ≈ characters of ``system`` + ``prompt`` (or ``messages``) / 4, template
+    text counted as written; completion tokens = ``max_tokens`` (0 when unset), priced at
+    the first model with litellm's local price map. ``usd`` is ``None`` for a templated or
+    unpriced model; a ``foreach`` task is one call per item, so its row is per item.
+    """
+    from goatclaw.template import has_template
+
+    rows = []
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            if task.uses != "llm" or not isinstance(task.with_, Mapping):
+                continue
+            args = task.with_
+            model = args.get("model") or default_model
+            if isinstance(model, (list, tuple)):
+                model = model[0] if model else None
+            chars = len(str(args.get("system") or "")) + len(str(args.get("prompt") or ""))
+            messages = args.get("messages")
+            if isinstance(messages, (list, tuple)):
+                chars += sum(len(str(m.get("content", ""))) if isinstance(m, Mapping) else len(str(m))
+                             for m in messages)
+            elif isinstance(messages, str):
+                chars += len(messages)
+            prompt_tokens = chars // 4 + 1
+            max_tokens = args.get("max_tokens") if isinstance(args.get("max_tokens"), int) else 0
+            priced = isinstance(model, str) and bool(model) and not has_template(model)
+            usd = _cost_or_none(model, prompt_tokens, max_tokens) if priced else None
+            rows.append({"task": task.id, "model": model, "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
+                         "usd": usd, "per_item": task.foreach is not None})
+    return rows
+
+
+def _cost_or_none(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    litellm = _litellm()
+    try:
+        a, b = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return float(a) + float(b)
+    except Exception:
+        return None
+
+
+def embed(model: str, texts: Sequence[str], *, api_base: str | None = None, api_key: str | None = None,
+          timeout: float | None = None) -> list[list[float]]:
+    """One vector per text from ``model``'s embedding endpoint (litellm's ``aembedding``).
+
+    Synchronous (the memory embedders call it from plain code), on an event loop of its
+    own whose litellm clients are closed before it returns; errors are translated
+    like :func:`complete`'s into a :class:`TaskError` with a goatclaw error class.
+    """
+    if not isinstance(model, str) or not model:
+        raise TaskError("embed: no model given", error_class="invalid_input")
+    texts = [str(t) for t in texts]
+    if not texts:
+        return []
+    kwargs: dict[str, Any] = {"model": model, "input": texts, "max_retries": 0}
+    for name, value in (("api_base", api_base), ("api_key", api_key), ("timeout", timeout)):
+        if value is not None:
+            kwargs[name] = value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # plain code: a loop of its own
+        raw = asyncio.run(_aembed(model, kwargs))
+    else:  # called inside a running loop (asyncio.run cannot nest): its own loop in a worker thread
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            raw = pool.submit(asyncio.run, _aembed(model, kwargs)).result()
+    try:
+        rows = sorted(raw.data, key=lambda d: int(d["index"] if isinstance(d, Mapping) else d.index))
+        vectors = [[float(x) for x in (d["embedding"] if isinstance(d, Mapping) else d.embedding)] for d in rows]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise TaskError(f"{model}: the embedding response has no vectors", error_class="invalid_output") from None
+    if len(vectors) != len(texts):
+        raise TaskError(f"{model}: {len(vectors)} vectors for {len(texts)} texts", error_class="invalid_output")
+    return vectors
+
+
+async def _aembed(model: str, kwargs: dict[str, Any]) -> Any:
+    """Call litellm's ``aembedding``, its errors translated; its clients closed with this loop."""
+    litellm = _litellm()
+    try:
+        return await litellm.aembedding(**kwargs)
+    except Exception as exc:
+        raise _translate(exc, model) from exc
+    finally:
+        await _close_litellm_clients()
 
 
 def _supports_json_mode(litellm: Any, model: str) -> bool:

@@ -3,11 +3,13 @@
 ``FakeOpenAI`` listens on ``127.0.0.1`` (a free port) in a thread. Every POST to
 ``/v1/chat/completions`` is recorded in ``requests`` and answered by ``respond(body)``,
 which returns a :class:`Reply` (default: an answer echoing the last user message).
+``/v1/embeddings`` is answered with deterministic vectors (:func:`vector`).
 Used by tests/test_llm.py and to record the cassette of pipelines/llm-digest.yaml.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -45,6 +47,23 @@ def completion_body(model: str, content: str, prompt_tokens: int, completion_tok
     }
 
 
+EMBED_DIM = 8
+
+
+def vector(text: str) -> list[float]:
+    """A deterministic ``EMBED_DIM``-long vector for ``text`` (bytes of its sha256, centred)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(b - 127.5) / 127.5 for b in digest[:EMBED_DIM]]
+
+
+def embedding_body(model: str, inputs: Any) -> dict[str, Any]:
+    """An embeddings response as the OpenAI API returns it (``POST /v1/embeddings``)."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    data = [{"object": "embedding", "index": i, "embedding": vector(str(t))} for i, t in enumerate(texts)]
+    tokens = sum(len(str(t)) // 4 + 1 for t in texts)
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 def echo(body: dict[str, Any]) -> Reply:
     """The default answer: ``echo: <last user message>``."""
     users = [m for m in body.get("messages", []) if m.get("role") == "user"]
@@ -72,6 +91,8 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 outer.requests.append(body)
                 outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    return self._send(200, embedding_body(body.get("model", "?"), body.get("input", [])), {})
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}}, {})
                 reply = outer.respond(body)

@@ -210,17 +210,48 @@ def validate(
 def plan(
     file: Annotated[Path, typer.Argument(help="The pipeline file.")],
     fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="text, mermaid, dot or json.")] = PlanFormat.text,
+    cost: Annotated[bool, typer.Option("--cost", help="Estimate each llm task's cost (loads litellm's price map).")
+                    ] = False,
 ) -> None:
     """Show the graph: which tasks run together, level by level."""
     import goatclaw
     from goatclaw.cli.render import print_plan
     from goatclaw.graph import render_plan
 
-    compiled = goatclaw.plan(goatclaw.load(file))
+    pipeline = goatclaw.load(file)
+    compiled = goatclaw.plan(pipeline)
     if fmt is PlanFormat.text:
         print_plan(compiled, _out())
     else:
         sys.stdout.write(render_plan(compiled, fmt.value))
+    if cost:
+        _print_costs(pipeline, file, fmt is PlanFormat.json)
+
+
+def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
+    """The ``plan --cost`` estimate: one line per llm task and a total (to stderr beside json)."""
+    from goatclaw.api import load_project_for
+    from goatclaw.llm import estimate_costs
+
+    rows = estimate_costs(pipeline, load_project_for(file).model)
+    out = _err() if as_json else _out()
+    if not rows:
+        out.print("cost: no llm tasks")
+        return
+    out.print("[bold]cost estimate[/] (prompt ≈ chars/4 + max_tokens, litellm's price map)")
+    total = 0.0
+    unknown = 0
+    for r in rows:
+        if r["usd"] is None:
+            unknown += 1
+            price = "?"
+        else:
+            total += r["usd"]
+            price = f"${r['usd']:.6f}" + (" per item" if r["per_item"] else "")
+        out.print(f"  {r['task']:<20} {r['model'] or '-':<28} {r['prompt_tokens']:>6} + {r['max_tokens']:<6} "
+                  f"tokens  {price}", highlight=False, soft_wrap=True)
+    rest = f" (+ {unknown} not priced)" if unknown else ""
+    out.print(f"  total ≈ ${total:.6f}{rest}", highlight=False)
 
 
 @app.command()
@@ -276,6 +307,7 @@ def runs_show(
     """Show one run: each task's status, output or error, and failed attempts."""
     from goatclaw.cli.render import print_run
     from goatclaw.errors import GoatclawError
+    from goatclaw.history import llm_costs
 
     with _open_store(store) as db:
         row = db.run(run)
@@ -283,12 +315,18 @@ def runs_show(
             raise GoatclawError(f"no run '{run}' in {db.path}")
         tasks = db.tasks(row.id)
         attempts = db.attempts(row.id)
-        events = [e for e in db.events(row.id) if e["topic"].startswith("breaker.") or e["topic"] == "task.fallback"]
+        all_events = db.events(row.id)
+        events = [e for e in all_events if e["topic"].startswith("breaker.") or e["topic"] == "task.fallback"]
+    llm = llm_costs(all_events)
     if as_json:
         print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
-                          "incidents": events}, indent=2, default=str))
+                          "incidents": events, "llm": llm}, indent=2, default=str))
     else:
         print_run(row, tasks, attempts, _out(), events)
+        if llm["calls"]:
+            downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
+            _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "
+                         f"tokens, ${llm['cost_usd']:.6f}{downgrades}", highlight=False)
 
 
 breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)
@@ -386,6 +424,36 @@ def plugins_show(
         print(json.dumps(info.to_dict(), indent=2, default=str))
     else:
         print_plugin(info, _out())
+
+
+@app.command()
+@handles_errors
+def doctor(
+    store: Annotated[Path | None, typer.Option("--store", help="The store to check.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which LLM providers are usable here (API keys, a local Ollama server) and the store's health."""
+    from goatclaw.api import load_project_for
+    from goatclaw.providers import doctor as diagnose
+
+    project = load_project_for(None)
+    path = store or Path(os.environ.get("GOATCLAW_STORE") or project.store_path)
+    report = diagnose(project.root, path)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    out = _out()
+    out.print("[bold]providers[/]")
+    for p in report["providers"]:
+        mark = "[green]✓[/]" if p["usable"] else "[dim]✗[/]"
+        how = p["how"] if p["usable"] else f"[dim]needs {p['needs']}[/]"
+        out.print(f"  {mark} {p['provider']:<12} {how}", soft_wrap=True)
+    st = report["store"]
+    mark = "[green]✓[/]" if st["ok"] else "[red]✗[/]"
+    extra = "".join(f", {k} {st[k]}" for k in ("schema_version", "runs", "size_bytes") if st.get(k) is not None)
+    out.print(f"[bold]store[/]\n  {mark} {st['path']}: {st['message']}{extra}", soft_wrap=True)
+    if not st["ok"]:
+        raise typer.Exit(1)
 
 
 # the commands over stored runs live in their own module; importing it registers them

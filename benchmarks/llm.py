@@ -1,0 +1,137 @@
+"""LLM calls: goatclaw's overhead per call next to calling litellm directly, in the same run.
+
+Run: ``python benchmarks/llm.py [--n 1000] [--concurrency 50] [--repeat 1]``
+
+The local OpenAI-compatible server of tests/openai_server.py runs in a subprocess (so its
+threads do not share this interpreter's GIL) and answers every chat completion at once.
+Against it, in one process and in this order (litellm imported and warmed up first):
+
+* ``litellm.acompletion`` direct: ``n`` calls, at most ``concurrency`` in flight;
+* ``goatclaw.llm.complete``: the same through the LLM room (key, budget/rate-limit
+  checks, error mapping, answer parsing), no engine;
+* ``goatclaw.run``: a pipeline of ``n`` ``llm`` tasks with ``concurrency:``, each task
+  stored with its events in a fresh store.
+
+Printed per way: wall time, calls per second, wall ms per call, median in-call latency,
+and the overhead per call against the direct calls (wall difference / n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "openai/gpt-4o-mini"
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    """The local server in a subprocess, and its api_base."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "openai_server.py")], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO / "tests")
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+async def direct(api_base: str, n: int, concurrency: int) -> tuple[float, list[float]]:
+    """``n`` litellm.acompletion calls, ``concurrency`` at a time: wall seconds and each call's ms."""
+    from goatclaw import llm as room
+
+    litellm = room._litellm()
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            t = time.perf_counter()
+            await litellm.acompletion(model=MODEL, messages=[{"role": "user", "content": f"hello {i}"}],
+                                      api_base=api_base, api_key="sk-bench", max_tokens=16, num_retries=0,
+                                      max_retries=0)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - started
+    await room._close_litellm_clients()
+    return wall, latencies
+
+
+async def room_calls(api_base: str, n: int, concurrency: int) -> tuple[float, list[float]]:
+    """``n`` goatclaw.llm.complete calls, ``concurrency`` at a time."""
+    from goatclaw import llm as room
+
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            request = room.Request(models=(MODEL,), messages=({"role": "user", "content": f"hello {i}"},),
+                                   max_tokens=16, api_base=api_base, api_key="sk-bench")
+            response = await room.complete(request)
+            latencies.append(response.latency_ms)
+
+    started = time.perf_counter()
+    async with room.using(room.Session()):
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - started, latencies
+
+
+def pipeline_run(api_base: str, n: int, concurrency: int, folder: Path) -> tuple[float, list[float]]:
+    """A pipeline of ``n`` llm tasks through goatclaw.run: wall seconds and each call's latency_ms."""
+    import goatclaw
+
+    lines = ["version: 1", "name: llm-bench", f"concurrency: {concurrency}", "tasks:"]
+    for i in range(n):
+        lines.append(f"  t{i}: {{uses: llm, retry: {{attempts: 1}}, with: {{model: {MODEL}, prompt: hello {i}, "
+                     f"max_tokens: 16, api_base: '{api_base}', api_key: sk-bench}}}}")
+    path = folder / "bench.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    result = goatclaw.run(path, store=folder / "bench.db")
+    wall = time.perf_counter() - started
+    failed = [t for t in result.tasks.values() if t.error]
+    if failed:
+        raise SystemExit(f"{len(failed)} tasks failed, e.g. {failed[0].error}")
+    return wall, [t.output["latency_ms"] for t in result.tasks.values()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    proc, api_base = start_server()
+    try:
+        asyncio.run(direct(api_base, 20, 5))  # warm up: litellm's import and first client
+        rows = []
+        wall, lat = asyncio.run(direct(api_base, args.n, args.concurrency))
+        rows.append(("litellm.acompletion direct", wall, lat))
+        wall, lat = asyncio.run(room_calls(api_base, args.n, args.concurrency))
+        rows.append(("goatclaw.llm.complete", wall, lat))
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, lat = pipeline_run(api_base, args.n, args.concurrency, Path(tmp))
+        rows.append((f"goatclaw.run, {args.n} llm tasks", wall, lat))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    base = rows[0][1]
+    print(f"{args.n} calls at concurrency {args.concurrency} against the local server "
+          f"(Python {sys.version.split()[0]})")
+    print("| way | wall s | calls/s | wall ms/call | median call ms | overhead ms/call vs direct |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, wall, lat in rows:
+        over = "-" if wall is base else f"{(wall - base) * 1000 / args.n:+.2f}"
+        print(f"| {name} | {wall:.2f} | {args.n / wall:.0f} | {wall * 1000 / args.n:.2f} | "
+              f"{statistics.median(lat):.1f} | {over} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Which LLM providers are usable here, without importing litellm.
+
+* :func:`provider_of` maps a litellm model name to its provider with a small table
+  (``gpt-*``, ``o1``/``o3``/``o4``, ``openai/`` → OpenAI; ``claude-*``, ``anthropic/`` →
+  Anthropic; ``gemini/`` → Google; ``mistral/``, ``groq/``, ``deepseek/`` …; ``ollama/``
+  → a local server). An unknown model maps to ``None``: nothing is checked for it.
+* :func:`key_status` says whether a provider's API key is set in the environment or in
+  the project's ``.env``.
+* :func:`ollama_running` probes an Ollama server on localhost:11434 (0.3 s timeout). It
+  uses httpx, imported only there: besides ``goatclaw/tasks/http.py``, this is the only
+  module that imports httpx.
+* :func:`model_problems` is what ``goatclaw validate`` adds: a warning for each ``llm``
+  task whose constant model has no key (see docs/llm.md).
+* :func:`doctor` is the report behind ``goatclaw doctor``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "provider_of"]
+
+OLLAMA_URL = "http://127.0.0.1:11434"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider: its name, the environment variables any one of which holds its key."""
+
+    name: str
+    keys: tuple[str, ...]
+    local: bool = False
+
+
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (
+    Provider("openai", ("OPENAI_API_KEY",)),
+    Provider("anthropic", ("ANTHROPIC_API_KEY",)),
+    Provider("gemini", ("GEMINI_API_KEY", "GOOGLE_API_KEY")),
+    Provider("mistral", ("MISTRAL_API_KEY",)),
+    Provider("groq", ("GROQ_API_KEY",)),
+    Provider("deepseek", ("DEEPSEEK_API_KEY",)),
+    Provider("cohere", ("COHERE_API_KEY", "CO_API_KEY")),
+    Provider("openrouter", ("OPENROUTER_API_KEY",)),
+    Provider("together_ai", ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY")),
+    Provider("xai", ("XAI_API_KEY",)),
+    Provider("ollama", (), local=True),
+)}
+_PREFIXES = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic",
+             "gemini": "gemini", "mistral": "mistral", "groq": "groq", "deepseek": "deepseek",
+             "cohere": "cohere", "cohere_chat": "cohere", "openrouter": "openrouter",
+             "together_ai": "together_ai", "xai": "xai", "ollama": "ollama", "ollama_chat": "ollama"}
+_BARE = (("gpt-", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"), ("chatgpt-", "openai"),
+         ("text-embedding-", "openai"), ("claude-", "anthropic"), ("gemini-", "gemini"),
+         ("mistral-", "mistral"), ("open-mistral", "mistral"), ("codestral", "mistral"),
+         ("command-", "cohere"), ("deepseek-", "deepseek"))
+
+
+def provider_of(model: str) -> Provider | None:
+    """The provider serving ``model`` (a litellm name), or ``None`` when the table does not know it."""
+    if not isinstance(model, str) or not model:
+        return None
+    prefix, slash, _ = model.partition("/")
+    if slash:
+        name = _PREFIXES.get(prefix)
+        return PROVIDERS[name] if name else None
+    bare = next((p for start, p in _BARE if model == start or model.startswith(start)), None)
+    if bare in ("openai",) and model.startswith(("o1", "o3", "o4")) and not (
+            len(model) == 2 or model[2] == "-"):
+        return None  # "o1x..." is not an OpenAI reasoning model name
+    return PROVIDERS[bare] if bare else None
+
+
+def read_dotenv(root: Path | None) -> dict[str, str]:
+    """The ``KEY=value`` lines of ``root/.env`` (quotes and ``export`` stripped); ``{}`` without one."""
+    path = (root or Path.cwd()) / ".env"
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def key_status(provider: Provider, root: Path | None = None, *,
+               dotenv: Mapping[str, str] | None = None) -> tuple[bool, str | None]:
+    """``(usable, where)``: whether one of the provider's keys is set, and where (``env`` or ``.env``)."""
+    if provider.local:
+        return True, None
+    dotenv = read_dotenv(root) if dotenv is None else dotenv
+    for name in provider.keys:
+        if os.environ.get(name):
+            return True, "env"
+    for name in provider.keys:
+        if dotenv.get(name):
+            return True, ".env"
+    return False, None
+
+
+def ollama_running(url: str = OLLAMA_URL, timeout: float = 0.3) -> bool:
+    """Whether an Ollama server answers at ``url`` within ``timeout`` seconds."""
+    import httpx  # only here (and in goatclaw/tasks/http.py): plain validate never pays for it
+
+    try:
+        return httpx.get(f"{url}/api/tags", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _constant_models(value: Any) -> list[str]:
+    from goatclaw.template import has_template
+
+    models = value if isinstance(value, list) else [value]
+    return [m for m in models if isinstance(m, str) and m and not has_template(m)]
+
+
+def model_problems(pipeline: Any, root: Path | None = None) -> list[Any]:
+    """A warning for each ``llm`` task's constant model whose provider has no key set.
+
+    Skipped for a task that passes ``api_base`` or ``api_key``, for ``ollama/`` models and
+    for models the provider table does not know. Warnings, not errors: a run replayed from
+    a cassette (``--llm replay``) needs no key, and ``validate`` does not know the mode.
+    """
+    from goatclaw.errors import Problem
+    from goatclaw.spec.loader import dotted
+
+    problems: list[Any] = []
+    dotenv: dict[str, str] | None = None
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            if task.uses != "llm" or not isinstance(task.with_, Mapping):
+                continue
+            args = task.with_
+            if args.get("api_base") or args.get("api_key") or "model" not in args:
+                continue
+            for model in _constant_models(args["model"]):
+                provider = provider_of(model)
+                if provider is None or provider.local:
+                    continue
+                if dotenv is None:
+                    dotenv = read_dotenv(root)
+                usable, _ = key_status(provider, root, dotenv=dotenv)
+                if usable:
+                    continue
+                path = (*task.path, "with", "model")
+                keys = " or ".join(provider.keys)
+                problems.append(Problem(pipeline.locate(path), dotted(path),
+                                        f"model '{model}' needs {keys} (not set in the environment or .env)",
+                                        severity="warn"))
+    return problems
+
+
+def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama: bool = True) -> dict[str, Any]:
+    """What ``goatclaw doctor`` reports: each provider's key (or server), and the store's health."""
+    dotenv = read_dotenv(root)
+    providers = []
+    for provider in PROVIDERS.values():
+        if provider.local:
+            up = ollama_running() if probe_ollama else False
+            providers.append({"provider": provider.name, "usable": up, "how": OLLAMA_URL if up else None,
+                              "needs": f"an Ollama server on {OLLAMA_URL}"})
+            continue
+        usable, where = key_status(provider, root, dotenv=dotenv)
+        found = next((k for k in provider.keys if os.environ.get(k) or dotenv.get(k)), None)
+        providers.append({"provider": provider.name, "usable": usable,
+                          "how": f"{found} ({where})" if usable else None, "needs": " or ".join(provider.keys)})
+    return {"providers": providers, "store": _store_health(store)}
+
+
+def _store_health(path: Path | None) -> dict[str, Any]:
+    """Whether the store opens, its size, schema version and run count; never creates one."""
+    if path is None:
+        return {"path": None, "ok": True, "message": "no store configured"}
+    if not path.exists():
+        return {"path": str(path), "ok": True, "message": "no store yet (created by the first run)"}
+    info: dict[str, Any] = {"path": str(path), "size_bytes": path.stat().st_size}
+    try:
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            info["integrity"] = con.execute("PRAGMA quick_check").fetchone()[0]
+            info["schema_version"] = con.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                info["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+            except sqlite3.Error:
+                info["runs"] = None
+        finally:
+            con.close()
+        info["ok"] = info["integrity"] == "ok"
+        info["message"] = "ok" if info["ok"] else f"integrity check: {info['integrity']}"
+    except Exception as exc:  # a locked, corrupt or foreign file
+        info.update(ok=False, message=f"cannot open: {exc}")
+    return info
