@@ -6,6 +6,8 @@ The server is scripted to give a bad answer first and a good one once it sees fe
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from goatclaw import llm as room
 from goatclaw.store import Store
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
 BAD = json.dumps({"score": 0.2})
 GOOD = json.dumps({"title": "Goats", "score": 0.9})
 
@@ -209,3 +212,19 @@ def test_rerun_mode_runs_the_task_again_unchanged(write_pipeline, srv) -> None:
     assert result.ok, res.error
     assert res.fixes == 1 and len(srv.requests) == 2
     assert srv.requests[0]["messages"] == srv.requests[1]["messages"]
+
+
+def test_the_validated_digest_replays_offline_and_runs_show_tells_how_it_was_fixed(tmp_path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OPENAI_API_KEY": "sk-none", "COLUMNS": "200"}
+    store = str(tmp_path / "db")
+    done = subprocess.run([sys.executable, "-m", "goatclaw", "apply", "pipelines/validated-digest.yaml",
+                           "--llm", "replay", "--store", store],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    shown = subprocess.run([sys.executable, "-m", "goatclaw", "runs", "show", "--store", store], cwd=REPO,
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert shown.returncode == 0, shown.stderr
+    rejected = "digest rejected because the output failed validation: rule 2 (expr): give at least three items"
+    assert rejected in shown.stdout
+    assert "fixed after 1 attempt (feedback)" in shown.stdout
+    assert "llm: 3 calls" in shown.stdout  # the answer, the feedback and the judge

@@ -667,7 +667,7 @@ class _Runner:
         """Judge ``output`` by the task's ``validate:`` rules (judge rules last); every verdict is an event."""
         assert self.recorder is not None
         base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
-        judge = self._judge(task, kwargs) if any(r.kind == "judge" for r in task.validate) else None
+        judge = self._judge(task, kwargs, index) if any(r.kind == "judge" for r in task.validate) else None
         verdicts = await acheck_output(task.validate, output, context, base=base,
                                        validator=lambda name: self.registry.validator(name).fn, judge=judge)
         for verdict in verdicts:
@@ -676,7 +676,13 @@ class _Runner:
         if error is not None:
             raise error
 
-    def _judge(self, task: Task, kwargs: Mapping[str, Any]) -> JudgeFn:
+    def _llm_emit(self, task: Task, index: int | None) -> Callable[..., None]:
+        """``emit`` for the engine's own LLM calls (judge, repair): ``llm.call`` events count their cost."""
+        assert self.recorder is not None
+        task_event = self.recorder.task_event
+        return lambda topic, **data: task_event(topic, {"task": task.id, "item": index, **data})
+
+    def _judge(self, task: Task, kwargs: Mapping[str, Any], index: int | None) -> JudgeFn:
         """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
         from goatclaw import llm as room
 
@@ -685,9 +691,12 @@ class _Runner:
             if not model:
                 raise TaskError("a judge rule needs a model: give it model:, or set model: in goatclaw.yaml",
                                 error_class="invalid_input")
+            if task.uses == "llm" and isinstance(output, Mapping):  # the answer, not its cost, latency or source
+                output = output.get("text") if output.get("data") is None else output["data"]
             request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
                                    temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
-            response = await room.complete(request, secrets=list(self.opts.secrets.values()))
+            response = await room.complete(request, emit=self._llm_emit(task, index),
+                                           secrets=list(self.opts.secrets.values()))
             return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
 
         return judge
@@ -744,7 +753,8 @@ class _Runner:
         backoff = Backoff(policy, self.rng)
         while True:
             try:
-                response = await room.complete(request, secrets=list(self.opts.secrets.values()))
+                response = await room.complete(request, emit=self._llm_emit(task, index),
+                                               secrets=list(self.opts.secrets.values()))
                 break
             except TaskError as err:
                 if attempt >= policy.attempts or not should_retry(policy, err.error_class):
