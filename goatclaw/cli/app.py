@@ -316,7 +316,8 @@ def runs_show(
         tasks = db.tasks(row.id)
         attempts = db.attempts(row.id)
         all_events = db.events(row.id)
-        events = [e for e in all_events if e["topic"].startswith("breaker.") or e["topic"] == "task.fallback"]
+        events = [e for e in all_events
+                  if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix")]
     llm = llm_costs(all_events)
     if as_json:
         print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
