@@ -33,7 +33,7 @@ from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
-from goatclaw.validation import rule_problem
+from goatclaw.validation import llm_problems, rule_problem
 
 __all__ = ["arun", "check", "load", "load_project_for", "parse_var", "plan", "run"]
 
@@ -65,7 +65,7 @@ def check(path: str | os.PathLike[str], *, project: Project | None = None,
     if not found:
         pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
-    problems += _rule_problems(pipeline)
+    problems += _rule_problems(pipeline, project.model)
     problems += model_problems(pipeline, project.root)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
@@ -290,11 +290,13 @@ def _registry_for(project: Project) -> Registry:
     return Registry(allow=project.plugins_allow, deny=project.plugins_deny)
 
 
-def _rule_problems(pipeline: Pipeline) -> list[Problem]:
-    """``validate:`` rules that can never work: invalid schemas, patterns RE2 refuses."""
+def _rule_problems(pipeline: Pipeline, default_model: str | None = None) -> list[Problem]:
+    """``validate:`` rules that can never work: invalid schemas, patterns RE2 refuses; judges without a model (warn)."""
     base = pipeline.file.parent if pipeline.file is not None else Path.cwd()
     problems = []
     for task in (*pipeline.tasks.values(), *pipeline.on_failure.values(), *pipeline.finally_.values()):
+        for path, why in llm_problems(task, default_model):
+            problems.append(Problem(pipeline.locate(path), dotted(path), why, severity="warn"))
         for rule in task.validate:
             why = rule_problem(rule, base, lambda name: True)  # validator names: reference_problems
             if why:

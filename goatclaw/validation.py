@@ -41,7 +41,7 @@ from goatclaw.spec.schema import check_instance, check_schema
 from goatclaw.template import compile_expression, compile_value
 
 __all__ = ["JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages", "judge_verdict",
-           "rule_problem"]
+           "llm_problems", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -325,6 +325,26 @@ def rule_problem(rule: Rule, base: Path, validator_exists: Callable[[str], bool]
     if rule.kind == "use" and not validator_exists(rule.arg):
         return f"unknown validator '{rule.arg}' (is its package installed? see `goatclaw plugins`)"
     return None
+
+
+def llm_problems(task: Any, default_model: str | None) -> list[tuple[tuple[str | int, ...], str]]:
+    """``(path, warning)`` for each of a task's judge rules and repairs that no model is configured for.
+
+    A judge uses its ``model:``, an ``llm`` task's ``model``, else the project's ``model:``;
+    a repair its ``fix.model``, then the same. Warnings: ``validate`` cannot know the run's mode.
+    """
+    own = task.with_.get("model") if task.uses == "llm" and isinstance(task.with_, Mapping) else None
+    fallback = bool(own) or bool(default_model)
+    found = []
+    for rule in task.validate:
+        if rule.kind == "judge" and not (rule.options.get("model") or fallback):
+            found.append(((*rule.path, "judge"), "a judge rule needs a model: give it model:, or set model: in "
+                                                  "goatclaw.yaml"))
+    fix = task.fix
+    if fix is not None and fix.mode == "repair" and fix.attempts > 0 and task.validate and not (fix.model or fallback):
+        found.append(((*task.path, "fix"), "fix: {mode: repair} needs a model: give fix.model, or set model: in "
+                                           "goatclaw.yaml"))
+    return found
 
 
 def _type_name(value: Any) -> str:

@@ -228,3 +228,24 @@ def test_the_validated_digest_replays_offline_and_runs_show_tells_how_it_was_fix
     assert rejected in shown.stdout
     assert "fixed after 1 attempt (feedback)" in shown.stdout
     assert "llm: 3 calls" in shown.stdout  # the answer, the feedback and the judge
+
+
+def test_validate_warns_about_judges_and_repairs_without_a_model(project, write_pipeline) -> None:
+    path = write_pipeline("""
+        version: 1
+        tasks:
+          a:
+            uses: echo
+            with: {value: hi}
+            validate:
+              - judge: It greets
+              - judge: It is short
+                model: openai/gpt-4o-mini
+            fix: {mode: repair}
+        """)
+    _, problems = goatclaw.check(path)
+    found = {(p.path, p.severity) for p in problems if "needs a model" in p.message}
+    assert found == {("tasks.a.validate[0].judge", "warn"), ("tasks.a.fix", "warn")}
+    (project / "goatclaw.yaml").write_text("version: 1\nmodel: openai/gpt-4o-mini\n")
+    _, problems = goatclaw.check(path)
+    assert not [p for p in problems if "needs a model" in p.message]
