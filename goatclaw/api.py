@@ -26,7 +26,7 @@ from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
-from goatclaw.providers import model_problems
+from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.spec.loader import dotted, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
@@ -248,25 +248,9 @@ def read_secrets(names: Sequence[str], root: Path) -> dict[str, str]:
     found = {n: os.environ[n] for n in names if n in os.environ}
     missing = [n for n in names if n not in found]
     if missing:
-        dotenv = _read_dotenv(root / ".env")
+        dotenv = read_dotenv(root)
         found.update({n: dotenv[n] for n in missing if n in dotenv})
     return found
-
-
-def _read_dotenv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
 
 
 def _says(pipeline: Pipeline, key: str) -> bool:
