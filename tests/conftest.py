@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from openai_server import FakeOpenAI, echo
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -39,3 +40,20 @@ def write_pipeline(project: Path) -> Callable[..., Path]:
 def store_path(project: Path) -> Path:
     """Where the project's store lives."""
     return project / ".goatclaw" / "goatclaw.db"
+
+
+@pytest.fixture(scope="module")
+def openai_api() -> Iterator[FakeOpenAI]:
+    """A real local OpenAI-compatible HTTP server (tests/openai_server.py), one per test module."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def srv(openai_api: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The module's OpenAI server, with a fresh script and request log for each test."""
+    openai_api.respond = echo
+    openai_api.requests.clear()
+    openai_api.headers.clear()
+    yield openai_api
+    openai_api.respond = echo

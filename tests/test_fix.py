@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from openai_server import FakeOpenAI, Reply, echo
+from openai_server import FakeOpenAI, Reply
 
 import goatclaw
 from goatclaw import llm as room
@@ -29,21 +29,6 @@ GOOD = json.dumps({"title": "Goats", "score": 0.9})
 def litellm_imported() -> None:
     """Pay litellm's import once, outside the tests' task timeouts."""
     room._litellm()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    server.respond = echo
-    server.requests.clear()
-    server.headers.clear()
-    yield server
-    server.respond = echo
 
 
 def _text(body: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 def litellm_imported() -> None:
     """Pay litellm's import (seconds) once, outside the tests' task timeouts."""
     room._litellm()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    """The module's server, with a fresh script and request log for each test."""
-    server.respond = echo
-    server.requests.clear()
-    server.headers.clear()
-    yield server
-    server.respond = echo
 
 
 def by_model(replies: dict[str, Reply]) -> Callable[[dict[str, Any]], Reply]:

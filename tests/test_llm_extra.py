@@ -9,11 +9,10 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from openai_server import EMBED_DIM, FakeOpenAI, echo, vector
+from openai_server import EMBED_DIM, FakeOpenAI, vector
 from typer.testing import CliRunner
 
 import goatclaw
@@ -32,20 +31,6 @@ KEYS = [k for p in providers.PROVIDERS.values() for k in p.keys]
 @pytest.fixture(scope="module", autouse=True)
 def litellm_imported() -> None:
     room._litellm()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    server.respond = echo
-    server.requests.clear()
-    server.headers.clear()
-    yield server
 
 
 @pytest.fixture
