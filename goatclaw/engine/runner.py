@@ -650,17 +650,16 @@ class _Runner:
         ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
                           index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
                           self.recorder.task_event, self.opts.store_path)
-        if task.validate:
-            result = await self._call(task, plugin, ctx, kwargs) if task.breaker is None else \
-                await self._guarded(task, plugin, ctx, kwargs, task.breaker)
-            await self._check_output(task, result[0], context, index, kwargs)
-            return result
         if task.breaker is not None:
-            return await self._guarded(task, plugin, ctx, kwargs, task.breaker)
-        if task.timeout is None and self.inline_async and plugin.is_async:
+            result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
+        elif task.timeout is None and self.inline_async and plugin.is_async:
             output = await plugin.fn(ctx, **kwargs)  # the common case, one coroutine layer less
-            return output, _to_json(output)
-        return await self._call(task, plugin, ctx, kwargs)
+            result = output, _to_json(output)
+        else:
+            result = await self._call(task, plugin, ctx, kwargs)
+        if task.validate:
+            await self._check_output(task, result[0], context, index, kwargs)
+        return result
 
     async def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None,
                             kwargs: Mapping[str, Any]) -> None:
