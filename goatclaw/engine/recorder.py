@@ -21,6 +21,7 @@ from typing import Any
 from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
+from goatclaw.jsontext import dumps
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
 
@@ -35,8 +36,8 @@ _MASK = "***"
 
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
-#: One encoder for every event (``json.dumps`` with options builds a new encoder per call).
-_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+#: Every event's data as JSON text (orjson; the stdlib for what it refuses).
+_EVENT_JSON = dumps
 
 
 class Recorder:
@@ -99,7 +100,7 @@ class Recorder:
         """A task reached a terminal state: store its row and publish ``task.<state>``."""
         output = res.output_json
         if output is None and res.output is not None:
-            output = json.dumps(res.output, ensure_ascii=False, default=str)
+            output = dumps(res.output)
         output = self._mask(output)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
                            output, self._mask(res.error), res.error_class))

@@ -1,0 +1,26 @@
+"""Fast JSON text for the hot paths (events, stored rows), with the stdlib as the fallback.
+
+``orjson`` encodes the small dicts of events about ten times faster than ``json``; it
+refuses what ``json`` accepts with ``default=str`` only in corners (integers over 64
+bits), and those fall back to the stdlib encoder, so the text is always produced.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps"]
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+_FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def dumps(value: Any) -> str:
+    """``value`` as compact JSON text; anything JSON cannot hold becomes its ``str()``."""
+    try:
+        return orjson.dumps(value, default=str, option=_OPTIONS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return _FALLBACK(value)
