@@ -136,12 +136,14 @@ class _Runner:
             raise
         finally:
             await self.executor.close() if self.opts.executor is None else None
+        await self.bus.drain()  # queued subscribers see every task event (and their failures become dead letters)
         status = self._final_status()
         if self.hooks and (fatal := await self.hooks.run_ending(
                 run_id=self.result.run_id, pipeline=self.pipeline.name, status=status.value,
                 error=self.result.error, workspace=self.opts.workspace)):
             status, self.result.error = RunStatus.FAILED, self.result.error or fatal
         self._finish(status, self.result.error)
+        await self.bus.drain()  # ... and the run's last event
         return self.result
 
     def _open(self) -> None:
@@ -331,8 +333,12 @@ class _Runner:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         total = len(self.selected)
+        bus = self.bus
         while True:
             if self.ready:
+                if bus.congested:  # a queued subscriber is behind: start nothing new until it catches up
+                    await bus.wait_ready()
+                    continue
                 tid = heapq.heappop(self.ready)[2]
                 await self._run_task(self.pipeline.tasks[tid])
                 self._complete(tid)
