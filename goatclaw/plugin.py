@@ -30,9 +30,12 @@ from typing import Any, NoReturn, TypeVar
 
 from goatclaw.errors import TaskError
 
-__all__ = ["PluginSpec", "TaskContext", "fail", "spec_of", "task"]
+__all__ = ["AUDIT_PREFIX", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Topic prefix of what :meth:`TaskContext.audit` emits; the engine routes these into the audit chain.
+AUDIT_PREFIX = "audit."
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,27 @@ class TaskContext:
     def secret(self, name: str) -> str:
         """The value of a declared secret; a clear error if it was not declared or set."""
         try:
-            return self.secrets[name]
+            value = self.secrets[name]
         except KeyError:
             fail(f"secret '{name}' is not available: declare it under secrets: and set it in the "
                  "environment or .env", error_class="invalid_input")
+        self.audit("secret.read", name=name)  # the name only, never the value
+        return value
 
     def progress(self, done: float | None = None, message: str | None = None) -> None:
         """Report progress (``done`` from 0 to 1) and/or a status line to the live view."""
         self.emit("task.progress", done=done, message=message)
+
+    def audit(self, action: str, **detail: Any) -> None:
+        """Record a side effect in the run's tamper-evident audit chain.
+
+        ``action`` names what happened: ``process.started``, ``file.written``,
+        ``request.sent``, ``llm.called``, ``secret.read``, ``permission.denied`` (or a
+        plugin's own dotted name). ``detail`` is JSON-serialisable; declared secret values
+        in it are masked before it is stored. Never pass a secret's value on purpose.
+        """
+        if self._emit is not None:
+            self._emit(AUDIT_PREFIX + action, {"task": self.task_id, "item": self.index, **detail})
 
     def emit(self, topic: str, **data: Any) -> None:
         """Publish an event for this task (stored in the run's event log)."""

@@ -10,7 +10,8 @@ Tables: ``runs`` (one row a run), ``tasks`` (each task's final result: status, a
 timings, output or error; the successful attempt is this row), ``attempts`` (every
 attempt that failed or was cancelled: the retry history), ``events`` (the append-only
 log, numbered per run), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
-that failed for good and event subscribers that raised, with what they were given).
+that failed for good and event subscribers that raised, with what they were given),
+``audit`` and ``audit_head`` (the hash-chained record of every side effect, across runs).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from goatclaw.errors import StoreError
 __all__ = ["MIGRATIONS", "UNFINISHED", "DeadLetter", "RunRow", "Store", "TaskRow"]
 
 Connection = Any  # sqlean.Connection; typed loosely since sqlean ships no stubs
+#: Links pending audit rows after the head ``(seq, hash)``: goatclaw.security.audit.seal (passed in by the engine).
+AuditSeal = Callable[[int, "str | None", Sequence[tuple[Any, ...]]], list[tuple[Any, ...]]]
 
 
 def _script(db: Connection, sql: str) -> None:
@@ -199,6 +202,32 @@ def _m006_llm_cache(db: Connection) -> None:
     )
 
 
+def _m007_audit(db: Connection) -> None:
+    # One hash chain across all runs (goatclaw.security.audit); audit_head holds the newest
+    # (seq, hash) so that removing the last rows shows. seq >= 1: numbers are the chain's.
+    _script(
+        db,
+        """
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+            ts REAL NOT NULL,
+            run_id TEXT,
+            task_id TEXT,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            prev TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_by_run ON audit (run_id, seq);
+        CREATE TABLE audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -207,6 +236,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("004_dead_letters", _m004_dead_letters),
     ("005_memory", _m005_memory),
     ("006_llm_cache", _m006_llm_cache),
+    ("007_audit", _m007_audit),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -327,14 +357,18 @@ class Store:
 
     def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
                     attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
-                    cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = ()) -> None:
+                    cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = (),
+                    audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None) -> None:
         """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
 
         Rows are tuples in table column order (``dead`` without the id and replay
         columns). ``run`` is ``(status, finished_at, error, summary_json, run_id)`` to
-        finish the run in the same transaction.
+        finish the run in the same transaction. ``audit`` rows ``(ts, run_id, task_id,
+        action, detail_json)`` are appended to the audit chain, linked by ``seal``.
         """
         with self.transaction() as db:
+            if audit:
+                self._append_audit(db, audit, seal)
             if cache:
                 db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
             if dead:
@@ -348,6 +382,21 @@ class Store:
                 db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
             if run is not None:
                 db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
+
+    def append_audit(self, rows: Sequence[tuple[Any, ...]], seal: AuditSeal) -> None:
+        """Append ``(ts, run_id, task_id, action, detail_json)`` rows to the audit chain (own transaction)."""
+        with self.transaction() as db:
+            self._append_audit(db, rows, seal)
+
+    @staticmethod
+    def _append_audit(db: Connection, rows: Sequence[tuple[Any, ...]], seal: AuditSeal | None) -> None:
+        # The head is read inside the writer's BEGIN IMMEDIATE: concurrent runs extend one chain in commit order.
+        if seal is None:
+            raise StoreError("audit rows need the chain's seal function")
+        head = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        sealed = seal(0, None, rows) if head is None else seal(head[0], head[1], rows)
+        db.executemany("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?)", sealed)
+        db.execute("INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)", (sealed[-1][0], sealed[-1][7]))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -496,6 +545,22 @@ class Store:
         with self.transaction() as db:
             cur = db.execute("DELETE FROM breakers" + (" WHERE key = ?" if key else ""), (key,) if key else ())
             return int(cur.rowcount)
+
+    def audit_rows(self, *, run_id: str | None = None, after: int = 0,
+                   limit: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """Audit rows ``(seq, ts, run_id, task_id, action, detail, prev, hash)`` in chain order (one run's if given)."""
+        sql = "SELECT seq, ts, run_id, task_id, action, detail, prev, hash FROM audit WHERE seq > ?"
+        args: tuple[Any, ...] = (after,)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args += (run_id,)
+        sql += " ORDER BY seq" + (f" LIMIT {int(limit)}" if limit else "")
+        yield from self.db.execute(sql, args)
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """The chain's recorded head ``(seq, hash)``, or ``None`` before the first row."""
+        row = self.db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def integrity(self) -> str:
         """``PRAGMA integrity_check``'s answer (``ok`` when healthy)."""

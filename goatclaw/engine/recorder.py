@@ -14,6 +14,7 @@ import asyncio
 import json
 import multiprocessing
 import pickle
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,8 @@ from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps
+from goatclaw.plugin import AUDIT_PREFIX
+from goatclaw.security.audit import seal
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
 
@@ -54,6 +57,8 @@ class Recorder:
         self.attempts: list[tuple[Any, ...]] = []
         self.cache: list[tuple[Any, ...]] = []
         self.dead: list[tuple[Any, ...]] = []
+        self.audit: list[tuple[Any, ...]] = []
+        self._audit_lock = threading.Lock()
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
         self._writer: _Writer | None = None
@@ -157,8 +162,23 @@ class Recorder:
         self.event("dead_letter.added", task_id, {"kind": kind, "topic": topic, "error_class": error_class})
 
     def task_event(self, topic: str, data: dict[str, Any]) -> None:
-        """An event a plugin emitted through its TaskContext."""
+        """An event a plugin emitted through its TaskContext (``audit.*`` go to the audit chain)."""
+        if topic.startswith(AUDIT_PREFIX):
+            self.audited(topic[len(AUDIT_PREFIX):], data.pop("task", None), data)
+            return
         self.event(topic, data.get("task"), data)
+        if topic == "llm.call":  # every LLM call (llm tasks, judges, repairs, plugins using goatclaw.llm)
+            self.audited("llm.called", data.get("task"), {
+                "item": data.get("item"), "model": data.get("model"), "tokens": data.get("usage"),
+                "cost_usd": data.get("cost_usd"), "source": data.get("source")})
+
+    def audited(self, action: str, task_id: str | None, detail: dict[str, Any]) -> None:
+        """A side effect for the audit chain (secrets masked); committed with the next batch, in order."""
+        if self.store is None:
+            return
+        text = self._mask(_EVENT_JSON(detail)) or "{}"
+        with self._audit_lock:  # blocking plugins audit from their threads
+            self.audit.append((time.time(), self.run_id, task_id, action, text))
 
     # -- events ----------------------------------------------------------------------
 
@@ -218,11 +238,15 @@ class Recorder:
         self._write()
 
     def _write(self, run: tuple[Any, ...] | None = None) -> None:
-        if self.store is None or not (self.events or self.tasks or self.attempts or run):
+        if self.store is None or not (self.events or self.tasks or self.attempts or run or self.audit):
             return
         batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
                  "cache": self.cache, "dead": self.dead}
+        with self._audit_lock:
+            batch["audit"], self.audit = self.audit, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
+        if batch["audit"]:
+            batch["seal"] = seal
         if self._writer is not None:
             self._writer.put(batch)
         else:
@@ -248,11 +272,13 @@ def _plain(value: Any) -> Any:
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Several queued batches as one transaction's worth of rows."""
-    merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": []}
+    merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": [],
+                              "audit": []}
     for batch in batches:
-        for key in ("events", "tasks", "attempts", "cache", "dead"):
+        for key in ("events", "tasks", "attempts", "cache", "dead", "audit"):
             merged[key] += batch[key]
         merged["run"] = batch["run"] or merged["run"]
+        merged["seal"] = batch.get("seal") or merged.get("seal")
     return merged
 
 

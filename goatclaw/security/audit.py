@@ -1,0 +1,155 @@
+"""The audit chain: every side effect as a row that carries the hash of the row before it.
+
+A row is ``(seq, ts, run_id, task_id, action, detail, prev, hash)``: ``seq`` numbers the
+rows of the whole store from 1 (one chain across runs, so removing a whole run's rows
+shows too), ``detail`` is JSON text (secrets already masked), ``prev`` is the previous
+row's ``hash`` (:data:`GENESIS` for row 1) and ``hash`` is the SHA-256 of the canonical
+JSON of the other seven fields. The store keeps the last ``(seq, hash)`` as the chain's
+head, so removing the newest rows shows as well.
+
+This module is pure: it links rows (:func:`seal`) and checks them (:func:`verify`); the
+store runs :func:`seal` inside its write transaction, so concurrent writers extend one
+chain in commit order.
+
+What it guarantees: any change to a stored row (any field), a removed row, or rows
+removed from the end are found, and :func:`verify` names the first row affected. What it
+does not: someone able to write the store file can rebuild the whole chain from the
+altered row on (there is no secret key); keep a copy of the head
+(``goatclaw audit verify --json``) elsewhere to pin it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ACTIONS", "GENESIS", "AuditRow", "Verdict", "row_hash", "seal", "verify"]
+
+#: The ``prev`` of the first row.
+GENESIS = hashlib.sha256(b"goatclaw audit chain v1").hexdigest()
+
+#: The side effects the built-in tasks and the engine record.
+ACTIONS = ("process.started", "file.written", "request.sent", "llm.called", "secret.read", "permission.denied",
+           "threat.detected", "run.blocked")
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One stored row of the chain."""
+
+    seq: int
+    ts: float
+    run_id: str | None
+    task_id: str | None
+    action: str
+    detail: str
+    prev: str
+    hash: str
+
+    @property
+    def data(self) -> Any:
+        """``detail`` parsed (the text itself when it is not JSON)."""
+        try:
+            return json.loads(self.detail)
+        except ValueError:
+            return self.detail
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain data (``detail`` parsed)."""
+        return {"seq": self.seq, "ts": self.ts, "run_id": self.run_id, "task_id": self.task_id,
+                "action": self.action, "detail": self.data, "prev": self.prev, "hash": self.hash}
+
+
+def row_hash(seq: int, ts: float, run_id: str | None, task_id: str | None, action: str, detail: str,
+             prev: str) -> str:
+    """SHA-256 (hex) of the canonical JSON of a row's fields and the previous row's hash."""
+    fields = {"action": action, "detail": detail, "prev": prev, "run_id": run_id, "seq": seq, "task_id": task_id,
+              "ts": ts}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal(head_seq: int, head_hash: str | None, pending: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Number and link ``pending`` rows ``(ts, run_id, task_id, action, detail)`` after the head.
+
+    Returns rows in table order ``(seq, ts, run_id, task_id, action, detail, prev, hash)``.
+    """
+    prev = head_hash or GENESIS
+    sealed: list[tuple[Any, ...]] = []
+    seq = head_seq
+    for ts, run_id, task_id, action, detail in pending:
+        seq += 1
+        digest = row_hash(seq, ts, run_id, task_id, action, detail, prev)
+        sealed.append((seq, ts, run_id, task_id, action, detail, prev, digest))
+        prev = digest
+    return sealed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`verify` found: ``ok``, how many rows it read, and the first problem."""
+
+    ok: bool
+    rows: int
+    seq: int | None = None
+    problem: str | None = None
+    head: str | None = None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.rows} rows"
+        return f"audit chain broken at row {self.seq}: {self.problem}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as plain data."""
+        return {"ok": self.ok, "rows": self.rows, "seq": self.seq, "problem": self.problem, "head": self.head}
+
+
+def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None) -> Verdict:
+    """Check ``rows`` (in ``seq`` order) against each other and the stored ``head``; the first problem.
+
+    Rows must be numbered 1, 2, … without gaps, each ``prev`` must be the hash of the row
+    before, each ``hash`` must match the row's fields, and the last row must be the head.
+    """
+    expected, prev, count = 1, GENESIS, 0
+    for row in rows:
+        count += 1
+        problem = _row_problem(row, expected, prev)
+        if problem is not None:
+            return Verdict(False, count, problem[0], problem[1])
+        expected, prev = row.seq + 1, row.hash
+    last = expected - 1
+    if head is None:
+        if last == 0:
+            return Verdict(True, 0, head=GENESIS)
+        return Verdict(False, count, last, "the chain head is missing (its record was removed)")
+    head_seq, head_hash = head
+    if head_seq > last:
+        return Verdict(False, count, last + 1, f"row {last + 1} is missing (the chain head records {head_seq} "
+                                               f"rows, the table ends at {last})")
+    if head_seq < last or head_hash != prev:
+        return Verdict(False, count, last, f"row {last} does not match the chain head (head: row {head_seq}, "
+                                           f"{head_hash[:12]}…)")
+    return Verdict(True, count, head=prev)
+
+
+def _row_problem(row: AuditRow, expected: int, prev: str) -> tuple[int, str] | None:
+    if row.seq > expected:
+        gap = f"row {expected} is missing" if row.seq == expected + 1 else f"rows {expected}-{row.seq - 1} are missing"
+        return expected, f"{gap} (the next stored row is {row.seq})"
+    if row.seq < expected:
+        return row.seq, f"row {row.seq} is out of sequence (expected {expected})"
+    if row.prev != prev:
+        before = "the genesis hash" if row.seq == 1 else f"row {row.seq - 1}"
+        return row.seq, f"row {row.seq} does not link to {before} (its prev hash differs: the row was altered, " \
+                        "or one before it was replaced)"
+    try:
+        digest = row_hash(row.seq, row.ts, row.run_id, row.task_id, row.action, row.detail, row.prev)
+    except (TypeError, ValueError) as exc:
+        return row.seq, f"row {row.seq} cannot be hashed ({exc}): it was altered"
+    if digest != row.hash:
+        return row.seq, f"row {row.seq} was altered (its fields do not match its hash)"
+    return None
