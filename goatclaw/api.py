@@ -111,6 +111,9 @@ async def arun(
     cache: bool = True,
     seed_from: str | None = None,
     llm: str | None = None,
+    max_cost: float | None = None,
+    stubs: Mapping[str, Any] | None = None,
+    cassette: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -130,7 +133,12 @@ async def arun(
     ``llm`` is the LLM mode (``live``, ``record``, ``replay``; default: ``$GOATCLAW_LLM``,
     then ``llm.mode`` in goatclaw.yaml): ``record`` writes every model answer to the
     pipeline's cassette, ``replay`` answers only from it (see docs/llm.md); both bypass
-    the task cache so that every ``llm`` task really records or replays.
+    the task cache so that every ``llm`` task really records or replays; ``cassette``
+    names another cassette file than the pipeline's own.
+
+    ``max_cost`` caps what the run's LLM calls may spend in dollars (the lower of it and
+    the pipeline's ``budget:``): a call that cannot be afforded fails with class ``budget``.
+    ``stubs`` gives the outputs of tasks that then do not run (``goatclaw test``).
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -142,7 +150,7 @@ async def arun(
     stored_vars: dict[str, Any] | None = None
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
-    session = llm_session(pipeline, project, llm, store_path)
+    session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette)
     options = RunOptions(
         vars=stored_vars if stored_vars is not None else {**pipeline.vars, **(vars or {})},
         concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
@@ -158,6 +166,7 @@ async def arun(
         hooks=tuple(hooks),
         resume=bool(resume),
         seed_from=seed_from,
+        stubs=dict(stubs or {}),
         cache=cache and session.mode == "live",
     )
     session.secrets = [v for v in options.secrets.values() if v]
@@ -185,26 +194,36 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
 
 
-def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None) -> llm_room.Session:
-    """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models."""
+def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,
+                max_cost: float | None = None, cassette: str | os.PathLike[str] | None = None) -> llm_room.Session:
+    """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models.
+
+    ``max_cost`` lowers the budget to at most that many dollars; ``cassette`` overrides
+    the cassette file (default: ``llm.cassette`` in goatclaw.yaml, else the pipeline's own).
+    """
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
     mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
     if mode not in llm_room.MODES:
         raise GoatclawError(f"--llm must be one of {', '.join(llm_room.MODES)}, not '{mode}'")
-    cassette = None
+    tape = None
     if mode != "live":
-        if settings.get("cassette"):
-            cassette = llm_room.Cassette(project.root / str(settings["cassette"]))
+        if cassette is not None:
+            tape = llm_room.Cassette(Path(cassette))
+        elif settings.get("cassette"):
+            tape = llm_room.Cassette(project.root / str(settings["cassette"]))
         elif pipeline.file is not None:
-            cassette = llm_room.Cassette(Path(pipeline.file).with_suffix(".cassette.json"))
+            tape = llm_room.Cassette(Path(pipeline.file).with_suffix(".cassette.json"))
         else:
             raise GoatclawError(f"--llm {mode} needs a cassette: set llm.cassette in goatclaw.yaml")
     budget = pipeline.budget or project.budget
+    budget_usd = budget.usd if budget is not None else None
+    if max_cost is not None:
+        budget_usd = max_cost if budget_usd is None else min(budget_usd, max_cost)
     limits = project.data.get("rate_limits")
     return llm_room.Session(
-        mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=cassette,
+        mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=tape,
         cache=store_path if settings.get("cache") and store_path is not None else None,
-        budget_usd=budget.usd if budget is not None else None,
+        budget_usd=budget_usd,
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
     )

@@ -27,7 +27,7 @@ from goatclaw.spec.loader import Document, dotted
 
 __all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
 
-SCHEMAS = ("pipeline", "goatclaw")
+SCHEMAS = ("pipeline", "goatclaw", "test")
 #: Documents with more nodes than this are checked by the compiled fast path first.
 _FAST_FROM_NODES = 2000
 _TYPE_ORDER = ("number", "integer", "string", "boolean", "object", "array", "null")

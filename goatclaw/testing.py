@@ -1,0 +1,425 @@
+"""Pipeline tests: ``*.test.yaml`` files next to a pipeline, run by ``goatclaw test`` or from pytest.
+
+A test file names its pipeline and holds test cases. Each case runs the pipeline with
+its ``vars``, with some tasks stubbed (a stubbed task does not run; its output is
+given) or its ``llm`` tasks answered from a cassette, then checks what it expects:
+the run's status, each named task's status, output, error or error class, and
+``asserts`` in the expression language of ``if:`` and ``expr:``::
+
+    # quickstart.test.yaml
+    version: 1
+    pipeline: quickstart.yaml
+    tests:
+      oldest-of-two:
+        vars: {topics: [go, python]}
+        expect:
+          status: succeeded
+          tasks: {oldest: {output: 1991}, report: succeeded}
+          asserts:
+            - "tasks.profile.outputs | length == 2"
+
+From Python (pytest)::
+
+    from goatclaw.testing import collect, run_pipeline_test
+
+    def test_quickstart():
+        run_pipeline_test("pipelines/quickstart.test.yaml")   # AssertionError listing what failed
+
+    @pytest.mark.parametrize("case", collect("pipelines"), ids=str)
+    def test_pipeline(case):
+        case.check()
+
+The steps of one case: load (and check) the pipeline once per file, run it without a
+store or task cache (a test never reads or changes the project's runs), then judge
+each expectation. A failed assertion shows the values of the expression's operands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+import tokenize
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from goatclaw.engine.state import RunResult
+from goatclaw.errors import GoatclawError, Location, Problem, SpecError, TemplateError
+from goatclaw.spec.loader import Document, dotted, load_file
+from goatclaw.spec.model import Pipeline
+from goatclaw.spec.schema import check_document
+from goatclaw.template import compile_expression
+
+__all__ = ["CaseResult", "Check", "PipelineTest", "PipelineTestFailed", "collect", "discover", "load_tests",
+           "run_pipeline_test", "run_tests"]
+
+SUFFIX = ".test.yaml"
+_SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".goatclaw", ".tox", ".mypy_cache"}
+
+
+class PipelineTestFailed(AssertionError):
+    """A pipeline test case did not hold (what pytest shows: every failed check)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One failed expectation: what was expected, where it is written, and what was found."""
+
+    message: str
+    location: Location | None = None
+    details: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        return "\n".join([f"{where}{self.message}", *(f"  {d}" for d in self.details)])
+
+
+@dataclass(frozen=True)
+class PipelineTest:
+    """One test case of a test file, ready to run (built by :func:`load_tests`)."""
+
+    file: Path
+    name: str
+    pipeline: Pipeline = field(repr=False)
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    stubs: Mapping[str, Any] = field(default_factory=dict)
+    llm: str | None = None
+    cassette: Path | None = None
+    only: tuple[str, ...] = ()
+    expect: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    doc: Document | None = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.file}::{self.name}"
+
+    def locate(self, *path: str | int) -> Location | None:
+        """Where ``tests.<name>.<path>`` is written in the test file."""
+        return None if self.doc is None else self.doc.locate(("tests", self.name, *path))
+
+    async def arun(self) -> CaseResult:
+        """Run the case on the running event loop and judge it."""
+        return await _arun_case(self)
+
+    def run(self) -> CaseResult:
+        """Run the case and judge it."""
+        return asyncio.run(self.arun())
+
+    def check(self) -> CaseResult:
+        """Run the case; raise :class:`PipelineTestFailed` (an ``AssertionError``) unless it passed."""
+        result = self.run()
+        if not result.passed:
+            raise PipelineTestFailed(result.explain())
+        return result
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """How one test case went: passed or not, the failed checks, the run, the time taken."""
+
+    case: PipelineTest
+    failures: tuple[Check, ...]
+    duration: float
+    run: RunResult | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether every expectation held."""
+        return not self.failures
+
+    @property
+    def name(self) -> str:
+        """``file::case``."""
+        return str(self.case)
+
+    def explain(self) -> str:
+        """The failed checks as text (empty when it passed)."""
+        return "\n".join([f"{self.case} failed:", *(str(f) for f in self.failures)]) if self.failures else ""
+
+
+# -- finding and loading test files -----------------------------------------------------------
+
+
+def discover(paths: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """Test files: each file given, and every ``*.test.yaml`` under each folder (default: the cwd)."""
+    found: list[Path] = []
+    for raw in list(paths) or [Path.cwd()]:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(_walk(path))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise GoatclawError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(found))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(SUFFIX):
+                yield Path(root) / name
+
+
+def load_tests(path: str | os.PathLike[str]) -> list[PipelineTest]:
+    """The test cases of one test file, with its pipeline loaded and checked.
+
+    Raises :class:`SpecError` listing every problem, each at file:line:col: the test file
+    against its schema, its pipeline, and names of tasks that the pipeline does not have.
+    """
+    file = Path(path)
+    doc = load_file(file)
+    problems = doc.problems + check_document(doc, "test")
+    if _errors(problems):
+        raise SpecError(problems)
+    data: dict[str, Any] = doc.data
+    pipeline_file = _pipeline_file(file, data)
+    pipeline = _load_pipeline(doc, pipeline_file)
+    cases = [_case(file, doc, pipeline, data, name, spec) for name, spec in data["tests"].items()]
+    problems = [p for case in cases for p in _case_problems(case)]
+    if problems:
+        raise SpecError(problems)
+    return cases
+
+
+def _errors(problems: Sequence[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+def _pipeline_file(file: Path, data: Mapping[str, Any]) -> Path:
+    if "pipeline" in data:
+        return file.parent / str(data["pipeline"])
+    return file.with_name(file.name.removesuffix(SUFFIX) + ".yaml")
+
+
+def _load_pipeline(doc: Document, pipeline_file: Path) -> Pipeline:
+    from goatclaw.api import check
+
+    where = doc.locate(("pipeline",)) if "pipeline" in doc.data else doc.locate(())
+    if not pipeline_file.is_file():
+        raise SpecError([Problem(where, "pipeline", f"no pipeline file {pipeline_file}")])
+    pipeline, problems = check(pipeline_file)
+    errors = _errors(problems)
+    if errors or pipeline is None:
+        raise SpecError([Problem(where, "pipeline", f"{pipeline_file} is invalid"), *(errors or problems)])
+    return pipeline
+
+
+def _case(file: Path, doc: Document, pipeline: Pipeline, data: Mapping[str, Any], name: str,
+          spec: Mapping[str, Any]) -> PipelineTest:
+    cassette = spec.get("cassette", data.get("cassette"))
+    llm = spec.get("llm", data.get("llm")) or ("replay" if cassette else None)
+    return PipelineTest(
+        file=file, name=name, pipeline=pipeline,
+        vars={**data.get("vars", {}), **spec.get("vars", {})},
+        stubs={**data.get("stubs", {}), **spec.get("stubs", {})},
+        llm=llm, cassette=None if cassette is None or llm != "replay" else file.parent / str(cassette),
+        only=tuple(spec.get("only", ())), expect=spec["expect"], doc=doc,
+    )
+
+
+def _case_problems(case: PipelineTest) -> list[Problem]:
+    """Task names the pipeline does not have, asserts that do not compile, a cassette that is missing."""
+    known = {*case.pipeline.tasks, *case.pipeline.on_failure, *case.pipeline.finally_}
+    problems = []
+    named = [(("stubs", t), t) for t in case.stubs] + [(("only", i), t) for i, t in enumerate(case.only)]
+    named += [(("expect", "tasks", t), t) for t in case.expect.get("tasks", {})]
+    for path, tid in named:
+        if tid not in known:
+            problems.append(_problem(case, path, f"the pipeline '{case.pipeline.name}' has no task '{tid}'",
+                                     key=True))
+    for i, item in enumerate(case.expect.get("asserts", ())):
+        source = item if isinstance(item, str) else item["that"]
+        try:
+            compile_expression(source)
+        except TemplateError as exc:
+            problems.append(_problem(case, ("expect", "asserts", i), exc.message))
+    if case.cassette is not None and not case.cassette.is_file():
+        problems.append(_problem(case, ("cassette",), f"no cassette file {case.cassette}"))
+    return problems
+
+
+def _problem(case: PipelineTest, path: tuple[str | int, ...], message: str, *, key: bool = False) -> Problem:
+    full = ("tests", case.name, *path)
+    spec_path = full if _has(case, full) else tuple(path)
+    loc = case.doc.locate(spec_path, key=key) if case.doc is not None else None
+    return Problem(loc, dotted(spec_path), message)
+
+
+def _has(case: PipelineTest, path: tuple[str | int, ...]) -> bool:
+    return case.doc is not None and path in case.doc.locations
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+async def _arun_case(case: PipelineTest) -> CaseResult:
+    from goatclaw.api import arun
+
+    started = time.perf_counter()
+    try:
+        run = await arun(case.pipeline, vars=case.vars, stubs=case.stubs, only=case.only, store=False,
+                         cache=False, llm=case.llm, cassette=case.cassette)
+    except GoatclawError as exc:  # the run could not start (a bad cassette, an unknown --only …)
+        return CaseResult(case, (Check(f"the run did not start: {exc}", case.locate()),),
+                          time.perf_counter() - started)
+    return CaseResult(case, tuple(judge(case, run)), time.perf_counter() - started, run)
+
+
+def judge(case: PipelineTest, run: RunResult) -> Iterator[Check]:
+    """Every expectation of ``case`` that ``run`` does not meet."""
+    expect = case.expect
+    if "status" in expect and run.status.value != expect["status"]:
+        failed = [f"{tid}: {t.status.value}: {t.error_class}: {t.error}" for tid, t in run.tasks.items()
+                  if t.status.value in ("failed", "upstream_failed", "cancelled")]
+        why = [f"run error: {run.error}"] if run.error else []
+        yield Check(f"expected the run to be {expect['status']}, it {run.status.value}",
+                    case.locate("expect", "status"), tuple(why + failed))
+    for tid, want in expect.get("tasks", {}).items():
+        yield from _judge_task(case, run, tid, want if isinstance(want, Mapping) else {"status": want})
+    context = assert_context(run, {**case.pipeline.vars, **case.vars})
+    for i, item in enumerate(expect.get("asserts", ())):
+        source, message = (item, None) if isinstance(item, str) else (item["that"], item.get("message"))
+        failure = check_assert(source, context, message)
+        if failure is not None:
+            yield Check(failure[0], case.locate("expect", "asserts", i), failure[1])
+
+
+def _judge_task(case: PipelineTest, run: RunResult, tid: str, want: Mapping[str, Any]) -> Iterator[Check]:
+    res = run.tasks.get(tid)
+    where = case.locate("expect", "tasks", tid)
+    if res is None:
+        yield Check(f"task '{tid}' was not part of the run (see only:)", where)
+        return
+    if "status" in want and res.status.value != want["status"]:
+        why = (f"{res.error_class}: {res.error}",) if res.error else ()
+        yield Check(f"tasks.{tid}.status: expected {want['status']}, got {res.status.value}", where, why)
+    if "output" in want and res.output != want["output"]:
+        yield Check(f"tasks.{tid}.output: not the expected output", where,
+                    (f"expected: {_show(want['output'])}", f"actual:   {_show(res.output)}"))
+    if "error" in want and want["error"] not in (res.error or ""):
+        yield Check(f"tasks.{tid}.error: expected it to contain {want['error']!r}", where,
+                    (f"actual: {res.error!r}",))
+    if "error_class" in want and res.error_class != want["error_class"]:
+        yield Check(f"tasks.{tid}.error_class: expected {want['error_class']}, got {res.error_class}", where)
+
+
+def assert_context(run: RunResult, vars: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``asserts`` see: ``tasks.<id>`` (status, output, outputs, error, error_class, attempts), vars, run."""
+    tasks = {tid: {**t.view(), "error_class": t.error_class, "attempts": t.attempts} for tid, t in run.tasks.items()}
+    return {"tasks": tasks, "vars": dict(vars),
+            "run": {"id": run.run_id, "pipeline": run.pipeline, "status": run.status.value, "error": run.error}}
+
+
+def check_assert(source: str, context: Mapping[str, Any], message: str | None = None
+                 ) -> tuple[str, tuple[str, ...]] | None:
+    """``None`` if the expression is true in ``context``; else what failed and its operands' values."""
+    title = f"assert {source}"
+    try:
+        value = compile_expression(source).evaluate(context)
+    except TemplateError as exc:
+        return f"{title}: {exc.message}", ()
+    if value:
+        return None
+    details = [f"{operand} = {_show(found)}" for operand, found in _operand_values(source, context)]
+    head = f"{title} is {_show(value)}" + (f": {message}" if message else "")
+    return head, tuple(details)
+
+
+def _operand_values(source: str, context: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    out = []
+    for operand in operands(source):
+        try:
+            out.append((operand, compile_expression(operand).evaluate(context)))
+        except TemplateError as exc:
+            out.append((operand, f"<{exc.message}>"))
+    return out
+
+
+_SPLIT_OPS = {"==", "!=", "<", ">", "<=", ">="}
+_SPLIT_WORDS = {"and", "or", "not", "in", "is"}
+
+
+def operands(source: str) -> list[str]:
+    """The parts of an expression worth showing when it is false.
+
+    They are the sides of its top-level comparisons and of ``and``/``or``/``not``, literals
+    left out: ``a.b | length == 3`` gives ``["a.b | length"]``.
+    """
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return []
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    depth = 0
+    parts: list[str] = []
+    start = 0
+    names = test_name = False
+    for tok in tokens:
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        at = offsets[tok.start[0] - 1] + tok.start[1] if tok.start[0] <= len(lines) else len(source)
+        split = depth == 0 and ((tok.type == tokenize.OP and tok.string in _SPLIT_OPS)
+                                or (tok.type == tokenize.NAME and tok.string in _SPLIT_WORDS))
+        if split or tok.type == tokenize.ENDMARKER:
+            piece = source[start:at].strip()
+            if piece and names and not test_name:
+                parts.append(piece)
+            start = offsets[tok.end[0] - 1] + tok.end[1] if tok.end[0] <= len(lines) else len(source)
+            names = False
+            test_name = tok.string == "is" or (test_name and tok.string == "not")  # `x is defined`: a test
+        elif tok.type == tokenize.NAME and tok.string not in ("true", "false", "none", "True", "False", "None"):
+            names = True
+    return list(dict.fromkeys(p for p in parts if p != source.strip()))
+
+
+def _show(value: Any, limit: int = 300) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- many files ----------------------------------------------------------------------------------
+
+
+def collect(*paths: str | os.PathLike[str]) -> list[PipelineTest]:
+    """Every test case under ``paths`` (files or folders; default the cwd), for ``pytest.mark.parametrize``.
+
+    An invalid test file raises :class:`SpecError`.
+    """
+    return [case for file in discover(paths) for case in load_tests(file)]
+
+
+def run_tests(cases: Iterable[PipelineTest]) -> list[CaseResult]:
+    """Run test cases one after another (each on its own event loop) and return their results."""
+    return [case.run() for case in cases]
+
+
+def run_pipeline_test(path: str | os.PathLike[str], case: str | None = None, *, check: bool = True
+                      ) -> list[CaseResult]:
+    """Run the cases of one test file (or only ``case``); with ``check``, raise unless all passed.
+
+    The error is a :class:`PipelineTestFailed` (an ``AssertionError``, so pytest reports it
+    as a failed test) listing every failed check with the values found.
+    """
+    cases = load_tests(path)
+    if case is not None:
+        cases = [c for c in cases if c.name == case]
+        if not cases:
+            raise GoatclawError(f"{path}: no test case '{case}'")
+    results = run_tests(cases)
+    failed = [r for r in results if not r.passed]
+    if check and failed:
+        raise PipelineTestFailed("\n".join(r.explain() for r in failed))
+    return results
