@@ -28,7 +28,7 @@ from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
-from goatclaw.spec.loader import dotted, load_file, load_text
+from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
@@ -52,6 +52,12 @@ def check(path: str | os.PathLike[str], *, project: Project | None = None,
     Steps: load the YAML (a fatal problem stops here), check it against the schema, build
     the model, then check the graph, the templates and each task's plugin arguments.
     """
+    with gc_paused():  # checking makes many objects and no cycles: the cyclic GC would only rescan them
+        return _check(path, project, registry)
+
+
+def _check(path: str | os.PathLike[str], project: Project | None,
+           registry: Registry | None) -> tuple[Pipeline | None, list[Problem]]:
     try:
         project = project or load_project_for(path)
         doc = load_file(path)

@@ -1,7 +1,11 @@
 """Pipeline → DAG: dependency checks, cycles, template references, and the plan.
 
-The only module that imports networkx. It is used to compile and analyse; the engine's
-hot loop runs on the plain ``needs``/``dependents`` tables of the :class:`Plan`.
+The only module that imports networkx. Checking and planning run on a plain adjacency
+table (:class:`Dag`: Kahn's algorithm finds the levels and whether there is a cycle in
+linear time, several times faster than building a networkx graph for 10k tasks);
+networkx names the cycles when there are some, and :attr:`Plan.graph` is the plan as a
+networkx ``DiGraph``, built on first use, for analysis and export. The engine's hot loop
+runs on the plain ``needs``/``dependents`` tables of the :class:`Plan`.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import networkx as nx
-
 from goatclaw.errors import Location, Problem, SpecError, TemplateError
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Task
 from goatclaw.template import TemplateRefs, check_expression, check_value, has_template
 
-__all__ = ["Plan", "build_plan", "check_templates", "compile_plan", "graph_problems", "knowledge_graph",
+__all__ = ["Dag", "Plan", "build_plan", "check_templates", "compile_plan", "graph_problems", "knowledge_graph",
            "plan_data", "render_knowledge", "render_plan"]
 
 #: Names every task template may read.
@@ -29,6 +31,79 @@ FOREACH_NAMES = frozenset({"item", "index"})
 RULE_NAMES = frozenset({"output"})
 #: Jinja2 globals (range, dict, lipsum, cycler, joiner, namespace) are always defined.
 JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+
+
+class Dag:
+    """A directed graph as plain tables: nodes in file order, successors and predecessors."""
+
+    __slots__ = ("_ancestors", "pred", "succ")
+
+    def __init__(self, nodes: Iterable[str]) -> None:
+        self.succ: dict[str, list[str]] = {n: [] for n in nodes}
+        self.pred: dict[str, list[str]] = {n: [] for n in self.succ}
+        self._ancestors: dict[str, frozenset[str]] = {}
+
+    def add_edge(self, src: str, dst: str) -> None:
+        """``src`` must finish before ``dst`` (a repeated edge is kept once)."""
+        if dst not in self.succ[src]:
+            self.succ[src].append(dst)
+            self.pred[dst].append(src)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.succ
+
+    def __len__(self) -> int:
+        return len(self.succ)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """Every edge ``(src, dst)``, in node order."""
+        return [(a, b) for a, succ in self.succ.items() for b in succ]
+
+    def successors(self, node: str) -> list[str]:
+        """The nodes that need ``node``."""
+        return self.succ[node]
+
+    def generations(self) -> list[list[str]] | None:
+        """Kahn's algorithm: the nodes level by level, or ``None`` when there is a cycle."""
+        indegree = {n: len(p) for n, p in self.pred.items()}
+        level = [n for n, d in indegree.items() if d == 0]
+        levels = []
+        seen = 0
+        while level:
+            levels.append(level)
+            seen += len(level)
+            following = []
+            for n in level:
+                for d in self.succ[n]:
+                    indegree[d] -= 1
+                    if indegree[d] == 0:
+                        following.append(d)
+            level = following
+        return levels if seen == len(self.succ) else None
+
+    def ancestors(self, node: str) -> frozenset[str]:
+        """Every node ``node`` depends on, directly or transitively (memoised)."""
+        found = self._ancestors.get(node)
+        if found is None:
+            seen: set[str] = set()
+            stack = list(self.pred.get(node, ()))
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack.extend(self.pred[n])
+            found = self._ancestors[node] = frozenset(seen)
+        return found
+
+    def to_networkx(self) -> Any:
+        """The same graph as a networkx ``DiGraph``."""
+        import networkx as nx  # only when asked: importing it costs more than checking 10k tasks
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.succ)
+        graph.add_edges_from(self.edges)
+        return graph
 
 
 @dataclass(frozen=True)
@@ -40,11 +115,19 @@ class Plan:
     levels: tuple[tuple[str, ...], ...]
     needs: Mapping[str, tuple[str, ...]]
     dependents: Mapping[str, tuple[str, ...]]
-    graph: Any = field(repr=False, compare=False)
+    dag: Dag = field(repr=False, compare=False)
+    _nx: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def graph(self) -> Any:
+        """The plan as a networkx ``DiGraph`` (built on first use)."""
+        if "graph" not in self._nx:
+            self._nx["graph"] = self.dag.to_networkx()
+        return self._nx["graph"]
 
     def ancestors(self, task_id: str) -> set[str]:
         """Every task ``task_id`` depends on, directly or transitively."""
-        return set(nx.ancestors(self.graph, task_id)) if task_id in self.graph else set()
+        return set(self.dag.ancestors(task_id)) if task_id in self.dag else set()
 
 
 def compile_plan(pipeline: Pipeline) -> Plan:
@@ -63,21 +146,19 @@ def compile_plan(pipeline: Pipeline) -> Plan:
     return plan
 
 
-def graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
+def graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Dag]:
     """Unknown needs, self-dependencies, cycles and bad ``fallback`` names, plus the graph."""
     return _graph_problems(pipeline)
 
 
-def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
+def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Dag]:
     tasks = pipeline.tasks
-    graph = nx.DiGraph()
-    graph.add_nodes_from(tasks)
+    graph = Dag(tasks)
     problems: list[Problem] = []
-    edges = []
     for task in tasks.values():
         for i, need in enumerate(task.needs):
             if need in tasks and need != task.id:
-                edges.append((need, task.id))
+                graph.add_edge(need, task.id)
             elif need == task.id:
                 problems.append(_problem(pipeline, _need_path(pipeline, task, i),
                                          f"task '{task.id}' cannot need itself"))
@@ -93,9 +174,8 @@ def _graph_problems(pipeline: Pipeline) -> tuple[list[Problem], Any]:
                 if need not in group:
                     problems.append(_problem(pipeline, (*task.path, "needs", i),
                                              f"unknown task '{need}' in {task.group}{_did_you_mean(need, group)}"))
-    graph.add_edges_from(edges)
-    if not nx.is_directed_acyclic_graph(graph):
-        problems += _cycle_problems(pipeline, graph)
+    if graph.generations() is None:
+        problems += _cycle_problems(pipeline, graph.to_networkx())
     return problems, graph
 
 
@@ -109,6 +189,8 @@ def _need_path(pipeline: Pipeline, task: Task, i: int) -> tuple[str | int, ...]:
 def _cycle_problems(pipeline: Pipeline, graph: Any) -> list[Problem]:
     problems = []
     seen: set[frozenset[str]] = set()
+    import networkx as nx
+
     for component in nx.strongly_connected_components(graph):
         if len(component) < 2 or frozenset(component) in seen:
             continue
@@ -123,7 +205,7 @@ def _cycle_problems(pipeline: Pipeline, graph: Any) -> list[Problem]:
     return problems
 
 
-def check_templates(pipeline: Pipeline, graph: Any) -> list[Problem]:
+def check_templates(pipeline: Pipeline, graph: Dag) -> list[Problem]:
     """Template syntax errors and references to unknown or non-upstream tasks or names."""
     problems: list[Problem] = []
     for task in pipeline.tasks.values():
@@ -138,13 +220,13 @@ def check_templates(pipeline: Pipeline, graph: Any) -> list[Problem]:
 class _Upstream:
     """``ref in upstream``: whether ``ref`` is an ancestor of a task, searched only when asked."""
 
-    def __init__(self, graph: Any, task_id: str) -> None:
+    def __init__(self, graph: Dag, task_id: str) -> None:
         self.graph = graph
         self.task_id = task_id
 
     def __contains__(self, ref: object) -> bool:
         g = self.graph
-        return ref in g and self.task_id in g and ref != self.task_id and nx.has_path(g, ref, self.task_id)
+        return ref in g and self.task_id in g and ref in g.ancestors(self.task_id)
 
 
 def _task_template_problems(pipeline: Pipeline, task: Task, upstream: Any,
@@ -186,17 +268,20 @@ def _did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def build_plan(pipeline: Pipeline, graph: Any) -> Plan:
+def build_plan(pipeline: Pipeline, graph: Dag) -> Plan:
     """The plan of a pipeline whose graph has been checked (see :func:`graph_problems`)."""
     order_of = {tid: t.order for tid, t in pipeline.tasks.items()}
-    levels = tuple(tuple(sorted(gen, key=order_of.__getitem__)) for gen in nx.topological_generations(graph))
+    generations = graph.generations()
+    if generations is None:
+        raise ValueError("build_plan needs an acyclic graph: check it with graph_problems first")
+    levels = tuple(tuple(sorted(gen, key=order_of.__getitem__)) for gen in generations)
     return Plan(
         pipeline=pipeline,
         order=tuple(t for level in levels for t in level),
         levels=levels,
         needs=MappingProxyType({tid: tuple(dict.fromkeys(t.needs)) for tid, t in pipeline.tasks.items()}),
         dependents=MappingProxyType({tid: tuple(graph.successors(tid)) for tid in pipeline.tasks}),
-        graph=graph,
+        dag=graph,
     )
 
 
@@ -237,7 +322,7 @@ def _mermaid(plan: Plan) -> str:
         task = plan.pipeline.tasks[tid]
         label = f"{tid}<br/><small>{task.uses}{' (foreach)' if task.foreach is not None else ''}</small>"
         lines.append(f'    {ids[tid]}["{label}"]')
-    for src, dst in plan.graph.edges:
+    for src, dst in plan.dag.edges:
         lines.append(f"    {ids[src]} --> {ids[dst]}")
     return "\n".join(lines) + "\n"
 
@@ -247,7 +332,7 @@ def _dot(plan: Plan) -> str:
     for tid in plan.order:
         label = json.dumps(f"{tid}\n{plan.pipeline.tasks[tid].uses}")
         lines.append(f"    {json.dumps(tid)} [label={label}];")
-    for src, dst in plan.graph.edges:
+    for src, dst in plan.dag.edges:
         lines.append(f"    {json.dumps(src)} -> {json.dumps(dst)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -262,6 +347,8 @@ def knowledge_graph(entities: Iterable[Mapping[str, Any]], relations: Iterable[M
     Nodes carry ``kind`` and ``name``; edges ``relation``, ``count``, ``first_seen`` and
     ``last_seen`` (see :mod:`goatclaw.memory.knowledge`).
     """
+    import networkx as nx
+
     graph = nx.MultiDiGraph()
     names = {}
     for e in entities:
@@ -275,6 +362,8 @@ def knowledge_graph(entities: Iterable[Mapping[str, Any]], relations: Iterable[M
 
 def render_knowledge(graph: Any, fmt: str) -> str:
     """The knowledge graph as ``mermaid``, ``graphml`` or ``json`` (node-link) text."""
+    import networkx as nx
+
     if fmt == "graphml":
         return "\n".join(nx.generate_graphml(graph)) + "\n"
     if fmt == "json":

@@ -30,7 +30,7 @@ import yaml
 
 from goatclaw.errors import Location, Problem, SpecError
 
-__all__ = ["Document", "Limits", "dotted", "load_file", "load_text"]
+__all__ = ["Document", "Limits", "dotted", "gc_paused", "load_file", "load_text"]
 
 # libyaml's parser is several times faster; fall back to the pure-Python one where missing.
 # Only its event stream is used: no constructor ever runs, so no tag can build an object.
@@ -116,7 +116,7 @@ def load_text(text: str, *, file: str = "<string>", limits: Limits | None = None
     if len(text.encode("utf-8", "surrogatepass")) > limits.max_bytes:
         raise SpecError([Problem(Location(file, 1, 1), "", f"text is over the limit of {limits.max_bytes:,} bytes")])
     builder = _Builder(file, limits)
-    with _gc_paused():
+    with gc_paused():
         try:
             parser = _Parser(text)
             try:
@@ -134,8 +134,8 @@ def load_text(text: str, *, file: str = "<string>", limits: Limits | None = None
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Large files load about 3x faster with the cyclic GC paused (no cycles are made)."""
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC (nested use is fine): large files load about 3x faster without it."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -185,6 +185,7 @@ class _Builder:
         """Build the tree from ``parser``'s events; the scalar path is inlined for speed."""
         stack: list[_Frame] = []
         locations = self.locations
+        key_locations = self.key_locations
         scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
         start_events = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
         end_events = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
@@ -197,7 +198,13 @@ class _Builder:
                 if top is not None and top.is_map and top.key is None:
                     if ev.tag is not None:
                         self._check_tag(ev, stack)
-                    self._key(top, ev.value, ev)
+                    key = ev.value
+                    if key == "<<" or key in top.container:  # merges and duplicates: the careful path
+                        self._key(top, key, ev)
+                    else:
+                        mark = ev.start_mark
+                        key_locations[(*top.path, key)] = (mark.line + 1, mark.column + 1)
+                        top.key = key
                     if ev.anchor:
                         self.anchors[ev.anchor] = (ev.value, 1)
                     continue

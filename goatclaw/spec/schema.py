@@ -11,11 +11,16 @@ each is mapped back to the line and column of the offending node.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
 import json
+import marshal
+import os
 import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import fastjsonschema
@@ -50,11 +55,52 @@ def load_schema(name: str = "pipeline") -> dict[str, Any]:
 
 @cache
 def _fast(name: str) -> Callable[[Any], Any]:
+    """The schema compiled to Python by fastjsonschema, from the code cache when it is there.
+
+    Generating the validator for the pipeline schema takes a few hundred milliseconds, so
+    the generated code is kept, marshalled, in the user's cache folder (like ``__pycache__``)
+    under a key made of the schema text, the fastjsonschema version and Python's bytecode
+    magic; any change makes a new key. A cache that cannot be read or written is skipped.
+    """
     schema = dict(load_schema(name))
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    # use_default=False: by default fastjsonschema writes every schema `default` into the
-    # data it checks, which would make a task's `retry: {delay: 2s}` shadow `defaults.retry`.
-    return fastjsonschema.compile(schema, use_default=False)
+    key = hashlib.sha256("\0".join((schema_text(name), fastjsonschema.VERSION,
+                                     importlib.util.MAGIC_NUMBER.hex())).encode()).hexdigest()[:32]
+    path = _cache_dir() / f"schema-{name}-{key}.bin"
+    try:
+        func_name, code = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        # use_default=False: by default fastjsonschema writes every schema `default` into the
+        # data it checks, which would make a task's `retry: {delay: 2s}` shadow `defaults.retry`.
+        source = fastjsonschema.compile_to_code(schema, use_default=False)
+        func_name = _FIRST_DEF.search(source).group(1)  # type: ignore[union-attr]
+        code = compile(source, f"<goatclaw {name} schema validator>", "exec")
+        _write_atomic(path, marshal.dumps((func_name, code)))
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # code generated from our own shipped schema
+    return namespace[func_name]  # type: ignore[no-any-return]
+
+
+_FIRST_DEF = re.compile(r"^def (\w+)\(", re.MULTILINE)
+
+
+def _cache_dir() -> Path:
+    """``$GOATCLAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/goatclaw``, else ``~/.cache/goatclaw``."""
+    explicit = os.environ.get("GOATCLAW_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "goatclaw"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: compile each time
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
