@@ -29,7 +29,7 @@ from goatclaw.errors import GoatclawError
 from goatclaw.history import llm_costs
 from goatclaw.store import RunRow, Store, TaskRow
 
-__all__ = ["FORMATS", "ItemReport", "RunReport", "TaskReport", "build", "parse_target", "render", "write"]
+__all__ = ["FORMATS", "ItemReport", "RunReport", "TaskReport", "build", "parse_target", "render", "write", "xml_text"]
 
 FORMATS = ("junit", "json", "markdown")
 _FAILED = ("failed",)
@@ -258,7 +258,8 @@ def write(report: RunReport, targets: Sequence[tuple[str, Path]]) -> list[Path]:
     return written
 
 
-def _xml(text: Any) -> str:
+def xml_text(text: Any) -> str:
+    """Text an XML 1.0 document can hold (control characters it cannot are replaced)."""
     return _XML_ILLEGAL.sub("\N{REPLACEMENT CHARACTER}", "" if text is None else str(text))
 
 
@@ -281,22 +282,22 @@ def junit(report: RunReport) -> str:
     cases = [c for t in report.tasks for c in _cases(run.pipeline, t)]
     run_problem = _run_problem(report)
     if run_problem:
-        case = ET.Element("testcase", name="(run)", classname=_xml(run.pipeline), time=_seconds(run.duration))
-        ET.SubElement(case, "failure", message=_xml(run_problem), type="budget" if report.over_budget else "run"
-                      ).text = _xml(run_problem)
+        case = ET.Element("testcase", name="(run)", classname=xml_text(run.pipeline), time=_seconds(run.duration))
+        ET.SubElement(case, "failure", message=xml_text(run_problem), type="budget" if report.over_budget else "run"
+                      ).text = xml_text(run_problem)
         cases.append(case)
     failures = sum(1 for c in cases if c.find("failure") is not None)
     skipped = sum(1 for c in cases if c.find("skipped") is not None)
     suites = ET.Element("testsuites", name="goatclaw", tests=str(len(cases)), failures=str(failures), errors="0",
                         time=_seconds(run.duration))
     stamp = datetime.fromtimestamp(run.started_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    suite = ET.SubElement(suites, "testsuite", name=_xml(run.pipeline), tests=str(len(cases)),
+    suite = ET.SubElement(suites, "testsuite", name=xml_text(run.pipeline), tests=str(len(cases)),
                           failures=str(failures), errors="0", skipped=str(skipped), time=_seconds(run.duration),
-                          timestamp=stamp, hostname=_xml(socket.gethostname()), id=_xml(run.id))
+                          timestamp=stamp, hostname=xml_text(socket.gethostname()), id=xml_text(run.id))
     props = ET.SubElement(suite, "properties")
     for name, value in (("run", run.id), ("status", run.status), ("file", run.file or ""),
                         ("cost_usd", f"{report.cost_usd:.6f}"), ("vars", json.dumps(run.vars, default=str))):
-        ET.SubElement(props, "property", name=name, value=_xml(value))
+        ET.SubElement(props, "property", name=name, value=xml_text(value))
     suite.extend(cases)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
@@ -314,18 +315,19 @@ def _run_problem(report: RunReport) -> str | None:
 
 
 def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
-    case = ET.Element("testcase", name=_xml(t.id), classname=_xml(pipeline), time=_seconds(t.duration))
+    case = ET.Element("testcase", name=xml_text(t.id), classname=xml_text(pipeline), time=_seconds(t.duration))
     if t.outcome == "failed":
-        failure = ET.SubElement(case, "failure", message=_xml(t.error or "failed"), type=_xml(t.error_class or "error"))
+        failure = ET.SubElement(case, "failure", message=xml_text(t.error or "failed"),
+                                type=xml_text(t.error_class or "error"))
         lines = [f"{t.error_class}: {t.error}", f"attempts: {t.attempts}"]
         lines += [_verdict_line(v) for v in t.verdicts if v.get("severity") != "warn"]
         lines += [f"attempt {a['attempt']}{_item_of(a)} failed: {a['error_class']}: {a['error']}"
                   for a in t.failed_attempts]
-        failure.text = _xml("\n".join(lines))
+        failure.text = xml_text("\n".join(lines))
     elif t.outcome == "skipped":
         reason = t.error or ("its if: was false, or every task it needs was skipped" if t.status == "skipped"
                              else t.status)
-        ET.SubElement(case, "skipped", message=_xml(f"{t.status}: {reason}"))
+        ET.SubElement(case, "skipped", message=xml_text(f"{t.status}: {reason}"))
     out_lines = [f"status: {t.status}"]
     if t.llm_calls:
         out_lines.append(f"llm: {t.llm_calls} calls, ${t.cost_usd:.6f}")
@@ -333,7 +335,7 @@ def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
     if t.outcome == "passed" and t.output is not None:
         out_lines.append("output: " + _short(t.output, 2000))
     system_out = ET.SubElement(case, "system-out")
-    system_out.text = _xml("\n".join(out_lines))
+    system_out.text = xml_text("\n".join(out_lines))
     cases = [case]
     for item in t.items or ():
         cases.append(_item_case(pipeline, t, item))
@@ -341,15 +343,15 @@ def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
 
 
 def _item_case(pipeline: str, t: TaskReport, item: ItemReport) -> ET.Element:
-    case = ET.Element("testcase", name=_xml(f"{t.id}[{item.index}]"), classname=_xml(f"{pipeline}.{t.id}"),
+    case = ET.Element("testcase", name=xml_text(f"{t.id}[{item.index}]"), classname=xml_text(f"{pipeline}.{t.id}"),
                       time="0.000")
     if item.outcome == "failed":
-        failure = ET.SubElement(case, "failure", message=_xml(item.error or "failed"),
-                                type=_xml(item.error_class or "error"))
-        failure.text = _xml("\n".join([f"{item.error_class}: {item.error}", f"attempts: {item.attempts}",
+        failure = ET.SubElement(case, "failure", message=xml_text(item.error or "failed"),
+                                type=xml_text(item.error_class or "error"))
+        failure.text = xml_text("\n".join([f"{item.error_class}: {item.error}", f"attempts: {item.attempts}",
                                        *(_verdict_line(v) for v in item.verdicts)]))
     elif item.outcome == "skipped":
-        ET.SubElement(case, "skipped", message=_xml(item.error or "skipped"))
+        ET.SubElement(case, "skipped", message=xml_text(item.error or "skipped"))
     return case
 
 

@@ -146,7 +146,7 @@ class CaseResult:
 def discover(paths: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """Test files: each file given, and every ``*.test.yaml`` under each folder (default: the cwd)."""
     found: list[Path] = []
-    for raw in list(paths) or [Path.cwd()]:
+    for raw in list(paths) or [Path()]:
         path = Path(raw)
         if path.is_dir():
             found += sorted(_walk(path))

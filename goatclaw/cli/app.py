@@ -61,6 +61,13 @@ class ProblemFormat(str, Enum):
     json = "json"
 
 
+class FailOn(str, Enum):
+    """What fails ``validate`` and ``apply``: errors only, or warnings too."""
+
+    error = "error"
+    warn = "warn"
+
+
 def _out() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
@@ -128,13 +135,21 @@ def apply(
     llm: Annotated[str | None, typer.Option(
         "--llm", metavar="MODE", help="LLM calls: live, record (write the pipeline's cassette) or replay (answer "
         "only from it).")] = None,
+    report: Annotated[list[str] | None, typer.Option(
+        "--report", metavar="FORMAT:PATH", help="Write a report of the run: junit:PATH, json:PATH or markdown:PATH "
+        "(appends; fits $GITHUB_STEP_SUMMARY). Repeatable.")] = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
+    max_cost: Annotated[float | None, typer.Option(
+        "--max-cost", metavar="USD", min=0, help="Fail the run if its LLM calls would cost more than this.")] = None,
 ) -> None:
     """Check and run a pipeline, recording the run in the store."""
     import goatclaw
     from goatclaw.api import parse_var
+    from goatclaw.cli import ci
     from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
-    pipeline = goatclaw.load(file)
+    targets = ci.report_targets(report)
+    pipeline = ci.load_checked(file, fail_on)
     variables = dict(parse_var(v) for v in var or [])
     mode = _output_mode(output)
     if dry_run:
@@ -149,7 +164,7 @@ def apply(
     bus = goatclaw.Bus()
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
                             store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
-                            resume=resume_run or resume, llm=llm)
+                            resume=resume_run or resume, llm=llm, max_cost=max_cost)
     if mode == "rich":
         console = _out()
         with LiveView(bus, console):
@@ -162,8 +177,9 @@ def apply(
     else:
         result = asyncio.run(run())
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
-    if not result.ok:
-        raise typer.Exit(130 if result.status.value == "cancelled" else 1)
+    code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost)
+    if code:
+        raise typer.Exit(code)
 
 
 def _in_ci() -> bool:
@@ -171,9 +187,11 @@ def _in_ci() -> bool:
 
 
 def _output_mode(output: Output) -> str:
+    if _in_ci() and output is not Output.json:  # CI logs: never a live view, whatever was asked
+        return "plain"
     if output is not Output.auto:
         return output.value
-    if _in_ci() or not sys.stdout.isatty():
+    if not sys.stdout.isatty():
         return "plain"
     return "rich"
 
@@ -182,16 +200,18 @@ def _output_mode(output: Output) -> str:
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Pipeline files to check.")],
     fmt: Annotated[ProblemFormat, typer.Option("--format", "-f", help="text, github or json.")] = ProblemFormat.text,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
 ) -> None:
     """Check pipeline files without running anything; every problem at file:line:col."""
     import goatclaw
     from goatclaw.cli.render import print_problems
 
+    failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
     all_problems = []
     for file in files:
         _, problems = goatclaw.check(file)
         all_problems += problems
-        if fmt is ProblemFormat.text and not [p for p in problems if p.severity == "error"]:
+        if fmt is ProblemFormat.text and not [p for p in problems if p.severity in failing]:
             _err().print(f"[green]✓[/] {file}")
     if fmt is ProblemFormat.json:
         print(json.dumps([{"file": p.location.file if p.location else None,
@@ -201,7 +221,7 @@ def validate(
                          indent=2))
     else:
         print_problems(all_problems, _out() if fmt is ProblemFormat.github else _err(), fmt=fmt.value)
-    if any(p.severity == "error" for p in all_problems):
+    if any(p.severity in failing for p in all_problems):
         raise typer.Exit(2)
 
 
@@ -256,7 +276,8 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
 
 @app.command()
 def schema(
-    name: Annotated[str, typer.Argument(help="pipeline or goatclaw (the project file).")] = "pipeline",
+    name: Annotated[str, typer.Argument(help="pipeline, goatclaw (the project file) or test (*.test.yaml).")
+                    ] = "pipeline",
 ) -> None:
     """Print a JSON Schema (for editors and other tools)."""
     from goatclaw.spec.schema import SCHEMAS, schema_text
@@ -459,5 +480,7 @@ def doctor(
 
 # the commands over stored runs live in their own module; importing it registers them
 # (and those over semantic memory: memory …, why)
+from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
+from goatclaw.cli import test as _test  # noqa: E402, F401  (test)
