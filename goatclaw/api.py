@@ -191,9 +191,11 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     if not settings.enabled or result.store_path is None:
         return
     plugins = {tid: t.uses or "" for tid, t in pipeline.tasks.items()}
+    paths = {tid: t.with_["path"] for tid, t in pipeline.tasks.items()
+             if t.uses == "file.read" and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]}
     try:
         await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
-                                secrets=secrets)
+                                secrets=secrets, paths=paths)
     except GoatclawError as exc:
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with

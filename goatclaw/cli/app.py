@@ -349,6 +349,10 @@ def runs_show(
             downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
             _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "
                          f"tokens, ${llm['cost_usd']:.6f}{downgrades}", highlight=False)
+        if any(t.status == "failed" for t in tasks):
+            from goatclaw.cli.memory import print_seen_before
+
+            print_seen_before(db.path, row.id, _out())
 
 
 breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)

@@ -1,4 +1,4 @@
-"""Commands over semantic memory: ``memory search|list|forget|stats|consolidate|reembed`` and ``why``.
+"""Commands over semantic memory: ``memory search|list|forget|stats|consolidate|patterns|reembed|graph``, ``why``.
 
 Registered on the app by importing this module (``goatclaw.cli.app`` does). Each command
 parses, calls :mod:`goatclaw.memory`, and prints through the console it is given; the
@@ -146,6 +146,34 @@ def memory_consolidate(
     _out().print(f"merged {result['merged']}, dropped {result['dropped']}, kept {result['kept']}")
 
 
+@memory_app.command("patterns")
+@handles_errors
+def memory_patterns(
+    kind: Annotated[str, typer.Option("--kind", "-k", help="failure, fix, run, output or note.")] = "failure",
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Similarity at which two memories are the same pattern.")] = 0.75,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many patterns.")] = 20,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recurring failures (or fixes, notes …) grouped by meaning, with counts and first/last seen."""
+    with _memory(store) as mem:
+        found = mem.patterns(kind=kind, threshold=threshold, limit=limit)
+    if as_json:
+        print(json.dumps([p.to_dict() for p in found], indent=2, default=str))
+        return
+    console = _out()
+    if not found:
+        console.print(f"no {kind} memories yet", markup=False)
+        return
+    for p in found:
+        fixed = f", fixed {p.fixed}x" if p.fixed else ""
+        console.print(f"×{p.count:<4} {p.example}", markup=False)
+        console.print(f"      {p.memories} memories{fixed}; first {_when(p.first_seen)}, last {_when(p.last_seen)}"
+                      + (f"; tasks {', '.join(p.tasks[:5])}" if p.tasks else "")
+                      + (f"; {', '.join(p.error_classes)}" if p.error_classes else ""), markup=False)
+
+
 @memory_app.command("reembed")
 @handles_errors
 def memory_reembed(store: StoreOption = None) -> None:
@@ -194,6 +222,39 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
                               f"(run {f['metadata'].get('run')})", markup=False)
             if not s["fixes"]:
                 console.print("       no fix recorded", markup=False)
+
+
+def print_seen_before(store_path: str | Path, run_id: str, console: Any, *, k: int = 2) -> None:
+    """Under a failed run: the most similar past failures and what fixed them.
+
+    Quietly nothing when memory is off, the memory extra is not installed, or no failure
+    was remembered before (checked in SQL, before any embedder is loaded).
+    """
+    from goatclaw.errors import GoatclawError
+    from goatclaw.store import Store
+
+    try:
+        settings = _settings()
+        if not settings.enabled:
+            return
+        with Store.open(store_path) as db:
+            known = db.db.execute("SELECT COUNT(*) FROM memories WHERE kind = 'failure'").fetchone()[0]
+        if not known:
+            return
+        from goatclaw.memory.learn import explain
+
+        _, found = explain(store_path, run_id, k=k, min_score=settings.similarity_threshold,
+                           embedder=settings.embedder)
+    except (GoatclawError, ImportError):
+        return
+    for e in found:
+        for s in e.similar:
+            fixes = "; ".join(str(f["metadata"].get("how") or f["text"]) for f in s["fixes"]) or "no fix recorded"
+            console.print(f"  seen before ({s['score']:.2f}, {s['count']}×, last {_when(s['last_seen'])}) "
+                          f"{e.task}: {s['text']}", markup=False, highlight=False)
+            console.print(f"      what fixed it: {fixes}", markup=False, highlight=False)
+    if any(e.similar for e in found):
+        console.print(f"  (goatclaw why {run_id} explains more)", markup=False, highlight=False)
 
 
 @memory_app.command("graph")

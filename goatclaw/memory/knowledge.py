@@ -1,9 +1,11 @@
 """The knowledge graph: what runs taught, as entities and relations in the store.
 
 Entities are ``(kind, name)``: ``pipeline``, ``task`` (``pipeline.task``), ``plugin``,
-``error`` (an error class) and ``fix`` (how a failure was fixed: ``retry``, ``later run``).
-Relations carry a count and first/last seen: ``pipeline uses task``, ``task uses
-plugin``, ``task failed_with error``, ``error fixed_by fix`` and ``task fixed_by fix``.
+``model`` (the model an ``llm`` task actually used), ``file`` (a path a ``file.*`` task
+read or wrote), ``error`` (an error class) and ``fix`` (how a failure was fixed:
+``retry``, ``later run``). Relations carry a count and first/last seen: ``pipeline uses
+task``, ``task uses plugin``, ``task uses model``, ``task read file``, ``task produced
+file``, ``task failed_with error``, ``error fixed_by fix`` and ``task fixed_by fix``.
 They are written with the memories after a run (never for a clean run), in plain tables;
 :func:`goatclaw.graph.knowledge_graph` turns them into a networkx graph.
 """
@@ -20,14 +22,24 @@ Relation = tuple[tuple[str, str], str, tuple[str, str]]  # (source entity, relat
 
 
 def relations_of(pipeline: str, tasks: Sequence[Any], plugins: Mapping[str, str],
-                 failures: Iterable[Mapping[str, Any]], fixes: Iterable[Mapping[str, Any]]) -> list[Relation]:
-    """The relations one run shows: its tasks and plugins, its failures and its fixes (from their metadata)."""
+                 failures: Iterable[Mapping[str, Any]], fixes: Iterable[Mapping[str, Any]], *,
+                 models: Mapping[str, Iterable[str]] | None = None,
+                 files: Iterable[tuple[str, str, str]] = ()) -> list[Relation]:
+    """The relations one run shows: its tasks, plugins, models and files, its failures and its fixes.
+
+    ``models`` maps a task to the models it called; ``files`` holds ``(task, "read" or
+    "produced", path)``.
+    """
     out: list[Relation] = []
     for t in tasks:
         task = ("task", f"{pipeline}.{t.task_id}")
         out.append((("pipeline", pipeline), "uses", task))
         if plugins.get(t.task_id):
             out.append((task, "uses", ("plugin", plugins[t.task_id])))
+        for model in sorted(set((models or {}).get(t.task_id, ()))):
+            out.append((task, "uses", ("model", model)))
+    for task_id, relation, path in files:
+        out.append((("task", f"{pipeline}.{task_id}"), relation, ("file", path)))
     for meta in failures:
         out.append((("task", f"{pipeline}.{meta['task']}"), "failed_with", ("error", meta.get("error_class") or
                                                                              "error")))

@@ -48,6 +48,7 @@ class MemorySettings:
     failures: bool = True
     fixes: bool = True
     outputs: bool = False
+    consolidate_every: int = 20
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any] | None) -> MemorySettings:
@@ -58,7 +59,8 @@ class MemorySettings:
                    max_memories=data.get("max_memories"),
                    similarity_threshold=float(data.get("similarity_threshold", 0.5)),
                    runs=remember.get("runs"), failures=bool(remember.get("failures", True)),
-                   fixes=bool(remember.get("fixes", True)), outputs=bool(remember.get("outputs", False)))
+                   fixes=bool(remember.get("fixes", True)), outputs=bool(remember.get("outputs", False)),
+                   consolidate_every=int(data.get("consolidate_every", 20)))
 
 
 @dataclass
@@ -71,8 +73,11 @@ class _Notes:
 
 
 def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: MemorySettings,
-                 plugins: Mapping[str, str] | None = None, secrets: Mapping[str, str] | None = None) -> int:
+                 plugins: Mapping[str, str] | None = None, secrets: Mapping[str, str] | None = None,
+                 paths: Mapping[str, str] | None = None) -> int:
     """Remember what run ``run_id`` taught (failures, fixes, its summary); how many memories were written.
+
+    ``plugins`` maps task ids to their plugin, ``paths`` to the file a ``file.read`` task reads.
 
     Reads the run back from the store; opens the vector store (and loads the embedder)
     only when there is something to write.
@@ -90,7 +95,7 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
         summary_wanted = settings.runs is True or (settings.runs is None and (notes.failures or notes.fixes))
         if not (notes.failures or notes.fixes or notes.outputs or summary_wanted):
             return 0
-        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins)
+        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins, paths or {})
 
 
 def _worth_a_look(store: Store, pipeline: str, run_id: str) -> bool:
@@ -176,7 +181,7 @@ def _what_changed(store: Store, failed_run: str | None, run_id: str, t: TaskRow)
 
 
 def _write(store: Store, run: Any, tasks: Sequence[TaskRow], notes: _Notes, settings: MemorySettings, mask: Any,
-           summary: bool, plugins: Mapping[str, str]) -> int:
+           summary: bool, plugins: Mapping[str, str], paths: Mapping[str, str]) -> int:
     from goatclaw.memory.store import MemoryStore  # sqlite-vec only when something is written
 
     mem = MemoryStore(store, settings.embedder)
@@ -187,12 +192,50 @@ def _write(store: Store, run: Any, tasks: Sequence[TaskRow], notes: _Notes, sett
                                                                   "status": run.status, "time": time.time()}))
     written = mem.add_many(items)
     _link_fixes(store, notes, written[len(notes.failures):len(notes.failures) + len(notes.fixes)])
+    models, files = _models_and_files(store, run.id, tasks, plugins, paths)
     with store.transaction() as db:
         knowledge.record(db, knowledge.relations_of(run.pipeline, tasks, plugins, (m for _, m in notes.failures),
-                                                    (m for _, m, _ in notes.fixes)))
-    if settings.max_memories is not None and mem.count() > settings.max_memories:
-        mem.consolidate(max_memories=settings.max_memories)
+                                                    (m for _, m, _ in notes.fixes), models=models, files=files))
+    _upkeep(store, mem, settings)
     return len(written)
+
+
+_SINCE = "runs_since_consolidation"
+
+
+def _upkeep(store: Store, mem: Any, settings: MemorySettings) -> None:
+    """Consolidate every ``consolidate_every`` remembering runs, and whenever ``max_memories`` is exceeded."""
+    row = store.db.execute("SELECT value FROM memory_meta WHERE key = ?", (_SINCE,)).fetchone()
+    since = (int(row[0]) if row else 0) + 1
+    due = settings.consolidate_every > 0 and since >= settings.consolidate_every
+    if due or (settings.max_memories is not None and mem.count() > settings.max_memories):
+        mem.consolidate(max_memories=settings.max_memories)
+        since = 0
+    with store.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO memory_meta (key, value) VALUES (?, ?)", (_SINCE, str(since)))
+
+
+def _models_and_files(store: Store, run_id: str, tasks: Sequence[TaskRow], plugins: Mapping[str, str],
+                      paths: Mapping[str, str]) -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
+    """The models each task called (its ``llm.call`` events) and the files ``file.*`` tasks touched.
+
+    A ``file.write`` task's path is in its output; a ``file.read`` task's comes from ``paths``
+    (the literal ``with.path`` of the pipeline file).
+    """
+    models: dict[str, set[str]] = {}
+    for task_id, model in store.db.execute(
+            "SELECT task_id, json_extract(data, '$.model') FROM events WHERE run_id = ? AND topic = 'llm.call'",
+            (run_id,)):
+        if task_id and model:
+            models.setdefault(task_id, set()).add(str(model))
+    files = []
+    for t in tasks:
+        plugin = plugins.get(t.task_id, "")
+        if plugin == "file.write" and isinstance(t.output, dict) and isinstance(t.output.get("path"), str):
+            files.append((t.task_id, "produced", t.output["path"]))
+        elif plugin == "file.read" and t.task_id in paths:
+            files.append((t.task_id, "read", paths[t.task_id]))
+    return models, files
 
 
 def _link_fixes(store: Store, notes: _Notes, fixes: Sequence[Any]) -> None:

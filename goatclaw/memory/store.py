@@ -28,7 +28,7 @@ from goatclaw.errors import GoatclawError, StoreError
 from goatclaw.memory.embedders import Embedder, embedder_for
 from goatclaw.store import Store
 
-__all__ = ["KINDS", "MERGE_THRESHOLD", "Hit", "Memory", "MemoryStore", "open_memory"]
+__all__ = ["KINDS", "MERGE_THRESHOLD", "Hit", "Memory", "MemoryStore", "Pattern", "open_memory"]
 
 KINDS = ("run", "output", "failure", "fix", "note")
 #: Similarity at or above which a new memory counts as a repeat of an old one.
@@ -66,6 +66,41 @@ class Hit(Memory):
     """A memory found by a search, with its cosine similarity ``score`` (1 is identical)."""
 
     score: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Memories that say the same thing in other words: a recurring failure, fix or note."""
+
+    example: str
+    count: int
+    memories: int
+    first_seen: float
+    last_seen: float
+    tasks: list[str]
+    error_classes: list[str]
+    fixed: int
+    ids: list[int]
+
+    @classmethod
+    def of(cls, members: Sequence[Memory]) -> Pattern:
+        """The pattern of a group (its first member is the example)."""
+        meta = [m.metadata for m in members]
+        return cls(
+            example=members[0].text,
+            count=sum(m.count for m in members),
+            memories=len(members),
+            first_seen=min(m.created_at for m in members),
+            last_seen=max(m.last_seen for m in members),
+            tasks=sorted({f"{d.get('pipeline')}.{d.get('task')}" for d in meta if d.get("task")}),
+            error_classes=sorted({str(d["error_class"]) for d in meta if d.get("error_class")}),
+            fixed=sum(1 for d in meta if d.get("fixed")),
+            ids=[m.id for m in members],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
 
 
 class MemoryStore:
@@ -281,6 +316,36 @@ class MemoryStore:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
         return ids, mat
+
+    def patterns(self, *, kind: str = "failure", threshold: float = 0.75, limit: int | None = 20) -> list[Pattern]:
+        """Recurring memories of one kind grouped by meaning, the most seen first.
+
+        Greedy clustering: memories are taken most seen first, each joins the first group
+        whose first member it resembles at ``threshold`` or more, or starts a group. A
+        group's ``count`` adds up how often its members were seen.
+        """
+        _check_kind(kind)
+        ids, mat = self.vectors(kind)
+        if not len(ids):
+            return []
+        mems = self.get_many([int(i) for i in ids])
+        row_of = {int(i): n for n, i in enumerate(ids)}
+        order = sorted(mems.values(), key=lambda m: (-m.count, -m.last_seen, m.id))
+        heads: list[int] = []  # row of each group's first member
+        groups: list[list[Memory]] = []
+        for mem in order:
+            vec = mat[row_of[mem.id]]
+            if heads:
+                sims = mat[heads] @ vec
+                best = int(np.argmax(sims))
+                if sims[best] >= threshold:
+                    groups[best].append(mem)
+                    continue
+            heads.append(row_of[mem.id])
+            groups.append([mem])
+        found = [Pattern.of(members) for members in groups]
+        found.sort(key=lambda p: (-p.count, -p.last_seen))
+        return found if limit is None else found[:limit]
 
     # -- upkeep ------------------------------------------------------------------------
 
