@@ -72,7 +72,10 @@ def _check(path: str | os.PathLike[str], project: Project | None,
         pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
     problems += _rule_problems(pipeline, project.model)
-    problems += model_problems(pipeline, project.root)
+    llm_settings = project.data.get("llm") if isinstance(project.data.get("llm"), dict) else {}
+    tape = project.root / str(llm_settings["cassette"]) if llm_settings.get("cassette") else None
+    problems += model_problems(pipeline, project.root, tape)
+    problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
 

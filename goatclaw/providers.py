@@ -124,18 +124,25 @@ def _constant_models(value: Any) -> list[str]:
     return [m for m in models if isinstance(m, str) and m and not has_template(m)]
 
 
-def model_problems(pipeline: Any, root: Path | None = None) -> list[Any]:
-    """A warning for each ``llm`` task's constant model whose provider has no key set.
+def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | None = None) -> list[Any]:
+    """Problems with each ``llm`` task's constant models whose provider has no key set.
 
-    Skipped for a task that passes ``api_base`` or ``api_key``, for ``ollama/`` models and
-    for models the provider table does not know. Warnings, not errors: a run replayed from
-    a cassette (``--llm replay``) needs no key, and ``validate`` does not know the mode.
+    An error when none of a task's models can be called (every one needs a key that is
+    not set) and no cassette could answer instead: the run would fail, so ``validate``
+    says so first, naming the missing keys. A warning when another model of the task (a
+    fallback, a local Ollama model) can still answer, or when a cassette exists (the
+    pipeline's own ``<name>.cassette.json``, or ``cassette``) so ``--llm replay`` runs
+    without keys. Skipped for a task that passes ``api_base`` or ``api_key``, for
+    templated models and for models the provider table does not know.
     """
     from goatclaw.errors import Problem
     from goatclaw.spec.loader import dotted
 
     problems: list[Any] = []
     dotenv: dict[str, str] | None = None
+    file = getattr(pipeline, "file", None)
+    tape = cassette or (Path(file).with_suffix(".cassette.json") if file else None)
+    has_tape = tape is not None and tape.is_file()
     for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
         for task in group.values():
             if task.uses != "llm" or not isinstance(task.with_, Mapping):
@@ -143,21 +150,39 @@ def model_problems(pipeline: Any, root: Path | None = None) -> list[Any]:
             args = task.with_
             if args.get("api_base") or args.get("api_key") or "model" not in args:
                 continue
-            for model in _constant_models(args["model"]):
+            models = _constant_models(args["model"])
+            missing: list[tuple[str, str]] = []
+            callable_ = len(models) < _model_count(args["model"])  # a templated model may be anything
+            for model in models:
                 provider = provider_of(model)
                 if provider is None or provider.local:
+                    callable_ = True
                     continue
                 if dotenv is None:
                     dotenv = read_dotenv(root)
                 usable, _ = key_status(provider, root, dotenv=dotenv)
                 if usable:
-                    continue
-                path = (*task.path, "with", "model")
-                keys = " or ".join(provider.keys)
-                problems.append(Problem(pipeline.locate(path), dotted(path),
-                                        f"model '{model}' needs {keys} (not set in the environment or .env)",
-                                        severity="warn"))
+                    callable_ = True
+                else:
+                    missing.append((model, " or ".join(provider.keys)))
+            path = (*task.path, "with", "model")
+            for model, keys in missing:
+                message = f"model '{model}' needs {keys} (not set in the environment or .env)"
+                if callable_:
+                    severity = "warn"
+                elif has_tape:
+                    severity = "warn"
+                    message += f"; only `--llm replay` from {tape.name} can run it"  # type: ignore[union-attr]
+                else:
+                    severity = "error"
+                    message += ("; no other model of the task can answer and there is no cassette to replay "
+                                "(set the key, add a fallback model, or record one with --llm record)")
+                problems.append(Problem(pipeline.locate(path), dotted(path), message, severity=severity))
     return problems
+
+
+def _model_count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 1
 
 
 def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama: bool = True) -> dict[str, Any]:

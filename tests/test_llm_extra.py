@@ -113,18 +113,32 @@ tasks:
 """
 
 
-def test_validate_warns_for_a_model_without_its_key(write_pipeline, no_keys) -> None:
+def test_validate_refuses_a_model_without_its_key(write_pipeline, no_keys) -> None:
     path = write_pipeline(LLM_TASKS)
     pipeline, problems = goatclaw.check(path)
     assert pipeline is not None
     found = {p.path: p for p in problems}
     assert set(found) == {"tasks.plain.with.model", "tasks.chain.with.model"}, problems
     plain = found["tasks.plain.with.model"]
-    assert plain.severity == "warn" and plain.location is not None and plain.location.line == 3
-    assert plain.message == "model 'gpt-4o-mini' needs OPENAI_API_KEY (not set in the environment or .env)"
-    assert "ANTHROPIC_API_KEY" in found["tasks.chain.with.model"].message
+    # nothing else can answer for `plain`: an error that names the key
+    assert plain.severity == "error" and plain.location is not None and plain.location.line == 3
+    assert plain.message.startswith("model 'gpt-4o-mini' needs OPENAI_API_KEY (not set in the environment or .env)")
+    assert "no other model of the task can answer" in plain.message
+    # `chain` falls back to a local Ollama model: a warning
+    chain = found["tasks.chain.with.model"]
+    assert chain.severity == "warn" and "ANTHROPIC_API_KEY" in chain.message
     result = CliRunner().invoke(app, ["validate", str(path)])
-    assert result.exit_code == 0 and "needs OPENAI_API_KEY" in result.output  # a warning: validate passes
+    assert result.exit_code == 2 and "needs OPENAI_API_KEY" in result.output
+
+
+def test_a_cassette_next_to_the_pipeline_turns_the_error_into_a_warning(write_pipeline, no_keys) -> None:
+    path = write_pipeline(LLM_TASKS)
+    path.with_suffix(".cassette.json").write_text('{"version": 1, "exchanges": {}}')
+    _, problems = goatclaw.check(path)
+    plain = next(p for p in problems if p.path == "tasks.plain.with.model")
+    assert plain.severity == "warn" and "only `--llm replay` from p.cassette.json can run it" in plain.message
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
 
 
 def test_validate_is_quiet_once_the_keys_are_set(write_pipeline, project, no_keys, monkeypatch) -> None:
