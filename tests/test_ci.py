@@ -392,3 +392,36 @@ def test_a_run_within_max_cost_passes_and_reports_its_cost(write_pipeline: Calla
     assert result.exit_code == 0, result.output
     cost = json.loads((project / "r.json").read_text())["cost"]
     assert cost["calls"] == 2 and cost["usd"] == pytest.approx(2 * 5.85e-06) and cost["over"] is False
+
+
+# -- integrations: the pre-commit hooks and the Dockerfile -------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_pre_commit_hook_validates_the_shipped_pipelines_and_skips_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
+    hook = hooks["goatclaw-validate"]
+    assert hook["entry"] == "goatclaw validate" and hook["language"] == "python"
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "pipelines").rglob("*") if p.is_file())
+    chosen = [f for f in files if re.search(hook["files"], f) and not re.search(hook["exclude"], f)]
+    assert "pipelines/quickstart.yaml" in chosen and "pipelines/llm-digest.yaml" in chosen
+    assert not [f for f in chosen if f.endswith((".test.yaml", ".json", ".py"))]
+    monkeypatch.chdir(REPO)
+    result = invoke(*hook["entry"].split()[1:], *chosen)  # what pre-commit runs, on the files it would pass
+    assert result.exit_code == 0, result.output
+    assert hooks["goatclaw-test"]["entry"] == "goatclaw test" and hooks["goatclaw-test"]["pass_filenames"] is False
+
+
+def test_the_dockerfile_installs_goatclaw_and_runs_it() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert 'ENTRYPOINT ["goatclaw"]' in text
+    assert re.search(r'^RUN pip install "\.\[llm\]"', text, re.M)
+    assert re.search(r"^USER \w+", text, re.M)  # not root
+    for copied in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for name in copied.split():
+            assert (REPO / name).exists(), name
