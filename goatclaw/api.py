@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw import llm as llm_room
-from goatclaw.engine.executor import Executor
+from goatclaw.engine.executor import Executor, make_executor, started
 from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
@@ -109,7 +109,8 @@ async def arun(
     store: str | os.PathLike[str] | bool | None = True,
     bus: Bus | None = None,
     registry: Registry | None = None,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
+    executor_address: str | None = None,
     dry_run: bool = False,
     secrets: Mapping[str, str] | None = None,
     run_id: str | None = None,
@@ -139,6 +140,11 @@ async def arun(
     finished tasks count as done in this new run (how ``goatclaw dlq replay`` re-runs one
     task in its original context).
 
+    ``executor`` runs the task bodies: an :class:`~goatclaw.engine.executor.Executor`, or
+    ``local`` or ``dask`` (default: ``executor:`` in goatclaw.yaml); ``executor_address`` is
+    the Dask scheduler to send them to (default: a local Dask cluster started for the run
+    and closed after it). See docs/dask.md.
+
     ``llm`` is the LLM mode (``live``, ``record``, ``replay``; default: ``$GOATCLAW_LLM``,
     then ``llm.mode`` in goatclaw.yaml): ``record`` writes every model answer to the
     pipeline's cassette, ``replay`` answers only from it (see docs/llm.md); both bypass
@@ -160,6 +166,7 @@ async def arun(
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
     session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette)
+    chosen = _executor(executor, executor_address, project)
     options = RunOptions(
         vars=stored_vars if stored_vars is not None else {**pipeline.vars, **(vars or {})},
         concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
@@ -169,7 +176,7 @@ async def arun(
         secrets=dict(secrets) if secrets is not None else read_secrets(pipeline.secrets, project.root),
         bus=bus,
         registry=registry or _registry_for(project),
-        executor=executor,
+        executor=chosen,
         run_id=run_id,
         seed=seed,
         hooks=tuple(hooks),
@@ -179,11 +186,23 @@ async def arun(
         cache=cache and session.mode == "live",
     )
     session.secrets = [v for v in options.secrets.values() if v]
-    async with llm_room.using(session):
+    async with llm_room.using(session), started(chosen, owned=chosen is not executor):
         result = await execute(compiled, options)
     if store_path is not None:
         await _remember(result, pipeline, project, options.secrets)
     return result
+
+
+def _executor(given: Executor | str | None, address: str | None, project: Project) -> Executor | None:
+    """The run's executor: the one given, or one built from its name and goatclaw.yaml (``None``: the runner's own)."""
+    if isinstance(given, Executor):
+        return given
+    kind = given or ("dask" if address else project.executor)
+    if address is None and kind == project.executor:
+        address = project.executor_address
+    if kind == "local" and address is None and project.executor_workers is None:
+        return None
+    return make_executor(kind, address=address, workers=project.executor_workers)
 
 
 async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str]) -> None:

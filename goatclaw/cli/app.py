@@ -141,6 +141,12 @@ def apply(
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
     max_cost: Annotated[float | None, typer.Option(
         "--max-cost", metavar="USD", min=0, help="Fail the run if its LLM calls would cost more than this.")] = None,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", metavar="NAME", help="Where task bodies run: local, or dask (default: executor: in "
+        "goatclaw.yaml, else local).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", metavar="URL", help="With --executor dask: the Dask scheduler (tcp://host:8786); without it a "
+        "local cluster runs for the run.")] = None,
 ) -> None:
     """Check and run a pipeline, recording the run in the store."""
     import goatclaw
@@ -164,7 +170,8 @@ def apply(
     bus = goatclaw.Bus()
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
                             store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
-                            resume=resume_run or resume, llm=llm, max_cost=max_cost)
+                            resume=resume_run or resume, llm=llm, max_cost=max_cost,
+                            executor=executor, executor_address=address)
     if mode == "rich":
         console = _out()
         with LiveView(bus, console):

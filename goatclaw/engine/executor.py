@@ -3,38 +3,88 @@
 The scheduler, retries, validation and the store stay with the driver; an executor only
 calls a plugin with its context and rendered arguments and hands back the output. The
 ``local`` executor runs async plugins on the event loop, blocking ones in a thread, and
-``cpu_bound`` ones in a worker process so the loop is never blocked.
+``cpu_bound`` ones in a worker process so the loop is never blocked. The ``dask``
+executor (:mod:`goatclaw.engine.dask`, imported only when chosen) sends task bodies to
+a Dask cluster. :func:`make_executor` builds one by name.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from goatclaw.errors import TaskError
+from goatclaw.errors import GoatclawError, TaskError
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin
 
-__all__ = ["Executor", "LocalExecutor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor", "started"]
+
+#: The executor backends :func:`make_executor` knows, by name.
+EXECUTORS = ("local", "dask")
 
 
 class Executor(abc.ABC):
-    """Runs plugin bodies. Implement :meth:`call`; :meth:`close` releases resources."""
+    """Runs plugin bodies. Implement :meth:`call`; :meth:`start` and :meth:`close` bracket a run."""
 
     name: str = "executor"
 
     @abc.abstractmethod
-    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
-        """Run ``plugin`` with ``ctx`` and ``kwargs`` and return its output (or raise its error)."""
+    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any], *,
+                   run_on: str | None = None) -> Any:
+        """Run ``plugin`` with ``ctx`` and ``kwargs`` and return its output (or raise its error).
+
+        ``run_on`` is the task's ``run_on:`` (``local``, ``cluster`` or ``None``): where a
+        backend with more than one place to run should put it.
+        """
+
+    async def start(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
+        """Acquire what calls need (a cluster, a connection) before the first call (the default does nothing)."""
 
     async def close(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
         """Release pools and connections (the default does nothing)."""
+
+
+def make_executor(kind: str = "local", *, address: str | None = None, workers: int | None = None) -> Executor:
+    """The executor backend ``kind``: ``local`` (``workers`` processes for CPU-bound tasks) or ``dask``.
+
+    ``dask`` connects to the scheduler at ``address``, or starts a local cluster of
+    ``workers`` worker processes for the run when there is none. It needs the
+    ``goatclaw[dask]`` extra; Dask is imported here and nowhere else before that.
+    """
+    if kind == "dask":
+        try:
+            from goatclaw.engine.dask import DaskExecutor
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] not in ("dask", "distributed"):
+                raise
+            raise GoatclawError(f"the dask executor needs Dask distributed ({exc}): "
+                                "pip install 'goatclaw[dask]'") from None
+        return DaskExecutor(address, workers=workers)
+    if kind != "local":
+        raise GoatclawError(f"unknown executor '{kind}': use one of {', '.join(EXECUTORS)}")
+    if address is not None:
+        raise GoatclawError(f"a scheduler address ({address}) needs the dask executor: use --executor dask")
+    return LocalExecutor(processes=workers)
+
+
+@contextlib.asynccontextmanager
+async def started(executor: Executor | None, *, owned: bool) -> AsyncIterator[Executor | None]:
+    """Start an ``owned`` executor for the length of the block and close it after; others pass through."""
+    if executor is None or not owned:
+        yield executor
+        return
+    try:
+        await executor.start()
+        yield executor
+    finally:
+        await executor.close()
 
 
 async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
@@ -80,8 +130,9 @@ class LocalExecutor(Executor):
         self._processes = processes
         self._pool: ProcessPoolExecutor | None = None
 
-    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
-        """Await an async plugin; run a blocking one in a thread, a CPU-bound one in a process."""
+    async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any], *,
+                   run_on: str | None = None) -> Any:
+        """Await an async plugin; run a blocking one in a thread, a CPU-bound one in a process (here, always)."""
         if plugin.is_async:
             return await plugin.fn(ctx, **kwargs)
         if plugin.spec.cpu_bound:

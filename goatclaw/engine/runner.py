@@ -816,7 +816,7 @@ class _Runner:
         if self.inline_async and plugin.is_async:
             call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
         else:
-            call = self.executor.call(plugin, ctx, kwargs)
+            call = self.executor.call(plugin, ctx, kwargs, run_on=task.run_on)
         if task.timeout is None:
             output = await call
         else:

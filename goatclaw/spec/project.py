@@ -38,6 +38,7 @@ class Project:
     budget: Budget | None = None
     executor: str = "local"
     executor_address: str | None = None
+    executor_workers: int | None = None
     permissions: Permissions = Permissions()
     plugins_allow: tuple[str, ...] | None = None
     plugins_deny: tuple[str, ...] = ()
@@ -79,10 +80,24 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
         model=data.get("model"),
         fallbacks=tuple(data.get("fallbacks", ())),
         budget=Budget(float(budget["usd"]), budget.get("downgrade")) if isinstance(budget, dict) else None,
-        executor=executor if isinstance(executor, str) else executor.get("type", "local"),
-        executor_address=None if isinstance(executor, str) else executor.get("address"),
+        executor=_executor_kind(executor),
+        executor_address=_executor_address(executor),
+        executor_workers=executor.get("workers") if isinstance(executor, dict) else None,
         permissions=Permissions.from_data(data.get("permissions")),
         plugins_allow=tuple(plugins["allow"]) if "allow" in plugins else None,
         plugins_deny=tuple(plugins.get("deny", ())),
         data=MappingProxyType(data),
     )
+
+
+def _executor_kind(value: Any) -> str:
+    """``executor:`` is ``local``, ``dask``, a scheduler address (the dask executor) or a mapping with ``type``."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dask" if value.get("address") else "local"))
+    return "dask" if "://" in str(value) else str(value)
+
+
+def _executor_address(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("address")
+    return str(value) if "://" in str(value) else None
