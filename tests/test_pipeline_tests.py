@@ -328,3 +328,26 @@ def test_load_tests_raises_spec_error_for_an_invalid_file(project: Path, countin
 ])
 def test_operands_are_the_sides_of_top_level_comparisons(source: str, expected: list[str]) -> None:
     assert operands(source) == expected
+
+
+# -- the pytest plugin ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_pytest_plugin_collects_test_files_and_offers_a_fixture(project: Path, counting: Path) -> None:
+    write_test(project, WRONG)
+    (project / "test_fixture.py").write_text(textwrap.dedent("""
+        def test_right(pipeline_test):
+            results = pipeline_test("counting.test.yaml", "counts")
+            assert [r.passed for r in results] == [True]
+        """))
+    env = {k: v for k, v in os.environ.items() if k not in ("GOATCLAW_STORE", "CI", "PYTEST_ADDOPTS")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "goatclaw.pytest_plugin", "-p", "no:cacheprovider",
+                           "--rootdir", str(project), "-q", str(project)], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed, 2 passed" in done.stdout
+    assert "FAILED counting.test.yaml::miscounts" in done.stdout
+    assert "assert tasks.summarize.output == 3 is false" in done.stdout
+    assert "tasks.summarize.output = 2" in done.stdout
+    assert "Traceback" not in done.stdout
