@@ -41,12 +41,14 @@ _EXPORTS: dict[str, str] = {
     "TaskTimeout": "goatclaw.errors",
     "TemplateError": "goatclaw.errors",
     "arun": "goatclaw.api",
+    "audit_log": "goatclaw.audit",
     "check": "goatclaw.api",
     "fail": "goatclaw.plugin",
     "load": "goatclaw.api",
     "plan": "goatclaw.api",
     "run": "goatclaw.api",
     "task": "goatclaw.plugin",
+    "verify_audit": "goatclaw.audit",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -67,6 +69,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names load lazily
     from goatclaw.api import arun, check, load, plan, run
+    from goatclaw.audit import audit_log, verify_audit
     from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
     from goatclaw.errors import (
         GoatclawError,

@@ -32,7 +32,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from goatclaw.errors import TaskError
+from goatclaw.security.ratelimit import SlidingWindow
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
            "complete", "embed", "estimate_costs", "request_key", "session", "using"]
@@ -139,45 +139,19 @@ class Cassette:
             os.replace(tmp, self.path)
 
 
-class RateLimiter:
+class RateLimiter(SlidingWindow):
     """Requests and tokens per minute over a sliding 60-second window, shared in-process.
 
-    ``acquire(tokens)`` waits until one more request of ``tokens`` tokens fits both limits.
+    ``acquire(tokens)`` waits until one more request of ``tokens`` tokens fits both limits
+    (the generic window is :class:`goatclaw.security.ratelimit.SlidingWindow`).
     """
 
     WINDOW = 60.0
 
     def __init__(self, rpm: int | None = None, tpm: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.rpm, self.tpm, self.clock = rpm, tpm, clock
-        self._calls: deque[tuple[float, int]] = deque()
-        self._lock = threading.Lock()
-
-    def _wait_time(self, tokens: int) -> float:
-        now = self.clock()
-        while self._calls and self._calls[0][0] <= now - self.WINDOW:
-            self._calls.popleft()
-        waits = [0.0]
-        if self.rpm is not None and len(self._calls) >= self.rpm:
-            waits.append(self._calls[len(self._calls) - self.rpm][0] + self.WINDOW - now)
-        if self.tpm is not None and self._calls:
-            used = sum(t for _, t in self._calls)
-            for when, spent in self._calls:  # the oldest calls leave the window first
-                if used + tokens <= self.tpm:
-                    break
-                used -= spent
-                waits.append(when + self.WINDOW - now)
-        return max(waits)
-
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait for room, then take it (a request bigger than ``tpm`` goes alone in a window)."""
-        while True:
-            with self._lock:
-                wait = self._wait_time(tokens)
-                if wait <= 0:
-                    self._calls.append((self.clock(), tokens))
-                    return
-            await asyncio.sleep(min(wait, self.WINDOW))
+        super().__init__(rpm, tpm, window=self.WINDOW, clock=clock)
+        self.rpm, self.tpm = rpm, tpm
 
 
 _LIMITERS: dict[tuple[str, int | None, int | None], RateLimiter] = {}

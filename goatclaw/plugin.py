@@ -142,6 +142,26 @@ class TaskContext:
         if self._emit is not None:
             self._emit(AUDIT_PREFIX + action, {"task": self.task_id, "item": self.index, **detail})
 
+    async def throttle(self, kind: str, key: str | None = None) -> float:
+        """Wait while the project's side-effect rate limit for ``kind`` is reached; the seconds waited.
+
+        ``kind`` is ``http`` (``key``: the host) or ``process`` (see ``rate_limits.side_effects``
+        in goatclaw.yaml). Waiting is not failing: the task goes on once the sliding window
+        has room; a ``ratelimit.wait`` event, sent when it starts waiting, says for how long.
+        """
+        from goatclaw.security.ratelimit import LIMITS
+
+        limits = LIMITS.get()
+        window = None if limits is None else limits.window_for(kind, key)
+        if window is None:
+            return 0.0
+        wait = window.try_acquire()
+        if wait <= 0:
+            return 0.0
+        self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
+                  per_seconds=window.window)
+        return await window.acquire()
+
     def emit(self, topic: str, **data: Any) -> None:
         """Publish an event for this task (stored in the run's event log)."""
         if self._emit is not None:

@@ -1,7 +1,8 @@
 """The commands: a thin shell that parses, calls the Python API, renders and returns a code.
 
 Exit codes: 0 success, 1 a task failed (or another runtime error), 2 the pipeline or
-project file is invalid (or the command line is), 130 cancelled.
+project file is invalid (or the command line is), 3 the run was blocked by its threat
+score, 130 cancelled.
 """
 
 from __future__ import annotations
@@ -491,6 +492,7 @@ def doctor(
 
 # the commands over stored runs live in their own module; importing it registers them
 # (and those over semantic memory: memory …, why)
+from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401

@@ -37,6 +37,7 @@ STYLE = {
     "skipped": ("↷", "yellow"),
     "upstream_failed": ("⊘", "red"),
     "cancelled": ("■", "magenta"),
+    "blocked": ("⛔", "bold red"),
     "retrying": ("↻", "yellow"),
 }
 _TERMINAL_TOPICS = ("succeeded", "failed", "skipped", "upstream_failed", "cancelled", "cached")
@@ -62,6 +63,8 @@ class PlainView:
         bus.subscribe("run.*", self._on_run)
         bus.subscribe("breaker.*", self._on_incident)
         bus.subscribe("hook.*", self._on_incident)
+        bus.subscribe("threat.*", self._on_incident)
+        bus.subscribe("ratelimit.*", self._on_incident)
 
     def _on_incident(self, ev: Event) -> None:
         text = incident_text(ev.topic, ev.task, ev.data)
@@ -120,6 +123,8 @@ class LiveView:
         bus.subscribe("run.resumed", self._on_start)
         bus.subscribe("hook.failed", self._on_hook)
         bus.subscribe("breaker.*", self._on_breaker)
+        bus.subscribe("threat.*", self._on_hook)  # a line above the table, like a failing hook
+        bus.subscribe("ratelimit.*", self._on_hook)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -311,6 +316,14 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
     if topic == "task.fallback":
         return (f"{task} failed ({data.get('error_class')}: {data.get('error')}); fallback '{data.get('fallback')}' "
                 "stands in")
+    if topic == "threat.blocked":
+        return f"run blocked: {data.get('reason')}"
+    if topic.startswith("threat."):
+        return (f"threat in {task}: {data.get('kind')} {data.get('detail')} (+{data.get('weight'):g}, score "
+                f"{data.get('score'):g} of {data.get('threshold'):g})")
+    if topic == "ratelimit.wait":
+        return (f"{task} waits {data.get('wait')}s: at most {data.get('limit')} {data.get('kind')} side effects "
+                f"per {data.get('per_seconds'):g}s" + (f" to {data['key']}" if data.get("key") else ""))
     return None
 
 

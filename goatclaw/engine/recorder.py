@@ -61,6 +61,7 @@ class Recorder:
         self._audit_lock = threading.Lock()
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
+        self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._writer: _Writer | None = None
 
     # -- run -------------------------------------------------------------------------
@@ -174,6 +175,8 @@ class Recorder:
 
     def audited(self, action: str, task_id: str | None, detail: dict[str, Any]) -> None:
         """A side effect for the audit chain (secrets masked); committed with the next batch, in order."""
+        if action == "permission.denied":
+            self.denials_audited.add(task_id)
         if self.store is None:
             return
         text = self._mask(_EVENT_JSON(detail)) or "{}"

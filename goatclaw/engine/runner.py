@@ -27,14 +27,16 @@ from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
+from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
-from goatclaw.plugin import TaskContext
+from goatclaw.plugin import PluginSpec, TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
+from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
@@ -101,6 +103,9 @@ class _Runner:
         self.views = _TaskViews(self.result.tasks)
         self.compiled: dict[str, Compiled] = {}
         self.recorder: Recorder | None = None
+        self.sentry: Sentry | None = None  # threat score and the engine's own audit rows (set when the run opens)
+        self.secret_reads: SecretReads | None = None  # ``secrets`` as templates see it, when there are any
+        self.specs: dict[str, PluginSpec | None] = {}  # plugin name -> its plugin's declarations (for the sentry)
         self.breakers: Breakers | None = None
         self.breaker_keys: dict[str, str] = {}
         self.breaker_successes: dict[str, int] = {}
@@ -121,6 +126,7 @@ class _Runner:
 
     async def run(self) -> RunResult:
         self._open()
+        limits = LIMITS.set(Sentry.limits_of(self.pipeline))  # side-effect rate limits, seen by every task
         try:
             if self.hooks:
                 assert self.recorder is not None
@@ -129,6 +135,8 @@ class _Runner:
                                              emit=self.recorder.event)
             await self._with_pipeline_timeout(self._schedule())
             await self._after_graph()
+        except RunBlocked as exc:
+            return await self._blocked(str(exc))
         except asyncio.CancelledError:
             self._finish(RunStatus.CANCELLED, "cancelled")
             raise
@@ -136,6 +144,7 @@ class _Runner:
             self._finish(RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            LIMITS.reset(limits)
             await self.executor.close() if self.opts.executor is None else None
         await self.bus.drain()  # queued subscribers see every task event (and their failures become dead letters)
         status = self._final_status()
@@ -158,6 +167,8 @@ class _Runner:
                                      emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume)
+        self.sentry = Sentry(self.recorder, threshold=Sentry.threshold_of(self.pipeline))
+        self.secret_reads = SecretReads(self.opts.secrets) if self.opts.secrets else None
         self.caching = self.opts.cache and store is not None
         if self.opts.resume or self.opts.seed_from:
             self._seed()
@@ -166,7 +177,7 @@ class _Runner:
         self.context = {
             "vars": dict(self.opts.vars),
             "env": dict(os.environ if self.opts.env is None else self.opts.env),
-            "secrets": dict(self.opts.secrets),
+            "secrets": self.secret_reads if self.secret_reads is not None else {},
             "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
             "tasks": self.views,
         }
@@ -184,10 +195,18 @@ class _Runner:
             self.result.error = f"the pipeline timed out after {self.pipeline.timeout:g}s"
             self._cancel_unfinished("pipeline timeout")
 
+    async def _blocked(self, reason: str) -> RunResult:
+        """The threat score reached the threshold: nothing more runs, not even ``finally`` tasks."""
+        assert self.sentry is not None
+        self.sentry.blocked(reason)
+        self._finish(RunStatus.BLOCKED, reason)
+        await self.bus.drain()
+        return self.result
+
     def _finish(self, status: RunStatus, error: str | None) -> None:
         r = self.result
-        if status is RunStatus.CANCELLED:
-            self._cancel_unfinished("run cancelled")
+        if status in (RunStatus.CANCELLED, RunStatus.BLOCKED):
+            self._cancel_unfinished("run cancelled" if status is RunStatus.CANCELLED else "run blocked")
         r.status = status
         r.error = error
         r.finished_at = time.time()
@@ -237,6 +256,7 @@ class _Runner:
                 self._mark(tid, TaskState.SKIPPED)
             else:
                 await self._run_task(task)
+                self._screen(task)
 
     def _cancel_unfinished(self, reason: str) -> None:
         for res in self.result.tasks.values():
@@ -355,13 +375,16 @@ class _Runner:
         loop = asyncio.get_running_loop()
         total = len(self.selected)
         bus = self.bus
+        sentry = self.sentry
+        assert sentry is not None
         while True:
-            if self.ready:
+            if self.ready and not sentry.threat.blocked:
                 if bus.congested:  # a queued subscriber is behind: start nothing new until it catches up
                     await bus.wait_ready()
                     continue
                 tid = heapq.heappop(self.ready)[2]
                 await self._run_task(self.pipeline.tasks[tid])
+                self._screen(self.pipeline.tasks[tid])  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -369,6 +392,17 @@ class _Runner:
             waiter = loop.create_future()
             self.waiters.append(waiter)
             await waiter
+
+    def _screen(self, task: Task) -> None:
+        """Threat-score a finished task (its denial or its output); raises :class:`RunBlocked` at the threshold."""
+        assert self.sentry is not None
+        spec = self.specs.get(task.uses, False)
+        if spec is False:
+            try:
+                spec = self.specs[task.uses] = self.registry.task(task.uses).spec
+            except PluginError:
+                spec = self.specs[task.uses] = None
+        self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
 
     def _complete(self, tid: str) -> None:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
@@ -673,7 +707,9 @@ class _Runner:
             kwargs = compiled.render(context)
         except TemplateError as exc:
             raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
-        assert self.recorder is not None
+        assert self.recorder is not None and self.sentry is not None
+        if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
+            self.sentry.secrets_read(task.id, index, self.secret_reads.taken())
         ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
                           index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
                           self.recorder.task_event, self.opts.store_path)

@@ -44,6 +44,7 @@ class RunStatus(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # stopped by its threat score (goatclaw.security.threat)
 
     def __str__(self) -> str:
         return self.value

@@ -8,6 +8,7 @@ same directory, then a rename), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -61,7 +62,9 @@ def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", 
             _replace_atomically(target, data)
     except OSError as exc:
         fail(f"cannot write '{path}': {exc.strerror or exc}", error_class="internal")
-    return {"path": _relative(ctx, target), "bytes": len(data)}
+    written = _relative(ctx, target)
+    ctx.audit("file.written", path=written, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode)
+    return {"path": written, "bytes": len(data)}
 
 
 @task(cacheable=False)

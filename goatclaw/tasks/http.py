@@ -43,7 +43,17 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
 
     _check_options(url, json, body, response, timeout)
     expected = _expected(expect)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects) as client:
+
+    async def throttle_hop(request: httpx.Request) -> None:  # rate_limits.side_effects, per host
+        await ctx.throttle("http", request.url.host)
+
+    async def audit_hop(response: httpx.Response) -> None:  # each hop that got an answer
+        request = response.request
+        ctx.audit("request.sent", method=request.method, host=request.url.host, url=str(request.url),
+                  status=response.status_code)
+
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects,
+                                 event_hooks={"request": [throttle_hop], "response": [audit_hop]}) as client:
         request = _build(client, method, url, headers, params, json, body)
         resp, raw = await _send(client, request, timeout)
     if resp.status_code not in expected:

@@ -63,7 +63,9 @@ async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str |
     workdir = _workdir(ctx, cwd)
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         fail(f"timeout must be a positive number of seconds, not {timeout!r}", error_class="invalid_input")
+    await ctx.throttle("process")  # rate_limits.side_effects.processes_per_minute: wait, never fail
     proc = await _spawn(argv, workdir, _environment(ctx.env, env), piped_stdin=input is not None)
+    ctx.audit("process.started", program=argv[0], argv=argv, pid=proc.pid, cwd=str(workdir))
     command = _Running(proc, input)
     try:
         async with asyncio.timeout(timeout):
