@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw import llm as llm_room
+from goatclaw import tracing
 from goatclaw.engine.executor import Executor, make_executor, started
+from goatclaw.engine.guard import permission_problems
 from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
@@ -166,6 +168,10 @@ async def arun(
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
     session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette)
+    tracer = None
+    if tracing.enabled():  # OTEL_* set: the run and its tasks become spans (the otel extra)
+        bus = bus or Bus()
+        tracer = tracing.attach(bus, {tid: t.uses for tid, t in pipeline.tasks.items()})
     chosen = _executor(executor, executor_address, project)
     options = RunOptions(
         vars=stored_vars if stored_vars is not None else {**pipeline.vars, **(vars or {})},
