@@ -193,7 +193,11 @@ async def arun(
     )
     session.secrets = [v for v in options.secrets.values() if v]
     async with llm_room.using(session), started(chosen, owned=chosen is not executor):
-        result = await execute(compiled, options)
+        try:
+            result = await execute(compiled, options)
+        finally:
+            if tracer is not None:
+                tracer.close()
     if store_path is not None:
         await _remember(result, pipeline, project, options.secrets)
     return result
