@@ -70,13 +70,14 @@ class DaskExecutor(Executor):
     A local cluster has ``workers`` worker processes (default: one per core) of one thread
     each, since CPU-bound Python holds the GIL. :meth:`start` connects (or starts the
     cluster) and :meth:`close` disconnects (and stops it); ``call`` starts on first use
-    when nobody called :meth:`start`.
+    when nobody called :meth:`start`. ``connect_timeout`` bounds the wait for the scheduler
+    (default: Dask's ``distributed.comm.timeouts.connect``).
     """
 
     name = "dask"
 
     def __init__(self, address: str | None = None, *, workers: int | None = None,
-                 connect_timeout: float = 30.0) -> None:
+                 connect_timeout: float | None = None) -> None:
         self.address = address
         self.workers = workers
         self.connect_timeout = connect_timeout
@@ -102,9 +103,10 @@ class DaskExecutor(Executor):
                 self._client = await (self._connect() if self.address else self._start_local())
 
     async def _connect(self) -> distributed.Client:
+        # no timeout given: Dask's own (distributed.comm.timeouts.connect, 30s unless configured)
+        timeout = {} if self.connect_timeout is None else {"timeout": self.connect_timeout}
         try:
-            return await distributed.Client(self.address, asynchronous=True, set_as_default=False,
-                                            timeout=self.connect_timeout)
+            return await distributed.Client(self.address, asynchronous=True, set_as_default=False, **timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             raise GoatclawError(f"cannot reach the Dask scheduler at {self.address}: {exc}") from None
 
@@ -113,8 +115,9 @@ class DaskExecutor(Executor):
         # nannies' log lines about it would only repeat that on stderr
         self._cluster = await distributed.LocalCluster(
             n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-            asynchronous=True, dashboard_address=None, silence_logs=logging.CRITICAL,
-            scheduler_kwargs={"allowed_failures": 0})  # a lost task is goatclaw's retry, not Dask's
+            asynchronous=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
+            # a lost task is goatclaw's retry, not Dask's; HTTP (health, metrics) on a free port, no dashboard
+            scheduler_kwargs={"allowed_failures": 0, "dashboard": False})
         return await distributed.Client(self._cluster, asynchronous=True, set_as_default=False)
 
     async def close(self) -> None:
