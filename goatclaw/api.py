@@ -37,7 +37,7 @@ from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
 from goatclaw.validation import llm_problems, rule_problem
 
-__all__ = ["arun", "check", "load", "load_project_for", "parse_var", "plan", "run"]
+__all__ = ["arun", "check", "load", "load_project_for", "parse_var", "permissions_of", "plan", "run"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -89,6 +89,22 @@ def load(path: str | os.PathLike[str], *, project: Project | None = None,
     if errors or pipeline is None:
         raise SpecError(errors or problems)
     return pipeline
+
+
+def permissions_of(pipeline: Pipeline, *, registry: Registry | None = None) -> list[dict[str, Any]]:
+    """Per task: what its plugin needs, what it is granted (and where that was written), refused flows."""
+    from goatclaw.engine.guard import permissions_table
+
+    project: Project = pipeline.project or load_project_for(pipeline.file)
+    return permissions_table(pipeline, project.root, registry or _registry_for(project))
+
+
+def redactor_for(pipeline: Pipeline) -> Any:
+    """The :class:`~goatclaw.security.secrets.Redactor` of the pipeline's declared secrets (for rendering)."""
+    from goatclaw.security.secrets import Redactor
+
+    project: Project = pipeline.project or load_project_for(pipeline.file)
+    return Redactor(read_secrets(pipeline.secrets, project.root))
 
 
 def plan(pipeline: Pipeline) -> Plan:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ from typing import Any, Literal
 
 from goatclaw.errors import TaskError
 from goatclaw.security.ratelimit import SlidingWindow
+from goatclaw.security.secrets import Redactor
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
            "complete", "embed", "estimate_costs", "request_key", "session", "using"]
@@ -49,7 +51,6 @@ FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 #: ``live`` calls models; ``record`` calls them and writes every answer to the cassette;
 #: ``replay`` answers only from the cassette.
 MODES = ("live", "record", "replay")
-_MASK = "***"
 Emit = Callable[..., None]
 
 
@@ -352,18 +353,16 @@ def _masks(values: Sequence[str]) -> list[str]:
 
 
 def _mask(value: Any, masks: Sequence[str]) -> Any:
-    """``value`` with every secret replaced by ``***`` (recursively through lists and mappings)."""
+    """``value`` with every secret (and its base64, URL, hex, JSON forms) replaced by ``***``, recursively."""
     if not masks:
         return value
-    if isinstance(value, str):
-        for secret in masks:
-            value = value.replace(secret, _MASK)
-        return value
-    if isinstance(value, Mapping):
-        return {k: _mask(v, masks) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mask(v, masks) for v in value]
-    return value
+    return _redactor(tuple(masks)).mask_data(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _redactor(masks: tuple[str, ...]) -> Redactor:
+    """One redactor per set of secrets (a run's), built once."""
+    return Redactor(masks)
 
 
 def _with_hops(err: TaskError, hops: list[dict[str, Any]]) -> TaskError:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from goatclaw.errors import TaskError
+from goatclaw.errors import PermissionDenied, TaskError
+from goatclaw.security.permissions import Grant, build_grant
 
 __all__ = ["AUDIT_PREFIX", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
 
@@ -47,6 +48,9 @@ class PluginSpec:
     ``permissions``: what it needs (``shell``, ``network``, ``files``, ``env``, ``python``).
     ``schema``: a JSON Schema for ``with:``; by default the signature is used.
     ``side_effects``: it changes the world (writes files, sends requests): never cached by default.
+    ``untrusted_output``: its output comes from outside (a model, a web page) and may carry a
+    prompt injection; it may not reach another task's ``sinks`` unless that task ``trust:``s it.
+    ``sinks``: the ``with:`` arguments that can run or address something (``"*"``: all of them).
     """
 
     cacheable: bool = True
@@ -54,18 +58,21 @@ class PluginSpec:
     permissions: tuple[str, ...] = ()
     schema: Mapping[str, Any] | None = None
     side_effects: bool = False
+    untrusted_output: bool = False
+    sinks: tuple[str, ...] = ()
 
 
 def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False,
          permissions: tuple[str, ...] | list[str] = (), schema: Mapping[str, Any] | None = None,
-         side_effects: bool = False) -> Any:
+         side_effects: bool = False, untrusted_output: bool = False, sinks: tuple[str, ...] | list[str] = ()) -> Any:
     """Declare a function as a task plugin, with what it needs (see :class:`PluginSpec`).
 
     Usable bare (``@task``) or with options (``@task(cpu_bound=True)``). Undecorated
     functions are valid plugins too, with the defaults, except that they are never
     cached: only a plugin that declares itself has its outputs reused.
     """
-    spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects)
+    spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects,
+                      untrusted_output, tuple(sinks))
 
     def mark(f: F) -> F:
         f.__goatclaw__ = spec  # type: ignore[attr-defined]
@@ -75,6 +82,15 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
 
 
 _UNDECLARED = PluginSpec(cacheable=False)
+
+
+def _port(url: str) -> int | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def spec_of(fn: Callable[..., Any]) -> PluginSpec:
@@ -111,6 +127,8 @@ class TaskContext:
     _emit: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
     #: The run's store file (``None`` when the run keeps no store); the ``memory`` task searches it.
     store_path: Path | None = None
+    #: The run's :class:`~goatclaw.security.secrets.Redactor` (``None``: no secrets declared).
+    redactor: Any = field(default=None, repr=False)
 
     @property
     def logger(self) -> logging.Logger:
@@ -166,6 +184,75 @@ class TaskContext:
         """Publish an event for this task (stored in the run's event log)."""
         if self._emit is not None:
             self._emit(topic, {"task": self.task_id, "item": self.index, **data})
+
+    # -- permissions: the checks every task makes before a side effect -----------------
+
+    @property
+    def grant(self) -> Grant:
+        """What this task may do. A context made without permissions may do nothing at all."""
+        p = self.permissions
+        if isinstance(p, Grant):
+            return p
+        if p is None:
+            return Grant.nothing(self.workspace)
+        return build_grant([(p, f"task {self.task_id}")], self.workspace)  # a spec Permissions
+
+    def require_shell(self, program: str) -> None:
+        """Fail with ``permission_denied`` unless ``permissions.shell`` allows starting ``program``."""
+        self._checked(self.grant.check_program, program)
+
+    def require_network(self, url: str, *, sending: Any = ()) -> str:
+        """Fail unless ``permissions.network`` allows ``url``'s host; returns the host.
+
+        ``sending`` is what goes with the request (headers, body, as text or data): if it
+        (or the URL) holds a declared secret, the host must be *listed* in the permission
+        (``network: true`` lists no host), so a secret never goes anywhere unnamed.
+        """
+        grant = self.grant
+        host = self._checked(grant.check_url, url)
+        names = self._secrets_in(url, sending)
+        if names and not grant.allows_host(host, _port(url), listed=True):
+            where = grant.sources.get("network", "embedded default")
+            self._denied(PermissionDenied(
+                f"network: secret {', '.join(names)} would be sent to {host}, which permissions.network does not "
+                f"list ({where}); a secret goes only to hosts named there",
+                details={"rule": "permissions.network", "where": where}))
+        return host
+
+    def require_read(self, path: str | Path) -> Path:
+        """The real path of ``path`` (workspace-relative) if ``permissions.files.read`` allows it."""
+        return self._checked(self.grant.check_read, path)
+
+    def require_write(self, path: str | Path) -> Path:
+        """The real path of ``path`` (workspace-relative) if ``permissions.files.write`` allows it."""
+        return self._checked(self.grant.check_write, path)
+
+    def require_module(self, module: str, function: str = "") -> None:
+        """Fail unless ``permissions.python`` allows calling ``module:function``."""
+        self._checked(self.grant.check_module, module, function)
+
+    def environment(self) -> dict[str, str]:
+        """The process environment this task may see (``permissions.env`` plus a baseline such as PATH)."""
+        return self.grant.environment()
+
+    def _checked(self, check: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return check(*args)
+        except PermissionDenied as exc:
+            self._denied(exc)
+
+    def _denied(self, exc: PermissionDenied) -> NoReturn:
+        self.audit("permission.denied", rule=exc.details.get("rule"), message=exc.message)
+        raise exc
+
+    def _secrets_in(self, url: str, sending: Any) -> list[str]:
+        redactor = self.redactor
+        if not redactor:
+            return []
+        import json
+
+        text = sending if isinstance(sending, str) else json.dumps(sending, default=str, ensure_ascii=False)
+        return redactor.found(f"{url}\n{text}")
 
     def path(self, relative: str | Path) -> Path:
         """``relative`` resolved inside the workspace; refuses paths that escape it."""

@@ -15,8 +15,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty project folder (with goatclaw.yaml) that is also the current directory."""
-    (tmp_path / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+    """An empty project folder (with goatclaw.yaml) that is also the current directory.
+
+    Its goatclaw.yaml grants every permission, so that tests of other features need not
+    say what each pipeline may do; tests/security uses projects that grant nothing.
+    """
+    (tmp_path / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n"
+                                            "permissions: {shell: true, network: true, env: true, python: true,\n"
+                                            "              files: {read: [.], write: [.]}}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GOATCLAW_STORE", raising=False)
     monkeypatch.delenv("CI", raising=False)

@@ -184,7 +184,8 @@ def test_fallbacks_take_the_next_model_and_record_every_hop(write_pipeline, srv)
 
 
 def test_the_project_fallbacks_follow_a_single_model(project, write_pipeline, srv) -> None:
-    (project / "goatclaw.yaml").write_text("version: 1\nmodel: openai/primary\nfallbacks: [openai/backup]\n")
+    (project / "goatclaw.yaml").write_text("version: 1\nmodel: openai/primary\nfallbacks: [openai/backup]\n"
+                                            "permissions: {network: [127.0.0.1]}\n")
     srv.respond = by_model({"primary": Reply(status=503, error="down")})
     path = llm_pipeline(write_pipeline, srv, "prompt: hi")
     result = goatclaw.run(path)
@@ -210,7 +211,7 @@ def test_when_every_model_fails_the_last_error_names_the_hops(srv) -> None:
 
 
 def test_the_cache_answers_an_identical_request_without_the_server(project, write_pipeline, srv) -> None:
-    (project / "goatclaw.yaml").write_text("version: 1\nllm: {cache: true}\n")
+    (project / "goatclaw.yaml").write_text("version: 1\nllm: {cache: true}\npermissions: {network: [127.0.0.1]}\n")
     path = llm_pipeline(write_pipeline, srv, "model: openai/gpt-4o-mini\n              prompt: hi")
     first = goatclaw.run(path, cache=False)  # the task cache off: only the LLM cache may answer
     second = goatclaw.run(path, cache=False)
@@ -292,7 +293,8 @@ def test_the_rate_limiter_holds_a_sliding_window() -> None:
 
 
 def test_rate_limits_hold_under_100_concurrent_tasks(project, write_pipeline, srv) -> None:
-    (project / "goatclaw.yaml").write_text("version: 1\nrate_limits:\n  openai/gpt-4o-mini: {rpm: 40}\n")
+    (project / "goatclaw.yaml").write_text("version: 1\nrate_limits:\n  openai/gpt-4o-mini: {rpm: 40}\n"
+                                            "permissions: {network: [127.0.0.1]}\n")
     path = write_pipeline(f"""
         version: 1
         concurrency: 100

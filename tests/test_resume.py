@@ -34,7 +34,7 @@ from goatclaw.store import Store
 CRASHY = """
 version: 1
 name: crashy
-permissions: {shell: true}
+permissions: {shell: true, env: [SLOW]}  # the slow task reads $SLOW
 concurrency: 2
 defaults:
   retry: {attempts: 1}

@@ -184,7 +184,9 @@ def apply(
         print_result(result, Console(highlight=False, no_color=True, soft_wrap=True))
     else:
         result = asyncio.run(run())
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+        from goatclaw.api import redactor_for
+
+        print(redactor_for(pipeline).mask(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str)))
     code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost)
     if code:
         raise typer.Exit(code)
@@ -243,10 +245,13 @@ def plan(
 ) -> None:
     """Show the graph: which tasks run together, level by level."""
     import goatclaw
-    from goatclaw.cli.render import print_plan
+    from goatclaw.cli.render import print_permissions, print_plan
     from goatclaw.graph import render_plan
 
     pipeline = goatclaw.load(file)
+    permissions: Annotated[bool, typer.Option(
+        "--permissions", help="Show what each task will be allowed to do (text or json) instead of the graph.")
+    ] = False,
     compiled = goatclaw.plan(pipeline)
     if fmt is PlanFormat.text:
         print_plan(compiled, _out())
@@ -254,6 +259,15 @@ def plan(
         sys.stdout.write(render_plan(compiled, fmt.value))
     if cost:
         _print_costs(pipeline, file, fmt is PlanFormat.json)
+    if permissions:
+        from goatclaw.api import permissions_of
+
+        rows = permissions_of(pipeline)
+        if fmt is PlanFormat.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_permissions(rows, _out())
+        return
 
 
 def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:

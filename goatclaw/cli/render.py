@@ -508,3 +508,23 @@ def print_health(data: dict[str, Any], console: Console) -> None:
                        style="yellow" if data["dead_letters"] else "green"))
     console.print(f"  runs in the last 24 h: {data['runs_24h']}, failed: {data['failed_runs_24h']} "
                   f"({data['error_rate_24h'] * 100:.0f}%)", highlight=False)
+
+
+def print_permissions(rows: list[dict[str, Any]], console: Console) -> None:
+    """``goatclaw plan --permissions``: per task, what it needs, what it may do and where that was said."""
+    for row in rows:
+        needs = ", ".join(row["needs"]) or "nothing"
+        head = Text(f"{row['task']}", style="bold")
+        head.append(f"  uses {row['uses']}, needs {needs}", style="")
+        if row["untrusted_output"]:
+            head.append("  (output untrusted)", style="yellow")
+        if row["trust"]:
+            head.append(f"  trusts {', '.join(row['trust'])}", style="cyan")
+        console.print(head, soft_wrap=True)
+        for name, info in row["granted"].items():
+            v = info["value"]
+            shown = "all" if v is True else "none" if v is False or v == [] else ", ".join(v)
+            console.print(Text(f"    {name:<12} {shown:<40} {info['from']}", style="dim" if shown == "none" else ""),
+                          soft_wrap=True)
+        for message in row["refused_flows"]:
+            console.print(Text(f"    ✗ {message}", style="red"), soft_wrap=True)

@@ -25,6 +25,7 @@ from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps
 from goatclaw.plugin import AUDIT_PREFIX
 from goatclaw.security.audit import seal
+from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
 
@@ -34,7 +35,6 @@ _FLUSH_ROWS = 2000
 #: From this many tasks on, a child process commits the rows; smaller runs write in-line.
 _PROCESS_WRITER_TASKS = 500
 _PROCESS_FLUSH_SECONDS = 0.01
-_MASK = "***"
 
 
 
@@ -51,6 +51,8 @@ class Recorder:
         self.bus = bus
         self.run_id = run_id
         self.secrets = tuple(sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True))
+        #: Masks the secrets and their encoded forms (base64, URL, hex, JSON) in everything written.
+        self.redactor = Redactor(self.secrets)
         self.seq = 0
         self.events: list[tuple[Any, ...]] = []
         self.tasks: list[tuple[Any, ...]] = []
@@ -198,6 +200,8 @@ class Recorder:
             self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
         if self.store is not None:
             if text is None and data is not None:
+            if self.redactor:  # the live view and every subscriber see what the store keeps
+                payload = self.redactor.mask_data(payload)
                 text = _EVENT_JSON(data)
             text = self._mask(text)
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
@@ -256,12 +260,7 @@ class Recorder:
             self.store.write_batch(**batch)
 
     def _mask(self, text: str | None) -> str | None:
-        if text is None or not self.secrets:
-            return text
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, _MASK)
-        return text
+        return self.redactor.mask(text)
 
 
 def _plain(value: Any) -> Any:

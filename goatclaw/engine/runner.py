@@ -25,11 +25,12 @@ from typing import Any
 
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor, LocalExecutor
+from goatclaw.engine.guard import Guard
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
-from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout, TemplateError
+from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.graph import Plan
@@ -46,6 +47,8 @@ from goatclaw.validation import failure as validation_failure
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+#: The largest task output (serialised JSON) when the pipeline sets no ``max_output_bytes``.
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class _Runner:
         self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
+        self.guard = Guard(plan.pipeline, options.workspace, self.registry)  # permissions and untrusted flows
+        self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
                                 store_path=str(options.store_path) if options.store_path else None)
@@ -208,7 +213,7 @@ class _Runner:
         if status in (RunStatus.CANCELLED, RunStatus.BLOCKED):
             self._cancel_unfinished("run cancelled" if status is RunStatus.CANCELLED else "run blocked")
         r.status = status
-        r.error = error
+        r.error = error if self.recorder is None else self.recorder.redactor.mask(error)
         r.finished_at = time.time()
         if self.breakers is not None:
             self.breakers.close()
@@ -233,6 +238,7 @@ class _Runner:
             return
         status = self._final_status()
         self.context["run"] = {**self.context["run"], "status": status.value, "errors": self._errors()}
+        self.task_contexts.clear()  # they copied the old run view
         if status is RunStatus.FAILED and p.on_failure:
             await self._run_group(p.on_failure)
         if p.finally_:
@@ -468,10 +474,12 @@ class _Runner:
                 res.move(TaskState.SKIPPED)
             else:
                 plugin = self._plugin(task)
+                self._refuse_untrusted(task)
                 if task.foreach is not None:
                     res.output, res.output_json = await self._foreach(task, plugin, res)
                 else:
-                    res.output, res.output_json = await self._attempts(task, plugin, res, self.context, None)
+                    res.output, res.output_json = await self._attempts(task, plugin, res, self._context_for(task),
+                                                                       None)
                 res.move(TaskState.CACHED if res.cache_hits and res.cache_hits == (res.items or 1)
                          else TaskState.SUCCEEDED)
         except asyncio.CancelledError:
@@ -479,7 +487,7 @@ class _Runner:
             res.error, res.error_class = "cancelled", "cancelled"
             raise
         except TaskError as exc:
-            res.error, res.error_class = exc.message, exc.error_class
+            res.error, res.error_class = self.recorder.redactor.mask(exc.message), exc.error_class
             if task.fallback in self.standby and await self._fallback(task, res):
                 res.move(TaskState.SUCCEEDED)
             else:
@@ -526,7 +534,7 @@ class _Runner:
         if isinstance(task.if_, bool):
             return task.if_
         try:
-            return bool(compile_expression(task.if_ or "true").evaluate(self.context))
+            return bool(compile_expression(task.if_ or "true").evaluate(self._context_for(task)))
         except TemplateError as exc:
             raise TaskError(f"if: {exc.message}", error_class="invalid_input") from None
 
@@ -556,7 +564,7 @@ class _Runner:
 
         async def one(index: int, item: Any) -> None:
             async with gate:
-                ctx = {**self.context, "item": item, "index": index}
+                ctx = {**self._context_for(task), "item": item, "index": index}
                 outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
 
         if task.fail_fast:
@@ -585,9 +593,9 @@ class _Runner:
         spec = task.foreach
         try:
             if isinstance(spec, str) and not has_template(spec):
-                value = compile_expression(spec).evaluate(self.context)
+                value = compile_expression(spec).evaluate(self._context_for(task))
             else:
-                value = compile_value(spec).render(self.context)
+                value = compile_value(spec).render(self._context_for(task))
         except TemplateError as exc:
             raise TaskError(f"foreach: {exc.message}", error_class="invalid_input") from None
         if isinstance(value, Mapping):
@@ -711,8 +719,8 @@ class _Runner:
         if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
             self.sentry.secrets_read(task.id, index, self.secret_reads.taken())
         ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
-                          index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, task.permissions,
-                          self.recorder.task_event, self.opts.store_path)
+                          index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, self.guard.grant(task),
+                          self.recorder.task_event, self.opts.store_path, redactor=self.recorder.redactor)
         if task.breaker is not None:
             result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
         elif task.timeout is None and self.inline_async and plugin.is_async:
@@ -720,9 +728,38 @@ class _Runner:
             result = output, _to_json(output)
         else:
             result = await self._call(task, plugin, ctx, kwargs)
+        self._check_size(result[1])
         if task.validate:
             await self._check_output(task, result[0], context, index, kwargs)
         return result
+
+    def _check_size(self, text: str) -> None:
+        """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
+        limit = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
+        if len(text) * 4 <= limit or len(size := text.encode()) <= limit:  # UTF-8: at most 4 bytes a character
+            return
+        loc = self.pipeline.locate(("max_output_bytes",)) if self.pipeline.max_output_bytes else None
+        where = f"max_output_bytes at {loc}" if loc else "the default max_output_bytes"
+        raise TaskError(f"output is {len(size):,} bytes, over {limit:,} ({where})", error_class="invalid_output")
+
+    def _context_for(self, task: Task) -> dict[str, Any]:
+        """The template context for ``task``: ``env`` holds only the variables its grant lets it see."""
+        grant = self.guard.grant(task)
+        if grant.env is True:
+            return self.context
+        view = self.task_contexts.get(id(grant))
+        if view is None:
+            view = self.task_contexts[id(grant)] = {**self.context, "env": grant.environment(self.context["env"])}
+        return view
+
+    def _refuse_untrusted(self, task: Task) -> None:
+        """Untrusted output (llm, http) reaching one of the task's sinks without ``trust:``: permission_denied."""
+        flows = self.guard.flows(task.id)
+        if flows:
+            assert self.recorder is not None
+            self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,
+                                                                 "rule": "trust", "message": flows[0].message})
+            raise PermissionDenied(flows[0].message, details={"rule": "trust", "field": flows[0].field})
 
     async def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None,
                             kwargs: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from goatclaw.errors import GoatclawError
 from goatclaw.memory import knowledge
+from goatclaw.security.secrets import Redactor
 from goatclaw.store import Store, TaskRow
 
 __all__ = ["Explanation", "MemorySettings", "explain", "remember_run"]
@@ -274,16 +275,8 @@ def _inputs_digest(store: Store, run_id: str, task_id: str) -> str | None:
 
 
 def _masker(secrets: Mapping[str, str]) -> Any:
-    values = sorted((v for v in secrets.values() if v and len(v) >= 3), key=len, reverse=True)
-
-    def mask(text: str | None) -> str | None:
-        if text is None:
-            return None
-        for value in values:
-            text = text.replace(value, "***")
-        return text
-
-    return mask
+    """Secrets and their base64, URL, hex and JSON forms become ``***`` in what memory keeps."""
+    return Redactor(secrets).mask
 
 
 # -- explaining ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``file.read``, ``file.write`` and ``file.list``: files inside the workspace.
 
-Every path is relative to the workspace and resolved (symlinks included) before use; a
-path that ends up outside it (``../x``, ``/etc/passwd``, a symlink pointing out) fails
-with ``permission_denied``. Writes replace a file atomically (a temporary file in the
+Every path is relative to the workspace and resolved (symlinks included) before use; the
+real path must be inside a root of ``permissions.files.read`` (``file.read``, ``file.list``)
+or ``permissions.files.write`` (``file.write``), so ``../x``, ``/etc/passwd`` and a symlink
+pointing out fail with ``permission_denied``. Writes replace a file atomically (a temporary file in the
 same directory, then a rename), so a reader never sees half a file.
 """
 
@@ -27,7 +28,8 @@ _WRITE_FORMATS = ("text", "json")
 _WRITE_MODES = ("overwrite", "append")
 
 
-@task(cacheable=False)  # the output follows the file's content, which the cache key cannot see
+# cacheable=False: the output follows the file's content, which the cache key cannot see
+@task(cacheable=False, permissions=("files.read",), sinks=("path",))
 def read(ctx: TaskContext, *, path: str, format: Literal["text", "json", "yaml", "lines"] = "text",
          encoding: str = "utf-8") -> Any:
     """Read a workspace file as text, JSON, YAML or a list of lines."""
@@ -42,14 +44,14 @@ def read(ctx: TaskContext, *, path: str, format: Literal["text", "json", "yaml",
     return text
 
 
-@task(side_effects=True)
+@task(side_effects=True, permissions=("files.write",), sinks=("path",))
 def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", "json"] = "text",
           mode: Literal["overwrite", "append"] = "overwrite", mkdir: bool = True,
           encoding: str = "utf-8") -> dict[str, Any]:
     """Write text or JSON to a workspace file (atomically when overwriting); returns its path and size."""
     _check_choice("format", format, _WRITE_FORMATS)
     _check_choice("mode", mode, _WRITE_MODES)
-    target = ctx.path(path)
+    target = ctx.require_write(path)
     data = _encode(_serialise(content, format, mode), encoding)
     _prepare_parent(target, path, mkdir)
     if target.is_dir():
@@ -67,18 +69,18 @@ def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", 
     return {"path": written, "bytes": len(data)}
 
 
-@task(cacheable=False)
+@task(cacheable=False, permissions=("files.read",), sinks=("path", "pattern"))
 def list_files(ctx: TaskContext, *, pattern: str = "*", path: str = ".", recursive: bool = False,
                files_only: bool = True) -> list[str]:
     """List workspace paths under ``path`` matching a glob ``pattern``, sorted, relative to the workspace."""
-    root = ctx.path(path)
+    root = ctx.require_read(path)
     if not root.is_dir():
         fail(f"cannot list '{path}': no such directory in the workspace", error_class="invalid_input")
     _check_pattern(pattern)
     base = ctx.workspace.resolve()
     matches = root.rglob(pattern) if recursive else root.glob(pattern)
     found = {entry.relative_to(base).as_posix() for entry in matches
-             if _inside(entry, base) and (entry.is_file() if files_only else True)}
+             if _inside(entry, base) and ctx.grant.may_read(entry) and (entry.is_file() if files_only else True)}
     return sorted(found)
 
 
@@ -87,7 +89,7 @@ def list_files(ctx: TaskContext, *, pattern: str = "*", path: str = ".", recursi
 
 def _existing_file(ctx: TaskContext, path: str) -> Path:
     """The resolved path of an existing regular file, or a clear ``invalid_input``."""
-    target = ctx.path(path)
+    target = ctx.require_read(path)
     if not target.exists():
         fail(f"cannot read '{path}': no such file in the workspace", error_class="invalid_input", path=path)
     if not target.is_file():
@@ -222,7 +224,8 @@ def _inside(entry: Path, base: Path) -> bool:
 
 def _relative(ctx: TaskContext, target: Path) -> str:
     """``target`` as a POSIX path relative to the workspace."""
-    return target.relative_to(ctx.workspace.resolve()).as_posix()
+    base = ctx.workspace.resolve()
+    return target.relative_to(base).as_posix() if target.is_relative_to(base) else str(target)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

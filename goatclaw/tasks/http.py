@@ -5,6 +5,11 @@ An unexpected status fails the task with an error class that retry policies unde
 as ``retry_after``), 401 and 403 are ``auth``, any other 4xx is ``invalid_input`` (the
 request itself is wrong, so retrying will not help). Timeouts are ``timeout`` and network
 failures ``connection``. httpx is imported when a request is made, never at import.
+
+Every request, each redirect hop included, must go to a host that ``permissions.network``
+allows; a request carrying a declared secret (in the URL, a header or the body) must go
+to a host the permission lists by name. The response is untrusted: it may reach another
+task's sinks (a ``shell`` command, a ``file.write`` path) only through ``trust:``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 _EXCERPT_CHARS = 500
 
 
-@task(cacheable=False, permissions=("network",))
+@task(cacheable=False, permissions=("network",), untrusted_output=True, sinks=("url",))
 async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict[str, str] | None = None,
                params: dict[str, Any] | None = None, json: Any = None, body: str | None = None,
                expect: list[int] | int | None = None, timeout: float = 30,
@@ -43,6 +48,10 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
 
     _check_options(url, json, body, response, timeout)
     expected = _expected(expect)
+    ctx.require_network(url, sending={"headers": headers, "params": params, "json": json, "body": body})
+
+    async def check_hop(request: httpx.Request) -> None:  # every request, redirects included
+        ctx.require_network(str(request.url), sending={"headers": dict(request.headers), "body": _content(request)})
 
     async def throttle_hop(request: httpx.Request) -> None:  # rate_limits.side_effects, per host
         await ctx.throttle("http", request.url.host)
@@ -53,7 +62,8 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
                   status=response.status_code)
 
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects,
-                                 event_hooks={"request": [throttle_hop], "response": [audit_hop]}) as client:
+                                 event_hooks={"request": [check_hop, throttle_hop],
+                                              "response": [audit_hop]}) as client:
         request = _build(client, method, url, headers, params, json, body)
         resp, raw = await _send(client, request, timeout)
     if resp.status_code not in expected:
@@ -74,6 +84,14 @@ def _check_options(url: str, json: Any, body: str | None, response: str, timeout
         fail(f"response must be one of auto, json, text, not '{response}'", error_class="invalid_input")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         fail(f"timeout must be a positive number of seconds, not {timeout!r}", error_class="invalid_input")
+
+
+def _content(request: httpx.Request) -> str:
+    """The request body as text, for the secret check (empty when it is streamed)."""
+    try:
+        return request.content.decode("utf-8", errors="replace")
+    except Exception:  # httpx.RequestNotRead for a streamed body
+        return ""
 
 
 def _expected(expect: list[int] | int | None) -> Iterable[int]:

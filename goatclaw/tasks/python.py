@@ -5,6 +5,11 @@ A module that is not importable as is is looked for in the workspace, so a proje
 ``steps.py`` next to its pipelines can be called as ``steps:summarise``. An ``async``
 function is awaited; a plain one runs in a thread so that it may block. The result must
 be JSON: it is stored and read by later tasks.
+
+``permissions.python`` says which modules (``json``, ``mypkg``: the package and its
+submodules) or single functions (``builtins:min``) may be called; it is checked before
+the module is imported. The function runs inside goatclaw's process, so it can do what
+the process can: grant only code you trust.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ __all__ = ["python"]
 _SYS_PATH_LOCK = threading.Lock()
 
 
-@task(cacheable=False, permissions=("python",))
+@task(cacheable=False, permissions=("python",), sinks=("function", "args", "kwargs"))
 async def python(ctx: TaskContext, *, function: str, args: list[Any] | None = None,
                  kwargs: dict[str, Any] | None = None) -> Any:
     """Call a Python function ``module:name`` with ``args`` and ``kwargs``; its JSON result is the output."""
-    fn = _resolve(function, ctx.workspace)
+    fn = _resolve(function, ctx)
     positional, named = _arguments(args, kwargs)
     if inspect.iscoroutinefunction(fn):
         result = await fn(*positional, **named)
@@ -42,13 +47,14 @@ async def python(ctx: TaskContext, *, function: str, args: list[Any] | None = No
     return _as_json(result, function)
 
 
-def _resolve(ref: str, workspace: Path) -> Callable[..., Any]:
+def _resolve(ref: str, ctx: TaskContext) -> Callable[..., Any]:
     """The callable that ``module:attr`` names; ``invalid_input`` if there is none."""
     if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
         fail(f"function '{ref}' is not a reference of the form 'module:name' (e.g. 'json:dumps')",
              error_class="invalid_input")
     module_name, attr = ref.split(":")
-    obj: Any = _import(module_name, workspace, ref)
+    ctx.require_module(module_name, attr)  # before the import: importing runs the module's code
+    obj: Any = _import(module_name, ctx.workspace, ref)
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -48,23 +48,26 @@ _POLL_SECONDS = 0.1
 _CHUNK = 64 * 1024
 
 
-@task(cacheable=False, side_effects=True, permissions=("shell",))
+@task(cacheable=False, side_effects=True, permissions=("shell",),
+      sinks=("run", "script", "env", "cwd", "shell", "input"))
 async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str | None = None,
                 env: dict[str, str] | None = None, cwd: str | None = None, shell: str = "bash",
                 check: bool = True, input: str | None = None, timeout: float | None = None) -> dict[str, Any]:
     """Run a command (``run:`` argv, no shell) or a ``script:`` and return exit code, stdout and stderr.
 
-    ``env`` is added to the environment (``os.environ``, then the task's ``env:``); pass
+    ``env`` is added to the environment (the variables ``permissions.env`` lets the task see,
+    then the task's ``env:``); pass
     templated values this way rather than splicing them into ``script``. ``cwd`` is
     relative to the workspace. ``input`` is sent to stdin. With ``check`` (the default) a
     non-zero exit fails the task. ``timeout`` (seconds) bounds the command itself.
     """
     argv = _argv(run, script, shell)
+    ctx.require_shell(argv[0])  # for a script: the shell itself (which can then run anything)
     workdir = _workdir(ctx, cwd)
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         fail(f"timeout must be a positive number of seconds, not {timeout!r}", error_class="invalid_input")
     await ctx.throttle("process")  # rate_limits.side_effects.processes_per_minute: wait, never fail
-    proc = await _spawn(argv, workdir, _environment(ctx.env, env), piped_stdin=input is not None)
+    proc = await _spawn(argv, workdir, _environment(ctx.environment(), ctx.env, env), piped_stdin=input is not None)
     ctx.audit("process.started", program=argv[0], argv=argv, pid=proc.pid, cwd=str(workdir))
     command = _Running(proc, input)
     try:
@@ -111,11 +114,12 @@ def _workdir(ctx: TaskContext, cwd: str | None) -> Path:
     return workdir
 
 
-def _environment(task_env: Mapping[str, Any], env: Mapping[str, Any] | None) -> dict[str, str]:
-    """``os.environ``, then the task's environment, then ``env``; a ``None`` value removes a variable."""
+def _environment(visible: Mapping[str, str], task_env: Mapping[str, Any],
+                 env: Mapping[str, Any] | None) -> dict[str, str]:
+    """The variables the task may see, then the task's ``env:``, then ``env``; a ``None`` value removes one."""
     if env is not None and not isinstance(env, Mapping):
         fail(f"'env' must be a mapping of names to values, not {type(env).__name__}", error_class="invalid_input")
-    merged: dict[str, str] = dict(os.environ)
+    merged: dict[str, str] = dict(visible)
     for layer in (task_env, env or {}):
         for name, value in layer.items():
             if value is None:

@@ -28,6 +28,7 @@ import pytest
 from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext, spec_of
 from goatclaw.registry import BUILTIN_TASKS, Registry
+from goatclaw.security.permissions import Grant
 from goatclaw.tasks import files
 from goatclaw.tasks import shell as shell_module
 from goatclaw.tasks.files import list_files, read, write
@@ -84,7 +85,7 @@ def ctx(tmp_path: Path) -> TaskContext:
     """A context whose workspace is a fresh directory (tmp_path/ws), with room outside it."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    return TaskContext(run_id="r", task_id="t", workspace=ws)
+    return TaskContext(run_id="r", task_id="t", workspace=ws, permissions=Grant.everything(ws))
 
 
 @pytest.fixture

@@ -1,0 +1,382 @@
+"""What a task may do: :class:`Grant`, built in layers, deny by default.
+
+Three layers say what is allowed, each one field at a time (``shell``, ``network``,
+``files.read``, ``files.write``, ``env``, ``python``):
+
+1. the project file (``goatclaw.yaml``): where it says a field, that is the default
+   *and the ceiling* for every pipeline under it;
+2. the pipeline: narrows the project's value (a field the project does not say is the
+   pipeline's to grant);
+3. the task: narrows the pipeline's value, never widens it (asking for more is an error
+   that ``goatclaw validate`` reports at the task's ``permissions:``).
+
+Where no layer says a field, :data:`EMBEDDED_DEFAULT` holds: no programs, no network,
+no Python, read the workspace, write nothing, and only the baseline environment.
+
+The checks (:meth:`Grant.check_program`, :meth:`Grant.check_url`, :meth:`Grant.check_read`,
+:meth:`Grant.check_write`, :meth:`Grant.check_module`, :meth:`Grant.environment`) raise
+:class:`~goatclaw.errors.PermissionDenied` with a message that names the rule and where it
+was written, e.g. ``network: host evil.com is not in permissions.network [api.example.com]
+(pipeline x.yaml:7:3)``. They are cooperative: they guard what goatclaw's tasks and
+well-behaved plugins do; in-process Python code is not sandboxed by them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from goatclaw.errors import PermissionDenied
+
+__all__ = [
+    "BASELINE_ENV",
+    "EMBEDDED_DEFAULT",
+    "FIELDS",
+    "Grant",
+    "build_grant",
+    "covers",
+    "host_matches",
+    "model_hosts",
+    "widenings",
+]
+
+#: The permission fields, as written in ``permissions:`` (``files.read``/``files.write``).
+FIELDS = ("shell", "network", "files.read", "files.write", "env", "python")
+_ATTR = {"shell": "shell", "network": "network", "files.read": "files_read", "files.write": "files_write",
+         "env": "env", "python": "python"}
+
+#: Variables every process and template sees: without them no program can be found or
+#: print text. None of them holds a credential.
+BASELINE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+                          "TMPDIR", "TERM", "SHELL", "PWD"})
+
+#: Paths inside the workspace that a grant must name explicitly (a root at or inside them):
+#: the secrets file, the store, git's internals (hooks run code) and the project file
+#: (writing it would widen the next run's permissions).
+PROTECTED = (".env", ".goatclaw", ".git", "goatclaw.yaml")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The permissions one task runs with, every field decided (no "not said here").
+
+    ``shell``, ``network``, ``env``, ``python``: ``True`` (anything), ``False`` (nothing) or
+    the allowed program names, host patterns, variable names, modules (``pkg``, or
+    ``module:function`` for one function). ``files_read``/``files_write``: roots (or globs)
+    relative to ``workspace``. ``sources`` says, per field, where its value was written.
+    """
+
+    shell: bool | tuple[str, ...] = False
+    network: bool | tuple[str, ...] = False
+    files_read: tuple[str, ...] = ()
+    files_write: tuple[str, ...] = ()
+    env: bool | tuple[str, ...] = False
+    python: bool | tuple[str, ...] = False
+    workspace: str = ""
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # a dict: grants travel to workers
+
+    @classmethod
+    def everything(cls, workspace: str | os.PathLike[str] = "") -> Grant:
+        """Everything, files inside the workspace (for code that calls a plugin directly and means it)."""
+        return cls(True, True, (".",), (".",), True, True, str(workspace or Path.cwd()),
+                   dict.fromkeys(FIELDS, "Grant.everything()"))
+
+    @classmethod
+    def nothing(cls, workspace: str | os.PathLike[str] = "") -> Grant:
+        """A grant of nothing at all."""
+        return cls(workspace=str(workspace or Path.cwd()), sources=dict.fromkeys(FIELDS, "no grant"))
+
+    # -- the checks ------------------------------------------------------------------
+
+    def check_program(self, program: str) -> None:
+        """Refuse to start ``program`` (argv[0]; for a script, the shell) unless ``shell`` allows it."""
+        name = os.path.basename(str(program))
+        if self.shell is True or (isinstance(self.shell, tuple) and (name in self.shell or program in self.shell)):
+            return
+        self._deny("shell", f"program '{program}'" + (" is not in" if self.shell else " cannot run:"),
+                   self.shell)
+
+    def check_url(self, url: str) -> str:
+        """Refuse a request to ``url`` unless its host matches ``network``; returns the host."""
+        host, port = _host_port(url)
+        if not host:
+            raise PermissionDenied(f"network: '{url}' names no host")
+        if not self.allows_host(host, port):
+            self._deny("network", f"host {host}" + (" is not in" if self.network else " cannot be reached:"),
+                       self.network)
+        return host
+
+    def allows_host(self, host: str, port: int | None = None, *, listed: bool = False) -> bool:
+        """Whether ``network`` allows ``host``; ``listed``: only by a pattern (``true`` does not list it)."""
+        if self.network is True:
+            return not listed
+        return isinstance(self.network, tuple) and any(host_matches(host, port, p) for p in self.network)
+
+    def check_read(self, path: str | os.PathLike[str]) -> Path:
+        """The real path of ``path`` (relative to the workspace) if ``files.read`` allows it."""
+        return self._check_file("files.read", self.files_read, path)
+
+    def check_write(self, path: str | os.PathLike[str]) -> Path:
+        """The real path of ``path`` (relative to the workspace) if ``files.write`` allows it."""
+        return self._check_file("files.write", self.files_write, path)
+
+    def may_read(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``files.read`` allows ``path`` (no error)."""
+        try:
+            self.check_read(path)
+        except PermissionDenied:
+            return False
+        return True
+
+    def check_module(self, module: str, function: str = "") -> None:
+        """Refuse to call ``module:function`` unless ``python`` allows the module (or that function)."""
+        if self.python is True:
+            return
+        ref = f"{module}:{function}" if function else module
+        if isinstance(self.python, tuple):
+            if any(function.startswith("_") or part.startswith("_") for part in function.split(".")):
+                self._deny("python", f"'{ref}' names a private attribute, which only python: true allows; it is "
+                                     "not in", self.python)
+            for allowed in self.python:
+                mod, _, fn = allowed.partition(":")
+                if (module == mod or module.startswith(mod + ".")) and (not fn or fn == function):
+                    return
+        self._deny("python", f"'{ref}'" + (" is not in" if self.python else " cannot be called:"), self.python)
+
+    def env_visible(self, name: str) -> bool:
+        """Whether a task may see the environment variable ``name``."""
+        return name in BASELINE_ENV or self.env is True or (isinstance(self.env, tuple) and name in self.env)
+
+    def environment(self, source: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The variables of ``source`` (default ``os.environ``) that this task may see."""
+        source = os.environ if source is None else source
+        if self.env is True:
+            return dict(source)
+        return {k: v for k, v in source.items() if self.env_visible(k)}
+
+    # -- describing ------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Each field's value and where it was written (``goatclaw plan --permissions``)."""
+        out: dict[str, Any] = {}
+        for name in FIELDS:
+            value = getattr(self, _ATTR[name])
+            out[name] = {"value": list(value) if isinstance(value, tuple) else value,
+                         "from": self.sources.get(name, "embedded default")}
+        return out
+
+    def _deny(self, name: str, what: str, value: Any) -> None:
+        where = self.sources.get(name, "embedded default")
+        raise PermissionDenied(f"{name.split('.')[0]}: {what} permissions.{name} {_show(value)} ({where})",
+                               details={"rule": f"permissions.{name}", "where": where})
+
+    def _check_file(self, name: str, roots: tuple[str, ...], path: str | os.PathLike[str]) -> Path:
+        base = Path(self.workspace or Path.cwd()).resolve()
+        try:
+            target = (base / Path(path)).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+            raise PermissionDenied(f"{name.split('.')[0]}: '{path}' cannot be resolved: {exc}") from None
+        guarded = next((p for p in PROTECTED if target.is_relative_to(base / p)), None)
+        for root in roots:
+            if _inside_root(target, root, base) and (guarded is None or _names(root, base, guarded)):
+                return target
+        what = f"'{path}' (really {_shown_path(target, base)})" if str(path) != _shown_path(target, base) \
+            else f"'{path}'"
+        if guarded is not None and any(_inside_root(target, r, base) for r in roots):
+            self._deny(name, f"{what} is inside {guarded}, which a grant must name explicitly; it is not in",
+                       roots)
+        self._deny(name, f"{what} is not in" if roots else f"{what} cannot be accessed:", roots)
+        raise AssertionError("unreachable")  # _deny raises
+
+
+def _show(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False or value == ():
+        return "[] (nothing granted)" if value == () else "false"
+    return "[" + ", ".join(value) + "]"
+
+
+def _shown_path(target: Path, base: Path) -> str:
+    return target.relative_to(base).as_posix() if target.is_relative_to(base) else str(target)
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _root_path(root: str, base: Path) -> Path:
+    return (base / root).resolve()
+
+
+def _inside_root(target: Path, root: str, base: Path) -> bool:
+    """Whether the real path ``target`` is ``root`` or inside it (a glob matches the relative path)."""
+    if _has_glob(root):
+        rel = _shown_path(target, base)
+        pattern = root.rstrip("/")
+        return fnmatch.fnmatchcase(rel, pattern) or fnmatch.fnmatchcase(rel, pattern + "/*")
+    return target.is_relative_to(_root_path(root, base))
+
+
+def _names(root: str, base: Path, protected: str) -> bool:
+    """Whether ``root`` explicitly names the protected path (is it, or inside it)."""
+    if _has_glob(root):
+        return root.lstrip("./").startswith(protected)
+    return _root_path(root, base).is_relative_to(base / protected)
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    try:
+        parts = urlsplit(str(url))
+        return (parts.hostname or "").lower().rstrip("."), parts.port
+    except ValueError:
+        return "", None
+
+
+def host_matches(host: str, port: int | None, pattern: str) -> bool:
+    """Whether ``host`` (and ``port``) match ``pattern``: ``api.example.com``, ``*.example.com``, ``h:8080``.
+
+    ``*.example.com`` matches every subdomain of example.com, not example.com itself; ``*``
+    matches any host. A pattern with a port matches that port only.
+    """
+    pattern = pattern.strip().lower()
+    want_port: int | None = None
+    if pattern.count(":") == 1 or (pattern.startswith("[") and "]:" in pattern):
+        head, _, tail = pattern.rpartition(":")
+        if tail.isdigit():
+            pattern, want_port = head, int(tail)
+    pattern = pattern.strip("[]").rstrip(".")
+    host = host.lower().strip("[]").rstrip(".")
+    if want_port is not None and port != want_port:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+# -- layering ------------------------------------------------------------------------
+
+#: What holds where no layer says anything: deny, except reading the workspace.
+EMBEDDED_DEFAULT: Mapping[str, Any] = MappingProxyType({
+    "shell": False, "network": False, "files.read": (".",), "files.write": (), "env": False, "python": False})
+
+
+def _value(perms: Any, name: str) -> Any:
+    return None if perms is None else getattr(perms, _ATTR[name], None)
+
+
+def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[str]) -> Grant:
+    """The grant from ``(Permissions, where)`` layers, outermost first; a layer's ``None`` says nothing.
+
+    ``where`` is a text, or a mapping from field name to text (where each field was written).
+    Each field takes the innermost value said (the validator makes sure it only narrows).
+    """
+    values = {name: (EMBEDDED_DEFAULT[name], "embedded default") for name in FIELDS}
+    for perms, where in layers:
+        for name in FIELDS:
+            v = _value(perms, name)
+            if v is not None:
+                values[name] = (v, where if isinstance(where, str) else where.get(name, ""))
+    kwargs = {_ATTR[n]: (tuple(v) if isinstance(v, list) else v) for n, (v, _) in values.items()}
+    kwargs["files_read"] = tuple(kwargs["files_read"] or ())
+    kwargs["files_write"] = tuple(kwargs["files_write"] or ())
+    return Grant(**kwargs, workspace=str(Path(workspace).resolve()),
+                 sources={n: w for n, (_, w) in values.items()})
+
+
+def covers(name: str, outer: Any, inner: Any, workspace: Path | None = None) -> list[str]:
+    """The parts of ``inner`` that ``outer`` does not allow (empty: ``inner`` only narrows)."""
+    if inner is None or inner is False or inner == ():
+        return []
+    if outer is True:
+        return []
+    if inner is True:
+        return ["true"]
+    if not outer:
+        return list(inner)
+    if name in ("files.read", "files.write"):
+        base = (workspace or Path.cwd()).resolve()
+        return [p for p in inner if not any(_root_covers(o, p, base) for o in outer)]
+    return [p for p in inner if not any(_item_covers(name, o, p) for o in outer)]
+
+
+def _item_covers(name: str, outer: str, inner: str) -> bool:
+    if outer == inner:
+        return True
+    if name == "network":
+        if outer.strip() == "*":
+            return True
+        probe = inner[2:] if inner.startswith("*.") else inner
+        return host_matches("x." + probe if inner.startswith("*.") else probe, None, outer)
+    if name == "python":
+        mod, _, fn = outer.partition(":")
+        imod, _, ifn = inner.partition(":")
+        return (imod == mod or imod.startswith(mod + ".")) and (not fn or fn == ifn)
+    if name == "shell":
+        return os.path.basename(inner) == outer
+    return False
+
+
+def _root_covers(outer: str, inner: str, base: Path) -> bool:
+    if _has_glob(outer):
+        return fnmatch.fnmatchcase(inner.rstrip("/"), outer.rstrip("/")) or (
+            not _has_glob(inner) and fnmatch.fnmatchcase(inner.rstrip("/"), outer.rstrip("/") + "/*"))
+    literal = inner
+    if _has_glob(inner):  # the literal directory part of a glob must be inside the outer root
+        literal = inner.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] or "."
+    return _root_path(literal, base).is_relative_to(_root_path(outer, base))
+
+
+def widenings(outer: Any, inner: Any, workspace: Path | None = None) -> list[tuple[str, list[str]]]:
+    """Per field of ``inner`` (a Permissions or Grant): what it asks beyond ``outer`` (a Grant)."""
+    found = []
+    for name in FIELDS:
+        extra = covers(name, getattr(outer, _ATTR[name]), _value(inner, name), workspace)
+        if extra:
+            found.append((name, extra))
+    return found
+
+
+# -- model hosts ---------------------------------------------------------------------
+
+#: The API host each litellm provider prefix talks to when no ``api_base`` is given.
+PROVIDER_HOSTS: Mapping[str, str] = MappingProxyType({
+    "openai": "api.openai.com", "text-completion-openai": "api.openai.com", "anthropic": "api.anthropic.com",
+    "gemini": "generativelanguage.googleapis.com", "mistral": "api.mistral.ai", "groq": "api.groq.com",
+    "together_ai": "api.together.xyz", "deepseek": "api.deepseek.com", "cohere": "api.cohere.ai",
+    "openrouter": "openrouter.ai", "fireworks_ai": "api.fireworks.ai", "perplexity": "api.perplexity.ai",
+    "xai": "api.x.ai", "ollama": "localhost:11434", "ollama_chat": "localhost:11434",
+    "huggingface": "api-inference.huggingface.co", "voyage": "api.voyageai.com",
+})
+#: Environment variables that move a provider to another host (litellm reads them).
+BASE_ENV = {"openai": ("OPENAI_API_BASE", "OPENAI_BASE_URL"), "ollama": ("OLLAMA_API_BASE",),
+            "ollama_chat": ("OLLAMA_API_BASE",), "anthropic": ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL")}
+
+
+def model_hosts(model: str, api_base: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The URL the call for ``model`` goes to (``api_base``, a provider's env override, or its host).
+
+    ``None`` when it cannot be told (an unknown provider and no ``api_base``).
+    """
+    if api_base:
+        return api_base if "://" in api_base else f"https://{api_base}"
+    environ = os.environ if environ is None else environ
+    provider = model.split("/", 1)[0] if "/" in model else "openai"
+    for var in BASE_ENV.get(provider, ()):
+        if environ.get(var):
+            return environ[var]
+    host = PROVIDER_HOSTS.get(provider)
+    return f"https://{host}" if host else None
+
+
+def narrowed(grant: Grant, **fields: Any) -> Grant:
+    """``grant`` with some fields replaced (for tests and direct plugin calls)."""
+    return replace(grant, **fields)
