@@ -1,0 +1,137 @@
+"""Per-task overhead of the dask executor, next to the local executor and raw ``client.submit``.
+
+Run: ``python benchmarks/dask.py [--workers 2] [--tasks 200] [--ms 20] [--repeat 3]``
+
+One LocalCluster (``--workers`` processes, one thread each) serves the whole run. Each
+row runs the same plugin function over ``--tasks`` items, with the same number in
+flight, three ways:
+
+* ``local``: ``goatclaw.run`` on the local executor (a thread for ``noop``, the process
+  pool for the CPU-bound ``spin``);
+* ``dask``: ``goatclaw.run`` with ``executor="dask"`` on the cluster's address;
+* ``raw submit``: the function itself, ``client.submit(fn, ctx, i=i)`` on the same cluster,
+  awaited with the same in-flight limit: what Dask costs without goatclaw.
+
+Both goatclaw runs keep a store (events, attempts, outputs), as a user's run does, and
+each includes connecting its client to the scheduler. ``noop`` shows pure per-call cost;
+``spin`` holds a CPU for ``--ms`` per task. Each time is the best of ``--repeat`` runs
+(the machine may be shared); ``dask - raw`` is what goatclaw adds to Dask per task.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# This file is named dask.py: its folder must not come before site-packages on sys.path, or
+# `import dask` would import this file. It goes last, so that bench_tasks (and nothing else
+# here) is still importable, by this process and by the workers it spawns with this sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import bench_tasks  # noqa: E402
+import distributed  # noqa: E402
+
+import goatclaw  # noqa: E402
+from goatclaw.plugin import TaskContext  # noqa: E402
+from goatclaw.registry import Registry  # noqa: E402
+
+PIPELINE = """version: 1
+name: dask-bench
+vars: {{n: {n}}}
+tasks:
+  work:
+    uses: {fn}
+    foreach: ${{{{ range(vars.n) | list }}}}
+    concurrency: {inflight}
+    with: {{i: "${{{{ item }}}}"{extra}}}
+"""
+
+
+def registry() -> Registry:
+    reg = Registry(entry_points=False)
+    reg.register_task("noop", bench_tasks.noop)
+    reg.register_task("spin", bench_tasks.spin)
+    return reg
+
+
+def goatclaw_run(folder: Path, fn: str, n: int, inflight: int, ms: float, **options: Any) -> float:
+    extra = f", ms: {ms}" if fn == "spin" else ""
+    path = folder / f"{fn}-{inflight}.yaml"
+    path.write_text(PIPELINE.format(n=n, fn=fn, inflight=inflight, extra=extra))
+    store = folder / f"{fn}-{inflight}-{options.get('executor', 'local')}-{time.monotonic_ns()}.db"
+    started = time.perf_counter()
+    result = goatclaw.run(path, registry=registry(), store=store, cache=False, **options)
+    elapsed = time.perf_counter() - started
+    assert result.ok, result.tasks["work"].error
+    assert result.outputs["work"] == list(range(n))
+    return elapsed
+
+
+async def raw_submit(address: str, fn: Callable[..., Any], n: int, inflight: int, ms: float) -> float:
+    """The same function through Dask alone: submit, await, at most ``inflight`` at a time."""
+    async with distributed.Client(address, asynchronous=True, set_as_default=False) as client:
+        ctx = TaskContext("bench", "work")
+        kwargs = {"ms": ms} if fn is bench_tasks.spin else {}
+        gate = asyncio.Semaphore(inflight)
+
+        async def one(i: int) -> int:
+            async with gate:
+                return await client.submit(fn, ctx, i=i, pure=False, **kwargs)
+
+        started = time.perf_counter()
+        out = await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - started
+    assert out == list(range(n))
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--ms", type=float, default=20.0, help="CPU time of one spin task")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs of each measurement")
+    args = parser.parse_args()
+    best = range(args.repeat)
+    n, workers, ms = args.tasks, args.workers, args.ms
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=logging.CRITICAL, scheduler_kwargs={"dashboard": False}) as cluster:
+        address = cluster.scheduler_address
+        folder = Path(tmp)
+        for fn_name, inflight in (("noop", 1), ("noop", 4 * workers), ("spin", 1), ("spin", 4 * workers)):
+            fn = getattr(bench_tasks, fn_name)
+            count = n if fn_name == "noop" else max(workers, n // 4)
+            goatclaw_run(folder, fn_name, min(count, 20), inflight, ms, executor="dask",
+                         executor_address=address)  # warm the workers' imports
+            local = min(goatclaw_run(folder, fn_name, count, inflight, ms, executor="local") for _ in best)
+            remote = min(goatclaw_run(folder, fn_name, count, inflight, ms, executor="dask", executor_address=address)
+                         for _ in best)
+            raw = min(asyncio.run(raw_submit(address, fn, count, inflight, ms)) for _ in best)
+            rows.append((fn_name, inflight, count, local, remote, raw))
+    print(f"\ndask executor overhead: LocalCluster of {workers} worker processes x 1 thread, {os.cpu_count()} cores, "
+          f"store on, Python {sys.version.split()[0]}, dask {distributed.__version__}\n")
+    print(f"wall time / tasks, best of {args.repeat}; spin = {ms:g} ms of CPU per task\n")
+    print("| function | in flight | tasks | local ms/task | dask ms/task | raw submit ms/task | dask - raw ms/task "
+          "| dask / raw | dask / local |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for fn_name, inflight, count, local, remote, raw in rows:
+        per = {k: v / count * 1000 for k, v in (("local", local), ("dask", remote), ("raw", raw))}
+        print(f"| {fn_name} | {inflight} | {count} | {per['local']:.2f} | {per['dask']:.2f} | {per['raw']:.2f} | "
+              f"{per['dask'] - per['raw']:+.2f} | {remote / raw:.2f}x | {remote / local:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
