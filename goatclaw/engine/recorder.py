@@ -197,11 +197,11 @@ class Recorder:
         ts = time.time() if ts is None else ts
         if self.bus.handlers(topic):
             payload = data if data is not None else (lazy() if lazy is not None else {})
+            if self.redactor:  # the live view and every subscriber see what the store keeps
+                payload = self.redactor.mask_data(payload)
             self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
         if self.store is not None:
             if text is None and data is not None:
-            if self.redactor:  # the live view and every subscriber see what the store keeps
-                payload = self.redactor.mask_data(payload)
                 text = _EVENT_JSON(data)
             text = self._mask(text)
             self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
