@@ -133,29 +133,59 @@ def llm_costs(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[str, Any]:
-    """Per task: runs, success rate, p50/p95 duration and attempts, over runs started ``since`` seconds ago."""
+    """Per task and per plugin: count, success rate, p50/p95 duration, attempts, LLM tokens and cost.
+
+    Over runs started ``since`` seconds ago (all runs when ``None``). Tokens and dollars
+    come from the runs' ``llm.call`` events; a task stored before plugins were recorded
+    counts under plugin ``?``.
+    """
     cutoff = 0.0 if since is None else time.time() - since
     with Store.open(store) as db:
         rows = db.db.execute(
-            "SELECT t.task_id, r.pipeline, t.status, t.attempts, t.started_at, t.finished_at FROM tasks t "
+            "SELECT t.task_id, r.pipeline, t.status, t.attempts, t.started_at, t.finished_at, t.plugin FROM tasks t "
             "JOIN runs r ON r.id = t.run_id WHERE r.started_at >= ?", (cutoff,)).fetchall()
         run_rows = db.db.execute("SELECT status, COUNT(*) FROM runs WHERE started_at >= ? GROUP BY status",
                                  (cutoff,)).fetchall()
-    groups: dict[tuple[str, str], list[tuple[str, int, float | None]]] = {}
-    for tid, pipeline, status, attempts, started, finished in rows:
+        llm_rows = db.db.execute(
+            "SELECT r.pipeline, e.task_id, COUNT(*), "
+            "COALESCE(SUM(json_extract(e.data, '$.usage.prompt_tokens')), 0), "
+            "COALESCE(SUM(json_extract(e.data, '$.usage.completion_tokens')), 0), "
+            "COALESCE(SUM(json_extract(e.data, '$.cost_usd')), 0.0) "
+            "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'llm.call' AND r.started_at >= ? "
+            "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
+    llm = {(p, t): (n, pt, ct, cost) for p, t, n, pt, ct, cost in llm_rows}
+    by_task: dict[tuple[str, str], list[tuple[str, int, float | None]]] = {}
+    by_plugin: dict[str, list[tuple[str, int, float | None]]] = {}
+    plugin_of: dict[tuple[str, str], str] = {}
+    for tid, pipeline, status, attempts, started, finished, plugin in rows:
         duration = None if started is None or finished is None else finished - started
-        groups.setdefault((pipeline, tid), []).append((status, attempts, duration))
-    tasks = []
-    for (pipeline, tid), items in sorted(groups.items()):
-        done = [s for s, _, _ in items if s in ("succeeded", "cached", "failed")]
-        ok = sum(1 for s in done if s != "failed")
-        durations = sorted(d for s, _, d in items if d is not None and s in ("succeeded", "failed"))
-        tasks.append({"pipeline": pipeline, "task": tid, "count": len(items),
-                      "success_rate": None if not done else ok / len(done),
-                      "cached": sum(1 for s, _, _ in items if s == "cached"),
-                      "p50": _quantile(durations, 0.5), "p95": _quantile(durations, 0.95),
-                      "attempts": sum(a for _, a, _ in items)})
-    return {"since": since, "runs": dict(run_rows), "tasks": tasks}
+        item = (status, attempts, duration)
+        by_task.setdefault((pipeline, tid), []).append(item)
+        by_plugin.setdefault(plugin or "?", []).append(item)
+        plugin_of[(pipeline, tid)] = plugin or plugin_of.get((pipeline, tid), "?")
+    tasks = [{"pipeline": pipeline, "task": tid, "plugin": plugin_of[(pipeline, tid)], **_summary(items),
+              **_llm_totals([llm.get((pipeline, tid))])}
+             for (pipeline, tid), items in sorted(by_task.items())]
+    plugins = [{"plugin": plugin, **_summary(items),
+                **_llm_totals([llm.get(key) for key, p in plugin_of.items() if p == plugin])}
+               for plugin, items in sorted(by_plugin.items())]
+    return {"since": since, "runs": dict(run_rows), "tasks": tasks, "plugins": plugins}
+
+
+def _summary(items: list[tuple[str, int, float | None]]) -> dict[str, Any]:
+    done = [s for s, _, _ in items if s in ("succeeded", "cached", "failed")]
+    ok = sum(1 for s in done if s != "failed")
+    durations = sorted(d for s, _, d in items if d is not None and s in ("succeeded", "failed"))
+    return {"count": len(items), "success_rate": None if not done else ok / len(done),
+            "cached": sum(1 for s, _, _ in items if s == "cached"),
+            "p50": _quantile(durations, 0.5), "p95": _quantile(durations, 0.95),
+            "attempts": sum(a for _, a, _ in items)}
+
+
+def _llm_totals(found: list[tuple[int, int, int, float] | None]) -> dict[str, Any]:
+    rows = [f for f in found if f]
+    return {"llm_calls": sum(r[0] for r in rows), "prompt_tokens": int(sum(r[1] for r in rows)),
+            "completion_tokens": int(sum(r[2] for r in rows)), "cost_usd": round(sum(r[3] for r in rows), 6)}
 
 
 def _quantile(values: list[float], q: float) -> float | None:

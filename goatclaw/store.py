@@ -228,6 +228,11 @@ def _m007_audit(db: Connection) -> None:
     )
 
 
+def _m008_task_plugin(db: Connection) -> None:
+    # Which plugin ran each task: per-plugin stats without the pipeline file.
+    db.execute("ALTER TABLE tasks ADD COLUMN plugin TEXT")
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -237,6 +242,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("005_memory", _m005_memory),
     ("006_llm_cache", _m006_llm_cache),
     ("007_audit", _m007_audit),
+    ("008_task_plugin", _m008_task_plugin),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -277,6 +283,7 @@ class TaskRow:
     output: Any
     error: str | None
     error_class: str | None
+    plugin: str | None = None
 
 
 class Store:
@@ -429,7 +436,7 @@ class Store:
         """Every stored task result of a run, in the order they started."""
         rows = self.db.execute("SELECT * FROM tasks WHERE run_id = ? ORDER BY started_at IS NULL, started_at, task_id",
                                (run_id,))
-        return [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), r[7], r[8]) for r in rows]
+        return [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), r[7], r[8], r[9]) for r in rows]
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
         """Attempt rows of a run (optionally one task)."""

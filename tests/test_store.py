@@ -74,7 +74,8 @@ def test_a_run_is_readable_from_the_store(write_pipeline: Callable[..., Path], s
         assert db.integrity() == "ok"
     assert (run.id, run.pipeline, run.status) == (result.run_id, "stored", "succeeded")
     assert run.vars == {"greeting": "hello"}
-    assert run.summary == {"counts": {"succeeded": 2}}
+    assert run.summary["counts"] == {"succeeded": 2}
+    assert [s["task"] for s in run.summary["critical_path"]] == ["first", "second"]
     assert run.duration is not None and run.duration >= 0
     assert [(t.task_id, t.status, t.attempts, t.output) for t in tasks] == [
         ("first", "succeeded", 1, "hello"), ("second", "succeeded", 1, {"got": "hello"})]

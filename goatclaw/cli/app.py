@@ -348,7 +348,7 @@ def runs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one run: each task's status, output or error, and failed attempts."""
-    from goatclaw.cli.render import print_run
+    from goatclaw.cli.render import print_critical_path, print_run
     from goatclaw.errors import GoatclawError
     from goatclaw.history import llm_costs
 
@@ -367,6 +367,7 @@ def runs_show(
                           "incidents": events, "llm": llm}, indent=2, default=str))
     else:
         print_run(row, tasks, attempts, _out(), events)
+        print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
         if llm["calls"]:
             downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
             _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "

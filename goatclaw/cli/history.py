@@ -172,7 +172,7 @@ def stats(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per task: how often it ran, success rate, p50/p95 duration, attempts, cache hits."""
+    """Per plugin and per task: runs, success rate, p50/p95 duration, attempts, cache hits, LLM tokens and cost."""
     from goatclaw import history
     from goatclaw.cli.render import print_stats
 

@@ -485,14 +485,33 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
                        style="bold"))
     if not data["tasks"]:
         return
-    table = Table(header_style="bold")
-    for col in ("pipeline", "task", "runs", "ok", "cached", "p50", "p95", "attempts"):
-        table.add_column(col, justify="left" if col in ("pipeline", "task") else "right")
-    for t in data["tasks"]:
-        rate = "" if t["success_rate"] is None else f"{t['success_rate'] * 100:.0f}%"
-        table.add_row(t["pipeline"], t["task"], str(t["count"]), rate, str(t["cached"]), _fmt_duration(t["p50"]),
-                      _fmt_duration(t["p95"]), str(t["attempts"]))
-    console.print(table)
+    llm = any(t["llm_calls"] for t in data["tasks"])
+    for title, rows, keys in (("per plugin", data.get("plugins", []), ("plugin",)),
+                              ("per task", data["tasks"], ("pipeline", "task", "plugin"))):
+        table = Table(title=title, title_justify="left", header_style="bold")
+        cols = (*keys, "runs", "ok", "cached", "p50", "p95", "attempts", *(("tokens", "cost") if llm else ()))
+        for col in cols:
+            table.add_column(col, justify="left" if col in keys else "right")
+        for t in rows:
+            rate = "" if t["success_rate"] is None else f"{t['success_rate'] * 100:.0f}%"
+            cells = [str(t[k]) for k in keys] + [str(t["count"]), rate, str(t["cached"]), _fmt_duration(t["p50"]),
+                                                 _fmt_duration(t["p95"]), str(t["attempts"])]
+            if llm:
+                tokens = t["prompt_tokens"] + t["completion_tokens"]
+                cells += [f"{tokens:,}" if tokens else "", f"${t['cost_usd']:.4f}" if t["llm_calls"] else ""]
+            table.add_row(*cells)
+        console.print(table)
+
+
+def print_critical_path(path: list[dict[str, Any]], run_duration: float | None, console: Console) -> None:
+    """The chain of tasks that set the run's length, with each one's time and wait."""
+    if not path:
+        return
+    total = sum(step["duration"] + step["wait"] for step in path)
+    steps = " → ".join(f"{s['task']} {_fmt_duration(s['duration'])}" + (f" (+{_fmt_duration(s['wait'])} wait)"
+                                                                        if s["wait"] >= 0.001 else "") for s in path)
+    of = f" of {_fmt_duration(run_duration)}" if run_duration else ""
+    console.print(f"  critical path: {steps} = {_fmt_duration(total)}{of}", highlight=False, markup=False)
 
 
 def print_health(data: dict[str, Any], console: Console) -> None:

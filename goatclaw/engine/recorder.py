@@ -54,6 +54,7 @@ class Recorder:
         #: Masks the secrets and their encoded forms (base64, URL, hex, JSON) in everything written.
         self.redactor = Redactor(self.secrets)
         self.seq = 0
+        self.plugins: dict[str, str] = {}  # task id -> plugin, stored with each task row
         self.events: list[tuple[Any, ...]] = []
         self.tasks: list[tuple[Any, ...]] = []
         self.attempts: list[tuple[Any, ...]] = []
@@ -74,6 +75,8 @@ class Recorder:
 
         With ``resume`` the stored run is marked running again and its event numbers go on.
         """
+        self.plugins = {tid: t.uses for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_)
+                        for tid, t in group.items()}
         if self.store is not None and resume:
             self.seq = self.store.resume_run(self.run_id)
         elif self.store is not None:
@@ -89,7 +92,7 @@ class Recorder:
         self.event(f"run.{result.status.value}", None,
                    {"counts": result.counts(), "error": result.error,
                     "duration": None if result.finished_at is None else result.finished_at - result.started_at})
-        summary = json.dumps({"counts": result.counts()})
+        summary = json.dumps({"counts": result.counts(), "critical_path": result.critical_path})
         self._write(run=(result.status.value, result.finished_at, self._mask(result.error), summary, self.run_id))
         if self._writer is not None:
             self._writer.close()
@@ -111,7 +114,7 @@ class Recorder:
             output = dumps(res.output)
         output = self._mask(output)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
-                           output, self._mask(res.error), res.error_class))
+                           output, self._mask(res.error), res.error_class, self.plugins.get(res.id)))
         topic = _TOPICS[res.status]
         duration = None if res.duration is None else round(res.duration, 6)
         if res.error is None and res.items is None:

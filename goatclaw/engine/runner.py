@@ -26,6 +26,7 @@ from typing import Any
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.guard import Guard
+from goatclaw.engine.metrics import critical_path
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
@@ -215,6 +216,7 @@ class _Runner:
         r.status = status
         r.error = error if self.recorder is None else self.recorder.redactor.mask(error)
         r.finished_at = time.time()
+        r.critical_path = critical_path(self.plan.needs, r.tasks)
         if self.breakers is not None:
             self.breakers.close()
         if self.recorder is not None:

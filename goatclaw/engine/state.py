@@ -102,6 +102,8 @@ class RunResult:
     error: str | None = None
     store_path: str | None = None
     resumed: tuple[str, ...] = ()  # tasks whose stored result a resume kept (they did not run again)
+    #: The chain of tasks that set the run's length: ``[{task, duration, wait}]`` (goatclaw.engine.metrics).
+    critical_path: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"RunResult(run_id={self.run_id!r}, status={self.status.value!r}, tasks={len(self.tasks)})"
@@ -136,6 +138,7 @@ class RunResult:
             "store": self.store_path,
             "counts": self.counts(),
             "resumed": list(self.resumed),
+            "critical_path": self.critical_path,
             "tasks": {
                 tid: {"status": t.status.value, "output": t.output, "error": t.error, "error_class": t.error_class,
                       "attempts": t.attempts, "fallback": t.fallback,

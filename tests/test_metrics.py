@@ -1,0 +1,87 @@
+"""Run metrics: the critical path of a run, and stats per plugin with LLM tokens and cost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+from typer.testing import CliRunner
+
+import goatclaw
+from goatclaw import history
+from goatclaw.cli.app import app
+from goatclaw.engine.metrics import critical_path
+
+
+def t(start: float | None, end: float | None) -> SimpleNamespace:
+    return SimpleNamespace(started_at=start, finished_at=end)
+
+
+def test_critical_path_walks_back_from_the_last_task_through_what_it_waited_for() -> None:
+    needs = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "x": ()}
+    tasks = {"a": t(0, 1), "b": t(1, 4), "c": t(1.5, 2), "d": t(4.5, 5), "x": t(0, 3)}
+    path = critical_path(needs, tasks)
+    assert [s["task"] for s in path] == ["a", "b", "d"]
+    assert path[2] == {"task": "d", "duration": 0.5, "wait": 0.5}  # ready at 4, started at 4.5
+    assert path[1]["wait"] == 0.0
+
+
+def test_tasks_that_did_not_run_are_not_on_the_path() -> None:
+    needs = {"a": (), "b": ("a",), "c": ("b",)}
+    assert [s["task"] for s in critical_path(needs, {"a": t(0, 1), "b": t(1, 2), "c": t(None, None)})] == ["a", "b"]
+    assert critical_path(needs, {"a": t(None, None)}) == []
+
+
+SLEEPS = """
+version: 1
+name: sleeps
+concurrency: 4
+tasks:
+  a: {uses: shell, with: {run: [sleep, "0.1"]}}
+  b: {uses: shell, needs: [a], with: {run: [sleep, "0.4"]}}
+  c: {uses: shell, needs: [a], with: {run: [sleep, "0.05"]}}
+  d: {uses: echo, needs: [b, c], with: {value: done}}
+"""
+
+
+def test_a_run_stores_and_shows_its_critical_path(write_pipeline: Callable[..., Path], store_path: Path) -> None:
+    result = goatclaw.run(write_pipeline(SLEEPS))
+    assert result.ok
+    assert [s["task"] for s in result.critical_path] == ["a", "b", "d"]
+    assert result.critical_path[1]["duration"] >= 0.4
+    shown = CliRunner().invoke(app, ["runs", "show", result.run_id], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.output.splitlines() if "critical path:" in x)
+    assert line.index(" a ") < line.index(" b ") < line.index(" d ") and " c " not in line
+    data = json.loads(CliRunner().invoke(app, ["runs", "show", result.run_id, "--json"]).output)
+    assert [s["task"] for s in data["run"]["summary"]["critical_path"]] == ["a", "b", "d"]
+
+
+def test_stats_per_plugin_with_llm_tokens_and_cost(write_pipeline: Callable[..., Path], store_path: Path,
+                                                    srv) -> None:
+    path = write_pipeline(f"""
+        version: 1
+        name: mixed
+        tasks:
+          ask:
+            uses: llm
+            with: {{model: openai/gpt-4o-mini, prompt: hi, api_base: {srv.api_base}, api_key: sk-test}}
+          show: {{uses: echo, needs: [ask], with: {{value: 1}}}}
+        """)
+    assert goatclaw.run(path, cache=False).ok
+    assert goatclaw.run(path, cache=False).ok
+    data = history.stats(store_path)
+    plugins = {p["plugin"]: p for p in data["plugins"]}
+    assert set(plugins) == {"llm", "echo"}
+    assert plugins["llm"]["count"] == 2 and plugins["llm"]["success_rate"] == 1.0
+    assert plugins["llm"]["llm_calls"] == 2
+    assert plugins["llm"]["prompt_tokens"] == 22 and plugins["llm"]["completion_tokens"] == 14
+    assert plugins["llm"]["cost_usd"] > 0
+    assert plugins["echo"]["llm_calls"] == 0 and plugins["echo"]["cost_usd"] == 0
+    ask = next(x for x in data["tasks"] if x["task"] == "ask")
+    assert ask["plugin"] == "llm" and ask["prompt_tokens"] == 22
+    shown = CliRunner().invoke(app, ["stats"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "per plugin" in shown.output and "per task" in shown.output and "$0.0000" in shown.output
