@@ -382,7 +382,7 @@ class Store:
                 db.executemany("INSERT INTO dead_letters (kind, run_id, task_id, topic, inputs, error_class, error, "
                                "created_at) VALUES (?,?,?,?,?,?,?,?)", dead)
             if tasks:
-                db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)", tasks)
+                db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?)", tasks)
             if attempts:
                 db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
             if events:
