@@ -7,8 +7,9 @@
 * Names are strict: an undefined name is an error, never an empty string or ``None``.
 * The sandbox is immutable (no ``list.append``), blocks ``_``-prefixed attributes and
   bounds ``*``/``**``, ``%`` and ``format`` widths, padding, ``slice``/``batch`` counts
-  and rendered output, so that ``'a' * 10**9`` fails instead of eating memory. (It cannot
-  bound CPU: a loop nest that prints nothing still runs to its end.)
+  and rendered output, so that ``'a' * 10**9`` fails instead of eating memory.
+* Each evaluation is bounded in time (:data:`MAX_RENDER_SECONDS`): a watchdog thread
+  interrupts a loop nest that prints nothing, and the render fails with a TemplateError.
 * On mappings, keys win over methods: ``output.items`` is the ``items`` key.
 
 Templates are compiled once per task definition and rendered many times.
@@ -16,9 +17,12 @@ Templates are compiled once per task definition and rendered many times.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import string
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,6 +49,8 @@ __all__ = [
 
 #: The most characters one rendered string (or one ``*`` result) may hold.
 MAX_RENDER_CHARS = 10_000_000
+#: The longest one template or expression may take to evaluate, in seconds.
+MAX_RENDER_SECONDS = 5.0
 _WHOLE = re.compile(r"^\s*\$\{\{(?P<expr>.*)\}\}\s*$", re.S)
 _MARKERS = ("${{", "{%", "${#")
 
@@ -55,9 +61,18 @@ class _Environment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            if hasattr(type(obj), "explain_missing"):  # e.g. env: why a variable is not visible
+                return self.undefined(hint=obj.explain_missing(attribute), obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Mapping) and hasattr(type(obj), "explain_missing") and isinstance(argument, str) \
+                and argument not in obj:
+            return self.undefined(hint=obj.explain_missing(argument), obj=obj, name=argument)
+        return super().getitem(obj, argument)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and (
@@ -203,6 +218,72 @@ def environment() -> _Environment:
     return _ENV
 
 
+class _Overtime(BaseException):
+    """Raised inside a render that ran past its deadline (a BaseException: no template code catches it)."""
+
+
+class _Watchdog:
+    """One daemon thread that interrupts renders running past their deadline.
+
+    A render registers its thread's deadline and removes it when done (under a lock); the
+    watchdog removes an expired deadline *and* raises :class:`_Overtime` in that thread under
+    the same lock, so the exception can only land inside the render that registered it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deadlines: dict[int, float] = {}
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Register the calling thread's render; False if one is already running (nested)."""
+        ident = threading.get_ident()
+        with self.lock:
+            if ident in self.deadlines:
+                return False
+            self.deadlines[ident] = time.monotonic() + MAX_RENDER_SECONDS
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._watch, name="goatclaw-template-watchdog", daemon=True)
+                self.thread.start()
+        return True
+
+    def stop(self) -> None:
+        """The calling thread's render is over."""
+        with self.lock:
+            self.deadlines.pop(threading.get_ident(), None)
+        _checkpoint()  # a pending _Overtime surfaces here, inside the caller's try
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self.lock:
+                for ident, deadline in list(self.deadlines.items()):
+                    if now > deadline:
+                        del self.deadlines[ident]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_Overtime))
+
+
+def _checkpoint() -> None:
+    """A Python call: the interpreter delivers a pending asynchronous exception on entry."""
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _bounded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(...)`` with the render deadline; a TemplateError when it passes."""
+    try:
+        owner = _WATCHDOG.start()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if owner:
+                _WATCHDOG.stop()
+    except _Overtime:
+        raise TemplateError(f"evaluation took longer than {MAX_RENDER_SECONDS:g}s (a runaway loop?)") from None
+
+
 def has_template(text: str) -> bool:
     """Whether ``text`` holds any template syntax."""
     return any(m in text for m in _MARKERS)
@@ -218,7 +299,7 @@ class Expression:
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Evaluate, raising :class:`TemplateError` for undefined names or blocked access."""
         try:
-            result = self._fn(**context)
+            result = _bounded(self._fn, **context)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
         except TemplateError:
@@ -306,6 +387,9 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
         raise TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno) from None
 
     def render(ctx: Mapping[str, Any]) -> str:
+        return _bounded(_render, ctx)  # type: ignore[no-any-return]
+
+    def _render(ctx: Mapping[str, Any]) -> str:
         # stream and count, so that a loop that prints too much stops at the bound, not at the end
         parts: list[str] = []
         size = 0

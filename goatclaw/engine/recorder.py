@@ -46,13 +46,15 @@ _EVENT_JSON = dumps
 class Recorder:
     """Turns what the engine does into events and stored rows."""
 
-    def __init__(self, store: Store | None, bus: Bus, run_id: str, *, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Store | None, bus: Bus, run_id: str, *,
+                 secrets: tuple[str, ...] | Mapping[str, str] = ()) -> None:
         self.store = store
         self.bus = bus
         self.run_id = run_id
-        self.secrets = tuple(sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True))
-        #: Masks the secrets and their encoded forms (base64, URL, hex, JSON) in everything written.
-        self.redactor = Redactor(self.secrets)
+        values = secrets.values() if isinstance(secrets, Mapping) else secrets
+        self.secrets = tuple(sorted((s for s in values if s and len(s) >= 3), key=len, reverse=True))
+        #: Masks the secrets (by name) and their encoded forms (base64, URL, hex, JSON) in everything written.
+        self.redactor = Redactor(secrets if isinstance(secrets, Mapping) else self.secrets)
         self.seq = 0
         self.plugins: dict[str, str] = {}  # task id -> plugin, stored with each task row
         self.events: list[tuple[Any, ...]] = []
@@ -62,9 +64,9 @@ class Recorder:
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
         self._audit_lock = threading.Lock()
+        self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
-        self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._writer: _Writer | None = None
 
     # -- run -------------------------------------------------------------------------

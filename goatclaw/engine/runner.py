@@ -166,7 +166,7 @@ class _Runner:
         r = self.result
         r.started_at = time.time()
         store = Store.open(self.opts.store_path) if self.opts.store_path else None
-        self.recorder = Recorder(store, self.bus, r.run_id, secrets=tuple(self.opts.secrets.values()))
+        self.recorder = Recorder(store, self.bus, r.run_id, secrets=dict(self.opts.secrets))
         if any(t.breaker is not None for t in self.all_tasks.values()):
             rec = self.recorder
             self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
@@ -512,8 +512,8 @@ class _Runner:
                 inputs["items"] = self._items(task)
                 inputs["with"] = task.with_
             else:
-                inputs["with"] = self._inputs(task).render(self.context)
-        except TaskError:
+                inputs["with"] = self._inputs(task).render(self._context_for(task))
+        except (TaskError, TemplateError):  # inputs that do not render are kept as written
             inputs["with"] = task.with_
         self.recorder.dead_letter(task.id, inputs, res.error_class, res.error)
 
@@ -751,7 +751,7 @@ class _Runner:
             return self.context
         view = self.task_contexts.get(id(grant))
         if view is None:
-            view = self.task_contexts[id(grant)] = {**self.context, "env": grant.environment(self.context["env"])}
+            view = self.task_contexts[id(grant)] = {**self.context, "env": grant.environment_view(self.context["env"])}
         return view
 
     def _refuse_untrusted(self, task: Task) -> None:

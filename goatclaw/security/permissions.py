@@ -95,9 +95,14 @@ class Grant:
     # -- the checks ------------------------------------------------------------------
 
     def check_program(self, program: str) -> None:
-        """Refuse to start ``program`` (argv[0]; for a script, the shell) unless ``shell`` allows it."""
-        name = os.path.basename(str(program))
-        if self.shell is True or (isinstance(self.shell, tuple) and (name in self.shell or program in self.shell)):
+        """Refuse to start ``program`` (argv[0]; for a script, the shell) unless ``shell`` allows it.
+
+        A bare name (``git``) is allowed by that name; a path (``./git``, ``/usr/bin/git``)
+        only when the list holds that exact path, so a file planted in the workspace cannot
+        pass for an allowed program.
+        """
+        program = str(program)
+        if self.shell is True or (isinstance(self.shell, tuple) and program in self.shell):
             return
         self._deny("shell", f"program '{program}'" + (" is not in" if self.shell else " cannot run:"),
                    self.shell)
@@ -160,6 +165,10 @@ class Grant:
             return dict(source)
         return {k: v for k, v in source.items() if self.env_visible(k)}
 
+    def environment_view(self, source: Mapping[str, str]) -> Mapping[str, str]:
+        """``env`` for templates: the visible variables; reading another one names the rule."""
+        return _EnvView(self.environment(source), self)
+
     # -- describing ------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -193,6 +202,22 @@ class Grant:
                        roots)
         self._deny(name, f"{what} is not in" if roots else f"{what} cannot be accessed:", roots)
         raise AssertionError("unreachable")  # _deny raises
+
+
+class _EnvView(dict):  # type: ignore[type-arg]
+    """The variables a task may see; the template sandbox asks it why another one is missing."""
+
+    def __init__(self, visible: Mapping[str, str], grant: Grant) -> None:
+        super().__init__(visible)
+        self._grant = grant
+
+    def explain_missing(self, name: str) -> str:
+        """Why ``env.<name>`` is undefined: not set, or not granted."""
+        if name in os.environ:
+            where = self._grant.sources.get("env", "embedded default")
+            return (f"env: {name} is not visible to this task: it is not in permissions.env "
+                    f"{_show(self._grant.env)} ({where})")
+        return f"env: {name} is not set"
 
 
 def _show(value: Any) -> str:
@@ -320,8 +345,6 @@ def _item_covers(name: str, outer: str, inner: str) -> bool:
         mod, _, fn = outer.partition(":")
         imod, _, ifn = inner.partition(":")
         return (imod == mod or imod.startswith(mod + ".")) and (not fn or fn == ifn)
-    if name == "shell":
-        return os.path.basename(inner) == outer
     return False
 
 
