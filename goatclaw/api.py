@@ -22,6 +22,7 @@ from goatclaw import llm as llm_room
 from goatclaw import tracing
 from goatclaw.engine.executor import Executor, make_executor, started
 from goatclaw.engine.guard import permission_problems
+from goatclaw.engine.inputs import input_problems
 from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
@@ -78,6 +79,7 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     tape = project.root / str(llm_settings["cassette"]) if llm_settings.get("cassette") else None
     problems += model_problems(pipeline, project.root, tape)
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
+    problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
 

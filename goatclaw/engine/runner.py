@@ -26,6 +26,7 @@ from typing import Any
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.guard import Guard
+from goatclaw.engine.inputs import InputGlobs
 from goatclaw.engine.metrics import critical_path
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
@@ -127,6 +128,7 @@ class _Runner:
         self.caching = False
         self.cache_keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
         self.prefetched: dict[str, tuple[str, float]] = {}  # their cached (output JSON, created_at)
+        self.input_digests: dict[str, str] = {}  # task id -> digest of the files its inputs: globs match
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ class _Runner:
                 continue
             try:
                 plugin = self.registry.task(task.uses)
-                if plugin.spec.cacheable and self._inputs(task).is_constant:
+                if _may_cache(task, plugin) and self._inputs(task).is_constant:
                     self._cache_key(task, plugin, self.context, None)
             except (PluginError, TaskError):
                 continue  # the task reports it when it runs
@@ -610,7 +612,7 @@ class _Runner:
     async def _attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
                         index: int | None) -> tuple[Any, str]:
         """One task (or item of a fan-out): from the task cache if it may be, else run; (output, JSON)."""
-        if not (self.caching and plugin.spec.cacheable and task.cache.enabled):
+        if not (self.caching and _may_cache(task, plugin) and task.cache.enabled):
             return await self._run_attempts(task, plugin, res, context, index)
         key = self._cache_key(task, plugin, context, index)
         if key is None:
@@ -639,10 +641,18 @@ class _Runner:
         except (TemplateError, TypeError, ValueError):
             return None
         raw = f"{plugin.name}\0{plugin.package}\0{plugin.version}\0{task.uses}\0{task.cache.key}\0{kwargs}"
+        if task.inputs:  # the contents of the files its inputs: globs match (docs/watch.md)
+            raw += "\0" + self._inputs_digest(task)
         key = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
         if constant:
             self.cache_keys[task.id] = key
         return key
+
+    def _inputs_digest(self, task: Task) -> str:
+        """The digest of the files ``task``'s ``inputs:`` globs match (paths and contents), read once a run."""
+        if task.id not in self.input_digests:
+            self.input_digests[task.id] = InputGlobs(task.inputs, self.opts.workspace).digest()
+        return self.input_digests[task.id]
 
     async def _run_attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
                             index: int | None, compiled: Compiled | None = None) -> tuple[Any, str]:
@@ -925,6 +935,15 @@ class _TaskViews(Mapping[str, Any]):
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=lambda v: dict(v) if isinstance(
     v, Mapping) else sorted(v, key=repr) if isinstance(v, (frozenset, set)) else str(v))
+
+
+def _may_cache(task: Task, plugin: Plugin) -> bool:
+    """Whether ``task``'s outputs may be reused at all (``cache: false`` and ``--no-cache`` aside).
+
+    A pure plugin's may; any other's only when the task asks (``cache: true``) and names the
+    files its result follows (``inputs:``), whose contents then join the key (docs/watch.md).
+    """
+    return plugin.spec.cacheable or (task.cache.requested and bool(task.inputs))
 
 
 def _to_json(output: Any) -> str:

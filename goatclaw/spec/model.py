@@ -148,16 +148,17 @@ class CachePolicy:
     enabled: bool = True
     ttl: float | None = None
     key: str = ""
+    requested: bool = False  # the task itself said ``cache: true`` or ``cache: {...}`` (not only its defaults)
 
     @classmethod
     def from_data(cls, data: Any, base: CachePolicy | None = None) -> CachePolicy:
         """Build from ``cache: true|false|{ttl, key}``."""
         base = base or cls()
         if isinstance(data, bool):
-            return cls(enabled=data, ttl=base.ttl, key=base.key)
+            return cls(enabled=data, ttl=base.ttl, key=base.key, requested=data)
         if isinstance(data, dict):
-            return cls(True, _duration(data.get("ttl"), base.ttl), str(data.get("key", base.key)))
-        return base
+            return cls(True, _duration(data.get("ttl"), base.ttl), str(data.get("key", base.key)), requested=True)
+        return cls(base.enabled, base.ttl, base.key) if base.requested else base
 
 
 @dataclass(frozen=True)
