@@ -152,7 +152,15 @@ def _build(db: Store, ref: str, max_cost: float | None) -> RunReport:
     events = db.events(run.id)
     costs = llm_costs(events)
     order = _plan_order(events, rows)
-    tasks = tuple(_task(rows[tid], attempts, events, costs["tasks"].get(tid, {})) for tid in order if tid in rows)
+    # each task's own attempts and events, grouped once (a 10k-task run must not rescan the log per task)
+    attempts_of: dict[str, list[Mapping[str, Any]]] = {}
+    for a in attempts:
+        attempts_of.setdefault(a["task_id"], []).append(a)
+    events_of: dict[str | None, list[Mapping[str, Any]]] = {}
+    for e in events:
+        events_of.setdefault(e["task"], []).append(e)
+    tasks = tuple(_task(rows[tid], attempts_of.get(tid, []), events_of.get(tid, []), costs["tasks"].get(tid, {}))
+                  for tid in order if tid in rows)
     return RunReport(run, tasks, costs, max_cost)
 
 
@@ -168,6 +176,7 @@ def _plan_order(events: Sequence[Mapping[str, Any]], rows: Mapping[str, TaskRow]
 
 def _task(row: TaskRow, attempts: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
           cost: Mapping[str, Any]) -> TaskReport:
+    """One task's report from its own attempts and events (both already filtered to it)."""
     mine = [a for a in attempts if a["task_id"] == row.task_id]
     rules = [e["data"] for e in events if e["topic"] == "task.rule" and e["task"] == row.task_id]
     # a rule that failed and was later fixed still shows in the log: keep the last verdict per (item, rule)

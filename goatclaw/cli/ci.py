@@ -65,8 +65,8 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
     from goatclaw.reports import build, write
 
     code = 0 if result.ok else {"cancelled": 130, "blocked": 3}.get(result.status.value, 1)
-    if result.store_path is None:
-        return code
+    if result.store_path is None or not (targets or max_cost is not None or fail_on is FailOn.warn):
+        return code  # nothing asks for the stored run to be read back
     report = build(result.store_path, result.run_id, max_cost=max_cost)
     for path in write(report, targets):
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)
