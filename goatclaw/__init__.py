@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "run": "goatclaw.api",
     "task": "goatclaw.plugin",
     "verify_audit": "goatclaw.audit",
+    "watch": "goatclaw.watcher",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -89,3 +90,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names load laz
     from goatclaw.plugin import TaskContext, fail, task
     from goatclaw.registry import Registry
     from goatclaw.spec.model import Pipeline, Task
+    from goatclaw.watcher import watch

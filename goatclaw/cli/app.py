@@ -512,3 +512,4 @@ from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
 from goatclaw.cli import test as _test  # noqa: E402, F401  (test)
+from goatclaw.cli import watch as _watch  # noqa: E402, F401  (watch)
