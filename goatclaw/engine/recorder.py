@@ -83,7 +83,8 @@ class Recorder:
             self.seq = self.store.resume_run(self.run_id)
         elif self.store is not None:
             self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
-                                  digest=pipeline.digest, vars=vars, started_at=started_at)
+                                  digest=pipeline.digest, vars=self.redactor.mask_data(vars),
+                                  started_at=started_at)
         self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
         if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:

@@ -1,0 +1,201 @@
+"""Property: no declared secret's value leaves a run through any output path, in any common encoding.
+
+Hypothesis generates secret values and the text around them; the secret reaches a task's
+output and an error message as is, base64 (standard and URL-safe, at any alignment inside a
+longer text), URL-encoded, hex and JSON-escaped. Every output path is then searched with
+checks that do not reuse the redactor: the store file (and its WAL) as raw bytes, every event
+a subscriber saw, the CLI's ``--output json`` document, error messages, and the LLM cassette.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai_server import FakeOpenAI, Reply
+from typer.testing import CliRunner
+
+import goatclaw
+from goatclaw.cli.app import app
+from goatclaw.security.secrets import Redactor
+
+SECRET_CHARS = st.characters(min_codepoint=33, max_codepoint=0x24F, blacklist_categories=("Cs",),
+                             blacklist_characters="\\\"'$%{}#&*")
+secrets_st = st.text(SECRET_CHARS, min_size=8, max_size=32)
+noise_st = st.text(st.characters(min_codepoint=32, max_codepoint=0x24F, blacklist_categories=("Cs",)), max_size=40)
+
+TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "plain": lambda t: t,
+    "base64": lambda t: base64.b64encode(t.encode()).decode(),
+    "base64url": lambda t: base64.urlsafe_b64encode(t.encode()).decode(),
+    "quote": lambda t: quote(t, safe=""),
+    "quote_plus": lambda t: quote_plus(t),
+    "hex": lambda t: t.encode().hex(),
+    "HEX": lambda t: t.encode().hex().upper(),
+    "json": lambda t: json.dumps(t)[1:-1],
+}
+_B64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{8,}")
+
+
+def leaks(text: str, secret: str) -> list[str]:
+    """Every way ``secret`` can be read back out of ``text``, found without the redactor."""
+    found = [name for name, f in TRANSFORMS.items() if f(secret) in text]
+    raw = secret.encode()
+    for run in _B64_RUN.findall(text):  # decode every base64-looking run at every alignment
+        run = run.replace("-", "+").replace("_", "/")
+        for start in range(4):
+            chunk = run[start:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            try:
+                if raw in base64.b64decode(chunk):
+                    found.append("base64 (decoded)")
+            except ValueError:
+                continue
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=secrets_st, before=noise_st, after=noise_st, transform=st.sampled_from(sorted(TRANSFORMS)))
+def test_masking_leaves_nothing_that_reads_back_as_the_secret(secret: str, before: str, after: str,
+                                                              transform: str) -> None:
+    text = TRANSFORMS[transform](before + secret + after)
+    masked = Redactor({"S": secret}).mask(text)
+    assert not leaks(masked or "", secret), (text, masked)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=secrets_st, other=st.text(SECRET_CHARS, min_size=8, max_size=32), noise=noise_st)
+def test_masking_data_reaches_keys_values_and_nested_lists(secret: str, other: str, noise: str) -> None:
+    data = {noise + secret: [noise, {"k": secret + noise}, (other, secret)]}
+    masked = Redactor({"A": secret, "B": other}).mask_data(data)
+    text = json.dumps(masked, ensure_ascii=False)
+    assert not leaks(text, secret) and not leaks(text, other)
+
+
+# -- through a real run: store, events, errors, the CLI's JSON --------------------------------------
+
+STEPS = '''
+import base64, json
+from urllib.parse import quote, quote_plus
+
+ENC = {
+    "plain": lambda t: t,
+    "base64": lambda t: base64.b64encode(t.encode()).decode(),
+    "base64url": lambda t: base64.urlsafe_b64encode(t.encode()).decode(),
+    "quote": lambda t: quote(t, safe=""),
+    "quote_plus": lambda t: quote_plus(t),
+    "hex": lambda t: t.encode().hex(),
+    "HEX": lambda t: t.encode().hex().upper(),
+    "json": lambda t: json.dumps(t)[1:-1],
+}
+
+def emit(secret, before, after, how):
+    return {"value": ENC[how](before + secret + after), "how": how}
+
+def explode(secret, before, after, how):
+    raise ValueError("upstream said: " + ENC[how](before + secret + after))
+'''
+
+PIPELINE = """
+version: 1
+secrets: [GC_PROP_SECRET]
+permissions: {python: [steps]}
+vars: {before: "", after: "", how: plain}
+tasks:
+  out:
+    uses: python
+    with: {function: "steps:emit", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}", "${{ vars.after }}",
+                                           "${{ vars.how }}"]}
+  err:
+    uses: python
+    retry: {attempts: 2, delay: 0}
+    with: {function: "steps:explode", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}",
+                                              "${{ vars.after }}", "${{ vars.how }}"]}
+"""
+
+
+def fresh_project(base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A new project (and store) per example: an earlier example's text may be this one's secret."""
+    root = Path(tempfile.mkdtemp(dir=base))
+    (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+    (root / "steps.py").write_text(STEPS)
+    (root / "p.yaml").write_text(textwrap.dedent(PIPELINE).lstrip())
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("GOATCLAW_STORE", raising=False)
+    return root
+
+
+def _store_text(root: Path) -> str:
+    return b"".join(p.read_bytes() for p in (root / ".goatclaw").glob("goatclaw.db*")).decode("utf-8", "replace")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=secrets_st, before=noise_st, after=noise_st, how=st.sampled_from(sorted(TRANSFORMS)))
+def test_no_output_path_of_a_run_carries_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   secret: str, before: str, after: str, how: str) -> None:
+    secret_project = fresh_project(tmp_path, monkeypatch)
+    monkeypatch.setenv("GC_PROP_SECRET", secret)
+    seen: list[str] = []
+    bus = goatclaw.Bus()
+    bus.subscribe("*", lambda ev: seen.append(json.dumps(ev.data, ensure_ascii=False, default=str)))
+    variables = {"before": before, "after": after, "how": how}
+    result = goatclaw.run("p.yaml", vars=variables, bus=bus)
+    assert result.tasks["out"].status.value == "succeeded", result.tasks["out"].error
+    assert result.tasks["err"].status.value == "failed"
+    produced = result.tasks["out"].output["value"]  # what the task really returned (the run may use it)
+    assert produced == TRANSFORMS[how](before + secret + after)
+    paths = {
+        "store": _store_text(secret_project),
+        "events": "\n".join(seen),
+        "error": result.tasks["err"].error or "",
+    }
+    cli = CliRunner().invoke(app, ["apply", "p.yaml", "--output", "json",
+                                   *(f"--var={k}={json.dumps(v)}" for k, v in variables.items())])
+    paths["cli json"] = cli.stdout
+    assert '"run_id"' in cli.stdout
+    for where, text in paths.items():
+        assert not leaks(text, secret), (where, leaks(text, secret))
+        assert produced not in text or not leaks(produced, secret), where
+
+
+# -- the LLM cassette ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=secrets_st, how=st.sampled_from(sorted(TRANSFORMS)))
+def test_a_recorded_cassette_never_holds_the_secret(tmp_path_factory: pytest.TempPathFactory, srv: FakeOpenAI,
+                                                    monkeypatch: pytest.MonkeyPatch, secret: str, how: str) -> None:
+    root = tmp_path_factory.mktemp("cassette")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("GC_PROP_SECRET", secret)
+    (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+    leaked = TRANSFORMS[how]("key=" + secret)
+    srv.respond = lambda body: Reply(f"I saw {leaked} in the prompt")
+    (root / "p.yaml").write_text(textwrap.dedent(f"""
+        version: 1
+        secrets: [GC_PROP_SECRET]
+        permissions: {{network: ["127.0.0.1"]}}
+        vars: {{leaked: ""}}
+        tasks:
+          ask:
+            uses: llm
+            with:
+              model: openai/gpt-4o-mini
+              prompt: "Here is ${{{{ vars.leaked }}}} and ${{{{ secrets.GC_PROP_SECRET }}}}"
+              api_base: {srv.api_base}
+              api_key: sk-test
+        """).lstrip())
+    result = goatclaw.run("p.yaml", llm="record", vars={"leaked": leaked})
+    assert result.ok, result.tasks["ask"].error
+    cassette = (root / "p.cassette.json").read_text()
+    assert "I saw" in cassette and not leaks(cassette, secret)
+    assert not leaks(_store_text(root), secret)
