@@ -18,7 +18,7 @@ from goatclaw.errors import GoatclawError
 from goatclaw.events import Bus, Event
 from goatclaw.store import DeadLetter, RunRow, Store
 
-__all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "stats"]
+__all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "resources", "stats"]
 
 
 def _run(db: Store, ref: str) -> RunRow:
@@ -153,7 +153,14 @@ def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[
             "COALESCE(SUM(json_extract(e.data, '$.cost_usd')), 0.0) "
             "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'llm.call' AND r.started_at >= ? "
             "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
+        usage_rows = db.db.execute(
+            "SELECT r.pipeline, e.task_id, "
+            "SUM(json_extract(e.data, '$.cpu_user_s') + json_extract(e.data, '$.cpu_system_s')), "
+            "MAX(json_extract(e.data, '$.max_rss_mb')) "
+            "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'task.resources' AND r.started_at >= ? "
+            "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
     llm = {(p, t): (n, pt, ct, cost) for p, t, n, pt, ct, cost in llm_rows}
+    usage = {(p, t): (cpu, rss) for p, t, cpu, rss in usage_rows}
     by_task: dict[tuple[str, str], list[tuple[str, int, float | None]]] = {}
     by_plugin: dict[str, list[tuple[str, int, float | None]]] = {}
     plugin_of: dict[tuple[str, str], str] = {}
@@ -164,10 +171,11 @@ def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[
         by_plugin.setdefault(plugin or "?", []).append(item)
         plugin_of[(pipeline, tid)] = plugin or plugin_of.get((pipeline, tid), "?")
     tasks = [{"pipeline": pipeline, "task": tid, "plugin": plugin_of[(pipeline, tid)], **_summary(items),
-              **_llm_totals([llm.get((pipeline, tid))])}
+              **_llm_totals([llm.get((pipeline, tid))]), **_usage_totals([usage.get((pipeline, tid))])}
              for (pipeline, tid), items in sorted(by_task.items())]
     plugins = [{"plugin": plugin, **_summary(items),
-                **_llm_totals([llm.get(key) for key, p in plugin_of.items() if p == plugin])}
+                **_llm_totals([llm.get(key) for key, p in plugin_of.items() if p == plugin]),
+                **_usage_totals([usage.get(key) for key, p in plugin_of.items() if p == plugin])}
                for plugin, items in sorted(by_plugin.items())]
     return {"since": since, "runs": dict(run_rows), "tasks": tasks, "plugins": plugins}
 
@@ -180,6 +188,28 @@ def _summary(items: list[tuple[str, int, float | None]]) -> dict[str, Any]:
             "cached": sum(1 for s, _, _ in items if s == "cached"),
             "p50": _quantile(durations, 0.5), "p95": _quantile(durations, 0.95),
             "attempts": sum(a for _, a, _ in items)}
+
+
+def _usage_totals(found: list[tuple[float | None, float | None] | None]) -> dict[str, Any]:
+    """CPU seconds (summed) and peak memory (the largest) of the subprocesses tasks ran."""
+    rows = [f for f in found if f]
+    cpu = [r[0] for r in rows if r[0] is not None]
+    rss = [r[1] for r in rows if r[1] is not None]
+    return {"cpu_s": round(sum(cpu), 6) if cpu else None, "max_rss_mb": max(rss) if rss else None}
+
+
+def resources(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task of a run, from its ``task.resources`` events: CPU seconds, peak memory (MB) and processes."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["topic"] != "task.resources":
+            continue
+        d = e.get("data") or {}
+        row = out.setdefault(str(e.get("task") or ""), {"cpu_s": 0.0, "max_rss_mb": 0.0, "processes": 0})
+        row["cpu_s"] = round(row["cpu_s"] + float(d.get("cpu_user_s") or 0) + float(d.get("cpu_system_s") or 0), 6)
+        row["max_rss_mb"] = max(row["max_rss_mb"], float(d.get("max_rss_mb") or 0))
+        row["processes"] += 1
+    return out
 
 
 def _llm_totals(found: list[tuple[int, int, int, float] | None]) -> dict[str, Any]:

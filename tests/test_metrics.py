@@ -13,6 +13,7 @@ import goatclaw
 from goatclaw import history
 from goatclaw.cli.app import app
 from goatclaw.engine.metrics import critical_path
+from goatclaw.store import Store
 
 
 def t(start: float | None, end: float | None) -> SimpleNamespace:
@@ -85,3 +86,26 @@ def test_stats_per_plugin_with_llm_tokens_and_cost(write_pipeline: Callable[...,
     shown = CliRunner().invoke(app, ["stats"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "per plugin" in shown.output and "per task" in shown.output and "$0.0000" in shown.output
+
+
+def test_shell_tasks_report_cpu_and_peak_memory(write_pipeline: Callable[..., Path], store_path: Path) -> None:
+    import sys
+
+    burn = "x = bytearray(80_000_000); x[::4096] = b'1' * len(x[::4096]); s = sum(range(4_000_000))"
+    path = write_pipeline(f"""
+        version: 1
+        name: heavy
+        tasks:
+          burn: {{uses: shell, with: {{run: [{sys.executable}, -c, "{burn}"]}}}}
+          light: {{uses: shell, with: {{run: [sleep, "0.05"]}}}}
+        """)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["burn"].error
+    with Store.open(store_path) as db:
+        usage = history.resources(db.events(result.run_id))
+    assert usage["burn"]["cpu_s"] > 0.05 and usage["burn"]["max_rss_mb"] >= 80
+    assert usage["light"]["max_rss_mb"] < 40 and usage["light"]["processes"] == 1  # the fork's memory is not counted
+    shown = CliRunner().invoke(app, ["runs", "show", result.run_id], env={"COLUMNS": "200"})
+    assert "resources: " in shown.output and "burn cpu" in shown.output
+    heavy = next(t for t in history.stats(store_path)["tasks"] if t["task"] == "burn")
+    assert heavy["cpu_s"] > 0.05 and heavy["max_rss_mb"] >= 80

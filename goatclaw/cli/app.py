@@ -187,6 +187,11 @@ def apply(
         from goatclaw.api import redactor_for
 
         print(redactor_for(pipeline).mask(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str)))
+    if mode != "json" and not result.ok and result.store_path is not None:  # has memory seen this before?
+        from goatclaw.cli.memory import print_seen_before
+
+        print_seen_before(result.store_path, result.run_id,
+                          _out() if mode == "rich" else Console(highlight=False, no_color=True, soft_wrap=True))
     code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost)
     if code:
         raise typer.Exit(code)
@@ -242,6 +247,9 @@ def plan(
     fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="text, mermaid, dot or json.")] = PlanFormat.text,
     cost: Annotated[bool, typer.Option("--cost", help="Estimate each llm task's cost (loads litellm's price map).")
                     ] = False,
+    permissions: Annotated[bool, typer.Option(
+        "--permissions", help="Show what each task will be allowed to do (text or json) instead of the graph.")
+    ] = False,
 ) -> None:
     """Show the graph: which tasks run together, level by level."""
     import goatclaw
@@ -249,16 +257,6 @@ def plan(
     from goatclaw.graph import render_plan
 
     pipeline = goatclaw.load(file)
-    permissions: Annotated[bool, typer.Option(
-        "--permissions", help="Show what each task will be allowed to do (text or json) instead of the graph.")
-    ] = False,
-    compiled = goatclaw.plan(pipeline)
-    if fmt is PlanFormat.text:
-        print_plan(compiled, _out())
-    else:
-        sys.stdout.write(render_plan(compiled, fmt.value))
-    if cost:
-        _print_costs(pipeline, file, fmt is PlanFormat.json)
     if permissions:
         from goatclaw.api import permissions_of
 
@@ -268,6 +266,13 @@ def plan(
         else:
             print_permissions(rows, _out())
         return
+    compiled = goatclaw.plan(pipeline)
+    if fmt is PlanFormat.text:
+        print_plan(compiled, _out())
+    else:
+        sys.stdout.write(render_plan(compiled, fmt.value))
+    if cost:
+        _print_costs(pipeline, file, fmt is PlanFormat.json)
 
 
 def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
@@ -348,9 +353,9 @@ def runs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one run: each task's status, output or error, and failed attempts."""
-    from goatclaw.cli.render import print_critical_path, print_run
+    from goatclaw.cli.render import print_critical_path, print_resources, print_run
     from goatclaw.errors import GoatclawError
-    from goatclaw.history import llm_costs
+    from goatclaw.history import llm_costs, resources
 
     with _open_store(store) as db:
         row = db.run(run)
@@ -364,10 +369,12 @@ def runs_show(
     llm = llm_costs(all_events)
     if as_json:
         print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
-                          "incidents": events, "llm": llm}, indent=2, default=str))
+                          "incidents": events, "llm": llm, "resources": resources(all_events)}, indent=2,
+                         default=str))
     else:
         print_run(row, tasks, attempts, _out(), events)
         print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
+        print_resources(resources(all_events), _out())
         if llm["calls"]:
             downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
             _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "

@@ -486,10 +486,12 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
     if not data["tasks"]:
         return
     llm = any(t["llm_calls"] for t in data["tasks"])
+    usage = any(t.get("cpu_s") is not None for t in data["tasks"])
     for title, rows, keys in (("per plugin", data.get("plugins", []), ("plugin",)),
                               ("per task", data["tasks"], ("pipeline", "task", "plugin"))):
         table = Table(title=title, title_justify="left", header_style="bold")
-        cols = (*keys, "runs", "ok", "cached", "p50", "p95", "attempts", *(("tokens", "cost") if llm else ()))
+        cols = (*keys, "runs", "ok", "cached", "p50", "p95", "attempts", *(("tokens", "cost") if llm else ()),
+                *(("cpu", "peak mem") if usage else ()))
         for col in cols:
             table.add_column(col, justify="left" if col in keys else "right")
         for t in rows:
@@ -499,8 +501,20 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
             if llm:
                 tokens = t["prompt_tokens"] + t["completion_tokens"]
                 cells += [f"{tokens:,}" if tokens else "", f"${t['cost_usd']:.4f}" if t["llm_calls"] else ""]
+            if usage:
+                cells += [_fmt_duration(t["cpu_s"]), "" if t["max_rss_mb"] is None else f"{t['max_rss_mb']:.1f} MB"]
             table.add_row(*cells)
         console.print(table)
+
+
+def print_resources(usage: dict[str, dict[str, Any]], console: Console) -> None:
+    """Per task: CPU time and peak memory of the processes it ran."""
+    if not usage:
+        return
+    parts = [f"{tid} cpu {_fmt_duration(u['cpu_s']) or '0ms'}"
+             + (f", peak {u['max_rss_mb']:.1f} MB" if u["max_rss_mb"] else "")
+             + (f" ({u['processes']} processes)" if u["processes"] > 1 else "") for tid, u in usage.items()]
+    console.print("  resources: " + "; ".join(parts), highlight=False, markup=False)
 
 
 def print_critical_path(path: list[dict[str, Any]], run_duration: float | None, console: Console) -> None:

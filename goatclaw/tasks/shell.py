@@ -19,6 +19,14 @@ grandchild outlives its task. A command that exits while processes it started in
 background still hold its output open (``server &``) would never finish; after a short
 grace those processes are killed. To keep one running, redirect its output
 (``server > server.log 2>&1 &``).
+
+Each run emits a ``task.resources`` event, which ``goatclaw stats`` and ``runs show``
+report: ``cpu_user_s`` and ``cpu_system_s`` are exact (the command is reaped with
+``wait4``: its own CPU time and that of the descendants it waited for); ``max_rss_mb``
+is the peak resident memory of the command's main process after it started (Linux
+``VmHWM``, sampled from 5 ms up to every 100 ms while it runs, so it is ``None`` for a
+command that ends before the first sample). ``wait4``'s own peak is not used: Linux
+counts the memory of the goatclaw process that forked the command in it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -81,6 +91,11 @@ async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str |
         raise
     finally:
         await command.stop_io()
+    if proc.rusage is not None:
+        usage = proc.rusage
+        ctx.emit("task.resources", pid=proc.pid, cpu_user_s=round(usage.ru_utime, 6),
+                 cpu_system_s=round(usage.ru_stime, 6),
+                 max_rss_mb=None if command.peak_kb is None else round(command.peak_kb / 1024, 3))
     result = {"exit_code": proc.returncode, "stdout": command.stdout.text(), "stderr": command.stderr.text()}
     if check and proc.returncode != 0:
         _fail_exit(argv, result)
@@ -129,14 +144,13 @@ def _environment(visible: Mapping[str, str], task_env: Mapping[str, Any],
     return merged
 
 
-async def _spawn(argv: list[str], workdir: Path, env: dict[str, str], *,
-                 piped_stdin: bool) -> asyncio.subprocess.Process:
+async def _spawn(argv: list[str], workdir: Path, env: dict[str, str], *, piped_stdin: bool) -> _Process:
     """Start ``argv`` in its own process group (so the whole tree can be killed)."""
     try:
-        return await asyncio.create_subprocess_exec(
-            *argv, cwd=workdir, env=env, start_new_session=True,
-            stdin=asyncio.subprocess.PIPE if piped_stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        popen = subprocess.Popen(  # an argv list, never a shell string
+            argv, cwd=workdir, env=env, start_new_session=True,
+            stdin=subprocess.PIPE if piped_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
     except FileNotFoundError:
         fail(f"program '{argv[0]}' was not found (is it installed and on PATH?)", error_class="invalid_input",
@@ -146,6 +160,78 @@ async def _spawn(argv: list[str], workdir: Path, env: dict[str, str], *,
              program=argv[0])
     except OSError as exc:
         fail(f"cannot start '{argv[0]}': {exc.strerror or exc}", error_class="invalid_input", program=argv[0])
+    return await _Process.attach(popen)
+
+
+class _Process:
+    """A started command: its output pipes on the event loop, its exit and resource use from ``wait4``.
+
+    A daemon thread blocks in ``os.wait4`` for the child (the syscall releases the GIL)
+    and hands the exit status and ``rusage`` to the loop. The ``Popen`` object is kept and
+    given the return code, so the ``subprocess`` module never reaps the child itself.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self.rusage: Any = None
+        self.stdin = popen.stdin
+        self.stdout = asyncio.StreamReader(limit=_CHUNK * 4, loop=loop)
+        self.stderr = asyncio.StreamReader(limit=_CHUNK * 4, loop=loop)
+        self.transports: list[asyncio.BaseTransport] = []
+        self._loop = loop
+        self._exited: asyncio.Future[int] = loop.create_future()
+        threading.Thread(target=self._reap, name=f"goatclaw-wait-{self.pid}", daemon=True).start()
+
+    @classmethod
+    async def attach(cls, popen: subprocess.Popen[bytes]) -> _Process:
+        """Wrap ``popen`` and connect its stdout and stderr to stream readers."""
+        loop = asyncio.get_running_loop()
+        proc = cls(popen, loop)
+        try:
+            for pipe, reader in ((popen.stdout, proc.stdout), (popen.stderr, proc.stderr)):
+                transport, _ = await loop.connect_read_pipe(
+                    lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), pipe)
+                proc.transports.append(transport)
+        except BaseException:  # cancelled while connecting: leave no process and no open pipe behind
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.close_pipes()
+            raise
+        return proc
+
+    def _reap(self) -> None:
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            code, usage = -1, None
+        self.popen.returncode = code
+        try:
+            self._loop.call_soon_threadsafe(self._settle, code, usage)
+        except RuntimeError:  # the loop is gone (the run ended while this command lived on)
+            pass
+
+    def _settle(self, code: int, usage: Any) -> None:
+        self.returncode, self.rusage = code, usage
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        """The exit code, once the command has exited (negative: killed by that signal)."""
+        return await asyncio.shield(self._exited)
+
+    def close_pipes(self) -> None:
+        """Close the output pipes now (reading stops; a no-op once they reached their end).
+
+        The transports close their pipes in a later loop turn, which may never come when
+        the run ends at once; the pipe files are closed here too (closing twice is fine).
+        """
+        for transport in self.transports:
+            transport.close()
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 class _Running:
@@ -156,13 +242,23 @@ class _Running:
     (``sleep 60 &``). Done here means: the command exited *and* both pipes reached their end.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, input: str | None) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
+    def __init__(self, proc: _Process, input: str | None) -> None:
         self.proc = proc
         self.stdout, self.stderr = _Capture("stdout"), _Capture("stderr")
         self.io = [asyncio.ensure_future(self.stdout.read(proc.stdout)),
                    asyncio.ensure_future(self.stderr.read(proc.stderr)),
                    asyncio.ensure_future(_feed(proc, input))]
+        self.peak_kb: int | None = None  # the main process's VmHWM, sampled while it runs
+        self.sampler = asyncio.ensure_future(self._sample_memory())
+
+    async def _sample_memory(self) -> None:
+        delay = 0.005
+        while self.proc.returncode is None:
+            hwm = _vm_hwm(self.proc.pid)
+            if hwm is not None:
+                self.peak_kb = max(self.peak_kb or 0, hwm)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_SECONDS)
 
     async def finish(self) -> None:
         """Wait until the command is done; kill what it left running that holds its pipes open."""
@@ -190,9 +286,10 @@ class _Running:
 
     async def stop_io(self) -> None:
         """Stop reading and feeding (a no-op once the pipes have closed)."""
-        for job in self.io:
+        for job in (*self.io, self.sampler):
             job.cancel()
-        await asyncio.gather(*self.io, return_exceptions=True)
+        await asyncio.gather(*self.io, self.sampler, return_exceptions=True)
+        self.proc.close_pipes()
 
     async def _settled(self, within: float) -> bool:
         """Whether the command has exited and its pipes have closed within ``within`` seconds."""
@@ -215,17 +312,40 @@ class _Running:
             _log.warning("processes started by pid %s survive outside its process group", self.proc.pid)
 
 
-async def _feed(proc: asyncio.subprocess.Process, input: str | None) -> None:
-    """Write ``input`` to stdin and close it; a command that stops reading early is fine."""
-    if input is None or proc.stdin is None:
+async def _feed(proc: _Process, input: str | None) -> None:
+    """Write ``input`` to stdin and close it, in a daemon thread; a command that stops reading early is fine.
+
+    The write blocks while the pipe is full; it ends when the command reads everything,
+    exits, or is killed (the pipe breaks). A daemon thread never holds the run's end.
+    """
+    stdin = proc.stdin
+    if input is None or stdin is None:
         return
-    try:
-        proc.stdin.write(str(input).encode("utf-8"))
-        await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        proc.stdin.close()
+    data = str(input).encode("utf-8")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def write() -> None:
+        try:
+            stdin.write(data)
+        except (BrokenPipeError, ConnectionResetError, ValueError, OSError):
+            pass
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass
+
+    threading.Thread(target=write, name=f"goatclaw-stdin-{proc.pid}", daemon=True).start()
+    await done
 
 
 class _Capture:
@@ -250,6 +370,24 @@ class _Capture:
             text += (f"\n[goatclaw: {self.name} truncated at {MAX_OUTPUT_BYTES:,} bytes; "
                      f"{self.dropped:,} more bytes dropped]")
         return text
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """Peak resident memory (kB) of ``pid`` since its exec, if it is still our command (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # the process group (field 5, after the parenthesised name): our command leads its own group,
+        # so a pid reused by an unrelated process after the exit is not read
+        if int(stat[stat.rindex(b")") + 2:].split()[2]) != pid:
+            return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
