@@ -34,18 +34,17 @@ concerns), ``watch.invalid``, ``watch.run`` (a run is about to start: its id and
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from goatclaw import api
-from goatclaw.engine.inputs import InputGlobs
+from goatclaw.engine.inputs import InputGlobs, file_digest
 from goatclaw.engine.runner import new_run_id
 from goatclaw.engine.state import RunResult, RunStatus, TaskState
 from goatclaw.errors import GoatclawError
@@ -97,13 +96,13 @@ def pipelines_in(folder: Path) -> list[Path]:
 
 @dataclass
 class _Followed:
-    """What one pipeline follows, and the fingerprint of those files when its last run started."""
+    """What one pipeline follows, and the contents of those files when its last run started."""
 
     file: Path
     root: Path
     exact: set[Path] = field(default_factory=set)
     globs: InputGlobs | None = None
-    fingerprint: str | None = None
+    fingerprint: dict[Path, bytes] | None = None  # followed file -> digest of its contents
 
     def patterns(self) -> list[str]:
         return [g.pattern for g in self.globs.globs] if self.globs is not None else []
@@ -117,13 +116,18 @@ class _Followed:
             found |= self.globs.folders()
         return {_existing(f) for f in found}
 
-    def current_fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        for path in sorted(self.exact):
-            h.update(str(path).encode("utf-8", "surrogateescape") + b"\0" + _content_digest(path))
+    def current_fingerprint(self) -> dict[Path, bytes]:
+        found = {path: file_digest(path) for path in self.exact}
         if self.globs is not None:
-            h.update(self.globs.digest().encode())
-        return h.hexdigest()
+            found.update(self.globs.file_digests())
+        return found
+
+    def changed(self) -> list[Path]:
+        """The followed files whose contents differ from when the last run started (added and removed ones too)."""
+        if self.fingerprint is None:
+            return [self.file]
+        now = self.current_fingerprint()
+        return sorted(p for p in now.keys() | self.fingerprint.keys() if now.get(p) != self.fingerprint.get(p))
 
 
 class _StopWhen:
@@ -192,16 +196,22 @@ class Watcher:
                    folders=sorted(str(_shown(f)) for f in folders),
                    files=sorted({str(_shown(p)) for f in self.followed.values() for p in f.exact}),
                    inputs=sorted({g for f in self.followed.values() for g in f.patterns()}))
-        self._queue(self.followed if first else self._drifted(), ["(start)"] if first else ["(changed meanwhile)"])
+        if first:
+            self._queue({file: ["(start)"] for file in self.followed})
+        else:
+            await self._consider(list(self.followed))  # what changed while no notifier was watching
         try:
             while True:
                 try:
                     changes = await upcoming
                 except StopAsyncIteration:
                     return
+                except FileNotFoundError:  # a watched folder went away as the notifier started: watch again
+                    await asyncio.sleep(self.debounce)
+                    return
                 await self._on_changes({(int(kind), Path(p)) for kind, p in changes})
                 if self._folders() != folders:
-                    until.set()  # watch again over the new folders; _drifted() catches the gap
+                    until.set()  # watch again over the new folders (and look at what changed in the gap)
                 upcoming = asyncio.ensure_future(_next(batches))
         finally:
             until.set()
@@ -218,24 +228,30 @@ class Watcher:
             for gone in [f for f in self.followed if not f.exists() and f.parent == self.target]:
                 del self.followed[gone]
                 self.pending.pop(gone, None)
-        paths = sorted({p for _, p in changes})
-        concerned = {file: [str(_shown(p)) for p in paths if f.concerns(p)] for file, f in self.followed.items()}
-        concerned = {file: why for file, why in concerned.items() if why and self._changed(file)}
-        if not concerned:
+        paths = {p for _, p in changes}
+        await self._consider([file for file, f in self.followed.items() if any(f.concerns(p) for p in paths)])
+
+    async def _consider(self, files: list[Path]) -> None:
+        """Queue those of ``files`` whose followed contents changed since their last run started.
+
+        A run in flight of one of them is cancelled first (unless ``once_per_change``).
+        """
+        changed = {file: [str(_shown(p)) for p in self.followed[file].changed()] for file in files}
+        changed = {file: why for file, why in changed.items() if why}
+        if not changed:
             return
-        self._emit("watch.changed", paths=sorted({p for why in concerned.values() for p in why}),
-                   pipelines=[str(_shown(f)) for f in concerned])
-        if self.current is not None and self.current[0] in concerned and not self.once_per_change:
+        self._emit("watch.changed", paths=sorted({p for why in changed.values() for p in why}),
+                   pipelines=[str(_shown(f)) for f in changed])
+        if self.current is not None and self.current[0] in changed and not self.once_per_change:
             await self._cancel_current()
-        self._queue(concerned.keys(), None, reasons=concerned)
+        self._queue(changed)
 
     # -- runs ------------------------------------------------------------------------
 
-    def _queue(self, files: Iterable[Path], why: list[str] | None, *,
-               reasons: Mapping[Path, list[str]] | None = None) -> None:
-        for file in files:
-            more = why if reasons is None else reasons[file]
-            self.pending[file] = list(dict.fromkeys([*self.pending.get(file, []), *(more or [])]))
+    def _queue(self, reasons: Mapping[Path, list[str]]) -> None:
+        """Add pipelines to run (each at most once, with every reason), and start the worker if it is idle."""
+        for file, more in reasons.items():
+            self.pending[file] = list(dict.fromkeys([*self.pending.get(file, []), *more]))
         if self.pending and (self.worker is None or self.worker.done()):
             self.worker = asyncio.create_task(self._work())
 
@@ -330,14 +346,6 @@ class Watcher:
             found.add(self.target)
         return found
 
-    def _changed(self, file: Path) -> bool:
-        """Whether what ``file`` follows differs from when its last run started (or it never ran)."""
-        followed = self.followed[file]
-        return followed.fingerprint is None or followed.current_fingerprint() != followed.fingerprint
-
-    def _drifted(self) -> list[Path]:
-        return [file for file in self.followed if self._changed(file)]
-
     def _emit(self, topic: str, **data: Any) -> None:
         self.bus.publish(Event(topic, "", next(self._seq), time.time(), None, data))
 
@@ -360,8 +368,3 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def _content_digest(path: Path) -> bytes:
-    try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
-    except OSError:
-        return b"missing"

@@ -158,6 +158,48 @@ def test_a_save_that_changes_nothing_runs_nothing(pipeline: Path, project: Path)
     asyncio.run(scenario())
 
 
+def test_removing_an_input_reruns_its_task(pipeline: Path, project: Path) -> None:
+    async def scenario() -> None:
+        async with Session(pipeline) as s:
+            await s.finished()
+            (project / "data" / "rows.csv").unlink()
+            events = await s.until("watch.finished")
+            assert events[0].topic == "watch.changed" and events[0].data["paths"] == ["data/rows.csv"]
+            assert events[-1].data["ran"] == ["count"]
+
+    asyncio.run(scenario())
+
+
+def test_a_pipeline_writing_a_file_it_follows_settles_after_one_more_run(write_pipeline: Callable[..., Path],
+                                                                          project: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        tasks:
+          derive:
+            uses: file.write
+            with: {path: data/derived.csv, content: "x,y"}
+          count:
+            uses: echo
+            needs: derive
+            inputs: [data/*.csv]
+            with: {value: counted}
+    """)
+
+    async def scenario() -> None:
+        async with Session(path) as s:
+            await s.finished()  # wrote data/derived.csv: a followed file that was not there when it started
+            again = await s.until("watch.finished")
+            # data/ is new: the watcher watches again over it, then sees what changed meanwhile
+            assert [e.topic for e in again if e.topic.startswith("watch.")] == [
+                "watch.ready", "watch.changed", "watch.run", "watch.finished"]
+            assert again[1].data["paths"] == ["data/derived.csv"]
+            assert again[-1].data["ran"] == ["derive", "count"]
+            with pytest.raises(TimeoutError):  # the same bytes again: nothing to run
+                await s.until("watch.run", timeout=0.5)
+
+    asyncio.run(scenario())
+
+
 def test_an_edit_while_a_run_is_in_flight_cancels_it_and_starts_again(pipeline: Path, project: Path) -> None:
     async def scenario() -> None:
         async with Session(pipeline) as s:

@@ -60,6 +60,8 @@ def watch(
     from goatclaw.api import parse_var
     from goatclaw.spec.model import parse_duration
 
+    if not target.exists():
+        raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
     try:
         quiet = parse_duration(debounce) or 0.0
     except ValueError as exc:
@@ -156,8 +158,6 @@ class _View:
             self.console.clear()  # does nothing when the output is not a terminal
         if ev.data["reasons"] == ["(start)"]:
             self._say(f"first run of {ev.data['file']}", "bold cyan")
-        elif ev.data["reasons"] == ["(changed meanwhile)"]:
-            self._say(f"change detected in what {ev.data['file']} follows (while re-watching)", "bold cyan")
         for warning in ev.data["warnings"]:
             self._say(f"  {warning}", "yellow")
         if self.mode == "rich":

@@ -26,7 +26,7 @@ from typing import Any
 from goatclaw.errors import Problem
 from goatclaw.spec.loader import dotted
 
-__all__ = ["InputGlobs", "glob_problem", "input_problems"]
+__all__ = ["InputGlobs", "file_digest", "glob_problem", "input_problems"]
 
 _MAGIC = re.compile(r"[*?\[]")
 _CHUNK = 1 << 20
@@ -91,10 +91,14 @@ class InputGlobs:
     def digest(self) -> str:
         """A digest of the matched files' paths and contents (empty globs give a digest too)."""
         h = hashlib.blake2b(digest_size=16)
-        for path in self.files():
+        for path, content in self.file_digests().items():
             h.update(path.relative_to(self.root).as_posix().encode("utf-8", "surrogateescape") + b"\0")
-            h.update(_file_digest(path) + b"\0")
+            h.update(content + b"\0")
         return h.hexdigest()
+
+    def file_digests(self) -> dict[Path, bytes]:
+        """Each matched file (sorted) with the digest of its contents."""
+        return {path: file_digest(path) for path in self.files()}
 
     def _inside(self, path: Path) -> bool:
         """Symbolic links that point out of the root are not inputs."""
@@ -215,7 +219,8 @@ def _existing_parent(path: Path, root: Path) -> Path:
     return path if path.is_dir() else root
 
 
-def _file_digest(path: Path) -> bytes:
+def file_digest(path: Path) -> bytes:
+    """The digest of a file's contents (an unreadable or missing file gives a digest saying so)."""
     h = hashlib.blake2b(digest_size=16)
     try:
         with path.open("rb") as f:
