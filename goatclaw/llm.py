@@ -73,6 +73,8 @@ class Request:
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout: float | None = None
+    #: Stream the answer: its text so far goes to the live view as it arrives (``task.progress``).
+    stream: bool = False
 
 
 @dataclass
@@ -307,7 +309,7 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
         return await _answer(s, cheaper, request_key(cheaper, request, masks), request, masks, emit)
     try:
         started = time.perf_counter()
-        raw = await _call(model, request)
+        raw = await _call(model, request, on_text=_progress(emit) if request.stream and emit is not None else None)
         latency = round((time.perf_counter() - started) * 1000, 1)
     finally:
         s.reserved_usd -= reserved
@@ -490,8 +492,53 @@ async def _close_litellm_clients() -> None:
 
 
 
-async def _call(model: str, request: Request) -> Any:
-    """One ``acompletion``, with litellm's errors translated into goatclaw's."""
+#: How often a streamed answer's text so far is published, and how much of its end is shown.
+STREAM_EVERY_SECONDS = 0.1
+STREAM_TAIL_CHARS = 80
+
+
+def _progress(emit: Emit) -> Callable[[str, bool], None]:
+    """``on_text(text, final)``: publish the end of a streamed answer as ``task.progress``, at most every 0.1 s."""
+    last = 0.0
+
+    def on_text(text: str, final: bool) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if not final and now - last < STREAM_EVERY_SECONDS:
+            return
+        last = now
+        tail = " ".join(text[-STREAM_TAIL_CHARS * 2:].split())[-STREAM_TAIL_CHARS:]
+        emit("task.progress", message=("…" if len(text) > len(tail) else "") + tail, chars=len(text),
+             streaming=not final)
+
+    return on_text
+
+
+async def _streamed(litellm: Any, kwargs: dict[str, Any], on_text: Callable[[str, bool], None] | None) -> Any:
+    """A streamed ``acompletion``: the text so far to ``on_text`` as it arrives, then the whole response.
+
+    The chunks are put back together by litellm's ``stream_chunk_builder``, with the usage
+    the provider sends last (``stream_options.include_usage``), so the answer, its usage and
+    its cost are the same as without streaming.
+    """
+    stream = await litellm.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+    chunks = []
+    text = ""
+    async for chunk in stream:
+        chunks.append(chunk)
+        choices = getattr(chunk, "choices", None) or []
+        delta = getattr(getattr(choices[0], "delta", None), "content", None) if choices else None
+        if delta:
+            text += delta
+            if on_text is not None:
+                on_text(text, False)
+    if on_text is not None and text:
+        on_text(text, True)
+    return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+
+
+async def _call(model: str, request: Request, *, on_text: Callable[[str, bool], None] | None = None) -> Any:
+    """One ``acompletion`` (streamed with ``request.stream``), with litellm's errors translated into goatclaw's."""
     litellm = _litellm()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
@@ -501,10 +548,11 @@ async def _call(model: str, request: Request) -> Any:
     if request.output == "json" and _supports_json_mode(litellm, model):
         kwargs["response_format"] = {"type": "json_object"}
     try:
+        call = _streamed(litellm, kwargs, on_text) if request.stream else litellm.acompletion(**kwargs)
         if request.timeout is None:
-            return await litellm.acompletion(**kwargs)
+            return await call
         # litellm's own timeout bounds the HTTP request; this bounds everything around it
-        return await asyncio.wait_for(litellm.acompletion(**kwargs), request.timeout + 5)
+        return await asyncio.wait_for(call, request.timeout + 5)
     except TimeoutError:
         raise TaskError(f"{model}: no answer within {request.timeout:g}s", error_class="timeout") from None
     except Exception as exc:

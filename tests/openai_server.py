@@ -30,6 +30,10 @@ class Reply:
     hang: float = 0.0
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    #: With ``"stream": true`` in the request: the content is sent in pieces this many characters
+    #: long, ``chunk_delay`` seconds apart, as server-sent events.
+    chunk_chars: int = 4
+    chunk_delay: float = 0.0
 
 
 def completion_body(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -102,8 +106,42 @@ class FakeOpenAI:
                 if reply.status != 200:
                     err = {"error": {"message": reply.error, "type": "server_error", "code": str(reply.status)}}
                     return self._send(reply.status, err, reply.headers)
+                if body.get("stream"):
+                    return self._stream(body, reply)
                 return self._send(200, completion_body(body.get("model", "?"), reply.content or "",
                                                        reply.prompt_tokens, reply.completion_tokens), reply.headers)
+
+            def _stream(self, body: dict[str, Any], reply: Reply) -> None:
+                """The answer as server-sent events, as the OpenAI API streams it (usage last, if asked)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                base = {"id": f"chatcmpl-{time.monotonic_ns()}", "object": "chat.completion.chunk",
+                        "created": int(time.time()), "model": body.get("model", "?"), "system_fingerprint": "fp_local"}
+                content = reply.content or ""
+                pieces = [content[i:i + reply.chunk_chars] for i in range(0, len(content), reply.chunk_chars)]
+                events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "finish_reason": None}]}]
+                events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                           for p in pieces]
+                events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({**base, "choices": [], "usage": {
+                        "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                        "total_tokens": reply.prompt_tokens + reply.completion_tokens}})
+                try:
+                    for event in events:
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
                 data = json.dumps(payload).encode()

@@ -34,11 +34,13 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
               model: str | list[str] | None = None, system: str | None = None, temperature: float | None = None,
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
               schema: dict[str, Any] | None = None, api_base: str | None = None, api_key: str | None = None,
-              timeout: float | None = 120) -> dict[str, Any]:
+              timeout: float | None = 120, stream: bool = False) -> dict[str, Any]:
     """Ask a model: ``prompt`` (or chat ``messages``) → text, or parsed JSON with ``output: json``.
 
     ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
     match). ``api_base`` points at another OpenAI-compatible server (a local one, say).
+    ``stream`` shows the answer in the live view as it arrives (``task.progress`` events);
+    the output is the same either way.
     """
     from goatclaw import llm as room
 
@@ -52,6 +54,7 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         api_base=api_base or None,
         api_key=api_key or None,
         timeout=_number("timeout", timeout),
+        stream=stream is True,
     )
     _check_hosts(ctx, request.models, request.api_base, request.api_key)
     response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
