@@ -84,6 +84,15 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
 _UNDECLARED = PluginSpec(cacheable=False)
 
 
+class _MaskingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Formats each message first, then masks the run's secrets in it."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, self.extra["redactor"].mask(text), **kwargs)  # type: ignore[index]
+
+
 def _port(url: str) -> int | None:
     from urllib.parse import urlsplit
 
@@ -131,9 +140,10 @@ class TaskContext:
     redactor: Any = field(default=None, repr=False)
 
     @property
-    def logger(self) -> logging.Logger:
-        """A logger named after the task (``goatclaw.task.<id>``)."""
-        return logging.getLogger(f"goatclaw.task.{self.task_id}")
+    def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        """A logger named after the task (``goatclaw.task.<id>``); declared secrets are masked in its messages."""
+        logger = logging.getLogger(f"goatclaw.task.{self.task_id}")
+        return _MaskingLogger(logger, {"redactor": self.redactor}) if self.redactor else logger
 
     def secret(self, name: str) -> str:
         """The value of a declared secret; a clear error if it was not declared or set."""

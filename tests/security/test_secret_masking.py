@@ -199,3 +199,23 @@ def test_a_recorded_cassette_never_holds_the_secret(tmp_path_factory: pytest.Tem
     cassette = (root / "p.cassette.json").read_text()
     assert "I saw" in cassette and not leaks(cassette, secret)
     assert not leaks(_store_text(root), secret)
+
+
+def test_a_plugins_log_messages_are_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    root = fresh_project(tmp_path, monkeypatch)
+    secret = "lg-5e2f9a0c31d7"
+    monkeypatch.setenv("GC_PROP_SECRET", secret)
+
+    def chatty(ctx: goatclaw.TaskContext, *, value: str) -> str:
+        ctx.logger.warning("calling with key %s (b64 %s)", value, base64.b64encode(value.encode()).decode())
+        return "done"
+
+    registry = goatclaw.Registry(entry_points=False)
+    registry.register_task("chatty", chatty)
+    (root / "q.yaml").write_text("version: 1\nsecrets: [GC_PROP_SECRET]\ntasks:\n"
+                                 "  x: {uses: chatty, with: {value: '${{ secrets.GC_PROP_SECRET }}'}}\n")
+    with caplog.at_level("WARNING", logger="goatclaw.task.x"):
+        assert goatclaw.run(root / "q.yaml", registry=registry).ok
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "goatclaw.task.x")
+    assert "calling with key ***" in logged and not leaks(logged, secret)
