@@ -264,44 +264,55 @@ class Watcher:
 
     async def _run_one(self, file: Path, reasons: list[str]) -> None:
         """Check ``file`` (an invalid one is reported and waits for the next save), then run it."""
-        followed = self.followed.get(file)
-        if followed is None:
+        checked = self._check(file)
+        if checked is None:
             return
-        followed.fingerprint = followed.current_fingerprint()  # before reading: a later save is a change
-        pipeline, problems = api.check(_shown(file))
-        before = followed.folders()
-        self._follow(file, pipeline)
-        if followed.folders() != before:
-            followed.fingerprint = followed.current_fingerprint()
-        errors = [p for p in problems if p.severity == "error"]
-        if pipeline is None or errors:
-            self._emit("watch.invalid", file=str(_shown(file)), problems=[str(p) for p in errors or problems])
-            return
+        pipeline, warnings = checked
         run_id = new_run_id()
+        shown = str(_shown(file))
         self.current = (file, reasons, run_id)
-        self._emit("watch.run", file=str(_shown(file)), pipeline=pipeline.name, run_id=run_id, reasons=reasons,
-                   warnings=[str(p) for p in problems])
+        self._emit("watch.run", file=shown, pipeline=pipeline.name, run_id=run_id, reasons=reasons, warnings=warnings)
         try:
             result = await api.arun(pipeline, bus=self.bus, run_id=run_id, **self.run_options)
         except asyncio.CancelledError:
-            self._emit("watch.finished", file=str(_shown(file)), run_id=run_id, status=RunStatus.CANCELLED.value,
-                       ran=[], cached=[], result=None)
+            self._emit("watch.finished", file=shown, run_id=run_id, status=RunStatus.CANCELLED.value, ran=[],
+                       cached=[], result=None)
             raise
         except GoatclawError as exc:  # the run could not start (an LLM mode without a cassette, a bad store …)
-            self._emit("watch.error", file=str(_shown(file)), run_id=run_id, message=str(exc))
+            self._emit("watch.error", file=shown, run_id=run_id, message=str(exc))
             return
         except Exception as exc:  # a bug must not end the session: say it, and wait for the next save
             log.exception("watch: the run of %s failed", file)
-            self._emit("watch.error", file=str(_shown(file)), run_id=run_id, message=f"{type(exc).__name__}: {exc}")
+            self._emit("watch.error", file=shown, run_id=run_id, message=f"{type(exc).__name__}: {exc}")
             return
         finally:
             self.current = None
         self.summary.runs.append(result)
-        order = [t for t in pipeline.tasks if t in result.tasks]  # file order
-        order += [t for t in result.tasks if t not in pipeline.tasks]  # on_failure, finally
-        self._emit("watch.finished", file=str(_shown(file)), run_id=run_id, status=result.status.value,
+        order = [t for t in pipeline.tasks if t in result.tasks]  # file order, then on_failure and finally
+        order += [t for t in result.tasks if t not in pipeline.tasks]
+        self._emit("watch.finished", file=shown, run_id=run_id, status=result.status.value,
                    ran=[t for t in order if result.tasks[t].status is not TaskState.CACHED],
                    cached=[t for t in order if result.tasks[t].status is TaskState.CACHED], result=result)
+
+    def _check(self, file: Path) -> tuple[Pipeline, list[str]] | None:
+        """The checked pipeline and its warnings; ``None`` (reported as ``watch.invalid``) when it has errors.
+
+        The fingerprint is taken before the file is read, so a save during the check is a change.
+        """
+        followed = self.followed.get(file)
+        if followed is None:
+            return None
+        followed.fingerprint = followed.current_fingerprint()
+        pipeline, problems = api.check(_shown(file))
+        before = (followed.patterns(), set(followed.exact))
+        self._follow(file, pipeline)
+        if (followed.patterns(), followed.exact) != before:  # it follows other files now: fingerprint those
+            followed.fingerprint = followed.current_fingerprint()
+        errors = [p for p in problems if p.severity == "error"]
+        if pipeline is None or errors:
+            self._emit("watch.invalid", file=str(_shown(file)), problems=[str(p) for p in errors or problems])
+            return None
+        return pipeline, [str(p) for p in problems]
 
     async def _cancel_current(self) -> None:
         """Cancel the run in flight (the engine records it as cancelled) and queue its pipeline again first."""
