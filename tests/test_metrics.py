@@ -109,3 +109,36 @@ def test_shell_tasks_report_cpu_and_peak_memory(write_pipeline: Callable[..., Pa
     assert "resources: " in shown.output and "burn cpu" in shown.output
     heavy = next(t for t in history.stats(store_path)["tasks"] if t["task"] == "burn")
     assert heavy["cpu_s"] > 0.05 and heavy["max_rss_mb"] >= 80
+
+
+@goatclaw.task(cpu_bound=True)
+def crunch(ctx: goatclaw.TaskContext, n: int = 0, fail: bool = False) -> int:
+    """Burn CPU in a pool worker (and fail on request)."""
+    total = sum(i * i for i in range(n))
+    if fail:
+        raise ValueError("crunch was asked to fail")
+    return total
+
+
+def test_cpu_bound_tasks_report_the_worker_cpu_they_used(write_pipeline: Callable[..., Path],
+                                                         store_path: Path) -> None:
+    from goatclaw.registry import Registry
+
+    registry = Registry()
+    registry.register_task("crunch", crunch)
+    path = write_pipeline("""
+        version: 1
+        name: pool
+        tasks:
+          busy: {uses: crunch, with: {n: 3000000}}
+          broken: {uses: crunch, retry: {attempts: 1}, with: {n: 10, fail: true}}
+        """)
+    result = goatclaw.run(path, registry=registry)
+    assert result.tasks["busy"].output == sum(i * i for i in range(3000000))
+    assert result.tasks["broken"].error == "ValueError: crunch was asked to fail"
+    with Store.open(store_path) as db:
+        events = [e for e in db.events(result.run_id) if e["topic"] == "task.resources"]
+    busy = next(e["data"] for e in events if e["task"] == "busy")
+    assert busy["process"] == "pool" and busy["cpu_user_s"] + busy["cpu_system_s"] > 0.05
+    assert busy["max_rss_mb"] > 5
+    assert any(e["task"] == "broken" for e in events)  # a failed call used CPU too

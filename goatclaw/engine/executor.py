@@ -14,6 +14,8 @@ import abc
 import asyncio
 import contextlib
 import dataclasses
+import os
+import resource
 import threading
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -117,8 +119,22 @@ async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> An
     return await future
 
 
-def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> Any:
-    return fn(ctx, **kwargs)
+def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[bool, Any, dict[str, float]]:
+    """In a pool worker: call ``fn`` and measure the CPU time it took (the worker runs one call at a time).
+
+    Returns ``(ok, output or exception, resources)``; ``max_rss_mb`` is the worker process's
+    peak so far, which bounds the call's own.
+    """
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        ok, value = True, fn(ctx, **kwargs)
+    except Exception as exc:
+        ok, value = False, exc
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    usage = {"cpu_user_s": round(after.ru_utime - before.ru_utime, 6),
+             "cpu_system_s": round(after.ru_stime - before.ru_stime, 6),
+             "max_rss_mb": round(after.ru_maxrss / 1024, 3), "pid": os.getpid()}
+    return ok, value, usage
 
 
 class LocalExecutor(Executor):
@@ -153,7 +169,7 @@ class LocalExecutor(Executor):
         plain_ctx = dataclasses.replace(ctx, _emit=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
+            ok, value, usage = await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
         except asyncio.CancelledError:
             self._kill(pool)
             raise
@@ -161,6 +177,10 @@ class LocalExecutor(Executor):
             self._kill(pool)
             raise TaskError(f"the worker process running '{plugin.name}' died: {exc}",
                             error_class="connection") from None
+        ctx.emit("task.resources", **usage, process="pool")
+        if not ok:
+            raise value
+        return value
 
     def _kill(self, pool: ProcessPoolExecutor) -> None:
         if self._pool is pool:
