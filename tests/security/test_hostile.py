@@ -828,14 +828,14 @@ def test_a_secret_in_an_error_message_is_masked(locked: Project) -> None:
 
 
 def test_a_base64_encoded_secret_from_python_is_masked(locked: Project) -> None:
-    (locked.root / "steps.py").write_text(
+    (locked.root / "gc_hostile_steps.py").write_text(
         "import base64\n\ndef b64(text):\n    return 'Basic ' + base64.b64encode(('user:' + text).encode()).decode()\n")
     result = locked.run("""
         version: 1
         secrets: [TOKEN]
-        permissions: {python: [steps]}
+        permissions: {python: [gc_hostile_steps]}
         tasks:
-          x: {uses: python, with: {function: "steps:b64", args: ["${{ secrets.TOKEN }}"]}}
+          x: {uses: python, with: {function: "gc_hostile_steps:b64", args: ["${{ secrets.TOKEN }}"]}}
         """)
     assert result.ok, result.tasks["x"].error
     encoded = result.tasks["x"].output[len("Basic "):]

@@ -108,17 +108,17 @@ def explode(secret, before, after, how):
 PIPELINE = """
 version: 1
 secrets: [GC_PROP_SECRET]
-permissions: {python: [steps]}
+permissions: {python: [gc_masking_steps]}
 vars: {before: "", after: "", how: plain}
 tasks:
   out:
     uses: python
-    with: {function: "steps:emit", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}", "${{ vars.after }}",
-                                           "${{ vars.how }}"]}
+    with: {function: "gc_masking_steps:emit", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}",
+                                                      "${{ vars.after }}", "${{ vars.how }}"]}
   err:
     uses: python
     retry: {attempts: 2, delay: 0}
-    with: {function: "steps:explode", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}",
+    with: {function: "gc_masking_steps:explode", args: ["${{ secrets.GC_PROP_SECRET }}", "${{ vars.before }}",
                                               "${{ vars.after }}", "${{ vars.how }}"]}
 """
 
@@ -127,7 +127,7 @@ def fresh_project(base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A new project (and store) per example: an earlier example's text may be this one's secret."""
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
-    (root / "steps.py").write_text(STEPS)
+    (root / "gc_masking_steps.py").write_text(STEPS)
     (root / "p.yaml").write_text(textwrap.dedent(PIPELINE).lstrip())
     monkeypatch.chdir(root)
     monkeypatch.delenv("GOATCLAW_STORE", raising=False)
