@@ -18,7 +18,7 @@ from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, widenings
 from goatclaw.security.taint import ALL_UPSTREAM, Flow, TaskFlows, follow
 from goatclaw.spec.loader import dotted
-from goatclaw.spec.model import Pipeline, Task
+from goatclaw.spec.model import Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
 
 __all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table"]
@@ -232,7 +232,10 @@ def _widening_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> lis
                                         f"asks for {', '.join(extra)}, more than permissions.{name} of the "
                                         f"project {project.file} grants; a pipeline may only narrow it"))
     base = guard.base()
+    nothing = Permissions()
     for task in _tasks(pipeline).values():
+        if task.permissions == nothing:  # most tasks say nothing: nothing to widen
+            continue
         for name, extra in widenings(base, task.permissions, workspace):
             path = (*task.path, "permissions", *_FIELD_PATH[name])
             where = base.sources.get(name, "embedded default")

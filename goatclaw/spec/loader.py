@@ -324,6 +324,11 @@ class _Builder:
             return True
         if value in _FALSE:
             return False
+        first = value[0]
+        if first.isalpha():  # n, t, f …: no number starts with a letter
+            return value
+        if first.isdigit() and value.isascii() and value.isdigit():  # the common integer, without a regex
+            return int(value)
         if _INT.match(value):
             return int(value)
         if _INT_OTHER.match(value):
