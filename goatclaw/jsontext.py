@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "dumps_pretty"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 _FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_PRETTY_FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, indent=2).encode
 
 
 def dumps(value: Any) -> str:
@@ -24,3 +25,11 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value, default=str, option=_OPTIONS).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _FALLBACK(value)
+
+
+def dumps_pretty(value: Any) -> str:
+    """``value`` as JSON indented by two spaces (what the CLI prints); the stdlib for what orjson refuses."""
+    try:
+        return orjson.dumps(value, default=str, option=_OPTIONS | orjson.OPT_INDENT_2).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return _PRETTY_FALLBACK(value)

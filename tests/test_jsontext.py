@@ -18,3 +18,11 @@ def test_what_json_cannot_hold_becomes_text() -> None:
 def test_integers_past_64_bits_fall_back_to_the_stdlib() -> None:
     big = 2**70
     assert json.loads(dumps({"n": big})) == {"n": big}
+
+
+def test_pretty_text_matches_the_stdlib_indentation() -> None:
+    from goatclaw.jsontext import dumps_pretty
+
+    value = {"a": [1, {"b": "ü"}], "c": None}
+    assert dumps_pretty(value) == json.dumps(value, indent=2, ensure_ascii=False)
+    assert json.loads(dumps_pretty({"n": 2**70})) == {"n": 2**70}

@@ -185,8 +185,9 @@ def apply(
     else:
         result = asyncio.run(run())
         from goatclaw.api import redactor_for
+        from goatclaw.jsontext import dumps_pretty
 
-        print(redactor_for(pipeline).mask(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str)))
+        print(redactor_for(pipeline).mask(dumps_pretty(result.to_dict())))
     if mode != "json" and not result.ok and result.store_path is not None:  # has memory seen this before?
         from goatclaw.cli.memory import print_seen_before
 
@@ -368,9 +369,10 @@ def runs_show(
                   if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix")]
     llm = llm_costs(all_events)
     if as_json:
-        print(json.dumps({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
-                          "incidents": events, "llm": llm, "resources": resources(all_events)}, indent=2,
-                         default=str))
+        from goatclaw.jsontext import dumps_pretty
+
+        print(dumps_pretty({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
+                            "incidents": events, "llm": llm, "resources": resources(all_events)}))
     else:
         print_run(row, tasks, attempts, _out(), events)
         print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
