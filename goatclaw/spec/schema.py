@@ -21,11 +21,13 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-import jsonschema
-from jsonschema.exceptions import ValidationError
+
+if TYPE_CHECKING:  # jsonschema is imported only when a document has problems to explain (about 70 ms)
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 from goatclaw.errors import Problem
 from goatclaw.spec.loader import Document, dotted
@@ -64,9 +66,7 @@ def _fast(name: str) -> Callable[[Any], Any]:
     """
     schema = dict(load_schema(name))
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    key = hashlib.sha256("\0".join((schema_text(name), fastjsonschema.VERSION,
-                                     importlib.util.MAGIC_NUMBER.hex())).encode()).hexdigest()[:32]
-    path = _cache_dir() / f"schema-{name}-{key}.bin"
+    path = _cache_file(name)
     try:
         func_name, code = marshal.loads(path.read_bytes())
     except (OSError, ValueError, EOFError, TypeError):
@@ -78,7 +78,16 @@ def _fast(name: str) -> Callable[[Any], Any]:
         _write_atomic(path, marshal.dumps((func_name, code)))
     namespace: dict[str, Any] = {}
     exec(code, namespace)  # code generated from our own shipped schema
+    _FAST_READY.add(name)
     return namespace[func_name]  # type: ignore[no-any-return]
+
+
+@cache
+def _cache_file(name: str) -> Path:
+    """Where the compiled validator of ``name`` is cached: keyed by the schema text, fastjsonschema and Python."""
+    key = hashlib.sha256("\0".join((schema_text(name), fastjsonschema.VERSION,
+                                     importlib.util.MAGIC_NUMBER.hex())).encode()).hexdigest()[:32]
+    return _cache_dir() / f"schema-{name}-{key}.bin"
 
 
 _FIRST_DEF = re.compile(r"^def (\w+)\(", re.MULTILINE)
@@ -110,6 +119,8 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
     newline, so a duration of ``10s`` plus a newline would pass the slow path and fail
     the fast one.
     """
+    from jsonschema.exceptions import ValidationError
+
     if validator.is_type(instance, "string") and not _ecma_search(pattern, instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
@@ -125,6 +136,8 @@ def _ecma_search(pattern: str, text: str) -> bool:
 
 @cache
 def _full(name: str) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
     return validator(load_schema(name))  # type: ignore[no-any-return]
 
@@ -132,10 +145,12 @@ def _full(name: str) -> jsonschema.Draft202012Validator:
 def check_document(doc: Document, name: str = "pipeline") -> list[Problem]:
     """Every schema problem in ``doc``, located and sorted (empty when valid).
 
-    Small documents (a project file, a short pipeline) go straight to jsonschema:
-    compiling the fast validator costs more than checking them.
+    The fast validator checks first when its compiled code is in the cache, or when the
+    document is large enough to pay for compiling it; jsonschema (imported only then)
+    explains a document the fast one rejects, and checks small documents on a machine
+    whose cache is empty.
     """
-    if len(doc.locations) > _FAST_FROM_NODES:
+    if len(doc.locations) > _FAST_FROM_NODES or _fast_cached(name):
         try:
             _fast(name)(doc.data)
             return []
@@ -144,8 +159,18 @@ def check_document(doc: Document, name: str = "pipeline") -> list[Problem]:
     return schema_problems(doc, _full(name).iter_errors(doc.data))
 
 
+def _fast_cached(name: str) -> bool:
+    """Whether the fast validator of ``name`` is compiled already (in this process or in the code cache)."""
+    return name in _FAST_READY or _cache_file(name).is_file()
+
+
+_FAST_READY: set[str] = set()
+
+
 def check_instance(instance: Any, schema: dict[str, Any]) -> list[str]:
     """Validate plain data against a user-supplied schema; messages with their paths."""
+    import jsonschema
+
     validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator = validator_cls(schema)
     out = []
@@ -157,6 +182,8 @@ def check_instance(instance: Any, schema: dict[str, Any]) -> list[str]:
 
 def check_schema(schema: Any) -> str | None:
     """``None`` if ``schema`` is a valid JSON Schema, else why not."""
+    import jsonschema
+
     try:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         cls.check_schema(schema)
@@ -211,6 +238,8 @@ def _one_required_each(branches: Any) -> bool:
 
 
 def _short(err: ValidationError) -> str:
+    import jsonschema
+
     if err.context:
         return jsonschema.exceptions.best_match(err.context).message
     return err.message
@@ -230,6 +259,8 @@ def _alternatives(doc: Document, err: ValidationError) -> list[Problem]:
         return [Problem(doc.locate(path), dotted(path), message)]
     deeper = [e for e in err.context if e.relative_path or e.validator in ("additionalProperties", "required")]
     if not deeper:
+        import jsonschema
+
         informative = [e for e in err.context if e.validator != "type"] or list(err.context)
         return _explain(doc, jsonschema.exceptions.best_match(informative))
     # explain the branch that got furthest (the one whose errors are deepest), all of its errors
