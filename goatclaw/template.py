@@ -223,7 +223,7 @@ class _Overtime(BaseException):
 
 
 class _Watchdog:
-    """One daemon thread that interrupts renders running past their deadline.
+    """One daemon thread, alive while renders run (and a second after), that interrupts overdue ones.
 
     A render registers its thread's deadline and removes it when done (under a lock); the
     watchdog removes an expired deadline *and* raises :class:`_Overtime` in that thread under
@@ -254,10 +254,16 @@ class _Watchdog:
         _checkpoint()  # a pending _Overtime surfaces here, inside the caller's try
 
     def _watch(self) -> None:
+        idle_since = time.monotonic()
         while True:
             time.sleep(0.05)
             now = time.monotonic()
             with self.lock:
+                if self.deadlines:
+                    idle_since = now
+                elif now - idle_since > 1.0:  # exit when idle: no thread lingers (a fork then copies none)
+                    self.thread = None
+                    return
                 for ident, deadline in list(self.deadlines.items()):
                     if now > deadline:
                         del self.deadlines[ident]
