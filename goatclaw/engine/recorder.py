@@ -35,6 +35,8 @@ _FLUSH_ROWS = 2000
 #: From this many tasks on, a child process commits the rows; smaller runs write in-line.
 _PROCESS_WRITER_TASKS = 500
 _PROCESS_FLUSH_SECONDS = 0.01
+#: How long the end of a run waits for the writer process to commit what it was sent.
+_WRITER_ANSWER_SECONDS = 300.0
 
 
 
@@ -296,10 +298,14 @@ class _Writer:
     SQLite's work and the Python-to-C binding of every row then cost the run only the
     pickling of each batch. The child opens its own connection; when the parent dies
     (even by SIGKILL) the child sees the pipe close, commits what it received and exits.
+
+    The child is forked (fast) when this process has a single thread; with other threads
+    it is spawned, because a fork copies locks that another thread may hold at that
+    instant (SQLite's own mutexes among them) and the child would wait on them forever.
     """
 
     def __init__(self, store: Store) -> None:
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_writer_main, args=(child, str(store.path)), name="goatclaw-store-writer",
                                    daemon=True)
@@ -316,11 +322,17 @@ class _Writer:
         """Commit everything sent, stop the child, and raise the error it reported if any."""
         try:
             self.conn.send_bytes(b"")
-            error = self.conn.recv_bytes().decode()
+            if self.conn.poll(_WRITER_ANSWER_SECONDS):
+                error = self.conn.recv_bytes().decode()
+            else:
+                error = f"the store writer process did not finish within {_WRITER_ANSWER_SECONDS:g}s"
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
             error = f"the store writer process died: {exc}"
         self.conn.close()
         self.process.join(timeout=10)
+        if self.process.is_alive():  # a stuck writer is stopped (the error above says the run was not all stored)
+            self.process.kill()
+            self.process.join(timeout=5)
         if error:
             raise StoreError(error)
 
