@@ -316,6 +316,17 @@ def schema(
     sys.stdout.write(schema_text(name))
 
 
+#: The ``--store`` and ``--json`` options every store command takes.
+StoreOption = Annotated[Path | None, typer.Option("--store", help="The store file.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _store_file(store: Path | None) -> Path:
+    """The store's path, found (and refused when missing) as :func:`_open_store` does."""
+    with _open_store(store) as db:
+        return Path(db.path)
+
+
 def _open_store(store: Path | None) -> Any:
     from goatclaw.api import load_project_for
     from goatclaw.errors import StoreError

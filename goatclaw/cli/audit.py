@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from goatclaw.cli.app import _open_store, _out, app, handles_errors
+from goatclaw.cli.app import JsonOption, StoreOption, _out, _store_file, app, handles_errors
 
 __all__ = ["audit_app"]
 
 audit_app = typer.Typer(help="The audit chain: every side effect of every run, hash-linked.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-StoreOption = Annotated[Path | None, typer.Option("--store", help="The store file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-
-def _store_file(store: Path | None) -> Path:
-    with _open_store(store) as db:  # the same lookup (and clear error) as the other store commands
-        return Path(db.path)
 
 
 @audit_app.command("show")

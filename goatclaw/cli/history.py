@@ -8,25 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from goatclaw.cli.app import Output, _err, _open_store, _out, _output_mode, app, handles_errors, runs_app
+from goatclaw.cli.app import (
+    JsonOption,
+    Output,
+    StoreOption,
+    _err,
+    _open_store,
+    _out,
+    _output_mode,
+    _store_file,
+    app,
+    handles_errors,
+    runs_app,
+)
 
 __all__ = ["dlq_app"]
 
 dlq_app = typer.Typer(help="Dead letters: tasks that failed for good, subscribers that raised.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
-StoreOption = Annotated[Path | None, typer.Option("--store", help="The store file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-
-def _store_file(store: Path | None) -> Path:
-    with _open_store(store) as db:
-        return Path(db.path)
 
 
 def _seconds(text: str, option: str) -> float:

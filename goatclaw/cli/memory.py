@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from goatclaw.cli.app import _open_store, _out, app, handles_errors
+from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
 
 __all__ = ["memory_app"]
 
@@ -24,8 +24,6 @@ memory_app = typer.Typer(help="Semantic memory: past runs, failures and their fi
                          no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
-StoreOption = Annotated[Path | None, typer.Option("--store", help="The store file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 KindOption = Annotated[str | None, typer.Option("--kind", help="Only this kind: run, output, failure, fix, note.")]
 
 
