@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -100,9 +101,9 @@ def test_llm_tasks_carry_tokens_cost_and_model(write_pipeline: Callable[..., Pat
 
 
 class _Collector(BaseHTTPRequestHandler):
-    bodies: list[bytes] = []
+    bodies: ClassVar[list[tuple[str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         type(self).bodies.append((self.path, self.rfile.read(length)))
         self.send_response(200)

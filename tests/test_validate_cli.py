@@ -251,3 +251,18 @@ def test_apply_on_an_invalid_file_as_a_real_process(must_show: Path, project: Pa
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stderr.splitlines() == MUST_SHOW
     assert not store_path.exists()
+
+
+def test_validate_checks_a_pipeline_test_file_as_one(write_pipeline: Callable[..., Path]) -> None:
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    write_pipeline("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n", "p.yaml")
+    good = write_pipeline("tests:\n  ok:\n    expect: {tasks: {a: {status: succeeded}}}\n", "p.test.yaml")
+    bad = write_pipeline("tests:\n  wrong:\n    expect: {tasks: {nosuch: {status: succeeded}}}\n", "q.test.yaml")
+    (bad.parent / "q.yaml").write_text((bad.parent / "p.yaml").read_text())
+    assert CliRunner().invoke(app, ["validate", str(good)]).exit_code == 0
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "q.test.yaml:3:22: tests.wrong.expect.tasks.nosuch: the pipeline 'q' has no task 'nosuch'" in result.output

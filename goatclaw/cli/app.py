@@ -218,14 +218,15 @@ def validate(
     fmt: Annotated[ProblemFormat, typer.Option("--format", "-f", help="text, github or json.")] = ProblemFormat.text,
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
 ) -> None:
-    """Check pipeline files without running anything; every problem at file:line:col."""
+    """Check pipeline files (and ``*.test.yaml`` pipeline tests) without running anything; problems at file:line:col."""
     import goatclaw
     from goatclaw.cli.render import print_problems
 
     failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
     all_problems = []
     for file in files:
-        _, problems = goatclaw.check(file)
+        problems = _test_file_problems(file) if file.name.endswith((".test.yaml", ".test.yml")) else \
+            goatclaw.check(file)[1]
         all_problems += problems
         if fmt is ProblemFormat.text and not [p for p in problems if p.severity in failing]:
             _err().print(f"[green]✓[/] {file}")
@@ -239,6 +240,18 @@ def validate(
         print_problems(all_problems, _out() if fmt is ProblemFormat.github else _err(), fmt=fmt.value)
     if any(p.severity in failing for p in all_problems):
         raise typer.Exit(2)
+
+
+def _test_file_problems(file: Path) -> list[Any]:
+    """A pipeline test file checked as one: its schema, its pipeline and the tasks it names."""
+    from goatclaw.errors import SpecError
+    from goatclaw.testing import load_tests
+
+    try:
+        load_tests(file)
+    except SpecError as exc:
+        return list(exc.problems)
+    return []
 
 
 @app.command()
