@@ -154,11 +154,18 @@ class PermissionDenied(TaskError):
 
 
 class TemplateError(GoatclawError):
-    """A template or expression failed to compile or render. ``lineno`` is inside the text."""
+    """A template or expression failed to compile or render. ``lineno`` is inside the text.
 
-    def __init__(self, message: str, *, lineno: int | None = None, location: Location | None = None) -> None:
+    ``error_class`` is what a task that hit it fails with: ``invalid_input``, or
+    ``permission_denied`` when the template read something its task is not granted
+    (an environment variable outside ``permissions.env``).
+    """
+
+    def __init__(self, message: str, *, lineno: int | None = None, location: Location | None = None,
+                 error_class: str = "invalid_input") -> None:
         super().__init__(message, location=location)
         self.lineno = lineno
+        self.error_class = error_class
 
 
 class PluginError(GoatclawError):

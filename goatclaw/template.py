@@ -414,13 +414,19 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
     return render
 
 
+#: In an undefined name's explanation: the name exists but the task is not granted it.
+DENIED_MARK = "is not visible to this task"
+
+
 def _runtime_error(exc: Exception, source: str) -> TemplateError:
     snippet = source.strip().replace("\n", " ")
     snippet = snippet if len(snippet) <= 80 else snippet[:77] + "..."
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return TemplateError(f"blocked by the template sandbox: {exc} (in '{snippet}')")
     if isinstance(exc, jinja2.UndefinedError):
-        return TemplateError(f"{exc.message} (in '{snippet}')")
+        denied = bool(exc.message) and DENIED_MARK in str(exc.message)  # _EnvView.explain_missing said why
+        return TemplateError(f"{exc.message} (in '{snippet}')",
+                             error_class="permission_denied" if denied else "invalid_input")
     return TemplateError(f"{type(exc).__name__}: {exc} (in '{snippet}')")
 
 

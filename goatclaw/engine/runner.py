@@ -540,7 +540,7 @@ class _Runner:
         try:
             return bool(compile_expression(task.if_ or "true").evaluate(self._context_for(task)))
         except TemplateError as exc:
-            raise TaskError(f"if: {exc.message}", error_class="invalid_input") from None
+            raise TaskError(f"if: {exc.message}", error_class=exc.error_class) from None
 
     def _plugin(self, task: Task) -> Plugin:
         try:
@@ -601,7 +601,7 @@ class _Runner:
             else:
                 value = compile_value(spec).render(self._context_for(task))
         except TemplateError as exc:
-            raise TaskError(f"foreach: {exc.message}", error_class="invalid_input") from None
+            raise TaskError(f"foreach: {exc.message}", error_class=exc.error_class) from None
         if isinstance(value, Mapping):
             return [{"key": k, "value": v} for k, v in value.items()]
         if not isinstance(value, (list, tuple)):
@@ -726,7 +726,7 @@ class _Runner:
         try:
             kwargs = compiled.render(context)
         except TemplateError as exc:
-            raise TaskError(f"with: {exc.message}", error_class="invalid_input") from None
+            raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
         assert self.recorder is not None and self.sentry is not None
         if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
             self.sentry.secrets_read(task.id, index, self.secret_reads.taken())

@@ -171,7 +171,7 @@ def test_env_not_granted_is_invisible_to_templates(locked: Project) -> None:
         tasks:
           x: {uses: echo, with: {value: "${{ env.GOATCLAW_HOSTILE_TOKEN }}"}}
         """)
-    failed(result, "x", "invalid_input", "GOATCLAW_HOSTILE_TOKEN is not visible to this task",
+    failed(result, "x", "permission_denied", "GOATCLAW_HOSTILE_TOKEN is not visible to this task",
            "permissions.env false (embedded default)")
     locked.assert_intact()
 
@@ -844,4 +844,14 @@ def test_a_base64_encoded_secret_from_python_is_masked(locked: Project) -> None:
     assert stored != result.tasks["x"].output and "***" in stored
     assert base64.b64decode(encoded).decode().endswith(TOKEN)
     assert encoded.encode() not in _store_bytes(locked)
+    locked.assert_intact()
+
+
+def test_an_unset_env_variable_is_a_plain_input_error(locked: Project) -> None:
+    result = locked.run("""
+        version: 1
+        tasks:
+          x: {uses: echo, with: {value: "${{ env.GOATCLAW_SURELY_NOT_SET_ANYWHERE }}"}}
+        """)
+    failed(result, "x", "invalid_input", "env: GOATCLAW_SURELY_NOT_SET_ANYWHERE is not set")
     locked.assert_intact()
