@@ -23,13 +23,13 @@ scheduler. The built-in tasks are written against exactly this contract.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from goatclaw.errors import PermissionDenied, TaskError
-from goatclaw.security.permissions import Grant, build_grant
+from goatclaw.security.permissions import Grant, build_grant, model_hosts
 
 __all__ = ["AUDIT_PREFIX", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
 
@@ -228,6 +228,28 @@ class TaskContext:
                 f"list ({where}); a secret goes only to hosts named there",
                 details={"rule": "permissions.network", "where": where}))
         return host
+
+    def require_models(self, models: Sequence[str], api_base: str | None = None, api_key: str | None = None) -> None:
+        """Fail unless ``permissions.network`` allows the host every model of a chain calls.
+
+        The host is ``api_base``, a provider's base-URL variable, or the provider's API host;
+        the key that goes with the call (``api_key``, else a declared ``<PROVIDER>_API_KEY``
+        secret) makes it a request that carries a secret, so that host must be listed.
+        Checked before the first call, also when a cassette or the cache will answer, so a
+        pipeline is allowed the same things offline and live.
+        """
+        for model in models:
+            url = model_hosts(model, api_base)
+            if url is None:
+                if self.grant.network is True:
+                    continue
+                self._denied(PermissionDenied(
+                    f"network: cannot tell which host model '{model}' calls; give api_base: so that "
+                    "permissions.network can be checked", details={"rule": "permissions.network"}))
+            # without api_key, litellm sends the provider's key from the environment (OPENAI_API_KEY, …)
+            provider = model.split("/", 1)[0] if "/" in model else "openai"
+            key = api_key or self.secrets.get(f"{provider.upper()}_API_KEY", "")
+            self.require_network(url, sending=key)
 
     def require_read(self, path: str | Path) -> Path:
         """The real path of ``path`` (workspace-relative) if ``permissions.files.read`` allows it."""

@@ -234,3 +234,31 @@ def test_validate_warns_about_judges_and_repairs_without_a_model(project, write_
     (project / "goatclaw.yaml").write_text("version: 1\nmodel: openai/gpt-4o-mini\n")
     _, problems = goatclaw.check(path)
     assert not [p for p in problems if "needs a model" in p.message]
+
+
+def test_the_engines_own_judge_and_repair_calls_need_the_tasks_network_grant(write_pipeline, srv) -> None:
+    srv.respond = lambda body: Reply(json.dumps({"verdict": "pass", "score": 1, "reason": "ok"}))
+    path = write_pipeline(f"""
+        version: 1
+        name: judged
+        permissions: {{network: ["127.0.0.1"]}}
+        tasks:
+          judged:
+            uses: echo
+            with: {{value: 1}}
+            validate:
+              - judge: The value is one
+                model: openai/gpt-4o-mini
+          repaired:
+            uses: echo
+            with: {{value: 1}}
+            fix: {{mode: repair, model: anthropic/claude-3-5-haiku-latest}}
+            validate:
+              - expr: output.value == 2
+        """)
+    result = goatclaw.run(path)
+    judged, repaired = result.tasks["judged"], result.tasks["repaired"]
+    assert judged.error_class == "permission_denied" and "api.openai.com" in (judged.error or "")
+    assert "permissions.network" in (judged.error or "")
+    assert repaired.error_class == "permission_denied" and "api.anthropic.com" in (repaired.error or "")
+    assert srv.requests == []  # nothing was asked anywhere

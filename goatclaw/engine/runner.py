@@ -793,6 +793,13 @@ class _Runner:
         task_event = self.recorder.task_event
         return lambda topic, **data: task_event(topic, {"task": task.id, "item": index, **data})
 
+    def _llm_context(self, task: Task, index: int | None) -> TaskContext:
+        """A context for the engine's own LLM calls on ``task``'s behalf (judge, repair): its grant and secrets."""
+        assert self.recorder is not None
+        return TaskContext(self.result.run_id, task.id, 1, None, index, self.opts.workspace, self.opts.secrets,
+                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
+                           self.opts.store_path, redactor=self.recorder.redactor)
+
     def _judge(self, task: Task, kwargs: Mapping[str, Any], index: int | None) -> JudgeFn:
         """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
         from goatclaw import llm as room
@@ -806,6 +813,7 @@ class _Runner:
                 output = output.get("text") if output.get("data") is None else output["data"]
             request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
                                    temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
+            self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
             response = await room.complete(request, emit=self._llm_emit(task, index),
                                            secrets=list(self.opts.secrets.values()))
             return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
@@ -860,6 +868,7 @@ class _Runner:
                             error_class="invalid_input")
         request = room.Request(models=(model,), messages=tuple(repair_messages(task.validate, rejected)),
                                temperature=0, output="json", api_base=base, api_key=key)
+        self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
         policy, attempt = task.retry, 1
         backoff = Backoff(policy, self.rng)
         while True:

@@ -56,30 +56,9 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         timeout=_number("timeout", timeout),
         stream=stream is True,
     )
-    _check_hosts(ctx, request.models, request.api_base, request.api_key)
+    ctx.require_models(request.models, request.api_base, request.api_key)
     response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
     return response.as_output()
-
-
-def _check_hosts(ctx: TaskContext, models: tuple[str, ...], api_base: str | None, api_key: str | None) -> None:
-    """Every model of the chain must talk to a host ``permissions.network`` allows (and lists, for a secret key).
-
-    Checked before the first call, also when the answer will come from a cassette or the
-    cache, so that a pipeline is allowed the same things offline and live.
-    """
-    from goatclaw.security.permissions import model_hosts
-
-    for model in models:
-        url = model_hosts(model, api_base)
-        if url is None:
-            if ctx.grant.network is True:
-                continue
-            fail(f"network: cannot tell which host model '{model}' calls; give api_base: so that "
-                 "permissions.network can be checked", error_class="permission_denied")
-        # without api_key, litellm sends the provider's key from the environment (OPENAI_API_KEY, …)
-        provider = model.split("/", 1)[0] if "/" in model else "openai"
-        key = api_key or ctx.secrets.get(f"{provider.upper()}_API_KEY", "")
-        ctx.require_network(url, sending=key)
 
 
 def _models(model: str | list[str] | None, session: Any) -> tuple[str, ...]:
