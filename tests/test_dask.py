@@ -348,3 +348,23 @@ def test_a_missing_dask_install_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.startswith("GoatclawError the dask executor needs Dask distributed")
     assert "pip install 'goatclaw[dask]'" in out
+
+
+def test_rate_limited_builtins_stay_on_the_driver() -> None:
+    """The side-effect limits live on the driver: shell and http stay there while they are limited."""
+    from goatclaw.engine.dask import DaskExecutor
+    from goatclaw.registry import default_registry
+    from goatclaw.security.ratelimit import LIMITS, SideEffectLimits
+
+    executor = DaskExecutor()
+    registry = default_registry()
+    shell, http, echo, llm = (registry.task(n) for n in ("shell", "http", "echo", "llm"))
+    assert executor.runs_remotely(shell, None) and executor.runs_remotely(http, None)
+    assert not executor.runs_remotely(llm, None)
+    token = LIMITS.set(SideEffectLimits({"process": 10}))
+    try:
+        assert not executor.runs_remotely(shell, None)
+        assert executor.runs_remotely(http, None) and executor.runs_remotely(echo, None)
+        assert executor.runs_remotely(shell, "cluster")  # run_on says otherwise: the user's call
+    finally:
+        LIMITS.reset(token)

@@ -53,11 +53,15 @@ from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.errors import GoatclawError, PluginError, TaskError, TaskTimeout
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin, default_registry
+from goatclaw.security.ratelimit import LIMITS
 
-__all__ = ["DRIVER_ONLY", "DaskExecutor"]
+__all__ = ["DRIVER_ONLY", "RATE_LIMITED", "DaskExecutor"]
 
 #: Built-in tasks that stay on the driver unless ``run_on: cluster`` says otherwise.
 DRIVER_ONLY = frozenset({"llm", "memory"})
+#: Built-in tasks that also stay on the driver while the run limits their side effect
+#: (``rate_limits.side_effects``): the sliding windows are the driver's, a worker has none.
+RATE_LIMITED = {"http": "http", "shell": "process"}
 #: How long after its ``timeout`` a worker stops a task on its own (the driver normally asks first).
 REMOTE_GRACE = 1.0
 
@@ -135,10 +139,19 @@ class DaskExecutor(Executor):
     # -- calls -----------------------------------------------------------------------
 
     def runs_remotely(self, plugin: Plugin, run_on: str | None) -> bool:
-        """Whether a call goes to the cluster: ``run_on`` if given, else all but :data:`DRIVER_ONLY` built-ins."""
+        """Whether a call goes to the cluster: ``run_on`` if given, else all but :data:`DRIVER_ONLY` built-ins.
+
+        ``http`` and ``shell`` also stay here while the run rate-limits them, so their limits hold.
+        """
         if run_on is not None:
             return run_on != "local"
-        return not (plugin.package == "goatclaw" and plugin.name in DRIVER_ONLY)
+        if plugin.package != "goatclaw":
+            return True
+        if plugin.name in DRIVER_ONLY:
+            return False
+        kind = RATE_LIMITED.get(plugin.name)
+        limits = LIMITS.get() if kind is not None else None
+        return limits is None or kind not in limits.per_minute
 
     async def call(self, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any], *,
                    run_on: str | None = None) -> Any:
