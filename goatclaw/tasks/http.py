@@ -56,16 +56,30 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
     async def throttle_hop(request: httpx.Request) -> None:  # rate_limits.side_effects, per host
         await ctx.throttle("http", request.url.host)
 
+    attempted: list[httpx.Request] = []  # every hop that went out, answered or not
+    answered: set[int] = set()
+
+    async def note_hop(request: httpx.Request) -> None:
+        attempted.append(request)
+
     async def audit_hop(response: httpx.Response) -> None:  # each hop that got an answer
         request = response.request
+        answered.add(id(request))
         ctx.audit("request.sent", method=request.method, host=request.url.host, url=str(request.url),
                   status=response.status_code)
 
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects,
-                                 event_hooks={"request": [check_hop, throttle_hop],
+                                 event_hooks={"request": [check_hop, throttle_hop, note_hop],
                                               "response": [audit_hop]}) as client:
         request = _build(client, method, url, headers, params, json, body)
-        resp, raw = await _send(client, request, timeout)
+        try:
+            resp, raw = await _send(client, request, timeout)
+        except Exception as exc:  # a hop that went out and got no answer (refused, reset, timed out)
+            for hop in attempted:
+                if id(hop) not in answered:
+                    ctx.audit("request.failed", method=hop.method, host=hop.url.host, url=str(hop.url),
+                              error_class=getattr(exc, "error_class", type(exc).__name__))
+            raise
     if resp.status_code not in expected:
         _fail_status(resp, raw)
     return {"status": resp.status_code, "headers": dict(resp.headers), "body": _parse_body(resp, raw, response),

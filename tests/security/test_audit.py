@@ -311,3 +311,22 @@ def test_row_hash_is_stable_canonical_json() -> None:
     digest = row_hash(1, 1.5, "r", None, "file.written", '{"path": "a"}', GENESIS)
     assert digest == row_hash(1, 1.5, "r", None, "file.written", '{"path": "a"}', GENESIS)
     assert len(digest) == 64 and digest != row_hash(1, 1.5, "r", None, "file.written", '{"path":"a"}', GENESIS)
+
+
+def test_a_request_that_gets_no_answer_is_audited_too(write_pipeline, store_path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_pipeline(f"""
+        version: 1
+        tasks:
+          fetch: {{uses: http, retry: {{attempts: 1}}, with: {{url: "http://127.0.0.1:{port}/x", timeout: 2}}}}
+        """)
+    result = goatclaw.run(path)
+    assert result.tasks["fetch"].error_class == "connection"
+    failed = [r for r in goatclaw.audit_log(store_path, run=result.run_id) if r.action == "request.failed"]
+    assert [(r.data["method"], r.data["url"], r.data["error_class"]) for r in failed] == [
+        ("GET", f"http://127.0.0.1:{port}/x", "connection")]
+    assert goatclaw.verify_audit(store_path).ok
