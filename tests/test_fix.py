@@ -238,21 +238,21 @@ def test_validate_warns_about_judges_and_repairs_without_a_model(project, write_
 
 def test_the_engines_own_judge_and_repair_calls_need_the_tasks_network_grant(write_pipeline, srv) -> None:
     srv.respond = lambda body: Reply(json.dumps({"verdict": "pass", "score": 1, "reason": "ok"}))
-    path = write_pipeline(f"""
+    path = write_pipeline("""
         version: 1
         name: judged
-        permissions: {{network: ["127.0.0.1"]}}
+        permissions: {network: ["127.0.0.1"]}
         tasks:
           judged:
             uses: echo
-            with: {{value: 1}}
+            with: {value: 1}
             validate:
               - judge: The value is one
                 model: openai/gpt-4o-mini
           repaired:
             uses: echo
-            with: {{value: 1}}
-            fix: {{mode: repair, model: anthropic/claude-3-5-haiku-latest}}
+            with: {value: 1}
+            fix: {mode: repair, model: anthropic/claude-3-5-haiku-latest}
             validate:
               - expr: output.value == 2
         """)
