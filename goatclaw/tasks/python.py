@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -66,8 +67,36 @@ def _resolve(ref: str, ctx: TaskContext) -> Callable[..., Any]:
     return obj
 
 
+#: Modules imported from a workspace: name -> (workspace root, the file's mtime then).
+_FROM_WORKSPACE: dict[str, tuple[str, int]] = {}
+
+
+def _stamp(module: Any) -> int:
+    try:
+        return os.stat(module.__file__).st_mtime_ns
+    except (OSError, TypeError):
+        return 0
+
+
+def _forget_if_stale(module_name: str, root: str) -> None:
+    """Drop a module imported from another workspace, or from a file changed since (``goatclaw watch``)."""
+    known = _FROM_WORKSPACE.get(module_name)
+    module = sys.modules.get(module_name)
+    if known is None or module is None:
+        return
+    if known[0] != root or known[1] != _stamp(module):
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]
+        del _FROM_WORKSPACE[module_name]
+
+
 def _import(module_name: str, workspace: Path, ref: str) -> Any:
-    """Import a module, looking in the workspace too if it is not found on ``sys.path``."""
+    """Import a module, looking in the workspace too if it is not found on ``sys.path``.
+
+    A module imported from a workspace is imported again when another workspace asks for
+    a module of that name, or when its file changed since.
+    """
+    _forget_if_stale(module_name, str(workspace.resolve()))
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -79,7 +108,9 @@ def _import(module_name: str, workspace: Path, ref: str) -> Any:
     with _SYS_PATH_LOCK:
         sys.path.insert(0, root)
         try:
-            return importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
+            _FROM_WORKSPACE[module_name] = (root, _stamp(module))
+            return module
         except ModuleNotFoundError as exc:
             if _is_the_module(exc, module_name):
                 fail(f"function '{ref}': no module named '{module_name}' (looked on sys.path and in the "

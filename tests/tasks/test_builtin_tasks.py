@@ -228,6 +228,27 @@ def test_python_finds_workspace_modules_and_awaits_async_functions(ctx: TaskCont
     assert str(ctx.workspace.resolve()) not in sys.path  # only put there for the import
 
 
+def test_python_modules_of_one_name_in_two_workspaces_and_an_edited_module(tmp_path: Path) -> None:
+    import os
+
+    name = f"gc_same_{uuid.uuid4().hex[:8]}"
+    contexts = []
+    for n in (1, 2):
+        ws = tmp_path / f"ws{n}"
+        ws.mkdir()
+        (ws / f"{name}.py").write_text(f"def which():\n    return {n}\n")
+        contexts.append(TaskContext(run_id="r", task_id="t", workspace=ws, permissions=Grant.everything(ws)))
+    first, second = contexts
+    assert run(python(first, function=f"{name}:which")) == 1
+    assert run(python(second, function=f"{name}:which")) == 2  # its own module, not the first one's
+    assert run(python(first, function=f"{name}:which")) == 1
+    source = first.workspace / f"{name}.py"
+    source.write_text("def which():\n    return 'edited'\n")
+    later = source.stat().st_mtime_ns + 2_000_000_000  # a later second, as an editor's save would be
+    os.utime(source, ns=(later, later))
+    assert run(python(first, function=f"{name}:which")) == "edited"  # goatclaw watch sees the new code
+
+
 def test_python_bad_references_are_invalid_input(ctx: TaskContext) -> None:
     assert "module:name" in fails(lambda: python(ctx, function="json.dumps"), "invalid_input").message
     assert "no attribute" in fails(lambda: python(ctx, function="json:nope"), "invalid_input").message
