@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw.engine.breaker import Breakers, breaker_key
+from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.guard import Guard
 from goatclaw.engine.inputs import InputGlobs
@@ -31,10 +32,9 @@ from goatclaw.engine.metrics import critical_path
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
-from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
+from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, to_json
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
-from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import PluginSpec, TaskContext
@@ -43,8 +43,6 @@ from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
-from goatclaw.validation import JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, judge_messages, judge_verdict
-from goatclaw.validation import failure as validation_failure
 
 __all__ = ["RunOptions", "execute"]
 
@@ -87,7 +85,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
 
 
-class _Runner:
+class _Runner(OutputChecks):
     """The one mutable object of a run: task results, the ready heap, the workers."""
 
     def __init__(self, plan: Plan, options: RunOptions) -> None:
@@ -338,7 +336,7 @@ class _Runner:
             res = self.result.tasks.get(tid)
             if res is None or tid in self.seeded or tid not in self.pipeline.tasks:
                 continue
-            res.status, res.output, res.output_json = TaskState.SUCCEEDED, output, _to_json(output)
+            res.status, res.output, res.output_json = TaskState.SUCCEEDED, output, to_json(output)
             res.started_at = res.finished_at = now
             if self.pipeline.tasks[tid].foreach is not None and isinstance(output, list):
                 res.items = len(output)
@@ -737,7 +735,7 @@ class _Runner:
             result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
         elif task.timeout is None and self.inline_async and plugin.is_async:
             output = await plugin.fn(ctx, **kwargs)  # the common case, one coroutine layer less
-            result = output, _to_json(output)
+            result = output, to_json(output)
         else:
             result = await self._call(task, plugin, ctx, kwargs)
         self._check_size(result[1])
@@ -773,121 +771,6 @@ class _Runner:
                                                                  "rule": "trust", "message": flows[0].message})
             raise PermissionDenied(flows[0].message, details={"rule": "trust", "field": flows[0].field})
 
-    async def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None,
-                            kwargs: Mapping[str, Any]) -> None:
-        """Judge ``output`` by the task's ``validate:`` rules (judge rules last); every verdict is an event."""
-        assert self.recorder is not None
-        base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
-        judge = self._judge(task, kwargs, index) if any(r.kind == "judge" for r in task.validate) else None
-        verdicts = await acheck_output(task.validate, output, context, base=base,
-                                       validator=lambda name: self.registry.validator(name).fn, judge=judge)
-        for verdict in verdicts:
-            self.recorder.event("task.rule", task.id, {"item": index, **verdict.to_dict()})
-        error = validation_failure(verdicts, output)
-        if error is not None:
-            raise error
-
-    def _llm_emit(self, task: Task, index: int | None) -> Callable[..., None]:
-        """``emit`` for the engine's own LLM calls (judge, repair): ``llm.call`` events count their cost."""
-        assert self.recorder is not None
-        task_event = self.recorder.task_event
-        return lambda topic, **data: task_event(topic, {"task": task.id, "item": index, **data})
-
-    def _llm_context(self, task: Task, index: int | None) -> TaskContext:
-        """A context for the engine's own LLM calls on ``task``'s behalf (judge, repair): its grant and secrets."""
-        assert self.recorder is not None
-        return TaskContext(self.result.run_id, task.id, 1, None, index, self.opts.workspace, self.opts.secrets,
-                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor)
-
-    def _judge(self, task: Task, kwargs: Mapping[str, Any], index: int | None) -> JudgeFn:
-        """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
-        from goatclaw import llm as room
-
-        async def judge(rule: Any, criterion: str, output: Any) -> tuple[bool | None, str]:
-            model, base, key = fix_llm(task, kwargs, rule.options.get("model"), room.session().model)
-            if not model:
-                raise TaskError("a judge rule needs a model: give it model:, or set model: in goatclaw.yaml",
-                                error_class="invalid_input")
-            if task.uses == "llm" and isinstance(output, Mapping):  # the answer, not its cost, latency or source
-                output = output.get("text") if output.get("data") is None else output["data"]
-            request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
-                                   temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
-            self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
-            response = await room.complete(request, emit=self._llm_emit(task, index),
-                                           secrets=list(self.opts.secrets.values()))
-            return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
-
-        return judge
-
-    async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
-                        index: int | None) -> tuple[Any, str]:
-        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries)."""
-        assert task.fix is not None and self.recorder is not None
-        compiled = self._inputs(task)
-        try:
-            return await self._run_attempts(task, plugin, res, context, index, compiled)
-        except Rejected as exc:
-            rejected = exc
-        mode = task.fix.mode if task.fix.mode in ("feedback", "repair", "rerun") else "feedback"
-        if mode == "feedback" and task.uses != "llm":
-            mode = "repair"  # only an llm task can take feedback; any output can be repaired
-        for n in range(1, task.fix.attempts + 1):
-            res.fixes = max(res.fixes, n)
-            data: dict[str, Any] = {"item": index, "attempt": n, "mode": mode, "rejected": rejected.message}
-            try:
-                if mode == "repair":
-                    output = await self._repair(task, res, context, index, rejected)
-                    result = output, _to_json(output)
-                else:
-                    use = FeedbackInputs(compiled, rejected) if mode == "feedback" else compiled
-                    result = await self._run_attempts(task, plugin, res, context, index, use)
-            except Rejected as again:
-                self.recorder.event("task.fix", task.id, {**data, "passed": False, "diff": diff(rejected.output,
-                                                                                                 again.output)})
-                rejected = again
-                continue
-            self.recorder.event("task.fix", task.id, {**data, "passed": True, "diff": diff(rejected.output, result[0])})
-            return result
-        raise Rejected(f"{rejected.message} (still rejected after {task.fix.attempts} fix attempts)", rejected.output,
-                       rejected.verdicts)
-
-    async def _repair(self, task: Task, res: TaskResult, context: Mapping[str, Any], index: int | None,
-                      rejected: Rejected) -> Any:
-        """Ask an LLM to rewrite a rejected output (under the task's retry policy), then check every rule."""
-        from goatclaw import llm as room
-
-        assert task.fix is not None and self.recorder is not None
-        try:
-            kwargs = self._inputs(task).render(context)
-        except TemplateError:
-            kwargs = {}
-        model, base, key = fix_llm(task, kwargs, task.fix.model, room.session().model)
-        if not model:
-            raise TaskError("fix: {mode: repair} needs a model: give fix.model, or set model: in goatclaw.yaml",
-                            error_class="invalid_input")
-        request = room.Request(models=(model,), messages=tuple(repair_messages(task.validate, rejected)),
-                               temperature=0, output="json", api_base=base, api_key=key)
-        self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
-        policy, attempt = task.retry, 1
-        backoff = Backoff(policy, self.rng)
-        while True:
-            try:
-                response = await room.complete(request, emit=self._llm_emit(task, index),
-                                               secrets=list(self.opts.secrets.values()))
-                break
-            except TaskError as err:
-                if attempt >= policy.attempts or not should_retry(policy, err.error_class):
-                    raise
-                delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
-                self.recorder.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(
-                    delay, 3), "error_class": err.error_class, "error": err.message, "fix": True})
-                await self.opts.sleep(delay)
-                attempt += 1
-                res.attempts = max(res.attempts, attempt)
-        await self._check_output(task, response.data, context, index, kwargs)
-        return response.data
-
     async def _guarded(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any],
                        policy: BreakerPolicy) -> tuple[Any, str]:
         """A call behind the task's circuit breaker."""
@@ -919,7 +802,7 @@ class _Runner:
                     output = await call
             except TimeoutError:
                 raise TaskTimeout(f"timed out after {task.timeout:g}s") from None
-        return output, _to_json(output)
+        return output, to_json(output)
 
 
 class _TaskViews(Mapping[str, Any]):
@@ -941,7 +824,6 @@ class _TaskViews(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=lambda v: dict(v) if isinstance(
     v, Mapping) else sorted(v, key=repr) if isinstance(v, (frozenset, set)) else str(v))
 
@@ -953,14 +835,6 @@ def _may_cache(task: Task, plugin: Plugin) -> bool:
     files its result follows (``inputs:``), whose contents then join the key (docs/watch.md).
     """
     return plugin.spec.cacheable or (task.cache.requested and bool(task.inputs))
-
-
-def _to_json(output: Any) -> str:
-    """Outputs are stored and read by later tasks: they must be finite JSON. Returns the text."""
-    try:
-        return _ENCODER.encode(output)
-    except (TypeError, ValueError) as exc:
-        raise TaskError(f"output is not JSON-serialisable: {exc}", error_class="invalid_output") from None
 
 
 def _as_task_error(exc: BaseException, task: Task) -> TaskError:

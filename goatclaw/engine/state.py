@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunResult", "RunStatus", "TaskResult", "TaskState"]
+from goatclaw.errors import TaskError
+
+__all__ = ["RunResult", "RunStatus", "TaskResult", "TaskState", "to_json"]
 
 
 class TaskState(str, enum.Enum):
@@ -146,3 +149,14 @@ class RunResult:
                 for tid, t in self.tasks.items()
             },
         }
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
+def to_json(output: Any) -> str:
+    """Outputs are stored and read by later tasks: they must be finite JSON. Returns the text."""
+    try:
+        return _ENCODER.encode(output)
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"output is not JSON-serialisable: {exc}", error_class="invalid_output") from None

@@ -1,0 +1,159 @@
+"""Checking a task's output and fixing what its rules reject: the runner's validation stage.
+
+:class:`OutputChecks` is the part of the runner that judges an output by the task's
+``validate:`` rules (a ``judge`` rule asks an LLM) and, with ``fix:``, runs the fix loop:
+``feedback`` re-asks an ``llm`` task with the failed rules, ``repair`` asks an LLM to
+rewrite the output, ``rerun`` runs the task again. The engine's own LLM calls here are
+made on the task's behalf: its network grant, its secrets, its ``llm.call`` events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from goatclaw.engine.guard import Guard
+from goatclaw.engine.recorder import Recorder
+from goatclaw.engine.retry import Backoff, should_retry
+from goatclaw.engine.state import RunResult, TaskResult, to_json
+from goatclaw.errors import TaskError, TemplateError
+from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
+from goatclaw.plugin import TaskContext
+from goatclaw.registry import Plugin, Registry
+from goatclaw.spec.model import Pipeline, Task
+from goatclaw.validation import JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, judge_messages, judge_verdict
+from goatclaw.validation import failure as validation_failure
+
+__all__ = ["OutputChecks"]
+
+
+class OutputChecks:
+    """Validation and the fix loop, mixed into the runner.
+
+    The runner provides what is declared here, and ``_inputs(task)`` (the compiled
+    ``with:``) and ``_run_attempts(...)`` (a task's attempts under its retry policy).
+    """
+
+    recorder: Recorder | None
+    pipeline: Pipeline
+    opts: Any  # RunOptions
+    registry: Registry
+    guard: Guard
+    result: RunResult
+    rng: random.Random
+
+    async def _check_output(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None,
+                            kwargs: Mapping[str, Any]) -> None:
+        """Judge ``output`` by the task's ``validate:`` rules (judge rules last); every verdict is an event."""
+        assert self.recorder is not None
+        base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
+        judge = self._judge(task, kwargs, index) if any(r.kind == "judge" for r in task.validate) else None
+        verdicts = await acheck_output(task.validate, output, context, base=base,
+                                       validator=lambda name: self.registry.validator(name).fn, judge=judge)
+        for verdict in verdicts:
+            self.recorder.event("task.rule", task.id, {"item": index, **verdict.to_dict()})
+        error = validation_failure(verdicts, output)
+        if error is not None:
+            raise error
+
+    def _llm_emit(self, task: Task, index: int | None) -> Callable[..., None]:
+        """``emit`` for the engine's own LLM calls (judge, repair): ``llm.call`` events count their cost."""
+        assert self.recorder is not None
+        task_event = self.recorder.task_event
+        return lambda topic, **data: task_event(topic, {"task": task.id, "item": index, **data})
+
+    def _llm_context(self, task: Task, index: int | None) -> TaskContext:
+        """A context for the engine's own LLM calls on ``task``'s behalf (judge, repair): its grant and secrets."""
+        assert self.recorder is not None
+        return TaskContext(self.result.run_id, task.id, 1, None, index, self.opts.workspace, self.opts.secrets,
+                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
+                           self.opts.store_path, redactor=self.recorder.redactor)
+
+    def _judge(self, task: Task, kwargs: Mapping[str, Any], index: int | None) -> JudgeFn:
+        """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
+        from goatclaw import llm as room
+
+        async def judge(rule: Any, criterion: str, output: Any) -> tuple[bool | None, str]:
+            model, base, key = fix_llm(task, kwargs, rule.options.get("model"), room.session().model)
+            if not model:
+                raise TaskError("a judge rule needs a model: give it model:, or set model: in goatclaw.yaml",
+                                error_class="invalid_input")
+            if task.uses == "llm" and isinstance(output, Mapping):  # the answer, not its cost, latency or source
+                output = output.get("text") if output.get("data") is None else output["data"]
+            request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
+                                   temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
+            self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
+            response = await room.complete(request, emit=self._llm_emit(task, index),
+                                           secrets=list(self.opts.secrets.values()))
+            return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
+
+        return judge
+
+    async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                        index: int | None) -> tuple[Any, str]:
+        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries)."""
+        assert task.fix is not None and self.recorder is not None
+        compiled = self._inputs(task)
+        try:
+            return await self._run_attempts(task, plugin, res, context, index, compiled)
+        except Rejected as exc:
+            rejected = exc
+        mode = task.fix.mode if task.fix.mode in ("feedback", "repair", "rerun") else "feedback"
+        if mode == "feedback" and task.uses != "llm":
+            mode = "repair"  # only an llm task can take feedback; any output can be repaired
+        for n in range(1, task.fix.attempts + 1):
+            res.fixes = max(res.fixes, n)
+            data: dict[str, Any] = {"item": index, "attempt": n, "mode": mode, "rejected": rejected.message}
+            try:
+                if mode == "repair":
+                    output = await self._repair(task, res, context, index, rejected)
+                    result = output, to_json(output)
+                else:
+                    use = FeedbackInputs(compiled, rejected) if mode == "feedback" else compiled
+                    result = await self._run_attempts(task, plugin, res, context, index, use)
+            except Rejected as again:
+                self.recorder.event("task.fix", task.id, {**data, "passed": False, "diff": diff(rejected.output,
+                                                                                                 again.output)})
+                rejected = again
+                continue
+            self.recorder.event("task.fix", task.id, {**data, "passed": True, "diff": diff(rejected.output, result[0])})
+            return result
+        raise Rejected(f"{rejected.message} (still rejected after {task.fix.attempts} fix attempts)", rejected.output,
+                       rejected.verdicts)
+
+    async def _repair(self, task: Task, res: TaskResult, context: Mapping[str, Any], index: int | None,
+                      rejected: Rejected) -> Any:
+        """Ask an LLM to rewrite a rejected output (under the task's retry policy), then check every rule."""
+        from goatclaw import llm as room
+
+        assert task.fix is not None and self.recorder is not None
+        try:
+            kwargs = self._inputs(task).render(context)
+        except TemplateError:
+            kwargs = {}
+        model, base, key = fix_llm(task, kwargs, task.fix.model, room.session().model)
+        if not model:
+            raise TaskError("fix: {mode: repair} needs a model: give fix.model, or set model: in goatclaw.yaml",
+                            error_class="invalid_input")
+        request = room.Request(models=(model,), messages=tuple(repair_messages(task.validate, rejected)),
+                               temperature=0, output="json", api_base=base, api_key=key)
+        self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
+        policy, attempt = task.retry, 1
+        backoff = Backoff(policy, self.rng)
+        while True:
+            try:
+                response = await room.complete(request, emit=self._llm_emit(task, index),
+                                               secrets=list(self.opts.secrets.values()))
+                break
+            except TaskError as err:
+                if attempt >= policy.attempts or not should_retry(policy, err.error_class):
+                    raise
+                delay = backoff.next_delay(attempt, err.error_class, err.retry_after)
+                self.recorder.event("task.retrying", task.id, {"attempt": attempt, "item": index, "delay": round(
+                    delay, 3), "error_class": err.error_class, "error": err.message, "fix": True})
+                await self.opts.sleep(delay)
+                attempt += 1
+                res.attempts = max(res.attempts, attempt)
+        await self._check_output(task, response.data, context, index, kwargs)
+        return response.data
