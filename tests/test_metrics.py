@@ -91,7 +91,9 @@ def test_stats_per_plugin_with_llm_tokens_and_cost(write_pipeline: Callable[...,
 def test_shell_tasks_report_cpu_and_peak_memory(write_pipeline: Callable[..., Path], store_path: Path) -> None:
     import sys
 
-    burn = "x = bytearray(80_000_000); x[::4096] = b'1' * len(x[::4096]); s = sum(range(4_000_000))"
+    # 80 MB touched page by page, then held for a few samples (memory is sampled every 100 ms at most)
+    burn = ("import time; x = bytearray(80_000_000); x[::4096] = b'1' * len(x[::4096]); "
+            "s = sum(range(4_000_000)); time.sleep(0.35)")
     path = write_pipeline(f"""
         version: 1
         name: heavy

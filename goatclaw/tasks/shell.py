@@ -24,8 +24,9 @@ Each run emits a ``task.resources`` event, which ``goatclaw stats`` and ``runs s
 report: ``cpu_user_s`` and ``cpu_system_s`` are exact (the command is reaped with
 ``wait4``: its own CPU time and that of the descendants it waited for); ``max_rss_mb``
 is the peak resident memory of the command's main process after it started (Linux
-``VmHWM``, sampled from 5 ms up to every 100 ms while it runs, so it is ``None`` for a
-command that ends before the first sample). ``wait4``'s own peak is not used: Linux
+``VmHWM``, sampled from 5 ms up to every 100 ms while it runs: ``None`` for a command
+that ends before the first sample, and a peak reached in the last moments before the
+exit can be missed). ``wait4``'s own peak is not used: Linux
 counts the memory of the goatclaw process that forked the command in it.
 """
 
