@@ -218,7 +218,7 @@ def validate(
     fmt: Annotated[ProblemFormat, typer.Option("--format", "-f", help="text, github or json.")] = ProblemFormat.text,
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
 ) -> None:
-    """Check pipeline files (and ``*.test.yaml`` pipeline tests) without running anything; problems at file:line:col."""
+    """Check pipeline files (and *.test.yaml pipeline tests) without running anything; problems at file:line:col."""
     import goatclaw
     from goatclaw.cli.render import print_problems
 
