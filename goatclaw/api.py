@@ -172,8 +172,9 @@ async def arun(
     names another cassette file than the pipeline's own.
 
     ``max_cost`` caps what the run's LLM calls may spend in dollars (the lower of it and
-    the pipeline's ``budget:``): a call that cannot be afforded fails with class ``budget``.
-    ``stubs`` gives the outputs of tasks that then do not run (``goatclaw test``).
+    the pipeline's ``budget:``): a call that cannot be afforded fails with class ``budget``,
+    and a run whose calls still cost more in the end (their estimates were low) is failed,
+    in the store too. ``stubs`` gives the outputs of tasks that then do not run (``goatclaw test``).
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -216,9 +217,20 @@ async def arun(
         finally:
             if tracer is not None:
                 tracer.close()
+    if max_cost is not None and result.ok and session.spent_usd > max_cost:
+        _overspent(result, session.spent_usd, max_cost, store_path)
     if store_path is not None:
         await _remember(result, pipeline, project, options.secrets)
     return result
+
+
+def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Path | None) -> None:
+    """A run whose calls cost more than ``max_cost`` (estimates let them through) fails, in the store too."""
+    result.status = RunStatus.FAILED
+    result.error = f"the run cost ${spent:.6f}, over max_cost ${max_cost:g}"
+    if store_path is not None:
+        with Store.open(store_path) as db:
+            db.fail_run(result.run_id, result.error)
 
 
 def _executor(given: Executor | str | None, address: str | None, project: Project) -> Executor | None:

@@ -316,7 +316,8 @@ def _run_problem(report: RunReport) -> str | None:
     """Why the run failed when no task's failure says it (or that it went over ``--max-cost``)."""
     run = report.run
     parts = []
-    if run.status in ("failed", "cancelled") and run.error and not any(t.outcome == "failed" for t in report.tasks):
+    if run.status in ("failed", "cancelled") and run.error and not any(t.outcome == "failed" for t in report.tasks) \
+            and not report.over_budget:  # over --max-cost is said below, once
         parts.append(f"run {run.status}: {run.error}")
     if report.over_budget:
         parts.append(_over_budget(report))

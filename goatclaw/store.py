@@ -390,6 +390,11 @@ class Store:
             if run is not None:
                 db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
 
+    def fail_run(self, run_id: str, error: str) -> None:
+        """Mark a finished run as failed after the fact (it went over ``max_cost``)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'failed', error = ? WHERE id = ?", (error, run_id))
+
     def append_audit(self, rows: Sequence[tuple[Any, ...]], seal: AuditSeal) -> None:
         """Append ``(ts, run_id, task_id, action, detail_json)`` rows to the audit chain (own transaction)."""
         with self.transaction() as db:

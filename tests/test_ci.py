@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from goatclaw import reports
 from goatclaw.cli.app import app
 from goatclaw.errors import GoatclawError
+from goatclaw.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 XSD = xmlschema.XMLSchema(FIXTURES / "junit" / "junit.xsd")
@@ -382,6 +383,10 @@ def test_max_cost_fails_a_run_that_spent_more_than_it_estimated(write_pipeline: 
     assert cases["first"].is_passed
     assert cases["(run)"].result[0].type == "budget"
     assert "over --max-cost" in cases["(run)"].result[0].message
+    assert cases["(run)"].result[0].message.count("over") == 1  # said once
+    with Store.open(project / ".goatclaw" / "goatclaw.db") as db:
+        (run,) = db.runs()
+    assert run.status == "failed" and "over max_cost $2e-06" in (run.error or "")  # the store agrees with CI
 
 
 @pytest.mark.slow
