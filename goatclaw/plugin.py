@@ -173,7 +173,7 @@ class TaskContext:
     async def throttle(self, kind: str, key: str | None = None) -> float:
         """Wait while the project's side-effect rate limit for ``kind`` is reached; the seconds waited.
 
-        ``kind`` is ``http`` (``key``: the host) or ``process`` (see ``rate_limits.side_effects``
+        ``kind`` is ``http`` (``key``: the host), ``process`` or ``file`` (see ``rate_limits.side_effects``
         in goatclaw.yaml). Waiting is not failing: the task goes on once the sliding window
         has room; a ``ratelimit.wait`` event, sent when it starts waiting, says for how long.
         """
@@ -189,6 +189,21 @@ class TaskContext:
         self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
                   per_seconds=window.window)
         return await window.acquire()
+
+    def throttle_blocking(self, kind: str, key: str | None = None) -> float:
+        """:meth:`throttle` for a blocking plugin (it runs in a thread): sleep while the limit is reached."""
+        from goatclaw.security.ratelimit import LIMITS
+
+        limits = LIMITS.get()
+        window = None if limits is None else limits.window_for(kind, key)
+        if window is None:
+            return 0.0
+        wait = window.try_acquire()
+        if wait <= 0:
+            return 0.0
+        self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
+                  per_seconds=window.window)
+        return window.acquire_blocking()
 
     def emit(self, topic: str, **data: Any) -> None:
         """Publish an event for this task (stored in the run's event log)."""

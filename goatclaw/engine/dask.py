@@ -61,7 +61,7 @@ __all__ = ["DRIVER_ONLY", "RATE_LIMITED", "DaskExecutor"]
 DRIVER_ONLY = frozenset({"llm", "memory"})
 #: Built-in tasks that also stay on the driver while the run limits their side effect
 #: (``rate_limits.side_effects``): the sliding windows are the driver's, a worker has none.
-RATE_LIMITED = {"http": "http", "shell": "process"}
+RATE_LIMITED = {"http": "http", "shell": "process", "file.write": "file"}
 #: How long after its ``timeout`` a worker stops a task on its own (the driver normally asks first).
 REMOTE_GRACE = 1.0
 

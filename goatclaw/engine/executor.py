@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import os
 import resource
@@ -98,6 +99,7 @@ async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> An
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()  # the run's settings (rate limits, LLM session) go with the call
 
     def settle(ok: bool, value: Any) -> None:
         if not future.done():
@@ -105,7 +107,7 @@ async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> An
 
     def work() -> None:
         try:
-            result = fn(ctx, **kwargs)
+            result = context.run(fn, ctx, **kwargs)
         except BaseException as exc:  # handed to the awaiting task, which maps it
             ok, value = False, exc
         else:

@@ -32,7 +32,7 @@ from typing import Any
 __all__ = ["KINDS", "LIMITS", "SideEffectLimits", "SlidingWindow", "shared_window"]
 
 #: ``rate_limits.side_effects`` settings and the kind of side effect each limits.
-KINDS = {"http_per_host_per_minute": "http", "processes_per_minute": "process"}
+KINDS = {"http_per_host_per_minute": "http", "processes_per_minute": "process", "file_writes_per_minute": "file"}
 
 
 class SlidingWindow:
@@ -109,7 +109,7 @@ def shared_window(name: str, limit: int | None, weight_limit: int | None = None,
 
 @dataclass(frozen=True)
 class SideEffectLimits:
-    """Per-minute limits on side effects by kind (``http`` per host, ``process``)."""
+    """Per-minute limits on side effects by kind (``http`` per host, ``process``, ``file`` writes)."""
 
     per_minute: Mapping[str, int] = field(default_factory=dict)
     window: float = 60.0

@@ -56,6 +56,7 @@ def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", 
     _prepare_parent(target, path, mkdir)
     if target.is_dir():
         fail(f"cannot write '{path}': it is a directory", error_class="invalid_input")
+    ctx.throttle_blocking("file")  # rate_limits.side_effects.file_writes_per_minute: wait, never fail
     try:
         if mode == "append":
             with target.open("ab") as fh:

@@ -92,3 +92,34 @@ def test_the_projects_limits_reach_the_tasks_of_a_run(project: Path, write_pipel
         waits = [e for e in db.events(result.run_id) if e["topic"] == "ratelimit.wait"]
     assert len(waits) == 1 and waits[0]["task"] == "e" and waits[0]["data"]["limit"] == 4
     assert 55 < waits[0]["data"]["wait"] <= 60 and waits[0]["data"]["per_seconds"] == 60
+
+
+def test_file_writes_wait_for_their_limit_in_the_thread_they_run_in(tmp_path: Path) -> None:
+    """file.write is a blocking plugin: it runs in a thread that gets the run's limits (context variables)."""
+    from goatclaw.engine.executor import LocalExecutor
+    from goatclaw.registry import default_registry
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    write = default_registry().task("file.write")
+
+    async def main() -> list[float]:
+        token = LIMITS.set(SideEffectLimits({"file": 2}, window=0.5))
+        executor = LocalExecutor()
+        began = time.monotonic()
+        try:
+            async def one(i: int) -> float:
+                ctx = TaskContext("run", f"w{i}", workspace=tmp_path, permissions=_everything(tmp_path),
+                                  _emit=lambda topic, data: events.append((topic, data)))
+                await executor.call(write, ctx, {"path": f"out/{i}.txt", "content": str(i)})
+                return time.monotonic() - began
+
+            return sorted(await asyncio.gather(*(one(i) for i in range(3))))
+        finally:
+            LIMITS.reset(token)
+            await executor.close()
+
+    times = asyncio.run(main())
+    assert times[1] < 0.4 and 0.45 <= times[2] < 1.5, times
+    waits = [d for topic, d in events if topic == "ratelimit.wait"]
+    assert len(waits) == 1 and waits[0]["kind"] == "file" and waits[0]["limit"] == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.txt", "1.txt", "2.txt"]
