@@ -177,33 +177,28 @@ class TaskContext:
         in goatclaw.yaml). Waiting is not failing: the task goes on once the sliding window
         has room; a ``ratelimit.wait`` event, sent when it starts waiting, says for how long.
         """
-        from goatclaw.security.ratelimit import LIMITS
-
-        limits = LIMITS.get()
-        window = None if limits is None else limits.window_for(kind, key)
-        if window is None:
-            return 0.0
-        wait = window.try_acquire()
-        if wait <= 0:
-            return 0.0
-        self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
-                  per_seconds=window.window)
-        return await window.acquire()
+        window = self._over_limit(kind, key)
+        return 0.0 if window is None else await window.acquire()
 
     def throttle_blocking(self, kind: str, key: str | None = None) -> float:
         """:meth:`throttle` for a blocking plugin (it runs in a thread): sleep while the limit is reached."""
+        window = self._over_limit(kind, key)
+        return 0.0 if window is None else window.acquire_blocking()
+
+    def _over_limit(self, kind: str, key: str | None) -> Any:
+        """Take a place in ``kind``'s window if it has room (``None``); else say so and return the window to wait on."""
         from goatclaw.security.ratelimit import LIMITS
 
         limits = LIMITS.get()
         window = None if limits is None else limits.window_for(kind, key)
         if window is None:
-            return 0.0
+            return None
         wait = window.try_acquire()
         if wait <= 0:
-            return 0.0
+            return None
         self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
                   per_seconds=window.window)
-        return window.acquire_blocking()
+        return window
 
     def emit(self, topic: str, **data: Any) -> None:
         """Publish an event for this task (stored in the run's event log)."""
