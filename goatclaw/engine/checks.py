@@ -19,7 +19,6 @@ from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.state import RunResult, TaskResult, to_json
 from goatclaw.errors import TaskError, TemplateError
 from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
-from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
 from goatclaw.validation import JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, judge_messages, judge_verdict
@@ -32,7 +31,8 @@ class OutputChecks:
     """Validation and the fix loop, mixed into the runner.
 
     The runner provides what is declared here, and ``_inputs(task)`` (the compiled
-    ``with:``) and ``_run_attempts(...)`` (a task's attempts under its retry policy).
+    ``with:``), ``_run_attempts(...)`` (a task's attempts under its retry policy) and
+    ``_task_context(...)`` (the context the engine's own LLM calls are checked against).
     """
 
     recorder: Recorder | None
@@ -63,13 +63,6 @@ class OutputChecks:
         task_event = self.recorder.task_event
         return lambda topic, **data: task_event(topic, {"task": task.id, "item": index, **data})
 
-    def _llm_context(self, task: Task, index: int | None) -> TaskContext:
-        """A context for the engine's own LLM calls on ``task``'s behalf (judge, repair): its grant and secrets."""
-        assert self.recorder is not None
-        return TaskContext(self.result.run_id, task.id, 1, None, index, self.opts.workspace, self.opts.secrets,
-                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor)
-
     def _judge(self, task: Task, kwargs: Mapping[str, Any], index: int | None) -> JudgeFn:
         """How this task's judge rules ask their LLM (provider errors are the task's, and retried)."""
         from goatclaw import llm as room
@@ -83,7 +76,7 @@ class OutputChecks:
                 output = output.get("text") if output.get("data") is None else output["data"]
             request = room.Request(models=(model,), messages=tuple(judge_messages(criterion, output)),
                                    temperature=0, output="json", schema=JUDGE_SCHEMA, api_base=base, api_key=key)
-            self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
+            self._task_context(task, 1, None, index).require_models(request.models, base, key)  # its network grant
             response = await room.complete(request, emit=self._llm_emit(task, index),
                                            secrets=list(self.opts.secrets.values()))
             return judge_verdict(response.data, float(rule.options.get("threshold", 0.5)))
@@ -138,7 +131,7 @@ class OutputChecks:
                             error_class="invalid_input")
         request = room.Request(models=(model,), messages=tuple(repair_messages(task.validate, rejected)),
                                temperature=0, output="json", api_base=base, api_key=key)
-        self._llm_context(task, index).require_models(request.models, base, key)  # the task's network grant
+        self._task_context(task, 1, None, index).require_models(request.models, base, key)  # the task's network grant
         policy, attempt = task.retry, 1
         backoff = Backoff(policy, self.rng)
         while True:

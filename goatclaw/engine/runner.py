@@ -728,9 +728,7 @@ class _Runner(OutputChecks):
         assert self.recorder is not None and self.sentry is not None
         if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
             self.sentry.secrets_read(task.id, index, self.secret_reads.taken())
-        ctx = TaskContext(self.result.run_id, task.id, attempt, context.get("item") if index is not None else None,
-                          index, self.opts.workspace, self.opts.secrets, task.env, task.timeout, self.guard.grant(task),
-                          self.recorder.task_event, self.opts.store_path, redactor=self.recorder.redactor)
+        ctx = self._task_context(task, attempt, context.get("item") if index is not None else None, index)
         if task.breaker is not None:
             result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
         elif task.timeout is None and self.inline_async and plugin.is_async:
@@ -742,6 +740,13 @@ class _Runner(OutputChecks):
         if task.validate:
             await self._check_output(task, result[0], context, index, kwargs)
         return result
+
+    def _task_context(self, task: Task, attempt: int, item: Any, index: int | None) -> TaskContext:
+        """What a plugin (or the engine on the task's behalf) gets: the task's grant, secrets and event channel."""
+        assert self.recorder is not None
+        return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
+                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
+                           self.opts.store_path, redactor=self.recorder.redactor)
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
