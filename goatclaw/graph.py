@@ -36,18 +36,21 @@ JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "names
 class Dag:
     """A directed graph as plain tables: nodes in file order, successors and predecessors."""
 
-    __slots__ = ("_ancestors", "pred", "succ")
+    __slots__ = ("_ancestors", "_levels", "pred", "succ")
 
     def __init__(self, nodes: Iterable[str]) -> None:
         self.succ: dict[str, list[str]] = {n: [] for n in nodes}
         self.pred: dict[str, list[str]] = {n: [] for n in self.succ}
         self._ancestors: dict[str, frozenset[str]] = {}
+        self._levels: list[list[str]] | bool | None = False  # False: not computed yet
 
     def add_edge(self, src: str, dst: str) -> None:
         """``src`` must finish before ``dst`` (a repeated edge is kept once)."""
         if dst not in self.succ[src]:
             self.succ[src].append(dst)
             self.pred[dst].append(src)
+            self._levels = False
+            self._ancestors.clear()
 
     def __contains__(self, node: object) -> bool:
         return node in self.succ
@@ -65,7 +68,12 @@ class Dag:
         return self.succ[node]
 
     def generations(self) -> list[list[str]] | None:
-        """Kahn's algorithm: the nodes level by level, or ``None`` when there is a cycle."""
+        """Kahn's algorithm: the nodes level by level, or ``None`` when there is a cycle (computed once)."""
+        if self._levels is False:
+            self._levels = self._kahn()
+        return self._levels  # type: ignore[return-value]
+
+    def _kahn(self) -> list[list[str]] | None:
         indegree = {n: len(p) for n, p in self.pred.items()}
         level = [n for n, d in indegree.items() if d == 0]
         levels = []
