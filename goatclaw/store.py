@@ -300,7 +300,7 @@ class Store:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             db = sqlean.connect(str(p), isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, p)
@@ -614,3 +614,24 @@ def _loads(text: str | None) -> Any:
 
 def _run_row(r: Sequence[Any]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {})
+
+
+#: How long opening a store waits for another connection that is switching a new store to WAL.
+_WAL_WAIT_SECONDS = 30.0
+
+
+def _set_wal(db: Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another connection switches a brand-new file.
+
+    SQLite answers "database is locked" at once there, without calling the busy handler,
+    so concurrent first runs on a new store would fail without this loop.
+    """
+    deadline = time.monotonic() + _WAL_WAIT_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlean.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,27 @@ def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         rows = db.db.execute("SELECT name, COUNT(*) FROM migrations GROUP BY name ORDER BY name").fetchall()
     assert [tuple(r) for r in rows] == [(name, 1) for name, _ in MIGRATIONS]
     Store.open(path).close()  # a third open is still fine
+
+
+def test_concurrent_first_opens_of_a_new_store_all_succeed(tmp_path: Path) -> None:
+    # SQLite refuses a second connection's switch to WAL at once ("database is locked"),
+    # without waiting: concurrent first runs on a new project store used to fail now and then
+    failures: list[BaseException] = []
+
+    def open_close(path: Path) -> None:
+        try:
+            Store.open(path).close()
+        except BaseException as exc:  # collected for the assertion
+            failures.append(exc)
+
+    for trial in range(25):
+        path = tmp_path / f"s{trial}.db"
+        threads = [threading.Thread(target=open_close, args=(path,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
 
 
 def test_a_store_that_is_not_sqlite_gives_a_store_error(tmp_path: Path) -> None:

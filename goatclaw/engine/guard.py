@@ -18,7 +18,7 @@ from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, widenings
 from goatclaw.security.taint import ALL_UPSTREAM, Flow, TaskFlows, follow
 from goatclaw.spec.loader import dotted
-from goatclaw.spec.model import Permissions, Pipeline, Task
+from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
 
 __all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table"]
@@ -75,7 +75,7 @@ class Guard:
         """What ``task`` may do (a task without ``permissions:`` shares the pipeline's grant)."""
         grant = self._grants.get(task.id)
         if grant is None:
-            if task.permissions == type(task.permissions)():
+            if task.permissions is NO_PERMISSIONS or task.permissions == NO_PERMISSIONS:
                 grant = self.base()
             else:
                 where = _where(self.pipeline, (*task.path, "permissions"), f"task {task.id}")
@@ -97,18 +97,23 @@ class Guard:
 
     def spec(self, task: Task) -> Any:
         """The task's plugin spec, or ``None`` when the plugin cannot be loaded (reported elsewhere)."""
+        return self.spec_of(task.uses)
+
+    def spec_of(self, uses: str) -> Any:
+        """The spec of the plugin named ``uses``, or ``None`` when it cannot be loaded."""
         try:
-            return self.registry.task(task.uses).spec
+            return self.registry.task(uses).spec
         except PluginError:
             return None
 
     def _follow(self) -> dict[str, list[Flow]]:
         p = self.pipeline
         tasks = _tasks(p)
-        specs = {tid: self.spec(t) for tid, t in tasks.items()}
-        untrusted = [tid for tid, s in specs.items() if s is not None and s.untrusted_output]
-        if not untrusted:
+        by_plugin = {uses: self.spec_of(uses) for uses in {t.uses for t in tasks.values()}}
+        if not any(s is not None and s.untrusted_output for s in by_plugin.values()):
             return {}
+        specs = {tid: by_plugin[t.uses] for tid, t in tasks.items()}
+        untrusted = [tid for tid, s in specs.items() if s is not None and s.untrusted_output]
         affected = _downstream(p, untrusted) | set(p.on_failure) | set(p.finally_)
         order = [*(t for t in _order(p) if t in affected), *p.on_failure, *p.finally_]
         infos = {tid: TaskFlows(_reads(tasks[tid]), bool(specs[tid] and specs[tid].untrusted_output),

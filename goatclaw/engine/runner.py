@@ -85,6 +85,24 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """What a task's runs share, worked out once a run: its plugin, inputs, template context and lane.
+
+    ``fast`` tasks (no ``if``, ``foreach``, breaker, timeout, output checks, task cache or
+    hooks, a local async plugin, no refused untrusted flow) take one inline attempt; the
+    retry loop, fallback and dead letter start only if that attempt fails. ``screen``:
+    whether the sentry reads the task's output (its plugin has permissions, side effects
+    or is not pure); a failed task is always screened.
+    """
+
+    plugin: Plugin
+    compiled: Compiled
+    context: dict[str, Any]
+    fast: bool
+    screen: bool
+
+
 class _Runner(OutputChecks):
     """The one mutable object of a run: task results, the ready heap, the workers."""
 
@@ -106,7 +124,7 @@ class _Runner(OutputChecks):
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
                                 store_path=str(options.store_path) if options.store_path else None)
         self.views = _TaskViews(self.result.tasks)
-        self.compiled: dict[str, Compiled] = {}
+        self.compiled: dict[str, Compiled] = plan.pipeline.memo.setdefault("compiled", {})  # kept across runs
         self.recorder: Recorder | None = None
         self.sentry: Sentry | None = None  # threat score and the engine's own audit rows (set when the run opens)
         self.secret_reads: SecretReads | None = None  # ``secrets`` as templates see it, when there are any
@@ -127,6 +145,8 @@ class _Runner(OutputChecks):
         self.cache_keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
         self.prefetched: dict[str, tuple[str, float]] = {}  # their cached (output JSON, created_at)
         self.input_digests: dict[str, str] = {}  # task id -> digest of the files its inputs: globs match
+        self.max_output_bytes = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
+        self.prepared: dict[str, _Prepared | None] = {}  # task id -> its lane (None: the plugin does not load)
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -241,6 +261,7 @@ class _Runner(OutputChecks):
         status = self._final_status()
         self.context["run"] = {**self.context["run"], "status": status.value, "errors": self._errors()}
         self.task_contexts.clear()  # they copied the old run view
+        self.prepared.clear()
         if status is RunStatus.FAILED and p.on_failure:
             await self._run_group(p.on_failure)
         if p.finally_:
@@ -349,7 +370,10 @@ class _Runner(OutputChecks):
     async def _schedule(self) -> None:
         needs = self.plan.needs
         sel = self.selected
-        self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
+        if self.opts.only:
+            self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
+        else:  # every task but standby fallbacks, which nothing needs
+            self.pending = {tid: len(needs[tid]) for tid in sel}
         seeded = self.seeded
         for tid in sel:
             if self.pending[tid] == 0 and tid not in seeded:
@@ -384,6 +408,7 @@ class _Runner(OutputChecks):
         total = len(self.selected)
         bus = self.bus
         sentry = self.sentry
+        tasks, prepared, results = self.pipeline.tasks, self.prepared, self.result.tasks
         assert sentry is not None
         while True:
             if self.ready and not sentry.threat.blocked:
@@ -391,8 +416,11 @@ class _Runner(OutputChecks):
                     await bus.wait_ready()
                     continue
                 tid = heapq.heappop(self.ready)[2]
-                await self._run_task(self.pipeline.tasks[tid])
-                self._screen(self.pipeline.tasks[tid])  # may stop the run before its dependents are released
+                task = tasks[tid]
+                await self._run_task(task)
+                prep = prepared.get(tid)
+                if prep is None or prep.screen or results[tid].status is not TaskState.SUCCEEDED:
+                    self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -465,14 +493,29 @@ class _Runner(OutputChecks):
         res = self.result.tasks[task.id]
         rec = self.recorder
         assert rec is not None
+        prep = self.prepared[task.id] if task.id in self.prepared else self._prepare(task)
         res.move(TaskState.RUNNING)
-        res.started_at = time.time()
-        rec.task_started(task.id, res.started_at)
+        res.started_at = started = time.time()
+        rec.task_started(task.id, started)
         if self.hooks:
             await self.hooks.call("before_task", run_id=self.result.run_id, pipeline=self.pipeline.name,
                                   task_id=task.id, uses=task.uses)
         try:
-            if task.if_ is not None and not self._condition(task):
+            if prep is not None and prep.fast:  # one attempt inline; the retry loop only after a failure
+                res.attempts = 1
+                try:
+                    output = await self._fast_call(task, prep)
+                    text = to_json(output)
+                    if len(text) * 4 > self.max_output_bytes:
+                        self._check_size(text)
+                except asyncio.CancelledError:
+                    self._record_attempt(task, None, 1, started, None)
+                    raise
+                except Exception as exc:
+                    output, text = await self._retry(task, prep.plugin, res, prep.compiled, prep.context, None, exc,
+                                                     started)
+                res.output, res.output_json, res.status = output, text, TaskState.SUCCEEDED
+            elif task.if_ is not None and not self._condition(task):
                 res.move(TaskState.SKIPPED)
             else:
                 plugin = self._plugin(task)
@@ -500,6 +543,34 @@ class _Runner(OutputChecks):
             rec.task_finished(res)
             if self.hooks and res.status is not TaskState.CANCELLED:
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
+
+    def _prepare(self, task: Task) -> _Prepared | None:
+        """Work out ``task``'s lane once a run (``None`` when its plugin does not load: the slow lane says why)."""
+        try:
+            plugin = self.registry.task(task.uses)
+            compiled = self._inputs(task)
+        except (PluginError, TaskError):
+            self.prepared[task.id] = None
+            return None
+        spec = plugin.spec
+        fast = (task.if_ is None and task.foreach is None and task.breaker is None and task.timeout is None
+                and not task.validate and self.inline_async and plugin.is_async and not self.hooks
+                and not (self.caching and task.cache.enabled and _may_cache(task, plugin))
+                and not self.guard.flows(task.id))
+        screen = bool(spec.permissions or spec.side_effects or not spec.cacheable)
+        prep = self.prepared[task.id] = _Prepared(plugin, compiled, self._context_for(task), fast, screen)
+        return prep
+
+    def _fast_call(self, task: Task, prep: _Prepared) -> Awaitable[Any]:
+        """A fast-lane task's plugin call, its inputs rendered (what _attempt does, without the options)."""
+        try:
+            kwargs = prep.compiled.render(prep.context)
+        except TemplateError as exc:
+            raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
+        if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
+            assert self.sentry is not None
+            self.sentry.secrets_read(task.id, None, self.secret_reads.taken())
+        return prep.plugin.fn(self._task_context(task, 1, None, None), **kwargs)  # type: ignore[no-any-return]
 
     def _dead_letter(self, task: Task, res: TaskResult) -> None:
         """A task failed for good: keep its rendered inputs and error for ``goatclaw dlq``."""
@@ -750,7 +821,7 @@ class _Runner(OutputChecks):
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
-        limit = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
+        limit = self.max_output_bytes
         if len(text) * 4 <= limit or len(size := text.encode()) <= limit:  # UTF-8: at most 4 bytes a character
             return
         loc = self.pipeline.locate(("max_output_bytes",)) if self.pipeline.max_output_bytes else None
@@ -875,6 +946,8 @@ def _group_order(group: Mapping[str, Task]) -> list[str]:
 def _standby(pipeline: Any) -> frozenset[str]:
     """Tasks that are only someone's ``fallback``: they run when needed, not on their own."""
     fallbacks = {t.fallback for t in pipeline.tasks.values() if t.fallback}
+    if not fallbacks:
+        return frozenset()
     needed = {n for t in pipeline.tasks.values() for n in t.needs}
     return frozenset(f for f in fallbacks if f in pipeline.tasks and f not in needed)
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from goatclaw.errors import TaskError
 
 __all__ = ["RunResult", "RunStatus", "TaskResult", "TaskState", "to_json"]
@@ -53,7 +55,7 @@ class RunStatus(str, enum.Enum):
         return self.value
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskResult:
     """One task's outcome: status, output, error, attempts and timings."""
 
@@ -152,10 +154,25 @@ class RunResult:
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+#: What orjson must hand back to the stdlib's judgement rather than encode its own way.
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def to_json(output: Any) -> str:
-    """Outputs are stored and read by later tasks: they must be finite JSON. Returns the text."""
+    """Outputs are stored and read by later tasks: they must be finite JSON. Returns the text.
+
+    orjson encodes (about ten times the stdlib's speed); what it refuses (integers over 64
+    bits, non-string keys, subclasses of built-in types, dates, dataclasses) and any text
+    with a ``null`` in it (orjson writes NaN and infinities as ``null``) go through the
+    stdlib's strict encoder, which decides: the same text or the same error as before.
+    """
+    try:
+        data = orjson.dumps(output, option=_STRICT)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    else:
+        if b"null" not in data:
+            return data.decode()
     try:
         return _ENCODER.encode(output)
     except (TypeError, ValueError) as exc:

@@ -24,6 +24,7 @@ __all__ = [
     "CachePolicy",
     "Defaults",
     "FixPolicy",
+    "NO_PERMISSIONS",
     "Permissions",
     "Pipeline",
     "RetryPolicy",
@@ -200,7 +201,7 @@ class Permissions:
     def from_data(cls, data: Any) -> Permissions:
         """Build from a ``permissions:`` mapping."""
         if not isinstance(data, dict):
-            return cls()
+            return NO_PERMISSIONS
 
         def flag(v: Any) -> bool | tuple[str, ...] | None:
             return v if isinstance(v, bool) else _strings(v) if isinstance(v, list) else None
@@ -214,6 +215,10 @@ class Permissions:
             env=flag(data.get("env")),
             python=flag(data.get("python")),
         )
+
+
+#: What a pipeline or task that says nothing about permissions has (one shared, frozen instance).
+NO_PERMISSIONS = Permissions()
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,7 @@ class Task:
     fallback: str | None = None
     run_on: str | None = None
     inputs: tuple[str, ...] = ()
-    permissions: Permissions = Permissions()
+    permissions: Permissions = NO_PERMISSIONS
     trust: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     name: str | None = None
@@ -285,7 +290,7 @@ class Pipeline:
     defaults: Defaults = Defaults()
     concurrency: int = 4
     timeout: float | None = None
-    permissions: Permissions = Permissions()
+    permissions: Permissions = NO_PERMISSIONS
     budget: Budget | None = None
     hooks: tuple[Any, ...] = ()
     on_failure: Mapping[str, Task] = field(default_factory=lambda: _EMPTY)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import goatclaw
+from goatclaw.engine import recorder
 from goatclaw.plugin import TaskContext, task
 from goatclaw.security.audit import GENESIS, AuditRow, row_hash, seal, verify
 from goatclaw.store import Store
@@ -146,8 +147,10 @@ def test_a_run_without_side_effects_adds_no_audit_rows(write_pipeline, store_pat
     assert goatclaw.verify_audit(store_path).ok
 
 
-def test_the_chain_spans_runs_and_survives_the_writer_process_and_concurrent_runs(project, store_path) -> None:
-    # 600 tasks: the recorder hands its rows to the writer process (from 500 tasks on)
+def test_the_chain_spans_runs_and_survives_the_writer_process_and_concurrent_runs(project, store_path,
+                                                                                 monkeypatch) -> None:
+    # 600 tasks: the recorder hands its rows to the writer process (from 500 tasks on, here)
+    monkeypatch.setattr(recorder, "_PROCESS_WRITER_TASKS", 500)
     tasks = {f"t{i}": {"uses": "note", "with": {"n": i}} for i in range(600)}
     (project / "big.yaml").write_text(json.dumps({"version": 1, "name": "big", "concurrency": 16, "tasks": tasks}))
     (project / "small.yaml").write_text(json.dumps({"version": 1, "name": "small", "concurrency": 4, "tasks": {
