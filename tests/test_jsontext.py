@@ -1,6 +1,15 @@
+import dataclasses
+import datetime
 import json
+import math
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from goatclaw.engine.state import to_json
+from goatclaw.errors import TaskError
 from goatclaw.jsontext import dumps
 
 
@@ -26,3 +35,41 @@ def test_pretty_text_matches_the_stdlib_indentation() -> None:
     value = {"a": [1, {"b": "ü"}], "c": None}
     assert dumps_pretty(value) == json.dumps(value, indent=2, ensure_ascii=False)
     assert json.loads(dumps_pretty({"n": 2**70})) == {"n": 2**70}
+
+
+# -- task outputs: goatclaw.engine.state.to_json (orjson, with the stdlib deciding the edge cases) --
+
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5) | st.integers(), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@given(_JSON)
+def test_outputs_encode_exactly_as_the_strict_stdlib_decides(value: object) -> None:
+    try:
+        expected = json.loads(json.dumps(value, allow_nan=False, ensure_ascii=False))
+    except ValueError:  # NaN or an infinity somewhere: refused, as before
+        with pytest.raises(TaskError, match="not JSON-serialisable"):
+            to_json(value)
+        return
+    assert json.loads(to_json(value)) == expected
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize("value", [datetime.datetime(2026, 1, 1), datetime.date(2026, 1, 1), _Point(1),
+                                   {"x": math.inf}, [math.nan], {1, 2}])
+def test_outputs_orjson_would_accept_are_still_refused(value: object) -> None:
+    with pytest.raises(TaskError, match="not JSON-serialisable"):
+        to_json(value)
+
+
+def test_outputs_past_64_bits_and_int_keys_encode_like_the_stdlib() -> None:
+    assert json.loads(to_json({"n": 2**70, 3: "x"})) == {"n": 2**70, "3": "x"}
