@@ -39,8 +39,6 @@ def test_pretty_text_matches_the_stdlib_indentation() -> None:
 
 # -- task outputs: goatclaw.engine.state.to_json (orjson, with the stdlib deciding the edge cases) --
 
-
-
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5) | st.integers(), inner,
