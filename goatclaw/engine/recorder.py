@@ -1,13 +1,13 @@
 """Recording a run: events to the bus, rows to the store, in group commits.
 
 Every event gets a sequence number and is published on the bus at once (the live view
-sees it immediately). Rows are buffered and handed, at the end of the event loop's
-current turn, to one writer thread that commits each batch in one transaction: tasks
-finishing together share a commit, a finished task is durable a moment after it
-finishes, and SQLite's work (which releases the GIL) overlaps with the run instead of
-stalling the event loop. Declared secret values are masked in everything written.
+sees it immediately). Rows are buffered and committed in one transaction per batch:
+tasks finishing together share a commit, and a finished task is durable a moment after
+it finishes. Runs of fewer than 4,000 tasks commit in-line at the end of the event
+loop's current turn (cheaper than starting a process for them); larger runs hand their
+batches to a writer process on the other core, so SQLite's work overlaps with the run.
+Declared secret values are masked in everything written.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -33,6 +33,8 @@ __all__ = ["Recorder"]
 
 _FLUSH_ROWS = 2000
 #: From this many tasks on, a child process commits the rows; smaller runs write in-line.
+#: (benchmarks/engine.py: in-line is faster up to a few thousand no-op tasks; forking the
+#: writer and copying pages on write cost more than the commits it takes over.)
 _PROCESS_WRITER_TASKS = 4000
 _PROCESS_FLUSH_SECONDS = 0.01
 #: How long the end of a run waits for the writer process to commit what it was sent.

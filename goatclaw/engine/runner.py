@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
@@ -47,6 +49,7 @@ from goatclaw.template import Compiled, compile_expression, compile_value, has_t
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+_WELL = (TaskState.SUCCEEDED, TaskState.CACHED)
 #: The largest task output (serialised JSON) when the pipeline sets no ``max_output_bytes``.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
@@ -89,17 +92,19 @@ def new_run_id() -> str:
 class _Prepared:
     """What a task's runs share, worked out once a run: its plugin, inputs, template context and lane.
 
-    ``fast`` tasks (no ``if``, ``foreach``, breaker, timeout, output checks, task cache or
-    hooks, a local async plugin, no refused untrusted flow) take one inline attempt; the
-    retry loop, fallback and dead letter start only if that attempt fails. ``screen``:
-    whether the sentry reads the task's output (its plugin has permissions, side effects
-    or is not pure); a failed task is always screened.
+    ``fast`` tasks (no ``if``, ``foreach``, breaker, timeout, output checks or hooks, a
+    local async plugin, no refused untrusted flow) skip the general path: one inline
+    attempt, with the retry loop, fallback and dead letter starting only if it fails
+    (``cached`` ones look in the task cache first). ``screen``: whether the sentry reads
+    the task's output (its plugin has permissions, side effects or is not pure); a failed
+    task is always screened.
     """
 
     plugin: Plugin
     compiled: Compiled
     context: dict[str, Any]
     fast: bool
+    cached: bool
     screen: bool
 
 
@@ -419,7 +424,7 @@ class _Runner(OutputChecks):
                 task = tasks[tid]
                 await self._run_task(task)
                 prep = prepared.get(tid)
-                if prep is None or prep.screen or results[tid].status is not TaskState.SUCCEEDED:
+                if prep is None or prep.screen or results[tid].status not in _WELL:
                     self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
@@ -501,20 +506,8 @@ class _Runner(OutputChecks):
             await self.hooks.call("before_task", run_id=self.result.run_id, pipeline=self.pipeline.name,
                                   task_id=task.id, uses=task.uses)
         try:
-            if prep is not None and prep.fast:  # one attempt inline; the retry loop only after a failure
-                res.attempts = 1
-                try:
-                    output = await self._fast_call(task, prep)
-                    text = to_json(output)
-                    if len(text) * 4 > self.max_output_bytes:
-                        self._check_size(text)
-                except asyncio.CancelledError:
-                    self._record_attempt(task, None, 1, started, None)
-                    raise
-                except Exception as exc:
-                    output, text = await self._retry(task, prep.plugin, res, prep.compiled, prep.context, None, exc,
-                                                     started)
-                res.output, res.output_json, res.status = output, text, TaskState.SUCCEEDED
+            if prep is not None and prep.fast:
+                await self._run_fast(task, prep, res, started)
             elif task.if_ is not None and not self._condition(task):
                 res.move(TaskState.SKIPPED)
             else:
@@ -555,11 +548,35 @@ class _Runner(OutputChecks):
         spec = plugin.spec
         fast = (task.if_ is None and task.foreach is None and task.breaker is None and task.timeout is None
                 and not task.validate and self.inline_async and plugin.is_async and not self.hooks
-                and not (self.caching and task.cache.enabled and _may_cache(task, plugin))
                 and not self.guard.flows(task.id))
+        cached = self.caching and task.cache.enabled and _may_cache(task, plugin)
         screen = bool(spec.permissions or spec.side_effects or not spec.cacheable)
-        prep = self.prepared[task.id] = _Prepared(plugin, compiled, self._context_for(task), fast, screen)
+        prep = self.prepared[task.id] = _Prepared(plugin, compiled, self._context_for(task), fast, cached, screen)
         return prep
+
+    async def _run_fast(self, task: Task, prep: _Prepared, res: TaskResult, started: float) -> None:
+        """A fast-lane task: its cached output, else one inline attempt (the retry loop only after a failure)."""
+        key = self._cache_key(task, prep.plugin, prep.context, None) if prep.cached else None
+        hit = None if key is None else self._cache_lookup(task, key)
+        if hit is not None:
+            res.cache_hits = 1
+            res.output, res.output_json, res.status = json.loads(hit), hit, TaskState.CACHED
+            return
+        res.attempts = 1
+        try:
+            output = await self._fast_call(task, prep)
+            text = to_json(output)
+            if len(text) * 4 > self.max_output_bytes:
+                self._check_size(text)
+        except asyncio.CancelledError:
+            self._record_attempt(task, None, 1, started, None)
+            raise
+        except Exception as exc:
+            output, text = await self._retry(task, prep.plugin, res, prep.compiled, prep.context, None, exc, started)
+        if key is not None:
+            assert self.recorder is not None
+            self.recorder.cache_put(key, prep.plugin.name, text)
+        res.output, res.output_json, res.status = output, text, TaskState.SUCCEEDED
 
     def _fast_call(self, task: Task, prep: _Prepared) -> Awaitable[Any]:
         """A fast-lane task's plugin call, its inputs rendered (what _attempt does, without the options)."""
@@ -706,7 +723,7 @@ class _Runner(OutputChecks):
         if constant and task.id in self.cache_keys:
             return self.cache_keys[task.id]
         try:
-            kwargs = _KEY_ENCODER.encode(compiled.render(context))
+            kwargs = _key_text(compiled.render(context))
         except (TemplateError, TypeError, ValueError):
             return None
         raw = f"{plugin.name}\0{plugin.package}\0{plugin.version}\0{task.uses}\0{task.cache.key}\0{kwargs}"
@@ -900,8 +917,28 @@ class _TaskViews(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=lambda v: dict(v) if isinstance(
-    v, Mapping) else sorted(v, key=repr) if isinstance(v, (frozenset, set)) else str(v))
+def _key_default(value: Any) -> Any:
+    """Cache keys: read-only mappings as dicts, sets in a stable order, anything else as text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (frozenset, set)):
+        return sorted(value, key=repr)
+    return str(value)
+
+
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_key_default)
+
+
+def _key_text(value: Any) -> str:
+    """``value`` as canonical JSON text (keys sorted) for a cache key: orjson, else the stdlib.
+
+    What orjson refuses (non-string keys, integers over 64 bits) is encoded by the
+    stdlib; a given value always takes the same way, so its key is stable.
+    """
+    try:
+        return orjson.dumps(value, default=_key_default, option=orjson.OPT_SORT_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return _KEY_ENCODER.encode(value)
 
 
 def _may_cache(task: Task, plugin: Plugin) -> bool:
