@@ -216,6 +216,75 @@ def test_random_failures_block_descendants_and_spare_independent_branches(
         assert result.tasks[tid].error_class == "upstream"
 
 
+class _Watching:
+    """A hook that does nothing; any hook sends every task down the engine's general path."""
+
+    def before_task(self, **_: Any) -> None:
+        pass
+
+
+async def _lane(ctx: goatclaw.TaskContext, fail: bool = False, flaky: bool = False, value: Any = None,
+                spins: int = 0) -> dict[str, Any]:
+    for _ in range(spins):
+        await asyncio.sleep(0)
+    if fail:
+        raise goatclaw.TaskError(f"{ctx.task_id} was told to fail", error_class="invalid_input")
+    if flaky and ctx.attempt == 1:
+        raise goatclaw.TaskError("the first attempt fails", error_class="connection")
+    return {"task": ctx.task_id, "attempt": ctx.attempt, "value": value}
+
+
+def _stored(store: Path, run_id: str) -> dict[str, Any]:
+    with Store.open(store) as s:
+        return {
+            "tasks": sorted((r.task_id, r.status, r.attempts, json.dumps(r.output), r.error, r.error_class)
+                            for r in s.tasks(run_id)),
+            "attempts": sorted((a["task_id"], a["attempt"], a["status"], a["error_class"])
+                               for a in s.attempts(run_id)),
+            "events": [(e["topic"], e["task"], {k: v for k, v in e["data"].items() if k != "duration"})
+                       for e in s.events(run_id)],
+            "dead": sorted((d.task_id, d.error_class) for d in s.dead_letters(run_id=run_id)),
+        }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag=dags(max_tasks=16), data=st.data())
+def test_the_fast_lane_stores_exactly_what_the_general_path_stores(
+        scratch: Path, dag: dict[str, Any], data: st.DataObject) -> None:
+    ids = sorted(dag["needs"])
+    failing = data.draw(st.sets(st.sampled_from(ids), max_size=3))
+    flaky = data.draw(st.sets(st.sampled_from(ids), max_size=4))
+    tolerant = data.draw(st.sets(st.sampled_from(ids), max_size=3))
+    templated = data.draw(st.sets(st.sampled_from([t for t in ids if dag["needs"][t]] or ids), max_size=4))
+    tasks: dict[str, Any] = {}
+    for tid in dag["order"]:
+        needs = dag["needs"][tid]
+        task: dict[str, Any] = {"uses": "lane", "priority": dag["priority"][tid],
+                                "with": {"fail": tid in failing, "flaky": tid in flaky, "spins": dag["spins"][tid],
+                                         "value": tid}}
+        if needs:
+            task["needs"] = needs
+            if tid in templated:  # an upstream output read by a template (an error when that need failed)
+                task["with"]["value"] = "${{ tasks." + needs[0] + ".output.task }}"
+        if tid in flaky:
+            task["retry"] = {"attempts": 2, "delay": 0}
+        if tid in tolerant:
+            task["continue_on_error"] = True
+        tasks[tid] = task
+    folder = scratch / f"lanes{next(_examples)}"
+    folder.mkdir()
+    path = write_json_pipeline(folder, tasks, concurrency=1)
+    (folder / "goatclaw.yaml").write_text("version: 1\nmemory: {enabled: false}\n")  # failures are not learnt
+    reg = registry_with(lane=_lane)
+    seen = []
+    for name, hooks in (("fast", ()), ("general", (_Watching(),))):
+        store = folder / f"{name}.db"
+        result = run_file(path, reg, store=store, hooks=list(hooks), cache=False)
+        results = {tid: (t.status, t.output, t.error, t.error_class, t.attempts) for tid, t in result.tasks.items()}
+        seen.append((result.status, _stored(store, result.run_id), results))
+    assert seen[0] == seen[1]
+
+
 def test_concurrency_limit_is_reached_not_just_respected(write_pipeline: Callable[..., Path], rec: Recording) -> None:
     tasks = "".join(f"  t{i}:\n    uses: rec\n    with: {{spins: 5}}\n" for i in range(7))
     path = write_pipeline(f"version: 1\nconcurrency: 3\ntasks:\n{tasks}")
