@@ -11,7 +11,6 @@ finish their work.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import json
 import os
@@ -23,18 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.guard import Guard
-from goatclaw.engine.inputs import InputGlobs
 from goatclaw.engine.metrics import critical_path
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, to_json
+from goatclaw.engine.taskcache import TaskCache, may_cache
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan
@@ -146,10 +143,7 @@ class _Runner(OutputChecks):
         self.context: dict[str, Any] = {}
         self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
-        self.caching = False
-        self.cache_keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
-        self.prefetched: dict[str, tuple[str, float]] = {}  # their cached (output JSON, created_at)
-        self.input_digests: dict[str, str] = {}  # task id -> digest of the files its inputs: globs match
+        self.cache: TaskCache | None = None  # reused outputs (a run with a store, unless --no-cache)
         self.max_output_bytes = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
         self.prepared: dict[str, _Prepared | None] = {}  # task id -> its lane (None: the plugin does not load)
 
@@ -200,7 +194,8 @@ class _Runner(OutputChecks):
                                 tasks=list(self.selected), resume=self.opts.resume)
         self.sentry = Sentry(self.recorder, threshold=Sentry.threshold_of(self.pipeline))
         self.secret_reads = SecretReads(self.opts.secrets) if self.opts.secrets else None
-        self.caching = self.opts.cache and store is not None
+        if self.opts.cache and store is not None:
+            self.cache = TaskCache(self.recorder, self.opts.workspace)
         if self.opts.resume or self.opts.seed_from:
             self._seed()
         if self.opts.stubs:
@@ -212,8 +207,8 @@ class _Runner(OutputChecks):
             "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
             "tasks": self.views,
         }
-        if self.caching:
-            self._prefetch_cache()
+        if self.cache is not None:
+            self.cache.prefetch(self._constant_cacheable(), self.context)
 
     async def _with_pipeline_timeout(self, work: Awaitable[None]) -> None:
         if self.pipeline.timeout is None:
@@ -304,34 +299,19 @@ class _Runner(OutputChecks):
 
     # -- the task cache --------------------------------------------------------------
 
-    def _prefetch_cache(self) -> None:
-        """Look up, in one batched read, the cached outputs of every task whose ``with:`` is constant.
-
-        Those tasks then need no query of their own; tasks with templated inputs look up
-        their key when they run.
-        """
-        assert self.recorder is not None
+    def _constant_cacheable(self) -> Iterator[tuple[Task, Plugin, Compiled]]:
+        """Selected tasks whose outputs may be cached and whose ``with:`` is constant (keyed up front)."""
         for tid in self.selected:
             task = self.pipeline.tasks[tid]
             if tid in self.seeded or task.foreach is not None or not task.cache.enabled:
                 continue
             try:
                 plugin = self.registry.task(task.uses)
-                if _may_cache(task, plugin) and self._inputs(task).is_constant:
-                    self._cache_key(task, plugin, self.context, None)
+                compiled = self._inputs(task)
             except (PluginError, TaskError):
                 continue  # the task reports it when it runs
-        self.prefetched = self.recorder.cached_many(list(self.cache_keys.values()))
-
-    def _cache_lookup(self, task: Task, key: str) -> str | None:
-        """A cached output's JSON for ``key``, from the prefetched batch or the store."""
-        if self.cache_keys.get(task.id) != key:
-            assert self.recorder is not None
-            return self.recorder.cached(key, task.cache.ttl)
-        hit = self.prefetched.get(key)
-        if hit is None or (task.cache.ttl is not None and hit[1] < time.time() - task.cache.ttl):
-            return None
-        return hit[0]
+            if may_cache(task, plugin) and compiled.is_constant:
+                yield task, plugin, compiled
 
     # -- resume ----------------------------------------------------------------------
 
@@ -549,15 +529,16 @@ class _Runner(OutputChecks):
         fast = (task.if_ is None and task.foreach is None and task.breaker is None and task.timeout is None
                 and not task.validate and self.inline_async and plugin.is_async and not self.hooks
                 and not self.guard.flows(task.id))
-        cached = self.caching and task.cache.enabled and _may_cache(task, plugin)
+        cached = self.cache is not None and task.cache.enabled and may_cache(task, plugin)
         screen = bool(spec.permissions or spec.side_effects or not spec.cacheable)
         prep = self.prepared[task.id] = _Prepared(plugin, compiled, self._context_for(task), fast, cached, screen)
         return prep
 
     async def _run_fast(self, task: Task, prep: _Prepared, res: TaskResult, started: float) -> None:
         """A fast-lane task: its cached output, else one inline attempt (the retry loop only after a failure)."""
-        key = self._cache_key(task, prep.plugin, prep.context, None) if prep.cached else None
-        hit = None if key is None else self._cache_lookup(task, key)
+        cache = self.cache
+        key = cache.key(task, prep.plugin, prep.compiled, prep.context, None) if cache and prep.cached else None
+        hit = None if cache is None or key is None else cache.lookup(task, key)
         if hit is not None:
             res.cache_hits = 1
             res.output, res.output_json, res.status = json.loads(hit), hit, TaskState.CACHED
@@ -573,9 +554,8 @@ class _Runner(OutputChecks):
             raise
         except Exception as exc:
             output, text = await self._retry(task, prep.plugin, res, prep.compiled, prep.context, None, exc, started)
-        if key is not None:
-            assert self.recorder is not None
-            self.recorder.cache_put(key, prep.plugin.name, text)
+        if cache is not None and key is not None:
+            cache.put(key, prep.plugin, text)
         res.output, res.output_json, res.status = output, text, TaskState.SUCCEEDED
 
     def _fast_call(self, task: Task, prep: _Prepared) -> Awaitable[Any]:
@@ -698,47 +678,19 @@ class _Runner(OutputChecks):
     async def _attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
                         index: int | None) -> tuple[Any, str]:
         """One task (or item of a fan-out): from the task cache if it may be, else run; (output, JSON)."""
-        if not (self.caching and _may_cache(task, plugin) and task.cache.enabled):
+        cache = self.cache
+        if cache is None or not (may_cache(task, plugin) and task.cache.enabled):
             return await self._run_attempts(task, plugin, res, context, index)
-        key = self._cache_key(task, plugin, context, index)
+        key = cache.key(task, plugin, self._inputs(task), context, index)
         if key is None:
             return await self._run_attempts(task, plugin, res, context, index)
-        assert self.recorder is not None
-        text = self._cache_lookup(task, key)
+        text = cache.lookup(task, key)
         if text is not None:
             res.cache_hits += 1
             return json.loads(text), text
         output, text = await self._run_attempts(task, plugin, res, context, index)
-        self.recorder.cache_put(key, plugin.name, text)
+        cache.put(key, plugin, text)
         return output, text
-
-    def _cache_key(self, task: Task, plugin: Plugin, context: Mapping[str, Any], index: int | None) -> str | None:
-        """Hash of the plugin (name, package, version), the rendered ``with:`` and ``cache.key``.
-
-        Inputs that do not render or encode give no key (the attempt reports the problem).
-        A task whose ``with:`` is constant is hashed once per run.
-        """
-        compiled = self._inputs(task)
-        constant = compiled.is_constant and index is None
-        if constant and task.id in self.cache_keys:
-            return self.cache_keys[task.id]
-        try:
-            kwargs = _key_text(compiled.render(context))
-        except (TemplateError, TypeError, ValueError):
-            return None
-        raw = f"{plugin.name}\0{plugin.package}\0{plugin.version}\0{task.uses}\0{task.cache.key}\0{kwargs}"
-        if task.inputs:  # the contents of the files its inputs: globs match (docs/watch.md)
-            raw += "\0" + self._inputs_digest(task)
-        key = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
-        if constant:
-            self.cache_keys[task.id] = key
-        return key
-
-    def _inputs_digest(self, task: Task) -> str:
-        """The digest of the files ``task``'s ``inputs:`` globs match (paths and contents), read once a run."""
-        if task.id not in self.input_digests:
-            self.input_digests[task.id] = InputGlobs(task.inputs, self.opts.workspace).digest()
-        return self.input_digests[task.id]
 
     async def _run_attempts(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
                             index: int | None, compiled: Compiled | None = None) -> tuple[Any, str]:
@@ -915,39 +867,6 @@ class _TaskViews(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-def _key_default(value: Any) -> Any:
-    """Cache keys: read-only mappings as dicts, sets in a stable order, anything else as text."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (frozenset, set)):
-        return sorted(value, key=repr)
-    return str(value)
-
-
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_key_default)
-
-
-def _key_text(value: Any) -> str:
-    """``value`` as canonical JSON text (keys sorted) for a cache key: orjson, else the stdlib.
-
-    What orjson refuses (non-string keys, integers over 64 bits) is encoded by the
-    stdlib; a given value always takes the same way, so its key is stable.
-    """
-    try:
-        return orjson.dumps(value, default=_key_default, option=orjson.OPT_SORT_KEYS).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return _KEY_ENCODER.encode(value)
-
-
-def _may_cache(task: Task, plugin: Plugin) -> bool:
-    """Whether ``task``'s outputs may be reused at all (``cache: false`` and ``--no-cache`` aside).
-
-    A pure plugin's may; any other's only when the task asks (``cache: true``) and names the
-    files its result follows (``inputs:``), whose contents then join the key (docs/watch.md).
-    """
-    return plugin.spec.cacheable or (task.cache.requested and bool(task.inputs))
 
 
 def _as_task_error(exc: BaseException, task: Task) -> TaskError:

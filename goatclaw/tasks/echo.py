@@ -10,6 +10,6 @@ from goatclaw.plugin import TaskContext, task
 @task(cacheable=True)
 async def echo(ctx: TaskContext, **values: Any) -> Any:
     """Return the ``with:`` arguments as the output (``value:`` alone is returned bare)."""
-    if set(values) == {"value"}:
+    if len(values) == 1 and "value" in values:
         return values["value"]
     return values
