@@ -435,10 +435,16 @@ def _runtime_error(exc: Exception, source: str) -> TemplateError:
 
 @dataclass(frozen=True)
 class TemplateRefs:
-    """What a template reads: free names and the task ids it names under ``tasks``."""
+    """What a template reads: free names and the task ids it names under ``tasks``.
+
+    ``run_errors``: whether it may read ``run.errors`` (named, through a computed key, or
+    by taking ``run`` whole), the failed tasks' error texts that ``on_failure`` and
+    ``finally`` tasks see.
+    """
 
     names: frozenset[str]
     tasks: tuple[str, ...]
+    run_errors: bool = False
 
 
 def check_value(value: Any) -> Iterable[tuple[tuple[str | int, ...], TemplateRefs | TemplateError]]:
@@ -476,11 +482,17 @@ def _refs(text: str) -> TemplateRefs | TemplateError:
         return TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno)
     names = frozenset(find_undeclared_variables(ast))
     task_ids: list[str] = []
+    run_fields = 0  # uses of run.<a field other than errors>
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = node.node
-        if isinstance(base, nodes.Name) and base.name == "tasks":
-            if isinstance(node, nodes.Getattr):
-                task_ids.append(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                task_ids.append(node.arg.value)
-    return TemplateRefs(names, tuple(task_ids))
+        if not isinstance(base, nodes.Name):
+            continue
+        key = node.attr if isinstance(node, nodes.Getattr) else (
+            node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None)
+        if base.name == "tasks" and key is not None:
+            task_ids.append(key)
+        elif base.name == "run" and key is not None and key != "errors":
+            run_fields += 1
+    run_errors = "run" in names and sum(
+        1 for n in ast.find_all(nodes.Name) if n.name == "run" and n.ctx == "load") > run_fields
+    return TemplateRefs(names, tuple(task_ids), run_errors)

@@ -16,7 +16,7 @@ from typing import Any
 
 from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, widenings
-from goatclaw.security.taint import ALL_UPSTREAM, Flow, TaskFlows, follow
+from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, TaskFlows, follow
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
@@ -115,10 +115,13 @@ class Guard:
         specs = {tid: by_plugin[t.uses] for tid, t in tasks.items()}
         untrusted = [tid for tid, s in specs.items() if s is not None and s.untrusted_output]
         affected = _downstream(p, untrusted) | set(p.on_failure) | set(p.finally_)
-        order = [*(t for t in _order(p) if t in affected), *p.on_failure, *p.finally_]
+        after = [*p.on_failure, *p.finally_]
+        # run.errors, which on_failure and finally tasks read, carries the error text of any failed task
+        order = [*(t for t in _order(p) if t in affected), *([RUN_ERRORS] if after else []), *after]
         infos = {tid: TaskFlows(_reads(tasks[tid]), bool(specs[tid] and specs[tid].untrusted_output),
                                 tuple(specs[tid].sinks) if specs[tid] else (), tasks[tid].trust)
-                 for tid in order}
+                 for tid in order if tid != RUN_ERRORS}
+        infos[RUN_ERRORS] = TaskFlows({"errors": ALL_UPSTREAM})
         main = set(p.tasks)
 
         def upstream(tid: str) -> Iterable[str]:
@@ -171,7 +174,7 @@ def _ancestors(pipeline: Pipeline, tid: str) -> set[str]:
 
 
 def _refs_of(value: Any) -> tuple[frozenset[str], bool]:
-    """Task ids a templated value names, and whether it reads ``item``/``index``."""
+    """Task ids a templated value names (:data:`RUN_ERRORS` for ``run.errors``), and whether it reads ``item``."""
     tasks: set[str] = set()
     item = False
     for _, refs in check_value(value):
@@ -180,6 +183,8 @@ def _refs_of(value: Any) -> tuple[frozenset[str], bool]:
         tasks.update(refs.tasks)
         if "tasks" in refs.names and not refs.tasks:
             tasks |= ALL_UPSTREAM  # tasks[...] with a computed key, or tasks itself
+        if refs.run_errors:
+            tasks.add(RUN_ERRORS)
         item = item or bool(refs.names & {"item", "index"})
     return frozenset(tasks), item
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["ALL_UPSTREAM", "Flow", "TaskFlows", "follow"]
+__all__ = ["ALL_UPSTREAM", "RUN_ERRORS", "Flow", "TaskFlows", "follow"]
 
 #: In ``reads``: a template indexes ``tasks`` with a computed key, so it may read any upstream task.
 ALL_UPSTREAM: frozenset[str] = frozenset({"*"})
+#: In ``reads``: ``run.errors`` (no task id can be spelt so), which carries every failed task's error text.
+RUN_ERRORS = "$run.errors"
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,13 @@ class Flow:
     def message(self) -> str:
         """Why the task is refused, and how to allow the flow."""
         came = sorted(self.origins)
+        if self.via == RUN_ERRORS:  # trust names tasks: the origins themselves
+            source, trust = "run.errors", ", ".join(came)
+        else:
+            source, trust = f"tasks.{self.via}", self.via
         through = "" if came == [self.via] else f", which carries output of {', '.join(came)}"
-        return (f"untrusted data: with.{self.field} reads tasks.{self.via}{through} (untrusted: llm/http "
-                f"output, which a prompt injection controls); add trust: [{self.via}] to task '{self.task}' "
+        return (f"untrusted data: with.{self.field} reads {source}{through} (untrusted: llm/http "
+                f"output, which a prompt injection controls); add trust: [{trust}] to task '{self.task}' "
                 "if this flow is intended")
 
 

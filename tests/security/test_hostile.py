@@ -774,6 +774,41 @@ def test_an_llm_answer_cannot_become_python_arguments(locked: Project, srv: Fake
     locked.assert_intact()
 
 
+RUN_AFTER_FAILURE = """
+        version: 1
+        permissions: {{network: [127.0.0.1], shell: [bash, printf], files: {{read: [.]}}}}
+        tasks:
+          fetch: {{uses: http, with: {{url: "{web}/injection"}}}}
+          boom: {{uses: file.read, needs: fetch, with: {{path: missing.txt}}}}
+        on_failure:
+          report:
+            uses: shell{trust}
+            with: {{{args}}}
+        finally:
+          log: {{uses: shell, with: {{script: 'echo "run ${{{{ run.id }}}} ended: ${{{{ run.status }}}}"'}}}}
+"""
+
+
+def test_run_errors_carry_untrusted_output_into_on_failure_tasks(locked: Project, web: str) -> None:
+    # a failed task's error text may quote what an llm or http task returned: run.errors is untrusted too
+    result = locked.run(RUN_AFTER_FAILURE.format(web=web, trust="", args='script: "echo ${{ run.errors }}"'))
+    failed(result, "report", "permission_denied", "untrusted data: with.script reads run.errors, which carries "
+           "output of fetch", "add trust: [fetch] to task 'report'")
+    assert result.tasks["log"].status.value == "succeeded"  # run.id and run.status are not run.errors
+    assert not (locked.root / "pwned").exists()
+    locked.assert_intact()
+    _, problems = goatclaw.check(locked.root / "p.yaml")
+    assert any("untrusted data: with.script reads run.errors" in str(p) for p in problems if p.severity == "warn")
+
+
+def test_trust_lets_run_errors_through_as_plain_data(locked: Project, web: str) -> None:
+    result = locked.run(RUN_AFTER_FAILURE.format(web=web, trust="\n            trust: [fetch]",
+                                                 args='run: [printf, "%s", "${{ run.errors | tojson }}"]'))
+    assert result.tasks["report"].status.value == "succeeded", result.tasks["report"].error
+    assert "missing.txt" in result.tasks["report"].output["stdout"]
+    locked.assert_intact()
+
+
 def test_an_untrusted_flow_is_a_warning_in_validate(locked: Project, web: str) -> None:
     path = locked.write(f"""
         version: 1
