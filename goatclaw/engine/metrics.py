@@ -20,19 +20,28 @@ def critical_path(needs: Mapping[str, Sequence[str]], tasks: Mapping[str, Any]) 
     ``tasks`` maps ids to results with ``started_at`` and ``finished_at`` (tasks that did
     not run have ``None``); only tasks of the main graph (those in ``needs``) count.
     """
-    ran = {tid: t for tid, t in tasks.items() if tid in needs and t.started_at is not None
-           and t.finished_at is not None}
-    if not ran:
-        return []
-    current: str | None = max(ran, key=lambda tid: (ran[tid].finished_at, tid))
+    spans: dict[str, tuple[float, float]] = {}  # tasks of the main graph that ran: (started, finished)
+    last, last_end = None, 0.0
+    for tid, t in tasks.items():
+        start, end = t.started_at, t.finished_at
+        if start is None or end is None or tid not in needs:
+            continue
+        spans[tid] = (start, end)
+        if last is None or end > last_end or (end == last_end and tid > last):
+            last, last_end = tid, end
     path: list[dict[str, Any]] = []
+    current = last
     while current is not None:
-        task = ran[current]
-        before = [n for n in needs[current] if n in ran and ran[n].finished_at <= task.started_at + 1e-9]
-        previous = max(before, key=lambda n: (ran[n].finished_at, n)) if before else None
-        ready_at = ran[previous].finished_at if previous is not None else task.started_at
-        path.append({"task": current, "duration": round(task.finished_at - task.started_at, 6),
-                     "wait": round(max(0.0, task.started_at - ready_at), 6)})
+        start, end = spans[current]
+        previous, previous_end = None, 0.0  # the need that finished last before this task started
+        for n in needs[current]:
+            span = spans.get(n)
+            if span is None or span[1] > start + 1e-9:
+                continue
+            if previous is None or span[1] > previous_end or (span[1] == previous_end and n > previous):
+                previous, previous_end = n, span[1]
+        ready_at = previous_end if previous is not None else start
+        path.append({"task": current, "duration": round(end - start, 6), "wait": round(max(0.0, start - ready_at), 6)})
         current = previous
     path.reverse()
     return path
