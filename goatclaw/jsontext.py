@@ -8,13 +8,23 @@ bits), and those fall back to the stdlib encoder, so the text is always produced
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_pretty"]
+__all__ = ["dumps", "dumps_pretty", "plain"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def plain(value: Any) -> Any:
+    """A ``default=`` for JSON encoders: read-only mappings and sets (sorted) as JSON, the rest as text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)
 _FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str).encode
 _PRETTY_FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, indent=2).encode
 

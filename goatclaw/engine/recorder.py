@@ -22,7 +22,7 @@ from typing import Any
 from goatclaw.engine.state import RunResult, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
-from goatclaw.jsontext import dumps
+from goatclaw.jsontext import dumps, plain
 from goatclaw.plugin import AUDIT_PREFIX
 from goatclaw.security.audit import seal
 from goatclaw.security.secrets import Redactor
@@ -188,7 +188,7 @@ class Recorder:
     def dead_letter(self, task_id: str | None, inputs: Any, error_class: str | None, error: str | None, *,
                     kind: str = "task", topic: str | None = None) -> None:
         """Keep a task that failed for good (or an event a subscriber choked on) with its inputs."""
-        text = json.dumps(inputs, ensure_ascii=False, default=_plain)
+        text = json.dumps(inputs, ensure_ascii=False, default=plain)
         self.dead.append((kind, self.run_id, task_id, topic, self._mask(text), error_class, self._mask(error),
                           time.time()))
         self.event("dead_letter.added", task_id, {"kind": kind, "topic": topic, "error_class": error_class})
@@ -290,15 +290,6 @@ class Recorder:
 
     def _mask(self, text: str | None) -> str | None:
         return self.redactor.mask(text)
-
-
-def _plain(value: Any) -> Any:
-    """JSON for the frozen containers a spec holds (read-only mappings, sets); text for anything else."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    return str(value)
 
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import orjson
 from goatclaw.engine.inputs import InputGlobs
 from goatclaw.engine.recorder import Recorder
 from goatclaw.errors import TemplateError
+from goatclaw.jsontext import plain
 from goatclaw.registry import Plugin
 from goatclaw.spec.model import Task
 from goatclaw.template import Compiled
@@ -95,16 +96,7 @@ class TaskCache:
         return self.digests[task.id]
 
 
-def _key_default(value: Any) -> Any:
-    """Cache keys: read-only mappings as dicts, sets in a stable order, anything else as text."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (frozenset, set)):
-        return sorted(value, key=repr)
-    return str(value)
-
-
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=_key_default)
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=plain)
 
 
 def key_text(value: Any) -> str:
@@ -114,6 +106,6 @@ def key_text(value: Any) -> str:
     stdlib; a given value always takes the same way, so its key is stable.
     """
     try:
-        return orjson.dumps(value, default=_key_default, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(value, default=plain, option=orjson.OPT_SORT_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _KEY_ENCODER.encode(value)
