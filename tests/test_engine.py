@@ -223,6 +223,7 @@ class _Watching:
         pass
 
 
+@goatclaw.task(cacheable=True)  # pure: the third run of each lane reads the task cache
 async def _lane(ctx: goatclaw.TaskContext, fail: bool = False, flaky: bool = False, value: Any = None,
                 spins: int = 0) -> dict[str, Any]:
     for _ in range(spins):
@@ -278,11 +279,17 @@ def test_the_fast_lane_stores_exactly_what_the_general_path_stores(
     reg = registry_with(lane=_lane)
     seen = []
     for name, hooks in (("fast", ()), ("general", (_Watching(),))):
-        store = folder / f"{name}.db"
-        result = run_file(path, reg, store=store, hooks=list(hooks), cache=False)
-        results = {tid: (t.status, t.output, t.error, t.error_class, t.attempts) for tid, t in result.tasks.items()}
-        seen.append((result.status, _stored(store, result.run_id), results))
+        runs = []
+        for cache in (False, True, True):  # without the task cache, then filling it, then reading it
+            store = folder / f"{name}-{'cache' if cache else 'nocache'}.db"
+            result = run_file(path, reg, store=store, hooks=list(hooks), cache=cache)
+            results = {tid: (t.status, t.output, t.error, t.error_class, t.attempts)
+                       for tid, t in result.tasks.items()}
+            runs.append((result.status, _stored(store, result.run_id), results))
+        seen.append(runs)
     assert seen[0] == seen[1]
+    assert any(row[1] == "cached" for row in seen[0][2][1]["tasks"]) == any(
+        status == "succeeded" for status, *_ in seen[0][0][2].values())
 
 
 def test_concurrency_limit_is_reached_not_just_respected(write_pipeline: Callable[..., Path], rec: Recording) -> None:
