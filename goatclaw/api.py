@@ -29,6 +29,7 @@ from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
+from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
@@ -312,6 +313,9 @@ def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, var
                             if ref is True else f"--resume: no run '{ref}' in {store_path}")
     if row.pipeline != pipeline.name:
         raise GoatclawError(f"--resume: run {row.id} is of pipeline '{row.pipeline}', not '{pipeline.name}'")
+    if row.status == "running" and row.owner != current_owner() and owner_state(row.owner) is Liveness.ALIVE:
+        raise GoatclawError(f"--resume: run {row.id} is still running (process {owner_pid(row.owner)} on this "
+                            "machine); wait for it to end or stop it first: a run is never run twice at once")
     if row.digest != pipeline.digest and not force:
         raise GoatclawError(f"--resume: {pipeline.file or pipeline.name} changed since run {row.id} started "
                             "(its stored outputs may not fit any more); pass --force to resume anyway")

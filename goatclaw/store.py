@@ -28,6 +28,7 @@ from typing import Any
 import sqlean
 
 from goatclaw.errors import StoreError
+from goatclaw.liveness import Liveness, current_owner, owner_state
 
 __all__ = ["MIGRATIONS", "UNFINISHED", "DeadLetter", "RunRow", "Store", "TaskRow"]
 
@@ -233,6 +234,11 @@ def _m008_task_plugin(db: Connection) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN plugin TEXT")
 
 
+def _m009_run_owner(db: Connection) -> None:
+    # The process running each run (goatclaw.liveness): runs can say a run was interrupted.
+    db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -243,6 +249,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("006_llm_cache", _m006_llm_cache),
     ("007_audit", _m007_audit),
     ("008_task_plugin", _m008_task_plugin),
+    ("009_run_owner", _m009_run_owner),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -263,11 +270,17 @@ class RunRow:
     vars: dict[str, Any]
     error: str | None
     summary: dict[str, Any]
+    owner: str | None = None  # the process running it (goatclaw.liveness)
 
     @property
     def duration(self) -> float | None:
         """Seconds from start to finish, if finished."""
         return None if self.finished_at is None else self.finished_at - self.started_at
+
+    @property
+    def interrupted(self) -> bool:
+        """Stored as running, but the process that ran it on this machine is gone (a kill -9, a reboot)."""
+        return self.status == "running" and owner_state(self.owner) is Liveness.GONE
 
 
 @dataclass(frozen=True)
@@ -348,17 +361,20 @@ class Store:
 
     def create_run(self, run_id: str, pipeline: str, *, file: str | None, digest: str | None,
                    vars: dict[str, Any], started_at: float) -> None:
-        """Record a new run as ``running``."""
+        """Record a new run as ``running``, owned by this process."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars) VALUES (?,?,?,?,?,?,?)",
-                (run_id, pipeline, file, digest, "running", started_at, json.dumps(vars, default=str)),
+                "INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars, owner) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, pipeline, file, digest, "running", started_at, json.dumps(vars, default=str),
+                 current_owner()),
             )
 
     def resume_run(self, run_id: str) -> int:
-        """Mark a stored run ``running`` again; the last event number it has (events continue from it)."""
+        """Mark a stored run ``running`` again, by this process; its last event number (events continue from it)."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = ?", (run_id,))
+            db.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, owner = ? WHERE id = ?",
+                       (current_owner(), run_id))
             row = db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)
 
@@ -613,7 +629,8 @@ def _loads(text: str | None) -> Any:
 
 
 def _run_row(r: Sequence[Any]) -> RunRow:
-    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {})
+    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {},
+                  r[10] if len(r) > 10 else None)
 
 
 #: How long opening a store waits for another connection that is switching a new store to WAL.

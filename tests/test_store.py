@@ -174,9 +174,10 @@ def test_kill_9_mid_run_keeps_finished_tasks_and_an_intact_store(project: Path,
           sleeper:
             uses: shell
             needs: first
-            with: {script: sleep 30}
+            with: {script: "test -f slept || { touch slept; sleep 30; }"}
         """)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
+    resume = [sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--resume", "--output", "plain"]
     proc = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--output", "plain"],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -191,6 +192,11 @@ def test_kill_9_mid_run_keeps_finished_tasks_and_an_intact_store(project: Path,
         assert any("sleeper started" in line for line in lines), "".join(lines)
         time.sleep(0.5)  # the finished task is committed "a moment after it finishes"
         assert proc.poll() is None, "the run ended by itself"
+        # a live run is never resumed from another process
+        refused = subprocess.run(resume, cwd=project, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"is still running (process {proc.pid} on this machine)" in refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stdout + refused.stderr
         grandchildren = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -224,3 +230,11 @@ def test_kill_9_mid_run_keeps_finished_tasks_and_an_intact_store(project: Path,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert run.id in again.stdout
+    assert "interrupted" in again.stdout  # stored as running, its process gone
+
+    # and now it resumes: the finished task is kept, the interrupted one runs again
+    finished = subprocess.run(resume, cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    with Store.open(store_path) as db:
+        row = db.run(run.id)
+        assert row is not None and row.status == "succeeded" and not row.interrupted

@@ -23,6 +23,7 @@ from goatclaw.engine.state import RunResult
 from goatclaw.errors import Problem
 from goatclaw.events import Bus, Event
 from goatclaw.graph import Plan
+from goatclaw.liveness import owner_pid
 from goatclaw.store import DeadLetter, RunRow, TaskRow
 
 __all__ = ["LiveView", "PlainView", "print_plan", "print_plugin", "print_plugins", "print_problems", "print_run",
@@ -37,6 +38,7 @@ STYLE = {
     "skipped": ("↷", "yellow"),
     "upstream_failed": ("⊘", "red"),
     "cancelled": ("■", "magenta"),
+    "interrupted": ("↯", "magenta"),  # a run left running by a process that is gone
     "blocked": ("⛔", "bold red"),
     "retrying": ("↻", "yellow"),
 }
@@ -284,15 +286,21 @@ def reuse_note(result: RunResult) -> str:
     return ", ".join(parts)
 
 
+def _run_status(run: RunRow) -> str:
+    """The stored status, or ``interrupted`` for a run left ``running`` by a process that is gone."""
+    return "interrupted" if run.interrupted else run.status
+
+
 def print_runs(runs: list[RunRow], console: Console) -> None:
     """A table of stored runs (fits 80 columns, so a pipe can grep it)."""
     table = Table(box=None, header_style="bold", padding=(0, 1), pad_edge=False)
     for col in ("run", "pipeline", "status", "started", "time", "tasks"):
         table.add_column(col, no_wrap=col != "tasks", overflow="fold")
     for r in runs:
-        _, style = STYLE.get(r.status, ("▶", "cyan"))
+        status = _run_status(r)
+        _, style = STYLE.get(status, ("▶", "cyan"))
         counts = ", ".join(f"{v} {k}" for k, v in sorted(r.summary.get("counts", {}).items()))
-        table.add_row(r.id, r.pipeline, Text(r.status, style=style),
+        table.add_row(r.id, r.pipeline, Text(status, style=style),
                       datetime.fromtimestamp(r.started_at).strftime("%m-%d %H:%M"), _fmt_duration(r.duration), counts)
     console.print(table)
 
@@ -330,8 +338,12 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
 def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console,
               events: list[dict[str, Any]] | None = None) -> None:
     """One stored run: its status, each task's result, and failed attempts."""
-    icon, style = STYLE.get(run.status, ("▶", "cyan"))
-    console.print(Text(f"{icon} {run.id}  {run.pipeline}  {run.status}", style=f"bold {style}"))
+    status = _run_status(run)
+    icon, style = STYLE.get(status, ("▶", "cyan"))
+    console.print(Text(f"{icon} {run.id}  {run.pipeline}  {status}", style=f"bold {style}"))
+    if run.interrupted:
+        console.print(Text(f"  interrupted: the process that ran it (pid {owner_pid(run.owner)}) is gone; "
+                           "goatclaw apply FILE --resume finishes it", style="yellow"), soft_wrap=True)
     console.print(f"  file: {run.file}   started: {datetime.fromtimestamp(run.started_at):%Y-%m-%d %H:%M:%S}"
                   f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False)
     if run.vars:
