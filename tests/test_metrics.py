@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -144,3 +145,34 @@ def test_cpu_bound_tasks_report_the_worker_cpu_they_used(write_pipeline: Callabl
     assert busy["process"] == "pool" and busy["cpu_user_s"] + busy["cpu_system_s"] > 0.05
     assert busy["max_rss_mb"] > 5
     assert any(e["task"] == "broken" for e in events)  # a failed call used CPU too
+
+
+def _spin(ctx: goatclaw.TaskContext, n: int = 0, sleep: float = 0.0) -> int:
+    """A blocking plugin (run in a thread of its own): burn CPU, or wait without using any."""
+    time.sleep(sleep)
+    return sum(i * i for i in range(n))
+
+
+def test_blocking_tasks_report_the_cpu_their_thread_used(write_pipeline: Callable[..., Path],
+                                                        store_path: Path) -> None:
+    from goatclaw.registry import Registry
+
+    registry = Registry()
+    registry.register_task("spin", _spin)
+    path = write_pipeline("""
+        version: 1
+        name: threads
+        concurrency: 2
+        tasks:
+          busy: {uses: spin, with: {n: 3000000}}
+          idle: {uses: spin, with: {sleep: 0.3}}
+        """)
+    result = goatclaw.run(path, registry=registry)
+    assert result.ok, {t: r.error for t, r in result.tasks.items()}
+    with Store.open(store_path) as db:
+        events = {e["task"]: e["data"] for e in db.events(result.run_id) if e["topic"] == "task.resources"}
+        usage = history.resources(db.events(result.run_id))
+    assert events["busy"]["process"] == "thread" and events["busy"]["cpu_user_s"] > 0.05
+    # the idle task ran beside the busy one in the same process: its thread's CPU is its own, not the process's
+    assert events["idle"]["cpu_user_s"] + events["idle"]["cpu_system_s"] < 0.02
+    assert usage["busy"]["cpu_s"] > 0.05

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import resource
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -95,30 +96,44 @@ async def _in_thread(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> An
 
     A thread cannot be killed: on a timeout or cancel it is abandoned and its result is
     dropped. Being a daemon, and not in the loop's default executor, it holds neither the
-    run (``asyncio.run`` waits for the default executor) nor the process's exit.
+    run (``asyncio.run`` waits for the default executor) nor the process's exit. The CPU
+    time the thread used is reported as a ``task.resources`` event (``process: thread``).
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     context = contextvars.copy_context()  # the run's settings (rate limits, LLM session) go with the call
 
-    def settle(ok: bool, value: Any) -> None:
+    def settle(ok: bool, value: Any, usage: dict[str, float]) -> None:
         if not future.done():
+            ctx.emit("task.resources", **usage, process="thread")
             future.set_result(value) if ok else future.set_exception(value)
 
     def work() -> None:
+        before = _thread_cpu()
         try:
             result = context.run(fn, ctx, **kwargs)
         except BaseException as exc:  # handed to the awaiting task, which maps it
             ok, value = False, exc
         else:
             ok, value = True, result
+        after = _thread_cpu()
+        usage = {"cpu_user_s": round(after[0] - before[0], 6), "cpu_system_s": round(after[1] - before[1], 6)}
         try:
-            loop.call_soon_threadsafe(settle, ok, value)
+            loop.call_soon_threadsafe(settle, ok, value, usage)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
     threading.Thread(target=work, name=f"goatclaw-task-{ctx.task_id}", daemon=True).start()
     return await future
+
+
+def _thread_cpu() -> tuple[float, float]:
+    """The calling thread's user and system CPU seconds (Linux); elsewhere its CPU time, all as user."""
+    try:
+        usage = resource.getrusage(resource.RUSAGE_THREAD)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return time.thread_time(), 0.0
+    return usage.ru_utime, usage.ru_stime
 
 
 def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[bool, Any, dict[str, float]]:
