@@ -16,6 +16,7 @@ from typing import Any
 from goatclaw.engine.state import RunResult
 from goatclaw.errors import GoatclawError
 from goatclaw.events import Bus, Event
+from goatclaw.liveness import Liveness, owner_state
 from goatclaw.store import DeadLetter, RunRow, Store
 
 __all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "resources", "stats"]
@@ -245,12 +246,14 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
 def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = False) -> dict[str, int]:
     """Delete runs (with their tasks, attempts, events and dead letters) started over ``older_than`` seconds ago.
 
-    Runs still marked ``running`` are kept. Cached outputs older than that go too.
+    Runs still running are kept; a run left ``running`` by a process that is gone
+    (interrupted) goes like a finished one. Cached outputs older than that go too.
     """
     cutoff = time.time() - older_than
     with Store.open(store) as db:
-        ids = [r[0] for r in db.db.execute("SELECT id FROM runs WHERE started_at < ? AND status != 'running'",
-                                           (cutoff,))]
+        ids = [run_id for run_id, status, owner in db.db.execute(
+            "SELECT id, status, owner FROM runs WHERE started_at < ?", (cutoff,))
+            if status != "running" or owner_state(owner) is Liveness.GONE]
         counts = {"runs": len(ids)}
         if dry_run:
             return counts

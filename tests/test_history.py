@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 import goatclaw
 from goatclaw.cli.app import app
+from goatclaw.liveness import current_owner
 from goatclaw.store import Store
 
 FAILING = """
@@ -142,3 +144,26 @@ def test_stats_health_and_prune(write_pipeline: Callable[..., Path], store_path:
     with Store.open(store_path) as db:
         assert db.runs() == [] and db.integrity() == "ok"
         assert db.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+def test_prune_drops_interrupted_runs_and_keeps_live_ones(write_pipeline: Callable[..., Path],
+                                                          store_path: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        name: st
+        tasks:
+          a: {uses: echo, with: {value: 1}}
+        """)
+    for _ in range(2):
+        cli("apply", str(path), "-o", "plain", "--no-cache")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with Store.open(store_path) as db:
+        live, dead = (r.id for r in db.runs())
+        # one run still running in this very process, one left running by a process that is gone
+        db.db.execute("UPDATE runs SET status = 'running', owner = ? WHERE id = ?", (current_owner(), live))
+        db.db.execute("UPDATE runs SET status = 'running', owner = ? WHERE id = ?",
+                      (current_owner().rsplit(":", 2)[0] + f":{gone.pid}:1", dead))
+    assert cli("runs", "prune", "--older-than", "0s").exit_code == 0
+    with Store.open(store_path) as db:
+        assert [r.id for r in db.runs()] == [live]
