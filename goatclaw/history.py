@@ -34,6 +34,7 @@ def events(store: str | os.PathLike[str], ref: str = "last", *, follow: bool = F
     """A run's stored events in order; with ``follow``, keep reading until the run has ended.
 
     Another process may be writing the run: WAL lets this reader see each committed batch.
+    A run whose process is gone (interrupted) has ended too: nothing more will come.
     """
     with Store.open(store) as db:
         run_id = _run(db, ref).id
@@ -46,7 +47,7 @@ def events(store: str | os.PathLike[str], ref: str = "last", *, follow: bool = F
             if not follow:
                 return
             row = db.run(run_id)
-            if not batch and (row is None or row.status != "running"):
+            if not batch and (row is None or row.status != "running" or row.interrupted):
                 return
             if not batch:
                 sleep(poll)

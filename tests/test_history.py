@@ -11,6 +11,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 import goatclaw
+from goatclaw import history
 from goatclaw.cli.app import app
 from goatclaw.liveness import current_owner
 from goatclaw.store import Store
@@ -167,3 +168,27 @@ def test_prune_drops_interrupted_runs_and_keeps_live_ones(write_pipeline: Callab
     assert cli("runs", "prune", "--older-than", "0s").exit_code == 0
     with Store.open(store_path) as db:
         assert [r.id for r in db.runs()] == [live]
+
+
+def test_following_an_interrupted_run_ends(write_pipeline: Callable[..., Path], store_path: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        name: st
+        tasks:
+          a: {uses: echo, with: {value: 1}}
+        """)
+    cli("apply", str(path), "-o", "plain", "--no-cache")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with Store.open(store_path) as db:
+        (run,) = db.runs()
+        db.db.execute("UPDATE runs SET status = 'running', owner = ? WHERE id = ?",
+                      (current_owner().rsplit(":", 2)[0] + f":{gone.pid}:1", run.id))
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        assert len(waits) < 5, "still following a run whose process is gone"
+
+    seen = list(history.events(store_path, run.id, follow=True, sleep=sleep))
+    assert seen[0]["topic"] == "run.started" and waits == []
