@@ -227,7 +227,7 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def health(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """The store's size, integrity and WAL; open breakers, dead letters and last day's error rate."""
+    """The store's size, integrity and WAL; open breakers, dead letters, interrupted runs, last day's error rate."""
     path = Path(store)
     wal = Path(f"{path}-wal")
     with Store.open(path) as db:
@@ -238,10 +238,12 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
         done, failed = db.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status != "
             "'running'", (day,)).fetchone()
+        interrupted = [run_id for run_id, owner in db.db.execute("SELECT id, owner FROM runs WHERE status = 'running'")
+                       if owner_state(owner) is Liveness.GONE]
     return {"store": str(path), "size": path.stat().st_size, "wal_size": wal.stat().st_size if wal.exists() else 0,
             "integrity": integrity, "open_breakers": breakers, "dead_letters": dead,
             "runs_24h": done, "failed_runs_24h": failed, "error_rate_24h": failed / done if done else 0.0,
-            "ok": integrity == "ok" and not breakers}
+            "interrupted_runs": interrupted, "ok": integrity == "ok" and not breakers}
 
 
 def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = False) -> dict[str, int]:

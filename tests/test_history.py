@@ -165,6 +165,9 @@ def test_prune_drops_interrupted_runs_and_keeps_live_ones(write_pipeline: Callab
         db.db.execute("UPDATE runs SET status = 'running', owner = ? WHERE id = ?", (current_owner(), live))
         db.db.execute("UPDATE runs SET status = 'running', owner = ? WHERE id = ?",
                       (current_owner().rsplit(":", 2)[0] + f":{gone.pid}:1", dead))
+    health = json.loads(cli("health", "--json").output)
+    assert health["interrupted_runs"] == [dead] and health["ok"]  # worth a look, not a broken store
+    assert f"interrupted runs (their process is gone; --resume finishes them): {dead}" in cli("health").output
     assert cli("runs", "prune", "--older-than", "0s").exit_code == 0
     with Store.open(store_path) as db:
         assert [r.id for r in db.runs()] == [live]

@@ -551,6 +551,10 @@ def print_health(data: dict[str, Any], console: Console) -> None:
                        style="red" if breakers else "green"))
     console.print(Text(f"{'!' if data['dead_letters'] else '✓'} dead letters not replayed: {data['dead_letters']}",
                        style="yellow" if data["dead_letters"] else "green"))
+    interrupted = data.get("interrupted_runs") or []
+    console.print(Text(f"{'!' if interrupted else '✓'} interrupted runs (their process is gone; --resume finishes "
+                       f"them): {', '.join(interrupted) or 'none'}", style="yellow" if interrupted else "green"),
+                  soft_wrap=True)
     console.print(f"  runs in the last 24 h: {data['runs_24h']}, failed: {data['failed_runs_24h']} "
                   f"({data['error_rate_24h'] * 100:.0f}%)", highlight=False)
 
