@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from goatclaw.errors import StoreError
-from goatclaw.security.audit import AuditRow, Verdict, verify
+from goatclaw.security.audit import AuditRow, Verdict, audit_key, verify
 from goatclaw.store import Store
 
 __all__ = ["AuditRow", "Verdict", "audit_log", "verify_audit"]
@@ -50,7 +50,13 @@ def audit_log(store: str | os.PathLike[str], *, run: str | None = None, action: 
     return rows[-limit:] if limit else rows
 
 
-def verify_audit(store: str | os.PathLike[str]) -> Verdict:
-    """Check the whole chain (every run's rows) and its head; the first altered or missing row."""
+def verify_audit(store: str | os.PathLike[str], *, key: str | bytes | None = None,
+                 keyed_from: int | None = None) -> Verdict:
+    """Check the whole chain (every run's rows) and its head; the first altered or missing row.
+
+    Keyed rows are checked with ``key`` (default: ``GOATCLAW_AUDIT_KEY``); from row
+    ``keyed_from`` on (pinned where the store cannot reach), every row must be keyed.
+    """
+    secret = key.encode() if isinstance(key, str) else key if key is not None else audit_key()
     with _open(store) as db:
-        return verify((AuditRow(*r) for r in db.audit_rows()), db.audit_head())
+        return verify((AuditRow(*r) for r in db.audit_rows()), db.audit_head(), key=secret, keyed_from=keyed_from)

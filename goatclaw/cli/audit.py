@@ -62,11 +62,19 @@ def _summary(data: Any) -> str:
 
 @audit_app.command("verify")
 @handles_errors
-def audit_verify(store: StoreOption = None, as_json: JsonOption = False) -> None:
-    """Check every row's hash and link and the chain's head; exit 1 at the first altered or missing row."""
+def audit_verify(
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    keyed_from: Annotated[int | None, typer.Option(
+        "--keyed-from", min=1, help="Every row from this one on must be keyed (with GOATCLAW_AUDIT_KEY).")] = None,
+) -> None:
+    """Check every row's hash and link and the chain's head; exit 1 at the first altered or missing row.
+
+    Keyed rows (written while GOATCLAW_AUDIT_KEY was set) are checked with that key.
+    """
     from goatclaw.audit import verify_audit
 
-    verdict = verify_audit(_store_file(store))
+    verdict = verify_audit(_store_file(store), keyed_from=keyed_from)
     if as_json:
         print(json.dumps(verdict.to_dict(), indent=2))
     elif verdict.ok:

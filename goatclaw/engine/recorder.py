@@ -24,7 +24,7 @@ from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps, plain
 from goatclaw.plugin import AUDIT_PREFIX
-from goatclaw.security.audit import seal
+from goatclaw.security.audit import KEY_ENV, audit_key, sealer
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
@@ -56,6 +56,10 @@ class Recorder:
         self.store = store
         self.bus = bus
         self.run_id = run_id
+        key = audit_key()
+        if key is not None:  # the audit key is masked like a declared secret
+            secrets = ({**secrets, KEY_ENV: key.decode()} if isinstance(secrets, Mapping)
+                       else (*secrets, key.decode()))
         values = secrets.values() if isinstance(secrets, Mapping) else secrets
         self.secrets = tuple(sorted((s for s in values if s and len(s) >= 3), key=len, reverse=True))
         #: Masks the secrets (by name) and their encoded forms (base64, URL, hex, JSON) in everything written.
@@ -69,6 +73,7 @@ class Recorder:
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
         self._audit_lock = threading.Lock()
+        self._seal = sealer(key)  # keyed when GOATCLAW_AUDIT_KEY is set (goatclaw.security.audit)
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
@@ -282,7 +287,7 @@ class Recorder:
             batch["audit"], self.audit = self.audit, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
         if batch["audit"]:
-            batch["seal"] = seal
+            batch["seal"] = self._seal
         if self._writer is not None:
             self._writer.put(batch)
         else:

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from goatclaw.errors import PermissionDenied
+from goatclaw.security.audit import KEY_ENV
 
 __all__ = [
     "BASELINE_ENV",
@@ -155,14 +156,14 @@ class Grant:
         self._deny("python", f"'{ref}'" + (" is not in" if self.python else " cannot be called:"), self.python)
 
     def env_visible(self, name: str) -> bool:
-        """Whether a task may see the environment variable ``name``."""
+        """Whether a task may see the environment variable ``name`` (never the audit key)."""
+        if name == KEY_ENV:
+            return False
         return name in BASELINE_ENV or self.env is True or (isinstance(self.env, tuple) and name in self.env)
 
     def environment(self, source: Mapping[str, str] | None = None) -> dict[str, str]:
         """The variables of ``source`` (default ``os.environ``) that this task may see."""
         source = os.environ if source is None else source
-        if self.env is True:
-            return dict(source)
         return {k: v for k, v in source.items() if self.env_visible(k)}
 
     def environment_view(self, source: Mapping[str, str]) -> Mapping[str, str]:

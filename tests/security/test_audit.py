@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 import goatclaw
+from goatclaw.cli.app import app
 from goatclaw.engine import recorder
 from goatclaw.plugin import TaskContext, task
 from goatclaw.security.audit import GENESIS, AuditRow, row_hash, seal, verify
@@ -333,3 +335,76 @@ def test_a_request_that_gets_no_answer_is_audited_too(write_pipeline, store_path
     assert [(r.data["method"], r.data["url"], r.data["error_class"]) for r in failed] == [
         ("GET", f"http://127.0.0.1:{port}/x", "connection")]
     assert goatclaw.verify_audit(store_path).ok
+
+
+# -- a keyed chain (GOATCLAW_AUDIT_KEY): nobody without the key can rebuild it --------------------
+
+KEY = b"correct horse battery staple"
+
+
+def _keyed_chain(pending: list[tuple[Any, ...]], plain_first: int = 0) -> list[AuditRow]:
+    """``plain_first`` rows written before the key was set, the rest keyed."""
+    rows = seal(0, None, pending[:plain_first])
+    head = (rows[-1][0], rows[-1][-1]) if rows else (0, None)
+    return [AuditRow(*r) for r in [*rows, *seal(head[0], head[1], pending[plain_first:], key=KEY)]]
+
+
+@given(st.lists(_pending, min_size=1, max_size=10), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_keyed_chain_finds_any_change_even_when_the_rest_is_rebuilt(pending, data) -> None:
+    plain = data.draw(st.integers(0, len(pending) - 1), label="rows before the key")
+    rows = _keyed_chain(pending, plain)
+    head = (rows[-1].seq, rows[-1].hash)
+    verdict = verify(rows, head, key=KEY)
+    assert verdict.ok and verdict.keyed_from == plain + 1, verdict
+    k = data.draw(st.integers(plain, len(rows) - 1), label="altered keyed row")
+    # the attacker changes row k and re-links it and every later row, without the key
+    forged = [(r.ts, r.run_id, r.task_id, r.action, r.detail) for r in rows[k:]]
+    forged[0] = (forged[0][0], forged[0][1], forged[0][2], forged[0][3], '{"tampered": true}')
+    assume(forged[0][4] != rows[k].detail)
+    how = data.draw(st.sampled_from(["plain", "other key"]), label="rebuilt with")
+    rebuilt = seal(rows[k - 1].seq if k else 0, rows[k - 1].hash if k else None, forged,
+                   key=None if how == "plain" else b"a guess")
+    changed = [*rows[:k], *(AuditRow(*r) for r in rebuilt)]
+    new_head = (changed[-1].seq, changed[-1].hash)
+    verdict = verify(changed, new_head, key=KEY, keyed_from=plain + 1)
+    assert not verdict.ok and verdict.seq == k + 1, verdict
+
+
+def test_keyed_rows_need_the_key_and_a_pinned_keyed_from_refuses_a_plain_rebuild() -> None:
+    pending = [(1.0, "r", None, "file.written", '{"path": "a"}'), (2.0, "r", None, "file.written", '{"path": "b"}')]
+    keyed = _keyed_chain(pending)
+    head = (keyed[-1].seq, keyed[-1].hash)
+    assert keyed[0].hash.startswith("hmac:")
+    missing = verify(keyed, head)
+    assert not missing.ok and missing.seq == 1 and "set GOATCLAW_AUDIT_KEY to verify it" in str(missing)
+    # the whole chain rebuilt without the key passes a verifier that expects nothing ...
+    plain = _chain(pending)
+    assert verify(plain, (plain[-1].seq, plain[-1].hash), key=KEY).ok
+    # ... but not one that pinned where the keyed rows start
+    pinned = verify(plain, (plain[-1].seq, plain[-1].hash), key=KEY, keyed_from=1)
+    assert not pinned.ok and pinned.seq == 1 and "every row from 1 on must be" in str(pinned)
+
+
+def test_a_run_with_the_audit_key_writes_a_keyed_chain_and_never_shows_the_key(
+        project, write_pipeline, store_path, monkeypatch) -> None:
+    monkeypatch.setenv("GOATCLAW_AUDIT_KEY", KEY.decode())
+    monkeypatch.setattr(recorder, "_PROCESS_WRITER_TASKS", 50)  # the writer process seals with the key too
+    tasks = {f"n{i}": {"uses": "note", "with": {"n": i}} for i in range(60)}
+    tasks["leak"] = {"uses": "echo", "with": {"value": "${{ env.GOATCLAW_AUDIT_KEY }}"}}
+    tasks["say"] = {"uses": "shell", "with": {"script": 'echo "key=$GOATCLAW_AUDIT_KEY"'}}
+    (project / "big.yaml").write_text(json.dumps({"version": 1, "name": "keyed", "tasks": tasks}))
+    reg = _registry()
+    result = goatclaw.run(goatclaw.load(project / "big.yaml", registry=reg), registry=reg)
+    assert result.tasks["leak"].status.value == "failed"  # env.GOATCLAW_AUDIT_KEY is nobody's to read
+    assert result.tasks["say"].output["stdout"].strip() == "key="  # nor a command's
+    rows = goatclaw.audit_log(store_path)
+    assert rows and all(r.hash.startswith("hmac:") for r in rows)
+    assert goatclaw.verify_audit(store_path).ok
+    assert KEY not in b"".join(p.read_bytes() for p in store_path.parent.glob("goatclaw.db*"))
+    monkeypatch.delenv("GOATCLAW_AUDIT_KEY")
+    assert not goatclaw.verify_audit(store_path).ok
+    out = CliRunner().invoke(app, ["audit", "verify"])
+    assert out.exit_code == 1 and "set GOATCLAW_AUDIT_KEY to verify it" in out.output
+    ok = CliRunner().invoke(app, ["audit", "verify", "--keyed-from", "1"], env={"GOATCLAW_AUDIT_KEY": KEY.decode()})
+    assert ok.exit_code == 0 and "keyed from row 1" in ok.output
