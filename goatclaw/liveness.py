@@ -1,10 +1,12 @@
 """Which process runs a stored run, and whether it still does.
 
 A run's ``owner`` tag names the process that runs it: ``host:boot:pid:start``, where
-``boot`` is the kernel's boot id and ``start`` the process's start time in clock ticks
-(Linux; empty elsewhere). Together they tell a process that is gone (a ``kill -9``, a
-reboot, a reused pid) from one that is still running the run, so that ``runs`` can say
-a run was interrupted and ``--resume`` refuses to run a live run a second time.
+``boot`` is the kernel's boot id with the process's pid namespace, and ``start`` the
+process's start time in clock ticks (Linux; empty elsewhere). Together they tell a
+process that is gone (a ``kill -9``, a reboot, a reused pid) from one that is still
+running the run, so that ``runs`` can say a run was interrupted and ``--resume``
+refuses to run a live run a second time. A process in another pid namespace (another
+container, even one sharing the host's name) is unknown, never taken for gone.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def owner_state(owner: str | None) -> Liveness:
     if len(parts) != 4 or not parts[2].isdigit() or parts[0] != socket.gethostname():
         return Liveness.UNKNOWN
     boot, pid, start = parts[1], int(parts[2]), parts[3]
-    if boot and _boot_id() and boot != _boot_id():
-        return Liveness.GONE  # the machine restarted since
+    here = _boot_id()
+    if boot and here and boot != here:
+        same_boot = boot.partition("/")[0] == here.partition("/")[0]
+        return Liveness.UNKNOWN if same_boot else Liveness.GONE  # another pid namespace, or a restart since
     if start and (_PROC / "self").exists():
         return Liveness.ALIVE if _start_ticks(pid) == start else Liveness.GONE  # "" when gone, another when reused
     try:
@@ -62,10 +66,13 @@ def owner_state(owner: str | None) -> Liveness:
 
 
 def _boot_id() -> str:
+    """The kernel's boot id and this process's pid namespace (pids mean something only within both)."""
     try:
-        return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+        boot = (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+        space = os.readlink(_PROC / "self/ns/pid").removeprefix("pid:[").removesuffix("]")
     except OSError:
         return ""
+    return f"{boot}/{space}"
 
 
 def _start_ticks(pid: int) -> str:

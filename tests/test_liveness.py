@@ -45,6 +45,9 @@ def test_a_reused_pid_or_a_reboot_is_gone_and_another_machine_unknown() -> None:
     assert pid is not None
     assert owner_state(_tag(pid, start="1")) is Liveness.GONE  # same pid, another process
     assert owner_state(_tag(pid, boot="another-boot")) is Liveness.GONE
+    boot, _, space = liveness._boot_id().partition("/")
+    assert space  # this process's pid namespace is part of the tag
+    assert owner_state(_tag(pid, boot=f"{boot}/4026000000")) is Liveness.UNKNOWN  # another container's pid
     assert owner_state(_tag(pid, host="elsewhere.example")) is Liveness.UNKNOWN
     for junk in (None, "", "x", "a:b:c:d", "a:b"):
         assert owner_state(junk) is Liveness.UNKNOWN
