@@ -217,14 +217,14 @@ def test_random_failures_block_descendants_and_spare_independent_branches(
 
 
 class _Watching:
-    """A hook that does nothing; any hook sends every task down the engine's general path."""
+    """A hook that does nothing: watching a run must not change what it does or stores."""
 
     def before_task(self, **_: Any) -> None:
         pass
 
 
-@goatclaw.task(cacheable=True)  # pure: the third run of each lane reads the task cache
-async def _lane(ctx: goatclaw.TaskContext, fail: bool = False, flaky: bool = False, value: Any = None,
+@goatclaw.task(cacheable=True)  # pure: the third run of each kind reads the task cache
+async def _step(ctx: goatclaw.TaskContext, fail: bool = False, flaky: bool = False, value: Any = None,
                 spins: int = 0) -> dict[str, Any]:
     for _ in range(spins):
         await asyncio.sleep(0)
@@ -250,7 +250,7 @@ def _stored(store: Path, run_id: str) -> dict[str, Any]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dag=dags(max_tasks=16), data=st.data())
-def test_the_fast_lane_stores_exactly_what_the_general_path_stores(
+def test_a_watching_hook_changes_nothing_a_run_stores(
         scratch: Path, dag: dict[str, Any], data: st.DataObject) -> None:
     ids = sorted(dag["needs"])
     failing = data.draw(st.sets(st.sampled_from(ids), max_size=3))
@@ -260,7 +260,7 @@ def test_the_fast_lane_stores_exactly_what_the_general_path_stores(
     tasks: dict[str, Any] = {}
     for tid in dag["order"]:
         needs = dag["needs"][tid]
-        task: dict[str, Any] = {"uses": "lane", "priority": dag["priority"][tid],
+        task: dict[str, Any] = {"uses": "step", "priority": dag["priority"][tid],
                                 "with": {"fail": tid in failing, "flaky": tid in flaky, "spins": dag["spins"][tid],
                                          "value": tid}}
         if needs:
@@ -272,13 +272,13 @@ def test_the_fast_lane_stores_exactly_what_the_general_path_stores(
         if tid in tolerant:
             task["continue_on_error"] = True
         tasks[tid] = task
-    folder = scratch / f"lanes{next(_examples)}"
+    folder = scratch / f"watched{next(_examples)}"
     folder.mkdir()
     path = write_json_pipeline(folder, tasks, concurrency=1)
     (folder / "goatclaw.yaml").write_text("version: 1\nmemory: {enabled: false}\n")  # failures are not learnt
-    reg = registry_with(lane=_lane)
+    reg = registry_with(step=_step)
     seen = []
-    for name, hooks in (("fast", ()), ("general", (_Watching(),))):
+    for name, hooks in (("plain", ()), ("watched", (_Watching(),))):
         runs = []
         for cache in (False, True, True):  # without the task cache, then filling it, then reading it
             store = folder / f"{name}-{'cache' if cache else 'nocache'}.db"

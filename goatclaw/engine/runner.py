@@ -47,7 +47,6 @@ from goatclaw.template import Compiled, compile_expression, compile_value, has_t
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
-_WELL = (TaskState.SUCCEEDED, TaskState.CACHED)
 #: The largest task output (serialised JSON) when the pipeline sets no ``max_output_bytes``.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
@@ -84,26 +83,6 @@ async def execute(plan: Plan, options: RunOptions) -> RunResult:
 def new_run_id() -> str:
     """A sortable, readable run id: ``20261124-140512-3fa9c1``."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """What a task's runs share, worked out once a run: its plugin, inputs, template context and lane.
-
-    ``fast`` tasks (no ``if``, ``foreach``, breaker, timeout, output checks or hooks, a
-    local async plugin, no refused untrusted flow) skip the general path: one inline
-    attempt, with the retry loop, fallback and dead letter starting only if it fails
-    (``cached`` ones look in the task cache first). ``screen``: whether the sentry reads
-    the task's output (its plugin has permissions, side effects or is not pure); a failed
-    task is always screened.
-    """
-
-    plugin: Plugin
-    compiled: Compiled
-    context: dict[str, Any]
-    fast: bool
-    cached: bool
-    screen: bool
 
 
 class _Runner(OutputChecks):
@@ -145,8 +124,6 @@ class _Runner(OutputChecks):
         self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
         self.cache: TaskCache | None = None  # reused outputs (a run with a store, unless --no-cache)
-        self.max_output_bytes = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
-        self.prepared: dict[str, _Prepared | None] = {}  # task id -> its lane (None: the plugin does not load)
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -263,7 +240,6 @@ class _Runner(OutputChecks):
         status = self._final_status()
         self.context["run"] = {**self.context["run"], "status": status.value, "errors": self._errors()}
         self.task_contexts.clear()  # they copied the old run view
-        self.prepared.clear()
         if status is RunStatus.FAILED and p.on_failure:
             await self._run_group(p.on_failure)
         if p.finally_:
@@ -395,7 +371,7 @@ class _Runner(OutputChecks):
         total = len(self.selected)
         bus = self.bus
         sentry = self.sentry
-        tasks, prepared, results = self.pipeline.tasks, self.prepared, self.result.tasks
+        tasks = self.pipeline.tasks
         assert sentry is not None
         while True:
             if self.ready and not sentry.threat.blocked:
@@ -405,9 +381,7 @@ class _Runner(OutputChecks):
                 tid = heapq.heappop(self.ready)[2]
                 task = tasks[tid]
                 await self._run_task(task)
-                prep = prepared.get(tid)
-                if prep is None or prep.screen or results[tid].status not in _WELL:
-                    self._screen(task)  # may stop the run before its dependents are released
+                self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -480,17 +454,14 @@ class _Runner(OutputChecks):
         res = self.result.tasks[task.id]
         rec = self.recorder
         assert rec is not None
-        prep = self.prepared[task.id] if task.id in self.prepared else self._prepare(task)
         res.move(TaskState.RUNNING)
-        res.started_at = started = time.time()
-        rec.task_started(task.id, started)
+        res.started_at = time.time()
+        rec.task_started(task.id, res.started_at)
         if self.hooks:
             await self.hooks.call("before_task", run_id=self.result.run_id, pipeline=self.pipeline.name,
                                   task_id=task.id, uses=task.uses)
         try:
-            if prep is not None and prep.fast:
-                await self._run_fast(task, prep, res, started)
-            elif task.if_ is not None and not self._condition(task):
+            if task.if_ is not None and not self._condition(task):
                 res.move(TaskState.SKIPPED)
             else:
                 plugin = self._plugin(task)
@@ -518,58 +489,6 @@ class _Runner(OutputChecks):
             rec.task_finished(res)
             if self.hooks and res.status is not TaskState.CANCELLED:
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
-
-    def _prepare(self, task: Task) -> _Prepared | None:
-        """Work out ``task``'s lane once a run (``None`` when its plugin does not load: the slow lane says why)."""
-        try:
-            plugin = self.registry.task(task.uses)
-            compiled = self._inputs(task)
-        except (PluginError, TaskError):
-            self.prepared[task.id] = None
-            return None
-        spec = plugin.spec
-        fast = (task.if_ is None and task.foreach is None and task.breaker is None and task.timeout is None
-                and not task.validate and self.inline_async and plugin.is_async and not self.hooks
-                and not self.guard.flows(task.id))
-        cached = self.cache is not None and task.cache.enabled and may_cache(task, plugin)
-        screen = bool(spec.permissions or spec.side_effects or not spec.cacheable)
-        prep = self.prepared[task.id] = _Prepared(plugin, compiled, self._context_for(task), fast, cached, screen)
-        return prep
-
-    async def _run_fast(self, task: Task, prep: _Prepared, res: TaskResult, started: float) -> None:
-        """A fast-lane task: its cached output, else one inline attempt (the retry loop only after a failure)."""
-        cache = self.cache
-        key = cache.key(task, prep.plugin, prep.compiled, prep.context, None) if cache and prep.cached else None
-        hit = None if cache is None or key is None else cache.lookup(task, key)
-        if hit is not None:
-            res.cache_hits = 1
-            res.output, res.output_json, res.status = json.loads(hit), hit, TaskState.CACHED
-            return
-        res.attempts = 1
-        try:
-            output = await self._fast_call(task, prep)
-            text = to_json(output)
-            if len(text) * 4 > self.max_output_bytes:
-                self._check_size(text)
-        except asyncio.CancelledError:
-            self._record_attempt(task, None, 1, started, None)
-            raise
-        except Exception as exc:
-            output, text = await self._retry(task, prep.plugin, res, prep.compiled, prep.context, None, exc, started)
-        if cache is not None and key is not None:
-            cache.put(key, prep.plugin, text)
-        res.output, res.output_json, res.status = output, text, TaskState.SUCCEEDED
-
-    def _fast_call(self, task: Task, prep: _Prepared) -> Awaitable[Any]:
-        """A fast-lane task's plugin call, its inputs rendered (what _attempt does, without the options)."""
-        try:
-            kwargs = prep.compiled.render(prep.context)
-        except TemplateError as exc:
-            raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
-        if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
-            assert self.sentry is not None
-            self.sentry.secrets_read(task.id, None, self.secret_reads.taken())
-        return prep.plugin.fn(self._task_context(task, 1, None, None), **kwargs)  # type: ignore[no-any-return]
 
     def _dead_letter(self, task: Task, res: TaskResult) -> None:
         """A task failed for good: keep its rendered inputs and error for ``goatclaw dlq``."""
@@ -792,7 +711,7 @@ class _Runner(OutputChecks):
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
-        limit = self.max_output_bytes
+        limit = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
         if len(text) * 4 <= limit or len(size := text.encode()) <= limit:  # UTF-8: at most 4 bytes a character
             return
         loc = self.pipeline.locate(("max_output_bytes",)) if self.pipeline.max_output_bytes else None
