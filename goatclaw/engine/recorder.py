@@ -8,6 +8,7 @@ loop's current turn (cheaper than starting a process for them); larger runs hand
 batches to a writer process on the other core, so SQLite's work overlaps with the run.
 Declared secret values are masked in everything written.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +44,6 @@ _WRITER_ANSWER_SECONDS = 300.0
 
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
-_STARTED = "task.started"
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
 _EVENT_JSON = dumps
 
@@ -118,42 +118,24 @@ class Recorder:
 
     def task_started(self, task_id: str, at: float) -> None:
         """A task began."""
-        if self.store is None or self.bus.handlers(_STARTED):
-            self.event(_STARTED, task_id, None, ts=at)
-            return
-        # the common case, once per task: nobody listens, only the store keeps it (no data to mask)
-        self.seq += 1
-        self.events.append((self.run_id, self.seq, at, _STARTED, task_id, None))
-        if len(self.events) >= _FLUSH_ROWS:
-            self.flush()
+        self.event("task.started", task_id, None, ts=at)
 
     def task_finished(self, res: TaskResult) -> None:
         """A task reached a terminal state: store its row and publish ``task.<state>``."""
         output = res.output_json
         if output is None and res.output is not None:
             output = dumps(res.output)
-        error = res.error
-        if self.redactor:
-            output, error = self._mask(output), self._mask(error)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
-                           output, error, res.error_class, self.plugins.get(res.id)))
+                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id)))
         topic = _TOPICS[res.status]
-        started, finished = res.started_at, res.finished_at
+        duration = None if res.duration is None else round(res.duration, 6)
         if res.error is None and res.items is None:
             # the common case, formatted without the json module (this runs once per task)
-            duration = None if started is None or finished is None else finished - started
-            text = (f'{{"attempts": {res.attempts}, "duration": null}}' if duration is None
-                    else f'{{"attempts": {res.attempts}, "duration": {duration:.6f}}}')
-            if finished is not None and self.store is not None and not self.bus.handlers(topic):
-                self.seq += 1
-                self.events.append((self.run_id, self.seq, finished, topic, res.id, text))
-                if len(self.events) >= _FLUSH_ROWS:
-                    self.flush()
-            else:
-                self.event(topic, res.id, None, ts=finished, text=text, lazy=lambda: {
-                    "attempts": res.attempts, "duration": None if duration is None else round(duration, 6)})
+            shown = "null" if res.duration is None else f"{res.duration:.6f}"
+            text = f'{{"attempts": {res.attempts}, "duration": {shown}}}'
+            self.event(topic, res.id, None, ts=res.finished_at, text=text,
+                       lazy=lambda: {"attempts": res.attempts, "duration": duration})
         else:
-            duration = None if res.duration is None else round(res.duration, 6)
             data: dict[str, Any] = {"attempts": res.attempts, "duration": duration}
             if res.error is not None:
                 data["error"] = res.error
