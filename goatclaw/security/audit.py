@@ -156,8 +156,7 @@ def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, key: bytes
     expected, prev, count, first_keyed = 1, GENESIS, 0, None
     for row in rows:
         count += 1
-        must_be_keyed = first_keyed is not None or (keyed_from is not None and row.seq >= keyed_from)
-        problem = _row_problem(row, expected, prev) or _key_problem(row, key, must_be_keyed, first_keyed, keyed_from)
+        problem = _row_problem(row, expected, prev, key) or _unkeyed_problem(row, first_keyed, keyed_from)
         if problem is not None:
             return Verdict(False, count, problem[0], problem[1], keyed_from=first_keyed)
         if first_keyed is None and row.hash.startswith(KEYED):
@@ -178,29 +177,20 @@ def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, key: bytes
     return Verdict(True, count, head=prev, keyed_from=first_keyed)
 
 
-def _key_problem(row: AuditRow, key: bytes | None, must_be_keyed: bool, first_keyed: int | None,
-                 keyed_from: int | None) -> tuple[int, str] | None:
-    """A row that should be keyed and is not, or a keyed row that does not match the key."""
-    if not row.hash.startswith(KEYED):
-        if first_keyed is not None:
-            return row.seq, (f"row {row.seq} is not keyed, but rows from {first_keyed} on are: the chain was "
-                             "rebuilt without the audit key")
-        if must_be_keyed:
-            return row.seq, f"row {row.seq} is not keyed, but every row from {keyed_from} on must be"
+def _unkeyed_problem(row: AuditRow, first_keyed: int | None, keyed_from: int | None) -> tuple[int, str] | None:
+    """A plain row where every row must be keyed: after a keyed row, or from ``keyed_from`` on."""
+    if row.hash.startswith(KEYED):
         return None
-    if key is None:
-        return row.seq, f"row {row.seq} is keyed: set {KEY_ENV} to verify it"
-    try:
-        digest = row_hash(row.seq, row.ts, row.run_id, row.task_id, row.action, row.detail, row.prev, key)
-    except (TypeError, ValueError) as exc:
-        return row.seq, f"row {row.seq} cannot be hashed ({exc}): it was altered"
-    if not hmac.compare_digest(digest, row.hash):
-        return row.seq, (f"row {row.seq} does not match the audit key: it was altered, or it was written with "
-                         "another key")
+    if first_keyed is not None:
+        return row.seq, (f"row {row.seq} is not keyed, but rows from {first_keyed} on are: the chain was "
+                         "rebuilt without the audit key")
+    if keyed_from is not None and row.seq >= keyed_from:
+        return row.seq, f"row {row.seq} is not keyed, but every row from {keyed_from} on must be"
     return None
 
 
-def _row_problem(row: AuditRow, expected: int, prev: str) -> tuple[int, str] | None:
+def _row_problem(row: AuditRow, expected: int, prev: str, key: bytes | None) -> tuple[int, str] | None:
+    """A gap, a broken link, or a hash that does not match the row (a keyed row's, with ``key``)."""
     if row.seq > expected:
         gap = f"row {expected} is missing" if row.seq == expected + 1 else f"rows {expected}-{row.seq - 1} are missing"
         return expected, f"{gap} (the next stored row is {row.seq})"
@@ -210,12 +200,17 @@ def _row_problem(row: AuditRow, expected: int, prev: str) -> tuple[int, str] | N
         before = "the genesis hash" if row.seq == 1 else f"row {row.seq - 1}"
         return row.seq, f"row {row.seq} does not link to {before} (its prev hash differs: the row was altered, " \
                         "or one before it was replaced)"
-    if row.hash.startswith(KEYED):
-        return None  # its hash needs the key: _key_problem checks it
+    keyed = row.hash.startswith(KEYED)
+    if keyed and key is None:
+        return row.seq, f"row {row.seq} is keyed: set {KEY_ENV} to verify it"
     try:
-        digest = row_hash(row.seq, row.ts, row.run_id, row.task_id, row.action, row.detail, row.prev)
+        digest = row_hash(row.seq, row.ts, row.run_id, row.task_id, row.action, row.detail, row.prev,
+                          key if keyed else None)
     except (TypeError, ValueError) as exc:
         return row.seq, f"row {row.seq} cannot be hashed ({exc}): it was altered"
-    if digest != row.hash:
-        return row.seq, f"row {row.seq} was altered (its fields do not match its hash)"
-    return None
+    if hmac.compare_digest(digest.encode(), row.hash.encode()):  # bytes: an altered hash may be any text
+        return None
+    if keyed:
+        return row.seq, (f"row {row.seq} does not match the audit key: it was altered, or it was written with "
+                         "another key")
+    return row.seq, f"row {row.seq} was altered (its fields do not match its hash)"
