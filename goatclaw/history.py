@@ -16,7 +16,6 @@ from typing import Any
 from goatclaw.engine.state import RunResult
 from goatclaw.errors import GoatclawError
 from goatclaw.events import Bus, Event
-from goatclaw.liveness import Liveness, owner_state
 from goatclaw.store import DeadLetter, RunRow, Store
 
 __all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "resources", "stats"]
@@ -238,8 +237,7 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
         done, failed = db.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status != "
             "'running'", (day,)).fetchone()
-        interrupted = [run_id for run_id, owner in db.db.execute("SELECT id, owner FROM runs WHERE status = 'running'")
-                       if owner_state(owner) is Liveness.GONE]
+        interrupted = [r.id for r in db.running() if r.interrupted]
     return {"store": str(path), "size": path.stat().st_size, "wal_size": wal.stat().st_size if wal.exists() else 0,
             "integrity": integrity, "open_breakers": breakers, "dead_letters": dead,
             "runs_24h": done, "failed_runs_24h": failed, "error_rate_24h": failed / done if done else 0.0,
@@ -254,9 +252,9 @@ def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = F
     """
     cutoff = time.time() - older_than
     with Store.open(store) as db:
-        ids = [run_id for run_id, status, owner in db.db.execute(
-            "SELECT id, status, owner FROM runs WHERE started_at < ?", (cutoff,))
-            if status != "running" or owner_state(owner) is Liveness.GONE]
+        ids = [r[0] for r in db.db.execute("SELECT id FROM runs WHERE started_at < ? AND status != 'running'",
+                                           (cutoff,))]
+        ids += [r.id for r in db.running() if r.interrupted and r.started_at < cutoff]
         counts = {"runs": len(ids)}
         if dry_run:
             return counts

@@ -16,15 +16,6 @@ import orjson
 __all__ = ["dumps", "dumps_pretty", "plain"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def plain(value: Any) -> Any:
-    """A ``default=`` for JSON encoders: read-only mappings and sets (sorted) as JSON, the rest as text."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    return str(value)
 _FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str).encode
 _PRETTY_FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, indent=2).encode
 
@@ -43,3 +34,12 @@ def dumps_pretty(value: Any) -> str:
         return orjson.dumps(value, default=str, option=_OPTIONS | orjson.OPT_INDENT_2).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _PRETTY_FALLBACK(value)
+
+
+def plain(value: Any) -> Any:
+    """A ``default=`` for JSON encoders: read-only mappings and sets (sorted) as JSON, the rest as text."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)

@@ -438,6 +438,11 @@ class Store:
         sql += " ORDER BY started_at DESC LIMIT ?"
         return [_run_row(r) for r in self.db.execute(sql, (*args, limit))]
 
+    def running(self) -> list[RunRow]:
+        """The runs stored as ``running`` (some may be :attr:`RunRow.interrupted`), newest first."""
+        return [_run_row(r) for r in self.db.execute("SELECT * FROM runs WHERE status = 'running' "
+                                                     "ORDER BY started_at DESC")]
+
     def run(self, ref: str) -> RunRow | None:
         """A run by id, unique id prefix, or ``last``."""
         if ref in ("last", "latest"):
@@ -629,8 +634,7 @@ def _loads(text: str | None) -> Any:
 
 
 def _run_row(r: Sequence[Any]) -> RunRow:
-    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {},
-                  r[10] if len(r) > 10 else None)
+    return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {}, r[10])
 
 
 #: How long opening a store waits for another connection that is switching a new store to WAL.
