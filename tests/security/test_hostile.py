@@ -15,15 +15,15 @@ from __future__ import annotations
 import base64
 import sqlite3
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from local_http import serving
 from openai_server import FakeOpenAI, Reply
 
 import goatclaw
@@ -573,15 +573,9 @@ class _Web(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def web() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Web)
     _Web.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Web) as url:
+        yield url
 
 
 def test_the_network_is_off_unless_granted(locked: Project, web: str) -> None:

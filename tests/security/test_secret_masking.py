@@ -16,7 +16,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -46,7 +46,13 @@ _EMPTY_STORE = _empty_store_text()
 secrets_st = st.text(SECRET_CHARS, min_size=8, max_size=32).filter(lambda s: s not in _EMPTY_STORE)
 noise_st = st.text(st.characters(min_codepoint=32, max_codepoint=0x24F, blacklist_categories=("Cs",)), max_size=40)
 
-TRANSFORMS: dict[str, Callable[[str], str]] = {
+#: The run's plugin module (written into each project): the forms a secret can take, and tasks
+#: that return or raise one.
+STEPS = '''
+import base64, json
+from urllib.parse import quote, quote_plus
+
+ENC = {
     "plain": lambda t: t,
     "base64": lambda t: base64.b64encode(t.encode()).decode(),
     "base64url": lambda t: base64.urlsafe_b64encode(t.encode()).decode(),
@@ -56,6 +62,16 @@ TRANSFORMS: dict[str, Callable[[str], str]] = {
     "HEX": lambda t: t.encode().hex().upper(),
     "json": lambda t: json.dumps(t)[1:-1],
 }
+
+def emit(secret, before, after, how):
+    return {"value": ENC[how](before + secret + after), "how": how}
+
+def explode(secret, before, after, how):
+    raise ValueError("upstream said: " + ENC[how](before + secret + after))
+'''
+_STEPS: dict[str, Any] = {}
+exec(STEPS, _STEPS)  # one definition of the encodings: the plugin's, and the one the assertions use
+TRANSFORMS: dict[str, Callable[[str], str]] = _STEPS["ENC"]
 _B64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{8,}")
 
 
@@ -96,27 +112,6 @@ def test_masking_data_reaches_keys_values_and_nested_lists(secret: str, other: s
 
 # -- through a real run: store, events, errors, the CLI's JSON --------------------------------------
 
-STEPS = '''
-import base64, json
-from urllib.parse import quote, quote_plus
-
-ENC = {
-    "plain": lambda t: t,
-    "base64": lambda t: base64.b64encode(t.encode()).decode(),
-    "base64url": lambda t: base64.urlsafe_b64encode(t.encode()).decode(),
-    "quote": lambda t: quote(t, safe=""),
-    "quote_plus": lambda t: quote_plus(t),
-    "hex": lambda t: t.encode().hex(),
-    "HEX": lambda t: t.encode().hex().upper(),
-    "json": lambda t: json.dumps(t)[1:-1],
-}
-
-def emit(secret, before, after, how):
-    return {"value": ENC[how](before + secret + after), "how": how}
-
-def explode(secret, before, after, how):
-    raise ValueError("upstream said: " + ENC[how](before + secret + after))
-'''
 
 PIPELINE = """
 version: 1

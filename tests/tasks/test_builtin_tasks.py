@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from local_http import serving
 
 from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext, spec_of
@@ -428,13 +428,8 @@ class _QuietServer(ThreadingHTTPServer):
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 (a free port), serving :class:`_Handler`; yields its base URL."""
-    httpd = _QuietServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(_Handler, _QuietServer) as url:
+        yield url
 
 
 def test_http_get_json_and_text(ctx: TaskContext, server: str) -> None:
