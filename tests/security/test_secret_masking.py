@@ -146,26 +146,34 @@ def _store_text(root: Path) -> str:
     return b"".join(p.read_bytes() for p in (root / ".goatclaw").glob("goatclaw.db*")).decode("utf-8", "replace")
 
 
-_REFERENCE: list[str] = []
+_REFERENCES: dict[str, str] = {}
+#: A secret past SECRET_CHARS: no generated secret can be found inside it.
+_REFERENCE_SECRET = "\u2603" * 12
 
 
-def _reference_store_text(base: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """What a run of PIPELINE stores whatever its secret is (its words: topics, memory relations such as
-    ``failed_with``), from a run whose secret no generated one can match. Hypothesis also draws strings
-    from goatclaw's own constants: such a "secret" in the store is goatclaw's word, not a leak."""
-    if not _REFERENCE:
-        root = fresh_project(base, monkeypatch)
-        monkeypatch.setenv("GC_PROP_SECRET", "\u2603" * 12)  # past SECRET_CHARS: no generated secret is in it
-        goatclaw.run("p.yaml")
-        _REFERENCE.append(_store_text(root))
-    return _REFERENCE[0]
+def _reference(name: str, produce: Callable[[str], str]) -> str:
+    """What a run writes whatever its secret is: ``produce(secret)`` with :data:`_REFERENCE_SECRET`, once.
+
+    Its words (topics, keys, memory relations such as ``failed_with``) are goatclaw's, and
+    Hypothesis also draws strings from goatclaw's own constants: a generated "secret" found
+    in this text is goatclaw's word, not a leak, and the property assumes it away.
+    """
+    if name not in _REFERENCES:
+        _REFERENCES[name] = produce(_REFERENCE_SECRET)
+    return _REFERENCES[name]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(secret=secrets_st, before=noise_st, after=noise_st, how=st.sampled_from(sorted(TRANSFORMS)))
 def test_no_output_path_of_a_run_carries_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    secret: str, before: str, after: str, how: str) -> None:
-    assume(secret not in _reference_store_text(tmp_path, monkeypatch))
+    def reference_run(reference: str) -> str:
+        root = fresh_project(tmp_path, monkeypatch)
+        monkeypatch.setenv("GC_PROP_SECRET", reference)
+        goatclaw.run("p.yaml")
+        return _store_text(root)
+
+    assume(secret not in _reference("run", reference_run))
     secret_project = fresh_project(tmp_path, monkeypatch)
     monkeypatch.setenv("GC_PROP_SECRET", secret)
     seen: list[str] = []
@@ -198,31 +206,36 @@ def test_no_output_path_of_a_run_carries_the_secret(tmp_path: Path, monkeypatch:
 @given(secret=secrets_st, how=st.sampled_from(sorted(TRANSFORMS)))
 def test_a_recorded_cassette_never_holds_the_secret(tmp_path_factory: pytest.TempPathFactory, srv: FakeOpenAI,
                                                     monkeypatch: pytest.MonkeyPatch, secret: str, how: str) -> None:
-    root = tmp_path_factory.mktemp("cassette")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("GC_PROP_SECRET", secret)
-    (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
-    leaked = TRANSFORMS[how]("key=" + secret)
-    srv.respond = lambda body: Reply(f"I saw {leaked} in the prompt")
-    (root / "p.yaml").write_text(textwrap.dedent(f"""
-        version: 1
-        secrets: [GC_PROP_SECRET]
-        permissions: {{network: ["127.0.0.1"]}}
-        vars: {{leaked: ""}}
-        tasks:
-          ask:
-            uses: llm
-            with:
-              model: openai/gpt-4o-mini
-              prompt: "Here is ${{{{ vars.leaked }}}} and ${{{{ secrets.GC_PROP_SECRET }}}}"
-              api_base: {srv.api_base}
-              api_key: sk-test
-        """).lstrip())
-    result = goatclaw.run("p.yaml", llm="record", vars={"leaked": leaked})
-    assert result.ok, result.tasks["ask"].error
-    cassette = (root / "p.cassette.json").read_text()
+    def record(secret: str) -> tuple[str, str]:
+        """Record a cassette of a call whose prompt and answer hold ``secret``; (cassette, store) text."""
+        root = tmp_path_factory.mktemp("cassette")
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("GC_PROP_SECRET", secret)
+        (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+        leaked = TRANSFORMS[how]("key=" + secret)
+        srv.respond = lambda body: Reply(f"I saw {leaked} in the prompt")
+        (root / "p.yaml").write_text(textwrap.dedent(f"""
+            version: 1
+            secrets: [GC_PROP_SECRET]
+            permissions: {{network: ["127.0.0.1"]}}
+            vars: {{leaked: ""}}
+            tasks:
+              ask:
+                uses: llm
+                with:
+                  model: openai/gpt-4o-mini
+                  prompt: "Here is ${{{{ vars.leaked }}}} and ${{{{ secrets.GC_PROP_SECRET }}}}"
+                  api_base: {srv.api_base}
+                  api_key: sk-test
+            """).lstrip())
+        result = goatclaw.run("p.yaml", llm="record", vars={"leaked": leaked})
+        assert result.ok, result.tasks["ask"].error
+        return (root / "p.cassette.json").read_text(), _store_text(root)
+
+    assume(secret not in _reference(f"cassette {how}", lambda reference: "".join(record(reference))))
+    cassette, store = record(secret)
     assert "I saw" in cassette and not leaks(cassette, secret)
-    assert not leaks(_store_text(root), secret)
+    assert not leaks(store, secret)
 
 
 def test_a_plugins_log_messages_are_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
