@@ -24,6 +24,7 @@ it). Without one, calls are live, uncached and unbudgeted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -44,7 +45,7 @@ from goatclaw.security.ratelimit import SlidingWindow
 from goatclaw.security.secrets import Redactor
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
-           "complete", "embed", "estimate_costs", "request_key", "session", "using"]
+           "complete", "embed", "estimate_costs", "preload", "ready", "request_key", "session", "using", "warm"]
 
 #: Error classes after which the next model in the chain is tried.
 FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -219,7 +220,7 @@ class Session:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if "litellm" in sys.modules:
+        if _imported() is not None:
             await _close_litellm_clients()
 
 
@@ -297,6 +298,7 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     cached = _cached(s, key) if s.mode == "live" else None  # a recording calls the model every time
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
+    await ready()  # the budget and the rate limits count tokens with litellm
     try:
         reserved = await _admit(s, model, request)
     except TaskError as err:
@@ -468,7 +470,10 @@ def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
 
 
 def _litellm() -> Any:
-    """litellm, imported on first use with the bundled price map and its own retries off."""
+    """litellm, imported on first use with the bundled price map and its own retries off (blocking).
+
+    Code on an event loop awaits :func:`ready` instead: the import takes seconds.
+    """
     if "litellm" not in sys.modules:
         # the bundled price list: importing litellm must not reach for the network
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -480,9 +485,70 @@ def _litellm() -> Any:
     return litellm
 
 
+_IMPORT: concurrent.futures.Future[Any] | None = None
+_IMPORT_LOCK = threading.Lock()
+#: How often :func:`ready` looks whether the import thread is done (the loop stays free meanwhile).
+IMPORT_POLL_SECONDS = 0.005
+
+
+def preload() -> concurrent.futures.Future[Any]:
+    """Start importing litellm in a thread of its own (once per process); the future gives the module.
+
+    ``goatclaw.arun`` calls it (through :func:`warm`) as soon as a run's plan holds an
+    ``llm`` task, so the import (about 2 s) overlaps with the run's other tasks.
+    """
+    global _IMPORT
+    with _IMPORT_LOCK:
+        if _IMPORT is None:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()  # it cannot be cancelled: the import runs to its end
+
+            def work() -> None:
+                try:
+                    future.set_result(_litellm())
+                except BaseException as exc:  # an ImportError (the llm extra is missing) is the caller's to see
+                    future.set_exception(exc)
+
+            # not a daemon: an interpreter must not exit in the middle of an import
+            threading.Thread(target=work, name="goatclaw-import-litellm").start()
+            _IMPORT = future
+        return _IMPORT
+
+
+async def ready() -> Any:
+    """litellm, imported off the event loop: the loop keeps running other tasks meanwhile.
+
+    Polls the import thread's future rather than chaining a callback to it, so that a
+    cancelled caller (or a loop that closes first) leaves nothing behind.
+    """
+    future = preload()
+    while not future.done():
+        await asyncio.sleep(IMPORT_POLL_SECONDS)
+    return future.result()
+
+
+async def warm() -> None:
+    """Have litellm imported before a live call needs it (nothing to do when the run replays a cassette).
+
+    The ``llm`` task's warm-up (see :class:`goatclaw.plugin.PluginSpec`): the engine starts
+    it when the run opens and awaits it before an attempt, outside the task's ``timeout``.
+    """
+    if session().mode != "replay":
+        await ready()
+
+
+def _imported() -> Any:
+    """Litellm if it is imported completely (not while the import thread is still at it), else ``None``."""
+    if _IMPORT is not None:
+        return _IMPORT.result() if _IMPORT.done() and _IMPORT.exception() is None else None
+    return sys.modules.get("litellm")
+
+
 async def _close_litellm_clients() -> None:
     """Close and forget litellm's cached HTTP clients: they belong to the loop that is ending."""
-    litellm = sys.modules["litellm"]
+    litellm = _imported()
+    if litellm is None:
+        return
     with contextlib.suppress(Exception):
         from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
@@ -539,7 +605,7 @@ async def _streamed(litellm: Any, kwargs: dict[str, Any], on_text: Callable[[str
 
 async def _call(model: str, request: Request, *, on_text: Callable[[str, bool], None] | None = None) -> Any:
     """One ``acompletion`` (streamed with ``request.stream``), with litellm's errors translated into goatclaw's."""
-    litellm = _litellm()
+    litellm = await ready()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
     for name in ("temperature", "max_tokens", "api_base", "api_key", "timeout"):

@@ -23,7 +23,7 @@ scheduler. The built-in tasks are written against exactly this contract.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -51,6 +51,11 @@ class PluginSpec:
     ``untrusted_output``: its output comes from outside (a model, a web page) and may carry a
     prompt injection; it may not reach another task's ``sinks`` unless that task ``trust:``s it.
     ``sinks``: the ``with:`` arguments that can run or address something (``"*"``: all of them).
+    ``warmup``: an ``async`` function without arguments that readies what the plugin needs
+    (imports a heavy library, say) without blocking the event loop. The engine starts it
+    in the background when a run's plan holds the plugin, and awaits it before each
+    attempt, outside the task's ``timeout`` (so a timeout never counts the warm-up); it
+    must return at once when there is nothing left to do.
     """
 
     cacheable: bool = True
@@ -60,11 +65,13 @@ class PluginSpec:
     side_effects: bool = False
     untrusted_output: bool = False
     sinks: tuple[str, ...] = ()
+    warmup: Callable[[], Awaitable[None]] | None = None
 
 
 def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False,
          permissions: tuple[str, ...] | list[str] = (), schema: Mapping[str, Any] | None = None,
-         side_effects: bool = False, untrusted_output: bool = False, sinks: tuple[str, ...] | list[str] = ()) -> Any:
+         side_effects: bool = False, untrusted_output: bool = False, sinks: tuple[str, ...] | list[str] = (),
+         warmup: Callable[[], Awaitable[None]] | None = None) -> Any:
     """Declare a function as a task plugin, with what it needs (see :class:`PluginSpec`).
 
     Usable bare (``@task``) or with options (``@task(cpu_bound=True)``). Undecorated
@@ -72,7 +79,7 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
     cached: only a plugin that declares itself has its outputs reused.
     """
     spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects,
-                      untrusted_output, tuple(sinks))
+                      untrusted_output, tuple(sinks), warmup)
 
     def mark(f: F) -> F:
         f.__goatclaw__ = spec  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ finish their work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -130,6 +131,7 @@ class _Runner(OutputChecks):
     async def run(self) -> RunResult:
         self._open()
         limits = LIMITS.set(Sentry.limits_of(self.pipeline))  # side-effect rate limits, seen by every task
+        warmups = self._start_warmups()
         try:
             if self.hooks:
                 assert self.recorder is not None
@@ -148,6 +150,8 @@ class _Runner(OutputChecks):
             raise
         finally:
             LIMITS.reset(limits)
+            for warmup in warmups:
+                warmup.cancel()
             await self.executor.close() if self.opts.executor is None else None
         await self.bus.drain()  # queued subscribers see every task event (and their failures become dead letters)
         status = self._final_status()
@@ -274,6 +278,27 @@ class _Runner(OutputChecks):
                 res.finished_at = time.time()
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
+
+    def _start_warmups(self) -> list[asyncio.Task[None]]:
+        """Start, in the background, the warm-ups of the plugins the run will use (``PluginSpec.warmup``).
+
+        Judge rules and ``fix: {mode: repair}`` call an LLM on the task's behalf: the LLM
+        room's warm-up (litellm's import, in a thread) starts for them too.
+        """
+        warmups: dict[str, Callable[[], Awaitable[None]]] = {}
+        for tid in self.selected:
+            task = self.all_tasks[tid]
+            if task.uses and task.uses not in warmups:
+                try:
+                    warmups[task.uses] = self.registry.task(task.uses).spec.warmup  # type: ignore[assignment]
+                except PluginError:
+                    warmups[task.uses] = None  # type: ignore[assignment]  # the task reports it when it runs
+            if "llm room" not in warmups and (any(r.kind == "judge" for r in task.validate) or (
+                    task.fix is not None and task.fix.mode == "repair")):
+                from goatclaw import llm as room
+
+                warmups["llm room"] = room.warm
+        return [asyncio.ensure_future(_quietly(w)) for w in dict.fromkeys(warmups.values()) if w is not None]
 
     # -- the task cache --------------------------------------------------------------
 
@@ -758,6 +783,8 @@ class _Runner(OutputChecks):
         return result
 
     async def _call(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[Any, str]:
+        if task.timeout is not None and plugin.spec.warmup is not None:
+            await plugin.spec.warmup()  # what the plugin readies first is not its call's time
         if self.inline_async and plugin.is_async:
             call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
         else:
@@ -829,6 +856,12 @@ def _standby(pipeline: Any) -> frozenset[str]:
         return frozenset()
     needed = {n for t in pipeline.tasks.values() for n in t.needs}
     return frozenset(f for f in fallbacks if f in pipeline.tasks and f not in needed)
+
+
+async def _quietly(warmup: Callable[[], Awaitable[None]]) -> None:
+    """A warm-up in the background: its failure is the task's to report when it runs, not the run's."""
+    with contextlib.suppress(Exception):  # the attempt awaits the warm-up again and sees the error there
+        await warmup()
 
 
 def _select(plan: Plan, only: tuple[str, ...], standby: frozenset[str] = frozenset()) -> dict[str, None]:

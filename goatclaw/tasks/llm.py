@@ -14,7 +14,8 @@ The output is always the same shape, so later tasks know where to look::
 
 ``model`` is one model or a list (the primary, then its fallbacks). A single model is
 followed by the project's ``fallbacks:``; with no model, the project's ``model:`` is used.
-litellm is imported when the first call is made, never when goatclaw is imported.
+litellm is imported in a thread when a run's plan holds an ``llm`` task (the event loop
+runs on meanwhile, and no ``timeout`` counts the import), never when goatclaw is imported.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ __all__ = ["llm"]
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
-@task(cacheable=True, permissions=("network",), untrusted_output=True)
+async def _warmup() -> None:
+    """Litellm's import, in a thread, started when the run's plan holds an ``llm`` task (no timeout counts it)."""
+    from goatclaw import llm as room
+
+    await room.warm()
+
+
+@task(cacheable=True, permissions=("network",), untrusted_output=True, warmup=_warmup)
 async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
               model: str | list[str] | None = None, system: str | None = None, temperature: float | None = None,
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
