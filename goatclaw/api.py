@@ -187,7 +187,7 @@ async def arun(
     stored_vars: dict[str, Any] | None = None
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
-    session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette)
+    session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette, cache=cache)
     tracer = None
     if tracing.enabled():  # OTEL_* set: the run and its tasks become spans (the otel extra)
         bus = bus or Bus()
@@ -266,11 +266,14 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
 
 
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,
-                max_cost: float | None = None, cassette: str | os.PathLike[str] | None = None) -> llm_room.Session:
+                max_cost: float | None = None, cassette: str | os.PathLike[str] | None = None,
+                cache: bool = True) -> llm_room.Session:
     """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models.
 
     ``max_cost`` lowers the budget to at most that many dollars; ``cassette`` overrides
     the cassette file (default: ``llm.cassette`` in goatclaw.yaml, else the pipeline's own).
+    The answer cache is the run's store unless ``cache`` is false (``--no-cache``) or
+    goatclaw.yaml says ``llm: {cache: false}``; ``llm.cache.ttl`` bounds its answers' age.
     """
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
     mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
@@ -291,13 +294,23 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     if max_cost is not None:
         budget_usd = max_cost if budget_usd is None else min(budget_usd, max_cost)
     limits = project.data.get("rate_limits")
+    cache_setting = settings.get("cache", True)
     return llm_room.Session(
         mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=tape,
-        cache=store_path if settings.get("cache") and store_path is not None else None,
+        cache=store_path if cache and cache_setting is not False else None,
+        cache_ttl=_cache_ttl(cache_setting),
         budget_usd=budget_usd,
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
     )
+
+
+def _cache_ttl(setting: Any) -> float:
+    """``llm.cache.ttl`` in seconds (schema-checked), else the default of a week."""
+    from goatclaw.spec.model import parse_duration
+
+    ttl = setting.get("ttl") if isinstance(setting, Mapping) else None
+    return parse_duration(ttl) if ttl is not None else llm_room.DEFAULT_CACHE_TTL  # type: ignore[return-value]
 
 
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,

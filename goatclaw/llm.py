@@ -45,7 +45,8 @@ from goatclaw.security.ratelimit import SlidingWindow
 from goatclaw.security.secrets import Redactor
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
-           "complete", "embed", "estimate_costs", "preload", "ready", "request_key", "session", "using", "warm"]
+           "complete", "embed", "estimate_costs", "preload", "ready", "request_key", "reusable", "session", "using",
+           "warm"]
 
 #: Error classes after which the next model in the chain is tried.
 FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -76,6 +77,11 @@ class Request:
     timeout: float | None = None
     #: Stream the answer: its text so far goes to the live view as it arrives (``task.progress``).
     stream: bool = False
+    #: The answer cache for this request: ``True`` reuse (and keep) it whatever the temperature,
+    #: ``False`` never, ``None`` the rule: only at ``temperature: 0`` (see :func:`reusable`).
+    cache: bool | None = None
+    #: How old a cached answer may be, in seconds (``None``: the session's ``cache_ttl``).
+    cache_ttl: float | None = None
 
 
 @dataclass
@@ -173,7 +179,9 @@ class Session:
     """What the LLM calls of one run share: mode, cassette, cache, budget and rate limits.
 
     ``model`` and ``fallbacks`` are the project's defaults (``goatclaw.yaml``);
-    ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``;
+    ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``
+    (no answer cache: ``--no-cache``, ``llm: {cache: false}``, or no store); a cached
+    answer older than ``cache_ttl`` seconds is not reused;
     ``budget_usd`` the most the run may spend, ``downgrade`` the cheaper model a call
     switches to (event ``llm.downgrade``) when the budget cannot afford its own;
     ``rate_limits`` maps a model or provider
@@ -186,6 +194,7 @@ class Session:
     fallbacks: tuple[str, ...] = ()
     cassette: Cassette | None = None
     cache: Path | None = None
+    cache_ttl: float | None = None
     budget_usd: float | None = None
     downgrade: str | None = None  # a cheaper model to switch to when the budget cannot afford a call
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -295,7 +304,8 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     """
     if s.mode == "replay":
         return _replayed(s, model, key, request)
-    cached = _cached(s, key) if s.mode == "live" else None  # a recording calls the model every time
+    # a recording calls the model every time
+    cached = _cached(s, key, request) if s.mode == "live" and reusable(request) else None
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
     await ready()  # the budget and the rate limits count tokens with litellm
@@ -402,18 +412,33 @@ def _replayed(s: Session, model: str, key: str, request: Request) -> Response:
     return _response(exchange["response"], model, key, request, source="cassette")
 
 
-def _cached(s: Session, key: str) -> dict[str, Any] | None:
+#: How long a cached LLM answer is reused when goatclaw.yaml says nothing (``llm.cache.ttl``): 7 days.
+DEFAULT_CACHE_TTL = 7 * 86400.0
+
+
+def reusable(request: Request) -> bool:
+    """Whether ``request``'s answer may come from (and go to) the answer cache: the one rule.
+
+    Asked for (``cache: true`` on the task), or deterministic: ``temperature: 0``. A
+    request at any other temperature, or without one (the provider's default samples),
+    asks the model every time; ``cache: false`` or ``--no-cache`` never use the cache.
+    """
+    return request.cache is True or (request.cache is None and request.temperature == 0)
+
+
+def _cached(s: Session, key: str, request: Request) -> dict[str, Any] | None:
     store = s.store()
     if store is None:
         return None
-    text = store.llm_cached(key)
+    ttl = request.cache_ttl if request.cache_ttl is not None else s.cache_ttl
+    text = store.llm_cached(key, ttl)
     return json.loads(text) if text else None
 
 
 def _remember(s: Session, model: str, key: str, request: Request, answer: dict[str, Any],
               masks: Sequence[str]) -> None:
     """Put a live answer in the cache and, when recording, in the cassette (masked)."""
-    store = s.store()
+    store = s.store() if reusable(request) else None
     if store is not None:
         store.llm_cache_put(key, model, _canonical(answer))
     if s.mode == "record" and s.cassette is not None:

@@ -145,6 +145,11 @@ class TaskContext:
     store_path: Path | None = None
     #: The run's :class:`~goatclaw.security.secrets.Redactor` (``None``: no secrets declared).
     redactor: Any = field(default=None, repr=False)
+    #: The task's word on caching: ``True`` (``cache: true`` or ``cache: {...}``), ``False``
+    #: (``cache: false``, or the run's ``--no-cache``), ``None`` (it said nothing). The ``llm``
+    #: task passes it to its answer cache (docs/llm.md); ``cache_ttl`` is ``cache.ttl`` in seconds.
+    cache: bool | None = None
+    cache_ttl: float | None = None
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -496,9 +496,13 @@ class Store:
                                   (key, time.time() - ttl)).fetchone()
         return None if row is None else str(row[0])
 
-    def llm_cached(self, key: str) -> str | None:
-        """The cached LLM answer (JSON text) for a request hash, if any."""
-        row = self.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
+    def llm_cached(self, key: str, ttl: float | None = None) -> str | None:
+        """The cached LLM answer (JSON text) for a request hash (younger than ``ttl`` seconds if given), if any."""
+        if ttl is None:
+            row = self.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
+        else:
+            row = self.db.execute("SELECT response FROM llm_cache WHERE key = ? AND created_at >= ?",
+                                  (key, time.time() - ttl)).fetchone()
         return row[0] if row else None
 
     def llm_cache_put(self, key: str, model: str, response: str) -> None:
@@ -506,6 +510,32 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
                        (key, model, response, time.time()))
+
+    def cache_entries(self, kind: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Both caches' rows, newest first: ``{kind: task|llm, key, name (plugin or model), bytes, created_at}``."""
+        parts = []
+        if kind in (None, "task"):
+            parts.append("SELECT 'task', key, plugin, length(output), created_at FROM cache")
+        if kind in (None, "llm"):
+            parts.append("SELECT 'llm', key, model, length(response), created_at FROM llm_cache")
+        sql = " UNION ALL ".join(parts) + " ORDER BY 5 DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [{"kind": k, "key": key, "name": name, "bytes": int(size or 0), "created_at": created}
+                for k, key, name, size, created in self.db.execute(sql)]
+
+    def clear_caches(self, kind: str | None = None, *, older_than: float | None = None) -> dict[str, int]:
+        """Forget cached task outputs and/or LLM answers (all, or older than ``older_than`` seconds); counts."""
+        tables = {"task": "cache", "llm": "llm_cache"}
+        counts = {}
+        with self.transaction() as db:
+            for name, table in tables.items():
+                if kind not in (None, name):
+                    continue
+                if older_than is None:
+                    counts[name] = int(db.execute(f"DELETE FROM {table}").rowcount)
+                else:
+                    counts[name] = int(db.execute(f"DELETE FROM {table} WHERE created_at < ?",
+                                                  (time.time() - older_than,)).rowcount)
+        return counts
 
     def cached_many(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
         """Stored ``(output JSON, created_at)`` for those of ``keys`` that the cache holds (batched reads)."""

@@ -541,6 +541,7 @@ def doctor(
 # the commands over stored runs live in their own module; importing it registers them
 # (and those over semantic memory: memory …, why)
 from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
+from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401

@@ -734,7 +734,14 @@ class _Runner(OutputChecks):
         assert self.recorder is not None
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor)
+                           self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
+                           cache_ttl=task.cache.ttl)
+
+    def _cache_word(self, task: Task) -> bool | None:
+        """What ``task`` (and the run) said about caching: ``False`` off, ``True`` asked for, ``None`` silent."""
+        if not self.opts.cache or not task.cache.enabled:
+            return False
+        return True if task.cache.requested else None
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""

@@ -37,7 +37,7 @@ async def _warmup() -> None:
     await room.warm()
 
 
-@task(cacheable=True, permissions=("network",), untrusted_output=True, warmup=_warmup)
+@task(cacheable=False, permissions=("network",), untrusted_output=True, warmup=_warmup)
 async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
               model: str | list[str] | None = None, system: str | None = None, temperature: float | None = None,
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
@@ -48,7 +48,9 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
     match). ``api_base`` points at another OpenAI-compatible server (a local one, say).
     ``stream`` shows the answer in the live view as it arrives (``task.progress`` events);
-    the output is the same either way.
+    the output is the same either way. The answer is reused from the LLM answer cache
+    only at ``temperature: 0`` or when the task says ``cache: true`` (docs/llm.md); the
+    task cache never holds it.
     """
     from goatclaw import llm as room
 
@@ -63,6 +65,8 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         api_key=api_key or None,
         timeout=_number("timeout", timeout),
         stream=stream is True,
+        cache=ctx.cache,
+        cache_ttl=ctx.cache_ttl,
     )
     ctx.require_models(request.models, request.api_base, request.api_key)
     response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
