@@ -37,7 +37,7 @@ from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
-from goatclaw.validation import llm_problems, rule_problem
+from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["arun", "check", "load", "load_project_for", "parse_var", "permissions_of", "plan", "run"]
 
@@ -76,6 +76,7 @@ def _check(path: str | os.PathLike[str], project: Project | None,
         pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
     problems += _rule_problems(pipeline, project.model)
+    problems += _budget_problems(pipeline, (pipeline.budget or project.budget) is not None)
     llm_settings = project.data.get("llm") if isinstance(project.data.get("llm"), dict) else {}
     tape = project.root / str(llm_settings["cassette"]) if llm_settings.get("cassette") else None
     problems += model_problems(pipeline, project.root, tape)
@@ -378,6 +379,13 @@ def _registry_for(project: Project) -> Registry:
     if project.plugins_allow is None and not project.plugins_deny:
         return default_registry()
     return Registry(allow=project.plugins_allow, deny=project.plugins_deny)
+
+
+def _budget_problems(pipeline: Pipeline, budgeted: bool) -> list[Problem]:
+    """Warnings for ``llm`` tasks under a budget without ``max_tokens`` (docs/llm.md, Budget)."""
+    return [Problem(pipeline.locate(path), dotted(path), why, severity="warn")
+            for task in (*pipeline.tasks.values(), *pipeline.on_failure.values(), *pipeline.finally_.values())
+            for path, why in budget_problems(task, budgeted)]
 
 
 def _rule_problems(pipeline: Pipeline, default_model: str | None = None) -> list[Problem]:

@@ -452,8 +452,10 @@ def _remember(s: Session, model: str, key: str, request: Request, answer: dict[s
 async def _admit(s: Session, model: str, request: Request) -> float:
     """Wait for the rate limits that apply; refuse a call the budget cannot afford, else reserve it.
 
-    The estimate is the prompt's tokens plus ``max_tokens`` at the model's prices; it is
-    held as reserved until the call ends, so concurrent calls cannot overspend together.
+    The estimate is the worst case: the prompt's tokens plus ``max_tokens`` or, without
+    it, the most the model can write (its ``max_output_tokens`` in litellm's model map), at
+    the model's prices. It is held as reserved until the call ends, so concurrent calls
+    cannot overspend together, and a call that could take the run over the budget is refused.
     """
     limiters = s.limiters(model)
     if s.budget_usd is None and not limiters:
@@ -463,7 +465,7 @@ async def _admit(s: Session, model: str, request: Request) -> float:
         await limiter.acquire(prompt_tokens + (request.max_tokens or 0))
     if s.budget_usd is None:
         return 0.0
-    estimate = _cost(model, prompt_tokens, request.max_tokens or 0)
+    estimate = _cost(model, prompt_tokens, request.max_tokens or _output_limit(model))
     committed = s.spent_usd + s.reserved_usd
     if s.spent_usd >= s.budget_usd or committed + estimate > s.budget_usd:
         raise TaskError(f"budget: a call to {model} could cost ${estimate:.6f} and ${committed:.6f} of the "
@@ -479,6 +481,21 @@ def _prompt_tokens(model: str, request: Request) -> int:
         return int(litellm.token_counter(model=model, messages=[dict(m) for m in request.messages]))
     except Exception:  # an unknown tokenizer: about four characters a token
         return sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
+
+
+#: The completion tokens assumed for a model the model map gives no output limit for.
+UNKNOWN_OUTPUT_LIMIT = 4096
+
+
+def _output_limit(model: str) -> int:
+    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens."""
+    litellm = _litellm()
+    try:
+        info = litellm.get_model_info(model=model)
+    except Exception:  # a model the map does not know (it is unpriced too, so it costs 0)
+        return UNKNOWN_OUTPUT_LIMIT
+    limit = info.get("max_output_tokens") or info.get("max_tokens")
+    return int(limit) if isinstance(limit, int) and limit > 0 else UNKNOWN_OUTPUT_LIMIT
 
 
 def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:

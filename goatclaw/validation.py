@@ -41,7 +41,7 @@ from goatclaw.spec.schema import check_instance, check_schema
 from goatclaw.template import compile_expression, compile_value
 
 __all__ = ["JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages", "judge_verdict",
-           "llm_problems", "rule_problem"]
+           "budget_problems", "llm_problems", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -345,6 +345,18 @@ def llm_problems(task: Any, default_model: str | None) -> list[tuple[tuple[str |
         found.append(((*task.path, "fix"), "fix: {mode: repair} needs a model: give fix.model, or set model: in "
                                            "goatclaw.yaml"))
     return found
+
+
+def budget_problems(task: Any, budgeted: bool) -> list[tuple[tuple[str | int, ...], str]]:
+    """``(path, warning)`` when an ``llm`` task under a budget has no ``max_tokens``.
+
+    The budget then reserves the model's whole output limit for each call (its worst
+    case), which can refuse calls a ``max_tokens`` would let through.
+    """
+    if not budgeted or task.uses != "llm" or not isinstance(task.with_, Mapping) or "max_tokens" in task.with_:
+        return []
+    return [((*task.path, "with"), "no max_tokens under a budget: each call reserves the model's whole output "
+                                   "limit against the budget (its worst case); set max_tokens to bound it")]
 
 
 def _type_name(value: Any) -> str:
