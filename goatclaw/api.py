@@ -303,6 +303,7 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         budget_usd=budget_usd,
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
+        limits_store=store_path,
     )
 
 

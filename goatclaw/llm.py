@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from goatclaw.errors import TaskError
-from goatclaw.security.ratelimit import SlidingWindow
+from goatclaw.security.ratelimit import SlidingWindow, shared_window
 from goatclaw.security.secrets import Redactor
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
@@ -168,8 +168,12 @@ _LIMITERS: dict[tuple[str, int | None, int | None], RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def _limiter(name: str, rpm: int | None, tpm: int | None) -> RateLimiter:
-    """The process-wide limiter for ``name`` with these limits (shared by every run)."""
+def _limiter(name: str, rpm: int | None, tpm: int | None, store: Path | None = None) -> SlidingWindow:
+    """The limiter for ``name`` with these limits: in the store (shared by its processes), else process-wide."""
+    if store is not None:
+        from goatclaw.store import Store
+
+        return shared_window(f"llm:{name}", rpm, tpm, window=RateLimiter.WINDOW, store=store, opener=Store.open)
     with _LIMITERS_LOCK:
         return _LIMITERS.setdefault((name, rpm, tpm), RateLimiter(rpm, tpm))
 
@@ -199,6 +203,8 @@ class Session:
     downgrade: str | None = None  # a cheaper model to switch to when the budget cannot afford a call
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     secrets: Sequence[str] = ()
+    #: The store whose rate windows the limits use, so processes sharing it share them (``None``: in memory).
+    limits_store: Path | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0  # estimates of calls in flight, so concurrent calls cannot overspend together
     _store: Any = field(default=None, repr=False)
@@ -217,11 +223,11 @@ class Session:
             self._store = Store.open(self.cache)
         return self._store
 
-    def limiters(self, model: str) -> list[RateLimiter]:
-        """The limiters that apply to ``model``: its own and its provider's."""
+    def limiters(self, model: str) -> list[SlidingWindow]:
+        """The limiters that apply to ``model``: its own and its provider's (in ``limits_store`` when set)."""
         provider = model.split("/", 1)[0] if "/" in model else model
         names = dict.fromkeys((model, provider))
-        return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"))
+        return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"), self.limits_store)
                 for n in names if n in self.rate_limits]
 
     async def aclose(self) -> None:

@@ -239,6 +239,22 @@ def _m009_run_owner(db: Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
 
+def _m011_rate_windows(db: Connection) -> None:
+    # Sliding-window rate limits shared by the processes using this store (goatclaw.security.ratelimit):
+    # one row per admitted event, wall-clock time; rows leave as they leave their window.
+    _script(
+        db,
+        """
+        CREATE TABLE rate_events (
+            name TEXT NOT NULL,
+            at REAL NOT NULL,
+            weight INTEGER NOT NULL
+        );
+        CREATE INDEX rate_events_by_name ON rate_events (name, at)
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -250,6 +266,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("007_audit", _m007_audit),
     ("008_task_plugin", _m008_task_plugin),
     ("009_run_owner", _m009_run_owner),
+    ("011_rate_windows", _m011_rate_windows),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -510,6 +527,26 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
                        (key, model, response, time.time()))
+
+    # -- rate windows ------------------------------------------------------------------
+
+    def rate_window(self, name: str, window: float, decide: Callable[[list[tuple[float, int]], float], float],
+                    weight: int) -> float:
+        """Admit one event of ``weight`` to the window ``name`` if ``decide(events, now)`` says 0; that wait.
+
+        One ``BEGIN IMMEDIATE`` transaction: events older than ``window`` seconds go, the
+        rest (oldest first) are read, and the event is recorded when it may go now, so
+        processes sharing the store admit events one at a time against the same rows.
+        """
+        with self.transaction() as db:
+            now = time.time()
+            db.execute("DELETE FROM rate_events WHERE name = ? AND at <= ?", (name, now - window))
+            events = [(float(at), int(w)) for at, w in db.execute(
+                "SELECT at, weight FROM rate_events WHERE name = ? ORDER BY at", (name,))]
+            wait = decide(events, now)
+            if wait <= 0:
+                db.execute("INSERT INTO rate_events (name, at, weight) VALUES (?, ?, ?)", (name, now, weight))
+        return wait
 
     def cache_entries(self, kind: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Both caches' rows, newest first: ``{kind: task|llm, key, name (plugin or model), bytes, created_at}``."""

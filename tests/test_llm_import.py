@@ -7,6 +7,7 @@ OpenAI-compatible server of tests/openai_server.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _fresh(code: str, cwd: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO / "tests")})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, (os.environ.get("PYTHONPATH"), str(REPO / "tests"))))})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

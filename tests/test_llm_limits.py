@@ -6,6 +6,9 @@ cross-process test runs two real goatclaw processes on one SQLite store.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,3 +96,58 @@ def test_adaptive_backoff_honours_retry_after_zero(write_pipeline, srv) -> None:
         delays = [e["data"]["delay"] for e in db.events(result.run_id) if e["topic"] == "task.retrying"]
     assert delays == [0.0, 0.0]
     assert calls[-1] - calls[0] < 1.5
+
+
+# -- rate limits across processes that share a store -------------------------------------------
+
+
+def _in_two_processes(project: Path, pipeline: Path) -> list[subprocess.CompletedProcess[str]]:
+    code = "import goatclaw, sys; r = goatclaw.run(sys.argv[1]); print(r.status.value)"
+    paths = (os.environ.get("PYTHONPATH"), str(REPO / "tests"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(pipeline)], cwd=project, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def test_two_processes_with_rpm_2_make_two_calls_a_minute_between_them(project, write_pipeline, srv) -> None:
+    (project / "goatclaw.yaml").write_text("version: 1\nrate_limits:\n  openai/gpt-4o-mini: {rpm: 2}\n"
+                                            "permissions: {network: [127.0.0.1]}\n")
+    path = write_pipeline(f"""
+        version: 1
+        concurrency: 3
+        tasks:
+          ask:
+            uses: llm
+            foreach: [a, b, c]
+            timeout: 4s
+            retry: {{attempts: 1}}
+            with: {{model: openai/gpt-4o-mini, prompt: "${{{{ item }}}}", api_base: "{srv.api_base}",
+                    api_key: sk-test}}
+        """)
+    done = _in_two_processes(project, path)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
+    assert len(srv.requests) == 2  # not 2 per process
+
+
+def test_two_processes_share_the_processes_per_minute_limit(project, write_pipeline) -> None:
+    (project / "goatclaw.yaml").write_text("version: 1\nrate_limits:\n  side_effects: {processes_per_minute: 2}\n"
+                                            "permissions: {shell: true, files: {read: [.], write: [.]}}\n")
+    path = write_pipeline("""
+        version: 1
+        concurrency: 3
+        tasks:
+          touch:
+            uses: shell
+            foreach: [a, b, c]
+            timeout: 3s
+            retry: {attempts: 1}
+            with: {run: [sh, -c, "echo ${{ item }} >> started.txt"]}
+        """)
+    done = _in_two_processes(project, path)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
+    assert len((project / "started.txt").read_text().split()) == 2

@@ -130,7 +130,7 @@ class _Runner(OutputChecks):
 
     async def run(self) -> RunResult:
         self._open()
-        limits = LIMITS.set(Sentry.limits_of(self.pipeline))  # side-effect rate limits, seen by every task
+        limits = LIMITS.set(Sentry.limits_of(self.pipeline, self.opts.store_path))  # seen by every task
         warmups = self._start_warmups()
         try:
             if self.hooks:
