@@ -304,7 +304,21 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
         limits_store=store_path,
+        endpoints=_endpoints(project),
     )
+
+
+def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
+    """goatclaw.yaml's model entries that say where they are served; keys read from the environment or .env."""
+    if not project.endpoints:
+        return {}
+    dotenv = read_dotenv(project.root)
+    found = {}
+    for name, entry in project.endpoints.items():
+        var = entry.get("api_key_env")
+        key = (os.environ.get(var) or dotenv.get(var)) if var else None
+        found[name] = llm_room.Endpoint(api_base=entry.get("api_base"), api_key=key or None)
+    return found
 
 
 def _cache_ttl(setting: Any) -> float:

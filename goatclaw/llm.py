@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -44,9 +45,9 @@ from goatclaw.errors import TaskError
 from goatclaw.security.ratelimit import SlidingWindow, shared_window
 from goatclaw.security.secrets import Redactor
 
-__all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
-           "complete", "embed", "estimate_costs", "preload", "ready", "request_key", "reusable", "session", "using",
-           "warm"]
+__all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "Endpoint", "RateLimiter", "Request", "Response", "Session",
+           "complete", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable", "session",
+           "using", "warm"]
 
 #: Error classes after which the next model in the chain is tried.
 FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -54,6 +55,14 @@ FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 #: ``replay`` answers only from the cassette.
 MODES = ("live", "record", "replay")
 Emit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one model of a chain is served: its own ``api_base`` and key (``None``: the request's, or litellm's)."""
+
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,10 @@ class Request:
     cache: bool | None = None
     #: How old a cached answer may be, in seconds (``None``: the session's ``cache_ttl``).
     cache_ttl: float | None = None
+    #: Model name -> its own :class:`Endpoint` (a chain across servers: a local Ollama, then a hosted
+    #: model). A model's own endpoint wins over ``api_base``/``api_key``; the session's entries
+    #: (goatclaw.yaml) apply to models the request gives none for.
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +216,8 @@ class Session:
     downgrade: str | None = None  # a cheaper model to switch to when the budget cannot afford a call
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     secrets: Sequence[str] = ()
+    #: Model name -> :class:`Endpoint`, from the entries of ``model:``/``fallbacks:`` in goatclaw.yaml.
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     #: The store whose rate windows the limits use, so processes sharing it share them (``None``: in memory).
     limits_store: Path | None = None
     spent_usd: float = 0.0
@@ -273,7 +288,9 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     """
     _check(request)
     s = session()
-    masks = _masks([*s.secrets, *secrets, request.api_key or ""])
+    request = _routed(request, s)
+    keys = [request.api_key or "", *(e.api_key or "" for e in request.endpoints.values())]
+    masks = _masks([*s.secrets, *secrets, *keys])
     hops: list[dict[str, Any]] = []
     last: TaskError | None = None
     if s.mode == "replay":
@@ -336,6 +353,24 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     response = _response(answer, model, key, request, source="live")
     _remember(s, model, key, request, answer, masks)
     return response
+
+
+def _routed(request: Request, s: Session) -> Request:
+    """``request`` with the session's endpoints for the models it gives none of its own for."""
+    extra = {m: s.endpoints[m] for m in request.models if m in s.endpoints and m not in request.endpoints}
+    return dataclasses.replace(request, endpoints={**request.endpoints, **extra}) if extra else request
+
+
+def endpoint(model: str, request: Request) -> tuple[str | None, str | None]:
+    """``(api_base, api_key)`` a call to ``model`` uses.
+
+    The model's own endpoint (the request's, else the session's from goatclaw.yaml) wins;
+    otherwise the request's ``api_base``/``api_key``.
+    """
+    own = request.endpoints.get(model) or session().endpoints.get(model)
+    if own is None:
+        return request.api_base, request.api_key
+    return own.api_base or (None if own.api_key else request.api_base), own.api_key or request.api_key
 
 
 def _check(request: Request) -> None:
@@ -656,9 +691,14 @@ async def _call(model: str, request: Request, *, on_text: Callable[[str, bool], 
     litellm = await ready()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
-    for name in ("temperature", "max_tokens", "api_base", "api_key", "timeout"):
+    for name in ("temperature", "max_tokens", "timeout"):
         if getattr(request, name) is not None:
             kwargs[name] = getattr(request, name)
+    api_base, api_key = endpoint(model, request)
+    if api_base is not None:
+        kwargs["api_base"] = api_base
+    if api_key is not None:
+        kwargs["api_key"] = api_key
     if request.output == "json" and _supports_json_mode(litellm, model):
         kwargs["response_format"] = {"type": "json_object"}
     try:
@@ -692,6 +732,8 @@ def estimate_costs(pipeline: Any, default_model: str | None = None) -> list[dict
             model = args.get("model") or default_model
             if isinstance(model, (list, tuple)):
                 model = model[0] if model else None
+            if isinstance(model, Mapping):  # a model entry {name, api_base, api_key}
+                model = model.get("name")
             chars = len(str(args.get("system") or "")) + len(str(args.get("prompt") or ""))
             messages = args.get("messages")
             if isinstance(messages, (list, tuple)):

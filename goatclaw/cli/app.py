@@ -520,11 +520,13 @@ def doctor(
 
     project = load_project_for(None)
     path = store or Path(os.environ.get("GOATCLAW_STORE") or project.store_path)
-    report = diagnose(project.root, path)
+    report = diagnose(project.root, path, model=project.model, fallbacks=project.fallbacks)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
     out = _out()
+    out.print("[bold]model[/]")
+    out.print(f"  {report['model']['message']}", markup=False, highlight=False, soft_wrap=True)
     out.print("[bold]providers[/]")
     for p in report["providers"]:
         mark = "[green]✓[/]" if p["usable"] else "[dim]✗[/]"
