@@ -34,7 +34,7 @@ from typing import Any
 
 from goatclaw.regex import compile_linear
 
-__all__ = ["DEFAULT_THRESHOLD", "WEIGHTS", "Finding", "ThreatScore", "scan_injection", "scan_secrets"]
+__all__ = ["DEFAULT_THRESHOLD", "WEIGHTS", "Finding", "ThreatScore", "scan_injection", "scan_output", "scan_secrets"]
 
 #: The score at which a run is blocked when neither the pipeline nor the project says.
 DEFAULT_THRESHOLD = 5.0
@@ -151,6 +151,14 @@ def scan_injection(text: str) -> list[Finding]:
     return found
 
 
+def scan_output(text: str, *, untrusted: bool) -> list[Finding]:
+    """Everything found in one output: secrets, and injection markers when ``untrusted`` (linear time)."""
+    found = scan_secrets(text)
+    if untrusted:
+        found += scan_injection(text)
+    return found
+
+
 @dataclass
 class ThreatScore:
     """A run's threat score: findings add their weight once each; ``blocked`` at the threshold."""
@@ -177,10 +185,7 @@ class ThreatScore:
 
     def output(self, text: str, *, untrusted: bool) -> list[Finding]:
         """Scan a task's output (declared secrets already masked); ``untrusted``: it came from the network."""
-        found = scan_secrets(text)
-        if untrusted:
-            found += scan_injection(text)
-        return self.add(found)
+        return self.add(scan_output(text, untrusted=untrusted))
 
     def add(self, findings: list[Finding]) -> list[Finding]:
         """Count the findings not seen before in this run; those are returned."""

@@ -61,8 +61,12 @@ BOMBS = {
 }
 
 
-@pytest.mark.parametrize("template", BOMBS.values(), ids=list(BOMBS))
-def test_explosive_templates_are_refused_quickly(template: str) -> None:
+#: Python itself refuses these at once; what the sandbox must not do is take quadratic time checking them first.
+_PYTHON_REFUSES = {"printf keys"}
+
+
+@pytest.mark.parametrize(("name", "template"), BOMBS.items(), ids=list(BOMBS))
+def test_explosive_templates_are_refused_quickly(name: str, template: str) -> None:
     try:
         done = subprocess.run([sys.executable, "-c", _RUNNER, template], capture_output=True, text=True,
                               timeout=20)
@@ -70,7 +74,8 @@ def test_explosive_templates_are_refused_quickly(template: str) -> None:
         pytest.fail("the render ran past 20 s: one C call escaped the sandbox's bounds")
     assert done.returncode == 0, done.stderr[-2000:]
     verdict, took = done.stdout.strip().splitlines()
-    assert verdict.startswith("refused") and ("sandbox" in verdict or "MiB of memory" in verdict), verdict
+    assert verdict.startswith("refused"), verdict
+    assert name in _PYTHON_REFUSES or "sandbox" in verdict or "MiB of memory" in verdict, verdict
     assert float(took.split()[1]) < 4.0, took  # refused up front, not stopped by the 5 s watchdog
 
 
@@ -118,3 +123,73 @@ def test_a_render_honours_a_shorter_limit() -> None:
         loop.render({}, limit=0.3)
     assert time.monotonic() - t0 < 2.0
     assert caught.value.error_class == "timeout"
+
+
+# -- patterns: every user- or content-supplied pattern runs in linear time ---------------------
+
+_SCAN = textwrap.dedent("""
+    import sys, time
+    from goatclaw.security.threat import ThreatScore
+    text = {"rm": "rm -" + "r" * 100000, "curl": "curl " * 60000}[sys.argv[1]]
+    t0 = time.monotonic()
+    ThreatScore().output(text, untrusted=True)
+    print(f"{time.monotonic() - t0:.3f}")
+""")
+
+
+@pytest.mark.parametrize("body", ["rm", "curl"])
+def test_the_threat_scanner_is_linear_on_hostile_bodies(body: str) -> None:
+    try:
+        done = subprocess.run([sys.executable, "-c", _SCAN, body], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("scanning a 100 KB body took over 20 s (backtracking patterns)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 1.0
+
+
+def _schema_rule(schema: dict[str, object]) -> object:
+    from goatclaw.spec.model import Rule
+
+    return Rule("schema", schema)
+
+
+def _verdict(schema: dict[str, object], output: object) -> tuple[bool | None, str]:
+    from pathlib import Path
+
+    from goatclaw.validation import check_output
+
+    v = check_output((_schema_rule(schema),), output, {}, base=Path("."), validator=lambda name: None)[0]
+    return v.passed, v.message
+
+
+def test_schema_format_is_enforced() -> None:
+    assert _verdict({"format": "email"}, "nope") == (False, "'nope' is not a 'email'")
+    assert _verdict({"format": "email"}, "a@b.example")[0] is True
+    assert _verdict({"properties": {"ip": {"format": "ipv4"}}}, {"ip": "999.1.1.1"})[0] is False
+    assert _verdict({"format": "date"}, "2024-02-30")[0] is False
+    assert _verdict({"format": "no-such-format"}, "x")[0] is True  # an unknown format is an annotation
+
+
+def test_schema_patterns_run_in_linear_time() -> None:
+    t0 = time.monotonic()
+    assert _verdict({"pattern": "^(a+)+$"}, "a" * 31 + "!")[0] is False
+    assert _verdict({"patternProperties": {"^(a|aa)+$": {"type": "string"}}}, {"a" * 40 + "!": 1})[0] is True
+    assert _verdict({"patternProperties": {"^a+$": {"type": "string"}}}, {"aa": 1})[0] is False
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_format_email_check_is_linear() -> None:
+    from goatclaw.validation import FORMATS
+
+    t0 = time.monotonic()
+    assert not FORMATS["email"]("a@" + "b." * 50000 + "@")
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_validate_reports_a_schema_pattern_re2_refuses() -> None:
+    from pathlib import Path
+
+    from goatclaw.validation import rule_problem
+
+    why = rule_problem(_schema_rule({"pattern": "(a)\\1"}), Path("."), lambda name: True)
+    assert why is not None and "RE2" in why
