@@ -267,7 +267,7 @@ class _Runner(OutputChecks):
                 self._mark(tid, TaskState.SKIPPED)
             else:
                 await self._run_task(task)
-                self._screen(task)
+                await self._screen(task)
 
     def _cancel_unfinished(self, reason: str) -> None:
         for res in self.result.tasks.values():
@@ -406,7 +406,7 @@ class _Runner(OutputChecks):
                 tid = heapq.heappop(self.ready)[2]
                 task = tasks[tid]
                 await self._run_task(task)
-                self._screen(task)  # may stop the run before its dependents are released
+                await self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -415,7 +415,7 @@ class _Runner(OutputChecks):
             self.waiters.append(waiter)
             await waiter
 
-    def _screen(self, task: Task) -> None:
+    async def _screen(self, task: Task) -> None:
         """Threat-score a finished task (its denial or its output); raises :class:`RunBlocked` at the threshold."""
         assert self.sentry is not None
         spec = self.specs.get(task.uses, False)
@@ -424,7 +424,7 @@ class _Runner(OutputChecks):
                 spec = self.specs[task.uses] = self.registry.task(task.uses).spec
             except PluginError:
                 spec = self.specs[task.uses] = None
-        self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
+        await self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
 
     def _complete(self, tid: str) -> None:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
@@ -710,7 +710,7 @@ class _Runner(OutputChecks):
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
                        attempt: int, index: int | None) -> tuple[Any, str]:
         try:
-            kwargs = compiled.render(context)
+            kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
         except TemplateError as exc:
             raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
         assert self.recorder is not None and self.sentry is not None
