@@ -141,3 +141,45 @@ def test_a_signal_ignored_at_start_stays_ignored(write_pipeline: Callable[..., P
     err = _finish(proc)
     assert proc.returncode == 0, err
     assert _stored_run(project)["run"]["status"] == "succeeded"  # type: ignore[index]
+
+
+# -- a plugin's KeyboardInterrupt or sys.exit() fails its task, not the process ----------
+
+
+async def _interrupting(ctx: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _exiting(ctx: object) -> None:
+    sys.exit(3)
+
+
+async def _exiting_async(ctx: object) -> None:
+    raise SystemExit("bye")
+
+
+@pytest.mark.parametrize("uses", ["interrupting", "exiting", "exiting_async"])
+def test_a_plugin_that_raises_keyboardinterrupt_or_exits_fails_its_task(
+        write_pipeline: Callable[..., Path], uses: str) -> None:
+    import goatclaw
+    from goatclaw.registry import Registry
+
+    reg = Registry()
+    for name, fn in (("interrupting", _interrupting), ("exiting", _exiting), ("exiting_async", _exiting_async)):
+        reg.register_task(name, fn)
+    path = write_pipeline(f"""
+        version: 1
+        name: rude
+        tasks:
+          rude: {{uses: {uses}, retry: {{attempts: 2, delay: 0}}}}
+          other: {{uses: echo, with: {{value: 1}}}}
+          after: {{uses: echo, needs: rude, with: {{value: 2}}}}
+        """)
+    result = goatclaw.run(path, registry=reg, store=False)
+    assert result.status.value == "failed"
+    rude = result.tasks["rude"]
+    assert rude.status.value == "failed"
+    assert rude.error_class in ("KeyboardInterrupt", "SystemExit")
+    assert rude.attempts == 2
+    assert result.tasks["other"].status.value == "succeeded"
+    assert result.tasks["after"].status.value == "upstream_failed"
