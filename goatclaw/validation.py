@@ -39,6 +39,7 @@ from goatclaw.errors import PluginError, TaskError, TemplateError
 from goatclaw.spec.model import Rule
 from goatclaw.spec.schema import check_instance, check_schema
 from goatclaw.template import compile_expression, compile_value
+from goatclaw.userfile import read_bytes
 
 __all__ = ["JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages", "judge_verdict",
            "llm_problems", "rule_problem"]
@@ -53,6 +54,8 @@ JUDGE_SCHEMA: Mapping[str, Any] = {
 #: How a judge rule is asked: ``(rule, criterion, output) -> (passed, why)``.
 JudgeFn = Callable[[Rule, str, Any], Awaitable[tuple[bool | None, str]]]
 
+#: The largest JSON Schema a ``schema: {$ref: file}`` rule reads.
+MAX_SCHEMA_BYTES = 16 * 1024 * 1024
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                        r"[A-Za-z0-9])?)*\.?$")
@@ -302,7 +305,7 @@ def _regex(pattern: str) -> Any:
 def _schema(arg: Any, base: Path) -> dict[str, Any]:
     if isinstance(arg, dict) and set(arg) == {"$ref"} and isinstance(arg["$ref"], str) and not arg["$ref"].startswith(
             "#"):
-        loaded: dict[str, Any] = json.loads((base / arg["$ref"]).read_text(encoding="utf-8"))
+        loaded: dict[str, Any] = json.loads(read_bytes(base / arg["$ref"], limit=MAX_SCHEMA_BYTES))
         return loaded
     return dict(arg)
 

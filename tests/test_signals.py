@@ -183,3 +183,85 @@ def test_a_plugin_that_raises_keyboardinterrupt_or_exits_fails_its_task(
     assert rude.attempts == 2
     assert result.tasks["other"].status.value == "succeeded"
     assert result.tasks["after"].status.value == "upstream_failed"
+
+
+# -- input that is not a regular file is refused, never read until memory runs out --------
+
+
+def _not_a_file(kind: str, where: Path) -> Path:
+    """``/dev/zero``, a FIFO (no writer: opening it would block), or a symlink to either."""
+    fifo = where / "pipe.yaml"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    target = Path("/dev/zero") if kind.endswith("zero") else fifo
+    if not kind.startswith("link"):
+        return target
+    link = where / f"{kind}.yaml"
+    link.symlink_to(target)
+    return link
+
+
+NOT_FILES = ["zero", "fifo", "link-to-zero", "link-to-fifo"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_validate_and_apply_refuse_what_is_not_a_regular_file(project: Path, kind: str) -> None:
+    path = _not_a_file(kind, project)
+    for command in ("validate", "apply"):
+        done = subprocess.run([sys.executable, "-m", "goatclaw", command, str(path)], cwd=project, env=_env(),
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert done.returncode == 2, done.stderr
+        assert "not a regular file" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_every_user_named_file_is_read_through_the_bounded_reader(write_pipeline: Callable[..., Path],
+                                                                  project: Path, kind: str) -> None:
+    import goatclaw
+    from goatclaw.errors import GoatclawError, SpecError
+    from goatclaw.providers import read_dotenv
+
+    bad = _not_a_file(kind, project)
+    # file.read on it: the task fails with a clear message
+    inside = bad if bad.parent == project else project / "dev-zero"  # file.read reaches the workspace only
+    if not inside.exists():
+        inside.symlink_to(bad)
+    rel = inside.name
+    path = write_pipeline(f"""
+        version: 1
+        name: reads
+        tasks:
+          read: {{uses: file.read, with: {{path: "{rel}"}}}}
+        """)
+    result = goatclaw.run(path, store=False)
+    assert result.tasks["read"].status.value == "failed"
+    error = result.tasks["read"].error or ""
+    # /dev/zero is outside the workspace: the grant refuses it first; a FIFO inside is not a file
+    assert "not a regular file" in error or ("zero" in kind and "permissions.files.read" in error), error
+    # the project file
+    (project / "goatclaw.yaml").unlink()
+    (project / "goatclaw.yaml").symlink_to(bad)
+    try:  # refused or passed over (find_project_file looks for a regular file): never read, never a hang
+        goatclaw.load(path)
+    except SpecError as exc:
+        assert "not a regular file" in str(exc)
+    # .env
+    (project / ".env").symlink_to(bad)
+    with pytest.raises(GoatclawError, match="not a regular file"):
+        read_dotenv(project)
+
+
+def test_the_bounded_reader_does_not_trust_stat(tmp_path: Path) -> None:
+    from goatclaw.userfile import FileTooLarge, read_bytes
+
+    assert Path("/proc/self/environ").stat().st_size == 0  # a file that says it is empty
+    with pytest.raises(FileTooLarge):
+        read_bytes("/proc/self/environ", limit=4)
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"12345")
+    assert read_bytes(small, limit=5) == b"12345"
+    with pytest.raises(FileTooLarge, match="over the limit of 4 bytes"):
+        read_bytes(small, limit=4)
