@@ -44,6 +44,7 @@ from typing import Any, Literal
 from goatclaw.errors import TaskError
 from goatclaw.security.ratelimit import SlidingWindow, shared_window
 from goatclaw.security.secrets import Redactor
+from goatclaw.userfile import read_bytes
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "Endpoint", "RateLimiter", "Request", "Response", "Session",
            "complete", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable", "session",
@@ -54,6 +55,8 @@ FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 #: ``live`` calls models; ``record`` calls them and writes every answer to the cassette;
 #: ``replay`` answers only from the cassette.
 MODES = ("live", "record", "replay")
+#: The largest cassette read (a regular file; a FIFO or device is refused).
+MAX_CASSETTE_BYTES = 256 * 1024 * 1024
 Emit = Callable[..., None]
 
 
@@ -142,7 +145,7 @@ class Cassette:
         """Every recorded exchange, read once."""
         if self._entries is None:
             try:
-                doc = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+                doc = json.loads(read_bytes(self.path, limit=MAX_CASSETTE_BYTES)) if self.path.exists() else {}
             except (OSError, ValueError) as exc:
                 raise TaskError(f"cassette {self.path} cannot be read: {exc}", error_class="invalid_input") from None
             self._entries = dict(doc.get("exchanges", {})) if isinstance(doc, dict) else {}

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from goatclaw.errors import GoatclawError
+from goatclaw.userfile import read_bytes
+
 __all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
            "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
+#: The largest ``.env`` read (a regular file; a FIFO or device is refused).
+MAX_DOTENV_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,10 +83,14 @@ def provider_of(model: str) -> Provider | None:
 def read_dotenv(root: Path | None) -> dict[str, str]:
     """The ``KEY=value`` lines of ``root/.env`` (quotes and ``export`` stripped); ``{}`` without one."""
     path = (root or Path.cwd()) / ".env"
-    if not path.is_file():
+    if not path.exists():
         return {}
+    try:
+        text = read_bytes(path, limit=MAX_DOTENV_BYTES).decode("utf-8", errors="replace")
+    except OSError as exc:  # a FIFO, a device, a huge file: refused, never read until memory runs out
+        raise GoatclawError(f"cannot read {path}: {exc.strerror or exc}") from None
     out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

@@ -48,6 +48,10 @@ from goatclaw.template import Compiled, compile_expression, compile_value, has_t
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+#: What a plugin may raise that fails its task. ``KeyboardInterrupt`` and ``SystemExit`` from a
+#: plugin (``sys.exit()`` in a task body) are its failure, not the process's: a real Ctrl-C never
+#: raises inside a run started by the CLI (cli/border.py cancels it instead).
+_PLUGIN_FAILURES = (Exception, KeyboardInterrupt, SystemExit)
 #: The largest task output (serialised JSON) when the pipeline sets no ``max_output_bytes``.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
@@ -658,18 +662,18 @@ class _Runner(OutputChecks):
         except asyncio.CancelledError:
             self._record_attempt(task, index, 1, started, None)
             raise
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             return await self._retry(task, plugin, res, compiled, context, index, exc, started)
 
     async def _retry(self, task: Task, plugin: Plugin, res: TaskResult, compiled: Compiled,
-                     context: Mapping[str, Any], index: int | None, first: Exception,
+                     context: Mapping[str, Any], index: int | None, first: BaseException,
                      started: float) -> tuple[Any, str]:
         policy = task.retry
         backoff = Backoff(policy, self.rng, successes=self._successes_of(task))
         rec = self.recorder
         assert rec is not None
         first_start = time.monotonic() - (time.time() - started)
-        exc: Exception = first
+        exc: BaseException = first
         attempt = 1
         while True:
             err = _as_task_error(exc, task)
@@ -690,7 +694,7 @@ class _Runner(OutputChecks):
             except asyncio.CancelledError:
                 self._record_attempt(task, index, attempt, started, None)
                 raise
-            except Exception as next_exc:
+            except _PLUGIN_FAILURES as next_exc:
                 exc = next_exc
 
     def _successes_of(self, task: Task) -> Callable[[], int] | None:
@@ -782,7 +786,7 @@ class _Runner(OutputChecks):
             result = await self._call(task, plugin, ctx, kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             # adaptive backoff reads the successes seen before this failure reset them
             self.breaker_successes[task.id] = self.breakers.failure(key, policy, _as_task_error(exc, task).error_class)
             raise

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, NoReturn
 
 from goatclaw.plugin import TaskContext, fail, task
+from goatclaw.userfile import FileTooLarge, read_bytes
 
 __all__ = ["list_files", "read", "write"]
 
@@ -101,11 +102,10 @@ def _existing_file(ctx: TaskContext, path: str) -> Path:
 def _read_text(target: Path, path: str, encoding: str) -> str:
     """The file's text, refusing files over :data:`MAX_READ_BYTES`."""
     try:
-        size = target.stat().st_size
-        if size > MAX_READ_BYTES:
-            fail(f"cannot read '{path}': it is {size:,} bytes, over the limit of {MAX_READ_BYTES:,}",
-                 error_class="invalid_input", path=path)
-        return target.read_text(encoding=encoding)
+        data = read_bytes(target, limit=MAX_READ_BYTES)  # a regular file, bounded whatever stat() says
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+    except FileTooLarge as exc:
+        fail(f"cannot read '{path}': {exc.strerror}", error_class="invalid_input", path=path)
     except UnicodeDecodeError as exc:
         fail(f"cannot read '{path}' as {encoding}: {exc.reason} at byte {exc.start}", error_class="invalid_input",
              path=path)
