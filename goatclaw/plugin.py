@@ -282,8 +282,17 @@ class TaskContext:
         return self._checked(self.grant.check_write, path)
 
     def require_module(self, module: str, function: str = "") -> None:
-        """Fail unless ``permissions.python`` allows calling ``module:function``."""
+        """Fail unless ``permissions.python`` allows calling ``module:function`` (check it before the import)."""
         self._checked(self.grant.check_module, module, function)
+
+    def require_callable(self, module: Any, name: str, attr: str) -> Any:
+        """What ``name:attr`` names in the imported ``module``, if ``permissions.python`` allows calling it.
+
+        Every step of ``attr`` must be a class, the last a plain function or class, each
+        defined in a granted module: a grant of ``json`` does not reach ``json:codecs.open``.
+        Raises ``AttributeError`` when a step is missing.
+        """
+        return self._checked(self.grant.check_callable, module, name, attr)
 
     def environment(self) -> dict[str, str]:
         """The process environment this task may see (``permissions.env`` plus a baseline such as PATH)."""

@@ -105,7 +105,8 @@ class _Runner(OutputChecks):
         self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
-        self.guard = Guard(plan.pipeline, options.workspace, self.registry)  # permissions and untrusted flows
+        # permissions (the store protected wherever it is) and untrusted flows
+        self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
