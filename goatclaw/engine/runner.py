@@ -607,8 +607,10 @@ class _Runner(OutputChecks):
             return await self._run_attempts(task, plugin, res, context, index)
         text = cache.lookup(task, key)
         if text is not None:
-            res.cache_hits += 1
-            return json.loads(text), text
+            output = json.loads(text)
+            if not task.validate or self._cached_output_holds(task, output, context, index):
+                res.cache_hits += 1
+                return output, text
         output, text = await self._run_attempts(task, plugin, res, context, index)
         cache.put(key, plugin, text)
         return output, text
