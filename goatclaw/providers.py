@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,7 +82,13 @@ def provider_of(model: str) -> Provider | None:
 
 
 def read_dotenv(root: Path | None) -> dict[str, str]:
-    """The ``KEY=value`` lines of ``root/.env`` (quotes and ``export`` stripped); ``{}`` without one."""
+    """The variables of ``root/.env``, read by python-dotenv; ``{}`` without one.
+
+    python-dotenv reads the file as the shells and Docker Compose users write it: quotes,
+    ``export``, inline ``# comments`` after unquoted values, multi-line quoted values and
+    escapes in double quotes. Values are taken literally (no ``${VAR}`` expansion), so a
+    secret holding ``$`` is never changed; a bare ``KEY`` line without ``=`` sets nothing.
+    """
     path = (root or Path.cwd()) / ".env"
     if not path.exists():
         return {}
@@ -89,17 +96,10 @@ def read_dotenv(root: Path | None) -> dict[str, str]:
         text = read_bytes(path, limit=MAX_DOTENV_BYTES).decode("utf-8", errors="replace")
     except OSError as exc:  # a FIFO, a device, a huge file: refused, never read until memory runs out
         raise GoatclawError(f"cannot read {path}: {exc.strerror or exc}") from None
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
+    from dotenv import dotenv_values  # the one module that reads .env files
+
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def key_status(provider: Provider, root: Path | None = None, *,

@@ -95,6 +95,14 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
             _err().print("[magenta]cancelled[/]")
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        except ImportError as exc:  # an optional part (a pip extra) that is not installed: say which, once
+            from goatclaw.extras import missing_message
+
+            message = missing_message(exc)
+            if message is None:
+                raise
+            _err().print(f"[red]error:[/] {message}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

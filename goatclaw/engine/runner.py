@@ -35,6 +35,7 @@ from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, t
 from goatclaw.engine.taskcache import TaskCache, may_cache
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
+from goatclaw.extras import missing_message
 from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import PluginSpec, TaskContext
@@ -837,6 +838,10 @@ def _as_task_error(exc: BaseException, task: Task) -> TaskError:
         return exc
     if isinstance(exc, GoatclawError):
         return TaskError(exc.message, error_class="internal")
+    if isinstance(exc, ModuleNotFoundError):  # not there now, not there on a retry: say what to install, once
+        wrapped = TaskError(missing_message(exc) or f"{type(exc).__name__}: {exc}", error_class="invalid_input")
+        wrapped.__cause__ = exc
+        return wrapped
     wrapped = TaskError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                         error_class=type(exc).__name__)
     wrapped.__cause__ = exc
