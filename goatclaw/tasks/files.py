@@ -116,11 +116,21 @@ def _read_text(target: Path, path: str, encoding: str) -> str:
 
 
 def _parse_json(text: str, path: str) -> Any:
-    """Strict JSON: ``NaN`` and ``Infinity`` are refused (Python's json accepts them)."""
+    """Strict JSON: ``NaN``, ``Infinity`` and duplicate keys are refused (Python's json accepts them)."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except ValueError as exc:
         fail(f"'{path}' is not valid JSON: {exc}", error_class="invalid_input", path=path)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refusing a key given twice (``json`` keeps the last one silently, as PyYAML does)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {json.dumps(key, ensure_ascii=False)} in one object")
+        out[key] = value
+    return out
 
 
 def _reject_constant(name: str) -> NoReturn:
