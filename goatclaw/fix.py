@@ -65,9 +65,9 @@ class FeedbackInputs(Compiled):
         self._render = None
         self.is_constant = False
 
-    def render(self, context: Mapping[str, Any]) -> Any:
-        """The inputs, rendered, with the feedback appended."""
-        return feedback_kwargs(self._inner.render(context), self._rejected)
+    def render(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
+        """The inputs, rendered (within ``limit`` seconds, see :meth:`Compiled.render`), with the feedback appended."""
+        return feedback_kwargs(self._inner.render(context, limit=limit), self._rejected)
 
 
 def repair_messages(rules: tuple[Rule, ...], rejected: Rejected) -> list[dict[str, str]]:
