@@ -95,6 +95,8 @@ def fix_llm(task: Task, kwargs: Mapping[str, Any], explicit: str | None,
     own = kwargs.get("model") if is_llm else None
     if isinstance(own, list):
         own = own[0] if own else None
+    if isinstance(own, Mapping):  # a model entry {name, api_base, api_key}: its name
+        own = own.get("name")
     model = explicit or (own if isinstance(own, str) and own else None) or default
     base = kwargs.get("api_base") if is_llm else None
     key = kwargs.get("api_key") if is_llm else None

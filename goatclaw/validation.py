@@ -38,9 +38,10 @@ from goatclaw.regex import compile_linear, why_invalid
 from goatclaw.spec.model import Rule
 from goatclaw.spec.schema import check_instance, check_schema
 from goatclaw.template import compile_expression, compile_value
+from goatclaw.userfile import read_bytes
 
-__all__ = ["FORMATS", "JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages",
-           "judge_verdict", "llm_problems", "rule_problem"]
+__all__ = ["FORMATS", "JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "budget_problems", "check_output",
+           "judge_messages", "judge_verdict", "llm_problems", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -52,6 +53,8 @@ JUDGE_SCHEMA: Mapping[str, Any] = {
 #: How a judge rule is asked: ``(rule, criterion, output) -> (passed, why)``.
 JudgeFn = Callable[[Rule, str, Any], Awaitable[tuple[bool | None, str]]]
 
+#: The largest JSON Schema a ``schema: {$ref: file}`` rule reads.
+MAX_SCHEMA_BYTES = 16 * 1024 * 1024
 # format checks meet task output: RE2 (linear time), never Python's backtracking re
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 _HOSTNAME = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -303,7 +306,7 @@ def _regex(pattern: str) -> Any:
 def _schema(arg: Any, base: Path) -> dict[str, Any]:
     if isinstance(arg, dict) and set(arg) == {"$ref"} and isinstance(arg["$ref"], str) and not arg["$ref"].startswith(
             "#"):
-        loaded: dict[str, Any] = json.loads((base / arg["$ref"]).read_text(encoding="utf-8"))
+        loaded: dict[str, Any] = json.loads(read_bytes(base / arg["$ref"], limit=MAX_SCHEMA_BYTES))
         return loaded
     return dict(arg)
 
@@ -367,6 +370,18 @@ def llm_problems(task: Any, default_model: str | None) -> list[tuple[tuple[str |
         found.append(((*task.path, "fix"), "fix: {mode: repair} needs a model: give fix.model, or set model: in "
                                            "goatclaw.yaml"))
     return found
+
+
+def budget_problems(task: Any, budgeted: bool) -> list[tuple[tuple[str | int, ...], str]]:
+    """``(path, warning)`` when an ``llm`` task under a budget has no ``max_tokens``.
+
+    The budget then reserves the model's whole output limit for each call (its worst
+    case), which can refuse calls a ``max_tokens`` would let through.
+    """
+    if not budgeted or task.uses != "llm" or not isinstance(task.with_, Mapping) or "max_tokens" in task.with_:
+        return []
+    return [((*task.path, "with"), "no max_tokens under a budget: each call reserves the model's whole output "
+                                   "limit against the budget (its worst case); set max_tokens to bound it")]
 
 
 def _type_name(value: Any) -> str:

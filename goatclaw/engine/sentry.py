@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from goatclaw.engine.recorder import Recorder
@@ -21,6 +22,7 @@ from goatclaw.jsontext import dumps
 from goatclaw.plugin import PluginSpec
 from goatclaw.security.ratelimit import SideEffectLimits
 from goatclaw.security.threat import DEFAULT_THRESHOLD, Finding, ThreatScore, scan_output
+from goatclaw.store import Store
 
 __all__ = ["INLINE_SCAN_CHARS", "RunBlocked", "SecretReads", "Sentry"]
 
@@ -75,10 +77,13 @@ class Sentry:
         return float(value) if isinstance(value, (int, float)) else DEFAULT_THRESHOLD
 
     @staticmethod
-    def limits_of(pipeline: Any) -> SideEffectLimits | None:
-        """The project's ``rate_limits.side_effects``, if any."""
+    def limits_of(pipeline: Any, store: Path | None = None) -> SideEffectLimits | None:
+        """The project's ``rate_limits.side_effects``, if any (held in ``store``, shared by its processes)."""
         limits = _project_data(pipeline).get("rate_limits")
-        return SideEffectLimits.from_settings(limits.get("side_effects")) if isinstance(limits, Mapping) else None
+        if not isinstance(limits, Mapping):
+            return None
+        return SideEffectLimits.from_settings(limits.get("side_effects"), store=store,
+                                              opener=Store.open if store is not None else None)
 
     def secrets_read(self, task_id: str, index: int | None, names: list[str]) -> None:
         """A task's templates read these secrets (names only go to the audit chain)."""
