@@ -66,7 +66,7 @@ class FeedbackInputs(Compiled):
         self.is_constant = False
 
     def render(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
-        """The inputs, rendered (within ``limit`` seconds, as ``Compiled.render``), with the feedback appended."""
+        """The inputs, rendered (within ``limit`` seconds, see :meth:`Compiled.render`), with the feedback appended."""
         return feedback_kwargs(self._inner.render(context, limit=limit), self._rejected)
 
 
