@@ -383,8 +383,9 @@ def test_max_cost_stops_the_run_before_a_call_it_cannot_afford(write_pipeline: C
 @pytest.mark.slow
 def test_max_cost_fails_a_run_that_spent_more_than_it_estimated(write_pipeline: Callable[..., Path], srv,
                                                                  project: Path) -> None:
-    # without max_tokens the estimate is the prompt alone (~$1.2e-06): the call is let through, then costs $5.85e-06
-    spending(write_pipeline, srv.api_base, max_tokens="temperature: 0", second=False)
+    # max_tokens 1 is estimated (~$1.8e-06, under the cap) and let through; the server charges 7 completion tokens
+    # anyway ($5.85e-06): a run that spends past --max-cost after the fact still fails
+    spending(write_pipeline, srv.api_base, max_tokens="max_tokens: 1", second=False)
     result = invoke("apply", "p.yaml", "--output", "plain", "--max-cost", "0.000002", "--report", "junit:j.xml")
     assert result.exit_code == 1, result.output
     assert re.search(r"run \S+ cost \$0\.000006, over --max-cost \$2e-06", result.output), result.output
