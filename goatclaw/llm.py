@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from goatclaw.errors import TaskError
 from goatclaw.security.ratelimit import SlidingWindow
-from goatclaw.security.secrets import PREFIX_CHARS, Redactor
+from goatclaw.security.secrets import Redactor
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
            "complete", "embed", "estimate_costs", "request_key", "session", "using"]
@@ -362,13 +362,9 @@ def _mask(value: Any, masks: Sequence[str]) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _redactor(masks: tuple[str, ...], prefixes: int | None = None) -> Redactor:
-    """One redactor per set of secrets (a run's), built once.
-
-    With ``prefixes`` (a cassette's answers: a file meant to be committed) a model echoing
-    the first ``prefixes`` or more characters of a secret is masked too.
-    """
-    return Redactor(masks, prefixes=prefixes)
+def _redactor(masks: tuple[str, ...]) -> Redactor:
+    """One redactor per set of secrets (a run's), built once."""
+    return Redactor(masks)
 
 
 def _with_hops(err: TaskError, hops: list[dict[str, Any]]) -> TaskError:
@@ -420,7 +416,7 @@ def _remember(s: Session, model: str, key: str, request: Request, answer: dict[s
         store.llm_cache_put(key, model, _canonical(answer))
     if s.mode == "record" and s.cassette is not None:
         s.cassette.put(key, {"model": model, "request": _masked_request(model, request, masks),
-                             "response": _redactor(tuple(masks), PREFIX_CHARS).mask_data(answer) if masks else answer})
+                             "response": _mask(answer, masks)})
 
 
 # -- budget and rate limits ----------------------------------------------------------------
