@@ -12,12 +12,6 @@ string and after a transformation:
   a longer encoded text (the characters that depend on neighbouring bytes are left out,
   so ``base64("user:" + secret)`` is caught too).
 
-An encoded form is also caught when it is wrapped over lines (``base64`` and
-``base64.encodebytes`` break it every 76 columns, ``xxd -p`` every 60): a line break
-(``\n`` or ``\r\n``) may stand between any two of its characters. With ``prefixes=N``
-(what a cassette's recorded answers use), the first ``N`` or more characters of a secret
-are masked too: a model that echoes most of a key has leaked it.
-
 All forms go into one compiled regular expression (an alternation, longest first), so
 masking a text is one scan however many secrets there are. Values shorter than
 :data:`MIN_SECRET_CHARS` are not masked (they would mask ordinary words); encoded forms
@@ -33,17 +27,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "MIN_SECRET_CHARS", "PREFIX_CHARS", "Redactor", "forms"]
+__all__ = ["MASK", "MIN_SECRET_CHARS", "Redactor", "forms"]
 
 #: What a masked secret becomes.
 MASK = "***"
 MIN_SECRET_CHARS = 4
 MIN_FORM_CHARS = 6
-#: With ``prefixes``: how long a secret's leading part must be to be masked on its own.
-PREFIX_CHARS = 12
-#: Lines of hex or base64 text (any wrap width): one encoded form may be split over them.
-#: (A line break is a real one or, inside JSON text, its escape ``\\n``.)
-_WRAPPED = re.compile(r"[A-Za-z0-9+/_=-]+(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/_=-]+)+")
 
 
 def forms(value: str) -> set[str]:
@@ -77,15 +66,13 @@ class Redactor:
 
     __slots__ = ("_names", "_pattern")
 
-    def __init__(self, secrets: Mapping[str, str] | Iterable[str] = (), *, prefixes: int | None = None) -> None:
+    def __init__(self, secrets: Mapping[str, str] | Iterable[str] = ()) -> None:
         items = secrets.items() if isinstance(secrets, Mapping) else ((str(i), v) for i, v in enumerate(secrets))
         by_form: dict[str, str] = {}
         for name, value in items:
             if isinstance(value, str) and len(value) >= MIN_SECRET_CHARS:
                 for form in forms(value):
                     by_form.setdefault(form, name)
-                for size in range(max(prefixes or 0, MIN_FORM_CHARS), len(value)) if prefixes else ():
-                    by_form.setdefault(value[:size], name)
         self._names = by_form
         ordered = sorted(by_form, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
@@ -102,14 +89,7 @@ class Redactor:
         # secret that contains "***"); every pass shortens the text, so this ends
         while pattern.search(text) is not None:
             text = pattern.sub(MASK, text)
-        if _may_wrap(text) and pattern.search(_unwrapped(text)) is not None:
-            # wrapped hex or base64: a block of lines that holds a form loses its line breaks and the form
-            text = _WRAPPED.sub(self._unwrap_masked, text)
         return text
-
-    def _unwrap_masked(self, block: re.Match[str]) -> str:
-        joined = _unwrapped(block.group(0))
-        return block.group(0) if self._pattern.search(joined) is None else self.mask(joined)  # type: ignore[union-attr]
 
     def mask_data(self, value: Any) -> Any:
         """``value`` with every string inside it (keys too) masked; other values unchanged."""
@@ -125,26 +105,13 @@ class Redactor:
 
     def contains(self, text: str | None) -> bool:
         """Whether ``text`` holds any secret form."""
-        if not text or self._pattern is None:
-            return False
-        return self._pattern.search(text) is not None or (
-            _may_wrap(text) and self._pattern.search(_unwrapped(text)) is not None)
+        return bool(text) and self._pattern is not None and self._pattern.search(text) is not None  # type: ignore[arg-type]
 
     def found(self, text: str | None) -> list[str]:
         """The names of the secrets whose forms appear in ``text``, sorted."""
         if not text or self._pattern is None:
             return []
-        texts = [text, _unwrapped(text)] if _may_wrap(text) else [text]
-        return sorted({self._names[m.group(0)] for t in texts for m in self._pattern.finditer(t)})
-
-
-def _may_wrap(text: str) -> bool:
-    return "\n" in text or "\\n" in text
-
-
-def _unwrapped(text: str) -> str:
-    """``text`` without line breaks (nor their JSON escapes): where a wrapped form is whole again."""
-    return text.replace("\r", "").replace("\n", "").replace("\\r", "").replace("\\n", "")
+        return sorted({self._names[m.group(0)] for m in self._pattern.finditer(text)})
 
 
 #: A redactor that masks nothing.
