@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code
+        code = getattr(exc, "exit_code", 130)
     if exit:
         sys.exit(code)
     return code

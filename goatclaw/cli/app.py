@@ -2,12 +2,11 @@
 
 Exit codes: 0 success, 1 a task failed (or another runtime error), 2 the pipeline or
 project file is invalid (or the command line is), 3 the run was blocked by its threat
-score, 130 cancelled.
+score, 130 cancelled (143 by SIGTERM, 129 by SIGHUP).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -93,9 +92,9 @@ def handles_errors(fn: F) -> F:
         except GoatclawError as exc:
             _err().print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
             _err().print("[magenta]cancelled[/]")
-            raise typer.Exit(130) from None
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
         except ImportError as exc:  # an optional part (a pip extra) that is not installed: say which, once
             from goatclaw.extras import missing_message
 
@@ -160,7 +159,7 @@ def apply(
     """Check and run a pipeline, recording the run in the store."""
     import goatclaw
     from goatclaw.api import parse_var
-    from goatclaw.cli import ci
+    from goatclaw.cli import border, ci
     from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
     targets = ci.report_targets(report)
@@ -184,14 +183,14 @@ def apply(
     if mode == "rich":
         console = _out()
         with LiveView(bus, console):
-            result = asyncio.run(run())
+            result = border.run(run())
         print_result(result, console)
     elif mode == "plain":
         PlainView(bus, timestamps=_in_ci())
-        result = asyncio.run(run())
+        result = border.run(run())
         print_result(result, Console(highlight=False, no_color=True, soft_wrap=True))
     else:
-        result = asyncio.run(run())
+        result = border.run(run())
         from goatclaw.api import redactor_for
         from goatclaw.jsontext import dumps_pretty
 
@@ -528,11 +527,13 @@ def doctor(
 
     project = load_project_for(None)
     path = store or Path(os.environ.get("GOATCLAW_STORE") or project.store_path)
-    report = diagnose(project.root, path)
+    report = diagnose(project.root, path, model=project.model, fallbacks=project.fallbacks)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
     out = _out()
+    out.print("[bold]model[/]")
+    out.print(f"  {report['model']['message']}", markup=False, highlight=False, soft_wrap=True)
     out.print("[bold]providers[/]")
     for p in report["providers"]:
         mark = "[green]✓[/]" if p["usable"] else "[dim]✗[/]"
@@ -549,6 +550,7 @@ def doctor(
 # the commands over stored runs live in their own module; importing it registers them
 # (and those over semantic memory: memory …, why)
 from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
+from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401

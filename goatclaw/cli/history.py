@@ -6,7 +6,6 @@ parses, calls :mod:`goatclaw.history` or the store, and hands the result to a re
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
@@ -160,11 +159,12 @@ def dlq_replay(
     """Re-run a dead letter's task in its original run's context (its needs' stored outputs, same vars)."""
     import goatclaw
     from goatclaw import history
+    from goatclaw.cli import border
     from goatclaw.cli.render import PlainView, print_result
 
     bus = goatclaw.Bus()
     PlainView(bus)
-    result = asyncio.run(history.replay_dead_letter(_store_file(store), letter, force=force, bus=bus))
+    result = border.run(history.replay_dead_letter(_store_file(store), letter, force=force, bus=bus))
     print_result(result, _out())
     if not result.ok:
         raise typer.Exit(1)

@@ -21,8 +21,15 @@ from goatclaw.errors import TaskError, TemplateError
 from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
-from goatclaw.validation import (JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, check_output, judge_messages,
-                                 judge_verdict)
+from goatclaw.validation import (
+    JUDGE_SCHEMA,
+    JudgeFn,
+    Rejected,
+    acheck_output,
+    check_output,
+    judge_messages,
+    judge_verdict,
+)
 from goatclaw.validation import failure as validation_failure
 
 __all__ = ["OutputChecks"]
@@ -71,7 +78,8 @@ class OutputChecks:
             return True
         assert self.recorder is not None
         base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
-        verdicts = check_output(rules, output, context, base=base, validator=lambda name: self.registry.validator(name).fn)
+        verdicts = check_output(rules, output, context, base=base,
+                                validator=lambda name: self.registry.validator(name).fn)
         error = validation_failure(verdicts, output)
         if error is None:
             return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,11 @@ def file_digest(path: Path) -> bytes:
     """The digest of a file's contents (an unreadable or missing file gives a digest saying so)."""
     h = hashlib.blake2b(digest_size=16)
     try:
-        with path.open("rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the key
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                h.update(b"not a regular file")
+                return h.digest()
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
     except OSError as exc:  # gone or unreadable between the walk and the read: that is a different input

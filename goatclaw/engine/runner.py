@@ -11,6 +11,7 @@ finish their work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -48,6 +49,10 @@ from goatclaw.template import Compiled, compile_expression, compile_value, has_t
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+#: What a plugin may raise that fails its task. ``KeyboardInterrupt`` and ``SystemExit`` from a
+#: plugin (``sys.exit()`` in a task body) are its failure, not the process's: a real Ctrl-C never
+#: raises inside a run started by the CLI (cli/border.py cancels it instead).
+_PLUGIN_FAILURES = (Exception, KeyboardInterrupt, SystemExit)
 #: The largest task output (serialised JSON) when the pipeline sets no ``max_output_bytes``.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
@@ -101,7 +106,8 @@ class _Runner(OutputChecks):
         self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
-        self.guard = Guard(plan.pipeline, options.workspace, self.registry)  # permissions and untrusted flows
+        # permissions (the store protected wherever it is) and untrusted flows
+        self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
@@ -130,7 +136,8 @@ class _Runner(OutputChecks):
 
     async def run(self) -> RunResult:
         self._open()
-        limits = LIMITS.set(Sentry.limits_of(self.pipeline))  # side-effect rate limits, seen by every task
+        limits = LIMITS.set(Sentry.limits_of(self.pipeline, self.opts.store_path))  # seen by every task
+        warmups = self._start_warmups()
         try:
             if self.hooks:
                 assert self.recorder is not None
@@ -149,6 +156,8 @@ class _Runner(OutputChecks):
             raise
         finally:
             LIMITS.reset(limits)
+            for warmup in warmups:
+                warmup.cancel()
             await self.executor.close() if self.opts.executor is None else None
         await self.bus.drain()  # queued subscribers see every task event (and their failures become dead letters)
         status = self._final_status()
@@ -264,7 +273,7 @@ class _Runner(OutputChecks):
                 self._mark(tid, TaskState.SKIPPED)
             else:
                 await self._run_task(task)
-                self._screen(task)
+                await self._screen(task)
 
     def _cancel_unfinished(self, reason: str) -> None:
         for res in self.result.tasks.values():
@@ -275,6 +284,27 @@ class _Runner(OutputChecks):
                 res.finished_at = time.time()
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
+
+    def _start_warmups(self) -> list[asyncio.Task[None]]:
+        """Start, in the background, the warm-ups of the plugins the run will use (``PluginSpec.warmup``).
+
+        Judge rules and ``fix: {mode: repair}`` call an LLM on the task's behalf: the LLM
+        room's warm-up (litellm's import, in a thread) starts for them too.
+        """
+        warmups: dict[str, Callable[[], Awaitable[None]]] = {}
+        for tid in self.selected:
+            task = self.all_tasks[tid]
+            if task.uses and task.uses not in warmups:
+                try:
+                    warmups[task.uses] = self.registry.task(task.uses).spec.warmup  # type: ignore[assignment]
+                except PluginError:
+                    warmups[task.uses] = None  # type: ignore[assignment]  # the task reports it when it runs
+            if "llm room" not in warmups and (any(r.kind == "judge" for r in task.validate) or (
+                    task.fix is not None and task.fix.mode == "repair")):
+                from goatclaw import llm as room
+
+                warmups["llm room"] = room.warm
+        return [asyncio.ensure_future(_quietly(w)) for w in dict.fromkeys(warmups.values()) if w is not None]
 
     # -- the task cache --------------------------------------------------------------
 
@@ -382,7 +412,7 @@ class _Runner(OutputChecks):
                 tid = heapq.heappop(self.ready)[2]
                 task = tasks[tid]
                 await self._run_task(task)
-                self._screen(task)  # may stop the run before its dependents are released
+                await self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -391,7 +421,7 @@ class _Runner(OutputChecks):
             self.waiters.append(waiter)
             await waiter
 
-    def _screen(self, task: Task) -> None:
+    async def _screen(self, task: Task) -> None:
         """Threat-score a finished task (its denial or its output); raises :class:`RunBlocked` at the threshold."""
         assert self.sentry is not None
         spec = self.specs.get(task.uses, False)
@@ -400,7 +430,7 @@ class _Runner(OutputChecks):
                 spec = self.specs[task.uses] = self.registry.task(task.uses).spec
             except PluginError:
                 spec = self.specs[task.uses] = None
-        self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
+        await self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
 
     def _complete(self, tid: str) -> None:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
@@ -634,18 +664,18 @@ class _Runner(OutputChecks):
         except asyncio.CancelledError:
             self._record_attempt(task, index, 1, started, None)
             raise
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             return await self._retry(task, plugin, res, compiled, context, index, exc, started)
 
     async def _retry(self, task: Task, plugin: Plugin, res: TaskResult, compiled: Compiled,
-                     context: Mapping[str, Any], index: int | None, first: Exception,
+                     context: Mapping[str, Any], index: int | None, first: BaseException,
                      started: float) -> tuple[Any, str]:
         policy = task.retry
         backoff = Backoff(policy, self.rng, successes=self._successes_of(task))
         rec = self.recorder
         assert rec is not None
         first_start = time.monotonic() - (time.time() - started)
-        exc: Exception = first
+        exc: BaseException = first
         attempt = 1
         while True:
             err = _as_task_error(exc, task)
@@ -666,7 +696,7 @@ class _Runner(OutputChecks):
             except asyncio.CancelledError:
                 self._record_attempt(task, index, attempt, started, None)
                 raise
-            except Exception as next_exc:
+            except _PLUGIN_FAILURES as next_exc:
                 exc = next_exc
 
     def _successes_of(self, task: Task) -> Callable[[], int] | None:
@@ -686,7 +716,7 @@ class _Runner(OutputChecks):
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
                        attempt: int, index: int | None) -> tuple[Any, str]:
         try:
-            kwargs = compiled.render(context)
+            kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
         except TemplateError as exc:
             raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
         assert self.recorder is not None and self.sentry is not None
@@ -710,7 +740,14 @@ class _Runner(OutputChecks):
         assert self.recorder is not None
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor)
+                           self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
+                           cache_ttl=task.cache.ttl)
+
+    def _cache_word(self, task: Task) -> bool | None:
+        """What ``task`` (and the run) said about caching: ``False`` off, ``True`` asked for, ``None`` silent."""
+        if not self.opts.cache or not task.cache.enabled:
+            return False
+        return True if task.cache.requested else None
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
@@ -751,7 +788,7 @@ class _Runner(OutputChecks):
             result = await self._call(task, plugin, ctx, kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             # adaptive backoff reads the successes seen before this failure reset them
             self.breaker_successes[task.id] = self.breakers.failure(key, policy, _as_task_error(exc, task).error_class)
             raise
@@ -759,6 +796,8 @@ class _Runner(OutputChecks):
         return result
 
     async def _call(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[Any, str]:
+        if task.timeout is not None and plugin.spec.warmup is not None:
+            await plugin.spec.warmup()  # what the plugin readies first is not its call's time
         if self.inline_async and plugin.is_async:
             call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
         else:
@@ -834,6 +873,12 @@ def _standby(pipeline: Any) -> frozenset[str]:
         return frozenset()
     needed = {n for t in pipeline.tasks.values() for n in t.needs}
     return frozenset(f for f in fallbacks if f in pipeline.tasks and f not in needed)
+
+
+async def _quietly(warmup: Callable[[], Awaitable[None]]) -> None:
+    """A warm-up in the background: its failure is the task's to report when it runs, not the run's."""
+    with contextlib.suppress(Exception):  # the attempt awaits the warm-up again and sees the error there
+        await warmup()
 
 
 def _select(plan: Plan, only: tuple[str, ...], standby: frozenset[str] = frozenset()) -> dict[str, None]:

@@ -23,12 +23,12 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from goatclaw.errors import Location, Problem, SpecError
+from goatclaw.userfile import FileTooLarge, read_bytes
 
 __all__ = ["Document", "Limits", "dotted", "gc_paused", "load_file", "load_text"]
 
@@ -93,20 +93,18 @@ def load_file(path: str | os.PathLike[str], *, limits: Limits | None = None) -> 
     """Read and load a YAML file, refusing it with a located :class:`SpecError` if bad."""
     limits = limits or Limits()
     name = str(path)
-    p = Path(path)
     try:
-        size = p.stat().st_size
+        data = read_bytes(path, limit=limits.max_bytes)  # regular files only, bounded whatever stat() says
+    except FileTooLarge as exc:
+        size = f"{exc.size:,} bytes" if exc.size is not None else "larger than that"
+        raise SpecError([Problem(Location(name, 1, 1), "",
+                                 f"file is {size}, over the limit of {limits.max_bytes:,}")]) from None
     except OSError as exc:
         raise SpecError([Problem(None, "", f"{name}: cannot read: {exc.strerror or exc}")]) from None
-    if size > limits.max_bytes:
-        raise SpecError([Problem(Location(name, 1, 1), "",
-                                 f"file is {size:,} bytes, over the limit of {limits.max_bytes:,}")])
     try:
-        text = p.read_text(encoding="utf-8")
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text() did
     except UnicodeDecodeError as exc:
         raise SpecError([Problem(Location(name, 1, 1), "", f"not UTF-8 text: {exc.reason}")]) from None
-    except OSError as exc:
-        raise SpecError([Problem(None, "", f"{name}: cannot read: {exc.strerror or exc}")]) from None
     return load_text(text, file=name, limits=limits)
 
 
