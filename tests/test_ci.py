@@ -141,9 +141,6 @@ def test_control_characters_in_an_error_still_give_valid_xml(write_pipeline: Cal
     invoke("apply", "p.yaml", "--output", "plain", "--report", "junit:j.xml")
     XSD.validate(project / "j.xml")
     junitparser.JUnitXml.fromfile(str(project / "j.xml"))
-    text = (project / "j.xml").read_text(encoding="utf-8")
-    assert "ring#x07#x08" in text, "written as pytest's junitxml writes them"
-    assert "\ufffd" not in text, "no U+FFFD the task never wrote (xunit-viewer cannot show it)"
 
 
 def test_report_text_escapes_what_xml_cannot_hold_as_pytest_does() -> None:
