@@ -10,14 +10,23 @@ every task is a child span (``goatclaw.task``) from ``task.started`` to its end 
 with the attributes ``goatclaw.task``, ``goatclaw.plugin``, ``goatclaw.attempts``,
 ``goatclaw.status``, and for ``llm`` tasks ``goatclaw.llm.models``,
 ``goatclaw.llm.prompt_tokens``, ``goatclaw.llm.completion_tokens`` and
-``goatclaw.llm.cost_usd``. Retries and LLM calls are span events. Span times are the
-events' own times, so a span is exact even when the exporter runs behind.
+``goatclaw.llm.cost_usd``, ``goatclaw.llm.fallbacks``. Retries, LLM calls and model
+fallbacks (``goatclaw.llm.fallback``) are span events. Span times are the events' own
+times, so a span is exact even when the exporter runs behind.
+
+The console exporter writes to stderr (stdout stays the command's own output). The OTLP
+exporter waits at most :data:`EXPORT_TIMEOUT` seconds unless ``OTEL_EXPORTER_OTLP_TIMEOUT``
+or ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` says otherwise; a collector that cannot be reached
+is warned about once (stderr), and spans are dropped for :data:`QUIET_SECONDS` before the
+next try, so a dead collector costs a command one bounded wait.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +40,11 @@ log = logging.getLogger("goatclaw.tracing")
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 _TERMINAL = frozenset({"succeeded", "failed", "skipped", "cached", "upstream_failed", "cancelled", "stubbed"})
 _provider: Any = None
+_TIMEOUTS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+#: Seconds one OTLP export may take (retries included) when the environment sets no timeout.
+EXPORT_TIMEOUT = 2.0
+#: Seconds spans are dropped, without trying, after an export failed.
+QUIET_SECONDS = 60.0
 
 
 def enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -60,15 +74,55 @@ def _default_provider() -> Any:
         _provider = TracerProvider(resource=resource)
         for name in (os.environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(","):
             name = name.strip().lower()
-            if name == "console":
-                _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            if name == "console":  # stderr: stdout is the command's output (apply --output json)
+                _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
             elif name == "otlp":
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-                _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+                _provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
             elif name:
                 log.warning("OTEL_TRACES_EXPORTER=%s is not supported by goatclaw (use otlp or console)", name)
     return _provider
+
+
+def _otlp_exporter() -> Any:
+    """The OTLP/HTTP exporter, with a bounded timeout, failures warned about once."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    timeout = None if any(os.environ.get(name) for name in _TIMEOUTS) else EXPORT_TIMEOUT
+    inner = OTLPSpanExporter(timeout=timeout)
+    # the exporter logs every retry; goatclaw says it once, below
+    logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.CRITICAL)
+
+    class Guarded(SpanExporter):  # type: ignore[misc]
+        """``inner``, skipped for a while after a failure; the first failure is a warning."""
+
+        warned = False
+        quiet_until = 0.0
+
+        def export(self, spans: Any) -> Any:
+            if time.monotonic() < self.quiet_until:
+                return SpanExportResult.FAILURE
+            try:
+                result = inner.export(spans)
+            except Exception as exc:  # a broken exporter must not break a run
+                log.debug("tracing: export raised", exc_info=exc)
+                result = SpanExportResult.FAILURE
+            if result is not SpanExportResult.SUCCESS:
+                self.quiet_until = time.monotonic() + QUIET_SECONDS
+                if not self.warned:
+                    self.warned = True
+                    endpoint = getattr(inner, "_endpoint", "the OTLP endpoint")
+                    log.warning("tracing: could not export spans to %s; spans are dropped while it is unreachable",
+                                endpoint)
+            return result
+
+        def shutdown(self) -> None:
+            inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(inner.force_flush(timeout_millis))
+
+    return Guarded()
 
 
 class RunTracer:
@@ -85,7 +139,7 @@ class RunTracer:
         self.tasks: dict[str, Any] = {}
         self.llm: dict[str, dict[str, Any]] = {}
         self._off = [bus.subscribe("run.*", self._on_run), bus.subscribe("task.*", self._on_task),
-                     bus.subscribe("llm.call", self._on_llm)]
+                     bus.subscribe("llm.call", self._on_llm), bus.subscribe("llm.fallback", self._on_fallback)]
 
     @staticmethod
     def _ns(ev: Event) -> int:
@@ -143,7 +197,7 @@ class RunTracer:
         llm = self.llm.pop(task_id, None)
         if llm:
             span.set_attribute("goatclaw.llm.models", sorted(llm["models"]))
-            for key in ("prompt_tokens", "completion_tokens", "calls"):
+            for key in ("prompt_tokens", "completion_tokens", "calls", "fallbacks"):
                 span.set_attribute(f"goatclaw.llm.{key}", llm[key])
             span.set_attribute("goatclaw.llm.cost_usd", llm["cost_usd"])
         if state in ("failed", "upstream_failed", "cancelled"):
@@ -156,8 +210,7 @@ class RunTracer:
     def _on_llm(self, ev: Event) -> None:
         if ev.task is None:
             return
-        acc = self.llm.setdefault(ev.task, {"models": set(), "prompt_tokens": 0, "completion_tokens": 0,
-                                            "calls": 0, "cost_usd": 0.0})
+        acc = self._acc(ev.task)
         usage = ev.data.get("usage") or {}
         acc["models"].add(str(ev.data.get("model")))
         acc["calls"] += 1
@@ -169,6 +222,20 @@ class RunTracer:
             span.add_event("goatclaw.llm.call", timestamp=self._ns(ev),
                            attributes={"model": str(ev.data.get("model")), "source": str(ev.data.get("source", "")),
                                        "cost_usd": float(ev.data.get("cost_usd") or 0.0)})
+
+    def _acc(self, task_id: str) -> dict[str, Any]:
+        return self.llm.setdefault(task_id, {"models": set(), "prompt_tokens": 0, "completion_tokens": 0,
+                                             "calls": 0, "fallbacks": 0, "cost_usd": 0.0})
+
+    def _on_fallback(self, ev: Event) -> None:
+        """A model that failed and the next one tried: a span event, counted in ``goatclaw.llm.fallbacks``."""
+        if ev.task is None:
+            return
+        self._acc(ev.task)["fallbacks"] += 1
+        span = self.tasks.get(ev.task)
+        if span is not None:
+            span.add_event("goatclaw.llm.fallback", timestamp=self._ns(ev),
+                           attributes={k: str(ev.data.get(k) or "") for k in ("model", "to", "error_class", "message")})
 
     def close(self) -> None:
         """Stop listening to the bus."""

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from openai_server import Reply, echo
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -98,6 +102,61 @@ def test_llm_tasks_carry_tokens_cost_and_model(write_pipeline: Callable[..., Pat
     assert ask.attributes["goatclaw.llm.prompt_tokens"] == 11 and ask.attributes["goatclaw.llm.completion_tokens"] == 7
     assert ask.attributes["goatclaw.llm.cost_usd"] > 0
     assert [e.name for e in ask.events] == ["goatclaw.llm.call"]
+
+
+def test_model_fallbacks_are_span_events(write_pipeline: Callable[..., Path], srv, spans) -> None:
+    provider, exporter = spans
+    srv.respond = lambda body: Reply(status=503, error="down") if body["model"] == "primary" else echo(body)
+    path = write_pipeline(f"""
+        version: 1
+        tasks:
+          ask:
+            uses: llm
+            with: {{model: [openai/primary, openai/backup], prompt: hi, api_base: {srv.api_base}, api_key: sk-test}}
+        """)
+    bus = goatclaw.Bus()
+    RunTracer(bus, {"ask": "llm"}, provider)
+    assert goatclaw.run(path, bus=bus).ok
+    ask = next(s for s in exporter.get_finished_spans() if s.name == "goatclaw.task")
+    assert ask.attributes["goatclaw.llm.models"] == ("openai/backup",)
+    assert ask.attributes["goatclaw.llm.fallbacks"] == 1 and ask.attributes["goatclaw.llm.calls"] == 1
+    assert [e.name for e in ask.events] == ["goatclaw.llm.fallback", "goatclaw.llm.call"]
+    hop = ask.events[0].attributes
+    assert (hop["model"], hop["to"], hop["error_class"]) == ("openai/primary", "openai/backup", "server_error")
+
+
+def _apply(path: Path, **otel: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **otel}
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "goatclaw", "apply", str(path), "--output", "json"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    return done, time.monotonic() - began
+
+
+ONE_TASK = "version: 1\nname: one\ntasks:\n  a: {uses: echo, with: {value: 1}}\n"
+
+
+@pytest.mark.slow
+def test_console_spans_go_to_stderr_not_into_json_output(write_pipeline: Callable[..., Path]) -> None:
+    done, _ = _apply(write_pipeline(ONE_TASK), OTEL_TRACES_EXPORTER="console")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"  # one JSON document, nothing else
+    assert '"name": "goatclaw.run"' in done.stderr and '"name": "goatclaw.task"' in done.stderr
+
+
+@pytest.mark.slow
+def test_a_dead_collector_costs_a_bounded_wait_and_one_warning(write_pipeline: Callable[..., Path]) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write_pipeline(ONE_TASK)
+    _, plain = _apply(path)
+    done, dead = _apply(path, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert dead - plain < 3.5, (plain, dead)  # the export timeout is 2 s; the old one retried for 7 s
+    assert done.stderr.count("tracing: could not export spans") == 1, done.stderr
+    assert "Transient error" not in done.stderr
 
 
 class _Collector(BaseHTTPRequestHandler):
