@@ -13,8 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY goatclaw ./goatclaw
-# with the llm extra: pipelines with llm tasks run (litellm is imported only when one does)
-RUN pip install ".[llm]" && rm -rf /build
+# the default install runs every built-in task, llm included (litellm is imported only when one runs);
+# goatclaw-pipelines comes from this folder, never from an index
+RUN pip install . && rm -rf /build
 
 RUN useradd --create-home --uid 10001 goatclaw
 USER goatclaw

@@ -37,7 +37,7 @@ from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
-from goatclaw.validation import llm_problems, rule_problem
+from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["arun", "check", "load", "load_project_for", "parse_var", "permissions_of", "plan", "run"]
 
@@ -76,6 +76,7 @@ def _check(path: str | os.PathLike[str], project: Project | None,
         pipeline.memo["plan"] = build_plan(pipeline, graph)
     problems += _plugin_problems(pipeline, registry or _registry_for(project))
     problems += _rule_problems(pipeline, project.model)
+    problems += _budget_problems(pipeline, (pipeline.budget or project.budget) is not None)
     llm_settings = project.data.get("llm") if isinstance(project.data.get("llm"), dict) else {}
     tape = project.root / str(llm_settings["cassette"]) if llm_settings.get("cassette") else None
     problems += model_problems(pipeline, project.root, tape)
@@ -187,7 +188,7 @@ async def arun(
     stored_vars: dict[str, Any] | None = None
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
-    session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette)
+    session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette, cache=cache)
     tracer = None
     if tracing.enabled():  # OTEL_* set: the run and its tasks become spans (the otel extra)
         bus = bus or Bus()
@@ -266,11 +267,14 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
 
 
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,
-                max_cost: float | None = None, cassette: str | os.PathLike[str] | None = None) -> llm_room.Session:
+                max_cost: float | None = None, cassette: str | os.PathLike[str] | None = None,
+                cache: bool = True) -> llm_room.Session:
     """The LLM settings a run shares: mode and cassette, cache, budget, rate limits, default models.
 
     ``max_cost`` lowers the budget to at most that many dollars; ``cassette`` overrides
     the cassette file (default: ``llm.cassette`` in goatclaw.yaml, else the pipeline's own).
+    The answer cache is the run's store unless ``cache`` is false (``--no-cache``) or
+    goatclaw.yaml says ``llm: {cache: false}``; ``llm.cache.ttl`` bounds its answers' age.
     """
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
     mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
@@ -291,13 +295,38 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     if max_cost is not None:
         budget_usd = max_cost if budget_usd is None else min(budget_usd, max_cost)
     limits = project.data.get("rate_limits")
+    cache_setting = settings.get("cache", True)
     return llm_room.Session(
         mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=tape,
-        cache=store_path if settings.get("cache") and store_path is not None else None,
+        cache=store_path if cache and cache_setting is not False else None,
+        cache_ttl=_cache_ttl(cache_setting),
         budget_usd=budget_usd,
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
+        limits_store=store_path,
+        endpoints=_endpoints(project),
     )
+
+
+def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
+    """goatclaw.yaml's model entries that say where they are served; keys read from the environment or .env."""
+    if not project.endpoints:
+        return {}
+    dotenv = read_dotenv(project.root)
+    found = {}
+    for name, entry in project.endpoints.items():
+        var = entry.get("api_key_env")
+        key = (os.environ.get(var) or dotenv.get(var)) if var else None
+        found[name] = llm_room.Endpoint(api_base=entry.get("api_base"), api_key=key or None)
+    return found
+
+
+def _cache_ttl(setting: Any) -> float:
+    """``llm.cache.ttl`` in seconds (schema-checked), else the default of a week."""
+    from goatclaw.spec.model import parse_duration
+
+    ttl = setting.get("ttl") if isinstance(setting, Mapping) else None
+    return parse_duration(ttl) if ttl is not None else llm_room.DEFAULT_CACHE_TTL  # type: ignore[return-value]
 
 
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,
@@ -365,6 +394,13 @@ def _registry_for(project: Project) -> Registry:
     if project.plugins_allow is None and not project.plugins_deny:
         return default_registry()
     return Registry(allow=project.plugins_allow, deny=project.plugins_deny)
+
+
+def _budget_problems(pipeline: Pipeline, budgeted: bool) -> list[Problem]:
+    """Warnings for ``llm`` tasks under a budget without ``max_tokens`` (docs/llm.md, Budget)."""
+    return [Problem(pipeline.locate(path), dotted(path), why, severity="warn")
+            for task in (*pipeline.tasks.values(), *pipeline.on_failure.values(), *pipeline.finally_.values())
+            for path, why in budget_problems(task, budgeted)]
 
 
 def _rule_problems(pipeline: Pipeline, default_model: str | None = None) -> list[Problem]:

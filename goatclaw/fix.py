@@ -65,9 +65,9 @@ class FeedbackInputs(Compiled):
         self._render = None
         self.is_constant = False
 
-    def render(self, context: Mapping[str, Any]) -> Any:
-        """The inputs, rendered, with the feedback appended."""
-        return feedback_kwargs(self._inner.render(context), self._rejected)
+    def render(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
+        """The inputs, rendered (within ``limit`` seconds, see :meth:`Compiled.render`), with the feedback appended."""
+        return feedback_kwargs(self._inner.render(context, limit=limit), self._rejected)
 
 
 def repair_messages(rules: tuple[Rule, ...], rejected: Rejected) -> list[dict[str, str]]:
@@ -95,6 +95,8 @@ def fix_llm(task: Task, kwargs: Mapping[str, Any], explicit: str | None,
     own = kwargs.get("model") if is_llm else None
     if isinstance(own, list):
         own = own[0] if own else None
+    if isinstance(own, Mapping):  # a model entry {name, api_base, api_key}: its name
+        own = own.get("name")
     model = explicit or (own if isinstance(own, str) and own else None) or default
     base = kwargs.get("api_base") if is_llm else None
     key = kwargs.get("api_key") if is_llm else None

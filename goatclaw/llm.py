@@ -24,7 +24,9 @@ it). Without one, calls are live, uncached and unbudgeted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -40,12 +42,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from goatclaw.errors import TaskError
-from goatclaw.security.ratelimit import SlidingWindow
+from goatclaw.security.ratelimit import SlidingWindow, shared_window
 from goatclaw.security.secrets import Redactor
 from goatclaw.userfile import read_bytes
 
-__all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "RateLimiter", "Request", "Response", "Session",
-           "complete", "embed", "estimate_costs", "request_key", "session", "using"]
+__all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "Endpoint", "RateLimiter", "Request", "Response", "Session",
+           "complete", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable", "session",
+           "using", "warm"]
 
 #: Error classes after which the next model in the chain is tried.
 FALLBACK_ON = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -55,6 +58,14 @@ MODES = ("live", "record", "replay")
 #: The largest cassette read (a regular file; a FIFO or device is refused).
 MAX_CASSETTE_BYTES = 256 * 1024 * 1024
 Emit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one model of a chain is served: its own ``api_base`` and key (``None``: the request's, or litellm's)."""
+
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,15 @@ class Request:
     timeout: float | None = None
     #: Stream the answer: its text so far goes to the live view as it arrives (``task.progress``).
     stream: bool = False
+    #: The answer cache for this request: ``True`` reuse (and keep) it whatever the temperature,
+    #: ``False`` never, ``None`` the rule: only at ``temperature: 0`` (see :func:`reusable`).
+    cache: bool | None = None
+    #: How old a cached answer may be, in seconds (``None``: the session's ``cache_ttl``).
+    cache_ttl: float | None = None
+    #: Model name -> its own :class:`Endpoint` (a chain across servers: a local Ollama, then a hosted
+    #: model). A model's own endpoint wins over ``api_base``/``api_key``; the session's entries
+    #: (goatclaw.yaml) apply to models the request gives none for.
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,8 +184,12 @@ _LIMITERS: dict[tuple[str, int | None, int | None], RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def _limiter(name: str, rpm: int | None, tpm: int | None) -> RateLimiter:
-    """The process-wide limiter for ``name`` with these limits (shared by every run)."""
+def _limiter(name: str, rpm: int | None, tpm: int | None, store: Path | None = None) -> SlidingWindow:
+    """The limiter for ``name`` with these limits: in the store (shared by its processes), else process-wide."""
+    if store is not None:
+        from goatclaw.store import Store
+
+        return shared_window(f"llm:{name}", rpm, tpm, window=RateLimiter.WINDOW, store=store, opener=Store.open)
     with _LIMITERS_LOCK:
         return _LIMITERS.setdefault((name, rpm, tpm), RateLimiter(rpm, tpm))
 
@@ -175,7 +199,9 @@ class Session:
     """What the LLM calls of one run share: mode, cassette, cache, budget and rate limits.
 
     ``model`` and ``fallbacks`` are the project's defaults (``goatclaw.yaml``);
-    ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``;
+    ``cache`` is a store path (answers are cached in its ``llm_cache`` table) or ``None``
+    (no answer cache: ``--no-cache``, ``llm: {cache: false}``, or no store); a cached
+    answer older than ``cache_ttl`` seconds is not reused;
     ``budget_usd`` the most the run may spend, ``downgrade`` the cheaper model a call
     switches to (event ``llm.downgrade``) when the budget cannot afford its own;
     ``rate_limits`` maps a model or provider
@@ -188,10 +214,15 @@ class Session:
     fallbacks: tuple[str, ...] = ()
     cassette: Cassette | None = None
     cache: Path | None = None
+    cache_ttl: float | None = None
     budget_usd: float | None = None
     downgrade: str | None = None  # a cheaper model to switch to when the budget cannot afford a call
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     secrets: Sequence[str] = ()
+    #: Model name -> :class:`Endpoint`, from the entries of ``model:``/``fallbacks:`` in goatclaw.yaml.
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    #: The store whose rate windows the limits use, so processes sharing it share them (``None``: in memory).
+    limits_store: Path | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0  # estimates of calls in flight, so concurrent calls cannot overspend together
     _store: Any = field(default=None, repr=False)
@@ -210,11 +241,11 @@ class Session:
             self._store = Store.open(self.cache)
         return self._store
 
-    def limiters(self, model: str) -> list[RateLimiter]:
-        """The limiters that apply to ``model``: its own and its provider's."""
+    def limiters(self, model: str) -> list[SlidingWindow]:
+        """The limiters that apply to ``model``: its own and its provider's (in ``limits_store`` when set)."""
         provider = model.split("/", 1)[0] if "/" in model else model
         names = dict.fromkeys((model, provider))
-        return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"))
+        return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"), self.limits_store)
                 for n in names if n in self.rate_limits]
 
     async def aclose(self) -> None:
@@ -222,7 +253,7 @@ class Session:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if "litellm" in sys.modules:
+        if _imported() is not None:
             await _close_litellm_clients()
 
 
@@ -260,7 +291,9 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     """
     _check(request)
     s = session()
-    masks = _masks([*s.secrets, *secrets, request.api_key or ""])
+    request = _routed(request, s)
+    keys = [request.api_key or "", *(e.api_key or "" for e in request.endpoints.values())]
+    masks = _masks([*s.secrets, *secrets, *keys])
     hops: list[dict[str, Any]] = []
     last: TaskError | None = None
     if s.mode == "replay":
@@ -297,9 +330,11 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     """
     if s.mode == "replay":
         return _replayed(s, model, key, request)
-    cached = _cached(s, key) if s.mode == "live" else None  # a recording calls the model every time
+    # a recording calls the model every time
+    cached = _cached(s, key, request) if s.mode == "live" and reusable(request) else None
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
+    await ready()  # the budget and the rate limits count tokens with litellm
     try:
         reserved = await _admit(s, model, request)
     except TaskError as err:
@@ -321,6 +356,24 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     response = _response(answer, model, key, request, source="live")
     _remember(s, model, key, request, answer, masks)
     return response
+
+
+def _routed(request: Request, s: Session) -> Request:
+    """``request`` with the session's endpoints for the models it gives none of its own for."""
+    extra = {m: s.endpoints[m] for m in request.models if m in s.endpoints and m not in request.endpoints}
+    return dataclasses.replace(request, endpoints={**request.endpoints, **extra}) if extra else request
+
+
+def endpoint(model: str, request: Request) -> tuple[str | None, str | None]:
+    """``(api_base, api_key)`` a call to ``model`` uses.
+
+    The model's own endpoint (the request's, else the session's from goatclaw.yaml) wins;
+    otherwise the request's ``api_base``/``api_key``.
+    """
+    own = request.endpoints.get(model) or session().endpoints.get(model)
+    if own is None:
+        return request.api_base, request.api_key
+    return own.api_base or (None if own.api_key else request.api_base), own.api_key or request.api_key
 
 
 def _check(request: Request) -> None:
@@ -403,18 +456,33 @@ def _replayed(s: Session, model: str, key: str, request: Request) -> Response:
     return _response(exchange["response"], model, key, request, source="cassette")
 
 
-def _cached(s: Session, key: str) -> dict[str, Any] | None:
+#: How long a cached LLM answer is reused when goatclaw.yaml says nothing (``llm.cache.ttl``): 7 days.
+DEFAULT_CACHE_TTL = 7 * 86400.0
+
+
+def reusable(request: Request) -> bool:
+    """Whether ``request``'s answer may come from (and go to) the answer cache: the one rule.
+
+    Asked for (``cache: true`` on the task), or deterministic: ``temperature: 0``. A
+    request at any other temperature, or without one (the provider's default samples),
+    asks the model every time; ``cache: false`` or ``--no-cache`` never use the cache.
+    """
+    return request.cache is True or (request.cache is None and request.temperature == 0)
+
+
+def _cached(s: Session, key: str, request: Request) -> dict[str, Any] | None:
     store = s.store()
     if store is None:
         return None
-    text = store.llm_cached(key)
+    ttl = request.cache_ttl if request.cache_ttl is not None else s.cache_ttl
+    text = store.llm_cached(key, ttl)
     return json.loads(text) if text else None
 
 
 def _remember(s: Session, model: str, key: str, request: Request, answer: dict[str, Any],
               masks: Sequence[str]) -> None:
     """Put a live answer in the cache and, when recording, in the cassette (masked)."""
-    store = s.store()
+    store = s.store() if reusable(request) else None
     if store is not None:
         store.llm_cache_put(key, model, _canonical(answer))
     if s.mode == "record" and s.cassette is not None:
@@ -428,8 +496,10 @@ def _remember(s: Session, model: str, key: str, request: Request, answer: dict[s
 async def _admit(s: Session, model: str, request: Request) -> float:
     """Wait for the rate limits that apply; refuse a call the budget cannot afford, else reserve it.
 
-    The estimate is the prompt's tokens plus ``max_tokens`` at the model's prices; it is
-    held as reserved until the call ends, so concurrent calls cannot overspend together.
+    The estimate is the worst case: the prompt's tokens plus ``max_tokens`` or, without
+    it, the most the model can write (its ``max_output_tokens`` in litellm's model map), at
+    the model's prices. It is held as reserved until the call ends, so concurrent calls
+    cannot overspend together, and a call that could take the run over the budget is refused.
     """
     limiters = s.limiters(model)
     if s.budget_usd is None and not limiters:
@@ -439,7 +509,7 @@ async def _admit(s: Session, model: str, request: Request) -> float:
         await limiter.acquire(prompt_tokens + (request.max_tokens or 0))
     if s.budget_usd is None:
         return 0.0
-    estimate = _cost(model, prompt_tokens, request.max_tokens or 0)
+    estimate = _cost(model, prompt_tokens, request.max_tokens or _output_limit(model))
     committed = s.spent_usd + s.reserved_usd
     if s.spent_usd >= s.budget_usd or committed + estimate > s.budget_usd:
         raise TaskError(f"budget: a call to {model} could cost ${estimate:.6f} and ${committed:.6f} of the "
@@ -457,6 +527,21 @@ def _prompt_tokens(model: str, request: Request) -> int:
         return sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
 
 
+#: The completion tokens assumed for a model the model map gives no output limit for.
+UNKNOWN_OUTPUT_LIMIT = 4096
+
+
+def _output_limit(model: str) -> int:
+    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens."""
+    litellm = _litellm()
+    try:
+        info = litellm.get_model_info(model=model)
+    except Exception:  # a model the map does not know (it is unpriced too, so it costs 0)
+        return UNKNOWN_OUTPUT_LIMIT
+    limit = info.get("max_output_tokens") or info.get("max_tokens")
+    return int(limit) if isinstance(limit, int) and limit > 0 else UNKNOWN_OUTPUT_LIMIT
+
+
 def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
     """Dollars for these tokens from litellm's price map; 0 for a model it does not price."""
     litellm = _litellm()
@@ -471,7 +556,10 @@ def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
 
 
 def _litellm() -> Any:
-    """litellm, imported on first use with the bundled price map and its own retries off."""
+    """litellm, imported on first use with the bundled price map and its own retries off (blocking).
+
+    Code on an event loop awaits :func:`ready` instead: the import takes seconds.
+    """
     if "litellm" not in sys.modules:
         # the bundled price list: importing litellm must not reach for the network
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -483,9 +571,70 @@ def _litellm() -> Any:
     return litellm
 
 
+_IMPORT: concurrent.futures.Future[Any] | None = None
+_IMPORT_LOCK = threading.Lock()
+#: How often :func:`ready` looks whether the import thread is done (the loop stays free meanwhile).
+IMPORT_POLL_SECONDS = 0.005
+
+
+def preload() -> concurrent.futures.Future[Any]:
+    """Start importing litellm in a thread of its own (once per process); the future gives the module.
+
+    ``goatclaw.arun`` calls it (through :func:`warm`) as soon as a run's plan holds an
+    ``llm`` task, so the import (about 2 s) overlaps with the run's other tasks.
+    """
+    global _IMPORT
+    with _IMPORT_LOCK:
+        if _IMPORT is None:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()  # it cannot be cancelled: the import runs to its end
+
+            def work() -> None:
+                try:
+                    future.set_result(_litellm())
+                except BaseException as exc:  # an ImportError (the llm extra is missing) is the caller's to see
+                    future.set_exception(exc)
+
+            # not a daemon: an interpreter must not exit in the middle of an import
+            threading.Thread(target=work, name="goatclaw-import-litellm").start()
+            _IMPORT = future
+        return _IMPORT
+
+
+async def ready() -> Any:
+    """litellm, imported off the event loop: the loop keeps running other tasks meanwhile.
+
+    Polls the import thread's future rather than chaining a callback to it, so that a
+    cancelled caller (or a loop that closes first) leaves nothing behind.
+    """
+    future = preload()
+    while not future.done():
+        await asyncio.sleep(IMPORT_POLL_SECONDS)
+    return future.result()
+
+
+async def warm() -> None:
+    """Have litellm imported before a live call needs it (nothing to do when the run replays a cassette).
+
+    The ``llm`` task's warm-up (see :class:`goatclaw.plugin.PluginSpec`): the engine starts
+    it when the run opens and awaits it before an attempt, outside the task's ``timeout``.
+    """
+    if session().mode != "replay":
+        await ready()
+
+
+def _imported() -> Any:
+    """Litellm if it is imported completely (not while the import thread is still at it), else ``None``."""
+    if _IMPORT is not None:
+        return _IMPORT.result() if _IMPORT.done() and _IMPORT.exception() is None else None
+    return sys.modules.get("litellm")
+
+
 async def _close_litellm_clients() -> None:
     """Close and forget litellm's cached HTTP clients: they belong to the loop that is ending."""
-    litellm = sys.modules["litellm"]
+    litellm = _imported()
+    if litellm is None:
+        return
     with contextlib.suppress(Exception):
         from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
@@ -542,12 +691,17 @@ async def _streamed(litellm: Any, kwargs: dict[str, Any], on_text: Callable[[str
 
 async def _call(model: str, request: Request, *, on_text: Callable[[str, bool], None] | None = None) -> Any:
     """One ``acompletion`` (streamed with ``request.stream``), with litellm's errors translated into goatclaw's."""
-    litellm = _litellm()
+    litellm = await ready()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
-    for name in ("temperature", "max_tokens", "api_base", "api_key", "timeout"):
+    for name in ("temperature", "max_tokens", "timeout"):
         if getattr(request, name) is not None:
             kwargs[name] = getattr(request, name)
+    api_base, api_key = endpoint(model, request)
+    if api_base is not None:
+        kwargs["api_base"] = api_base
+    if api_key is not None:
+        kwargs["api_key"] = api_key
     if request.output == "json" and _supports_json_mode(litellm, model):
         kwargs["response_format"] = {"type": "json_object"}
     try:
@@ -581,6 +735,8 @@ def estimate_costs(pipeline: Any, default_model: str | None = None) -> list[dict
             model = args.get("model") or default_model
             if isinstance(model, (list, tuple)):
                 model = model[0] if model else None
+            if isinstance(model, Mapping):  # a model entry {name, api_base, api_key}
+                model = model.get("name")
             chars = len(str(args.get("system") or "")) + len(str(args.get("prompt") or ""))
             messages = args.get("messages")
             if isinstance(messages, (list, tuple)):

@@ -23,7 +23,7 @@ scheduler. The built-in tasks are written against exactly this contract.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -51,6 +51,11 @@ class PluginSpec:
     ``untrusted_output``: its output comes from outside (a model, a web page) and may carry a
     prompt injection; it may not reach another task's ``sinks`` unless that task ``trust:``s it.
     ``sinks``: the ``with:`` arguments that can run or address something (``"*"``: all of them).
+    ``warmup``: an ``async`` function without arguments that readies what the plugin needs
+    (imports a heavy library, say) without blocking the event loop. The engine starts it
+    in the background when a run's plan holds the plugin, and awaits it before each
+    attempt, outside the task's ``timeout`` (so a timeout never counts the warm-up); it
+    must return at once when there is nothing left to do.
     """
 
     cacheable: bool = True
@@ -60,11 +65,13 @@ class PluginSpec:
     side_effects: bool = False
     untrusted_output: bool = False
     sinks: tuple[str, ...] = ()
+    warmup: Callable[[], Awaitable[None]] | None = None
 
 
 def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False,
          permissions: tuple[str, ...] | list[str] = (), schema: Mapping[str, Any] | None = None,
-         side_effects: bool = False, untrusted_output: bool = False, sinks: tuple[str, ...] | list[str] = ()) -> Any:
+         side_effects: bool = False, untrusted_output: bool = False, sinks: tuple[str, ...] | list[str] = (),
+         warmup: Callable[[], Awaitable[None]] | None = None) -> Any:
     """Declare a function as a task plugin, with what it needs (see :class:`PluginSpec`).
 
     Usable bare (``@task``) or with options (``@task(cpu_bound=True)``). Undecorated
@@ -72,7 +79,7 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
     cached: only a plugin that declares itself has its outputs reused.
     """
     spec = PluginSpec(cacheable and not side_effects, cpu_bound, tuple(permissions), schema, side_effects,
-                      untrusted_output, tuple(sinks))
+                      untrusted_output, tuple(sinks), warmup)
 
     def mark(f: F) -> F:
         f.__goatclaw__ = spec  # type: ignore[attr-defined]
@@ -138,6 +145,11 @@ class TaskContext:
     store_path: Path | None = None
     #: The run's :class:`~goatclaw.security.secrets.Redactor` (``None``: no secrets declared).
     redactor: Any = field(default=None, repr=False)
+    #: The task's word on caching: ``True`` (``cache: true`` or ``cache: {...}``), ``False``
+    #: (``cache: false``, or the run's ``--no-cache``), ``None`` (it said nothing). The ``llm``
+    #: task passes it to its answer cache (docs/llm.md); ``cache_ttl`` is ``cache.ttl`` in seconds.
+    cache: bool | None = None
+    cache_ttl: float | None = None
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -270,8 +282,17 @@ class TaskContext:
         return self._checked(self.grant.check_write, path)
 
     def require_module(self, module: str, function: str = "") -> None:
-        """Fail unless ``permissions.python`` allows calling ``module:function``."""
+        """Fail unless ``permissions.python`` allows calling ``module:function`` (check it before the import)."""
         self._checked(self.grant.check_module, module, function)
+
+    def require_callable(self, module: Any, name: str, attr: str) -> Any:
+        """What ``name:attr`` names in the imported ``module``, if ``permissions.python`` allows calling it.
+
+        Every step of ``attr`` must be a class, the last a plain function or class, each
+        defined in a granted module: a grant of ``json`` does not reach ``json:codecs.open``.
+        Raises ``AttributeError`` when a step is missing.
+        """
+        return self._checked(self.grant.check_callable, module, name, attr)
 
     def environment(self) -> dict[str, str]:
         """The process environment this task may see (``permissions.env`` plus a baseline such as PATH)."""

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import read_bytes
 
-__all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "provider_of"]
+__all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
+           "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
 #: The largest ``.env`` read (a regular file; a FIFO or device is refused).
@@ -80,7 +82,13 @@ def provider_of(model: str) -> Provider | None:
 
 
 def read_dotenv(root: Path | None) -> dict[str, str]:
-    """The ``KEY=value`` lines of ``root/.env`` (quotes and ``export`` stripped); ``{}`` without one."""
+    """The variables of ``root/.env``, read by python-dotenv; ``{}`` without one.
+
+    python-dotenv reads the file as the shells and Docker Compose users write it: quotes,
+    ``export``, inline ``# comments`` after unquoted values, multi-line quoted values and
+    escapes in double quotes. Values are taken literally (no ``${VAR}`` expansion), so a
+    secret holding ``$`` is never changed; a bare ``KEY`` line without ``=`` sets nothing.
+    """
     path = (root or Path.cwd()) / ".env"
     if not path.exists():
         return {}
@@ -88,17 +96,10 @@ def read_dotenv(root: Path | None) -> dict[str, str]:
         text = read_bytes(path, limit=MAX_DOTENV_BYTES).decode("utf-8", errors="replace")
     except OSError as exc:  # a FIFO, a device, a huge file: refused, never read until memory runs out
         raise GoatclawError(f"cannot read {path}: {exc.strerror or exc}") from None
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
+    from dotenv import dotenv_values  # the one module that reads .env files
+
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def key_status(provider: Provider, root: Path | None = None, *,
@@ -116,9 +117,17 @@ def key_status(provider: Provider, root: Path | None = None, *,
     return False, None
 
 
-def ollama_running(url: str = OLLAMA_URL, timeout: float = 0.3) -> bool:
-    """Whether an Ollama server answers at ``url`` within ``timeout`` seconds."""
+def ollama_url(dotenv: Mapping[str, str] | None = None) -> str:
+    """Where Ollama is: ``OLLAMA_API_BASE`` (which litellm reads; the environment, then .env), else localhost."""
+    found = os.environ.get("OLLAMA_API_BASE") or (dotenv or {}).get("OLLAMA_API_BASE")
+    return found.rstrip("/") if found else OLLAMA_URL
+
+
+def ollama_running(url: str | None = None, timeout: float = 0.3) -> bool:
+    """Whether an Ollama server answers at ``url`` (default :func:`ollama_url`) within ``timeout`` seconds."""
     import httpx  # only here (and in goatclaw/tasks/http.py): plain validate never pays for it
+
+    url = url or ollama_url()
 
     try:
         return httpx.get(f"{url}/api/tags", timeout=timeout).status_code == 200
@@ -127,10 +136,13 @@ def ollama_running(url: str = OLLAMA_URL, timeout: float = 0.3) -> bool:
 
 
 def _constant_models(value: Any) -> list[str]:
+    """The constant model names to check; an entry with its own ``api_base``/``api_key`` is not checked."""
     from goatclaw.template import has_template
 
     models = value if isinstance(value, list) else [value]
-    return [m for m in models if isinstance(m, str) and m and not has_template(m)]
+    names = [m.get("name") if isinstance(m, Mapping) and not (m.get("api_base") or m.get("api_key")) else m
+             for m in models]
+    return [m for m in names if isinstance(m, str) and m and not has_template(m)]
 
 
 def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | None = None) -> list[Any]:
@@ -194,21 +206,40 @@ def _model_count(value: Any) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
-def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama: bool = True) -> dict[str, Any]:
-    """What ``goatclaw doctor`` reports: each provider's key (or server), and the store's health."""
+def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama: bool = True,
+           model: str | None = None, fallbacks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What ``goatclaw doctor`` reports: the model goatclaw uses, each provider's key (or server), the store's health.
+
+    ``model``/``fallbacks`` are the project's (``goatclaw.yaml``); the Ollama server is
+    looked for at ``OLLAMA_API_BASE`` when it is set.
+    """
     dotenv = read_dotenv(root)
+    ollama = ollama_url(dotenv)
     providers = []
     for provider in PROVIDERS.values():
         if provider.local:
-            up = ollama_running() if probe_ollama else False
-            providers.append({"provider": provider.name, "usable": up, "how": OLLAMA_URL if up else None,
-                              "needs": f"an Ollama server on {OLLAMA_URL}"})
+            up = ollama_running(ollama) if probe_ollama else False
+            providers.append({"provider": provider.name, "usable": up, "how": ollama if up else None,
+                              "needs": f"an Ollama server on {ollama}"})
             continue
         usable, where = key_status(provider, root, dotenv=dotenv)
         found = next((k for k in provider.keys if os.environ.get(k) or dotenv.get(k)), None)
         providers.append({"provider": provider.name, "usable": usable,
                           "how": f"{found} ({where})" if usable else None, "needs": " or ".join(provider.keys)})
-    return {"providers": providers, "store": _store_health(store)}
+    return {"model": _model_choice(model, fallbacks, providers), "providers": providers, "store": _store_health(store)}
+
+
+def _model_choice(model: str | None, fallbacks: tuple[str, ...], providers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which model an ``llm`` task without ``model:`` uses, and what to do when there is none."""
+    if model:
+        return {"model": model, "fallbacks": list(fallbacks), "from": "goatclaw.yaml",
+                "message": f"llm tasks without model: use {model}" + (f", then {', '.join(fallbacks)}" if fallbacks
+                                                                       else "")}
+    usable = [p["provider"] for p in providers if p["usable"]]
+    hint = f" (usable here: {', '.join(usable)})" if usable else ""
+    return {"model": None, "fallbacks": list(fallbacks), "from": None,
+            "message": "none: goatclaw picks no model by itself, so an llm task without model: fails; set model: in "
+                       f"goatclaw.yaml{hint}"}
 
 
 def _store_health(path: Path | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc as abc
 import importlib
 import inspect
+import re
 import threading
 import types
 import typing
@@ -22,6 +23,7 @@ from pathlib import PurePath
 from typing import Any
 
 from goatclaw.errors import PluginError, Problem
+from goatclaw.extras import DISTRIBUTION, missing, missing_message
 from goatclaw.plugin import PluginSpec, spec_of
 
 __all__ = ["BUILTIN_TASKS", "GROUPS", "HOOK_EVENTS", "KINDS", "Plugin", "PluginInfo", "Registry", "default_registry",
@@ -42,6 +44,13 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "http": "goatclaw.tasks.http:http",
     "memory": "goatclaw.tasks.memory:memory",
     "llm": "goatclaw.tasks.llm:llm",
+}
+
+#: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
+#: ``goatclaw validate`` reports a missing one at the task's ``uses:`` line, with the install line.
+BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "llm": ("llm", ("litellm",)),
+    "memory": ("memory", ("numpy",)),
 }
 
 
@@ -247,6 +256,7 @@ class Registry:
             raise PluginError(f"unknown {kind} '{name}'{self._suggest(group, name)}")
         if name in self._deny or (self._allow is not None and name not in self._allow):
             raise PluginError(f"{kind} '{name}' ({src.package} {src.version}) is disabled in goatclaw.yaml")
+        _require_extra(group, name, src)
         try:
             obj = src.loader() if src.loader is not None else _import_ref(src.ref)
         except Exception as exc:
@@ -278,13 +288,23 @@ class Registry:
                     for ep in metadata.entry_points(group=group):
                         dist = getattr(ep, "dist", None)
                         package = dist.name if dist is not None else "?"
-                        if package == "goatclaw" or (group == "goatclaw.tasks" and ep.name in BUILTIN_TASKS):
+                        if _normal(package) == DISTRIBUTION or (group == "goatclaw.tasks" and ep.name in BUILTIN_TASKS):
                             continue  # built-ins come from the table above; they cannot be shadowed
                         sources[group][ep.name] = _Source(ep.name, ep.value, package,
                                                           dist.version if dist is not None else "",
                                                           loader=ep.load)
             self._sources = sources
         return self._sources
+
+
+def _require_extra(group: str, name: str, src: _Source) -> None:
+    """A built-in task whose extra is not installed is a :class:`PluginError` saying which and how to add it."""
+    if group != "goatclaw.tasks" or src.loader is not None or name not in BUILTIN_EXTRAS:
+        return
+    extra, modules = BUILTIN_EXTRAS[name]
+    module = missing(extra, modules)
+    if module is not None:
+        raise PluginError(missing_message(extra=extra, module=module, needed_by=f"task '{name}'") or "")
 
 
 def _import_ref(ref: str) -> Any:
@@ -297,9 +317,14 @@ def _import_ref(ref: str) -> Any:
 
 def _own_version() -> str:
     try:
-        return metadata.version("goatclaw")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "dev"
+
+
+def _normal(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``Goatclaw_Pipelines`` is ``goatclaw-pipelines``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 _FIRST = {"task": "the TaskContext", "validator": "the output"}

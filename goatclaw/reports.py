@@ -36,8 +36,10 @@ _FAILED = ("failed",)
 _NOT_RUN = ("skipped", "upstream_failed", "cancelled", "pending", "running")
 #: the runner's message for a fan-out with ``fail_fast: false`` (every item ran to its end)
 _ALL_ITEMS_RAN = re.compile(r"^\d+ of \d+ items failed")
-# XML 1.0 cannot hold most control characters, even escaped: a report must still parse
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# XML 1.0 cannot hold most control characters (nor lone surrogates, U+FFFE, U+FFFF), even escaped: a report
+# must still parse. Each is written as pytest's junitxml writes it, ``#x1B``: readable, and no U+FFFD (which
+# xunit-viewer cannot show) appears that the task never wrote.
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,13 @@ def write(report: RunReport, targets: Sequence[tuple[str, Path]]) -> list[Path]:
 
 
 def xml_text(text: Any) -> str:
-    """Text an XML 1.0 document can hold (control characters it cannot are replaced)."""
-    return _XML_ILLEGAL.sub("\N{REPLACEMENT CHARACTER}", "" if text is None else str(text))
+    """Text an XML 1.0 document can hold: each character it cannot is written ``#xHH`` as pytest does."""
+    return _XML_ILLEGAL.sub(_xml_escape, "" if text is None else str(text))
+
+
+def _xml_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"#x{code:02X}" if code <= 0xFF else f"#x{code:04X}"
 
 
 def _seconds(value: float | None) -> str:

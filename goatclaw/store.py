@@ -239,6 +239,22 @@ def _m009_run_owner(db: Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
 
+def _m011_rate_windows(db: Connection) -> None:
+    # Sliding-window rate limits shared by the processes using this store (goatclaw.security.ratelimit):
+    # one row per admitted event, wall-clock time; rows leave as they leave their window.
+    _script(
+        db,
+        """
+        CREATE TABLE rate_events (
+            name TEXT NOT NULL,
+            at REAL NOT NULL,
+            weight INTEGER NOT NULL
+        );
+        CREATE INDEX rate_events_by_name ON rate_events (name, at)
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -250,6 +266,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("007_audit", _m007_audit),
     ("008_task_plugin", _m008_task_plugin),
     ("009_run_owner", _m009_run_owner),
+    ("011_rate_windows", _m011_rate_windows),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -496,9 +513,13 @@ class Store:
                                   (key, time.time() - ttl)).fetchone()
         return None if row is None else str(row[0])
 
-    def llm_cached(self, key: str) -> str | None:
-        """The cached LLM answer (JSON text) for a request hash, if any."""
-        row = self.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
+    def llm_cached(self, key: str, ttl: float | None = None) -> str | None:
+        """The cached LLM answer (JSON text) for a request hash (younger than ``ttl`` seconds if given), if any."""
+        if ttl is None:
+            row = self.db.execute("SELECT response FROM llm_cache WHERE key = ?", (key,)).fetchone()
+        else:
+            row = self.db.execute("SELECT response FROM llm_cache WHERE key = ? AND created_at >= ?",
+                                  (key, time.time() - ttl)).fetchone()
         return row[0] if row else None
 
     def llm_cache_put(self, key: str, model: str, response: str) -> None:
@@ -506,6 +527,52 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
                        (key, model, response, time.time()))
+
+    # -- rate windows ------------------------------------------------------------------
+
+    def rate_window(self, name: str, window: float, decide: Callable[[list[tuple[float, int]], float], float],
+                    weight: int) -> float:
+        """Admit one event of ``weight`` to the window ``name`` if ``decide(events, now)`` says 0; that wait.
+
+        One ``BEGIN IMMEDIATE`` transaction: events older than ``window`` seconds go, the
+        rest (oldest first) are read, and the event is recorded when it may go now, so
+        processes sharing the store admit events one at a time against the same rows.
+        """
+        with self.transaction() as db:
+            now = time.time()
+            db.execute("DELETE FROM rate_events WHERE name = ? AND at <= ?", (name, now - window))
+            events = [(float(at), int(w)) for at, w in db.execute(
+                "SELECT at, weight FROM rate_events WHERE name = ? ORDER BY at", (name,))]
+            wait = decide(events, now)
+            if wait <= 0:
+                db.execute("INSERT INTO rate_events (name, at, weight) VALUES (?, ?, ?)", (name, now, weight))
+        return wait
+
+    def cache_entries(self, kind: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Both caches' rows, newest first: ``{kind: task|llm, key, name (plugin or model), bytes, created_at}``."""
+        parts = []
+        if kind in (None, "task"):
+            parts.append("SELECT 'task', key, plugin, length(output), created_at FROM cache")
+        if kind in (None, "llm"):
+            parts.append("SELECT 'llm', key, model, length(response), created_at FROM llm_cache")
+        sql = " UNION ALL ".join(parts) + " ORDER BY 5 DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [{"kind": k, "key": key, "name": name, "bytes": int(size or 0), "created_at": created}
+                for k, key, name, size, created in self.db.execute(sql)]
+
+    def clear_caches(self, kind: str | None = None, *, older_than: float | None = None) -> dict[str, int]:
+        """Forget cached task outputs and/or LLM answers (all, or older than ``older_than`` seconds); counts."""
+        tables = {"task": "cache", "llm": "llm_cache"}
+        counts = {}
+        with self.transaction() as db:
+            for name, table in tables.items():
+                if kind not in (None, name):
+                    continue
+                if older_than is None:
+                    counts[name] = int(db.execute(f"DELETE FROM {table}").rowcount)
+                else:
+                    counts[name] = int(db.execute(f"DELETE FROM {table} WHERE created_at < ?",
+                                                  (time.time() - older_than,)).rowcount)
+        return counts
 
     def cached_many(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
         """Stored ``(output JSON, created_at)`` for those of ``keys`` that the cache holds (batched reads)."""

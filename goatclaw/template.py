@@ -18,9 +18,10 @@ Templates are compiled once per task definition and rendered many times.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
+import os
 import re
-import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,11 +31,14 @@ from typing import Any
 
 import jinja2
 from jinja2 import filters, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 
+from goatclaw import sizes
 from goatclaw.errors import TemplateError
+from goatclaw.sizes import TooLarge
 
 __all__ = [
     "Compiled",
@@ -47,18 +51,65 @@ __all__ = [
     "has_template",
 ]
 
-#: The most characters one rendered string (or one ``*`` result) may hold.
-MAX_RENDER_CHARS = 10_000_000
+#: The most characters one rendered string (or any value a template builds) may hold.
+MAX_RENDER_CHARS = sizes.MAX_WEIGHT
 #: The longest one template or expression may take to evaluate, in seconds.
 MAX_RENDER_SECONDS = 5.0
+#: How much more memory (bytes of the process's resident set) a render may take before it is stopped.
+MAX_RENDER_BYTES = 512 * 2**20
 _WHOLE = re.compile(r"^\s*\$\{\{(?P<expr>.*)\}\}\s*$", re.S)
 _MARKERS = ("${{", "{%", "${#")
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox with ``${{ }}`` delimiters and data-first attributes."""
+class _CodeGenerator(CodeGenerator):
+    """Jinja2's code generator, with every value a template builds passed through a size check.
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    ``a ~ b``, list, tuple and dict literals call the environment's :meth:`_Environment.joined`
+    and :meth:`_Environment.built`; ``environment.concat`` (macro, ``set`` block and
+    ``caller()`` output) is a bounded join too. So ``[x, x]`` doubled in a loop, or a string
+    doubled with ``~``, is refused at the bound instead of growing until one C call
+    (``|string``, ``|join``) takes minutes and gigabytes.
+    """
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.joined((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # an assignment target: `{% for a, b in x %}`
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.built(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+
+def _concat(parts: Iterable[str]) -> str:
+    """``"".join(parts)`` that refuses a result past the bound before building it."""
+    parts = parts if isinstance(parts, list) else list(parts)
+    sizes.bound(sum(map(len, parts)))
+    return "".join(parts)
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox with ``${{ }}`` delimiters, data-first attributes and bounded values."""
+
+    code_generator_class = _CodeGenerator
+    concat = staticmethod(_concat)  # type: ignore[assignment]
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -75,68 +126,97 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getitem(obj, argument)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and (
-                abs(right) > 10_000 or (isinstance(left, int) and left.bit_length() * right > 1_000_000)):
-            raise jinja2.exceptions.SecurityError("exponent too large")
+        memo = _memo()
         if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
-                    raise jinja2.exceptions.SecurityError(f"result would exceed {MAX_RENDER_CHARS:,} items")
-        if operator == "%" and isinstance(left, str):
-            _check_printf(left)
-        return super().call_binop(context, operator, left, right)
+            _check_product(left, right, memo)
+        elif operator == "**":
+            _check_power(left, right)
+        elif operator == "%" and isinstance(left, (str, bytes)):
+            sizes.bound(sizes.printf_size(left, right))
+        elif operator == "+" and type(left) in (list, tuple) and type(right) is type(left):
+            total = sizes.weight(left, memo) + sizes.weight(right, memo)  # both known: no walk of the result
+            sizes.bound(total, "characters written out")
+            result = left + right
+            memo[id(result)] = (result, total)
+            return result
+        return sizes.check(super().call_binop(context, operator, left, right), memo)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         owner = getattr(__obj, "__self__", None)
-        name = getattr(__obj, "__name__", "")
-        if isinstance(owner, str) and name in _STR_SIZE_METHODS:
-            size = max((a for a in (*args, *kwargs.values()) if type(a) is int), default=0)
-            _bound(size * len(owner) if name == "expandtabs" else size)
-        return super().call(__context, __obj, *args, **kwargs)
+        if isinstance(owner, (str, bytes)):
+            args = _check_text_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
+        return sizes.check(super().call(__context, __obj, *args, **kwargs), _memo())
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
         if wrapped is None:
             return None
-        fmt = value.__self__
+        fmt, name = value.__self__, value.__name__
 
         def checked(*args: Any, **kwargs: Any) -> str:
-            _check_format(fmt)
+            if name == "format_map":
+                sizes.bound(sizes.format_size(fmt, (), args[0] if args else {}))
+            else:
+                sizes.bound(sizes.format_size(fmt, args, kwargs))
             return wrapped(*args, **kwargs)
 
         return checked
 
+    def built(self, value: Any) -> Any:
+        """A list, tuple or dict literal's value, checked against the bound (shared items count each time)."""
+        return sizes.check(value, _memo())
 
-# The sandbox bounds time and memory only where Jinja2 lets one call build a huge string
-# from a small number: padding widths, format widths and precisions, slice and batch counts.
-_STR_SIZE_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
-_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
-_DIGITS = re.compile(r"\d+")
+    def joined(self, values: tuple[Any, ...]) -> str:
+        """``a ~ b ~ c``: the strings joined, refused before building past the bound."""
+        return _concat([str(v) for v in values])
+
+
+def _check_product(left: Any, right: Any, memo: dict[int, tuple[Any, int]]) -> None:
+    """``seq * n`` weighs ``n`` times ``seq`` (a list of lists counts its items); ``int * int`` adds bits."""
+    if type(left) is int and type(right) is int:
+        if left.bit_length() + right.bit_length() > sizes.MAX_INT_BITS:
+            raise TooLarge(f"integer would exceed {sizes.MAX_INT_BITS:,} bits")
+        return
+    for seq, n in ((left, right), (right, left)):
+        if isinstance(n, int) and n > 0:
+            if isinstance(seq, (str, bytes, bytearray)):
+                sizes.bound(len(seq) * n)
+            elif isinstance(seq, (list, tuple)):
+                sizes.bound((sizes.weight(seq, memo) - 2) * n, "characters written out")
+
+
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(right, int) and (abs(right) > 10_000 or (
+            isinstance(left, int) and right > 0 and left.bit_length() * right > sizes.MAX_INT_BITS)):
+        raise TooLarge("exponent too large")
+
+
+#: String methods that can build a result much bigger than the string: checked before the call.
+_STR_SIZE_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+
+
+def _check_text_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) \
+        -> tuple[Any, ...]:
+    """Refuse a str/bytes method call whose result would pass the bound; the args to call it with."""
+    ints = [a for a in (*args, *kwargs.values()) if type(a) is int]
+    if name in _STR_SIZE_METHODS:
+        sizes.bound(max(ints, default=0))
+    elif name == "expandtabs":
+        sizes.bound(len(owner) + owner.count("\t" if isinstance(owner, str) else b"\t") * max(ints, default=8))
+    elif name == "replace" and len(args) >= 2:
+        sizes.bound(sizes.replace_size(owner, *args[:3]))
+    elif name == "join" and args:
+        parts = list(args[0])  # a generator is read once, here
+        sizes.bound(sizes.join_size(parts, owner))
+        return (parts, *args[1:])
+    elif name == "translate" and args and isinstance(args[0], Mapping):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, (str, bytes))), default=1)
+        sizes.bound(len(owner) * max(longest, 1))
+    return args
 
 
 def _bound(size: int) -> None:
-    if size > MAX_RENDER_CHARS:
-        raise jinja2.exceptions.SecurityError(f"result would exceed {MAX_RENDER_CHARS:,} characters")
-
-
-def _check_printf(fmt: str) -> None:
-    """``'%9999999999s' % x``: refuse widths and precisions that add up past the bound."""
-    total = 0
-    for width, precision in _PRINTF.findall(fmt):
-        if "*" in (width, precision):
-            raise jinja2.exceptions.SecurityError("'*' widths are not allowed in % formats")
-        total += int(width or 0) + int(precision or 0)
-    _bound(total)
-
-
-def _check_format(fmt: str) -> None:
-    """``'{:>9999999999}'.format(x)``: the same for ``str.format`` specs (nested specs refused)."""
-    total = 0
-    for _, _, spec, _ in string.Formatter().parse(fmt):
-        if spec and "{" in spec:
-            raise jinja2.exceptions.SecurityError("nested format specs are not allowed")
-        total += sum(int(d) for d in _DIGITS.findall(spec or ""))
-    _bound(total)
+    sizes.bound(size)
 
 
 def _center(value: str, width: int = 80) -> str:
@@ -145,29 +225,102 @@ def _center(value: str, width: int = 80) -> str:
 
 
 def _indent(s: str, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
-    _bound((width if isinstance(width, int) else len(width)) * (str(s).count("\n") + 1))
+    _bound((width if isinstance(width, int) else len(width)) * (str(s).count("\n") + 1) + len(str(s)))
     return filters.do_indent(s, width, first, blank)
 
 
 def _format(value: str, *args: Any, **kwargs: Any) -> str:
-    _check_printf(str(value))
+    sizes.bound(sizes.printf_size(str(value), kwargs or args))
     return filters.do_format(value, *args, **kwargs)
 
 
 @jinja2.pass_eval_context
 def _slice(eval_ctx: Any, value: Any, slices: int, fill_with: Any = None) -> Any:
-    _bound(slices)
+    _bound(slices * (1 if fill_with is None else sizes.weight(fill_with, _memo())))
     return filters.do_slice(eval_ctx, value, slices, fill_with)
 
 
 def _batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
-    _bound(linecount)
+    _bound(linecount * (1 if fill_with is None else sizes.weight(fill_with, _memo())))
     return filters.do_batch(value, linecount, fill_with)
+
+
+@jinja2.pass_context
+def _map(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+    result = filters.do_map(context, value, *args, **kwargs)
+    if "default" not in kwargs:
+        return result  # each item appears once: no bigger than what it maps
+    return sizes.check(list(result), _memo())  # a default appears once per item missing the attribute
+
+
+def _sum(iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    """``sum`` of numbers only: adding lists or strings one by one takes quadratic time in one C call."""
+    if type(start) not in (int, float):
+        raise TooLarge("sum() adds numbers only (start= must be a number)")
+    return filters.do_sum(environment(), iterable, attribute, start)
+
+
+@jinja2.pass_eval_context
+def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+    items = list(value)
+    sizes.bound(sizes.join_size(items, str(d)))
+    return filters.do_join(eval_ctx, items, d, attribute)
+
+
+@jinja2.pass_eval_context
+def _replace(eval_ctx: Any, s: str, old: str, new: str, count: int | None = None) -> str:
+    sizes.bound(sizes.replace_size(str(s), str(old), str(new), -1 if count is None else count))
+    return filters.do_replace(eval_ctx, s, old, new, count)
+
+
+def _wordwrap(s: str, width: int = 79, break_long_words: bool = True, wrapstring: str | None = None,
+              break_on_hyphens: bool = True) -> str:
+    sizes.bound(len(s) * (1 + len(wrapstring or "\n")))
+    return filters.do_wordwrap(environment(), s, width, break_long_words, wrapstring, break_on_hyphens)
+
+
+@jinja2.pass_eval_context
+def _urlize(eval_ctx: Any, value: str, trim_url_limit: int | None = None, nofollow: bool = False,
+            target: str | None = None, rel: str | None = None, extra_schemes: Iterable[str] | None = None) -> str:
+    sizes.bound(len(value) * (1 + len(target or "") + len(rel or "")))
+    return filters.do_urlize(eval_ctx, value, trim_url_limit, nofollow, target, rel, extra_schemes)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    if indent is not None and not (isinstance(indent, int) and 0 <= indent <= 16):
+        raise TooLarge("tojson indent must be a number from 0 to 16")
+    return json.dumps(value, indent=indent, ensure_ascii=False)
 
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
     _bound(n * max * 20)
     return generate_lorem_ipsum(n, html, min, max)
+
+
+def _checked_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose text or number result is checked against the bounds (``x|forceescape`` chains grow)."""
+
+    @functools.wraps(fn)  # keeps jinja_pass_arg (pass_context and friends)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if isinstance(result, (str, bytes)):
+            sizes.bound(len(result))
+        elif type(result) is int:
+            sizes.check(result)
+        return result
+
+    return checked
+
+
+_LOCAL = threading.local()
+
+
+def _memo() -> dict[int, tuple[Any, int]]:
+    """The weights of the containers seen by the current render (see :func:`goatclaw.sizes.weight`)."""
+    memo: dict[int, tuple[Any, int]] | None = getattr(_LOCAL, "memo", None)
+    if memo is None:
+        memo = _LOCAL.memo = {}
+    return memo
 
 
 def _strict_test(test: Callable[..., bool]) -> Callable[..., bool]:
@@ -208,12 +361,13 @@ def environment() -> _Environment:
             lstrip_blocks=True,
         )
         env.filters.update(fromjson=_fromjson, center=_center, indent=_indent, format=_format, slice=_slice,
-                           batch=_batch)
+                           batch=_batch, map=_map, sum=_sum, join=_join, replace=_replace, wordwrap=_wordwrap,
+                           urlize=_urlize, tojson=_tojson)
+        env.filters.update({name: _checked_filter(fn) for name, fn in env.filters.items()})
         env.globals["lipsum"] = _lipsum
         # `x is none` must not quietly answer False for an undefined or blocked x
         env.tests.update({name: _strict_test(test) for name, test in env.tests.items()
                           if name not in ("defined", "undefined") and not hasattr(test, "jinja_pass_arg")})
-        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
         _ENV = env
     return _ENV
 
@@ -222,26 +376,48 @@ class _Overtime(BaseException):
     """Raised inside a render that ran past its deadline (a BaseException: no template code catches it)."""
 
 
+class _Overmemory(BaseException):
+    """Raised inside a render that grew the process by more than :data:`MAX_RENDER_BYTES`."""
+
+
+def _resident_bytes() -> int | None:
+    """The process's resident set size (Linux ``/proc``), or ``None`` where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 class _Watchdog:
     """One daemon thread, alive while renders run (and a second after), that interrupts overdue ones.
 
     A render registers its thread's deadline and removes it when done (under a lock); the
     watchdog removes an expired deadline *and* raises :class:`_Overtime` in that thread under
-    the same lock, so the exception can only land inside the render that registered it.
+    the same lock, so the exception can only land inside the render that registered it. It
+    also reads the process's resident memory on each tick: a render that has grown it by
+    more than :data:`MAX_RENDER_BYTES` since the watchdog first saw it gets :class:`_Overmemory`
+    (a render shorter than one tick is never measured, and costs nothing). No single C call
+    runs long or allocates much (the sandbox refuses those up front), so the exception lands
+    within a tick or so.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.deadlines: dict[int, float] = {}
+        self.baselines: dict[int, int] = {}
         self.thread: threading.Thread | None = None
 
-    def start(self) -> bool:
+    def start(self, seconds: float) -> bool:
         """Register the calling thread's render; False if one is already running (nested)."""
         ident = threading.get_ident()
         with self.lock:
             if ident in self.deadlines:
                 return False
-            self.deadlines[ident] = time.monotonic() + MAX_RENDER_SECONDS
+            self.deadlines[ident] = time.monotonic() + seconds
             if self.thread is None:
                 self.thread = threading.Thread(target=self._watch, name="goatclaw-template-watchdog", daemon=True)
                 self.thread.start()
@@ -249,14 +425,16 @@ class _Watchdog:
 
     def stop(self) -> None:
         """The calling thread's render is over."""
+        ident = threading.get_ident()
         with self.lock:
-            self.deadlines.pop(threading.get_ident(), None)
+            self.deadlines.pop(ident, None)
+            self.baselines.pop(ident, None)
         _checkpoint()  # a pending _Overtime surfaces here, inside the caller's try
 
     def _watch(self) -> None:
         idle_since = time.monotonic()
         while True:
-            time.sleep(0.05)
+            time.sleep(0.02)
             now = time.monotonic()
             with self.lock:
                 if self.deadlines:
@@ -264,10 +442,19 @@ class _Watchdog:
                 elif now - idle_since > 1.0:  # exit when idle: no thread lingers (a fork then copies none)
                     self.thread = None
                     return
+                rss = _resident_bytes() if self.deadlines else None
                 for ident, deadline in list(self.deadlines.items()):
+                    base = self.baselines.setdefault(ident, rss) if rss is not None else None
                     if now > deadline:
-                        del self.deadlines[ident]
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_Overtime))
+                        self._interrupt(ident, _Overtime)
+                    elif base is not None and rss is not None and rss - base > MAX_RENDER_BYTES:
+                        self._interrupt(ident, _Overmemory)
+
+    def _interrupt(self, ident: int, exc: type[BaseException]) -> None:
+        """Raise ``exc`` in the render of thread ``ident`` (the lock is held)."""
+        del self.deadlines[ident]
+        self.baselines.pop(ident, None)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
 
 
 def _checkpoint() -> None:
@@ -277,17 +464,30 @@ def _checkpoint() -> None:
 _WATCHDOG = _Watchdog()
 
 
-def _bounded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(...)`` with the render deadline; a TemplateError when it passes."""
+def _bounded(fn: Callable[[Any], Any], arg: Any, limit: float | None = None) -> Any:
+    """``fn(arg)`` with the render deadline (or ``limit`` seconds when shorter); a TemplateError when it passes.
+
+    Nested calls (a render inside a render) share the outermost one's deadline.
+    """
+    seconds = MAX_RENDER_SECONDS if limit is None or limit > MAX_RENDER_SECONDS else limit
     try:
-        owner = _WATCHDOG.start()
+        owner = _WATCHDOG.start(seconds)
+        if owner:
+            _LOCAL.seconds = seconds
         try:
-            return fn(*args, **kwargs)
+            return fn(arg)
         finally:
             if owner:
+                _LOCAL.memo = None
                 _WATCHDOG.stop()
     except _Overtime:
+        took = getattr(_LOCAL, "seconds", seconds)  # the outermost render's limit
+        if took < MAX_RENDER_SECONDS:
+            raise TemplateError(f"evaluation took longer than the task's timeout ({took:g}s)",
+                                error_class="timeout") from None
         raise TemplateError(f"evaluation took longer than {MAX_RENDER_SECONDS:g}s (a runaway loop?)") from None
+    except _Overmemory:
+        raise TemplateError(f"evaluation took more than {MAX_RENDER_BYTES // 2**20:,} MiB of memory") from None
 
 
 def has_template(text: str) -> bool:
@@ -302,10 +502,13 @@ class Expression:
     source: str
     _fn: Callable[..., Any]
 
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        """Evaluate, raising :class:`TemplateError` for undefined names or blocked access."""
+    def evaluate(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
+        """Evaluate, raising :class:`TemplateError` for undefined names or blocked access.
+
+        ``limit``: a time limit shorter than :data:`MAX_RENDER_SECONDS` (a task's timeout).
+        """
         try:
-            result = _bounded(self._fn, **context)
+            result = _bounded(self._fn, context, limit)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
         except TemplateError:
@@ -334,9 +537,15 @@ class Compiled:
         self._render = _compile(value) if _any_template(value) else None
         self.is_constant = self._render is None
 
-    def render(self, context: Mapping[str, Any]) -> Any:
-        """Render with ``context``; a constant value is returned as it is."""
-        return self.value if self._render is None else self._render(context)
+    def render(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
+        """Render with ``context``; a constant value is returned as it is.
+
+        The whole value shares one deadline: :data:`MAX_RENDER_SECONDS`, or ``limit`` when
+        shorter (a task's timeout, so that rendering its inputs cannot outlast it).
+        """
+        if self._render is None:
+            return self.value
+        return self._render(context) if limit is None else _bounded(self._render, context, limit)
 
 
 def compile_value(value: Any) -> Compiled:
@@ -421,7 +630,7 @@ DENIED_MARK = "is not visible to this task"
 def _runtime_error(exc: Exception, source: str) -> TemplateError:
     snippet = source.strip().replace("\n", " ")
     snippet = snippet if len(snippet) <= 80 else snippet[:77] + "..."
-    if isinstance(exc, jinja2.exceptions.SecurityError):
+    if isinstance(exc, (jinja2.exceptions.SecurityError, TooLarge)):
         return TemplateError(f"blocked by the template sandbox: {exc} (in '{snippet}')")
     if isinstance(exc, jinja2.UndefinedError):
         denied = bool(exc.message) and DENIED_MARK in str(exc.message)  # _EnvView.explain_missing said why

@@ -3,7 +3,7 @@
 Off, and not imported, unless the standard OpenTelemetry environment says where spans
 go (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
 ``OTEL_TRACES_EXPORTER``) and ``OTEL_SDK_DISABLED`` is not ``true``; the ``otel`` extra
-(``pip install 'goatclaw[otel]'``) brings the SDK and the OTLP/HTTP exporter.
+(the ``otel`` extra) brings the SDK and the OTLP/HTTP exporter.
 
 A :class:`RunTracer` subscribes to a run's bus. The run is a span (``goatclaw.run``);
 every task is a child span (``goatclaw.task``) from ``task.started`` to its end state,
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from goatclaw.events import Bus, Event
+from goatclaw.extras import install_line
 
 __all__ = ["RunTracer", "attach", "enabled"]
 
@@ -186,6 +187,5 @@ def attach(bus: Bus, plugins: Mapping[str, str]) -> RunTracer | None:
     try:
         return RunTracer(bus, plugins)
     except ImportError as exc:
-        log.warning("tracing: OTEL_* is set but OpenTelemetry is not installed (pip install 'goatclaw[otel]'): %s",
-                    exc)
+        log.warning("tracing: OTEL_* is set but OpenTelemetry is not installed (%s): %s", install_line("otel"), exc)
         return None

@@ -26,23 +26,22 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from goatclaw.errors import PluginError, TaskError, TemplateError
+from goatclaw.regex import compile_linear, why_invalid
 from goatclaw.spec.model import Rule
 from goatclaw.spec.schema import check_instance, check_schema
 from goatclaw.template import compile_expression, compile_value
 from goatclaw.userfile import read_bytes
 
-__all__ = ["JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "check_output", "judge_messages", "judge_verdict",
-           "llm_problems", "rule_problem"]
+__all__ = ["FORMATS", "JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "budget_problems", "check_output",
+           "judge_messages", "judge_verdict", "llm_problems", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -56,9 +55,9 @@ JudgeFn = Callable[[Rule, str, Any], Awaitable[tuple[bool | None, str]]]
 
 #: The largest JSON Schema a ``schema: {$ref: file}`` rule reads.
 MAX_SCHEMA_BYTES = 16 * 1024 * 1024
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                       r"[A-Za-z0-9])?)*\.?$")
+# format checks meet task output: RE2 (linear time), never Python's backtracking re
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_HOSTNAME = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 _JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -179,7 +178,7 @@ def _judge(rule: Rule, output: Any, context: Mapping[str, Any], base: Path,
            validator: Callable[[str], Any]) -> tuple[bool | None, str]:
     kind, arg = rule.kind, rule.arg
     if kind == "schema":
-        errors = check_instance(output, _schema(arg, base))
+        errors = check_instance(output, _schema(arg, base), formats=FORMATS)
         return (not errors), "; ".join(errors[:5]) or "matches the schema"
     if kind == "expr":
         try:
@@ -195,7 +194,7 @@ def _judge(rule: Rule, output: Any, context: Mapping[str, Any], base: Path,
     if kind == "length":
         return _length(output, arg)
     if kind == "format":
-        ok = isinstance(output, str) and _FORMATS[arg](output)
+        ok = isinstance(output, str) and FORMATS[arg](output)
         return ok, f"{_short(output)} is {'' if ok else 'not '}a valid {arg}"
     if kind == "regex":
         ok = isinstance(output, str) and _regex(arg).search(output) is not None
@@ -280,26 +279,28 @@ def _is_datetime(text: str) -> bool:
     return "T" in text or " " in text
 
 
-_FORMATS: Mapping[str, Callable[[str], bool]] = {
-    "email": lambda t: bool(_EMAIL.match(t)),
+def _is_hostname(text: str) -> bool:
+    return 0 < len(text) <= 253 and compile_linear(_HOSTNAME).search(text) is not None
+
+
+#: The ``format`` checks, for ``format:`` rules and for ``format`` inside ``schema:`` rules (all linear-time).
+FORMATS: Mapping[str, Callable[[str], bool]] = {
+    "email": lambda t: compile_linear(_EMAIL).search(t) is not None,
     "url": _is_url,
     "uuid": _is_uuid,
     "date": _is_date,
     "date-time": _is_datetime,
     "ipv4": lambda t: _is_ip(t, 4),
     "ipv6": lambda t: _is_ip(t, 6),
-    "hostname": lambda t: bool(_HOSTNAME.match(t)),
+    "hostname": _is_hostname,
+    "uri": _is_url,
+    "regex": lambda t: why_invalid(t) is None,
 }
 
 
-@cache
 def _regex(pattern: str) -> Any:
     """Compile with RE2: matching takes linear time, whatever the pattern or input."""
-    import re2
-
-    options = re2.Options()
-    options.log_errors = False
-    return re2.compile(pattern, options)
+    return compile_linear(pattern)
 
 
 def _schema(arg: Any, base: Path) -> dict[str, Any]:
@@ -318,16 +319,37 @@ def rule_problem(rule: Rule, base: Path, validator_exists: Callable[[str], bool]
         except (OSError, ValueError) as exc:
             return f"cannot read the schema {rule.arg.get('$ref')}: {exc}"
         why = check_schema(schema)
-        return f"not a valid JSON Schema: {why}" if why else None
+        if why:
+            return f"not a valid JSON Schema: {why}"
+        for pattern in _schema_patterns(schema):
+            why = why_invalid(pattern)
+            if why is not None:
+                return f"the schema's pattern {pattern!r} is not one RE2 accepts: {why}"
+        return None
     if rule.kind == "regex":
-        try:
-            _regex(rule.arg)
-        except Exception as exc:
-            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        why = why_invalid(rule.arg)
+        if why is not None:
             return f"not a pattern RE2 accepts (RE2 has no backreferences or lookaround): {why}"
     if rule.kind == "use" and not validator_exists(rule.arg):
         return f"unknown validator '{rule.arg}' (is its package installed? see `goatclaw plugins`)"
     return None
+
+
+def _schema_patterns(schema: Any) -> list[str]:
+    """Every ``pattern`` and ``patternProperties`` key inside a schema (they run on RE2)."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.append(node["pattern"])
+            if isinstance(node.get("patternProperties"), dict):
+                found += [k for k in node["patternProperties"] if isinstance(k, str)]
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return found
 
 
 def llm_problems(task: Any, default_model: str | None) -> list[tuple[tuple[str | int, ...], str]]:
@@ -348,6 +370,18 @@ def llm_problems(task: Any, default_model: str | None) -> list[tuple[tuple[str |
         found.append(((*task.path, "fix"), "fix: {mode: repair} needs a model: give fix.model, or set model: in "
                                            "goatclaw.yaml"))
     return found
+
+
+def budget_problems(task: Any, budgeted: bool) -> list[tuple[tuple[str | int, ...], str]]:
+    """``(path, warning)`` when an ``llm`` task under a budget has no ``max_tokens``.
+
+    The budget then reserves the model's whole output limit for each call (its worst
+    case), which can refuse calls a ``max_tokens`` would let through.
+    """
+    if not budgeted or task.uses != "llm" or not isinstance(task.with_, Mapping) or "max_tokens" in task.with_:
+        return []
+    return [((*task.path, "with"), "no max_tokens under a budget: each call reserves the model's whole output "
+                                   "limit against the budget (its worst case); set max_tokens to bound it")]
 
 
 def _type_name(value: Any) -> str:

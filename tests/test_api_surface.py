@@ -155,7 +155,9 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     ("jinja2", "goatclaw.template"),
     ("networkx", "goatclaw.graph"),
     ("sqlean", "goatclaw.store"),
+    ("re2", "goatclaw.regex"),
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
+    ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     ("httpx", ("goatclaw.tasks.http", "goatclaw.providers")),  # providers: the Ollama probe of goatclaw doctor
 ])
 def test_each_library_has_one_owner(library: str, owner: str | tuple[str, ...]) -> None:

@@ -145,3 +145,42 @@ def test_the_cli_says_what_came_from_the_cache(write_pipeline: Callable[..., Pat
     assert "2 tasks from cache, nothing ran" in second.output
     third = runner.invoke(app, ["apply", str(path), "-o", "plain", "--no-cache"], catch_exceptions=False)
     assert "from cache" not in third.output and "2 succeeded" in third.output
+
+
+# -- a cached output still meets the task's rules ---------------------------------------------
+
+
+def _ruled(rule: str) -> str:
+    return f"""
+        version: 1
+        name: ruled
+        vars: {{least: 1}}
+        tasks:
+          count:
+            uses: echo
+            with: {{value: {{n: 3}}}}
+            validate:
+              - {rule}
+        """
+
+
+def test_a_changed_rule_does_not_reuse_an_output_it_rejects(write_pipeline: Callable[..., Path]) -> None:
+    path = write_pipeline(_ruled('expr: "output.n >= 1"'))
+    first = goatclaw.run(path)
+    assert first.ok and first.tasks["count"].status.value == "succeeded"
+    path.write_text(path.read_text().replace("output.n >= 1", "output.n >= 5"))
+    second = goatclaw.run(path)
+    task = second.tasks["count"]
+    assert not second.ok and task.status.value == "failed" and task.error_class == "validation", task.error
+
+
+def test_a_rule_reading_the_run_is_checked_again_on_a_hit(write_pipeline: Callable[..., Path]) -> None:
+    path = write_pipeline(_ruled('expr: "output.n >= vars.least"'))
+    assert goatclaw.run(path).ok
+    assert goatclaw.run(path).tasks["count"].status.value == "cached"  # the same rules, the same vars: reused
+    stricter = goatclaw.run(path, vars={"least": 5})
+    task = stricter.tasks["count"]
+    assert task.status.value == "failed" and task.error_class == "validation", task.error
+    with Store.open(stricter.store_path) as db:
+        stale = [e for e in db.events(stricter.run_id) if e["topic"] == "task.cache.stale"]
+    assert stale and "vars.least" in stale[0]["data"]["reason"]

@@ -212,9 +212,10 @@ def test_when_every_model_fails_the_last_error_names_the_hops(srv) -> None:
 
 def test_the_cache_answers_an_identical_request_without_the_server(project, write_pipeline, srv) -> None:
     (project / "goatclaw.yaml").write_text("version: 1\nllm: {cache: true}\npermissions: {network: [127.0.0.1]}\n")
-    path = llm_pipeline(write_pipeline, srv, "model: openai/gpt-4o-mini\n              prompt: hi")
-    first = goatclaw.run(path, cache=False)  # the task cache off: only the LLM cache may answer
-    second = goatclaw.run(path, cache=False)
+    path = llm_pipeline(write_pipeline, srv, "model: openai/gpt-4o-mini\n              prompt: hi\n"
+                                             "              temperature: 0")
+    first = goatclaw.run(path)
+    second = goatclaw.run(path)
     assert first.ok and second.ok
     assert len(srv.requests) == 1
     assert second.tasks["ask"].output["source"] == "cache"

@@ -95,6 +95,14 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
             _err().print("[magenta]cancelled[/]")
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        except ImportError as exc:  # an optional part (a pip extra) that is not installed: say which, once
+            from goatclaw.extras import missing_message
+
+            message = missing_message(exc)
+            if message is None:
+                raise
+            _err().print(f"[red]error:[/] {message}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -519,11 +527,13 @@ def doctor(
 
     project = load_project_for(None)
     path = store or Path(os.environ.get("GOATCLAW_STORE") or project.store_path)
-    report = diagnose(project.root, path)
+    report = diagnose(project.root, path, model=project.model, fallbacks=project.fallbacks)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
     out = _out()
+    out.print("[bold]model[/]")
+    out.print(f"  {report['model']['message']}", markup=False, highlight=False, soft_wrap=True)
     out.print("[bold]providers[/]")
     for p in report["providers"]:
         mark = "[green]✓[/]" if p["usable"] else "[dim]✗[/]"
@@ -540,6 +550,7 @@ def doctor(
 # the commands over stored runs live in their own module; importing it registers them
 # (and those over semantic memory: memory …, why)
 from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
+from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import memory as _memory  # noqa: E402, F401

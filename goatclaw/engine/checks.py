@@ -21,7 +21,15 @@ from goatclaw.errors import TaskError, TemplateError
 from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
-from goatclaw.validation import JUDGE_SCHEMA, JudgeFn, Rejected, acheck_output, judge_messages, judge_verdict
+from goatclaw.validation import (
+    JUDGE_SCHEMA,
+    JudgeFn,
+    Rejected,
+    acheck_output,
+    check_output,
+    judge_messages,
+    judge_verdict,
+)
 from goatclaw.validation import failure as validation_failure
 
 __all__ = ["OutputChecks"]
@@ -56,6 +64,27 @@ class OutputChecks:
         error = validation_failure(verdicts, output)
         if error is not None:
             raise error
+
+    def _cached_output_holds(self, task: Task, output: Any, context: Mapping[str, Any], index: int | None) -> bool:
+        """Whether a cached ``output`` still meets ``task``'s rules in this run's context.
+
+        The rules' text is part of the cache key, but a rule can read the run (``expr:
+        output.n >= vars.min``): the cheap rules are checked again, and a cached output that
+        fails one is not reused (event ``task.cache.stale``), so the task runs. Judge rules
+        are not asked again (an LLM call per hit); the output passed them when it was stored.
+        """
+        rules = tuple(r for r in task.validate if r.kind != "judge")
+        if not rules:
+            return True
+        assert self.recorder is not None
+        base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
+        verdicts = check_output(rules, output, context, base=base,
+                                validator=lambda name: self.registry.validator(name).fn)
+        error = validation_failure(verdicts, output)
+        if error is None:
+            return True
+        self.recorder.event("task.cache.stale", task.id, {"item": index, "reason": error.message})
+        return False
 
     def _llm_emit(self, task: Task, index: int | None) -> Callable[..., None]:
         """``emit`` for the engine's own LLM calls (judge, repair): ``llm.call`` events count their cost."""

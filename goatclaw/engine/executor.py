@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from goatclaw.errors import GoatclawError, TaskError
+from goatclaw.extras import install_line
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin
 
@@ -60,7 +61,7 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
 
     ``dask`` connects to the scheduler at ``address``, or starts a local cluster of
     ``workers`` worker processes for the run when there is none. It needs the
-    ``goatclaw[dask]`` extra; Dask is imported here and nowhere else before that.
+    ``dask`` extra; Dask is imported here and nowhere else before that.
     """
     if kind == "dask":
         try:
@@ -69,7 +70,7 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
             if (exc.name or "").partition(".")[0] not in ("dask", "distributed"):
                 raise
             raise GoatclawError(f"the dask executor needs Dask distributed ({exc}): "
-                                "pip install 'goatclaw[dask]'") from None
+                                f"{install_line('dask')}") from None
         return DaskExecutor(address, workers=workers)
     if kind != "local":
         raise GoatclawError(f"unknown executor '{kind}': use one of {', '.join(EXECUTORS)}")

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw.errors import PluginError, Problem, TemplateError
-from goatclaw.security.permissions import FIELDS, Grant, build_grant, widenings
+from goatclaw.security.permissions import FIELDS, Grant, build_grant, root_problem, widenings
+from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, TaskFlows, follow
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
@@ -45,10 +46,13 @@ def _tasks(pipeline: Pipeline) -> dict[str, Task]:
 class Guard:
     """The grants and refused flows of one pipeline, computed when first asked and kept."""
 
-    def __init__(self, pipeline: Pipeline, workspace: Path, registry: Any) -> None:
+    def __init__(self, pipeline: Pipeline, workspace: Path, registry: Any, store: Path | None = None) -> None:
         self.pipeline = pipeline
         self.workspace = Path(workspace)
         self.registry = registry
+        project = pipeline.project
+        # the run's store and the project's (wherever store.path puts them) are protected like .env
+        self.stores = (store, getattr(project, "store_path", None) if project is not None else None)
         self._grants: dict[str, Grant] = {}
         self._base: Grant | None = None
         self._flows: dict[str, list[Flow]] | None = None
@@ -68,7 +72,7 @@ class Guard:
     def base(self) -> Grant:
         """What the pipeline grants its tasks (the project's and the pipeline's layers)."""
         if self._base is None:
-            self._base = build_grant(self.layers(), self.workspace)
+            self._base = build_grant(self.layers(), self.workspace, store=self.stores)
         return self._base
 
     def grant(self, task: Task) -> Grant:
@@ -79,7 +83,7 @@ class Guard:
                 grant = self.base()
             else:
                 where = _where(self.pipeline, (*task.path, "permissions"), f"task {task.id}")
-                grant = build_grant([*self.layers(), (task.permissions, where)], self.workspace)
+                grant = build_grant([*self.layers(), (task.permissions, where)], self.workspace, store=self.stores)
             self._grants[task.id] = grant
         return grant
 
@@ -214,7 +218,8 @@ def _reads(task: Task) -> dict[str, frozenset[str]]:
 def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> list[Problem]:
     """Widened permissions (errors); permissions a plugin needs that nobody granted, untrusted flows (warnings)."""
     guard = Guard(pipeline, workspace, registry)
-    problems = _widening_problems(pipeline, guard, workspace)
+    problems = _root_problems(pipeline, workspace) + _widening_problems(pipeline, guard, workspace)
+    problems += _call_problems(pipeline, guard, workspace)
     tasks = _tasks(pipeline)
     for task in tasks.values():
         spec = guard.spec(task) if task.uses else None
@@ -226,6 +231,47 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
             path = (*task.path, "with", flow.field) if flow.field in task.with_ else (*task.path, "foreach")
             problems.append(Problem(pipeline.locate(path), dotted(path), flow.message + " (it will fail with "
                                     "permission_denied)", severity="warn"))
+    return problems
+
+
+def _root_problems(pipeline: Pipeline, workspace: Path) -> list[Problem]:
+    """File grants that reach nothing: a relative root outside the workspace, a glob with ``..``."""
+    base = Path(workspace).resolve()
+    problems = []
+    owners = [(("permissions",), pipeline.permissions)]
+    owners += [((*t.path, "permissions"), t.permissions) for t in _tasks(pipeline).values()]
+    for path, perms in owners:
+        for name in ("files.read", "files.write"):
+            for n, root in enumerate(getattr(perms, name.replace(".", "_"), None) or ()):
+                why = root_problem(root, base)
+                if why is not None:
+                    where = (*path, *_FIELD_PATH[name], n)
+                    problems.append(Problem(pipeline.locate(where), dotted(where), why))
+    return problems
+
+
+#: Plugins whose argument names a Python callable that ``permissions.python`` must allow.
+_CALLS = {"python": "function"}
+
+
+def _call_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> list[Problem]:
+    """A constant ``module:name`` that is certain to be refused because it walks out of the granted module."""
+    problems = []
+    for task in _tasks(pipeline).values():
+        ref = task.with_.get(_CALLS.get(task.uses or "", ""))
+        if not isinstance(ref, str) or has_template(ref) or ref.count(":") != 1 or not all(ref.split(":")):
+            continue
+        module, attr = ref.split(":")
+        grant = guard.grant(task)
+        granted = grant.granting(module, attr) if grant.python is not True else []
+        if not granted or any(p.startswith("_") for p in attr.split(".")):
+            continue  # python: true, or refused anyway when it runs (with the rule's own message)
+        why = static_refusal(module, attr, granted, workspace)
+        if why is not None:
+            where = (*task.path, "with", _CALLS[task.uses])
+            problems.append(Problem(pipeline.locate(where), dotted(where),
+                                    f"'{ref}' {why}: permissions.python {', '.join(granted)} allows only what "
+                                    f"that module defines ({grant.sources.get('python', 'embedded default')})"))
     return problems
 
 

@@ -13,7 +13,9 @@ With ``n`` the number of the retry (1 for the first retry), ``d`` the base ``del
   successes the task's shared breaker has seen since its last failure
 
 All are capped at ``cap``; ``jitter`` j (0..1) then scales the delay by a uniform factor
-in ``[1 - j, 1]``; a ``Retry-After`` hint raises the delay to at least the hint.
+in ``[1 - j, 1]``; a ``Retry-After`` hint raises the delay to at least the hint, and
+``adaptive`` takes the hint as the delay (``Retry-After: 0`` retries at once): the
+server said when it can take the call again, which is what adaptive backoff adapts to.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Backoff:
         if p.jitter:
             delay *= 1 - p.jitter * self.rng.random()
         if retry_after is not None:
-            delay = max(delay, min(retry_after, max(p.max_delay, retry_after)))
+            hint = max(0.0, retry_after)
+            delay = hint if p.backoff == "adaptive" else max(delay, hint)
         self.previous = delay
         return max(0.0, delay)

@@ -11,6 +11,7 @@ finish their work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -34,6 +35,7 @@ from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, t
 from goatclaw.engine.taskcache import TaskCache, may_cache
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
+from goatclaw.extras import missing_message
 from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import PluginSpec, TaskContext
@@ -104,7 +106,8 @@ class _Runner(OutputChecks):
         self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
-        self.guard = Guard(plan.pipeline, options.workspace, self.registry)  # permissions and untrusted flows
+        # permissions (the store protected wherever it is) and untrusted flows
+        self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
@@ -133,7 +136,8 @@ class _Runner(OutputChecks):
 
     async def run(self) -> RunResult:
         self._open()
-        limits = LIMITS.set(Sentry.limits_of(self.pipeline))  # side-effect rate limits, seen by every task
+        limits = LIMITS.set(Sentry.limits_of(self.pipeline, self.opts.store_path))  # seen by every task
+        warmups = self._start_warmups()
         try:
             if self.hooks:
                 assert self.recorder is not None
@@ -152,6 +156,8 @@ class _Runner(OutputChecks):
             raise
         finally:
             LIMITS.reset(limits)
+            for warmup in warmups:
+                warmup.cancel()
             await self.executor.close() if self.opts.executor is None else None
         await self.bus.drain()  # queued subscribers see every task event (and their failures become dead letters)
         status = self._final_status()
@@ -267,7 +273,7 @@ class _Runner(OutputChecks):
                 self._mark(tid, TaskState.SKIPPED)
             else:
                 await self._run_task(task)
-                self._screen(task)
+                await self._screen(task)
 
     def _cancel_unfinished(self, reason: str) -> None:
         for res in self.result.tasks.values():
@@ -278,6 +284,27 @@ class _Runner(OutputChecks):
                 res.finished_at = time.time()
                 if self.recorder is not None:
                     self.recorder.task_finished(res)
+
+    def _start_warmups(self) -> list[asyncio.Task[None]]:
+        """Start, in the background, the warm-ups of the plugins the run will use (``PluginSpec.warmup``).
+
+        Judge rules and ``fix: {mode: repair}`` call an LLM on the task's behalf: the LLM
+        room's warm-up (litellm's import, in a thread) starts for them too.
+        """
+        warmups: dict[str, Callable[[], Awaitable[None]]] = {}
+        for tid in self.selected:
+            task = self.all_tasks[tid]
+            if task.uses and task.uses not in warmups:
+                try:
+                    warmups[task.uses] = self.registry.task(task.uses).spec.warmup  # type: ignore[assignment]
+                except PluginError:
+                    warmups[task.uses] = None  # type: ignore[assignment]  # the task reports it when it runs
+            if "llm room" not in warmups and (any(r.kind == "judge" for r in task.validate) or (
+                    task.fix is not None and task.fix.mode == "repair")):
+                from goatclaw import llm as room
+
+                warmups["llm room"] = room.warm
+        return [asyncio.ensure_future(_quietly(w)) for w in dict.fromkeys(warmups.values()) if w is not None]
 
     # -- the task cache --------------------------------------------------------------
 
@@ -385,7 +412,7 @@ class _Runner(OutputChecks):
                 tid = heapq.heappop(self.ready)[2]
                 task = tasks[tid]
                 await self._run_task(task)
-                self._screen(task)  # may stop the run before its dependents are released
+                await self._screen(task)  # may stop the run before its dependents are released
                 self._complete(tid)
                 continue
             if self.done >= total:
@@ -394,7 +421,7 @@ class _Runner(OutputChecks):
             self.waiters.append(waiter)
             await waiter
 
-    def _screen(self, task: Task) -> None:
+    async def _screen(self, task: Task) -> None:
         """Threat-score a finished task (its denial or its output); raises :class:`RunBlocked` at the threshold."""
         assert self.sentry is not None
         spec = self.specs.get(task.uses, False)
@@ -403,7 +430,7 @@ class _Runner(OutputChecks):
                 spec = self.specs[task.uses] = self.registry.task(task.uses).spec
             except PluginError:
                 spec = self.specs[task.uses] = None
-        self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
+        await self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
 
     def _complete(self, tid: str) -> None:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
@@ -611,8 +638,10 @@ class _Runner(OutputChecks):
             return await self._run_attempts(task, plugin, res, context, index)
         text = cache.lookup(task, key)
         if text is not None:
-            res.cache_hits += 1
-            return json.loads(text), text
+            output = json.loads(text)
+            if not task.validate or self._cached_output_holds(task, output, context, index):
+                res.cache_hits += 1
+                return output, text
         output, text = await self._run_attempts(task, plugin, res, context, index)
         cache.put(key, plugin, text)
         return output, text
@@ -687,7 +716,7 @@ class _Runner(OutputChecks):
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
                        attempt: int, index: int | None) -> tuple[Any, str]:
         try:
-            kwargs = compiled.render(context)
+            kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
         except TemplateError as exc:
             raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
         assert self.recorder is not None and self.sentry is not None
@@ -711,7 +740,14 @@ class _Runner(OutputChecks):
         assert self.recorder is not None
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor)
+                           self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
+                           cache_ttl=task.cache.ttl)
+
+    def _cache_word(self, task: Task) -> bool | None:
+        """What ``task`` (and the run) said about caching: ``False`` off, ``True`` asked for, ``None`` silent."""
+        if not self.opts.cache or not task.cache.enabled:
+            return False
+        return True if task.cache.requested else None
 
     def _check_size(self, text: str) -> None:
         """An output over ``max_output_bytes`` (default :data:`MAX_OUTPUT_BYTES`) fails the task."""
@@ -760,6 +796,8 @@ class _Runner(OutputChecks):
         return result
 
     async def _call(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[Any, str]:
+        if task.timeout is not None and plugin.spec.warmup is not None:
+            await plugin.spec.warmup()  # what the plugin readies first is not its call's time
         if self.inline_async and plugin.is_async:
             call = plugin.fn(ctx, **kwargs)  # the local executor would only await it: skip a layer
         else:
@@ -800,6 +838,10 @@ def _as_task_error(exc: BaseException, task: Task) -> TaskError:
         return exc
     if isinstance(exc, GoatclawError):
         return TaskError(exc.message, error_class="internal")
+    if isinstance(exc, ModuleNotFoundError):  # not there now, not there on a retry: say what to install, once
+        wrapped = TaskError(missing_message(exc) or f"{type(exc).__name__}: {exc}", error_class="invalid_input")
+        wrapped.__cause__ = exc
+        return wrapped
     wrapped = TaskError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                         error_class=type(exc).__name__)
     wrapped.__cause__ = exc
@@ -831,6 +873,12 @@ def _standby(pipeline: Any) -> frozenset[str]:
         return frozenset()
     needed = {n for t in pipeline.tasks.values() for n in t.needs}
     return frozenset(f for f in fallbacks if f in pipeline.tasks and f not in needed)
+
+
+async def _quietly(warmup: Callable[[], Awaitable[None]]) -> None:
+    """A warm-up in the background: its failure is the task's to report when it runs, not the run's."""
+    with contextlib.suppress(Exception):  # the attempt awaits the warm-up again and sees the error there
+        await warmup()
 
 
 def _select(plan: Plan, only: tuple[str, ...], standby: frozenset[str] = frozenset()) -> dict[str, None]:

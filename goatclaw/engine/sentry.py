@@ -10,7 +10,9 @@ task.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from goatclaw.engine.recorder import Recorder
@@ -19,9 +21,13 @@ from goatclaw.errors import GoatclawError
 from goatclaw.jsontext import dumps
 from goatclaw.plugin import PluginSpec
 from goatclaw.security.ratelimit import SideEffectLimits
-from goatclaw.security.threat import DEFAULT_THRESHOLD, Finding, ThreatScore
+from goatclaw.security.threat import DEFAULT_THRESHOLD, Finding, ThreatScore, scan_output
+from goatclaw.store import Store
 
-__all__ = ["RunBlocked", "SecretReads", "Sentry"]
+__all__ = ["INLINE_SCAN_CHARS", "RunBlocked", "SecretReads", "Sentry"]
+
+#: Outputs longer than this are threat-scanned in a worker thread, off the event loop.
+INLINE_SCAN_CHARS = 64 * 1024
 
 
 class RunBlocked(GoatclawError):
@@ -71,10 +77,13 @@ class Sentry:
         return float(value) if isinstance(value, (int, float)) else DEFAULT_THRESHOLD
 
     @staticmethod
-    def limits_of(pipeline: Any) -> SideEffectLimits | None:
-        """The project's ``rate_limits.side_effects``, if any."""
+    def limits_of(pipeline: Any, store: Path | None = None) -> SideEffectLimits | None:
+        """The project's ``rate_limits.side_effects``, if any (held in ``store``, shared by its processes)."""
         limits = _project_data(pipeline).get("rate_limits")
-        return SideEffectLimits.from_settings(limits.get("side_effects")) if isinstance(limits, Mapping) else None
+        if not isinstance(limits, Mapping):
+            return None
+        return SideEffectLimits.from_settings(limits.get("side_effects"), store=store,
+                                              opener=Store.open if store is not None else None)
 
     def secrets_read(self, task_id: str, index: int | None, names: list[str]) -> None:
         """A task's templates read these secrets (names only go to the audit chain)."""
@@ -87,18 +96,30 @@ class Sentry:
             self.recorder.audited("permission.denied", task_id, {"error": message})
         self._record(task_id, self.threat.denied(message))
 
-    def screen(self, task_id: str, res: TaskResult, spec: PluginSpec | None) -> None:
-        """Score a finished task (a denial, its output); raise :class:`RunBlocked` at the threshold."""
+    async def screen(self, task_id: str, res: TaskResult, spec: PluginSpec | None) -> None:
+        """Score a finished task (a denial, its output); raise :class:`RunBlocked` at the threshold.
+
+        The scan is linear in the output (RE2); an output over :data:`INLINE_SCAN_CHARS`
+        is scanned in a worker thread, so that the event loop (other tasks, timeouts,
+        Ctrl-C) keeps running meanwhile.
+        """
         if res.error_class == "permission_denied" and res.status is TaskState.FAILED:
             self.denied(task_id, res.error or "")
         elif (spec is not None and res.status in (TaskState.SUCCEEDED, TaskState.CACHED)
                 and (spec.permissions or spec.side_effects or not spec.cacheable)):
             text = res.output_json if res.output_json is not None else dumps(res.output)
-            masked = self.recorder._mask(text) or ""
             untrusted = bool(getattr(spec, "untrusted_output", False)) or "network" in spec.permissions
-            self._record(task_id, self.threat.output(masked, untrusted=untrusted))
+            if len(text) > INLINE_SCAN_CHARS:
+                found = await asyncio.to_thread(self._scan, text, untrusted)
+            else:
+                found = self._scan(text, untrusted)
+            self._record(task_id, self.threat.add(found))
         if self.threat.blocked:
             raise RunBlocked(self._reason())
+
+    def _scan(self, text: str, untrusted: bool) -> list[Finding]:
+        """Mask the declared secrets, then scan (pure: safe in a worker thread)."""
+        return scan_output(self.recorder._mask(text) or "", untrusted=untrusted)
 
     def _record(self, task_id: str, findings: list[Finding]) -> None:
         t = self.threat

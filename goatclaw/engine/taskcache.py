@@ -1,8 +1,11 @@
 """The task cache of one run: which outputs may be reused, under which key, and the lookups.
 
 A key hashes the plugin (name, package, version), the task's ``uses``, its ``cache.key``,
-the rendered ``with:`` as canonical JSON and, for tasks with ``inputs:``, the digest of
-the files those globs match (docs/watch.md). Tasks whose ``with:`` is constant are keyed
+the rendered ``with:`` as canonical JSON, the task's ``validate:`` rules as written (an
+output stored under other rules is not reused) and, for tasks with ``inputs:``, the
+digest of the files those globs match (docs/watch.md). A hit is checked again against
+the rules that depend on the run (``expr`` over ``vars``, say) before it is reused: see
+``OutputChecks._cached_output_holds``. Tasks whose ``with:`` is constant are keyed
 once and looked up together in one batched read when the run opens; the others look up
 their key when they run. The recorder never stores an output that holds a secret.
 """
@@ -47,6 +50,7 @@ class TaskCache:
         self.keys: dict[str, str] = {}  # task id -> key, for tasks whose inputs are constant
         self.prefetched: dict[str, tuple[str, float]] = {}  # their cached (output JSON, created_at)
         self.digests: dict[str, str] = {}  # task id -> digest of the files its inputs: globs match
+        self.rules: dict[str, str] = {}  # task id -> its validate: rules as canonical JSON
 
     def prefetch(self, constant: Iterable[tuple[Task, Plugin, Compiled]], context: Mapping[str, Any]) -> None:
         """Key tasks whose ``with:`` is constant and read their cached outputs in one query."""
@@ -69,6 +73,8 @@ class TaskCache:
         except (TemplateError, TypeError, ValueError):
             return None
         raw = f"{plugin.name}\0{plugin.package}\0{plugin.version}\0{task.uses}\0{task.cache.key}\0{kwargs}"
+        if task.validate:
+            raw += "\0" + self._rules(task)
         if task.inputs:
             raw += "\0" + self._digest(task)
         key = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
@@ -88,6 +94,14 @@ class TaskCache:
     def put(self, key: str, plugin: Plugin, output_json: str) -> None:
         """Keep an output under its key (committed with the task's row)."""
         self.recorder.cache_put(key, plugin.name, output_json)
+
+    def _rules(self, task: Task) -> str:
+        """``task``'s ``validate:`` rules (kind, argument, message, severity, options) as key text, once a run."""
+        text = self.rules.get(task.id)
+        if text is None:
+            text = self.rules[task.id] = key_text([[r.kind, r.arg, r.message, r.severity, dict(r.options)]
+                                                    for r in task.validate])
+        return text
 
     def _digest(self, task: Task) -> str:
         """The digest of the files ``task``'s ``inputs:`` globs match (paths and contents), read once a run."""

@@ -17,7 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from goatclaw.errors import GoatclawError
+from goatclaw.errors import GoatclawError, TaskError
+from goatclaw.extras import missing_message
 
 __all__ = ["DEFAULT_EMBEDDER", "Embedder", "LiteLLMEmbedder", "WordLlamaEmbedder", "embedder_for", "normalise"]
 
@@ -64,9 +65,11 @@ class WordLlamaEmbedder:
             if WordLlamaEmbedder._model is None:
                 try:
                     wordllama = importlib.import_module("wordllama")
-                except ImportError:
-                    raise GoatclawError("the wordllama embedder is not installed: pip install 'goatclaw[memory]' "
-                                        "(or set memory.embedder: litellm/<model> in goatclaw.yaml)") from None
+                except ImportError as exc:
+                    message = missing_message(exc, extra="memory", module="wordllama",
+                                              needed_by="the wordllama embedder")
+                    raise TaskError(f"{message} (or set memory.embedder: litellm/<model> in goatclaw.yaml)",
+                                    error_class="invalid_input") from None
                 WordLlamaEmbedder._model = wordllama.WordLlama.load(
                     cache_dir=Path(wordllama.__file__).parent, disable_download=True, dim=self.dim)
         return WordLlamaEmbedder._model

@@ -23,17 +23,18 @@ well-behaved plugins do; in-process Python code is not sandboxed by them.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 from goatclaw.errors import PermissionDenied
 from goatclaw.security.audit import KEY_ENV
+from goatclaw.security.globs import has_glob, literal_prefix, matches, matches_within, segments
+from goatclaw.security.pycalls import follow, refusal
 
 __all__ = [
     "BASELINE_ENV",
@@ -80,6 +81,7 @@ class Grant:
     env: bool | tuple[str, ...] = False
     python: bool | tuple[str, ...] = False
     workspace: str = ""
+    protected: tuple[str, ...] = ()  # real paths beyond PROTECTED a grant must name explicitly (the store's files)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # a dict: grants travel to workers
 
     @classmethod
@@ -119,10 +121,15 @@ class Grant:
         return host
 
     def allows_host(self, host: str, port: int | None = None, *, listed: bool = False) -> bool:
-        """Whether ``network`` allows ``host``; ``listed``: only by a pattern (``true`` does not list it)."""
+        """Whether ``network`` allows ``host``; ``listed``: only by a pattern that names hosts.
+
+        ``network: true`` lists no host, and neither does the pattern ``*`` (with or
+        without a port): where a secret may go, "anywhere" is not a name.
+        """
         if self.network is True:
             return not listed
-        return isinstance(self.network, tuple) and any(host_matches(host, port, p) for p in self.network)
+        return isinstance(self.network, tuple) and any(
+            host_matches(host, port, p) for p in self.network if not (listed and _names_no_host(p)))
 
     def check_read(self, path: str | os.PathLike[str]) -> Path:
         """The real path of ``path`` (relative to the workspace) if ``files.read`` allows it."""
@@ -141,7 +148,11 @@ class Grant:
         return True
 
     def check_module(self, module: str, function: str = "") -> None:
-        """Refuse to call ``module:function`` unless ``python`` allows the module (or that function)."""
+        """Refuse to call ``module:function`` unless ``python`` allows the module (or that function).
+
+        Checked before the import (importing runs the module's code); what the reference
+        really names is checked after it, by :meth:`check_callable`.
+        """
         if self.python is True:
             return
         ref = f"{module}:{function}" if function else module
@@ -149,11 +160,37 @@ class Grant:
             if any(function.startswith("_") or part.startswith("_") for part in function.split(".")):
                 self._deny("python", f"'{ref}' names a private attribute, which only python: true allows; it is "
                                      "not in", self.python)
-            for allowed in self.python:
-                mod, _, fn = allowed.partition(":")
-                if (module == mod or module.startswith(mod + ".")) and (not fn or fn == function):
-                    return
+            if self.granting(module, function):
+                return
         self._deny("python", f"'{ref}'" + (" is not in" if self.python else " cannot be called:"), self.python)
+
+    def granting(self, module: str, function: str = "") -> list[str]:
+        """The modules of the ``python`` entries that allow ``module:function`` (``pkg`` covers ``pkg.sub``)."""
+        if not isinstance(self.python, tuple):
+            return [module] if self.python is True else []
+        found = []
+        for allowed in self.python:
+            mod, _, fn = allowed.partition(":")
+            if (module == mod or module.startswith(mod + ".")) and (not fn or fn == function):
+                found.append(mod)
+        return found
+
+    def check_callable(self, module: ModuleType, name: str, attr: str) -> Any:
+        """What ``name:attr`` names in the imported ``module``, if ``python`` allows calling it.
+
+        The attribute chain is followed one step at a time: with ``python: true`` anything
+        goes; otherwise every step must be a class, and the last a plain function or class,
+        defined in a granted module (so ``os.path:os.system`` and ``json:codecs.open``, which
+        walk into other modules, are refused). ``AttributeError`` when a step is missing.
+        """
+        self.check_module(name, attr)
+        chain = follow(module, attr)
+        if self.python is not True:
+            why = refusal(chain, attr, self.granting(name, attr))
+            if why is not None:
+                self._deny("python", f"'{name}:{attr}' {why}; a grant allows only the functions and classes "
+                                     "its module defines:", self.python)
+        return chain[-1]
 
     def env_visible(self, name: str) -> bool:
         """Whether a task may see the environment variable ``name`` (never the audit key)."""
@@ -181,9 +218,9 @@ class Grant:
                          "from": self.sources.get(name, "embedded default")}
         return out
 
-    def _deny(self, name: str, what: str, value: Any) -> None:
+    def _deny(self, name: str, what: str, value: Any, hint: str = "") -> None:
         where = self.sources.get(name, "embedded default")
-        raise PermissionDenied(f"{name.split('.')[0]}: {what} permissions.{name} {_show(value)} ({where})",
+        raise PermissionDenied(f"{name.split('.')[0]}: {what} permissions.{name} {_show(value)} ({where}){hint}",
                                details={"rule": f"permissions.{name}", "where": where})
 
     def _check_file(self, name: str, roots: tuple[str, ...], path: str | os.PathLike[str]) -> Path:
@@ -192,17 +229,42 @@ class Grant:
             target = (base / Path(path)).resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
             raise PermissionDenied(f"{name.split('.')[0]}: '{path}' cannot be resolved: {exc}") from None
-        guarded = next((p for p in PROTECTED if target.is_relative_to(base / p)), None)
-        for root in roots:
-            if _inside_root(target, root, base) and (guarded is None or _names(root, base, guarded)):
-                return target
-        what = f"'{path}' (really {_shown_path(target, base)})" if str(path) != _shown_path(target, base) \
-            else f"'{path}'"
-        if guarded is not None and any(_inside_root(target, r, base) for r in roots):
-            self._deny(name, f"{what} is inside {guarded}, which a grant must name explicitly; it is not in",
-                       roots)
-        self._deny(name, f"{what} is not in" if roots else f"{what} cannot be accessed:", roots)
+        guards = [p for p in self.protected_paths(base) if target.is_relative_to(p)]
+        reaching = [r for r in roots if grants_path(r, target, base)]
+        shown = _shown_path(target, base)
+        what = f"'{path}' (really {shown})" if str(path) != shown else f"'{path}'"
+        if any(all(_names(r, base, g) for g in guards) for r in reaching):
+            if name == "files.write":
+                self._check_links(target, what)
+            return target
+        if reaching:
+            guard = next(g for g in guards if not all(_names(r, base, g) for r in reaching))
+            where = "is" if guard == target else "is inside"
+            self._deny(name, f"{what} {where} {_shown_path(guard, base)}, which a grant must name explicitly; "
+                             "it is not in", roots)
+        hint = ""
+        if not target.is_relative_to(base) and any(not _is_absolute(r) for r in roots):
+            hint = "; it is outside the workspace, which only a grant of an absolute folder reaches"
+        self._deny(name, f"{what} is not in" if roots else f"{what} cannot be accessed:", roots, hint)
         raise AssertionError("unreachable")  # _deny raises
+
+    def protected_paths(self, base: Path | None = None) -> list[Path]:
+        """The real paths a grant must name explicitly: :data:`PROTECTED` in the workspace, and the store's files."""
+        base = base or Path(self.workspace or Path.cwd()).resolve()
+        return [base / p for p in PROTECTED] + [Path(p) for p in self.protected]
+
+    def _check_links(self, target: Path, what: str) -> None:
+        """Refuse to write a file that has other hard links: they may be anywhere, outside the workspace too."""
+        try:
+            links = target.lstat().st_nlink if target.is_file() else 1
+        except OSError:
+            return
+        if links > 1:
+            where = self.sources.get("files.write", "embedded default")
+            raise PermissionDenied(
+                f"files: {what} has {links} hard links; writing it would change the same file under its other "
+                f"names, which may be outside the workspace, so it is refused (permissions.files.write, {where})",
+                details={"rule": "permissions.files.write", "where": where})
 
 
 class _EnvView(dict):  # type: ignore[type-arg]
@@ -233,28 +295,79 @@ def _shown_path(target: Path, base: Path) -> str:
     return target.relative_to(base).as_posix() if target.is_relative_to(base) else str(target)
 
 
-def _has_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
+def _is_absolute(root: str) -> bool:
+    return root.startswith("/")
 
 
 def _root_path(root: str, base: Path) -> Path:
+    """The real path of a literal root (a relative one starts at the workspace)."""
     return (base / root).resolve()
 
 
-def _inside_root(target: Path, root: str, base: Path) -> bool:
-    """Whether the real path ``target`` is ``root`` or inside it (a glob matches the relative path)."""
-    if _has_glob(root):
-        rel = _shown_path(target, base)
-        pattern = root.rstrip("/")
-        return fnmatch.fnmatchcase(rel, pattern) or fnmatch.fnmatchcase(rel, pattern + "/*")
-    return target.is_relative_to(_root_path(root, base))
+def _under(target: Path, base: Path) -> tuple[str, ...] | None:
+    """The segments of ``target`` relative to ``base``; ``None`` when it is not inside."""
+    return target.relative_to(base).parts if target.is_relative_to(base) else None
 
 
-def _names(root: str, base: Path, protected: str) -> bool:
-    """Whether ``root`` explicitly names the protected path (is it, or inside it)."""
-    if _has_glob(root):
-        return root.lstrip("./").startswith(protected)
-    return _root_path(root, base).is_relative_to(base / protected)
+def grants_path(root: str, target: Path, base: Path) -> bool:
+    """Whether the grant ``root`` reaches the real path ``target`` (the workspace is ``base``, resolved).
+
+    A relative root (literal or glob) only reaches paths inside the workspace: it is
+    matched against the target's path relative to ``base``, segment by segment, and a
+    target outside has none. Only an absolute root reaches outside, and only below it.
+    A literal root reaches itself and what is inside it; a glob, what it matches and
+    what is inside that.
+    """
+    if _is_absolute(root):
+        if has_glob(root):
+            return matches_within(root, target.parts[1:])
+        return target.is_relative_to(_root_path(root, base))
+    rel = _under(target, base)
+    if rel is None:
+        return False
+    if has_glob(root):
+        return matches_within(root, rel)
+    literal = _root_path(root, base)
+    return literal.is_relative_to(base) and target.is_relative_to(literal)
+
+
+def root_problem(root: str, base: Path) -> str | None:
+    """What is wrong with a file grant ``root`` for the workspace ``base`` (``None``: nothing).
+
+    A relative root whose real path is outside the workspace (``../x``, a symlink out)
+    would grant nothing, since a relative grant never reaches outside; a glob holding
+    ``..`` matches nothing (paths are matched after they are resolved).
+    """
+    if has_glob(root) and ".." in segments(root):
+        return f"'{root}' holds '..', which a glob never matches (paths are matched after resolving): " \
+               "write the folder it means"
+    if _is_absolute(root):
+        return None
+    try:
+        real = base.joinpath(*(literal_prefix(root) if has_glob(root) else segments(root))).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if real.is_relative_to(base):
+        return None
+    return f"'{root}' is outside the workspace (really {real}), which a relative grant never reaches: " \
+           "name the folder by its absolute path to grant it"
+
+
+def _names(root: str, base: Path, protected: Path) -> bool:
+    """Whether ``root`` explicitly names the protected path: its literal part is that path or inside it.
+
+    For a glob only the leading segments without glob characters count, compared as
+    real paths: ``.git*`` (for ``.gitignore``) does not name ``.git``, ``.goatclaw/*`` names ``.goatclaw``.
+    """
+    if has_glob(root):
+        start = Path("/") if _is_absolute(root) else base
+        literal = start.joinpath(*literal_prefix(root))
+        try:
+            literal = literal.resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return literal.is_relative_to(protected)
+    return _root_path(root, base).is_relative_to(protected)
 
 
 def _host_port(url: str) -> tuple[str, int | None]:
@@ -265,19 +378,29 @@ def _host_port(url: str) -> tuple[str, int | None]:
         return "", None
 
 
-def host_matches(host: str, port: int | None, pattern: str) -> bool:
-    """Whether ``host`` (and ``port``) match ``pattern``: ``api.example.com``, ``*.example.com``, ``h:8080``.
-
-    ``*.example.com`` matches every subdomain of example.com, not example.com itself; ``*``
-    matches any host. A pattern with a port matches that port only.
-    """
+def _split_port(pattern: str) -> tuple[str, int | None]:
+    """``host:8080`` -> (``host``, 8080); the host part lower-cased, without brackets or a final dot."""
     pattern = pattern.strip().lower()
     want_port: int | None = None
     if pattern.count(":") == 1 or (pattern.startswith("[") and "]:" in pattern):
         head, _, tail = pattern.rpartition(":")
         if tail.isdigit():
             pattern, want_port = head, int(tail)
-    pattern = pattern.strip("[]").rstrip(".")
+    return pattern.strip("[]").rstrip("."), want_port
+
+
+def _names_no_host(pattern: str) -> bool:
+    """Whether a network pattern matches any host at all (``*``, ``*:443``): it lists none by name."""
+    return _split_port(pattern)[0] == "*"
+
+
+def host_matches(host: str, port: int | None, pattern: str) -> bool:
+    """Whether ``host`` (and ``port``) match ``pattern``: ``api.example.com``, ``*.example.com``, ``h:8080``.
+
+    ``*.example.com`` matches every subdomain of example.com, not example.com itself; ``*``
+    matches any host. A pattern with a port matches that port only.
+    """
+    pattern, want_port = _split_port(pattern)
     host = host.lower().strip("[]").rstrip(".")
     if want_port is not None and port != want_port:
         return False
@@ -299,11 +422,14 @@ def _value(perms: Any, name: str) -> Any:
     return None if perms is None else getattr(perms, _ATTR[name], None)
 
 
-def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[str]) -> Grant:
+def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[str], *,
+                store: Iterable[str | os.PathLike[str] | None] = ()) -> Grant:
     """The grant from ``(Permissions, where)`` layers, outermost first; a layer's ``None`` says nothing.
 
     ``where`` is a text, or a mapping from field name to text (where each field was written).
     Each field takes the innermost value said (the validator makes sure it only narrows).
+    ``store``: the store files wherever ``store.path`` puts them; each one, with its
+    ``-wal``, ``-shm`` and ``-journal`` files, is protected like ``.env``.
     """
     values = {name: (EMBEDDED_DEFAULT[name], "embedded default") for name in FIELDS}
     for perms, where in layers:
@@ -314,8 +440,22 @@ def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[
     kwargs = {_ATTR[n]: (tuple(v) if isinstance(v, list) else v) for n, (v, _) in values.items()}
     kwargs["files_read"] = tuple(kwargs["files_read"] or ())
     kwargs["files_write"] = tuple(kwargs["files_write"] or ())
-    return Grant(**kwargs, workspace=str(Path(workspace).resolve()),
+    return Grant(**kwargs, workspace=str(Path(workspace).resolve()), protected=store_files(store, workspace),
                  sources={n: w for n, (_, w) in values.items()})
+
+
+#: The files SQLite keeps beside a database: what the store holds is in them too.
+STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def store_files(stores: Iterable[str | os.PathLike[str] | None], workspace: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The real paths of the store files (and their WAL, shared-memory and journal files)."""
+    found: dict[str, None] = {}
+    for store in stores:
+        if store:
+            real = (Path(workspace) / Path(store)).resolve()
+            found.update(dict.fromkeys(str(real) + suffix for suffix in STORE_SIDECARS))
+    return tuple(found)
 
 
 def covers(name: str, outer: Any, inner: Any, workspace: Path | None = None) -> list[str]:
@@ -350,13 +490,41 @@ def _item_covers(name: str, outer: str, inner: str) -> bool:
 
 
 def _root_covers(outer: str, inner: str, base: Path) -> bool:
-    if _has_glob(outer):
-        return fnmatch.fnmatchcase(inner.rstrip("/"), outer.rstrip("/")) or (
-            not _has_glob(inner) and fnmatch.fnmatchcase(inner.rstrip("/"), outer.rstrip("/") + "/*"))
+    """Whether every path the grant ``inner`` reaches is reached by ``outer`` (sound, not complete)."""
+    if root_problem(inner, base) is not None:
+        return False  # validate reports it on its own too
+    if outer.rstrip("/") == inner.rstrip("/"):
+        return True
     literal = inner
-    if _has_glob(inner):  # the literal directory part of a glob must be inside the outer root
-        literal = inner.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] or "."
-    return _root_path(literal, base).is_relative_to(_root_path(outer, base))
+    if has_glob(inner):  # what a glob reaches lies inside its literal part
+        literal = "/".join(literal_prefix(inner)) or "."
+        literal = "/" + literal if _is_absolute(inner) else literal
+    target = _root_path(literal, base)
+    if grants_path(outer, target, base):
+        return True
+    if has_glob(outer) and has_glob(inner) and _is_absolute(outer) == _is_absolute(inner):
+        return _pattern_covers(segments(outer), segments(inner))
+    return False
+
+
+def _pattern_covers(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
+    """Whether every path that ``inner`` (or a folder it matches) reaches, ``outer`` reaches: segment by segment."""
+    if not outer:
+        return True  # outer matched a folder: all below it is granted
+    if not inner:
+        return False
+    if outer[0] == "**":  # it stands for no segment, or takes the next inner one (whatever that matches)
+        return _pattern_covers(outer[1:], inner) or _pattern_covers(outer, inner[1:])
+    return _segment_covers(outer[0], inner[0]) and _pattern_covers(outer[1:], inner[1:])
+
+
+def _segment_covers(outer: str, inner: str) -> bool:
+    """Whether the pattern segment ``outer`` matches every name the segment ``inner`` matches."""
+    if outer in (inner, "**"):
+        return True
+    if inner == "**":
+        return False
+    return outer == "*" or (not has_glob(inner) and matches(outer, (inner,)))
 
 
 def widenings(outer: Any, inner: Any, workspace: Path | None = None) -> list[tuple[str, list[str]]]:

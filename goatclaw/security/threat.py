@@ -25,13 +25,16 @@ finds (``threat.*`` events and ``threat.detected`` audit rows).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["DEFAULT_THRESHOLD", "WEIGHTS", "Finding", "ThreatScore", "scan_injection", "scan_secrets"]
+from goatclaw.regex import compile_linear
+
+__all__ = ["DEFAULT_THRESHOLD", "WEIGHTS", "Finding", "ThreatScore", "scan_injection", "scan_output", "scan_secrets"]
 
 #: The score at which a run is blocked when neither the pipeline nor the project says.
 DEFAULT_THRESHOLD = 5.0
@@ -48,7 +51,9 @@ WEIGHTS: dict[str, float] = {
 #: Denials a run may have before each further one also counts as a probe.
 PROBE_AFTER = 2
 
-_KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(pattern)) for name, pattern in (
+# Outputs are content an attacker may shape: every pattern runs on RE2 (linear time in the text),
+# so a 100 KB body such as "rm -" + "r" * 100000 is scanned in a millisecond, not for minutes.
+_KEY_SHAPES: tuple[tuple[str, Any], ...] = tuple((name, compile_linear(pattern)) for name, pattern in (
     ("openai", r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"),
     ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     ("github_token", r"\b(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}"),
@@ -56,11 +61,11 @@ _KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(p
     ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}"),
     ("stripe_key", r"\b[rs]k_live_[0-9A-Za-z]{20,}"),
 ))
-_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----")
-_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+_PRIVATE_KEY = compile_linear(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----")
+_TOKEN = compile_linear(r"[A-Za-z0-9+/_=-]{32,}")
 _ENTROPY_BITS = 4.5  # per character; random base64 scores about 5, English words and hex under 4.2
 
-_INJECTION: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(pattern, re.IGNORECASE))
+_INJECTION: tuple[tuple[str, Any], ...] = tuple((name, compile_linear(pattern, ignore_case=True))
                                                           for name, pattern in (
     ("ignore_instructions", r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+)*"
                             r"(?:previous|prior|above|earlier|preceding|original)\s+"
@@ -115,15 +120,25 @@ def scan_secrets(text: str) -> list[Finding]:
             token = match.group(0)
             found.append(Finding("secret_key", WEIGHTS["secret_key"], f"{name} {_shown(token)}", _fingerprint(token)))
             covered.append(match.span())
+    covered.sort()
+    starts = [start for start, _ in covered]
     for match in _TOKEN.finditer(text):
         token = match.group(0).strip("=")
-        if any(s <= match.start() < e or s < match.end() <= e for s, e in covered):
+        if _overlaps(covered, starts, match.start(), match.end()):
             continue
-        if (len(token) >= 32 and any(c.isupper() for c in token) and any(c.islower() for c in token)
-                and any(c.isdigit() for c in token) and _entropy(token) >= _ENTROPY_BITS):
+        if (len(token) >= 32 and token != token.lower() and token != token.upper()
+                and any(map(str.isdigit, token)) and _entropy(token) >= _ENTROPY_BITS):
             found.append(Finding("high_entropy", WEIGHTS["high_entropy"], f"token {_shown(token)}",
                                  _fingerprint(token)))
     return found
+
+
+def _overlaps(covered: list[tuple[int, int]], starts: list[int], start: int, end: int) -> bool:
+    """Whether [start, end) overlaps a span already found (``covered`` sorted, ``starts`` its starts): O(log n)."""
+    i = bisect.bisect_right(starts, start) - 1  # the last span starting at or before start
+    if i >= 0 and covered[i][1] > start:
+        return True
+    return i + 1 < len(starts) and starts[i + 1] < end
 
 
 def scan_injection(text: str) -> list[Finding]:
@@ -133,6 +148,14 @@ def scan_injection(text: str) -> list[Finding]:
         match = pattern.search(text)
         if match is not None:
             found.append(Finding("injection", WEIGHTS["injection"], f"{name}: {match.group(0)[:80]!r}", name))
+    return found
+
+
+def scan_output(text: str, *, untrusted: bool) -> list[Finding]:
+    """Everything found in one output: secrets, and injection markers when ``untrusted`` (linear time)."""
+    found = scan_secrets(text)
+    if untrusted:
+        found += scan_injection(text)
     return found
 
 
@@ -162,10 +185,7 @@ class ThreatScore:
 
     def output(self, text: str, *, untrusted: bool) -> list[Finding]:
         """Scan a task's output (declared secrets already masked); ``untrusted``: it came from the network."""
-        found = scan_secrets(text)
-        if untrusted:
-            found += scan_injection(text)
-        return self.add(found)
+        return self.add(scan_output(text, untrusted=untrusted))
 
     def add(self, findings: list[Finding]) -> list[Finding]:
         """Count the findings not seen before in this run; those are returned."""

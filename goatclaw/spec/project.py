@@ -35,6 +35,8 @@ class Project:
     concurrency: int | None = None
     model: str | None = None
     fallbacks: tuple[str, ...] = ()
+    #: Model name -> ``{api_base, api_key_env}``, for the model entries that say where they are served.
+    endpoints: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     budget: Budget | None = None
     executor: str = "local"
     executor_address: str | None = None
@@ -77,8 +79,9 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
         store_path=(base / store).resolve() if not Path(store).is_absolute() else Path(store),
         defaults=build_defaults(data.get("defaults"), None),
         concurrency=data.get("concurrency"),
-        model=data.get("model"),
-        fallbacks=tuple(data.get("fallbacks", ())),
+        model=_model_name(data.get("model")),
+        fallbacks=tuple(n for n in map(_model_name, data.get("fallbacks", ())) if n),
+        endpoints=_endpoints([data.get("model"), *data.get("fallbacks", ())]),
         budget=Budget(float(budget["usd"]), budget.get("downgrade")) if isinstance(budget, dict) else None,
         executor=_executor_kind(executor),
         executor_address=_executor_address(executor),
@@ -88,6 +91,18 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
         plugins_deny=tuple(plugins.get("deny", ())),
         data=MappingProxyType(data),
     )
+
+
+def _model_name(entry: Any) -> str | None:
+    """The litellm name of a model entry (a name, or ``{name, api_base, api_key_env}``)."""
+    return entry.get("name") if isinstance(entry, Mapping) else entry
+
+
+def _endpoints(entries: list[Any]) -> Mapping[str, Mapping[str, str]]:
+    """Where each model entry that says so is served: name -> ``{api_base, api_key_env}`` (schema-checked)."""
+    found = {e["name"]: MappingProxyType({k: str(e[k]) for k in ("api_base", "api_key_env") if e.get(k)})
+             for e in entries if isinstance(e, Mapping) and (e.get("api_base") or e.get("api_key_env"))}
+    return MappingProxyType(found)
 
 
 def _executor_kind(value: Any) -> str:

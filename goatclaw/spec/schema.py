@@ -17,7 +17,7 @@ import json
 import marshal
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # jsonschema is imported only when a document has problems to
     from jsonschema.exceptions import ValidationError
 
 from goatclaw.errors import Problem
+from goatclaw.regex import RegexError, compile_linear
 from goatclaw.spec.loader import Document, dotted
 
 __all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
@@ -167,17 +168,62 @@ def _fast_cached(name: str) -> bool:
 _FAST_READY: set[str] = set()
 
 
-def check_instance(instance: Any, schema: dict[str, Any]) -> list[str]:
-    """Validate plain data against a user-supplied schema; messages with their paths."""
-    import jsonschema
+def check_instance(instance: Any, schema: dict[str, Any],
+                   formats: Mapping[str, Callable[[str], bool]] | None = None) -> list[str]:
+    """Validate plain data against a user-supplied schema; messages with their paths.
 
-    validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    validator = validator_cls(schema)
+    The schema and the data are both the user's, so ``pattern`` and ``patternProperties``
+    run on RE2 (linear time: ``^(a+)+$`` cannot stall a run), and ``format`` is enforced
+    by ``formats`` (name -> check; unknown formats are annotations, as the spec says).
+    """
+    validator = _instance_validator(schema, formats)
     out = []
     for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
         where = dotted(tuple(err.absolute_path))
         out.append(f"{where}: {err.message}" if where else err.message)
     return out
+
+
+def _instance_validator(schema: dict[str, Any], formats: Mapping[str, Callable[[str], bool]] | None) -> Any:
+    import jsonschema
+
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    linear = _linear_validators(base)
+    checker = jsonschema.FormatChecker(formats={})
+    for name, check in (formats or {}).items():
+        checker.checks(name)(check)
+    return linear(schema, format_checker=checker)
+
+
+@cache
+def _linear_validators(base: Any) -> Any:
+    """``base`` with ``pattern`` and ``patternProperties`` on RE2."""
+    import jsonschema
+
+    return jsonschema.validators.extend(base, {"pattern": _re2_pattern, "patternProperties": _re2_pattern_properties})
+
+
+def _re2_search(pattern: str, text: str) -> bool:
+    try:
+        return compile_linear(pattern).search(text) is not None
+    except RegexError:
+        return False  # a pattern RE2 refuses matches nothing (goatclaw validate reports it)
+
+
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    from jsonschema.exceptions import ValidationError
+
+    if validator.is_type(instance, "string") and not _re2_search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _re2_pattern_properties(validator: Any, pattern_properties: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in pattern_properties.items():
+        for key, value in instance.items():
+            if _re2_search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
 def check_schema(schema: Any) -> str | None:

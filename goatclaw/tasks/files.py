@@ -3,8 +3,9 @@
 Every path is relative to the workspace and resolved (symlinks included) before use; the
 real path must be inside a root of ``permissions.files.read`` (``file.read``, ``file.list``)
 or ``permissions.files.write`` (``file.write``), so ``../x``, ``/etc/passwd`` and a symlink
-pointing out fail with ``permission_denied``. Writes replace a file atomically (a temporary file in the
-same directory, then a rename), so a reader never sees half a file.
+pointing out fail with ``permission_denied``; so does writing a file with other hard
+links (their names may be outside). Writes replace a file atomically (a temporary file
+in the same directory, then a rename), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", 
     ctx.throttle_blocking("file")  # rate_limits.side_effects.file_writes_per_minute: wait, never fail
     try:
         if mode == "append":
-            with target.open("ab") as fh:
-                fh.write(data)
+            _append(target, data, path)
         else:
             _replace_atomically(target, data)
     except OSError as exc:
@@ -116,11 +116,21 @@ def _read_text(target: Path, path: str, encoding: str) -> str:
 
 
 def _parse_json(text: str, path: str) -> Any:
-    """Strict JSON: ``NaN`` and ``Infinity`` are refused (Python's json accepts them)."""
+    """Strict JSON: ``NaN``, ``Infinity`` and duplicate keys are refused (Python's json accepts them)."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except ValueError as exc:
         fail(f"'{path}' is not valid JSON: {exc}", error_class="invalid_input", path=path)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refusing a key given twice (``json`` keeps the last one silently, as PyYAML does)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {json.dumps(key, ensure_ascii=False)} in one object")
+        out[key] = value
+    return out
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -183,6 +193,22 @@ def _prepare_parent(target: Path, path: str, mkdir: bool) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create the directory for '{path}': {exc.strerror or exc}", error_class="invalid_input")
+
+
+def _append(target: Path, data: bytes, path: str) -> None:
+    """Append to ``target``, refusing a file that became a symlink or got another hard link since the check.
+
+    The grant checked the real path; between that check and this open the file can
+    change, so the open itself does not follow a symlink and the opened file's own link
+    count is checked (a hard link's other names may be outside the workspace).
+    """
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "ab") as fh:
+        links = os.fstat(fh.fileno()).st_nlink
+        if links > 1:
+            fail(f"files: cannot append to '{path}': it has {links} hard links, whose other names may be outside "
+                 "the workspace", error_class="permission_denied")
+        fh.write(data)
 
 
 def _replace_atomically(target: Path, data: bytes) -> None:

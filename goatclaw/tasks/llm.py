@@ -12,9 +12,11 @@ The output is always the same shape, so later tasks know where to look::
      "source": "live" | "cache" | "cassette",
      "key": "<sha256 of the request>"}
 
-``model`` is one model or a list (the primary, then its fallbacks). A single model is
+``model`` is one model or a list (the primary, then its fallbacks); an entry may be a
+mapping ``{name, api_base, api_key}`` for a model on a server of its own. A single model is
 followed by the project's ``fallbacks:``; with no model, the project's ``model:`` is used.
-litellm is imported when the first call is made, never when goatclaw is imported.
+litellm is imported in a thread when a run's plan holds an ``llm`` task (the event loop
+runs on meanwhile, and no ``timeout`` counts the import), never when goatclaw is imported.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ __all__ = ["llm"]
 _ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
-@task(cacheable=True, permissions=("network",), untrusted_output=True)
+async def _warmup() -> None:
+    """Litellm's import, in a thread, started when the run's plan holds an ``llm`` task (no timeout counts it)."""
+    from goatclaw import llm as room
+
+    await room.warm()
+
+
+@task(cacheable=False, permissions=("network",), untrusted_output=True, warmup=_warmup)
 async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
-              model: str | list[str] | None = None, system: str | None = None, temperature: float | None = None,
+              model: str | dict[str, Any] | list[str | dict[str, Any]] | None = None, system: str | None = None,
+              temperature: float | None = None,
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
               schema: dict[str, Any] | None = None, api_base: str | None = None, api_key: str | None = None,
               timeout: float | None = 120, stream: bool = False) -> dict[str, Any]:
@@ -40,12 +50,16 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
     match). ``api_base`` points at another OpenAI-compatible server (a local one, say).
     ``stream`` shows the answer in the live view as it arrives (``task.progress`` events);
-    the output is the same either way.
+    the output is the same either way. The answer is reused from the LLM answer cache
+    only at ``temperature: 0`` or when the task says ``cache: true`` (docs/llm.md); the
+    task cache never holds it.
     """
     from goatclaw import llm as room
 
+    models, endpoints = _chain(model, room.session())
     request = room.Request(
-        models=_models(model, room.session()),
+        models=models,
+        endpoints=endpoints,
         messages=tuple(_messages(prompt, messages, system)),
         temperature=_number("temperature", temperature),
         max_tokens=_count("max_tokens", max_tokens),
@@ -55,10 +69,37 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         api_key=api_key or None,
         timeout=_number("timeout", timeout),
         stream=stream is True,
+        cache=ctx.cache,
+        cache_ttl=ctx.cache_ttl,
     )
-    ctx.require_models(request.models, request.api_base, request.api_key)
+    for name in request.models:  # each model's own host (a chain can span servers)
+        ctx.require_models((name,), *room.endpoint(name, request))
     response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
     return response.as_output()
+
+
+def _chain(model: Any, session: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The models to try and the endpoints the task's entries give (``{name, api_base, api_key}``)."""
+    from goatclaw import llm as room
+
+    entries = model if isinstance(model, list) else [model] if isinstance(model, dict) else None
+    if entries is None:
+        return _models(model, session), {}
+    names: list[str] = []
+    endpoints: dict[str, Any] = {}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            extra = set(entry) - {"name", "api_base", "api_key"}
+            if not isinstance(entry.get("name"), str) or extra:
+                fail(f"model[{i}] must be a name or a mapping with name and optionally api_base, api_key"
+                     + (f" (not {', '.join(sorted(extra))})" if extra else ""), error_class="invalid_input")
+            names.append(entry["name"])
+            if entry.get("api_base") or entry.get("api_key"):
+                endpoints[entry["name"].strip()] = room.Endpoint(entry.get("api_base") or None,
+                                                                 entry.get("api_key") or None)
+        else:
+            names.append(entry)
+    return _models(names if isinstance(model, list) else names[0], session), endpoints
 
 
 def _models(model: str | list[str] | None, session: Any) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ be JSON: it is stored and read by later tasks.
 
 ``permissions.python`` says which modules (``json``, ``mypkg``: the package and its
 submodules) or single functions (``builtins:min``) may be called; it is checked before
-the module is imported. The function runs inside goatclaw's process, so it can do what
+the module is imported, and after it every step of ``name`` must be a class (the last a
+function or class) defined in the granted module: ``json:codecs.open`` walks out of
+``json`` and is refused. The function runs inside goatclaw's process, so it can do what
 the process can: grant only code you trust.
 """
 
@@ -55,12 +57,11 @@ def _resolve(ref: str, ctx: TaskContext) -> Callable[..., Any]:
              error_class="invalid_input")
     module_name, attr = ref.split(":")
     ctx.require_module(module_name, attr)  # before the import: importing runs the module's code
-    obj: Any = _import(module_name, ctx.workspace, ref)
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            fail(f"function '{ref}': '{module_name}' has no attribute '{attr}'", error_class="invalid_input")
+    module = _import(module_name, ctx.workspace, ref)
+    try:
+        obj = ctx.require_callable(module, module_name, attr)  # each step defined in a granted module
+    except AttributeError:
+        fail(f"function '{ref}': '{module_name}' has no attribute '{attr}'", error_class="invalid_input")
     if not callable(obj):
         fail(f"function '{ref}' is a {type(obj).__name__}, not something that can be called",
              error_class="invalid_input")

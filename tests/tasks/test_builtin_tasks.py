@@ -316,6 +316,14 @@ def test_write_refuses_bad_content_and_missing_dirs(ctx: TaskContext) -> None:
 def test_read_json_rejects_nan_and_infinity(ctx: TaskContext) -> None:
     (ctx.workspace / "bad.json").write_text('{"confidence": Infinity}')
     assert "Infinity" in fails(lambda: read(ctx, path="bad.json", format="json"), "invalid_input").message
+
+
+def test_read_json_refuses_duplicate_keys_like_the_yaml_loader(ctx: TaskContext) -> None:
+    (ctx.workspace / "dup.json").write_text('{"a": {"ok": true, "ok": false}, "b": 1}')
+    error = fails(lambda: read(ctx, path="dup.json", format="json"), "invalid_input")
+    assert "duplicate key \"ok\"" in error.message and "dup.json" in error.message
+    (ctx.workspace / "same.json").write_text('[{"ok": 1}, {"ok": 2}]')  # one key in two objects is fine
+    assert read(ctx, path="same.json", format="json") == [{"ok": 1}, {"ok": 2}]
     (ctx.workspace / "broken.json").write_text('{"a": ')
     fails(lambda: read(ctx, path="broken.json", format="json"), "invalid_input")
 
