@@ -21,7 +21,7 @@ import stat
 __all__ = ["FileTooLarge", "NotRegularFile", "read_bytes"]
 
 _CHUNK = 1 << 20
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
@@ -46,6 +46,8 @@ def read_bytes(path: str | os.PathLike[str], *, limit: int) -> bytes:
     fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # what open() says of a directory elsewhere
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
         if not stat.S_ISREG(mode):
             kind = next((k for test, k in _KINDS if test(mode)), "not a file")
             raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", name)

@@ -60,8 +60,10 @@ class _Border:
             signal.signal(sig, self._on_signal)
 
     def restore(self) -> None:
+        # after a stop signal the command is on its way out with 128 + signal: a further signal (the second
+        # Ctrl-C landing after the run ended) must not kill the process before it exits with that code
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.signum is not None else handler)
         self.previous.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:

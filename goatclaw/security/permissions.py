@@ -503,11 +503,19 @@ def _root_covers(outer: str, inner: str, base: Path) -> bool:
     if grants_path(outer, target, base):
         return True
     if has_glob(outer) and has_glob(inner) and _is_absolute(outer) == _is_absolute(inner):
-        # what a pattern reaches is a prefix matched segment by segment: it suffices that the
-        # outer one is no longer and each of its segments matches all that the inner one's does
-        out, inn = segments(outer), segments(inner)
-        return len(out) <= len(inn) and all(_segment_covers(o, i) for o, i in zip(out, inn, strict=False))
+        return _pattern_covers(segments(outer), segments(inner))
     return False
+
+
+def _pattern_covers(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
+    """Whether every path that ``inner`` (or a folder it matches) reaches, ``outer`` reaches: segment by segment."""
+    if not outer:
+        return True  # outer matched a folder: all below it is granted
+    if not inner:
+        return False
+    if outer[0] == "**":  # it stands for no segment, or takes the next inner one (whatever that matches)
+        return _pattern_covers(outer[1:], inner) or _pattern_covers(outer, inner[1:])
+    return _segment_covers(outer[0], inner[0]) and _pattern_covers(outer[1:], inner[1:])
 
 
 def _segment_covers(outer: str, inner: str) -> bool:
