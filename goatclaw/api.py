@@ -146,6 +146,7 @@ async def arun(
     max_cost: float | None = None,
     stubs: Mapping[str, Any] | None = None,
     cassette: str | os.PathLike[str] | None = None,
+    workspace: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -177,6 +178,8 @@ async def arun(
     the pipeline's ``budget:``): a call that cannot be afforded fails with class ``budget``,
     and a run whose calls still cost more in the end (their estimates were low) is failed,
     in the store too. ``stubs`` gives the outputs of tasks that then do not run (``goatclaw test``).
+    ``workspace`` is the folder tasks' relative paths start from (default: the project's folder;
+    ``goatclaw test`` runs each case in a scratch copy of it).
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
@@ -199,7 +202,7 @@ async def arun(
         concurrency=concurrency or (None if _says(pipeline, "concurrency") else project.concurrency),
         only=tuple(only),
         store_path=store_path,
-        workspace=project.root,
+        workspace=Path(workspace) if workspace is not None else project.root,
         secrets=dict(secrets) if secrets is not None else read_secrets(pipeline.secrets, project.root),
         bus=bus,
         registry=registry or _registry_for(project),

@@ -37,9 +37,12 @@ each expectation. A failed assertion shows the values of the expression's operan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 import tokenize
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -58,7 +61,8 @@ __all__ = ["CaseResult", "Check", "PipelineTest", "PipelineTestFailed", "collect
            "run_pipeline_test", "run_tests"]
 
 SUFFIX = ".test.yaml"
-_SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".goatclaw", ".tox", ".mypy_cache"}
+_SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".goatclaw", ".tox", ".mypy_cache",
+              ".pytest_cache", ".ruff_cache", ".hypothesis"}
 
 
 class PipelineTestFailed(AssertionError):
@@ -262,12 +266,32 @@ async def _arun_case(case: PipelineTest) -> CaseResult:
 
     started = time.perf_counter()
     try:
-        run = await arun(case.pipeline, vars=case.vars, stubs=case.stubs, only=case.only, store=False,
-                         cache=False, llm=case.llm, cassette=case.cassette)
+        with scratch_workspace(case.pipeline) as workspace:
+            run = await arun(case.pipeline, vars=case.vars, stubs=case.stubs, only=case.only, store=False,
+                             cache=False, llm=case.llm, cassette=case.cassette, workspace=workspace)
     except GoatclawError as exc:  # the run could not start (a bad cassette, an unknown --only …)
         return CaseResult(case, (Check(f"the run did not start: {exc}", case.locate()),),
                           time.perf_counter() - started)
     return CaseResult(case, tuple(judge(case, run)), time.perf_counter() - started, run)
+
+
+@contextlib.contextmanager
+def scratch_workspace(pipeline: Pipeline) -> Iterator[Path]:
+    """A temporary copy of the pipeline's project folder for one case, removed afterwards.
+
+    A test reads what the project holds and writes only into the copy, so ``goatclaw test``
+    never changes the repository (a pre-commit hook that did would fail with "files were
+    modified"). Version-control folders, virtual environments, caches and the store are
+    not copied (:data:`_SKIP_DIRS`).
+    """
+    from goatclaw.api import load_project_for
+
+    project = pipeline.project or load_project_for(pipeline.file)
+    with tempfile.TemporaryDirectory(prefix="goatclaw-test-") as scratch:
+        workspace = Path(scratch) / (project.root.name or "workspace")
+        shutil.copytree(project.root, workspace, symlinks=True,
+                        ignore=lambda _folder, names: [n for n in names if n in _SKIP_DIRS])
+        yield workspace
 
 
 def judge(case: PipelineTest, run: RunResult) -> Iterator[Check]:

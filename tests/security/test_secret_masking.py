@@ -61,7 +61,10 @@ ENC = {
     "hex": lambda t: t.encode().hex(),
     "HEX": lambda t: t.encode().hex().upper(),
     "json": lambda t: json.dumps(t)[1:-1],
+    "base64_wrapped": lambda t: base64.encodebytes(t.encode()).decode(),  # 76 columns, as base64(1) writes
+    "hex_wrapped": lambda t: "\\n".join(t.encode().hex()[i:i + 60] for i in range(0, 2 * len(t.encode()), 60)),
 }
+WRAPPED = ("base64_wrapped", "hex_wrapped")
 
 def emit(secret, before, after, how):
     return {"value": ENC[how](before + secret + after), "how": how}
@@ -72,12 +75,19 @@ def explode(secret, before, after, how):
 _STEPS: dict[str, Any] = {}
 exec(STEPS, _STEPS)  # one definition of the encodings: the plugin's, and the one the assertions use
 TRANSFORMS: dict[str, Callable[[str], str]] = _STEPS["ENC"]
+WRAPPED: tuple[str, ...] = _STEPS["WRAPPED"]  # generated only: a check joins the lines and looks for the others
 _B64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{8,}")
+#: Line breaks, and their escapes in JSON text: a wrapped form reads back once they are gone.
+_BREAKS = re.compile(r"\r|\n|\\r|\\n")
 
 
 def leaks(text: str, secret: str) -> list[str]:
-    """Every way ``secret`` can be read back out of ``text``, found without the redactor."""
-    found = [name for name, f in TRANSFORMS.items() if f(secret) in text]
+    """Every way ``secret`` can be read back out of ``text`` (as is, or with its lines joined), found without the redactor."""
+    return sorted(set(_leaks(text, secret) + _leaks(_BREAKS.sub("", text), secret)))
+
+
+def _leaks(text: str, secret: str) -> list[str]:
+    found = [name for name, f in TRANSFORMS.items() if name not in WRAPPED and f(secret) in text]
     raw = secret.encode()
     for run in _B64_RUN.findall(text):  # decode every base64-looking run at every alignment
         run = run.replace("-", "+").replace("_", "/")
@@ -236,6 +246,53 @@ def test_a_recorded_cassette_never_holds_the_secret(tmp_path_factory: pytest.Tem
     cassette, store = record(secret)
     assert "I saw" in cassette and not leaks(cassette, secret)
     assert not leaks(store, secret)
+
+
+def test_a_cassette_never_holds_a_long_prefix_of_a_secret(tmp_path: Path, srv: FakeOpenAI,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path
+    monkeypatch.chdir(root)
+    secret = "pk-9f1c2e7a5b3d8e6f0a4c2b1d9e8f7a6b"
+    monkeypatch.setenv("GC_PROP_SECRET", secret)
+    (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n")
+    srv.respond = lambda body: Reply(f"Your key begins {secret[:14]}, and {secret[:24]}... is what I saw")
+    (root / "p.yaml").write_text(textwrap.dedent(f"""
+        version: 1
+        secrets: [GC_PROP_SECRET]
+        permissions: {{network: ["127.0.0.1"]}}
+        tasks:
+          ask:
+            uses: llm
+            with:
+              model: openai/gpt-4o-mini
+              prompt: "Repeat ${{{{ secrets.GC_PROP_SECRET }}}}"
+              api_base: {srv.api_base}
+              api_key: sk-test
+        """).lstrip())
+    result = goatclaw.run("p.yaml", llm="record")
+    assert result.ok, result.tasks["ask"].error
+    cassette = (root / "p.cassette.json").read_text()
+    assert "Your key begins" in cassette and "is what I saw" in cassette
+    assert secret[:12] not in cassette  # the answer echoed 14 and 24 characters of it
+    again = goatclaw.run("p.yaml", llm="replay")  # the masked recording still replays
+    assert again.ok and again.tasks["ask"].output["text"] == "Your key begins ***, and ***... is what I saw"
+
+
+def test_a_wrapped_base64_or_hex_secret_is_masked_on_every_output_path(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "wr-" + "7c1e9a0b4d2f" * 6  # 75 characters: its base64 and hex are wrapped over several lines
+    for how in WRAPPED:
+        root = fresh_project(tmp_path, monkeypatch)
+        monkeypatch.setenv("GC_PROP_SECRET", secret)
+        variables = {"before": "user:", "after": "", "how": how}
+        result = goatclaw.run("p.yaml", vars=variables)
+        produced = result.tasks["out"].output["value"]
+        assert produced.count("\n") >= 2 and not leaks(produced.replace("\n", " "), secret)  # really wrapped
+        cli = CliRunner().invoke(app, ["apply", "p.yaml", "--output", "json",
+                                       *(f"--var={k}={json.dumps(v)}" for k, v in variables.items())])
+        for where, text in {"store": _store_text(root), "error": result.tasks["err"].error or "",
+                            "cli json": cli.stdout}.items():
+            assert not leaks(text, secret), (how, where, leaks(text, secret))
 
 
 def test_a_plugins_log_messages_are_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
