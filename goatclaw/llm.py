@@ -417,6 +417,16 @@ def _mask(value: Any, masks: Sequence[str]) -> Any:
     return _redactor(tuple(masks)).mask_data(value)
 
 
+#: How many leading characters of a secret a recorded answer may not hold.
+CASSETTE_PREFIX = 12
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix_redactor(masks: tuple[str, ...]) -> Redactor:
+    """A redactor that also masks :data:`CASSETTE_PREFIX` or more leading characters of each secret."""
+    return Redactor(masks, prefix=CASSETTE_PREFIX)
+
+
 @functools.lru_cache(maxsize=16)
 def _redactor(masks: tuple[str, ...]) -> Redactor:
     """One redactor per set of secrets (a run's), built once."""
@@ -481,13 +491,17 @@ def _cached(s: Session, key: str, request: Request) -> dict[str, Any] | None:
 
 def _remember(s: Session, model: str, key: str, request: Request, answer: dict[str, Any],
               masks: Sequence[str]) -> None:
-    """Put a live answer in the cache and, when recording, in the cassette (masked)."""
+    """Put a live answer in the cache and, when recording, in the cassette (masked).
+
+    The cassette is committed with the project, so its answers also lose any
+    :data:`CASSETTE_PREFIX` or more leading characters of a secret that a model echoed.
+    """
     store = s.store() if reusable(request) else None
     if store is not None:
         store.llm_cache_put(key, model, _canonical(answer))
     if s.mode == "record" and s.cassette is not None:
         s.cassette.put(key, {"model": model, "request": _masked_request(model, request, masks),
-                             "response": _mask(answer, masks)})
+                             "response": _prefix_redactor(tuple(masks)).mask_data(answer) if masks else answer})
 
 
 # -- budget and rate limits ----------------------------------------------------------------

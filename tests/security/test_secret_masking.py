@@ -82,7 +82,7 @@ _BREAKS = re.compile(r"\r|\n|\\r|\\n")
 
 
 def leaks(text: str, secret: str) -> list[str]:
-    """Every way ``secret`` can be read back out of ``text`` (as is, or with its lines joined), found without the redactor."""
+    """Every way ``secret`` reads back out of ``text`` (as is, or lines joined), found without the redactor."""
     return sorted(set(_leaks(text, secret) + _leaks(_BREAKS.sub("", text), secret)))
 
 
