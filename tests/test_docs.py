@@ -33,6 +33,7 @@ anyone who edits the page):
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import os
@@ -50,6 +51,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 import goatclaw
 from goatclaw.errors import SpecError
@@ -337,6 +339,8 @@ def _run_pre_commit(block: Block, root: Path) -> None:
     before = _digests(root)
     for hook in (h for repo in config["repos"] for h in repo["hooks"]):
         assert hook["id"] in hooks, f"{block.name}: no hook {hook['id']!r} in .pre-commit-hooks.yaml"
+        for requirement in hook.get("additional_dependencies", []):  # the plugin packages: installed here
+            importlib.metadata.distribution(Requirement(requirement).name)
         spec = hooks[hook["id"]]
         argv = [*shlex.split(spec["entry"]), *hook.get("args", [])]
         if spec.get("pass_filenames", True):
@@ -400,17 +404,21 @@ def test_shell_block(block: Block, workspace: Path) -> None:
 def test_python_block(block: Block, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _skip_if_marked(block)
     _write_named_blocks(block, workspace)
-    # blank lines first, so that a traceback names the line of the Markdown page
-    code = compile("\n" * block.line + block.text, str(block.page.relative_to(REPO)), "exec")
     namespace: dict[str, Any] = {"__name__": f"docs_block_{block.line}"}
-    exec(code, namespace)
+    # the page's earlier Python blocks ran first, in one namespace: a page's snippets continue one another
+    for earlier in [*(b for b in block.earlier if b.lang == "python" and not b.marker), block]:
+        # blank lines first, so that a traceback names the line of the Markdown page; no __future__ of ours
+        code = compile("\n" * earlier.line + earlier.text, str(earlier.page.relative_to(REPO)), "exec",
+                       dont_inherit=True)
+        exec(code, namespace)
     fixtures = {"tmp_path": tmp_path / "test-fn", "monkeypatch": monkeypatch}
     fixtures["tmp_path"].mkdir()
-    for name, fn in list(namespace.items()):
-        if name.startswith("test_") and callable(fn):
-            params = inspect.signature(fn).parameters
-            if set(params) <= set(fixtures):
-                fn(**{p: fixtures[p] for p in params})
+    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)
+             and f"def {name}(" in block.text}
+    for fn in tests.values():
+        params = inspect.signature(fn).parameters
+        if set(params) <= set(fixtures):
+            fn(**{p: fixtures[p] for p in params})
 
 
 # --- JSON and TOML -------------------------------------------------------------------------------------------
