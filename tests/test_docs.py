@@ -467,81 +467,177 @@ PLACEHOLDERS = {"/path/to/goatclaw": ".", "./goatclaw-example": "./plugins/goatc
 _PIP_INSTALL = re.compile(r"\bpip install\s+(?P<args>[^`#\n&|;>]+)")
 
 
-def install_lines() -> Iterator[tuple[str, list[str]]]:
+@dataclass(frozen=True)
+class InstallLine:
+    """A documented ``pip install``: where it is, its arguments, and them with placeholders replaced."""
+
+    where: str
+    args: tuple[str, ...]
+    real: tuple[str, ...]
+    command: bool = False  # in a code block (a command to copy), not inline code in a sentence
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """What it installs (options dropped)."""
+        return tuple(a for a in self.real if not a.startswith("-"))
+
+    @property
+    def local(self) -> bool:
+        """Whether it installs from this checkout (a path), not only from the index."""
+        return any(t.startswith((".", "/")) for t in self.targets)
+
+
+def install_lines() -> Iterator[InstallLine]:
     """Every ``pip install`` of README.md and docs/ (code blocks and inline code), with where it is."""
     for page in PAGES:
-        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        fenced = {n for b in ALL_BLOCKS if b.page == page for n in range(b.line, b.line + b.text.count("\n") + 1)}
+        for n, line in enumerate(lines, 1):
+            if line.rstrip().endswith("pip install") and n < len(lines):  # inline code broken across lines
+                line = f"{line.rstrip()} {lines[n].strip()}"
             for match in _PIP_INSTALL.finditer(line):
-                args = shlex.split(match["args"].strip())
-                yield f"{page.relative_to(REPO)}:{n}", args
+                args = tuple(shlex.split(match["args"].strip()))
+                yield InstallLine(f"{page.relative_to(REPO)}:{n}", args, tuple(map(_unplaceholder, args)), n in fenced)
 
 
-def _from_checkout(args: list[str]) -> list[str] | None:
-    """The arguments with placeholders replaced, if the line installs from this checkout (else None)."""
-    out = []
-    for arg in args:
-        for placeholder, real in PLACEHOLDERS.items():
-            if arg == placeholder or arg.startswith(placeholder + "["):
-                arg = real + arg[len(placeholder):]
-        out.append(arg)
-    local = [a for a in out if a.startswith((".", "/"))]
-    return out if local else None
+def _unplaceholder(arg: str) -> str:
+    for placeholder, real in PLACEHOLDERS.items():
+        if arg == placeholder or arg.startswith(placeholder + "["):
+            return real + arg[len(placeholder):]
+    return arg
 
 
-def _install_cases() -> list[Any]:
-    seen: dict[tuple[str, ...], str] = {}
-    cases = []
-    for where, args in install_lines():
-        real = _from_checkout(args)
-        key = tuple(a for a in (real or args) if a != "-e")  # -e changes where files go, not what is resolved
-        if key in seen:
+def requirements(line: InstallLine) -> frozenset[str]:
+    """Everything the line asks for before resolving: each local project, its dependencies and extras'."""
+    wanted: set[str] = set()
+    for target in line.targets:
+        path, _, extras = target.partition("[")
+        if not target.startswith((".", "/")):
+            wanted.add(_canonical(re.split(r"[<>=!~\[ ;]", target)[0]))
             continue
-        seen[key] = where
-        cases.append(pytest.param(where, args, real, id=f"{where}:{' '.join(args)}"))
-    return cases
+        project = tomllib.loads((REPO / path / "pyproject.toml").read_text())["project"]
+        wanted.add(_canonical(project["name"]))
+        todo = [e.strip() for e in extras.rstrip("]").split(",") if e.strip()]
+        wanted.update(project.get("dependencies", []))
+        seen: set[str] = set()
+        while todo:  # extras may name the project's own extras (dev = goatclaw-pipelines[dask] …)
+            extra = todo.pop()
+            if extra in seen:
+                continue
+            seen.add(extra)
+            for req in project.get("optional-dependencies", {})[extra]:
+                parsed = Requirement(req)
+                if _canonical(parsed.name) == _canonical(project["name"]):
+                    todo += sorted(parsed.extras)
+                else:
+                    wanted.add(str(parsed))
+    return frozenset(wanted)
 
 
-INSTALL_CASES = _install_cases()
+def _distinct_lines() -> list[InstallLine]:
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for line in install_lines():
+        key = tuple(a for a in line.real if a != "-e")  # -e changes where files go, not what is resolved
+        if key not in seen:
+            seen.add(key)
+            out.append(line)
+    return out
+
+
+INSTALL_LINES = _distinct_lines()
+
+
+def resolved_lines() -> list[InstallLine]:
+    """The lines resolved for real: the README's commands, and every local line that they do not cover.
+
+    A line covers another when it asks for everything the other asks for (the same projects and
+    at least the same extras): whatever the smaller line would pull in is in the bigger line's
+    resolution too, so resolving both would only take longer.
+    """
+    readme = [line for line in INSTALL_LINES if line.local and line.command and line.where.startswith("README.md:")]
+    return readme + [line for line in INSTALL_LINES if line.local and line not in readme
+                     and not any(requirements(line) <= requirements(big) for big in readme)]
+
+
+class Resolutions:
+    """``pip install --dry-run --report`` of each resolved line, started together, into empty venvs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.checkout = root / "checkout"
+        _copy_checkout(self.checkout)
+        self.running: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+        for i, line in enumerate(resolved_lines()):
+            venv = root / f"venv{i}"
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+            report = root / f"report{i}.json"
+            process = subprocess.Popen([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                                        "install", "--dry-run", "--quiet", "--report", str(report), *line.real],
+                                       cwd=self.checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.running[line.where] = (process, report)
+
+    def installs(self, line: InstallLine) -> list[dict[str, Any]]:
+        """What pip would install for ``line`` (waiting for its resolution)."""
+        process, report = self.running[line.where]
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, f"{line.where}: pip install {' '.join(line.real)} failed:\n{output[-4000:]}"
+        return json.loads(report.read_text())["install"]
+
+    def close(self) -> None:
+        for process, _ in self.running.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def resolutions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolutions]:
+    started = Resolutions(tmp_path_factory.mktemp("install"))
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 def test_install_lines_found() -> None:
     """The README's two commands are among the lines (the collector did not go blind)."""
-    found = {tuple(args) for _, args in install_lines()}
+    found = {line.args for line in install_lines()}
     assert ("-e", ".") in found and ("-e", ".[dev]", "./plugins/goatclaw-example") in found
+    assert requirements(next(line for line in INSTALL_LINES if line.args == ("-e", ".[dev]",
+                                                                             "./plugins/goatclaw-example"))) >= {
+        "goatclaw-pipelines", "goatclaw-example", "dask[distributed]>=2024.6", "wordllama>=0.4", "pytest>=8.0"}
 
 
 @pytest.mark.index
-@pytest.mark.parametrize(("where", "args", "real"), INSTALL_CASES)
-def test_install_line(where: str, args: list[str], real: list[str] | None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", [pytest.param(line, id=f"{line.where}:{' '.join(line.args)}")
+                                  for line in INSTALL_LINES])
+def test_install_line(line: InstallLine, resolutions: Resolutions) -> None:
     """``pip install`` of a documented line, in a fresh venv, takes nothing named goatclaw from an index.
 
     The PyPI name ``goatclaw`` belongs to an unrelated project; goatclaw's distribution is
-    ``goatclaw-pipelines``, which (with the example plugin) must come from this checkout. The line is
-    resolved for real (``pip install --dry-run --report``, which needs the package index) against a
-    copy of the checkout, into an empty virtual environment.
+    ``goatclaw-pipelines``, which (with the example plugin) must come from this checkout. The
+    README's two commands are resolved for real (``pip install --dry-run --report``, which needs the
+    package index) against a copy of the checkout, into an empty virtual environment; another
+    line is resolved too unless one of those asks for all it asks for.
     """
-    names = [a.split("[")[0] for a in (real or args) if not a.startswith("-")]
-    assert all(_canonical(n) != "goatclaw" for n in names), f"{where}: installs 'goatclaw' from the index"
-    if real is None:  # a line that installs only from the index (build, twine): nothing of ours in it
-        assert not any(_canonical(n).startswith("goatclaw") for n in names), f"{where}: {args}"
+    names = [_canonical(re.split(r"[<>=!~\[ ;]", t)[0]) for t in line.targets if not t.startswith((".", "/"))]
+    assert "goatclaw" not in names, f"{line.where}: installs the unrelated 'goatclaw' from the index"
+    if not line.local:  # only from the index (build, twine; a published plugin): nothing of this checkout
         return
-    checkout = tmp_path / "checkout"
-    _copy_checkout(checkout)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                           "--dry-run", "--quiet", "--report", str(report), *real],
-                          cwd=checkout, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{where}: pip install {' '.join(real)} failed:\n{done.stderr[-4000:]}"
-    installs = json.loads(report.read_text())["install"]
-    assert installs, f"{where}: pip would install nothing"
+    resolved = line if line in resolved_lines() else next(
+        big for big in resolved_lines() if requirements(line) <= requirements(big))
+    installs = resolutions.installs(resolved)
+    assert installs, f"{resolved.where}: pip would install nothing"
     for item in installs:
         name = _canonical(item["metadata"]["name"])
         url = item["download_info"]["url"]
-        assert name != "goatclaw", f"{where}: pip would install the unrelated 'goatclaw' from {url}"
+        assert name != "goatclaw", f"{resolved.where}: pip would install the unrelated 'goatclaw' from {url}"
         if name.startswith("goatclaw"):
-            assert url.startswith(checkout.as_uri()), f"{where}: {name} would come from {url}, not this checkout"
+            assert url.startswith(resolutions.checkout.as_uri()), \
+                f"{resolved.where}: {name} would come from {url}, not this checkout"
+    wanted = {_canonical(Requirement(r).name) for r in requirements(line)}
+    assert wanted <= {_canonical(i["metadata"]["name"]) for i in installs}, f"{line.where}: not all resolved"
 
 
 def _canonical(name: str) -> str:
