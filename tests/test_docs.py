@@ -447,7 +447,7 @@ def test_every_block_is_collected() -> None:
         fences = sum(1 for line in lines if _FENCE.match(line) or line.strip().startswith("```"))
         ours = [b for b in ALL_BLOCKS if b.page == page]
         assert fences == 2 * len(ours), f"{page.name}: {fences} fence lines for {len(ours)} blocks"
-        markers = [i for i, line in enumerate(lines, 1) if "docs-test:" in line]
+        markers = [i for i, line in enumerate(lines, 1) if _MARKER.match(line)]
         assert len(markers) == sum(1 for b in ours if b.marker), f"{page.name}: a docs-test marker not before a block"
 
 
