@@ -144,7 +144,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("build", "*.egg-info", "out"))
+            shutil.copytree(source, root / name,
+                            ignore=shutil.ignore_patterns("build", "*.egg-info", "out", "__pycache__"))
         else:
             shutil.copy2(source, root / name)
     (root / "schemas").symlink_to(SCHEMAS)
