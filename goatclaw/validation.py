@@ -41,7 +41,7 @@ from goatclaw.template import compile_expression, compile_value
 from goatclaw.userfile import read_bytes
 
 __all__ = ["FORMATS", "JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "budget_problems", "check_output",
-           "judge_messages", "judge_verdict", "llm_problems", "rule_problem"]
+           "judge_messages", "judge_verdict", "llm_problems", "rule_label", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -69,9 +69,23 @@ _JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
 }
 
 
+def rule_label(number: Any, kind: Any = None, severity: Any = None) -> str:
+    """``rule 2 (expr)``, or ``rule 2 (expr, warn)``: how every message names a rule of ``validate:``.
+
+    ``number`` counts from 1, in the order the file lists the rules (a verdict's ``rule``
+    field in events and reports is that number too).
+    """
+    detail = ", ".join(str(x) for x in (kind, severity) if x)
+    return f"rule {number if number is not None else '?'}" + (f" ({detail})" if detail else "")
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One rule's verdict on an output. ``passed`` is ``None`` when the rule was not evaluated."""
+    """One rule's verdict on an output. ``passed`` is ``None`` when the rule was not evaluated.
+
+    ``index`` counts from 0 (the rule's place in the task's list); messages and event data
+    number rules from 1 (:func:`rule_label`).
+    """
 
     index: int
     kind: str
@@ -80,8 +94,8 @@ class Verdict:
     severity: str
 
     def to_dict(self) -> dict[str, Any]:
-        """The verdict as event data."""
-        return {"rule": self.index, "kind": self.kind, "passed": self.passed, "message": self.message,
+        """The verdict as event data (``rule``: its number, from 1)."""
+        return {"rule": self.index + 1, "kind": self.kind, "passed": self.passed, "message": self.message,
                 "severity": self.severity}
 
 
@@ -170,7 +184,7 @@ def failure(verdicts: list[Verdict], output: Any = None) -> Rejected | None:
     failed = [v for v in verdicts if v.passed is False and v.severity == "error"]
     if not failed:
         return None
-    text = "; ".join(f"rule {v.index + 1} ({v.kind}): {v.message}" for v in failed)
+    text = "; ".join(f"{rule_label(v.index + 1, v.kind)}: {v.message}" for v in failed)
     return Rejected(f"the output failed validation: {text}", output, verdicts)
 
 
