@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
-from goatclaw.cli.text import error_text, shown
+from goatclaw.cli.text import shown
 
 __all__ = ["memory_app"]
 
@@ -210,8 +210,11 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
     if not found:
         console.print(f"run {run_id} has no failed task")
     for e in found:
-        console.print(f"[bold red]✗ {shown(e.task, markup=True)}:[/bold red] "
-                      f"{error_text(e.error_class, e.error, markup=True)}", markup=True, highlight=False)
+        message = str(e.error or "")
+        if e.error_class and message.startswith(f"{e.error_class}: "):  # the class is in the parentheses already
+            message = message[len(e.error_class) + 2:]
+        console.print(f"[bold red]✗ {shown(e.task, markup=True)}[/bold red] ({e.error_class}): "
+                      f"{shown(message, markup=True)}", markup=True, highlight=False)
         if not e.similar:
             console.print("  nothing like it was seen before")
         for s in e.similar:

@@ -183,6 +183,8 @@ class LiveView:
     def __exit__(self, *exc: Any) -> None:
         self.live.refresh()
         self.live.__exit__(*exc)
+        if not self.console.is_terminal:  # rich leaves the last frame's line open there: end it, once
+            self.console.line()
 
     def _on_hook(self, ev: Event) -> None:
         self.console.print(Text(f"! {incident_text(ev.topic, ev.task, ev.data)}", style="yellow"))
