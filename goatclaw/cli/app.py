@@ -82,6 +82,7 @@ def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from goatclaw.cli.render import print_problems
+        from goatclaw.cli.text import shown
         from goatclaw.errors import GoatclawError, SpecError
 
         try:
@@ -90,7 +91,8 @@ def handles_errors(fn: F) -> F:
             print_problems(exc.problems, _err())
             raise typer.Exit(exc.exit_code) from None
         except GoatclawError as exc:
-            _err().print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+            _err().print(f"[red]error:[/] {shown(exc, lines=20, width=1000, markup=True)}", markup=True,
+                         soft_wrap=True)  # a message may quote a task's text: escaped, never read as markup
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
             _err().print("[magenta]cancelled[/]")
