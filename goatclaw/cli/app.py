@@ -527,6 +527,8 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which LLM providers are usable here (API keys, a local Ollama server) and the store's health."""
+    from rich.markup import escape
+
     from goatclaw.api import load_project_for
     from goatclaw.providers import doctor as diagnose
 
@@ -547,7 +549,7 @@ def doctor(
     st = report["store"]
     mark = "[green]✓[/]" if st["ok"] else "[red]✗[/]"
     extra = "".join(f", {k} {st[k]}" for k in ("schema_version", "runs", "size_bytes") if st.get(k) is not None)
-    out.print(f"[bold]store[/]\n  {mark} {st['path']}: {st['message']}{extra}", soft_wrap=True)
+    out.print(f"[bold]store[/]\n  {mark} {escape(str(st['path']))}: {escape(st['message'] + extra)}", soft_wrap=True)
     if not st["ok"]:
         raise typer.Exit(1)
 

@@ -407,9 +407,9 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
         console.print(Text(f"  interrupted: the process that ran it (pid {owner_pid(run.owner)}) is gone; "
                            "goatclaw apply FILE --resume finishes it", style="yellow"), soft_wrap=True)
     console.print(f"  file: {run.file}   started: {datetime.fromtimestamp(run.started_at):%Y-%m-%d %H:%M:%S}"
-                  f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False)
+                  f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False, markup=False)
     if run.vars:
-        console.print(f"  vars: {json.dumps(run.vars)}", highlight=False, soft_wrap=True)
+        console.print(f"  vars: {json.dumps(run.vars)}", highlight=False, markup=False, soft_wrap=True)
     if run.error:
         console.print(Text(f"  error: {shown(run.error, lines=3)}", style="red"))
     table = Table(header_style="bold")
@@ -549,11 +549,12 @@ def print_dead_letter(d: DeadLetter, console: Console) -> None:
     console.print(Text(f"dead letter {d.id}: {d.kind} {d.task_id or ''} in run {d.run_id}", style="bold"))
     console.print(f"  when: {datetime.fromtimestamp(d.created_at):%Y-%m-%d %H:%M:%S}", highlight=False)
     if d.topic:
-        console.print(f"  topic: {d.topic}", highlight=False)
+        console.print(f"  topic: {d.topic}", highlight=False, markup=False)
     console.print(Text(f"  error: {error_text(d.error_class, d.error, lines=20, width=500)}", style="red"),
                   soft_wrap=True)
     console.print("  inputs:", highlight=False)
-    console.print(json.dumps(d.inputs, indent=2, ensure_ascii=False, default=str), highlight=False, soft_wrap=True)
+    console.print(json.dumps(d.inputs, indent=2, ensure_ascii=False, default=str), highlight=False, markup=False,
+                  soft_wrap=True)  # a task's inputs, as written: never read as markup
     if d.replayed_at:
         console.print(f"  replayed {datetime.fromtimestamp(d.replayed_at):%Y-%m-%d %H:%M:%S}: {d.replay_status}",
                       highlight=False)
