@@ -18,8 +18,8 @@ from goatclaw.errors import error_line
 __all__ = ["error_text", "item_label", "shown"]
 
 #: C0 and C1 control characters (tab and newline are handled before), DEL, and the Unicode
-#: bidirectional overrides that can make a line read backwards.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: line and paragraph separators and the bidirectional overrides that can make a line read backwards.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def _escape_control(text: str) -> str:
