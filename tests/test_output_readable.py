@@ -296,15 +296,3 @@ def test_seen_before_and_why_never_list_a_failure_of_the_same_run(write_pipeline
     first_id = _run_id(first.output)
     assert all(first_id in (s["metadata"].get("runs") or [s["metadata"].get("run")]) for s in past), past
 
-
-def test_an_error_quoting_markup_is_printed_as_written(write_pipeline) -> None:
-    write_pipeline("""
-        version: 1
-        name: fine
-        tasks:
-          a: {uses: echo, with: {value: 1}}
-        """)
-    assert invoke("apply", "p.yaml", "-o", "plain").exit_code == 0
-    result = invoke("runs", "show", "[/bold]")
-    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None))), result.exception
-    assert "error: no run '[/bold]'" in result.output, result.output

@@ -82,7 +82,6 @@ def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from goatclaw.cli.render import print_problems
-        from goatclaw.cli.text import shown
         from goatclaw.errors import GoatclawError, SpecError
 
         try:
@@ -91,8 +90,7 @@ def handles_errors(fn: F) -> F:
             print_problems(exc.problems, _err())
             raise typer.Exit(exc.exit_code) from None
         except GoatclawError as exc:
-            _err().print(f"[red]error:[/] {shown(exc, lines=20, width=1000, markup=True)}", markup=True,
-                         soft_wrap=True)  # a message may quote a task's text: escaped, never read as markup
+            _err().print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
             _err().print("[magenta]cancelled[/]")
@@ -527,8 +525,6 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Which LLM providers are usable here (API keys, a local Ollama server) and the store's health."""
-    from rich.markup import escape
-
     from goatclaw.api import load_project_for
     from goatclaw.providers import doctor as diagnose
 
@@ -549,7 +545,7 @@ def doctor(
     st = report["store"]
     mark = "[green]✓[/]" if st["ok"] else "[red]✗[/]"
     extra = "".join(f", {k} {st[k]}" for k in ("schema_version", "runs", "size_bytes") if st.get(k) is not None)
-    out.print(f"[bold]store[/]\n  {mark} {escape(str(st['path']))}: {escape(st['message'] + extra)}", soft_wrap=True)
+    out.print(f"[bold]store[/]\n  {mark} {st['path']}: {st['message']}{extra}", soft_wrap=True)
     if not st["ok"]:
         raise typer.Exit(1)
 
