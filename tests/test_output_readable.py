@@ -14,10 +14,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from local_http import serving
+from rich.text import Text
 from typer.testing import CliRunner
 
 from goatclaw.cli.app import app
+from goatclaw.cli.text import shown
+from goatclaw.money import usd
 from goatclaw.store import MIGRATIONS, Store
 
 PAGE = ("<!DOCTYPE html>\n<html>\n<head>\n<title>404 Not Found</title>\n</head>\n<body>\n<h1>Not Found</h1>\n"
@@ -296,3 +301,28 @@ def test_seen_before_and_why_never_list_a_failure_of_the_same_run(write_pipeline
     first_id = _run_id(first.output)
     assert all(first_id in (s["metadata"].get("runs") or [s["metadata"].get("run")]) for s in past), past
 
+
+
+_NOT_SHOWN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
+
+
+@given(st.text(), st.integers(1, 4), st.integers(2, 200))
+def test_shown_text_is_bounded_and_carries_no_control_character(text: str, lines: int, width: int) -> None:
+    out = shown(text, lines=lines, width=width)
+    rows = out.split("\n") if out else []
+    assert len(rows) <= lines
+    assert not _NOT_SHOWN.search(out)
+    for row in rows[:-1]:
+        assert len(row) <= width
+    if rows:
+        assert len(re.sub(r" … \(\+\d+ lines?\)$", "", rows[-1])) <= width
+    assert Text.from_markup(shown(text, lines=lines, width=width, markup=True)).plain == out  # markup: as written
+
+
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_a_dollar_amount_keeps_what_a_person_needs(amount: float) -> None:
+    text = usd(amount)
+    assert text.startswith(("$", "<$"))
+    if amount >= 0.000001:
+        shown_value = float(text.lstrip("<$").replace(",", ""))
+        assert shown_value > 0 and abs(shown_value - amount) <= max(0.005, amount * 0.01) + 1e-6, (amount, text)
