@@ -21,8 +21,6 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from goatclaw.cli.app import app
-from goatclaw.cli.text import shown
-from goatclaw.money import usd
 from goatclaw.store import MIGRATIONS, Store
 
 PAGE = ("<!DOCTYPE html>\n<html>\n<head>\n<title>404 Not Found</title>\n</head>\n<body>\n<h1>Not Found</h1>\n"
@@ -110,14 +108,17 @@ def test_a_retry_line_does_not_repeat_the_whole_script(write_pipeline) -> None:
             with:
               script: |
                 echo first
-                echo only-in-the-script >&2
+                : only-in-the-script
+                echo the-reason >&2
                 exit 3
         """)
     result = invoke("apply", "p.yaml", "-o", "plain")
     assert result.exit_code == 1, result.output
     retry, = [line for line in result.output.splitlines() if "↻" in line]
-    assert "command exited with code 3: bash -c echo first … (+" in retry, retry
-    assert "only-in-the-script" not in result.output, result.output
+    assert "(internal: command exited with code 3: bash -c echo first …: the-reason); retrying" in retry, retry
+    assert "only-in-the-script" not in result.output, result.output  # nor in the summary
+    shown = invoke("runs", "show")
+    assert "the-reason" in shown.output and "only-in-the-script" not in shown.output, shown.output
 
 
 def test_fan_out_lines_name_their_item(write_pipeline) -> None:
@@ -308,6 +309,8 @@ _NOT_SHOWN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]
 
 @given(st.text(), st.integers(1, 4), st.integers(2, 200))
 def test_shown_text_is_bounded_and_carries_no_control_character(text: str, lines: int, width: int) -> None:
+    from goatclaw.cli.text import shown
+
     out = shown(text, lines=lines, width=width)
     rows = out.split("\n") if out else []
     assert len(rows) <= lines
@@ -321,6 +324,8 @@ def test_shown_text_is_bounded_and_carries_no_control_character(text: str, lines
 
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
 def test_a_dollar_amount_keeps_what_a_person_needs(amount: float) -> None:
+    from goatclaw.money import usd
+
     text = usd(amount)
     assert text.startswith(("$", "<$"))
     if amount >= 0.000001:
