@@ -27,7 +27,7 @@ import datetime
 import ipaddress
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +100,16 @@ class Verdict:
 
 
 def check_output(rules: tuple[Rule, ...], output: Any, context: Mapping[str, Any], *, base: Path,
-                 validator: Callable[[str], Any]) -> list[Verdict]:
+                 validator: Callable[[str], Any], places: Sequence[int] | None = None) -> list[Verdict]:
     """Every rule's verdict on ``output``, in order.
 
     ``context`` is the task's template context (``output`` is added); ``base`` is the
     folder that schema ``$ref`` paths start from; ``validator(name)`` finds a custom one.
+    ``places`` are the rules' indexes in the task's list when ``rules`` is a part of it
+    (so that a rule keeps its number in messages).
     """
     verdicts = []
-    for i, rule in enumerate(rules):
+    for i, rule in zip(places if places is not None else range(len(rules)), rules, strict=True):
         passed, why = _judge(rule, output, context, base, validator)
         message = rule.message if (passed is False and rule.message) else why
         verdicts.append(Verdict(i, rule.kind, passed, message, rule.severity))
@@ -121,8 +123,9 @@ async def acheck_output(rules: tuple[Rule, ...], output: Any, context: Mapping[s
     ``judge(rule, criterion, output)`` asks the LLM; without one, judge rules are not evaluated.
     """
     cheap = [(i, r) for i, r in enumerate(rules) if r.kind != "judge"]
-    found = check_output(tuple(r for _, r in cheap), output, context, base=base, validator=validator)
-    verdicts = {i: Verdict(i, v.kind, v.passed, v.message, v.severity) for (i, _), v in zip(cheap, found, strict=True)}
+    found = check_output(tuple(r for _, r in cheap), output, context, base=base, validator=validator,
+                         places=[i for i, _ in cheap])
+    verdicts = {v.index: v for v in found}
     blocked = any(v.passed is False and v.severity == "error" for v in verdicts.values())
     for i, rule in enumerate(rules):
         if rule.kind != "judge":

@@ -331,3 +331,32 @@ def test_a_dollar_amount_keeps_what_a_person_needs(amount: float) -> None:
     if amount >= 0.000001:
         shown_value = float(text.lstrip("<$").replace(",", ""))
         assert shown_value > 0 and abs(shown_value - amount) <= max(0.005, amount * 0.01) + 1e-6, (amount, text)
+
+
+def test_a_stale_cached_output_names_the_rule_by_its_place_in_the_list(write_pipeline, srv, store_path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from openai_server import Reply
+
+    import goatclaw
+
+    srv.respond = lambda body: Reply(json.dumps({"verdict": "pass", "score": 1, "reason": "a number"}))
+    monkeypatch.setenv("OPENAI_API_BASE", srv.api_base)  # where the judge of a non-llm task asks
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    path = write_pipeline("""
+        version: 1
+        name: judged
+        vars: {least: 1}
+        tasks:
+          count:
+            uses: echo
+            with: {value: {n: 3}}
+            validate:
+              - {judge: It is a count, model: openai/gpt-4o-mini}
+              - expr: "output.n >= vars.least"
+        """)
+    assert goatclaw.run(path).ok
+    stricter = goatclaw.run(path, vars={"least": 5})
+    assert "rule 2 (expr)" in (stricter.tasks["count"].error or ""), stricter.tasks["count"].error
+    with Store.open(store_path) as db:
+        stale, = [e for e in db.events(stricter.run_id) if e["topic"] == "task.cache.stale"]
+    assert "rule 2 (expr)" in stale["data"]["reason"], stale
