@@ -368,7 +368,7 @@ def _item_case(pipeline: str, t: TaskReport, item: ItemReport) -> ET.Element:
     if item.outcome == "failed":
         failure = ET.SubElement(case, "failure", message=xml_text(item.error or "failed"),
                                 type=xml_text(item.error_class or "error"))
-        failure.text = xml_text("\n".join([f"{item.error_class}: {item.error}", f"attempts: {item.attempts}",
+        failure.text = xml_text("\n".join([error_line(item.error_class, item.error), f"attempts: {item.attempts}",
                                        *(_verdict_line(v) for v in item.verdicts)]))
     elif item.outcome == "skipped":
         ET.SubElement(case, "skipped", message=xml_text(item.error or "skipped"))
@@ -435,7 +435,7 @@ def markdown(report: RunReport) -> str:
         for t in failed:
             lines.append(f"- **`{_md(t.id)}`** ({t.error_class}): {_md(t.error)}")
             lines += [f"  - {_md(_verdict_line(v))}" for v in t.verdicts if v.get("severity") != "warn"]
-            lines += [f"  - item {i.index}: {_md(f'{i.error_class}: {i.error}')}"
+            lines += [f"  - item {i.index}: {_md(error_line(i.error_class, i.error))}"
                       for i in t.items or () if i.outcome == "failed"]
         lines.append("")
     if report.warnings:
