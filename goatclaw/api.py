@@ -232,7 +232,9 @@ async def arun(
 def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Path | None) -> None:
     """A run whose calls cost more than ``max_cost`` (estimates let them through) fails, in the store too."""
     result.status = RunStatus.FAILED
-    result.error = f"the run cost ${spent:.6f}, over max_cost ${max_cost:g}"
+    from goatclaw.money import usd
+
+    result.error = f"the run cost {usd(spent)}, over max_cost {usd(max_cost)}"
     if store_path is not None:
         with Store.open(store_path) as db:
             db.fail_run(result.run_id, result.error)

@@ -36,6 +36,7 @@ __all__ = [
     "TaskError",
     "TaskTimeout",
     "TemplateError",
+    "error_line",
 ]
 
 #: The error classes that retry policies, breakers and fallbacks reason about.
@@ -174,6 +175,19 @@ class PluginError(GoatclawError):
 
 class StoreError(GoatclawError):
     """The SQLite store cannot be opened, migrated or read."""
+
+
+def error_line(error_class: str | None, message: object) -> str:
+    """``class: message``, with the class once: a message that already starts with it keeps it as is.
+
+    A plugin's exception is stored as ``ValueError: bad`` with class ``ValueError``, and a
+    budget refusal says ``budget: …`` with class ``budget``; shown as ``class: message``
+    they would read ``ValueError: ValueError: bad``.
+    """
+    text = "" if message is None else str(message)
+    if not error_class or text == error_class or text.startswith((f"{error_class}:", f"{error_class} ")):
+        return text
+    return f"{error_class}: {text}" if text else error_class
 
 
 class RunCancelled(GoatclawError):

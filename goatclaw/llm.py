@@ -526,8 +526,10 @@ async def _admit(s: Session, model: str, request: Request) -> float:
     estimate = _cost(model, prompt_tokens, request.max_tokens or _output_limit(model))
     committed = s.spent_usd + s.reserved_usd
     if s.spent_usd >= s.budget_usd or committed + estimate > s.budget_usd:
-        raise TaskError(f"budget: a call to {model} could cost ${estimate:.6f} and ${committed:.6f} of the "
-                        f"${s.budget_usd:.2f} budget is spent or in flight", error_class="budget",
+        from goatclaw.money import usd
+
+        raise TaskError(f"a call to {model} could cost {usd(estimate)} and {usd(committed)} of the "
+                        f"{usd(s.budget_usd)} budget is spent or in flight", error_class="budget",
                         details={"spent_usd": s.spent_usd, "budget_usd": s.budget_usd, "estimate_usd": estimate})
     s.reserved_usd += estimate
     return estimate

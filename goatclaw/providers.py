@@ -242,6 +242,16 @@ def _model_choice(model: str | None, fallbacks: tuple[str, ...], providers: list
                        f"goatclaw.yaml{hint}"}
 
 
+def _schema_version(con: Any) -> int:
+    """How many of the store's migrations have run (the store records them by name, not in ``user_version``)."""
+    import sqlite3
+
+    try:
+        return int(con.execute("SELECT count(*) FROM migrations").fetchone()[0])
+    except sqlite3.Error:  # a file from before migrations were recorded, or not a goatclaw store
+        return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+
 def _store_health(path: Path | None) -> dict[str, Any]:
     """Whether the store opens, its size, schema version and run count; never creates one."""
     if path is None:
@@ -255,7 +265,7 @@ def _store_health(path: Path | None) -> dict[str, Any]:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
         try:
             info["integrity"] = con.execute("PRAGMA quick_check").fetchone()[0]
-            info["schema_version"] = con.execute("PRAGMA user_version").fetchone()[0]
+            info["schema_version"] = _schema_version(con)
             try:
                 info["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
             except sqlite3.Error:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from goatclaw.errors import GoatclawError
+from goatclaw.errors import GoatclawError, error_line
 from goatclaw.history import llm_costs
+from goatclaw.money import usd
 from goatclaw.store import RunRow, Store, TaskRow
 
 __all__ = ["FORMATS", "ItemReport", "RunReport", "TaskReport", "build", "parse_target", "render", "write", "xml_text"]
@@ -284,8 +285,10 @@ def _seconds(value: float | None) -> str:
 
 
 def _verdict_line(v: Mapping[str, Any]) -> str:
-    item = f"[{v['item']}]" if v.get("item") is not None else ""
-    return f"rule {v.get('rule')}{item} {v.get('kind')} ({v.get('severity', 'error')}): {v.get('message')}"
+    from goatclaw.validation import rule_label
+
+    item = f"item {v['item']}: " if v.get("item") is not None else ""
+    return f"{item}{rule_label(v.get('rule'), v.get('kind'), v.get('severity', 'error'))}: {v.get('message')}"
 
 
 def junit(report: RunReport) -> str:
@@ -336,9 +339,9 @@ def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
     if t.outcome == "failed":
         failure = ET.SubElement(case, "failure", message=xml_text(t.error or "failed"),
                                 type=xml_text(t.error_class or "error"))
-        lines = [f"{t.error_class}: {t.error}", f"attempts: {t.attempts}"]
+        lines = [error_line(t.error_class, t.error), f"attempts: {t.attempts}"]
         lines += [_verdict_line(v) for v in t.verdicts if v.get("severity") != "warn"]
-        lines += [f"attempt {a['attempt']}{_item_of(a)} failed: {a['error_class']}: {a['error']}"
+        lines += [f"attempt {a['attempt']}{_item_of(a)} failed: {error_line(a['error_class'], a['error'])}"
                   for a in t.failed_attempts]
         failure.text = xml_text("\n".join(lines))
     elif t.outcome == "skipped":
@@ -347,7 +350,7 @@ def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
         ET.SubElement(case, "skipped", message=xml_text(f"{t.status}: {reason}"))
     out_lines = [f"status: {t.status}"]
     if t.llm_calls:
-        out_lines.append(f"llm: {t.llm_calls} calls, ${t.cost_usd:.6f}")
+        out_lines.append(f"llm: {t.llm_calls} calls, {usd(t.cost_usd)}")
     out_lines += [f"warning: {_verdict_line(v)}" for v in t.warnings]
     if t.outcome == "passed" and t.output is not None:
         out_lines.append("output: " + _short(t.output, 2000))
@@ -365,7 +368,7 @@ def _item_case(pipeline: str, t: TaskReport, item: ItemReport) -> ET.Element:
     if item.outcome == "failed":
         failure = ET.SubElement(case, "failure", message=xml_text(item.error or "failed"),
                                 type=xml_text(item.error_class or "error"))
-        failure.text = xml_text("\n".join([f"{item.error_class}: {item.error}", f"attempts: {item.attempts}",
+        failure.text = xml_text("\n".join([error_line(item.error_class, item.error), f"attempts: {item.attempts}",
                                        *(_verdict_line(v) for v in item.verdicts)]))
     elif item.outcome == "skipped":
         ET.SubElement(case, "skipped", message=xml_text(item.error or "skipped"))
@@ -382,7 +385,7 @@ def _short(value: Any, limit: int) -> str:
 
 
 def _over_budget(report: RunReport) -> str:
-    return f"the run cost ${report.cost_usd:.6f}, over --max-cost ${report.max_cost:.6f}"
+    return f"the run cost {usd(report.cost_usd)}, over --max-cost {usd(report.max_cost)}"
 
 
 _ICON = {"succeeded": "✅", "cached": "✅", "failed": "❌", "skipped": "⏭️", "upstream_failed": "⛔",
@@ -406,24 +409,24 @@ def markdown(report: RunReport) -> str:
         lines += [f"> {_md(run.error)}", ""]
     lines += ["| task | status | attempts | time | cost | detail |", "|---|---|--:|--:|--:|---|"]
     for t in report.tasks:
-        detail = f"{t.error_class}: {t.error}" if t.error else ""
+        detail = error_line(t.error_class, t.error) if t.error else ""
         if t.items is not None:
             passed = sum(1 for i in t.items if i.outcome == "passed")
             detail = (f"{passed}/{len(t.items)} items passed" + (f"; {detail}" if detail else ""))
         if t.warnings:
             detail += ("; " if detail else "") + f"{len(t.warnings)} warning(s)"
         time_ = "" if t.duration is None else f"{t.duration:.2f}s"
-        cost = f"${t.cost_usd:.4f}" if t.llm_calls else ""
+        cost = usd(t.cost_usd) if t.llm_calls else ""
         lines.append(f"| `{_md(t.id)}` | {_ICON.get(t.status, '')} {t.status} | {t.attempts} | {time_} | {cost} | "
                      f"{_md(_short(detail, 200))} |")
     lines.append("")
     llm = report.llm
     if llm.get("calls"):
-        budget = f" of --max-cost ${report.max_cost:.4f}" if report.max_cost is not None else ""
-        lines += [f"**Cost:** ${report.cost_usd:.6f}{budget} ({llm['calls']} LLM calls, "
+        budget = f" of --max-cost {usd(report.max_cost)}" if report.max_cost is not None else ""
+        lines += [f"**Cost:** {usd(report.cost_usd)}{budget} ({llm['calls']} LLM calls, "
                   f"{llm.get('prompt_tokens', 0)} + {llm.get('completion_tokens', 0)} tokens).", ""]
     elif report.max_cost is not None:
-        lines += [f"**Cost:** $0 of --max-cost ${report.max_cost:.4f} (no LLM calls).", ""]
+        lines += [f"**Cost:** $0 of --max-cost {usd(report.max_cost)} (no LLM calls).", ""]
     if report.over_budget:
         lines += [f"**Over budget:** {_over_budget(report)}.", ""]
     failed = [t for t in report.tasks if t.outcome == "failed"]
@@ -432,7 +435,7 @@ def markdown(report: RunReport) -> str:
         for t in failed:
             lines.append(f"- **`{_md(t.id)}`** ({t.error_class}): {_md(t.error)}")
             lines += [f"  - {_md(_verdict_line(v))}" for v in t.verdicts if v.get("severity") != "warn"]
-            lines += [f"  - item {i.index}: {_md(f'{i.error_class}: {i.error}')}"
+            lines += [f"  - item {i.index}: {_md(error_line(i.error_class, i.error))}"
                       for i in t.items or () if i.outcome == "failed"]
         lines.append("")
     if report.warnings:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw.engine.state import RunResult
-from goatclaw.errors import GoatclawError, Location, Problem, SpecError, TemplateError
+from goatclaw.errors import GoatclawError, Location, Problem, SpecError, TemplateError, error_line
 from goatclaw.spec.loader import Document, dotted, load_file
 from goatclaw.spec.model import Pipeline
 from goatclaw.spec.schema import check_document
@@ -298,7 +298,7 @@ def judge(case: PipelineTest, run: RunResult) -> Iterator[Check]:
     """Every expectation of ``case`` that ``run`` does not meet."""
     expect = case.expect
     if "status" in expect and run.status.value != expect["status"]:
-        failed = [f"{tid}: {t.status.value}: {t.error_class}: {t.error}" for tid, t in run.tasks.items()
+        failed = [f"{tid}: {t.status.value}: {error_line(t.error_class, t.error)}" for tid, t in run.tasks.items()
                   if t.status.value in ("failed", "upstream_failed", "cancelled")]
         why = [f"run error: {run.error}"] if run.error else []
         yield Check(f"expected the run to be {expect['status']}, it {run.status.value}",
@@ -320,7 +320,7 @@ def _judge_task(case: PipelineTest, run: RunResult, tid: str, want: Mapping[str,
         yield Check(f"task '{tid}' was not part of the run (see only:)", where)
         return
     if "status" in want and res.status.value != want["status"]:
-        why = (f"{res.error_class}: {res.error}",) if res.error else ()
+        why = (error_line(res.error_class, res.error),) if res.error else ()
         yield Check(f"tasks.{tid}.status: expected {want['status']}, got {res.status.value}", where, why)
     if "output" in want and res.output != want["output"]:
         yield Check(f"tasks.{tid}.output: not the expected output", where,

@@ -27,7 +27,7 @@ import datetime
 import ipaddress
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from goatclaw.template import compile_expression, compile_value
 from goatclaw.userfile import read_bytes
 
 __all__ = ["FORMATS", "JUDGE_SCHEMA", "Rejected", "Verdict", "acheck_output", "budget_problems", "check_output",
-           "judge_messages", "judge_verdict", "llm_problems", "rule_problem"]
+           "judge_messages", "judge_verdict", "llm_problems", "rule_label", "rule_problem"]
 
 #: The JSON a judge must answer with.
 JUDGE_SCHEMA: Mapping[str, Any] = {
@@ -69,9 +69,23 @@ _JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
 }
 
 
+def rule_label(number: Any, kind: Any = None, severity: Any = None) -> str:
+    """``rule 2 (expr)``, or ``rule 2 (expr, warn)``: how every message names a rule of ``validate:``.
+
+    ``number`` counts from 1, in the order the file lists the rules (a verdict's ``rule``
+    field in events and reports is that number too).
+    """
+    detail = ", ".join(str(x) for x in (kind, severity) if x)
+    return f"rule {number if number is not None else '?'}" + (f" ({detail})" if detail else "")
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One rule's verdict on an output. ``passed`` is ``None`` when the rule was not evaluated."""
+    """One rule's verdict on an output. ``passed`` is ``None`` when the rule was not evaluated.
+
+    ``index`` counts from 0 (the rule's place in the task's list); messages and event data
+    number rules from 1 (:func:`rule_label`).
+    """
 
     index: int
     kind: str
@@ -80,20 +94,22 @@ class Verdict:
     severity: str
 
     def to_dict(self) -> dict[str, Any]:
-        """The verdict as event data."""
-        return {"rule": self.index, "kind": self.kind, "passed": self.passed, "message": self.message,
+        """The verdict as event data (``rule``: its number, from 1)."""
+        return {"rule": self.index + 1, "kind": self.kind, "passed": self.passed, "message": self.message,
                 "severity": self.severity}
 
 
 def check_output(rules: tuple[Rule, ...], output: Any, context: Mapping[str, Any], *, base: Path,
-                 validator: Callable[[str], Any]) -> list[Verdict]:
+                 validator: Callable[[str], Any], places: Sequence[int] | None = None) -> list[Verdict]:
     """Every rule's verdict on ``output``, in order.
 
     ``context`` is the task's template context (``output`` is added); ``base`` is the
     folder that schema ``$ref`` paths start from; ``validator(name)`` finds a custom one.
+    ``places`` are the rules' indexes in the task's list when ``rules`` is a part of it
+    (so that a rule keeps its number in messages).
     """
     verdicts = []
-    for i, rule in enumerate(rules):
+    for i, rule in zip(places if places is not None else range(len(rules)), rules, strict=True):
         passed, why = _judge(rule, output, context, base, validator)
         message = rule.message if (passed is False and rule.message) else why
         verdicts.append(Verdict(i, rule.kind, passed, message, rule.severity))
@@ -107,8 +123,9 @@ async def acheck_output(rules: tuple[Rule, ...], output: Any, context: Mapping[s
     ``judge(rule, criterion, output)`` asks the LLM; without one, judge rules are not evaluated.
     """
     cheap = [(i, r) for i, r in enumerate(rules) if r.kind != "judge"]
-    found = check_output(tuple(r for _, r in cheap), output, context, base=base, validator=validator)
-    verdicts = {i: Verdict(i, v.kind, v.passed, v.message, v.severity) for (i, _), v in zip(cheap, found, strict=True)}
+    found = check_output(tuple(r for _, r in cheap), output, context, base=base, validator=validator,
+                         places=[i for i, _ in cheap])
+    verdicts = {v.index: v for v in found}
     blocked = any(v.passed is False and v.severity == "error" for v in verdicts.values())
     for i, rule in enumerate(rules):
         if rule.kind != "judge":
@@ -170,7 +187,7 @@ def failure(verdicts: list[Verdict], output: Any = None) -> Rejected | None:
     failed = [v for v in verdicts if v.passed is False and v.severity == "error"]
     if not failed:
         return None
-    text = "; ".join(f"rule {v.index + 1} ({v.kind}): {v.message}" for v in failed)
+    text = "; ".join(f"{rule_label(v.index + 1, v.kind)}: {v.message}" for v in failed)
     return Rejected(f"the output failed validation: {text}", output, verdicts)
 
 

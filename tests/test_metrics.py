@@ -86,7 +86,7 @@ def test_stats_per_plugin_with_llm_tokens_and_cost(write_pipeline: Callable[...,
     assert ask["plugin"] == "llm" and ask["prompt_tokens"] == 22
     shown = CliRunner().invoke(app, ["stats"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
-    assert "per plugin" in shown.output and "per task" in shown.output and "$0.0000" in shown.output
+    assert "per plugin" in shown.output and "per task" in shown.output and "$0" in shown.output
 
 
 def test_shell_tasks_report_cpu_and_peak_memory(write_pipeline: Callable[..., Path], store_path: Path) -> None:

@@ -186,7 +186,7 @@ def apply(
             result = border.run(run())
         print_result(result, console)
     elif mode == "plain":
-        PlainView(bus, timestamps=_in_ci())
+        PlainView(bus, timestamps=_in_ci(), footer=False)  # print_result writes the final line
         result = border.run(run())
         print_result(result, Console(highlight=False, no_color=True, soft_wrap=True))
     else:
@@ -200,7 +200,7 @@ def apply(
 
         print_seen_before(result.store_path, result.run_id,
                           _out() if mode == "rich" else Console(highlight=False, no_color=True, soft_wrap=True))
-    code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost)
+    code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost, warnings_shown=mode != "json")
     if code:
         raise typer.Exit(code)
 
@@ -300,6 +300,7 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
     """The ``plan --cost`` estimate: one line per llm task and a total (to stderr beside json)."""
     from goatclaw.api import load_project_for
     from goatclaw.llm import estimate_costs
+    from goatclaw.money import usd
 
     rows = estimate_costs(pipeline, load_project_for(file).model)
     out = _err() if as_json else _out()
@@ -315,11 +316,11 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
             price = "?"
         else:
             total += r["usd"]
-            price = f"${r['usd']:.6f}" + (" per item" if r["per_item"] else "")
+            price = usd(r["usd"]) + (" per item" if r["per_item"] else "")
         out.print(f"  {r['task']:<20} {r['model'] or '-':<28} {r['prompt_tokens']:>6} + {r['max_tokens']:<6} "
                   f"tokens  {price}", highlight=False, soft_wrap=True)
     rest = f" (+ {unknown} not priced)" if unknown else ""
-    out.print(f"  total ≈ ${total:.6f}{rest}", highlight=False)
+    out.print(f"  total ≈ {usd(total)}{rest}", highlight=False)
 
 
 @app.command()
@@ -388,6 +389,7 @@ def runs_show(
     from goatclaw.cli.render import print_critical_path, print_resources, print_run
     from goatclaw.errors import GoatclawError
     from goatclaw.history import llm_costs, resources
+    from goatclaw.money import usd
 
     with _open_store(store) as db:
         row = db.run(run)
@@ -397,7 +399,8 @@ def runs_show(
         attempts = db.attempts(row.id)
         all_events = db.events(row.id)
         events = [e for e in all_events
-                  if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix")]
+                  if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix")
+                  or (e["topic"] == "task.rule" and e["data"].get("severity") == "warn")]  # warn rules: shown
     llm = llm_costs(all_events)
     if as_json:
         from goatclaw.jsontext import dumps_pretty
@@ -411,7 +414,7 @@ def runs_show(
         if llm["calls"]:
             downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
             _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "
-                         f"tokens, ${llm['cost_usd']:.6f}{downgrades}", highlight=False)
+                         f"tokens, {usd(llm['cost_usd'])}{downgrades}", highlight=False)
         if any(t.status == "failed" for t in tasks):
             from goatclaw.cli.memory import print_seen_before
 

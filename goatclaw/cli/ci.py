@@ -56,12 +56,14 @@ def load_checked(file: Path, fail_on: FailOn) -> Any:
     return pipeline
 
 
-def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max_cost: float | None) -> int:
+def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max_cost: float | None,
+           warnings_shown: bool = False) -> int:
     """After a run: write the reports, then the exit code (a failed run, warnings that fail, a cost over the cap).
 
     A run that ended well still fails with 1 when ``--fail-on warn`` and a ``warn`` rule
     rejected an output, or when its LLM calls cost more than ``--max-cost``.
     """
+    from goatclaw.money import usd
     from goatclaw.reports import build, write
 
     code = 0 if result.ok else {"cancelled": 130, "blocked": 3}.get(result.status.value, 1)
@@ -72,17 +74,19 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)
     stopped = [t for t in report.tasks if t.error_class == "budget"]
     if max_cost is not None and stopped:
-        _err().print(f"[red]error:[/] --max-cost ${max_cost:g} stopped the run: "
-                     f"{', '.join(t.id for t in stopped)} could not afford a call (spent ${report.cost_usd:.6f})",
+        _err().print(f"[red]error:[/] --max-cost {usd(max_cost)} stopped the run: "
+                     f"{', '.join(t.id for t in stopped)} could not afford a call (spent {usd(report.cost_usd)})",
                      soft_wrap=True)
     if report.over_budget:
-        _err().print(f"[red]error:[/] run {result.run_id} cost ${report.cost_usd:.6f}, over --max-cost "
-                     f"${max_cost:g}", soft_wrap=True)
+        _err().print(f"[red]error:[/] run {result.run_id} cost {usd(report.cost_usd)}, over --max-cost "
+                     f"{usd(max_cost)}", soft_wrap=True)
         code = code or 1
     if fail_on is FailOn.warn and report.warnings:
-        for tid, verdict in report.warnings:
-            _err().print(f"[yellow]warning:[/] {tid}: rule {verdict.get('rule')} {verdict.get('kind')}: "
-                         f"{verdict.get('message')}", soft_wrap=True)
+        if not warnings_shown:  # the live view or the plain log showed each one as it came
+            from goatclaw.cli.render import warning_text
+
+            for tid, verdict in report.warnings:
+                _err().print(warning_text(tid, verdict) or "", style="yellow", markup=False, soft_wrap=True)
         _err().print(f"[red]error:[/] {len(report.warnings)} warning(s) and --fail-on warn", soft_wrap=True)
         code = code or 1
     return code

@@ -163,7 +163,7 @@ def dlq_replay(
     from goatclaw.cli.render import PlainView, print_result
 
     bus = goatclaw.Bus()
-    PlainView(bus)
+    PlainView(bus, footer=False)  # print_result writes the last line
     result = border.run(history.replay_dead_letter(_store_file(store), letter, force=force, bus=bus))
     print_result(result, _out())
     if not result.ok:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
+from goatclaw.cli.text import shown
 
 __all__ = ["memory_app"]
 
@@ -57,8 +58,8 @@ def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
             head += f" {m.score:5.3f}"
         seen = f" ×{m.count}" if m.count > 1 else ""
         where = " ".join(f"{k}={m.metadata[k]}" for k in ("pipeline", "task") if m.metadata.get(k))
-        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{where}[/dim]", markup=True)
-        console.print(f"       {m.text}", markup=False)
+        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{shown(where, markup=True)}[/dim]", markup=True)
+        console.print(f"       {shown(m.text, lines=3)}", markup=False)
 
 
 @memory_app.command("search")
@@ -166,7 +167,7 @@ def memory_patterns(
         return
     for p in found:
         fixed = f", fixed {p.fixed}x" if p.fixed else ""
-        console.print(f"×{p.count:<4} {p.example}", markup=False)
+        console.print(f"×{p.count:<4} {shown(p.example)}", markup=False)
         console.print(f"      {p.memories} memories{fixed}; first {_when(p.first_seen)}, last {_when(p.last_seen)}"
                       + (f"; tasks {', '.join(p.tasks[:5])}" if p.tasks else "")
                       + (f"; {', '.join(p.error_classes)}" if p.error_classes else ""), markup=False)
@@ -209,14 +210,18 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
     if not found:
         console.print(f"run {run_id} has no failed task")
     for e in found:
-        console.print(f"[bold red]✗ {e.task}[/bold red] ({e.error_class}): {e.error}", markup=True, highlight=False)
+        message = str(e.error or "")
+        if e.error_class and message.startswith(f"{e.error_class}: "):  # the class is in the parentheses already
+            message = message[len(e.error_class) + 2:]
+        console.print(f"[bold red]✗ {shown(e.task, markup=True)}[/bold red] ({e.error_class}): "
+                      f"{shown(message, markup=True)}", markup=True, highlight=False)
         if not e.similar:
             console.print("  nothing like it was seen before")
         for s in e.similar:
             seen = f"seen {s['count']}×, last {_when(s['last_seen'])}"
-            console.print(f"  {s['score']:.2f} like: {s['text']}  ({seen})", markup=False)
+            console.print(f"  {s['score']:.2f} like: {shown(s['text'])}  ({seen})", markup=False)
             for f in s["fixes"]:
-                console.print(f"       fixed by: {f['metadata'].get('how') or f['text']} "
+                console.print(f"       fixed by: {shown(f['metadata'].get('how') or f['text'])} "
                               f"(run {f['metadata'].get('run')})", markup=False)
             if not s["fixes"]:
                 console.print("       no fix recorded", markup=False)
@@ -247,9 +252,9 @@ def print_seen_before(store_path: str | Path, run_id: str, console: Any, *, k: i
         return
     for e in found:
         for s in e.similar:
-            fixes = "; ".join(str(f["metadata"].get("how") or f["text"]) for f in s["fixes"]) or "no fix recorded"
+            fixes = "; ".join(shown(f["metadata"].get("how") or f["text"]) for f in s["fixes"]) or "no fix recorded"
             console.print(f"  seen before ({s['score']:.2f}, {s['count']}×, last {_when(s['last_seen'])}) "
-                          f"{e.task}: {s['text']}", markup=False, highlight=False)
+                          f"{e.task}: {shown(s['text'])}", markup=False, highlight=False)
             console.print(f"      what fixed it: {fixes}", markup=False, highlight=False)
     if any(e.similar for e in found):
         console.print(f"  (goatclaw why {run_id} explains more)", markup=False, highlight=False)

@@ -19,15 +19,17 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from goatclaw.cli.text import error_text, item_label, shown
 from goatclaw.engine.state import RunResult
 from goatclaw.errors import Problem
 from goatclaw.events import Bus, Event
 from goatclaw.graph import Plan
 from goatclaw.liveness import owner_pid
+from goatclaw.money import usd
 from goatclaw.store import DeadLetter, RunRow, TaskRow
 
-__all__ = ["LiveView", "PlainView", "print_plan", "print_plugin", "print_plugins", "print_problems", "print_run",
-           "print_runs"]
+__all__ = ["LiveView", "PlainView", "counts_text", "print_plan", "print_plugin", "print_plugins", "print_problems",
+           "print_run", "print_runs", "warning_text"]
 
 STYLE = {
     "pending": ("·", "dim"),
@@ -55,12 +57,49 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f}m"
 
 
-class PlainView:
-    """One line per task event, for pipes, logs and CI (``timestamps`` adds the time)."""
+def counts_text(counts: dict[str, int]) -> str:
+    """``1 failed, 2 succeeded``: a run's task counts, the same words under the live table and in the summary."""
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
-    def __init__(self, bus: Bus, *, stream: TextIO | None = None, timestamps: bool = False) -> None:
+
+def warning_text(task: str | None, data: dict[str, Any]) -> str | None:
+    """The line for a ``task.rule`` event of a ``severity: warn`` rule that did not pass, else None."""
+    if data.get("passed") is not False or data.get("severity") != "warn":
+        return None
+    from goatclaw.validation import rule_label
+
+    return (f"warning: {item_label(task, data.get('item'))}: {rule_label(data.get('rule'), data.get('kind'))}: "
+            f"{shown(data.get('message'))}")
+
+
+class _Warnings:
+    """Each warn rule's failure once per task, item and rule (a fix loop judges an output again)."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[Any, ...]] = set()
+
+    def first(self, ev: Event) -> str | None:
+        text = warning_text(ev.task, ev.data)
+        key = (ev.task, ev.data.get("item"), ev.data.get("rule"))
+        if text is None or key in self.seen:
+            return None
+        self.seen.add(key)
+        return text
+
+
+class PlainView:
+    """One line per task event, for pipes, logs and CI (``timestamps`` adds the time).
+
+    ``footer=False`` leaves out the line at the run's end, for a caller that prints the
+    run's summary itself (``apply``), so that the final line is printed once.
+    """
+
+    def __init__(self, bus: Bus, *, stream: TextIO | None = None, timestamps: bool = False,
+                 footer: bool = True) -> None:
         self.stream = stream or sys.stdout
         self.timestamps = timestamps
+        self.footer = footer
+        self.warnings = _Warnings()
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.*", self._on_run)
         bus.subscribe("breaker.*", self._on_incident)
@@ -73,6 +112,11 @@ class PlainView:
         if text:
             self._line(ev, f"  ! {text}")
 
+    def _on_rule(self, ev: Event) -> None:
+        text = self.warnings.first(ev)
+        if text:
+            self._line(ev, f"  ! {text}")
+
     def _line(self, ev: Event, text: str) -> None:
         stamp = datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S ") if self.timestamps else ""
         print(f"{stamp}{text}", file=self.stream, flush=True)
@@ -81,7 +125,7 @@ class PlainView:
         if ev.topic in ("run.started", "run.resumed"):
             count = len(ev.data.get("tasks", []))
             self._line(ev, f"run {ev.run_id} {ev.topic[4:]}: {ev.data.get('pipeline')} ({count} tasks)")
-        else:
+        elif self.footer:
             self._line(ev, f"run {ev.run_id} {ev.topic.split('.', 1)[1]} in {_fmt_duration(ev.data.get('duration'))}")
 
     def _on_task(self, ev: Event) -> None:
@@ -93,14 +137,16 @@ class PlainView:
             self._line(ev, f"  {STYLE['succeeded'][0]} {ev.task} {d.get('status')} before: kept, not run again")
         elif kind == "fallback":
             self._line(ev, f"  ! {incident_text(ev.topic, ev.task, d)}")
+        elif kind == "rule":
+            self._on_rule(ev)
         elif kind == "retrying":
-            self._line(ev, f"  ↻ {ev.task} attempt {d.get('attempt')} failed ({d.get('error_class')}: "
-                           f"{d.get('error')}); retrying in {d.get('delay')}s")
+            self._line(ev, f"  ↻ {item_label(ev.task, d.get('item'))} attempt {d.get('attempt')} failed "
+                           f"({error_text(d.get('error_class'), d.get('error'))}); retrying in {d.get('delay')}s")
         elif kind in _TERMINAL_TOPICS:
             icon = STYLE[kind][0]
             extra = f" in {_fmt_duration(d.get('duration'))}" if d.get("duration") is not None else ""
             attempts = f", {d['attempts']} attempts" if d.get("attempts", 1) > 1 else ""
-            error = f": {d.get('error')}" if d.get("error") else ""
+            error = f": {shown(d.get('error'))}" if d.get("error") else ""
             self._line(ev, f"  {icon} {ev.task} {kind}{extra}{attempts}{error}")
 
 
@@ -119,6 +165,7 @@ class LiveView:
         self.notes: dict[str, str] = {}
         self.recent: deque[str] = deque(maxlen=10)
         self.incidents: deque[str] = deque(maxlen=3)
+        self.warnings = _Warnings()
         self.live = Live(console=console, refresh_per_second=8, transient=False, get_renderable=self._render)
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.started", self._on_start)
@@ -127,6 +174,7 @@ class LiveView:
         bus.subscribe("breaker.*", self._on_breaker)
         bus.subscribe("threat.*", self._on_hook)  # a line above the table, like a failing hook
         bus.subscribe("ratelimit.*", self._on_hook)
+        bus.subscribe("task.rule", self._on_rule)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -135,9 +183,16 @@ class LiveView:
     def __exit__(self, *exc: Any) -> None:
         self.live.refresh()
         self.live.__exit__(*exc)
+        if not self.console.is_terminal:  # rich leaves the last frame's line open there: end it, once
+            self.console.line()
 
     def _on_hook(self, ev: Event) -> None:
         self.console.print(Text(f"! {incident_text(ev.topic, ev.task, ev.data)}", style="yellow"))
+
+    def _on_rule(self, ev: Event) -> None:
+        text = self.warnings.first(ev)
+        if text:
+            self.console.print(Text(f"! {text}", style="yellow"))
 
     def _on_start(self, ev: Event) -> None:
         self.order = list(ev.data.get("tasks", []))
@@ -145,9 +200,12 @@ class LiveView:
 
     def _on_task(self, ev: Event) -> None:
         tid = ev.task
-        if tid is None or tid not in self.state:
-            return
         kind = ev.topic.split(".", 1)[1]
+        if tid is None or (tid not in self.state and kind not in ("started", *_TERMINAL_TOPICS)):
+            return
+        if tid not in self.state:  # an on_failure or finally task: not in the run's list, but it runs and counts
+            self.order.append(tid)
+            self.state[tid] = "pending"
         if kind == "started":
             self.state[tid] = "running"
             self.started[tid] = ev.ts
@@ -156,17 +214,19 @@ class LiveView:
             self.notes[tid] = "kept from before the resume"
         elif kind == "retrying":
             self.state[tid] = "retrying"
-            self.notes[tid] = f"{ev.data.get('error_class')}; retry in {ev.data.get('delay')}s"
+            item = ev.data.get("item")
+            self.notes[tid] = (f"{'' if item is None else f'item {item}: '}{shown(ev.data.get('error_class'))}; "
+                               f"retry in {ev.data.get('delay')}s")
         elif kind == "fallback":
-            self.notes[tid] = f"fallback '{ev.data.get('fallback')}' stands in"
+            self.notes[tid] = f"fallback '{shown(ev.data.get('fallback'))}' stands in"
         elif kind == "progress":
-            self.notes[tid] = str(ev.data.get("message") or f"{(ev.data.get('done') or 0) * 100:.0f}%")
+            self.notes[tid] = shown(ev.data.get("message") or f"{(ev.data.get('done') or 0) * 100:.0f}%")
         elif kind in _TERMINAL_TOPICS:
             self.state[tid] = kind
             self.attempts[tid] = ev.data.get("attempts", 0)
             if ev.data.get("duration") is not None:
                 self.duration[tid] = ev.data["duration"]
-            self.notes[tid] = str(ev.data.get("error") or "")
+            self.notes[tid] = shown(ev.data.get("error") or "")
             self.recent.append(tid)
         else:
             return
@@ -200,7 +260,7 @@ class LiveView:
         counts: dict[str, int] = {}
         for s in self.state.values():
             counts[s] = counts.get(s, 0) + 1
-        summary = Text("  ".join(f"{k} {v}" for k, v in sorted(counts.items())), style="bold")
+        summary = Text(counts_text(counts), style="bold")
         incidents = [Text(f"! {line}", style="yellow") for line in self.incidents]
         return Group(table, summary, *incidents)
 
@@ -261,17 +321,17 @@ def print_plan(plan: Plan, console: Console) -> None:
 def print_result(result: RunResult, console: Console) -> None:
     """A one-line summary of a finished run."""
     icon, style = STYLE.get(result.status.value, ("?", ""))
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts().items()))
+    counts = counts_text(result.counts())
     dur = _fmt_duration(None if result.finished_at is None else result.finished_at - result.started_at)
     console.print(Text(f"{icon} run {result.run_id} {result.status.value} in {dur} ({counts})", style=style))
     if result.error:
-        console.print(Text(f"  {result.error}", style="red"))
+        console.print(Text(f"  {shown(result.error)}", style="red"))
     reused = reuse_note(result)
     if reused:
         console.print(Text(f"  {reused}", style="dim"))
     for tid, t in result.tasks.items():
         if t.status.value == "failed":
-            console.print(Text(f"  ✗ {tid}: {t.error_class}: {t.error}", style="red"), soft_wrap=True)
+            console.print(Text(f"  ✗ {tid}: {error_text(t.error_class, t.error)}", style="red"), soft_wrap=True)
 
 
 def reuse_note(result: RunResult) -> str:
@@ -299,7 +359,7 @@ def print_runs(runs: list[RunRow], console: Console) -> None:
     for r in runs:
         status = _run_status(r)
         _, style = STYLE.get(status, ("▶", "cyan"))
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(r.summary.get("counts", {}).items()))
+        counts = counts_text(r.summary.get("counts", {}))
         table.add_row(r.id, r.pipeline, Text(status, style=style),
                       datetime.fromtimestamp(r.started_at).strftime("%m-%d %H:%M"), _fmt_duration(r.duration), counts)
     console.print(table)
@@ -315,19 +375,21 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
     if topic == "breaker.closed":
         return f"breaker '{data.get('key')}' closed again"
     if topic == "hook.failed":
-        return str(data.get("message") or f"hook '{data.get('hook')}' failed in {data.get('event')}")
+        return shown(data.get("message") or f"hook '{data.get('hook')}' failed in {data.get('event')}")
     if topic == "task.fix":
-        item = f"[{data['item']}]" if data.get("item") is not None else ""
         outcome = (f"fixed after {data.get('attempt')} attempt{'s' if data.get('attempt') != 1 else ''}"
                    if data.get("passed") else f"fix attempt {data.get('attempt')} still rejected")
-        return f"{task}{item} rejected because {data.get('rejected')}; {outcome} ({data.get('mode')})"
+        return (f"{item_label(task, data.get('item'))} rejected because {shown(data.get('rejected'))}; {outcome} "
+                f"({data.get('mode')})")
     if topic == "task.fallback":
-        return (f"{task} failed ({data.get('error_class')}: {data.get('error')}); fallback '{data.get('fallback')}' "
-                "stands in")
+        return (f"{task} failed ({error_text(data.get('error_class'), data.get('error'))}); fallback "
+                f"'{data.get('fallback')}' stands in")
+    if topic == "task.rule":
+        return warning_text(task, data)
     if topic == "threat.blocked":
-        return f"run blocked: {data.get('reason')}"
+        return f"run blocked: {shown(data.get('reason'))}"
     if topic.startswith("threat."):
-        return (f"threat in {task}: {data.get('kind')} {data.get('detail')} (+{data.get('weight'):g}, score "
+        return (f"threat in {task}: {data.get('kind')} {shown(data.get('detail'))} (+{data.get('weight'):g}, score "
                 f"{data.get('score'):g} of {data.get('threshold'):g})")
     if topic == "ratelimit.wait":
         return (f"{task} waits {data.get('wait')}s: at most {data.get('limit')} {data.get('kind')} side effects "
@@ -345,24 +407,24 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
         console.print(Text(f"  interrupted: the process that ran it (pid {owner_pid(run.owner)}) is gone; "
                            "goatclaw apply FILE --resume finishes it", style="yellow"), soft_wrap=True)
     console.print(f"  file: {run.file}   started: {datetime.fromtimestamp(run.started_at):%Y-%m-%d %H:%M:%S}"
-                  f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False)
+                  f"   duration: {_fmt_duration(run.duration) or '-'}", highlight=False, markup=False)
     if run.vars:
-        console.print(f"  vars: {json.dumps(run.vars)}", highlight=False, soft_wrap=True)
+        console.print(f"  vars: {json.dumps(run.vars)}", highlight=False, markup=False, soft_wrap=True)
     if run.error:
-        console.print(Text(f"  error: {run.error}", style="red"))
+        console.print(Text(f"  error: {shown(run.error, lines=3)}", style="red"))
     table = Table(header_style="bold")
     for col in ("task", "status", "attempts", "duration", "output / error"):
         table.add_column(col, overflow="fold")
     for t in tasks:
         icon, style = STYLE.get(t.status, ("?", ""))
         dur = None if t.started_at is None or t.finished_at is None else t.finished_at - t.started_at
-        detail = f"{t.error_class}: {t.error}" if t.error else _short_json(t.output)
+        detail = error_text(t.error_class, t.error, lines=3) if t.error else _short_json(t.output)
         table.add_row(t.task_id, Text(f"{icon} {t.status}", style=style), str(t.attempts), _fmt_duration(dur),
                       Text(detail, style="red" if t.error else ""))
     console.print(table)
-    incidents = [(e["ts"], incident_text(e["topic"], e["task"], e["data"])) for e in events or []]
+    incidents = [(e["ts"], incident_text(e["topic"], e["task"], e["data"])) for e in _last_verdicts(events or [])]
     if any(text for _, text in incidents):
-        console.print(Text("breakers, fallbacks and fixes", style="bold"))
+        console.print(Text("breakers, fallbacks, fixes and warnings", style="bold"))
         for ts, text in incidents:
             if text:
                 console.print(Text(f"  {datetime.fromtimestamp(ts):%H:%M:%S} {text}", style="yellow"), soft_wrap=True)
@@ -370,17 +432,23 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
     if failed:
         console.print(Text("failed attempts", style="bold"))
         for a in failed:
-            item = f"[{a['item']}]" if a["item"] >= 0 else ""
-            console.print(Text(f"  {a['task_id']}{item} #{a['attempt']}: {a['error_class']}: {a['error']}",
-                               style="yellow"), soft_wrap=True)
+            console.print(Text(f"  {item_label(a['task_id'], a['item'])} #{a['attempt']}: "
+                               f"{error_text(a['error_class'], a['error'])}", style="yellow"), soft_wrap=True)
+
+
+def _last_verdicts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events with only the last ``task.rule`` verdict of each task, item and rule (a fix judges again)."""
+    last = {(e["task"], e["data"].get("item"), e["data"].get("rule")): i for i, e in enumerate(events)
+            if e["topic"] == "task.rule"}
+    keep = set(last.values())
+    return [e for i, e in enumerate(events) if e["topic"] != "task.rule" or i in keep]
 
 
 def _short_json(value: Any, limit: int = 200) -> str:
     if value is None:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\n", " ⏎ ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shown(text.replace("\n", " ⏎ "), width=limit)
 
 
 def print_breakers(rows: list[dict[str, Any]], console: Console) -> None:
@@ -472,7 +540,7 @@ def print_dead_letters(letters: list[DeadLetter], console: Console) -> None:
         table.add_column(col, overflow="fold", no_wrap=col in ("id", "kind"))
     for d in letters:
         table.add_row(str(d.id), d.kind, d.run_id or "", d.task_id if d.kind == "task" else f"{d.topic} ({d.task_id})",
-                      Text(_short_json(f"{d.error_class}: {d.error}", 80), style="red"), d.replay_status or "")
+                      Text(error_text(d.error_class, d.error, width=80), style="red"), d.replay_status or "")
     console.print(table)
 
 
@@ -481,10 +549,12 @@ def print_dead_letter(d: DeadLetter, console: Console) -> None:
     console.print(Text(f"dead letter {d.id}: {d.kind} {d.task_id or ''} in run {d.run_id}", style="bold"))
     console.print(f"  when: {datetime.fromtimestamp(d.created_at):%Y-%m-%d %H:%M:%S}", highlight=False)
     if d.topic:
-        console.print(f"  topic: {d.topic}", highlight=False)
-    console.print(Text(f"  error: {d.error_class}: {d.error}", style="red"), soft_wrap=True)
+        console.print(f"  topic: {d.topic}", highlight=False, markup=False)
+    console.print(Text(f"  error: {error_text(d.error_class, d.error, lines=20, width=500)}", style="red"),
+                  soft_wrap=True)
     console.print("  inputs:", highlight=False)
-    console.print(json.dumps(d.inputs, indent=2, ensure_ascii=False, default=str), highlight=False, soft_wrap=True)
+    console.print(json.dumps(d.inputs, indent=2, ensure_ascii=False, default=str), highlight=False, markup=False,
+                  soft_wrap=True)  # a task's inputs, as written: never read as markup
     if d.replayed_at:
         console.print(f"  replayed {datetime.fromtimestamp(d.replayed_at):%Y-%m-%d %H:%M:%S}: {d.replay_status}",
                       highlight=False)
@@ -512,7 +582,7 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
                                                  _fmt_duration(t["p95"]), str(t["attempts"])]
             if llm:
                 tokens = t["prompt_tokens"] + t["completion_tokens"]
-                cells += [f"{tokens:,}" if tokens else "", f"${t['cost_usd']:.4f}" if t["llm_calls"] else ""]
+                cells += [f"{tokens:,}" if tokens else "", usd(t["cost_usd"]) if t["llm_calls"] else ""]
             if usage:
                 cells += [_fmt_duration(t["cpu_s"]), "" if t["max_rss_mb"] is None else f"{t['max_rss_mb']:.1f} MB"]
             table.add_row(*cells)

@@ -15,6 +15,7 @@ import typer
 from rich.text import Text
 
 from goatclaw.cli.app import _err, _out, app, handles_errors
+from goatclaw.cli.text import shown
 
 __all__ = ["test"]
 
@@ -83,7 +84,7 @@ def _print_case(result: Any, out: Any) -> None:
     out.print(Text.assemble(("✗ ", "bold red"), (result.name, "bold"), (f"  {ms}", "dim")), soft_wrap=True)
     for check in result.failures:
         for i, line in enumerate(str(check).splitlines()):
-            out.print(Text(f"    {line}", style="red" if i == 0 else ""), soft_wrap=True)
+            out.print(Text(f"    {shown(line, width=500)}", style="red" if i == 0 else ""), soft_wrap=True)
 
 
 def _summary(results: list[Any], invalid: int, files: int, elapsed: float, out: Any) -> None:

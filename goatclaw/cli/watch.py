@@ -116,7 +116,7 @@ class _View:
         self.live: Any = None  # the LiveView of the run in flight (rich)
         self.inner: Any = None  # its bus: run events are relayed to it
         if mode == "plain":
-            PlainView(bus, timestamps=_in_ci())
+            PlainView(bus, timestamps=_in_ci(), footer=False)  # print_result writes each run's last line
         else:
             for pattern in _RUN_TOPICS:
                 bus.subscribe(pattern, self._relay)

@@ -73,13 +73,14 @@ class OutputChecks:
         fails one is not reused (event ``task.cache.stale``), so the task runs. Judge rules
         are not asked again (an LLM call per hit); the output passed them when it was stored.
         """
-        rules = tuple(r for r in task.validate if r.kind != "judge")
-        if not rules:
+        cheap = [(i, r) for i, r in enumerate(task.validate) if r.kind != "judge"]
+        if not cheap:
             return True
         assert self.recorder is not None
         base = self.pipeline.file.parent if self.pipeline.file is not None else self.opts.workspace
-        verdicts = check_output(rules, output, context, base=base,
-                                validator=lambda name: self.registry.validator(name).fn)
+        verdicts = check_output(tuple(r for _, r in cheap), output, context, base=base,
+                                validator=lambda name: self.registry.validator(name).fn,
+                                places=[i for i, _ in cheap])  # rule 3 stays rule 3 in the stale reason
         error = validation_failure(verdicts, output)
         if error is None:
             return True

@@ -587,7 +587,12 @@ class _Runner(OutputChecks):
         async def one(index: int, item: Any) -> None:
             async with gate:
                 ctx = {**self._context_for(task), "item": item, "index": index}
-                outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
+                try:
+                    outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
+                except TaskError as exc:
+                    if task.fail_fast:  # the task fails with this item's error: say which item it was
+                        raise _item_error(exc, index) from exc
+                    raise
 
         if task.fail_fast:
             try:
@@ -846,6 +851,12 @@ def _as_task_error(exc: BaseException, task: Task) -> TaskError:
                         error_class=type(exc).__name__)
     wrapped.__cause__ = exc
     return wrapped
+
+
+def _item_error(exc: TaskError, index: int) -> TaskError:
+    """An item's error as its fan-out task's: the same class and hints, the message naming the item."""
+    return TaskError(f"item {index}: {exc.message}", error_class=exc.error_class, retry_after=exc.retry_after,
+                     details=exc.details)
 
 
 def _group_order(group: Mapping[str, Task]) -> list[str]:

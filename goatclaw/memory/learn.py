@@ -309,16 +309,36 @@ def explain(store_path: str | os.PathLike[str], run_ref: str, task: str | None =
         if task and not rows:
             raise GoatclawError(f"run {run.id} has no task '{task}'")
         mem = MemoryStore(store, embedder)
+        same_run = store.db.execute("SELECT COUNT(*) FROM memories WHERE kind = 'failure' AND "
+                                    "json_extract(metadata, '$.run') = ?", (run.id,)).fetchone()[0]
         out = []
         for t in rows:
             text = _failure_text(t.task_id, None, t.error_class, t.error)
-            own = [m.id for m in mem.list(kind="failure", filters={"run": run.id, "task": t.task_id}, limit=None)]
-            hits = [h for h in mem.search(text, k=k + len(own), kind="failure", min_score=min_score)
-                    if h.id not in own or h.count > 1][:k]
+            hits = mem.search(text, k=k + same_run, kind="failure", min_score=min_score)  # room for those skipped
+            past = [p for p in (_as_past(store, h, run.id) for h in hits) if p is not None][:k]
             out.append(Explanation(t.task_id, t.error, t.error_class,
-                                   [{**h.to_dict(), "fixes": [f.to_dict() for f in _fixes_of(mem, h)]}
-                                    for h in hits]))
+                                   [{**p, "fixes": [f.to_dict() for f in _fixes_of(mem, h)]} for h, p in past]))
         return run.id, out
+
+
+def _as_past(store: Store, hit: Any, run_id: str) -> tuple[Any, dict[str, Any]] | None:
+    """A remembered failure as seen before ``run_id``: ``None`` when only that run saw it.
+
+    A memory the run itself wrote (its own failure, or another task's of the same run)
+    is not a past failure; one merged from past runs and this one keeps the past runs'
+    count and last sighting.
+    """
+    runs = [r for r in (hit.metadata.get("runs") or [hit.metadata.get("run")]) if r]
+    before = [r for r in runs if r != run_id]
+    if runs and not before:
+        return None
+    data = hit.to_dict()
+    if run_id in runs:
+        data["count"] = max(1, hit.count - 1)
+        last = store.run(before[-1])
+        if last is not None:
+            data["last_seen"] = last.started_at
+    return hit, data
 
 
 def _fixes_of(mem: Any, failure: Any) -> list[Any]:

@@ -400,16 +400,21 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _describe(argv: list[str]) -> str:
-    """A short, readable form of the command for messages."""
-    text = " ".join(argv)
+    """A short, readable form of the command for messages: a script by its first line, never whole."""
+    text = " ".join(a.strip().split("\n", 1)[0] + " …" if "\n" in a.strip() else a for a in argv)
     return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _fail_exit(argv: list[str], result: dict[str, Any]) -> NoReturn:
-    """Fail with the exit code (or signal) and the end of stderr in the message."""
+    """Fail with the exit code (or signal), the command (a script by its first line) and the end of stderr.
+
+    The first line ends with the last line of stderr (usually the reason), so a one-line view says why.
+    """
     code = result["exit_code"]
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
         else f"exited with code {code}"
     tail = (result["stderr"] or result["stdout"])[-_TAIL_CHARS:].strip()
-    fail(f"command {how}: {_describe(argv)}" + (f"\n{tail}" if tail else ""), error_class="internal",
+    last = tail.splitlines()[-1].strip() if tail else ""  # usually the reason: on the message's first line
+    more = f"\n{tail}" if "\n" in tail else ""
+    fail(f"command {how}: {_describe(argv)}" + (f": {last}" if last else "") + more, error_class="internal",
          exit_code=code, stderr=result["stderr"][-_TAIL_CHARS:], stdout=result["stdout"][-_TAIL_CHARS:])
