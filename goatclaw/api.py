@@ -32,6 +32,7 @@ from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
+from goatclaw.security.auditkey import audit_key
 from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
@@ -104,11 +105,12 @@ def permissions_of(pipeline: Pipeline, *, registry: Registry | None = None) -> l
 
 
 def redactor_for(pipeline: Pipeline) -> Any:
-    """The :class:`~goatclaw.security.secrets.Redactor` of the pipeline's declared secrets (for rendering)."""
+    """The :class:`~goatclaw.security.secrets.Redactor` of the pipeline's declared secrets and the audit key."""
+    from goatclaw.security.auditkey import with_audit_key
     from goatclaw.security.secrets import Redactor
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
-    return Redactor(read_secrets(pipeline.secrets, project.root))
+    return Redactor(with_audit_key(read_secrets(pipeline.secrets, project.root)))
 
 
 def plan(pipeline: Pipeline) -> Plan:
@@ -181,6 +183,7 @@ async def arun(
     ``workspace`` is the folder tasks' relative paths start from (default: the project's folder;
     ``goatclaw test`` runs each case in a scratch copy of it).
     """
+    audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
     project: Project = pipeline.project or load_project_for(pipeline.file)

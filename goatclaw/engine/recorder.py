@@ -25,7 +25,8 @@ from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps, plain
 from goatclaw.plugin import AUDIT_PREFIX
-from goatclaw.security.audit import KEY_ENV, audit_key, sealer
+from goatclaw.security.audit import sealer
+from goatclaw.security.auditkey import audit_key, with_audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
@@ -58,8 +59,8 @@ class Recorder:
         self.run_id = run_id
         key = audit_key()
         if key is not None:  # the audit key is masked like a declared secret
-            secrets = ({**secrets, KEY_ENV: key.decode()} if isinstance(secrets, Mapping)
-                       else (*secrets, key.decode()))
+            secrets = (with_audit_key(secrets) if isinstance(secrets, Mapping)
+                       else (*secrets, key.decode("utf-8", "replace")))
         values = secrets.values() if isinstance(secrets, Mapping) else secrets
         self.secrets = tuple(sorted((s for s in values if s and len(s) >= 3), key=len, reverse=True))
         #: Masks the secrets (by name) and their encoded forms (base64, URL, hex, JSON) in everything written.
@@ -73,7 +74,7 @@ class Recorder:
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
         self._audit_lock = threading.Lock()
-        self._seal = sealer(key)  # keyed when GOATCLAW_AUDIT_KEY is set (goatclaw.security.audit)
+        self._seal = sealer(key)  # keyed when the audit key is given (goatclaw.security.auditkey)
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._bus_errors = len(bus.errors)
         self._flush_pending = False

@@ -40,7 +40,7 @@ from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import PluginSpec, TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
-from goatclaw.security.audit import KEY_ENV
+from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
@@ -191,7 +191,7 @@ class _Runner(OutputChecks):
         self.context = {
             "vars": dict(self.opts.vars),
             "env": {k: v for k, v in (os.environ if self.opts.env is None else self.opts.env).items()
-                    if k != KEY_ENV},  # the audit key is never anybody's to read
+                    if k not in (KEY_ENV, KEY_FILE_ENV)},  # the audit key is never anybody's to read
             "secrets": self.secret_reads if self.secret_reads is not None else {},
             "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
             "tasks": self.views,
