@@ -99,6 +99,9 @@ def test_a_web_page_written_to_a_file_and_read_back_in_a_later_run_cannot_reach_
     assert not (root / "pwned").exists()
     with Store.open(root / ".goatclaw" / "goatclaw.db") as store:  # kept, so a resume knows it too
         assert store.untrusted_tasks(result.run_id)["load"][0] == ["fetch"]
+    trusted = _run(root, LOAD.format(path="out/page.txt", trust="\n        trust: [load]"), "load.yaml")
+    assert trusted.ok, trusted.tasks["act"].error  # trust: accepts the read-back explicitly
+    assert (root / "pwned").exists()
 
 
 def test_the_same_run_cannot_launder_a_web_page_through_a_file(root: Path, web: str) -> None:
@@ -107,20 +110,16 @@ def test_the_same_run_cannot_launder_a_web_page_through_a_file(root: Path, web: 
         permissions: {{network: [127.0.0.1], shell: [bash], files: {{read: [out/], write: [out/]}}}}
         tasks:
           fetch: {{uses: http, with: {{url: "{web}/page", response: text}}}}
-          save: {{uses: file.write, needs: fetch, with: {{path: out/page.txt, content: "${{{{ tasks.fetch.output.body }}}}"}}}}
+          save:
+            uses: file.write
+            needs: fetch
+            with: {{path: out/page.txt, content: "${{{{ tasks.fetch.output.body }}}}"}}
           load: {{uses: file.read, needs: save, with: {{path: out/page.txt}}}}
           quote: {{uses: echo, needs: load, with: {{value: "${{{{ tasks.load.output }}}}"}}}}
           act: {{uses: shell, needs: quote, with: {{script: "${{{{ tasks.quote.output }}}}"}}}}
         """)
     _refused(result, "act", "with.script reads tasks.quote, which carries output of fetch", "read back from")
     assert not (root / "pwned").exists()
-
-
-def test_trust_accepts_a_read_back_explicitly(root: Path, web: str) -> None:
-    assert _run(root, SAVE.format(web=web)).ok
-    result = _run(root, LOAD.format(path="out/page.txt", trust="\n        trust: [load]"), "load.yaml")
-    assert result.ok, result.tasks["act"].error
-    assert (root / "pwned").exists()  # the author said so
 
 
 def test_a_copy_made_by_other_means_is_still_untrusted_and_a_clean_rewrite_is_not(root: Path, web: str) -> None:
@@ -189,13 +188,13 @@ def test_a_memory_stored_from_a_web_page_is_untrusted_when_found(root: Path, web
         with: {{script: "${{{{ tasks.recall.output.results[0].text }}}}"}}
     """
     result = _run(root, MEMORY.format(name="recall", tasks=recall.format(kind="note", trust="")), "recall.yaml")
-    assert result.tasks["recall"].output["results"][0]["origins"] == ["fetch"]
     _refused(result, "act", "reads tasks.recall, which carries output of fetch", "a memory stored from untrusted data")
+    assert result.tasks["recall"].output["results"][0]["origins"] == ["fetch"]
     assert not (root / "pwned").exists()
     clean = _run(root, MEMORY.format(name="recall", tasks=recall.format(kind="fix", trust="")), "recall.yaml")
     assert clean.ok, clean.tasks["act"].error  # the author's own memory is plain data
     assert clean.tasks["recall"].output["results"][0]["origins"] == []
-    trusted = _run(root, MEMORY.format(name="recall", tasks=recall.format(kind="note", trust="\n        trust: [recall]")),
-                   "recall.yaml")
+    trust = "\n        trust: [recall]"
+    trusted = _run(root, MEMORY.format(name="recall", tasks=recall.format(kind="note", trust=trust)), "recall.yaml")
     assert trusted.ok, trusted.tasks["act"].error
     assert (root / "pwned").exists()
