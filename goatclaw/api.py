@@ -228,7 +228,7 @@ async def arun(
     if max_cost is not None and result.ok and session.spent_usd > max_cost:
         _overspent(result, session.spent_usd, max_cost, store_path)
     if store_path is not None:
-        await _remember(result, pipeline, project, options.secrets)
+        await _remember(result, pipeline, project, options.secrets, options.registry)
     return result
 
 
@@ -253,7 +253,8 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
     return make_executor(kind, address=address, workers=project.executor_workers)
 
 
-async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str]) -> None:
+async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],
+                    registry: Registry | None = None) -> None:
     """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
     from goatclaw.memory.learn import MemorySettings, remember_run
 
@@ -264,12 +265,26 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     paths = {tid: t.with_["path"] for tid, t in pipeline.tasks.items()
              if t.uses == "file.read" and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]}
     try:
+        origins = _untrusted_outputs(pipeline, project, result, registry or _registry_for(project))
         await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
-                                secrets=secrets, paths=paths)
+                                secrets=secrets, paths=paths, origins=origins)
     except GoatclawError as exc:
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
+def _untrusted_outputs(pipeline: Pipeline, project: Project, result: RunResult,
+                       registry: Registry) -> dict[str, frozenset[str]]:
+    """Per task: the untrusted tasks whose data its output and error carried (statically, and as the run found)."""
+    from goatclaw.engine.guard import Guard
+
+    guard = Guard(pipeline, project.root, registry)
+    found = {tid: guard.output_origins(tid) for tid in pipeline.tasks}
+    with Store.open(result.store_path or "") as db:
+        for tid, (came, _) in db.untrusted_tasks(result.run_id).items():
+            found[tid] = found.get(tid, frozenset()) | frozenset(came)
+    return {tid: came for tid, came in found.items() if came}
 
 
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,

@@ -103,6 +103,11 @@ class Guard:
             self._origins, self._flows = self._follow()
         return self._flows
 
+    def output_origins(self, task_id: str) -> frozenset[str]:
+        """The untrusted tasks whose data ``task_id``'s output (and error) carries, statically (itself included)."""
+        self.all_flows()
+        return self._origins.get(task_id, frozenset())
+
     def carried(self, task_id: str) -> frozenset[str]:
         """The untrusted tasks whose data ``task_id``'s inputs carry (after its ``trust:``), static and run-time."""
         self.all_flows()

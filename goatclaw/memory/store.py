@@ -171,16 +171,19 @@ class MemoryStore:
 
     def add_many(self, items: Sequence[tuple[str, str, Mapping[str, Any]]], *,
                  merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None,
-                 origins: Iterable[str] = ()) -> list[Memory]:
-        """Remember several ``(text, kind, metadata)`` at once (one embedding batch, one transaction)."""
+                 origins: Iterable[str] = (), each: Sequence[Iterable[str]] | None = None) -> list[Memory]:
+        """Remember several ``(text, kind, metadata)`` at once (one embedding batch, one transaction).
+
+        ``origins`` apply to every item; ``each`` gives every item its own as well.
+        """
         for _, kind, _ in items:
             _check_kind(kind)
         return self.add_embedded(items, self.embed([text for text, _, _ in items]), merge_threshold=merge_threshold,
-                                 at=at, origins=origins)
+                                 at=at, origins=origins, each=each)
 
     def add_embedded(self, items: Sequence[tuple[str, str, Mapping[str, Any]]], vectors: np.ndarray, *,
                      merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None,
-                     origins: Iterable[str] = ()) -> list[Memory]:
+                     origins: Iterable[str] = (), each: Sequence[Iterable[str]] | None = None) -> list[Memory]:
         """Like :meth:`add_many` with the vectors already made by this store's embedder (imports, benchmarks)."""
         emb = self._vectors_ready()
         if len(vectors) != len(items) or (len(vectors) and np.shape(vectors)[1] != emb.dim):
@@ -189,10 +192,11 @@ class MemoryStore:
         for _, kind, _ in items:
             _check_kind(kind)
         now = time.time() if at is None else at
-        came = sorted(set(origins))
+        common = set(origins)
+        mine = [sorted(common | set(o)) for o in each] if each is not None else [sorted(common)] * len(items)
         out: list[Memory] = []
         with self.store.transaction() as db:
-            for (text, kind, meta), vec in zip(items, vectors, strict=True):
+            for (text, kind, meta), vec, came in zip(items, vectors, mine, strict=True):
                 same = self._duplicate(vec, kind, meta, merge_threshold) if merge_threshold is not None else None
                 out.append(self._merge_into(db, same, meta, now, origins=came) if same
                            else self._insert(db, text, kind, meta, vec, now, came))

@@ -198,3 +198,29 @@ def test_a_memory_stored_from_a_web_page_is_untrusted_when_found(root: Path, web
     trusted = _run(root, MEMORY.format(name="recall", tasks=recall.format(kind="note", trust=trust)), "recall.yaml")
     assert trusted.ok, trusted.tasks["act"].error
     assert (root / "pwned").exists()
+
+
+def test_what_memory_learns_from_an_untrusted_task_stays_untrusted(root: Path, web: str) -> None:
+    pytest.importorskip("sqlite_vec")
+    (root / "goatclaw.yaml").write_text("version: 1\nstore:\n  path: .goatclaw/goatclaw.db\n"
+                                        "memory: {remember: {outputs: true}}\n")
+    learned = _run(root, MEMORY.format(name="learn", tasks=f"""
+      fetch: {{uses: http, with: {{url: "{web}/page", response: text}}}}
+      plain: {{uses: echo, with: {{value: "echo from the author"}}}}
+    """), "learn.yaml")
+    assert learned.ok
+    recall = """
+      recall: {{uses: memory, with: {{action: search, query: output, k: 1, kind: output, filters: {{task: {task}}}}}}}
+      act:
+        uses: shell
+        needs: recall
+        with: {{script: "echo ${{{{ tasks.recall.output.results[0].text | tojson }}}}"}}
+    """
+    seen = _run(root, MEMORY.format(name="recall", tasks=recall.format(task="fetch")),
+                "recall.yaml")
+    assert "fetch output" in seen.tasks["recall"].output["results"][0]["text"]
+    _refused(seen, "act", "reads tasks.recall, which carries output of fetch")
+    own = _run(root, MEMORY.format(name="recall", tasks=recall.format(task="plain")),
+               "recall.yaml")
+    assert "plain output" in own.tasks["recall"].output["results"][0]["text"]
+    assert own.ok, own.tasks["act"].error  # an echo of the author's own text is not untrusted
