@@ -65,7 +65,8 @@ class ReadBack:
             with self._lock:
                 self._writes.setdefault(task, []).append((self._real(data["path"]), sha, str(data.get("mode"))))
         elif topic == UNTRUSTED:
-            self.runtime.mark(task, data.get("origins") or (), str(data.get("how") or ""))
+            with self._lock:  # items of a fan-out mark the same task from several threads
+                self.runtime.mark(task, data.get("origins") or (), str(data.get("how") or ""))
 
     def settle(self, task_id: str, also: Iterable[str] = ()) -> frozenset[str]:
         """``task_id`` finished: record its writes, resolve its reads; what its output carries at run time."""
@@ -78,7 +79,8 @@ class ReadBack:
                 origins, unchanged = found
                 how = f"read back from {self._shown(path)}, which " + (
                     "an untrusted flow wrote" if unchanged else "holds what an untrusted flow wrote")
-                self.runtime.mark(task_id, origins, how)
+                with self._lock:
+                    self.runtime.mark(task_id, origins, how)
         if writes:
             self._record(task_id, writes)
         return self.runtime.settle(task_id, also)
