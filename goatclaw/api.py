@@ -265,7 +265,7 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     paths = {tid: t.with_["path"] for tid, t in pipeline.tasks.items()
              if t.uses == "file.read" and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]}
     try:
-        origins = _untrusted_outputs(pipeline, project, result, registry or _registry_for(project))
+        origins = _untrusted_outputs(pipeline, project, registry or _registry_for(project))
         await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
                                 secrets=secrets, paths=paths, origins=origins)
     except GoatclawError as exc:
@@ -274,17 +274,15 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
 
 
-def _untrusted_outputs(pipeline: Pipeline, project: Project, result: RunResult,
-                       registry: Registry) -> dict[str, frozenset[str]]:
-    """Per task: the untrusted tasks whose data its output and error carried (statically, and as the run found)."""
+def _untrusted_outputs(pipeline: Pipeline, project: Project, registry: Registry) -> dict[str, frozenset[str]]:
+    """Per task: the untrusted tasks whose data its output and error carry, as its templates show.
+
+    (What the run found besides, files and memories read back, is in the store: memory reads it there.)
+    """
     from goatclaw.engine.guard import Guard
 
     guard = Guard(pipeline, project.root, registry)
-    found = {tid: guard.output_origins(tid) for tid in pipeline.tasks}
-    with Store.open(result.store_path or "") as db:
-        for tid, (came, _) in db.untrusted_tasks(result.run_id).items():
-            found[tid] = found.get(tid, frozenset()) | frozenset(came)
-    return {tid: came for tid, came in found.items() if came}
+    return {tid: came for tid in pipeline.tasks if (came := guard.output_origins(tid))}
 
 
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,

@@ -80,8 +80,9 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
     """Remember what run ``run_id`` taught (failures, fixes, its summary); how many memories were written.
 
     ``plugins`` maps task ids to their plugin, ``paths`` to the file a ``file.read`` task reads,
-    ``origins`` to the untrusted tasks whose data its output and error carry: the memories
-    made from a task's error or output keep them (a search that finds one is untrusted).
+    ``origins`` to the untrusted tasks whose data its output and error carry (as its templates
+    show; what the run found at run time is read from the store): the memories made from a
+    task's error or output keep them (a search that finds one is untrusted).
 
     Reads the run back from the store; opens the vector store (and loads the embedder)
     only when there is something to write.
@@ -99,8 +100,10 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
         summary_wanted = settings.runs is True or (settings.runs is None and (notes.failures or notes.fixes))
         if not (notes.failures or notes.fixes or notes.outputs or summary_wanted):
             return 0
-        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins, paths or {},
-                      origins or {})
+        carried: dict[str, set[str]] = {tid: set(came) for tid, came in (origins or {}).items()}
+        for tid, (came, _) in store.untrusted_tasks(run_id).items():  # what the run found (files, memories read back)
+            carried.setdefault(tid, set()).update(came)
+        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins, paths or {}, carried)
 
 
 def _worth_a_look(store: Store, pipeline: str, run_id: str) -> bool:
