@@ -420,17 +420,21 @@ class Store:
     def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
                     attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
                     cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = (),
-                    audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None) -> None:
+                    audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None,
+                    origins: Sequence[tuple[Any, ...]] = ()) -> None:
         """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
 
         Rows are tuples in table column order (``dead`` without the id and replay
         columns). ``run`` is ``(status, finished_at, error, summary_json, run_id)`` to
         finish the run in the same transaction. ``audit`` rows ``(ts, run_id, task_id,
-        action, detail_json)`` are appended to the audit chain, linked by ``seal``.
+        action, detail_json)`` are appended to the audit chain, linked by ``seal``; ``origins`` are
+        :meth:`record_file_origins` rows.
         """
         with self.transaction() as db:
             if audit:
                 self._append_audit(db, audit, seal)
+            if origins:
+                db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", origins)
             if cache:
                 db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
             if dead:

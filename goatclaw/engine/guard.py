@@ -58,6 +58,7 @@ class Guard:
         self._flows: dict[str, list[Flow]] | None = None
         self._origins: dict[str, frozenset[str]] = {}  # statically: what each task's output carries
         self._infos: dict[str, TaskFlows | None] = {}
+        self._all = _tasks(pipeline)
         #: What the run finds at run time (files and memories an untrusted flow wrote, read back).
         self.runtime = RuntimeTaint(self.info, self._upstream, tuple(pipeline.tasks))
 
@@ -111,13 +112,15 @@ class Guard:
     def carried(self, task_id: str) -> frozenset[str]:
         """The untrusted tasks whose data ``task_id``'s inputs carry (after its ``trust:``), static and run-time."""
         self.all_flows()
+        if not self._origins and not self.runtime:  # nothing untrusted in sight (most runs): nothing to look at
+            return frozenset()
         # statically a task carries its own id only when its plugin is untrusted: that is its output, not its inputs
         return (self._origins.get(task_id, frozenset()) - {task_id}) | self.runtime.inputs(task_id)
 
     def info(self, task_id: str) -> TaskFlows | None:
         """What the taint analysis knows of ``task_id`` (its reads, sinks, ``trust:``), or ``None``."""
         if task_id not in self._infos:
-            task = _tasks(self.pipeline).get(task_id)
+            task = self._all.get(task_id)
             spec = self.spec(task) if task is not None else None
             self._infos[task_id] = None if task is None else TaskFlows(
                 _reads(task), bool(spec and spec.untrusted_output), tuple(spec.sinks) if spec else (), task.trust)

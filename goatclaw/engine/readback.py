@@ -41,11 +41,13 @@ class ReadBack:
     """The run's bookkeeping of files written and read back (see the module docstring)."""
 
     def __init__(self, runtime: RuntimeTaint, workspace: Path, store: Store | None, run_id: str,
-                 carried: Callable[[str], frozenset[str]]) -> None:
+                 carried: Callable[[str], frozenset[str]],
+                 record: Callable[[list[tuple[Any, ...]]], None] | None = None) -> None:
         self.runtime = runtime
         self.workspace = Path(workspace).resolve()
-        self.store = store
+        self.store = store  # read: what earlier runs wrote
         self.run_id = run_id
+        self.record = record  # where this run's writes go (the recorder: committed with the task's row)
         self.carried = carried  # task id -> what its inputs carry (static and run-time)
         self._lock = threading.Lock()  # plugins running in threads report through here
         self._reads: dict[str, list[tuple[str, str]]] = {}
@@ -106,7 +108,9 @@ class ReadBack:
                 origins = origins | (before[0] if before is not None else frozenset())
             self._files[path] = (sha, origins)
             rows.append((path, sha, json.dumps(sorted(origins)), self.run_id, task_id, now))
-        if self.store is not None:
+        if self.record is not None:
+            self.record(rows)
+        elif self.store is not None:
             self.store.record_file_origins(rows)
 
     def _lookup(self, path: str, sha: str) -> tuple[frozenset[str], bool] | None:

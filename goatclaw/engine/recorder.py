@@ -73,6 +73,7 @@ class Recorder:
         self.cache: list[tuple[Any, ...]] = []
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
+        self.origins: list[tuple[Any, ...]] = []  # files written, with the untrusted origins of their content
         self._audit_lock = threading.Lock()
         self._seal = sealer(key)  # keyed when the audit key is given (goatclaw.security.auditkey)
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
@@ -192,6 +193,11 @@ class Recorder:
                 "item": data.get("item"), "model": data.get("model"), "tokens": data.get("usage"),
                 "cost_usd": data.get("cost_usd"), "source": data.get("source")})
 
+    def file_origins(self, rows: list[tuple[Any, ...]]) -> None:
+        """Files a task wrote ``(real_path, sha256, origins_json, run_id, task_id, ts)``: committed with its row."""
+        if self.store is not None:
+            self.origins += rows
+
     def audited(self, action: str, task_id: str | None, detail: dict[str, Any]) -> None:
         """A side effect for the audit chain (secrets masked); committed with the next batch, in order."""
         if action == "permission.denied":
@@ -265,7 +271,8 @@ class Recorder:
         if self.store is None or not (self.events or self.tasks or self.attempts or run or self.audit):
             return
         batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
-                 "cache": self.cache, "dead": self.dead}
+                 "cache": self.cache, "dead": self.dead, "origins": self.origins}
+        self.origins = []
         with self._audit_lock:
             batch["audit"], self.audit = self.audit, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
@@ -283,9 +290,9 @@ class Recorder:
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Several queued batches as one transaction's worth of rows."""
     merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": [],
-                              "audit": []}
+                              "audit": [], "origins": []}
     for batch in batches:
-        for key in ("events", "tasks", "attempts", "cache", "dead", "audit"):
+        for key in ("events", "tasks", "attempts", "cache", "dead", "audit", "origins"):
             merged[key] += batch[key]
         merged["run"] = batch["run"] or merged["run"]
         merged["seal"] = batch.get("seal") or merged.get("seal")

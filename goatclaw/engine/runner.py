@@ -176,7 +176,8 @@ class _Runner(OutputChecks):
         r.started_at = time.time()
         store = Store.open(self.opts.store_path) if self.opts.store_path else None
         self.recorder = Recorder(store, self.bus, r.run_id, secrets=dict(self.opts.secrets))
-        self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried)
+        self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried,
+                                 self.recorder.file_origins)
         if any(t.breaker is not None for t in self.all_tasks.values()):
             rec = self.recorder
             self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,

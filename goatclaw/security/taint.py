@@ -134,6 +134,10 @@ class RuntimeTaint:
         self._settled: dict[str, frozenset[str]] = {}
         self._how: dict[str, str] = {}
 
+    def __bool__(self) -> bool:
+        """Whether anything untrusted came back in this run so far."""
+        return bool(self._settled or self._marks)
+
     def mark(self, tid: str, origins: Iterable[str], how: str = "") -> None:
         """``tid``'s output holds data that came from ``origins`` (untrusted tasks), ``how`` it got in."""
         came = frozenset(origins)
@@ -177,8 +181,10 @@ class RuntimeTaint:
 
     def flows(self, tid: str) -> list[Flow]:
         """Run-time untrusted data reaching ``tid``'s sinks without ``trust:``."""
+        if not self._settled:  # nothing untrusted came back yet
+            return []
         info = self._info(tid)
-        if info is None or not info.sinks or not self._settled:
+        if info is None or not info.sinks:
             return []
         found = carried(tid, info, self._origins_of, self._upstream)[1]
         return [Flow(f.task, f.field, f.via, f.origins, self._how_of(f.via)) for f in found]
