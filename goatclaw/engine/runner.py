@@ -347,12 +347,7 @@ class _Runner(OutputChecks):
         store = self.recorder.store
         if self.seeded and store is not None and self.readback is not None:  # what they carried when they ran
             stored = store.untrusted_tasks(self.opts.seed_from or self.result.run_id)
-            kept = [t for t in self.plan.order if t in self.seeded]
-            self.readback.restore(stored, kept)
-            for tid in kept:  # this run's log says it too (a replay of this run seeds from it)
-                if origins := self.guard.runtime.origins(tid):
-                    self.recorder.event(UNTRUSTED_EVENT, tid, {"origins": sorted(origins),
-                                                              "how": self.guard.runtime.how(tid)})
+            self.readback.restore(stored, [t for t in self.plan.order if t in self.seeded])
 
     def _stub(self, now: float) -> None:
         """Stubbed tasks succeed at once with their given output (a fan-out's is its list of outputs)."""
