@@ -32,6 +32,7 @@ from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
+from goatclaw.security.auditkey import audit_key
 from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
@@ -104,11 +105,12 @@ def permissions_of(pipeline: Pipeline, *, registry: Registry | None = None) -> l
 
 
 def redactor_for(pipeline: Pipeline) -> Any:
-    """The :class:`~goatclaw.security.secrets.Redactor` of the pipeline's declared secrets (for rendering)."""
+    """The :class:`~goatclaw.security.secrets.Redactor` of the pipeline's declared secrets and the audit key."""
+    from goatclaw.security.auditkey import with_audit_key
     from goatclaw.security.secrets import Redactor
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
-    return Redactor(read_secrets(pipeline.secrets, project.root))
+    return Redactor(with_audit_key(read_secrets(pipeline.secrets, project.root)))
 
 
 def plan(pipeline: Pipeline) -> Plan:
@@ -181,6 +183,7 @@ async def arun(
     ``workspace`` is the folder tasks' relative paths start from (default: the project's folder;
     ``goatclaw test`` runs each case in a scratch copy of it).
     """
+    audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry)
     project: Project = pipeline.project or load_project_for(pipeline.file)
@@ -225,7 +228,7 @@ async def arun(
     if max_cost is not None and result.ok and session.spent_usd > max_cost:
         _overspent(result, session.spent_usd, max_cost, store_path)
     if store_path is not None:
-        await _remember(result, pipeline, project, options.secrets)
+        await _remember(result, pipeline, project, options.secrets, options.registry)
     return result
 
 
@@ -252,7 +255,8 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
     return make_executor(kind, address=address, workers=project.executor_workers)
 
 
-async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str]) -> None:
+async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],
+                    registry: Registry | None = None) -> None:
     """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
     from goatclaw.memory.learn import MemorySettings, remember_run
 
@@ -263,12 +267,24 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     paths = {tid: t.with_["path"] for tid, t in pipeline.tasks.items()
              if t.uses == "file.read" and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]}
     try:
+        origins = _untrusted_outputs(pipeline, project, registry or _registry_for(project))
         await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
-                                secrets=secrets, paths=paths)
+                                secrets=secrets, paths=paths, origins=origins)
     except GoatclawError as exc:
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
+def _untrusted_outputs(pipeline: Pipeline, project: Project, registry: Registry) -> dict[str, frozenset[str]]:
+    """Per task: the untrusted tasks whose data its output and error carry, as its templates show.
+
+    (What the run found besides, files and memories read back, is in the store: memory reads it there.)
+    """
+    from goatclaw.engine.guard import Guard
+
+    guard = Guard(pipeline, project.root, registry)
+    return {tid: came for tid in pipeline.tasks if (came := guard.output_origins(tid))}
 
 
 def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_path: Path | None, *,

@@ -31,12 +31,16 @@ from typing import Any, NoReturn, TypeVar
 from goatclaw.errors import PermissionDenied, TaskError
 from goatclaw.security.permissions import Grant, build_grant, model_hosts
 
-__all__ = ["AUDIT_PREFIX", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
+__all__ = ["AUDIT_PREFIX", "READ_BACK", "UNTRUSTED", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Topic prefix of what :meth:`TaskContext.audit` emits; the engine routes these into the audit chain.
 AUDIT_PREFIX = "audit."
+#: Topic of :meth:`TaskContext.untrusted`: the task's output holds data from untrusted tasks.
+UNTRUSTED = "taint.untrusted"
+#: Topic of :meth:`TaskContext.read_back`: the task's output holds a file's content.
+READ_BACK = "taint.read"
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,10 @@ class TaskContext:
     #: task passes it to its answer cache (docs/llm.md); ``cache_ttl`` is ``cache.ttl`` in seconds.
     cache: bool | None = None
     cache_ttl: float | None = None
+    #: The untrusted tasks (``llm``, ``http``, …) whose data this task's inputs carry, after its
+    #: ``trust:``; empty when they carry none. A plugin that keeps its inputs somewhere (``memory``)
+    #: stores these with them, so that what is read back later is untrusted too.
+    origins: frozenset[str] = frozenset()
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -211,6 +219,28 @@ class TaskContext:
         self.emit("ratelimit.wait", kind=kind, key=key, wait=round(wait, 3), limit=window.limit,
                   per_seconds=window.window)
         return window
+
+    def untrusted(self, origins: Any, how: str = "") -> None:
+        """Say that this task's output holds data from the untrusted tasks ``origins`` (task ids).
+
+        ``how`` says how it came in (``"a memory stored from untrusted data"``); it is shown
+        when the data is refused at a sink. The output is then untrusted like an ``llm``
+        task's: a later task may use it in a sink argument only with ``trust:``.
+        """
+        names = sorted({str(o) for o in origins})
+        if names:
+            self.emit(UNTRUSTED, origins=names, how=how)
+
+    def read_back(self, path: str | Path, data: bytes) -> None:
+        """Say that this task's output holds the content ``data`` of the file ``path`` (its real path).
+
+        The engine looks the file up where it records what ``file.write`` wrote: content an
+        untrusted flow wrote (in this run or an earlier one), or a file changed since such a
+        write, makes the output untrusted. Call it for every file whose content you return.
+        """
+        import hashlib
+
+        self.emit(READ_BACK, path=str(path), sha256=hashlib.sha256(data).hexdigest())
 
     def emit(self, topic: str, **data: Any) -> None:
         """Publish an event for this task (stored in the run's event log)."""

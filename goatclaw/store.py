@@ -255,6 +255,27 @@ def _m011_rate_windows(db: Connection) -> None:
     )
 
 
+def _m016_taint(db: Connection) -> None:
+    # Where untrusted data went (goatclaw.security.taint): every file file.write wrote, with the
+    # untrusted tasks its content came from ([] for a clean write), and each memory's origins.
+    _script(
+        db,
+        """
+        CREATE TABLE file_origins (
+            path TEXT NOT NULL,
+            sha256 TEXT,
+            origins TEXT NOT NULL,
+            run_id TEXT,
+            task_id TEXT,
+            written_at REAL NOT NULL
+        );
+        CREATE INDEX file_origins_by_path ON file_origins (path, written_at);
+        CREATE INDEX file_origins_by_hash ON file_origins (sha256);
+        ALTER TABLE memories ADD COLUMN origins TEXT NOT NULL DEFAULT '[]'
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -267,6 +288,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("008_task_plugin", _m008_task_plugin),
     ("009_run_owner", _m009_run_owner),
     ("011_rate_windows", _m011_rate_windows),
+    ("016_taint", _m016_taint),
 )
 
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
@@ -398,17 +420,21 @@ class Store:
     def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
                     attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
                     cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = (),
-                    audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None) -> None:
+                    audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None,
+                    origins: Sequence[tuple[Any, ...]] = ()) -> None:
         """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
 
         Rows are tuples in table column order (``dead`` without the id and replay
         columns). ``run`` is ``(status, finished_at, error, summary_json, run_id)`` to
         finish the run in the same transaction. ``audit`` rows ``(ts, run_id, task_id,
-        action, detail_json)`` are appended to the audit chain, linked by ``seal``.
+        action, detail_json)`` are appended to the audit chain, linked by ``seal``; ``origins`` are
+        :meth:`record_file_origins` rows.
         """
         with self.transaction() as db:
             if audit:
                 self._append_audit(db, audit, seal)
+            if origins:
+                db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", origins)
             if cache:
                 db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
             if dead:
@@ -442,6 +468,28 @@ class Store:
         sealed = seal(0, None, rows) if head is None else seal(head[0], head[1], rows)
         db.executemany("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?)", sealed)
         db.execute("INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)", (sealed[-1][0], sealed[-1][7]))
+
+    def record_file_origins(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Record files written: ``(real_path, sha256 or None, origins_json, run_id, task_id, written_at)`` rows."""
+        with self.transaction() as db:
+            db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", rows)
+
+    def file_origins(self, path: str, sha256: str) -> tuple[frozenset[str], bool] | None:
+        """What a file read back carries: the untrusted origins of its last recorded write, and whether it is unchanged.
+
+        ``None`` when goatclaw never wrote that path and no untrusted write made that content.
+        A file changed since its last write (copied over, edited) also carries the origins of
+        every untrusted write of the same content elsewhere.
+        """
+        last = self.db.execute("SELECT sha256, origins FROM file_origins WHERE path = ? ORDER BY written_at DESC, "
+                               "rowid DESC LIMIT 1", (path,)).fetchone()
+        if last is not None and last[0] == sha256:
+            return frozenset(json.loads(last[1])), True
+        same = self.db.execute("SELECT origins FROM file_origins WHERE sha256 = ? AND origins != '[]'", (sha256,))
+        found = frozenset().union(*(json.loads(r[0]) for r in same))
+        if last is None and not found:
+            return None
+        return found | (frozenset(json.loads(last[1])) if last is not None else frozenset()), False
 
     # -- reading ---------------------------------------------------------------------
 
@@ -495,6 +543,16 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
                 for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
+
+    def untrusted_tasks(self, run_id: str) -> dict[str, tuple[list[str], str]]:
+        """Per task of a run: the untrusted origins its output carried at run time, and how (``task.untrusted``)."""
+        rows = self.db.execute("SELECT task_id, data FROM events WHERE run_id = ? AND topic = 'task.untrusted' "
+                               "ORDER BY seq", (run_id,))
+        out: dict[str, tuple[list[str], str]] = {}
+        for task_id, data in rows:
+            got = _loads(data) or {}
+            out[task_id] = (list(got.get("origins") or ()), str(got.get("how") or ""))
+        return out
 
     def last_unfinished(self, pipeline: str) -> RunRow | None:
         """The newest run of ``pipeline`` that did not succeed (what ``--resume`` picks)."""

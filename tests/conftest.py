@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _no_held_audit_key() -> Iterator[None]:
+    """The audit key a test's run took from the environment is not held into the next test."""
+    yield
+    from goatclaw.security.auditkey import forget_audit_key
+
+    forget_audit_key()
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project folder (with goatclaw.yaml) that is also the current directory.

@@ -17,7 +17,7 @@ from typing import Any
 from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, root_problem, widenings
 from goatclaw.security.pycalls import static_refusal
-from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, TaskFlows, follow
+from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, RuntimeTaint, TaskFlows, follow
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
@@ -56,6 +56,11 @@ class Guard:
         self._grants: dict[str, Grant] = {}
         self._base: Grant | None = None
         self._flows: dict[str, list[Flow]] | None = None
+        self._origins: dict[str, frozenset[str]] = {}  # statically: what each task's output carries
+        self._infos: dict[str, TaskFlows | None] = {}
+        self._all = _tasks(pipeline)
+        #: What the run finds at run time (files and memories an untrusted flow wrote, read back).
+        self.runtime = RuntimeTaint(self.info, self._upstream, tuple(pipeline.tasks))
 
     # -- grants ----------------------------------------------------------------------
 
@@ -96,8 +101,34 @@ class Guard:
     def all_flows(self) -> dict[str, list[Flow]]:
         """Every refused flow, by task (computed once)."""
         if self._flows is None:
-            self._flows = self._follow()
+            self._origins, self._flows = self._follow()
         return self._flows
+
+    def output_origins(self, task_id: str) -> frozenset[str]:
+        """The untrusted tasks whose data ``task_id``'s output (and error) carries, statically (itself included)."""
+        self.all_flows()
+        return self._origins.get(task_id, frozenset())
+
+    def carried(self, task_id: str) -> frozenset[str]:
+        """The untrusted tasks whose data ``task_id``'s inputs carry (after its ``trust:``), static and run-time."""
+        self.all_flows()
+        if not self._origins and not self.runtime:  # nothing untrusted in sight (most runs): nothing to look at
+            return frozenset()
+        # statically a task carries its own id only when its plugin is untrusted: that is its output, not its inputs
+        return (self._origins.get(task_id, frozenset()) - {task_id}) | self.runtime.inputs(task_id)
+
+    def info(self, task_id: str) -> TaskFlows | None:
+        """What the taint analysis knows of ``task_id`` (its reads, sinks, ``trust:``), or ``None``."""
+        if task_id not in self._infos:
+            task = self._all.get(task_id)
+            spec = self.spec(task) if task is not None else None
+            self._infos[task_id] = None if task is None else TaskFlows(
+                _reads(task), bool(spec and spec.untrusted_output), tuple(spec.sinks) if spec else (), task.trust)
+        return self._infos[task_id]
+
+    def _upstream(self, tid: str) -> Iterable[str]:
+        p = self.pipeline
+        return set(p.tasks) if tid not in p.tasks else _ancestors(p, tid)
 
     def spec(self, task: Task) -> Any:
         """The task's plugin spec, or ``None`` when the plugin cannot be loaded (reported elsewhere)."""
@@ -110,12 +141,12 @@ class Guard:
         except PluginError:
             return None
 
-    def _follow(self) -> dict[str, list[Flow]]:
+    def _follow(self) -> tuple[dict[str, frozenset[str]], dict[str, list[Flow]]]:
         p = self.pipeline
         tasks = _tasks(p)
         by_plugin = {uses: self.spec_of(uses) for uses in {t.uses for t in tasks.values()}}
         if not any(s is not None and s.untrusted_output for s in by_plugin.values()):
-            return {}
+            return {}, {}
         specs = {tid: by_plugin[t.uses] for tid, t in tasks.items()}
         untrusted = [tid for tid, s in specs.items() if s is not None and s.untrusted_output]
         affected = _downstream(p, untrusted) | set(p.on_failure) | set(p.finally_)
@@ -126,12 +157,7 @@ class Guard:
                                 tuple(specs[tid].sinks) if specs[tid] else (), tasks[tid].trust)
                  for tid in order if tid != RUN_ERRORS}
         infos[RUN_ERRORS] = TaskFlows({"errors": ALL_UPSTREAM})
-        main = set(p.tasks)
-
-        def upstream(tid: str) -> Iterable[str]:
-            return main if tid not in main else _ancestors(p, tid)
-
-        return follow(order, infos, upstream)[1]
+        return follow(order, infos, self._upstream)
 
 
 def _order(pipeline: Pipeline) -> list[str]:

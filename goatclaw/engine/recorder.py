@@ -25,7 +25,8 @@ from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps, plain
 from goatclaw.plugin import AUDIT_PREFIX
-from goatclaw.security.audit import KEY_ENV, audit_key, sealer
+from goatclaw.security.audit import sealer
+from goatclaw.security.auditkey import audit_key, with_audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
 from goatclaw.store import Store, TaskRow
@@ -58,8 +59,8 @@ class Recorder:
         self.run_id = run_id
         key = audit_key()
         if key is not None:  # the audit key is masked like a declared secret
-            secrets = ({**secrets, KEY_ENV: key.decode()} if isinstance(secrets, Mapping)
-                       else (*secrets, key.decode()))
+            secrets = (with_audit_key(secrets) if isinstance(secrets, Mapping)
+                       else (*secrets, key.decode("utf-8", "replace")))
         values = secrets.values() if isinstance(secrets, Mapping) else secrets
         self.secrets = tuple(sorted((s for s in values if s and len(s) >= 3), key=len, reverse=True))
         #: Masks the secrets (by name) and their encoded forms (base64, URL, hex, JSON) in everything written.
@@ -72,8 +73,9 @@ class Recorder:
         self.cache: list[tuple[Any, ...]] = []
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
+        self.origins: list[tuple[Any, ...]] = []  # files written, with the untrusted origins of their content
         self._audit_lock = threading.Lock()
-        self._seal = sealer(key)  # keyed when GOATCLAW_AUDIT_KEY is set (goatclaw.security.audit)
+        self._seal = sealer(key)  # keyed when the audit key is given (goatclaw.security.auditkey)
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
@@ -191,6 +193,11 @@ class Recorder:
                 "item": data.get("item"), "model": data.get("model"), "tokens": data.get("usage"),
                 "cost_usd": data.get("cost_usd"), "source": data.get("source")})
 
+    def file_origins(self, rows: list[tuple[Any, ...]]) -> None:
+        """Files a task wrote ``(real_path, sha256, origins_json, run_id, task_id, ts)``: committed with its row."""
+        if self.store is not None:
+            self.origins += rows
+
     def audited(self, action: str, task_id: str | None, detail: dict[str, Any]) -> None:
         """A side effect for the audit chain (secrets masked); committed with the next batch, in order."""
         if action == "permission.denied":
@@ -264,7 +271,8 @@ class Recorder:
         if self.store is None or not (self.events or self.tasks or self.attempts or run or self.audit):
             return
         batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
-                 "cache": self.cache, "dead": self.dead}
+                 "cache": self.cache, "dead": self.dead, "origins": self.origins}
+        self.origins = []
         with self._audit_lock:
             batch["audit"], self.audit = self.audit, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
@@ -282,9 +290,9 @@ class Recorder:
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Several queued batches as one transaction's worth of rows."""
     merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": [],
-                              "audit": []}
+                              "audit": [], "origins": []}
     for batch in batches:
-        for key in ("events", "tasks", "attempts", "cache", "dead", "audit"):
+        for key in ("events", "tasks", "attempts", "cache", "dead", "audit", "origins"):
             merged[key] += batch[key]
         merged["run"] = batch["run"] or merged["run"]
         merged["seal"] = batch.get("seal") or merged.get("seal")

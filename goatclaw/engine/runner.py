@@ -28,6 +28,7 @@ from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
 from goatclaw.engine.guard import Guard
 from goatclaw.engine.metrics import critical_path
+from goatclaw.engine.readback import UNTRUSTED_EVENT, ReadBack
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
@@ -40,7 +41,7 @@ from goatclaw.graph import Plan
 from goatclaw.hooks import Hooks
 from goatclaw.plugin import PluginSpec, TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
-from goatclaw.security.audit import KEY_ENV
+from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
@@ -131,6 +132,7 @@ class _Runner(OutputChecks):
         self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
         self.cache: TaskCache | None = None  # reused outputs (a run with a store, unless --no-cache)
+        self.readback: ReadBack | None = None  # files and memories an untrusted flow wrote, read back
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -174,6 +176,8 @@ class _Runner(OutputChecks):
         r.started_at = time.time()
         store = Store.open(self.opts.store_path) if self.opts.store_path else None
         self.recorder = Recorder(store, self.bus, r.run_id, secrets=dict(self.opts.secrets))
+        self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried,
+                                 self.recorder.file_origins)
         if any(t.breaker is not None for t in self.all_tasks.values()):
             rec = self.recorder
             self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
@@ -191,7 +195,7 @@ class _Runner(OutputChecks):
         self.context = {
             "vars": dict(self.opts.vars),
             "env": {k: v for k, v in (os.environ if self.opts.env is None else self.opts.env).items()
-                    if k != KEY_ENV},  # the audit key is never anybody's to read
+                    if k not in (KEY_ENV, KEY_FILE_ENV)},  # the audit key is never anybody's to read
             "secrets": self.secret_reads if self.secret_reads is not None else {},
             "run": {"id": r.run_id, "pipeline": self.pipeline.name, "started_at": r.started_at},
             "tasks": self.views,
@@ -340,6 +344,10 @@ class _Runner(OutputChecks):
             self.seeded.add(row.task_id)
             self.recorder.event("task.resumed", row.task_id, {"status": row.status})
         self.result.resumed = tuple(t for t in self.selected if t in self.seeded)
+        store = self.recorder.store
+        if self.seeded and store is not None and self.readback is not None:  # what they carried when they ran
+            stored = store.untrusted_tasks(self.opts.seed_from or self.result.run_id)
+            self.readback.restore(stored, [t for t in self.plan.order if t in self.seeded])
 
     def _stub(self, now: float) -> None:
         """Stubbed tasks succeed at once with their given output (a fan-out's is its list of outputs)."""
@@ -517,6 +525,7 @@ class _Runner(OutputChecks):
                 self._dead_letter(task, res)
         finally:
             res.finished_at = time.time()
+            self._settle(task, res)
             rec.task_finished(res)
             if self.hooks and res.status is not TaskState.CANCELLED:
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
@@ -744,9 +753,23 @@ class _Runner(OutputChecks):
         """What a plugin (or the engine on the task's behalf) gets: the task's grant, secrets and event channel."""
         assert self.recorder is not None
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
-                           task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
+                           task.env, task.timeout, self.guard.grant(task), self._task_event,
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
-                           cache_ttl=task.cache.ttl)
+                           cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id))
+
+    def _task_event(self, topic: str, data: dict[str, Any]) -> None:
+        """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""
+        assert self.recorder is not None and self.readback is not None
+        self.readback.heard(topic, data)
+        self.recorder.task_event(topic, data)
+
+    def _settle(self, task: Task, res: TaskResult) -> None:
+        """What ``task``'s output carries at run time (kept as an event, for a resume)."""
+        assert self.recorder is not None and self.readback is not None
+        origins = self.readback.settle(task.id, (res.fallback,) if res.fallback else ())
+        if origins:
+            how = self.guard.runtime.how(task.id)
+            self.recorder.event(UNTRUSTED_EVENT, task.id, {"origins": sorted(origins), "how": how})
 
     def _cache_word(self, task: Task) -> bool | None:
         """What ``task`` (and the run) said about caching: ``False`` off, ``True`` asked for, ``None`` silent."""
@@ -774,8 +797,11 @@ class _Runner(OutputChecks):
         return view
 
     def _refuse_untrusted(self, task: Task) -> None:
-        """Untrusted output (llm, http) reaching one of the task's sinks without ``trust:``: permission_denied."""
-        flows = self.guard.flows(task.id)
+        """Untrusted output (llm, http) reaching one of the task's sinks without ``trust:``: permission_denied.
+
+        Statically (what the templates read), and at run time (a file or memory an untrusted flow wrote, read back).
+        """
+        flows = self.guard.flows(task.id) or self.guard.runtime.flows(task.id)
         if flows:
             assert self.recorder is not None
             self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,14 +71,18 @@ class _Notes:
     failures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     fixes: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)  # text, meta, failure id
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    carried: dict[int, list[str]] = field(default_factory=dict)  # failure memory id -> its origins (later fixes)
 
 
 def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: MemorySettings,
                  plugins: Mapping[str, str] | None = None, secrets: Mapping[str, str] | None = None,
-                 paths: Mapping[str, str] | None = None) -> int:
+                 paths: Mapping[str, str] | None = None, origins: Mapping[str, Iterable[str]] | None = None) -> int:
     """Remember what run ``run_id`` taught (failures, fixes, its summary); how many memories were written.
 
-    ``plugins`` maps task ids to their plugin, ``paths`` to the file a ``file.read`` task reads.
+    ``plugins`` maps task ids to their plugin, ``paths`` to the file a ``file.read`` task reads,
+    ``origins`` to the untrusted tasks whose data its output and error carry (as its templates
+    show; what the run found at run time is read from the store): the memories made from a
+    task's error or output keep them (a search that finds one is untrusted).
 
     Reads the run back from the store; opens the vector store (and loads the embedder)
     only when there is something to write.
@@ -96,7 +100,10 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
         summary_wanted = settings.runs is True or (settings.runs is None and (notes.failures or notes.fixes))
         if not (notes.failures or notes.fixes or notes.outputs or summary_wanted):
             return 0
-        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins, paths or {})
+        carried: dict[str, set[str]] = {tid: set(came) for tid, came in (origins or {}).items()}
+        for tid, (came, _) in store.untrusted_tasks(run_id).items():  # what the run found (files, memories read back)
+            carried.setdefault(tid, set()).update(came)
+        return _write(store, run, tasks, notes, settings, mask, bool(summary_wanted), plugins, paths or {}, carried)
 
 
 def _worth_a_look(store: Store, pipeline: str, run_id: str) -> bool:
@@ -152,14 +159,16 @@ def _later_fixes(store: Store, pipeline: str, run_id: str, tasks: Sequence[TaskR
     if not passed:
         return
     rows = store.db.execute(
-        "SELECT id, text, metadata FROM memories WHERE kind = 'failure' AND json_extract(metadata, '$.pipeline') = ? "
+        "SELECT id, text, metadata, origins FROM memories WHERE kind = 'failure' "
+        "AND json_extract(metadata, '$.pipeline') = ? "
         "AND json_extract(metadata, '$.fixed') IS NULL AND json_extract(metadata, '$.run') != ? ORDER BY id",
         (pipeline, run_id)).fetchall()
-    for mid, text, meta_json in rows:
+    for mid, text, meta_json, origins in rows:
         meta = json.loads(meta_json)
         t = passed.get(meta.get("task"))
         if t is None:
             continue
+        notes.carried[int(mid)] = json.loads(origins or "[]")  # the fix quotes the failure
         how = _what_changed(store, meta.get("run"), run_id, t)
         notes.fixes.append((f"{text} -- fixed in a later run by: {how}",
                             {**base, "task": t.task_id, "plugin": meta.get("plugin"), "how": how,
@@ -182,16 +191,21 @@ def _what_changed(store: Store, failed_run: str | None, run_id: str, t: TaskRow)
 
 
 def _write(store: Store, run: Any, tasks: Sequence[TaskRow], notes: _Notes, settings: MemorySettings, mask: Any,
-           summary: bool, plugins: Mapping[str, str], paths: Mapping[str, str]) -> int:
+           summary: bool, plugins: Mapping[str, str], paths: Mapping[str, str],
+           origins: Mapping[str, Iterable[str]]) -> int:
     from goatclaw.memory.store import MemoryStore  # sqlite-vec only when something is written
 
     mem = MemoryStore(store, settings.embedder)
     items: list[tuple[str, str, Mapping[str, Any]]] = [(t, "failure", m) for t, m in notes.failures]
     items += [(t, "fix", m) for t, m, _ in notes.fixes] + [(t, "output", m) for t, m in notes.outputs]
+    each = [list(origins.get(m["task"], ())) for _, m in notes.failures]
+    each += [[*origins.get(m["task"], ()), *notes.carried.get(failure or -1, ())] for _, m, failure in notes.fixes]
+    each += [list(origins.get(m["task"], ())) for _, m in notes.outputs]
     if summary:
         items.append((_run_text(run, tasks, notes, mask), "run", {"pipeline": run.pipeline, "run": run.id,
                                                                   "status": run.status, "time": time.time()}))
-    written = mem.add_many(items)
+        each.append([])  # task ids and error classes, and the run's own error (the engine's words)
+    written = mem.add_many(items, each=each)
     _link_fixes(store, notes, written[len(notes.failures):len(notes.failures) + len(notes.fixes)])
     models, files = _models_and_files(store, run.id, tasks, plugins, paths)
     with store.transaction() as db:

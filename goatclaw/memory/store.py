@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,7 +45,9 @@ class Memory:
     """One remembered thing: ``kind`` (run, output, failure, fix, note), text and metadata.
 
     ``count`` is how many times it was seen (near-duplicates merge into one memory);
-    ``created_at`` and ``last_seen`` are Unix times.
+    ``created_at`` and ``last_seen`` are Unix times. ``origins`` are the untrusted tasks
+    (``llm``, ``http``, …) whose data the stored text came from: a search that finds it is
+    untrusted output (docs/security.md).
     """
 
     id: int
@@ -55,6 +57,7 @@ class Memory:
     count: int = 1
     created_at: float = 0.0
     last_seen: float = 0.0
+    origins: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -156,23 +159,31 @@ class MemoryStore:
     # -- writing -----------------------------------------------------------------------
 
     def add(self, text: str, kind: str = "note", metadata: Mapping[str, Any] | None = None, *,
-            merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None) -> Memory:
+            merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None,
+            origins: Iterable[str] = ()) -> Memory:
         """Remember ``text``; a near-duplicate of the same kind (and pipeline/task) is counted instead.
 
+        ``origins``: the untrusted tasks the text came from (a merge keeps both memories' origins).
         Returns the memory written or the one it merged into.
         """
-        return self.add_many([(text, kind, metadata or {})], merge_threshold=merge_threshold, at=at)[0]
+        return self.add_many([(text, kind, metadata or {})], merge_threshold=merge_threshold, at=at,
+                             origins=origins)[0]
 
     def add_many(self, items: Sequence[tuple[str, str, Mapping[str, Any]]], *,
-                 merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None) -> list[Memory]:
-        """Remember several ``(text, kind, metadata)`` at once (one embedding batch, one transaction)."""
+                 merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None,
+                 origins: Iterable[str] = (), each: Sequence[Iterable[str]] | None = None) -> list[Memory]:
+        """Remember several ``(text, kind, metadata)`` at once (one embedding batch, one transaction).
+
+        ``origins`` apply to every item; ``each`` gives every item its own as well.
+        """
         for _, kind, _ in items:
             _check_kind(kind)
         return self.add_embedded(items, self.embed([text for text, _, _ in items]), merge_threshold=merge_threshold,
-                                 at=at)
+                                 at=at, origins=origins, each=each)
 
     def add_embedded(self, items: Sequence[tuple[str, str, Mapping[str, Any]]], vectors: np.ndarray, *,
-                     merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None) -> list[Memory]:
+                     merge_threshold: float | None = MERGE_THRESHOLD, at: float | None = None,
+                     origins: Iterable[str] = (), each: Sequence[Iterable[str]] | None = None) -> list[Memory]:
         """Like :meth:`add_many` with the vectors already made by this store's embedder (imports, benchmarks)."""
         emb = self._vectors_ready()
         if len(vectors) != len(items) or (len(vectors) and np.shape(vectors)[1] != emb.dim):
@@ -181,12 +192,14 @@ class MemoryStore:
         for _, kind, _ in items:
             _check_kind(kind)
         now = time.time() if at is None else at
+        common = set(origins)
+        mine = [sorted(common | set(o)) for o in each] if each is not None else [sorted(common)] * len(items)
         out: list[Memory] = []
         with self.store.transaction() as db:
-            for (text, kind, meta), vec in zip(items, vectors, strict=True):
+            for (text, kind, meta), vec, came in zip(items, vectors, mine, strict=True):
                 same = self._duplicate(vec, kind, meta, merge_threshold) if merge_threshold is not None else None
-                out.append(self._merge_into(db, same, meta, now) if same else self._insert(db, text, kind, meta,
-                                                                                            vec, now))
+                out.append(self._merge_into(db, same, meta, now, origins=came) if same
+                           else self._insert(db, text, kind, meta, vec, now, came))
         return out
 
     def _duplicate(self, vec: np.ndarray, kind: str, meta: Mapping[str, Any], threshold: float) -> Hit | None:
@@ -196,18 +209,22 @@ class MemoryStore:
         return None
 
     def _insert(self, db: Any, text: str, kind: str, meta: Mapping[str, Any], vec: np.ndarray,
-                now: float) -> Memory:
-        cur = db.execute("INSERT INTO memories (kind, text, metadata, count, created_at, last_seen) "
-                         "VALUES (?,?,?,1,?,?)", (kind, text, json.dumps(meta, default=str), now, now))
+                now: float, origins: list[str]) -> Memory:
+        cur = db.execute("INSERT INTO memories (kind, text, metadata, count, created_at, last_seen, origins) "
+                         "VALUES (?,?,?,1,?,?,?)", (kind, text, json.dumps(meta, default=str), now, now,
+                                                    json.dumps(origins)))
         mid = int(cur.lastrowid)
         db.execute("INSERT INTO memory_vectors (rowid, embedding, kind) VALUES (?,?,?)", (mid, vec.tobytes(), kind))
-        return Memory(mid, kind, text, dict(meta), 1, now, now)
+        return Memory(mid, kind, text, dict(meta), 1, now, now, list(origins))
 
-    def _merge_into(self, db: Any, old: Memory, meta: Mapping[str, Any], now: float, count: int = 1) -> Memory:
+    def _merge_into(self, db: Any, old: Memory, meta: Mapping[str, Any], now: float, count: int = 1,
+                    origins: Iterable[str] = ()) -> Memory:
         merged = _merged_meta(old.metadata, meta)
-        db.execute("UPDATE memories SET count = count + ?, last_seen = MAX(last_seen, ?), metadata = ? WHERE id = ?",
-                   (count, now, json.dumps(merged, default=str), old.id))
-        return Memory(old.id, old.kind, old.text, merged, old.count + count, old.created_at, max(old.last_seen, now))
+        came = sorted({*old.origins, *origins})  # once untrusted, a memory stays so
+        db.execute("UPDATE memories SET count = count + ?, last_seen = MAX(last_seen, ?), metadata = ?, origins = ? "
+                   "WHERE id = ?", (count, now, json.dumps(merged, default=str), json.dumps(came), old.id))
+        return Memory(old.id, old.kind, old.text, merged, old.count + count, old.created_at, max(old.last_seen, now),
+                      came)
 
     def forget(self, memory_id: int | None = None, *, kind: str | None = None,
                filters: Mapping[str, Any] | None = None) -> int:
@@ -381,7 +398,8 @@ class MemoryStore:
                         other = mems[int(ids[j])]
                         if other.id in gone or any(keep.metadata.get(x) != other.metadata.get(x) for x in _SAME):
                             continue
-                        keep = self._merge_into(db, keep, other.metadata, other.last_seen, other.count)
+                        keep = self._merge_into(db, keep, other.metadata, other.last_seen, other.count,
+                                                other.origins)
                         gone.add(other.id)
             self._delete(db, sorted(gone))
         return len(gone)
@@ -425,7 +443,7 @@ def open_memory(path: str | os.PathLike[str], embedder: Embedder | str | None = 
 
 # -- helpers ---------------------------------------------------------------------------
 
-_COLS = "id, kind, text, metadata, count, created_at, last_seen"
+_COLS = "id, kind, text, metadata, count, created_at, last_seen, origins"
 
 
 def _load_vec(db: Any) -> None:
@@ -489,4 +507,5 @@ def _merged_meta(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 
 def _memory(r: Sequence[Any]) -> Memory:
-    return Memory(int(r[0]), r[1], r[2], json.loads(r[3] or "{}"), int(r[4]), float(r[5]), float(r[6]))
+    return Memory(int(r[0]), r[1], r[2], json.loads(r[3] or "{}"), int(r[4]), float(r[5]), float(r[6]),
+                  json.loads(r[7] or "[]"))

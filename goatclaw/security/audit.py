@@ -7,7 +7,7 @@ row's ``hash`` (:data:`GENESIS` for row 1) and ``hash`` is the SHA-256 of the ca
 JSON of the other seven fields. The store keeps the last ``(seq, hash)`` as the chain's
 head, so removing the newest rows shows as well.
 
-With a secret key (the environment variable :data:`KEY_ENV` when the run writes), rows
+With a secret key (:data:`KEY_ENV` or :data:`KEY_FILE_ENV`, see :mod:`goatclaw.security.auditkey`), rows
 are *keyed*: their ``hash`` is ``hmac:`` and the HMAC-SHA256 of the same JSON. Nobody
 without the key can then alter or forge a row, or rebuild the chain from an altered
 row on, without :func:`verify` (given the key) finding it: a plain row after keyed ones
@@ -30,21 +30,20 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ACTIONS", "GENESIS", "KEYED", "KEY_ENV", "AuditRow", "Verdict", "audit_key", "row_hash", "seal",
-           "sealer", "verify"]
+from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV, audit_key
+
+__all__ = ["ACTIONS", "GENESIS", "KEYED", "KEY_ENV", "KEY_FILE_ENV", "AuditRow", "Verdict", "audit_key", "row_hash",
+           "seal", "sealer", "verify"]
 
 #: The ``prev`` of the first row.
 GENESIS = hashlib.sha256(b"goatclaw audit chain v1").hexdigest()
 
 #: The prefix of a keyed row's hash (HMAC-SHA256 with the audit key).
 KEYED = "hmac:"
-#: The environment variable holding the audit key (any text; keep it out of the store's reach).
-KEY_ENV = "GOATCLAW_AUDIT_KEY"
 
 #: The side effects the built-in tasks and the engine record.
 ACTIONS = ("process.started", "file.written", "request.sent", "llm.called", "secret.read", "permission.denied",
@@ -90,12 +89,6 @@ def row_hash(seq: int, ts: float, run_id: str | None, task_id: str | None, actio
     if key is not None:
         return KEYED + hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def audit_key(environ: Any = None) -> bytes | None:
-    """The audit key from :data:`KEY_ENV` (``None`` when unset or empty)."""
-    value = (os.environ if environ is None else environ).get(KEY_ENV)
-    return value.encode() if value else None
 
 
 def sealer(key: bytes | None = None) -> Callable[[int, str | None, Iterable[Sequence[Any]]], list[tuple[Any, ...]]]:

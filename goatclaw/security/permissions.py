@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from goatclaw.errors import PermissionDenied
-from goatclaw.security.audit import KEY_ENV
+from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.globs import has_glob, literal_prefix, matches, matches_within, segments
 from goatclaw.security.pycalls import follow, refusal
 
@@ -194,7 +194,7 @@ class Grant:
 
     def env_visible(self, name: str) -> bool:
         """Whether a task may see the environment variable ``name`` (never the audit key)."""
-        if name == KEY_ENV:
+        if name in (KEY_ENV, KEY_FILE_ENV):
             return False
         return name in BASELINE_ENV or self.env is True or (isinstance(self.env, tuple) and name in self.env)
 

@@ -16,6 +16,13 @@ data through the graph:
 
 The analysis is static (what the templates name, not what a condition picks at run
 time), so it errs on the side of refusing.
+
+Untrusted data also comes back at run time, from where an untrusted flow put it: a file
+that ``file.write`` wrote with such data (in this run or an earlier one), a memory that
+the ``memory`` task stored from it. A plugin that reads such a place reports it (its
+output then carries the origins recorded with the data); :class:`RuntimeTaint` follows
+those outputs through the tasks that read them, with the same ``trust:`` rules, and
+finds the flows into sinks that the static analysis could not see.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["ALL_UPSTREAM", "RUN_ERRORS", "Flow", "TaskFlows", "follow"]
+__all__ = ["ALL_UPSTREAM", "RUN_ERRORS", "Flow", "RuntimeTaint", "TaskFlows", "carried", "follow"]
 
 #: In ``reads``: a template indexes ``tasks`` with a computed key, so it may read any upstream task.
 ALL_UPSTREAM: frozenset[str] = frozenset({"*"})
@@ -49,6 +56,7 @@ class Flow:
     field: str
     via: str
     origins: frozenset[str]
+    how: str = ""  # how the data got there when it is not the templates alone ("read back from ...")
 
     @property
     def message(self) -> str:
@@ -59,9 +67,30 @@ class Flow:
         else:
             source, trust = f"tasks.{self.via}", self.via
         through = "" if came == [self.via] else f", which carries output of {', '.join(came)}"
+        through += f" ({self.how})" if self.how else ""
         return (f"untrusted data: with.{self.field} reads {source}{through} (untrusted: llm/http "
                 f"output, which a prompt injection controls); add trust: [{trust}] to task '{self.task}' "
                 "if this flow is intended")
+
+
+def carried(tid: str, info: TaskFlows, origins_of: Callable[[str], frozenset[str]],
+            upstream: Callable[[str], Iterable[str]]) -> tuple[frozenset[str], list[Flow]]:
+    """What ``tid``'s inputs carry (the untrusted origins left after its ``trust:``), and the refused flows."""
+    carried_all: set[str] = set()
+    flows: list[Flow] = []
+    trust = set(info.trust)
+    for name, refs in info.reads.items():
+        if refs & ALL_UPSTREAM:
+            refs = (refs - ALL_UPSTREAM) | frozenset(upstream(tid))
+        for ref in sorted(refs):
+            came = origins_of(ref)
+            if not came or ref in trust or came <= trust:
+                continue
+            came = frozenset(came - trust)
+            carried_all |= came
+            if "*" in info.sinks or name in info.sinks:
+                flows.append(Flow(tid, name, ref, came))
+    return frozenset(carried_all), flows
 
 
 def follow(order: Iterable[str], tasks: Mapping[str, TaskFlows],
@@ -76,20 +105,100 @@ def follow(order: Iterable[str], tasks: Mapping[str, TaskFlows],
         info = tasks.get(tid)
         if info is None:
             continue
-        carried_all: set[str] = set()
-        for name, refs in info.reads.items():
-            if refs & ALL_UPSTREAM:
-                refs = (refs - ALL_UPSTREAM) | frozenset(upstream(tid))
-            for ref in sorted(refs):
-                came = origins.get(ref, frozenset())
-                if not came or ref in info.trust or came <= set(info.trust):
-                    continue
-                came = frozenset(came - set(info.trust))
-                carried_all |= came
-                if "*" in info.sinks or name in info.sinks:
-                    flows.setdefault(tid, []).append(Flow(tid, name, ref, came))
+        came, refused = carried(tid, info, lambda ref: origins.get(ref, frozenset()), upstream)
+        if refused:
+            flows[tid] = refused
         if info.untrusted_output:
-            carried_all.add(tid)
-        if carried_all:
-            origins[tid] = frozenset(carried_all)
+            came |= {tid}
+        if came:
+            origins[tid] = came
     return origins, flows
+
+
+class RuntimeTaint:
+    """Untrusted origins that appear while a run goes, and where they flow.
+
+    ``info(task_id)`` gives a task's :class:`TaskFlows` (its reads and ``trust:``; its
+    sinks), ``upstream`` as for :func:`follow`. A plugin's report that its output holds
+    untrusted data is :meth:`mark`; :meth:`settle` fixes what a finished task's output
+    carries; :meth:`flows` are the refusals for a task about to run. Origins known
+    statically are :func:`follow`'s: this class only holds what the templates cannot show.
+    """
+
+    def __init__(self, info: Callable[[str], TaskFlows | None], upstream: Callable[[str], Iterable[str]],
+                 tasks: Iterable[str] = ()) -> None:
+        self._info = info
+        self._upstream = upstream
+        self._main = tuple(tasks)  # the graph's tasks: what run.errors carries
+        self._marks: dict[str, tuple[frozenset[str], str]] = {}
+        self._settled: dict[str, frozenset[str]] = {}
+        self._how: dict[str, str] = {}
+
+    def __bool__(self) -> bool:
+        """Whether anything untrusted came back in this run so far."""
+        return bool(self._settled or self._marks)
+
+    def mark(self, tid: str, origins: Iterable[str], how: str = "") -> None:
+        """``tid``'s output holds data that came from ``origins`` (untrusted tasks), ``how`` it got in."""
+        came = frozenset(origins)
+        if not came:
+            return
+        old, old_how = self._marks.get(tid, (frozenset(), ""))
+        self._marks[tid] = (old | came, old_how or how)
+
+    def origins(self, tid: str) -> frozenset[str]:
+        """What ``tid``'s output carries, as far as the run has seen (empty before it settled)."""
+        return self._settled.get(tid, frozenset())
+
+    def how(self, tid: str) -> str:
+        """How the untrusted data in ``tid``'s output came in at run time (``""``: unknown)."""
+        return self._how.get(tid, "")
+
+    def inputs(self, tid: str) -> frozenset[str]:
+        """What ``tid``'s inputs carry at run time (after its ``trust:``)."""
+        if not self._settled:  # nothing untrusted came back yet: no task's reads need looking at
+            return frozenset()
+        info = self._info(tid)
+        return frozenset() if info is None else carried(tid, info, self._origins_of, self._upstream)[0]
+
+    def settle(self, tid: str, also: Iterable[str] = ()) -> frozenset[str]:
+        """``tid`` finished: what its output carries (its inputs' origins, its marks, ``also``'s), after ``trust:``."""
+        if not self._settled and tid not in self._marks:
+            return frozenset()
+        info = self._info(tid)
+        trust = set(info.trust) if info is not None else set()
+        came = set(self.inputs(tid)) | set(self._marks.get(tid, (frozenset(), ""))[0])
+        for other in also:  # a fallback's output stands in for the task's
+            came |= self.origins(other)
+            self._how.setdefault(tid, self._how.get(other, ""))
+        came -= trust
+        if came:
+            self._settled[tid] = frozenset(came)
+            how = self._marks.get(tid, (frozenset(), ""))[1] or next(
+                (self._how[r] for r in sorted(self._refs(tid)) if self._how.get(r)), "")
+            self._how.setdefault(tid, how)
+        return frozenset(came)
+
+    def flows(self, tid: str) -> list[Flow]:
+        """Run-time untrusted data reaching ``tid``'s sinks without ``trust:``."""
+        if not self._settled:  # nothing untrusted came back yet
+            return []
+        info = self._info(tid)
+        if info is None or not info.sinks:
+            return []
+        found = carried(tid, info, self._origins_of, self._upstream)[1]
+        return [Flow(f.task, f.field, f.via, f.origins, self._how_of(f.via)) for f in found]
+
+    def _origins_of(self, ref: str) -> frozenset[str]:
+        if ref == RUN_ERRORS:
+            return frozenset().union(*(self.origins(t) for t in self._main))
+        return self.origins(ref)
+
+    def _how_of(self, ref: str) -> str:
+        if ref == RUN_ERRORS:
+            return next((self._how[t] for t in self._main if self._how.get(t)), "")
+        return self._how.get(ref, "")
+
+    def _refs(self, tid: str) -> set[str]:
+        info = self._info(tid)
+        return set().union(*info.reads.values()) - ALL_UPSTREAM if info is not None and info.reads else set()

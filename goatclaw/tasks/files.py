@@ -34,9 +34,15 @@ _WRITE_MODES = ("overwrite", "append")
 @task(cacheable=False, permissions=("files.read",), sinks=("path",))
 def read(ctx: TaskContext, *, path: str, format: Literal["text", "json", "yaml", "lines"] = "text",
          encoding: str = "utf-8") -> Any:
-    """Read a workspace file as text, JSON, YAML or a list of lines."""
+    """Read a workspace file as text, JSON, YAML or a list of lines.
+
+    The output is untrusted when an untrusted flow wrote the file (see ``TaskContext.read_back``).
+    """
     _check_choice("format", format, _READ_FORMATS)
-    text = _read_text(_existing_file(ctx, path), path, encoding)
+    target = _existing_file(ctx, path)
+    data = _read_file(target, path)
+    ctx.read_back(target, data)
+    text = _decode(data, path, encoding)
     if format == "json":
         return _parse_json(text, path)
     if format == "yaml":
@@ -99,20 +105,25 @@ def _existing_file(ctx: TaskContext, path: str) -> Path:
     return target
 
 
-def _read_text(target: Path, path: str, encoding: str) -> str:
-    """The file's text, refusing files over :data:`MAX_READ_BYTES`."""
+def _read_file(target: Path, path: str) -> bytes:
+    """The file's bytes, refusing files over :data:`MAX_READ_BYTES`."""
     try:
-        data = read_bytes(target, limit=MAX_READ_BYTES)  # a regular file, bounded whatever stat() says
-        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+        return read_bytes(target, limit=MAX_READ_BYTES)  # a regular file, bounded whatever stat() says
     except FileTooLarge as exc:
         fail(f"cannot read '{path}': {exc.strerror}", error_class="invalid_input", path=path)
+    except OSError as exc:
+        fail(f"cannot read '{path}': {exc.strerror or exc}", error_class="invalid_input", path=path)
+
+
+def _decode(data: bytes, path: str, encoding: str) -> str:
+    """The file's text, with Windows and old Mac line ends turned into newlines."""
+    try:
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         fail(f"cannot read '{path}' as {encoding}: {exc.reason} at byte {exc.start}", error_class="invalid_input",
              path=path)
     except LookupError:
         fail(f"unknown encoding '{encoding}'", error_class="invalid_input")
-    except OSError as exc:
-        fail(f"cannot read '{path}': {exc.strerror or exc}", error_class="invalid_input", path=path)
 
 
 def _parse_json(text: str, path: str) -> Any:

@@ -30,8 +30,10 @@ def memory(ctx: TaskContext, *, action: Literal["store", "search", "forget"] = "
 
     ``store``: ``text``, ``kind`` (default ``note``), ``metadata``. ``search``: ``query``,
     ``k``, ``kind``, ``min_score``, ``filters`` (metadata equality); returns
-    ``{query, results: [{id, kind, text, metadata, count, score, ...}]}``. ``forget``:
-    ``id``, or ``kind``/``filters``.
+    ``{query, results: [{id, kind, text, metadata, count, score, origins, ...}]}``. ``forget``:
+    ``id``, or ``kind``/``filters``. A memory stored from untrusted data (an ``llm`` or ``http``
+    output, even through other tasks) keeps those ``origins``, and a search that finds it is
+    untrusted output.
     """
     if action not in _ACTIONS:
         fail(f"action must be one of {', '.join(_ACTIONS)}, not '{action}'", error_class="invalid_input")
@@ -47,6 +49,7 @@ def memory(ctx: TaskContext, *, action: Literal["store", "search", "forget"] = "
                 if not query:
                     fail("search needs a query", error_class="invalid_input")
                 hits = mem.search(_mask(ctx, query), k=k, kind=kind, filters=filters, min_score=min_score)
+                ctx.untrusted({o for h in hits for o in h.origins}, "a memory stored from untrusted data")
                 return {"query": query, "results": [h.to_dict() for h in hits]}
             return {"forgotten": mem.forget(id, kind=kind, filters=filters)}
     except GoatclawError as exc:
@@ -57,7 +60,7 @@ def _store(ctx: TaskContext, mem: Any, text: str | None, kind: str, metadata: Ma
     if not text:
         fail("store needs text", error_class="invalid_input")
     meta = {"run": ctx.run_id, "task": ctx.task_id, **metadata}
-    saved = mem.add(_mask(ctx, text), kind, meta)
+    saved = mem.add(_mask(ctx, text), kind, meta, origins=ctx.origins)  # what is found later keeps where it came from
     return {"id": saved.id, "count": saved.count, "kind": saved.kind}
 
 

@@ -26,6 +26,7 @@ from goatclaw.cli.app import app
 from goatclaw.engine import recorder
 from goatclaw.plugin import TaskContext, task
 from goatclaw.security.audit import GENESIS, AuditRow, row_hash, seal, verify
+from goatclaw.security.auditkey import forget_audit_key
 from goatclaw.store import Store
 
 SECRET = "tok-3f9a1c77e2b8d4"
@@ -397,7 +398,8 @@ def test_a_run_with_the_audit_key_writes_a_keyed_chain_and_never_shows_the_key(
     assert rows and all(r.hash.startswith("hmac:") for r in rows)
     assert goatclaw.verify_audit(store_path).ok
     assert KEY not in b"".join(p.read_bytes() for p in store_path.parent.glob("goatclaw.db*"))
-    monkeypatch.delenv("GOATCLAW_AUDIT_KEY")
+    assert "GOATCLAW_AUDIT_KEY" not in os.environ  # taken by the run, held by the process
+    forget_audit_key()
     assert not goatclaw.verify_audit(store_path).ok
     out = CliRunner().invoke(app, ["audit", "verify"])
     assert out.exit_code == 1 and "set GOATCLAW_AUDIT_KEY to verify it" in out.output
