@@ -414,7 +414,7 @@ def test_ctrl_c_with_the_local_cluster_exits_cleanly(project: Path, write_pipeli
         time.sleep(1.0)  # the task is on the worker by now
         for _ in range(count):
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: every process of the group
-            time.sleep(0.3)
+            time.sleep(0.5)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
