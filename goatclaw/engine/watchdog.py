@@ -59,11 +59,13 @@ class _Watch:
     """One attempt's deadline, and where its plugin runs."""
 
     due: float  # time.monotonic() of the deadline
-    task: asyncio.Task[Any]
+    task: asyncio.Task[Any] | None  # dropped when the attempt ends, so that a long deadline keeps nothing alive
     loop: asyncio.AbstractEventLoop
     thread: int  # the ident of the loop's thread
     done: bool = False
     fired: bool = False  # Overdue was raised into it at least once
+    #: Held while an asynchronous exception is set, and while the attempt ends: none lands after it.
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 class _Watchdog:
@@ -74,6 +76,7 @@ class _Watchdog:
         self._wake = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, _Watch]] = []
         self._count = 0
+        self._live = 0  # watches not done yet (the heap also holds done ones until they come up)
         self._thread: threading.Thread | None = None
         self._target: _Watch | None = None  # what the next SIGURG is meant for (read by the handler)
         self._installed = False
@@ -83,12 +86,21 @@ class _Watchdog:
             self._install()
         with self._lock:
             self._count += 1
+            self._live += 1
+            if len(self._heap) > 1024 and len(self._heap) > 4 * self._live:  # mostly finished attempts: compact
+                self._heap = [entry for entry in self._heap if not entry[2].done]
+                heapq.heapify(self._heap)
             heapq.heappush(self._heap, (watch.due + GRACE, self._count, watch))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="goatclaw-watchdog", daemon=True)
                 self._thread.start()
             elif self._heap[0][2] is watch:  # the earliest deadline now: wake the thread to wait less
                 self._wake.notify()
+
+    def remove(self, watch: _Watch) -> None:
+        """The attempt ended: ``watch`` (already marked done) leaves the heap when it comes up."""
+        with self._lock:
+            self._live -= 1
 
     def _install(self) -> None:
         """Install the SIGURG handler (from the main thread), unless the program has its own."""
@@ -123,7 +135,8 @@ class _Watchdog:
 
     def _nudge(self, watch: _Watch) -> None:
         """Interrupt ``watch``'s plugin if it is what holds its loop right now."""
-        if watch.done or watch.loop.is_closed() or asyncio.current_task(watch.loop) is not watch.task:
+        task = watch.task
+        if task is None or watch.done or watch.loop.is_closed() or asyncio.current_task(watch.loop) is not task:
             return  # the loop is not inside this task: its own timeout callback can run
         if watch.thread == threading.main_thread().ident:
             if NUDGE is not None and signal.getsignal(NUDGE) == self._on_nudge:
@@ -132,17 +145,18 @@ class _Watchdog:
             return
         if not _computing(watch.thread):
             return  # blocked in a system call: an exception set now would land wherever that call returns to
-        frame = sys._current_frames().get(watch.thread)
-        if not watch.done and _inside(frame, watch.task):
-            watch.fired = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watch.thread), ctypes.py_object(Overdue))
+        with watch.lock:
+            if not watch.done and _inside(sys._current_frames().get(watch.thread), task):
+                watch.fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watch.thread), ctypes.py_object(Overdue))
 
     def _on_nudge(self, signum: int, frame: FrameType | None) -> None:
         """The SIGURG handler, in the main thread: raise where the overdue plugin is, if it still is there."""
         watch, self._target = self._target, None
-        if watch is None or watch.done or frame is None:
+        task = None if watch is None else watch.task
+        if watch is None or task is None or watch.done or frame is None:
             return
-        if asyncio.current_task(watch.loop) is watch.task and _inside(frame, watch.task):
+        if asyncio.current_task(watch.loop) is task and _inside(frame, task):
             watch.fired = True
             raise Overdue
 
@@ -188,6 +202,12 @@ def deadline(seconds: float) -> Iterator[_Watch]:
     try:
         yield watch
     finally:
-        watch.done = True
+        with watch.lock:
+            watch.done = True
+            watch.task = None
+            if watch.fired and watch.thread != threading.main_thread().ident:
+                # an exception set but not raised yet would land in the engine's code: withdraw it
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watch.thread), None)
+        _WATCHDOG.remove(watch)
     if time.monotonic() > watch.due + GRACE:  # it held the loop past its deadline and could not be interrupted
         raise Overdue
