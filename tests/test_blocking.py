@@ -209,3 +209,43 @@ def test_ctrl_c_wins_over_a_plugin_that_blocks_the_loop(write_pipeline: Callable
     shown = subprocess.run([sys.executable, "-m", "goatclaw", "runs", "show", "last", "--json"], cwd=project,
                            env=_env(), capture_output=True, text=True, timeout=60)
     assert '"cancelled"' in shown.stdout, shown.stdout + shown.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_signal_after_a_held_second_ends_a_loop_held_outside_any_task(write_pipeline: Callable[..., Path],
+                                                                         project: Path) -> None:
+    """Nothing can be interrupted in a loop callback: the second signal, a second after the first, exits at once."""
+    (project / "steps.py").write_text("import asyncio, time\n\nasync def hold(s):\n"
+                                      "    asyncio.get_running_loop().call_soon(time.sleep, s)\n"
+                                      "    await asyncio.sleep(0.2)\n    return 'held'\n")
+    write_pipeline("""
+        version: 1
+        name: held
+        tasks:
+          held: {uses: python, with: {function: "steps:hold", args: [60]}}
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "-o", "plain"], cwd=project,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "held started" in line:
+                break
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(1.5)  # the border's own repeat found nothing to interrupt
+        assert proc.poll() is None
+        began = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "held outside any task" in err
+    assert took < 10
