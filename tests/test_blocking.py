@@ -147,7 +147,7 @@ def test_a_watched_attempt_that_yields_is_left_to_the_loop() -> None:
         return time.monotonic() - began, watch.fired
 
     took, fired = asyncio.run(scenario())
-    assert took < 0.5 and not fired
+    assert took < 2 and not fired
 
 
 # -- Ctrl-C over a blocked loop, through real `python -m goatclaw apply` subprocesses ---------
