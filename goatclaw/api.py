@@ -252,7 +252,7 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
         address = project.executor_address
     if kind == "local" and address is None and project.executor_workers is None:
         return None
-    return make_executor(kind, address=address, workers=project.executor_workers)
+    return make_executor(kind, address=address, workers=project.executor_workers, worker_wait=project.executor_wait)
 
 
 async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],

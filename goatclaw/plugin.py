@@ -22,7 +22,10 @@ scheduler. The built-in tasks are written against exactly this contract.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +34,11 @@ from typing import Any, NoReturn, TypeVar
 from goatclaw.errors import PermissionDenied, TaskError
 from goatclaw.security.permissions import Grant, build_grant, model_hosts
 
-__all__ = ["AUDIT_PREFIX", "READ_BACK", "UNTRUSTED", "PluginSpec", "TaskContext", "fail", "spec_of", "task"]
+__all__ = ["AUDIT_PREFIX", "READ_BACK", "UNTRUSTED", "PluginSpec", "TaskContext", "fail", "in_thread", "spec_of",
+           "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: Topic prefix of what :meth:`TaskContext.audit` emits; the engine routes these into the audit chain.
 AUDIT_PREFIX = "audit."
@@ -93,6 +98,36 @@ def task(fn: F | None = None, *, cacheable: bool = True, cpu_bound: bool = False
 
 
 _UNDECLARED = PluginSpec(cacheable=False)
+
+
+async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a daemon thread of its own: :func:`asyncio.to_thread` for a call that may hang.
+
+    A thread cannot be killed: when the awaiting task times out or is cancelled, the thread
+    is abandoned and its result dropped. Unlike ``asyncio.to_thread`` (the loop's default
+    executor, which ``asyncio.run`` waits for), an abandoned thread holds neither the run
+    nor the process's exit. The caller's context variables go with the call.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def work() -> None:
+        try:
+            ok, value = True, context.run(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name=f"goatclaw-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 class _MaskingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

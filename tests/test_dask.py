@@ -368,3 +368,88 @@ def test_rate_limited_builtins_stay_on_the_driver() -> None:
         assert executor.runs_remotely(shell, "cluster")  # run_on says otherwise: the user's call
     finally:
         LIMITS.reset(token)
+
+
+# -- Ctrl-C with the executor's own local cluster; a scheduler without workers ------------
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid`` (Linux /proc)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                alive.append(int(entry.name))
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("count", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_with_the_local_cluster_exits_cleanly(project: Path, write_pipeline: Callable[..., Path],
+                                                     count: int) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground group, the cluster's workers too: no worker traceback."""
+    (project / "goatclaw.yaml").write_text("version: 1\nexecutor: {type: dask, workers: 1}\n"
+                                           "permissions: {shell: true}\n")
+    write_pipeline("""
+        version: 1
+        name: interrupted
+        tasks:
+          nap: {uses: shell, with: {run: [sleep, "60"]}}
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
+    proc = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--executor", "dask", "-o", "plain"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "nap started" in line:
+                break
+        time.sleep(1.0)  # the task is on the worker by now
+        for _ in range(count):
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: every process of the group
+            time.sleep(0.5)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group_alive(proc.pid) == [], "worker processes outlived the run"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_scheduler_without_workers_is_reported_after_a_bounded_wait(project: Path,
+                                                                      write_pipeline: Callable[..., Path]) -> None:
+    from goatclaw.cli.app import app
+
+    path = write_pipeline("""
+        version: 1
+        name: nobody
+        tasks:
+          hello: {uses: echo, with: {text: hi}}
+    """)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0",
+                                  silence_logs=logging.CRITICAL) as empty:  # a scheduler, and no worker
+        address = empty.scheduler_address
+        (project / "goatclaw.yaml").write_text(f"version: 1\nexecutor: {{address: '{address}', "
+                                               "wait_for_workers: 1s}\n")
+        began = time.monotonic()
+        result = CliRunner().invoke(app, ["apply", str(path), "-o", "plain"])
+        took = time.monotonic() - began
+    assert result.exit_code == 1, result.output
+    assert f"the Dask scheduler at {address} has no workers (waited 1s)" in result.output
+    assert f"dask worker {address}" in result.output
+    assert "Traceback" not in result.output
+    assert took < 20

@@ -37,6 +37,7 @@ import io
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 import types
@@ -55,7 +56,7 @@ from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin, default_registry
 from goatclaw.security.ratelimit import LIMITS
 
-__all__ = ["DRIVER_ONLY", "RATE_LIMITED", "DaskExecutor"]
+__all__ = ["DRIVER_ONLY", "RATE_LIMITED", "WORKER_WAIT", "DaskExecutor", "dask_setup"]
 
 #: Built-in tasks that stay on the driver unless ``run_on: cluster`` says otherwise.
 DRIVER_ONLY = frozenset({"llm", "memory"})
@@ -64,6 +65,8 @@ DRIVER_ONLY = frozenset({"llm", "memory"})
 RATE_LIMITED = {"http": "http", "shell": "process", "file.write": "file"}
 #: How long after its ``timeout`` a worker stops a task on its own (the driver normally asks first).
 REMOTE_GRACE = 1.0
+#: Seconds to wait for a scheduler's first worker (``executor: {wait_for_workers: ...}`` in goatclaw.yaml).
+WORKER_WAIT = 30.0
 
 _REGISTERED = "(registered)"  # the package of a plugin registered from Python (Registry.register_task)
 
@@ -75,16 +78,19 @@ class DaskExecutor(Executor):
     each, since CPU-bound Python holds the GIL. :meth:`start` connects (or starts the
     cluster) and :meth:`close` disconnects (and stops it); ``call`` starts on first use
     when nobody called :meth:`start`. ``connect_timeout`` bounds the wait for the scheduler
-    (default: Dask's ``distributed.comm.timeouts.connect``).
+    (default: Dask's ``distributed.comm.timeouts.connect``), ``worker_wait`` the wait for
+    its first worker (default :data:`WORKER_WAIT`): a scheduler that has none by then is a
+    clear error, not a run whose tasks wait in its queue for ever.
     """
 
     name = "dask"
 
     def __init__(self, address: str | None = None, *, workers: int | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, worker_wait: float = WORKER_WAIT) -> None:
         self.address = address
         self.workers = workers
         self.connect_timeout = connect_timeout
+        self.worker_wait = worker_wait
         self._local = LocalExecutor()
         self._client: distributed.Client | None = None
         self._cluster: distributed.LocalCluster | None = None
@@ -110,9 +116,25 @@ class DaskExecutor(Executor):
         # no timeout given: Dask's own (distributed.comm.timeouts.connect, 30s unless configured)
         timeout = {} if self.connect_timeout is None else {"timeout": self.connect_timeout}
         try:
-            return await distributed.Client(self.address, asynchronous=True, set_as_default=False, **timeout)
+            client = await distributed.Client(self.address, asynchronous=True, set_as_default=False, **timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             raise GoatclawError(f"cannot reach the Dask scheduler at {self.address}: {exc}") from None
+        try:
+            await client.wait_for_workers(1, timeout=self.worker_wait)
+        except (TimeoutError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
+            if not isinstance(exc, TimeoutError):
+                raise GoatclawError(f"lost the Dask scheduler at {self.address}: {exc}") from None
+            raise GoatclawError(
+                f"the Dask scheduler at {self.address} has no workers (waited {self.worker_wait:g}s): start some "
+                f"with 'dask worker {self.address}', or wait longer with executor: {{wait_for_workers: ...}} in "
+                "goatclaw.yaml") from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(client.close())
+            raise
+        return client
 
     async def _start_local(self) -> distributed.Client:
         # goatclaw reports worker loss itself (error class connection); the scheduler's and
@@ -120,6 +142,7 @@ class DaskExecutor(Executor):
         self._cluster = await distributed.LocalCluster(
             n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
             asynchronous=True, dashboard_address=":0", silence_logs=logging.CRITICAL,
+            preload=[__name__],  # dask_setup: a Ctrl-C at the terminal is the driver's to handle, not the workers'
             # a lost task is goatclaw's retry, not Dask's; HTTP (health, metrics) on a free port, no dashboard
             scheduler_kwargs={"allowed_failures": 0, "dashboard": False})
         return await distributed.Client(self._cluster, asynchronous=True, set_as_default=False)
@@ -254,6 +277,21 @@ def read_only(data: dict[Any, Any]) -> types.MappingProxyType[Any, Any]:
 
 
 # -- on the worker -------------------------------------------------------------------
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook (``--preload goatclaw.engine.dask``): the worker process ignores SIGINT and SIGHUP.
+
+    A Ctrl-C at a terminal (or its hangup) reaches every process of the foreground group,
+    the local cluster's workers too: they would die with a traceback each while the driver
+    is cancelling the run and closing the cluster in order. The driver stops them itself.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)
+
 
 
 class _Stopped(BaseException):  # BaseException, so that a plugin's `except Exception` lets it by

@@ -56,12 +56,14 @@ class Executor(abc.ABC):
         """Release pools and connections (the default does nothing)."""
 
 
-def make_executor(kind: str = "local", *, address: str | None = None, workers: int | None = None) -> Executor:
+def make_executor(kind: str = "local", *, address: str | None = None, workers: int | None = None,
+                  worker_wait: float | None = None) -> Executor:
     """The executor backend ``kind``: ``local`` (``workers`` processes for CPU-bound tasks) or ``dask``.
 
-    ``dask`` connects to the scheduler at ``address``, or starts a local cluster of
-    ``workers`` worker processes for the run when there is none. It needs the
-    ``dask`` extra; Dask is imported here and nowhere else before that.
+    ``dask`` connects to the scheduler at ``address`` (and waits ``worker_wait`` seconds,
+    default 30, for its first worker), or starts a local cluster of ``workers`` worker
+    processes for the run when there is none. It needs the ``dask`` extra; Dask is
+    imported here and nowhere else before that.
     """
     if kind == "dask":
         try:
@@ -71,7 +73,8 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
                 raise
             raise GoatclawError(f"the dask executor needs Dask distributed ({exc}): "
                                 f"{install_line('dask')}") from None
-        return DaskExecutor(address, workers=workers)
+        return DaskExecutor(address, workers=workers) if worker_wait is None else DaskExecutor(
+            address, workers=workers, worker_wait=worker_wait)
     if kind != "local":
         raise GoatclawError(f"unknown executor '{kind}': use one of {', '.join(EXECUTORS)}")
     if address is not None:

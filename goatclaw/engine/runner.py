@@ -34,6 +34,7 @@ from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, to_json
 from goatclaw.engine.taskcache import TaskCache, may_cache
+from goatclaw.engine.watchdog import Overdue, deadline
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.extras import missing_message
@@ -838,9 +839,13 @@ class _Runner(OutputChecks):
         else:
             try:
                 async with asyncio.timeout(task.timeout):
-                    output = await call
+                    with deadline(task.timeout):  # holds even when the plugin blocks the loop (engine/watchdog.py)
+                        output = await call
             except TimeoutError:
                 raise TaskTimeout(f"timed out after {task.timeout:g}s") from None
+            except Overdue:
+                raise TaskTimeout(f"timed out after {task.timeout:g}s (it held the event loop past its timeout)",
+                                  details={"blocked_loop": True}) from None
         return output, to_json(output)
 
 

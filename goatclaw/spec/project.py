@@ -15,7 +15,7 @@ from typing import Any
 
 from goatclaw.errors import SpecError
 from goatclaw.spec.loader import load_file
-from goatclaw.spec.model import Budget, Defaults, Permissions, build_defaults
+from goatclaw.spec.model import Budget, Defaults, Permissions, build_defaults, parse_duration
 from goatclaw.spec.schema import check_document
 
 __all__ = ["PROJECT_FILE", "Project", "find_project_file", "load_project"]
@@ -41,6 +41,8 @@ class Project:
     executor: str = "local"
     executor_address: str | None = None
     executor_workers: int | None = None
+    #: Seconds to wait for a Dask scheduler's first worker (``executor: {wait_for_workers: ...}``; ``None``: 30 s).
+    executor_wait: float | None = None
     permissions: Permissions = Permissions()
     plugins_allow: tuple[str, ...] | None = None
     plugins_deny: tuple[str, ...] = ()
@@ -86,6 +88,7 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
         executor=_executor_kind(executor),
         executor_address=_executor_address(executor),
         executor_workers=executor.get("workers") if isinstance(executor, dict) else None,
+        executor_wait=parse_duration(executor.get("wait_for_workers")) if isinstance(executor, dict) else None,
         permissions=Permissions.from_data(data.get("permissions")),
         plugins_allow=tuple(plugins["allow"]) if "allow" in plugins else None,
         plugins_deny=tuple(plugins.get("deny", ())),

@@ -3,7 +3,8 @@
 ``function: "mypkg.module:name"`` names the callable (``module:Class.method`` works too).
 A module that is not importable as is is looked for in the workspace, so a project's own
 ``steps.py`` next to its pipelines can be called as ``steps:summarise``. An ``async``
-function is awaited; a plain one runs in a thread so that it may block. The result must
+function is awaited; a plain one runs in a daemon thread of its own so that it may block
+(after a timeout it is abandoned: it holds neither the run nor the process's exit). The result must
 be JSON: it is stored and read by later tasks.
 
 ``permissions.python`` says which modules (``json``, ``mypkg``: the package and its
@@ -16,7 +17,6 @@ the process can: grant only code you trust.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from goatclaw.plugin import TaskContext, fail, task
+from goatclaw.plugin import TaskContext, fail, in_thread, task
 
 __all__ = ["python"]
 
@@ -44,7 +44,7 @@ async def python(ctx: TaskContext, *, function: str, args: list[Any] | None = No
     if inspect.iscoroutinefunction(fn):
         result = await fn(*positional, **named)
     else:
-        result = await asyncio.to_thread(fn, *positional, **named)
+        result = await in_thread(fn, *positional, **named)  # abandoned, not awaited, after a timeout
         if inspect.isawaitable(result):
             result = await result
     return _as_json(result, function)
