@@ -161,8 +161,8 @@ class Recorder:
             raise StoreError(f"{failure}; the run stops") from None
 
     def _failure(self) -> StoreError | None:
-        if self.failure is None and self._writer is not None:
-            self.failure = self._writer.failure
+        if self.failure is None and self._writer is not None and self._writer.failure is not None:
+            self._failed(self._writer.failure)
         return self.failure
 
     # -- tasks -----------------------------------------------------------------------
@@ -327,7 +327,7 @@ class Recorder:
                 self.store.write_batch(**batch)
             except StoreError as exc:
                 self._keep(batch)
-                self.failure = exc
+                self._failed(exc)
 
     def _write_last(self, run: tuple[Any, ...]) -> str | None:
         """The run's last commit (through the writer process if there is one); its error, if it failed for good."""
@@ -350,9 +350,18 @@ class Recorder:
             self._writer.put(batch)
         except StoreError as exc:
             self._keep(batch)
-            self.failure = self.failure or exc
             self._writer.abandon()
             self._writer = None
+            if self.failure is None:
+                self._failed(exc)
+            return
+        if self.failure is None and self._writer.failure is not None:
+            self._failed(self._writer.failure)
+
+    def _failed(self, exc: StoreError) -> None:
+        """A commit failed for good: nothing more starts (the live view hears it; stored if a later try works)."""
+        self.failure = exc
+        self.event("store.failed", None, {"error": str(exc)})
 
     def _take(self, run: tuple[Any, ...] | None = None) -> dict[str, Any]:
         """Everything buffered, as one batch (the buffers start again empty)."""
@@ -551,6 +560,6 @@ def _receive(conn: Any) -> tuple[list[dict[str, Any]], bool]:
 
 def _say(conn: Any, kind: bytes, text: str) -> None:
     try:
-        conn.send_bytes(kind + text.encode())
+        conn.send_bytes(kind + text.encode("utf-8", "backslashreplace"))
     except OSError:
         pass
