@@ -597,9 +597,9 @@ class Store:
 
     def llm_cache_put(self, key: str, model: str, response: str) -> None:
         """Cache an LLM answer (JSON text) under its request hash."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
-                       (key, model, response, time.time()))
+        row = (key, model, storable(response), time.time())
+        self.commit(lambda db: db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) "
+                                          "VALUES (?, ?, ?, ?)", row), what=f"an LLM answer ({model})")
 
     # -- rate windows ------------------------------------------------------------------
 
@@ -611,7 +611,7 @@ class Store:
         rest (oldest first) are read, and the event is recorded when it may go now, so
         processes sharing the store admit events one at a time against the same rows.
         """
-        with self.transaction() as db:
+        def admit(db: Connection) -> float:
             now = time.time()
             db.execute("DELETE FROM rate_events WHERE name = ? AND at <= ?", (name, now - window))
             events = [(float(at), int(w)) for at, w in db.execute(
@@ -619,7 +619,9 @@ class Store:
             wait = decide(events, now)
             if wait <= 0:
                 db.execute("INSERT INTO rate_events (name, at, weight) VALUES (?, ?, ?)", (name, now, weight))
-        return wait
+            return wait
+
+        return self.commit(admit, what=f"the rate window {name}")
 
     def cache_entries(self, kind: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Both caches' rows, newest first: ``{kind: task|llm, key, name (plugin or model), bytes, created_at}``."""
@@ -679,9 +681,9 @@ class Store:
 
     def mark_replayed(self, letter_id: int, status: str) -> None:
         """Note that a dead letter was replayed, and how that went."""
-        with self.transaction() as db:
-            db.execute("UPDATE dead_letters SET replayed_at = ?, replay_status = ? WHERE id = ?",
-                       (time.time(), status, letter_id))
+        row = (time.time(), status, letter_id)
+        self.commit(lambda db: db.execute("UPDATE dead_letters SET replayed_at = ?, replay_status = ? WHERE id = ?",
+                                          row), what=f"dead letter {letter_id}'s replay")
 
     # -- circuit breakers --------------------------------------------------------------
 
@@ -700,7 +702,7 @@ class Store:
         ``change`` gets the current row (or ``None``) and returns the new row (or ``None``
         to leave it); the new row is returned.
         """
-        with self.transaction() as db:
+        def write(db: Connection) -> Any:
             row = db.execute("SELECT state, failures, opened_at, probe_until, successes FROM breakers WHERE key = ?",
                              (key,)).fetchone()
             current = None if row is None else {"key": key, "state": row[0], "failures": json.loads(row[1]),
@@ -711,7 +713,9 @@ class Store:
                            "updated_at) VALUES (?,?,?,?,?,?,?)",
                            (key, new["state"], json.dumps(new["failures"]), new.get("opened_at"),
                             new.get("probe_until"), new.get("successes", 0), time.time()))
-        return new if new is not None else current
+            return new if new is not None else current
+
+        return self.commit(write, what=f"the breaker {key}")
 
     def reset_breakers(self, key: str | None = None) -> int:
         """Close (forget) one breaker, or all of them; how many were reset."""
