@@ -46,8 +46,10 @@ Connection = Any  # sqlean.Connection; typed loosely since sqlean ships no stubs
 T = TypeVar("T")
 #: Pauses (seconds) before each new try of a commit that failed for a reason that may pass: about two seconds in all.
 COMMIT_PAUSES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-#: SQLite's errors that may pass (the extended names start with these): a full disk, a busy store, an I/O error.
-_TRANSIENT = ("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_PROTOCOL")
+#: SQLite's errors that may pass (the extended names start with these): a full disk, an I/O error.
+_TRANSIENT = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PROTOCOL")
+#: ... and a busy store, when SQLite answered at once (after the 30 s busy timeout, trying again only waits longer).
+_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 #: Links pending audit rows after the head ``(seq, hash)``: goatclaw.security.audit.seal (passed in by the engine).
 AuditSeal = Callable[[int, "str | None", Sequence[tuple[Any, ...]]], list[tuple[Any, ...]]]
 
@@ -395,11 +397,12 @@ class Store:
         """
         started = time.monotonic()
         for tries, pause in enumerate((*pauses, None), 1):
+            began = time.monotonic()
             try:
                 with self.transaction() as db:
                     return write(db)
             except sqlean.Error as exc:
-                if pause is None or not _transient(exc):
+                if pause is None or not _transient(exc, time.monotonic() - began):
                     took = f" (tried {tries} times over {time.monotonic() - started:.1f}s)" if tries > 1 else ""
                     said = what if isinstance(what, str) else what()
                     raise StoreError(f"cannot write {said} to the store {self.path}: {exc}{took}") from None
@@ -822,10 +825,10 @@ def _run_row(r: Sequence[Any]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {}, r[10])
 
 
-def _transient(exc: sqlean.Error) -> bool:
-    """Whether SQLite's error may pass if the commit is tried again (a full disk, a lock, an I/O error)."""
+def _transient(exc: sqlean.Error, took: float) -> bool:
+    """Whether SQLite's error, after a try of ``took`` seconds, may pass if the commit is tried again."""
     name = getattr(exc, "sqlite_errorname", "") or ""
-    return name.startswith(_TRANSIENT)
+    return name.startswith(_TRANSIENT) or (name.startswith(_BUSY) and took < 1.0)
 
 
 def describe_rows(counts: Mapping[str, int]) -> str:

@@ -50,7 +50,7 @@ _PROCESS_WRITER_TASKS = 4000
 _PROCESS_FLUSH_SECONDS = 0.01
 #: How long the end of a run waits for the writer process to commit what it was sent.
 _WRITER_ANSWER_SECONDS = 300.0
-#: A batch's kinds of rows, in the order the audit rows' fate is reported last.
+#: The kinds of rows a batch holds (keyword arguments of Store.write_batch).
 _ROWS = ("events", "tasks", "attempts", "cache", "dead", "audit")
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
@@ -436,7 +436,6 @@ def _commit_last(store: Store, batch: dict[str, Any], run_id: str) -> StoreError
     except StoreError:
         message += " (the run could not be marked failed in the store either)"
     return StoreError(message)
-
 
 
 class _Writer:
