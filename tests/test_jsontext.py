@@ -76,7 +76,8 @@ def test_outputs_past_64_bits_and_int_keys_encode_like_the_stdlib() -> None:
 
 # -- lone surrogates: every text made here is storable (UTF-8), and JSON keeps the value ------------
 
-_ANY_CHAR = st.characters(codec=None, categories=None)  # lone surrogates included
+#: Text with lone surrogates among other characters (st.text leaves surrogates out whatever its alphabet).
+_ODD_TEXT = st.lists(st.one_of(st.characters(categories=["Cs"]), st.characters()), max_size=12).map("".join)
 
 
 def _no_pairs(text: str) -> bool:
@@ -84,7 +85,7 @@ def _no_pairs(text: str) -> bool:
     return not any("\ud800" <= a <= "\udbff" and "\udc00" <= b <= "\udfff" for a, b in itertools.pairwise(text))
 
 
-@given(st.lists(st.text(_ANY_CHAR, max_size=12), max_size=4).filter(lambda xs: all(map(_no_pairs, xs))))
+@given(st.lists(_ODD_TEXT, max_size=4).filter(lambda xs: all(map(_no_pairs, xs))))
 def test_json_text_with_lone_surrogates_is_storable_and_reads_back_the_same(strings: list[str]) -> None:
     value = {"items": strings, "first": strings[0] if strings else None}
     for text in (to_json(value), dumps(value)):
