@@ -344,3 +344,17 @@ def test_the_store_lost_row_names_run_and_counts(write_pipeline, store_path, mon
     verdict = goatclaw.verify_audit(store_path).to_dict()
     assert verdict["ok"] is False and verdict["incomplete"][0]["run"] == lost[0].run_id
     assert json.loads(json.dumps(history.health(store_path)))["lost_rows"]
+
+
+def test_doctor_says_a_store_is_from_a_newer_goatclaw(project, store_path) -> None:
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    with Store.open(store_path) as db:
+        db.db.execute("INSERT INTO migrations (name, applied_at) VALUES ('099_from_the_future', 0)")
+    report = json.loads(CliRunner().invoke(app, ["doctor", "--json"]).output)
+    assert report["store"]["ok"] is False
+    assert "newer goatclaw" in report["store"]["message"] and "099_from_the_future" in report["store"]["message"]
+    out = CliRunner().invoke(app, ["doctor"])
+    assert out.exit_code == 1 and "newer goatclaw" in out.output
