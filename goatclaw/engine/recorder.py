@@ -328,6 +328,9 @@ class Recorder:
             except StoreError as exc:
                 self._keep(batch)
                 self._failed(exc)
+            except BaseException:  # Ctrl-C while the commit waited to try again: the rows wait for the last commit
+                self._keep(batch)
+                raise
 
     def _write_last(self, run: tuple[Any, ...]) -> str | None:
         """The run's last commit (through the writer process if there is one); its error, if it failed for good."""
