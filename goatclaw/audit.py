@@ -16,6 +16,7 @@ the store (see :mod:`goatclaw.security.audit` for the format and what it guarant
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from goatclaw.errors import StoreError
@@ -56,7 +57,12 @@ def verify_audit(store: str | os.PathLike[str], *, key: str | bytes | None = Non
 
     Keyed rows are checked with ``key`` (default: ``GOATCLAW_AUDIT_KEY``); from row
     ``keyed_from`` on (pinned where the store cannot reach), every row must be keyed.
+    A chain whose rows are all sound is still not ``ok`` while a run's rows are not all
+    stored (a commit that failed for good, a run interrupted and not resumed): the
+    verdict's ``incomplete`` names them (:meth:`goatclaw.store.Store.incomplete_runs`).
     """
     secret = key.encode() if isinstance(key, str) else key if key is not None else audit_key()
     with _open(store) as db:
-        return verify((AuditRow(*r) for r in db.audit_rows()), db.audit_head(), key=secret, keyed_from=keyed_from)
+        verdict = verify((AuditRow(*r) for r in db.audit_rows()), db.audit_head(), key=secret, keyed_from=keyed_from)
+        incomplete = tuple(db.incomplete_runs())
+    return replace(verdict, ok=verdict.ok and not incomplete, incomplete=incomplete) if incomplete else verdict

@@ -226,7 +226,11 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def health(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """The store's size, integrity and WAL; open breakers, dead letters, interrupted runs, last day's error rate."""
+    """The store's size, integrity and WAL; open breakers, dead letters, interrupted runs, last day's error rate.
+
+    ``lost_rows`` maps each run whose rows could not all be stored (its last commit
+    failed for good) to what was lost; while there is one, the store is not ``ok``.
+    """
     path = Path(store)
     wal = Path(f"{path}-wal")
     with Store.open(path) as db:
@@ -238,10 +242,11 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
             "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status != "
             "'running'", (day,)).fetchone()
         interrupted = [r.id for r in db.running() if r.interrupted]
+        lost = {run: why for run, why in db.incomplete_runs() if run not in interrupted}
     return {"store": str(path), "size": path.stat().st_size, "wal_size": wal.stat().st_size if wal.exists() else 0,
             "integrity": integrity, "open_breakers": breakers, "dead_letters": dead,
             "runs_24h": done, "failed_runs_24h": failed, "error_rate_24h": failed / done if done else 0.0,
-            "interrupted_runs": interrupted, "ok": integrity == "ok" and not breakers}
+            "interrupted_runs": interrupted, "lost_rows": lost, "ok": integrity == "ok" and not breakers and not lost}
 
 
 def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = False) -> dict[str, int]:

@@ -252,6 +252,13 @@ def _schema_version(con: Any) -> int:
         return int(con.execute("PRAGMA user_version").fetchone()[0])
 
 
+def _newer_migrations(applied: set[str]) -> set[str]:
+    """The store's migrations this goatclaw does not know (a newer goatclaw wrote the store)."""
+    from goatclaw.store import MIGRATIONS
+
+    return applied - {name for name, _ in MIGRATIONS}
+
+
 def _store_health(path: Path | None) -> dict[str, Any]:
     """Whether the store opens, its size, schema version and run count; never creates one."""
     if path is None:
@@ -268,12 +275,15 @@ def _store_health(path: Path | None) -> dict[str, Any]:
             info["schema_version"] = _schema_version(con)
             try:
                 info["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+                applied = {row[0] for row in con.execute("SELECT name FROM migrations")}
             except sqlite3.Error:
-                info["runs"] = None
+                info["runs"], applied = None, set()
         finally:
             con.close()
-        info["ok"] = info["integrity"] == "ok"
-        info["message"] = "ok" if info["ok"] else f"integrity check: {info['integrity']}"
+        newer = _newer_migrations(applied)
+        info["ok"] = info["integrity"] == "ok" and not newer
+        info["message"] = ("ok" if info["ok"] else f"integrity check: {info['integrity']}" if not newer else
+                           f"written by a newer goatclaw (migration {max(newer)}): this one refuses it")
     except Exception as exc:  # a locked, corrupt or foreign file
         info.update(ok=False, message=f"cannot open: {exc}")
     return info

@@ -12,6 +12,14 @@ attempt that failed or was cancelled: the retry history), ``events`` (the append
 log, numbered per run), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
 that failed for good and event subscribers that raised, with what they were given),
 ``audit`` and ``audit_head`` (the hash-chained record of every side effect, across runs).
+
+:meth:`Store.commit` is the one place rows are committed: a failure that may pass (a
+full disk, a busy or failing file) is tried again for about two seconds, and what stays
+a failure is a :class:`~goatclaw.errors.StoreError` naming the store, what was being
+written and SQLite's cause. A row UTF-8 cannot encode (a lone surrogate) is written
+escaped (:func:`goatclaw.jsontext.storable`), never refused. A store whose migrations
+include one this goatclaw does not know was written by a newer goatclaw: it is refused
+when opened, before anything is read or written, naming both versions.
 """
 
 from __future__ import annotations
@@ -19,20 +27,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlean
 
 from goatclaw.errors import StoreError
+from goatclaw.jsontext import storable
 from goatclaw.liveness import Liveness, current_owner, owner_state
 
-__all__ = ["MIGRATIONS", "UNFINISHED", "DeadLetter", "RunRow", "Store", "TaskRow"]
+__all__ = ["COMMIT_PAUSES", "LOST_ACTION", "MIGRATIONS", "UNFINISHED", "DeadLetter", "RunRow", "Store", "TaskRow",
+           "describe_rows"]
 
 Connection = Any  # sqlean.Connection; typed loosely since sqlean ships no stubs
+T = TypeVar("T")
+#: Pauses (seconds) before each new try of a commit that failed for a reason that may pass: about two seconds in all.
+COMMIT_PAUSES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+#: SQLite's errors that may pass (the extended names start with these): a full disk, an I/O error.
+_TRANSIENT = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PROTOCOL")
+#: ... and a busy store, when SQLite answered at once (after the 30 s busy timeout, trying again only waits longer).
+_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 #: Links pending audit rows after the head ``(seq, hash)``: goatclaw.security.audit.seal (passed in by the engine).
 AuditSeal = Callable[[int, "str | None", Sequence[tuple[Any, ...]]], list[tuple[Any, ...]]]
 
@@ -291,6 +308,9 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("016_taint", _m016_taint),
 )
 
+#: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
+LOST_ACTION = "store.lost"
+
 #: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
 UNFINISHED = ("running", "failed", "cancelled")
 
@@ -375,18 +395,48 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error)."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error, a failed ``COMMIT`` included)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlean.Error:
+                    pass  # the error that brought us here is the one to report
             raise
-        self.db.execute("COMMIT")
+
+    def commit(self, write: Callable[[Connection], T], *, what: str | Callable[[], str],
+               pauses: Sequence[float] = COMMIT_PAUSES) -> T:
+        """``write(db)`` in one ``BEGIN IMMEDIATE`` transaction, committed; what ``write`` returns.
+
+        A failure that may pass (a full disk, a busy store, an I/O error) is tried again
+        after each of ``pauses``; any other, and the last, raise :class:`StoreError`
+        naming the store, ``what`` was being written (text, or a function making it) and
+        SQLite's cause.
+        """
+        started = time.monotonic()
+        for tries, pause in enumerate((*pauses, None), 1):
+            began = time.monotonic()
+            try:
+                with self.transaction() as db:
+                    return write(db)
+            except sqlean.Error as exc:
+                if pause is None or not _transient(exc, time.monotonic() - began):
+                    took = f" (tried {tries} times over {time.monotonic() - started:.1f}s)" if tries > 1 else ""
+                    said = what if isinstance(what, str) else what()
+                    raise StoreError(f"cannot write {said} to the store {self.path}: {exc}{took}") from None
+            time.sleep(pause)
+        raise AssertionError("unreachable")  # the last pause is None
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
         done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+        unknown = done - {name for name, _ in MIGRATIONS}
+        if unknown:
+            raise StoreError(_newer_store(self.path, unknown))
         for name, migration in MIGRATIONS:
             if name in done:
                 continue
@@ -401,27 +451,25 @@ class Store:
     def create_run(self, run_id: str, pipeline: str, *, file: str | None, digest: str | None,
                    vars: dict[str, Any], started_at: float) -> None:
         """Record a new run as ``running``, owned by this process."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars, owner) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, pipeline, file, digest, "running", started_at, json.dumps(vars, default=str),
-                 current_owner()),
-            )
+        row = (run_id, storable(pipeline), None if file is None else storable(file), digest, "running", started_at,
+               json.dumps(vars, default=str), current_owner())
+        self.commit(lambda db: db.execute("INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars, "
+                                          "owner) VALUES (?,?,?,?,?,?,?,?)", row), what=f"run {run_id}'s start")
 
     def resume_run(self, run_id: str) -> int:
         """Mark a stored run ``running`` again, by this process; its last event number (events continue from it)."""
-        with self.transaction() as db:
+        def write(db: Connection) -> int:
             db.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, owner = ? WHERE id = ?",
                        (current_owner(), run_id))
-            row = db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
-        return int(row[0] or 0)
+            return int(db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0)
+
+        return self.commit(write, what=f"run {run_id}'s resumption")
 
     def write_batch(self, *, events: Sequence[tuple[Any, ...]] = (), tasks: Sequence[tuple[Any, ...]] = (),
                     attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
                     cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = (),
                     audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None,
-                    origins: Sequence[tuple[Any, ...]] = ()) -> None:
+                    origins: Sequence[tuple[Any, ...]] = (), pauses: Sequence[float] = COMMIT_PAUSES) -> None:
         """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
 
         Rows are tuples in table column order (``dead`` without the id and replay
@@ -429,35 +477,63 @@ class Store:
         finish the run in the same transaction. ``audit`` rows ``(ts, run_id, task_id,
         action, detail_json)`` are appended to the audit chain, linked by ``seal``; ``origins`` are
         :meth:`record_file_origins` rows.
+        Committed by :meth:`commit` (tried again after each of ``pauses``); rows with
+        text UTF-8 cannot encode are written escaped.
         """
-        with self.transaction() as db:
-            if audit:
-                self._append_audit(db, audit, seal)
-            if origins:
-                db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", origins)
-            if cache:
-                db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
-            if dead:
-                db.executemany("INSERT INTO dead_letters (kind, run_id, task_id, topic, inputs, error_class, error, "
-                               "created_at) VALUES (?,?,?,?,?,?,?,?)", dead)
-            if tasks:
-                db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?)", tasks)
-            if attempts:
-                db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
-            if events:
-                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
-            if run is not None:
-                db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
+        batch = {"events": events, "tasks": tasks, "attempts": attempts, "cache": cache, "dead": dead,
+                 "audit": audit, "origins": origins}
+        def what() -> str:
+            return f"{_count(batch)} of run {run[4]}" if run is not None else _count(batch)
 
-    def fail_run(self, run_id: str, error: str) -> None:
-        """Mark a finished run as failed after the fact (it went over ``max_cost``)."""
-        with self.transaction() as db:
-            db.execute("UPDATE runs SET status = 'failed', error = ? WHERE id = ?", (error, run_id))
+        try:
+            self.commit(lambda db: self._insert(db, run=run, seal=seal, **batch), what=what, pauses=pauses)
+        except UnicodeEncodeError:  # a lone surrogate: escaped (the engine's JSON text never has one)
+            batch = {name: [_storable_row(r) for r in rows] for name, rows in batch.items()}
+            run = None if run is None else _storable_row(run)
+            self.commit(lambda db: self._insert(db, run=run, seal=seal, **batch), what=what, pauses=pauses)
+
+    def _insert(self, db: Connection, *, events: Sequence[tuple[Any, ...]], tasks: Sequence[tuple[Any, ...]],
+                attempts: Sequence[tuple[Any, ...]], run: tuple[Any, ...] | None, cache: Sequence[tuple[Any, ...]],
+                dead: Sequence[tuple[Any, ...]], audit: Sequence[tuple[Any, ...]], seal: AuditSeal | None,
+                origins: Sequence[tuple[Any, ...]] = ()) -> None:
+        """:meth:`write_batch`'s statements, inside its transaction."""
+        if audit:
+            self._append_audit(db, audit, seal)
+        if origins:
+            db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", origins)
+        if cache:
+            db.executemany("INSERT OR REPLACE INTO cache VALUES (?,?,?,?)", cache)
+        if dead:
+            db.executemany("INSERT INTO dead_letters (kind, run_id, task_id, topic, inputs, error_class, error, "
+                           "created_at) VALUES (?,?,?,?,?,?,?,?)", dead)
+        if tasks:
+            db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?)", tasks)
+        if attempts:
+            db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
+        if events:
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+        if run is not None:
+            db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
+
+    def fail_run(self, run_id: str, error: str, *, unstored: dict[str, int] | None = None,
+                 pauses: Sequence[float] = COMMIT_PAUSES) -> None:
+        """Mark a run as failed after the fact (it went over ``max_cost``; its rows could not all be stored).
+
+        ``unstored`` counts, by kind (``events``, ``tasks``, ``audit``, …), rows of the
+        run that were lost: kept in its summary, where :meth:`incomplete_runs` finds them.
+        """
+        error = storable(error)
+        if unstored is None:
+            sql, args = "UPDATE runs SET status = 'failed', error = ? WHERE id = ?", (error, run_id)
+        else:
+            sql = ("UPDATE runs SET status = 'failed', finished_at = COALESCE(finished_at, ?), error = ?, "
+                   "summary = json_set(COALESCE(summary, '{}'), '$.unstored', json(?)) WHERE id = ?")
+            args = (time.time(), error, json.dumps(unstored), run_id)
+        self.commit(lambda db: db.execute(sql, args), what=f"run {run_id}'s failure", pauses=pauses)
 
     def append_audit(self, rows: Sequence[tuple[Any, ...]], seal: AuditSeal) -> None:
         """Append ``(ts, run_id, task_id, action, detail_json)`` rows to the audit chain (own transaction)."""
-        with self.transaction() as db:
-            self._append_audit(db, rows, seal)
+        self.write_batch(audit=rows, seal=seal)
 
     @staticmethod
     def _append_audit(db: Connection, rows: Sequence[tuple[Any, ...]], seal: AuditSeal | None) -> None:
@@ -471,8 +547,8 @@ class Store:
 
     def record_file_origins(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Record files written: ``(real_path, sha256 or None, origins_json, run_id, task_id, written_at)`` rows."""
-        with self.transaction() as db:
-            db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", rows)
+        self.commit(lambda db: db.executemany("INSERT INTO file_origins VALUES (?,?,?,?,?,?)", rows),
+                    what=f"{len(rows)} file origin rows")
 
     def file_origins(self, path: str, sha256: str) -> tuple[frozenset[str], bool] | None:
         """What a file read back carries: the untrusted origins of its last recorded write, and whether it is unchanged.
@@ -582,9 +658,9 @@ class Store:
 
     def llm_cache_put(self, key: str, model: str, response: str) -> None:
         """Cache an LLM answer (JSON text) under its request hash."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) VALUES (?, ?, ?, ?)",
-                       (key, model, response, time.time()))
+        row = (key, model, storable(response), time.time())
+        self.commit(lambda db: db.execute("INSERT OR REPLACE INTO llm_cache (key, model, response, created_at) "
+                                          "VALUES (?, ?, ?, ?)", row), what=f"an LLM answer ({model})")
 
     # -- rate windows ------------------------------------------------------------------
 
@@ -596,7 +672,7 @@ class Store:
         rest (oldest first) are read, and the event is recorded when it may go now, so
         processes sharing the store admit events one at a time against the same rows.
         """
-        with self.transaction() as db:
+        def admit(db: Connection) -> float:
             now = time.time()
             db.execute("DELETE FROM rate_events WHERE name = ? AND at <= ?", (name, now - window))
             events = [(float(at), int(w)) for at, w in db.execute(
@@ -604,7 +680,9 @@ class Store:
             wait = decide(events, now)
             if wait <= 0:
                 db.execute("INSERT INTO rate_events (name, at, weight) VALUES (?, ?, ?)", (name, now, weight))
-        return wait
+            return wait
+
+        return self.commit(admit, what=f"the rate window {name}")
 
     def cache_entries(self, kind: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Both caches' rows, newest first: ``{kind: task|llm, key, name (plugin or model), bytes, created_at}``."""
@@ -664,9 +742,9 @@ class Store:
 
     def mark_replayed(self, letter_id: int, status: str) -> None:
         """Note that a dead letter was replayed, and how that went."""
-        with self.transaction() as db:
-            db.execute("UPDATE dead_letters SET replayed_at = ?, replay_status = ? WHERE id = ?",
-                       (time.time(), status, letter_id))
+        row = (time.time(), status, letter_id)
+        self.commit(lambda db: db.execute("UPDATE dead_letters SET replayed_at = ?, replay_status = ? WHERE id = ?",
+                                          row), what=f"dead letter {letter_id}'s replay")
 
     # -- circuit breakers --------------------------------------------------------------
 
@@ -685,7 +763,7 @@ class Store:
         ``change`` gets the current row (or ``None``) and returns the new row (or ``None``
         to leave it); the new row is returned.
         """
-        with self.transaction() as db:
+        def write(db: Connection) -> Any:
             row = db.execute("SELECT state, failures, opened_at, probe_until, successes FROM breakers WHERE key = ?",
                              (key,)).fetchone()
             current = None if row is None else {"key": key, "state": row[0], "failures": json.loads(row[1]),
@@ -696,7 +774,9 @@ class Store:
                            "updated_at) VALUES (?,?,?,?,?,?,?)",
                            (key, new["state"], json.dumps(new["failures"]), new.get("opened_at"),
                             new.get("probe_until"), new.get("successes", 0), time.time()))
-        return new if new is not None else current
+            return new if new is not None else current
+
+        return self.commit(write, what=f"the breaker {key}")
 
     def reset_breakers(self, key: str | None = None) -> int:
         """Close (forget) one breaker, or all of them; how many were reset."""
@@ -719,6 +799,31 @@ class Store:
         """The chain's recorded head ``(seq, hash)``, or ``None`` before the first row."""
         row = self.db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
+
+    def incomplete_runs(self) -> list[tuple[str, str]]:
+        """Runs whose rows are not all in the store, newest first: ``(run id, why)``.
+
+        A run whose last commit failed for good says so: an audit row ``store.lost``
+        (in the chain, so it cannot be removed unseen) and ``unstored`` in its summary
+        count what was lost. A run left ``running`` by a process that is gone (a kill -9,
+        or a full disk that took even the run's failure) may have lost what it had not
+        committed yet; until it is resumed it is incomplete too.
+        """
+        found: dict[str, str] = {}
+        for run_id, detail in self.db.execute("SELECT run_id, detail FROM audit WHERE action = ? ORDER BY seq DESC",
+                                              (LOST_ACTION,)):
+            data = _loads_or(detail)
+            found.setdefault(str(run_id), f"lost {_lost_text(data.get('lost'))} ({data.get('cause', 'cause unknown')})")
+        for run_id, summary in self.db.execute("SELECT id, summary FROM runs WHERE summary LIKE '%\"unstored\"%' "
+                                               "ORDER BY started_at DESC"):
+            lost = _loads_or(summary).get("unstored")
+            if lost is not None:
+                found.setdefault(str(run_id), f"lost {_lost_text(lost)} (a commit failed for good)")
+        for run in self.running():
+            if run.interrupted:
+                found.setdefault(run.id, "it was interrupted (its process is gone) before it finished storing its "
+                                         "rows; --resume finishes it")
+        return list(found.items())
 
     def integrity(self) -> str:
         """``PRAGMA integrity_check``'s answer (``ok`` when healthy)."""
@@ -758,8 +863,55 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def _loads_or(text: str | None) -> dict[str, Any]:
+    """JSON text that should hold an object, as one (``{}`` for anything else)."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _lost_text(lost: Any) -> str:
+    """``{"events": 3, "audit": 1}`` as ``3 events, 1 audit row``."""
+    if not isinstance(lost, dict) or not lost:
+        return "rows"
+    return describe_rows({name: n for name, n in lost.items() if isinstance(n, int)}) or "rows"
+
+
 def _run_row(r: Sequence[Any]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _loads(r[7]) or {}, r[8], _loads(r[9]) or {}, r[10])
+
+
+def _transient(exc: sqlean.Error, took: float) -> bool:
+    """Whether SQLite's error, after a try of ``took`` seconds, may pass if the commit is tried again."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(_TRANSIENT) or (name.startswith(_BUSY) and took < 1.0)
+
+
+def describe_rows(counts: Mapping[str, int]) -> str:
+    """``{"events": 3, "tasks": 1}`` (rows by :meth:`Store.write_batch` argument) as ``3 events, 1 task row``."""
+    nouns = {"events": "event", "tasks": "task row", "attempts": "attempt", "cache": "cached output",
+             "dead": "dead letter", "audit": "audit row"}
+    return ", ".join(f"{n} {nouns.get(name, name)}{'' if n == 1 else 's'}" for name, n in counts.items() if n)
+
+
+def _count(batch: Mapping[str, Sequence[Any]]) -> str:
+    return describe_rows({name: len(rows) for name, rows in batch.items()}) or "the run's end"
+
+
+def _storable_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(storable(v) if isinstance(v, str) else v for v in row)
+
+
+def _newer_store(path: Path, unknown: set[str]) -> str:
+    """Why a store with migrations this goatclaw does not know is refused, naming both versions."""
+    from goatclaw import __version__
+
+    newest = max(unknown)
+    return (f"the store {path} was written by a newer goatclaw: its schema is at migration {newest}, and this "
+            f"goatclaw ({__version__}) knows migrations up to {MIGRATIONS[-1][0]}; upgrade goatclaw to use this "
+            "store (nothing was run or written)")
 
 
 #: How long opening a store waits for another connection that is switching a new store to WAL.

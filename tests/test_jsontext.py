@@ -1,5 +1,6 @@
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 from pathlib import Path
@@ -71,3 +72,29 @@ def test_outputs_orjson_would_accept_are_still_refused(value: object) -> None:
 
 def test_outputs_past_64_bits_and_int_keys_encode_like_the_stdlib() -> None:
     assert json.loads(to_json({"n": 2**70, 3: "x"})) == {"n": 2**70, "3": "x"}
+
+
+# -- lone surrogates: every text made here is storable (UTF-8), and JSON keeps the value ------------
+
+#: Text with lone surrogates among other characters (st.text leaves surrogates out whatever its alphabet).
+_ODD_TEXT = st.lists(st.one_of(st.characters(categories=["Cs"]), st.characters()), max_size=12).map("".join)
+
+
+def _no_pairs(text: str) -> bool:
+    """No high surrogate right before a low one (JSON would read the two escapes back as one character)."""
+    return not any("\ud800" <= a <= "\udbff" and "\udc00" <= b <= "\udfff" for a, b in itertools.pairwise(text))
+
+
+@given(st.lists(_ODD_TEXT, max_size=4).filter(lambda xs: all(map(_no_pairs, xs))))
+def test_json_text_with_lone_surrogates_is_storable_and_reads_back_the_same(strings: list[str]) -> None:
+    value = {"items": strings, "first": strings[0] if strings else None}
+    for text in (to_json(value), dumps(value)):
+        text.encode()  # UTF-8 can hold it (and so SQLite)
+        assert json.loads(text) == value
+
+
+def test_storable_escapes_only_lone_surrogates() -> None:
+    from goatclaw.jsontext import storable
+
+    assert storable("plain ascii") == "plain ascii"
+    assert storable("ünï \ud800 \udfff ✓") == "ünï \\ud800 \\udfff ✓"

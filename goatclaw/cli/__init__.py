@@ -11,6 +11,9 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
     from goatclaw.cli.app import app
 
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app(args=argv, prog_name="goatclaw", standalone_mode=True)
         code = 0

@@ -625,6 +625,10 @@ def print_health(data: dict[str, Any], console: Console) -> None:
     console.print(Text(f"{'!' if interrupted else '✓'} interrupted runs (their process is gone; --resume finishes "
                        f"them): {', '.join(interrupted) or 'none'}", style="yellow" if interrupted else "green"),
                   soft_wrap=True)
+    lost = data.get("lost_rows") or {}
+    console.print(Text(f"{'✗' if lost else '✓'} runs with rows the store lost: "
+                       + ("; ".join(f"{run} ({why})" for run, why in lost.items()) or "none"),
+                       style="red" if lost else "green"), soft_wrap=True)
     console.print(f"  runs in the last 24 h: {data['runs_24h']}, failed: {data['failed_runs_24h']} "
                   f"({data['error_rate_24h'] * 100:.0f}%)", highlight=False)
 

@@ -7,6 +7,16 @@ it finishes. Runs of fewer than 4,000 tasks commit in-line at the end of the eve
 loop's current turn (cheaper than starting a process for them); larger runs hand their
 batches to a writer process on the other core, so SQLite's work overlaps with the run.
 Declared secret values are masked in everything written.
+
+A commit that fails is never silent. The store tries it again for about two seconds
+(:meth:`Store.commit`); if it still fails, the batch stays here (its rows go back in
+front of what came since), no task starts any more (:meth:`Recorder.task_started`
+raises the store's error), and the run's last commit tries everything once more. Should
+that fail too, the audit rows of side effects that already happened are the last thing
+given up: they are written alone, with a ``store.lost`` audit row counting what is lost,
+the run is marked failed, and :meth:`Recorder.finish_run` raises a
+:class:`~goatclaw.errors.StoreError` naming the store, the cause and what was lost. A
+run whose commit failed never ends ``succeeded``, even when a later try stored it all.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from goatclaw.engine.state import RunResult, TaskResult, TaskState
+from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps, plain
@@ -29,7 +39,7 @@ from goatclaw.security.audit import sealer
 from goatclaw.security.auditkey import audit_key, with_audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
-from goatclaw.store import Store, TaskRow
+from goatclaw.store import LOST_ACTION, Store, TaskRow, describe_rows
 
 __all__ = ["Recorder"]
 
@@ -41,8 +51,8 @@ _PROCESS_WRITER_TASKS = 4000
 _PROCESS_FLUSH_SECONDS = 0.01
 #: How long the end of a run waits for the writer process to commit what it was sent.
 _WRITER_ANSWER_SECONDS = 300.0
-
-
+#: The kinds of rows a batch holds (keyword arguments of Store.write_batch).
+_ROWS = ("events", "tasks", "attempts", "cache", "dead", "audit", "origins")
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
@@ -80,6 +90,8 @@ class Recorder:
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
         self._writer: _Writer | None = None
+        #: The first commit that failed for good: nothing more starts, and the run ends failed.
+        self.failure: StoreError | None = None
 
     # -- run -------------------------------------------------------------------------
 
@@ -99,27 +111,67 @@ class Recorder:
                                   started_at=started_at)
         self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
+        self.check()
         if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:
-            self._writer = _Writer(self.store)
+            self._writer = _Writer(self.store, self.run_id)
 
     def finish_run(self, result: RunResult) -> None:
-        """Record the run's end and flush everything (one transaction)."""
-        self.event(f"run.{result.status.value}", None,
-                   {"counts": result.counts(), "error": result.error,
-                    "duration": None if result.finished_at is None else result.finished_at - result.started_at})
+        """Record the run's end and commit everything still kept (one transaction).
+
+        After a commit that failed, the run ends failed and this raises :class:`StoreError`
+        (what was lost, if the last commit fails too: see the module's docstring).
+        """
+        failure = self._failure()
+        if failure is not None:  # a run whose rows could not be committed never reports success
+            result.status = RunStatus.FAILED
+            result.error = result.error or str(failure)
+        topic, ts = f"run.{result.status.value}", time.time()
+        data = {"counts": result.counts(), "error": result.error,
+                "duration": None if result.finished_at is None else result.finished_at - result.started_at}
+        self.event(topic, None, data, ts=ts, publish=False)  # published once it is known whether it was stored
+        seq = self.seq
         summary = json.dumps({"counts": result.counts(), "critical_path": result.critical_path})
-        self._write(run=(result.status.value, result.finished_at, self._mask(result.error), summary, self.run_id))
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        run = (result.status.value, result.finished_at, self._mask(result.error), summary, self.run_id)
+        try:
+            error = self._write_last(run)
+            failure = self._failure()
+            if error is None and failure is not None and self.store is not None:
+                error = f"{failure}; everything was stored on a later try, and the run is marked failed"
+                try:
+                    self.store.fail_run(self.run_id, self._mask(error) or "", pauses=())
+                except StoreError as exc:
+                    error += f" (marking it failed did not work either: {exc})"
+            if error is not None:
+                result.status, result.error = RunStatus.FAILED, self._mask(error)
+                topic, data = "run.failed", {**data, "error": result.error}
+            if self.bus.handlers(topic):
+                self.publish(topic, None, data, seq=seq, ts=ts)
+            if error is None and len(self.bus.errors) > self._bus_errors:
+                self._subscriber_failed()  # a subscriber that raised on the run's end: its dead letter is kept too
+                self._write()
+        finally:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+        if error is not None:
+            raise StoreError(error)
+
+    def check(self) -> None:
+        """Raise the store's error if a commit failed for good (the run stops: nothing may run unrecorded)."""
+        failure = self._failure()
+        if failure is not None:
+            raise StoreError(f"{failure}; the run stops") from None
+
+    def _failure(self) -> StoreError | None:
+        if self.failure is None and self._writer is not None and self._writer.failure is not None:
+            self._failed(self._writer.failure)
+        return self.failure
 
     # -- tasks -----------------------------------------------------------------------
 
     def task_started(self, task_id: str, at: float) -> None:
-        """A task began."""
+        """A task began; refused (:meth:`check`) once a commit failed for good."""
+        self.check()
         self.event("task.started", task_id, None, ts=at)
 
     def task_finished(self, res: TaskResult) -> None:
@@ -211,18 +263,16 @@ class Recorder:
     # -- events ----------------------------------------------------------------------
 
     def event(self, topic: str, task_id: str | None, data: dict[str, Any] | None, *, ts: float | None = None,
-              text: str | None = None, lazy: Any = None) -> None:
-        """Publish an event now and buffer it for the store.
+              text: str | None = None, lazy: Any = None, publish: bool = True) -> None:
+        """Publish an event now (unless ``publish`` is false: see :meth:`publish`) and buffer it for the store.
 
         ``text`` is the data already as JSON (then ``lazy`` builds the dict for subscribers).
         """
         self.seq += 1
         ts = time.time() if ts is None else ts
-        if self.bus.handlers(topic):
+        if publish and self.bus.handlers(topic):
             payload = data if data is not None else (lazy() if lazy is not None else {})
-            if self.redactor:  # the live view and every subscriber see what the store keeps
-                payload = self.redactor.mask_data(payload)
-            self.bus.publish(Event(topic, self.run_id, self.seq, ts, task_id, payload))
+            self.publish(topic, task_id, payload, seq=self.seq, ts=ts)
         if self.store is not None:
             if text is None and data is not None:
                 text = _EVENT_JSON(data)
@@ -232,6 +282,12 @@ class Recorder:
                 self.flush()
         if len(self.bus.errors) > self._bus_errors:  # after this event is numbered and kept
             self._subscriber_failed()
+
+    def publish(self, topic: str, task_id: str | None, data: dict[str, Any], *, seq: int, ts: float) -> None:
+        """Publish an event numbered ``seq`` on the bus (secrets masked), without storing it."""
+        if self.redactor:  # the live view and every subscriber see what the store keeps
+            data = self.redactor.mask_data(data)
+        self.bus.publish(Event(topic, self.run_id, seq, ts, task_id, data))
 
     def _subscriber_failed(self) -> None:
         """Subscribers that raised: each event and error becomes a dead letter (never an exception)."""
@@ -263,25 +319,80 @@ class Recorder:
             loop.call_later(_PROCESS_FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
-        """Commit everything buffered in one transaction."""
+        """Commit everything buffered in one transaction (never raises: a failure is kept in :attr:`failure`)."""
         self._flush_pending = False
         self._write()
 
-    def _write(self, run: tuple[Any, ...] | None = None) -> None:
-        if self.store is None or not (self.events or self.tasks or self.attempts or run or self.audit):
+    def _write(self) -> None:
+        if self.store is None or not (self.events or self.tasks or self.attempts or self.audit):
             return
+        if self._writer is not None:
+            self._send(self._take())
+        elif self.failure is None:  # after a failure the rows wait for the run's last commit
+            batch = self._take()
+            try:
+                self.store.write_batch(**batch)
+            except StoreError as exc:
+                self._keep(batch)
+                self._failed(exc)
+            except BaseException:  # Ctrl-C while the commit waited to try again: the rows wait for the last commit
+                self._keep(batch)
+                raise
+
+    def _write_last(self, run: tuple[Any, ...]) -> str | None:
+        """The run's last commit (through the writer process if there is one); its error, if it failed for good."""
+        if self.store is None:
+            return None
+        if self._writer is not None:
+            self._send(self._take(run))
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            error = writer.close()
+            self.failure = self.failure or writer.failure
+            return error
+        lost = _commit_last(self.store, self._take(run), self.run_id)
+        return None if lost is None else str(lost)
+
+    def _send(self, batch: dict[str, Any]) -> None:
+        """A batch to the writer process; if it died, the batch is kept and the rows are written here from now on."""
+        assert self._writer is not None
+        try:
+            self._writer.put(batch)
+        except StoreError as exc:
+            self._keep(batch)
+            self._writer.abandon()
+            self._writer = None
+            if self.failure is None:
+                self._failed(exc)
+            return
+        if self.failure is None and self._writer.failure is not None:
+            self._failed(self._writer.failure)
+
+    def _failed(self, exc: StoreError) -> None:
+        """A commit failed for good: nothing more starts (the live view hears it; stored if a later try works)."""
+        self.failure = exc
+        self.event("store.failed", None, {"error": str(exc)})
+
+    def _take(self, run: tuple[Any, ...] | None = None) -> dict[str, Any]:
+        """Everything buffered, as one batch (the buffers start again empty)."""
         batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
-                 "cache": self.cache, "dead": self.dead, "origins": self.origins}
+                 "cache": self.cache, "dead": self.dead, "origins": self.origins, "seal": self._seal}
         self.origins = []
         with self._audit_lock:
             batch["audit"], self.audit = self.audit, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
-        if batch["audit"]:
-            batch["seal"] = self._seal
-        if self._writer is not None:
-            self._writer.put(batch)
-        else:
-            self.store.write_batch(**batch)
+        return batch
+
+    def _keep(self, batch: dict[str, Any]) -> None:
+        """A batch that could not be committed goes back in front of what was buffered since."""
+        self.events[:0] = batch["events"]
+        self.tasks[:0] = batch["tasks"]
+        self.attempts[:0] = batch["attempts"]
+        self.cache[:0] = batch["cache"]
+        self.dead[:0] = batch["dead"]
+        self.origins[:0] = batch["origins"]
+        with self._audit_lock:
+            self.audit[:0] = batch["audit"]
 
     def _mask(self, text: str | None) -> str | None:
         return self.redactor.mask(text)
@@ -289,14 +400,54 @@ class Recorder:
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Several queued batches as one transaction's worth of rows."""
+    if len(batches) == 1:
+        return batches[0]
     merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": [],
                               "audit": [], "origins": []}
     for batch in batches:
-        for key in ("events", "tasks", "attempts", "cache", "dead", "audit", "origins"):
+        for key in _ROWS:
             merged[key] += batch[key]
         merged["run"] = batch["run"] or merged["run"]
         merged["seal"] = batch.get("seal") or merged.get("seal")
     return merged
+
+
+def _commit_last(store: Store, batch: dict[str, Any], run_id: str) -> StoreError | None:
+    """A run's last commit: everything kept, tried again briefly; the error if it still failed, naming what was lost.
+
+    Failing that, what matters most is written, one try each: the audit rows of side
+    effects that already happened with a ``store.lost`` row counting what is lost (or
+    that row alone), then the run marked failed.
+    """
+    try:
+        store.write_batch(**batch)
+        return None
+    except StoreError as exc:
+        cause = str(exc)
+    lost = {name: len(batch[name]) for name in _ROWS if batch[name]}
+    saved = ""
+    for audit in (batch["audit"], []):
+        counts = {name: n for name, n in lost.items() if name != "audit" or not audit}
+        marker = (time.time(), run_id, None, LOST_ACTION, dumps({"cause": cause, "lost": counts}))
+        rows = [*audit, marker] if counts else audit
+        if not rows:
+            continue
+        try:
+            store.write_batch(audit=rows, seal=batch["seal"], pauses=())
+        except StoreError:
+            continue
+        lost = counts
+        kept = [f"its {len(audit)} audit rows"] if audit else []
+        kept += [f"a {LOST_ACTION} row in the audit chain that records the loss"] if counts else []
+        saved = "; kept: " + " and ".join(kept)
+        break
+    what = describe_rows(lost) or "nothing but the run's end"
+    message = f"{cause}; lost: {what}{saved}"
+    try:
+        store.fail_run(run_id, message, unstored=lost, pauses=())
+    except StoreError:
+        message += " (the run could not be marked failed in the store either)"
+    return StoreError(message)
 
 
 class _Writer:
@@ -305,73 +456,121 @@ class _Writer:
     SQLite's work and the Python-to-C binding of every row then cost the run only the
     pickling of each batch. The child opens its own connection; when the parent dies
     (even by SIGKILL) the child sees the pipe close, commits what it received and exits.
+    When a commit fails for good the child says so at once (:attr:`failure`), keeps what
+    it was sent, and makes the run's last commit (:func:`_commit_last`) when told to stop.
 
     The child is forked (fast) when this process has a single thread; with other threads
     it is spawned, because a fork copies locks that another thread may hold at that
     instant (SQLite's own mutexes among them) and the child would wait on them forever.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, run_id: str) -> None:
         ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_writer_main, args=(child, str(store.path)), name="goatclaw-store-writer",
-                                   daemon=True)
+        self.process = ctx.Process(target=_writer_main, args=(child, str(store.path), run_id),
+                                   name="goatclaw-store-writer", daemon=True)
         self.process.start()
         child.close()
+        #: The child's first commit that failed for good (it keeps the rows for the last commit).
+        self.failure: StoreError | None = None
 
     def put(self, batch: dict[str, Any]) -> None:
+        """Send a batch to be committed (and read whether a commit failed meanwhile)."""
         try:
             self.conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise StoreError(f"the store writer process died ({exc}); the run cannot be recorded") from None
+            while self.conn.poll():
+                self._answer(self.conn.recv_bytes())
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            raise StoreError(f"the store writer process died ({exc}): what it had not committed is lost") from None
 
-    def close(self) -> None:
-        """Commit everything sent, stop the child, and raise the error it reported if any."""
+    def close(self) -> str | None:
+        """Commit everything sent and stop the child; the error of its last commit, if it failed."""
+        error: str | None = None
         try:
             self.conn.send_bytes(b"")
-            if self.conn.poll(_WRITER_ANSWER_SECONDS):
-                error = self.conn.recv_bytes().decode()
-            else:
-                error = f"the store writer process did not finish within {_WRITER_ANSWER_SECONDS:g}s"
+            deadline = time.monotonic() + _WRITER_ANSWER_SECONDS
+            while True:
+                if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                    error = f"the store writer process did not finish within {_WRITER_ANSWER_SECONDS:g}s"
+                    break
+                answer = self._answer(self.conn.recv_bytes())
+                if answer is not None:
+                    error = answer or None
+                    break
         except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            error = f"the store writer process died: {exc}"
+            error = f"the store writer process died ({exc}): what it had not committed is lost"
+        self.abandon()
+        return error
+
+    def abandon(self) -> None:
+        """Stop the child (a stuck one is killed) and close the pipe."""
         self.conn.close()
         self.process.join(timeout=10)
-        if self.process.is_alive():  # a stuck writer is stopped (the error above says the run was not all stored)
+        if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=5)
-        if error:
-            raise StoreError(error)
+
+    def _answer(self, message: bytes) -> str | None:
+        """The child's word: ``F`` its first failed commit (``None`` here), ``D`` the last commit's error or ''."""
+        text = message[1:].decode()
+        if message[:1] == b"F":
+            self.failure = self.failure or StoreError(text)
+            return None
+        return text
 
 
-def _writer_main(conn: Any, path: str) -> None:
-    """The writer process: receive pickled batches, commit them (merging what queued up)."""
-    store = Store.open(path)
+def _writer_main(conn: Any, path: str, run_id: str) -> None:
+    """The writer process: receive pickled batches and commit them (merging what queued up), in order.
+
+    After a commit that failed for good, batches are kept, and the last commit (told by an
+    empty message, or by the parent's death) tries them all once more.
+    """
     error = ""
     try:
-        while True:
-            try:
-                data = conn.recv_bytes()
-            except EOFError:  # the parent is gone: keep what arrived
-                return
-            if not data:
-                break
-            batches = [pickle.loads(data)]
-            stop = False
-            while conn.poll() and len(batches) < 64:
-                more = conn.recv_bytes()
-                if not more:
-                    stop = True
-                    break
-                batches.append(pickle.loads(more))
-            store.write_batch(**_merge(batches))
-            if stop:
-                break
+        store = Store.open(path)
+    except StoreError as exc:
+        _say(conn, b"D", str(exc))
+        return
+    kept: list[dict[str, Any]] = []
+    failed = False
+    try:
+        stop = False
+        while not stop:
+            received, stop = _receive(conn)
+            kept += received
+            if kept and not failed:
+                try:
+                    store.write_batch(**_merge(kept))
+                    kept = []
+                except StoreError as exc:
+                    failed = True
+                    _say(conn, b"F", str(exc))
+        if kept:
+            lost = _commit_last(store, _merge(kept), run_id)
+            error = "" if lost is None else str(lost)
     except Exception as exc:  # reported to the parent on close
         error = f"the store writer failed: {type(exc).__name__}: {exc}"
     finally:
         store.close()
+    _say(conn, b"D", error)
+
+
+def _receive(conn: Any) -> tuple[list[dict[str, Any]], bool]:
+    """The next batch and those queued behind it (up to 64); and whether the parent said stop (or is gone)."""
+    batches: list[dict[str, Any]] = []
+    while not batches or (conn.poll() and len(batches) < 64):
+        try:
+            data = conn.recv_bytes()
+        except EOFError:  # the parent is gone: keep what arrived
+            return batches, True
+        if not data:
+            return batches, True
+        batches.append(pickle.loads(data))
+    return batches, False
+
+
+def _say(conn: Any, kind: bytes, text: str) -> None:
     try:
-        conn.send_bytes(error.encode())
+        conn.send_bytes(kind + text.encode("utf-8", "backslashreplace"))
     except OSError:
         pass

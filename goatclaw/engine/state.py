@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from goatclaw.errors import TaskError
+from goatclaw.jsontext import storable
 
 __all__ = ["RunResult", "RunStatus", "TaskResult", "TaskState", "to_json"]
 
@@ -164,7 +165,10 @@ def to_json(output: Any) -> str:
     orjson encodes (about ten times the stdlib's speed); what it refuses (integers over 64
     bits, non-string keys, subclasses of built-in types, dates, dataclasses) and any text
     with a ``null`` in it (orjson writes NaN and infinities as ``null``) go through the
-    stdlib's strict encoder, which decides: the same text or the same error as before.
+    stdlib's strict encoder, which decides: the same text or the same error as before. A
+    lone surrogate in a string (orjson refuses it, UTF-8 cannot hold it) is written as its
+    JSON escape (:func:`goatclaw.jsontext.storable`): the output is accepted and stored as
+    the same value.
     """
     try:
         data = orjson.dumps(output, option=_STRICT)
@@ -174,6 +178,6 @@ def to_json(output: Any) -> str:
         if b"null" not in data:
             return data.decode()
     try:
-        return _ENCODER.encode(output)
+        return storable(_ENCODER.encode(output))
     except (TypeError, ValueError) as exc:
         raise TaskError(f"output is not JSON-serialisable: {exc}", error_class="invalid_output") from None

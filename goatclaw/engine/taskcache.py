@@ -77,7 +77,7 @@ class TaskCache:
             raw += "\0" + self._rules(task)
         if task.inputs:
             raw += "\0" + self._digest(task)
-        key = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()  # a lone surrogate too
         if constant:
             self.keys[task.id] = key
         return key

@@ -124,17 +124,23 @@ class Verdict:
     problem: str | None = None
     head: str | None = None
     keyed_from: int | None = None  # the first keyed row, if any
+    #: ``(run id, why)`` of runs whose rows are not all stored: the chain may lack their side effects (not ``ok``).
+    incomplete: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         if self.ok:
             keyed = f", keyed from row {self.keyed_from}" if self.keyed_from is not None else ""
             return f"audit chain intact: {self.rows} rows{keyed}"
+        if self.seq is None and self.incomplete:
+            runs = "; ".join(f"run {run}: {why}" for run, why in self.incomplete)
+            return (f"audit chain incomplete: its {self.rows} rows are unaltered, but side effects may be missing "
+                    f"({runs})")
         return f"audit chain broken at row {self.seq}: {self.problem}"
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict as plain data."""
         return {"ok": self.ok, "rows": self.rows, "seq": self.seq, "problem": self.problem, "head": self.head,
-                "keyed_from": self.keyed_from}
+                "keyed_from": self.keyed_from, "incomplete": [{"run": run, "why": why} for run, why in self.incomplete]}
 
 
 def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, key: bytes | None = None,
