@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
 
 __all__ = ["finish", "load_checked", "report_targets"]
@@ -72,18 +74,20 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)
     stopped = [t for t in report.tasks if t.error_class == "budget"]
     if max_cost is not None and stopped:
+        names = escape(", ".join(t.id for t in stopped))
         _err().print(f"[red]error:[/] --max-cost ${max_cost:g} stopped the run: "
-                     f"{', '.join(t.id for t in stopped)} could not afford a call (spent ${report.cost_usd:.6f})",
-                     soft_wrap=True)
+                     f"{names} could not afford a call (spent ${report.cost_usd:.6f})",
+                     markup=True, soft_wrap=True)
     if report.over_budget:
         _err().print(f"[red]error:[/] run {result.run_id} cost ${report.cost_usd:.6f}, over --max-cost "
-                     f"${max_cost:g}", soft_wrap=True)
+                     f"${max_cost:g}", markup=True, soft_wrap=True)
         code = code or 1
     if fail_on is FailOn.warn and report.warnings:
         for tid, verdict in report.warnings:
-            _err().print(f"[yellow]warning:[/] {tid}: rule {verdict.get('rule')} {verdict.get('kind')}: "
-                         f"{verdict.get('message')}", soft_wrap=True)
-        _err().print(f"[red]error:[/] {len(report.warnings)} warning(s) and --fail-on warn", soft_wrap=True)
+            _err().print("[yellow]warning:[/] " + escape(f"{tid}: rule {verdict.get('rule')} {verdict.get('kind')}: "
+                                                         f"{verdict.get('message')}"), markup=True, soft_wrap=True)
+        _err().print(f"[red]error:[/] {len(report.warnings)} warning(s) and --fail-on warn", markup=True,
+                     soft_wrap=True)
         code = code or 1
     return code
 
@@ -95,7 +99,7 @@ def runs_report(
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="junit, json or markdown.")] = ReportFormat.junit,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout "
                                                 "(markdown appends, as $GITHUB_STEP_SUMMARY wants).")] = None,
-    max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD", min=0,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD", min=0, callback=options.finite,
                                                    help="Report the run as failed if it cost more.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
 ) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
 
 __all__ = ["memory_app"]
@@ -57,7 +59,7 @@ def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
             head += f" {m.score:5.3f}"
         seen = f" ×{m.count}" if m.count > 1 else ""
         where = " ".join(f"{k}={m.metadata[k]}" for k in ("pipeline", "task") if m.metadata.get(k))
-        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{where}[/dim]", markup=True)
+        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{escape(where)}[/dim]", markup=True)
         console.print(f"       {m.text}", markup=False)
 
 
@@ -65,9 +67,10 @@ def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
 @handles_errors
 def memory_search(
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
-    k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, max=options.MAX_ID, help="How many results.")] = 10,
     kind: KindOption = None,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="The lowest similarity (0..1).")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", min=0.0, max=1.0, callback=options.finite,
+                                                    help="The lowest similarity (0..1).")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -84,7 +87,7 @@ def memory_search(
 @handles_errors
 def memory_list(
     kind: KindOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many.")] = 50,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -100,7 +103,7 @@ def memory_list(
 @memory_app.command("forget")
 @handles_errors
 def memory_forget(
-    memory_id: Annotated[int | None, typer.Argument(help="The memory's id.")] = None,
+    memory_id: Annotated[int | None, typer.Argument(min=1, max=options.MAX_ID, help="The memory's id.")] = None,
     kind: KindOption = None,
     store: StoreOption = None,
 ) -> None:
@@ -132,9 +135,9 @@ def memory_stats(store: StoreOption = None, as_json: JsonOption = False) -> None
 @memory_app.command("consolidate")
 @handles_errors
 def memory_consolidate(
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, callback=options.finite,
                                              help="Similarity at which two memories are one.")] = 0.95,
-    max_memories: Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many "
+    max_memories: Annotated[int | None, typer.Option("--max", min=1, max=options.MAX_ID, help="Keep at most this many "
                                                      "(default: memory.max_memories).")] = None,
     store: StoreOption = None,
 ) -> None:
@@ -148,9 +151,9 @@ def memory_consolidate(
 @handles_errors
 def memory_patterns(
     kind: Annotated[str, typer.Option("--kind", "-k", help="failure, fix, run, output or note.")] = "failure",
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, callback=options.finite,
                                              help="Similarity at which two memories are the same pattern.")] = 0.75,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many patterns.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many patterns.")] = 20,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -186,7 +189,7 @@ def memory_reembed(store: StoreOption = None) -> None:
 def why(
     run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
     task: Annotated[str | None, typer.Argument(help="One task (default: every failed task).")] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="How many similar past failures.")] = 3,
+    k: Annotated[int, typer.Option("-k", min=1, max=options.MAX_ID, help="How many similar past failures.")] = 3,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -209,7 +212,8 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
     if not found:
         console.print(f"run {run_id} has no failed task")
     for e in found:
-        console.print(f"[bold red]✗ {e.task}[/bold red] ({e.error_class}): {e.error}", markup=True, highlight=False)
+        console.print(f"[bold red]✗ {escape(str(e.task))}[/bold red] " + escape(f"({e.error_class}): {e.error}"),
+                      markup=True, highlight=False)
         if not e.similar:
             console.print("  nothing like it was seen before")
         for s in e.similar:
