@@ -26,7 +26,8 @@ memory_app = typer.Typer(help="Semantic memory: past runs, failures and their fi
                          no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
-KindOption = Annotated[str | None, typer.Option("--kind", help="Only this kind: run, output, failure, fix, note.")]
+KindOption = Annotated[str | None, typer.Option("--kind", callback=options.memory_kind,
+                                                help="Only this kind: run, output, failure, fix, note.")]
 
 
 def _settings() -> Any:
@@ -150,7 +151,8 @@ def memory_consolidate(
 @memory_app.command("patterns")
 @handles_errors
 def memory_patterns(
-    kind: Annotated[str, typer.Option("--kind", "-k", help="failure, fix, run, output or note.")] = "failure",
+    kind: Annotated[str, typer.Option("--kind", "-k", callback=options.memory_kind,
+                                      help="failure, fix, run, output or note.")] = "failure",
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, callback=options.finite,
                                              help="Similarity at which two memories are the same pattern.")] = 0.75,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many patterns.")] = 20,
@@ -262,16 +264,14 @@ def print_seen_before(store_path: str | Path, run_id: str, console: Any, *, k: i
 @memory_app.command("graph")
 @handles_errors
 def memory_graph(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid, graphml or json.")] = "mermaid",
+    fmt: Annotated[str, typer.Option("--format", "-f", callback=options.one_of("mermaid", "graphml", "json"),
+                                     help="mermaid, graphml or json.")] = "mermaid",
     store: StoreOption = None,
 ) -> None:
     """The knowledge graph: pipelines, tasks, plugins, error classes and fixes, with how they relate."""
-    from goatclaw.errors import GoatclawError
     from goatclaw.graph import knowledge_graph, render_knowledge
     from goatclaw.memory.knowledge import graph_data
 
-    if fmt not in ("mermaid", "graphml", "json"):
-        raise GoatclawError(f"--format must be mermaid, graphml or json, not '{fmt}'")
     with _open_store(store) as db:
         entities, relations = graph_data(db.db)
     print(render_knowledge(knowledge_graph(entities, relations), fmt), end="")

@@ -13,7 +13,7 @@ or written (a store, a pipeline file).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as _click_errors  # type: ignore[no-redef]
 
 __all__ = ["MAX_ID", "Commands", "check_against", "duration", "executor_name", "finite", "json_problems", "llm_mode",
-           "positive", "problem_data", "seconds", "usage_line", "var_pairs"]
+           "memory_kind", "one_of", "positive", "problem_data", "seconds", "usage_line", "var_pairs"]
 
 #: The largest id or count a command takes: SQLite's largest integer.
 MAX_ID = 2**63 - 1
@@ -115,20 +115,23 @@ def positive(value: float | None) -> float | None:
     return value
 
 
-def _one_of(value: str | None, allowed: Sequence[str]) -> str | None:
-    if value is not None and value not in allowed:
-        raise typer.BadParameter(f"'{value}' is not one of {', '.join(allowed)}")
-    return value
+def one_of(*allowed: str) -> Callable[[str | None], str | None]:
+    """A callback for a text option that takes one of ``allowed`` (a word, where an Enum would be too much)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"'{value}' is not one of {', '.join(allowed)}")
+        return value
+
+    return check
 
 
-def llm_mode(value: str | None) -> str | None:
-    """``--llm``: live, record or replay."""
-    return _one_of(value, ("live", "record", "replay"))
-
-
-def executor_name(value: str | None) -> str | None:
-    """``--executor``: local or dask."""
-    return _one_of(value, ("local", "dask"))
+#: ``--llm``: how LLM calls are answered.
+llm_mode = one_of("live", "record", "replay")
+#: ``--executor``: where task bodies run.
+executor_name = one_of("local", "dask")
+#: ``memory … --kind``: the kinds of memory.
+memory_kind = one_of("run", "output", "failure", "fix", "note")
 
 
 def check_against(pipeline: Any, variables: dict[str, Any], only: Sequence[str]) -> None:
