@@ -306,3 +306,68 @@ def test_a_run_reference_with_markup_is_an_error_message_not_a_crash(loud: Path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: no run '[/x]' in {loud / '.goatclaw' / 'goatclaw.db'}"]
+
+
+# -- #16.9: a damaged, read-only or full store, and a full disk behind stdout --------------
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize(("args", "table"), [
+    (["runs", "show"], "events"), (["runs", "events"], "events"), (["dlq", "list"], "dead_letters"),
+    (["stats"], "events"), (["health"], "dead_letters"),
+])
+def test_a_store_missing_a_table_is_a_located_error(args: list[str], table: str, stored: Path,
+                                                    project: Path) -> None:
+    with sqlite3.connect(stored) as db:
+        db.execute(f"DROP TABLE {table}")
+    one_error_line(goatclaw(*args, "--store", str(stored), cwd=project), str(stored), f"no such table: {table}")
+
+
+@pytest.fixture
+def read_only(stored: Path) -> Iterator[Path]:
+    """The store file made read-only (immutable for root, who ignores file modes)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(stored)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here (root ignores file modes)")
+        try:
+            yield stored
+        finally:
+            subprocess.run(["chattr", "-i", str(stored)], check=True)
+    else:
+        stored.chmod(0o444)
+        yield stored
+
+
+@pytest.mark.parametrize("args", [["runs", "prune", "--older-than", "0s"], ["breakers", "reset", "--all"],
+                                  ["cache", "clear"], ["apply", "p.yaml", "--no-cache"]])
+def test_a_read_only_store_is_a_located_error(args: list[str], read_only: Path, project: Path) -> None:
+    result = goatclaw(*args, "--store", str(read_only), cwd=project)
+    one_error_line(result, str(read_only), "readonly")
+    assert _runs(read_only) == 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_output_to_a_full_disk_is_said_once_and_fails(stored: Path, project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--no-cache", "-o", "plain"],
+                                cwd=project, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: stdout: No space left on device (output was lost)"]
+    with sqlite3.connect(stored) as db:  # the run itself went on and was recorded as it ended
+        assert db.execute("SELECT status FROM runs ORDER BY started_at").fetchall() == [("succeeded",)] * 2
+        assert db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
+
+
+def test_a_report_to_a_full_disk_is_a_located_error(stored: Path, project: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    one_error_line(goatclaw("runs", "report", "last", "-o", "/dev/full", cwd=project), "/dev/full",
+                   "No space left on device")

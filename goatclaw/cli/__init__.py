@@ -10,9 +10,9 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
     from goatclaw.cli.app import app
-    from goatclaw.cli.terminal import quiet_closed_pipes
+    from goatclaw.cli.terminal import guarded_output
 
-    with quiet_closed_pipes():  # `goatclaw … | head -2`: the reader going away is not the command's failure
+    with guarded_output() as output:  # `goatclaw … | head -2`: the reader going away is not the command's failure
         try:
             app(args=argv, prog_name="goatclaw", standalone_mode=True)
             code = 0
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code
             code = getattr(exc, "exit_code", 130)
+    code = output.exit_code(code)
     if exit:
         sys.exit(code)
     return code

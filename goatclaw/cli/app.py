@@ -113,8 +113,29 @@ def handles_errors(fn: F) -> F:
                 raise
             _err().print(f"[red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
+        except Exception as exc:  # the machine's refusal (a store missing a table, read-only, a full disk), located
+            from goatclaw.cli.border import store_failure
+
+            message = store_failure(exc, _store_hint(kwargs))
+            if message is None:
+                raise
+            _err().print(f"[red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _store_hint(params: dict[str, Any]) -> Path | None:
+    """The store a command was using, found as :func:`_open_store` and the API find it (for error messages)."""
+    if params.get("store") is not None:
+        return Path(params["store"])
+    try:
+        from goatclaw.api import load_project_for
+
+        file = params.get("file")
+        return Path(os.environ.get("GOATCLAW_STORE") or load_project_for(file).store_path)
+    except Exception:  # the message is about the first error, not about finding the project again
+        return None
 
 
 def _version(value: bool) -> None:

@@ -7,8 +7,9 @@ r"""What reaches the terminal: text from tasks made printable, markup never read
   only where a call asks for it (``markup=True``, for goatclaw's own styling), so a run
   named ``[/x]`` is printed as it is; and every segment it renders goes through
   :func:`printable`, whatever the renderable (tables, trees, the live view).
-- :func:`quiet_closed_pipes` makes a closed stdout or stderr (``goatclaw apply … | head -2``)
-  quiet: further output goes nowhere, the command goes on and exits with its own code.
+- :func:`guarded_output` makes a closed stdout or stderr (``goatclaw apply … | head -2``)
+  quiet: further output goes nowhere, the command goes on and exits with its own code
+  (output lost to a full disk is said once, and the code is at least 1).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.segment import Segment
 
-__all__ = ["SafeConsole", "printable", "quiet_closed_pipes"]
+__all__ = ["GuardedOutput", "SafeConsole", "guarded_output", "printable"]
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides and isolates
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -55,17 +56,23 @@ class SafeConsole(Console):
                 yield segment
 
 
-class _PipeGuard:
-    """A text stream whose reader may go away: then writes are dropped instead of raising ``BrokenPipeError``."""
+class _OutputGuard:
+    """A text stream that may stop taking output: then writes are dropped instead of raising into the caller.
 
-    def __init__(self, stream: TextIO) -> None:
+    A reader that went away (``EPIPE``) is quiet; any other refusal (a full disk behind
+    ``> out.txt``, ``/dev/full``) is kept in :attr:`lost` for the command to report once.
+    """
+
+    def __init__(self, stream: TextIO, name: str) -> None:
         self._stream = stream
-        self.closed_by_reader = False
+        self.name = name
+        self.closed = False
+        self.lost: OSError | None = None
 
     def _close(self) -> None:
         # the bytes still buffered, and all later output, go to /dev/null: a later flush (ours, or the
         # interpreter's at exit) then succeeds instead of raising again
-        self.closed_by_reader = True
+        self.closed = True
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())
@@ -73,21 +80,18 @@ class _PipeGuard:
         except (OSError, ValueError):  # no file descriptor (a test's stream): dropping the writes is enough
             pass
 
-    def _guarded(self, call: Any, *args: Any) -> Any:
-        if self.closed_by_reader:
-            return None
+    def _guarded(self, call: Any, *args: Any) -> None:
+        if self.closed:
+            return
         try:
-            return call(*args)
-        except BrokenPipeError:
-            self._close()
+            call(*args)
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.EINVAL):  # EINVAL: Windows' word for a closed pipe
-                raise
+                self.lost = exc
             self._close()
-        return None
 
     def write(self, text: str) -> int:
-        """Write ``text``; once the reader is gone, nothing (and no error)."""
+        """Write ``text``; once the stream refused, nothing (and no error)."""
         self._guarded(self._stream.write, text)
         return len(text)
 
@@ -97,30 +101,48 @@ class _PipeGuard:
             self.write(line)
 
     def flush(self) -> None:
-        """Flush; once the reader is gone, nothing (and no error)."""
+        """Flush; once the stream refused, nothing (and no error)."""
         self._guarded(self._stream.flush)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
+class GuardedOutput:
+    """stdout and stderr while a command runs (:func:`guarded_output`), and what became of them."""
+
+    def __init__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        self.guards = [_OutputGuard(s, n) for s, n in ((sys.stdout, "stdout"), (sys.stderr, "stderr"))
+                       if s is not None and not isinstance(s, _OutputGuard)]
+
+    def exit_code(self, code: int) -> int:
+        """``code``, or 1 when output was lost to something other than a closed pipe (said once on stderr)."""
+        lost = [g for g in self.guards if g.lost is not None]
+        for guard in lost:
+            if guard.name == "stdout" and sys.stderr is not None:
+                try:
+                    print(f"error: stdout: {guard.lost.strerror or guard.lost} (output was lost)", file=sys.stderr)
+                except OSError:
+                    pass
+        return code or (1 if lost else 0)
+
+
 @contextmanager
-def quiet_closed_pipes() -> Iterator[None]:
-    """Inside, a closed stdout or stderr drops what is written to it; the command's exit code stays its own.
+def guarded_output() -> Iterator[GuardedOutput]:
+    """Inside, stdout and stderr never raise: a reader that went away is quiet, a full disk is reported after.
 
     :func:`goatclaw.cli.main` runs every command inside: a renderer that prints an event
     then never raises into the event bus (no subscriber errors, no dead letters), and the
-    run is recorded as it really ended. Leaving flushes both streams, quietly.
+    run is recorded as it really ended. ``goatclaw apply … | head -2`` exits with the
+    run's own code; output lost to a full disk makes it 1 (:meth:`GuardedOutput.exit_code`).
     """
-    saved = sys.stdout, sys.stderr
-    if sys.stdout is not None and not isinstance(sys.stdout, _PipeGuard):
-        sys.stdout = _PipeGuard(sys.stdout)  # type: ignore[assignment]
-    if sys.stderr is not None and not isinstance(sys.stderr, _PipeGuard):
-        sys.stderr = _PipeGuard(sys.stderr)  # type: ignore[assignment]
+    state = GuardedOutput()
+    for guard in state.guards:
+        setattr(sys, guard.name, guard)
     try:
-        yield
+        yield state
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, _PipeGuard):
-                stream.flush()
-        sys.stdout, sys.stderr = saved
+        for guard in state.guards:
+            guard.flush()
+        sys.stdout, sys.stderr = state.saved
