@@ -605,7 +605,9 @@ def preload() -> concurrent.futures.Future[Any]:
 
             def work() -> None:
                 try:
-                    future.set_result(_litellm())
+                    litellm = _litellm()
+                    _first_call(litellm)
+                    future.set_result(litellm)
                 except BaseException as exc:  # an ImportError (the llm extra is missing) is the caller's to see
                     future.set_exception(exc)
 
@@ -613,6 +615,19 @@ def preload() -> concurrent.futures.Future[Any]:
             threading.Thread(target=work, name="goatclaw-import-litellm").start()
             _IMPORT = future
         return _IMPORT
+
+
+def _first_call(litellm: Any) -> None:
+    """Run one offline call (litellm's ``mock_response``) so a task's first real call costs no imports.
+
+    litellm loads about 70 more modules on its first completion (provider configs, logging
+    and proxy types: 0.5 s here, several seconds on a loaded machine); done in the import
+    thread, no task timeout counts them. Nothing leaves the process.
+    """
+    with contextlib.suppress(Exception):
+        litellm.completion(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "warm-up"}],
+                           mock_response="ok", api_key="sk-goatclaw-warm-up")
+        import litellm._service_logger  # the first async call imports it too
 
 
 async def ready() -> Any:

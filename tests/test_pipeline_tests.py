@@ -351,3 +351,41 @@ def test_the_pytest_plugin_collects_test_files_and_offers_a_fixture(project: Pat
     assert "assert tasks.summarize.output == 3 is false" in done.stdout
     assert "tasks.summarize.output = 2" in done.stdout
     assert "Traceback" not in done.stdout
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its contents."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_goatclaw_test_leaves_the_repository_unchanged(write_pipeline: Callable[..., Path], project: Path) -> None:
+    """A case whose pipeline writes files runs in a copy: the repository is byte for byte as before.
+
+    A pre-commit hook that changes files fails the commit ("files were modified by this hook"),
+    so ``goatclaw test`` must never write into the project it tests, store included.
+    """
+    write_pipeline("""
+        version: 1
+        tasks:
+          report:
+            uses: file.write
+            with: {path: out/report.md, content: "written by the pipeline"}
+          note:
+            uses: shell
+            with: {script: "echo more > notes.txt"}
+    """, name="writer.yaml")
+    write_test(project, """
+        version: 1
+        pipeline: writer.yaml
+        tests:
+          writes:
+            expect:
+              status: succeeded
+              asserts: ["tasks.report.output.path == 'out/report.md'"]
+    """, name="writer.test.yaml")
+    before = _tree(project)
+    result = CliRunner().invoke(app, ["test", "writer.test.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "1 passed" in result.output
+    assert _tree(project) == before, sorted(set(_tree(project)) ^ set(before))
+    assert not (project / "out").exists() and not (project / "notes.txt").exists()
