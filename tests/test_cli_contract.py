@@ -301,6 +301,12 @@ def test_runs_show_prints_markup_and_control_characters_as_text(loud: Path) -> N
     assert "\\x1b]0;retitled" in result.stdout and "\\x1b[31m[/oops] gone" in result.stdout
 
 
+def test_a_markdown_report_on_stdout_is_escaped(loud: Path) -> None:
+    result = goatclaw("runs", "report", "last", "--format", "markdown", cwd=loud)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\\x1b[2J" in result.stdout
+
+
 def test_a_run_reference_with_markup_is_an_error_message_not_a_crash(loud: Path) -> None:
     result = goatclaw("runs", "show", "[/x]", cwd=loud)
     assert result.returncode == 1

@@ -104,12 +104,13 @@ def runs_report(
     store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
 ) -> None:
     """A stored run as a JUnit, JSON or Markdown report (one test case per task and fan-out item)."""
+    from goatclaw.cli.terminal import printable
     from goatclaw.reports import build, render, write
 
     with _open_store(store) as db:
         report = build(db, run, max_cost=max_cost)
-    if output is None:
-        sys.stdout.write(render(report, fmt.value))
+    if output is None:  # on a terminal, a task's error cannot drive it (newlines and tabs stay)
+        sys.stdout.write(printable(render(report, fmt.value)))
     else:
         write(report, [(fmt.value, output)])
         _err().print(f"report: {output}", highlight=False, soft_wrap=True)

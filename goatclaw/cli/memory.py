@@ -269,9 +269,10 @@ def memory_graph(
     store: StoreOption = None,
 ) -> None:
     """The knowledge graph: pipelines, tasks, plugins, error classes and fixes, with how they relate."""
+    from goatclaw.cli.terminal import printable
     from goatclaw.graph import knowledge_graph, render_knowledge
     from goatclaw.memory.knowledge import graph_data
 
     with _open_store(store) as db:
         entities, relations = graph_data(db.db)
-    print(render_knowledge(knowledge_graph(entities, relations), fmt), end="")
+    print(printable(render_knowledge(knowledge_graph(entities, relations), fmt)), end="")
