@@ -39,12 +39,11 @@ FREE_TEXT = {
     "apply --run", "apply --address", "why run", "why task", "runs show run", "runs report run", "runs events run",
     "runs replay run", "runs list --pipeline", "breakers reset key", "plugins show name", "audit show --run",
     "audit show --action", "dlq list --run", "memory search query", "test --case",
-    "watch --only",  # the watched pipeline may gain the task before its next run
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
     "* --var": "topics", "* --llm": "sometimes", "apply --executor": "mainframe", "* --report": "pdf",
-    "apply --only": "nosuch", "* --since": "-5d", "* --older-than": "-5d", "watch --debounce": "-1s",
+    "* --only": "nosuch", "* --since": "-5d", "* --older-than": "-5d", "watch --debounce": "-1s",
     "schema name": "nosuch", "* --kind": "nosuch", "memory graph --format": "nosuch",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
@@ -169,6 +168,13 @@ def test_apply_refuses_vars_and_tasks_the_pipeline_does_not_have(args: list[str]
                                                                  pipeline: Path, project: Path) -> None:
     refused(goatclaw("apply", "p.yaml", *args, cwd=project), *words)
     assert not (project / ".goatclaw").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("args", [["--var", "topicz=[go]"], ["--only", "nosuch"]])
+def test_watch_refuses_vars_and_tasks_the_watched_file_does_not_have(args: list[str], pipeline: Path,
+                                                                     project: Path) -> None:
+    refused(goatclaw("watch", "p.yaml", *args, cwd=project, timeout=20), "goatclaw watch", args[0])
+    assert not (project / ".goatclaw").exists()  # no run started
 
 
 def test_a_declared_var_still_runs(pipeline: Path, project: Path) -> None:

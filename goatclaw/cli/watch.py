@@ -69,11 +69,25 @@ def watch(
         "vars": dict(parse_var(v) for v in var or []), "concurrency": concurrency, "only": only or (),
         "store": store if store is not None else True, "cache": not no_cache, "llm": llm,
     }
+    _check_file(target, run_options)
     mode = "plain" if _in_ci() or output is WatchOutput.plain else (
         "rich" if output is WatchOutput.rich or _out().is_terminal else "plain")
     summary = asyncio.run(_session(target, run_options, quiet, once_per_change, poll, clear, mode))
     if summary.cancelled:
         raise typer.Exit(130)
+
+
+def _check_file(target: Path, run_options: dict[str, Any]) -> None:
+    """A watched file that is valid now must declare the ``--var`` names and have the ``--only`` tasks (exit 2).
+
+    An invalid file is not refused here: the watch shows its problems and waits for a save.
+    """
+    import goatclaw
+
+    if target.is_file():
+        pipeline, _ = goatclaw.check(target)
+        if pipeline is not None:
+            options.check_against(pipeline, run_options["vars"], run_options["only"])
 
 
 async def _session(target: Path, run_options: dict[str, Any], debounce: float, once_per_change: bool, poll: bool,
