@@ -38,7 +38,7 @@ def usage_line(exc: Any) -> str:
     """A refused command line as one line: ``error: goatclaw apply: --var: expected key=value … (see …)``."""
     from goatclaw.cli.terminal import printable
 
-    message = " ".join(str(exc.format_message()).split())
+    message = " ".join(str(exc.format_message()).split()).replace(str(MAX_ID), "2^63-1")  # SQLite's largest
     ctx = getattr(exc, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else ""
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
