@@ -288,7 +288,7 @@ def test_cli_memory_search_list_stats_forget(store_path: Path) -> None:
     assert "wordllama (256 dims)" in stats.output and "failure" in stats.output
     assert cli.invoke(app, ["memory", "forget", "1"]).output.strip() == "forgot 1 memory"
     bad = cli.invoke(app, ["memory", "search", "x", "--kind", "nonsense"])
-    assert bad.exit_code == 1 and "unknown memory kind 'nonsense'" in bad.output
+    assert bad.exit_code == 2 and "'nonsense' is not one of run, output, failure, fix, note" in bad.output
 
 
 def test_cli_why_shows_the_past_fix(run_fetcher) -> None:

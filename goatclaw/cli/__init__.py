@@ -10,17 +10,20 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
     from goatclaw.cli.app import app
+    from goatclaw.cli.terminal import guarded_output
 
     for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    try:
-        app(args=argv, prog_name="goatclaw", standalone_mode=True)
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code
-        code = getattr(exc, "exit_code", 130)
+    with guarded_output() as output:  # `goatclaw … | head -2`: the reader going away is not the command's failure
+        try:
+            app(args=argv, prog_name="goatclaw", standalone_mode=True)
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code
+            code = getattr(exc, "exit_code", 130)
+    code = output.exit_code(code)
     if exit:
         sys.exit(code)
     return code

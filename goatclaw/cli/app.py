@@ -18,8 +18,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from goatclaw import __version__
+from goatclaw.cli import options
+from goatclaw.cli.options import MAX_ID
+from goatclaw.cli.terminal import SafeConsole
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=options.Commands,  # a refused command line, at any depth: one line and exit 2
 )
 runs_app = typer.Typer(help="Inspect stored runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -69,11 +74,16 @@ class FailOn(str, Enum):
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    return SafeConsole(highlight=False, soft_wrap=False)
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return SafeConsole(stderr=True, highlight=False)
+
+
+def _plain() -> Console:
+    """The console of plain output (pipes, logs, CI): no colour, lines as long as they are."""
+    return SafeConsole(highlight=False, no_color=True, soft_wrap=True)
 
 
 def handles_errors(fn: F) -> F:
@@ -90,10 +100,10 @@ def handles_errors(fn: F) -> F:
             print_problems(exc.problems, _err())
             raise typer.Exit(exc.exit_code) from None
         except GoatclawError as exc:
-            _err().print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+            _err().print(f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal at the run border (cli/border.py)
-            _err().print("[magenta]cancelled[/]")
+            _err().print("[magenta]cancelled[/]", markup=True)
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
         except ImportError as exc:  # an optional part (a pip extra) that is not installed: say which, once
             from goatclaw.extras import missing_message
@@ -101,10 +111,31 @@ def handles_errors(fn: F) -> F:
             message = missing_message(exc)
             if message is None:
                 raise
-            _err().print(f"[red]error:[/] {message}", markup=True, soft_wrap=True)
+            _err().print(f"[red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # the machine's refusal (a store missing a table, read-only, a full disk), located
+            from goatclaw.cli.border import store_failure
+
+            message = store_failure(exc, _store_hint(kwargs))
+            if message is None:
+                raise
+            _err().print(f"[red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _store_hint(params: dict[str, Any]) -> Path | None:
+    """The store a command was using, found as :func:`_open_store` and the API find it (for error messages)."""
+    if params.get("store") is not None:
+        return Path(params["store"])
+    try:
+        from goatclaw.api import load_project_for
+
+        file = params.get("file")
+        return Path(os.environ.get("GOATCLAW_STORE") or load_project_for(file).store_path)
+    except Exception:  # the message is about the first error, not about finding the project again
+        return None
 
 
 def _version(value: bool) -> None:
@@ -125,9 +156,11 @@ def main_options(
 @handles_errors
 def apply(
     file: Annotated[Path, typer.Argument(help="The pipeline file.")],
-    var: Annotated[list[str] | None,
-                   typer.Option("--var", "-v", help="Set a variable: key=value (YAML value).")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Tasks in flight.")] = None,
+    var: Annotated[list[str] | None, typer.Option(
+        "--var", "-v", callback=options.var_pairs, help="Set a variable the pipeline declares: key=value (YAML value).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, max=MAX_ID,
+                                                    help="Tasks in flight.")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only this task (and what it needs).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and plan, run nothing.")] = False,
     output: Annotated[Output, typer.Option("--output", "-o", help="rich, plain or json.")] = Output.auto,
@@ -141,16 +174,19 @@ def apply(
     force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline file changed.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task; reuse no cached output.")] = False,
     llm: Annotated[str | None, typer.Option(
-        "--llm", metavar="MODE", help="LLM calls: live, record (write the pipeline's cassette) or replay (answer "
+        "--llm", metavar="MODE", callback=options.llm_mode,
+        help="LLM calls: live, record (write the pipeline's cassette) or replay (answer "
         "only from it).")] = None,
     report: Annotated[list[str] | None, typer.Option(
         "--report", metavar="FORMAT:PATH", help="Write a report of the run: junit:PATH, json:PATH or markdown:PATH "
         "(appends; fits $GITHUB_STEP_SUMMARY). Repeatable.")] = None,
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
     max_cost: Annotated[float | None, typer.Option(
-        "--max-cost", metavar="USD", min=0, help="Fail the run if its LLM calls would cost more than this.")] = None,
+        "--max-cost", metavar="USD", min=0, callback=options.finite,
+        help="Fail the run if its LLM calls would cost more than this.")] = None,
     executor: Annotated[str | None, typer.Option(
-        "--executor", metavar="NAME", help="Where task bodies run: local, or dask (default: executor: in "
+        "--executor", metavar="NAME", callback=options.executor_name,
+        help="Where task bodies run: local, or dask (default: executor: in "
         "goatclaw.yaml, else local).")] = None,
     address: Annotated[str | None, typer.Option(
         "--address", metavar="URL", help="With --executor dask: the Dask scheduler (tcp://host:8786); without it a "
@@ -163,9 +199,11 @@ def apply(
     from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
     targets = ci.report_targets(report)
-    pipeline = ci.load_checked(file, fail_on)
-    variables = dict(parse_var(v) for v in var or [])
     mode = _output_mode(output)
+    with options.json_problems(mode == "json"):  # `--output json | jq` gets a document even for an invalid file
+        pipeline = ci.load_checked(file, fail_on)
+        variables = dict(parse_var(v) for v in var or [])
+        options.check_against(pipeline, variables, only or ())
     if dry_run:
         plan = goatclaw.plan(pipeline)
         if mode == "json":
@@ -188,7 +226,7 @@ def apply(
     elif mode == "plain":
         PlainView(bus, timestamps=_in_ci(), footer=False)  # print_result writes the final line
         result = border.run(run())
-        print_result(result, Console(highlight=False, no_color=True, soft_wrap=True))
+        print_result(result, _plain())
     else:
         result = border.run(run())
         from goatclaw.api import redactor_for
@@ -199,7 +237,7 @@ def apply(
         from goatclaw.cli.memory import print_seen_before
 
         print_seen_before(result.store_path, result.run_id,
-                          _out() if mode == "rich" else Console(highlight=False, no_color=True, soft_wrap=True))
+                          _out() if mode == "rich" else _plain())
     code = ci.finish(result, targets, fail_on=fail_on, max_cost=max_cost, warnings_shown=mode != "json")
     if code:
         raise typer.Exit(code)
@@ -236,13 +274,9 @@ def validate(
             goatclaw.check(file)[1]
         all_problems += problems
         if fmt is ProblemFormat.text and not [p for p in problems if p.severity in failing]:
-            _err().print(f"[green]✓[/] {file}")
+            _err().print(f"[green]✓[/] {escape(str(file))}", markup=True)
     if fmt is ProblemFormat.json:
-        print(json.dumps([{"file": p.location.file if p.location else None,
-                           "line": p.location.line if p.location else None,
-                           "col": p.location.col if p.location else None,
-                           "path": p.path, "message": p.message, "severity": p.severity} for p in all_problems],
-                         indent=2))
+        print(json.dumps([options.problem_data(p) for p in all_problems], indent=2))
     else:
         print_problems(all_problems, _out() if fmt is ProblemFormat.github else _err(), fmt=fmt.value)
     if any(p.severity in failing for p in all_problems):
@@ -307,7 +341,7 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
     if not rows:
         out.print("cost: no llm tasks")
         return
-    out.print("[bold]cost estimate[/] (prompt ≈ chars/4 + max_tokens, litellm's price map)")
+    out.print("[bold]cost estimate[/] (prompt ≈ chars/4 + max_tokens, litellm's price map)", markup=True)
     total = 0.0
     unknown = 0
     for r in rows:
@@ -332,8 +366,7 @@ def schema(
     from goatclaw.spec.schema import SCHEMAS, schema_text
 
     if name not in SCHEMAS:
-        _err().print(f"[red]error:[/] unknown schema '{name}' (use one of: {', '.join(SCHEMAS)})")
-        raise typer.Exit(2)
+        raise typer.BadParameter(f"unknown schema '{name}' (use one of: {', '.join(SCHEMAS)})", param_hint="NAME")
     sys.stdout.write(schema_text(name))
 
 
@@ -362,7 +395,7 @@ def _open_store(store: Path | None) -> Any:
 @runs_app.command("list")
 @handles_errors
 def runs_list(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_ID, help="How many runs.")] = 20,
     pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="Only this pipeline.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -535,17 +568,18 @@ def doctor(
         print(json.dumps(report, indent=2, default=str))
         return
     out = _out()
-    out.print("[bold]model[/]")
+    out.print("[bold]model[/]", markup=True)
     out.print(f"  {report['model']['message']}", markup=False, highlight=False, soft_wrap=True)
-    out.print("[bold]providers[/]")
+    out.print("[bold]providers[/]", markup=True)
     for p in report["providers"]:
         mark = "[green]✓[/]" if p["usable"] else "[dim]✗[/]"
-        how = p["how"] if p["usable"] else f"[dim]needs {p['needs']}[/]"
-        out.print(f"  {mark} {p['provider']:<12} {how}", soft_wrap=True)
+        how = escape(p["how"]) if p["usable"] else f"[dim]needs {escape(str(p['needs']))}[/]"
+        out.print(f"  {mark} {p['provider']:<12} {how}", markup=True, soft_wrap=True)
     st = report["store"]
     mark = "[green]✓[/]" if st["ok"] else "[red]✗[/]"
     extra = "".join(f", {k} {st[k]}" for k in ("schema_version", "runs", "size_bytes") if st.get(k) is not None)
-    out.print(f"[bold]store[/]\n  {mark} {st['path']}: {st['message']}{extra}", soft_wrap=True)
+    out.print(f"[bold]store[/]\n  {mark} {escape(str(st['path']))}: {escape(str(st['message']))}{escape(extra)}",
+              markup=True, soft_wrap=True)
     if not st["ok"]:
         raise typer.Exit(1)
 

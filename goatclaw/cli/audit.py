@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _out, _store_file, app, handles_errors
 
 __all__ = ["audit_app"]
@@ -30,7 +31,8 @@ def audit_show(
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run (id, prefix or 'last').")] = None,
     action: Annotated[str | None, typer.Option("--action", "-a", help="Only this action (e.g. file.written, "
                                                                        "or 'threat').")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N rows.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, max=options.MAX_ID,
+                                              help="Only the newest N rows.")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -66,7 +68,8 @@ def audit_verify(
     store: StoreOption = None,
     as_json: JsonOption = False,
     keyed_from: Annotated[int | None, typer.Option(
-        "--keyed-from", min=1, help="Every row from this one on must be keyed (with GOATCLAW_AUDIT_KEY).")] = None,
+        "--keyed-from", min=1, max=options.MAX_ID,
+        help="Every row from this one on must be keyed (with GOATCLAW_AUDIT_KEY).")] = None,
 ) -> None:
     """Check every row's hash and link and the chain's head; exit 1 at the first altered or missing row.
 

@@ -22,11 +22,17 @@ held. A loop held outside any task (a C call that never returns to Python): a si
 that comes after the first has waited :data:`BLOCKED_AFTER` seconds ends the process at
 once with ``128 + signal``, and the run stays recorded as running (``--resume`` takes it
 up).
+
+:func:`store_failure` is the last line for errors that are not goatclaw's but the
+machine's: the store's SQLite refusing (a table missing, a read-only file, a full disk)
+or the OS refusing a write. The command prints them located (the store's path, the
+file's name) instead of a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -35,7 +41,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["BLOCKED_AFTER", "STOP_SIGNALS", "Cancelled", "run"]
+__all__ = ["BLOCKED_AFTER", "STOP_SIGNALS", "Cancelled", "run", "store_failure"]
 
 T = TypeVar("T")
 
@@ -169,3 +175,21 @@ def run(main: Coroutine[Any, Any, T]) -> T:
                 raise Cancelled(border.signum) from None
     finally:
         border.restore()
+
+
+#: What the OS says when a write cannot happen: a full disk or quota, a read-only or refused file, a failing device.
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def store_failure(exc: BaseException, store: str | os.PathLike[str] | None) -> str | None:
+    """A located message for an error of the store's SQLite binding or a refused write, else ``None``.
+
+    The binding's errors are recognised by their module (``sqlite3``, or ``sqlean`` that the
+    store opens connections through), so the CLI does not import the store's library.
+    """
+    if type(exc).__module__.split(".")[0] in ("sqlite3", "sqlean"):
+        where = f"the store {store}" if store is not None else "the store"
+        return f"{where}: {exc}"
+    if isinstance(exc, OSError) and exc.errno in _REFUSED_WRITES:
+        return f"{exc.filename or 'a write'}: {exc.strerror or exc}"
+    return None

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _err, _open_store, _out, app, handles_errors
 
 __all__ = ["cache_app"]
@@ -34,22 +35,16 @@ KindOption = Annotated[Kind, typer.Option("--kind", help="task outputs, LLM answ
 
 
 def _age(text: str) -> float:
-    """``--older-than`` in seconds; a bad value is a usage error (exit 2)."""
-    from goatclaw.cli.history import _seconds
-    from goatclaw.errors import GoatclawError
-
-    try:
-        return _seconds(text, "--older-than")
-    except GoatclawError:
-        raise typer.BadParameter(f"expected a duration like 7d, 12h, 90m, got '{text}'",
-                                 param_hint="--older-than") from None
+    """``--older-than`` in seconds (checked where it was parsed: a bad value is a usage error, exit 2)."""
+    return options.seconds(text)
 
 
 @cache_app.command("list")
 @handles_errors
 def cache_list(
     kind: KindOption = Kind.all,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many entries, newest first.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID,
+                                       help="How many entries, newest first.")] = 50,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -73,7 +68,8 @@ def cache_list(
 @handles_errors
 def cache_clear(
     kind: KindOption = Kind.all,
-    older_than: Annotated[str | None, typer.Option("--older-than", help="Only entries older than this (7d, 12h).")]
+    older_than: Annotated[str | None, typer.Option("--older-than", callback=options.duration,
+                                                   help="Only entries older than this (7d, 12h).")]
     = None,
     store: StoreOption = None,
 ) -> None:

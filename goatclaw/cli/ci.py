@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
 
 __all__ = ["finish", "load_checked", "report_targets"]
@@ -74,12 +76,13 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)
     stopped = [t for t in report.tasks if t.error_class == "budget"]
     if max_cost is not None and stopped:
+        names = escape(", ".join(t.id for t in stopped))
         _err().print(f"[red]error:[/] --max-cost {usd(max_cost)} stopped the run: "
-                     f"{', '.join(t.id for t in stopped)} could not afford a call (spent {usd(report.cost_usd)})",
-                     soft_wrap=True)
+                     f"{names} could not afford a call (spent {usd(report.cost_usd)})",
+                     markup=True, soft_wrap=True)
     if report.over_budget:
         _err().print(f"[red]error:[/] run {result.run_id} cost {usd(report.cost_usd)}, over --max-cost "
-                     f"{usd(max_cost)}", soft_wrap=True)
+                     f"{usd(max_cost)}", markup=True, soft_wrap=True)
         code = code or 1
     if fail_on is FailOn.warn and report.warnings:
         if not warnings_shown:  # the live view or the plain log showed each one as it came
@@ -87,7 +90,8 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
 
             for tid, verdict in report.warnings:
                 _err().print(warning_text(tid, verdict) or "", style="yellow", markup=False, soft_wrap=True)
-        _err().print(f"[red]error:[/] {len(report.warnings)} warning(s) and --fail-on warn", soft_wrap=True)
+        _err().print(f"[red]error:[/] {len(report.warnings)} warning(s) and --fail-on warn", markup=True,
+                     soft_wrap=True)
         code = code or 1
     return code
 
@@ -99,17 +103,18 @@ def runs_report(
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="junit, json or markdown.")] = ReportFormat.junit,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout "
                                                 "(markdown appends, as $GITHUB_STEP_SUMMARY wants).")] = None,
-    max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD", min=0,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD", min=0, callback=options.finite,
                                                    help="Report the run as failed if it cost more.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
 ) -> None:
     """A stored run as a JUnit, JSON or Markdown report (one test case per task and fan-out item)."""
+    from goatclaw.cli.terminal import printable
     from goatclaw.reports import build, render, write
 
     with _open_store(store) as db:
         report = build(db, run, max_cost=max_cost)
-    if output is None:
-        sys.stdout.write(render(report, fmt.value))
+    if output is None:  # on a terminal, a task's error cannot drive it (newlines and tabs stay)
+        sys.stdout.write(printable(render(report, fmt.value)))
     else:
         write(report, [(fmt.value, output)])
         _err().print(f"report: {output}", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from goatclaw.cli import options
 from goatclaw.cli.app import (
     JsonOption,
     Output,
@@ -34,19 +35,8 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _seconds(text: str, option: str) -> float:
-    from goatclaw.errors import GoatclawError
-    from goatclaw.spec.model import parse_duration
-
-    units = {"d": 86400.0, "w": 604800.0}
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        value = parse_duration(text)
-    except (ValueError, TypeError):
-        value = None
-    if value is None:
-        raise GoatclawError(f"{option}: expected a duration like 30d, 12h, 90m, got '{text}'")
-    return value
+    """A duration option in seconds (already checked where it was parsed: see :func:`options.duration`)."""
+    return options.seconds(text)
 
 
 @runs_app.command("events")
@@ -60,16 +50,18 @@ def runs_events(
     """Print a run's event log (seq, time, topic, task, data)."""
     from goatclaw import history
     from goatclaw.cli.render import event_line
+    from goatclaw.cli.terminal import printable
 
     for ev in history.events(_store_file(store), run, follow=follow):
-        print(json.dumps(ev, ensure_ascii=False, default=str) if as_json else event_line(ev), flush=True)
+        print(json.dumps(ev, ensure_ascii=False, default=str) if as_json else printable(event_line(ev)), flush=True)
 
 
 @runs_app.command("replay")
 @handles_errors
 def runs_replay(
     run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
-    speed: Annotated[float | None, typer.Option("--speed", help="Replay in real time times this (e.g. 10).")] = None,
+    speed: Annotated[float | None, typer.Option("--speed", callback=options.positive,
+                                                help="Replay in real time times this (e.g. 10).")] = None,
     output: Annotated[Output, typer.Option("--output", "-o", help="rich or plain.")] = Output.auto,
     store: StoreOption = None,
 ) -> None:
@@ -92,7 +84,8 @@ def runs_replay(
 @runs_app.command("prune")
 @handles_errors
 def runs_prune(
-    older_than: Annotated[str, typer.Option("--older-than", help="Delete runs started before this (30d, 12h).")],
+    older_than: Annotated[str, typer.Option("--older-than", callback=options.duration,
+                                            help="Delete runs started before this (30d, 12h).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -109,7 +102,7 @@ def runs_prune(
 @handles_errors
 def dlq_list(
     run: Annotated[str | None, typer.Option("--run", help="Only this run's dead letters.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many.")] = 50,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -131,7 +124,7 @@ def dlq_list(
 @dlq_app.command("show")
 @handles_errors
 def dlq_show(
-    letter: Annotated[int, typer.Argument(help="The dead letter's id.")],
+    letter: Annotated[int, typer.Argument(min=1, max=options.MAX_ID, help="The dead letter's id.")],
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -152,7 +145,7 @@ def dlq_show(
 @dlq_app.command("replay")
 @handles_errors
 def dlq_replay(
-    letter: Annotated[int, typer.Argument(help="The dead letter's id.")],
+    letter: Annotated[int, typer.Argument(min=1, max=options.MAX_ID, help="The dead letter's id.")],
     force: Annotated[bool, typer.Option("--force", help="Replay even if the pipeline file changed.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -173,7 +166,8 @@ def dlq_replay(
 @app.command()
 @handles_errors
 def stats(
-    since: Annotated[str | None, typer.Option("--since", help="Only runs started within this (7d, 12h).")] = None,
+    since: Annotated[str | None, typer.Option("--since", callback=options.duration,
+                                              help="Only runs started within this (7d, 12h).")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:

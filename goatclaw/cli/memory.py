@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
 from goatclaw.cli.text import shown
 
@@ -25,7 +26,8 @@ memory_app = typer.Typer(help="Semantic memory: past runs, failures and their fi
                          no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
-KindOption = Annotated[str | None, typer.Option("--kind", help="Only this kind: run, output, failure, fix, note.")]
+KindOption = Annotated[str | None, typer.Option("--kind", callback=options.memory_kind,
+                                                help="Only this kind: run, output, failure, fix, note.")]
 
 
 def _settings() -> Any:
@@ -66,9 +68,10 @@ def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
 @handles_errors
 def memory_search(
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
-    k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, max=options.MAX_ID, help="How many results.")] = 10,
     kind: KindOption = None,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="The lowest similarity (0..1).")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", min=0.0, max=1.0, callback=options.finite,
+                                                    help="The lowest similarity (0..1).")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -85,7 +88,7 @@ def memory_search(
 @handles_errors
 def memory_list(
     kind: KindOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many.")] = 50,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -101,7 +104,7 @@ def memory_list(
 @memory_app.command("forget")
 @handles_errors
 def memory_forget(
-    memory_id: Annotated[int | None, typer.Argument(help="The memory's id.")] = None,
+    memory_id: Annotated[int | None, typer.Argument(min=1, max=options.MAX_ID, help="The memory's id.")] = None,
     kind: KindOption = None,
     store: StoreOption = None,
 ) -> None:
@@ -133,9 +136,9 @@ def memory_stats(store: StoreOption = None, as_json: JsonOption = False) -> None
 @memory_app.command("consolidate")
 @handles_errors
 def memory_consolidate(
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, callback=options.finite,
                                              help="Similarity at which two memories are one.")] = 0.95,
-    max_memories: Annotated[int | None, typer.Option("--max", min=1, help="Keep at most this many "
+    max_memories: Annotated[int | None, typer.Option("--max", min=1, max=options.MAX_ID, help="Keep at most this many "
                                                      "(default: memory.max_memories).")] = None,
     store: StoreOption = None,
 ) -> None:
@@ -148,10 +151,11 @@ def memory_consolidate(
 @memory_app.command("patterns")
 @handles_errors
 def memory_patterns(
-    kind: Annotated[str, typer.Option("--kind", "-k", help="failure, fix, run, output or note.")] = "failure",
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+    kind: Annotated[str, typer.Option("--kind", "-k", callback=options.memory_kind,
+                                      help="failure, fix, run, output or note.")] = "failure",
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, callback=options.finite,
                                              help="Similarity at which two memories are the same pattern.")] = 0.75,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many patterns.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=options.MAX_ID, help="How many patterns.")] = 20,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -187,7 +191,7 @@ def memory_reembed(store: StoreOption = None) -> None:
 def why(
     run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
     task: Annotated[str | None, typer.Argument(help="One task (default: every failed task).")] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="How many similar past failures.")] = 3,
+    k: Annotated[int, typer.Option("-k", min=1, max=options.MAX_ID, help="How many similar past failures.")] = 3,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -263,16 +267,15 @@ def print_seen_before(store_path: str | Path, run_id: str, console: Any, *, k: i
 @memory_app.command("graph")
 @handles_errors
 def memory_graph(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid, graphml or json.")] = "mermaid",
+    fmt: Annotated[str, typer.Option("--format", "-f", callback=options.one_of("mermaid", "graphml", "json"),
+                                     help="mermaid, graphml or json.")] = "mermaid",
     store: StoreOption = None,
 ) -> None:
     """The knowledge graph: pipelines, tasks, plugins, error classes and fixes, with how they relate."""
-    from goatclaw.errors import GoatclawError
+    from goatclaw.cli.terminal import printable
     from goatclaw.graph import knowledge_graph, render_knowledge
     from goatclaw.memory.knowledge import graph_data
 
-    if fmt not in ("mermaid", "graphml", "json"):
-        raise GoatclawError(f"--format must be mermaid, graphml or json, not '{fmt}'")
     with _open_store(store) as db:
         entities, relations = graph_data(db.db)
-    print(render_knowledge(knowledge_graph(entities, relations), fmt), end="")
+    print(printable(render_knowledge(knowledge_graph(entities, relations), fmt)), end="")

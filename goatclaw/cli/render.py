@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from goatclaw.cli.terminal import printable
 from goatclaw.cli.text import error_text, item_label, shown
 from goatclaw.engine.state import RunResult
 from goatclaw.errors import Problem
@@ -119,7 +120,7 @@ class PlainView:
 
     def _line(self, ev: Event, text: str) -> None:
         stamp = datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S ") if self.timestamps else ""
-        print(f"{stamp}{text}", file=self.stream, flush=True)
+        print(printable(f"{stamp}{text}"), file=self.stream, flush=True)  # a task's error cannot drive the terminal
 
     def _on_run(self, ev: Event) -> None:
         if ev.topic in ("run.started", "run.resumed"):

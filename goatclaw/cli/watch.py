@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
+from goatclaw.cli import options
 from goatclaw.cli.app import _in_ci, _out, app, handles_errors
+from goatclaw.cli.terminal import SafeConsole
 
 __all__ = ["watch"]
 
@@ -37,17 +38,19 @@ class WatchOutput(str, Enum):
 @handles_errors
 def watch(
     target: Annotated[Path, typer.Argument(help="A pipeline file, or a folder whose *.yaml pipelines to watch.")],
-    var: Annotated[list[str] | None,
-                   typer.Option("--var", "-v", help="Set a variable: key=value (YAML value).")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Tasks in flight.")] = None,
+    var: Annotated[list[str] | None, typer.Option("--var", "-v", callback=options.var_pairs,
+                                                  help="Set a variable: key=value (YAML value).")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, max=options.MAX_ID,
+                                                    help="Tasks in flight.")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only this task (and what it needs).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="The store file (default from goatclaw.yaml).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task every time; reuse no cached output.")
                         ] = False,
-    llm: Annotated[str | None, typer.Option("--llm", metavar="MODE", help="LLM calls: live, record or replay.")
-                   ] = None,
+    llm: Annotated[str | None, typer.Option("--llm", metavar="MODE", callback=options.llm_mode,
+                                            help="LLM calls: live, record or replay.")] = None,
     debounce: Annotated[str, typer.Option(
-        "--debounce", metavar="DURATION", help="Quiet time that ends a batch of changes (500ms, 1s …).")] = "50ms",
+        "--debounce", metavar="DURATION", callback=options.duration,
+        help="Quiet time that ends a batch of changes (500ms, 1s …).")] = "50ms",
     once_per_change: Annotated[bool, typer.Option(
         "--once-per-change", help="Let a run finish instead of cancelling it on a change; the changes made "
         "meanwhile give one more run after it.")] = False,
@@ -58,23 +61,33 @@ def watch(
 ) -> None:
     """Run a pipeline, then again whenever it, goatclaw.yaml or its tasks' inputs: files change; Ctrl-C stops."""
     from goatclaw.api import parse_var
-    from goatclaw.spec.model import parse_duration
 
     if not target.exists():
         raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
-    try:
-        quiet = parse_duration(debounce) or 0.0
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--debounce") from None
+    quiet = options.seconds(debounce)
     run_options: dict[str, Any] = {
         "vars": dict(parse_var(v) for v in var or []), "concurrency": concurrency, "only": only or (),
         "store": store if store is not None else True, "cache": not no_cache, "llm": llm,
     }
+    _check_file(target, run_options)
     mode = "plain" if _in_ci() or output is WatchOutput.plain else (
         "rich" if output is WatchOutput.rich or _out().is_terminal else "plain")
     summary = asyncio.run(_session(target, run_options, quiet, once_per_change, poll, clear, mode))
     if summary.cancelled:
         raise typer.Exit(130)
+
+
+def _check_file(target: Path, run_options: dict[str, Any]) -> None:
+    """A watched file that is valid now must declare the ``--var`` names and have the ``--only`` tasks (exit 2).
+
+    An invalid file is not refused here: the watch shows its problems and waits for a save.
+    """
+    import goatclaw
+
+    if target.is_file():
+        pipeline, _ = goatclaw.check(target)
+        if pipeline is not None:
+            options.check_against(pipeline, run_options["vars"], run_options["only"])
 
 
 async def _session(target: Path, run_options: dict[str, Any], debounce: float, once_per_change: bool, poll: bool,
@@ -112,7 +125,7 @@ class _View:
 
         self.mode = mode
         self.clear = clear
-        self.console = _out() if mode == "rich" else Console(highlight=False, no_color=True, soft_wrap=True)
+        self.console = _out() if mode == "rich" else SafeConsole(highlight=False, no_color=True, soft_wrap=True)
         self.live: Any = None  # the LiveView of the run in flight (rich)
         self.inner: Any = None  # its bus: run events are relayed to it
         if mode == "plain":
