@@ -461,6 +461,24 @@ def test_no_stale_sentences() -> None:
     assert not found, "\n".join(found)
 
 
+_TEST_REF = re.compile(r"`(?P<file>tests/[\w/]+\.py)?::(?P<name>test_\w+)`")
+
+
+def test_every_test_a_page_names_exists() -> None:
+    """A page that says "held by tests/x.py::test_y" (docs/security.md's promises) names a real test."""
+    missing = []
+    for page in PAGES:
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            file = None
+            for ref in _TEST_REF.finditer(line):
+                file = ref["file"] or file  # `::test_b` after `tests/x.py::test_a` is in the same file
+                path = REPO / file if file else None
+                if path is None or not re.search(rf"^(async )?def {ref['name']}\(", path.read_text() if path.exists()
+                                                 else "", re.MULTILINE):
+                    missing.append(f"{page.relative_to(REPO)}:{n}: {file}::{ref['name']}")
+    assert not missing, "\n".join(missing)
+
+
 # --- install lines -------------------------------------------------------------------------------------------
 
 #: Placeholders of the install lines, and what they are in this repository.
