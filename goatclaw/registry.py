@@ -425,8 +425,9 @@ def reference_problems(pipeline: Any, registry: Registry) -> list[Problem]:
                 if rule.kind == "use" and isinstance(rule.arg, str):
                     problems += _use_problems(pipeline, registry.validator, rule.arg, rule.options.get("with"),
                                               rule.path, keyed=True)
-    for i, hook in enumerate(pipeline.hooks):
-        name, args = (hook, None) if isinstance(hook, str) else (hook.get("use"), hook.get("with"))
+    for i, hook in enumerate(pipeline.hooks):  # the schema reported items that are neither a name nor a mapping
+        name, args = (hook, None) if isinstance(hook, str) else (hook.get("use"), hook.get("with")) \
+            if isinstance(hook, dict) else (None, None)
         if isinstance(name, str):
             problems += _use_problems(pipeline, registry.hook, name, args, ("hooks", i), keyed=isinstance(hook, dict))
     return problems

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from types import GeneratorType, MappingProxyType
 from typing import Any
 
 import jinja2
@@ -508,14 +508,39 @@ class Expression:
         ``limit``: a time limit shorter than :data:`MAX_RENDER_SECONDS` (a task's timeout).
         """
         try:
-            result = _bounded(self._fn, context, limit)
-            if isinstance(result, jinja2.Undefined):
-                result._fail_with_undefined_error()
+            result = _bounded(self._concrete, context, limit)
         except TemplateError:
             raise
         except Exception as exc:  # jinja2 and user-data errors alike: the user's mistake
             raise _runtime_error(exc, self.source) from None
         return result
+
+    def _concrete(self, context: Mapping[str, Any]) -> Any:
+        return _concrete(self._fn(context))
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _concrete(value: Any) -> Any:
+    """``value`` with lazy sequences (``x|map(...)``) made lists, failing on an undefined value anywhere inside.
+
+    A sandbox-blocked attribute is an undefined value that fails only when used: inside a list
+    (``range(1)|map(attribute='__class__')|list``) it would fail later, when the output is stored.
+    """
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, GeneratorType):
+        value = sizes.check(list(value), _memo())
+    if isinstance(value, list):
+        return [_concrete(v) for v in value] if any(not isinstance(v, _PLAIN) for v in value) else value
+    if isinstance(value, tuple):
+        return tuple(_concrete(v) for v in value)
+    if type(value) is dict:
+        return {k: _concrete(v) for k, v in value.items()}
+    return value
 
 
 def compile_expression(source: str) -> Expression:

@@ -438,6 +438,15 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
     )
 
 
+#: The types a rule's argument and options must have (the schema's); a rule or option of another type
+#: was reported by the schema check and is left out, so that no later check meets a type it does not expect.
+_RULE_ARG_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "schema": (dict,), "expr": (str,), "type": (str,), "range": (dict,), "length": (int, dict), "format": (str,),
+    "regex": (str,), "one_of": (list,), "judge": (str,), "use": (str,)})
+_RULE_OPTION_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "with": (dict,), "model": (str,), "threshold": (int, float)})
+
+
 def _rules(data: Any, task_path: tuple[str | int, ...]) -> tuple[Rule, ...]:
     if not isinstance(data, list):
         return ()
@@ -446,9 +455,16 @@ def _rules(data: Any, task_path: tuple[str | int, ...]) -> tuple[Rule, ...]:
         if not isinstance(item, dict):
             continue
         kind = next((k for k in RULE_KINDS if k in item), None)
-        if kind is None:
+        if kind is None or not _is(item[kind], _RULE_ARG_TYPES[kind]):
             continue
-        options = {k: v for k, v in item.items() if k not in (kind, "message", "severity")}
-        rules.append(Rule(kind, item[kind], item.get("message"), str(item.get("severity", "error")),
+        options = {k: v for k, v in item.items() if k in _RULE_OPTION_TYPES and _is(v, _RULE_OPTION_TYPES[k])}
+        message = item.get("message")
+        rules.append(Rule(kind, item[kind], message if isinstance(message, str) else None,
+                          "warn" if item.get("severity") == "warn" else "error",
                           MappingProxyType(options), (*task_path, "validate", i)))
     return tuple(rules)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    """``isinstance`` as JSON Schema means it: a boolean is not a number."""
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
