@@ -679,6 +679,10 @@ class TemplateRefs:
     names: frozenset[str]
     tasks: tuple[str, ...]
     run_errors: bool = False
+    #: ``vars.<name>`` read with a constant name
+    vars: tuple[str, ...] = ()
+    #: ``tasks.<id>.<field>`` read with constant keys: (id, field)
+    task_fields: tuple[tuple[str, str], ...] = ()
 
 
 def check_value(value: Any) -> Iterable[tuple[tuple[str | int, ...], TemplateRefs | TemplateError]]:
@@ -716,17 +720,33 @@ def _refs(text: str) -> TemplateRefs | TemplateError:
         return TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno)
     names = frozenset(find_undeclared_variables(ast))
     task_ids: list[str] = []
+    var_names: list[str] = []
+    task_fields: list[tuple[str, str]] = []
     run_fields = 0  # uses of run.<a field other than errors>
+    called = {id(call.node) for call in ast.find_all(nodes.Call)}  # vars.get(...) is a method, not a name
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = node.node
+        key = _constant_key(node)
+        if isinstance(base, (nodes.Getattr, nodes.Getitem)) and isinstance(base.node, nodes.Name) \
+                and base.node.name == "tasks" and key is not None and id(node) not in called:
+            owner = _constant_key(base)
+            if owner is not None:
+                task_fields.append((owner, key))
         if not isinstance(base, nodes.Name):
             continue
-        key = node.attr if isinstance(node, nodes.Getattr) else (
-            node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None)
         if base.name == "tasks" and key is not None:
             task_ids.append(key)
+        elif base.name == "vars" and key is not None and id(node) not in called:
+            var_names.append(key)
         elif base.name == "run" and key is not None and key != "errors":
             run_fields += 1
     run_errors = "run" in names and sum(
         1 for n in ast.find_all(nodes.Name) if n.name == "run" and n.ctx == "load") > run_fields
-    return TemplateRefs(names, tuple(task_ids), run_errors)
+    return TemplateRefs(names, tuple(task_ids), run_errors, tuple(var_names), tuple(task_fields))
+
+
+def _constant_key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    """The key of ``x.key`` or ``x['key']``; ``None`` for a computed one."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None

@@ -163,7 +163,7 @@ def apply(
     from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
     targets = ci.report_targets(report)
-    pipeline = ci.load_checked(file, fail_on)
+    pipeline = ci.load_checked(file, fail_on, llm)
     variables = dict(parse_var(v) for v in var or [])
     mode = _output_mode(output)
     if dry_run:

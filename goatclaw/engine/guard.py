@@ -18,6 +18,7 @@ from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, root_problem, widenings
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, TaskFlows, follow
+from goatclaw.security.threat import ThreatScore
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
@@ -221,10 +222,16 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
     problems = _root_problems(pipeline, workspace) + _widening_problems(pipeline, guard, workspace)
     problems += _call_problems(pipeline, guard, workspace)
     tasks = _tasks(pipeline)
+    denied: dict[str, tuple[str, ...]] = {}  # task id -> the permission fields it needs and is not granted
     for task in tasks.values():
         spec = guard.spec(task) if task.uses else None
         if spec is not None:
-            problems += _need_problems(pipeline, task, spec, guard.grant(task))
+            needs = _need_problems(pipeline, task, spec, guard.grant(task))
+            problems += needs
+            if needs:
+                denied[task.id] = tuple(f for n in spec.permissions for f in _NEEDS.get(n, ())
+                                        if not getattr(guard.grant(task), f.replace(".", "_")))
+    problems += _block_problems(pipeline, denied)
     for tid, flows in guard.all_flows().items():
         task = tasks[tid]
         for flow in flows:
@@ -313,6 +320,101 @@ def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> l
                                     f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
                                     "permission_denied", severity="warn"))
     return problems
+
+
+def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -> list[Problem]:
+    """The run's verdict, predicted: tasks certain to be denied add up to the threat score that blocks it.
+
+    Each denial scores like it will when the run meets it (:class:`~goatclaw.security.threat.ThreatScore`).
+    Only denials that are certain count: a task that runs whatever happens (no ``if:``, a literal
+    ``foreach`` or none, its needs certain to succeed), so that the prediction never cries wolf.
+    """
+    from goatclaw.engine.sentry import Sentry
+
+    certain = _certain_denials(pipeline, denied)
+    score = ThreatScore(Sentry.threshold_of(pipeline))
+    for tid in certain:
+        score.denied(f"task {tid}")
+    if not certain or not score.blocked:
+        return []
+    fields = sorted({f for tid in certain for f in denied[tid]}, key=list(_FIELD_PATH).index)
+    grant = _suggested_grant(pipeline, certain, fields)
+    path = ("permissions",) if "permissions" in _source_keys(pipeline) else ("tasks",)
+    names = ", ".join(certain[:5]) + (", …" if len(certain) > 5 else "")
+    return [Problem(pipeline.locate(path, key=True), dotted(path),
+                    f"the run will be blocked by its threat score (exit 3): {len(certain)} tasks ({names}) will "
+                    f"fail with permission_denied, a score of {score.score:g} that reaches the threshold "
+                    f"{score.threshold:g}; grant what they need: {grant}")]
+
+
+def _source_keys(pipeline: Pipeline) -> Iterable[str]:
+    data = getattr(pipeline.source, "data", None)
+    return data.keys() if isinstance(data, dict) else ()
+
+
+def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The main tasks, in run order, that will certainly run and be denied."""
+    runs: set[str] = set()  # certain to run
+    succeeds: set[str] = set()  # certain to run and to let its dependents run
+    out = []
+    for tid in _order(pipeline):
+        task = pipeline.tasks[tid]
+        certain = task.if_ in (None, True) and (task.foreach is None or (isinstance(task.foreach, list)
+                                                                         and bool(task.foreach)))
+        if not certain or not all(n in succeeds for n in task.needs):
+            continue
+        runs.add(tid)
+        if tid in denied:
+            out.append(tid)
+            if task.continue_on_error:
+                succeeds.add(tid)
+        else:
+            succeeds.add(tid)  # it may fail for other reasons: then fewer denials, and the count is a floor
+    return out
+
+
+def _suggested_grant(pipeline: Pipeline, task_ids: Iterable[str], fields: Iterable[str]) -> str:
+    """The narrowest ``permissions:`` that lets those tasks start, as one line of YAML."""
+    wanted: dict[str, set[str] | bool] = {f: set() for f in fields}
+    for tid in task_ids:
+        task = pipeline.tasks[tid]
+        for name in wanted:
+            value = _what_it_needs(task, name)
+            current = wanted[name]
+            wanted[name] = True if value is None or current is True else current | {value}  # type: ignore[operator]
+    parts: list[str] = []
+    files: list[str] = []
+    for name, value in wanted.items():
+        shown = "true" if value is True else "[" + ", ".join(sorted(value)) + "]"  # type: ignore[arg-type]
+        if name.startswith("files."):
+            files.append(f"{name.split('.')[1]}: {'[.]' if value is True else shown}")
+        else:
+            parts.append(f"{name}: {shown}")
+    if files:
+        parts.append("files: {" + ", ".join(files) + "}")
+    return "permissions: {" + ", ".join(parts) + "}"
+
+
+def _what_it_needs(task: Task, name: str) -> str | None:
+    """The program, host, path or module a task's constant arguments name for ``name``, if they say."""
+    args = task.with_
+    if name == "shell" and task.uses == "shell":
+        run, shell = args.get("run"), args.get("shell", "bash")
+        if isinstance(run, list) and run and isinstance(run[0], str) and not has_template(run[0]):
+            return run[0]
+        if "script" in args and isinstance(shell, str) and not has_template(shell):
+            return shell
+    if name == "network" and task.uses == "http":
+        from urllib.parse import urlsplit
+
+        url = args.get("url")
+        host = urlsplit(url).hostname if isinstance(url, str) and not has_template(url) else None
+        return host or None
+    if name == "python" and task.uses == "python":
+        ref = args.get("function")
+        if isinstance(ref, str) and not has_template(ref) and ":" in ref:
+            return ref.split(":")[0] or None
+    return None
 
 
 def permissions_table(pipeline: Pipeline, workspace: Path, registry: Any) -> list[dict[str, Any]]:
