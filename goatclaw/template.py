@@ -548,7 +548,7 @@ def compile_expression(source: str) -> Expression:
     try:
         fn = environment().compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"invalid expression: {exc.message}", lineno=exc.lineno) from None
+        raise TemplateError(f"invalid expression: {exc.message}{_habit(source)}", lineno=exc.lineno) from None
     return Expression(source, fn)
 
 
@@ -624,7 +624,7 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
     try:
         template = environment().from_string(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno) from None
+        raise TemplateError(f"invalid template: {exc.message}{_habit(text)}", lineno=exc.lineno) from None
 
     def render(ctx: Mapping[str, Any]) -> str:
         return _bounded(_render, ctx)  # type: ignore[no-any-return]
@@ -709,7 +709,7 @@ def check_expression(source: str) -> TemplateRefs | TemplateError:
     try:
         environment().compile_expression(source)
     except jinja2.TemplateSyntaxError as exc:
-        return TemplateError(f"invalid expression: {exc.message}", lineno=exc.lineno)
+        return TemplateError(f"invalid expression: {exc.message}{_habit(source, bare=True)}", lineno=exc.lineno)
     return _refs("${{ " + source + " }}")
 
 
@@ -717,7 +717,7 @@ def _refs(text: str) -> TemplateRefs | TemplateError:
     try:
         ast = environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        return TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno)
+        return TemplateError(f"invalid template: {exc.message}{_habit(text)}", lineno=exc.lineno)
     names = frozenset(find_undeclared_variables(ast))
     task_ids: list[str] = []
     var_names: list[str] = []
@@ -743,6 +743,19 @@ def _refs(text: str) -> TemplateRefs | TemplateError:
     run_errors = "run" in names and sum(
         1 for n in ast.find_all(nodes.Name) if n.name == "run" and n.ctx == "load") > run_fields
     return TemplateRefs(names, tuple(task_ids), run_errors, tuple(var_names), tuple(task_fields))
+
+
+_HABITS = ((re.compile(r"&&"), "`and` for `&&`"), (re.compile(r"\|\|"), "`or` for `||`"),
+           (re.compile(r"(?:^|[\s(])!(?=[A-Za-z_(])"), "`not` for `!`"))
+
+
+def _habit(source: str, *, bare: bool = False) -> str:
+    """For a syntax error: how a GitHub Actions (or C) habit in ``source`` is written here."""
+    fixes = [fix for pattern, fix in _HABITS if pattern.search(source)]
+    out = f" (write {', '.join(fixes)})" if fixes else ""
+    if bare and "${{" in source:
+        out += " (`if:` and `expr:` are bare expressions: write them without `${{ }}`, e.g. `if: vars.ok`)"
+    return out
 
 
 def _constant_key(node: nodes.Getattr | nodes.Getitem) -> str | None:
