@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import goatclaw
 from goatclaw.cli.app import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(goatclaw.__file__).resolve().parent.parent  # the checkout under test, for its subprocesses too
 
 FIVE_SHELL_STEPS = """
 version: 1
