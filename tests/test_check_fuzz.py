@@ -89,7 +89,7 @@ def mutated(changes: list[tuple[tuple[str | int, ...], Any]], renames: list[tupl
     for path, value in changes:
         parent = _parent(data, path)
         if parent is not None:
-            parent[path[-1]] = value
+            parent[path[-1]] = copy.deepcopy(value)  # values drawn twice must not become one object
     for path in renames:
         parent = _parent(data, path)
         if isinstance(parent, dict):
