@@ -94,7 +94,11 @@ def mutated(changes: list[tuple[tuple[str | int, ...], Any]], renames: list[tupl
         parent = _parent(data, path)
         if isinstance(parent, dict):
             parent[f"{path[-1]}x"] = parent.pop(path[-1])
-    text = json.dumps(data)
+    return _raw(json.dumps(data))
+
+
+def _raw(text: str) -> str:
+    """JSON text with the placeholders of :data:`RAW` written out."""
     for placeholder, raw in RAW.items():
         text = text.replace(json.dumps(placeholder), raw)
     return text
@@ -149,6 +153,33 @@ def test_every_known_key_with_a_value_of_each_wrong_type(target: Path, path: tup
         assert_only_located_problems(target)
 
 
+#: Every key of the project file's schema, with a valid value.
+PROJECT: dict[str, Any] = {
+    "version": 1, "store": {"path": ".goatclaw/fuzzed.db"}, "model": "gpt-4o-mini",
+    "fallbacks": ["gpt-4.1-mini", {"name": "ollama/llama3", "api_base": "http://127.0.0.1:11434", "api_key_env": "K"}],
+    "budget": {"usd": 1, "downgrade": "gpt-4o-mini"},
+    "rate_limits": {"gpt-4o-mini": {"rpm": 10}, "side_effects": {"processes_per_minute": 5}},
+    "llm": {"cache": {"ttl": "1h"}, "cassette": "fuzzed.cassette.json", "mode": "live"},
+    "memory": {"enabled": True, "embedder": "wordllama", "max_memories": 10, "consolidate_every": 5},
+    "executor": {"type": "local"}, "permissions": {"shell": True, "files": {"read": ["."]}},
+    "plugins": {"allow": ["echo"], "deny": ["nothing"]}, "defaults": {"retry": 2, "timeout": "1m"},
+    "concurrency": 2, "threat_threshold": 5,
+}
+
+
+@pytest.mark.parametrize("path", list(paths(PROJECT)), ids=lambda p: ".".join(map(str, p)))
+def test_every_key_of_the_project_file_with_a_value_of_each_wrong_type(project: Path,
+                                                                       path: tuple[str | int, ...]) -> None:
+    pipeline = project / "p.yaml"
+    pipeline.write_text("version: 1\ntasks:\n  a: {uses: echo, with: {x: 1}}\n  b: {uses: llm, with: {prompt: hi}}\n")
+    for value in SWEEP:
+        data = copy.deepcopy(PROJECT)
+        _parent(data, path)[path[-1]] = copy.deepcopy(value)
+        (project / "goatclaw.yaml").write_text(_raw(json.dumps(data)))
+        _, problems = goatclaw.check(pipeline)
+        assert all(p.location is not None for p in problems), [str(p) for p in problems]
+
+
 wrong_values = st.one_of(
     st.sampled_from(WRONG),
     st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -158,7 +189,7 @@ wrong_values = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.sampled_from(PATHS), wrong_values), min_size=1, max_size=4),
        renames=st.lists(st.sampled_from(PATHS), max_size=2))
 def test_several_wrong_values_at_once(target: Path, changes: list[tuple[tuple[str | int, ...], Any]],
