@@ -228,3 +228,11 @@ def test_a_rule_of_the_wrong_type_is_a_schema_problem(target: Path, rule: dict[s
     # what the schema refused never reaches a later check, nor a run
     assert pipeline is not None
     assert [(r.kind, r.arg, dict(r.options)) for r in pipeline.tasks["fan"].validate] == kept
+
+
+def test_a_cassette_path_too_long_for_the_system_is_no_traceback(project: Path) -> None:
+    (project / "goatclaw.yaml").write_text(f"version: 1\nllm: {{cassette: {'x' * 5000}}}\n")
+    pipeline = project / "p.yaml"
+    pipeline.write_text("version: 1\ntasks:\n  a: {uses: llm, with: {prompt: hi, model: gpt-4o-mini}}\n")
+    _, problems = goatclaw.check(pipeline)
+    assert all(p.location is not None for p in problems)
