@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def bare_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("GOATCLAW_STORE", raising=False)
     monkeypatch.delenv("GOATCLAW_LLM", raising=False)
     monkeypatch.delenv("CI", raising=False)
+    for var in ("OPENAI_API_BASE", "OPENAI_BASE_URL", "ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL", "OLLAMA_API_BASE"):
+        monkeypatch.delenv(var, raising=False)  # a model's host is the provider's own
     return tmp_path
 
 
@@ -78,6 +81,26 @@ def test_a_located_verdict_sits_at_the_permissions_the_grant_goes_into(bare_proj
     path.write_text(FIVE_SHELL_STEPS.lstrip().replace("tasks:", "permissions: {network: false}\ntasks:"))
     verdicts = [line for line in lines_of(path) if "will be blocked" in line]
     assert len(verdicts) == 1 and verdicts[0].startswith("2:1: permissions: the run will be blocked")
+
+
+def test_the_grant_named_is_the_narrowest_each_plugin_s_constant_arguments_allow(bare_project: Path) -> None:
+    path = bare_project / "p.yaml"
+    path.write_text(textwrap.dedent("""
+        version: 1
+        tasks:
+          a: {uses: llm, with: {prompt: hi, model: gpt-4o-mini}}
+          b: {uses: llm, with: {prompt: hi, model: [anthropic/claude-3-haiku, {name: ollama/llama3,
+                                                                              api_base: "http://127.0.0.1:11434"}]}}
+          c: {uses: http, with: {url: "https://api.example.com/x"}}
+          d: {uses: python, with: {function: "json:dumps", args: [1]}}
+          e: {uses: file.write, with: {path: out/x.txt, content: x}}
+        """).lstrip())
+    verdict = [line for line in lines_of(path) if "will be blocked" in line]
+    grant = ("permissions: {network: [127.0.0.1, api.anthropic.com, api.example.com, api.openai.com], "
+             "python: [json], files: {write: [out/x.txt]}}")
+    assert len(verdict) == 1 and verdict[0].endswith(f"grant what they need: {grant}")
+    path.write_text(path.read_text().replace("tasks:", f"{grant}\ntasks:"))
+    assert not [line for line in lines_of(path) if "permission" in line]
 
 
 @pytest.mark.parametrize("change", [

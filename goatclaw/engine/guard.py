@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from goatclaw.errors import PluginError, Problem, TemplateError
-from goatclaw.security.permissions import FIELDS, Grant, build_grant, root_problem, widenings
+from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, TaskFlows, follow
 from goatclaw.security.threat import ThreatScore
@@ -338,7 +339,7 @@ def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -
     if not certain or not score.blocked:
         return []
     fields = sorted({f for tid in certain for f in denied[tid]}, key=list(_FIELD_PATH).index)
-    grant = _suggested_grant(pipeline, certain, fields)
+    grant = _suggested_grant(pipeline, {tid: denied[tid] for tid in certain}, fields)
     path = ("permissions",) if "permissions" in _source_keys(pipeline) else ("tasks",)
     names = ", ".join(certain[:5]) + (", …" if len(certain) > 5 else "")
     return [Problem(pipeline.locate(path, key=True), dotted(path),
@@ -373,15 +374,15 @@ def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) 
     return out
 
 
-def _suggested_grant(pipeline: Pipeline, task_ids: Iterable[str], fields: Iterable[str]) -> str:
-    """The narrowest ``permissions:`` that lets those tasks start, as one line of YAML."""
+def _suggested_grant(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]], fields: Iterable[str]) -> str:
+    """The narrowest ``permissions:`` that lets the denied tasks start (id -> fields), as one line of YAML."""
     wanted: dict[str, set[str] | bool] = {f: set() for f in fields}
-    for tid in task_ids:
+    for tid, names in denied.items():
         task = pipeline.tasks[tid]
-        for name in wanted:
-            value = _what_it_needs(task, name)
+        for name in names:
+            values = _what_it_needs(pipeline, task, name)
             current = wanted[name]
-            wanted[name] = True if value is None or current is True else current | {value}  # type: ignore[operator]
+            wanted[name] = True if values is None or current is True else current | set(values)  # type: ignore[operator]
     parts: list[str] = []
     files: list[str] = []
     for name, value in wanted.items():
@@ -395,26 +396,48 @@ def _suggested_grant(pipeline: Pipeline, task_ids: Iterable[str], fields: Iterab
     return "permissions: {" + ", ".join(parts) + "}"
 
 
-def _what_it_needs(task: Task, name: str) -> str | None:
-    """The program, host, path or module a task's constant arguments name for ``name``, if they say."""
+def _what_it_needs(pipeline: Pipeline, task: Task, name: str) -> list[str] | None:
+    """The programs, hosts or modules a task's constant arguments name for ``name``; ``None`` if they do not say."""
     args = task.with_
     if name == "shell" and task.uses == "shell":
         run, shell = args.get("run"), args.get("shell", "bash")
         if isinstance(run, list) and run and isinstance(run[0], str) and not has_template(run[0]):
-            return run[0]
+            return [run[0]]
         if "script" in args and isinstance(shell, str) and not has_template(shell):
-            return shell
+            return [shell]
     if name == "network" and task.uses == "http":
-        from urllib.parse import urlsplit
-
         url = args.get("url")
         host = urlsplit(url).hostname if isinstance(url, str) and not has_template(url) else None
-        return host or None
+        return [host] if host else None
+    if name == "network" and task.uses == "llm":
+        return _model_hosts(pipeline, args)
+    if name in ("files.read", "files.write") and task.uses.startswith("file."):
+        path = args.get("path")
+        return [path] if isinstance(path, str) and path and not has_template(path) else None
     if name == "python" and task.uses == "python":
         ref = args.get("function")
-        if isinstance(ref, str) and not has_template(ref) and ":" in ref:
-            return ref.split(":")[0] or None
+        if isinstance(ref, str) and not has_template(ref) and ":" in ref and ref.split(":")[0]:
+            return [ref.split(":")[0]]
     return None
+
+
+def _model_hosts(pipeline: Pipeline, args: Mapping[str, Any]) -> list[str] | None:
+    """The hosts an ``llm`` task's constant models are called on (its own, else the project's model)."""
+    project_model = getattr(pipeline.project, "model", None)
+    models = args.get("model", project_model)
+    api_base = args.get("api_base")
+    hosts = []
+    for model in models if isinstance(models, list) else [models]:
+        name = model.get("name") if isinstance(model, Mapping) else model
+        base = model.get("api_base") if isinstance(model, Mapping) else api_base
+        if not isinstance(name, str) or has_template(name) or (base is not None and not isinstance(base, str)):
+            return None
+        url = model_hosts(name, base)
+        host = urlsplit(url).hostname if url else None
+        if host is None:
+            return None
+        hosts.append(host)
+    return hosts or None
 
 
 def permissions_table(pipeline: Pipeline, workspace: Path, registry: Any) -> list[dict[str, Any]]:
