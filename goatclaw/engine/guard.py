@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from goatclaw.engine.sentry import Sentry
 from goatclaw.errors import PluginError, Problem, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings
 from goatclaw.security.pycalls import static_refusal
@@ -330,8 +331,6 @@ def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -
     Only denials that are certain count: a task that runs whatever happens (no ``if:``, a literal
     ``foreach`` or none, its needs certain to succeed), so that the prediction never cries wolf.
     """
-    from goatclaw.engine.sentry import Sentry
-
     certain = _certain_denials(pipeline, denied)
     score = ThreatScore(Sentry.threshold_of(pipeline))
     for tid in certain:
