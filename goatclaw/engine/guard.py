@@ -354,7 +354,6 @@ def _source_keys(pipeline: Pipeline) -> Iterable[str]:
 
 def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -> list[str]:
     """The main tasks, in run order, that will certainly run and be denied."""
-    runs: set[str] = set()  # certain to run
     succeeds: set[str] = set()  # certain to run and to let its dependents run
     out = []
     for tid in _order(pipeline):
@@ -363,7 +362,6 @@ def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) 
                                                                          and bool(task.foreach)))
         if not certain or not all(n in succeeds for n in task.needs):
             continue
-        runs.add(tid)
         if tid in denied:
             out.append(tid)
             if task.continue_on_error:
@@ -375,21 +373,20 @@ def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) 
 
 def _suggested_grant(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]], fields: Iterable[str]) -> str:
     """The narrowest ``permissions:`` that lets the denied tasks start (id -> fields), as one line of YAML."""
-    wanted: dict[str, set[str] | bool] = {f: set() for f in fields}
+    wanted: dict[str, set[str] | None] = {f: set() for f in fields}  # None: what the arguments do not say
     for tid, names in denied.items():
         task = pipeline.tasks[tid]
         for name in names:
             values = _what_it_needs(pipeline, task, name)
             current = wanted[name]
-            wanted[name] = True if values is None or current is True else current | set(values)  # type: ignore[operator]
+            wanted[name] = None if values is None or current is None else current | set(values)
     parts: list[str] = []
     files: list[str] = []
     for name, value in wanted.items():
-        shown = "true" if value is True else "[" + ", ".join(sorted(value)) + "]"  # type: ignore[arg-type]
         if name.startswith("files."):
-            files.append(f"{name.split('.')[1]}: {'[.]' if value is True else shown}")
+            files.append(f"{name.split('.')[1]}: [{', '.join(sorted(value)) if value is not None else '.'}]")
         else:
-            parts.append(f"{name}: {shown}")
+            parts.append(f"{name}: {'[' + ', '.join(sorted(value)) + ']' if value is not None else 'true'}")
     if files:
         parts.append("files: {" + ", ".join(files) + "}")
     return "permissions: {" + ", ".join(parts) + "}"
