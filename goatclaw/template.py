@@ -534,12 +534,16 @@ def _concrete(value: Any) -> Any:
         value._fail_with_undefined_error()
     if isinstance(value, GeneratorType):
         value = sizes.check(list(value), _memo())
-    if isinstance(value, list):
-        return [_concrete(v) for v in value] if any(not isinstance(v, _PLAIN) for v in value) else value
-    if isinstance(value, tuple):
-        return tuple(_concrete(v) for v in value)
-    if type(value) is dict:
-        return {k: _concrete(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, _PLAIN) for v in value):
+            return value
+        items = [_concrete(v) for v in value]  # a new container only when an item changed (rare)
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        values = {k: _concrete(v) for k, v in value.items()}
+        return value if all(values[k] is v for k, v in value.items()) else values
     return value
 
 
