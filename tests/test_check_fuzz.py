@@ -189,6 +189,7 @@ wrong_values = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.sampled_from(PATHS), wrong_values), min_size=1, max_size=4),
        renames=st.lists(st.sampled_from(PATHS), max_size=2))

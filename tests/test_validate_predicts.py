@@ -122,6 +122,7 @@ def test_only_certain_denials_count(bare_project: Path, change: Callable[[str], 
 # -- --llm replay needs no API key ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_apply_llm_replay_with_fail_on_warn_does_not_warn_about_a_key(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "goatclaw", "apply", "pipelines/llm-digest.yaml", "--llm", "replay",
