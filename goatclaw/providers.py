@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw.errors import GoatclawError
-from goatclaw.userfile import read_bytes
+from goatclaw.userfile import is_file, read_bytes
 
 __all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
            "provider_of"]
@@ -167,7 +167,7 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     dotenv: dict[str, str] | None = None
     file = getattr(pipeline, "file", None)
     tape = cassette or (Path(file).with_suffix(".cassette.json") if file else None)
-    has_tape = tape is not None and _is_file(tape)
+    has_tape = tape is not None and is_file(tape)
     for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
         for task in group.values():
             if task.uses != "llm" or not isinstance(task.with_, Mapping):
@@ -204,14 +204,6 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
                                 "(set the key, add a fallback model, or record one with --llm record)")
                 problems.append(Problem(pipeline.locate(path), dotted(path), message, severity=severity))
     return problems
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, false for a path the system refuses (too long a name: ``llm.cassette: xxx…``)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def _model_count(value: Any) -> int:

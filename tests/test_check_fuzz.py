@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import goatclaw
 from goatclaw.errors import GoatclawError, SpecError
+from goatclaw.testing import load_tests
 
 #: Every key of the pipeline schema, at every level, with a valid value.
 FULL: dict[str, Any] = {
@@ -180,6 +181,35 @@ def test_every_key_of_the_project_file_with_a_value_of_each_wrong_type(project: 
         assert all(p.location is not None for p in problems), [str(p) for p in problems]
 
 
+#: Every key of a pipeline test file's schema (``*.test.yaml``), with a valid value.
+TEST_FILE: dict[str, Any] = {
+    "version": 1, "pipeline": "p.yaml", "description": "d", "vars": {"name": "x"}, "stubs": {"a": {"x": 1}},
+    "llm": "replay", "cassette": "p.cassette.json",
+    "tests": {"one": {
+        "description": "d", "vars": {"name": "y"}, "stubs": {"a": 1}, "llm": "live", "cassette": "p.cassette.json",
+        "only": ["b"],
+        "expect": {"status": "succeeded",
+                   "tasks": {"a": "succeeded", "b": {"status": "succeeded", "output": 1, "error": "e",
+                                                     "error_class": "internal"}},
+                   "asserts": ["tasks.b.output == 1", {"that": "tasks.b.status == 'succeeded'", "message": "m"}]},
+    }},
+}
+
+
+@pytest.mark.parametrize("path", list(paths(TEST_FILE)), ids=lambda p: ".".join(map(str, p)))
+def test_every_key_of_a_test_file_with_a_value_of_each_wrong_type(project: Path, path: tuple[str | int, ...]) -> None:
+    (project / "p.yaml").write_text("version: 1\nvars: {name: x}\ntasks:\n  a: {uses: echo, with: {x: 1}}\n"
+                                    "  b: {uses: echo, needs: a, with: {x: 1}}\n")
+    for value in SWEEP:
+        data = copy.deepcopy(TEST_FILE)
+        _parent(data, path)[path[-1]] = copy.deepcopy(value)
+        (project / "p.test.yaml").write_text(_raw(json.dumps(data)))
+        try:
+            load_tests(project / "p.test.yaml")
+        except SpecError as exc:
+            assert all(p.location is not None for p in exc.problems), str(exc)
+
+
 wrong_values = st.one_of(
     st.sampled_from(WRONG),
     st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -237,3 +267,11 @@ def test_a_cassette_path_too_long_for_the_system_is_no_traceback(project: Path) 
     pipeline.write_text("version: 1\ntasks:\n  a: {uses: llm, with: {prompt: hi, model: gpt-4o-mini}}\n")
     _, problems = goatclaw.check(pipeline)
     assert all(p.location is not None for p in problems)
+
+
+def test_a_test_file_naming_a_pipeline_too_long_for_the_system_is_located(project: Path) -> None:
+    (project / "p.test.yaml").write_text(f"version: 1\npipeline: {'x' * 5000}.yaml\n"
+                                         "tests:\n  one: {expect: {status: succeeded}}\n")
+    with pytest.raises(SpecError) as info:
+        load_tests(project / "p.test.yaml")
+    assert all(p.location is not None for p in info.value.problems)
