@@ -60,7 +60,7 @@ def test_validate_shows_the_block_the_run_would_meet_and_the_grant_that_fixes_it
     path.write_text(FIVE_SHELL_STEPS.lstrip())
     result = CliRunner().invoke(app, ["validate", "p.yaml"])
     assert result.exit_code == 2, result.output
-    verdict = ("p.yaml:2:1: tasks: the run will be blocked by its threat score (exit 3): 5 tasks (a, b, c, d, e) "
+    verdict = ("p.yaml:2:1: tasks: the run would be blocked by its threat score: 5 tasks (a, b, c, d, e) "
                "will fail with permission_denied, a score of 8 that reaches the threshold 5; grant what they "
                "need: permissions: {shell: [bash, echo]}")
     assert verdict in result.output.splitlines()
@@ -79,8 +79,8 @@ def test_validate_shows_the_block_the_run_would_meet_and_the_grant_that_fixes_it
 def test_a_located_verdict_sits_at_the_permissions_the_grant_goes_into(bare_project: Path) -> None:
     path = bare_project / "p.yaml"
     path.write_text(FIVE_SHELL_STEPS.lstrip().replace("tasks:", "permissions: {network: false}\ntasks:"))
-    verdicts = [line for line in lines_of(path) if "will be blocked" in line]
-    assert len(verdicts) == 1 and verdicts[0].startswith("2:1: permissions: the run will be blocked")
+    verdicts = [line for line in lines_of(path) if "would be blocked" in line]
+    assert len(verdicts) == 1 and verdicts[0].startswith("2:1: permissions: the run would be blocked")
 
 
 def test_the_grant_named_is_the_narrowest_each_plugin_s_constant_arguments_allow(bare_project: Path) -> None:
@@ -95,7 +95,7 @@ def test_the_grant_named_is_the_narrowest_each_plugin_s_constant_arguments_allow
           d: {uses: python, with: {function: "json:dumps", args: [1]}}
           e: {uses: file.write, with: {path: out/x.txt, content: x}}
         """).lstrip())
-    verdict = [line for line in lines_of(path) if "will be blocked" in line]
+    verdict = [line for line in lines_of(path) if "would be blocked" in line]
     grant = ("permissions: {network: [127.0.0.1, api.anthropic.com, api.example.com, api.openai.com], "
              "python: [json], files: {write: [out/x.txt]}}")
     assert len(verdict) == 1 and verdict[0].endswith(f"grant what they need: {grant}")
@@ -115,7 +115,7 @@ def test_only_certain_denials_count(bare_project: Path, change: Callable[[str], 
     text = change(FIVE_SHELL_STEPS.lstrip())
     path.write_text(text.replace("version: 1\n", "version: 1\nvars: {go: true}\n"))
     found = lines_of(path)
-    assert found and not [line for line in found if "will be blocked" in line]
+    assert found and not [line for line in found if "would be blocked" in line]
     assert all("will fail with permission_denied" in line for line in found)  # the warnings stay
 
 

@@ -342,7 +342,7 @@ def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -
     path = ("permissions",) if "permissions" in _source_keys(pipeline) else ("tasks",)
     names = ", ".join(certain[:5]) + (", …" if len(certain) > 5 else "")
     return [Problem(pipeline.locate(path, key=True), dotted(path),
-                    f"the run will be blocked by its threat score (exit 3): {len(certain)} tasks ({names}) will "
+                    f"the run would be blocked by its threat score: {len(certain)} tasks ({names}) will "
                     f"fail with permission_denied, a score of {score.score:g} that reaches the threshold "
                     f"{score.threshold:g}; grant what they need: {grant}")]
 
