@@ -51,18 +51,19 @@ def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
 
 
 def check(path: str | os.PathLike[str], *, project: Project | None = None,
-          registry: Registry | None = None) -> tuple[Pipeline | None, list[Problem]]:
+          registry: Registry | None = None, llm: str | None = None) -> tuple[Pipeline | None, list[Problem]]:
     """Every problem in a pipeline file (none means it is valid), and the pipeline if built.
 
     Steps: load the YAML (a fatal problem stops here), check it against the schema, build
     the model, then check the graph, the templates and each task's plugin arguments.
+    ``llm`` is the LLM mode the run will use (as in :func:`arun`): in ``replay`` no model needs a key.
     """
     with gc_paused():  # checking makes many objects and no cycles: the cyclic GC would only rescan them
-        return _check(path, project, registry)
+        return _check(path, project, registry, llm)
 
 
 def _check(path: str | os.PathLike[str], project: Project | None,
-           registry: Registry | None) -> tuple[Pipeline | None, list[Problem]]:
+           registry: Registry | None, llm: str | None = None) -> tuple[Pipeline | None, list[Problem]]:
     try:
         project = project or load_project_for(path)
         doc = load_file(path)
@@ -80,16 +81,17 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += _budget_problems(pipeline, (pipeline.budget or project.budget) is not None)
     llm_settings = project.data.get("llm") if isinstance(project.data.get("llm"), dict) else {}
     tape = project.root / str(llm_settings["cassette"]) if llm_settings.get("cassette") else None
-    problems += model_problems(pipeline, project.root, tape)
+    mode = llm or os.environ.get("GOATCLAW_LLM") or llm_settings.get("mode") or "live"
+    problems += model_problems(pipeline, project.root, tape, mode=str(mode))
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
 
 def load(path: str | os.PathLike[str], *, project: Project | None = None,
-         registry: Registry | None = None) -> Pipeline:
-    """Load and fully check a pipeline file; raise :class:`SpecError` listing every problem."""
-    pipeline, problems = check(path, project=project, registry=registry)
+         registry: Registry | None = None, llm: str | None = None) -> Pipeline:
+    """Load and fully check a pipeline file; raise :class:`SpecError` listing every problem (``llm``: see check)."""
+    pipeline, problems = check(path, project=project, registry=registry, llm=llm)
     errors = [p for p in problems if p.severity == "error"]
     if errors or pipeline is None:
         raise SpecError(errors or problems)
@@ -185,7 +187,7 @@ async def arun(
     """
     audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
-        pipeline = load(pipeline, registry=registry)
+        pipeline = load(pipeline, registry=registry, llm=llm)
     project: Project = pipeline.project or load_project_for(pipeline.file)
     compiled = compile_plan(pipeline)
     if dry_run:

@@ -263,7 +263,36 @@ def _task_template_problems(pipeline: Pipeline, task: Task, upstream: Any,
             elif ref not in upstream:
                 problems.append(_problem(pipeline, path, f"task '{ref}' is not upstream of '{task.id}': "
                                                          f"add it to needs"))
+        problems += [_problem(pipeline, path, m) for m in _field_problems(pipeline, refs, known)]
     return problems
+
+
+#: What a template sees of a finished task (``tasks.<id>.<field>``); ``outputs`` only for a ``foreach``.
+TASK_FIELDS = frozenset({"status", "output", "error"})
+
+
+def _field_problems(pipeline: Pipeline, refs: TemplateRefs, known: Mapping[str, Task]) -> list[str]:
+    """Typos the run would only meet as an undefined value: ``vars.nme``, ``tasks.a.outputs`` without foreach.
+
+    A variable that is not declared is reported only when it is close to one that is (a
+    variable may also come from ``--var`` alone).
+    """
+    out = []
+    for name in dict.fromkeys(refs.vars):
+        if name not in pipeline.vars:
+            close = difflib.get_close_matches(name, list(pipeline.vars), n=1, cutoff=0.6)
+            if close:
+                out.append(f"unknown variable 'vars.{name}' (did you mean 'vars.{close[0]}'?)")
+    for tid, name in dict.fromkeys(refs.task_fields):
+        if tid not in known:
+            continue
+        fields = TASK_FIELDS | ({"outputs"} if known[tid].foreach is not None else frozenset())
+        if name == "outputs" and name not in fields:
+            out.append(f"task '{tid}' has no foreach, so it has no 'outputs' (did you mean 'tasks.{tid}.output'?)")
+        elif name not in fields:
+            out.append(f"task '{tid}' has no field '{name}'" + (_did_you_mean(name, sorted(fields)) or
+                                                                 f"; a task has {', '.join(sorted(fields))}"))
+    return out
 
 
 def _problem(pipeline: Pipeline, path: tuple[str | int, ...], message: str) -> Problem:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from goatclaw.errors import GoatclawError
-from goatclaw.userfile import read_bytes
+from goatclaw.userfile import is_file, read_bytes
 
 __all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
            "provider_of"]
@@ -145,7 +145,8 @@ def _constant_models(value: Any) -> list[str]:
     return [m for m in names if isinstance(m, str) and m and not has_template(m)]
 
 
-def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | None = None) -> list[Any]:
+def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | None = None, *,
+                   mode: str = "live") -> list[Any]:
     """Problems with each ``llm`` task's constant models whose provider has no key set.
 
     An error when none of a task's models can be called (every one needs a key that is
@@ -154,16 +155,19 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     fallback, a local Ollama model) can still answer, or when a cassette exists (the
     pipeline's own ``<name>.cassette.json``, or ``cassette``) so ``--llm replay`` runs
     without keys. Skipped for a task that passes ``api_base`` or ``api_key``, for
-    templated models and for models the provider table does not know.
+    templated models and for models the provider table does not know, and in ``replay``
+    ``mode``, which answers from the cassette and calls no provider.
     """
     from goatclaw.errors import Problem
     from goatclaw.spec.loader import dotted
 
     problems: list[Any] = []
+    if mode == "replay":
+        return problems
     dotenv: dict[str, str] | None = None
     file = getattr(pipeline, "file", None)
     tape = cassette or (Path(file).with_suffix(".cassette.json") if file else None)
-    has_tape = tape is not None and tape.is_file()
+    has_tape = tape is not None and is_file(tape)
     for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
         for task in group.values():
             if task.uses != "llm" or not isinstance(task.with_, Mapping):

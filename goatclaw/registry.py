@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc as abc
 import importlib
 import inspect
+import json
 import re
 import threading
 import types
@@ -123,8 +124,25 @@ class Plugin:
                 continue
             if _matches(value, hint) is False:
                 problems.append((name, f"'{self.name}' argument '{name}' expects {type_text(hint)}, "
-                                       f"got {_value_text(value)}"))
+                                       f"got {_value_text(value)}{self._list_hint(name, value, hint)}"))
         return problems
+
+    def _list_hint(self, name: str, value: Any, hint: Any) -> str:
+        """For a string where a list goes (``run: echo hi``): the list it splits into, and ``script`` if taken."""
+        import shlex
+
+        if not isinstance(value, str):
+            return ""
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            words = value.split()
+        if not words or _matches(words, hint) is not True:
+            return ""
+        shown = ", ".join(w if re.fullmatch(r"[A-Za-z0-9_./=+-]+", w) else json.dumps(w) for w in words)
+        alternative = f", or script: {json.dumps(value)} for a command line the shell parses" \
+            if "script" in self.params and name != "script" else ""
+        return f"; write a list: {name}: [{shown}]{alternative}"
 
     def _check_schema(self, args: Mapping[str, Any]) -> list[tuple[str | None, str]]:
         from goatclaw.spec.schema import check_instance
@@ -425,8 +443,9 @@ def reference_problems(pipeline: Any, registry: Registry) -> list[Problem]:
                 if rule.kind == "use" and isinstance(rule.arg, str):
                     problems += _use_problems(pipeline, registry.validator, rule.arg, rule.options.get("with"),
                                               rule.path, keyed=True)
-    for i, hook in enumerate(pipeline.hooks):
-        name, args = (hook, None) if isinstance(hook, str) else (hook.get("use"), hook.get("with"))
+    for i, hook in enumerate(pipeline.hooks):  # the schema reported items that are neither a name nor a mapping
+        name, args = (hook, None) if isinstance(hook, str) else (hook.get("use"), hook.get("with")) \
+            if isinstance(hook, dict) else (None, None)
         if isinstance(name, str):
             problems += _use_problems(pipeline, registry.hook, name, args, ("hooks", i), keyed=isinstance(hook, dict))
     return problems

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from types import GeneratorType, MappingProxyType
 from typing import Any
 
 import jinja2
@@ -508,14 +508,43 @@ class Expression:
         ``limit``: a time limit shorter than :data:`MAX_RENDER_SECONDS` (a task's timeout).
         """
         try:
-            result = _bounded(self._fn, context, limit)
-            if isinstance(result, jinja2.Undefined):
-                result._fail_with_undefined_error()
+            result = _bounded(self._concrete, context, limit)
         except TemplateError:
             raise
         except Exception as exc:  # jinja2 and user-data errors alike: the user's mistake
             raise _runtime_error(exc, self.source) from None
         return result
+
+    def _concrete(self, context: Mapping[str, Any]) -> Any:
+        return _concrete(self._fn(context))
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _concrete(value: Any) -> Any:
+    """``value`` with lazy sequences (``x|map(...)``) made lists, failing on an undefined value anywhere inside.
+
+    A sandbox-blocked attribute is an undefined value that fails only when used: inside a list
+    (``range(1)|map(attribute='__class__')|list``) it would fail later, when the output is stored.
+    """
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, GeneratorType):
+        value = sizes.check(list(value), _memo())
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, _PLAIN) for v in value):
+            return value
+        items = [_concrete(v) for v in value]  # a new container only when an item changed (rare)
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        values = {k: _concrete(v) for k, v in value.items()}
+        return value if all(values[k] is v for k, v in value.items()) else values
+    return value
 
 
 def compile_expression(source: str) -> Expression:
@@ -523,7 +552,7 @@ def compile_expression(source: str) -> Expression:
     try:
         fn = environment().compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"invalid expression: {exc.message}", lineno=exc.lineno) from None
+        raise TemplateError(f"invalid expression: {exc.message}{_habit(source)}", lineno=exc.lineno) from None
     return Expression(source, fn)
 
 
@@ -599,7 +628,7 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
     try:
         template = environment().from_string(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno) from None
+        raise TemplateError(f"invalid template: {exc.message}{_habit(text)}", lineno=exc.lineno) from None
 
     def render(ctx: Mapping[str, Any]) -> str:
         return _bounded(_render, ctx)  # type: ignore[no-any-return]
@@ -654,6 +683,10 @@ class TemplateRefs:
     names: frozenset[str]
     tasks: tuple[str, ...]
     run_errors: bool = False
+    #: ``vars.<name>`` read with a constant name
+    vars: tuple[str, ...] = ()
+    #: ``tasks.<id>.<field>`` read with constant keys: (id, field)
+    task_fields: tuple[tuple[str, str], ...] = ()
 
 
 def check_value(value: Any) -> Iterable[tuple[tuple[str | int, ...], TemplateRefs | TemplateError]]:
@@ -680,7 +713,7 @@ def check_expression(source: str) -> TemplateRefs | TemplateError:
     try:
         environment().compile_expression(source)
     except jinja2.TemplateSyntaxError as exc:
-        return TemplateError(f"invalid expression: {exc.message}", lineno=exc.lineno)
+        return TemplateError(f"invalid expression: {exc.message}{_habit(source, bare=True)}", lineno=exc.lineno)
     return _refs("${{ " + source + " }}")
 
 
@@ -688,20 +721,49 @@ def _refs(text: str) -> TemplateRefs | TemplateError:
     try:
         ast = environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        return TemplateError(f"invalid template: {exc.message}", lineno=exc.lineno)
+        return TemplateError(f"invalid template: {exc.message}{_habit(text)}", lineno=exc.lineno)
     names = frozenset(find_undeclared_variables(ast))
     task_ids: list[str] = []
+    var_names: list[str] = []
+    task_fields: list[tuple[str, str]] = []
     run_fields = 0  # uses of run.<a field other than errors>
+    called = {id(call.node) for call in ast.find_all(nodes.Call)}  # vars.get(...) is a method, not a name
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = node.node
+        key = _constant_key(node)
+        if isinstance(base, (nodes.Getattr, nodes.Getitem)) and isinstance(base.node, nodes.Name) \
+                and base.node.name == "tasks" and key is not None and id(node) not in called:
+            owner = _constant_key(base)
+            if owner is not None:
+                task_fields.append((owner, key))
         if not isinstance(base, nodes.Name):
             continue
-        key = node.attr if isinstance(node, nodes.Getattr) else (
-            node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None)
         if base.name == "tasks" and key is not None:
             task_ids.append(key)
+        elif base.name == "vars" and key is not None and id(node) not in called:
+            var_names.append(key)
         elif base.name == "run" and key is not None and key != "errors":
             run_fields += 1
     run_errors = "run" in names and sum(
         1 for n in ast.find_all(nodes.Name) if n.name == "run" and n.ctx == "load") > run_fields
-    return TemplateRefs(names, tuple(task_ids), run_errors)
+    return TemplateRefs(names, tuple(task_ids), run_errors, tuple(var_names), tuple(task_fields))
+
+
+_HABITS = ((re.compile(r"&&"), "`and` for `&&`"), (re.compile(r"\|\|"), "`or` for `||`"),
+           (re.compile(r"(?:^|[\s(])!(?=[A-Za-z_(])"), "`not` for `!`"))
+
+
+def _habit(source: str, *, bare: bool = False) -> str:
+    """For a syntax error: how a GitHub Actions (or C) habit in ``source`` is written here."""
+    fixes = [fix for pattern, fix in _HABITS if pattern.search(source)]
+    out = f" (write {', '.join(fixes)})" if fixes else ""
+    if bare and "${{" in source:
+        out += " (`if:` and `expr:` are bare expressions: write them without `${{ }}`, e.g. `if: vars.ok`)"
+    return out
+
+
+def _constant_key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    """The key of ``x.key`` or ``x['key']``; ``None`` for a computed one."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None

@@ -56,6 +56,7 @@ from goatclaw.spec.loader import Document, dotted, load_file
 from goatclaw.spec.model import Pipeline
 from goatclaw.spec.schema import check_document
 from goatclaw.template import compile_expression
+from goatclaw.userfile import is_file
 
 __all__ = ["CaseResult", "Check", "PipelineTest", "PipelineTestFailed", "collect", "discover", "load_tests",
            "run_pipeline_test", "run_tests"]
@@ -204,7 +205,7 @@ def _load_pipeline(doc: Document, pipeline_file: Path) -> Pipeline:
     from goatclaw.api import check
 
     where = doc.locate(("pipeline",)) if "pipeline" in doc.data else doc.locate(())
-    if not pipeline_file.is_file():
+    if not is_file(pipeline_file):
         raise SpecError([Problem(where, "pipeline", f"no pipeline file {pipeline_file}")])
     pipeline, problems = check(pipeline_file)
     errors = _errors(problems)
@@ -242,7 +243,7 @@ def _case_problems(case: PipelineTest) -> list[Problem]:
             compile_expression(source)
         except TemplateError as exc:
             problems.append(_problem(case, ("expect", "asserts", i), exc.message))
-    if case.cassette is not None and not case.cassette.is_file():
+    if case.cassette is not None and not is_file(case.cassette):
         problems.append(_problem(case, ("cassette",), f"no cassette file {case.cassette}"))
     return problems
 

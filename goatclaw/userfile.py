@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 
-__all__ = ["FileTooLarge", "NotRegularFile", "read_bytes"]
+__all__ = ["FileTooLarge", "NotRegularFile", "is_file", "read_bytes"]
 
 _CHUNK = 1 << 20
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -37,6 +37,14 @@ class FileTooLarge(OSError):
         super().__init__(errno.EFBIG, f"{what}, over the limit of {limit:,} bytes", path)
         self.limit = limit
         self.size = size
+
+
+def is_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file; false, not an error, for a path the system refuses (a name too long)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # ENAMETOOLONG, ELOOP, a NUL byte …
+        return False
 
 
 def read_bytes(path: str | os.PathLike[str], *, limit: int) -> bytes:

@@ -290,6 +290,28 @@ def test_a_run_fails_the_task_that_reaches_for_internals(write_pipeline: Callabl
     assert "blocked by the template sandbox" in (result.tasks["b"].error or "")
 
 
+@pytest.mark.parametrize("value", ["${{ range(1)|map(attribute='__class__')|list }}",
+                                   "${{ range(1)|map(attribute='__class__') }}",
+                                   "${{ {'a': [vars.topics|map(attribute='__class__')|first]} }}"])
+def test_a_blocked_attribute_inside_a_whole_value_fails_the_task_not_the_run(
+        write_pipeline: Callable[..., Path], value: str) -> None:
+    """A blocked attribute deep in a list or mapping fails where it is rendered, not later as a traceback."""
+    path = write_pipeline(f"""
+        version: 1
+        vars: {{topics: [a]}}
+        tasks:
+          a: {{uses: echo, with: {{cls: "{value}"}}}}
+          b: {{uses: echo, if: "{value.removeprefix('${{ ').removesuffix(' }}')}", with: {{x: 1}}}}
+        """)
+    result = goatclaw.run(goatclaw.load(path), store=False)
+    assert [result.tasks[t].status.value for t in "ab"] == ["failed", "failed"]
+    assert all("blocked by the template sandbox" in (result.tasks[t].error or "") for t in "ab")
+
+
+def test_a_lazy_map_in_a_whole_value_is_a_list() -> None:
+    assert render("${{ vars.topics|map('upper') }}") == ["PYTHON", "RUST"]
+
+
 # -- static checks: `goatclaw validate` finds template problems before anything runs -----------------
 
 

@@ -201,7 +201,7 @@ def apply(
     targets = ci.report_targets(report)
     mode = _output_mode(output)
     with options.json_problems(mode == "json"):  # `--output json | jq` gets a document even for an invalid file
-        pipeline = ci.load_checked(file, fail_on)
+        pipeline = ci.load_checked(file, fail_on, llm)
         variables = dict(parse_var(v) for v in var or [])
         options.check_against(pipeline, variables, only or ())
     if dry_run:

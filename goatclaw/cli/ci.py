@@ -43,13 +43,16 @@ def report_targets(specs: list[str] | None) -> list[tuple[str, Path]]:
     return targets
 
 
-def load_checked(file: Path, fail_on: FailOn) -> Any:
-    """Load and check ``file`` like ``goatclaw.load``, printing its warnings; with ``--fail-on warn`` they fail it."""
+def load_checked(file: Path, fail_on: FailOn, llm: str | None = None) -> Any:
+    """Load and check ``file`` like ``goatclaw.load``, printing its warnings; with ``--fail-on warn`` they fail it.
+
+    ``llm`` is the run's ``--llm`` mode: a replay needs no API key, so none is warned about.
+    """
     import goatclaw
     from goatclaw.cli.render import print_problems
     from goatclaw.errors import SpecError
 
-    pipeline, problems = goatclaw.check(file)
+    pipeline, problems = goatclaw.check(file, llm=llm)
     errors = [p for p in problems if p.severity == "error" or fail_on is FailOn.warn]
     if errors or pipeline is None:
         raise SpecError(errors or problems)

@@ -291,7 +291,8 @@ def print_problems(problems: list[Problem], console: Console, *, fmt: str = "tex
             msg = _gh_data(f"{p.path}: {p.message}" if p.path else p.message)
             console.print(f"::{level}{where}::{msg}", markup=False, highlight=False, soft_wrap=True)
         else:
-            console.print(Text(str(p), style="yellow" if p.severity == "warn" else "red"), soft_wrap=True)
+            warn = p.severity == "warn"  # labelled: a warning does not fail validate, an error does
+            console.print(Text(f"warning: {p}" if warn else str(p), style="yellow" if warn else "red"), soft_wrap=True)
 
 
 def print_plan(plan: Plan, console: Console) -> None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from goatclaw.engine.sentry import Sentry
 from goatclaw.errors import PluginError, Problem, TemplateError
-from goatclaw.security.permissions import FIELDS, Grant, build_grant, root_problem, widenings
+from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, RuntimeTaint, TaskFlows, follow
+from goatclaw.security.threat import ThreatScore
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
@@ -247,10 +250,16 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
     problems = _root_problems(pipeline, workspace) + _widening_problems(pipeline, guard, workspace)
     problems += _call_problems(pipeline, guard, workspace)
     tasks = _tasks(pipeline)
+    denied: dict[str, tuple[str, ...]] = {}  # task id -> the permission fields it needs and is not granted
     for task in tasks.values():
         spec = guard.spec(task) if task.uses else None
         if spec is not None:
-            problems += _need_problems(pipeline, task, spec, guard.grant(task))
+            needs = _need_problems(pipeline, task, spec, guard.grant(task))
+            problems += needs
+            if needs:
+                denied[task.id] = tuple(f for n in spec.permissions for f in _NEEDS.get(n, ())
+                                        if not getattr(guard.grant(task), f.replace(".", "_")))
+    problems += _block_problems(pipeline, denied)
     for tid, flows in guard.all_flows().items():
         task = tasks[tid]
         for flow in flows:
@@ -339,6 +348,118 @@ def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> l
                                     f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
                                     "permission_denied", severity="warn"))
     return problems
+
+
+def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -> list[Problem]:
+    """The run's verdict, predicted: tasks certain to be denied add up to the threat score that blocks it.
+
+    Each denial scores like it will when the run meets it (:class:`~goatclaw.security.threat.ThreatScore`).
+    Only denials that are certain count: a task that runs whatever happens (no ``if:``, a literal
+    ``foreach`` or none, its needs certain to succeed), so that the prediction never cries wolf.
+    """
+    certain = _certain_denials(pipeline, denied)
+    score = ThreatScore(Sentry.threshold_of(pipeline))
+    for tid in certain:
+        score.denied(f"task {tid}")
+    if not certain or not score.blocked:
+        return []
+    fields = sorted({f for tid in certain for f in denied[tid]}, key=list(_FIELD_PATH).index)
+    grant = _suggested_grant(pipeline, {tid: denied[tid] for tid in certain}, fields)
+    path = ("permissions",) if "permissions" in _source_keys(pipeline) else ("tasks",)
+    names = ", ".join(certain[:5]) + (", …" if len(certain) > 5 else "")
+    return [Problem(pipeline.locate(path, key=True), dotted(path),
+                    f"the run would be blocked by its threat score: {len(certain)} tasks ({names}) will "
+                    f"fail with permission_denied, a score of {score.score:g} that reaches the threshold "
+                    f"{score.threshold:g}; grant what they need: {grant}")]
+
+
+def _source_keys(pipeline: Pipeline) -> Iterable[str]:
+    data = getattr(pipeline.source, "data", None)
+    return data.keys() if isinstance(data, dict) else ()
+
+
+def _certain_denials(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The main tasks, in run order, that will certainly run and be denied."""
+    succeeds: set[str] = set()  # certain to run and to let its dependents run
+    out = []
+    for tid in _order(pipeline):
+        task = pipeline.tasks[tid]
+        certain = task.if_ in (None, True) and (task.foreach is None or (isinstance(task.foreach, list)
+                                                                         and bool(task.foreach)))
+        if not certain or not all(n in succeeds for n in task.needs):
+            continue
+        if tid in denied:
+            out.append(tid)
+            if task.continue_on_error:
+                succeeds.add(tid)
+        else:
+            succeeds.add(tid)  # it may fail for other reasons: then fewer denials, and the count is a floor
+    return out
+
+
+def _suggested_grant(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]], fields: Iterable[str]) -> str:
+    """The narrowest ``permissions:`` that lets the denied tasks start (id -> fields), as one line of YAML."""
+    wanted: dict[str, set[str] | None] = {f: set() for f in fields}  # None: what the arguments do not say
+    for tid, names in denied.items():
+        task = pipeline.tasks[tid]
+        for name in names:
+            values = _what_it_needs(pipeline, task, name)
+            current = wanted[name]
+            wanted[name] = None if values is None or current is None else current | set(values)
+    parts: list[str] = []
+    files: list[str] = []
+    for name, value in wanted.items():
+        if name.startswith("files."):
+            files.append(f"{name.split('.')[1]}: [{', '.join(sorted(value)) if value is not None else '.'}]")
+        else:
+            parts.append(f"{name}: {'[' + ', '.join(sorted(value)) + ']' if value is not None else 'true'}")
+    if files:
+        parts.append("files: {" + ", ".join(files) + "}")
+    return "permissions: {" + ", ".join(parts) + "}"
+
+
+def _what_it_needs(pipeline: Pipeline, task: Task, name: str) -> list[str] | None:
+    """The programs, hosts or modules a task's constant arguments name for ``name``; ``None`` if they do not say."""
+    args = task.with_
+    if name == "shell" and task.uses == "shell":
+        run, shell = args.get("run"), args.get("shell", "bash")
+        if isinstance(run, list) and run and isinstance(run[0], str) and not has_template(run[0]):
+            return [run[0]]
+        if "script" in args and isinstance(shell, str) and not has_template(shell):
+            return [shell]
+    if name == "network" and task.uses == "http":
+        url = args.get("url")
+        host = urlsplit(url).hostname if isinstance(url, str) and not has_template(url) else None
+        return [host] if host else None
+    if name == "network" and task.uses == "llm":
+        return _model_hosts(pipeline, args)
+    if name in ("files.read", "files.write") and task.uses.startswith("file."):
+        path = args.get("path")
+        return [path] if isinstance(path, str) and path and not has_template(path) else None
+    if name == "python" and task.uses == "python":
+        ref = args.get("function")
+        if isinstance(ref, str) and not has_template(ref) and ":" in ref and ref.split(":")[0]:
+            return [ref.split(":")[0]]
+    return None
+
+
+def _model_hosts(pipeline: Pipeline, args: Mapping[str, Any]) -> list[str] | None:
+    """The hosts an ``llm`` task's constant models are called on (its own, else the project's model)."""
+    project_model = getattr(pipeline.project, "model", None)
+    models = args.get("model", project_model)
+    api_base = args.get("api_base")
+    hosts = []
+    for model in models if isinstance(models, list) else [models]:
+        name = model.get("name") if isinstance(model, Mapping) else model
+        base = model.get("api_base") if isinstance(model, Mapping) else api_base
+        if not isinstance(name, str) or has_template(name) or (base is not None and not isinstance(base, str)):
+            return None
+        url = model_hosts(name, base)
+        host = urlsplit(url).hostname if url else None
+        if host is None:
+            return None
+        hosts.append(host)
+    return hosts or None
 
 
 def permissions_table(pipeline: Pipeline, workspace: Path, registry: Any) -> list[dict[str, Any]]:

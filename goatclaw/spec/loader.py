@@ -7,7 +7,8 @@ so that it can refuse hostile or mistaken input with a located error:
 * any tag outside the standard JSON-like set (``!!python/object``, ``!!binary``, ``!foo``),
 * alias bombs (aliases whose expansion would add more than ``max_alias_nodes`` nodes),
 * files over ``max_bytes`` and nesting over ``max_depth``,
-* non-finite numbers, which JSON cannot hold.
+* non-finite numbers, which JSON cannot hold, and integers over 4,300 digits, which Python
+  cannot turn back into text.
 
 Scalars follow the YAML 1.2 core schema, so ``no``, ``on`` and ``yes`` stay strings and
 ``2024-01-01`` stays a string; only ``true``/``false`` are booleans. Mapping keys are
@@ -51,6 +52,10 @@ _INT_OTHER = re.compile(r"0o[0-7]+\Z|0x[0-9a-fA-F]+\Z")
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
 _NONFINITE = re.compile(r"[-+]?\.(inf|Inf|INF)\Z|\.(nan|NaN|NAN)\Z")
 _MAYBE_SPECIAL = frozenset("-+.0123456789~nNtTfF")
+#: The most digits an integer may have: Python refuses to convert longer ones to or from text
+#: (``sys.get_int_max_str_digits()``), so a run could not store, print or template them.
+MAX_INT_DIGITS = 4300
+_INT_LIMIT = 10**MAX_INT_DIGITS
 
 
 @dataclass(frozen=True)
@@ -326,11 +331,11 @@ class _Builder:
         if first.isalpha():  # n, t, f …: no number starts with a letter
             return value
         if first.isdigit() and value.isascii() and value.isdigit():  # the common integer, without a regex
-            return int(value)
+            return self._integer(value, 10, ev, stack)
         if _INT.match(value):
-            return int(value)
+            return self._integer(value, 10, ev, stack)
         if _INT_OTHER.match(value):
-            return int(value, 0)
+            return self._integer(value, 0, ev, stack)
         if _FLOAT.match(value):
             number = float(value)
             if not math.isfinite(number):  # 1e400 overflows to inf
@@ -340,6 +345,15 @@ class _Builder:
             raise self.fail(ev.start_mark, f"'{value}' is not a finite number; JSON cannot hold it",
                             self._child_path(stack))
         return value
+
+    def _integer(self, value: str, base: int, ev: yaml.ScalarEvent, stack: list[_Frame]) -> int:
+        """``int(value, base)``, refusing what Python could not convert back to text (over 4,300 digits)."""
+        # decimal text is measured before int() would refuse it; 0x… and 0o… forms after conversion
+        number = int(value, base) if base != 10 or len(value.lstrip("+-")) <= MAX_INT_DIGITS else _INT_LIMIT
+        if abs(number) >= _INT_LIMIT:
+            raise self.fail(ev.start_mark, f"integer is too large: more than {MAX_INT_DIGITS:,} digits",
+                            self._child_path(stack))
+        return number
 
     def _check_tag(self, ev: yaml.Event, stack: list[_Frame], node: str = "scalar") -> None:
         tag = getattr(ev, "tag", None)

@@ -89,10 +89,12 @@ class RetryPolicy:
 
     @classmethod
     def from_data(cls, data: Any, base: RetryPolicy | None = None) -> RetryPolicy:
-        """Build from a ``retry:`` mapping, filling gaps from ``base``."""
+        """Build from a ``retry:`` mapping, or ``retry: N`` (``{attempts: N}``), filling gaps from ``base``."""
         base = base or cls()
         if data is False:
             return cls(attempts=1)
+        if isinstance(data, (int, float)) and not isinstance(data, bool) and float(data).is_integer():
+            data = {"attempts": int(data)}
         if not isinstance(data, dict):
             return base
         jitter = data.get("jitter", base.jitter)
@@ -349,6 +351,17 @@ def _digest(doc: Any, data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_WHOLE_TEMPLATE = re.compile(r"^\s*\$\{\{(?P<expr>.*)\}\}\s*$", re.S)
+
+
+def _bare(expression: str) -> str:
+    """``if: ${{ x }}`` (a GitHub Actions habit) means the bare expression ``x``; anything else stays as written."""
+    whole = _WHOLE_TEMPLATE.match(expression)
+    if whole is None or "${{" in whole.group("expr") or "}}" in whole.group("expr") or not whole.group("expr").strip():
+        return expression
+    return whole.group("expr").strip()
+
+
 def _integer(value: Any, default: int) -> int:
     """An integer, also when YAML wrote it as ``2.0`` (JSON Schema's ``integer`` accepts that)."""
     if isinstance(value, bool):
@@ -407,7 +420,7 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
         uses=d["uses"] if isinstance(d.get("uses"), str) else "",
         with_=_freeze(d.get("with")),
         needs=_strings(d.get("needs")),
-        if_=d.get("if") if isinstance(d.get("if"), (str, bool)) else None,
+        if_=_bare(d["if"]) if isinstance(d.get("if"), str) else d["if"] if isinstance(d.get("if"), bool) else None,
         foreach=d.get("foreach"),
         concurrency=_positive_int(d.get("concurrency"), 0) or None,
         fail_fast=bool(d.get("fail_fast", True)),
@@ -438,6 +451,15 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
     )
 
 
+#: The types a rule's argument and options must have (the schema's); a rule or option of another type
+#: was reported by the schema check and is left out, so that no later check meets a type it does not expect.
+_RULE_ARG_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "schema": (dict,), "expr": (str,), "type": (str,), "range": (dict,), "length": (int, dict), "format": (str,),
+    "regex": (str,), "one_of": (list,), "judge": (str,), "use": (str,)})
+_RULE_OPTION_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "with": (dict,), "model": (str,), "threshold": (int, float)})
+
+
 def _rules(data: Any, task_path: tuple[str | int, ...]) -> tuple[Rule, ...]:
     if not isinstance(data, list):
         return ()
@@ -446,9 +468,17 @@ def _rules(data: Any, task_path: tuple[str | int, ...]) -> tuple[Rule, ...]:
         if not isinstance(item, dict):
             continue
         kind = next((k for k in RULE_KINDS if k in item), None)
-        if kind is None:
+        if kind is None or not _is(item[kind], _RULE_ARG_TYPES[kind]):
             continue
-        options = {k: v for k, v in item.items() if k not in (kind, "message", "severity")}
-        rules.append(Rule(kind, item[kind], item.get("message"), str(item.get("severity", "error")),
+        options = {k: v for k, v in item.items() if k in _RULE_OPTION_TYPES and _is(v, _RULE_OPTION_TYPES[k])}
+        message = item.get("message")
+        arg = _bare(item[kind]) if kind == "expr" else item[kind]
+        rules.append(Rule(kind, arg, message if isinstance(message, str) else None,
+                          "warn" if item.get("severity") == "warn" else "error",
                           MappingProxyType(options), (*task_path, "validate", i)))
     return tuple(rules)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    """``isinstance`` as JSON Schema means it: a boolean is not a number."""
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)

@@ -254,7 +254,8 @@ def _explain(doc: Document, err: ValidationError) -> list[Problem]:
         allowed = set(err.schema.get("properties", {}))
         extras = [k for k in err.instance if k not in allowed]
         return [Problem(doc.locate((*path, k), key=True), dotted((*path, k)),
-                        f"unknown field '{k}'{_did_you_mean(k, allowed)}") for k in extras]
+                        _habit(path, k, err.instance[k]) or f"unknown field '{k}'{_did_you_mean(k, allowed)}")
+                for k in extras]
     if kind == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         # at the mapping's key (``a:``), not at its first field, which may be far below
@@ -278,6 +279,20 @@ def _explain(doc: Document, err: ValidationError) -> list[Problem]:
     return [Problem(doc.locate(path), dotted(path), err.message)]
 
 
+_TASK_GROUPS = ("tasks", "on_failure", "finally")
+
+
+def _habit(path: tuple[Any, ...], key: str, value: Any) -> str | None:
+    """An unknown field that is a GitHub Actions habit, said the goatclaw way (``run:`` on a task)."""
+    if key == "run" and len(path) == 2 and path[0] in _TASK_GROUPS:
+        if isinstance(value, list):
+            shown = f"with: {{run: {_json(value)}}}"
+        else:
+            shown = f"with: {{script: {_json(value) if isinstance(value, str) else '…'}}}"
+        return f"unknown field 'run': a command goes under `with:` of a `uses: shell` task: `{shown}`"
+    return None
+
+
 def _one_required_each(branches: Any) -> bool:
     return isinstance(branches, list) and all(
         isinstance(b, dict) and list(b) == ["required"] and len(b["required"]) == 1 for b in branches)
@@ -295,19 +310,23 @@ def _alternatives(doc: Document, err: ValidationError) -> list[Problem]:
     """A oneOf/anyOf failure, said plainly: the types wanted, or the closest branch's errors."""
     path = tuple(err.absolute_path)
     here = [e for e in err.context if not e.relative_path]
-    if here and all(e.validator == "type" for e in here) and len(here) == len(err.context):
+    if here and all(e.validator in ("type", "const") for e in here) and len(here) == len(err.context):
         wanted: list[str] = []
         for e in here:
-            types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
-            wanted += [t for t in types if t not in wanted]
+            if e.validator == "type":
+                types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+                wanted += [t for t in types if t not in wanted]
         wanted.sort(key=lambda t: _TYPE_ORDER.index(t) if t in _TYPE_ORDER else len(_TYPE_ORDER))
-        message = f"{_json(err.instance)} is not of type {' or '.join(repr(t) for t in wanted)}"
+        shown = [repr(t) for t in wanted] + [_json(e.validator_value) for e in here if e.validator == "const"]
+        message = f"{_json(err.instance)} is not of type {' or '.join(shown)}"
         return [Problem(doc.locate(path), dotted(path), message)]
     deeper = [e for e in err.context if e.relative_path or e.validator in ("additionalProperties", "required")]
     if not deeper:
         import jsonschema
 
-        informative = [e for e in err.context if e.validator != "type"] or list(err.context)
+        # the branch of the value's own type says most (`retry: 0` is below 1, rather than "not false")
+        informative = [e for e in err.context if e.validator not in ("type", "const")] or [
+            e for e in err.context if e.validator != "type"] or list(err.context)
         return _explain(doc, jsonschema.exceptions.best_match(informative))
     # explain the branch that got furthest (the one whose errors are deepest), all of its errors
     branch = max({e.schema_path[0] for e in deeper},
