@@ -150,6 +150,10 @@ class TaskContext:
     #: task passes it to its answer cache (docs/llm.md); ``cache_ttl`` is ``cache.ttl`` in seconds.
     cache: bool | None = None
     cache_ttl: float | None = None
+    #: The engine's toolbox maker (``None`` outside a local run): ``ctx.tools(entries)`` turns the
+    #: task's ``tools:`` entries into a :class:`goatclaw.tools.Toolbox` whose calls run as attempts
+    #: of this task (its permissions, secrets, audit and recorder). The ``llm`` task uses it.
+    tools: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -22,7 +22,7 @@ from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
 
-__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table"]
+__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "unmet_needs"]
 
 _FIELD_PATH = {"shell": ("shell",), "network": ("network",), "files.read": ("files", "read"),
                "files.write": ("files", "write"), "env": ("env",), "python": ("python",)}
@@ -301,17 +301,25 @@ def _widening_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> lis
     return problems
 
 
-def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
-    problems = []
+def unmet_needs(spec: Any, grant: Grant) -> list[tuple[str, tuple[str, ...]]]:
+    """The permissions a plugin declares that ``grant`` gives none of: (need, the fields that would grant it)."""
+    unmet = []
     for need in spec.permissions:
         fields = _NEEDS.get(need, ())
         if fields and not any(getattr(grant, f.replace(".", "_")) for f in fields):
-            path = (*task.path, "uses")
-            granted = " or ".join(f"permissions.{f}" for f in fields)
-            problems.append(Problem(pipeline.locate(path), dotted(path),
-                                    f"'{task.uses}' needs {granted}, which nothing grants "
-                                    f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
-                                    "permission_denied", severity="warn"))
+            unmet.append((need, fields))
+    return unmet
+
+
+def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
+    problems = []
+    for _, fields in unmet_needs(spec, grant):
+        path = (*task.path, "uses")
+        granted = " or ".join(f"permissions.{f}" for f in fields)
+        problems.append(Problem(pipeline.locate(path), dotted(path),
+                                f"'{task.uses}' needs {granted}, which nothing grants "
+                                f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
+                                "permission_denied", severity="warn"))
     return problems
 
 

@@ -33,6 +33,7 @@ from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, to_json
 from goatclaw.engine.taskcache import TaskCache, may_cache
+from goatclaw.engine.toolcalls import ToolCalls
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
 from goatclaw.extras import missing_message
@@ -91,7 +92,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
 
 
-class _Runner(OutputChecks):
+class _Runner(OutputChecks, ToolCalls):
     """The one mutable object of a run: task results, the ready heap, the workers."""
 
     def __init__(self, plan: Plan, options: RunOptions) -> None:
@@ -741,7 +742,8 @@ class _Runner(OutputChecks):
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self.recorder.task_event,
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
-                           cache_ttl=task.cache.ttl)
+                           cache_ttl=task.cache.ttl,
+                           tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None)
 
     def _cache_word(self, task: Task) -> bool | None:
         """What ``task`` (and the run) said about caching: ``False`` off, ``True`` asked for, ``None`` silent."""

@@ -27,6 +27,7 @@ The room's modules, lowest first (each imports only those above it)::
     provider   litellm: its import off the loop, the call, streaming, error translation, prices, embed
     session    the Session (mode, cache, budget, rate limits), endpoints, estimate_costs
     call       complete(): the model chain, replay, cache and record
+    tools      converse(): the tool loop, each call run by the call_tool function the engine hands in
 
 Import from ``goatclaw.llm``: the modules are implementation details.
 """
@@ -41,7 +42,8 @@ from goatclaw.llm.provider import embed, preload, ready
 from goatclaw.llm.request import Endpoint, Request, Response, request_key, reusable
 from goatclaw.llm.session import DEFAULT_CACHE_TTL as DEFAULT_CACHE_TTL
 from goatclaw.llm.session import MODES, SESSION, RateLimiter, Session, endpoint, estimate_costs, session, using, warm
+from goatclaw.llm.tools import converse
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "Endpoint", "RateLimiter", "Request", "Response", "Session",
-           "complete", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable", "session",
-           "using", "warm"]
+           "complete", "converse", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable",
+           "session", "using", "warm"]

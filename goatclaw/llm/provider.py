@@ -126,6 +126,8 @@ async def _call(model: str, request: Request, endpoint: tuple[str | None, str | 
         kwargs["api_key"] = api_key
     if request.output == "json" and _supports_json_mode(litellm, model):
         kwargs["response_format"] = {"type": "json_object"}
+    if request.tools:
+        kwargs["tools"] = [dict(t) for t in request.tools]
     try:
         call = _streamed(litellm, kwargs, on_text) if request.stream else litellm.acompletion(**kwargs)
         if request.timeout is None:
@@ -289,16 +291,35 @@ def _http_date_delay(value: Any) -> float | None:
 
 
 def _answer_of(raw: Any, model: str, latency_ms: float) -> dict[str, Any]:
-    """What is kept of a litellm response: text, usage, cost, the model that answered."""
+    """What is kept of a litellm response: text, usage, cost, the model that answered (and its tool calls)."""
     try:
-        text = raw.choices[0].message.content or ""
+        message = raw.choices[0].message
+        text = message.content or ""
     except (AttributeError, IndexError, TypeError):
         raise TaskError(f"{model}: the response has no message", error_class="invalid_output") from None
     usage = getattr(raw, "usage", None)
     counts = {name: int(getattr(usage, name, 0) or 0) for name in ("prompt_tokens", "completion_tokens",
                                                                      "total_tokens")}
-    return {"text": text, "usage": counts, "cost_usd": _response_cost(raw, model, counts),
-            "model": model, "served_by": str(getattr(raw, "model", "") or model), "latency_ms": latency_ms}
+    answer = {"text": text, "usage": counts, "cost_usd": _response_cost(raw, model, counts),
+              "model": model, "served_by": str(getattr(raw, "model", "") or model), "latency_ms": latency_ms}
+    calls = _tool_calls_of(message, model)
+    if calls:  # only then, so that answers without tools are kept as they always were
+        answer["tool_calls"] = calls
+    return answer
+
+
+def _tool_calls_of(message: Any, model: str) -> list[dict[str, Any]]:
+    """The message's tool calls as ``{id, name, arguments}`` (``arguments`` the model's JSON text)."""
+    calls = []
+    for i, call in enumerate(getattr(message, "tool_calls", None) or ()):
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TaskError(f"{model}: tool call {i} has no function name", error_class="invalid_output")
+        arguments = getattr(function, "arguments", None)
+        calls.append({"id": str(getattr(call, "id", None) or f"call_{i}"), "name": name,
+                      "arguments": arguments if isinstance(arguments, str) else "{}"})
+    return calls
 
 
 def _response_cost(raw: Any, model: str, usage: Mapping[str, int]) -> float:

@@ -60,6 +60,9 @@ class Request:
     #: model). A model's own endpoint wins over ``api_base``/``api_key``; the session's entries
     #: (goatclaw.yaml) apply to models the request gives none for.
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    #: The tools the model may call, as the OpenAI API takes them (``{"type": "function", "function":
+    #: {name, description, parameters}}``); part of the request key only when there are any.
+    tools: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass
@@ -80,6 +83,8 @@ class Response:
     hops: list[dict[str, Any]]
     source: str
     key: str
+    #: The tool calls of the answer (``{id, name, arguments}``, ``arguments`` the model's JSON text).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def as_output(self) -> dict[str, Any]:
         """The JSON-serialisable form a task returns."""
@@ -110,6 +115,8 @@ def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
 def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
     body = {"model": model, "messages": [dict(m) for m in request.messages], "temperature": request.temperature,
             "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
+    if request.tools:  # only then: the keys (and cassettes) of calls without tools stay what they were
+        body["tools"] = [dict(t) for t in request.tools]
     return _mask(body, masks)
 
 
@@ -156,13 +163,17 @@ def reusable(request: Request) -> bool:
 
 
 def _response(answer: Mapping[str, Any], model: str, key: str, request: Request, *, source: str) -> Response:
-    """A :class:`Response` from a stored or live answer, its text parsed as the request asks."""
+    """A :class:`Response` from a stored or live answer, its text parsed as the request asks.
+
+    An answer that calls tools is not the final answer: its text is not parsed.
+    """
     text = str(answer.get("text", ""))
-    data = _parse(text, model, request) if request.output == "json" else None
+    calls = [dict(c) for c in answer.get("tool_calls") or ()]
+    data = _parse(text, model, request) if request.output == "json" and not calls else None
     return Response(text=text, data=data, model=model, usage=dict(answer.get("usage", {})),
                     cost_usd=float(answer.get("cost_usd", 0.0)) if source == "live" else 0.0,
                     latency_ms=float(answer.get("latency_ms", 0.0)) if source == "live" else 0.0,
-                    hops=[], source=source, key=key)
+                    hops=[], source=source, key=key, tool_calls=calls)
 
 
 def _reject_constant(name: str) -> Any:
