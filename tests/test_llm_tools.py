@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from local_http import serving
 from openai_server import FakeOpenAI, Reply, tool_call
 
 import goatclaw
 from goatclaw import llm as room
+from goatclaw.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +144,170 @@ def test_a_model_calls_a_plugin_tool_and_answers_with_its_result(write_pipeline,
     assert call["duration_ms"] >= 0 and turns[1]["tool_calls"] == [] and turns[1]["text"] == out["text"]
     assert out["usage"]["total_tokens"] == 2 * 18  # both turns counted
     assert out["tools"] == {"offered": ["slug"], "refused": {}}
+
+
+class _Site(BaseHTTPRequestHandler):
+    """A small web site for the http tool: ``/slow`` answers after 0.6 s, ``/boom`` with a 500."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(0.6)
+        status = 500 if self.path.startswith("/boom") else 200
+        data = json.dumps({"path": self.path}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    with serving(_Site) as url:
+        yield url
+
+
+def test_a_tool_the_task_is_not_granted_is_never_offered(write_pipeline, srv, store_path) -> None:
+    """No files.read for the task: file.read is not in the request the model received; a call to it is refused."""
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("file_read", {"path": "secret.txt"})]), final)
+    (store_path.parent.parent / "secret.txt").write_text("top secret")
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "file.read"}, {"uses": "slugify"}],
+                          extra="permissions: {network: [127.0.0.1], files: {read: []}}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    assert _offered(srv.requests[0]) == ["slugify"]
+    assert "file_read" not in json.dumps(srv.requests[0]["tools"])
+    out = result.tasks["ask"].output
+    assert list(out["tools"]["refused"]) == ["file_read"] and "files.read" in out["tools"]["refused"]["file_read"]
+    (answer,) = _tool_messages(srv.requests[1])
+    assert json.loads(answer["content"])["error_class"] == "permission_denied"
+    assert "top secret" not in json.dumps(srv.requests[1])
+    with Store.open(store_path) as db:
+        topics = [e["topic"] for e in db.events(result.run_id) if e["topic"].startswith("tool.")]
+    assert topics == ["tool.refused"]  # nothing ran
+
+
+def test_a_tool_call_the_guard_refuses_is_audited_and_goes_back_to_the_model(write_pipeline, srv, site,
+                                                                             store_path) -> None:
+    """http is granted 127.0.0.1 only: the model's call to another host is refused, audited, and answered."""
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": "http://example.invalid/x"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}],
+                          extra="permissions: {network: [127.0.0.1]}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    (answer,) = _tool_messages(srv.requests[1])
+    assert json.loads(answer["content"])["error_class"] == "permission_denied"
+    with Store.open(store_path) as db:
+        audit = [(row[3], row[4], json.loads(row[5])) for row in db.audit_rows(run_id=result.run_id)]
+        events = [e for e in db.events(result.run_id) if e["topic"].startswith("tool.")]
+    denied = [d for t, a, d in audit if a == "permission.denied" and t == "ask"]
+    assert denied and "example.invalid" in denied[0]["message"]
+    assert [(t, a, d["status"]) for t, a, d in audit if a == "tool.called"] == [("ask", "tool.called", "failed")]
+    assert [e["topic"] for e in events] == ["tool.started", "tool.failed"]
+    assert events[1]["data"]["error_class"] == "permission_denied" and events[1]["task"] == "ask"
+
+
+def test_tool_errors_go_back_with_their_class_and_parallel_calls_run_concurrently(write_pipeline, srv, site,
+                                                                                 store_path) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/slow/1"}),
+                                                tool_call("http", {"url": f"{site}/slow/2"}),
+                                                tool_call("http", {"url": f"{site}/boom"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}], extra="permissions: {network: [127.0.0.1]}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    calls = result.tasks["ask"].output["trajectory"][0]["tool_calls"]
+    assert [c["error_class"] for c in calls] == [None, None, "server_error"]
+    assert json.loads(calls[0]["result"])["body"] == {"path": "/slow/1"}
+    boom = json.loads(_tool_messages(srv.requests[1])[2]["content"])
+    assert boom["error_class"] == "server_error" and "500" in boom["error"]
+    with Store.open(store_path) as db:
+        events = [e for e in db.events(result.run_id) if e["topic"].startswith("tool.")]
+    started = [e["ts"] for e in events if e["topic"] == "tool.started"]
+    finished = [e["ts"] for e in events if e["topic"] in ("tool.succeeded", "tool.failed")]
+    assert len(started) == 3 and max(started) < min(finished)  # all three were under way together
+    assert max(finished) - min(started) < 1.1  # two 0.6 s calls side by side, not one after the other
+    assert all(e["data"]["untrusted"] for e in events if e["topic"] == "tool.succeeded")
+
+
+def test_the_output_of_an_llm_task_with_tools_is_untrusted(write_pipeline, srv, site) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/page"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}], tasks="""
+          run_it:
+            uses: shell
+            needs: [ask]
+            with: {run: "echo ${{ tasks.ask.output.text }}"}
+        """)
+    result = goatclaw.run(path)
+    assert result.tasks["ask"].status.value == "succeeded"
+    assert result.tasks["run_it"].error_class == "permission_denied"  # no trust: the tool's page reaches no script
+
+
+def test_secrets_are_masked_in_tool_results_before_the_model_reads_them(write_pipeline, srv, store_path,
+                                                                        monkeypatch) -> None:
+    monkeypatch.setenv("NOTES_TOKEN", "tok-very-secret-123")
+    (store_path.parent.parent / "notes.txt").write_text("the token is tok-very-secret-123, keep it")
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("read", {"path": "notes.txt"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "file.read", "name": "read"}], extra="secrets: [NOTES_TOKEN]")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    sent = json.dumps(srv.requests[1])
+    assert "tok-very-secret-123" not in sent and "the token is ***" in sent
+    assert "tok-very-secret-123" not in json.dumps(result.tasks["ask"].output)
+
+
+def test_max_turns_bounds_a_model_that_never_stops_calling_tools(write_pipeline, srv) -> None:
+    srv.respond = lambda body: Reply(None, tool_calls=[tool_call("slugify", {"text": "again"})])
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify"}], with_="max_turns: 3")
+    result = goatclaw.run(path)
+    ask = result.tasks["ask"]
+    assert ask.status.value == "failed" and ask.error_class == "invalid_output"
+    assert "max_turns=3" in (ask.error or "")
+    assert len(srv.requests) == 3
+
+
+def test_max_tool_calls_refuses_the_calls_past_it(write_pipeline, srv) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("slugify", {"text": t}) for t in ("a b", "c d", "e f")]),
+                        final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify"}], with_="max_tool_calls: 2")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    calls = result.tasks["ask"].output["trajectory"][0]["tool_calls"]
+    assert [c["error_class"] for c in calls] == [None, None, "tool_limit"]
+    assert [c["result"] for c in calls[:2]] == ['"a-b"', '"c-d"']
+
+
+def test_bad_arguments_from_the_model_are_an_invalid_input_result(write_pipeline, srv) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("slug", {"txt": "x"}), tool_call("slug", "{not json"),
+                                                tool_call("slug", {"text": "x", "separator": "+"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify", "name": "slug", "with": {"separator": "_"}}])
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    results = [json.loads(m["content"]) for m in _tool_messages(srv.requests[1])]
+    assert [r["error_class"] for r in results] == ["invalid_input"] * 3
+    assert "needs argument 'text'" in results[0]["error"] and "not JSON" in results[1]["error"]
+    assert "separator is fixed" in results[2]["error"]
+
+
+def test_a_streamed_answer_with_tool_calls_works_the_same(write_pipeline, srv) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("slugify", {"text": "Streamed Call"})], chunk_chars=2),
+                        lambda body: Reply("done: " + _tool_messages(body)[0]["content"], chunk_chars=2))
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify"}], with_="stream: true")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    assert result.tasks["ask"].output["text"] == 'done: "streamed-call"'
+    assert all(r.get("stream") for r in srv.requests)
+
+
+def test_an_agent_run_replays_from_its_cassette_with_the_server_down(write_pipeline, project) -> None:
+    with FakeOpenAI(agent(Reply(None, tool_calls=[tool_call("slugify", {"text": "Taped Run"})]), final)) as live:
+        path = tools_pipeline(write_pipeline, live, [{"uses": "slugify"}])
+        recorded = goatclaw.run(path, llm="record")
+        assert recorded.ok, recorded.tasks["ask"].error
+    replayed = goatclaw.run(path, llm="replay")  # the server is gone
+    assert replayed.ok, replayed.tasks["ask"].error
+    out = replayed.tasks["ask"].output
+    assert out["text"] == recorded.tasks["ask"].output["text"] == 'results: "taped-run"'
+    assert [t["source"] for t in out["trajectory"]] == ["cassette", "cassette"] and out["cost_usd"] == 0
