@@ -20,7 +20,10 @@ from openai_server import FakeOpenAI, Reply, tool_call
 
 import goatclaw
 from goatclaw import llm as room
+from goatclaw.plugin import TaskContext, task
+from goatclaw.registry import Registry, default_registry
 from goatclaw.store import Store
+from goatclaw.tools import Toolbox, parameters_of, plugin_tool
 
 pytestmark = pytest.mark.slow
 
@@ -311,3 +314,60 @@ def test_an_agent_run_replays_from_its_cassette_with_the_server_down(write_pipel
     out = replayed.tasks["ask"].output
     assert out["text"] == recorded.tasks["ask"].output["text"] == 'results: "taped-run"'
     assert [t["source"] for t in out["trajectory"]] == ["cassette", "cassette"] and out["cost_usd"] == 0
+
+
+# -- where a tool's schema comes from, and what validate says ---------------------------------------
+
+
+def test_a_tools_parameters_come_from_the_plugins_signature_without_the_fixed_arguments() -> None:
+    http = default_registry().task("http")
+    schema = parameters_of(http, {"method": "GET", "headers": {"x": "1"}})
+    assert schema["required"] == ["url"] and schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"url", "params", "json", "body", "expect", "timeout", "response",
+                                         "follow_redirects"}  # method and headers are fixed: the model never sees them
+    assert schema["properties"]["response"] == {"enum": ["auto", "json", "text"], "default": "auto"}
+    assert schema["properties"]["expect"] == {"anyOf": [{"type": "array", "items": {"type": "integer"}},
+                                                        {"type": "integer"}, {"type": "null"}]}
+    assert schema["properties"]["timeout"] == {"type": "number", "default": 30}
+
+
+def test_a_declared_schema_is_the_tools_parameters(project) -> None:
+    declared = {"type": "object", "required": ["city", "unit"], "additionalProperties": False,
+                "properties": {"city": {"type": "string", "minLength": 1}, "unit": {"enum": ["C", "F"]}}}
+
+    @task(schema=declared)
+    def weather(ctx: TaskContext, **kwargs: Any) -> dict[str, Any]:
+        """The weather in a city."""
+        return {"city": kwargs["city"], "unit": kwargs["unit"], "degrees": 21}
+
+    registry = Registry(entry_points=False)
+    registry.register_task("weather", weather)
+    tool = plugin_tool(0, {"uses": "weather", "with": {"unit": "C"}}, registry.task)
+    assert tool.name == "weather" and tool.description == "The weather in a city."
+    assert tool.parameters == {"type": "object", "required": ["city"], "additionalProperties": False,
+                               "properties": {"city": {"type": "string", "minLength": 1}}}
+    assert declared["required"] == ["city", "unit"]  # the plugin's own schema is left alone
+
+    async def run(tool: Any, kwargs: dict[str, Any]) -> str:
+        return json.dumps(tool.plugin.fn(None, **kwargs))
+
+    box = Toolbox([tool], run)
+    assert asyncio.run(box.call("weather", '{"city": "Oslo"}'))["content"] == json.dumps(
+        {"city": "Oslo", "unit": "C", "degrees": 21})
+    refused = asyncio.run(box.call("weather", '{"city": ""}'))  # the declared schema checks what the model sent
+    assert refused["error_class"] == "invalid_input" and "city" in refused["content"]
+
+
+def test_validate_checks_the_tools_entries_at_their_lines(write_pipeline, srv) -> None:
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify", "with": {"separatr": "_"}},
+                                                {"uses": "no.such.plugin"}, {"uses": "file.read"},
+                                                {"uses": "echo", "nmae": "x"}],
+                          extra="permissions: {network: [127.0.0.1], files: {read: []}}", with_="max_turns: 0")
+    _, problems = goatclaw.check(path)
+    shown = {(p.path, p.severity): p.message for p in problems}
+    assert "takes no argument 'separatr'" in shown[("tasks.ask.with.tools[0].with.separatr", "error")]
+    assert "unknown task 'no.such.plugin'" in shown[("tasks.ask.with.tools[1].uses", "error")]
+    assert "never offered" in shown[("tasks.ask.with.tools[2].uses", "warn")]
+    assert "unknown field 'nmae'" in shown[("tasks.ask.with.tools[3].nmae", "error")]
+    assert "less than the minimum of 1" in shown[("tasks.ask.with.max_turns", "error")]
+    assert all(p.location is not None and p.location.line > 1 for p in problems)

@@ -225,6 +225,7 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
         spec = guard.spec(task) if task.uses else None
         if spec is not None:
             problems += _need_problems(pipeline, task, spec, guard.grant(task))
+    problems += _tool_problems(pipeline, guard, tasks.values())
     for tid, flows in guard.all_flows().items():
         task = tasks[tid]
         for flow in flows:
@@ -309,6 +310,34 @@ def unmet_needs(spec: Any, grant: Grant) -> list[tuple[str, tuple[str, ...]]]:
         if fields and not any(getattr(grant, f.replace(".", "_")) for f in fields):
             unmet.append((need, fields))
     return unmet
+
+
+def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> list[Problem]:
+    """``tools:`` of llm tasks: unknown plugins, bad fixed ``with:`` (errors); tools never offered (warnings)."""
+    problems = []
+    for task in tasks:
+        entries = task.with_.get("tools") if task.uses == "llm" else None
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            uses = entry.get("uses") if isinstance(entry, Mapping) else None
+            if not isinstance(uses, str):
+                continue  # the schema says what is wrong with it
+            path = (*task.path, "with", "tools", i)
+            try:
+                plugin = guard.registry.task(uses)
+            except PluginError as exc:
+                problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")), exc.message))
+                continue
+            fixed = entry.get("with") if isinstance(entry.get("with"), Mapping) else {}
+            for arg, message in plugin.check_args(fixed):
+                if arg is not None:  # a missing argument is the model's to give
+                    where = (*path, "with", arg)
+                    problems.append(Problem(pipeline.locate(where, key=True), dotted(where), message))
+            for _, fields in unmet_needs(plugin.spec, guard.grant(task)):
+                granted = " or ".join(f"permissions.{f}" for f in fields)
+                problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")),
+                                        f"tool '{uses}' needs {granted}, which task {task.id} is not granted; "
+                                        "it is never offered to the model", severity="warn"))
+    return problems
 
 
 def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
