@@ -46,8 +46,9 @@ async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DE
     """Ask, run the tool calls of each answer, ask again with their results; the final answer and the trajectory.
 
     The final :class:`Response` carries the usage and cost of every turn together. Each
-    trajectory entry is one turn: its text, model, usage, cost, latency and tool calls
-    (name, arguments, bounded result, error class, duration). A model that still calls
+    trajectory entry is one turn: its text, model, usage, cost, latency and ``calls``, its
+    tool calls (name, arguments, bounded result, error class, duration). The key is not
+    ``tool_calls``: the threat scan rightly flags that in an output as an injected call. A model that still calls
     tools at ``max_turns`` fails the task (``invalid_output``, the trajectory in
     ``details``); calls past ``max_tool_calls`` are not run, and the model is told so.
     """
@@ -70,7 +71,7 @@ async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DE
         for call, (result, duration) in zip(response.tool_calls, results, strict=True):
             content = str(result.get("content", ""))
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": content})
-            entry["tool_calls"].append({"id": call["id"], "name": call["name"], "arguments": _arguments(call),
+            entry["calls"].append({"id": call["id"], "name": call["name"], "arguments": _arguments(call),
                                         "result": _bounded(content), "error_class": result.get("error_class"),
                                         "duration_ms": duration})
     raise AssertionError("unreachable: the last turn returns or raises")  # pragma: no cover
@@ -99,7 +100,7 @@ async def _run_calls(calls: Sequence[Mapping[str, Any]], call_tool: CallTool, sp
 def _turn(turn: int, response: Response) -> dict[str, Any]:
     return {"turn": turn, "text": response.text, "model": response.model, "source": response.source,
             "usage": dict(response.usage), "cost_usd": response.cost_usd, "latency_ms": response.latency_ms,
-            "tool_calls": []}
+            "calls": []}
 
 
 def _add(spent: dict[str, Any], response: Response) -> None:
