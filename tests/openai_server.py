@@ -220,7 +220,22 @@ class FakeOpenAI:
         self.stop()
 
 
-if __name__ == "__main__":  # a server to point a pipeline at by hand
-    with FakeOpenAI() as srv:
+def tool_caller(calls: int) -> Callable[[dict[str, Any]], Reply]:
+    """A model that first calls the ``echo`` tool ``calls`` times at once, then answers with what it got back."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        messages = body.get("messages", [])
+        if messages and messages[-1].get("role") == "tool":
+            return Reply("done: " + str(sum(1 for m in messages if m.get("role") == "tool")))
+        return Reply(None, tool_calls=[tool_call("echo", {"value": i}) for i in range(calls)])
+
+    return respond
+
+
+if __name__ == "__main__":  # a server to point a pipeline at by hand; --tool-calls N: a model that calls tools
+    import sys
+
+    n = int(sys.argv[sys.argv.index("--tool-calls") + 1]) if "--tool-calls" in sys.argv else 0
+    with FakeOpenAI(tool_caller(n) if n else echo) as srv:
         print(srv.api_base, flush=True)
         threading.Event().wait()

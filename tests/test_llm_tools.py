@@ -193,7 +193,10 @@ def test_a_tool_the_task_is_not_granted_is_never_offered(write_pipeline, srv, st
     assert "top secret" not in json.dumps(srv.requests[1])
     with Store.open(store_path) as db:
         topics = [e["topic"] for e in db.events(result.run_id) if e["topic"].startswith("tool.")]
+        audit = [(row[3], row[4], json.loads(row[5])) for row in db.audit_rows(run_id=result.run_id)]
     assert topics == ["tool.refused"]  # nothing ran
+    denied = [(t, d["rule"], d["tool"]) for t, a, d in audit if a == "permission.denied"]
+    assert denied == [("ask", "tools", "file_read")]  # the call to a tool never offered is audited
 
 
 def test_a_tool_call_the_guard_refuses_is_audited_and_goes_back_to_the_model(write_pipeline, srv, site,

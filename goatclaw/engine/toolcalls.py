@@ -6,9 +6,10 @@ tools the task is granted (a plugin needing a permission the task lacks is never
 offered; ``tool.refused`` says so), and each call the model makes runs here like the
 task's own attempt: the plugin gets a context with the task's grant, secrets and event
 channel (so its permission checks, refusals and side effects are audited under the
-task), the result's secrets are masked before the model reads them, and the call is
-recorded as a child of the task (``tool.started``, then ``tool.succeeded`` or
-``tool.failed``, and ``tool.called`` in the audit chain). The tool loop itself lives in
+task; so is a call to a tool that was never offered), the result's secrets are masked
+before the model reads them, and the call is recorded as a child of the task
+(``tool.started``, then ``tool.succeeded`` or ``tool.failed``, and ``tool.called`` in
+the audit chain). The tool loop itself lives in
 the LLM room (:func:`goatclaw.llm.converse`) and only ever sees the toolbox's ``call``.
 """
 
@@ -69,7 +70,13 @@ class ToolCalls:
             self.recorder.event("tool.refused", task.id, {"item": index, "tool": tool.name, "uses": tool.uses,
                                                           "reason": refused[tool.name]})
         counter = itertools.count(1)
-        return Toolbox(offered, functools.partial(self._run_tool, task, attempt, item, index, counter), refused)
+        rec = self.recorder
+
+        def audit_refusal(name: str, why: str) -> None:  # the model called a tool it was never offered
+            rec.audited("permission.denied", task.id, {"item": index, "rule": "tools", "tool": name, "message": why})
+
+        return Toolbox(offered, functools.partial(self._run_tool, task, attempt, item, index, counter), refused,
+                       audit_refusal)
 
     async def _run_tool(self, task: Task, attempt: int, item: Any, index: int | None, counter: Any, tool: Tool,
                         kwargs: dict[str, Any]) -> str:

@@ -151,10 +151,12 @@ RunTool = Callable[[Tool, dict[str, Any]], Awaitable[str]]
 class Toolbox:
     """The tools one task offers a model, and how a call of the model is answered.
 
-    ``refused`` are the tools the task is not granted (name → why): they are never offered.
+    ``refused`` are the tools the task is not granted (name → why): they are never offered,
+    and a call to one anyway is answered ``permission_denied`` and reported to ``on_refused(name, why)``.
     """
 
-    def __init__(self, tools: Sequence[Tool], run: RunTool, refused: Mapping[str, str] | None = None) -> None:
+    def __init__(self, tools: Sequence[Tool], run: RunTool, refused: Mapping[str, str] | None = None,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         names = [t.name for t in tools]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -163,6 +165,7 @@ class Toolbox:
         self.tools = {t.name: t for t in tools}
         self.refused = dict(refused or {})
         self._run = run
+        self._on_refused = on_refused
 
     def schemas(self) -> list[dict[str, Any]]:
         """The offered tools as the model's request carries them."""
@@ -174,6 +177,8 @@ class Toolbox:
         try:
             if tool is None:
                 why = self.refused.get(name)
+                if why and self._on_refused is not None:
+                    self._on_refused(name, why)
                 raise TaskError(f"no tool '{name}'" + (f": {why}" if why else f" (tools: {', '.join(self.tools)})"),
                                 error_class="permission_denied" if why else "invalid_input")
             text = _bounded(await self._run(tool, self._kwargs(tool, arguments)))
