@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 from local_http import serving
 from openai_server import FakeOpenAI, Reply, tool_call
+from typer.testing import CliRunner
 
 import goatclaw
 from goatclaw import llm as room
+from goatclaw.cli.app import app
 from goatclaw.plugin import TaskContext, task
 from goatclaw.registry import Registry, default_registry
 from goatclaw.store import Store
@@ -395,3 +397,22 @@ def test_the_shipped_tools_example_replays_offline_from_its_cassette(tmp_path) -
     assert {p["language"] for p in out["data"]["pages"]} == {"python", "rust", "go", "haskell"}
     assert topics.count("tool.succeeded") == 5 and "tool.failed" not in topics
     assert "(3 model turns, 5 tool calls)" in (REPO / "out" / "llm-tools.md").read_text()
+
+
+def test_runs_show_prints_the_trajectory_and_its_json_carries_it_whole(write_pipeline, srv, store_path) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("slugify", {"text": "Shown Here"}),
+                                                tool_call("slugify", {"txt": "bad"})]),
+                        lambda body: Reply("all \x1b[31mdone\x1b[0m [bold]x[/bold]"))
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify"}])
+    assert goatclaw.run(path).ok
+    shown = CliRunner().invoke(app, ["runs", "show", "last", "--store", str(store_path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("trajectory of ask: 2 turns, 2 tool calls"))
+    assert lines[head + 1].strip().startswith("turn 1  openai/gpt-4o-mini  live  18 tokens")
+    assert '→ slugify({"text": "Shown Here"})' in lines[head + 2] and '"shown-here"' in lines[head + 2]
+    assert '✗ slugify({"txt": "bad"})' in lines[head + 3] and "invalid_input" in lines[head + 3]
+    assert lines[head + 5].strip() == "answer: all \\u001b[31mdone\\u001b[0m [bold]x[/bold]"  # escaped, not run
+    as_json = CliRunner().invoke(app, ["runs", "show", "last", "--store", str(store_path), "--json"])
+    (ask,) = [t for t in json.loads(as_json.output)["tasks"] if t["task_id"] == "ask"]
+    assert [len(t["calls"]) for t in ask["output"]["trajectory"]] == [2, 0]

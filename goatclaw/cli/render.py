@@ -373,6 +373,42 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
             item = f"[{a['item']}]" if a["item"] >= 0 else ""
             console.print(Text(f"  {a['task_id']}{item} #{a['attempt']}: {a['error_class']}: {a['error']}",
                                style="yellow"), soft_wrap=True)
+    for t in tasks:
+        print_trajectory(t.task_id, t.output, console)
+
+
+def print_trajectory(task_id: str, output: Any, console: Console) -> None:
+    """An ``llm`` task's tool loop, when its output has one: each turn, its tool calls and their results."""
+    turns = output.get("trajectory") if isinstance(output, dict) else None
+    if not isinstance(turns, list) or not turns:
+        return
+    calls = sum(len(turn.get("calls") or []) for turn in turns if isinstance(turn, dict))
+    cost = sum(float(turn.get("cost_usd") or 0) for turn in turns if isinstance(turn, dict))
+    console.print(Text(f"trajectory of {task_id}: {len(turns)} turns, {calls} tool calls, ${cost:.6f}",
+                       style="bold"), soft_wrap=True)
+    for turn in turns:
+        if not isinstance(turn, dict):
+            continue
+        tokens = (turn.get("usage") or {}).get("total_tokens", 0)
+        head = (f"  turn {turn.get('turn')}  {turn.get('model')}  {turn.get('source')}  {tokens} tokens  "
+                f"${float(turn.get('cost_usd') or 0):.6f}  {_fmt_duration((turn.get('latency_ms') or 0) / 1000)}")
+        console.print(Text(head, style="dim"), soft_wrap=True)
+        for call in turn.get("calls") or []:
+            arguments = _short_json(_escaped(call.get("arguments")), 80)
+            took = _fmt_duration((call.get("duration_ms") or 0) / 1000)
+            if call.get("error_class"):
+                line = Text(f"    ✗ {call.get('name')}({arguments}) {took}: {call.get('error_class')}: "
+                            f"{_short_json(call.get('result'), 120)}", style="yellow")
+            else:
+                line = Text(f"    → {call.get('name')}({arguments}) {took}: {_short_json(call.get('result'), 120)}")
+            console.print(line, soft_wrap=True)
+        if not turn.get("calls") and turn.get("text"):
+            console.print(Text(f"    answer: {_short_json(_escaped(turn.get('text')), 160)}"), soft_wrap=True)
+
+
+def _escaped(value: Any) -> Any:
+    """A model's text with control characters escaped (as JSON writes them), so a terminal never runs them."""
+    return json.dumps(value, ensure_ascii=False)[1:-1] if isinstance(value, str) else value
 
 
 def _short_json(value: Any, limit: int = 200) -> str:
