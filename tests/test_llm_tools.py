@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import goatclaw
 from goatclaw import llm as room
 from goatclaw.cli.app import app
+from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext, task
 from goatclaw.registry import Registry, default_registry
 from goatclaw.store import Store
@@ -416,3 +417,13 @@ def test_runs_show_prints_the_trajectory_and_its_json_carries_it_whole(write_pip
     as_json = CliRunner().invoke(app, ["runs", "show", "last", "--store", str(store_path), "--json"])
     (ask,) = [t for t in json.loads(as_json.output)["tasks"] if t["task_id"] == "ask"]
     assert [len(t["calls"]) for t in ask["output"]["trajectory"]] == [2, 0]
+
+
+def test_converse_refuses_bounds_that_allow_no_turn() -> None:
+    async def never(name: str, arguments: str) -> dict[str, Any]:
+        raise AssertionError("no call")
+
+    request = room.Request(models=("openai/gpt-4o-mini",), messages=({"role": "user", "content": "hi"},))
+    with pytest.raises(TaskError, match="max_turns must be at least 1") as caught:
+        asyncio.run(room.converse(request, call_tool=never, max_turns=0))
+    assert caught.value.error_class == "invalid_input"

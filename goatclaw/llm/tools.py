@@ -52,6 +52,9 @@ async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DE
     tools at ``max_turns`` fails the task (``invalid_output``, the trajectory in
     ``details``); calls past ``max_tool_calls`` are not run, and the model is told so.
     """
+    if max_turns < 1 or max_tool_calls < 0:
+        raise TaskError(f"max_turns must be at least 1 and max_tool_calls at least 0, not {max_turns} and "
+                        f"{max_tool_calls}", error_class="invalid_input")
     messages = list(request.messages)
     trajectory: list[dict[str, Any]] = []
     spent = {"calls": 0, "cost_usd": 0.0, "usage": {}}
