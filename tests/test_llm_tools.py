@@ -197,7 +197,7 @@ def test_a_tool_the_task_is_not_granted_is_never_offered(write_pipeline, srv, st
     with Store.open(store_path) as db:
         topics = [e["topic"] for e in db.events(result.run_id) if e["topic"].startswith("tool.")]
         audit = [(row[3], row[4], json.loads(row[5])) for row in db.audit_rows(run_id=result.run_id)]
-    assert topics == ["tool.refused"]  # nothing ran
+    assert topics == ["tool.refused", "tool.failed"]  # refused up front; the call is recorded, and nothing ran
     denied = [(t, d["rule"], d["tool"]) for t, a, d in audit if a == "permission.denied"]
     assert denied == [("ask", "tools", "file_read")]  # the call to a tool never offered is audited
 
@@ -427,3 +427,19 @@ def test_converse_refuses_bounds_that_allow_no_turn() -> None:
     with pytest.raises(TaskError, match="max_turns must be at least 1") as caught:
         asyncio.run(room.converse(request, call_tool=never, max_turns=0))
     assert caught.value.error_class == "invalid_input"
+
+
+def test_the_plain_live_view_shows_each_tool_call_under_its_task(write_pipeline, srv, store_path) -> None:
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("slugify", {"text": "Seen Live"}),
+                                                tool_call("slugify", {"txt": "bad"}),
+                                                tool_call("file_read", {"path": "x"})]), final)
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "slugify"}, {"uses": "file.read"}],
+                          extra="permissions: {network: [127.0.0.1], files: {read: []}}")
+    done = CliRunner().invoke(app, ["apply", str(path), "--output", "plain"])
+    assert done.exit_code == 0, done.output
+    lines = [line.strip() for line in done.output.splitlines()]
+    refused = "⚒ ask: file_read not offered: 'file.read' needs permissions.files.read, which task ask is not granted"
+    assert refused in lines
+    assert any(line.startswith("⚒ ask → slugify succeeded in ") for line in lines)
+    assert any(line.startswith("⚒ ask → slugify failed in ") and "invalid_input" in line for line in lines)
+    assert lines.index("▶ ask started") < lines.index(next(x for x in lines if x.startswith("⚒ ask → slugify")))

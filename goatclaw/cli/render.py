@@ -67,6 +67,11 @@ class PlainView:
         bus.subscribe("hook.*", self._on_incident)
         bus.subscribe("threat.*", self._on_incident)
         bus.subscribe("ratelimit.*", self._on_incident)
+        bus.subscribe("tool.*", self._on_tool)
+
+    def _on_tool(self, ev: Event) -> None:
+        if ev.topic != "tool.started":  # one line a call, when it ends (or is refused)
+            self._line(ev, f"    {tool_text(ev.topic, ev.task, ev.data)}")
 
     def _on_incident(self, ev: Event) -> None:
         text = incident_text(ev.topic, ev.task, ev.data)
@@ -127,6 +132,12 @@ class LiveView:
         bus.subscribe("breaker.*", self._on_breaker)
         bus.subscribe("threat.*", self._on_hook)  # a line above the table, like a failing hook
         bus.subscribe("ratelimit.*", self._on_hook)
+        bus.subscribe("tool.*", self._on_tool)
+
+    def _on_tool(self, ev: Event) -> None:
+        """A tool call of a task's model: the task's row says what it is calling or what came back."""
+        if ev.task in self.state:
+            self.notes[ev.task] = tool_text(ev.topic, ev.task, ev.data)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -333,6 +344,19 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
         return (f"{task} waits {data.get('wait')}s: at most {data.get('limit')} {data.get('kind')} side effects "
                 f"per {data.get('per_seconds'):g}s" + (f" to {data['key']}" if data.get("key") else ""))
     return None
+
+
+def tool_text(topic: str, task: str | None, data: dict[str, Any]) -> str:
+    """A tool call of ``task``'s model as one line (the ``tool.*`` events of docs/llm.md, Tools)."""
+    name, kind = data.get("tool"), topic.split(".", 1)[1]
+    took = f" in {_fmt_duration(data['duration'])}" if data.get("duration") is not None else ""
+    if kind == "started":
+        return f"⚒ {task} calls {name}"
+    if kind == "succeeded":
+        return f"⚒ {task} → {name} succeeded{took}"
+    if kind == "failed":
+        return f"⚒ {task} → {name} failed{took}: {data.get('error_class')}: {data.get('error')}"
+    return f"⚒ {task}: {name} not offered: {data.get('reason')}"
 
 
 def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console,

@@ -71,12 +71,19 @@ class ToolCalls:
                                                           "reason": refused[tool.name]})
         counter = itertools.count(1)
         rec = self.recorder
+        uses = {t.name: t.uses for t in tools}
 
-        def audit_refusal(name: str, why: str) -> None:  # the model called a tool it was never offered
-            rec.audited("permission.denied", task.id, {"item": index, "rule": "tools", "tool": name, "message": why})
+        def rejected(name: str, err: TaskError) -> None:  # a call refused before it ran: recorded all the same
+            about = {"item": index, "tool": name, "uses": uses.get(name), "call": next(counter)}
+            rec.event("tool.failed", task.id, {**about, "duration": 0.0, "error_class": err.error_class,
+                                               "error": err.message})
+            rec.audited("tool.called", task.id, {**about, "status": "failed", "error_class": err.error_class})
+            if err.error_class == "permission_denied":  # the model called a tool it was never offered
+                rec.audited("permission.denied", task.id, {"item": index, "rule": "tools", "tool": name,
+                                                           "message": err.message})
 
         return Toolbox(offered, functools.partial(self._run_tool, task, attempt, item, index, counter), refused,
-                       audit_refusal)
+                       rejected)
 
     async def _run_tool(self, task: Task, attempt: int, item: Any, index: int | None, counter: Any, tool: Tool,
                         kwargs: dict[str, Any]) -> str:

@@ -152,11 +152,12 @@ class Toolbox:
     """The tools one task offers a model, and how a call of the model is answered.
 
     ``refused`` are the tools the task is not granted (name → why): they are never offered,
-    and a call to one anyway is answered ``permission_denied`` and reported to ``on_refused(name, why)``.
+    and a call to one anyway is answered ``permission_denied``. A call rejected before it
+    runs (that, an unknown tool, arguments that do not fit) goes to ``on_rejected(name, error)``.
     """
 
     def __init__(self, tools: Sequence[Tool], run: RunTool, refused: Mapping[str, str] | None = None,
-                 on_refused: Callable[[str, str], None] | None = None) -> None:
+                 on_rejected: Callable[[str, TaskError], None] | None = None) -> None:
         names = [t.name for t in tools]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -165,7 +166,7 @@ class Toolbox:
         self.tools = {t.name: t for t in tools}
         self.refused = dict(refused or {})
         self._run = run
-        self._on_refused = on_refused
+        self._on_rejected = on_rejected
 
     def schemas(self) -> list[dict[str, Any]]:
         """The offered tools as the model's request carries them."""
@@ -177,11 +178,18 @@ class Toolbox:
         try:
             if tool is None:
                 why = self.refused.get(name)
-                if why and self._on_refused is not None:
-                    self._on_refused(name, why)
-                raise TaskError(f"no tool '{name}'" + (f": {why}" if why else f" (tools: {', '.join(self.tools)})"),
+                err = TaskError(f"no tool '{name}'" + (f": {why}" if why else f" (tools: {', '.join(self.tools)})"),
                                 error_class="permission_denied" if why else "invalid_input")
-            text = _bounded(await self._run(tool, self._kwargs(tool, arguments)))
+                if self._on_rejected is not None:
+                    self._on_rejected(name, err)
+                raise err
+            try:
+                kwargs = self._kwargs(tool, arguments)
+            except TaskError as err:
+                if self._on_rejected is not None:
+                    self._on_rejected(tool.name, err)
+                raise
+            text = _bounded(await self._run(tool, kwargs))
         except TaskError as err:
             return {"content": json.dumps({"error": err.message, "error_class": err.error_class}, ensure_ascii=False),
                     "error_class": err.error_class, "uses": tool.uses if tool else None}
