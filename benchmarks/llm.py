@@ -1,6 +1,6 @@
 """LLM calls: goatclaw's overhead per call next to calling litellm directly, in the same run.
 
-Run: ``python benchmarks/llm.py [--n 1000] [--concurrency 50] [--repeat 1]``
+Run: ``python benchmarks/llm.py [--n 1000] [--concurrency 50] [--tools K [--repeat 3]]``
 
 The local OpenAI-compatible server of tests/openai_server.py runs in a subprocess (so its
 threads do not share this interpreter's GIL) and answers every chat completion at once.
@@ -14,12 +14,21 @@ Against it, in one process and in this order (litellm imported and warmed up fir
 
 Printed per way: wall time, calls per second, wall ms per call, median in-call latency,
 and the overhead per call against the direct calls (wall difference / n).
+
+``--tools K`` times the tool loop instead: a second server plays a model that calls the
+``echo`` tool ``K`` times at once, then answers; ``n`` loops (two model calls and ``K``
+tool calls each) run as the bare litellm loop (the tool a plain function), through
+``goatclaw.llm.converse`` (the LLM room's loop, the tool a plain function), and as
+``goatclaw.run`` of ``n`` ``llm`` tasks with ``tools: [{uses: echo}]`` (each call an
+attempt of its task: grant, masking, events, audit, store). The overhead is per tool call:
+the wall difference / (n × K).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -27,14 +36,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "openai/gpt-4o-mini"
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
+def start_server(*args: str) -> tuple[subprocess.Popen[str], str]:
     """The local server in a subprocess, and its api_base."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "openai_server.py")], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "openai_server.py"), *args], stdout=subprocess.PIPE,
                             text=True, cwd=REPO / "tests")
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
@@ -102,12 +112,131 @@ def pipeline_run(api_base: str, n: int, concurrency: int, folder: Path) -> tuple
     return wall, [t.output["latency_ms"] for t in result.tasks.values()]
 
 
+TOOLS = [{"type": "function", "function": {"name": "echo", "description": "echo",
+                                           "parameters": {"type": "object", "properties": {"value": {}}}}}]
+
+
+def echo_tool(arguments: str) -> str:
+    """The bare loops' tool: what the ``echo`` task returns, as JSON text."""
+    return json.dumps(json.loads(arguments).get("value"))
+
+
+async def bare_loops(api_base: str, n: int, concurrency: int) -> tuple[float, list[float]]:
+    """``n`` tool loops on litellm alone: ask, run the calls, ask again with their results."""
+    from goatclaw import llm as room
+
+    litellm = room._litellm()
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            t = time.perf_counter()
+            messages: list[dict[str, Any]] = [{"role": "user", "content": f"hello {i}"}]
+            kwargs = {"model": MODEL, "api_base": api_base, "api_key": "sk-bench", "max_tokens": 16,
+                      "num_retries": 0, "max_retries": 0, "tools": TOOLS}
+            first = (await litellm.acompletion(messages=messages, **kwargs)).choices[0].message
+            messages.append({"role": "assistant", "content": first.content, "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.function.name,
+                                                              "arguments": c.function.arguments}}
+                for c in first.tool_calls]})
+            messages += [{"role": "tool", "tool_call_id": c.id, "content": echo_tool(c.function.arguments)}
+                         for c in first.tool_calls]
+            await litellm.acompletion(messages=messages, **kwargs)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - started
+    await room._close_litellm_clients()
+    return wall, latencies
+
+
+async def room_loops(api_base: str, n: int, concurrency: int) -> tuple[float, list[float]]:
+    """``n`` tool loops through ``goatclaw.llm.converse``, the tool a plain function."""
+    from goatclaw import llm as room
+
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def call_tool(name: str, arguments: str) -> dict[str, Any]:
+        return {"content": echo_tool(arguments), "error_class": None}
+
+    async def one(i: int) -> None:
+        async with gate:
+            t = time.perf_counter()
+            request = room.Request(models=(MODEL,), messages=({"role": "user", "content": f"hello {i}"},),
+                                   max_tokens=16, api_base=api_base, api_key="sk-bench", tools=tuple(TOOLS))
+            await room.converse(request, call_tool=call_tool)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    started = time.perf_counter()
+    async with room.using(room.Session()):
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - started, latencies
+
+
+def pipeline_loops(api_base: str, n: int, concurrency: int, folder: Path) -> tuple[float, list[float]]:
+    """A pipeline of ``n`` llm tasks whose model calls the ``echo`` task as a tool."""
+    import goatclaw
+
+    lines = ["version: 1", "name: llm-tools-bench", f"concurrency: {concurrency}",
+             "permissions: {network: [127.0.0.1]}", "tasks:"]
+    for i in range(n):
+        lines.append(f"  t{i}: {{uses: llm, retry: {{attempts: 1}}, with: {{model: {MODEL}, prompt: hello {i}, "
+                     f"max_tokens: 16, api_base: '{api_base}', api_key: sk-bench, tools: [{{uses: echo}}]}}}}")
+    path = folder / "bench-tools.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    result = goatclaw.run(path, store=folder / "bench-tools.db")
+    wall = time.perf_counter() - started
+    failed = [t for t in result.tasks.values() if t.error]
+    if failed:
+        raise SystemExit(f"{len(failed)} tasks failed, e.g. {failed[0].error}")
+    return wall, [sum(turn["latency_ms"] for turn in t.output["trajectory"]) for t in result.tasks.values()]
+
+
+def tool_loops(n: int, concurrency: int, calls: int, repeat: int) -> None:
+    """The ``--tools K`` table: the tool loop three ways, each the best of ``repeat`` interleaved runs."""
+    proc, api_base = start_server("--tool-calls", str(calls))
+    best: dict[str, tuple[float, list[float]]] = {}
+    try:
+        asyncio.run(bare_loops(api_base, 10, 5))  # warm up
+        for _ in range(repeat):  # interleaved, so that a busy moment of the machine does not favour one way
+            runs = [("bare litellm tool loop", asyncio.run(bare_loops(api_base, n, concurrency))),
+                    ("goatclaw.llm.converse", asyncio.run(room_loops(api_base, n, concurrency)))]
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append((f"goatclaw.run, {n} llm tasks with tools",
+                             pipeline_loops(api_base, n, concurrency, Path(tmp))))
+            for name, run in runs:
+                if name not in best or run[0] < best[name][0]:
+                    best[name] = run
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    rows = [(name, *run) for name, run in best.items()]
+    base = rows[0][1]
+    print(f"{n} tool loops of 2 model calls and {calls} tool calls, concurrency {concurrency}, best of {repeat}, "
+          f"against the local server (Python {sys.version.split()[0]})")
+    print("| way | wall s | loops/s | wall ms/loop | median loop ms | overhead ms/tool call vs bare |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, wall, lat in rows:
+        over = "-" if wall is base else f"{(wall - base) * 1000 / (n * calls):+.3f}"
+        print(f"| {name} | {wall:.2f} | {n / wall:.0f} | {wall * 1000 / n:.2f} | {statistics.median(lat):.1f} | "
+              f"{over} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--tools", type=int, default=0, help="time the tool loop: K tool calls per loop")
+    parser.add_argument("--repeat", type=int, default=3, help="with --tools: the best of this many runs per way")
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.tools:
+        tool_loops(args.n, args.concurrency, args.tools, args.repeat)
+        return
     proc, api_base = start_server()
     try:
         asyncio.run(direct(api_base, 20, 5))  # warm up: litellm's import and first client

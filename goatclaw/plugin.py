@@ -193,6 +193,10 @@ class TaskContext:
     #: ``trust:``; empty when they carry none. A plugin that keeps its inputs somewhere (``memory``)
     #: stores these with them, so that what is read back later is untrusted too.
     origins: frozenset[str] = frozenset()
+    #: The engine's toolbox maker (``None`` outside a local run): ``ctx.tools(entries)`` turns the
+    #: task's ``tools:`` entries into a :class:`goatclaw.tools.Toolbox` whose calls run as attempts
+    #: of this task (its permissions, secrets, audit and recorder). The ``llm`` task uses it.
+    tools: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

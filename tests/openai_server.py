@@ -4,12 +4,17 @@
 ``/v1/chat/completions`` is recorded in ``requests`` and answered by ``respond(body)``,
 which returns a :class:`Reply` (default: an answer echoing the last user message).
 ``/v1/embeddings`` is answered with deterministic vectors (:func:`vector`).
+A reply may call tools (``Reply(tool_calls=[tool_call("slugify", {"text": "Hi"})])``): the
+message carries ``tool_calls`` and the finish reason is ``tool_calls``, streamed too (the
+arguments in pieces, as the OpenAI API sends them); the request's ``tools`` are in
+``requests`` like everything else it sent.
 Used by tests/test_llm.py and to record the cassette of pipelines/llm-digest.yaml.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -21,9 +26,11 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """One scripted answer: a chat completion ``content``, or an HTTP error, or a hang."""
+    """One scripted answer: a chat completion ``content`` (and ``tool_calls``), or an HTTP error, or a hang."""
 
     content: str | None = "ok"
+    #: Tool calls of the answer (:func:`tool_call`); with any, the finish reason is ``tool_calls``.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     error: str = "error"
@@ -36,16 +43,29 @@ class Reply:
     chunk_delay: float = 0.0
 
 
-def completion_body(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """A chat completion response as the OpenAI API returns it."""
+_CALL_IDS = itertools.count(1)
+
+
+def tool_call(name: str, arguments: dict[str, Any] | str, id: str | None = None) -> dict[str, Any]:
+    """One tool call as the OpenAI API puts it in a message (``arguments`` a JSON text; a str is sent as is)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": id or f"call_{next(_CALL_IDS)}", "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def completion_body(model: str, content: str | None, prompt_tokens: int, completion_tokens: int,
+                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A chat completion response as the OpenAI API returns it (``content`` is null beside tool calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": f"chatcmpl-{time.monotonic_ns()}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_local",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": "tool_calls" if tool_calls else "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
@@ -72,6 +92,19 @@ def echo(body: dict[str, Any]) -> Reply:
     """The default answer: ``echo: <last user message>``."""
     users = [m for m in body.get("messages", []) if m.get("role") == "user"]
     return Reply(f"echo: {users[-1]['content'] if users else ''}")
+
+
+def _tool_call_deltas(calls: list[dict[str, Any]], chunk_chars: int) -> list[dict[str, Any]]:
+    """Streamed tool calls: per call its id, type and name first, then its arguments in pieces."""
+    deltas = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"index": index, "id": call["id"], "type": "function",
+                       "function": {"name": function["name"], "arguments": ""}})
+        text = function["arguments"]
+        step = max(1, chunk_chars)
+        deltas += [{"index": index, "function": {"arguments": text[i:i + step]}} for i in range(0, len(text), step)]
+    return deltas
 
 
 class FakeOpenAI:
@@ -108,8 +141,9 @@ class FakeOpenAI:
                     return self._send(reply.status, err, reply.headers)
                 if body.get("stream"):
                     return self._stream(body, reply)
-                return self._send(200, completion_body(body.get("model", "?"), reply.content or "",
-                                                       reply.prompt_tokens, reply.completion_tokens), reply.headers)
+                content = reply.content if reply.tool_calls else reply.content or ""
+                return self._send(200, completion_body(body.get("model", "?"), content, reply.prompt_tokens,
+                                                       reply.completion_tokens, reply.tool_calls), reply.headers)
 
             def _stream(self, body: dict[str, Any], reply: Reply) -> None:
                 """The answer as server-sent events, as the OpenAI API streams it (usage last, if asked)."""
@@ -126,7 +160,10 @@ class FakeOpenAI:
                                                 "finish_reason": None}]}]
                 events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
                            for p in pieces]
-                events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                events += [{**base, "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "finish_reason": None}]}
+                           for d in _tool_call_deltas(reply.tool_calls, reply.chunk_chars)]
+                finish = "tool_calls" if reply.tool_calls else "stop"
+                events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
                 if (body.get("stream_options") or {}).get("include_usage"):
                     events.append({**base, "choices": [], "usage": {
                         "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
@@ -183,7 +220,22 @@ class FakeOpenAI:
         self.stop()
 
 
-if __name__ == "__main__":  # a server to point a pipeline at by hand
-    with FakeOpenAI() as srv:
+def tool_caller(calls: int) -> Callable[[dict[str, Any]], Reply]:
+    """A model that first calls the ``echo`` tool ``calls`` times at once, then answers with what it got back."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        messages = body.get("messages", [])
+        if messages and messages[-1].get("role") == "tool":
+            return Reply("done: " + str(sum(1 for m in messages if m.get("role") == "tool")))
+        return Reply(None, tool_calls=[tool_call("echo", {"value": i}) for i in range(calls)])
+
+    return respond
+
+
+if __name__ == "__main__":  # a server to point a pipeline at by hand; --tool-calls N: a model that calls tools
+    import sys
+
+    n = int(sys.argv[sys.argv.index("--tool-calls") + 1]) if "--tool-calls" in sys.argv else 0
+    with FakeOpenAI(tool_caller(n) if n else echo) as srv:
         print(srv.api_base, flush=True)
         threading.Event().wait()

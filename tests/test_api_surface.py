@@ -159,6 +159,7 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     ("httpx", ("goatclaw.tasks.http", "goatclaw.providers")),  # providers: the Ollama probe of goatclaw doctor
+    ("litellm", "goatclaw.llm.provider"),  # the LLM room's one border with litellm
 ])
 def test_each_library_has_one_owner(library: str, owner: str | tuple[str, ...]) -> None:
     assert importers_of(library) == ({owner} if isinstance(owner, str) else set(owner))

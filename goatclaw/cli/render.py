@@ -107,6 +107,11 @@ class PlainView:
         bus.subscribe("hook.*", self._on_incident)
         bus.subscribe("threat.*", self._on_incident)
         bus.subscribe("ratelimit.*", self._on_incident)
+        bus.subscribe("tool.*", self._on_tool)
+
+    def _on_tool(self, ev: Event) -> None:
+        if ev.topic != "tool.started":  # one line a call, when it ends (or is refused)
+            self._line(ev, f"    {tool_text(ev.topic, ev.task, ev.data)}")
 
     def _on_incident(self, ev: Event) -> None:
         text = incident_text(ev.topic, ev.task, ev.data)
@@ -176,6 +181,12 @@ class LiveView:
         bus.subscribe("threat.*", self._on_hook)  # a line above the table, like a failing hook
         bus.subscribe("ratelimit.*", self._on_hook)
         bus.subscribe("task.rule", self._on_rule)
+        bus.subscribe("tool.*", self._on_tool)
+
+    def _on_tool(self, ev: Event) -> None:
+        """A tool call of a task's model: the task's row says what it is calling or what came back."""
+        if ev.task in self.state:
+            self.notes[ev.task] = tool_text(ev.topic, ev.task, ev.data)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
@@ -399,6 +410,19 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
     return None
 
 
+def tool_text(topic: str, task: str | None, data: dict[str, Any]) -> str:
+    """A tool call of ``task``'s model as one line (the ``tool.*`` events of docs/llm.md, Tools)."""
+    name, kind = data.get("tool"), topic.split(".", 1)[1]
+    took = f" in {_fmt_duration(data['duration'])}" if data.get("duration") is not None else ""
+    if kind == "started":
+        return f"⚒ {task} calls {name}"
+    if kind == "succeeded":
+        return f"⚒ {task} → {name} succeeded{took}"
+    if kind == "failed":
+        return f"⚒ {task} → {name} failed{took}: {data.get('error_class')}: {data.get('error')}"
+    return f"⚒ {task}: {name} not offered: {data.get('reason')}"
+
+
 def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console,
               events: list[dict[str, Any]] | None = None) -> None:
     """One stored run: its status, each task's result, and failed attempts."""
@@ -436,6 +460,8 @@ def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]],
         for a in failed:
             console.print(Text(f"  {item_label(a['task_id'], a['item'])} #{a['attempt']}: "
                                f"{error_text(a['error_class'], a['error'])}", style="yellow"), soft_wrap=True)
+    for t in tasks:
+        print_trajectory(t.task_id, t.output, console)
 
 
 def _last_verdicts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -444,6 +470,40 @@ def _last_verdicts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if e["topic"] == "task.rule"}
     keep = set(last.values())
     return [e for i, e in enumerate(events) if e["topic"] != "task.rule" or i in keep]
+
+
+def print_trajectory(task_id: str, output: Any, console: Console) -> None:
+    """An ``llm`` task's tool loop, when its output has one: each turn, its tool calls and their results."""
+    turns = output.get("trajectory") if isinstance(output, dict) else None
+    if not isinstance(turns, list) or not turns:
+        return
+    calls = sum(len(turn.get("calls") or []) for turn in turns if isinstance(turn, dict))
+    cost = sum(float(turn.get("cost_usd") or 0) for turn in turns if isinstance(turn, dict))
+    console.print(Text(f"trajectory of {task_id}: {len(turns)} turns, {calls} tool calls, {usd(cost)}",
+                       style="bold"), soft_wrap=True)
+    for turn in turns:
+        if not isinstance(turn, dict):
+            continue
+        tokens = (turn.get("usage") or {}).get("total_tokens", 0)
+        head = (f"  turn {turn.get('turn')}  {turn.get('model')}  {turn.get('source')}  {tokens} tokens  "
+                f"{usd(float(turn.get('cost_usd') or 0))}  {_fmt_duration((turn.get('latency_ms') or 0) / 1000)}")
+        console.print(Text(head, style="dim"), soft_wrap=True)
+        for call in turn.get("calls") or []:
+            arguments = _short_json(_escaped(call.get("arguments")), 80)
+            took = _fmt_duration((call.get("duration_ms") or 0) / 1000)
+            if call.get("error_class"):
+                line = Text(f"    ✗ {call.get('name')}({arguments}) {took}: {call.get('error_class')}: "
+                            f"{_short_json(call.get('result'), 120)}", style="yellow")
+            else:
+                line = Text(f"    → {call.get('name')}({arguments}) {took}: {_short_json(call.get('result'), 120)}")
+            console.print(line, soft_wrap=True)
+        if not turn.get("calls") and turn.get("text"):
+            console.print(Text(f"    answer: {_short_json(_escaped(turn.get('text')), 160)}"), soft_wrap=True)
+
+
+def _escaped(value: Any) -> Any:
+    """A model's text with control characters escaped (as JSON writes them), so a terminal never runs them."""
+    return json.dumps(value, ensure_ascii=False)[1:-1] if isinstance(value, str) else value
 
 
 def _short_json(value: Any, limit: int = 200) -> str:

@@ -25,7 +25,7 @@ from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
 
-__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table"]
+__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "unmet_needs"]
 
 _FIELD_PATH = {"shell": ("shell",), "network": ("network",), "files.read": ("files", "read"),
                "files.write": ("files", "write"), "env": ("env",), "python": ("python",)}
@@ -259,6 +259,7 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
             if needs:
                 denied[task.id] = tuple(f for n in spec.permissions for f in _NEEDS.get(n, ())
                                         if not getattr(guard.grant(task), f.replace(".", "_")))
+    problems += _tool_problems(pipeline, guard, tasks.values())
     problems += _block_problems(pipeline, denied)
     for tid, flows in guard.all_flows().items():
         task = tasks[tid]
@@ -336,17 +337,53 @@ def _widening_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> lis
     return problems
 
 
-def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
-    problems = []
+def unmet_needs(spec: Any, grant: Grant) -> list[tuple[str, tuple[str, ...]]]:
+    """The permissions a plugin declares that ``grant`` gives none of: (need, the fields that would grant it)."""
+    unmet = []
     for need in spec.permissions:
         fields = _NEEDS.get(need, ())
         if fields and not any(getattr(grant, f.replace(".", "_")) for f in fields):
-            path = (*task.path, "uses")
-            granted = " or ".join(f"permissions.{f}" for f in fields)
-            problems.append(Problem(pipeline.locate(path), dotted(path),
-                                    f"'{task.uses}' needs {granted}, which nothing grants "
-                                    f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
-                                    "permission_denied", severity="warn"))
+            unmet.append((need, fields))
+    return unmet
+
+
+def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> list[Problem]:
+    """``tools:`` of llm tasks: unknown plugins, bad fixed ``with:`` (errors); tools never offered (warnings)."""
+    problems = []
+    for task in tasks:
+        entries = task.with_.get("tools") if task.uses == "llm" else None
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            uses = entry.get("uses") if isinstance(entry, Mapping) else None
+            if not isinstance(uses, str):
+                continue  # the schema says what is wrong with it
+            path = (*task.path, "with", "tools", i)
+            try:
+                plugin = guard.registry.task(uses)
+            except PluginError as exc:
+                problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")), exc.message))
+                continue
+            fixed = entry.get("with") if isinstance(entry.get("with"), Mapping) else {}
+            for arg, message in plugin.check_args(fixed):
+                if arg is not None:  # a missing argument is the model's to give
+                    where = (*path, "with", arg)
+                    problems.append(Problem(pipeline.locate(where, key=True), dotted(where), message))
+            for _, fields in unmet_needs(plugin.spec, guard.grant(task)):
+                granted = " or ".join(f"permissions.{f}" for f in fields)
+                problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")),
+                                        f"tool '{uses}' needs {granted}, which task {task.id} is not granted; "
+                                        "it is never offered to the model", severity="warn"))
+    return problems
+
+
+def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
+    problems = []
+    for _, fields in unmet_needs(spec, grant):
+        path = (*task.path, "uses")
+        granted = " or ".join(f"permissions.{f}" for f in fields)
+        problems.append(Problem(pipeline.locate(path), dotted(path),
+                                f"'{task.uses}' needs {granted}, which nothing grants "
+                                f"({grant.sources.get(fields[0], 'embedded default')}); it will fail with "
+                                "permission_denied", severity="warn"))
     return problems
 
 

@@ -34,6 +34,7 @@ from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.sentry import RunBlocked, SecretReads, Sentry
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState, to_json
 from goatclaw.engine.taskcache import TaskCache, may_cache
+from goatclaw.engine.toolcalls import ToolCalls
 from goatclaw.engine.watchdog import Overdue, deadline
 from goatclaw.errors import GoatclawError, PermissionDenied, PluginError, TaskError, TaskTimeout, TemplateError
 from goatclaw.events import Bus
@@ -93,7 +94,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + os.urandom(3).hex()
 
 
-class _Runner(OutputChecks):
+class _Runner(OutputChecks, ToolCalls):
     """The one mutable object of a run: task results, the ready heap, the workers."""
 
     def __init__(self, plan: Plan, options: RunOptions) -> None:
@@ -756,7 +757,8 @@ class _Runner(OutputChecks):
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self._task_event,
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
-                           cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id))
+                           cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id),
+                           tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None)
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""

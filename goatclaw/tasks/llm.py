@@ -44,7 +44,8 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
               temperature: float | None = None,
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
               schema: dict[str, Any] | None = None, api_base: str | None = None, api_key: str | None = None,
-              timeout: float | None = 120, stream: bool = False) -> dict[str, Any]:
+              timeout: float | None = 120, stream: bool = False, tools: list[dict[str, Any]] | None = None,
+              max_turns: int = 10, max_tool_calls: int = 20) -> dict[str, Any]:
     """Ask a model: ``prompt`` (or chat ``messages``) → text, or parsed JSON with ``output: json``.
 
     ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
@@ -52,7 +53,10 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     ``stream`` shows the answer in the live view as it arrives (``task.progress`` events);
     the output is the same either way. The answer is reused from the LLM answer cache
     only at ``temperature: 0`` or when the task says ``cache: true`` (docs/llm.md); the
-    task cache never holds it.
+    task cache never holds it. ``tools`` lists task plugins the model may call
+    (``{uses, with, name, description}``); each call runs as an attempt of this task, at most
+    ``max_tool_calls`` of them over at most ``max_turns`` model calls, and the output gains
+    the ``trajectory`` (docs/llm.md, Tools).
     """
     from goatclaw import llm as room
 
@@ -74,8 +78,30 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     )
     for name in request.models:  # each model's own host (a chain can span servers)
         ctx.require_models((name,), *room.endpoint(name, request))
-    response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
-    return response.as_output()
+    if tools is None:
+        response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
+        return response.as_output()
+    return await _with_tools(ctx, request, tools, _count("max_turns", max_turns) or 10,
+                             _count("max_tool_calls", max_tool_calls) or 20)
+
+
+async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int,
+                      max_tool_calls: int) -> dict[str, Any]:
+    """The tool loop: the engine's toolbox offers what the task is granted; the output gains the trajectory."""
+    import dataclasses
+
+    from goatclaw import llm as room
+
+    if ctx.tools is None:
+        fail("tools: need a local run of the engine (the tool calls run as attempts of this task)",
+             error_class="invalid_input")
+    box = ctx.tools(tools)
+    request = dataclasses.replace(request, tools=tuple(box.schemas()))
+    response, trajectory = await room.converse(request, call_tool=box.call, max_turns=max_turns,
+                                               max_tool_calls=max_tool_calls, emit=ctx.emit,
+                                               secrets=list(ctx.secrets.values()))
+    return {**response.as_output(), "trajectory": trajectory,
+            "tools": {"offered": sorted(box.tools), "refused": box.refused}}
 
 
 def _chain(model: Any, session: Any) -> tuple[tuple[str, ...], dict[str, Any]]:

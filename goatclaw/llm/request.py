@@ -1,0 +1,208 @@
+"""Requests and answers: what one LLM call asks, its content address, and the parsed reply.
+
+A :class:`Request` is frozen; :func:`request_key` hashes everything that shapes the answer
+(secrets masked first, the transport left out), which is the key of the answer cache and
+of a cassette. :func:`reusable` is the one rule for when an answer may be reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from goatclaw.errors import TaskError
+from goatclaw.security.secrets import Redactor
+
+__all__ = ["CASSETTE_PREFIX", "Emit", "Endpoint", "Request", "Response", "request_key", "reusable"]
+
+Emit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one model of a chain is served: its own ``api_base`` and key (``None``: the request's, or litellm's)."""
+
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One LLM call: the model chain and everything that shapes the answer.
+
+    ``models`` is the primary model then its fallbacks (litellm names such as
+    ``openai/gpt-4o-mini``). ``output`` is ``text`` or ``json``; with ``json`` the reply
+    is parsed (``NaN``/``Infinity`` rejected) and, when ``schema`` is given, validated.
+    ``api_base``/``api_key``/``timeout`` shape the transport and never the cache key.
+    """
+
+    models: tuple[str, ...]
+    messages: tuple[Mapping[str, Any], ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    output: Literal["text", "json"] = "text"
+    schema: Mapping[str, Any] | None = None
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float | None = None
+    #: Stream the answer: its text so far goes to the live view as it arrives (``task.progress``).
+    stream: bool = False
+    #: The answer cache for this request: ``True`` reuse (and keep) it whatever the temperature,
+    #: ``False`` never, ``None`` the rule: only at ``temperature: 0`` (see :func:`reusable`).
+    cache: bool | None = None
+    #: How old a cached answer may be, in seconds (``None``: the session's ``cache_ttl``).
+    cache_ttl: float | None = None
+    #: Model name -> its own :class:`Endpoint` (a chain across servers: a local Ollama, then a hosted
+    #: model). A model's own endpoint wins over ``api_base``/``api_key``; the session's entries
+    #: (goatclaw.yaml) apply to models the request gives none for.
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    #: The tools the model may call, as the OpenAI API takes them (``{"type": "function", "function":
+    #: {name, description, parameters}}``); part of the request key only when there are any.
+    tools: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass
+class Response:
+    """The answer: ``text``, ``data`` (parsed JSON, or ``None`` for text), and what it cost.
+
+    ``model`` is the model that answered; ``hops`` the models that failed before it
+    (``{model, error_class, message}``); ``source`` is ``live``, ``cache`` or ``cassette``
+    (only a ``live`` answer costs anything: ``cost_usd`` is 0 otherwise).
+    """
+
+    text: str
+    data: Any
+    model: str
+    usage: dict[str, int]
+    cost_usd: float
+    latency_ms: float
+    hops: list[dict[str, Any]]
+    source: str
+    key: str
+    #: The tool calls of the answer (``{id, name, arguments}``, ``arguments`` the model's JSON text).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_output(self) -> dict[str, Any]:
+        """The JSON-serialisable form a task returns."""
+        return {"text": self.text, "data": self.data, "model": self.model, "usage": self.usage,
+                "cost_usd": self.cost_usd, "latency_ms": self.latency_ms, "hops": self.hops,
+                "source": self.source, "key": self.key}
+
+
+def _check(request: Request) -> None:
+    """Refuse a request that no model could answer."""
+    if not request.models or not all(isinstance(m, str) and m for m in request.models):
+        raise TaskError("no model given: set model: on the task or in goatclaw.yaml", error_class="invalid_input")
+    if not request.messages:
+        raise TaskError("no messages: give a prompt or messages", error_class="invalid_input")
+    if request.output not in ("text", "json"):
+        raise TaskError(f"output must be text or json, not {request.output!r}", error_class="invalid_input")
+
+
+def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
+    """The content address of one model's request: sha256 of everything that shapes the answer.
+
+    Secrets are masked first, so a replay in CI with other (or dummy) secret values finds
+    the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
+    """
+    return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+
+
+def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
+    body = {"model": model, "messages": [dict(m) for m in request.messages], "temperature": request.temperature,
+            "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
+    if request.tools:  # only then: the keys (and cassettes) of calls without tools stay what they were
+        body["tools"] = [dict(t) for t in request.tools]
+    return _mask(body, masks)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _masks(values: Sequence[str]) -> list[str]:
+    """Secret values to hide, longest first (so a secret containing another is hidden whole)."""
+    return sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+
+
+def _mask(value: Any, masks: Sequence[str]) -> Any:
+    """``value`` with every secret (and its base64, URL, hex, JSON forms) replaced by ``***``, recursively."""
+    if not masks:
+        return value
+    return _redactor(tuple(masks)).mask_data(value)
+
+
+#: How many leading characters of a secret a recorded answer may not hold.
+CASSETTE_PREFIX = 12
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix_redactor(masks: tuple[str, ...]) -> Redactor:
+    """A redactor that also masks :data:`CASSETTE_PREFIX` or more leading characters of each secret."""
+    return Redactor(masks, prefix=CASSETTE_PREFIX)
+
+
+@functools.lru_cache(maxsize=16)
+def _redactor(masks: tuple[str, ...]) -> Redactor:
+    """One redactor per set of secrets (a run's), built once."""
+    return Redactor(masks)
+
+
+def reusable(request: Request) -> bool:
+    """Whether ``request``'s answer may come from (and go to) the answer cache: the one rule.
+
+    Asked for (``cache: true`` on the task), or deterministic: ``temperature: 0``. A
+    request at any other temperature, or without one (the provider's default samples),
+    asks the model every time; ``cache: false`` or ``--no-cache`` never use the cache.
+    """
+    return request.cache is True or (request.cache is None and request.temperature == 0)
+
+
+def _response(answer: Mapping[str, Any], model: str, key: str, request: Request, *, source: str) -> Response:
+    """A :class:`Response` from a stored or live answer, its text parsed as the request asks.
+
+    An answer that calls tools is not the final answer: its text is not parsed.
+    """
+    text = str(answer.get("text", ""))
+    calls = [dict(c) for c in answer.get("tool_calls") or ()]
+    data = _parse(text, model, request) if request.output == "json" and not calls else None
+    return Response(text=text, data=data, model=model, usage=dict(answer.get("usage", {})),
+                    cost_usd=float(answer.get("cost_usd", 0.0)) if source == "live" else 0.0,
+                    latency_ms=float(answer.get("latency_ms", 0.0)) if source == "live" else 0.0,
+                    hops=[], source=source, key=key, tool_calls=calls)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(text: str, model: str, request: Request) -> Any:
+    """The reply as JSON (a fenced ```json block is accepted), checked against ``schema``."""
+    body = _unfence(text)
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise TaskError(f"{model} did not answer with JSON: {exc}; the reply began {text[:80]!r}",
+                        error_class="invalid_output", details={"text": text[:2000]}) from None
+    if request.schema is not None:
+        from goatclaw.spec.schema import check_instance
+
+        problems = check_instance(data, dict(request.schema))
+        if problems:
+            raise TaskError(f"{model}'s JSON does not match the schema: {'; '.join(problems[:5])}",
+                            error_class="invalid_output", details={"problems": problems, "data": data})
+    return data
+
+
+def _unfence(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```") and stripped.endswith("```") and stripped.count("```") == 2:
+        inner = stripped[3:-3]
+        first, _, rest = inner.partition("\n")
+        return rest if first.strip().lower() in ("json", "") else inner
+    return stripped
+
