@@ -353,8 +353,9 @@ def test_doctor_says_a_store_is_from_a_newer_goatclaw(project, store_path) -> No
 
     with Store.open(store_path) as db:
         db.db.execute("INSERT INTO migrations (name, applied_at) VALUES ('099_from_the_future', 0)")
-    report = json.loads(CliRunner().invoke(app, ["doctor", "--json"]).output)
-    assert report["store"]["ok"] is False
+    as_json = CliRunner().invoke(app, ["doctor", "--json"])
+    report = json.loads(as_json.output)
+    assert report["store"]["ok"] is False and as_json.exit_code == 1  # --json exits like the text form
     assert "newer goatclaw" in report["store"]["message"] and "099_from_the_future" in report["store"]["message"]
     out = CliRunner().invoke(app, ["doctor"])
     assert out.exit_code == 1 and "newer goatclaw" in out.output

@@ -566,6 +566,8 @@ def doctor(
     report = diagnose(project.root, path, model=project.model, fallbacks=project.fallbacks)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
+        if not report["store"]["ok"]:  # the same exit code as the text form
+            raise typer.Exit(1)
         return
     out = _out()
     out.print("[bold]model[/]", markup=True)
