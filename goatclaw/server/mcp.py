@@ -62,6 +62,8 @@ _RUNS = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world
 class Refused(goatclaw.GoatclawError):
     """A tool call the server will not do (a path outside the project, an undeclared var)."""
 
+    exit_code = 2  # from the command line (``--expose`` of such a file): a usage error
+
 
 @dataclass
 class McpProject:
@@ -121,7 +123,8 @@ def build_server(root: str | os.PathLike[str], *, store: str | os.PathLike[str] 
     )
     tools = _Tools(served)
     for name, fn, hints in tools.fixed():
-        server.add_tool(fn, name=name, annotations=hints, structured_output=False)
+        server.add_tool(fn, name=name, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints,
+                        structured_output=False)
     for file in expose:
         name, fn, description = tools.exposed(str(file))
         server.add_tool(fn, name=name, description=description, annotations=_RUNS, structured_output=False)
