@@ -153,11 +153,13 @@ def test_list_pipelines_names_the_project_files(project: Path) -> None:
     rows = {r["path"]: r for r in listed.structured_content["pipelines"]}
     assert rows["pipelines/quickstart.yaml"]["name"] == "quickstart"
     assert "pipelines/quickstart.test.yaml" not in rows and "goatclaw.yaml" not in rows
+    assert "pipelines/link.yaml" not in rows  # a symlink out of the folder is not read
 
 
 def test_validate_a_yaml_text_gives_located_problems(project: Path) -> None:
-    _, [checked, good] = session(stdio(project), [("validate", {"text": INVALID_TEXT}),
-                                                  ("validate", {"path": "pipelines/quickstart.yaml"})])
+    _, [checked, good, broken, neither] = session(stdio(project), [
+        ("validate", {"text": INVALID_TEXT}), ("validate", {"path": "pipelines/quickstart.yaml"}),
+        ("validate", {"text": "version: 1\ntasks:\n  a: {uses: echo\n"}), ("validate", {})])
     assert checked.is_error is False  # an invalid pipeline is an answer, not a failed call
     data = checked.structured_content
     assert data["valid"] is False
@@ -166,6 +168,9 @@ def test_validate_a_yaml_text_gives_located_problems(project: Path) -> None:
     assert any(p["line"] == 5 and "retries" in p["text"] for p in data["problems"]), data
     assert all(p["file"] == "<text>" for p in data["problems"])
     assert good.structured_content == {"file": "pipelines/quickstart.yaml", "valid": True, "problems": []}
+    [syntax] = broken.structured_content["problems"]  # not YAML at all: still located
+    assert syntax["file"] == "<text>" and syntax["line"] in (3, 4) and syntax["column"] >= 1, syntax
+    assert neither.is_error is True and "exactly one of 'path' and 'text'" in text_of(neither)
 
 
 def test_plan_gives_the_graph_permissions_and_cost(project: Path) -> None:

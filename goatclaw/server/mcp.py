@@ -366,7 +366,10 @@ class _Tools:
 
 
 def _pipeline_files(root: Path) -> Iterator[Path]:
-    """YAML files under ``root`` that look like pipelines (a top-level ``tasks:``), hidden folders skipped."""
+    """YAML files under ``root`` that look like pipelines (a top-level ``tasks:``), hidden folders skipped.
+
+    A symlink that points out of ``root`` is not listed (nor read).
+    """
     count = 0
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
@@ -376,6 +379,8 @@ def _pipeline_files(root: Path) -> Iterator[Path]:
             if name in ("goatclaw.yaml", "goatclaw.yml"):
                 continue
             path = Path(folder) / name
+            if not path.resolve().is_relative_to(root):  # a symlink out of the folder: not the project's
+                continue
             if _looks_like_pipeline(path):
                 yield path
                 count += 1
