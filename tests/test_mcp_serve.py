@@ -111,6 +111,7 @@ def http_server(project: Path, tmp_path: Path) -> Iterator[str]:
             except OSError:
                 assert time.monotonic() < deadline, "the server never listened"
                 time.sleep(0.1)
+        assert f"at http://127.0.0.1:{port}/mcp" in log.read_text()  # no host given: this machine only
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()
@@ -149,7 +150,10 @@ def test_stdio_lists_the_tools_and_an_exposed_pipeline_with_its_vars(project: Pa
 
 
 def test_list_pipelines_names_the_project_files(project: Path) -> None:
-    _, [listed] = session(stdio(project), [("list_pipelines", {})])
+    elsewhere = StdioServerParameters(command=sys.executable, cwd=str(project.parent), env=server_env(),
+                                      args=["-m", "goatclaw", "mcp", "serve", "--project", str(project)])
+    _, [listed] = session(elsewhere, [("list_pipelines", {})])
+    assert listed.structured_content["root"] == str(project.resolve())
     rows = {r["path"]: r for r in listed.structured_content["pipelines"]}
     assert rows["pipelines/quickstart.yaml"]["name"] == "quickstart"
     assert "pipelines/quickstart.test.yaml" not in rows and "goatclaw.yaml" not in rows
@@ -236,12 +240,15 @@ def test_an_exposed_pipeline_runs_with_its_vars_as_arguments(project: Path) -> N
     assert "**rust**" in (project / "out" / "rust.md").read_text()
 
 
-def test_exposing_a_file_outside_the_project_is_a_usage_error(project: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "goatclaw", "mcp", "serve", "--expose", "../outside.yaml"],
+@pytest.mark.parametrize(("file", "said"), [("../outside.yaml", "outside the project folder"),
+                                             ("pipelines/broken.yaml", "broken.yaml:4:11: tasks.a.uses: unknown task")])
+def test_exposing_a_file_outside_the_project_or_invalid_is_a_usage_error(project: Path, file: str, said: str) -> None:
+    (project / "pipelines" / "broken.yaml").write_text(INVALID_TEXT)
+    done = subprocess.run([sys.executable, "-m", "goatclaw", "mcp", "serve", "--expose", file],
                           cwd=project, env=server_env(), capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 2, done.stderr
-    assert "outside the project folder" in done.stderr and "Traceback" not in done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr
 
 
 # an interpreter whose import system lacks some modules, as an install without an extra (tests/test_extras.py)
