@@ -226,6 +226,17 @@ def test_a_path_outside_the_project_is_refused(project: Path, path: str) -> None
     assert not (project / ".goatclaw").exists()
 
 
+def test_a_failed_run_is_an_error_result_with_the_run(project: Path) -> None:
+    (project / "pipelines" / "fails.yaml").write_text(
+        "version: 1\nname: fails\npermissions: {files: {read: [data/]}}\n"
+        "tasks:\n  missing:\n    uses: file.read\n    with: {path: data/no-such-file.txt}\n")
+    _, [failed] = session(stdio(project), [("apply", {"path": "pipelines/fails.yaml"})])
+    assert failed.is_error is True
+    run = failed.structured_content
+    assert run["ok"] is False and run["status"] == "failed"
+    assert run["tasks"]["missing"]["error_class"] == "invalid_input"
+
+
 def test_apply_refuses_a_var_the_pipeline_does_not_declare(project: Path) -> None:
     _, [refused] = session(stdio(project), [("apply", {"path": "pipelines/quickstart.yaml",
                                                        "vars": {"permissions": {"shell": True}}})])
@@ -238,6 +249,14 @@ def test_an_exposed_pipeline_runs_with_its_vars_as_arguments(project: Path) -> N
                        [("run_quickstart", {"topics": ["rust"], "report": "out/rust.md"})])
     assert ran.structured_content["ok"] is True, text_of(ran)
     assert "**rust**" in (project / "out" / "rust.md").read_text()
+
+
+def test_a_var_cannot_widen_the_pipelines_permissions(project: Path) -> None:
+    _, [ran] = session(stdio(project, "--expose", "pipelines/quickstart.yaml"),
+                       [("run_quickstart", {"report": "../escaped.md"})])
+    assert ran.is_error is True and ran.structured_content["tasks"]["report"]["status"] == "failed", text_of(ran)
+    assert ran.structured_content["tasks"]["report"]["error_class"] == "permission_denied"
+    assert not (project.parent / "escaped.md").exists()
 
 
 @pytest.mark.parametrize(("file", "said"), [("../outside.yaml", "outside the project folder"),
