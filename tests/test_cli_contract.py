@@ -45,6 +45,7 @@ BAD_TEXT = {
     "* --var": "topics", "* --llm": "sometimes", "apply --executor": "mainframe", "* --report": "pdf",
     "* --only": "nosuch", "* --since": "-5d", "* --older-than": "-5d", "watch --debounce": "-1s",
     "schema name": "nosuch", "* --kind": "nosuch", "memory graph --format": "nosuch",
+    "mcp serve --http": "localhost:http",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],

@@ -1,0 +1,16 @@
+"""The ``goatclaw mcp`` command group: goatclaw and the Model Context Protocol.
+
+Registered on the app by importing this module; its commands live in modules of their own
+that add themselves to :data:`mcp_app` (``mcp serve``: :mod:`goatclaw.cli.mcp_serve`).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from goatclaw.cli.app import app
+
+__all__ = ["mcp_app"]
+
+mcp_app = typer.Typer(help="The Model Context Protocol: serve this project to MCP clients.", no_args_is_help=True)
+app.add_typer(mcp_app, name="mcp")
