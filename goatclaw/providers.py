@@ -11,6 +11,9 @@
   module that imports httpx.
 * :func:`model_problems` is what ``goatclaw validate`` adds: a warning for each ``llm``
   task whose constant model has no key (see docs/llm.md).
+* :func:`choose_model` is the zero-config choice: with no ``model:`` in goatclaw.yaml, the
+  first provider with a key (the table's order) gives its everyday model, else a running
+  Ollama its first local model (``/api/tags``); it says which and why.
 * :func:`doctor` is the report behind ``goatclaw doctor``.
 """
 
@@ -26,8 +29,8 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import is_file, read_bytes
 
-__all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
-           "provider_of"]
+__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "choose_model", "doctor", "key_status", "model_problems",
+           "ollama_models", "ollama_running", "ollama_url", "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
 #: The largest ``.env`` read (a regular file; a FIFO or device is refused).
@@ -56,6 +59,12 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("xai", ("XAI_API_KEY",)),
     Provider("ollama", (), local=True),
 )}
+#: The model :func:`choose_model` picks for a provider with a key: a cheap, capable everyday model.
+DEFAULT_MODELS = {"openai": "openai/gpt-4o-mini", "anthropic": "anthropic/claude-3-5-haiku-latest",
+                  "gemini": "gemini/gemini-2.0-flash", "mistral": "mistral/mistral-small-latest",
+                  "groq": "groq/llama-3.1-8b-instant", "deepseek": "deepseek/deepseek-chat",
+                  "cohere": "cohere_chat/command-r", "openrouter": "openrouter/openai/gpt-4o-mini",
+                  "together_ai": "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo", "xai": "xai/grok-3-mini"}
 _PREFIXES = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic",
              "gemini": "gemini", "mistral": "mistral", "groq": "groq", "deepseek": "deepseek",
              "cohere": "cohere", "cohere_chat": "cohere", "openrouter": "openrouter",
@@ -133,6 +142,50 @@ def ollama_running(url: str | None = None, timeout: float = 0.3) -> bool:
         return httpx.get(f"{url}/api/tags", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def ollama_models(url: str | None = None, timeout: float = 0.3) -> list[str] | None:
+    """The local models of the Ollama server at ``url`` (its ``/api/tags``), or ``None`` when none answers."""
+    import httpx  # only here (and in goatclaw/tasks/http.py): plain validate never pays for it
+
+    try:
+        reply = httpx.get(f"{url or ollama_url()}/api/tags", timeout=timeout)
+        if reply.status_code != 200:
+            return None
+        found = reply.json().get("models") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return [str(m["name"]) for m in found if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
+
+
+def choose_model(root: Path | None = None, *, dotenv: Mapping[str, str] | None = None,
+                 probe_ollama: bool = True) -> dict[str, Any] | None:
+    """The model an ``llm`` task without ``model:`` uses when goatclaw.yaml names none: ``{model, api_base, why}``.
+
+    The first provider of :data:`PROVIDERS` whose key is set (the environment, then
+    ``.env``) gives its :data:`DEFAULT_MODELS` entry; without any key, a running Ollama
+    (``OLLAMA_API_BASE``, else localhost) gives its first local model. ``None``: nothing found.
+    """
+    dotenv = read_dotenv(root) if dotenv is None else dotenv
+    for provider in PROVIDERS.values():
+        if provider.local or provider.name not in DEFAULT_MODELS:
+            continue
+        usable, where = key_status(provider, root, dotenv=dotenv)
+        if usable:
+            var = next(k for k in provider.keys if os.environ.get(k) or dotenv.get(k))
+            model = DEFAULT_MODELS[provider.name]
+            return {"model": model, "api_base": None,
+                    "why": f"no model in goatclaw.yaml; {var} is set ({where}), so {model}, {provider.name}'s "
+                           "everyday model"}
+    if probe_ollama:
+        url = ollama_url(dotenv)
+        local = ollama_models(url)
+        if local:
+            model = f"ollama/{local[0]}"
+            return {"model": model, "api_base": url,
+                    "why": f"no model in goatclaw.yaml and no provider key; Ollama answers on {url} with "
+                           f"{len(local)} local model{'s' if len(local) != 1 else ''}, so {model}"}
+    return None
 
 
 def _constant_models(value: Any) -> list[str]:
@@ -230,20 +283,23 @@ def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama:
         found = next((k for k in provider.keys if os.environ.get(k) or dotenv.get(k)), None)
         providers.append({"provider": provider.name, "usable": usable,
                           "how": f"{found} ({where})" if usable else None, "needs": " or ".join(provider.keys)})
-    return {"model": _model_choice(model, fallbacks, providers), "providers": providers, "store": _store_health(store)}
+    chosen = None if model else choose_model(root, dotenv=dotenv, probe_ollama=probe_ollama)
+    return {"model": _model_choice(model, fallbacks, chosen), "providers": providers, "store": _store_health(store)}
 
 
-def _model_choice(model: str | None, fallbacks: tuple[str, ...], providers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which model an ``llm`` task without ``model:`` uses, and what to do when there is none."""
+def _model_choice(model: str | None, fallbacks: tuple[str, ...], chosen: dict[str, Any] | None) -> dict[str, Any]:
+    """Which model an ``llm`` task without ``model:`` uses (goatclaw.yaml's, else the zero-config choice), and why."""
     if model:
         return {"model": model, "fallbacks": list(fallbacks), "from": "goatclaw.yaml",
                 "message": f"llm tasks without model: use {model}" + (f", then {', '.join(fallbacks)}" if fallbacks
                                                                        else "")}
-    usable = [p["provider"] for p in providers if p["usable"]]
-    hint = f" (usable here: {', '.join(usable)})" if usable else ""
+    if chosen is not None:
+        return {"model": chosen["model"], "fallbacks": list(fallbacks), "from": "detected",
+                "api_base": chosen["api_base"], "message": f"llm tasks without model: use {chosen['model']}: "
+                                                           f"{chosen['why']}"}
     return {"model": None, "fallbacks": list(fallbacks), "from": None,
-            "message": "none: goatclaw picks no model by itself, so an llm task without model: fails; set model: in "
-                       f"goatclaw.yaml{hint}"}
+            "message": "none: no provider key (environment or .env) and no Ollama server found, so an llm task "
+                       "without model: fails; set a key, start Ollama, or set model: in goatclaw.yaml"}
 
 
 def _schema_version(con: Any) -> int:
