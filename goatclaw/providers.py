@@ -29,7 +29,7 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import is_file, read_bytes
 
-__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "choose_model", "doctor", "key_status", "model_problems",
+__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "capability_problems", "choose_model", "doctor", "key_status", "model_problems",
            "ollama_models", "ollama_running", "ollama_url", "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
@@ -214,7 +214,7 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     from goatclaw.errors import Problem
     from goatclaw.spec.loader import dotted
 
-    problems: list[Any] = []
+    problems: list[Any] = capability_problems(pipeline)
     if mode == "replay":
         return problems
     dotenv: dict[str, str] | None = None
@@ -228,6 +228,8 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
             args = task.with_
             if args.get("api_base") or args.get("api_key") or "model" not in args:
                 continue
+            if isinstance(args["model"], Mapping) and isinstance(args["model"].get("cascade"), list):
+                continue  # a cascade's models are checked when it runs: a later one may answer
             models = _constant_models(args["model"])
             missing: list[tuple[str, str]] = []
             callable_ = len(models) < _model_count(args["model"])  # a templated model may be anything
@@ -257,6 +259,63 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
                                 "(set the key, add a fallback model, or record one with --llm record)")
                 problems.append(Problem(pipeline.locate(path), dotted(path), message, severity=severity))
     return problems
+
+
+def _task_needs(args: Mapping[str, Any]) -> dict[str, bool]:
+    """What a task's ``with:`` needs of a model, as far as the file says (tools, an image part)."""
+    found = {}
+    if args.get("tools"):
+        found["tools"] = True
+    messages = args.get("messages")
+    if isinstance(messages, list) and any(
+            isinstance(m, Mapping) and isinstance(m.get("content"), list)
+            and any(isinstance(p, Mapping) and p.get("type") == "image_url" for p in m["content"]) for m in messages):
+        found["vision"] = True
+    return found
+
+
+def capability_problems(pipeline: Any) -> list[Any]:
+    """A warning for each ``llm`` task none of whose constant models has what it needs (litellm's model map).
+
+    The map is read from litellm's bundled file (litellm is not imported); a model the map
+    does not know may have it, so a chain with one is not warned about.
+    """
+    from goatclaw.errors import Problem
+    from goatclaw.spec.loader import dotted
+
+    problems: list[Any] = []
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            if task.uses != "llm" or not isinstance(task.with_, Mapping) or not isinstance(
+                    task.with_.get("model"), (str, list, Mapping)):
+                continue
+            wanted = _task_needs(task.with_)
+            model = task.with_["model"]
+            if isinstance(model, Mapping) and isinstance(model.get("cascade"), list):
+                model = model["cascade"]
+            names = _names(model)
+            if not wanted or not names or len(names) < _model_count(model):
+                continue
+            from goatclaw.llm import lacks
+
+            missing = {name: lacks(name, wanted) for name in names}
+            if all(missing.values()):
+                need = ", ".join(sorted({n for m in missing.values() for n in m}))
+                path = (*task.path, "with", "model")
+                problems.append(Problem(pipeline.locate(path), dotted(path),
+                                        f"no model of the chain supports {need} (litellm's model map): "
+                                        + "; ".join(f"{m} lacks {', '.join(x)}" for m, x in missing.items()),
+                                        severity="warn"))
+    return problems
+
+
+def _names(value: Any) -> list[str]:
+    """The constant model names of a model value (names or entries), templated ones left out."""
+    from goatclaw.template import has_template
+
+    models = value if isinstance(value, list) else [value]
+    names = [m.get("name") if isinstance(m, Mapping) else m for m in models]
+    return [m for m in names if isinstance(m, str) and m and not has_template(m)]
 
 
 def _model_count(value: Any) -> int:
