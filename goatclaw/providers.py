@@ -29,8 +29,8 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import is_file, read_bytes
 
-__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "capability_problems", "choose_model", "doctor", "key_status", "model_problems",
-           "ollama_models", "ollama_running", "ollama_url", "provider_of"]
+__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "capability_problems", "choose_model", "doctor", "key_status",
+           "model_problems", "ollama_models", "ollama_running", "ollama_url", "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
 #: The largest ``.env`` read (a regular file; a FIFO or device is refused).

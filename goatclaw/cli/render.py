@@ -667,8 +667,8 @@ def print_cascades(llm: dict[str, Any], console: Console) -> None:
         console.print(Text(f"  cascade {tid}: paid {usd(t['cost_usd'])}, {usd(t['if_last_usd'])} "
                            "had every call gone to its last model"), soft_wrap=True)
     saved = llm["if_last_usd"] - llm["cost_usd"]
-    console.print(Text(f"  run: paid {usd(llm['cost_usd'])} of {usd(llm['if_last_usd'])}, "
-                       + (f"saved {usd(saved)}" if saved >= 0 else f"cascading cost {usd(-saved)} more")), soft_wrap=True)
+    verdict = f"saved {usd(saved)}" if saved >= 0 else f"cascading cost {usd(-saved)} more"
+    console.print(Text(f"  run: paid {usd(llm['cost_usd'])} of {usd(llm['if_last_usd'])}, {verdict}"), soft_wrap=True)
 
 
 def print_resources(usage: dict[str, dict[str, Any]], console: Console) -> None:
