@@ -343,10 +343,12 @@ def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama:
         providers.append({"provider": provider.name, "usable": usable,
                           "how": f"{found} ({where})" if usable else None, "needs": " or ".join(provider.keys)})
     chosen = None if model else choose_model(root, dotenv=dotenv, probe_ollama=probe_ollama)
-    return {"model": _model_choice(model, fallbacks, chosen), "providers": providers, "store": _store_health(store)}
+    return {"model": _model_choice(model, fallbacks, chosen, providers), "providers": providers,
+            "store": _store_health(store)}
 
 
-def _model_choice(model: str | None, fallbacks: tuple[str, ...], chosen: dict[str, Any] | None) -> dict[str, Any]:
+def _model_choice(model: str | None, fallbacks: tuple[str, ...], chosen: dict[str, Any] | None,
+                  providers: list[dict[str, Any]]) -> dict[str, Any]:
     """Which model an ``llm`` task without ``model:`` uses (goatclaw.yaml's, else the zero-config choice), and why."""
     if model:
         return {"model": model, "fallbacks": list(fallbacks), "from": "goatclaw.yaml",
@@ -356,9 +358,12 @@ def _model_choice(model: str | None, fallbacks: tuple[str, ...], chosen: dict[st
         return {"model": chosen["model"], "fallbacks": list(fallbacks), "from": "detected",
                 "api_base": chosen["api_base"], "message": f"llm tasks without model: use {chosen['model']}: "
                                                            f"{chosen['why']}"}
+    usable = [p["provider"] for p in providers if p["usable"]]
+    found = (f"usable here: {', '.join(usable)}, but no key goatclaw picks a model for and no local Ollama model"
+             if usable else "no provider key (environment or .env) and no Ollama server found")
     return {"model": None, "fallbacks": list(fallbacks), "from": None,
-            "message": "none: no provider key (environment or .env) and no Ollama server found, so an llm task "
-                       "without model: fails; set a key, start Ollama, or set model: in goatclaw.yaml"}
+            "message": f"none: {found}, so an llm task without model: fails; set a key, pull an Ollama model, "
+                       "or set model: in goatclaw.yaml"}
 
 
 def _schema_version(con: Any) -> int:
