@@ -249,3 +249,29 @@ def test_a_run_without_a_model_uses_the_choice_and_says_why(project, write_pipel
     with Store.open(result.store_path) as db:
         [choice] = [e for e in db.events(result.run_id) if e["topic"] == "llm.choice"]
     assert choice["data"]["model"] == "openai/gpt-4o-mini" and "OPENAI_API_KEY is set (env)" in choice["data"]["why"]
+
+
+def test_fix_applies_to_the_last_model_of_a_cascade(write_pipeline, srv) -> None:
+    def respond(body: dict[str, Any]) -> Reply:
+        fed_back = "rejected because" in json.dumps(body["messages"])
+        return Reply("YES" if body["model"] == "gpt-4o" and fed_back else "NO")
+
+    srv.respond = respond
+    path = write_pipeline(f"""
+        version: 1
+        tasks:
+          answer:
+            uses: llm
+            retry: {{attempts: 1}}
+            with:
+              model: {{cascade: [{CHEAP}, {STRONG}]}}
+              api_base: {srv.api_base}
+              api_key: sk-test
+              prompt: Is the sky blue?
+            validate: [{{expr: "output.text == 'YES'"}}]
+            fix: {{attempts: 1}}
+        """)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["answer"].error
+    assert [r["model"] for r in srv.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]  # the cheap model is not fixed
+    assert result.tasks["answer"].output["cascade"]["passed_over"][0]["model"] == CHEAP

@@ -21,6 +21,7 @@ from goatclaw.errors import TaskError, TemplateError
 from goatclaw.fix import CascadeInputs, FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
+from goatclaw.template import Compiled
 from goatclaw.validation import (
     JUDGE_SCHEMA,
     JudgeFn,
@@ -144,15 +145,19 @@ class OutputChecks:
         paid = 0.0
         for at, name in enumerate(names):
             use = CascadeInputs(compiled, cascade, at, rejected if cascade.get("feedback") else None)
+            last = at + 1 == len(names)
             try:
-                output, text = await self._run_attempts(task, plugin, res, context, index, use)
+                if last and task.fix is not None:  # fix: applies to the last model's answer
+                    output, text = await self._fix_loop(task, plugin, res, context, index, use)
+                else:
+                    output, text = await self._run_attempts(task, plugin, res, context, index, use)
             except Rejected as exc:
                 answer = exc.output if isinstance(exc.output, Mapping) else {}
                 cost = float(answer.get("cost_usd") or 0.0)
                 if_last = float((answer.get("cascade") or {}).get("if_last_usd") or cost)
                 reason, rejected = exc.message, exc
             except TaskError as err:
-                if not err.details.get("incapable") or at + 1 == len(names):
+                if not err.details.get("incapable") or last:
                     raise
                 answer, cost, if_last, reason = {}, 0.0, 0.0, err.message
             else:
@@ -168,7 +173,7 @@ class OutputChecks:
                 return output, text
             paid += cost
             passed_over.append({"model": name, "reason": reason, "cost_usd": cost})
-            if at + 1 == len(names):
+            if last:
                 self.recorder.event("task.cascade", task.id, {"item": index, "answered_by": None, "at": at,
                                                               "passed_over": passed_over, "paid_usd": paid,
                                                               "if_last_usd": if_last})
@@ -179,10 +184,13 @@ class OutputChecks:
         raise AssertionError("unreachable: a cascade has at least two models")
 
     async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
-                        index: int | None) -> tuple[Any, str]:
-        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries)."""
+                        index: int | None, compiled: Compiled | None = None) -> tuple[Any, str]:
+        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries).
+
+        ``compiled`` is the inputs to run with (a cascade's last stage), else the task's own.
+        """
         assert task.fix is not None and self.recorder is not None
-        compiled = self._inputs(task)
+        compiled = compiled or self._inputs(task)
         try:
             return await self._run_attempts(task, plugin, res, context, index, compiled)
         except Rejected as exc:

@@ -238,6 +238,8 @@ def estimate_costs(pipeline: Any, default_model: str | None = None) -> list[dict
                 continue
             args = task.with_
             model = args.get("model") or default_model
+            if isinstance(model, Mapping) and isinstance(model.get("cascade"), (list, tuple)):
+                model = model["cascade"][0] if model["cascade"] else None  # a cascade's first model answers most
             if isinstance(model, (list, tuple)):
                 model = model[0] if model else None
             if isinstance(model, Mapping):  # a model entry {name, api_base, api_key}
