@@ -275,3 +275,36 @@ def test_fix_applies_to_the_last_model_of_a_cascade(write_pipeline, srv) -> None
     assert result.ok, result.tasks["answer"].error
     assert [r["model"] for r in srv.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]  # the cheap model is not fixed
     assert result.tasks["answer"].output["cascade"]["passed_over"][0]["model"] == CHEAP
+
+
+def test_an_error_in_a_cascade_stage_follows_the_fallback_chain_not_the_cascade(project, write_pipeline,
+                                                                                 srv) -> None:
+    (project / "goatclaw.yaml").write_text("version: 1\npermissions: {network: true}\n"
+                                           f"fallbacks: [{MIDDLE}]\n")
+    srv.respond = lambda body: Reply(status=500, error="down") if body["model"] == "gpt-4o-mini" else Reply("YES")
+    path = write_pipeline(f"""
+        version: 1
+        tasks:
+          answer:
+            uses: llm
+            retry: {{attempts: 1}}
+            with: {{model: {{cascade: [{CHEAP}, {STRONG}]}}, prompt: hi, api_base: {srv.api_base}, api_key: sk-test}}
+            validate: [{{expr: "output.text == 'YES'"}}]
+        """)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["answer"].error
+    assert [r["model"] for r in srv.requests] == ["gpt-4o-mini", "gpt-4.1-mini"]  # the fallback, not the next stage
+    out = result.tasks["answer"].output
+    assert out["model"] == MIDDLE and out["hops"][0]["model"] == CHEAP
+    assert out["hops"][0]["error_class"] == "server_error"
+    assert out["cascade"]["at"] == 0 and out["cascade"]["passed_over"] == []
+
+
+def test_a_bad_prefer_or_cascade_in_goatclaw_yaml_is_refused_with_its_line(project, write_pipeline) -> None:
+    path = write_pipeline("version: 1\ntasks:\n  a: {uses: echo, with: {message: hi}}\n")
+    (project / "goatclaw.yaml").write_text("version: 1\nllm: {prefer: fastest}\n")
+    done = CliRunner().invoke(app, ["validate", str(path)])
+    assert done.exit_code == 2 and "goatclaw.yaml:2" in done.output and "prefer" in done.output, done.output
+    (project / "goatclaw.yaml").write_text("version: 1\nmodel: {cascade: []}\n")
+    done = CliRunner().invoke(app, ["validate", str(path)])
+    assert done.exit_code == 2 and "goatclaw.yaml:2" in done.output, done.output
