@@ -228,11 +228,12 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
             args = task.with_
             if args.get("api_base") or args.get("api_key") or "model" not in args:
                 continue
-            if isinstance(args["model"], Mapping) and isinstance(args["model"].get("cascade"), list):
-                continue  # a cascade's models are checked when it runs: a later one may answer
-            models = _constant_models(args["model"])
+            value = args["model"]
+            if isinstance(value, Mapping) and isinstance(value.get("cascade"), list):
+                value = value["cascade"]  # a cascade's models, like a list's: any one of them can answer
+            models = _constant_models(value)
             missing: list[tuple[str, str]] = []
-            callable_ = len(models) < _model_count(args["model"])  # a templated model may be anything
+            callable_ = len(models) < _model_count(value)  # a templated model may be anything
             for model in models:
                 provider = provider_of(model)
                 if provider is None or provider.local:
