@@ -308,3 +308,23 @@ def test_a_bad_prefer_or_cascade_in_goatclaw_yaml_is_refused_with_its_line(proje
     (project / "goatclaw.yaml").write_text("version: 1\nmodel: {cascade: []}\n")
     done = CliRunner().invoke(app, ["validate", str(path)])
     assert done.exit_code == 2 and "goatclaw.yaml:2" in done.output, done.output
+
+
+IMAGE = [{"type": "text", "text": "what is this?"},
+         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+
+
+@pytest.mark.parametrize(("content", "lacks"), [(IMAGE, ["vision"]), ("word " * 20_000, ["context"])],
+                         ids=["an-image", "a-long-prompt"])
+def test_images_and_long_prompts_skip_models_the_map_says_cannot_take_them(srv, content: Any,
+                                                                          lacks: list[str]) -> None:
+    import asyncio
+
+    srv.respond = lambda body: Reply("seen")
+    request = room.Request(models=("openai/gpt-3.5-turbo-16k", CHEAP), messages=({"role": "user", "content": content},),
+                           api_base=srv.api_base, api_key="sk-test", max_tokens=5)
+    events: list[tuple[str, dict[str, Any]]] = []
+    response = asyncio.run(room.complete(request, emit=lambda topic, **data: events.append((topic, data))))
+    assert response.model == CHEAP and [r["model"] for r in srv.requests] == ["gpt-4o-mini"]
+    assert response.skipped == [{"model": "openai/gpt-3.5-turbo-16k", "lacks": lacks}]
+    assert ("llm.skip", {"model": "openai/gpt-3.5-turbo-16k", "lacks": lacks}) in events
