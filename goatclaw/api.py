@@ -319,16 +319,33 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         budget_usd = max_cost if budget_usd is None else min(budget_usd, max_cost)
     limits = project.data.get("rate_limits")
     cache_setting = settings.get("cache", True)
+    model, endpoints, chosen = project.model, _endpoints(project), None
+    if model is None and mode != "replay" and _has_llm_tasks(pipeline):
+        from goatclaw.providers import choose_model
+
+        found = choose_model(project.root)
+        if found is not None:
+            model, chosen = found["model"], found["why"]
+            if found["api_base"]:
+                endpoints[model] = llm_room.Endpoint(api_base=found["api_base"])
     return llm_room.Session(
-        mode=mode, model=project.model, fallbacks=project.fallbacks, cassette=tape,
+        mode=mode, model=model, fallbacks=project.fallbacks, cassette=tape, chosen=chosen,
+        cascade=project.cascade, cascade_feedback=project.cascade_feedback,
+        prefer=settings.get("prefer") if settings.get("prefer") == "cheapest" else None,
         cache=store_path if cache and cache_setting is not False else None,
         cache_ttl=_cache_ttl(cache_setting),
         budget_usd=budget_usd,
         downgrade=budget.downgrade if budget is not None else None,
         rate_limits=dict(limits) if isinstance(limits, Mapping) else {},
         limits_store=store_path,
-        endpoints=_endpoints(project),
+        endpoints=endpoints,
     )
+
+
+def _has_llm_tasks(pipeline: Pipeline) -> bool:
+    """Whether ``pipeline`` holds an ``llm`` task (only then is a model chosen for it)."""
+    return any(t.uses == "llm" for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_)
+               for t in group.values())
 
 
 def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:

@@ -21,7 +21,7 @@ from goatclaw.spec.model import Rule, Task
 from goatclaw.template import Compiled
 from goatclaw.validation import Rejected
 
-__all__ = ["FeedbackInputs", "diff", "feedback_kwargs", "fix_llm", "repair_messages"]
+__all__ = ["CascadeInputs", "FeedbackInputs", "diff", "feedback_kwargs", "fix_llm", "repair_messages"]
 
 
 def _text(output: Any) -> str:
@@ -70,6 +70,27 @@ class FeedbackInputs(Compiled):
         return feedback_kwargs(self._inner.render(context, limit=limit), self._rejected)
 
 
+class CascadeInputs(Compiled):
+    """A task's compiled ``with:`` whose ``model`` is one stage of a cascade (with feedback: the last rejection)."""
+
+    __slots__ = ("_at", "_cascade", "_inner", "_rejected")
+
+    def __init__(self, inner: Compiled, cascade: Mapping[str, Any], at: int, rejected: Rejected | None) -> None:
+        self._inner = inner
+        self._cascade = cascade
+        self._at = at
+        self._rejected = rejected
+        self.value = inner.value
+        self._render = None
+        self.is_constant = False
+
+    def render(self, context: Mapping[str, Any], *, limit: float | None = None) -> Any:
+        """The inputs, rendered, with ``model: {cascade, at}`` (and the feedback on the rejected answer, if any)."""
+        kwargs = dict(self._inner.render(context, limit=limit))
+        kwargs["model"] = {**self._cascade, "at": self._at}
+        return feedback_kwargs(kwargs, self._rejected) if self._rejected is not None else kwargs
+
+
 def repair_messages(rules: tuple[Rule, ...], rejected: Rejected) -> list[dict[str, str]]:
     """The chat messages asking an LLM to rewrite a rejected output so that it passes ``rules``."""
     wanted = "\n".join(f"- {r.kind}: {json.dumps(r.arg, default=str)}" + (f" ({r.message})" if r.message else "")
@@ -88,11 +109,13 @@ def fix_llm(task: Task, kwargs: Mapping[str, Any], explicit: str | None,
     """``(model, api_base, api_key)`` for a judge or a repair.
 
     The model: ``explicit`` (the rule's or the fix's ``model``), else an ``llm`` task's
-    own ``model``, else the project's ``default``. ``api_base``/``api_key`` come from an
+    own ``model`` (a cascade's last), else the project's ``default``. ``api_base``/``api_key`` come from an
     ``llm`` task's ``with:`` (otherwise litellm reads the provider's environment).
     """
     is_llm = task.uses == "llm"
     own = kwargs.get("model") if is_llm else None
+    if isinstance(own, Mapping) and isinstance(own.get("cascade"), list) and own["cascade"]:
+        own = own["cascade"][-1]  # a cascade's answers are judged by its strongest model
     if isinstance(own, list):
         own = own[0] if own else None
     if isinstance(own, Mapping):  # a model entry {name, api_base, api_key}: its name

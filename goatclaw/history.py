@@ -113,21 +113,29 @@ def llm_costs(events: list[dict[str, Any]]) -> dict[str, Any]:
 
     ``events`` as :meth:`Store.events` returns them. ``{"calls": 0, ...}`` for a run that
     called no model; answers from the cache or a cassette count as calls costing 0.
+    ``if_last_usd`` is what it would have cost had every cascade asked only its last model
+    (the kept answer at the last model's prices, the passed-over calls not made; see
+    ``task.cascade``); without cascades it is ``cost_usd``.
     """
-    total = {"calls": 0, "cost_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "downgrades": 0}
+    total = {"calls": 0, "cost_usd": 0.0, "if_last_usd": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
+             "downgrades": 0}
     per_task: dict[str, dict[str, Any]] = {}
     for e in events:
         if e["topic"] == "llm.downgrade":
             total["downgrades"] += 1
-        if e["topic"] != "llm.call":
+        if e["topic"] not in ("llm.call", "task.cascade"):
             continue
         data = e.get("data") or {}
         usage = data.get("usage") or {}
-        row = per_task.setdefault(str(e.get("task") or ""), {"calls": 0, "cost_usd": 0.0, "prompt_tokens": 0,
-                                                             "completion_tokens": 0})
+        row = per_task.setdefault(str(e.get("task") or ""), {"calls": 0, "cost_usd": 0.0, "if_last_usd": 0.0,
+                                                             "prompt_tokens": 0, "completion_tokens": 0})
         for acc in (total, row):
+            if e["topic"] == "task.cascade":
+                acc["if_last_usd"] += float(data.get("if_last_usd") or 0.0) - float(data.get("paid_usd") or 0.0)
+                continue
             acc["calls"] += 1
             acc["cost_usd"] += float(data.get("cost_usd") or 0.0)
+            acc["if_last_usd"] += float(data.get("cost_usd") or 0.0)
             acc["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             acc["completion_tokens"] += int(usage.get("completion_tokens") or 0)
     return {**total, "tasks": per_task}
@@ -154,13 +162,19 @@ def stats(store: str | os.PathLike[str], *, since: float | None = None) -> dict[
             "COALESCE(SUM(json_extract(e.data, '$.cost_usd')), 0.0) "
             "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'llm.call' AND r.started_at >= ? "
             "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
+        cascade_rows = db.db.execute(  # what cascades saved: the kept answer at the last model's prices - what was paid
+            "SELECT r.pipeline, e.task_id, COALESCE(SUM(json_extract(e.data, '$.if_last_usd') "
+            "- json_extract(e.data, '$.paid_usd')), 0.0) "
+            "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'task.cascade' AND r.started_at >= ? "
+            "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
         usage_rows = db.db.execute(
             "SELECT r.pipeline, e.task_id, "
             "SUM(json_extract(e.data, '$.cpu_user_s') + json_extract(e.data, '$.cpu_system_s')), "
             "MAX(json_extract(e.data, '$.max_rss_mb')) "
             "FROM events e JOIN runs r ON r.id = e.run_id WHERE e.topic = 'task.resources' AND r.started_at >= ? "
             "GROUP BY r.pipeline, e.task_id", (cutoff,)).fetchall()
-    llm = {(p, t): (n, pt, ct, cost) for p, t, n, pt, ct, cost in llm_rows}
+    shift = {(p, t): d for p, t, d in cascade_rows}
+    llm = {(p, t): (n, pt, ct, cost, cost + shift.get((p, t), 0.0)) for p, t, n, pt, ct, cost in llm_rows}
     usage = {(p, t): (cpu, rss) for p, t, cpu, rss in usage_rows}
     by_task: dict[tuple[str, str], list[tuple[str, int, float | None]]] = {}
     by_plugin: dict[str, list[tuple[str, int, float | None]]] = {}
@@ -213,10 +227,12 @@ def resources(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _llm_totals(found: list[tuple[int, int, int, float] | None]) -> dict[str, Any]:
+def _llm_totals(found: list[tuple[int, int, int, float, float] | None]) -> dict[str, Any]:
+    """Calls, tokens, dollars paid and ``if_last_usd`` (every cascade asking only its last model)."""
     rows = [f for f in found if f]
     return {"llm_calls": sum(r[0] for r in rows), "prompt_tokens": int(sum(r[1] for r in rows)),
-            "completion_tokens": int(sum(r[2] for r in rows)), "cost_usd": round(sum(r[3] for r in rows), 6)}
+            "completion_tokens": int(sum(r[2] for r in rows)), "cost_usd": round(sum(r[3] for r in rows), 6),
+            "if_last_usd": round(sum(r[4] for r in rows), 6)}
 
 
 def _quantile(values: list[float], q: float) -> float | None:

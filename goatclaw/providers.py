@@ -11,6 +11,9 @@
   module that imports httpx.
 * :func:`model_problems` is what ``goatclaw validate`` adds: a warning for each ``llm``
   task whose constant model has no key (see docs/llm.md).
+* :func:`choose_model` is the zero-config choice: with no ``model:`` in goatclaw.yaml, the
+  first provider with a key (the table's order) gives its everyday model, else a running
+  Ollama its first local model (``/api/tags``); it says which and why.
 * :func:`doctor` is the report behind ``goatclaw doctor``.
 """
 
@@ -26,8 +29,8 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import is_file, read_bytes
 
-__all__ = ["PROVIDERS", "Provider", "doctor", "key_status", "model_problems", "ollama_running", "ollama_url",
-           "provider_of"]
+__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "capability_problems", "choose_model", "doctor", "key_status",
+           "model_problems", "ollama_models", "ollama_running", "ollama_url", "provider_of"]
 
 OLLAMA_URL = "http://127.0.0.1:11434"
 #: The largest ``.env`` read (a regular file; a FIFO or device is refused).
@@ -56,6 +59,12 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("xai", ("XAI_API_KEY",)),
     Provider("ollama", (), local=True),
 )}
+#: The model :func:`choose_model` picks for a provider with a key: a cheap, capable everyday model.
+DEFAULT_MODELS = {"openai": "openai/gpt-4o-mini", "anthropic": "anthropic/claude-3-5-haiku-latest",
+                  "gemini": "gemini/gemini-2.0-flash", "mistral": "mistral/mistral-small-latest",
+                  "groq": "groq/llama-3.1-8b-instant", "deepseek": "deepseek/deepseek-chat",
+                  "cohere": "cohere_chat/command-r", "openrouter": "openrouter/openai/gpt-4o-mini",
+                  "together_ai": "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo", "xai": "xai/grok-3-mini"}
 _PREFIXES = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic",
              "gemini": "gemini", "mistral": "mistral", "groq": "groq", "deepseek": "deepseek",
              "cohere": "cohere", "cohere_chat": "cohere", "openrouter": "openrouter",
@@ -135,6 +144,50 @@ def ollama_running(url: str | None = None, timeout: float = 0.3) -> bool:
         return False
 
 
+def ollama_models(url: str | None = None, timeout: float = 0.3) -> list[str] | None:
+    """The local models of the Ollama server at ``url`` (its ``/api/tags``), or ``None`` when none answers."""
+    import httpx  # only here (and in goatclaw/tasks/http.py): plain validate never pays for it
+
+    try:
+        reply = httpx.get(f"{url or ollama_url()}/api/tags", timeout=timeout)
+        if reply.status_code != 200:
+            return None
+        found = reply.json().get("models") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return [str(m["name"]) for m in found if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
+
+
+def choose_model(root: Path | None = None, *, dotenv: Mapping[str, str] | None = None,
+                 probe_ollama: bool = True) -> dict[str, Any] | None:
+    """The model an ``llm`` task without ``model:`` uses when goatclaw.yaml names none: ``{model, api_base, why}``.
+
+    The first provider of :data:`PROVIDERS` whose key is set (the environment, then
+    ``.env``) gives its :data:`DEFAULT_MODELS` entry; without any key, a running Ollama
+    (``OLLAMA_API_BASE``, else localhost) gives its first local model. ``None``: nothing found.
+    """
+    dotenv = read_dotenv(root) if dotenv is None else dotenv
+    for provider in PROVIDERS.values():
+        if provider.local or provider.name not in DEFAULT_MODELS:
+            continue
+        usable, where = key_status(provider, root, dotenv=dotenv)
+        if usable:
+            var = next(k for k in provider.keys if os.environ.get(k) or dotenv.get(k))
+            model = DEFAULT_MODELS[provider.name]
+            return {"model": model, "api_base": None,
+                    "why": f"no model in goatclaw.yaml; {var} is set ({where}), so {model}, {provider.name}'s "
+                           "everyday model"}
+    if probe_ollama:
+        url = ollama_url(dotenv)
+        local = ollama_models(url)
+        if local:
+            model = f"ollama/{local[0]}"
+            return {"model": model, "api_base": url,
+                    "why": f"no model in goatclaw.yaml and no provider key; Ollama answers on {url} with "
+                           f"{len(local)} local model{'s' if len(local) != 1 else ''}, so {model}"}
+    return None
+
+
 def _constant_models(value: Any) -> list[str]:
     """The constant model names to check; an entry with its own ``api_base``/``api_key`` is not checked."""
     from goatclaw.template import has_template
@@ -161,7 +214,7 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     from goatclaw.errors import Problem
     from goatclaw.spec.loader import dotted
 
-    problems: list[Any] = []
+    problems: list[Any] = capability_problems(pipeline)
     if mode == "replay":
         return problems
     dotenv: dict[str, str] | None = None
@@ -175,9 +228,12 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
             args = task.with_
             if args.get("api_base") or args.get("api_key") or "model" not in args:
                 continue
-            models = _constant_models(args["model"])
+            value = args["model"]
+            if isinstance(value, Mapping) and isinstance(value.get("cascade"), list):
+                value = value["cascade"]  # a cascade's models, like a list's: any one of them can answer
+            models = _constant_models(value)
             missing: list[tuple[str, str]] = []
-            callable_ = len(models) < _model_count(args["model"])  # a templated model may be anything
+            callable_ = len(models) < _model_count(value)  # a templated model may be anything
             for model in models:
                 provider = provider_of(model)
                 if provider is None or provider.local:
@@ -206,6 +262,63 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     return problems
 
 
+def _task_needs(args: Mapping[str, Any]) -> dict[str, bool]:
+    """What a task's ``with:`` needs of a model, as far as the file says (tools, an image part)."""
+    found = {}
+    if args.get("tools"):
+        found["tools"] = True
+    messages = args.get("messages")
+    if isinstance(messages, list) and any(
+            isinstance(m, Mapping) and isinstance(m.get("content"), list)
+            and any(isinstance(p, Mapping) and p.get("type") == "image_url" for p in m["content"]) for m in messages):
+        found["vision"] = True
+    return found
+
+
+def capability_problems(pipeline: Any) -> list[Any]:
+    """A warning for each ``llm`` task none of whose constant models has what it needs (litellm's model map).
+
+    The map is read from litellm's bundled file (litellm is not imported); a model the map
+    does not know may have it, so a chain with one is not warned about.
+    """
+    from goatclaw.errors import Problem
+    from goatclaw.spec.loader import dotted
+
+    problems: list[Any] = []
+    for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
+        for task in group.values():
+            if task.uses != "llm" or not isinstance(task.with_, Mapping) or not isinstance(
+                    task.with_.get("model"), (str, list, Mapping)):
+                continue
+            wanted = _task_needs(task.with_)
+            model = task.with_["model"]
+            if isinstance(model, Mapping) and isinstance(model.get("cascade"), list):
+                model = model["cascade"]
+            names = _names(model)
+            if not wanted or not names or len(names) < _model_count(model):
+                continue
+            from goatclaw.llm import lacks
+
+            missing = {name: lacks(name, wanted) for name in names}
+            if all(missing.values()):
+                need = ", ".join(sorted({n for m in missing.values() for n in m}))
+                path = (*task.path, "with", "model")
+                problems.append(Problem(pipeline.locate(path), dotted(path),
+                                        f"no model of the chain supports {need} (litellm's model map): "
+                                        + "; ".join(f"{m} lacks {', '.join(x)}" for m, x in missing.items()),
+                                        severity="warn"))
+    return problems
+
+
+def _names(value: Any) -> list[str]:
+    """The constant model names of a model value (names or entries), templated ones left out."""
+    from goatclaw.template import has_template
+
+    models = value if isinstance(value, list) else [value]
+    names = [m.get("name") if isinstance(m, Mapping) else m for m in models]
+    return [m for m in names if isinstance(m, str) and m and not has_template(m)]
+
+
 def _model_count(value: Any) -> int:
     return len(value) if isinstance(value, list) else 1
 
@@ -230,20 +343,28 @@ def doctor(root: Path | None = None, store: Path | None = None, *, probe_ollama:
         found = next((k for k in provider.keys if os.environ.get(k) or dotenv.get(k)), None)
         providers.append({"provider": provider.name, "usable": usable,
                           "how": f"{found} ({where})" if usable else None, "needs": " or ".join(provider.keys)})
-    return {"model": _model_choice(model, fallbacks, providers), "providers": providers, "store": _store_health(store)}
+    chosen = None if model else choose_model(root, dotenv=dotenv, probe_ollama=probe_ollama)
+    return {"model": _model_choice(model, fallbacks, chosen, providers), "providers": providers,
+            "store": _store_health(store)}
 
 
-def _model_choice(model: str | None, fallbacks: tuple[str, ...], providers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which model an ``llm`` task without ``model:`` uses, and what to do when there is none."""
+def _model_choice(model: str | None, fallbacks: tuple[str, ...], chosen: dict[str, Any] | None,
+                  providers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which model an ``llm`` task without ``model:`` uses (goatclaw.yaml's, else the zero-config choice), and why."""
     if model:
         return {"model": model, "fallbacks": list(fallbacks), "from": "goatclaw.yaml",
                 "message": f"llm tasks without model: use {model}" + (f", then {', '.join(fallbacks)}" if fallbacks
                                                                        else "")}
+    if chosen is not None:
+        return {"model": chosen["model"], "fallbacks": list(fallbacks), "from": "detected",
+                "api_base": chosen["api_base"], "message": f"llm tasks without model: use {chosen['model']}: "
+                                                           f"{chosen['why']}"}
     usable = [p["provider"] for p in providers if p["usable"]]
-    hint = f" (usable here: {', '.join(usable)})" if usable else ""
+    found = (f"usable here: {', '.join(usable)}, but no key goatclaw picks a model for and no local Ollama model"
+             if usable else "no provider key (environment or .env) and no Ollama server found")
     return {"model": None, "fallbacks": list(fallbacks), "from": None,
-            "message": "none: goatclaw picks no model by itself, so an llm task without model: fails; set model: in "
-                       f"goatclaw.yaml{hint}"}
+            "message": f"none: {found}, so an llm task without model: fails; set a key, pull an Ollama model, "
+                       "or set model: in goatclaw.yaml"}
 
 
 def _schema_version(con: Any) -> int:

@@ -419,7 +419,7 @@ def runs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one run: each task's status, output or error, and failed attempts."""
-    from goatclaw.cli.render import print_critical_path, print_resources, print_run
+    from goatclaw.cli.render import print_cascades, print_critical_path, print_resources, print_run
     from goatclaw.errors import GoatclawError
     from goatclaw.history import llm_costs, resources
     from goatclaw.money import usd
@@ -432,7 +432,7 @@ def runs_show(
         attempts = db.attempts(row.id)
         all_events = db.events(row.id)
         events = [e for e in all_events
-                  if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix")
+                  if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix", "task.escalate")
                   or (e["topic"] == "task.rule" and e["data"].get("severity") == "warn")]  # warn rules: shown
     llm = llm_costs(all_events)
     if as_json:
@@ -448,6 +448,7 @@ def runs_show(
             downgrades = f", {llm['downgrades']} downgraded" if llm["downgrades"] else ""
             _out().print(f"  llm: {llm['calls']} calls, {llm['prompt_tokens']} + {llm['completion_tokens']} "
                          f"tokens, {usd(llm['cost_usd'])}{downgrades}", highlight=False)
+            print_cascades(llm, _out())
         if any(t.status == "failed" for t in tasks):
             from goatclaw.cli.memory import print_seen_before
 

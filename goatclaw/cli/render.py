@@ -394,6 +394,9 @@ def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | N
                    if data.get("passed") else f"fix attempt {data.get('attempt')} still rejected")
         return (f"{item_label(task, data.get('item'))} rejected because {shown(data.get('rejected'))}; {outcome} "
                 f"({data.get('mode')})")
+    if topic == "task.escalate":
+        return (f"{item_label(task, data.get('item'))}: {data.get('model')} passed over for {data.get('to')} "
+                f"({shown(data.get('reason'))})")
     if topic == "task.fallback":
         return (f"{task} failed ({error_text(data.get('error_class'), data.get('error'))}); fallback "
                 f"'{data.get('fallback')}' stands in")
@@ -634,7 +637,9 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
     for title, rows, keys in (("per plugin", data.get("plugins", []), ("plugin",)),
                               ("per task", data["tasks"], ("pipeline", "task", "plugin"))):
         table = Table(title=title, title_justify="left", header_style="bold")
+        cascades = llm and any(abs(t.get("if_last_usd", t["cost_usd"]) - t["cost_usd"]) > 1e-12 for t in rows)
         cols = (*keys, "runs", "ok", "cached", "p50", "p95", "attempts", *(("tokens", "cost") if llm else ()),
+                *(("if last model",) if cascades else ()),
                 *(("cpu", "peak mem") if usage else ()))
         for col in cols:
             table.add_column(col, justify="left" if col in keys else "right")
@@ -645,10 +650,25 @@ def print_stats(data: dict[str, Any], console: Console) -> None:
             if llm:
                 tokens = t["prompt_tokens"] + t["completion_tokens"]
                 cells += [f"{tokens:,}" if tokens else "", usd(t["cost_usd"]) if t["llm_calls"] else ""]
+            if cascades:
+                cells.append(usd(t.get("if_last_usd", t["cost_usd"])) if t["llm_calls"] else "")
             if usage:
                 cells += [_fmt_duration(t["cpu_s"]), "" if t["max_rss_mb"] is None else f"{t['max_rss_mb']:.1f} MB"]
             table.add_row(*cells)
         console.print(table)
+
+
+def print_cascades(llm: dict[str, Any], console: Console) -> None:
+    """Per task whose cascade changed the bill: the cost paid beside the cost had it asked only its last model."""
+    rows = {tid: t for tid, t in llm["tasks"].items() if abs(t["if_last_usd"] - t["cost_usd"]) > 1e-12}
+    if not rows:
+        return
+    for tid, t in rows.items():
+        console.print(Text(f"  cascade {tid}: paid {usd(t['cost_usd'])}, {usd(t['if_last_usd'])} "
+                           "had every call gone to its last model"), soft_wrap=True)
+    saved = llm["if_last_usd"] - llm["cost_usd"]
+    verdict = f"saved {usd(saved)}" if saved >= 0 else f"cascading cost {usd(-saved)} more"
+    console.print(Text(f"  run: paid {usd(llm['cost_usd'])} of {usd(llm['if_last_usd'])}, {verdict}"), soft_wrap=True)
 
 
 def print_resources(usage: dict[str, dict[str, Any]], console: Console) -> None:

@@ -18,9 +18,10 @@ from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.state import RunResult, TaskResult, to_json
 from goatclaw.errors import TaskError, TemplateError
-from goatclaw.fix import FeedbackInputs, diff, fix_llm, repair_messages
+from goatclaw.fix import CascadeInputs, FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
+from goatclaw.template import Compiled
 from goatclaw.validation import (
     JUDGE_SCHEMA,
     JudgeFn,
@@ -113,11 +114,83 @@ class OutputChecks:
 
         return judge
 
-    async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
-                        index: int | None) -> tuple[Any, str]:
-        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries)."""
-        assert task.fix is not None and self.recorder is not None
+    def _cascade_of(self, task: Task) -> dict[str, Any] | None:
+        """``{cascade, feedback}`` when ``task`` is an ``llm`` task with a cascade (its own or the project's)."""
+        if task.uses != "llm" or not task.validate or not isinstance(task.with_, Mapping):
+            return None
+        model = task.with_.get("model")
+        if model is None:
+            from goatclaw import llm as room
+
+            s = room.session()
+            return {"cascade": list(s.cascade), "feedback": s.cascade_feedback} if len(s.cascade) > 1 else None
+        if isinstance(model, Mapping) and isinstance(model.get("cascade"), list) and len(model["cascade"]) > 1:
+            return {k: v for k, v in model.items() if k in ("cascade", "feedback")}
+        return None
+
+    async def _cascade_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                            index: int | None, cascade: dict[str, Any]) -> tuple[Any, str]:
+        """Ask each model of the cascade in turn until an answer passes the rules (event ``task.cascade``).
+
+        A model whose answer is rejected, or that lacks what the task needs, is passed over
+        (``task.escalate``, with the reason); errors follow the fallback chain inside each
+        call. The kept output gains ``cascade.passed_over``; ``task.cascade`` records what
+        was paid and what the kept answer would have cost at the last model's prices.
+        """
+        assert self.recorder is not None
         compiled = self._inputs(task)
+        names = [str(e.get("name") if isinstance(e, Mapping) else e) for e in cascade["cascade"]]
+        passed_over: list[dict[str, Any]] = []
+        rejected: Rejected | None = None
+        paid = 0.0
+        for at, name in enumerate(names):
+            use = CascadeInputs(compiled, cascade, at, rejected if cascade.get("feedback") else None)
+            last = at + 1 == len(names)
+            try:
+                if last and task.fix is not None:  # fix: applies to the last model's answer
+                    output, text = await self._fix_loop(task, plugin, res, context, index, use)
+                else:
+                    output, text = await self._run_attempts(task, plugin, res, context, index, use)
+            except Rejected as exc:
+                answer = exc.output if isinstance(exc.output, Mapping) else {}
+                cost = float(answer.get("cost_usd") or 0.0)
+                if_last = float((answer.get("cascade") or {}).get("if_last_usd") or cost)
+                reason, rejected = exc.message, exc
+            except TaskError as err:
+                if not err.details.get("incapable") or last:
+                    raise
+                answer, cost, if_last, reason = {}, 0.0, 0.0, err.message
+            else:
+                paid += float(output.get("cost_usd") or 0.0) if isinstance(output, Mapping) else 0.0
+                if_last = float(((output.get("cascade") or {}) if isinstance(output, Mapping) else {}).get(
+                    "if_last_usd") or 0.0)
+                self.recorder.event("task.cascade", task.id, {"item": index, "answered_by": name, "at": at,
+                                                              "passed_over": passed_over, "paid_usd": paid,
+                                                              "if_last_usd": if_last})
+                if isinstance(output, Mapping) and isinstance(output.get("cascade"), Mapping):
+                    output = {**output, "cascade": {**output["cascade"], "passed_over": passed_over}}
+                    text = to_json(output)
+                return output, text
+            paid += cost
+            passed_over.append({"model": name, "reason": reason, "cost_usd": cost})
+            if last:
+                self.recorder.event("task.cascade", task.id, {"item": index, "answered_by": None, "at": at,
+                                                              "passed_over": passed_over, "paid_usd": paid,
+                                                              "if_last_usd": if_last})
+                raise Rejected(f"{reason} (every model of the cascade was passed over: {', '.join(names)})",
+                               answer, rejected.verdicts if rejected is not None else [])
+            self.recorder.event("task.escalate", task.id, {"item": index, "model": name, "to": names[at + 1],
+                                                           "reason": reason, "cost_usd": cost})
+        raise AssertionError("unreachable: a cascade has at least two models")
+
+    async def _fix_loop(self, task: Task, plugin: Plugin, res: TaskResult, context: Mapping[str, Any],
+                        index: int | None, compiled: Compiled | None = None) -> tuple[Any, str]:
+        """Run the task; while its output is rejected, fix it (``fix.attempts`` times, apart from retries).
+
+        ``compiled`` is the inputs to run with (a cascade's last stage), else the task's own.
+        """
+        assert task.fix is not None and self.recorder is not None
+        compiled = compiled or self._inputs(task)
         try:
             return await self._run_attempts(task, plugin, res, context, index, compiled)
         except Rejected as exc:

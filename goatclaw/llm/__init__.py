@@ -38,12 +38,12 @@ from goatclaw.llm.call import FALLBACK_ON, complete
 from goatclaw.llm.cassette import Cassette
 from goatclaw.llm.provider import _close_litellm_clients as _close_litellm_clients
 from goatclaw.llm.provider import _litellm as _litellm
-from goatclaw.llm.provider import embed, preload, ready
-from goatclaw.llm.request import Endpoint, Request, Response, request_key, reusable
+from goatclaw.llm.provider import embed, lacks, model_entry, preload, price, ready
+from goatclaw.llm.request import Endpoint, Request, Response, needs, request_key, reusable
 from goatclaw.llm.session import DEFAULT_CACHE_TTL as DEFAULT_CACHE_TTL
 from goatclaw.llm.session import MODES, SESSION, RateLimiter, Session, endpoint, estimate_costs, session, using, warm
 from goatclaw.llm.tools import converse
 
 __all__ = ["FALLBACK_ON", "MODES", "SESSION", "Cassette", "Endpoint", "RateLimiter", "Request", "Response", "Session",
-           "complete", "converse", "embed", "endpoint", "estimate_costs", "preload", "ready", "request_key", "reusable",
-           "session", "using", "warm"]
+           "complete", "converse", "embed", "endpoint", "estimate_costs", "lacks", "model_entry", "needs", "preload",
+           "price", "ready", "request_key", "reusable", "session", "using", "warm"]

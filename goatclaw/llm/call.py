@@ -13,13 +13,14 @@ model will not fix a bad key or a bad request).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from goatclaw.errors import TaskError
-from goatclaw.llm.provider import _answer_of, _call, _progress, ready
+from goatclaw.llm.provider import _answer_of, _call, _progress, lacks, price, ready
 from goatclaw.llm.request import (
     Emit,
     Request,
@@ -30,6 +31,7 @@ from goatclaw.llm.request import (
     _masks,
     _prefix_redactor,
     _response,
+    needs,
     request_key,
     reusable,
 )
@@ -58,6 +60,7 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     last: TaskError | None = None
     if s.mode == "replay":
         return _replay_chain(s, request, masks, emit)
+    request, skipped = await _route(request, s, emit)
     for i, model in enumerate(request.models):
         key = request_key(model, request, masks)
         try:
@@ -72,6 +75,7 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
                      message=err.message)
             continue
         response.hops = hops
+        response.skipped = skipped
         if emit is not None:
             emit("llm.call", model=response.model, usage=response.usage, cost_usd=response.cost_usd,
                  latency_ms=response.latency_ms, source=response.source, key=response.key)
@@ -117,6 +121,42 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     response = _response(answer, model, key, request, source="live")
     _remember(s, model, key, request, answer, masks)
     return response
+
+
+#: Above this many estimated prompt tokens (characters / 4) a chain is routed by context length too.
+LONG_PROMPT_TOKENS = 4000
+
+
+async def _route(request: Request, s: Session, emit: Emit | None) -> tuple[Request, list[dict[str, Any]]]:
+    """The chain without the models that lack what ``request`` needs (``llm.skip``), cheapest first if preferred.
+
+    Routing reads litellm's model map: a model it does not know is kept. When no model of
+    the chain has what the request needs, the call is refused (``invalid_input``, with
+    ``details["incapable"]``) before anything is sent.
+    """
+    wanted = needs(request) if request.route else {}
+    tokens = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
+    long = request.route and tokens > LONG_PROMPT_TOKENS
+    if not (wanted or long or s.prefer == "cheapest"):
+        return request, []
+    await ready()
+    kept: list[str] = []
+    skipped: list[dict[str, Any]] = []
+    for model in request.models:
+        missing = lacks(model, wanted, tokens if long else None)
+        if missing:
+            skipped.append({"model": model, "lacks": missing})
+            if emit is not None:
+                emit("llm.skip", model=model, lacks=missing)
+        else:
+            kept.append(model)
+    if not kept:
+        why = "; ".join(f"{h['model']} lacks {', '.join(h['lacks'])}" for h in skipped)
+        raise TaskError(f"no model of the chain has what the request needs: {why}", error_class="invalid_input",
+                        details={"incapable": True, "skipped": skipped})
+    if s.prefer == "cheapest":  # stable: equally priced models keep the order they were given in
+        kept.sort(key=lambda m: price(m, {"prompt_tokens": tokens, "completion_tokens": request.max_tokens or 256}))
+    return (dataclasses.replace(request, models=tuple(kept)) if tuple(kept) != request.models else request), skipped
 
 
 def _with_hops(err: TaskError, hops: list[dict[str, Any]]) -> TaskError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ from goatclaw.errors import TaskError
 from goatclaw.llm.request import Emit, Request
 
 __all__ = ["IMPORT_POLL_SECONDS", "STREAM_EVERY_SECONDS", "STREAM_TAIL_CHARS", "UNKNOWN_OUTPUT_LIMIT", "embed",
-           "preload", "ready"]
+           "lacks", "model_entry", "preload", "price", "ready"]
 
 
 def _litellm() -> Any:
@@ -434,3 +435,84 @@ async def _aembed(model: str, kwargs: dict[str, Any]) -> Any:
     finally:
         await _close_litellm_clients()
 
+
+
+_MAP: dict[str, Any] | None = None
+
+
+def _model_map() -> Mapping[str, Any]:
+    """Litellm's model map: litellm's own when it is imported, else its bundled JSON (read, litellm not imported).
+
+    ``goatclaw validate`` routes by capability without paying for litellm's import (2 s).
+    """
+    global _MAP
+    litellm = _imported()
+    if litellm is not None:
+        return litellm.model_cost
+    if _MAP is None:
+        import importlib.util
+        import json
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("litellm")
+        folder = Path(next(iter(spec.submodule_search_locations or ()), "")) if spec is not None else None
+        path = folder / "model_prices_and_context_window_backup.json" if folder is not None else None
+        try:
+            _MAP = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+        except (OSError, ValueError):
+            _MAP = {}
+    return _MAP
+
+
+def model_entry(model: str) -> Mapping[str, Any] | None:
+    """``model``'s entry in litellm's model map (``openai/gpt-4o`` is ``gpt-4o`` of provider openai), or ``None``.
+
+    Never asks a server (litellm's ``get_model_info`` asks a local Ollama): a model the map
+    does not know is unknown, and routing tries it.
+    """
+    found = _model_map()
+    entry = found.get(model)
+    if entry is None and "/" in model:
+        provider, rest = model.split("/", 1)
+        candidate = found.get(rest)
+        if isinstance(candidate, Mapping) and candidate.get("litellm_provider") == provider:
+            entry = candidate
+    return entry if isinstance(entry, Mapping) and entry.get("mode") in (None, "chat", "completion",
+                                                                          "responses") else None
+
+
+def lacks(model: str, needs: Mapping[str, Any], prompt_tokens: int | None = None) -> list[str]:
+    """What of ``needs`` (``tools``, ``vision``, ``json_mode``) ``model`` lacks, by its model-map entry.
+
+    ``context`` is lacking when ``prompt_tokens`` is over the model's ``max_input_tokens``.
+    An unknown model lacks nothing (it is tried); JSON mode is asked of litellm's
+    supported parameters when litellm is imported.
+    """
+    entry = model_entry(model)
+    if entry is None:
+        return []
+    missing = []
+    if needs.get("tools") and not entry.get("supports_function_calling"):
+        missing.append("tools")
+    if needs.get("vision") and not entry.get("supports_vision"):
+        missing.append("vision")
+    if needs.get("json_mode") and _imported() is not None and not _json_mode(model):
+        missing.append("json_mode")
+    limit = entry.get("max_input_tokens")
+    if prompt_tokens is not None and isinstance(limit, int) and 0 < limit < prompt_tokens:
+        missing.append("context")
+    return missing
+
+
+@functools.lru_cache(maxsize=256)
+def _json_mode(model: str) -> bool:
+    """Whether ``model`` takes JSON mode (litellm's supported parameters, ~50 µs to ask: asked once per model)."""
+    return _supports_json_mode(_litellm(), model)
+
+
+def price(model: str, usage: Mapping[str, Any]) -> float:
+    """What ``usage`` (prompt and completion tokens) costs at ``model``'s prices in the model map; 0 unpriced."""
+    entry = model_entry(model) or {}
+    prompt = float(entry.get("input_cost_per_token") or 0.0)
+    completion = float(entry.get("output_cost_per_token") or 0.0)
+    return int(usage.get("prompt_tokens") or 0) * prompt + int(usage.get("completion_tokens") or 0) * completion

@@ -63,6 +63,9 @@ class Request:
     #: The tools the model may call, as the OpenAI API takes them (``{"type": "function", "function":
     #: {name, description, parameters}}``); part of the request key only when there are any.
     tools: tuple[Mapping[str, Any], ...] = ()
+    #: Route the chain by what the request needs (tools, images, JSON mode, its context length): a model whose
+    #: entry in litellm's model map says it lacks one is skipped (``llm.skip``); an unknown model is tried.
+    route: bool = True
 
 
 @dataclass
@@ -85,12 +88,30 @@ class Response:
     key: str
     #: The tool calls of the answer (``{id, name, arguments}``, ``arguments`` the model's JSON text).
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    #: The models of the chain skipped for lacking what the request needs (``{model, lacks}``).
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def as_output(self) -> dict[str, Any]:
-        """The JSON-serialisable form a task returns."""
-        return {"text": self.text, "data": self.data, "model": self.model, "usage": self.usage,
-                "cost_usd": self.cost_usd, "latency_ms": self.latency_ms, "hops": self.hops,
-                "source": self.source, "key": self.key}
+        """The JSON-serialisable form a task returns (``skipped`` only when a model was skipped)."""
+        out = {"text": self.text, "data": self.data, "model": self.model, "usage": self.usage,
+               "cost_usd": self.cost_usd, "latency_ms": self.latency_ms, "hops": self.hops,
+               "source": self.source, "key": self.key}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+def needs(request: Request) -> dict[str, Any]:
+    """What ``request`` needs of a model: ``tools``, ``vision`` (an image part), ``json_mode`` (``output: json``)."""
+    found: dict[str, Any] = {}
+    if request.tools:
+        found["tools"] = True
+    if any(isinstance(m.get("content"), list) and any(isinstance(p, Mapping) and p.get("type") == "image_url"
+                                                      for p in m["content"]) for m in request.messages):
+        found["vision"] = True
+    if request.output == "json":
+        found["json_mode"] = True
+    return found
 
 
 def _check(request: Request) -> None:

@@ -101,6 +101,14 @@ class Session:
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     #: The store whose rate windows the limits use, so processes sharing it share them (``None``: in memory).
     limits_store: Path | None = None
+    #: ``cheapest``: a chain is tried cheapest capable model first (goatclaw.yaml ``llm: {prefer: cheapest}``).
+    prefer: str | None = None
+    #: The project's cascade (goatclaw.yaml ``model: {cascade: [...]}``): tasks without ``model:`` use it.
+    cascade: tuple[str, ...] = ()
+    #: With the project's cascade: the next model sees the rejected answer and the failed rules.
+    cascade_feedback: bool = False
+    #: Why ``model`` is the default when no file named it (zero-config choice), else ``None``.
+    chosen: str | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0  # estimates of calls in flight, so concurrent calls cannot overspend together
     _store: Any = field(default=None, repr=False)
@@ -230,6 +238,8 @@ def estimate_costs(pipeline: Any, default_model: str | None = None) -> list[dict
                 continue
             args = task.with_
             model = args.get("model") or default_model
+            if isinstance(model, Mapping) and isinstance(model.get("cascade"), (list, tuple)):
+                model = model["cascade"][0] if model["cascade"] else None  # a cascade's first model answers most
             if isinstance(model, (list, tuple)):
                 model = model[0] if model else None
             if isinstance(model, Mapping):  # a model entry {name, api_base, api_key}

@@ -35,6 +35,10 @@ class Project:
     concurrency: int | None = None
     model: str | None = None
     fallbacks: tuple[str, ...] = ()
+    #: ``model: {cascade: [...]}``: the models in turn (``model`` is then the last, for judges and repairs).
+    cascade: tuple[str, ...] = ()
+    #: ``model: {cascade: [...], feedback: true}``: the next model sees the rejected answer and the failed rules.
+    cascade_feedback: bool = False
     #: Model name -> ``{api_base, api_key_env}``, for the model entries that say where they are served.
     endpoints: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     budget: Budget | None = None
@@ -75,15 +79,18 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
     executor = data.get("executor", "local")
     budget = data.get("budget")
     plugins = data.get("plugins", {}) if isinstance(data.get("plugins"), dict) else {}
+    cascade = data["model"]["cascade"] if isinstance(data.get("model"), dict) and "cascade" in data["model"] else []
     return Project(
         root=base,
         file=file,
         store_path=(base / store).resolve() if not Path(store).is_absolute() else Path(store),
         defaults=build_defaults(data.get("defaults"), None),
         concurrency=data.get("concurrency"),
-        model=_model_name(data.get("model")),
+        model=_model_name(cascade[-1] if cascade else data.get("model")),
         fallbacks=tuple(n for n in map(_model_name, data.get("fallbacks", ())) if n),
-        endpoints=_endpoints([data.get("model"), *data.get("fallbacks", ())]),
+        cascade=tuple(n for n in map(_model_name, cascade) if n),
+        cascade_feedback=isinstance(data.get("model"), dict) and data["model"].get("feedback") is True,
+        endpoints=_endpoints([*(cascade or [data.get("model")]), *data.get("fallbacks", ())]),
         budget=Budget(float(budget["usd"]), budget.get("downgrade")) if isinstance(budget, dict) else None,
         executor=_executor_kind(executor),
         executor_address=_executor_address(executor),

@@ -14,7 +14,11 @@ The output is always the same shape, so later tasks know where to look::
 
 ``model`` is one model or a list (the primary, then its fallbacks); an entry may be a
 mapping ``{name, api_base, api_key}`` for a model on a server of its own. A single model is
-followed by the project's ``fallbacks:``; with no model, the project's ``model:`` is used.
+followed by the project's ``fallbacks:``; with no model, the project's ``model:`` is used
+(or, with none in goatclaw.yaml, the one goatclaw chose from the providers it found).
+``model: {cascade: [cheap, middle, strong], feedback: true}`` is a cascade: the engine
+asks each model in turn until an answer passes the task's ``validate:`` rules (``at`` is
+the one this call asks), and the output gains ``cascade`` (docs/llm.md, Cascades).
 litellm is imported in a thread when a run's plan holds an ``llm`` task (the event loop
 runs on meanwhile, and no ``timeout`` counts the import), never when goatclaw is imported.
 """
@@ -60,7 +64,15 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     """
     from goatclaw import llm as room
 
-    models, endpoints = _chain(model, room.session())
+    s = room.session()
+    if model is None and s.cascade:
+        model = {"cascade": list(s.cascade)}
+    cascade = _cascade(model)
+    if cascade is not None:
+        model = cascade[0][cascade[1]]
+    elif model is None and s.chosen:
+        ctx.emit("llm.choice", model=s.model, why=s.chosen)
+    models, endpoints = _chain(model, s)
     request = room.Request(
         models=models,
         endpoints=endpoints,
@@ -80,9 +92,40 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         ctx.require_models((name,), *room.endpoint(name, request))
     if tools is None:
         response = await room.complete(request, emit=ctx.emit, secrets=list(ctx.secrets.values()))
-        return response.as_output()
-    return await _with_tools(ctx, request, tools, _count("max_turns", max_turns) or 10,
-                             _count("max_tool_calls", max_tool_calls) or 20)
+        out = response.as_output()
+    else:
+        out = await _with_tools(ctx, request, tools, _count("max_turns", max_turns) or 10,
+                                _count("max_tool_calls", max_tool_calls) or 20)
+    return out if cascade is None else {**out, "cascade": _stage(cascade, out)}
+
+
+def _cascade(model: Any) -> tuple[list[Any], int, bool] | None:
+    """``(entries, at, feedback)`` of ``model: {cascade: [...], at, feedback}``; ``None`` for any other model."""
+    if not isinstance(model, dict) or "cascade" not in model:
+        return None
+    entries, at = model.get("cascade"), model.get("at", 0)
+    extra = set(model) - {"cascade", "at", "feedback"}
+    if not isinstance(entries, list) or not entries or extra:
+        fail("model: {cascade: [...]} needs a non-empty list of models (and optionally feedback: true)"
+             + (f", not {', '.join(sorted(extra))}" if extra else ""), error_class="invalid_input")
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at < len(entries):
+        fail(f"model.at must be the index of a model of the cascade, not {at!r}", error_class="invalid_input")
+    return entries, at, model.get("feedback") is True
+
+
+def _name(entry: Any) -> str:
+    return str(entry.get("name") if isinstance(entry, dict) else entry).strip()
+
+
+def _stage(cascade: tuple[list[Any], int, bool], out: dict[str, Any]) -> dict[str, Any]:
+    """What a cascade's answer records: the models, which one answered, what it would have cost at the last's prices."""
+    from goatclaw import llm as room
+
+    entries, at, _ = cascade
+    last = _name(entries[-1])
+    live = out.get("source") == "live"
+    return {"models": [_name(e) for e in entries], "at": at, "answered_by": out.get("model"),
+            "if_last_usd": room.price(last, out.get("usage") or {}) if live else 0.0}
 
 
 async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int,
