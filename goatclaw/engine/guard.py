@@ -28,8 +28,8 @@ from goatclaw.template import check_expression, check_value, has_template
 __all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "unmet_needs"]
 
 _FIELD_PATH = {"shell": ("shell",), "network": ("network",), "files.read": ("files", "read"),
-               "files.write": ("files", "write"), "env": ("env",), "python": ("python",)}
-_NEEDS = {"shell": ("shell",), "network": ("network",), "python": ("python",), "env": ("env",),
+               "files.write": ("files", "write"), "env": ("env",), "python": ("python",), "mcp": ("mcp",)}
+_NEEDS = {"shell": ("shell",), "network": ("network",), "python": ("python",), "env": ("env",), "mcp": ("mcp",),
           "files": ("files.read", "files.write"), "files.read": ("files.read",), "files.write": ("files.write",)}
 
 
