@@ -33,11 +33,11 @@ from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
+from goatclaw.security.secrets import Redactor
 from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
-from goatclaw.security.secrets import Redactor
 from goatclaw.store import Store
 from goatclaw.tools import mcp as mcp_room
 from goatclaw.validation import budget_problems, llm_problems, rule_problem

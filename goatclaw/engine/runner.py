@@ -47,8 +47,8 @@ from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
-from goatclaw.tools.mcp import current as mcp_servers
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
+from goatclaw.tools.mcp import current as mcp_servers
 
 __all__ = ["RunOptions", "execute"]
 

@@ -148,8 +148,8 @@ class Grant:
     def check_mcp(self, server: str, tool: str) -> None:
         """Refuse a call of ``tool`` on the MCP server ``server`` unless ``mcp`` grants it."""
         if not self.allows_mcp(server, tool):
-            self._deny("mcp", f"tool '{tool}' of server '{server}'" + (" is not in" if self.mcp else " cannot be called:"),
-                       self.mcp)
+            what = f"tool '{tool}' of server '{server}'"
+            self._deny("mcp", what + (" is not in" if self.mcp else " cannot be called:"), self.mcp)
 
     def check_read(self, path: str | os.PathLike[str]) -> Path:
         """The real path of ``path`` (relative to the workspace) if ``files.read`` allows it."""

@@ -262,7 +262,7 @@ class Servers:
                 conn.task.cancel()
                 with contextlib.suppress(BaseException):
                     await conn.task
-            except Exception:  # noqa: BLE001 - a server that failed while stopping is stopped all the same
+            except Exception:
                 pass
             if conn.stderr is not None:
                 conn.stderr.close()
@@ -325,7 +325,7 @@ class Servers:
             page = await asyncio.wait_for(client.list_tools(), min(config.timeout, PROBE_TIMEOUT))
         except (TaskError, TimeoutError):
             return None
-        except Exception:  # noqa: BLE001 - any failure to reach it: replay without it
+        except Exception:
             return None
         return [_tool(config.name, t.model_dump(mode="json", by_alias=True, exclude_none=True)) for t in page.tools]
 
@@ -370,7 +370,7 @@ class Servers:
         assert config.command is not None
         env = {k: _fill(config, f"env.{k}", v, self.secrets) for k, v in config.env.items()}
         cwd = (self.workspace / config.cwd) if config.cwd else self.workspace
-        conn.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+        conn.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by aclose
         params = StdioServerParameters(command=config.command, args=list(config.args), env=env or None, cwd=str(cwd))
         return stdio_client(params, errlog=conn.stderr)
 
