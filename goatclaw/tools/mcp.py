@@ -335,9 +335,10 @@ class Servers:
             raise TaskError(f"mcp server '{config.name}': the run's servers are stopped", error_class="cancelled")
         conn = self._live.get(config.name)
         if conn is None:
-            conn = self._live[config.name] = _Connection()
-            transport = self._transport(config, conn)
-            conn.task = asyncio.create_task(self._serve(config, conn, transport), name=f"mcp:{config.name}")
+            conn = _Connection()
+            transport, owned = self._transport(config, conn)  # a bad secret reference raises here, before any start
+            self._live[config.name] = conn
+            conn.task = asyncio.create_task(self._serve(config, conn, transport, owned), name=f"mcp:{config.name}")
         wait = timeout or config.timeout
         try:
             await asyncio.wait_for(asyncio.shield(conn.ready), wait)
@@ -353,7 +354,8 @@ class Servers:
                             + (f"; its stderr: {tail}" if tail else ""), error_class="connection") from None
         return conn.client
 
-    def _transport(self, config: ServerConfig, conn: _Connection) -> Any:
+    def _transport(self, config: ServerConfig, conn: _Connection) -> tuple[Any, Any]:
+        """The SDK transport for ``config``, and the HTTP client it uses (``None`` over stdio), closed with it."""
         try:
             from mcp.client.stdio import StdioServerParameters, stdio_client
             from mcp.client.streamable_http import streamable_http_client
@@ -366,20 +368,24 @@ class Servers:
 
         if config.url:
             headers = {k: _fill(config, f"headers.{k}", v, self.secrets) for k, v in config.headers.items()}
-            return streamable_http_client(config.url, http_client=create_mcp_http_client(headers=headers))
+            client = create_mcp_http_client(headers=headers)
+            return streamable_http_client(config.url, http_client=client), client
         assert config.command is not None
         env = {k: _fill(config, f"env.{k}", v, self.secrets) for k, v in config.env.items()}
         cwd = (self.workspace / config.cwd) if config.cwd else self.workspace
         conn.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by aclose
         params = StdioServerParameters(command=config.command, args=list(config.args), env=env or None, cwd=str(cwd))
-        return stdio_client(params, errlog=conn.stderr)
+        return stdio_client(params, errlog=conn.stderr), None
 
-    async def _serve(self, config: ServerConfig, conn: _Connection, transport: Any) -> None:
+    async def _serve(self, config: ServerConfig, conn: _Connection, transport: Any, owned: Any) -> None:
         """The server's own task: connect, hand out the client, wait for the run to stop it, disconnect."""
         from mcp import Client
 
         try:
-            async with Client(transport, read_timeout_seconds=config.timeout) as client:
+            async with contextlib.AsyncExitStack() as stack:
+                if owned is not None:
+                    await stack.enter_async_context(owned)
+                client = await stack.enter_async_context(Client(transport, read_timeout_seconds=config.timeout))
                 conn.client = client
                 conn.ready.set_result(client)
                 await conn.stop.wait()

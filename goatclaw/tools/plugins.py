@@ -189,7 +189,8 @@ class Toolbox:
         tool = self.tools.get(name)
         try:
             if tool is None:
-                why = self.refused.get(name)
+                why = self.refused.get(name) or next(  # a tool of an MCP server the task is granted nothing of
+                    (w for k, w in self.refused.items() if k.startswith("mcp:") and name.startswith(k[4:] + "_")), None)
                 err = TaskError(f"no tool '{name}'" + (f": {why}" if why else f" (tools: {', '.join(self.tools)})"),
                                 error_class="permission_denied" if why else "invalid_input")
                 if self._on_rejected is not None:
