@@ -521,3 +521,27 @@ def test_an_mcp_server_entry_with_both_command_and_url_is_refused_at_its_line(tm
     assert result.exit_code == 2
     assert "goatclaw.yaml:4:5:" in result.stderr and "mcp_servers.both" in result.stderr
     assert "use exactly one of them" in result.stderr
+
+
+def test_validate_names_an_unknown_server_and_warns_of_tools_never_offered(mcp_project) -> None:
+    path = write(mcp_project, """
+        version: 1
+        name: v
+        permissions: {network: [127.0.0.1]}
+        tasks:
+          ask:
+            uses: llm
+            with:
+              model: openai/gpt-4o-mini
+              api_base: http://127.0.0.1:9/v1
+              api_key: sk-test
+              prompt: hi
+              tools:
+                - mcp: time
+                - mcp: {server: nowhere}
+        """)
+    _, problems = goatclaw.check(path)
+    shown = [(p.location.line if p.location else None, p.severity, p.message) for p in problems]
+    assert any(line == 13 and sev == "warn" and "never offered" in msg and "'time'" in msg
+               for line, sev, msg in shown), shown
+    assert any(line == 14 and sev == "error" and "no MCP server 'nowhere'" in msg for line, sev, msg in shown), shown
