@@ -545,3 +545,20 @@ def test_validate_names_an_unknown_server_and_warns_of_tools_never_offered(mcp_p
     assert any(line == 13 and sev == "warn" and "never offered" in msg and "'time'" in msg
                for line, sev, msg in shown), shown
     assert any(line == 14 and sev == "error" and "no MCP server 'nowhere'" in msg for line, sev, msg in shown), shown
+
+
+@needs_time
+def test_without_the_mcp_extra_the_task_names_the_extra_and_its_install_line(mcp_project) -> None:
+    write(mcp_project, """
+        version: 1
+        name: clock
+        permissions: {mcp: [time]}
+        tasks:
+          now: {uses: mcp, with: {server: time, tool: get_current_time, arguments: {timezone: UTC}}}
+        """)
+    code = ("import sys; sys.modules['mcp'] = None\n"  # the SDK absent, as in an install without the extra
+            "from goatclaw.cli import main\nmain(['validate', 'p.yaml'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=mcp_project, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'mcp' extra" in done.stderr and "[mcp]" in done.stderr and "Traceback" not in done.stderr
