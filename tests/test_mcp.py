@@ -456,13 +456,10 @@ def test_a_cancelled_run_leaves_no_server_process(mcp_project, mark) -> None:
         run.cancel()
         with pytest.raises((asyncio.CancelledError, goatclaw.errors.GoatclawError)):
             await run
+        assert processes_with(mark) == []  # gone with the run, while the event loop goes on
         return running
 
     assert asyncio.run(cancelled()) != []  # the server did run
-    deadline = time.monotonic() + 10
-    while processes_with(mark) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_with(mark) == []
 
 
 @needs_time
@@ -483,6 +480,7 @@ def test_a_server_starts_once_per_run_however_many_tasks_use_it(mcp_project, mar
         while not run.done():
             seen.update(p for p in processes_with(mark) if _is_python_server(p))
             await asyncio.sleep(0.02)
+        assert processes_with(mark) == []  # stopped by the run, not by the event loop's end
         return run.result()
 
     result = asyncio.run(watched())
@@ -562,3 +560,34 @@ def test_without_the_mcp_extra_the_task_names_the_extra_and_its_install_line(mcp
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "'mcp' extra" in done.stderr and "[mcp]" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_time
+def test_ctrl_c_on_goatclaw_apply_stops_the_servers_too(mcp_project, mark) -> None:
+    write(mcp_project, """
+        version: 1
+        name: clock
+        permissions: {mcp: [time], shell: [sleep]}
+        tasks:
+          now: {uses: mcp, with: {server: time, tool: get_current_time, arguments: {timezone: UTC}}}
+          wait: {uses: shell, needs: [now], with: {run: [sleep, "30"]}}
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--output", "plain"],
+                            cwd=mcp_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not processes_with(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_with(mark), "the server never started"
+        time.sleep(1.5)  # the mcp task is done and the sleep runs
+        proc.send_signal(2)  # SIGINT, as Ctrl-C sends it
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    deadline = time.monotonic() + 10
+    while processes_with(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(mark) == [], out
