@@ -155,7 +155,9 @@ def test_the_mcp_task_calls_a_real_tool_and_its_output_is_untrusted_and_audited(
 
 
 @needs_time
-def test_an_mcp_task_not_granted_is_refused_with_permission_denied_and_starts_nothing(mcp_project, mark) -> None:
+def test_an_mcp_task_not_granted_is_refused_with_permission_denied_and_starts_nothing(mcp_project, servers) -> None:
+    starter = f"touch started && exec {sys.executable} -m mcp_server_time"  # leaves a trace if it is ever started
+    _project(mcp_project, {**servers, "time": {"command": "sh", "args": ["-c", starter]}})
     path = write(mcp_project, """
         version: 1
         name: clock
@@ -171,6 +173,10 @@ def test_an_mcp_task_not_granted_is_refused_with_permission_denied_and_starts_no
     assert [a for _, a, _ in rows if a.startswith("mcp.")] == []
     denied = [d for _, a, d in rows if a == "permission.denied"]
     assert len(denied) == 1 and "permissions.mcp" in json.dumps(denied)
+    assert not (mcp_project / "started").exists()
+    granted = write(mcp_project, "version: 1\nname: ok\npermissions: {mcp: [time]}\ntasks:\n  now: {uses: mcp, with: "
+                    "{server: time, tool: get_current_time, arguments: {timezone: UTC}}}\n", "ok.yaml")
+    assert goatclaw.run(granted).ok and (mcp_project / "started").exists()  # the trace works
 
 
 @needs_time
