@@ -25,6 +25,7 @@ from openai_server import FakeOpenAI, Reply, tool_call
 from typer.testing import CliRunner
 
 import goatclaw
+import goatclaw.tools.mcp
 from goatclaw.cli.app import app
 from goatclaw.store import Store
 
@@ -597,3 +598,24 @@ def test_ctrl_c_on_goatclaw_apply_stops_the_servers_too(mcp_project, mark) -> No
     while processes_with(mark) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_with(mark) == [], out
+
+
+@needs_time
+def test_a_server_that_dies_is_started_again_on_the_next_call(mcp_project, mark) -> None:
+    from goatclaw.api import load_project_for, mcp_pool
+
+    async def calls() -> tuple[str, str]:
+        async with goatclaw.tools.mcp.using(mcp_pool(load_project_for(None))) as pool:
+            first = await pool.call("time", "get_current_time", {"timezone": "UTC"})
+            (pid,) = [p for p in processes_with(mark) if _is_python_server(p)]
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 10
+            while pid in processes_with(mark) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            with pytest.raises(goatclaw.errors.TaskError) as died:  # the call in flight when it died fails
+                await pool.call("time", "get_current_time", {"timezone": "UTC"})
+            second = await pool.call("time", "get_current_time", {"timezone": "Asia/Tokyo"})  # a retry: restarted
+            return first["structured"]["timezone"] + "," + second["structured"]["timezone"], died.value.error_class
+
+    zones, error_class = asyncio.run(calls())
+    assert zones == "UTC,Asia/Tokyo" and error_class == "connection"  # retried by the default policy

@@ -185,6 +185,7 @@ class Servers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tools: dict[str, list[McpTool]] = {}
         self._changed: dict[str, str] = {}
+        self._dead: list[_Connection] = []  # connections that dropped, stopped with the rest
         self._closed = False
 
     def config(self, server: str) -> ServerConfig:
@@ -240,6 +241,7 @@ class Servers:
             raise TaskError(f"mcp server '{server}': tools/call of '{tool}' took over {config.timeout:g}s",
                             error_class="timeout") from None
         except Exception as exc:  # the SDK's errors: a protocol error, a dropped connection
+            self._forget_if_gone(server, exc)
             raise TaskError(f"mcp server '{server}': tools/call of '{tool}' failed: {_why(exc)}",
                             error_class=_error_class(exc)) from None
         answer = _result(result)
@@ -251,7 +253,8 @@ class Servers:
     async def aclose(self) -> None:
         """Stop every server started (their processes end with their connections)."""
         self._closed = True
-        live, self._live = list(self._live.values()), {}
+        live, self._live = [*self._live.values(), *self._dead], {}
+        self._dead = []
         for conn in live:
             conn.stop.set()
         for conn in live:
@@ -269,6 +272,15 @@ class Servers:
                 conn.stderr.close()
 
     # -- inside ------------------------------------------------------------------------
+
+    def _forget_if_gone(self, server: str, exc: BaseException) -> None:
+        """A server whose connection is gone is stopped and forgotten: the next use (a retry) starts it again."""
+        if _error_class(exc) != "connection":
+            return
+        conn = self._live.pop(server, None)
+        if conn is not None:
+            conn.stop.set()
+            self._dead.append(conn)
 
     def _lock(self, server: str) -> asyncio.Lock:
         return self._locks.setdefault(server, asyncio.Lock())
@@ -309,6 +321,7 @@ class Servers:
             raise TaskError(f"mcp server '{config.name}': tools/list took over {config.timeout:g}s",
                             error_class="timeout") from None
         except Exception as exc:
+            self._forget_if_gone(config.name, exc)
             raise TaskError(f"mcp server '{config.name}': tools/list failed: {_why(exc)}",
                             error_class=_error_class(exc)) from None
         if self.mode == "record":
@@ -335,6 +348,9 @@ class Servers:
         if self._closed:
             raise TaskError(f"mcp server '{config.name}': the run's servers are stopped", error_class="cancelled")
         conn = self._live.get(config.name)
+        if conn is not None and conn.task is not None and conn.task.done():  # it died: start it again (a retry)
+            self._dead.append(self._live.pop(config.name))
+            conn = None
         if conn is None:
             conn = _Connection()
             transport, owned = self._transport(config, conn)  # a bad secret reference raises here, before any start
@@ -427,7 +443,8 @@ def _why(exc: BaseException) -> str:
 def _error_class(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    if isinstance(exc, (OSError, ConnectionError, EOFError)) or "Connect" in type(exc).__name__:
+    if isinstance(exc, (OSError, ConnectionError, EOFError)) or "Connect" in type(exc).__name__ \
+            or "connection closed" in str(exc).lower():
         return "connection"
     return "server_error"
 
