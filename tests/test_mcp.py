@@ -619,3 +619,25 @@ def test_a_server_that_dies_is_started_again_on_the_next_call(mcp_project, mark)
 
     zones, error_class = asyncio.run(calls())
     assert zones == "UTC,Asia/Tokyo" and error_class == "connection"  # retried by the default policy
+
+
+@needs_everything
+def test_a_secret_in_a_servers_env_is_masked_in_its_tool_result_before_the_model_reads_it(
+        mcp_project, servers, srv, monkeypatch) -> None:
+    env_server = {**servers["everything"], "env": {**servers["everything"]["env"],
+                                                   "SERVICE_TOKEN": "${{ secrets.MCP_TOKEN }}"}}
+    _project(mcp_project, {**servers, "everything": env_server})
+    monkeypatch.setenv("MCP_TOKEN", TOKEN)
+    monkeypatch.setenv("GOATCLAW_OWN_VARIABLE", "not-for-servers")
+    srv.respond = agent(Reply(None, tool_calls=[tool_call("everything_get-env", {})]))
+    path = llm_pipeline(mcp_project, srv, [{"mcp": {"server": "everything", "tools": ["get-env"]}}],
+                        permissions=", mcp: [everything]")
+    text = path.read_text().replace("name: mcp-agent\n", "name: mcp-agent\nsecrets: [MCP_TOKEN]\n")
+    path.write_text(text)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    (answer,) = _tool_messages(srv.requests[1])
+    assert "SERVICE_TOKEN" in answer["content"]  # the server did get it in its environment
+    assert TOKEN not in json.dumps(srv.requests[1]) and "***" in answer["content"]
+    assert "GOATCLAW_TEST_MARK" in answer["content"]  # its own env: given; goatclaw's environment: not
+    assert "GOATCLAW_OWN_VARIABLE" not in answer["content"] and "not-for-servers" not in answer["content"]
