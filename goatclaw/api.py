@@ -33,14 +33,17 @@ from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
+from goatclaw.security.secrets import Redactor
 from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
+from goatclaw.tools import mcp as mcp_room
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["arun", "check", "load", "load_project_for", "parse_var", "permissions_of", "plan", "run"]
+__all__ = ["arun", "check", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "permissions_of", "plan",
+           "run"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -221,7 +224,8 @@ async def arun(
         cache=cache and session.mode == "live",
     )
     session.secrets = [v for v in options.secrets.values() if v]
-    async with llm_room.using(session), started(chosen, owned=chosen is not executor):
+    servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)
+    async with llm_room.using(session), mcp_room.using(servers), started(chosen, owned=chosen is not executor):
         try:
             result = await execute(compiled, options)
         finally:
@@ -232,6 +236,32 @@ async def arun(
     if store_path is not None:
         await _remember(result, pipeline, project, options.secrets, options.registry)
     return result
+
+
+def mcp_pool(project: Project, secrets: Mapping[str, str] | None = None, *, mode: str = "live",
+             cassette: Any = None) -> mcp_room.Servers:
+    """The MCP servers of ``project`` (goatclaw.yaml's ``mcp_servers:``), none started yet.
+
+    ``secrets`` are what ``${{ secrets.X }}`` in their ``env``/``headers`` read (default: each
+    name they use, from the environment or ``.env``); those values are masked in the cassette.
+    """
+    configs = mcp_room.server_configs(project.mcp_servers)
+    if secrets is None:
+        names = sorted({n for c in configs.values() for n in mcp_room.secret_names(c)})
+        secrets = read_secrets(names, project.root)
+    redactor = Redactor(dict(secrets))
+    return mcp_room.Servers(configs, secrets=secrets, workspace=project.root, mode=mode, cassette=cassette,
+                            mask=redactor.mask_data)
+
+
+async def mcp_tools(server: str, *, project: Project | None = None) -> list[dict[str, Any]]:
+    """The tools the MCP server ``server`` of goatclaw.yaml lists (``tools/list``): name, description, inputSchema.
+
+    The server is started for the question and stopped after it (``goatclaw mcp tools``).
+    """
+    project = project or load_project_for(None)
+    async with mcp_room.using(mcp_pool(project)) as servers:
+        return [t.as_data() for t in await servers.tools(server)]
 
 
 def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Path | None) -> None:

@@ -2,7 +2,7 @@
 
 goatclaw's distribution is ``goatclaw-pipelines`` (the PyPI name ``goatclaw`` belongs to an
 unrelated project); the import package and the command are ``goatclaw``. The default
-install runs every built-in task, ``llm`` included. Four parts are extras, each imported
+install runs every built-in task but ``mcp``, ``llm`` included. Four parts are extras, each imported
 only where it is used:
 
 =========  =======================================  =====================================
@@ -11,7 +11,7 @@ extra      brings                                   needed by
 memory     numpy, wordllama (offline embeddings)    the ``memory`` task, ``goatclaw memory``, ``why``
 dask       dask.distributed                         ``apply --executor dask``
 otel       the OpenTelemetry SDK, OTLP/HTTP         spans, when ``OTEL_*`` is set
-mcp        the official MCP SDK (``mcp`` 2.x)       ``goatclaw mcp serve``
+mcp        the official MCP SDK (``mcp`` 2.x)       ``mcp_servers:``, the ``mcp`` task, ``goatclaw mcp``
 =========  =======================================  =====================================
 
 A missing extra is said once, as :func:`missing_message` words it: which extra, which

@@ -197,6 +197,10 @@ class TaskContext:
     #: task's ``tools:`` entries into a :class:`goatclaw.tools.Toolbox` whose calls run as attempts
     #: of this task (its permissions, secrets, audit and recorder). The ``llm`` task uses it.
     tools: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)
+    #: The run's MCP servers (a :class:`goatclaw.tools.mcp.Servers`; ``None`` outside a local run):
+    #: ``await ctx.mcp.call(server, tool, arguments)``. Check ``ctx.permissions.check_mcp`` first;
+    #: the ``mcp`` task does.
+    mcp: Any = field(default=None, repr=False)
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

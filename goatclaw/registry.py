@@ -45,6 +45,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "http": "goatclaw.tasks.http:http",
     "memory": "goatclaw.tasks.memory:memory",
     "llm": "goatclaw.tasks.llm:llm",
+    "mcp": "goatclaw.tasks.mcp:mcp",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
@@ -52,6 +53,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
 BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "llm": ("llm", ("litellm",)),
     "memory": ("memory", ("numpy",)),
+    "mcp": ("mcp", ("mcp",)),
 }
 
 

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "goatclaw"
 
 HEAVY_AT_IMPORT = ["yaml", "jinja2", "networkx", "jsonschema", "sqlean", "rich", "typer", "litellm", "dask",
-                   "wordllama"]
-HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama"]
+                   "wordllama", "mcp"]
+HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "mcp"]
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -160,6 +160,7 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     ("httpx", ("goatclaw.tasks.http", "goatclaw.providers")),  # providers: the Ollama probe of goatclaw doctor
     ("litellm", "goatclaw.llm.provider"),  # the LLM room's one border with litellm
+    ("mcp", "goatclaw.tools.mcp"),  # the MCP SDK's client half, where tools come from (docs/mcp.md)
 ])
 def test_each_library_has_one_owner(library: str, owner: str | tuple[str, ...]) -> None:
     assert importers_of(library) == ({owner} if isinstance(owner, str) else set(owner))

@@ -38,7 +38,7 @@ tasks:
 FREE_TEXT = {
     "apply --run", "apply --address", "why run", "why task", "runs show run", "runs report run", "runs events run",
     "runs replay run", "runs list --pipeline", "breakers reset key", "plugins show name", "audit show --run",
-    "audit show --action", "dlq list --run", "memory search query", "test --case",
+    "audit show --action", "dlq list --run", "memory search query", "test --case", "mcp tools server",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {

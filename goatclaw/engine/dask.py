@@ -258,7 +258,7 @@ class Outcome:
 
 def pack_context(ctx: TaskContext) -> bytes:
     """The context as bytes a worker can load: no callback, plain mappings for read-only views."""
-    plain = dataclasses.replace(ctx, _emit=None, tools=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
+    plain = dataclasses.replace(ctx, _emit=None, tools=None, mcp=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     # read-only mapping proxies (in grants) cannot be pickled; they travel as the dicts they show

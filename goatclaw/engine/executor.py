@@ -187,7 +187,8 @@ class LocalExecutor(Executor):
             self._pool = ProcessPoolExecutor(max_workers=self._processes)
         pool = self._pool
         # callbacks cannot cross processes; read-only mapping proxies cannot be pickled
-        plain_ctx = dataclasses.replace(ctx, _emit=None, tools=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
+        plain_ctx = dataclasses.replace(ctx, _emit=None, tools=None, mcp=None, env=dict(ctx.env),
+                                        secrets=dict(ctx.secrets))
         loop = asyncio.get_running_loop()
         try:
             ok, value, usage = await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))

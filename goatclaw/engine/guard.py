@@ -28,8 +28,8 @@ from goatclaw.template import check_expression, check_value, has_template
 __all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "unmet_needs"]
 
 _FIELD_PATH = {"shell": ("shell",), "network": ("network",), "files.read": ("files", "read"),
-               "files.write": ("files", "write"), "env": ("env",), "python": ("python",)}
-_NEEDS = {"shell": ("shell",), "network": ("network",), "python": ("python",), "env": ("env",),
+               "files.write": ("files", "write"), "env": ("env",), "python": ("python",), "mcp": ("mcp",)}
+_NEEDS = {"shell": ("shell",), "network": ("network",), "python": ("python",), "env": ("env",), "mcp": ("mcp",),
           "files": ("files.read", "files.write"), "files.read": ("files.read",), "files.write": ("files.write",)}
 
 
@@ -353,10 +353,13 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
     for task in tasks:
         entries = task.with_.get("tools") if task.uses == "llm" else None
         for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+            path = (*task.path, "with", "tools", i)
+            if isinstance(entry, Mapping) and "mcp" in entry:
+                problems += _mcp_tool_problems(pipeline, guard, task, entry["mcp"], (*path, "mcp"))
+                continue
             uses = entry.get("uses") if isinstance(entry, Mapping) else None
             if not isinstance(uses, str):
                 continue  # the schema says what is wrong with it
-            path = (*task.path, "with", "tools", i)
             try:
                 plugin = guard.registry.task(uses)
             except PluginError as exc:
@@ -373,6 +376,27 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
                                         f"tool '{uses}' needs {granted}, which task {task.id} is not granted; "
                                         "it is never offered to the model", severity="warn"))
     return problems
+
+
+def _mcp_tool_problems(pipeline: Pipeline, guard: Guard, task: Task, spec: Any,
+                       path: tuple[str | int, ...]) -> list[Problem]:
+    """A ``{mcp: server}`` tool entry: a server goatclaw.yaml does not name (error), one never offered (warning)."""
+    server = spec if isinstance(spec, str) else spec.get("server") if isinstance(spec, Mapping) else None
+    if not isinstance(server, str) or has_template(server):
+        return []
+    project = pipeline.project
+    known = getattr(project, "mcp_servers", None) or {}
+    if server not in known:
+        where = getattr(project, "file", None) or "goatclaw.yaml (none found)"
+        return [Problem(pipeline.locate(path), dotted(path), f"no MCP server '{server}' in mcp_servers: of {where} "
+                        f"(servers: {', '.join(sorted(known)) or 'none'})")]
+    grant = guard.grant(task)
+    if not grant.allows_mcp(server):
+        return [Problem(pipeline.locate(path), dotted(path),
+                        f"the tools of MCP server '{server}' need permissions.mcp, which task {task.id} is not granted "
+                        f"({grant.sources.get('mcp', 'embedded default')}); they are never offered to the model",
+                        severity="warn")]
+    return []
 
 
 def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:

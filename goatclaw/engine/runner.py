@@ -48,6 +48,7 @@ from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
+from goatclaw.tools.mcp import current as mcp_servers
 
 __all__ = ["RunOptions", "execute"]
 
@@ -760,7 +761,8 @@ class _Runner(OutputChecks, ToolCalls):
                            task.env, task.timeout, self.guard.grant(task), self._task_event,
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
                            cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id),
-                           tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None)
+                           tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
+                           mcp=mcp_servers())
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""

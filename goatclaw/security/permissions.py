@@ -49,9 +49,9 @@ __all__ = [
 ]
 
 #: The permission fields, as written in ``permissions:`` (``files.read``/``files.write``).
-FIELDS = ("shell", "network", "files.read", "files.write", "env", "python")
+FIELDS = ("shell", "network", "files.read", "files.write", "env", "python", "mcp")
 _ATTR = {"shell": "shell", "network": "network", "files.read": "files_read", "files.write": "files_write",
-         "env": "env", "python": "python"}
+         "env": "env", "python": "python", "mcp": "mcp"}
 
 #: Variables every process and template sees: without them no program can be found or
 #: print text. None of them holds a credential.
@@ -80,6 +80,9 @@ class Grant:
     files_write: tuple[str, ...] = ()
     env: bool | tuple[str, ...] = False
     python: bool | tuple[str, ...] = False
+    #: MCP servers (``goatclaw.yaml``'s ``mcp_servers:``) whose tools may be called: a server
+    #: name for all its tools, ``server:tool`` for one.
+    mcp: bool | tuple[str, ...] = False
     workspace: str = ""
     protected: tuple[str, ...] = ()  # real paths beyond PROTECTED a grant must name explicitly (the store's files)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # a dict: grants travel to workers
@@ -87,8 +90,8 @@ class Grant:
     @classmethod
     def everything(cls, workspace: str | os.PathLike[str] = "") -> Grant:
         """Everything, files inside the workspace (for code that calls a plugin directly and means it)."""
-        return cls(True, True, (".",), (".",), True, True, str(workspace or Path.cwd()),
-                   dict.fromkeys(FIELDS, "Grant.everything()"))
+        return cls(True, True, (".",), (".",), True, True, True, str(workspace or Path.cwd()),
+                   sources=dict.fromkeys(FIELDS, "Grant.everything()"))
 
     @classmethod
     def nothing(cls, workspace: str | os.PathLike[str] = "") -> Grant:
@@ -130,6 +133,23 @@ class Grant:
             return not listed
         return isinstance(self.network, tuple) and any(
             host_matches(host, port, p) for p in self.network if not (listed and _names_no_host(p)))
+
+    def allows_mcp(self, server: str, tool: str | None = None) -> bool:
+        """Whether ``mcp`` grants ``tool`` of ``server`` (``tool=None``: some tool of it at least)."""
+        if self.mcp is True:
+            return True
+        if not isinstance(self.mcp, tuple):
+            return False
+        if server in self.mcp:
+            return True
+        return any(g.partition(":")[0] == server and (tool is None or g.partition(":")[2] == tool)
+                   for g in self.mcp if ":" in g)
+
+    def check_mcp(self, server: str, tool: str) -> None:
+        """Refuse a call of ``tool`` on the MCP server ``server`` unless ``mcp`` grants it."""
+        if not self.allows_mcp(server, tool):
+            what = f"tool '{tool}' of server '{server}'"
+            self._deny("mcp", what + (" is not in" if self.mcp else " cannot be called:"), self.mcp)
 
     def check_read(self, path: str | os.PathLike[str]) -> Path:
         """The real path of ``path`` (relative to the workspace) if ``files.read`` allows it."""
@@ -415,7 +435,8 @@ def host_matches(host: str, port: int | None, pattern: str) -> bool:
 
 #: What holds where no layer says anything: deny, except reading the workspace.
 EMBEDDED_DEFAULT: Mapping[str, Any] = MappingProxyType({
-    "shell": False, "network": False, "files.read": (".",), "files.write": (), "env": False, "python": False})
+    "shell": False, "network": False, "files.read": (".",), "files.write": (), "env": False, "python": False,
+    "mcp": False})
 
 
 def _value(perms: Any, name: str) -> Any:
@@ -482,6 +503,8 @@ def _item_covers(name: str, outer: str, inner: str) -> bool:
             return True
         probe = inner[2:] if inner.startswith("*.") else inner
         return host_matches("x." + probe if inner.startswith("*.") else probe, None, outer)
+    if name == "mcp":  # a server covers each of its tools
+        return ":" not in outer and inner.partition(":")[0] == outer
     if name == "python":
         mod, _, fn = outer.partition(":")
         imod, _, ifn = inner.partition(":")

@@ -198,6 +198,7 @@ class Permissions:
     files_write: tuple[str, ...] | None = None
     env: bool | tuple[str, ...] | None = None
     python: bool | tuple[str, ...] | None = None
+    mcp: bool | tuple[str, ...] | None = None
 
     @classmethod
     def from_data(cls, data: Any) -> Permissions:
@@ -216,6 +217,7 @@ class Permissions:
             files_write=_strings(files["write"]) if "write" in files else None,
             env=flag(data.get("env")),
             python=flag(data.get("python")),
+            mcp=flag(data.get("mcp")),
         )
 
 

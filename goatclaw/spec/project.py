@@ -50,6 +50,8 @@ class Project:
     permissions: Permissions = Permissions()
     plugins_allow: tuple[str, ...] | None = None
     plugins_deny: tuple[str, ...] = ()
+    #: ``mcp_servers:`` as written (name -> ``{command, args, env, cwd}`` or ``{url, headers}``), schema-checked.
+    mcp_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -99,6 +101,7 @@ def load_project(file: Path | None = None, *, root: Path | None = None) -> Proje
         permissions=Permissions.from_data(data.get("permissions")),
         plugins_allow=tuple(plugins["allow"]) if "allow" in plugins else None,
         plugins_deny=tuple(plugins.get("deny", ())),
+        mcp_servers=MappingProxyType(dict(data.get("mcp_servers") or {})),
         data=MappingProxyType(data),
     )
 

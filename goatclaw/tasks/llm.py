@@ -58,9 +58,9 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     the output is the same either way. The answer is reused from the LLM answer cache
     only at ``temperature: 0`` or when the task says ``cache: true`` (docs/llm.md); the
     task cache never holds it. ``tools`` lists task plugins the model may call
-    (``{uses, with, name, description}``); each call runs as an attempt of this task, at most
-    ``max_tool_calls`` of them over at most ``max_turns`` model calls, and the output gains
-    the ``trajectory`` (docs/llm.md, Tools).
+    (``{uses, with, name, description}``) and MCP servers' tools (``{mcp: server}``); each call
+    runs as an attempt of this task, at most ``max_tool_calls`` of them over at most ``max_turns``
+    model calls, and the output gains the ``trajectory`` (docs/llm.md, Tools).
     """
     from goatclaw import llm as room
 
@@ -132,6 +132,7 @@ async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int
                       max_tool_calls: int) -> dict[str, Any]:
     """The tool loop: the engine's toolbox offers what the task is granted; the output gains the trajectory."""
     import dataclasses
+    import inspect
 
     from goatclaw import llm as room
 
@@ -139,6 +140,8 @@ async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int
         fail("tools: need a local run of the engine (the tool calls run as attempts of this task)",
              error_class="invalid_input")
     box = ctx.tools(tools)
+    if inspect.isawaitable(box):  # MCP servers' tools are listed first
+        box = await box
     request = dataclasses.replace(request, tools=tuple(box.schemas()))
     response, trajectory = await room.converse(request, call_tool=box.call, max_turns=max_turns,
                                                max_tool_calls=max_tool_calls, emit=ctx.emit,

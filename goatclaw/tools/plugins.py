@@ -23,7 +23,7 @@ from typing import Any
 from goatclaw.errors import PluginError, TaskError
 from goatclaw.registry import Plugin
 
-__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "parameters_of", "plugin_tool", "schema_of_hint"]
+__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "mcp_tool", "parameters_of", "plugin_tool", "schema_of_hint"]
 
 #: The most characters of one tool result the model reads (the rest is cut, and it is told).
 MAX_RESULT_CHARS = 32_000
@@ -38,10 +38,13 @@ class Tool:
 
     name: str
     uses: str
-    plugin: Plugin = field(repr=False)
+    plugin: Plugin | None = field(repr=False)  # ``None``: a tool of an MCP server
     description: str
     parameters: Mapping[str, Any]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    #: For a tool of an MCP server: the server's name and the tool's own name there.
+    server: str | None = None
+    remote: str | None = None
 
     def openai(self) -> dict[str, Any]:
         """The tool as the OpenAI chat API (and litellm) takes it."""
@@ -72,6 +75,15 @@ def plugin_tool(index: int, entry: Any, get: Callable[[str], Plugin]) -> Tool:
         raise TaskError(f"{where}.name '{name}' must be 1 to 64 letters, digits, _ or -", error_class="invalid_input")
     description = entry.get("description") or (inspect.getdoc(plugin.fn) or f"the {uses} task").strip()
     return Tool(name, uses, plugin, str(description), parameters_of(plugin, fixed), dict(fixed))
+
+
+def mcp_tool(server: str, name: str, description: str, schema: Mapping[str, Any]) -> Tool:
+    """A tool an MCP server lists, as the model is offered it (named ``server_tool``, at most 64 characters)."""
+    called = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}_{name}")[:64]
+    parameters = copy.deepcopy(dict(schema)) if isinstance(schema, Mapping) else {}
+    parameters.setdefault("type", "object")
+    return Tool(called, f"mcp:{server}", None, description or f"the tool {name} of the MCP server {server}",
+                parameters, server=server, remote=name)
 
 
 def parameters_of(plugin: Plugin, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -177,7 +189,8 @@ class Toolbox:
         tool = self.tools.get(name)
         try:
             if tool is None:
-                why = self.refused.get(name)
+                why = self.refused.get(name) or next(  # a tool of an MCP server the task is granted nothing of
+                    (w for k, w in self.refused.items() if k.startswith("mcp:") and name.startswith(k[4:] + "_")), None)
                 err = TaskError(f"no tool '{name}'" + (f": {why}" if why else f" (tools: {', '.join(self.tools)})"),
                                 error_class="permission_denied" if why else "invalid_input")
                 if self._on_rejected is not None:
@@ -208,6 +221,8 @@ class Toolbox:
             raise TaskError(f"{tool.name}: {', '.join(clash)} is fixed by the pipeline and cannot be given",
                             error_class="invalid_input")
         kwargs = {**given, **tool.fixed}
+        if tool.plugin is None:  # an MCP server checks its own tool's arguments (an error comes back as the result)
+            return kwargs
         problems = tool.plugin.check_args(kwargs)
         if problems:
             raise TaskError(f"{tool.name}: " + "; ".join(m for _, m in problems[:5]), error_class="invalid_input")
