@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -219,6 +220,7 @@ async def arun(
         seed_from=seed_from,
         stubs=dict(stubs or {}),
         cache=cache and session.mode == "live",
+        load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
     )
     session.secrets = [v for v in options.secrets.values() if v]
     async with llm_room.using(session), started(chosen, owned=chosen is not executor):

@@ -1,4 +1,4 @@
-"""Where a model's tools come from: today a task plugin's argument schema as a tool.
+"""Where a model's tools come from: a task plugin's argument schema, or a pipeline's vars, as a tool.
 
 A ``tools:`` entry of an ``llm`` task (``{uses, with, name, description}``) becomes a
 :class:`Tool`: its parameters are the plugin's ``with:`` arguments as a JSON Schema, from
@@ -10,6 +10,7 @@ it, so that every call is an attempt of the task.
 
 from __future__ import annotations
 
+from goatclaw.tools.pipelines import pipeline_tool, vars_schema
 from goatclaw.tools.plugins import (
     MAX_RESULT_CHARS,
     Tool,
@@ -19,4 +20,5 @@ from goatclaw.tools.plugins import (
     schema_of_hint,
 )
 
-__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "parameters_of", "plugin_tool", "schema_of_hint"]
+__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "parameters_of", "pipeline_tool", "plugin_tool", "schema_of_hint",
+           "vars_schema"]

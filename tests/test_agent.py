@@ -1,0 +1,282 @@
+"""Agents: pipeline tools, per-call retry and cache, and the ``agent`` task.
+
+Real runs over HTTP through litellm against tests/openai_server.py (which speaks tool calls),
+with a local web site (tests/local_http.py) for ``http`` tools; every tool call runs as an
+attempt of its task.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from local_http import serving
+from openai_server import FakeOpenAI, Reply, tool_call
+
+import goatclaw
+from goatclaw import llm as room
+from goatclaw.store import Store
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def litellm_imported() -> None:
+    """Pay litellm's import (seconds) once, outside the tests' task timeouts."""
+    room._litellm()
+
+
+def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in body["messages"] if m.get("role") == "tool"]
+
+
+def scripted(*turns: Reply | Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
+    """A scripted model: the n-th request (counted by the assistant turns it carries) gets the n-th turn."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        n = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        turn = turns[min(n, len(turns) - 1)]
+        return turn(body) if callable(turn) else turn
+
+    return respond
+
+
+def final(body: dict[str, Any]) -> Reply:
+    """The last turn: an answer that repeats what the tools returned."""
+    return Reply("results: " + " | ".join(m["content"] for m in _tool_messages(body)))
+
+
+def llm_with_tools(write: Callable[..., Path], srv: FakeOpenAI, tools: list[dict[str, Any]], *, extra: str = "",
+                   task_extra: str = "") -> Path:
+    return write(f"""
+        version: 1
+        name: caller
+        {extra}
+        tasks:
+          ask:
+            uses: llm
+            retry: {{attempts: 1}}
+            {task_extra}
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              api_key: sk-test
+              prompt: use the tools
+              tools: {json.dumps(tools)}
+        """)
+
+
+def _events(store_path: Path, run_id: str, prefix: str = "tool.") -> list[dict[str, Any]]:
+    with Store.open(store_path) as db:
+        return [e for e in db.events(run_id) if e["topic"].startswith(prefix)]
+
+
+LOOKUP = """
+    version: 1
+    name: lookup
+    description: Make a slug of a word, a number of times.
+    vars:
+      word: null
+      times: 2
+      separator: "-"
+    tasks:
+      slug:
+        uses: slugify
+        with: {text: "${{ vars.word }} ${{ vars.times }}", separator: "${{ vars.separator }}"}
+      again:
+        uses: echo
+        needs: [slug]
+        with: {value: "${{ tasks.slug.output }}"}
+    outputs:
+      slug: ${{ tasks.again.output }}
+      times: ${{ vars.times }}
+    """
+
+
+# -- pipeline tools ------------------------------------------------------------------------------
+
+
+def test_a_pipeline_is_a_tool_its_vars_the_parameters_its_outputs_the_result(write_pipeline, srv, store_path) -> None:
+    write_pipeline(LOOKUP, name="pipelines/lookup.yaml")
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("lookup", {"word": "Hello World", "times": 3})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "pipelines/lookup.yaml", "with": {"separator": "_"}}])
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    (offered,) = srv.requests[0]["tools"]
+    assert offered["function"] == {"name": "lookup", "description": "Make a slug of a word, a number of times.",
+                                   "parameters": {"type": "object", "additionalProperties": False,
+                                                  "required": ["word"],
+                                                  "properties": {"word": {}, "times": {"type": "integer",
+                                                                                       "default": 2}}}}
+    (answer,) = _tool_messages(srv.requests[1])
+    assert json.loads(answer["content"]) == {"slug": "hello_world_3", "times": 3}  # the declared outputs
+    child_events = [e for e in _events(store_path, result.run_id) if e["topic"] == "tool.child"]
+    assert [e["data"]["status"] for e in child_events] == ["succeeded"]
+    child_id = child_events[0]["data"]["run_id"]
+    with Store.open(store_path) as db:
+        child = db.run(child_id)
+        (parent,) = [e for e in db.events(child_id) if e["topic"] == "run.parent"]
+        tasks = {t.task_id: t.status for t in db.tasks(child_id)}
+    assert child.pipeline == "lookup" and tasks == {"slug": "succeeded", "again": "succeeded"}
+    assert parent["data"] == {"run_id": result.run_id, "task": "ask", "pipeline": "caller", "depth": 1}
+
+
+def test_a_pipeline_tool_without_outputs_gives_its_last_tasks_outputs_and_bad_vars_are_refused(
+        write_pipeline, srv) -> None:
+    write_pipeline("""
+        version: 1
+        name: plain
+        vars: {word: x}
+        tasks:
+          say: {uses: echo, with: {value: "${{ vars.word }}!"}}
+        """, name="plain.yaml")
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("plain", {"word": "hi"}),
+                                                   tool_call("plain", {"wrod": "hi"})]), final)
+    result = goatclaw.run(llm_with_tools(write_pipeline, srv, [{"pipeline": "plain.yaml"}]))
+    assert result.ok, result.tasks["ask"].error
+    good, bad = (json.loads(m["content"]) for m in _tool_messages(srv.requests[1]))
+    assert good == {"say": "hi!"}
+    assert bad["error_class"] == "invalid_input" and "wrod" in bad["error"]
+
+
+class _Site(BaseHTTPRequestHandler):
+    """A web site: ``/flaky`` answers 500 the first time of each test, then 200; the rest 200 with the path."""
+
+    hits: ClassVar[dict[str, int]] = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        with self.lock:
+            n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        status = 500 if self.path.startswith("/flaky") and n == 1 else 200
+        data = json.dumps({"path": self.path, "hit": n}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    _Site.hits.clear()
+    with serving(_Site) as url:
+        yield url
+
+
+FETCH = """
+    version: 1
+    name: fetch
+    vars: {url: null}
+    permissions: {network: true}
+    tasks:
+      get: {uses: http, with: {url: "${{ vars.url }}"}}
+    outputs:
+      body: ${{ tasks.get.output.body }}
+    """
+
+
+def test_a_child_run_is_granted_no_more_than_the_calling_task(write_pipeline, srv, site, store_path) -> None:
+    """The child pipeline grants network: true; the caller only 127.0.0.1: the child cannot reach further."""
+    write_pipeline(FETCH, name="fetch.yaml")
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("fetch", {"url": f"{site}/here"}),
+                                                   tool_call("fetch", {"url": "http://example.invalid/x"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "fetch.yaml"}],
+                          extra="permissions: {network: [127.0.0.1]}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    here, there = (json.loads(m["content"]) for m in _tool_messages(srv.requests[1]))
+    assert here == {"body": {"path": "/here", "hit": 1}}
+    assert there["error_class"] == "permission_denied" and "example.invalid" in there["error"]
+    succeeded = [e["data"] for e in _events(store_path, result.run_id) if e["topic"] == "tool.succeeded"]
+    assert [d["untrusted"] for d in succeeded] == [True]  # http ran in it: the result is untrusted
+
+
+def test_a_pipeline_tool_needing_what_the_task_is_not_granted_is_never_offered(write_pipeline, srv,
+                                                                              store_path) -> None:
+    write_pipeline("""
+        version: 1
+        name: save
+        vars: {text: null}
+        tasks:
+          write: {uses: file.write, with: {path: out/saved.txt, content: "${{ vars.text }}"}}
+        """, name="save.yaml")
+    write_pipeline(LOOKUP, name="pipelines/lookup.yaml")
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("save", {"text": "sneaky"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "save.yaml"}, {"pipeline": "pipelines/lookup.yaml"}],
+                          extra="permissions: {network: [127.0.0.1], files: {read: [.], write: []}}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    assert [t["function"]["name"] for t in srv.requests[0]["tools"]] == ["lookup"]  # save needs files.write
+    assert "files.write" in result.tasks["ask"].output["tools"]["refused"]["save"]
+    (answer,) = _tool_messages(srv.requests[1])
+    assert json.loads(answer["content"])["error_class"] == "permission_denied"
+    assert not (store_path.parent.parent / "out" / "saved.txt").exists()
+    assert "tool.child" not in [e["topic"] for e in _events(store_path, result.run_id)]  # no child run started
+
+
+def test_a_pipeline_tool_outside_the_project_is_refused_when_it_runs(write_pipeline, srv, tmp_path) -> None:
+    """validate cannot see a templated tools: list; the run refuses the file all the same."""
+    (tmp_path.parent / "outside.yaml").write_text("version: 1\nname: o\ntasks: {a: {uses: echo}}\n")
+    srv.respond = scripted(Reply("fine"))
+    path = write_pipeline(f"""
+        version: 1
+        name: caller
+        vars: {{tools: [{{pipeline: ../outside.yaml}}]}}
+        tasks:
+          ask:
+            uses: llm
+            with: {{model: openai/gpt-4o-mini, api_base: "{srv.api_base}", api_key: sk-test, prompt: hi,
+                   tools: "${{{{ vars.tools }}}}"}}
+        """)
+    result = goatclaw.run(path)
+    assert result.tasks["ask"].error_class == "invalid_input"
+    assert "inside the project folder" in (result.tasks["ask"].error or "")
+    assert not srv.requests  # nothing was asked
+
+
+def test_pipeline_tools_nest_at_most_three_deep(write_pipeline, srv, store_path) -> None:
+    """A pipeline that offers itself as a tool: the run three deep cannot offer it again, and says so."""
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("me", {})]), final)
+    write_pipeline(f"""
+        version: 1
+        name: me
+        tasks:
+          ask:
+            uses: llm
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              api_key: sk-test
+              prompt: call yourself
+              tools: [{{pipeline: me.yaml}}]
+        outputs: {{text: "${{{{ tasks.ask.output.text }}}}"}}
+        """, name="me.yaml")
+    result = goatclaw.run(store_path.parent.parent / "me.yaml")
+    assert result.ok, result.tasks["ask"].error
+    with Store.open(store_path) as db:
+        runs = db.runs()
+        depths = sorted(e["data"]["depth"] for r in runs for e in db.events(r.id) if e["topic"] == "run.parent")
+        failed = [t.error for r in runs for t in db.tasks(r.id) if t.status == "failed"]
+    assert len(runs) == 4 and depths == [1, 2, 3]
+    assert failed and "nest at most 3 deep" in failed[0]
+
+
+def test_validate_names_a_pipeline_tool_that_is_not_there(write_pipeline, srv) -> None:
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "pipelines/nope.yaml"}, {"pipeline": "../x.yaml"},
+                                                {"pipeline": "p.yaml", "uses": "echo"}])
+    _, problems = goatclaw.check(path)
+    shown = {p.path: p.message for p in problems}
+    assert "does not exist" in shown["tasks.ask.with.tools[0].pipeline"]
+    assert "inside the project folder" in shown["tasks.ask.with.tools[1].pipeline"]
+    assert any(p.path.startswith("tasks.ask.with.tools[2]") and p.severity == "error" for p in problems)
+    assert all(p.location is not None for p in problems if p.path.startswith("tasks.ask.with.tools"))
