@@ -280,3 +280,67 @@ def test_validate_names_a_pipeline_tool_that_is_not_there(write_pipeline, srv) -
     assert "inside the project folder" in shown["tasks.ask.with.tools[1].pipeline"]
     assert any(p.path.startswith("tasks.ask.with.tools[2]") and p.severity == "error" for p in problems)
     assert all(p.location is not None for p in problems if p.path.startswith("tasks.ask.with.tools"))
+
+
+# -- each call is an attempt: retry and the task cache --------------------------------------------
+
+
+def test_a_tool_call_is_retried_by_the_entrys_policy(write_pipeline, srv, site, store_path) -> None:
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/flaky"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http", "retry": {"attempts": 2, "delay": 0}}],
+                          extra="permissions: {network: [127.0.0.1]}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    (answer,) = _tool_messages(srv.requests[1])
+    assert json.loads(answer["content"])["body"] == {"path": "/flaky", "hit": 2}  # the second try answered
+    topics = [(e["topic"], e["data"].get("error_class")) for e in _events(store_path, result.run_id)]
+    assert topics == [("tool.started", None), ("tool.retrying", "server_error"), ("tool.succeeded", None)]
+
+
+def test_a_tool_call_takes_the_tasks_retry_policy_when_the_entry_says_none(write_pipeline, srv, site) -> None:
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/flaky"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http"}], extra="permissions: {network: [127.0.0.1]}")
+    once = goatclaw.run(path)  # the task's retry: {attempts: 1}: the 500 goes back to the model
+    assert json.loads(_tool_messages(srv.requests[1])[0]["content"])["error_class"] == "server_error"
+    assert once.ok
+    _Site.hits.clear()
+    srv.requests.clear()
+    text = path.read_text().replace("retry: {attempts: 1}", "retry: {attempts: 3, delay: 0}")
+    path.write_text(text)
+    twice = goatclaw.run(path)
+    assert twice.ok and json.loads(_tool_messages(srv.requests[1])[0]["content"])["body"]["hit"] == 2
+
+
+def test_a_cacheable_tool_with_the_same_arguments_is_answered_from_the_cache(write_pipeline, srv,
+                                                                             store_path) -> None:
+    """slugify is cacheable: the same call in a later turn, and in a later run, is not run again."""
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("slugify", {"text": "Same Thing"})]),
+                           Reply(None, tool_calls=[tool_call("slugify", {"text": "Same Thing"}),
+                                                   tool_call("slugify", {"text": "Other Thing"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "slugify"}])
+    first = goatclaw.run(path)
+    assert first.ok, first.tasks["ask"].error
+    done = [e["data"] for e in _events(store_path, first.run_id) if e["topic"] == "tool.succeeded"]
+    assert [d.get("cached", False) for d in done] == [False, True, False]
+    second = goatclaw.run(path)
+    assert second.ok
+    done = [e["data"] for e in _events(store_path, second.run_id) if e["topic"] == "tool.succeeded"]
+    assert [d.get("cached", False) for d in done] == [True, True, True]  # from the store now
+    with Store.open(store_path) as db:
+        audit = [json.loads(row[5])["status"] for row in db.audit_rows(run_id=second.run_id) if row[4] == "tool.called"]
+    assert audit == ["cached"] * 3
+    assert second.tasks["ask"].output["text"] == first.tasks["ask"].output["text"]
+
+
+def test_no_cache_and_side_effect_tools_always_run(write_pipeline, srv, site, store_path) -> None:
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/same"}),
+                                                   tool_call("slugify", {"text": "Same"})]),
+                           Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/same"}),
+                                                   tool_call("slugify", {"text": "Same"})]), final)
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http"}, {"uses": "slugify", "cache": False}],
+                          extra="permissions: {network: [127.0.0.1]}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["ask"].error
+    done = [e["data"] for e in _events(store_path, result.run_id) if e["topic"] == "tool.succeeded"]
+    assert len(done) == 4 and not any(d.get("cached") for d in done)
+    assert _Site.hits["/same"] == 2
