@@ -45,12 +45,14 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "http": "goatclaw.tasks.http:http",
     "memory": "goatclaw.tasks.memory:memory",
     "llm": "goatclaw.tasks.llm:llm",
+    "agent": "goatclaw.tasks.agent:agent",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
 #: ``goatclaw validate`` reports a missing one at the task's ``uses:`` line, with the install line.
 BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "llm": ("llm", ("litellm",)),
+    "agent": ("llm", ("litellm",)),
     "memory": ("memory", ("numpy",)),
 }
 

@@ -344,3 +344,159 @@ def test_no_cache_and_side_effect_tools_always_run(write_pipeline, srv, site, st
     done = [e["data"] for e in _events(store_path, result.run_id) if e["topic"] == "tool.succeeded"]
     assert len(done) == 4 and not any(d.get("cached") for d in done)
     assert _Site.hits["/same"] == 2
+
+
+# -- the agent task ------------------------------------------------------------------------------
+
+
+def agent_pipeline(write: Callable[..., Path], srv: FakeOpenAI, tools: list[dict[str, Any]], *, with_: str = "",
+                   extra: str = "", tasks: str = "") -> Path:
+    return write(f"""
+        version: 1
+        name: agent-test
+        {extra}
+        tasks:
+          work:
+            uses: agent
+            retry: {{attempts: 1}}
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              api_key: sk-test
+              goal: Make a slug of "Hello Agent World"
+              tools: {json.dumps(tools)}
+              {with_}
+        {tasks}
+        """)
+
+
+def test_an_agent_plans_with_tools_and_answers_in_the_output_schema(write_pipeline, srv, store_path) -> None:
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("slugify", {"text": "Hello Agent World"})]),
+                           lambda body: Reply(json.dumps({"slug": json.loads(_tool_messages(body)[0]["content"])})))
+    path = agent_pipeline(write_pipeline, srv, [{"uses": "slugify"}],
+                          with_='output: {type: object, required: [slug], properties: {slug: {type: string}}}\n'
+                                '              done_when: "answer.slug.startswith(\'hello\')"')
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["work"].error
+    out = result.tasks["work"].output
+    assert out["data"] == {"slug": "hello-agent-world"} and out["answers"] == 1
+    system = srv.requests[0]["messages"][0]
+    assert system["role"] == "system" and "make a short plan" in system["content"]
+    assert '"required": ["slug"]' in system["content"] and "answer.slug.startswith" in system["content"]
+    assert srv.requests[0]["messages"][1] == {"role": "user", "content": 'Make a slug of "Hello Agent World"'}
+    assert [t["function"]["name"] for t in srv.requests[0]["tools"]] == ["slugify"]
+    assert [len(t["calls"]) for t in out["trajectory"]] == [1, 0] and out["usage"]["total_tokens"] == 36
+    topics = [e["topic"] for e in _events(store_path, result.run_id)]
+    assert topics == ["tool.started", "tool.succeeded"]  # the call ran as an attempt of the task
+
+
+def test_an_answer_that_fails_the_schema_or_done_when_goes_back_to_the_model(write_pipeline, srv) -> None:
+    srv.respond = scripted(Reply("the slug is hello"), Reply('{"slug": "nope"}'), Reply('{"slug": "hello-x"}'))
+    path = agent_pipeline(write_pipeline, srv, [{"uses": "slugify"}],
+                          with_='output: {type: object, required: [slug]}\n'
+                                '              done_when: "answer.slug.startswith(\'hello\')"')
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["work"].error
+    out = result.tasks["work"].output
+    assert out["data"] == {"slug": "hello-x"} and out["answers"] == 3
+    third = srv.requests[2]["messages"]
+    feedback = [m["content"] for m in third if m["role"] == "user"][1:]
+    assert "not JSON" in feedback[0] and "is false" in feedback[1]
+    assert [m["content"] for m in third if m["role"] == "assistant"] == ["the slug is hello", '{"slug": "nope"}']
+    assert [bool(t.get("rejected")) for t in out["trajectory"]] == [True, True, False]
+
+
+def test_an_agent_whose_answers_are_never_accepted_fails_bounded(write_pipeline, srv) -> None:
+    srv.respond = lambda body: Reply('{"slug": "nope"}')
+    path = agent_pipeline(write_pipeline, srv, [], with_='done_when: "answer == \'yes\'"\n              max_answers: 2')
+    result = goatclaw.run(path)
+    work = result.tasks["work"]
+    assert work.status.value == "failed" and work.error_class == "invalid_output"
+    assert "not accepted after 2 answers" in (work.error or "") and len(srv.requests) == 2
+
+
+def test_done_when_a_judge_rule_asks_the_model_as_a_reviewer(write_pipeline, srv) -> None:
+    def respond(body: dict[str, Any]) -> Reply:
+        if "strict reviewer" in body["messages"][0]["content"]:
+            ok = body["messages"][1]["content"].endswith("gamma")  # the output, after the criterion
+            return Reply(json.dumps({"verdict": "pass" if ok else "fail", "score": 0.9 if ok else 0.1,
+                                     "reason": "names gamma" if ok else "no gamma"}))
+        assistant = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        return Reply(["alpha beta", "alpha beta gamma"][min(assistant, 1)])
+
+    srv.respond = respond
+    path = agent_pipeline(write_pipeline, srv, [], with_="done_when: {judge: The answer names gamma}")
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["work"].error
+    out = result.tasks["work"].output
+    assert out["text"] == "alpha beta gamma" and out["answers"] == 2
+    assert "no gamma" in out["trajectory"][0]["rejected"]
+    judged = [r for r in srv.requests if "strict reviewer" in r["messages"][0]["content"]]
+    assert len(judged) == 2 and all(r.get("temperature") == 0 for r in judged)
+
+
+def test_an_agent_is_offered_similar_past_runs_of_its_task_from_memory(write_pipeline, srv, store_path) -> None:
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("slugify", {"txt": "wrong argument"})]),
+                           Reply(None, tool_calls=[tool_call("slugify", {"text": "Hello Agent World"})]), final)
+    path = agent_pipeline(write_pipeline, srv, [{"uses": "slugify"}])
+    first = goatclaw.run(path)
+    assert first.ok, first.tasks["work"].error
+    assert first.tasks["work"].output["recalled"] == []
+    assert "Past runs" not in srv.requests[0]["messages"][0]["content"]
+    srv.requests.clear()
+    second = goatclaw.run(path)
+    assert second.ok
+    system = srv.requests[0]["messages"][0]["content"]
+    assert "Past runs of this task" in system
+    assert 'slugify({"txt": "wrong argument"}) → invalid_input' in system  # what failed last time
+    (recalled,) = second.tasks["work"].output["recalled"]
+    assert recalled.startswith('goal: Make a slug of "Hello Agent World"')
+
+
+def test_an_agent_without_memory_recalls_and_keeps_nothing(write_pipeline, srv, store_path) -> None:
+    srv.respond = scripted(Reply("done"))
+    path = agent_pipeline(write_pipeline, srv, [], with_="memory: false")
+    assert goatclaw.run(path).ok and goatclaw.run(path).ok
+    assert all("Past runs" not in r["messages"][0]["content"] for r in srv.requests)
+
+
+def test_the_agents_tools_are_granted_like_the_llm_tasks(write_pipeline, srv, store_path) -> None:
+    """Not granted files.read: file.read is never offered; the output is untrusted (no script gets it unchecked)."""
+    srv.respond = scripted(Reply("done"))
+    path = agent_pipeline(write_pipeline, srv, [{"uses": "file.read"}, {"uses": "slugify"}],
+                          extra="permissions: {network: [127.0.0.1], files: {read: []}, shell: true}",
+                          tasks="""
+          after:
+            uses: shell
+            needs: [work]
+            with: {run: "echo ${{ tasks.work.output.text }}"}
+        """)
+    result = goatclaw.run(path)
+    assert result.tasks["work"].status.value == "succeeded"
+    assert [t["function"]["name"] for t in srv.requests[0]["tools"]] == ["slugify"]
+    assert result.tasks["after"].error_class == "permission_denied"
+    _, problems = goatclaw.check(path)
+    assert any("never offered" in p.message and p.path == "tasks.work.with.tools[0].uses" for p in problems)
+
+
+def test_validate_checks_the_agents_with_at_its_lines(write_pipeline, srv) -> None:
+    path = write_pipeline(f"""
+        version: 1
+        name: bad-agent
+        tasks:
+          work:
+            uses: agent
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              done_when: {{judge: ""}}
+              max_answers: 0
+              tools: [{{uses: slugify, with: {{separatr: "_"}}}}]
+        """)
+    _, problems = goatclaw.check(path)
+    shown = {p.path: p.message for p in problems if p.severity == "error"}
+    assert "goal" in shown["tasks.work.with"]
+    assert "should be non-empty" in shown["tasks.work.with.done_when.judge"]
+    assert "less than the minimum of 1" in shown["tasks.work.with.max_answers"]
+    assert "takes no argument 'separatr'" in shown["tasks.work.with.tools[0].with.separatr"]
+    assert all(p.location is not None and p.location.line > 1 for p in problems)

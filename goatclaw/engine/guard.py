@@ -355,7 +355,7 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
     """``tools:`` of llm tasks: unknown plugins, bad fixed ``with:`` (errors); tools never offered (warnings)."""
     problems = []
     for task in tasks:
-        entries = task.with_.get("tools") if task.uses == "llm" else None
+        entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
         for i, entry in enumerate(entries if isinstance(entries, list) else ()):
             path = (*task.path, "with", "tools", i)
             if isinstance(entry, Mapping) and isinstance(entry.get("pipeline"), str):
