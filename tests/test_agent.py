@@ -8,6 +8,9 @@ attempt of its task.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -500,3 +503,44 @@ def test_validate_checks_the_agents_with_at_its_lines(write_pipeline, srv) -> No
     assert "less than the minimum of 1" in shown["tasks.work.with.max_answers"]
     assert "takes no argument 'separatr'" in shown["tasks.work.with.tools[0].with.separatr"]
     assert all(p.location is not None and p.location.line > 1 for p in problems)
+
+
+# -- the shipped agent pipeline -------------------------------------------------------------------
+
+
+def test_the_shipped_agent_replays_offline_from_its_cassette(tmp_path) -> None:
+    """goatclaw test pipelines/agent-research.test.yaml: no model server, no key; its tools really run."""
+    done = subprocess.run([sys.executable, "-m", "goatclaw", "test", "pipelines/agent-research.test.yaml"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "OPENAI_API_KEY": "sk-none"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "✓ pipelines/agent-research.test.yaml::reaches-its-goal-from-the-cassette" in done.stdout
+
+
+def test_the_shipped_agent_reaches_its_goal_live_against_the_local_model_server(tmp_path, monkeypatch) -> None:
+    """The same pipeline live: every turn over HTTP through litellm to tests/openai_server.py, tools run for real."""
+    sys.path.insert(0, str(REPO / "pipelines"))
+    try:
+        from record_agent_research import respond
+    finally:
+        sys.path.remove(str(REPO / "pipelines"))
+    (REPO / "out" / "agent-research.json").unlink(missing_ok=True)
+    with FakeOpenAI(respond) as live:
+        monkeypatch.setenv("OPENAI_BASE_URL", live.api_base)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+        result = goatclaw.run(REPO / "pipelines" / "agent-research.yaml", workspace=REPO, store=tmp_path / "db")
+        requests = list(live.requests)
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    out = result.tasks["research"].output
+    assert out["data"] == {"written": "out/agent-research.json", "languages": 3}
+    assert [t["source"] for t in out["trajectory"]] == ["live"] * 3 and len(requests) == 3
+    assert [t["function"]["name"] for t in requests[0]["tools"]] == ["catalogue", "save"]
+    catalogue = requests[0]["tools"][0]["function"]["parameters"]
+    assert catalogue["required"] == ["language"] and "base" not in catalogue["properties"]  # fixed by the pipeline
+    assert json.loads((REPO / "out" / "agent-research.json").read_text()) == {"python": 1991, "rust": 2015, "go": 2009}
+    with Store.open(tmp_path / "db") as db:
+        runs = db.runs()
+        children = [r for r in runs if r.pipeline == "catalogue"]
+        parents = {e["data"]["run_id"] for r in children for e in db.events(r.id) if e["topic"] == "run.parent"}
+        assert db.run("last").id == result.run_id  # 'last' is the agent's run, not one of its children
+    assert len(children) == 3 and parents == {result.run_id}

@@ -417,9 +417,13 @@ def tool_text(topic: str, task: str | None, data: dict[str, Any]) -> str:
     if kind == "started":
         return f"⚒ {task} calls {name}"
     if kind == "succeeded":
-        return f"⚒ {task} → {name} succeeded{took}"
+        return f"⚒ {task} → {name} " + ("answered from the cache" if data.get("cached") else f"succeeded{took}")
     if kind == "failed":
         return f"⚒ {task} → {name} failed{took}: {data.get('error_class')}: {data.get('error')}"
+    if kind == "retrying":
+        return f"⚒ {task} → {name} retries in {data.get('delay')}s: {data.get('error_class')}: {data.get('error')}"
+    if kind == "child":
+        return f"⚒ {task} → pipeline {data.get('pipeline')}: run {data.get('run_id')} {data.get('status')}"
     return f"⚒ {task}: {name} not offered: {data.get('reason')}"
 
 
