@@ -544,3 +544,17 @@ def test_the_shipped_agent_reaches_its_goal_live_against_the_local_model_server(
         parents = {e["data"]["run_id"] for r in children for e in db.events(r.id) if e["topic"] == "run.parent"}
         assert db.run("last").id == result.run_id  # 'last' is the agent's run, not one of its children
     assert len(children) == 3 and parents == {result.run_id}
+
+
+def test_a_grant_within_a_ceiling_keeps_only_what_both_allow(tmp_path) -> None:
+    from goatclaw.security.permissions import Grant, within
+
+    child = Grant(shell=True, network=True, files_read=(".",), files_write=("out/",), env=("HOME", "TOKEN"),
+                  python=False, workspace=str(tmp_path))
+    caller = Grant(shell=("git",), network=("127.0.0.1", "*.example.com"), files_read=("data/",), files_write=(),
+                   env=("HOME",), python=True, workspace=str(tmp_path))
+    cut = within(child, caller)
+    assert (cut.shell, cut.network, cut.files_read, cut.files_write, cut.env, cut.python) == (
+        ("git",), ("127.0.0.1", "*.example.com"), ("data/",), (), ("HOME",), False)
+    narrow = within(Grant(network=("api.example.com", "evil.org"), workspace=str(tmp_path)), caller)
+    assert narrow.network == ("api.example.com",)  # covered by *.example.com; evil.org by nothing
