@@ -558,3 +558,20 @@ def test_a_grant_within_a_ceiling_keeps_only_what_both_allow(tmp_path) -> None:
         ("git",), ("127.0.0.1", "*.example.com"), ("data/",), (), ("HOME",), False)
     narrow = within(Grant(network=("api.example.com", "evil.org"), workspace=str(tmp_path)), caller)
     assert narrow.network == ("api.example.com",)  # covered by *.example.com; evil.org by nothing
+
+
+def test_validate_treats_an_agents_model_like_an_llm_tasks(write_pipeline, monkeypatch) -> None:
+    """No key for the agent's provider: validate says so at the agent's model, as for an llm task."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    path = write_pipeline("""
+        version: 1
+        name: keyless
+        permissions: {network: [api.anthropic.com]}
+        tasks:
+          work:
+            uses: agent
+            with: {model: anthropic/claude-3-5-haiku-latest, goal: say hi}
+        """)
+    _, problems = goatclaw.check(path)
+    assert any(p.path.startswith("tasks.work.with.model") and "ANTHROPIC_API_KEY" in p.message for p in problems), \
+        [(p.path, p.message) for p in problems]

@@ -488,7 +488,7 @@ def _what_it_needs(pipeline: Pipeline, task: Task, name: str) -> list[str] | Non
         url = args.get("url")
         host = urlsplit(url).hostname if isinstance(url, str) and not has_template(url) else None
         return [host] if host else None
-    if name == "network" and task.uses == "llm":
+    if name == "network" and task.uses in ("llm", "agent"):
         return _model_hosts(pipeline, args)
     if name in ("files.read", "files.write") and task.uses.startswith("file."):
         path = args.get("path")
