@@ -575,3 +575,19 @@ def test_validate_treats_an_agents_model_like_an_llm_tasks(write_pipeline, monke
     _, problems = goatclaw.check(path)
     assert any(p.path.startswith("tasks.work.with.model") and "ANTHROPIC_API_KEY" in p.message for p in problems), \
         [(p.path, p.message) for p in problems]
+
+
+def test_an_agent_without_tools_just_answers(write_pipeline, srv) -> None:
+    srv.respond = scripted(Reply("42"))
+    path = write_pipeline(f"""
+        version: 1
+        name: no-tools
+        tasks:
+          work:
+            uses: agent
+            with: {{model: openai/gpt-4o-mini, api_base: "{srv.api_base}", api_key: sk-test,
+                   goal: What is six times seven?, done_when: "answer | int == 42"}}
+        """)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["work"].error
+    assert result.tasks["work"].output["text"] == "42" and "tools" not in srv.requests[0]

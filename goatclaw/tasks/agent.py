@@ -69,10 +69,10 @@ async def agent(ctx: TaskContext, *, goal: str, tools: list[dict[str, Any]] | No
                            cache_ttl=ctx.cache_ttl)
     for name in request.models:  # each model's own host (a chain can span servers)
         ctx.require_models((name,), *room.endpoint(name, request))
-    if ctx.tools is None:
-        fail("agent: needs a local run of the engine (its tool calls run as attempts of this task)",
+    if tools and ctx.tools is None:
+        fail("agent: tools need a local run of the engine (their calls run as attempts of this task)",
              error_class="invalid_input")
-    box = ctx.tools(tools or [])
+    box = ctx.tools(tools) if tools else _NoTools()
     recalled = await _recall(ctx, goal) if memory else []
     messages = ({"role": "system", "content": _system(system, schema, done_when, recalled)},
                 {"role": "user", "content": goal if not context else f"{goal}\n\n{context}"})
@@ -143,6 +143,23 @@ class _Run:
             self.usage[name] = self.usage.get(name, 0) + int(count)
         self.cost += response.cost_usd
         return response
+
+
+class _NoTools:
+    """The toolbox of an agent given no tools: nothing offered, a call anyway is answered ``invalid_input``."""
+
+    tools: dict[str, Any] = {}  # noqa: RUF012  (read only)
+    refused: dict[str, str] = {}  # noqa: RUF012  (read only)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """No tool schemas."""
+        return []
+
+    async def call(self, name: str, arguments: str) -> dict[str, Any]:
+        """A call of a tool that is not there."""
+        message = f"no tool '{name}': this agent has no tools"
+        return {"content": json.dumps({"error": message, "error_class": "invalid_input"}),
+                "error_class": "invalid_input", "uses": None}
 
 
 def _output_schema(output: Any) -> dict[str, Any] | None:
