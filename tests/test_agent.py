@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 import pytest
 from local_http import serving
 from openai_server import FakeOpenAI, Reply, tool_call
+from typer.testing import CliRunner
 
 import goatclaw
 from goatclaw import llm as room
+from goatclaw.cli.app import app
 from goatclaw.store import Store
 
 pytestmark = pytest.mark.slow
@@ -393,7 +395,8 @@ def test_an_agent_plans_with_tools_and_answers_in_the_output_schema(write_pipeli
     assert topics == ["tool.started", "tool.succeeded"]  # the call ran as an attempt of the task
 
 
-def test_an_answer_that_fails_the_schema_or_done_when_goes_back_to_the_model(write_pipeline, srv) -> None:
+def test_an_answer_that_fails_the_schema_or_done_when_goes_back_to_the_model(write_pipeline, srv,
+                                                                            store_path) -> None:
     srv.respond = scripted(Reply("the slug is hello"), Reply('{"slug": "nope"}'), Reply('{"slug": "hello-x"}'))
     path = agent_pipeline(write_pipeline, srv, [{"uses": "slugify"}],
                           with_='output: {type: object, required: [slug]}\n'
@@ -407,6 +410,11 @@ def test_an_answer_that_fails_the_schema_or_done_when_goes_back_to_the_model(wri
     assert "not JSON" in feedback[0] and "is false" in feedback[1]
     assert [m["content"] for m in third if m["role"] == "assistant"] == ["the slug is hello", '{"slug": "nope"}']
     assert [bool(t.get("rejected")) for t in out["trajectory"]] == [True, True, False]
+    shown = CliRunner().invoke(app, ["runs", "show", "last", "--store", str(store_path)], env={"COLUMNS": "200"})
+    lines = [line.strip() for line in shown.output.splitlines()]
+    head = lines.index(next(x for x in lines if x.startswith("trajectory of work: 3 turns, 0 tool calls")))
+    assert lines[head + 2] == "answer: the slug is hello" and lines[head + 3].startswith("rejected: it is not JSON")
+    assert lines[head + 6].startswith("rejected: done_when:")
 
 
 def test_an_agent_whose_answers_are_never_accepted_fails_bounded(write_pipeline, srv) -> None:

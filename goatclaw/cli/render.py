@@ -503,6 +503,9 @@ def print_trajectory(task_id: str, output: Any, console: Console) -> None:
             console.print(line, soft_wrap=True)
         if not turn.get("calls") and turn.get("text"):
             console.print(Text(f"    answer: {_short_json(_escaped(turn.get('text')), 160)}"), soft_wrap=True)
+        if turn.get("rejected"):  # an agent's answer that its output schema or done_when did not accept
+            console.print(Text(f"    rejected: {_short_json(_escaped(turn.get('rejected')), 160)}", style="yellow"),
+                          soft_wrap=True)
 
 
 def _escaped(value: Any) -> Any:
