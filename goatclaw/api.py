@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -86,7 +87,46 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += model_problems(pipeline, project.root, tape, mode=str(mode))
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
+    problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
+
+
+#: The pipeline files being checked, outermost first: pipeline tools that offer each other end.
+_CHECKING: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("goatclaw_checking", default=frozenset())
+
+
+def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Registry | None,
+                            llm: str | None) -> list[Problem]:
+    """A ``pipeline:`` tool's file is checked too; its first error, and ``with:`` vars it lacks, at the entry."""
+    problems: list[Problem] = []
+    here = Path(pipeline.file).resolve() if pipeline.file else None
+    for task in {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}.values():
+        entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
+        for i, entry in enumerate(entries if isinstance(entries, (list, tuple)) else ()):
+            file = entry.get("pipeline") if isinstance(entry, Mapping) else None
+            target = (project.root / file).resolve() if isinstance(file, str) else None
+            if target is None or not target.is_file() or not target.is_relative_to(project.root.resolve()):
+                continue  # the guard reports a file that is not there
+            if target == here or target in _CHECKING.get():
+                continue
+            path = (*task.path, "with", "tools", i, "pipeline")
+            token = _CHECKING.set(_CHECKING.get() | ({here} if here else set()))
+            try:
+                child, found = check(target, project=project, registry=registry, llm=llm)
+            finally:
+                _CHECKING.reset(token)
+            errors = [p for p in found if p.severity == "error"]
+            if errors:
+                problems.append(Problem(pipeline.locate(path), dotted(path), f"pipeline tool '{file}' is invalid: "
+                                        f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
+            fixed = entry.get("with")
+            if child is not None and isinstance(fixed, Mapping):
+                for name in sorted(set(fixed) - set(child.vars)):
+                    where = (*task.path, "with", "tools", i, "with", name)
+                    problems.append(Problem(pipeline.locate(where, key=True), dotted(where),
+                                            f"pipeline tool '{file}' has no var '{name}' (it has: "
+                                            f"{', '.join(child.vars) or 'none'})"))
+    return problems
 
 
 def load(path: str | os.PathLike[str], *, project: Project | None = None,

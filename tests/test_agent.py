@@ -599,3 +599,22 @@ def test_an_agent_without_tools_just_answers(write_pipeline, srv) -> None:
     result = goatclaw.run(path)
     assert result.ok, result.tasks["work"].error
     assert result.tasks["work"].output["text"] == "42" and "tools" not in srv.requests[0]
+
+
+def test_validate_checks_a_pipeline_tools_file_and_its_fixed_vars(write_pipeline, srv) -> None:
+    write_pipeline("""
+        version: 1
+        name: broken
+        vars: {word: x}
+        tasks:
+          a: {uses: echo, needs: [nowhere]}
+        """, name="broken.yaml")
+    write_pipeline(LOOKUP, name="pipelines/lookup.yaml")
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "broken.yaml"},
+                                                {"pipeline": "pipelines/lookup.yaml", "with": {"wrod": "x"}}])
+    _, problems = goatclaw.check(path)
+    shown = {p.path: p.message for p in problems if p.severity == "error"}
+    assert "pipeline tool 'broken.yaml' is invalid" in shown["tasks.ask.with.tools[0].pipeline"]
+    assert "nowhere" in shown["tasks.ask.with.tools[0].pipeline"]
+    assert "has no var 'wrod'" in shown["tasks.ask.with.tools[1].with.wrod"]
+    assert all(p.location is not None for p in problems if p.path.startswith("tasks.ask.with.tools"))
