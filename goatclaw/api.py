@@ -91,6 +91,15 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
 
+def _tool_file(root: Path, file: Any) -> Path | None:
+    """The real path of a pipeline tool's file when it is one inside ``root``, else ``None``."""
+    try:
+        target = (root / file).resolve() if isinstance(file, str) and file else None
+        return target if target is not None and target.is_relative_to(root.resolve()) and target.is_file() else None
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return None
+
+
 #: The pipeline files being checked, outermost first: pipeline tools that offer each other end.
 _CHECKING: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("goatclaw_checking", default=frozenset())
 
@@ -104,8 +113,8 @@ def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Regi
         entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
         for i, entry in enumerate(entries if isinstance(entries, (list, tuple)) else ()):
             file = entry.get("pipeline") if isinstance(entry, Mapping) else None
-            target = (project.root / file).resolve() if isinstance(file, str) else None
-            if target is None or not target.is_file() or not target.is_relative_to(project.root.resolve()):
+            target = _tool_file(project.root, file)
+            if target is None:
                 continue  # the guard reports a file that is not there
             if target == here or target in _CHECKING.get():
                 continue

@@ -385,10 +385,14 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
 def _pipeline_tool_problem(pipeline: Pipeline, guard: Guard, path: tuple[str | int, ...], file: str) -> list[Problem]:
     """A ``pipeline:`` tool names a file inside the project that is there (the run checks the file itself)."""
     root = guard.workspace.resolve()
-    target = (root / file).resolve()
+    try:
+        target = (root / file).resolve()
+        there = target.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        target, there = root / "\0", False
     if not target.is_relative_to(root):
         message = f"pipeline tool '{file}' must be a file inside the project folder"
-    elif not target.is_file():
+    elif not there:
         message = f"pipeline tool '{file}' does not exist (paths start at the project folder)"
     else:
         return []

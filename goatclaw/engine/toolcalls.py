@@ -214,7 +214,10 @@ class ToolCalls:
                             error_class="invalid_input")
         path = entry["pipeline"]
         root = Path(self.opts.workspace).resolve()
-        file = (root / str(path)).resolve() if isinstance(path, str) and path else None
+        try:
+            file = (root / str(path)).resolve() if isinstance(path, str) and path else None
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            file = None
         if file is None or not file.is_relative_to(root):
             raise TaskError(f"{where}: {path!r} must be a pipeline file inside the project folder",
                             error_class="invalid_input")
