@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -88,7 +90,55 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += model_problems(pipeline, project.root, tape, mode=str(mode))
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
+    problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
+
+
+def _tool_file(root: Path, file: Any) -> Path | None:
+    """The real path of a pipeline tool's file when it is one inside ``root``, else ``None``."""
+    try:
+        target = (root / file).resolve() if isinstance(file, str) and file else None
+        return target if target is not None and target.is_relative_to(root.resolve()) and target.is_file() else None
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return None
+
+
+#: The pipeline files being checked, outermost first: pipeline tools that offer each other end.
+_CHECKING: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar("goatclaw_checking", default=frozenset())
+
+
+def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Registry | None,
+                            llm: str | None) -> list[Problem]:
+    """A ``pipeline:`` tool's file is checked too; its first error, and ``with:`` vars it lacks, at the entry."""
+    problems: list[Problem] = []
+    here = Path(pipeline.file).resolve() if pipeline.file else None
+    for task in {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}.values():
+        entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
+        for i, entry in enumerate(entries if isinstance(entries, (list, tuple)) else ()):
+            file = entry.get("pipeline") if isinstance(entry, Mapping) else None
+            target = _tool_file(project.root, file)
+            if target is None:
+                continue  # the guard reports a file that is not there
+            if target == here or target in _CHECKING.get():
+                continue
+            path = (*task.path, "with", "tools", i, "pipeline")
+            token = _CHECKING.set(_CHECKING.get() | ({here} if here else set()))
+            try:
+                child, found = check(target, project=project, registry=registry, llm=llm)
+            finally:
+                _CHECKING.reset(token)
+            errors = [p for p in found if p.severity == "error"]
+            if errors:
+                problems.append(Problem(pipeline.locate(path), dotted(path), f"pipeline tool '{file}' is invalid: "
+                                        f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
+            fixed = entry.get("with")
+            if child is not None and isinstance(fixed, Mapping):
+                for name in sorted(set(fixed) - set(child.vars)):
+                    where = (*task.path, "with", "tools", i, "with", name)
+                    problems.append(Problem(pipeline.locate(where, key=True), dotted(where),
+                                            f"pipeline tool '{file}' has no var '{name}' (it has: "
+                                            f"{', '.join(child.vars) or 'none'})"))
+    return problems
 
 
 def load(path: str | os.PathLike[str], *, project: Project | None = None,
@@ -222,6 +272,7 @@ async def arun(
         seed_from=seed_from,
         stubs=dict(stubs or {}),
         cache=cache and session.mode == "live",
+        load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
     )
     session.secrets = [v for v in options.secrets.values() if v]
     servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)

@@ -223,7 +223,7 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     has_tape = tape is not None and is_file(tape)
     for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
         for task in group.values():
-            if task.uses != "llm" or not isinstance(task.with_, Mapping):
+            if task.uses not in ("llm", "agent") or not isinstance(task.with_, Mapping):
                 continue
             args = task.with_
             if args.get("api_base") or args.get("api_key") or "model" not in args:

@@ -46,12 +46,14 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "memory": "goatclaw.tasks.memory:memory",
     "llm": "goatclaw.tasks.llm:llm",
     "mcp": "goatclaw.tasks.mcp:mcp",
+    "agent": "goatclaw.tasks.agent:agent",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
 #: ``goatclaw validate`` reports a missing one at the task's ``uses:`` line, with the install line.
 BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "llm": ("llm", ("litellm",)),
+    "agent": ("llm", ("litellm",)),
     "memory": ("memory", ("numpy",)),
     "mcp": ("mcp", ("mcp",)),
 }

@@ -585,9 +585,10 @@ class Store:
                                                      "ORDER BY started_at DESC")]
 
     def run(self, ref: str) -> RunRow | None:
-        """A run by id, unique id prefix, or ``last``."""
+        """A run by id, unique id prefix, or ``last`` (the latest run that is not a pipeline tool's child run)."""
         if ref in ("last", "latest"):
-            row = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            row = self.db.execute("SELECT * FROM runs r WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.run_id = r.id"
+                                  " AND e.topic = 'run.parent') ORDER BY started_at DESC LIMIT 1").fetchone()
             return _run_row(row) if row else None
         pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self.db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY started_at DESC "

@@ -131,7 +131,7 @@ llm_mode = one_of("live", "record", "replay")
 #: ``--executor``: where task bodies run.
 executor_name = one_of("local", "dask")
 #: ``memory … --kind``: the kinds of memory.
-memory_kind = one_of("run", "output", "failure", "fix", "note")
+memory_kind = one_of("run", "output", "failure", "fix", "note", "trajectory")
 
 
 def check_against(pipeline: Any, variables: dict[str, Any], only: Sequence[str]) -> None:

@@ -420,9 +420,13 @@ def tool_text(topic: str, task: str | None, data: dict[str, Any]) -> str:
     if kind == "started":
         return f"⚒ {task} calls {name}"
     if kind == "succeeded":
-        return f"⚒ {task} → {name} succeeded{took}"
+        return f"⚒ {task} → {name} " + ("answered from the cache" if data.get("cached") else f"succeeded{took}")
     if kind == "failed":
         return f"⚒ {task} → {name} failed{took}: {data.get('error_class')}: {data.get('error')}"
+    if kind == "retrying":
+        return f"⚒ {task} → {name} retries in {data.get('delay')}s: {data.get('error_class')}: {data.get('error')}"
+    if kind == "child":
+        return f"⚒ {task} → pipeline {data.get('pipeline')}: run {data.get('run_id')} {data.get('status')}"
     return f"⚒ {task}: {name} not offered: {data.get('reason')}"
 
 
@@ -502,6 +506,9 @@ def print_trajectory(task_id: str, output: Any, console: Console) -> None:
             console.print(line, soft_wrap=True)
         if not turn.get("calls") and turn.get("text"):
             console.print(Text(f"    answer: {_short_json(_escaped(turn.get('text')), 160)}"), soft_wrap=True)
+        if turn.get("rejected"):  # an agent's answer that its output schema or done_when did not accept
+            console.print(Text(f"    rejected: {_short_json(_escaped(turn.get('rejected')), 160)}", style="yellow"),
+                          soft_wrap=True)
 
 
 def _escaped(value: Any) -> Any:

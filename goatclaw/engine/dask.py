@@ -59,7 +59,7 @@ from goatclaw.security.ratelimit import LIMITS
 __all__ = ["DRIVER_ONLY", "RATE_LIMITED", "WORKER_WAIT", "DaskExecutor", "dask_setup"]
 
 #: Built-in tasks that stay on the driver unless ``run_on: cluster`` says otherwise.
-DRIVER_ONLY = frozenset({"llm", "memory"})
+DRIVER_ONLY = frozenset({"llm", "agent", "memory"})
 #: Built-in tasks that also stay on the driver while the run limits their side effect
 #: (``rate_limits.side_effects``): the sliding windows are the driver's, a worker has none.
 RATE_LIMITED = {"http": "http", "shell": "process", "file.write": "file"}

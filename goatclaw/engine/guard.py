@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from goatclaw.engine.sentry import Sentry
 from goatclaw.errors import PluginError, Problem, TemplateError
-from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings
+from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings, within
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, RuntimeTaint, TaskFlows, follow
 from goatclaw.security.threat import ThreatScore
@@ -49,8 +49,10 @@ def _tasks(pipeline: Pipeline) -> dict[str, Task]:
 class Guard:
     """The grants and refused flows of one pipeline, computed when first asked and kept."""
 
-    def __init__(self, pipeline: Pipeline, workspace: Path, registry: Any, store: Path | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, workspace: Path, registry: Any, store: Path | None = None,
+                 ceiling: Grant | None = None) -> None:
         self.pipeline = pipeline
+        self.ceiling = ceiling  # a child run (a pipeline tool): no task is granted more than its caller
         self.workspace = Path(workspace)
         self.registry = registry
         project = pipeline.project
@@ -92,6 +94,8 @@ class Guard:
             else:
                 where = _where(self.pipeline, (*task.path, "permissions"), f"task {task.id}")
                 grant = build_grant([*self.layers(), (task.permissions, where)], self.workspace, store=self.stores)
+            if self.ceiling is not None:
+                grant = within(grant, self.ceiling)
             self._grants[task.id] = grant
         return grant
 
@@ -351,11 +355,13 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
     """``tools:`` of llm tasks: unknown plugins, bad fixed ``with:`` (errors); tools never offered (warnings)."""
     problems = []
     for task in tasks:
-        entries = task.with_.get("tools") if task.uses == "llm" else None
+        entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
         for i, entry in enumerate(entries if isinstance(entries, list) else ()):
             path = (*task.path, "with", "tools", i)
             if isinstance(entry, Mapping) and "mcp" in entry:
                 problems += _mcp_tool_problems(pipeline, guard, task, entry["mcp"], (*path, "mcp"))
+            if isinstance(entry, Mapping) and isinstance(entry.get("pipeline"), str):
+                problems += _pipeline_tool_problem(pipeline, guard, (*path, "pipeline"), entry["pipeline"])
                 continue
             uses = entry.get("uses") if isinstance(entry, Mapping) else None
             if not isinstance(uses, str):
@@ -397,6 +403,23 @@ def _mcp_tool_problems(pipeline: Pipeline, guard: Guard, task: Task, spec: Any,
                         f"({grant.sources.get('mcp', 'embedded default')}); they are never offered to the model",
                         severity="warn")]
     return []
+
+
+def _pipeline_tool_problem(pipeline: Pipeline, guard: Guard, path: tuple[str | int, ...], file: str) -> list[Problem]:
+    """A ``pipeline:`` tool names a file inside the project that is there (the run checks the file itself)."""
+    root = guard.workspace.resolve()
+    try:
+        target = (root / file).resolve()
+        there = target.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        target, there = root / "\0", False
+    if not target.is_relative_to(root):
+        message = f"pipeline tool '{file}' must be a file inside the project folder"
+    elif not there:
+        message = f"pipeline tool '{file}' does not exist (paths start at the project folder)"
+    else:
+        return []
+    return [Problem(pipeline.locate(path), dotted(path), message)]
 
 
 def _need_problems(pipeline: Pipeline, task: Task, spec: Any, grant: Grant) -> list[Problem]:
@@ -492,7 +515,7 @@ def _what_it_needs(pipeline: Pipeline, task: Task, name: str) -> list[str] | Non
         url = args.get("url")
         host = urlsplit(url).hostname if isinstance(url, str) and not has_template(url) else None
         return [host] if host else None
-    if name == "network" and task.uses == "llm":
+    if name == "network" and task.uses in ("llm", "agent"):
         return _model_hosts(pipeline, args)
     if name in ("files.read", "files.write") and task.uses.startswith("file."):
         path = args.get("path")

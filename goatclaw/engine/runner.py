@@ -83,6 +83,9 @@ class RunOptions:
     cache: bool = True  # reuse stored outputs of cacheable tasks
     seed_from: str | None = None  # a stored run whose finished tasks this new run takes as done (dlq replay)
     stubs: Mapping[str, Any] = field(default_factory=dict)  # task id -> its given output; it does not run
+    load: Callable[[Path], Any] | None = None  # path -> checked Pipeline, for pipeline tools (goatclaw.load)
+    parent: Mapping[str, Any] | None = None  # a child run (a pipeline tool): the calling run, task and depth
+    ceiling: Any = None  # a child run: the calling task's Grant, which none of its tasks exceeds
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -111,7 +114,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
         # permissions (the store protected wherever it is) and untrusted flows
-        self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path)
+        self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path, options.ceiling)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
@@ -187,6 +190,8 @@ class _Runner(OutputChecks, ToolCalls):
                                      emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume)
+        if self.opts.parent:  # a pipeline tool's child run: who called it
+            self.recorder.event("run.parent", None, dict(self.opts.parent))
         self.sentry = Sentry(self.recorder, threshold=Sentry.threshold_of(self.pipeline))
         self.secret_reads = SecretReads(self.opts.secrets) if self.opts.secrets else None
         if self.opts.cache and store is not None:

@@ -9,34 +9,49 @@ channel (so its permission checks, refusals and side effects are audited under t
 task; so is a call to a tool that was never offered), the result's secrets are masked
 before the model reads them, and the call is recorded as a child of the task
 (``tool.started``, then ``tool.succeeded`` or ``tool.failed``, and ``tool.called`` in
-the audit chain). ``{mcp: server}`` entries offer the tools that server lists, as far as
-``permissions.mcp`` grants them; a call of one goes the same way, to the run's server
-(:mod:`goatclaw.tools.mcp`), with ``mcp.called`` in the audit chain besides. The tool loop itself lives in
+the audit chain). Each call is an attempt: the entry's ``retry:`` (else the task's) retries
+it, and a cacheable plugin's call with the same arguments is answered from the task cache
+(``tool.succeeded`` with ``cached: true``). A ``pipeline:`` entry runs its file as a child
+run in the same store (``run.parent`` names the calling run, task and call), every task of
+it granted no more than the calling task. ``{mcp: server}`` entries offer the tools that
+server lists, as far as ``permissions.mcp`` grants them; a call of one goes the same way,
+to the run's server (:mod:`goatclaw.tools.mcp`), with ``mcp.called`` in the audit chain
+besides. The tool loop itself lives in
 the LLM room (:func:`goatclaw.llm.converse`) and only ever sees the toolbox's ``call``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import hashlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from goatclaw.engine.executor import Executor
 from goatclaw.engine.guard import Guard, unmet_needs
 from goatclaw.engine.recorder import Recorder
+from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.state import to_json
-from goatclaw.errors import GoatclawError, TaskError, TaskTimeout
+from goatclaw.engine.taskcache import TaskCache, key_text
+from goatclaw.errors import GoatclawError, PluginError, SpecError, TaskError, TaskTimeout, TemplateError
+from goatclaw.graph import compile_plan
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Registry
 from goatclaw.security.permissions import Grant
-from goatclaw.spec.model import Task
-from goatclaw.tools import Tool, Toolbox, mcp_tool, plugin_tool
+from goatclaw.spec.model import RetryPolicy, Task
+from goatclaw.template import compile_value
+from goatclaw.tools import Tool, Toolbox, mcp_tool, pipeline_tool, plugin_tool
 from goatclaw.tools.mcp import current as mcp_servers
 
-__all__ = ["ToolCalls"]
+__all__ = ["MAX_PIPELINE_DEPTH", "ToolCalls"]
+
+#: How deep pipeline tools may nest (a pipeline that offers itself as a tool stops here).
+MAX_PIPELINE_DEPTH = 3
 
 
 class ToolCalls:
@@ -50,6 +65,12 @@ class ToolCalls:
     guard: Guard
     executor: Executor
     inline_async: bool
+    cache: TaskCache | None
+    opts: Any
+    result: Any
+    pipeline: Any
+    rng: Any
+    context: dict[str, Any]
     _task_context: Callable[..., TaskContext]
 
     def _toolbox_maker(self, task: Task, attempt: int, item: Any,
@@ -61,7 +82,7 @@ class ToolCalls:
                        entries: Sequence[Any]) -> Toolbox:
         assert self.recorder is not None
         if not isinstance(entries, (list, tuple)):
-            raise TaskError("tools must be a list of {uses, with, name, description} or {mcp}",
+            raise TaskError("tools must be a list of {uses, with, name, description}, {pipeline} or {mcp}",
                             error_class="invalid_input")
         grant = self.guard.grant(task)
         tools: list[Tool] = []
@@ -70,7 +91,7 @@ class ToolCalls:
             if isinstance(entry, Mapping) and "mcp" in entry:
                 tools += await self._mcp_tools(task, index, i, entry, grant, refused)
             else:
-                tools.append(plugin_tool(i, entry, self.registry.task))
+                tools.append(self._tool_of(task, i, entry))
         offered = []
         for tool in tools:
             if tool.plugin is None:  # an MCP tool: _mcp_tools offered only what the task is granted
@@ -151,6 +172,12 @@ class ToolCalls:
                                                           "reason": why})
         return found
 
+    def _tool_of(self, task: Task, index: int, entry: Any) -> Tool:
+        """One ``tools:`` entry as a tool: a pipeline file (``pipeline:``) or a task plugin (``uses:``)."""
+        if isinstance(entry, Mapping) and "pipeline" in entry:
+            return self._pipeline_tool(task, index, entry)
+        return plugin_tool(index, entry, self.registry.task)
+
     async def _run_tool(self, task: Task, attempt: int, item: Any, index: int | None, counter: Any, tool: Tool,
                         kwargs: dict[str, Any]) -> str:
         """One tool call, run as an attempt of ``task``; the output's JSON text, secrets masked."""
@@ -159,11 +186,17 @@ class ToolCalls:
         n = next(counter)
         about = {"item": index, "tool": tool.name, "uses": tool.uses, "call": n}
         rec.event("tool.started", task.id, {**about, "arguments": kwargs})
-        ctx = self._task_context(task, attempt, item, index)
-        ctx.tools = None  # a tool does not get tools of its own
         started = time.monotonic()
+        key = self._tool_key(task, tool, kwargs)
+        text = self._tool_cached(task, key) if key is not None else None
+        if text is not None:
+            rec.event("tool.succeeded", task.id, {**about, "duration": round(time.monotonic() - started, 6),
+                                                  "untrusted": tool.plugin.spec.untrusted_output, "bytes": len(text),
+                                                  "cached": True})
+            rec.audited("tool.called", task.id, {**about, "status": "cached"})
+            return rec.redactor.mask(text) or ""
         try:
-            text = await self._tool_output(tool, ctx, kwargs)
+            text = await self._tool_attempts(task, attempt, item, index, tool, kwargs, about)
         except asyncio.CancelledError:
             raise
         except (Exception, KeyboardInterrupt, SystemExit) as exc:
@@ -178,7 +211,126 @@ class ToolCalls:
                 "untrusted": tool.plugin is None or tool.plugin.spec.untrusted_output, "bytes": len(text)}
         rec.event("tool.succeeded", task.id, done)
         rec.audited("tool.called", task.id, {**about, "status": "succeeded"})
+        if key is not None:
+            self._tool_answers()[key] = text
+            assert self.cache is not None
+            self.cache.put(key, tool.plugin, text)
         return rec.redactor.mask(text) or ""
+
+    async def _tool_attempts(self, task: Task, attempt: int, item: Any, index: int | None, tool: Tool,
+                             kwargs: dict[str, Any], about: Mapping[str, Any]) -> str:
+        """The call under its retry policy (the entry's ``retry:``, else the task's): each try a fresh context."""
+        policy = RetryPolicy.from_data(tool.retry, task.retry) if tool.retry is not None else task.retry
+        backoff = Backoff(policy, self.rng)
+        tries = 1
+        while True:
+            ctx = self._task_context(task, attempt, item, index)
+            ctx.tools = None  # a tool does not get tools of its own
+            try:
+                return await self._tool_output(tool, ctx, kwargs)
+            except asyncio.CancelledError:
+                raise
+            except (Exception, KeyboardInterrupt, SystemExit) as exc:
+                err = _tool_error(exc)
+                if tries >= policy.attempts or not should_retry(policy, err.error_class):
+                    raise
+                delay = backoff.next_delay(tries, err.error_class, err.retry_after)
+                assert self.recorder is not None
+                self.recorder.event("tool.retrying", task.id, {**about, "try": tries, "delay": round(delay, 3),
+                                                               "error_class": err.error_class,
+                                                               "error": self.recorder.redactor.mask(err.message)})
+                await self.opts.sleep(delay)
+                tries += 1
+
+    # -- the task cache, per call ------------------------------------------------------
+
+    def _tool_key(self, task: Task, tool: Tool, kwargs: Mapping[str, Any]) -> str | None:
+        """The cache key of a call whose answer may be reused (a cacheable plugin, the cache on), else ``None``."""
+        plugin = tool.plugin
+        if self.cache is None or not tool.cache or not plugin.spec.cacheable or not task.cache.enabled:
+            return None
+        try:
+            args = key_text(kwargs)
+        except (TypeError, ValueError):
+            return None
+        raw = f"tool\0{plugin.name}\0{plugin.package}\0{plugin.version}\0{tool.uses}\0{args}"
+        return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+    def _tool_cached(self, task: Task, key: str) -> str | None:
+        """An earlier answer to the same call: this run's, else the store's (younger than the task's ``cache.ttl``)."""
+        text = self._tool_answers().get(key)
+        if text is None and self.recorder is not None:
+            text = self.recorder.cached(key, task.cache.ttl)
+        return text
+
+    def _tool_answers(self) -> dict[str, str]:
+        """The answers of this run by key (the store sees them only when the task's rows commit)."""
+        return self.__dict__.setdefault("_tool_answer_memo", {})
+
+    # -- pipeline tools: a child run ------------------------------------------------------
+
+    def _pipeline_tool(self, task: Task, index: int, entry: Mapping[str, Any]) -> Tool:
+        """A ``pipeline:`` entry: its file (inside the project), what its tasks need, whether they are untrusted."""
+        where = f"tools[{index}].pipeline"
+        depth = int((self.opts.parent or {}).get("depth", 0))
+        if depth >= MAX_PIPELINE_DEPTH:
+            raise TaskError(f"{where}: pipeline tools nest at most {MAX_PIPELINE_DEPTH} deep (this run is a child "
+                            f"{depth} deep)", error_class="invalid_input")
+        if self.opts.load is None:
+            raise TaskError(f"{where}: pipeline tools need a run started by goatclaw.run or goatclaw.arun",
+                            error_class="invalid_input")
+        path = entry["pipeline"]
+        root = Path(self.opts.workspace).resolve()
+        try:
+            file = (root / str(path)).resolve() if isinstance(path, str) and path else None
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            file = None
+        if file is None or not file.is_relative_to(root):
+            raise TaskError(f"{where}: {path!r} must be a pipeline file inside the project folder",
+                            error_class="invalid_input")
+        try:
+            child = self.opts.load(file)
+        except SpecError as exc:
+            raise TaskError(f"{where}: {exc}", error_class="invalid_input") from None
+        except OSError as exc:
+            raise TaskError(f"{where}: cannot read {path}: {exc.strerror or exc}",
+                            error_class="invalid_input") from None
+        needs: dict[str, None] = {}
+        untrusted = False
+        for t in (*child.tasks.values(), *child.on_failure.values(), *child.finally_.values()):
+            try:
+                spec = self.registry.task(t.uses).spec
+            except PluginError:
+                continue  # the child run reports it
+            needs.update(dict.fromkeys(spec.permissions))
+            untrusted = untrusted or spec.untrusted_output or "tools" in t.with_
+        run = functools.partial(self._run_child, task, child, depth + 1)
+        return pipeline_tool(index, entry, child, tuple(needs), untrusted, run)
+
+    async def _run_child(self, task: Task, child: Any, depth: int, ctx: TaskContext, given: dict[str, Any]) -> Any:
+        """Run ``child`` with ``given`` vars in the same store, under ``ctx``'s grant; its ``outputs:``."""
+        assert self.recorder is not None
+        parent = {"run_id": self.result.run_id, "task": task.id, "pipeline": self.pipeline.name, "depth": depth}
+        options = dataclasses.replace(
+            self.opts, vars={**child.vars, **given}, concurrency=None, only=(), bus=None, run_id=None, hooks=(),
+            resume=False, seed_from=None, stubs={}, executor=self.executor, parent=parent, ceiling=ctx.grant,
+            secrets={k: v for k, v in self.opts.secrets.items() if k in child.secrets})  # never more than the caller's
+        runner = type(self)(compile_plan(child), options)
+        result = await runner.run()
+        self.recorder.event("tool.child", task.id, {"run_id": result.run_id, "pipeline": child.name,
+                                                    "status": result.status.value})
+        if not result.ok:
+            failed = next((t for t in result.tasks.values() if t.error), None)
+            why = f": task {failed.id}: {failed.error}" if failed else f": {result.error}" if result.error else ""
+            raise TaskError(f"pipeline {child.name} (run {result.run_id}) {result.status.value}{why}",
+                            error_class=(failed.error_class if failed else None) or "internal")
+        if not child.outputs:  # no outputs: declared: what the tasks nothing needs gave
+            needed = {n for t in child.tasks.values() for n in t.needs}
+            return {tid: r.output for tid, r in result.tasks.items() if tid in child.tasks and tid not in needed}
+        try:
+            return compile_value(_plain(child.outputs)).render(runner.context)
+        except TemplateError as exc:
+            raise TaskError(f"pipeline {child.name} outputs: {exc.message}", error_class="invalid_output") from None
 
     async def _tool_output(self, tool: Tool, ctx: TaskContext, kwargs: dict[str, Any]) -> str:
         plugin = tool.plugin
@@ -186,7 +338,7 @@ class ToolCalls:
             return await self._mcp_output(tool, ctx, kwargs)
         if plugin.spec.warmup is not None:
             await plugin.spec.warmup()
-        if self.inline_async and plugin.is_async:
+        if plugin.kind == "pipeline" or (self.inline_async and plugin.is_async):  # a child run is the driver's
             output = await plugin.fn(ctx, **kwargs)
         else:
             output = await self.executor.call(plugin, ctx, kwargs)
@@ -225,3 +377,12 @@ def _tool_error(exc: BaseException) -> TaskError:
     if isinstance(exc, GoatclawError):
         return TaskError(exc.message, error_class="internal")
     return TaskError(f"{type(exc).__name__}: {exc}", error_class=type(exc).__name__)
+
+
+def _plain(value: Any) -> Any:
+    """Frozen spec data (mapping proxies, tuples) as plain dicts and lists, for the template compiler."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

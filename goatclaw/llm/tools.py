@@ -42,7 +42,8 @@ TRAJECTORY_RESULT_CHARS = 2000
 
 async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DEFAULT_MAX_TURNS,
                    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS, emit: Emit | None = None,
-                   secrets: Sequence[str] = ()) -> tuple[Response, list[dict[str, Any]]]:
+                   secrets: Sequence[str] = (),
+                   transcript: list[dict[str, Any]] | None = None) -> tuple[Response, list[dict[str, Any]]]:
     """Ask, run the tool calls of each answer, ask again with their results; the final answer and the trajectory.
 
     The final :class:`Response` carries the usage and cost of every turn together. Each
@@ -51,6 +52,8 @@ async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DE
     ``tool_calls``: the threat scan rightly flags that in an output as an injected call. A model that still calls
     tools at ``max_turns`` fails the task (``invalid_output``, the trajectory in
     ``details``); calls past ``max_tool_calls`` are not run, and the model is told so.
+    ``transcript``, when given, receives the messages the loop added (each tool-calling
+    answer and the tool results), so that a caller can go on with the conversation.
     """
     if max_turns < 1 or max_tool_calls < 0:
         raise TaskError(f"max_turns must be at least 1 and max_tool_calls at least 0, not {max_turns} and "
@@ -77,6 +80,8 @@ async def converse(request: Request, *, call_tool: CallTool, max_turns: int = DE
             entry["calls"].append({"id": call["id"], "name": call["name"], "arguments": _arguments(call),
                                         "result": _bounded(content), "error_class": result.get("error_class"),
                                         "duration_ms": duration})
+        if transcript is not None:  # this turn's answer and its results
+            transcript.extend(messages[len(messages) - 1 - len(response.tool_calls):])
     raise AssertionError("unreachable: the last turn returns or raises")  # pragma: no cover
 
 

@@ -30,7 +30,7 @@ from goatclaw.store import Store
 
 __all__ = ["KINDS", "MERGE_THRESHOLD", "Hit", "Memory", "MemoryStore", "Pattern", "open_memory"]
 
-KINDS = ("run", "output", "failure", "fix", "note")
+KINDS = ("run", "output", "failure", "fix", "note", "trajectory")
 #: Similarity at or above which a new memory counts as a repeat of an old one.
 MERGE_THRESHOLD = 0.95
 #: What a memory is worth when ``max_memories`` forces some out (times its count).

@@ -46,6 +46,7 @@ __all__ = [
     "host_matches",
     "model_hosts",
     "widenings",
+    "within",
 ]
 
 #: The permission fields, as written in ``permissions:`` (``files.read``/``files.write``).
@@ -595,3 +596,33 @@ def model_hosts(model: str, api_base: str | None, environ: Mapping[str, str] | N
 def narrowed(grant: Grant, **fields: Any) -> Grant:
     """``grant`` with some fields replaced (for tests and direct plugin calls)."""
     return replace(grant, **fields)
+
+
+def within(grant: Grant, ceiling: Grant) -> Grant:
+    """``grant`` cut down to what ``ceiling`` allows too, field by field (a child run under its caller's grant).
+
+    A field is kept where both allow it: ``True`` under a list becomes the list; of two
+    lists, the entries of each that the other covers. What neither covers whole is dropped
+    (sound, not complete: a cut is never wider than either side).
+    """
+    base = Path(grant.workspace or ceiling.workspace or Path.cwd())
+    cut: dict[str, Any] = {}
+    for name in FIELDS:
+        attr = _ATTR[name]
+        mine, theirs = getattr(grant, attr), getattr(ceiling, attr)
+        cut[attr] = _meet(name, mine, theirs, base)
+    sources = {n: f"{grant.sources.get(n, '')}, within the calling task's grant" for n in FIELDS}
+    protected = tuple(dict.fromkeys((*grant.protected, *ceiling.protected)))
+    return replace(grant, **cut, protected=protected, sources=sources)
+
+
+def _meet(name: str, mine: Any, theirs: Any, base: Path) -> Any:
+    if mine is True:
+        return theirs
+    if theirs is True:
+        return mine
+    if not mine or not theirs:
+        return () if name.startswith("files") else False
+    kept = [m for m in mine if not covers(name, theirs, (m,), base)]
+    kept += [t for t in theirs if not covers(name, mine, (t,), base)]
+    return tuple(dict.fromkeys(kept)) or (() if name.startswith("files") else False)

@@ -301,6 +301,8 @@ class Pipeline:
     finally_: Mapping[str, Task] = field(default_factory=lambda: _EMPTY)
     threat_threshold: float | None = None
     max_output_bytes: int | None = None
+    #: What a run of the pipeline gives back as a whole (a pipeline tool's result): name -> template over tasks.
+    outputs: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     file: Path | None = None
     digest: str = ""
     source: Any = field(default=None, repr=False, compare=False)  # the loader Document
@@ -327,6 +329,7 @@ def build_pipeline(doc: Any, *, default_name: str = "pipeline", project_defaults
         version=data.get("version", 1) if isinstance(data.get("version"), int) else 1,
         description=data.get("description") if isinstance(data.get("description"), str) else None,
         vars=_freeze(data.get("vars")),
+        outputs=_freeze(data.get("outputs")),
         secrets=_strings(data.get("secrets")),
         defaults=defaults,
         concurrency=_positive_int(data.get("concurrency"), 4),

@@ -57,10 +57,10 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     ``stream`` shows the answer in the live view as it arrives (``task.progress`` events);
     the output is the same either way. The answer is reused from the LLM answer cache
     only at ``temperature: 0`` or when the task says ``cache: true`` (docs/llm.md); the
-    task cache never holds it. ``tools`` lists task plugins the model may call
-    (``{uses, with, name, description}``) and MCP servers' tools (``{mcp: server}``); each call
-    runs as an attempt of this task, at most ``max_tool_calls`` of them over at most ``max_turns``
-    model calls, and the output gains the ``trajectory`` (docs/llm.md, Tools).
+    task cache never holds it. ``tools`` lists task plugins (``{uses, with, name, description}``),
+    pipeline files (``{pipeline, with, ...}``) and MCP servers' tools (``{mcp: server}``) the model
+    may call; each call runs as an attempt of this task, at most ``max_tool_calls`` of them over at
+    most ``max_turns`` model calls, and the output gains the ``trajectory`` (docs/llm.md, Tools).
     """
     from goatclaw import llm as room
 

@@ -29,7 +29,7 @@ __all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "mcp_tool", "parameters_of", "
 MAX_RESULT_CHARS = 32_000
 #: The names a model may call (the OpenAI API's rule).
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENTRY_KEYS = frozenset({"uses", "with", "name", "description"})
+_ENTRY_KEYS = frozenset({"uses", "with", "name", "description", "retry", "cache"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class Tool:
     #: For a tool of an MCP server: the server's name and the tool's own name there.
     server: str | None = None
     remote: str | None = None
+    #: The entry's ``retry:`` as written (``None``: the calling task's policy applies to each call).
+    retry: Any = None
+    #: ``False``: a call is never answered from the task cache (``cache: false`` on the entry).
+    cache: bool = True
 
     def openai(self) -> dict[str, Any]:
         """The tool as the OpenAI chat API (and litellm) takes it."""
@@ -60,7 +64,8 @@ def plugin_tool(index: int, entry: Any, get: Callable[[str], Plugin]) -> Tool:
                         "description:", error_class="invalid_input")
     extra = sorted(set(entry) - _ENTRY_KEYS)
     if extra:
-        raise TaskError(f"{where} takes no {', '.join(extra)} (it takes uses, with, name, description)",
+        raise TaskError(f"{where} takes no {', '.join(extra)} (it takes uses, with, name, description, retry, "
+                        "cache)",
                         error_class="invalid_input")
     uses = entry["uses"]
     fixed = entry.get("with") or {}
@@ -74,7 +79,8 @@ def plugin_tool(index: int, entry: Any, get: Callable[[str], Plugin]) -> Tool:
     if not isinstance(name, str) or not _NAME.match(name):
         raise TaskError(f"{where}.name '{name}' must be 1 to 64 letters, digits, _ or -", error_class="invalid_input")
     description = entry.get("description") or (inspect.getdoc(plugin.fn) or f"the {uses} task").strip()
-    return Tool(name, uses, plugin, str(description), parameters_of(plugin, fixed), dict(fixed))
+    return Tool(name, uses, plugin, str(description), parameters_of(plugin, fixed), dict(fixed),
+                retry=entry.get("retry"), cache=entry.get("cache", True) is not False)
 
 
 def mcp_tool(server: str, name: str, description: str, schema: Mapping[str, Any]) -> Tool:
