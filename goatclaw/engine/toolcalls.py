@@ -247,6 +247,8 @@ class ToolCalls:
     def _tool_key(self, task: Task, tool: Tool, kwargs: Mapping[str, Any]) -> str | None:
         """The cache key of a call whose answer may be reused (a cacheable plugin, the cache on), else ``None``."""
         plugin = tool.plugin
+        if plugin is None:  # an MCP server's tool: goatclaw cannot know it has no side effects
+            return None
         if self.cache is None or not tool.cache or not plugin.spec.cacheable or not task.cache.enabled:
             return None
         try:
