@@ -309,3 +309,39 @@ def test_bad_log_options_are_a_command_line_error(project: Path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert ("GOATCLAW_LOG" if extra else args[0]) in done.stderr
+
+
+def test_with_otel_a_tasks_log_lines_are_log_records_in_its_span(
+        write_pipeline: Callable[..., Path], store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from goatclaw.tracing import RunTracer
+
+    span_exporter, log_exporter = InMemorySpanExporter(), InMemoryLogRecordExporter()
+    tracer_provider, log_provider = TracerProvider(), LoggerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    log_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
+    monkeypatch.setenv("LOG_TOKEN", SECRET)
+    bus = goatclaw.Bus()
+    RunTracer(bus, {"talk": "chatty", "noisy": "shell"}, tracer_provider, log_provider)
+    reg = registry()
+    result = goatclaw.run(goatclaw.load(write_pipeline(PIPELINE), registry=reg), registry=reg, store=store_path,
+                          bus=bus)
+    assert result.ok, result.error
+    spans = {s.attributes["goatclaw.task"]: s for s in span_exporter.get_finished_spans() if s.name == "goatclaw.task"}
+    records = [r.log_record for r in log_exporter.get_finished_logs()]
+    assert [r.body for r in records][:4] == ["debug goat", "info goat", "warning goat", "error goat"]
+    assert [r.severity_text for r in records][:4] == ["DEBUG", "INFO", "WARN", "ERROR"]
+    assert len(records) == 8 and not any(SECRET in str(r.body) for r in records)
+    for record in records:
+        task = record.attributes["goatclaw.task"]
+        assert record.span_id == spans[task].context.span_id and record.trace_id == spans[task].context.trace_id
+        assert spans[task].start_time <= record.timestamp <= spans[task].end_time
+        assert record.attributes["goatclaw.run_id"] == result.run_id
+    assert {r.attributes["goatclaw.source"] for r in records if r.attributes["goatclaw.task"] == "noisy"} == {"stderr"}
+    tracer_provider.shutdown()
+    log_provider.shutdown()

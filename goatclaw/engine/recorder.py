@@ -91,6 +91,7 @@ class Recorder:
         self._log_flush_pending = False
         self._capturing = False  # tasklogs.install() was called for this run (undone at its end)
         self._run_token: Any = None
+        self._loop_thread = threading.get_ident()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._audit_lock = threading.Lock()
         self._seal = sealer(key)  # keyed when the audit key is given (goatclaw.security.auditkey)
@@ -121,6 +122,7 @@ class Recorder:
             self._loop = asyncio.get_running_loop()  # where log lines logged in a plugin's thread schedule their commit
         except RuntimeError:
             self._loop = None
+        self._loop_thread = threading.get_ident()
         self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
         self.check()
@@ -272,10 +274,13 @@ class Recorder:
 
         Called from the event loop or from a blocking plugin's thread.
         """
+        message = self._mask(message) or ""
+        if self.bus.handlers(tasklogs.TOPIC):  # published, never stored as an event (the OTel exporter hears it)
+            self._publish_log(scope, ts, level, source, message)
         if self.store is None:
             return
         row = (self.run_id, scope.task_id, -1 if scope.item is None else scope.item, scope.attempt, ts, level,
-               source, self._mask(message) or "")
+               source, message)
         with self._audit_lock:
             self.logs.append(row)
             if self._log_flush_pending or self._loop is None:
@@ -284,6 +289,17 @@ class Recorder:
         try:
             self._loop.call_soon_threadsafe(self._loop.call_later, _LOG_FLUSH_SECONDS, self._flush_logs)
         except RuntimeError:  # the loop is closed: the run's last commit takes the line
+            pass
+
+    def _publish_log(self, scope: Any, ts: float, level: int, source: str, message: str) -> None:
+        data = {"level": level, "source": source, "message": message, "item": scope.item, "attempt": scope.attempt}
+        if threading.get_ident() == self._loop_thread or self._loop is None:
+            self.publish(tasklogs.TOPIC, scope.task_id, data, seq=self.seq, ts=ts)
+            return
+        try:  # from a blocking plugin's thread: the bus is the event loop's
+            self._loop.call_soon_threadsafe(lambda: self.publish(tasklogs.TOPIC, scope.task_id, data, seq=self.seq,
+                                                                 ts=ts))
+        except RuntimeError:
             pass
 
     def _flush_logs(self) -> None:

@@ -26,9 +26,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["MAX_BYTES", "MAX_LINE", "MAX_LINES", "SOURCE", "TASK_LOGGER", "Scope", "Sink", "current", "current_run",
-           "enter", "install", "leave", "run_ended", "run_started", "uninstall"]
+__all__ = ["MAX_BYTES", "MAX_LINE", "MAX_LINES", "SOURCE", "TASK_LOGGER", "TOPIC", "Scope", "Sink", "current",
+           "current_run", "enter", "install", "leave", "run_ended", "run_started", "uninstall"]
 
+#: The bus topic of a task's log line (published when someone listens: the OTel exporter; never stored as an event).
+TOPIC = "log.task"
 #: The parent of every task's logger (``ctx.logger`` is ``goatclaw.task.<id>``).
 TASK_LOGGER = "goatclaw.task"
 #: A record's ``extra`` key naming where its line came from, when not its logger (``stderr``).
