@@ -345,3 +345,36 @@ def test_with_otel_a_tasks_log_lines_are_log_records_in_its_span(
     assert {r.attributes["goatclaw.source"] for r in records if r.attributes["goatclaw.task"] == "noisy"} == {"stderr"}
     tracer_provider.shutdown()
     log_provider.shutdown()
+
+
+def test_runs_logs_follow_prints_a_running_tasks_lines_as_they_come(write_pipeline: Callable[..., Path],
+                                                                    project: Path, store_path: Path) -> None:
+    write_pipeline("""
+        version: 1
+        name: slow
+        permissions: {shell: true}
+        tasks:
+          slow:
+            uses: shell
+            with: {script: "echo early >&2; sleep 3; echo late >&2"}
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
+    apply = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--output", "plain"], cwd=project,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not store_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the run's first row is committed right after the store is made
+        follow = subprocess.Popen([sys.executable, "-m", "goatclaw", "runs", "logs", "last", "--follow"], cwd=project,
+                                  env=env, stdout=subprocess.PIPE, text=True)
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
+        running_when_first = apply.poll() is None
+        rest = follow.stdout.read()
+        follow.stdout.close()
+        assert follow.wait(timeout=60) == 0
+    finally:
+        apply.wait(timeout=60)
+    assert "stderr: early" in first and running_when_first  # committed while the task still ran
+    assert "stderr: late" in rest and apply.returncode == 0
