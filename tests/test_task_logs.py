@@ -370,11 +370,25 @@ def test_runs_logs_follow_prints_a_running_tasks_lines_as_they_come(write_pipeli
                                   env=env, stdout=subprocess.PIPE, text=True)
         assert follow.stdout is not None
         first = follow.stdout.readline()
-        running_when_first = apply.poll() is None
+        first_at = time.monotonic()
         rest = follow.stdout.read()
+        rest_at = time.monotonic()
         follow.stdout.close()
         assert follow.wait(timeout=60) == 0
     finally:
         apply.wait(timeout=60)
-    assert "stderr: early" in first and running_when_first  # committed while the task still ran
+    assert "stderr: early" in first and rest_at - first_at > 1.5  # committed while the task still slept
     assert "stderr: late" in rest and apply.returncode == 0
+
+
+def test_a_large_run_commits_its_logs_through_the_writer_process(write_pipeline: Callable[..., Path],
+                                                                  store_path: Path) -> None:
+    from goatclaw.engine.recorder import _PROCESS_WRITER_TASKS
+
+    tasks = {f"t{i}": {"uses": "quiet"} for i in range(_PROCESS_WRITER_TASKS)}
+    tasks["talker"] = {"uses": "broken", "retry": {"attempts": 1}}
+    path = write_pipeline(json.dumps({"version": 1, "name": "big", "tasks": tasks}))
+    result = run(path, store_path)
+    assert result.tasks["talker"].status.value == "failed"
+    with Store.open(store_path) as db:
+        assert [x["message"] for x in db.logs(result.run_id)] == ["the upstream answered 503 for talker"]
