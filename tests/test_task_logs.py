@@ -392,3 +392,24 @@ def test_a_large_run_commits_its_logs_through_the_writer_process(write_pipeline:
     assert result.tasks["talker"].status.value == "failed"
     with Store.open(store_path) as db:
         assert [x["message"] for x in db.logs(result.run_id)] == ["the upstream answered 503 for talker"]
+
+
+def test_a_flood_on_stderr_is_logged_up_to_a_bound_and_kept_whole_in_the_output(
+        write_pipeline: Callable[..., Path], store_path: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        name: stderr-flood
+        permissions: {shell: true}
+        tasks:
+          loud: {uses: shell, with: {script: "seq 1 200000 >&2"}}
+        """)
+    started = time.process_time()
+    result = run(path, store_path)
+    spent = time.process_time() - started
+    assert result.ok, result.error
+    assert result.tasks["loud"].output["stderr"].splitlines()[-1] == "200000"
+    with Store.open(store_path) as db:
+        lines = db.logs(result.run_id)
+    assert lines[0]["message"] == "1" and len(lines) <= tasklogs.MAX_LINES + 1
+    assert "more log lines dropped" in lines[-1]["message"]
+    assert spent < 4  # 200,000 lines are not each made a log record (1.6 s here with the bound, 5.4 s without)

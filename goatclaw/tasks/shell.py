@@ -57,6 +57,8 @@ PIPE_GRACE_SECONDS = 2.0
 _TAIL_CHARS = 2000
 _POLL_SECONDS = 0.1
 _CHUNK = 64 * 1024
+#: A stream's lines go to the task's log up to this many bytes (an attempt's log keeps 256 KiB of text at most).
+_LOG_BYTES = 256 * 1024
 
 
 @task(cacheable=False, side_effects=True, permissions=("shell",),
@@ -358,6 +360,7 @@ class _Capture:
         self.dropped = 0
         self.log = log  # the task's logger: each line goes to the task's log as it comes (source: the stream)
         self.partial = bytearray()
+        self.logged = 0  # bytes sent to the log: past _LOG_BYTES the lines stay in the output alone
 
     async def read(self, stream: asyncio.StreamReader) -> None:
         """Read ``stream`` to its end (draining it, so the command never blocks on a full pipe)."""
@@ -365,9 +368,9 @@ class _Capture:
             room = max(0, MAX_OUTPUT_BYTES - len(self.kept))
             self.kept += chunk[:room]
             self.dropped += len(chunk) - len(chunk[:room])
-            if self.log is not None:
+            if self.log is not None and self.logged <= _LOG_BYTES:
                 self._lines(chunk)
-        if self.log is not None and self.partial:
+        if self.log is not None and self.partial and self.logged <= _LOG_BYTES:
             self._say(bytes(self.partial))
 
     def _lines(self, chunk: bytes) -> None:
@@ -378,9 +381,14 @@ class _Capture:
         if len(rest) >= _CHUNK:
             lines.append(rest)
         for line in lines:
+            if self.logged > _LOG_BYTES:
+                self.log.warning("[goatclaw: %s lines past %s bytes are not logged; the task's %s output holds them]",
+                                 self.name, f"{_LOG_BYTES:,}", self.name, extra={"goatclaw_source": self.name})
+                return
             self._say(line)
 
     def _say(self, line: bytes) -> None:
+        self.logged += len(line) + 1
         self.log.info("%s", line.decode("utf-8", errors="replace").rstrip("\r"), extra={"goatclaw_source": self.name})
 
     def text(self) -> str:
