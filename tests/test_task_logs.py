@@ -347,6 +347,14 @@ def test_with_otel_a_tasks_log_lines_are_log_records_in_its_span(
     log_provider.shutdown()
 
 
+def _has_run(store: Path) -> bool:
+    try:
+        with sqlite3.connect(store) as db:
+            return bool(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+    except sqlite3.Error:
+        return False
+
+
 def test_runs_logs_follow_prints_a_running_tasks_lines_as_they_come(write_pipeline: Callable[..., Path],
                                                                     project: Path, store_path: Path) -> None:
     write_pipeline("""
@@ -356,16 +364,15 @@ def test_runs_logs_follow_prints_a_running_tasks_lines_as_they_come(write_pipeli
         tasks:
           slow:
             uses: shell
-            with: {script: "echo early >&2; sleep 3; echo late >&2"}
+            with: {script: "echo early >&2; sleep 4; echo late >&2"}
         """)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
     apply = subprocess.Popen([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--output", "plain"], cwd=project,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not store_path.exists() and time.monotonic() < deadline:
+        while not _has_run(store_path) and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)  # the run's first row is committed right after the store is made
         follow = subprocess.Popen([sys.executable, "-m", "goatclaw", "runs", "logs", "last", "--follow"], cwd=project,
                                   env=env, stdout=subprocess.PIPE, text=True)
         assert follow.stdout is not None
