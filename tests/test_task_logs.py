@@ -348,6 +348,8 @@ def test_with_otel_a_tasks_log_lines_are_log_records_in_its_span(
 
 
 def _has_run(store: Path) -> bool:
+    if not store.exists():  # sqlite3.connect would make it
+        return False
     try:
         with sqlite3.connect(store) as db:
             return bool(db.execute("SELECT count(*) FROM runs").fetchone()[0])
