@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -121,8 +122,6 @@ def leave(token: contextvars.Token[Scope | None]) -> None:
     scope = _CURRENT.get()
     _CURRENT.reset(token)
     if scope is not None and scope.dropped:
-        import time
-
         scope.sink.task_log(scope, time.time(), logging.WARNING, "goatclaw",
                             f"[goatclaw: {scope.dropped:,} more log lines dropped; an attempt keeps at most "
                             f"{MAX_LINES:,} lines and {MAX_BYTES:,} characters]")
