@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def main() -> int:
     before = args.before.resolve()
     sizes = [int(s) for s in args.sizes.split(",")]
     best: dict[tuple[str, int], dict[str, float]] = {}
+    samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -73,6 +75,7 @@ def main() -> int:
                 order = [("before", before), ("after", AFTER)]
                 for label, tree in order if r % 2 == 0 else order[::-1]:
                     got = measure(tree, n, Path(tmp), label)
+                    samples.setdefault((label, n), []).append(got)
                     kept = best.setdefault((label, n), {"cpu": got["cpu"], "wall": got["wall"]})
                     kept["cpu"], kept["wall"] = min(kept["cpu"], got["cpu"]), min(kept["wall"], got["wall"])
     print(f"load average at end: {os.getloadavg()[0]:.2f}\n")
@@ -83,7 +86,18 @@ def main() -> int:
         b, a = best[("before", n)], best[("after", n)]
         print(f"| {n:,} | {b['cpu'] * 1000:,.0f} ms | {a['cpu'] * 1000:,.0f} ms | {(a['cpu'] / b['cpu'] - 1):+.1%} "
               f"| {b['wall'] * 1000:,.0f} ms | {a['wall'] * 1000:,.0f} ms | {(a['wall'] / b['wall'] - 1):+.1%} |")
+    print("\nmedians (the same runs)\n")
+    print("| tasks | CPU before | CPU after | CPU change | wall before | wall after | wall change |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        b, a = (_median(samples[(label, n)]) for label in ("before", "after"))
+        print(f"| {n:,} | {b['cpu'] * 1000:,.0f} ms | {a['cpu'] * 1000:,.0f} ms | {(a['cpu'] / b['cpu'] - 1):+.1%} "
+              f"| {b['wall'] * 1000:,.0f} ms | {a['wall'] * 1000:,.0f} ms | {(a['wall'] / b['wall'] - 1):+.1%} |")
     return 0
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in runs) for key in ("cpu", "wall")}
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class Recorder:
         self.audit: list[tuple[Any, ...]] = []
         self.origins: list[tuple[Any, ...]] = []  # files written, with the untrusted origins of their content
         self.logs: list[tuple[Any, ...]] = []  # task log lines (goatclaw.engine.tasklogs), masked
+        self.log_scopes: dict[Any, tasklogs.Scope] = {}  # attempts in progress that logged (their bounds)
         self._log_flush_pending = False
         self._capturing = False  # tasklogs.install() was called for this run (undone at its end)
         self._run_token: Any = None

@@ -14,7 +14,8 @@ starts itself, and a task in a process pool or on a Dask worker, are not followe
 
 Each attempt keeps at most :data:`MAX_LINES` lines and :data:`MAX_BYTES` of text (a line
 is cut at :data:`MAX_LINE`); what goes over is counted, and one last line says how much
-was dropped. A task that logs nothing costs a context-variable set and reset.
+was dropped. A task that logs nothing costs a context-variable set and reset (its :class:`Scope` is made on
+its first line).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Sink(Protocol):
     run_id: str
     #: Masks the run's secrets (goatclaw's own log handlers mask with it too).
     redactor: Any
+    #: The scopes of attempts in progress that logged something (made on their first line).
+    log_scopes: dict[Any, Scope]
 
     def task_log(self, scope: Scope, ts: float, level: int, source: str, message: str) -> None:
         """Mask, buffer and commit one line of ``scope``'s log."""
@@ -84,7 +87,10 @@ class Scope:
         self.sink.task_log(self, ts, level, source, message)
 
 
-_CURRENT: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("goatclaw_task_log", default=None)
+#: The attempt running in this context as ``(sink, task_id, item, attempt)``: a tuple, because most attempts log
+#: nothing (its :class:`Scope`, with the counters, is made on its first line).
+_Key = tuple[Sink, str, "int | None", int]
+_CURRENT: contextvars.ContextVar[_Key | None] = contextvars.ContextVar("goatclaw_task_log", default=None)
 _RUN: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("goatclaw_run_log", default=None)
 
 
@@ -103,38 +109,50 @@ def run_ended(token: contextvars.Token[Sink | None]) -> None:
 
 def current_run() -> Sink | None:
     """The run in progress in this context, if any."""
-    scope = _CURRENT.get()
-    return scope.sink if scope is not None else _RUN.get()
+    key = _CURRENT.get()
+    return key[0] if key is not None else _RUN.get()
 
 
-def current() -> Scope | None:
-    """The attempt running in this context, if any (goatclaw's own log handlers read its run and task)."""
-    return _CURRENT.get()
-
-
-def enter(sink: Sink, task_id: str, item: int | None, attempt: int) -> contextvars.Token[Scope | None]:
+def enter(sink: Sink, task_id: str, item: int | None, attempt: int) -> contextvars.Token[_Key | None]:
     """An attempt begins in this context: what is logged here from now on is its log."""
-    return _CURRENT.set(Scope(sink, task_id, item, attempt))
+    return _CURRENT.set((sink, task_id, item, attempt))
 
 
-def leave(token: contextvars.Token[Scope | None]) -> None:
+def leave(token: contextvars.Token[_Key | None]) -> None:
     """The attempt ended: a line saying how much went over its bounds, if anything did."""
-    scope = _CURRENT.get()
+    key = _CURRENT.get()
     _CURRENT.reset(token)
+    if key is None or not key[0].log_scopes:  # the common case: nothing logged
+        return
+    scope = key[0].log_scopes.pop(key, None)
     if scope is not None and scope.dropped:
         scope.sink.task_log(scope, time.time(), logging.WARNING, "goatclaw",
                             f"[goatclaw: {scope.dropped:,} more log lines dropped; an attempt keeps at most "
                             f"{MAX_LINES:,} lines and {MAX_BYTES:,} characters]")
 
 
+def current() -> Scope | None:
+    """The attempt running in this context, if any (goatclaw's own log handlers read its run and task)."""
+    key = _CURRENT.get()
+    return None if key is None else _scope(key)
+
+
+def _scope(key: _Key) -> Scope:
+    scope = key[0].log_scopes.get(key)
+    if scope is None:
+        scope = key[0].log_scopes.setdefault(key, Scope(*key))
+    return scope
+
+
 class _Capture(logging.Handler):
     """Hands records logged inside an attempt to its run; outside one, behaves as if absent."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        scope = _CURRENT.get()
-        if scope is None:
+        key = _CURRENT.get()
+        if key is None:
             _as_if_absent(self, record)
             return
+        scope = _scope(key)
         try:
             message = record.getMessage()
         except Exception:  # a record whose arguments do not fit its format: kept as given
