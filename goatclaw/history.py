@@ -18,7 +18,7 @@ from goatclaw.errors import GoatclawError
 from goatclaw.events import Bus, Event
 from goatclaw.store import DeadLetter, RunRow, Store
 
-__all__ = ["events", "health", "llm_costs", "prune", "replay", "replay_dead_letter", "resources", "stats"]
+__all__ = ["events", "health", "llm_costs", "logs", "prune", "replay", "replay_dead_letter", "resources", "stats"]
 
 
 def _run(db: Store, ref: str) -> RunRow:
@@ -47,6 +47,29 @@ def events(store: str | os.PathLike[str], ref: str = "last", *, follow: bool = F
                 return
             row = db.run(run_id)
             if not batch and (row is None or row.status != "running" or row.interrupted):
+                return
+            if not batch:
+                sleep(poll)
+
+
+def logs(store: str | os.PathLike[str], ref: str = "last", task: str | None = None, *, follow: bool = False,
+         poll: float = 0.2, sleep: Callable[[float], Any] = time.sleep) -> Iterator[dict[str, Any]]:
+    """A run's task log lines (``task``'s alone if given), in the order logged; ``follow`` as in :func:`events`.
+
+    Each line: ``id``, ``task``, ``item``, ``attempt``, ``ts``, ``level`` (a :mod:`logging`
+    number), ``source`` (the logger's name, or ``stderr``) and ``message`` (secrets masked).
+    """
+    with Store.open(store) as db:
+        run_id = _run(db, ref).id
+        after = 0
+        while True:
+            row = db.run(run_id)  # read before the lines: a run seen ended has committed all of its lines
+            ended = row is None or row.status != "running" or row.interrupted
+            batch = db.logs(run_id, task, after=after)
+            for line in batch:
+                after = line["id"]
+                yield line
+            if not follow or (ended and not batch):
                 return
             if not batch:
                 sleep(poll)
@@ -280,8 +303,8 @@ def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = F
         if dry_run:
             return counts
         with db.transaction() as conn:
-            for table, column in (("events", "run_id"), ("attempts", "run_id"), ("tasks", "run_id"),
-                                  ("dead_letters", "run_id"), ("runs", "id")):
+            for table, column in (("events", "run_id"), ("task_logs", "run_id"), ("attempts", "run_id"),
+                                  ("tasks", "run_id"), ("dead_letters", "run_id"), ("runs", "id")):
                 total = 0
                 for start in range(0, len(ids), 500):
                     chunk = ids[start:start + 500]

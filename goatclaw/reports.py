@@ -15,11 +15,12 @@ did not run because a need failed, or was cancelled, is ``<skipped>`` with the r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ class TaskReport:
     items: tuple[ItemReport, ...] | None = None
     cost_usd: float = 0.0
     llm_calls: int = 0
+    #: What the task logged (``Store.logs`` rows, secrets masked): JUnit's ``system-err``.
+    logs: tuple[dict[str, Any], ...] = ()
 
     @property
     def outcome(self) -> str:
@@ -127,7 +130,7 @@ class RunReport:
             "cost": {"usd": self.cost_usd, "max_usd": self.max_cost, "over": self.over_budget,
                      "calls": self.llm.get("calls", 0), "prompt_tokens": self.llm.get("prompt_tokens", 0),
                      "completion_tokens": self.llm.get("completion_tokens", 0)},
-            "tasks": [{**{k: v for k, v in asdict(t).items() if k != "items"}, "outcome": t.outcome,
+            "tasks": [{**{k: v for k, v in asdict(t).items() if k not in ("items", "logs")}, "outcome": t.outcome,
                        "items": None if t.items is None else [asdict(i) for i in t.items]} for t in self.tasks],
         }
 
@@ -162,7 +165,11 @@ def _build(db: Store, ref: str, max_cost: float | None) -> RunReport:
     events_of: dict[str | None, list[Mapping[str, Any]]] = {}
     for e in events:
         events_of.setdefault(e["task"], []).append(e)
-    tasks = tuple(_task(rows[tid], attempts_of.get(tid, []), events_of.get(tid, []), costs["tasks"].get(tid, {}))
+    logs_of: dict[str, list[dict[str, Any]]] = {}
+    for line in db.logs(run.id):
+        logs_of.setdefault(line["task"], []).append(line)
+    tasks = tuple(replace(_task(rows[tid], attempts_of.get(tid, []), events_of.get(tid, []),
+                                costs["tasks"].get(tid, {})), logs=tuple(logs_of.get(tid, ())))
                   for tid in order if tid in rows)
     return RunReport(run, tasks, costs, max_cost)
 
@@ -356,6 +363,8 @@ def _cases(pipeline: str, t: TaskReport) -> list[ET.Element]:
         out_lines.append("output: " + _short(t.output, 2000))
     system_out = ET.SubElement(case, "system-out")
     system_out.text = xml_text("\n".join(out_lines))
+    if t.logs:
+        ET.SubElement(case, "system-err").text = xml_text(_log_text(t.logs))
     cases = [case]
     for item in t.items or ():
         cases.append(_item_case(pipeline, t, item))
@@ -373,6 +382,25 @@ def _item_case(pipeline: str, t: TaskReport, item: ItemReport) -> ET.Element:
     elif item.outcome == "skipped":
         ET.SubElement(case, "skipped", message=xml_text(item.error or "skipped"))
     return case
+
+
+#: At most this many characters of a task's log go into its ``system-err`` (the end is kept: where it failed).
+_SYSTEM_ERR_CHARS = 64 * 1024
+
+
+def _log_text(logs: Sequence[Mapping[str, Any]]) -> str:
+    """A task's log lines as ``time level [item] #attempt source: message``, its last 64 KiB."""
+    lines = []
+    for line in logs:
+        stamp = datetime.fromtimestamp(line["ts"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        level = logging.getLevelName(line["level"]).lower()
+        item = "" if line["item"] is None else f" [{line['item']}]"
+        lines.append(f"{stamp} {level}{item} #{line['attempt']} {line['source']}: {line['message']}")
+    text = "\n".join(lines)
+    if len(text) > _SYSTEM_ERR_CHARS:
+        text = f"[goatclaw: the log's first {len(text) - _SYSTEM_ERR_CHARS:,} characters left out]\n" \
+               + text[-_SYSTEM_ERR_CHARS:]
+    return text
 
 
 def _item_of(attempt: Mapping[str, Any]) -> str:

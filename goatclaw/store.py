@@ -293,6 +293,28 @@ def _m016_taint(db: Connection) -> None:
     )
 
 
+def _m017_task_logs(db: Connection) -> None:
+    # What each task attempt logged (goatclaw.engine.tasklogs): Python logging records, a shell
+    # task's stderr lines, warnings; masked and bounded before they get here. ``id`` is the order.
+    _script(
+        db,
+        """
+        CREATE TABLE task_logs (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            item INTEGER NOT NULL DEFAULT -1,
+            attempt INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            level INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE INDEX task_logs_by_run ON task_logs (run_id, task_id, id)
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -306,6 +328,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("009_run_owner", _m009_run_owner),
     ("011_rate_windows", _m011_rate_windows),
     ("016_taint", _m016_taint),
+    ("017_task_logs", _m017_task_logs),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
@@ -469,19 +492,21 @@ class Store:
                     attempts: Sequence[tuple[Any, ...]] = (), run: tuple[Any, ...] | None = None,
                     cache: Sequence[tuple[Any, ...]] = (), dead: Sequence[tuple[Any, ...]] = (),
                     audit: Sequence[tuple[Any, ...]] = (), seal: AuditSeal | None = None,
-                    origins: Sequence[tuple[Any, ...]] = (), pauses: Sequence[float] = COMMIT_PAUSES) -> None:
+                    origins: Sequence[tuple[Any, ...]] = (), logs: Sequence[tuple[Any, ...]] = (),
+                    pauses: Sequence[float] = COMMIT_PAUSES) -> None:
         """Append events and upsert task, attempt, cache and dead-letter rows in one transaction.
 
         Rows are tuples in table column order (``dead`` without the id and replay
         columns). ``run`` is ``(status, finished_at, error, summary_json, run_id)`` to
         finish the run in the same transaction. ``audit`` rows ``(ts, run_id, task_id,
         action, detail_json)`` are appended to the audit chain, linked by ``seal``; ``origins`` are
-        :meth:`record_file_origins` rows.
+        :meth:`record_file_origins` rows; ``logs`` are task log rows ``(run_id, task_id, item, attempt,
+        ts, level, source, message)``.
         Committed by :meth:`commit` (tried again after each of ``pauses``); rows with
         text UTF-8 cannot encode are written escaped.
         """
         batch = {"events": events, "tasks": tasks, "attempts": attempts, "cache": cache, "dead": dead,
-                 "audit": audit, "origins": origins}
+                 "audit": audit, "origins": origins, "logs": logs}
         def what() -> str:
             return f"{_count(batch)} of run {run[4]}" if run is not None else _count(batch)
 
@@ -495,7 +520,7 @@ class Store:
     def _insert(self, db: Connection, *, events: Sequence[tuple[Any, ...]], tasks: Sequence[tuple[Any, ...]],
                 attempts: Sequence[tuple[Any, ...]], run: tuple[Any, ...] | None, cache: Sequence[tuple[Any, ...]],
                 dead: Sequence[tuple[Any, ...]], audit: Sequence[tuple[Any, ...]], seal: AuditSeal | None,
-                origins: Sequence[tuple[Any, ...]] = ()) -> None:
+                origins: Sequence[tuple[Any, ...]] = (), logs: Sequence[tuple[Any, ...]] = ()) -> None:
         """:meth:`write_batch`'s statements, inside its transaction."""
         if audit:
             self._append_audit(db, audit, seal)
@@ -512,6 +537,9 @@ class Store:
             db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
         if events:
             db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+        if logs:
+            db.executemany("INSERT INTO task_logs (run_id, task_id, item, attempt, ts, level, source, message) "
+                           "VALUES (?,?,?,?,?,?,?,?)", logs)
         if run is not None:
             db.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, summary = ? WHERE id = ?", run)
 
@@ -620,6 +648,17 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
                 for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
+
+    def logs(self, run_id: str, task_id: str | None = None, *, after: int = 0) -> list[dict[str, Any]]:
+        """A run's task log lines (optionally one task's) with ``id > after``, in the order they were logged."""
+        sql = ("SELECT id, task_id, item, attempt, ts, level, source, message FROM task_logs "
+               "WHERE run_id = ? AND id > ?" + (" AND task_id = ?" if task_id else "") + " ORDER BY id")
+        args = (run_id, after, task_id) if task_id else (run_id, after)
+        cols = ("id", "task", "item", "attempt", "ts", "level", "source", "message")
+        rows = [dict(zip(cols, r, strict=True)) for r in self.db.execute(sql, args)]
+        for row in rows:
+            row["item"] = None if row["item"] == -1 else row["item"]
+        return rows
 
     def untrusted_tasks(self, run_id: str) -> dict[str, tuple[list[str], str]]:
         """Per task of a run: the untrusted origins its output carried at run time, and how (``task.untrusted``)."""
@@ -893,7 +932,7 @@ def _transient(exc: sqlean.Error, took: float) -> bool:
 def describe_rows(counts: Mapping[str, int]) -> str:
     """``{"events": 3, "tasks": 1}`` (rows by :meth:`Store.write_batch` argument) as ``3 events, 1 task row``."""
     nouns = {"events": "event", "tasks": "task row", "attempts": "attempt", "cache": "cached output",
-             "dead": "dead letter", "audit": "audit row"}
+             "dead": "dead letter", "audit": "audit row", "logs": "log line"}
     return ", ".join(f"{n} {nouns.get(name, name)}{'' if n == 1 else 's'}" for name, n in counts.items() if n)
 
 

@@ -14,6 +14,14 @@ with the attributes ``goatclaw.task``, ``goatclaw.plugin``, ``goatclaw.attempts`
 fallbacks (``goatclaw.llm.fallback``) are span events. Span times are the events' own
 times, so a span is exact even when the exporter runs behind.
 
+What a task logs (goatclaw.engine.tasklogs: its log records, a shell task's stderr lines,
+warnings; secrets masked) is exported as OpenTelemetry log records in the task span's
+context (its trace and span id), with the attributes ``goatclaw.run_id``, ``goatclaw.task``,
+``goatclaw.attempt``, ``goatclaw.item`` and ``goatclaw.source``, through the SDK logger
+provider the application set, else one built from ``OTEL_LOGS_EXPORTER`` (``otlp`` by
+default, ``console``, ``none``). The SDK's logs API is still marked experimental
+(``opentelemetry.sdk._logs``); without it the spans are exported and the log records not.
+
 The console exporter writes to stderr (stdout stays the command's own output). The OTLP
 exporter waits at most :data:`EXPORT_TIMEOUT` seconds unless ``OTEL_EXPORTER_OTLP_TIMEOUT``
 or ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` says otherwise; a collector that cannot be reached
@@ -40,6 +48,11 @@ log = logging.getLogger("goatclaw.tracing")
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 _TERMINAL = frozenset({"succeeded", "failed", "skipped", "cached", "upstream_failed", "cancelled", "stubbed"})
 _provider: Any = None
+_log_provider: Any = None
+#: The bus topic of a task's log line (goatclaw.engine.tasklogs.TOPIC; this room does not import the engine).
+_LOG_TOPIC = "log.task"
+#: logging level numbers -> OTel severity numbers (DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21).
+_SEVERITY = ((50, 21, "FATAL"), (40, 17, "ERROR"), (30, 13, "WARN"), (20, 9, "INFO"), (0, 5, "DEBUG"))
 _TIMEOUTS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
 #: Seconds one OTLP export may take (retries included) when the environment sets no timeout.
 EXPORT_TIMEOUT = 2.0
@@ -81,6 +94,36 @@ def _default_provider() -> Any:
             elif name:
                 log.warning("OTEL_TRACES_EXPORTER=%s is not supported by goatclaw (use otlp or console)", name)
     return _provider
+
+
+def _default_log_provider() -> Any:
+    """The process's SDK logger provider: the application's, else one from ``OTEL_LOGS_EXPORTER``; ``None``: off."""
+    global _log_provider
+    from opentelemetry import _logs
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
+    from opentelemetry.sdk.resources import Resource
+
+    current = _logs.get_logger_provider()
+    if isinstance(current, LoggerProvider):
+        return current
+    names = [n.strip().lower() for n in (os.environ.get("OTEL_LOGS_EXPORTER") or "otlp").split(",") if n.strip()]
+    if names == ["none"]:
+        return None
+    if _log_provider is None:
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "goatclaw")})
+        _log_provider = LoggerProvider(resource=resource)
+        for name in names:
+            if name == "console":
+                _log_provider.add_log_record_processor(BatchLogRecordProcessor(ConsoleLogRecordExporter(out=sys.stderr)))
+            elif name == "otlp":
+                from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+                timeout = None if any(os.environ.get(n) for n in _TIMEOUTS) else EXPORT_TIMEOUT
+                _log_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(timeout=timeout)))
+            else:
+                log.warning("OTEL_LOGS_EXPORTER=%s is not supported by goatclaw (use otlp or console)", name)
+    return _log_provider
 
 
 def _otlp_exporter() -> Any:
@@ -128,18 +171,22 @@ def _otlp_exporter() -> Any:
 class RunTracer:
     """Turns one run's events into spans on ``provider`` (an SDK ``TracerProvider``)."""
 
-    def __init__(self, bus: Bus, plugins: Mapping[str, str], provider: Any = None) -> None:
+    def __init__(self, bus: Bus, plugins: Mapping[str, str], provider: Any = None, log_provider: Any = None) -> None:
         from opentelemetry import trace
 
         self._trace = trace
         self.provider = provider if provider is not None else _default_provider()
         self.tracer = self.provider.get_tracer("goatclaw")
+        self.log_provider = log_provider if log_provider is not None else _logs_or_none(provider is None)
+        self.logger = None if self.log_provider is None else self.log_provider.get_logger("goatclaw")
         self.plugins = dict(plugins)
         self.run: Any = None
         self.tasks: dict[str, Any] = {}
         self.llm: dict[str, dict[str, Any]] = {}
         self._off = [bus.subscribe("run.*", self._on_run), bus.subscribe("task.*", self._on_task),
                      bus.subscribe("llm.call", self._on_llm), bus.subscribe("llm.fallback", self._on_fallback)]
+        if self.logger is not None:
+            self._off.append(bus.subscribe(_LOG_TOPIC, self._on_log))
 
     @staticmethod
     def _ns(ev: Event) -> int:
@@ -167,6 +214,25 @@ class RunTracer:
         self.run = None
         self.close()
         self.provider.force_flush()
+        if self.log_provider is not None:
+            self.log_provider.force_flush()
+
+    def _on_log(self, ev: Event) -> None:
+        """A task's log line: an OTel log record in its span's context (the run's, once the span has ended)."""
+        span = self.tasks.get(ev.task or "") or self.run
+        if span is None or self.logger is None:
+            return
+        from opentelemetry._logs import LogRecord, SeverityNumber
+
+        level = int(ev.data.get("level") or 20)
+        number, text = next((n, t) for floor, n, t in _SEVERITY if level >= floor)
+        attrs = {"goatclaw.run_id": ev.run_id, "goatclaw.task": ev.task or "",
+                 "goatclaw.attempt": int(ev.data.get("attempt") or 1), "goatclaw.source": str(ev.data.get("source"))}
+        if ev.data.get("item") is not None:
+            attrs["goatclaw.item"] = int(ev.data["item"])
+        self.logger.emit(LogRecord(timestamp=self._ns(ev), context=self._trace.set_span_in_context(span),
+                                   severity_number=SeverityNumber(number), severity_text=text,
+                                   body=str(ev.data.get("message", "")), attributes=attrs))
 
     def _on_task(self, ev: Event) -> None:
         if ev.task is None or self.run is None:
@@ -242,6 +308,17 @@ class RunTracer:
         for off in self._off:
             off()
         self._off = []
+
+
+def _logs_or_none(from_environment: bool) -> Any:
+    """The logger provider to export task logs to (the environment's, when spans go by it); ``None`` without one."""
+    if not from_environment:
+        return None  # a provider given by the caller (tests, embedding): logs only when a log provider is given too
+    try:
+        return _default_log_provider()
+    except ImportError as exc:  # an SDK without the logs API: spans only
+        log.warning("tracing: this OpenTelemetry SDK has no logs API; task logs are not exported (%s)", exc)
+        return None
 
 
 def attach(bus: Bus, plugins: Mapping[str, str]) -> RunTracer | None:

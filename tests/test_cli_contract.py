@@ -37,8 +37,9 @@ tasks:
 #: Free-text parameters a bad value cannot be given at parse time (names, ids, queries found or not later).
 FREE_TEXT = {
     "apply --run", "apply --address", "why run", "why task", "runs show run", "runs report run", "runs events run",
-    "runs replay run", "runs list --pipeline", "breakers reset key", "plugins show name", "audit show --run",
-    "audit show --action", "dlq list --run", "memory search query", "test --case", "mcp tools server",
+    "runs logs run", "runs logs task", "runs replay run", "runs list --pipeline", "breakers reset key",
+    "plugins show name", "audit show --run", "audit show --action", "dlq list --run", "memory search query",
+    "test --case", "mcp tools server",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {

@@ -148,8 +148,22 @@ def _version(value: bool) -> None:
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", metavar="LEVEL", help="goatclaw's own logs from this level: debug, info, warning, error "
+        "(default: $GOATCLAW_LOG; none shown but Python's warnings).")] = None,
+    log_file: Annotated[Path | None, typer.Option("--log-file", metavar="PATH",
+                                                  help="Write goatclaw's own logs here (default: stderr).")] = None,
+    log_format: Annotated[str, typer.Option("--log-format", metavar="FORMAT",
+                                            help="text, or json: one JSON object a line, with run and task.")] = "text",
 ) -> None:
     """Declarative YAML pipelines for LLM and agent workflows."""
+    from goatclaw import logconfig
+    from goatclaw.errors import GoatclawError
+
+    try:
+        logconfig.configure(log_level, log_file, log_format)
+    except GoatclawError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()
@@ -419,7 +433,7 @@ def runs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one run: each task's status, output or error, and failed attempts."""
-    from goatclaw.cli.render import print_cascades, print_critical_path, print_resources, print_run
+    from goatclaw.cli.render import print_cascades, print_critical_path, print_failed_logs, print_resources, print_run
     from goatclaw.errors import GoatclawError
     from goatclaw.history import llm_costs, resources
     from goatclaw.money import usd
@@ -430,6 +444,8 @@ def runs_show(
             raise GoatclawError(f"no run '{run}' in {db.path}")
         tasks = db.tasks(row.id)
         attempts = db.attempts(row.id)
+        failed = {t.task_id for t in tasks if t.status == "failed"}
+        logs = [line for line in db.logs(row.id) if line["task"] in failed] if failed else []
         all_events = db.events(row.id)
         events = [e for e in all_events
                   if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix", "task.escalate")
@@ -439,9 +455,11 @@ def runs_show(
         from goatclaw.jsontext import dumps_pretty
 
         print(dumps_pretty({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
-                            "incidents": events, "llm": llm, "resources": resources(all_events)}))
+                            "incidents": events, "llm": llm, "resources": resources(all_events),
+                            "failed_logs": logs}))
     else:
         print_run(row, tasks, attempts, _out(), events)
+        print_failed_logs(tasks, logs, _out())
         print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
         print_resources(resources(all_events), _out())
         if llm["calls"]:

@@ -56,6 +56,28 @@ def runs_events(
         print(json.dumps(ev, ensure_ascii=False, default=str) if as_json else printable(event_line(ev)), flush=True)
 
 
+@runs_app.command("logs")
+@handles_errors
+def runs_logs(
+    run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
+    task: Annotated[str | None, typer.Argument(help="Only this task's lines.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document per line.")] = False,
+) -> None:
+    """Print what a run's tasks logged (plugins' log records, shell stderr, warnings), in order, secrets masked."""
+    from goatclaw import history
+    from goatclaw.cli.render import level_name, log_line
+    from goatclaw.cli.terminal import printable
+
+    for line in history.logs(_store_file(store), run, task, follow=follow):
+        if as_json:
+            shown = {**line, "level": level_name(line["level"]), "levelno": line["level"]}
+            print(json.dumps(shown, ensure_ascii=False), flush=True)
+        else:
+            print(printable(log_line(line)), flush=True)
+
+
 @runs_app.command("replay")
 @handles_errors
 def runs_replay(

@@ -602,6 +602,39 @@ def event_line(ev: dict[str, Any]) -> str:
     return f"{ev['seq']:>6} {stamp} {ev['topic']:<22} {ev['task'] or '-'} {data}".rstrip()
 
 
+_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+#: How many of a failed task's last log lines ``runs show`` prints.
+FAILED_LOG_LINES = 20
+
+
+def level_name(level: int) -> str:
+    """A :mod:`logging` level number as its lower-case name (``level 5`` for one without a name)."""
+    return _LEVELS.get(level) or f"level {level}"
+
+
+def log_line(line: dict[str, Any], *, task: bool = True) -> str:
+    """One stored task log line: ``time level task[item] #attempt source: message``."""
+    stamp = datetime.fromtimestamp(line["ts"]).strftime("%H:%M:%S.%f")[:-3]
+    who = (item_label(line["task"], line["item"]) + f" #{line['attempt']} ") if task else ""
+    return f"{stamp} {level_name(line['level']):<8} {who}{line['source']}: {line['message']}"
+
+
+def print_failed_logs(tasks: list[TaskRow], logs: list[dict[str, Any]], console: Console) -> None:
+    """The last log lines of each failed task (what ``runs logs RUN TASK`` prints in full)."""
+    for t in tasks:
+        if t.status != "failed":
+            continue
+        lines = [line for line in logs if line["task"] == t.task_id]
+        if not lines:
+            continue
+        shown_lines = lines[-FAILED_LOG_LINES:]
+        more = f" (last {len(shown_lines)} of {len(lines)})" if len(lines) > len(shown_lines) else ""
+        console.print(Text(f"log of {t.task_id}{more}", style="bold"))
+        for line in shown_lines:
+            style = "red" if line["level"] >= 40 else "yellow" if line["level"] >= 30 else ""
+            console.print(Text("  " + log_line(line), style=style), soft_wrap=True)
+
+
 def print_dead_letters(letters: list[DeadLetter], console: Console) -> None:
     """A table of dead letters, newest first."""
     if not letters:

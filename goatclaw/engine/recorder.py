@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from goatclaw.engine import tasklogs
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import StoreError
 from goatclaw.events import Bus, Event
@@ -52,7 +53,9 @@ _PROCESS_FLUSH_SECONDS = 0.01
 #: How long the end of a run waits for the writer process to commit what it was sent.
 _WRITER_ANSWER_SECONDS = 300.0
 #: The kinds of rows a batch holds (keyword arguments of Store.write_batch).
-_ROWS = ("events", "tasks", "attempts", "cache", "dead", "audit", "origins")
+_ROWS = ("events", "tasks", "attempts", "cache", "dead", "audit", "origins", "logs")
+#: Task log lines are committed at most this long after they are logged (``runs logs --follow`` sees them).
+_LOG_FLUSH_SECONDS = 0.25
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
@@ -84,6 +87,13 @@ class Recorder:
         self.dead: list[tuple[Any, ...]] = []
         self.audit: list[tuple[Any, ...]] = []
         self.origins: list[tuple[Any, ...]] = []  # files written, with the untrusted origins of their content
+        self.logs: list[tuple[Any, ...]] = []  # task log lines (goatclaw.engine.tasklogs), masked
+        self.log_scopes: dict[Any, tasklogs.Scope] = {}  # attempts in progress that logged (their bounds)
+        self._log_flush_pending = False
+        self._capturing = False  # tasklogs.install() was called for this run (undone at its end)
+        self._run_token: Any = None
+        self._loop_thread = threading.get_ident()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._audit_lock = threading.Lock()
         self._seal = sealer(key)  # keyed when the audit key is given (goatclaw.security.auditkey)
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
@@ -109,9 +119,18 @@ class Recorder:
             self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
                                   digest=pipeline.digest, vars=self.redactor.mask_data(vars),
                                   started_at=started_at)
+        try:
+            self._loop = asyncio.get_running_loop()  # where log lines logged in a plugin's thread schedule their commit
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident()
         self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
         self._write()
         self.check()
+        self._run_token = tasklogs.run_started(self)
+        if self.store is not None and not self._capturing:
+            tasklogs.install()
+            self._capturing = True
         if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:
             self._writer = _Writer(self.store, self.run_id)
 
@@ -150,6 +169,12 @@ class Recorder:
                 self._subscriber_failed()  # a subscriber that raised on the run's end: its dead letter is kept too
                 self._write()
         finally:
+            if self._capturing:
+                tasklogs.uninstall()
+                self._capturing = False
+            if self._run_token is not None:
+                tasklogs.run_ended(self._run_token)
+                self._run_token = None
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -245,6 +270,44 @@ class Recorder:
                 "item": data.get("item"), "model": data.get("model"), "tokens": data.get("usage"),
                 "cost_usd": data.get("cost_usd"), "source": data.get("source")})
 
+    def task_log(self, scope: Any, ts: float, level: int, source: str, message: str) -> None:
+        """One line of a task attempt's log (:mod:`goatclaw.engine.tasklogs`), masked; committed within a moment.
+
+        Called from the event loop or from a blocking plugin's thread.
+        """
+        message = self._mask(message) or ""
+        if self.bus.handlers(tasklogs.TOPIC):  # published, never stored as an event (the OTel exporter hears it)
+            self._publish_log(scope, ts, level, source, message)
+        if self.store is None:
+            return
+        row = (self.run_id, scope.task_id, -1 if scope.item is None else scope.item, scope.attempt, ts, level,
+               source, message)
+        with self._audit_lock:
+            self.logs.append(row)
+            if self._log_flush_pending or self._loop is None:
+                return
+            self._log_flush_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._loop.call_later, _LOG_FLUSH_SECONDS, self._flush_logs)
+        except RuntimeError:  # the loop is closed: the run's last commit takes the line
+            pass
+
+    def _publish_log(self, scope: Any, ts: float, level: int, source: str, message: str) -> None:
+        data = {"level": level, "source": source, "message": message, "item": scope.item, "attempt": scope.attempt}
+        if threading.get_ident() == self._loop_thread or self._loop is None:
+            self.publish(tasklogs.TOPIC, scope.task_id, data, seq=self.seq, ts=ts)
+            return
+        try:  # from a blocking plugin's thread: the bus is the event loop's
+            self._loop.call_soon_threadsafe(lambda: self.publish(tasklogs.TOPIC, scope.task_id, data, seq=self.seq,
+                                                                 ts=ts))
+        except RuntimeError:
+            pass
+
+    def _flush_logs(self) -> None:
+        with self._audit_lock:
+            self._log_flush_pending = False
+        self.flush()
+
     def file_origins(self, rows: list[tuple[Any, ...]]) -> None:
         """Files a task wrote ``(real_path, sha256, origins_json, run_id, task_id, ts)``: committed with its row."""
         if self.store is not None:
@@ -324,7 +387,7 @@ class Recorder:
         self._write()
 
     def _write(self) -> None:
-        if self.store is None or not (self.events or self.tasks or self.attempts or self.audit):
+        if self.store is None or not (self.events or self.tasks or self.attempts or self.audit or self.logs):
             return
         if self._writer is not None:
             self._send(self._take())
@@ -380,6 +443,7 @@ class Recorder:
         self.origins = []
         with self._audit_lock:
             batch["audit"], self.audit = self.audit, []
+            batch["logs"], self.logs = self.logs, []
         self.events, self.tasks, self.attempts, self.cache, self.dead = [], [], [], [], []
         return batch
 
@@ -393,6 +457,7 @@ class Recorder:
         self.origins[:0] = batch["origins"]
         with self._audit_lock:
             self.audit[:0] = batch["audit"]
+            self.logs[:0] = batch["logs"]
 
     def _mask(self, text: str | None) -> str | None:
         return self.redactor.mask(text)
@@ -403,10 +468,10 @@ def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
     if len(batches) == 1:
         return batches[0]
     merged: dict[str, Any] = {"events": [], "tasks": [], "attempts": [], "run": None, "cache": [], "dead": [],
-                              "audit": [], "origins": []}
+                              "audit": [], "origins": [], "logs": []}
     for batch in batches:
         for key in _ROWS:
-            merged[key] += batch[key]
+            merged[key] += batch.get(key, [])
         merged["run"] = batch["run"] or merged["run"]
         merged["seal"] = batch.get("seal") or merged.get("seal")
     return merged

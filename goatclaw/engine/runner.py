@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from goatclaw.engine import tasklogs
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
@@ -739,6 +740,16 @@ class _Runner(OutputChecks, ToolCalls):
 
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
                        attempt: int, index: int | None) -> tuple[Any, str]:
+        """One attempt; what is logged meanwhile is its log (goatclaw.engine.tasklogs)."""
+        assert self.recorder is not None
+        token = tasklogs.enter(self.recorder, task.id, index, attempt)
+        try:
+            return await self._attempt_body(task, plugin, compiled, context, attempt, index)
+        finally:
+            tasklogs.leave(token)
+
+    async def _attempt_body(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
+                            attempt: int, index: int | None) -> tuple[Any, str]:
         try:
             kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
         except TemplateError as exc:

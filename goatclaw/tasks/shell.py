@@ -57,6 +57,8 @@ PIPE_GRACE_SECONDS = 2.0
 _TAIL_CHARS = 2000
 _POLL_SECONDS = 0.1
 _CHUNK = 64 * 1024
+#: A stream's lines go to the task's log up to this many bytes (an attempt's log keeps 256 KiB of text at most).
+_LOG_BYTES = 256 * 1024
 
 
 @task(cacheable=False, side_effects=True, permissions=("shell",),
@@ -80,7 +82,7 @@ async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str |
     await ctx.throttle("process")  # rate_limits.side_effects.processes_per_minute: wait, never fail
     proc = await _spawn(argv, workdir, _environment(ctx.environment(), ctx.env, env), piped_stdin=input is not None)
     ctx.audit("process.started", program=argv[0], argv=argv, pid=proc.pid, cwd=str(workdir))
-    command = _Running(proc, input)
+    command = _Running(proc, input, ctx.logger)
     try:
         async with asyncio.timeout(timeout):
             await command.finish()
@@ -243,9 +245,9 @@ class _Running:
     (``sleep 60 &``). Done here means: the command exited *and* both pipes reached their end.
     """
 
-    def __init__(self, proc: _Process, input: str | None) -> None:
+    def __init__(self, proc: _Process, input: str | None, log: Any = None) -> None:
         self.proc = proc
-        self.stdout, self.stderr = _Capture("stdout"), _Capture("stderr")
+        self.stdout, self.stderr = _Capture("stdout"), _Capture("stderr", log)
         self.io = [asyncio.ensure_future(self.stdout.read(proc.stdout)),
                    asyncio.ensure_future(self.stderr.read(proc.stderr)),
                    asyncio.ensure_future(_feed(proc, input))]
@@ -352,10 +354,13 @@ async def _feed(proc: _Process, input: str | None) -> None:
 class _Capture:
     """One output stream: the first :data:`MAX_OUTPUT_BYTES` kept, the rest counted and dropped."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, log: Any = None) -> None:
         self.name = name
         self.kept = bytearray()
         self.dropped = 0
+        self.log = log  # the task's logger: each line goes to the task's log as it comes (source: the stream)
+        self.partial = bytearray()
+        self.logged = 0  # bytes sent to the log: past _LOG_BYTES the lines stay in the output alone
 
     async def read(self, stream: asyncio.StreamReader) -> None:
         """Read ``stream`` to its end (draining it, so the command never blocks on a full pipe)."""
@@ -363,6 +368,28 @@ class _Capture:
             room = max(0, MAX_OUTPUT_BYTES - len(self.kept))
             self.kept += chunk[:room]
             self.dropped += len(chunk) - len(chunk[:room])
+            if self.log is not None and self.logged <= _LOG_BYTES:
+                self._lines(chunk)
+        if self.log is not None and self.partial and self.logged <= _LOG_BYTES:
+            self._say(bytes(self.partial))
+
+    def _lines(self, chunk: bytes) -> None:
+        """Log each complete line of ``chunk`` (a line longer than a chunk goes out in pieces)."""
+        self.partial += chunk
+        *lines, rest = self.partial.split(b"\n")
+        self.partial = bytearray(rest) if len(rest) < _CHUNK else bytearray()
+        if len(rest) >= _CHUNK:
+            lines.append(rest)
+        for line in lines:
+            if self.logged > _LOG_BYTES:
+                self.log.warning("[goatclaw: %s lines past %s bytes are not logged; the task's %s output holds them]",
+                                 self.name, f"{_LOG_BYTES:,}", self.name, extra={"goatclaw_source": self.name})
+                return
+            self._say(line)
+
+    def _say(self, line: bytes) -> None:
+        self.logged += len(line) + 1
+        self.log.info("%s", line.decode("utf-8", errors="replace").rstrip("\r"), extra={"goatclaw_source": self.name})
 
     def text(self) -> str:
         """The output as text, with a note at the end if it was cut at the cap."""
