@@ -1,6 +1,6 @@
 """Engine overhead: no-op DAGs through goatclaw (store on) next to a bare asyncio ready-queue.
 
-Run: ``python benchmarks/engine.py [--sizes 1000,10000,100000] [--concurrency 4] [--repeat 3]``
+Run: ``python benchmarks/engine.py [--sizes 1000,10000,100000] [--concurrency 4] [--repeat 3] [--smoke]``
 
 For each size, a random DAG where each task needs about three earlier ones is run
 three ways in the same process:
@@ -188,9 +188,8 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def e2e() -> None:
-    """A 10k-task pipeline from its file to a stored run: in-process steps, and the CLI as a user runs it."""
-    n = 10_000
+def e2e(n: int = 10_000) -> None:
+    """An ``n``-task pipeline from its file to a stored run: in-process steps, and the CLI as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "e2e.yaml"
         write_yaml(make_dag(n), path)
@@ -205,7 +204,7 @@ def e2e() -> None:
         c0 = time.perf_counter()
         subprocess.run(cli, check=True, stdout=subprocess.DEVNULL)
         c1 = time.perf_counter()
-    print("\n10k-task pipeline, file to stored run (target < 2 s)\n")
+    print(f"\n{n:,}-task pipeline, file to stored run (target < 2 s at 10,000)\n")
     print("| step | time |")
     print("|------|-----:|")
     print(f"| load + check (YAML, schema, graph, templates, plugins) | {(t1 - t0) * 1000:,.0f} ms |")
@@ -220,9 +219,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measure; the best is shown")
     parser.add_argument("--e2e", action="store_true", help="only the 10k file-to-stored-run timing")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.repeat = "200", 1
     if args.e2e:
-        e2e()
+        e2e(200 if args.smoke else 10_000)
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -267,7 +269,7 @@ def main() -> int:
                   f"| {memory / bare:.1f}x | {engine / floor:.1f}x | {t['cached'] / n * 1e6:.1f} |")
 
     # file to stored run, in a fresh interpreter (a user's process never starts with a 100k-task heap)
-    subprocess.run([sys.executable, __file__, "--e2e"], check=True)
+    subprocess.run([sys.executable, __file__, "--e2e", *(["--smoke"] if args.smoke else [])], check=True)
     return 0
 
 
