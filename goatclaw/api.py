@@ -33,7 +33,7 @@ from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
 from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
-from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
+from goatclaw.spec.loader import dotted, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
@@ -223,7 +223,8 @@ async def arun(
     session.secrets = [v for v in options.secrets.values() if v]
     async with llm_room.using(session), started(chosen, owned=chosen is not executor):
         try:
-            result = await execute(compiled, options)
+            with gc_frozen():  # what the check and the plan built stays out of the GC's scans during the run
+                result = await execute(compiled, options)
         finally:
             if tracer is not None:
                 tracer.close()
