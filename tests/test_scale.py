@@ -9,6 +9,7 @@ predecessors the check makes (each visit of an ancestor is one) on 5k-task chain
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -119,8 +120,64 @@ def test_what_the_check_built_is_frozen_for_the_run_and_unfrozen_after(project: 
     assert frozen > 20 * len(pipeline.tasks)  # the check's objects, not left in generation 0 for its first collection
     seen: list[int] = []
     bus = goatclaw.Bus()
-    bus.subscribe("task.*", lambda event: seen.append(gc.get_freeze_count()))
+    events = itertools.count()
+    # gc.get_freeze_count() walks the frozen objects: asked at every 500th event only
+    bus.subscribe("task.*", lambda event: next(events) % 500 or seen.append(gc.get_freeze_count()))
     result = goatclaw.run(pipeline, bus=bus, store=False)
     assert result.ok
     assert seen and min(seen) >= frozen  # frozen the whole run
     assert gc.get_freeze_count() == 0  # and thawed after it
+
+
+@pytest.fixture
+def compiles(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many times Jinja2 compiled each source (into Python code), counted from here on."""
+    import jinja2
+
+    real = jinja2.Environment.compile
+    counts: dict[str, int] = {}
+
+    def counting(self: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
+        key = source if isinstance(source, str) else repr(source)
+        counts[key] = counts.get(key, 0) + 1
+        return real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    return counts
+
+
+def test_each_template_is_compiled_once_for_check_and_run(project: Path, compiles: dict[str, int]) -> None:
+    """The run reuses what the check compiled; a plain ``tasks.x.output`` path is never compiled at all."""
+    lines = ["version: 1", "name: templated", "tasks:", "  t0: {uses: echo, with: {value: 1, text: x}}"]
+    for i in range(1, 40):
+        lines.append(f"  t{i}:\n    uses: echo\n    needs: [t{i - 1}]\n    if: tasks.t{i - 1}.output.value > 0\n"
+                     f"    with: {{value: '${{{{ tasks.t{i - 1}.output.value }}}}', "
+                     f"text: 'n=${{{{ tasks.t{i - 1}.output.value + 1 }}}}'}}")
+    path = project / "templated.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    result = goatclaw.run(goatclaw.load(path), store=False)
+    assert result.ok, [t.error for t in result.tasks.values() if t.error][:1]
+    assert result.tasks["t39"].output == {"value": 1, "text": "n=2"}
+    twice = {source: n for source, n in compiles.items() if n > 1}
+    assert twice == {}, f"compiled more than once: {twice}"
+    assert len(compiles) >= 39  # each `text:` template (and the if: expressions that are not a plain path)
+    assert not any(".output.value }}" in source and "+" not in source for source in compiles)
+
+
+def test_a_dotted_path_fails_as_jinja_does() -> None:
+    """The fast path for ``a.b.c`` leaves every case it does not resolve to Jinja2: same values, same errors."""
+    from goatclaw.errors import TemplateError
+    from goatclaw.template import compile_expression, environment
+
+    context = {"tasks": {"a": {"output": {"items": 3, "n": None}}}, "vars": {}}
+    assert compile_expression("tasks.a.output.items").evaluate(context) == 3  # keys win over methods
+    assert compile_expression("tasks.a.output.n").evaluate(context) is None
+    assert compile_expression("range").evaluate(context) is environment().globals["range"]
+    for source in ("tasks.a.nope", "tasks.b.output", "nothing", "tasks.a.output.n.x", "vars.x"):
+        with pytest.raises(TemplateError) as fast:
+            compile_expression(source).evaluate(context)
+        expected = environment().compile_expression(source, undefined_to_none=False)
+        with pytest.raises(Exception) as slow:
+            value = expected(context)
+            getattr(value, "_fail_with_undefined_error", lambda: None)()
+        assert str(slow.value) in fast.value.message, (source, fast.value.message, slow.value)
