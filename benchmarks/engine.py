@@ -1,6 +1,7 @@
 """Engine overhead: no-op DAGs through goatclaw (store on) next to a bare asyncio ready-queue.
 
-Run: ``python benchmarks/engine.py [--sizes 1000,10000,100000] [--concurrency 4] [--repeat 3] [--templated 10000] [--smoke]``
+Run: ``python benchmarks/engine.py [--sizes 1000,10000,100000] [--concurrency 4] [--repeat 3]
+[--templated 10000] [--smoke]``
 
 For each size, a random DAG where each task needs about three earlier ones is run
 three ways in the same process:
