@@ -17,7 +17,7 @@ PACKAGE = REPO / "goatclaw"
 
 HEAVY_AT_IMPORT = ["yaml", "jinja2", "networkx", "jsonschema", "sqlean", "rich", "typer", "litellm", "dask",
                    "wordllama"]
-HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama"]
+HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "numpy", "httpx", "openai", "sqlite_vec"]
 
 
 def test_all_is_sorted_and_complete() -> None:
