@@ -44,7 +44,8 @@ def main() -> int:
     for _ in range(args.runs):
         for name, argv, _ in COMMANDS:
             began = time.perf_counter()
-            subprocess.run(argv, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(argv, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - began)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     base = statistics.median(times[COMMANDS[0][0]])
