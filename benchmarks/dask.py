@@ -1,6 +1,6 @@
 """Per-task overhead of the dask executor, next to the local executor and raw ``client.submit``.
 
-Run: ``python benchmarks/dask.py [--workers 2] [--tasks 200] [--ms 20] [--repeat 3]``
+Run: ``python benchmarks/dask.py [--workers 2] [--tasks 200] [--ms 20] [--repeat 3] [--smoke]``
 
 One LocalCluster (``--workers`` processes, one thread each) serves the whole run. Each
 row runs the same plugin function over ``--tasks`` items, with the same number in
@@ -143,7 +143,10 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--ms", type=float, default=20.0, help="CPU time of one spin task")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs of each measurement")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.workers, args.tasks, args.ms, args.repeat = 1, 4, 1.0, 1
     n, workers, ms = args.tasks, args.workers, args.ms
     with tempfile.TemporaryDirectory() as tmp, distributed.LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",

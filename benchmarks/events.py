@@ -1,6 +1,6 @@
 """Events into the store: goatclaw's recorder (batched) next to a bare ``executemany``.
 
-Run: ``python benchmarks/events.py [--events 200000]``
+Run: ``python benchmarks/events.py [--events 200000] [--smoke]``
 
 Both sides write the same rows to a fresh SQLite file (WAL, ``synchronous=NORMAL``) in
 the same process: the recorder through :meth:`Recorder.event` (numbering, masking,
@@ -55,7 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.events, args.repeat = 2_000, 1
     best_rec = best_bare = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):

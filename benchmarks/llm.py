@@ -1,6 +1,6 @@
 """LLM calls: goatclaw's overhead per call next to calling litellm directly, in the same run.
 
-Run: ``python benchmarks/llm.py [--n 1000] [--concurrency 50] [--tools K [--repeat 3]]``
+Run: ``python benchmarks/llm.py [--n 1000] [--concurrency 50] [--tools K [--repeat 3]] [--smoke]``
 
 The local OpenAI-compatible server of tests/openai_server.py runs in a subprocess (so its
 threads do not share this interpreter's GIL) and answers every chat completion at once.
@@ -97,7 +97,9 @@ def pipeline_run(api_base: str, n: int, concurrency: int, folder: Path) -> tuple
     """A pipeline of ``n`` llm tasks through goatclaw.run: wall seconds and each call's latency_ms."""
     import goatclaw
 
-    lines = ["version: 1", "name: llm-bench", f"concurrency: {concurrency}", "tasks:"]
+    # the local server is on 127.0.0.1: a pipeline's llm tasks reach only the hosts it grants
+    lines = ["version: 1", "name: llm-bench", f"concurrency: {concurrency}", "permissions: {network: [127.0.0.1]}",
+             "tasks:"]
     for i in range(n):
         lines.append(f"  t{i}: {{uses: llm, retry: {{attempts: 1}}, with: {{model: {MODEL}, prompt: hello {i}, "
                      f"max_tokens: 16, api_base: '{api_base}', api_key: sk-bench}}}}")
@@ -232,33 +234,44 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--tools", type=int, default=0, help="time the tool loop: K tool calls per loop")
     parser.add_argument("--repeat", type=int, default=3, help="with --tools: the best of this many runs per way")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few calls, then a few tool loops, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.smoke:
+        calls(20, 5)
+        tool_loops(5, 5, 2, 1)
+        return
     if args.tools:
         tool_loops(args.n, args.concurrency, args.tools, args.repeat)
         return
+    calls(args.n, args.concurrency)
+
+
+def calls(n: int, concurrency: int) -> None:
+    """The calls table: ``n`` calls three ways (litellm direct, the LLM room, ``goatclaw.run``)."""
     proc, api_base = start_server()
     try:
         asyncio.run(direct(api_base, 20, 5))  # warm up: litellm's import and first client
         rows = []
-        wall, lat = asyncio.run(direct(api_base, args.n, args.concurrency))
+        wall, lat = asyncio.run(direct(api_base, n, concurrency))
         rows.append(("litellm.acompletion direct", wall, lat))
-        wall, lat = asyncio.run(room_calls(api_base, args.n, args.concurrency))
+        wall, lat = asyncio.run(room_calls(api_base, n, concurrency))
         rows.append(("goatclaw.llm.complete", wall, lat))
         with tempfile.TemporaryDirectory() as tmp:
-            wall, lat = pipeline_run(api_base, args.n, args.concurrency, Path(tmp))
-        rows.append((f"goatclaw.run, {args.n} llm tasks", wall, lat))
+            wall, lat = pipeline_run(api_base, n, concurrency, Path(tmp))
+        rows.append((f"goatclaw.run, {n} llm tasks", wall, lat))
     finally:
         proc.terminate()
         proc.wait(5)
     base = rows[0][1]
-    print(f"{args.n} calls at concurrency {args.concurrency} against the local server "
+    print(f"{n} calls at concurrency {concurrency} against the local server "
           f"(Python {sys.version.split()[0]})")
     print("| way | wall s | calls/s | wall ms/call | median call ms | overhead ms/call vs direct |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, wall, lat in rows:
-        over = "-" if wall is base else f"{(wall - base) * 1000 / args.n:+.2f}"
-        print(f"| {name} | {wall:.2f} | {args.n / wall:.0f} | {wall * 1000 / args.n:.2f} | "
+        over = "-" if wall is base else f"{(wall - base) * 1000 / n:+.2f}"
+        print(f"| {name} | {wall:.2f} | {n / wall:.0f} | {wall * 1000 / n:.2f} | "
               f"{statistics.median(lat):.1f} | {over} |")
 
 

@@ -1,6 +1,6 @@
 """Semantic memory: insert 100k memories, query k=10 with sqlite-vec next to brute-force numpy.
 
-Run: ``python benchmarks/memory.py [--n 100000] [--queries 100] [--random]``
+Run: ``python benchmarks/memory.py [--n 100000] [--queries 100] [--random] [--smoke]``
 
 Texts are synthetic failure messages (error phrases × services × tasks × numbers, all
 distinct); they are embedded with wordllama (the embed throughput is timed) or, with
@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--random", action="store_true", help="random unit vectors instead of wordllama")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.queries = 2_000, 10
 
     emb = WordLlamaEmbedder()
     corpus = texts(args.n, seed=1)

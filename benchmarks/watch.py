@@ -1,6 +1,6 @@
 """Watch mode latency: from saving a pipeline file to its task starting.
 
-Run: ``python benchmarks/watch.py [--saves 20] [--debounce 50]``
+Run: ``python benchmarks/watch.py [--saves 20] [--debounce 50] [--smoke]``
 
 In a throwaway project, a pipeline has an ``echo`` task whose value each save changes and a
 ``python`` task calling ``time:time`` (so its output is the moment its body started). Each
@@ -180,7 +180,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saves", type=int, default=20)
     parser.add_argument("--debounce", type=int, default=50, help="quiet time in ms (goatclaw watch's default: 50)")
+    parser.add_argument("--smoke", action="store_true", help="a few saves: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.saves = 2
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp).resolve()
         (folder / "goatclaw.yaml").write_text(PROJECT)

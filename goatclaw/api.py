@@ -36,7 +36,7 @@ from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
 from goatclaw.security.secrets import Redactor
-from goatclaw.spec.loader import dotted, gc_paused, load_file, load_text
+from goatclaw.spec.loader import dotted, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
@@ -278,7 +278,8 @@ async def arun(
     servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)
     async with llm_room.using(session), mcp_room.using(servers), started(chosen, owned=chosen is not executor):
         try:
-            result = await execute(compiled, options)
+            with gc_frozen():  # what the check and the plan built stays out of the GC's scans during the run
+                result = await execute(compiled, options)
         finally:
             if tracer is not None:
                 tracer.close()

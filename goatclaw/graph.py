@@ -36,13 +36,16 @@ JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "names
 class Dag:
     """A directed graph as plain tables: nodes in file order, successors and predecessors."""
 
-    __slots__ = ("_ancestors", "_levels", "pred", "succ")
+    __slots__ = ("_ancestors", "_descendants", "_level_of", "_levels", "_spent", "pred", "succ")
 
     def __init__(self, nodes: Iterable[str]) -> None:
         self.succ: dict[str, list[str]] = {n: [] for n in nodes}
         self.pred: dict[str, list[str]] = {n: [] for n in self.succ}
         self._ancestors: dict[str, frozenset[str]] = {}
         self._levels: list[list[str]] | bool | None = False  # False: not computed yet
+        self._level_of: dict[str, int] | None = None
+        self._descendants: dict[str, frozenset[str]] = {}  # of the nodes :meth:`reaches` is often asked about
+        self._spent: dict[str, int] = {}  # nodes :meth:`reaches` visited searching for each node so far
 
     def add_edge(self, src: str, dst: str) -> None:
         """``src`` must finish before ``dst`` (a repeated edge is kept once)."""
@@ -50,7 +53,10 @@ class Dag:
             self.succ[src].append(dst)
             self.pred[dst].append(src)
             self._levels = False
+            self._level_of = None
             self._ancestors.clear()
+            self._descendants.clear()
+            self._spent.clear()
 
     def __contains__(self, node: object) -> bool:
         return node in self.succ
@@ -103,6 +109,71 @@ class Dag:
                     stack.extend(self.pred[n])
             found = self._ancestors[node] = frozenset(seen)
         return found
+
+    def reaches(self, ref: str, node: str) -> bool:
+        """Whether ``node`` depends on ``ref``, directly or transitively (``ref in ancestors(node)``).
+
+        Asked once per template reference, so it must not cost a walk of every ancestor
+        each time (a 10k-task chain would be quadratic). A direct need answers at once;
+        otherwise a search back from ``node`` stops at ``ref`` and never goes below
+        ``ref``'s level (an ancestor of ``ref``'s level or lower cannot lead to it). When the
+        searches for one ``ref`` have visited as many nodes as the graph has, its
+        descendants are computed once (one linear walk) and answer every later question.
+        So a ``ref`` costs at most about twice the graph's size however often it is named.
+        In a cyclic graph (already reported) the answer comes from :meth:`ancestors`.
+        """
+        pred = self.pred
+        if ref not in pred or node not in pred:
+            return False
+        preds = pred[node]
+        if ref in preds:
+            return True
+        down = self._descendants.get(ref)
+        if down is not None:
+            return node in down
+        level = self._levels_by_node()
+        if level is None:
+            return ref in self.ancestors(node)
+        floor = level[ref]
+        if floor >= level[node]:
+            return False
+        seen: set[str] = set()
+        stack = [p for p in preds if level[p] > floor]
+        found = False
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            up = pred[n]
+            if ref in up:
+                found = True
+                break
+            stack.extend(p for p in up if level[p] > floor and p not in seen)
+        spent = self._spent[ref] = self._spent.get(ref, 0) + len(seen)
+        if spent >= len(pred):
+            self._descendants[ref] = self._reachable_from(ref)
+        return found
+
+    def _levels_by_node(self) -> dict[str, int] | None:
+        """Each node's level (its longest chain of needs), or ``None`` when there is a cycle."""
+        if self._level_of is None:
+            generations = self.generations()
+            if generations is None:
+                return None
+            self._level_of = {n: i for i, gen in enumerate(generations) for n in gen}
+        return self._level_of
+
+    def _reachable_from(self, node: str) -> frozenset[str]:
+        """Every node that depends on ``node``, directly or transitively."""
+        seen: set[str] = set()
+        stack = list(self.succ[node])
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(self.succ[n])
+        return frozenset(seen)
 
     def to_networkx(self) -> Any:
         """The same graph as a networkx ``DiGraph``."""
@@ -226,15 +297,14 @@ def check_templates(pipeline: Pipeline, graph: Dag) -> list[Problem]:
 
 
 class _Upstream:
-    """``ref in upstream``: whether ``ref`` is an ancestor of a task, searched only when asked."""
+    """``ref in upstream``: whether ``ref`` is an ancestor of a task, searched only when asked (:meth:`Dag.reaches`)."""
 
     def __init__(self, graph: Dag, task_id: str) -> None:
         self.graph = graph
         self.task_id = task_id
 
     def __contains__(self, ref: object) -> bool:
-        g = self.graph
-        return ref in g and self.task_id in g and ref in g.ancestors(self.task_id)
+        return isinstance(ref, str) and self.graph.reaches(ref, self.task_id)
 
 
 def _task_template_problems(pipeline: Pipeline, task: Task, upstream: Any,

@@ -547,13 +547,75 @@ def _concrete(value: Any) -> Any:
     return value
 
 
+#: How many compiled expressions and templates are kept, keyed by their source (least recently used go first).
+CACHE_SIZE = 4096
+#: A dotted path such as ``tasks.fetch.output``: read by key lookups, without compiling it with Jinja2.
+_DOTTED = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)\s*")
+#: Words Jinja2 reads as operators, constants or its own names (`self`), never as a plain name or attribute.
+_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "self",
+                       "None"})
+
+
+def _dotted_parts(source: str) -> tuple[str, ...] | None:
+    """The names of ``a.b.c`` when ``source`` is just such a path (the commonest expression), else ``None``."""
+    match = _DOTTED.fullmatch(source)
+    if match is None:
+        return None
+    parts = tuple(match.group(1).split("."))
+    return None if any(p in _KEYWORDS for p in parts) else parts
+
+
+def _dotted_fn(source: str, parts: tuple[str, ...]) -> Callable[..., Any]:
+    """``a.b.c`` evaluated as the sandbox does (:meth:`_Environment.getattr`: keys first, no ``_`` names).
+
+    Any step that does not give a plain defined value (a missing name, an undefined or
+    blocked attribute, a name that only Jinja2's globals hold) is left to the compiled
+    expression, so that what it returns or the error it raises is exactly Jinja2's.
+    """
+    env = environment()
+    root, rest = parts[0], parts[1:]
+    full: list[Callable[..., Any]] = []
+
+    def jinja(context: Mapping[str, Any]) -> Any:
+        if not full:
+            full.append(env.compile_expression(source, undefined_to_none=False))
+        return full[0](context)
+
+    def fn(context: Mapping[str, Any]) -> Any:
+        try:
+            value = context[root]
+        except (KeyError, TypeError):
+            return jinja(context)
+        for name in rest:
+            value = env.getattr(value, name)
+            if isinstance(value, jinja2.Undefined):
+                return jinja(context)
+        return value
+
+    return fn
+
+
 def compile_expression(source: str) -> Expression:
-    """Compile a bare expression such as ``output.confidence >= 0.8``."""
+    """Compile a bare expression such as ``output.confidence >= 0.8`` (cached by source: compiled once)."""
+    return _compile_expression(source)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _compile_expression(source: str) -> Expression:
+    parts = _dotted_parts(source)
+    if parts is not None:
+        return Expression(source, _dotted_fn(source, parts))
     try:
         fn = environment().compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid expression: {exc.message}{_habit(source)}", lineno=exc.lineno) from None
     return Expression(source, fn)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _template(text: str) -> jinja2.Template:
+    """The compiled template of ``text`` (cached by source; a Template renders any number of times)."""
+    return environment().from_string(text)
 
 
 class Compiled:
@@ -626,7 +688,7 @@ def _compile_string(text: str) -> Callable[[Mapping[str, Any]], Any]:
         expr = compile_expression(whole.group("expr"))
         return expr.evaluate
     try:
-        template = environment().from_string(text)
+        template = _template(text)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid template: {exc.message}{_habit(text)}", lineno=exc.lineno) from None
 
@@ -709,14 +771,32 @@ def check_value(value: Any) -> Iterable[tuple[tuple[str | int, ...], TemplateRef
 
 
 def check_expression(source: str) -> TemplateRefs | TemplateError:
-    """The refs of a bare expression, or the syntax error it has."""
+    """The refs of a bare expression, or the syntax error it has (compiled once: the run reuses it)."""
+    parts = _dotted_parts(source)
+    if parts is not None:
+        return _dotted_refs(parts)
     try:
-        environment().compile_expression(source)
-    except jinja2.TemplateSyntaxError as exc:
-        return TemplateError(f"invalid expression: {exc.message}{_habit(source, bare=True)}", lineno=exc.lineno)
+        compile_expression(source)
+    except TemplateError:
+        try:
+            environment().compile_expression(source)
+        except jinja2.TemplateSyntaxError as exc:
+            return TemplateError(f"invalid expression: {exc.message}{_habit(source, bare=True)}", lineno=exc.lineno)
+        raise
     return _refs("${{ " + source + " }}")
 
 
+def _dotted_refs(parts: tuple[str, ...]) -> TemplateRefs:
+    """What :func:`_refs` finds in the path ``a.b.c``, without parsing it."""
+    root = parts[0]
+    tasks = (parts[1],) if root == "tasks" and len(parts) > 1 else ()
+    fields = ((parts[1], parts[2]),) if root == "tasks" and len(parts) > 2 else ()
+    var_names = (parts[1],) if root == "vars" and len(parts) > 1 else ()
+    run_errors = root == "run" and (len(parts) == 1 or parts[1] == "errors")
+    return TemplateRefs(frozenset({root}), tasks, run_errors, var_names, fields)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _refs(text: str) -> TemplateRefs | TemplateError:
     try:
         ast = environment().parse(text)

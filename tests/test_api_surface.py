@@ -17,7 +17,7 @@ PACKAGE = REPO / "goatclaw"
 
 HEAVY_AT_IMPORT = ["yaml", "jinja2", "networkx", "jsonschema", "sqlean", "rich", "typer", "litellm", "dask",
                    "wordllama", "mcp"]
-HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "mcp"]
+HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "mcp", "numpy", "httpx", "openai", "sqlite_vec"]
 
 
 def test_all_is_sorted_and_complete() -> None:

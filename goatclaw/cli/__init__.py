@@ -9,6 +9,13 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without importing typer, rich, asyncio
+        from goatclaw import __version__
+
+        print(f"goatclaw {__version__}")
+        if exit:
+            sys.exit(0)
+        return 0
     from goatclaw.cli.app import app
     from goatclaw.cli.terminal import guarded_output
 
