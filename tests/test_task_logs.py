@@ -422,3 +422,35 @@ def test_a_flood_on_stderr_is_logged_up_to_a_bound_and_kept_whole_in_the_output(
     assert lines[0]["message"] == "1" and len(lines) <= tasklogs.MAX_LINES + 1
     assert "more log lines dropped" in lines[-1]["message"]
     assert spent < 4  # 200,000 lines are not each made a log record (1.6 s here with the bound, 5.4 s without)
+
+
+def test_apply_logs_shows_each_tasks_lines_as_they_come_in_the_plain_view(
+        write_pipeline: Callable[..., Path], project: Path) -> None:
+    (project / "helpers.py").write_text(textwrap.dedent("""
+        import logging
+
+        def work(n):
+            logging.getLogger("helpers").warning("working on %s", n)
+            return n * 2
+        """))
+    write_pipeline("""
+        version: 1
+        permissions: {python: [helpers], shell: true}
+        tasks:
+          calc: {uses: python, with: {function: "helpers:work", args: [21]}}
+          say: {uses: shell, needs: [calc], with: {script: "printf 'complaining\\\\033[31m red\\\\n' >&2"}}
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GOATCLAW_STORE")}
+
+    def apply(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "goatclaw", "apply", "p.yaml", "--output", "plain", *extra],
+                              cwd=project, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = apply("--logs").splitlines()
+    calc = next(i for i, line in enumerate(shown) if "warning" in line and "calc #1 helpers: working on 21" in line)
+    say = next(i for i, line in enumerate(shown) if "say #1 stderr: complaining" in line)
+    assert calc < say  # in the order they came, each with its level, task and source
+    assert "\x1b" not in shown[say] and "\\x1b[31m red" in shown[say]  # a task's text cannot drive the terminal
+    assert not any("complaining" in line or "working on" in line for line in apply())  # only on demand

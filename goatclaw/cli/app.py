@@ -187,6 +187,9 @@ def apply(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the pipeline file changed.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task; reuse no cached output.")] = False,
+    logs: Annotated[bool, typer.Option("--logs", help="Show each task's log lines (its plugin's logging, a shell "
+                                       "task's stderr) as they come; `goatclaw runs logs RUN` shows them later.")
+                    ] = False,
     llm: Annotated[str | None, typer.Option(
         "--llm", metavar="MODE", callback=options.llm_mode,
         help="LLM calls: live, record (write the pipeline's cassette) or replay (answer "
@@ -234,11 +237,11 @@ def apply(
                             executor=executor, executor_address=address)
     if mode == "rich":
         console = _out()
-        with LiveView(bus, console):
+        with LiveView(bus, console, logs=logs):
             result = border.run(run())
         print_result(result, console)
     elif mode == "plain":
-        PlainView(bus, timestamps=_in_ci(), footer=False)  # print_result writes the final line
+        PlainView(bus, timestamps=_in_ci(), footer=False, logs=logs)  # print_result writes the final line
         result = border.run(run())
         print_result(result, _plain())
     else:

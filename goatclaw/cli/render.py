@@ -96,11 +96,13 @@ class PlainView:
     """
 
     def __init__(self, bus: Bus, *, stream: TextIO | None = None, timestamps: bool = False,
-                 footer: bool = True) -> None:
+                 footer: bool = True, logs: bool = False) -> None:
         self.stream = stream or sys.stdout
         self.timestamps = timestamps
         self.footer = footer
         self.warnings = _Warnings()
+        if logs:  # apply --logs: each task's log lines as they come
+            bus.subscribe(LOG_TOPIC, self._on_log)
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.*", self._on_run)
         bus.subscribe("breaker.*", self._on_incident)
@@ -117,6 +119,9 @@ class PlainView:
         text = incident_text(ev.topic, ev.task, ev.data)
         if text:
             self._line(ev, f"  ! {text}")
+
+    def _on_log(self, ev: Event) -> None:
+        print(printable(f"    {live_log_line(ev)}"), file=self.stream, flush=True)
 
     def _on_rule(self, ev: Event) -> None:
         text = self.warnings.first(ev)
@@ -161,7 +166,7 @@ class LiveView:
 
     MAX_ROWS = 30
 
-    def __init__(self, bus: Bus, console: Console) -> None:
+    def __init__(self, bus: Bus, console: Console, *, logs: bool = False) -> None:
         self.console = console
         self.order: list[str] = []
         self.state: dict[str, str] = {}
@@ -173,6 +178,8 @@ class LiveView:
         self.incidents: deque[str] = deque(maxlen=3)
         self.warnings = _Warnings()
         self.live = Live(console=console, refresh_per_second=8, transient=False, get_renderable=self._render)
+        if logs:  # apply --logs: each task's log lines above the table as they come
+            bus.subscribe(LOG_TOPIC, self._on_log)
         bus.subscribe("task.*", self._on_task)
         bus.subscribe("run.started", self._on_start)
         bus.subscribe("run.resumed", self._on_start)
@@ -200,6 +207,9 @@ class LiveView:
 
     def _on_hook(self, ev: Event) -> None:
         self.console.print(Text(f"! {incident_text(ev.topic, ev.task, ev.data)}", style="yellow"))
+
+    def _on_log(self, ev: Event) -> None:
+        self.console.print(Text(live_log_line(ev), style="dim"), soft_wrap=True)
 
     def _on_rule(self, ev: Event) -> None:
         text = self.warnings.first(ev)
@@ -610,6 +620,18 @@ FAILED_LOG_LINES = 20
 def level_name(level: int) -> str:
     """A :mod:`logging` level number as its lower-case name (``level 5`` for one without a name)."""
     return _LEVELS.get(level) or f"level {level}"
+
+
+#: The bus topic of a task's log lines (goatclaw.engine.tasklogs.TOPIC; published only when heard).
+LOG_TOPIC = "log.task"
+
+
+def live_log_line(ev: Event) -> str:
+    """A ``log.task`` event as the line ``runs logs`` prints for it (the message bounded to one line)."""
+    d = ev.data
+    return log_line({"ts": ev.ts, "level": d.get("level", 20), "task": ev.task, "item": -1 if d.get("item") is None
+                     else d["item"], "attempt": d.get("attempt", 1), "source": d.get("source", ""),
+                     "message": shown(str(d.get("message", "")), width=400)})
 
 
 def log_line(line: dict[str, Any], *, task: bool = True) -> str:
