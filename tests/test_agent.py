@@ -542,10 +542,12 @@ def test_the_shipped_agent_reaches_its_goal_live_against_the_local_model_server(
     out = result.tasks["research"].output
     assert out["data"] == {"written": "out/agent-research.json", "languages": 3}
     assert [t["source"] for t in out["trajectory"]] == ["live"] * 3 and len(requests) == 3
-    assert [t["function"]["name"] for t in requests[0]["tools"]] == ["catalogue", "save"]
+    assert [t["function"]["name"] for t in requests[0]["tools"]] == ["catalogue", "save", "time_get_current_time"]
     catalogue = requests[0]["tools"][0]["function"]["parameters"]
     assert catalogue["required"] == ["language"] and "base" not in catalogue["properties"]  # fixed by the pipeline
-    assert json.loads((REPO / "out" / "agent-research.json").read_text()) == {"python": 1991, "rust": 2015, "go": 2009}
+    saved = json.loads((REPO / "out" / "agent-research.json").read_text())
+    assert saved["years"] == {"python": 1991, "rust": 2015, "go": 2009}
+    assert saved["checked_at"].startswith(("20", "19"))  # mcp-server-time really answered: an ISO time
     with Store.open(tmp_path / "db") as db:
         runs = db.runs()
         children = [r for r in runs if r.pipeline == "catalogue"]
