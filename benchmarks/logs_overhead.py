@@ -1,6 +1,7 @@
 """What the task-log capture costs no-op tasks that log nothing: two goatclaw trees, interleaved.
 
-Run: ``python benchmarks/logs_overhead.py BEFORE_TREE [--sizes 1000,3000,10000] [--rounds 7]``
+Run: ``python benchmarks/logs_overhead.py BEFORE_TREE [--sizes 1000,3000,10000] [--rounds 7]`` (``--smoke``: one
+tiny round of this tree against itself, as CI runs every benchmark)
 
 ``BEFORE_TREE`` is a checkout (or ``git archive`` export) of goatclaw without the capture;
 the tree this file is in is "after". Each round runs, for each size, the no-op DAG of
@@ -63,10 +64,17 @@ def measure(tree: Path, n: int, folder: Path, label: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("before", type=Path, help="a goatclaw tree without the task-log capture")
+    parser.add_argument("before", type=Path, nargs="?",
+                        help="a goatclaw tree without the task-log capture (e.g. a `git archive` of an older commit)")
     parser.add_argument("--sizes", default="1000,3000,10000")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one round, this tree against itself: it runs, nothing is judged")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.rounds, args.before = "50", 1, args.before or AFTER
+    if args.before is None:
+        parser.error("the tree to compare with is required (the 'before' argument), unless --smoke")
     before = args.before.resolve()
     sizes = [int(s) for s in args.sizes.split(",")]
     best: dict[tuple[str, int], dict[str, float]] = {}
