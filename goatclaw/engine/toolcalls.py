@@ -34,6 +34,7 @@ import functools
 import hashlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +104,30 @@ def _needs_approval(tool: Tool, approve: bool | frozenset[str]) -> bool:
     if tool.server is not None:
         names |= {f"mcp:{tool.server}", f"mcp:{tool.server}:{tool.remote}"}
     return not approve.isdisjoint(names)
+
+
+async def _in_thread(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """``fn(arg)`` in a daemon thread: a question nobody answers never keeps a cancelled run from ending."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc is not None else future.set_result(value)
+
+    def work() -> None:
+        value, error = None, None
+        try:
+            value = fn(arg)
+        except BaseException as exc:  # handed to the awaiting call
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:  # the loop is closed: the run ended without the answer
+            pass
+
+    threading.Thread(target=work, name="goatclaw-approval", daemon=True).start()
+    return await future
 
 
 def _escaped(value: str, limit: int) -> str:
@@ -307,12 +332,9 @@ class ToolCalls:
                             error_class="approval_required")
         lock = self.__dict__.setdefault("_approval_lock", asyncio.Lock())
         async with lock:  # one question on the terminal at a time
-            if asyncio.iscoroutinefunction(approver):
-                said = await approver(asking)
-            else:
-                said = await asyncio.to_thread(approver, asking)
-                if asyncio.iscoroutine(said):
-                    said = await said
+            said = await (approver(asking) if asyncio.iscoroutinefunction(approver) else _in_thread(approver, asking))
+            if asyncio.iscoroutine(said):
+                said = await said
         who = str(getattr(approver, "who", "caller"))
         decision = "approved" if said is True else "denied"
         rec.audited("tool.approval", task.id, {**what, "who": who, "decision": decision})
