@@ -28,9 +28,10 @@ class TerminalApprover:
         if live is not None:
             live.stop()
         try:
-            with open("/dev/tty", "r+", encoding="utf-8", errors="replace") as tty:
-                tty.write(asking.question)
-                tty.flush()
+            with open("/dev/tty", "w", encoding="utf-8", errors="replace") as out, \
+                    open("/dev/tty", encoding="utf-8", errors="replace") as tty:  # a tty cannot be opened r+ (no seek)
+                out.write(asking.question)
+                out.flush()
                 answer = tty.readline()
         except OSError:
             return False

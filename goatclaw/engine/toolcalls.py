@@ -88,8 +88,6 @@ def approve_list(value: Any) -> bool | frozenset[str]:
         return frozenset()
     if value is True:
         return True
-    if isinstance(value, str):
-        value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
         raise TaskError("approve must be true or a list of tool names (a uses, a name, mcp:SERVER or "
                         "mcp:SERVER:TOOL)", error_class="invalid_input")
