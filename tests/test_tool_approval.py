@@ -239,3 +239,65 @@ def test_apply_through_a_pipe_refuses(write_pipeline, srv, store_path, project) 
     with Store.open(store_path) as db:
         run_id = db.runs(limit=1)[0].id
     assert [r["decision"] for r in _audit(store_path, run_id, "tool.approval")] == ["refused: no terminal"]
+
+
+def _has_time_server() -> bool:
+    try:
+        import mcp_server_time  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_time_server(), reason="mcp-server-time is not installed (it is in the dev extra)")
+def test_mcp_server_and_mcp_server_tool_names_match_a_servers_tools(tmp_path, monkeypatch, srv) -> None:
+    servers = {"time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}}
+    (tmp_path / "goatclaw.yaml").write_text(f"version: 1\nstore: {{path: .goatclaw/goatclaw.db}}\n"
+                                            f"mcp_servers: {json.dumps(servers)}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GOATCLAW_STORE", raising=False)
+
+    def write(approve: Any) -> Path:
+        path = tmp_path / "p.yaml"
+        path.write_text(f"""version: 1
+name: approve-mcp
+permissions: {{network: [127.0.0.1], mcp: [time]}}
+tasks:
+  ask:
+    uses: llm
+    retry: {{attempts: 1}}
+    with:
+      model: openai/gpt-4o-mini
+      api_base: {srv.api_base}
+      api_key: sk-test
+      prompt: use the tools
+      tools: [{{mcp: time}}]
+      approve: {json.dumps(approve)}
+""")
+        return path
+
+    def model() -> None:
+        srv.respond = scripted(Reply(None, tool_calls=[
+            tool_call("time_get_current_time", {"timezone": "UTC"}, id="a"),
+            tool_call("time_convert_time", {"source_timezone": "UTC", "time": "12:00",
+                                            "target_timezone": "Europe/Paris"}, id="b")]), final)
+
+    asked: list[tuple[str, str]] = []
+
+    def yes(a: Approval) -> bool:
+        asked.append((a.tool, a.uses))
+        return True
+
+    model()
+    result = goatclaw.run(write(["mcp:time:get_current_time"]), approver=yes)
+    assert result.ok, result.tasks["ask"].error
+    assert asked == [("time_get_current_time", "mcp:time")]  # convert_time was not named: not asked
+    calls = result.tasks["ask"].output["trajectory"][0]["calls"]
+    assert [c["error_class"] for c in calls] == [None, None]
+
+    model()
+    result = goatclaw.run(write(["mcp:time"]))  # no approver: both refused, neither reaches the server
+    assert result.ok, result.tasks["ask"].error
+    calls = result.tasks["ask"].output["trajectory"][0]["calls"]
+    assert [c["error_class"] for c in calls] == ["approval_required", "approval_required"]
+    assert _audit(tmp_path / ".goatclaw" / "goatclaw.db", result.run_id, "mcp.called") == []
