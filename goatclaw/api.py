@@ -204,6 +204,7 @@ async def arun(
     stubs: Mapping[str, Any] | None = None,
     cassette: str | os.PathLike[str] | None = None,
     workspace: str | os.PathLike[str] | None = None,
+    approver: Any = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -237,6 +238,9 @@ async def arun(
     in the store too. ``stubs`` gives the outputs of tasks that then do not run (``goatclaw test``).
     ``workspace`` is the folder tasks' relative paths start from (default: the project's folder;
     ``goatclaw test`` runs each case in a scratch copy of it).
+    ``approver`` decides the tool calls an ``llm`` or ``agent`` task's ``approve:`` names: a
+    function of a :class:`goatclaw.engine.toolcalls.Approval` returning ``True`` to run the call
+    (it may block, or be async); without one those calls are refused (``approval_required``).
     """
     audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
@@ -273,6 +277,7 @@ async def arun(
         stubs=dict(stubs or {}),
         cache=cache and session.mode == "live",
         load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
+        approver=approver,
     )
     session.secrets = [v for v in options.secrets.values() if v]
     servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)

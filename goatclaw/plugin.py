@@ -196,7 +196,7 @@ class TaskContext:
     #: The engine's toolbox maker (``None`` outside a local run): ``ctx.tools(entries)`` turns the
     #: task's ``tools:`` entries into a :class:`goatclaw.tools.Toolbox` whose calls run as attempts
     #: of this task (its permissions, secrets, audit and recorder). The ``llm`` task uses it.
-    tools: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)
+    tools: Callable[..., Any] | None = field(default=None, repr=False)
     #: The run's MCP servers (a :class:`goatclaw.tools.mcp.Servers`; ``None`` outside a local run):
     #: ``await ctx.mcp.call(server, tool, arguments)``. Check ``ctx.permissions.check_mcp`` first;
     #: the ``mcp`` task does.

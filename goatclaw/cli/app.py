@@ -213,6 +213,7 @@ def apply(
     import goatclaw
     from goatclaw.api import parse_var
     from goatclaw.cli import border, ci
+    from goatclaw.cli.approve import terminal_approver
     from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
     targets = ci.report_targets(report)
@@ -231,13 +232,16 @@ def apply(
             print_plan(plan, _out())
         return
     bus = goatclaw.Bus()
+    approver = terminal_approver()  # approve: in a task: asked on a terminal, else refused
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
                             store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
                             resume=resume_run or resume, llm=llm, max_cost=max_cost,
-                            executor=executor, executor_address=address)
+                            executor=executor, executor_address=address, approver=approver)
     if mode == "rich":
         console = _out()
-        with LiveView(bus, console, logs=logs):
+        with LiveView(bus, console, logs=logs) as view:
+            if approver is not None:
+                approver.live = view.live  # stopped while asking
             result = border.run(run())
         print_result(result, console)
     elif mode == "plain":

@@ -87,6 +87,7 @@ class RunOptions:
     load: Callable[[Path], Any] | None = None  # path -> checked Pipeline, for pipeline tools (goatclaw.load)
     parent: Mapping[str, Any] | None = None  # a child run (a pipeline tool): the calling run, task and depth
     ceiling: Any = None  # a child run: the calling task's Grant, which none of its tasks exceeds
+    approver: Any = None  # decides tool calls a task's approve: names (toolcalls.Approver); None: they are refused
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:

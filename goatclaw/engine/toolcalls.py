@@ -18,6 +18,12 @@ server lists, as far as ``permissions.mcp`` grants them; a call of one goes the 
 to the run's server (:mod:`goatclaw.tools.mcp`), with ``mcp.called`` in the audit chain
 besides. The tool loop itself lives in
 the LLM room (:func:`goatclaw.llm.converse`) and only ever sees the toolbox's ``call``.
+
+A call of a tool the task's ``approve:`` names (its ``uses``, its ``name``, ``mcp:SERVER`` or
+``mcp:SERVER:TOOL``; ``approve: true`` for every tool) first asks the run's approver
+(``RunOptions.approver``: the CLI's question on the terminal, or a caller's function). A run
+without one refuses the call (``approval_required``); either way ``tool.approval`` in the audit
+chain says who decided what.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,10 +56,94 @@ from goatclaw.template import compile_value
 from goatclaw.tools import Tool, Toolbox, mcp_tool, pipeline_tool, plugin_tool
 from goatclaw.tools.mcp import current as mcp_servers
 
-__all__ = ["MAX_PIPELINE_DEPTH", "ToolCalls"]
+__all__ = ["MAX_PIPELINE_DEPTH", "Approval", "Approver", "ToolCalls", "approve_list"]
 
 #: How deep pipeline tools may nest (a pipeline that offers itself as a tool stops here).
 MAX_PIPELINE_DEPTH = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Approval:
+    """One tool call waiting for a person's yes: the task, the tool and its arguments (secrets masked)."""
+
+    task: str
+    tool: str
+    uses: str
+    arguments: Mapping[str, Any]
+
+    @property
+    def question(self) -> str:
+        """The question as the terminal asks it, the arguments escaped and bounded."""
+        return f"task {self.task} wants to call {_escaped(self.tool, 64)}({_preview(self.arguments)}) — allow? [y/N] "
+
+
+#: Decides an :class:`Approval`: ``True`` runs the call. It may block (it runs in a thread) or be a coroutine
+#: function; an attribute ``who`` names the decider in the audit row (default ``caller``).
+Approver = Callable[[Approval], "bool | Awaitable[bool]"]
+
+
+def approve_list(value: Any) -> bool | frozenset[str]:
+    """A task's ``approve:`` as ``True`` (every tool), or the names whose calls need approval."""
+    if value is None or value is False:
+        return frozenset()
+    if value is True:
+        return True
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise TaskError("approve must be true or a list of tool names (a uses, a name, mcp:SERVER or "
+                        "mcp:SERVER:TOOL)", error_class="invalid_input")
+    return frozenset(value)
+
+
+def _needs_approval(tool: Tool, approve: bool | frozenset[str]) -> bool:
+    if approve is True:
+        return True
+    assert isinstance(approve, frozenset)
+    names = {tool.name, tool.uses}
+    if tool.server is not None:
+        names |= {f"mcp:{tool.server}", f"mcp:{tool.server}:{tool.remote}"}
+    return not approve.isdisjoint(names)
+
+
+async def _in_thread(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """``fn(arg)`` in a daemon thread: a question nobody answers never keeps a cancelled run from ending."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(exc) if exc is not None else future.set_result(value)
+
+    def work() -> None:
+        value, error = None, None
+        try:
+            value = fn(arg)
+        except BaseException as exc:  # handed to the awaiting call
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:  # the loop is closed: the run ended without the answer
+            pass
+
+    threading.Thread(target=work, name="goatclaw-approval", daemon=True).start()
+    return await future
+
+
+def _escaped(value: str, limit: int) -> str:
+    text = json.dumps(value, ensure_ascii=True)[1:-1]  # control characters and non-ASCII as escapes
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _preview(arguments: Mapping[str, Any], limit: int = 300) -> str:
+    """``k=v, ...``: each value as escaped JSON at most 80 characters, all of them at most ``limit``."""
+    parts = []
+    for k, v in arguments.items():
+        try:
+            text = json.dumps(v, ensure_ascii=True, default=str)
+        except (TypeError, ValueError):
+            text = json.dumps(repr(v), ensure_ascii=True)
+        parts.append(f"{_escaped(str(k), 40)}={text if len(text) <= 80 else text[:79] + '…'}")
+    joined = ", ".join(parts)
+    return joined if len(joined) <= limit else joined[:limit - 1] + "…"
 
 
 class ToolCalls:
@@ -79,11 +171,12 @@ class ToolCalls:
         return functools.partial(self._toolbox, task, attempt, item, index)
 
     async def _toolbox(self, task: Task, attempt: int, item: Any, index: int | None,
-                       entries: Sequence[Any]) -> Toolbox:
+                       entries: Sequence[Any], approve: Any = None) -> Toolbox:
         assert self.recorder is not None
         if not isinstance(entries, (list, tuple)):
             raise TaskError("tools must be a list of {uses, with, name, description}, {pipeline} or {mcp}",
                             error_class="invalid_input")
+        approving = approve_list(approve)
         grant = self.guard.grant(task)
         tools: list[Tool] = []
         refused: dict[str, str] = {}
@@ -118,8 +211,8 @@ class ToolCalls:
                 rec.audited("permission.denied", task.id, {"item": index, "rule": "tools", "tool": name,
                                                            "message": err.message})
 
-        return Toolbox(offered, functools.partial(self._run_tool, task, attempt, item, index, counter), refused,
-                       rejected)
+        return Toolbox(offered, functools.partial(self._run_tool, task, attempt, item, index, counter, approving),
+                       refused, rejected)
 
     async def _mcp_tools(self, task: Task, index: int | None, i: int, entry: Mapping[str, Any], grant: Grant,
                          refused: dict[str, str]) -> list[Tool]:
@@ -178,24 +271,30 @@ class ToolCalls:
             return self._pipeline_tool(task, index, entry)
         return plugin_tool(index, entry, self.registry.task)
 
-    async def _run_tool(self, task: Task, attempt: int, item: Any, index: int | None, counter: Any, tool: Tool,
-                        kwargs: dict[str, Any]) -> str:
-        """One tool call, run as an attempt of ``task``; the output's JSON text, secrets masked."""
+    async def _run_tool(self, task: Task, attempt: int, item: Any, index: int | None, counter: Any,
+                        approve: bool | frozenset[str], tool: Tool, kwargs: dict[str, Any]) -> str:
+        """One tool call, run as an attempt of ``task``; the output's JSON text, secrets masked.
+
+        A tool ``approve`` names is first put to the run's approver; a call it does not allow fails
+        (``approval_denied``, or ``approval_required`` when the run has no approver) without running.
+        """
         rec = self.recorder
         assert rec is not None
         n = next(counter)
         about = {"item": index, "tool": tool.name, "uses": tool.uses, "call": n}
         rec.event("tool.started", task.id, {**about, "arguments": kwargs})
         started = time.monotonic()
-        key = self._tool_key(task, tool, kwargs)
-        text = self._tool_cached(task, key) if key is not None else None
-        if text is not None:
-            rec.event("tool.succeeded", task.id, {**about, "duration": round(time.monotonic() - started, 6),
-                                                  "untrusted": tool.plugin.spec.untrusted_output, "bytes": len(text),
-                                                  "cached": True})
-            rec.audited("tool.called", task.id, {**about, "status": "cached"})
-            return rec.redactor.mask(text) or ""
         try:
+            if _needs_approval(tool, approve):
+                await self._approval(task, tool, kwargs, about)
+            key = self._tool_key(task, tool, kwargs)
+            text = self._tool_cached(task, key) if key is not None else None
+            if text is not None:
+                rec.event("tool.succeeded", task.id, {**about, "duration": round(time.monotonic() - started, 6),
+                                                      "untrusted": tool.plugin.spec.untrusted_output,
+                                                      "bytes": len(text), "cached": True})
+                rec.audited("tool.called", task.id, {**about, "status": "cached"})
+                return rec.redactor.mask(text) or ""
             text = await self._tool_attempts(task, attempt, item, index, tool, kwargs, about)
         except asyncio.CancelledError:
             raise
@@ -216,6 +315,29 @@ class ToolCalls:
             assert self.cache is not None
             self.cache.put(key, tool.plugin, text)
         return rec.redactor.mask(text) or ""
+
+    async def _approval(self, task: Task, tool: Tool, kwargs: Mapping[str, Any], about: Mapping[str, Any]) -> None:
+        """Ask the run's approver about one call (one question at a time); audited; raise unless it said yes."""
+        rec = self.recorder
+        assert rec is not None
+        approver = getattr(self.opts, "approver", None)
+        masked = rec.redactor.mask_data(dict(kwargs))
+        asking = Approval(task.id, tool.name, tool.uses, masked)
+        what = {**about, "arguments": _preview(masked)}
+        if approver is None:
+            rec.audited("tool.approval", task.id, {**what, "who": "nobody", "decision": "refused: no terminal"})
+            raise TaskError(f"tool {tool.name} needs approval; run on a terminal to be asked",
+                            error_class="approval_required")
+        lock = self.__dict__.setdefault("_approval_lock", asyncio.Lock())
+        async with lock:  # one question on the terminal at a time
+            said = await (approver(asking) if asyncio.iscoroutinefunction(approver) else _in_thread(approver, asking))
+            if asyncio.iscoroutine(said):
+                said = await said
+        who = str(getattr(approver, "who", "caller"))
+        decision = "approved" if said is True else "denied"
+        rec.audited("tool.approval", task.id, {**what, "who": who, "decision": decision})
+        if said is not True:
+            raise TaskError(f"tool {tool.name} was not approved ({who} said no)", error_class="approval_denied")
 
     async def _tool_attempts(self, task: Task, attempt: int, item: Any, index: int | None, tool: Tool,
                              kwargs: dict[str, Any], about: Mapping[str, Any]) -> str:

@@ -48,7 +48,8 @@ async def agent(ctx: TaskContext, *, goal: str, tools: list[dict[str, Any]] | No
                 done_when: str | dict[str, Any] | None = None, output: dict[str, Any] | None = None,
                 max_answers: int = 3, max_turns: int = 10, max_tool_calls: int = 20, memory: bool = True,
                 temperature: float | None = None, max_tokens: int | None = None, api_base: str | None = None,
-                api_key: str | None = None, timeout: float | None = 120, system: str | None = None) -> dict[str, Any]:
+                api_key: str | None = None, timeout: float | None = 120, system: str | None = None,
+                approve: bool | list[str] | None = None) -> dict[str, Any]:
     """Work toward ``goal`` with ``tools`` until the answer is accepted; the answer and the trajectory.
 
     ``output`` (a JSON Schema) is what the final answer must be (parsed into ``data``);
@@ -56,6 +57,7 @@ async def agent(ctx: TaskContext, *, goal: str, tools: list[dict[str, Any]] | No
     goes back to the model with the reason, ``max_answers`` answers at most; ``max_turns`` and
     ``max_tool_calls`` bound the model and tool calls of all of them together. ``context`` is
     more text for the model; ``system`` is added to the planner prompt (docs/llm.md, Agents).
+    ``approve`` names the tools (``true``: all) whose calls a person must allow first.
     """
     from goatclaw import llm as room
 
@@ -73,7 +75,7 @@ async def agent(ctx: TaskContext, *, goal: str, tools: list[dict[str, Any]] | No
     if tools and ctx.tools is None:
         fail("agent: tools need a local run of the engine (their calls run as attempts of this task)",
              error_class="invalid_input")
-    box = ctx.tools(tools) if tools else _NoTools()
+    box = (ctx.tools(tools, approve) if approve is not None else ctx.tools(tools)) if tools else _NoTools()
     if inspect.isawaitable(box):  # MCP servers' tools are listed first
         box = await box
     recalled = await _recall(ctx, goal) if memory else []

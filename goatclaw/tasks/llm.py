@@ -49,7 +49,7 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
               max_tokens: int | None = None, output: Literal["text", "json"] = "text",
               schema: dict[str, Any] | None = None, api_base: str | None = None, api_key: str | None = None,
               timeout: float | None = 120, stream: bool = False, tools: list[dict[str, Any]] | None = None,
-              max_turns: int = 10, max_tool_calls: int = 20) -> dict[str, Any]:
+              max_turns: int = 10, max_tool_calls: int = 20, approve: bool | list[str] | None = None) -> dict[str, Any]:
     """Ask a model: ``prompt`` (or chat ``messages``) → text, or parsed JSON with ``output: json``.
 
     ``schema`` (a JSON Schema) checks the parsed reply (``invalid_output`` when it does not
@@ -61,6 +61,7 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
     pipeline files (``{pipeline, with, ...}``) and MCP servers' tools (``{mcp: server}``) the model
     may call; each call runs as an attempt of this task, at most ``max_tool_calls`` of them over at
     most ``max_turns`` model calls, and the output gains the ``trajectory`` (docs/llm.md, Tools).
+    ``approve`` names the tools (``true``: all) whose calls a person must allow first.
     """
     from goatclaw import llm as room
 
@@ -95,7 +96,7 @@ async def llm(ctx: TaskContext, *, prompt: str | None = None, messages: list[dic
         out = response.as_output()
     else:
         out = await _with_tools(ctx, request, tools, _count("max_turns", max_turns) or 10,
-                                _count("max_tool_calls", max_tool_calls) or 20)
+                                _count("max_tool_calls", max_tool_calls) or 20, approve)
     return out if cascade is None else {**out, "cascade": _stage(cascade, out)}
 
 
@@ -129,7 +130,7 @@ def _stage(cascade: tuple[list[Any], int, bool], out: dict[str, Any]) -> dict[st
 
 
 async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int,
-                      max_tool_calls: int) -> dict[str, Any]:
+                      max_tool_calls: int, approve: Any = None) -> dict[str, Any]:
     """The tool loop: the engine's toolbox offers what the task is granted; the output gains the trajectory."""
     import dataclasses
     import inspect
@@ -139,7 +140,7 @@ async def _with_tools(ctx: TaskContext, request: Any, tools: Any, max_turns: int
     if ctx.tools is None:
         fail("tools: need a local run of the engine (the tool calls run as attempts of this task)",
              error_class="invalid_input")
-    box = ctx.tools(tools)
+    box = ctx.tools(tools, approve) if approve is not None else ctx.tools(tools)
     if inspect.isawaitable(box):  # MCP servers' tools are listed first
         box = await box
     request = dataclasses.replace(request, tools=tuple(box.schemas()))
