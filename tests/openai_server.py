@@ -52,6 +52,27 @@ def tool_call(name: str, arguments: dict[str, Any] | str, id: str | None = None)
     return {"id": id or f"call_{next(_CALL_IDS)}", "type": "function", "function": {"name": name, "arguments": text}}
 
 
+def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool results a request carries, in order."""
+    return [m for m in body["messages"] if m.get("role") == "tool"]
+
+
+def scripted(*turns: Reply | Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
+    """A scripted model: the n-th request (counted by the assistant turns it carries) gets the n-th turn."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        n = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        turn = turns[min(n, len(turns) - 1)]
+        return turn(body) if callable(turn) else turn
+
+    return respond
+
+
+def final(body: dict[str, Any]) -> Reply:
+    """The last turn: an answer that repeats what the tools returned."""
+    return Reply("results: " + " | ".join(m["content"] for m in tool_messages(body)))
+
+
 def completion_body(model: str, content: str | None, prompt_tokens: int, completion_tokens: int,
                     tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A chat completion response as the OpenAI API returns it (``content`` is null beside tool calls)."""

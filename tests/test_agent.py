@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 from local_http import serving
-from openai_server import FakeOpenAI, Reply, tool_call
+from openai_server import FakeOpenAI, Reply, final, scripted, tool_call
+from openai_server import tool_messages as _tool_messages
 from typer.testing import CliRunner
 
 import goatclaw
@@ -37,24 +38,10 @@ def litellm_imported() -> None:
     room._litellm()
 
 
-def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in body["messages"] if m.get("role") == "tool"]
 
 
-def scripted(*turns: Reply | Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
-    """A scripted model: the n-th request (counted by the assistant turns it carries) gets the n-th turn."""
-
-    def respond(body: dict[str, Any]) -> Reply:
-        n = sum(1 for m in body["messages"] if m.get("role") == "assistant")
-        turn = turns[min(n, len(turns) - 1)]
-        return turn(body) if callable(turn) else turn
-
-    return respond
 
 
-def final(body: dict[str, Any]) -> Reply:
-    """The last turn: an answer that repeats what the tools returned."""
-    return Reply("results: " + " | ".join(m["content"] for m in _tool_messages(body)))
 
 
 def llm_with_tools(write: Callable[..., Path], srv: FakeOpenAI, tools: list[dict[str, Any]], *, extra: str = "",

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from local_http import serving
-from openai_server import FakeOpenAI, Reply, tool_call
+from openai_server import FakeOpenAI, Reply, final, tool_call
+from openai_server import scripted as agent
+from openai_server import tool_messages as _tool_messages
 from typer.testing import CliRunner
 
 import goatclaw
@@ -86,28 +88,14 @@ def test_a_reply_without_tool_calls_still_stops(srv: FakeOpenAI) -> None:
 # -- tools on the llm task ---------------------------------------------------------------------
 
 
-def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in body["messages"] if m.get("role") == "tool"]
 
 
 def _offered(body: dict[str, Any]) -> list[str]:
     return [t["function"]["name"] for t in body.get("tools", [])]
 
 
-def agent(*turns: Reply | Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
-    """A scripted model: the n-th request (counted by the tool results it carries) gets the n-th turn."""
-
-    def respond(body: dict[str, Any]) -> Reply:
-        assistant_turns = sum(1 for m in body["messages"] if m.get("role") == "assistant")
-        turn = turns[min(assistant_turns, len(turns) - 1)]
-        return turn(body) if callable(turn) else turn
-
-    return respond
 
 
-def final(body: dict[str, Any]) -> Reply:
-    """The last turn: an answer that repeats what the tools returned."""
-    return Reply("results: " + " | ".join(m["content"] for m in _tool_messages(body)))
 
 
 def tools_pipeline(write: Callable[..., Path], srv: FakeOpenAI, tools: list[dict[str, Any]], *, extra: str = "",

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai_server import FakeOpenAI, Reply, tool_call
+from openai_server import FakeOpenAI, Reply, final, scripted, tool_call
+from openai_server import tool_messages as _tool_messages
 
 import goatclaw
 from goatclaw import llm as room
@@ -36,23 +37,10 @@ def litellm_imported() -> None:
     room._litellm()
 
 
-def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in body["messages"] if m.get("role") == "tool"]
 
 
-def scripted(*turns: Reply | Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
-    """The n-th request (counted by the assistant turns it carries) gets the n-th turn."""
-
-    def respond(body: dict[str, Any]) -> Reply:
-        n = sum(1 for m in body["messages"] if m.get("role") == "assistant")
-        turn = turns[min(n, len(turns) - 1)]
-        return turn(body) if callable(turn) else turn
-
-    return respond
 
 
-def final(body: dict[str, Any]) -> Reply:
-    return Reply("results: " + " | ".join(m["content"] for m in _tool_messages(body)))
 
 
 def calls_slug(srv: FakeOpenAI, *names: str) -> None:
