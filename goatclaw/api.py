@@ -23,7 +23,7 @@ from typing import Any
 from goatclaw import llm as llm_room
 from goatclaw import tracing
 from goatclaw.engine.executor import Executor, make_executor, started
-from goatclaw.engine.guard import permission_problems
+from goatclaw.engine.guard import permission_problems, sink_vars, untrusted_sink_reason
 from goatclaw.engine.inputs import input_problems
 from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
@@ -42,6 +42,7 @@ from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
 from goatclaw.store import Store
 from goatclaw.tools import mcp as mcp_room
+from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["arun", "check", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "permissions_of", "plan",
@@ -132,6 +133,9 @@ def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Regi
                 problems.append(Problem(pipeline.locate(path), dotted(path), f"pipeline tool '{file}' is invalid: "
                                         f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
             fixed = entry.get("with")
+            if child is not None:
+                problems += _pipeline_tool_sinks(pipeline, task, i, entry, child,
+                                                 registry if registry is not None else _registry_for(project))
             if child is not None and isinstance(fixed, Mapping):
                 for name in sorted(set(fixed) - set(child.vars)):
                     where = (*task.path, "with", "tools", i, "with", name)
@@ -139,6 +143,24 @@ def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Regi
                                             f"pipeline tool '{file}' has no var '{name}' (it has: "
                                             f"{', '.join(child.vars) or 'none'})"))
     return problems
+
+
+def _pipeline_tool_sinks(pipeline: Pipeline, task: Any, i: int, entry: Mapping[str, Any], child: Pipeline,
+                         registry: Registry) -> list[Problem]:
+    """A ``pipeline:`` tool whose model-filled vars reach a sink of its tasks without ``trust:``: never offered."""
+    fixed = entry.get("with") if isinstance(entry.get("with"), Mapping) else {}
+    reach = sink_vars(child, registry)
+    try:
+        sinks = model_sinks(tuple(reach), child.vars, fixed, trust_of(entry, "tools"))
+    except GoatclawError:
+        return []  # the schema says what is wrong with trust:
+    if not sinks:
+        return []
+    path = (*task.path, "with", "tools", i, "pipeline")
+    where = "; ".join(f"{var} reaches {reach[var]}" for var in sinks)
+    name = entry.get("name") if isinstance(entry.get("name"), str) else child.name
+    return [Problem(pipeline.locate(path), dotted(path), untrusted_sink_reason(name, f"pipeline:{entry['pipeline']}",
+                    sinks) + f" ({where}); it is never offered to the model", severity="warn")]
 
 
 def load(path: str | os.PathLike[str], *, project: Project | None = None,

@@ -182,7 +182,7 @@ def test_a_child_run_is_granted_no_more_than_the_calling_task(write_pipeline, sr
     write_pipeline(FETCH, name="fetch.yaml")
     srv.respond = scripted(Reply(None, tool_calls=[tool_call("fetch", {"url": f"{site}/here"}),
                                                    tool_call("fetch", {"url": "http://example.invalid/x"})]), final)
-    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "fetch.yaml"}],
+    path = llm_with_tools(write_pipeline, srv, [{"pipeline": "fetch.yaml", "trust": ["url"]}],
                           extra="permissions: {network: [127.0.0.1]}")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error
@@ -279,7 +279,8 @@ def test_validate_names_a_pipeline_tool_that_is_not_there(write_pipeline, srv) -
 
 def test_a_tool_call_is_retried_by_the_entrys_policy(write_pipeline, srv, site, store_path) -> None:
     srv.respond = scripted(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/flaky"})]), final)
-    path = llm_with_tools(write_pipeline, srv, [{"uses": "http", "retry": {"attempts": 2, "delay": 0}}],
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http", "retry": {"attempts": 2, "delay": 0},
+                                                 "trust": ["url"]}],
                           extra="permissions: {network: [127.0.0.1]}")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error
@@ -291,7 +292,8 @@ def test_a_tool_call_is_retried_by_the_entrys_policy(write_pipeline, srv, site, 
 
 def test_a_tool_call_takes_the_tasks_retry_policy_when_the_entry_says_none(write_pipeline, srv, site) -> None:
     srv.respond = scripted(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/flaky"})]), final)
-    path = llm_with_tools(write_pipeline, srv, [{"uses": "http"}], extra="permissions: {network: [127.0.0.1]}")
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http", "trust": ["url"]}],
+                          extra="permissions: {network: [127.0.0.1]}")
     once = goatclaw.run(path)  # the task's retry: {attempts: 1}: the 500 goes back to the model
     assert json.loads(_tool_messages(srv.requests[1])[0]["content"])["error_class"] == "server_error"
     assert once.ok
@@ -329,7 +331,8 @@ def test_no_cache_and_side_effect_tools_always_run(write_pipeline, srv, site, st
                                                    tool_call("slugify", {"text": "Same"})]),
                            Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/same"}),
                                                    tool_call("slugify", {"text": "Same"})]), final)
-    path = llm_with_tools(write_pipeline, srv, [{"uses": "http"}, {"uses": "slugify", "cache": False}],
+    path = llm_with_tools(write_pipeline, srv, [{"uses": "http", "trust": ["url"]},
+                                                {"uses": "slugify", "cache": False}],
                           extra="permissions: {network: [127.0.0.1]}")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error

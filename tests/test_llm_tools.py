@@ -194,7 +194,7 @@ def test_a_tool_call_the_guard_refuses_is_audited_and_goes_back_to_the_model(wri
                                                                              store_path) -> None:
     """http is granted 127.0.0.1 only: the model's call to another host is refused, audited, and answered."""
     srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": "http://example.invalid/x"})]), final)
-    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}],
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http", "trust": ["url"]}],
                           extra="permissions: {network: [127.0.0.1]}")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error
@@ -215,7 +215,8 @@ def test_tool_errors_go_back_with_their_class_and_parallel_calls_run_concurrentl
     srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/slow/1"}),
                                                 tool_call("http", {"url": f"{site}/slow/2"}),
                                                 tool_call("http", {"url": f"{site}/boom"})]), final)
-    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}], extra="permissions: {network: [127.0.0.1]}")
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http", "trust": ["url"]}],
+                          extra="permissions: {network: [127.0.0.1]}")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error
     calls = result.tasks["ask"].output["trajectory"][0]["calls"]
@@ -234,7 +235,7 @@ def test_tool_errors_go_back_with_their_class_and_parallel_calls_run_concurrentl
 
 def test_the_output_of_an_llm_task_with_tools_is_untrusted(write_pipeline, srv, site) -> None:
     srv.respond = agent(Reply(None, tool_calls=[tool_call("http", {"url": f"{site}/page"})]), final)
-    path = tools_pipeline(write_pipeline, srv, [{"uses": "http"}], tasks="""
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "http", "trust": ["url"]}], tasks="""
           run_it:
             uses: shell
             needs: [ask]
@@ -250,7 +251,8 @@ def test_secrets_are_masked_in_tool_results_before_the_model_reads_them(write_pi
     monkeypatch.setenv("NOTES_TOKEN", "tok-very-secret-123")
     (store_path.parent.parent / "notes.txt").write_text("the token is tok-very-secret-123, keep it")
     srv.respond = agent(Reply(None, tool_calls=[tool_call("read", {"path": "notes.txt"})]), final)
-    path = tools_pipeline(write_pipeline, srv, [{"uses": "file.read", "name": "read"}], extra="secrets: [NOTES_TOKEN]")
+    path = tools_pipeline(write_pipeline, srv, [{"uses": "file.read", "name": "read", "trust": ["path"]}],
+                          extra="secrets: [NOTES_TOKEN]")
     result = goatclaw.run(path)
     assert result.ok, result.tasks["ask"].error
     sent = json.dumps(srv.requests[1])

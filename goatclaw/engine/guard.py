@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from goatclaw.engine.sentry import Sentry
-from goatclaw.errors import PluginError, Problem, TemplateError
+from goatclaw.errors import PluginError, Problem, TaskError, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings, within
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, RuntimeTaint, TaskFlows, follow
@@ -24,8 +24,10 @@ from goatclaw.security.threat import ThreatScore
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
+from goatclaw.tools.plugins import model_sinks, trust_of
 
-__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "unmet_needs"]
+__all__ = ["Guard", "grant_summary", "permission_problems", "permissions_table", "sink_vars", "unmet_needs",
+           "untrusted_sink_reason"]
 
 _FIELD_PATH = {"shell": ("shell",), "network": ("network",), "files.read": ("files", "read"),
                "files.write": ("files", "write"), "env": ("env",), "python": ("python",), "mcp": ("mcp",)}
@@ -226,6 +228,82 @@ def _refs_of(value: Any) -> tuple[frozenset[str], bool]:
     return frozenset(tasks), item
 
 
+def untrusted_sink_reason(name: str, uses: str, sinks: Iterable[str]) -> str:
+    """Why a tool whose model-filled arguments would reach a sink is never offered, and the two ways out."""
+    args = ", ".join("every argument" if s == "*" else s for s in sinks)
+    fix = "trust: true" if "*" in sinks else f"trust: [{', '.join(sinks)}]"
+    return (f"tool '{name}' ({uses}) would let the model choose {args}, which "
+            f"{'is a sink' if ',' not in args else 'are sinks'} (a URL, a path or a command: a model's text, "
+            f"which a prompt injection controls, never becomes one without trust); fix "
+            f"{'it' if ',' not in args else 'them'} in the entry's with:, or add {fix} to the entry if the model "
+            "may choose")
+
+
+def _var_refs(value: Any) -> tuple[frozenset[str], frozenset[str], bool]:
+    """The vars a templated value names, the task ids it names, and whether it reads ``item``.
+
+    ``*`` among the vars: ``vars`` taken whole, or indexed by a computed key.
+    """
+    names: set[str] = set()
+    for _, refs in check_value(value):
+        if isinstance(refs, TemplateError):
+            continue
+        names.update(refs.vars)
+        if "vars" in refs.names and not refs.vars:
+            names.add("*")
+    tasks, item = _refs_of(value)
+    return frozenset(names), tasks, item
+
+
+def sink_vars(pipeline: Pipeline, registry: Any) -> dict[str, str]:
+    """The vars of ``pipeline`` that reach a sink argument of one of its tasks, each with the first such place.
+
+    For a pipeline offered as a tool: a var the model fills must not become a URL, a path or a
+    command without ``trust:``. A var reaches a sink when the sink's template names it, or names
+    a task whose inputs read it (transitively); ``*`` stands for every var (``vars`` taken whole).
+    Statically, like the taint analysis: a condition that would keep the flow from happening
+    at run time is not seen, so this errs on the side of refusing.
+    """
+    tasks = _tasks(pipeline)
+    reads: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {}
+    for tid, task in tasks.items():
+        fvars, ftasks, _ = _var_refs(task.foreach) if task.foreach is not None else (frozenset(), frozenset(), False)
+        args: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        for name, value in task.with_.items():
+            names, refs, item = _var_refs(value)
+            args[str(name)] = (names | fvars, refs | ftasks) if item else (names, refs)
+        reads[tid] = args
+    carried: dict[str, frozenset[str]] = {tid: frozenset() for tid in tasks}
+    changed = True
+    while changed:  # a fixed point: pipelines offered as tools are small
+        changed = False
+        for tid, args in reads.items():
+            now = frozenset().union(*(names | _carried_by(refs, carried) for names, refs in args.values()))
+            if now != carried[tid]:
+                carried[tid], changed = now, True
+    found: dict[str, str] = {}
+    for tid, args in reads.items():
+        try:
+            sinks = registry.task(tasks[tid].uses).spec.sinks
+        except PluginError:
+            continue  # the child run reports it
+        for name, (names, refs) in args.items():
+            if "*" in sinks or name in sinks:
+                for var in sorted(names | _carried_by(refs, carried)):
+                    found.setdefault(var, f"{tid}.with.{name}")
+    if "*" in found:  # vars taken whole: each of them
+        for var in pipeline.vars:
+            found.setdefault(var, found["*"])
+        del found["*"]
+    return found
+
+
+def _carried_by(refs: frozenset[str], carried: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    if refs & ALL_UPSTREAM:
+        return frozenset().union(*carried.values())
+    return frozenset().union(*(carried.get(r, frozenset()) for r in refs))
+
+
 def _reads(task: Task) -> dict[str, frozenset[str]]:
     """Per ``with:`` argument (and ``foreach``), the task ids its templates name."""
     foreach: frozenset[str] = frozenset()
@@ -376,6 +454,16 @@ def _tool_problems(pipeline: Pipeline, guard: Guard, tasks: Iterable[Task]) -> l
                 if arg is not None:  # a missing argument is the model's to give
                     where = (*path, "with", arg)
                     problems.append(Problem(pipeline.locate(where, key=True), dotted(where), message))
+            try:
+                sinks = model_sinks(plugin.spec.sinks, plugin.params, fixed, trust_of(entry, "tools"),
+                                    plugin.accepts_any)
+            except TaskError:
+                sinks = ()  # the schema says what is wrong with trust:
+            if sinks:
+                name = entry.get("name") if isinstance(entry.get("name"), str) else uses
+                problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")),
+                                        untrusted_sink_reason(name, uses, sinks) + "; it is never offered to the model",
+                                        severity="warn"))
             for _, fields in unmet_needs(plugin.spec, guard.grant(task)):
                 granted = " or ".join(f"permissions.{f}" for f in fields)
                 problems.append(Problem(pipeline.locate((*path, "uses")), dotted((*path, "uses")),

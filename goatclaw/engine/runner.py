@@ -187,9 +187,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried,
                                  self.recorder.file_origins)
         if any(t.breaker is not None for t in self.all_tasks.values()):
-            rec = self.recorder
-            self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
-                                     emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
+            self._breakers()
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume)
         if self.opts.parent:  # a pipeline tool's child run: who called it
@@ -831,6 +829,15 @@ class _Runner(OutputChecks, ToolCalls):
             self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,
                                                                  "rule": "trust", "message": flows[0].message})
             raise PermissionDenied(flows[0].message, details={"rule": "trust", "field": flows[0].field})
+
+    def _breakers(self) -> Breakers:
+        """The run's circuit breakers, opened when a task (or a tool call, :mod:`toolcalls`) first needs one."""
+        if self.breakers is None:
+            rec = self.recorder
+            assert rec is not None
+            self.breakers = Breakers(Store.open(self.opts.store_path) if self.opts.store_path else None,
+                                     emit=lambda topic, data: rec.event(topic, None, data), sleep=self.opts.sleep)
+        return self.breakers
 
     async def _guarded(self, task: Task, plugin: Plugin, ctx: TaskContext, kwargs: Mapping[str, Any],
                        policy: BreakerPolicy) -> tuple[Any, str]:

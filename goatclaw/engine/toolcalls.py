@@ -40,8 +40,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.executor import Executor
-from goatclaw.engine.guard import Guard, unmet_needs
+from goatclaw.engine.guard import Guard, sink_vars, unmet_needs, untrusted_sink_reason
 from goatclaw.engine.recorder import Recorder
 from goatclaw.engine.retry import Backoff, should_retry
 from goatclaw.engine.state import to_json
@@ -51,7 +52,7 @@ from goatclaw.graph import compile_plan
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Registry
 from goatclaw.security.permissions import Grant
-from goatclaw.spec.model import RetryPolicy, Task
+from goatclaw.spec.model import BreakerPolicy, RetryPolicy, Task
 from goatclaw.template import compile_value
 from goatclaw.tools import Tool, Toolbox, mcp_tool, pipeline_tool, plugin_tool
 from goatclaw.tools.mcp import current as mcp_servers
@@ -164,6 +165,7 @@ class ToolCalls:
     rng: Any
     context: dict[str, Any]
     _task_context: Callable[..., TaskContext]
+    _breakers: Callable[[], Breakers]
 
     def _toolbox_maker(self, task: Task, attempt: int, item: Any,
                        index: int | None) -> Callable[[Sequence[Any]], Awaitable[Toolbox]]:
@@ -191,11 +193,14 @@ class ToolCalls:
                 offered.append(tool)
                 continue
             unmet = unmet_needs(tool.plugin.spec, grant)
-            if not unmet:
+            if not unmet and not tool.untrusted_sinks:
                 offered.append(tool)
                 continue
-            fields = " or ".join(f"permissions.{f}" for _, f_list in unmet for f in f_list)
-            refused[tool.name] = f"'{tool.uses}' needs {fields}, which task {task.id} is not granted"
+            if unmet:
+                fields = " or ".join(f"permissions.{f}" for _, f_list in unmet for f in f_list)
+                refused[tool.name] = f"'{tool.uses}' needs {fields}, which task {task.id} is not granted"
+            else:
+                refused[tool.name] = untrusted_sink_reason(tool.name, tool.uses, tool.untrusted_sinks)
             self.recorder.event("tool.refused", task.id, {"item": index, "tool": tool.name, "uses": tool.uses,
                                                           "reason": refused[tool.name]})
         counter = itertools.count(1)
@@ -343,13 +348,16 @@ class ToolCalls:
                              kwargs: dict[str, Any], about: Mapping[str, Any]) -> str:
         """The call under its retry policy (the entry's ``retry:``, else the task's): each try a fresh context."""
         policy = RetryPolicy.from_data(tool.retry, task.retry) if tool.retry is not None else task.retry
+        breaker = BreakerPolicy.from_data(tool.breaker, task.breaker) if tool.breaker is not None else task.breaker
         backoff = Backoff(policy, self.rng)
         tries = 1
         while True:
             ctx = self._task_context(task, attempt, item, index)
             ctx.tools = None  # a tool does not get tools of its own
             try:
-                return await self._tool_output(tool, ctx, kwargs)
+                if breaker is None:
+                    return await self._tool_output(tool, ctx, kwargs)
+                return await self._tool_guarded(tool, ctx, kwargs, breaker)
             except asyncio.CancelledError:
                 raise
             except (Exception, KeyboardInterrupt, SystemExit) as exc:
@@ -363,6 +371,25 @@ class ToolCalls:
                                                                "error": self.recorder.redactor.mask(err.message)})
                 await self.opts.sleep(delay)
                 tries += 1
+
+    async def _tool_guarded(self, tool: Tool, ctx: TaskContext, kwargs: dict[str, Any], policy: BreakerPolicy) -> str:
+        """One try of a call behind its circuit breaker.
+
+        Keyed like a task's (the plugin and its host or model, or ``breaker: {key}``), so a tool
+        call and a task calling the same service share one breaker.
+        """
+        breakers = self._breakers()
+        key = breaker_key(policy, tool.uses, kwargs)
+        await breakers.before(key, policy)
+        try:
+            text = await self._tool_output(tool, ctx, kwargs)
+        except asyncio.CancelledError:
+            raise
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            breakers.failure(key, policy, _tool_error(exc).error_class)
+            raise
+        breakers.success(key)
+        return text
 
     # -- the task cache, per call ------------------------------------------------------
 
@@ -429,7 +456,7 @@ class ToolCalls:
             needs.update(dict.fromkeys(spec.permissions))
             untrusted = untrusted or spec.untrusted_output or "tools" in t.with_
         run = functools.partial(self._run_child, task, child, depth + 1)
-        return pipeline_tool(index, entry, child, tuple(needs), untrusted, run)
+        return pipeline_tool(index, entry, child, tuple(needs), untrusted, run, tuple(sink_vars(child, self.registry)))
 
     async def _run_child(self, task: Task, child: Any, depth: int, ctx: TaskContext, given: dict[str, Any]) -> Any:
         """Run ``child`` with ``given`` vars in the same store, under ``ctx``'s grant; its ``outputs:``."""

@@ -1,6 +1,7 @@
 """A pipeline file as a tool: its ``vars`` as the parameters, its ``outputs:`` as the result.
 
-A ``tools:`` entry ``{pipeline: pipelines/lookup.yaml, with, name, description, retry, cache}``
+A ``tools:`` entry ``{pipeline: pipelines/lookup.yaml, with, name, description, retry, cache, trust,
+breaker}``
 becomes a :class:`~goatclaw.tools.Tool` whose plugin runs the pipeline: the engine hands in
 ``run`` (``async (ctx, vars) -> result``), which starts the child run in the same store under
 the calling task's grant. What this module decides is what the model sees: each var is a
@@ -13,17 +14,17 @@ outputs are.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from goatclaw.errors import TaskError
 from goatclaw.plugin import PluginSpec
 from goatclaw.registry import Plugin
-from goatclaw.tools.plugins import Tool, schema_of_hint
+from goatclaw.tools.plugins import Tool, model_sinks, schema_of_hint, trust_of
 
 __all__ = ["PIPELINE_ENTRY_KEYS", "pipeline_tool", "vars_schema"]
 
-PIPELINE_ENTRY_KEYS = frozenset({"pipeline", "with", "name", "description", "retry", "cache"})
+PIPELINE_ENTRY_KEYS = frozenset({"pipeline", "with", "name", "description", "retry", "cache", "trust", "breaker"})
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 #: ``run(ctx, vars)``: the engine's child run of the pipeline; the result the model reads.
@@ -76,11 +77,13 @@ def _plain(value: Any) -> Any:
 
 
 def pipeline_tool(index: int, entry: Mapping[str, Any], pipeline: Any, needs: tuple[str, ...], untrusted: bool,
-                  run: RunPipeline) -> Tool:
+                  run: RunPipeline, sink_vars: Sequence[str] = ()) -> Tool:
     """The tool ``entry`` (``tools[index]``) makes of ``pipeline`` (loaded by the engine); ``invalid_input`` if none.
 
     ``needs`` are the permissions its tasks' plugins declare, ``untrusted`` whether any of
-    their outputs is; ``run`` starts the child run.
+    their outputs is; ``run`` starts the child run. ``sink_vars`` are the vars that reach a
+    sink argument of one of its tasks (a URL, a path, a command): the model may fill those
+    only as far as the entry's ``trust:`` allows.
     """
     where = f"tools[{index}]"
     extra = sorted(set(entry) - PIPELINE_ENTRY_KEYS)
@@ -108,6 +111,8 @@ def pipeline_tool(index: int, entry: Mapping[str, Any], pipeline: Any, needs: tu
                       untrusted_output=untrusted)
     plugin = Plugin(name=f"pipeline:{entry['pipeline']}", fn=run_pipeline, spec=spec, package="pipeline",
                     version=pipeline.digest[:12], is_async=True, params={}, accepts_any=True, kind="pipeline")
+    sinks = model_sinks(tuple(sink_vars), pipeline.vars, fixed, trust_of(entry, where))
     return Tool(name, f"pipeline:{entry['pipeline']}", plugin, str(description).strip(), parameters, {},
-                retry=entry.get("retry"), cache=entry.get("cache", True) is not False)
+                retry=entry.get("retry"), cache=entry.get("cache", True) is not False, untrusted_sinks=sinks,
+                breaker=entry.get("breaker"))
 

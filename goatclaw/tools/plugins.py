@@ -15,7 +15,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -23,13 +23,14 @@ from typing import Any
 from goatclaw.errors import PluginError, TaskError
 from goatclaw.registry import Plugin
 
-__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "mcp_tool", "parameters_of", "plugin_tool", "schema_of_hint"]
+__all__ = ["MAX_RESULT_CHARS", "Tool", "Toolbox", "mcp_tool", "model_sinks", "parameters_of", "plugin_tool",
+           "schema_of_hint", "trust_of"]
 
 #: The most characters of one tool result the model reads (the rest is cut, and it is told).
 MAX_RESULT_CHARS = 32_000
 #: The names a model may call (the OpenAI API's rule).
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENTRY_KEYS = frozenset({"uses", "with", "name", "description", "retry", "cache"})
+_ENTRY_KEYS = frozenset({"uses", "with", "name", "description", "retry", "cache", "trust", "breaker"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class Tool:
     retry: Any = None
     #: ``False``: a call is never answered from the task cache (``cache: false`` on the entry).
     cache: bool = True
+    #: Sink arguments (a URL, a path, a command) the model would fill and the entry's ``trust:`` does not
+    #: allow: such a tool is never offered (a model's text never becomes a command or a path without ``trust:``).
+    untrusted_sinks: tuple[str, ...] = ()
+    #: The entry's ``breaker:`` as written (``None``: the calling task's ``breaker:``, if any, guards each call).
+    breaker: Any = None
 
     def openai(self) -> dict[str, Any]:
         """The tool as the OpenAI chat API (and litellm) takes it."""
@@ -79,8 +85,36 @@ def plugin_tool(index: int, entry: Any, get: Callable[[str], Plugin]) -> Tool:
     if not isinstance(name, str) or not _NAME.match(name):
         raise TaskError(f"{where}.name '{name}' must be 1 to 64 letters, digits, _ or -", error_class="invalid_input")
     description = entry.get("description") or (inspect.getdoc(plugin.fn) or f"the {uses} task").strip()
+    sinks = model_sinks(plugin.spec.sinks, plugin.params, fixed, trust_of(entry, where), plugin.accepts_any)
     return Tool(name, uses, plugin, str(description), parameters_of(plugin, fixed), dict(fixed),
-                retry=entry.get("retry"), cache=entry.get("cache", True) is not False)
+                retry=entry.get("retry"), cache=entry.get("cache", True) is not False, untrusted_sinks=sinks,
+                breaker=entry.get("breaker"))
+
+
+def trust_of(entry: Mapping[str, Any], where: str) -> bool | frozenset[str]:
+    """A tool entry's ``trust:``: ``True`` (the model may fill every sink argument) or the names it may fill."""
+    value = entry.get("trust", False)
+    if value is True or value is False:
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        return frozenset(value)
+    raise TaskError(f"{where}.trust must be true or a list of argument names the model may fill although they "
+                    "are sinks (a URL, a path, a command)", error_class="invalid_input")
+
+
+def model_sinks(sinks: Sequence[str], params: Iterable[str], fixed: Mapping[str, Any],
+                trust: bool | frozenset[str], open_ended: bool = False) -> tuple[str, ...]:
+    """The sink arguments a model would fill (not ``fixed``) that ``trust`` does not allow, in order.
+
+    ``sinks`` are the plugin's (``"*"``: every argument, then ``params`` names them; an
+    ``open_ended`` plugin, one taking ``**kwargs``, takes arguments no list can name, so
+    ``"*"`` itself stays unless ``trust: true``).
+    """
+    if trust is True or not sinks:
+        return ()
+    named = [p for p in params if p not in fixed] + (["*"] if open_ended else []) if "*" in sinks else list(sinks)
+    allowed = trust if isinstance(trust, frozenset) else frozenset()
+    return tuple(dict.fromkeys(s for s in named if s not in fixed and s not in allowed))
 
 
 def mcp_tool(server: str, name: str, description: str, schema: Mapping[str, Any]) -> Tool:
