@@ -429,7 +429,9 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     limits = project.data.get("rate_limits")
     cache_setting = settings.get("cache", True)
     model, endpoints, chosen = project.model, _endpoints(project), None
-    if model is None and mode != "replay" and _has_llm_tasks(pipeline):
+    if model is None and mode == "replay" and tape is not None and _has_llm_tasks(pipeline):
+        model, chosen = _recorded_model(tape)
+    elif model is None and mode != "replay" and _has_llm_tasks(pipeline):
         from goatclaw.providers import choose_model
 
         found = choose_model(project.root)
@@ -449,6 +451,24 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         limits_store=store_path,
         endpoints=endpoints,
     )
+
+
+def _recorded_model(tape: Any) -> tuple[str | None, str | None]:
+    """The zero-config choice of a replay: the one model a cassette recorded answers of, and why.
+
+    A run recorded with the model goatclaw chose (a key on the recording machine) replays where
+    no key is set. A cassette of several models (fallbacks, a cascade) chooses none: which of
+    them a task without ``model:`` asked is not in the file.
+    """
+    try:
+        entries = tape.entries()
+    except GoatclawError:
+        return None, None  # the replay reports the unreadable cassette
+    models = {e.get("model") for e in entries.values() if isinstance(e, Mapping)}
+    if len(models) != 1 or not isinstance(next(iter(models)), str):
+        return None, None
+    model = str(next(iter(models)))
+    return model, f"no model in goatclaw.yaml; replaying {tape.path.name}, whose answers all came from {model}"
 
 
 def _has_llm_tasks(pipeline: Pipeline) -> bool:

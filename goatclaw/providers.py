@@ -262,24 +262,49 @@ def model_problems(pipeline: Any, root: Path | None = None, cassette: Path | Non
     return problems
 
 
-def _task_needs(args: Mapping[str, Any]) -> dict[str, bool]:
-    """What a task's ``with:`` needs of a model, as far as the file says (tools, an image part)."""
+def _task_needs(args: Mapping[str, Any], uses: str = "llm") -> dict[str, bool]:
+    """What a task's ``with:`` needs of a model, as far as the file says (tools, an image part, JSON mode)."""
     found = {}
-    if args.get("tools"):
+    if args.get("tools") or uses == "agent":
         found["tools"] = True
     messages = args.get("messages")
     if isinstance(messages, list) and any(
             isinstance(m, Mapping) and isinstance(m.get("content"), list)
             and any(isinstance(p, Mapping) and p.get("type") == "image_url" for p in m["content"]) for m in messages):
         found["vision"] = True
+    if args.get("output") == "json":
+        found["json_mode"] = True
     return found
 
 
-def capability_problems(pipeline: Any) -> list[Any]:
-    """A warning for each ``llm`` task none of whose constant models has what it needs (litellm's model map).
+def _prompt_tokens(args: Mapping[str, Any]) -> int | None:
+    """The prompt's size in tokens as the run estimates it (characters / 4), when the file's text is all of it.
 
-    The map is read from litellm's bundled file (litellm is not imported); a model the map
-    does not know may have it, so a chain with one is not warned about.
+    ``None`` when a template fills part of it: its size is known only when the run renders it.
+    """
+    from goatclaw.template import has_template
+
+    parts: list[str] = []
+    for key in ("prompt", "system", "goal", "context"):
+        if isinstance(args.get(key), str):
+            parts.append(args[key])
+    messages = args.get("messages")
+    if isinstance(messages, list):
+        parts += [str(m.get("content", "")) for m in messages if isinstance(m, Mapping)]
+    if not parts or any(has_template(p) for p in parts) or isinstance(messages, str):
+        return None
+    return sum(len(p) for p in parts) // 4 + 1
+
+
+def capability_problems(pipeline: Any) -> list[Any]:
+    """A warning for each ``llm`` or ``agent`` task none of whose constant models has what it needs.
+
+    What it needs: tools, an image part, room for its prompt when the file gives all of it
+    (``context``: longer than the model's ``max_input_tokens``), and JSON mode (``output:
+    json``) where litellm is already imported: the map does not say it, so ``validate`` leaves
+    JSON mode to the run's routing.
+    litellm's model map is read from its bundled file (litellm is not imported); a model the
+    map does not know may have it, so a chain with one is not warned about.
     """
     from goatclaw.errors import Problem
     from goatclaw.spec.loader import dotted
@@ -287,21 +312,23 @@ def capability_problems(pipeline: Any) -> list[Any]:
     problems: list[Any] = []
     for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_):
         for task in group.values():
-            if task.uses != "llm" or not isinstance(task.with_, Mapping) or not isinstance(
+            if task.uses not in ("llm", "agent") or not isinstance(task.with_, Mapping) or not isinstance(
                     task.with_.get("model"), (str, list, Mapping)):
                 continue
-            wanted = _task_needs(task.with_)
+            wanted = _task_needs(task.with_, task.uses)
+            tokens = _prompt_tokens(task.with_)
             model = task.with_["model"]
             if isinstance(model, Mapping) and isinstance(model.get("cascade"), list):
                 model = model["cascade"]
             names = _names(model)
-            if not wanted or not names or len(names) < _model_count(model):
+            if not (wanted or tokens) or not names or len(names) < _model_count(model):
                 continue
             from goatclaw.llm import lacks
 
-            missing = {name: lacks(name, wanted) for name in names}
+            missing = {name: lacks(name, wanted, tokens) for name in names}
             if all(missing.values()):
-                need = ", ".join(sorted({n for m in missing.values() for n in m}))
+                need = ", ".join(f"a prompt of ~{tokens:,} tokens (context)" if n == "context" else n
+                                 for n in sorted({n for m in missing.values() for n in m}))
                 path = (*task.path, "with", "model")
                 problems.append(Problem(pipeline.locate(path), dotted(path),
                                         f"no model of the chain supports {need} (litellm's model map): "

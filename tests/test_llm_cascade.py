@@ -251,6 +251,27 @@ def test_a_run_without_a_model_uses_the_choice_and_says_why(project, write_pipel
     assert choice["data"]["model"] == "openai/gpt-4o-mini" and "OPENAI_API_KEY is set (env)" in choice["data"]["why"]
 
 
+def test_a_run_recorded_with_the_choice_replays_where_no_key_is_set(project, write_pipeline, no_keys, srv,
+                                                                    monkeypatch) -> None:
+    """Recorded with OPENAI_API_KEY set (the choice: gpt-4o-mini), replayed without any key: the cassette's model."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_API_BASE", srv.api_base)
+    srv.respond = lambda body: Reply("recorded answer")
+    path = write_pipeline("version: 1\ntasks:\n  ask: {uses: llm, with: {prompt: hi}}\n")
+    recorded = goatclaw.run(path, llm="record")
+    assert recorded.ok, recorded.tasks["ask"].error
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_API_BASE")
+    srv.requests.clear()
+    replayed = goatclaw.run(path, llm="replay")
+    assert replayed.ok, replayed.tasks["ask"].error
+    assert replayed.tasks["ask"].output["text"] == "recorded answer" and srv.requests == []
+    with Store.open(replayed.store_path) as db:
+        [choice] = [e for e in db.events(replayed.run_id) if e["topic"] == "llm.choice"]
+    assert choice["data"]["model"] == "openai/gpt-4o-mini"
+    assert "replaying p.cassette.json, whose answers all came from openai/gpt-4o-mini" in choice["data"]["why"]
+
+
 def test_fix_applies_to_the_last_model_of_a_cascade(write_pipeline, srv) -> None:
     def respond(body: dict[str, Any]) -> Reply:
         fed_back = "rejected because" in json.dumps(body["messages"])
@@ -328,3 +349,77 @@ def test_images_and_long_prompts_skip_models_the_map_says_cannot_take_them(srv, 
     assert response.model == CHEAP and [r["model"] for r in srv.requests] == ["gpt-4o-mini"]
     assert response.skipped == [{"model": "openai/gpt-3.5-turbo-16k", "lacks": lacks}]
     assert ("llm.skip", {"model": "openai/gpt-3.5-turbo-16k", "lacks": lacks}) in events
+
+
+@pytest.mark.parametrize("model", ["${{ vars.chain }}", "{cascade: '${{ vars.chain.cascade }}'}"])
+def test_a_cascade_a_var_gives_escalates_like_a_written_one(write_pipeline, srv, model) -> None:
+    """``model: ${{ vars.chain }}`` (or ``{cascade: ${{ … }}}``): the rendered cascade is a cascade, not one model."""
+    srv.respond = by_model({"gpt-4o-mini": "maybe", "gpt-4.1-mini": "YES"})
+    path = write_pipeline(f"""
+        version: 1
+        name: cascade-var
+        vars:
+          chain: {{cascade: [{CHEAP}, {MIDDLE}]}}
+        tasks:
+          answer:
+            uses: llm
+            retry: {{attempts: 1}}
+            with:
+              model: {model}
+              api_base: {srv.api_base}
+              api_key: sk-test
+              prompt: Is the sky blue? Answer YES or NO.
+            validate:
+              - expr: "output.text == 'YES'"
+        """)
+    result = goatclaw.run(path)
+    assert result.ok, result.tasks["answer"].error
+    assert [r["model"] for r in srv.requests] == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert result.tasks["answer"].output["cascade"]["answered_by"] == MIDDLE
+
+
+@pytest.mark.parametrize(("models", "prompt", "warned"), [
+    (["openai/gpt-3.5-turbo-16k"], "word " * 20_000, True),       # ~25k tokens: over its 16k input window
+    (["openai/gpt-3.5-turbo-16k", CHEAP], "word " * 20_000, False),  # gpt-4o-mini takes 128k
+    (["openai/gpt-3.5-turbo-16k"], "word " * 100, False),
+    (["openai/gpt-3.5-turbo-16k"], "word ${{ vars.more }} " * 20_000, False),  # its size is known when it renders
+])
+def test_validate_warns_when_the_files_prompt_fits_no_model_of_the_chain(write_pipeline, models, prompt,
+                                                                         warned) -> None:
+    path = write_pipeline(f"""
+        version: 1
+        name: long-prompt
+        vars: {{more: x}}
+        tasks:
+          ask:
+            uses: llm
+            with:
+              model: {json.dumps(models)}
+              api_base: http://127.0.0.1:9
+              api_key: sk-test
+              prompt: {json.dumps(prompt)}
+        """)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    line = "no model of the chain supports a prompt of ~25,001 tokens (context)"
+    assert (line in result.output) is warned, result.output
+    if warned:
+        assert "gpt-3.5-turbo-16k lacks context" in result.output
+
+
+def test_validate_warns_when_no_model_of_an_agent_calls_tools(write_pipeline) -> None:
+    path = write_pipeline("""
+        version: 1
+        name: agent-tools
+        tasks:
+          find:
+            uses: agent
+            with:
+              model: openai/gpt-3.5-turbo-16k
+              api_base: http://127.0.0.1:9
+              api_key: sk-test
+              goal: Slug it.
+              tools: [{uses: slugify}]
+        """)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert "tasks.find.with.model: no model of the chain supports tools" in result.output, result.output

@@ -21,7 +21,7 @@ from goatclaw.errors import TaskError, TemplateError
 from goatclaw.fix import CascadeInputs, FeedbackInputs, diff, fix_llm, repair_messages
 from goatclaw.registry import Plugin, Registry
 from goatclaw.spec.model import Pipeline, Task
-from goatclaw.template import Compiled
+from goatclaw.template import Compiled, check_value, compile_value
 from goatclaw.validation import (
     JUDGE_SCHEMA,
     JudgeFn,
@@ -114,11 +114,22 @@ class OutputChecks:
 
         return judge
 
-    def _cascade_of(self, task: Task) -> dict[str, Any] | None:
-        """``{cascade, feedback}`` when ``task`` is an ``llm`` task with a cascade (its own or the project's)."""
+    def _cascade_of(self, task: Task, context: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """``{cascade, feedback}`` when ``task`` is an ``llm`` task with a cascade (its own or the project's).
+
+        A templated ``model:`` (``${{ vars.models }}``, or ``{cascade: ${{ vars.models }}}``) is
+        rendered with the task's ``context`` first: a cascade that a var or an upstream output
+        gives is a cascade too. A template that cannot render here is left to the task's
+        attempt, which reports it.
+        """
         if task.uses != "llm" or not task.validate or not isinstance(task.with_, Mapping):
             return None
         model = task.with_.get("model")
+        if context is not None and any(True for _ in check_value(model)):
+            try:
+                model = compile_value(model).render(context)
+            except TemplateError:
+                return None
         if model is None:
             from goatclaw import llm as room
 

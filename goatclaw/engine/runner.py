@@ -676,7 +676,7 @@ class _Runner(OutputChecks, ToolCalls):
         The successful attempt is the task's own row; the attempts table keeps the failures.
         With ``fix:``, a rejected output goes through the fix loop (``compiled`` is given there).
         """
-        if compiled is None and (cascade := self._cascade_of(task)) is not None:
+        if compiled is None and (cascade := self._cascade_of(task, context)) is not None:
             return await self._cascade_loop(task, plugin, res, context, index, cascade)
         if compiled is None and task.fix is not None and task.validate:
             return await self._fix_loop(task, plugin, res, context, index)

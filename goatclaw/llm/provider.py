@@ -486,7 +486,8 @@ def lacks(model: str, needs: Mapping[str, Any], prompt_tokens: int | None = None
 
     ``context`` is lacking when ``prompt_tokens`` is over the model's ``max_input_tokens``.
     An unknown model lacks nothing (it is tried); JSON mode is asked of litellm's
-    supported parameters when litellm is imported.
+    supported parameters when litellm is imported (the map does not say it; ``goatclaw
+    validate``, which does not import litellm, leaves it to the run).
     """
     entry = model_entry(model)
     if entry is None:
