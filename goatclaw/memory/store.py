@@ -26,6 +26,7 @@ import sqlite_vec
 
 from goatclaw.errors import GoatclawError, StoreError
 from goatclaw.memory.embedders import Embedder, embedder_for
+from goatclaw.memory.index import ADDED, REMOVED, VectorIndex, bump
 from goatclaw.store import Store
 
 __all__ = ["KINDS", "MERGE_THRESHOLD", "Hit", "Memory", "MemoryStore", "Pattern", "open_memory"]
@@ -36,6 +37,13 @@ MERGE_THRESHOLD = 0.95
 #: What a memory is worth when ``max_memories`` forces some out (times its count).
 _VALUE = {"fix": 4, "failure": 3, "note": 3, "run": 1, "output": 1}
 _VEC_K_MAX = 4096  # sqlite-vec's largest k
+#: Searches of one store in one process after which its vectors are held in memory (:mod:`.index`): a
+#: one-off command answers from sqlite-vec without reading every vector; a long-lived process stops scanning.
+#: Reading 100k vectors costs about as much as 60 sqlite-vec searches (benchmarks/memory.py), so the switch
+#: pays for itself once that many were made.
+INDEX_AFTER = 64
+_INDEXES: dict[str, VectorIndex] = {}
+_SEARCHES: dict[str, int] = {}
 #: Metadata keys that must agree for two memories to be merged into one.
 _SAME = ("pipeline", "task")
 
@@ -113,9 +121,12 @@ class MemoryStore:
     listing, forgetting and stats never load it.
     """
 
-    def __init__(self, store: Store, embedder: Embedder | str | None = None) -> None:
+    def __init__(self, store: Store, embedder: Embedder | str | None = None, *, index: bool | None = None) -> None:
         self.store = store
         self.db = store.db
+        #: ``True``: search the in-memory index at once; ``False``: always sqlite-vec; ``None``: the index after
+        #: :data:`INDEX_AFTER` searches of this store in this process.
+        self.index = index
         self._embedder_ref = embedder
         self._embedder: Embedder | None = embedder if not isinstance(embedder, str | None) else None
         self._checked = False
@@ -215,6 +226,7 @@ class MemoryStore:
                                                     json.dumps(origins)))
         mid = int(cur.lastrowid)
         db.execute("INSERT INTO memory_vectors (rowid, embedding, kind) VALUES (?,?,?)", (mid, vec.tobytes(), kind))
+        bump(db, ADDED)
         return Memory(mid, kind, text, dict(meta), 1, now, now, list(origins))
 
     def _merge_into(self, db: Any, old: Memory, meta: Mapping[str, Any], now: float, count: int = 1,
@@ -245,6 +257,7 @@ class MemoryStore:
             db.execute(f"DELETE FROM memories WHERE id IN ({marks})", chunk)
             if has_vectors:
                 db.execute(f"DELETE FROM memory_vectors WHERE rowid IN ({marks})", chunk)
+                bump(db, REMOVED)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -263,6 +276,9 @@ class MemoryStore:
             return []
         # Metadata filters apply after the nearest-neighbour step, so ask for more neighbours.
         fetch = k + len(exclude) if not filters else max(k * 20, 200)
+        held = self._held()
+        if held is not None:
+            return self._hits(held.search(vector, fetch, kind), k, filters, min_score, set(exclude))
         sql = "SELECT rowid, distance FROM memory_vectors WHERE embedding MATCH ? AND k = ?"
         args: list[Any] = [np.asarray(vector, dtype=np.float32).tobytes(), min(fetch, _VEC_K_MAX)]
         if kind is not None:
@@ -270,6 +286,19 @@ class MemoryStore:
             args.append(kind)
         found = [(int(r), 1.0 - float(d) ** 2 / 2.0) for r, d in self.db.execute(sql, args)]
         return self._hits(found, k, filters, min_score, set(exclude))
+
+    def _held(self) -> VectorIndex | None:
+        """The store's vectors in memory, refreshed, when this search should use them (see ``index``)."""
+        key = str(self.store.path)
+        if self.index is False or (self.index is None and _SEARCHES.get(key, 0) < INDEX_AFTER):
+            _SEARCHES[key] = _SEARCHES.get(key, 0) + 1
+            return None
+        dim = self.recorded()[1] or 0
+        held = _INDEXES.get(key)
+        if held is None or held.dim != dim:
+            held = _INDEXES[key] = VectorIndex(dim)
+        held.refresh(self.db)
+        return held
 
     def _hits(self, found: list[tuple[int, float]], k: int, filters: Mapping[str, Any] | None,
               min_score: float | None, exclude: set[int]) -> list[Hit]:
@@ -425,8 +454,9 @@ class MemoryStore:
         vectors = [emb.embed([r[2] for r in rows[s:s + batch]]) for s in range(0, len(rows), batch)]
         with self.store.transaction() as db:
             db.execute("DROP TABLE IF EXISTS memory_vectors")
-            db.execute("DELETE FROM memory_meta")
+            db.execute("DELETE FROM memory_meta WHERE key IN ('embedder', 'dim')")
             _record(db, emb)
+            bump(db, REMOVED)  # every vector replaced: an index in memory reads them again
             flat = (v for block in vectors for v in block)
             db.executemany("INSERT INTO memory_vectors (rowid, embedding, kind) VALUES (?,?,?)",
                            ((r[0], v.tobytes(), r[1]) for r, v in zip(rows, flat, strict=True)))
