@@ -231,48 +231,84 @@ def tool_loops(n: int, concurrency: int, calls: int, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", default="1,50,100",
+                        help="calls in flight; a comma-separated list runs the table once for each (default 1,50,100)")
     parser.add_argument("--tools", type=int, default=0, help="time the tool loop: K tool calls per loop")
     parser.add_argument("--repeat", type=int, default=3, help="with --tools: the best of this many runs per way")
     parser.add_argument("--smoke", action="store_true",
                         help="a few calls, then a few tool loops, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if args.smoke:
-        calls(20, 5)
+        calls(20, [1, 5])
         tool_loops(5, 5, 2, 1)
         return
     if args.tools:
-        tool_loops(args.n, args.concurrency, args.tools, args.repeat)
+        tool_loops(args.n, levels[-1], args.tools, args.repeat)
         return
-    calls(args.n, args.concurrency)
+    calls(args.n, levels)
 
 
-def calls(n: int, concurrency: int) -> None:
-    """The calls table: ``n`` calls three ways (litellm direct, the LLM room, ``goatclaw.run``)."""
+def calls(n: int, levels: list[int]) -> None:
+    """The calls table for each concurrency in ``levels``: ``n`` calls three ways, in the same run.
+
+    The ways: litellm direct, the LLM room, ``goatclaw.run``. The server answers at once, so
+    the wall time at concurrency 1 is mostly the client's own work; at 50 and 100 the server
+    (another process) paces them. The CPU column is this process's CPU time (the server's is
+    not in it), so ``CPU overhead`` is goatclaw's own work per call, whatever the pacing.
+    """
     proc, api_base = start_server()
+    rounds = 5 if n >= 100 else 1
+    per = max(1, n // rounds)
+    tables = []
     try:
         asyncio.run(direct(api_base, 20, 5))  # warm up: litellm's import and first client
-        rows = []
-        wall, lat = asyncio.run(direct(api_base, n, concurrency))
-        rows.append(("litellm.acompletion direct", wall, lat))
-        wall, lat = asyncio.run(room_calls(api_base, n, concurrency))
-        rows.append(("goatclaw.llm.complete", wall, lat))
-        with tempfile.TemporaryDirectory() as tmp:
-            wall, lat = pipeline_run(api_base, n, concurrency, Path(tmp))
-        rows.append((f"goatclaw.run, {n} llm tasks", wall, lat))
+        for concurrency in levels:
+            ways: dict[str, list[tuple[float, list[float], float]]] = {}
+            for _ in range(rounds):  # interleaved: the machine's drift falls on every way alike
+                for name, fn in _ways(api_base, per, concurrency):
+                    (wall, lat), cpu = _timed(fn)
+                    ways.setdefault(name, []).append((wall, lat, cpu))
+            tables.append((concurrency, ways))
     finally:
         proc.terminate()
         proc.wait(5)
-    base = rows[0][1]
-    print(f"{n} calls at concurrency {concurrency} against the local server "
-          f"(Python {sys.version.split()[0]})")
-    print("| way | wall s | calls/s | wall ms/call | median call ms | overhead ms/call vs direct |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, wall, lat in rows:
-        over = "-" if wall is base else f"{(wall - base) * 1000 / n:+.2f}"
-        print(f"| {name} | {wall:.2f} | {n / wall:.0f} | {wall * 1000 / n:.2f} | "
-              f"{statistics.median(lat):.1f} | {over} |")
+    print(f"{per * rounds} calls against the local server per way and concurrency, in {rounds} interleaved rounds; "
+          f"medians of the rounds (Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f})")
+    print("| concurrency | way | calls/s | median call ms | CPU ms/call | CPU overhead ms/call vs direct "
+          "| wall overhead ms/call |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for concurrency, ways in tables:
+        base_wall = statistics.median(w for w, _, _ in ways["litellm.acompletion direct"]) / per
+        base_cpu = statistics.median(c for _, _, c in ways["litellm.acompletion direct"]) / per
+        for name, runs in ways.items():
+            wall = statistics.median(w for w, _, _ in runs) / per
+            cpu = statistics.median(c for _, _, c in runs) / per
+            lat = statistics.median(x for _, ls, _ in runs for x in ls)
+            first = name == "litellm.acompletion direct"
+            print(f"| {concurrency} | {name} | {1 / wall:.0f} | {lat:.1f} | {cpu * 1000:.3f} | "
+                  f"{'-' if first else f'{(cpu - base_cpu) * 1000:+.3f}'} | "
+                  f"{'-' if first else f'{(wall - base_wall) * 1000:+.2f}'} |")
+
+
+def _ways(api_base: str, n: int, concurrency: int) -> list[tuple[str, Any]]:
+    """The three ways to make ``n`` calls, each a function returning ``(wall, latencies)``."""
+
+    def run_pipeline() -> tuple[float, list[float]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return pipeline_run(api_base, n, concurrency, Path(tmp))
+
+    return [("litellm.acompletion direct", lambda: asyncio.run(direct(api_base, n, concurrency))),
+            ("goatclaw.llm.complete", lambda: asyncio.run(room_calls(api_base, n, concurrency))),
+            ("goatclaw.run of llm tasks", run_pipeline)]
+
+
+def _timed(fn: Any) -> tuple[tuple[float, list[float]], float]:
+    """``fn()``'s ``(wall, latencies)`` and the CPU seconds this process spent in it."""
+    cpu = time.process_time()
+    out = fn()
+    return out, time.process_time() - cpu
 
 
 if __name__ == "__main__":
