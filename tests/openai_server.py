@@ -140,6 +140,9 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out as two writes: with Nagle's algorithm on, the body waits for the
+            # client's delayed ACK of the headers (~40 ms a call on a kept-alive connection)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
