@@ -217,8 +217,7 @@ class FakeOpenAI:
                 except OSError:
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -242,6 +241,13 @@ class FakeOpenAI:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog for 100 clients connecting at once (the default is 5)."""
+
+    daemon_threads = True
+    request_queue_size = 256
 
 
 def tool_caller(calls: int) -> Callable[[dict[str, Any]], Reply]:
