@@ -36,7 +36,7 @@ from goatclaw.providers import model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
 from goatclaw.security.secrets import Redactor
-from goatclaw.spec.loader import dotted, gc_frozen, gc_paused, load_file, load_text
+from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document
@@ -44,8 +44,8 @@ from goatclaw.store import Store
 from goatclaw.tools import mcp as mcp_room
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["arun", "check", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "permissions_of", "plan",
-           "run"]
+__all__ = ["append_run_events", "arun", "check", "dump_yaml", "load", "load_project_for", "mcp_pool", "mcp_tools",
+           "parse_var", "past_runs", "permissions_of", "plan", "run"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -157,6 +157,32 @@ def permissions_of(pipeline: Pipeline, *, registry: Registry | None = None) -> l
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
     return permissions_table(pipeline, project.root, registry or _registry_for(project))
+
+
+def append_run_events(store_path: str | os.PathLike[str], run_id: str,
+                      events: Sequence[tuple[float, str, str | None, Mapping[str, Any]]]) -> None:
+    """Add ``(ts, topic, task, data)`` events to a stored run after its own (the planner's ``llm.call`` events).
+
+    They commit in one transaction after the run's last event, so ``goatclaw runs show`` counts
+    the calls and their cost with the run's.
+    """
+    import json
+
+    if not events:
+        return
+    with Store.open(store_path) as db:
+        last = max((e["seq"] for e in db.events(run_id)), default=0)
+        rows = [(run_id, last + i, ts, topic, task, json.dumps(dict(data), default=str))
+                for i, (ts, topic, task, data) in enumerate(events, start=1)]
+        db.write_batch(events=rows)
+
+
+def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest stored runs of ``pipeline``: ``{id, status, error}``; ``[]`` without a store file."""
+    if store_path is None or not Path(store_path).is_file():
+        return []
+    with Store.open(store_path) as db:
+        return [{"id": r.id, "status": r.status, "error": r.error} for r in db.runs(limit=limit, pipeline=pipeline)]
 
 
 def redactor_for(pipeline: Pipeline) -> Any:
