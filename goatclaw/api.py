@@ -177,8 +177,8 @@ def append_run_events(store_path: str | os.PathLike[str], run_id: str,
         db.write_batch(events=rows)
 
 
-def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str, limit: int = 5) -> list[dict[str, Any]]:
-    """The latest stored runs of ``pipeline``: ``{id, status, error}``; ``[]`` without a store file."""
+def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str | None, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest stored runs of ``pipeline`` (``None``: of any): ``{id, status, error}``; ``[]`` without a store."""
     if store_path is None or not Path(store_path).is_file():
         return []
     with Store.open(store_path) as db:

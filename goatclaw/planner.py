@@ -217,8 +217,8 @@ def _file_text(goal: str, name: str, data: Any, model: str) -> str | None:
     """The YAML file of a draft, its goal first; ``None`` when the answer is not a JSON object."""
     if not isinstance(data, dict):
         return None
-    data = {"version": 1, **{k: v for k, v in data.items() if k != "name"}, "name": name} if "version" not in data \
-        else {**data, "name": name}
+    data = {"version": data.get("version", 1), "name": name,
+            **{k: v for k, v in data.items() if k not in ("version", "name")}}
     one_line = " ".join(goal.split())
     head = (f"{GOAL_PREFIX}{one_line}\n# yaml-language-server: $schema=../schemas/pipeline.schema.json\n"
             f"# Planned by `goatclaw run` with {model}; checked like any pipeline. Run: goatclaw apply {name}.yaml\n")
