@@ -221,7 +221,7 @@ def _file_text(goal: str, name: str, data: Any, model: str) -> str | None:
             **{k: v for k, v in data.items() if k not in ("version", "name")}}
     one_line = " ".join(goal.split())
     head = (f"{GOAL_PREFIX}{one_line}\n# yaml-language-server: $schema=../schemas/pipeline.schema.json\n"
-            f"# Planned by `goatclaw run` with {model}; checked like any pipeline. Run: goatclaw apply {name}.yaml\n")
+            f"# Planned by `goatclaw run` with {model} and checked like any pipeline; re-run it with goatclaw apply.\n")
     return head + api.dump_yaml(data)
 
 
@@ -274,6 +274,8 @@ async def aplan_goal(goal: str, *, project: Any = None, model: str | None = None
     chosen_model, chosen, endpoints = _planning_model(project, model)
     tape = llm_room.Cassette(Path(cassette) if cassette else path.with_suffix(".cassette.json")) \
         if mode != "live" else None
+    if tape is not None and mode == "record":
+        tape.path.parent.mkdir(parents=True, exist_ok=True)  # the plan's folder: its cassette is written first
     session = llm_room.Session(mode=mode, model=chosen_model, cassette=tape, budget_usd=max_cost, endpoints=endpoints,
                                chosen=chosen)
     schema, digest = _schema_digest()

@@ -115,3 +115,96 @@ def test_a_planned_file_never_overwrites_a_different_one(project: Path, monkeypa
         assert run(GOAL).exit_code == 0
     assert mine.read_text() == "# my own\n"
     assert (project / "pipelines" / "write-a-greeting-to-out-hello-2.yaml").exists()
+
+
+def test_planning_recorded_once_replays_offline_with_no_server(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAI(scripted(answer(BROKEN), answer(FIXED))) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.api_base)
+        recorded = run(GOAL, "--llm", "record", "--dry-run")
+    assert recorded.exit_code == 0, recorded.output
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: only the cassette can answer
+    monkeypatch.delenv("OPENAI_API_KEY")
+    replayed = run(GOAL, "--llm", "replay", "--dry-run")
+    assert replayed.exit_code == 0, replayed.output
+    assert "draft 1: 3 problems, sent back for repair" in replayed.output and "draft 2: valid" in replayed.output
+
+
+def test_the_shipped_planned_example_replays_offline_in_goatclaw_test() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    result = CliRunner().invoke(app, ["test", str(repo / "pipelines" / "summarise-the-languages-catalogue-into-out"
+                                                         ".test.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "1 passed" in result.output
+    cassette = json.loads((repo / "pipelines" / "summarise-the-languages-catalogue-into-out.cassette.json")
+                          .read_text())
+    planning = [e for e in cassette["exchanges"].values()
+                if e["request"]["messages"][0]["content"].startswith("You write goatclaw pipeline files")]
+    assert len(planning) == 2  # the first draft and its repair were recorded beside the run's own call
+
+
+# -- which model plans: zero-config (goatclaw/providers.py's choice) -------------------------------------
+
+
+@pytest.fixture
+def no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from goatclaw.providers import PROVIDERS
+
+    (tmp_path / "goatclaw.yaml").write_text("version: 1\n")
+    monkeypatch.chdir(tmp_path)
+    for provider in PROVIDERS.values():
+        for key in provider.keys:
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OLLAMA_API_BASE", "http://127.0.0.1:9")  # no Ollama unless a test starts one
+    return tmp_path
+
+
+def _planner_model() -> tuple[str, str | None, dict[str, Any]]:
+    from goatclaw.api import load_project_for
+    from goatclaw.planner import _planning_model
+
+    return _planning_model(load_project_for(None), None)
+
+
+def test_with_no_model_a_key_in_the_environment_plans(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant")
+    model, why, _ = _planner_model()
+    assert model == "anthropic/claude-3-5-haiku-latest" and "ANTHROPIC_API_KEY is set (env)" in str(why)
+
+
+def test_with_no_model_a_key_in_dotenv_plans(no_model: Path) -> None:
+    (no_model / ".env").write_text("OPENAI_API_KEY=sk-dotenv\n")
+    model, why, _ = _planner_model()
+    assert model == "openai/gpt-4o-mini" and "OPENAI_API_KEY is set (.env)" in str(why)
+
+
+def test_with_no_model_and_no_key_a_local_ollama_plans_with_its_first_model(
+        no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Tags(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"models": [{"name": "qwen2.5:0.5b"}]}).encode()
+            self.send_response(200 if self.path == "/api/tags" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tags)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("OLLAMA_API_BASE", url)
+        model, why, endpoints = _planner_model()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert model == "ollama/qwen2.5:0.5b" and endpoints[model].api_base == url and "Ollama answers" in str(why)
+
+
+def test_with_no_model_anywhere_planning_says_how_to_get_one(no_model: Path) -> None:
+    result = run(GOAL, "--yes")
+    assert result.exit_code == 1 and "no model to plan with" in result.output
