@@ -439,8 +439,8 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
         found = choose_model(project.root)
         if found is not None:
             model, chosen = found["model"], found["why"]
-            if found["api_base"]:
-                endpoints[model] = llm_room.Endpoint(api_base=found["api_base"])
+            if found["api_base"] or found.get("api_key"):  # a local server, or a key kept in the OS keyring
+                endpoints[model] = llm_room.Endpoint(api_base=found["api_base"], api_key=found.get("api_key"))
     return llm_room.Session(
         mode=mode, model=model, fallbacks=project.fallbacks, cassette=tape, chosen=chosen,
         cascade=project.cascade, cascade_feedback=project.cascade_feedback,

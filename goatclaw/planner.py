@@ -249,8 +249,8 @@ def _planning_model(project: Any, model: str | None) -> tuple[str, str | None, d
     if found is None:
         raise GoatclawError("no model to plan with: set OPENAI_API_KEY (or another provider's key) in the environment "
                             "or .env, start Ollama, pass --model, or set model: in goatclaw.yaml (goatclaw doctor)")
-    if found["api_base"]:
-        endpoints[found["model"]] = llm_room.Endpoint(api_base=found["api_base"])
+    if found["api_base"] or found.get("api_key"):  # a local server, or a key kept in the OS keyring
+        endpoints[found["model"]] = llm_room.Endpoint(api_base=found["api_base"], api_key=found.get("api_key"))
     return found["model"], found["why"], endpoints
 
 

@@ -619,6 +619,7 @@ from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import goal as _goal  # noqa: E402, F401  (run "GOAL": goatclaw/planner.py)
 from goatclaw.cli import history as _history  # noqa: E402, F401
+from goatclaw.cli import init as _init  # noqa: E402, F401  (init)
 from goatclaw.cli import mcp as _mcp  # noqa: E402, F401  (mcp tools)
 from goatclaw.cli import mcp_serve as _mcp_serve  # noqa: E402, F401  (mcp serve; the group: cli/mcp_group.py)
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
