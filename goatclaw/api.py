@@ -32,20 +32,20 @@ from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
-from goatclaw.providers import model_problems, read_dotenv
+from goatclaw.providers import choose_model, model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
-from goatclaw.spec.schema import check_document
+from goatclaw.spec.schema import check_document, schema_text
 from goatclaw.store import Store
 from goatclaw.tools import mcp as mcp_room
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["append_run_events", "arun", "check", "dump_yaml", "load", "load_project_for", "mcp_pool", "mcp_tools",
-           "parse_var", "past_runs", "permissions_of", "plan", "run"]
+__all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
+           "mcp_tools", "parse_var", "past_runs", "permissions_of", "plan", "run", "schema_text"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -434,8 +434,6 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     cache_setting = settings.get("cache", True)
     model, endpoints, chosen = project.model, _endpoints(project), None
     if model is None and mode != "replay" and _has_llm_tasks(pipeline):
-        from goatclaw.providers import choose_model
-
         found = choose_model(project.root)
         if found is not None:
             model, chosen = found["model"], found["why"]

@@ -164,9 +164,7 @@ def similar_goals(project: Any, goal: str, *, limit: int = 3, threshold: float =
 
 def _schema_digest() -> tuple[dict[str, Any], str]:
     """The pipeline JSON Schema (for structured output) and a digest of it for the prompt."""
-    from goatclaw.spec.schema import schema_text
-
-    schema = json.loads(schema_text("pipeline"))
+    schema = json.loads(api.schema_text("pipeline"))
     lines = ["top-level keys:"]
     lines += [f"  {k}: {v.get('description', '')}" for k, v in schema["properties"].items()]
     defs = schema["$defs"]
@@ -238,14 +236,12 @@ def _check_draft(text: str, path: Path, project: Any, registry: Any, mode: str) 
 
 def _planning_model(project: Any, model: str | None) -> tuple[str, str | None, dict[str, llm_room.Endpoint]]:
     """The model that plans (``--model``, goatclaw.yaml's, else the zero-config choice), why, and its endpoints."""
-    from goatclaw.providers import choose_model
-
     endpoints: dict[str, llm_room.Endpoint] = {}
     for name, entry in (project.endpoints or {}).items():
         endpoints[name] = llm_room.Endpoint(api_base=entry.get("api_base"))
     if model or project.model:
         return str(model or project.model), None, endpoints
-    found = choose_model(project.root)
+    found = api.choose_model(project.root)
     if found is None:
         raise GoatclawError("no model to plan with: set OPENAI_API_KEY (or another provider's key) in the environment "
                             "or .env, start Ollama, pass --model, or set model: in goatclaw.yaml (goatclaw doctor)")
