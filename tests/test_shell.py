@@ -135,3 +135,24 @@ def test_model_is_switched_in_the_project_file_keeping_its_comments(project: Pat
     set_model(project / "goatclaw.yaml", "anthropic/claude-3-5-haiku-latest")
     assert (project / "goatclaw.yaml").read_text() == \
         "# my project\nversion: 1\nmodel: anthropic/claude-3-5-haiku-latest\n"
+
+
+def _complete(project: Path, words: str, shell: str = "bash") -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "_GOATCLAW_COMPLETE": f"complete_{shell}",
+           "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) if words.endswith(" ") else
+                                                    len(words.split()) - 1), "_TYPER_COMPLETE_ARGS": words,
+           "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    return subprocess.run([sys.executable, "-m", "goatclaw"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_typer_completion_offers_pipeline_files_and_run_ids(project: Path, shell: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "slow.yaml" in _complete(project, "goatclaw apply ", shell)
+    monkeypatch.chdir(project)
+    (project / "hi.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n")
+    import goatclaw
+
+    done = goatclaw.run(project / "hi.yaml")
+    assert done.run_id in _complete(project, "goatclaw runs show ", shell)
