@@ -208,3 +208,15 @@ def test_with_no_model_and_no_key_a_local_ollama_plans_with_its_first_model(
 def test_with_no_model_anywhere_planning_says_how_to_get_one(no_model: Path) -> None:
     result = run(GOAL, "--yes")
     assert result.exit_code == 1 and "no model to plan with" in result.output
+
+
+def test_a_similar_goal_planned_before_and_how_its_run_went_are_in_the_next_prompt(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAI(scripted(answer(FIXED))) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.api_base)
+        assert run(GOAL, "--yes").exit_code == 0
+        assert "Similar goals planned before" not in srv.requests[0]["messages"][0]["content"]
+        assert run("Write a greeting to out/hello.txt in French", "--dry-run").exit_code == 0
+    system = srv.requests[1]["messages"][0]["content"]
+    assert "## Similar goals planned before" in system
+    assert f"'{GOAL}' -> pipelines/write-a-greeting-to-out-hello.yaml: succeeded" in system

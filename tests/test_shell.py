@@ -110,6 +110,10 @@ def test_the_shell_shows_status_plans_and_runs_a_goal_cancels_a_run_on_ctrl_c_an
     screen = tmux.wait_for("cancelled")
     tmux.wait_for("goatclaw>", after=3)  # the shell is still there
 
+    tmux.send("model bad!name", "Enter")
+    tmux.wait_for("is not a model name")  # refused, and the shell goes on
+    tmux.wait_for("goatclaw>", after=4)
+
     tmux.send("quit", "Enter")
     tmux.wait_for("shell ended")
     history = (project / ".goatclaw" / "shell_history").read_text()

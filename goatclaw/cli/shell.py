@@ -53,6 +53,8 @@ class Shell:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
 
+        from goatclaw.errors import GoatclawError
+
         history = self.root / ".goatclaw" / "shell_history"
         history.parent.mkdir(parents=True, exist_ok=True)
         session: PromptSession[str] = PromptSession(history=FileHistory(str(history)), completer=_completer(self),
@@ -66,8 +68,13 @@ class Shell:
                 continue
             except EOFError:
                 return
-            if not self.dispatch(line.strip()):
-                return
+            try:
+                if not self.dispatch(line.strip()):
+                    return
+            except KeyboardInterrupt:  # Ctrl-C during one of the shell's own commands: that command only
+                _err().print("cancelled", highlight=False)
+            except GoatclawError as exc:  # a refused switch, an unreadable project file: said, and the shell goes on
+                _err().print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
 
     def dispatch(self, line: str) -> bool:
         """Do one line; ``False`` when the shell should end."""
@@ -107,11 +114,14 @@ class Shell:
             return 130
 
     def _switch(self, head: str, rest: list[str]) -> None:
+        from goatclaw.errors import GoatclawError
         from goatclaw.providers import DEFAULT_MODELS, PROVIDERS, ollama_models
 
         if not rest:
             _out().print(status(self.root)[0], highlight=False, markup=False)
             return
+        if len(rest) > 1:
+            raise GoatclawError(f"{head} takes one name, not {len(rest)} words")
         name = rest[0]
         if head == "provider":
             if name not in PROVIDERS:
