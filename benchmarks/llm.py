@@ -256,7 +256,7 @@ def planning(n: int) -> None:
         os.environ.update(OPENAI_BASE_URL=api_base, OPENAI_API_KEY="sk-bench")
         try:
             project = api.load_project_for(None)
-            registry = api._registry_for(project)
+            registry = api.registry_for(project)
             schema, digest = planner._schema_digest()
             messages = planner.prompt("Write a greeting", planner.catalogue(registry), planner.ceiling(project), [],
                                       digest)

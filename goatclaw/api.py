@@ -45,7 +45,7 @@ from goatclaw.tools import mcp as mcp_room
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
-           "mcp_tools", "parse_var", "past_runs", "permissions_of", "plan", "run", "schema_text"]
+           "mcp_tools", "parse_var", "past_runs", "permissions_of", "plan", "registry_for", "run", "schema_text"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -539,6 +539,11 @@ def _store_path(store: str | os.PathLike[str] | bool | None, project: Project) -
     if store is False or store is None:
         return None
     return Path(store)
+
+
+def registry_for(project: Project) -> Registry:
+    """The registry ``project``'s pipelines use (its plugin allow and deny lists applied)."""
+    return _registry_for(project)
 
 
 def _registry_for(project: Project) -> Registry:

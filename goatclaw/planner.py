@@ -263,7 +263,7 @@ async def aplan_goal(goal: str, *, project: Any = None, model: str | None = None
     when no model can be found or a call fails.
     """
     project = project or api.load_project_for(None)
-    registry = registry or api._registry_for(project)
+    registry = registry or api.registry_for(project)
     name = slug(goal)
     path = (folder or project.root / "pipelines") / f"{name}.yaml"
     mode = llm or os.environ.get("GOATCLAW_LLM") or "live"

@@ -160,3 +160,38 @@ def test_typer_completion_offers_pipeline_files_and_run_ids(project: Path, shell
 
     done = goatclaw.run(project / "hi.yaml")
     assert done.run_id in _complete(project, "goatclaw runs show ", shell)
+
+
+def test_init_on_a_terminal_asks_a_provider_and_keeps_the_key_only_in_dotenv(tmp_path: Path) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (.ci/run installs it)")
+    env = {"PYTHONPATH": str(REPO), "HOME": str(tmp_path), "PATH": os.environ["PATH"], "TERM": "xterm-256color",
+           "CI": ""}
+    tmux = Tmux(f"{sys.executable} -m goatclaw init", tmp_path, env)
+    try:
+        tmux.wait_for("provider (")
+        tmux.send("mistral", "Enter")
+        tmux.wait_for("MISTRAL_API_KEY (empty: skip)")
+        tmux.send("sk-typed-in-secret", "Enter")
+        tmux.wait_for("keep it in: keyring, dotenv or none")
+        tmux.send("dotenv", "Enter")
+        screen = tmux.wait_for("shell ended 0")
+    finally:
+        tmux.close()
+    assert "sk-typed-in-secret" not in screen  # typed hidden
+    assert "model: mistral/mistral-small-latest" in (tmp_path / "goatclaw.yaml").read_text()
+    assert "sk-typed-in-secret" not in (tmp_path / "goatclaw.yaml").read_text()
+    assert (tmp_path / ".env").read_text() == "MISTRAL_API_KEY='sk-typed-in-secret'\n"
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_goal_in_the_shell_cancelled_at_the_question_runs_and_keeps_nothing(
+        terminal: tuple[Tmux, FakeOpenAI], project: Path) -> None:
+    tmux, _ = terminal
+    tmux.wait_for("goatclaw>")
+    tmux.send("write a greeting to out/hello.txt", "Enter")
+    tmux.wait_for("run / edit / save / cancel")
+    tmux.send("cancel", "Enter")
+    tmux.wait_for("cancelled: nothing run")
+    assert not (project / "out").exists()
+    assert not (project / "pipelines" / "write-a-greeting-to-out-hello.yaml").exists()
