@@ -22,6 +22,13 @@ tool calls each) run as the bare litellm loop (the tool a plain function), throu
 ``goatclaw.run`` of ``n`` ``llm`` tasks with ``tools: [{uses: echo}]`` (each call an
 attempt of its task: grant, masking, events, audit, store). The overhead is per tool call:
 the wall difference / (n × K).
+
+``--plan`` times planning a goal (``goatclaw run "GOAL"``'s planner) instead: the server answers
+every call with a valid pipeline; ``n`` plans one after another through
+``goatclaw.planner.aplan_goal`` (the prompt from the catalogue, the ceiling and memory, the
+model call, the YAML draft and its full check), against ``n`` bare ``litellm.acompletion``
+calls with the same messages and ``response_format``. The overhead is goatclaw's own work per
+plan beyond the model's time (target: under 50 ms).
 """
 
 from __future__ import annotations
@@ -257,6 +264,69 @@ def tool_loops(n: int, concurrency: int, calls: int, repeat: int) -> None:
               f"{over} |")
 
 
+PLAN = {"version": 1, "permissions": {"files": {"write": ["out/"]}}, "tasks": {
+    "greet": {"uses": "echo", "with": {"value": "hello"}},
+    "save": {"uses": "file.write", "needs": ["greet"],
+             "with": {"path": "out/hello.txt", "content": "${{ tasks.greet.output }}"}}}}
+
+
+def planning(n: int) -> None:
+    """The planning table: ``n`` plans of a goal, and ``n`` bare calls with the same messages."""
+    from goatclaw import api, planner
+    from goatclaw import llm as room
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "reply.json").write_text(json.dumps(PLAN))
+        (root / "goatclaw.yaml").write_text("version: 1\nmodel: openai/gpt-4o-mini\n")
+        (root / "pipelines").mkdir()
+        os.chdir(root)
+        proc, api_base = start_server("--reply", str(root / "reply.json"))
+        os.environ.update(OPENAI_BASE_URL=api_base, OPENAI_API_KEY="sk-bench")
+        try:
+            project = api.load_project_for(None)
+            registry = api.registry_for(project)
+            schema, digest = planner._schema_digest()
+            messages = planner.prompt("Write a greeting", planner.catalogue(registry), planner.ceiling(project), [],
+                                      digest)
+            litellm = room._litellm()
+            response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema,
+                                                                      "strict": False}}
+
+            async def bare() -> float:
+                started = time.perf_counter()
+                for _ in range(n):
+                    await litellm.acompletion(model=MODEL, messages=messages, temperature=0,
+                                              response_format=response_format, num_retries=0, max_retries=0)
+                    await room._close_litellm_clients()  # as a plan's session does: a fresh connection per call
+                return time.perf_counter() - started
+
+            async def plans() -> tuple[float, float]:
+                """Wall seconds, and seconds inside the model calls (their latency_ms: litellm and the server)."""
+                started = time.perf_counter()
+                in_calls = 0.0
+                for i in range(n):
+                    done = await planner.aplan_goal(f"Write a greeting {i}", project=project, registry=registry)
+                    assert done.ok, [str(p) for d in done.drafts for p in d.errors]
+                    in_calls += sum(float(c[3]["latency_ms"]) for c in done.calls) / 1000
+                return time.perf_counter() - started, in_calls
+
+            asyncio.run(bare())  # warm up: litellm's import, its first client, the plugins
+            asyncio.run(plans())
+            base = asyncio.run(bare())
+            wall, in_calls = asyncio.run(plans())
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    print(f"{n} plans of a goal, one after another, against the local server (Python {sys.version.split()[0]})")
+    print("| way | wall s | ms/plan | ms/plan in the model call | goatclaw's own ms/plan (wall - call) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    per = base * 1000 / n
+    print(f"| litellm.acompletion, the same messages | {base:.2f} | {per:.1f} | {per:.1f} | - |")
+    print(f"| goatclaw.planner.aplan_goal (prompt, call, draft, check) | {wall:.2f} | {wall * 1000 / n:.1f} | "
+          f"{in_calls * 1000 / n:.1f} | {(wall - in_calls) * 1000 / n:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -264,14 +334,19 @@ def main() -> None:
                         help="calls in flight; a comma-separated list runs the table once for each (default 1,50,100)")
     parser.add_argument("--tools", type=int, default=0, help="time the tool loop: K tool calls per loop")
     parser.add_argument("--repeat", type=int, default=3, help="with --tools: the best of this many runs per way")
+    parser.add_argument("--plan", action="store_true", help="time planning a goal (goatclaw run \"GOAL\")")
     parser.add_argument("--smoke", action="store_true",
-                        help="a few calls, then a few tool loops, once: checks the benchmark runs (CI)")
+                        help="a few calls, a few tool loops, a few plans, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if args.smoke:
         calls(20, [1, 5])
         tool_loops(5, 5, 2, 1)
+        planning(3)
+        return
+    if args.plan:
+        planning(min(args.n, 200))
         return
     if args.tools:
         tool_loops(args.n, levels[-1], args.tools, args.repeat)

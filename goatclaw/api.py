@@ -32,21 +32,21 @@ from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
-from goatclaw.providers import model_problems, read_dotenv
+from goatclaw.providers import choose_model, model_problems, read_dotenv
 from goatclaw.registry import Registry, default_registry, reference_problems
 from goatclaw.security.auditkey import audit_key
 from goatclaw.security.secrets import Redactor
-from goatclaw.spec.loader import dotted, gc_frozen, gc_paused, load_file, load_text
+from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
-from goatclaw.spec.schema import check_document
+from goatclaw.spec.schema import check_document, schema_text
 from goatclaw.store import Store
 from goatclaw.tools import mcp as mcp_room
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["arun", "check", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "permissions_of", "plan",
-           "run"]
+__all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
+           "mcp_tools", "parse_var", "past_runs", "permissions_of", "plan", "registry_for", "run", "schema_text"]
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:
@@ -179,6 +179,32 @@ def permissions_of(pipeline: Pipeline, *, registry: Registry | None = None) -> l
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
     return permissions_table(pipeline, project.root, registry or _registry_for(project))
+
+
+def append_run_events(store_path: str | os.PathLike[str], run_id: str,
+                      events: Sequence[tuple[float, str, str | None, Mapping[str, Any]]]) -> None:
+    """Add ``(ts, topic, task, data)`` events to a stored run after its own (the planner's ``llm.call`` events).
+
+    They commit in one transaction after the run's last event, so ``goatclaw runs show`` counts
+    the calls and their cost with the run's.
+    """
+    import json
+
+    if not events:
+        return
+    with Store.open(store_path) as db:
+        last = max((e["seq"] for e in db.events(run_id)), default=0)
+        rows = [(run_id, last + i, ts, topic, task, json.dumps(dict(data), default=str))
+                for i, (ts, topic, task, data) in enumerate(events, start=1)]
+        db.write_batch(events=rows)
+
+
+def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str | None, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest stored runs of ``pipeline`` (``None``: of any): ``{id, status, error}``; ``[]`` without a store."""
+    if store_path is None or not Path(store_path).is_file():
+        return []
+    with Store.open(store_path) as db:
+        return [{"id": r.id, "status": r.status, "error": r.error} for r in db.runs(limit=limit, pipeline=pipeline)]
 
 
 def redactor_for(pipeline: Pipeline) -> Any:
@@ -432,13 +458,11 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     if model is None and mode == "replay" and tape is not None and _has_llm_tasks(pipeline):
         model, chosen = _recorded_model(tape)
     elif model is None and mode != "replay" and _has_llm_tasks(pipeline):
-        from goatclaw.providers import choose_model
-
         found = choose_model(project.root)
         if found is not None:
             model, chosen = found["model"], found["why"]
-            if found["api_base"]:
-                endpoints[model] = llm_room.Endpoint(api_base=found["api_base"])
+            if found["api_base"] or found.get("api_key"):  # a local server, or a key kept in the OS keyring
+                endpoints[model] = llm_room.Endpoint(api_base=found["api_base"], api_key=found.get("api_key"))
     return llm_room.Session(
         mode=mode, model=model, fallbacks=project.fallbacks, cassette=tape, chosen=chosen,
         cascade=project.cascade, cascade_feedback=project.cascade_feedback,
@@ -557,6 +581,11 @@ def _store_path(store: str | os.PathLike[str] | bool | None, project: Project) -
     if store is False or store is None:
         return None
     return Path(store)
+
+
+def registry_for(project: Project) -> Registry:
+    """The registry ``project``'s pipelines use (its plugin allow and deny lists applied)."""
+    return _registry_for(project)
 
 
 def _registry_for(project: Project) -> Registry:

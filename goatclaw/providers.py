@@ -15,6 +15,10 @@
   first provider with a key (the table's order) gives its everyday model, else a running
   Ollama its first local model (``/api/tags``); it says which and why.
 * :func:`doctor` is the report behind ``goatclaw doctor``.
+* :func:`keyring_key` / :func:`store_in_keyring`: a key ``goatclaw init`` put in the OS keyring
+  (service ``goatclaw``). The keyring is asked only for the variable names listed in
+  ``.goatclaw/keyring`` (names, never values), so a command never pays for the keyring
+  library unless a key was stored there; this is the one module that imports ``keyring``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from typing import Any
 from goatclaw.errors import GoatclawError
 from goatclaw.userfile import is_file, read_bytes
 
-__all__ = ["DEFAULT_MODELS", "PROVIDERS", "Provider", "capability_problems", "choose_model", "doctor", "key_status",
-           "model_problems", "ollama_models", "ollama_running", "ollama_url", "provider_of"]
+__all__ = ["DEFAULT_MODELS", "KEYRING_SERVICE", "PROVIDERS", "Provider", "capability_problems", "choose_model",
+           "doctor", "key_status", "keyring_key", "model_problems", "ollama_models", "ollama_running", "ollama_url",
+           "provider_of", "store_in_keyring"]
+
+#: The OS keyring service goatclaw's keys are stored under.
+KEYRING_SERVICE = "goatclaw"
 
 OLLAMA_URL = "http://127.0.0.1:11434"
 #: The largest ``.env`` read (a regular file; a FIFO or device is refused).
@@ -111,6 +119,42 @@ def read_dotenv(root: Path | None) -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _keyring_names(root: Path | None) -> list[str]:
+    """The variable names ``goatclaw init`` stored in the keyring for this project (``.goatclaw/keyring``)."""
+    path = (root or Path.cwd()) / ".goatclaw" / "keyring"
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def keyring_key(name: str, root: Path | None = None) -> str | None:
+    """The value of key ``name`` in the OS keyring, when ``goatclaw init`` stored it there; else ``None``."""
+    if name not in _keyring_names(root):
+        return None
+    try:
+        import keyring  # only here: a keyring backend is looked for only when a key was stored in one
+
+        return keyring.get_password(KEYRING_SERVICE, name) or None
+    except Exception:  # no backend (a headless machine), a locked keyring: the key is simply not there
+        return None
+
+
+def store_in_keyring(name: str, value: str, root: Path | None = None) -> None:
+    """Put key ``name`` in the OS keyring and list its name in ``.goatclaw/keyring`` (raises when no keyring works)."""
+    import keyring
+
+    try:
+        keyring.set_password(KEYRING_SERVICE, name, value)
+    except Exception as exc:  # keyring.errors.NoKeyringError and the backends' own
+        raise GoatclawError(f"the OS keyring refused the key: {exc}") from None
+    names = _keyring_names(root)
+    if name not in names:
+        path = (root or Path.cwd()) / ".goatclaw" / "keyring"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([*names, name]) + "\n", encoding="utf-8")
+
+
 def key_status(provider: Provider, root: Path | None = None, *,
                dotenv: Mapping[str, str] | None = None) -> tuple[bool, str | None]:
     """``(usable, where)``: whether one of the provider's keys is set, and where (``env`` or ``.env``)."""
@@ -123,6 +167,9 @@ def key_status(provider: Provider, root: Path | None = None, *,
     for name in provider.keys:
         if dotenv.get(name):
             return True, ".env"
+    for name in provider.keys:
+        if keyring_key(name, root):
+            return True, "keyring"
     return False, None
 
 
@@ -172,9 +219,10 @@ def choose_model(root: Path | None = None, *, dotenv: Mapping[str, str] | None =
             continue
         usable, where = key_status(provider, root, dotenv=dotenv)
         if usable:
-            var = next(k for k in provider.keys if os.environ.get(k) or dotenv.get(k))
+            var = next(k for k in provider.keys if os.environ.get(k) or dotenv.get(k) or keyring_key(k, root))
             model = DEFAULT_MODELS[provider.name]
-            return {"model": model, "api_base": None,
+            found = {"api_key": keyring_key(var, root)} if where == "keyring" else {}
+            return {"model": model, "api_base": None, **found,
                     "why": f"no model in goatclaw.yaml; {var} is set ({where}), so {model}, {provider.name}'s "
                            "everyday model"}
     if probe_ollama:

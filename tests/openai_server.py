@@ -262,10 +262,13 @@ def tool_caller(calls: int) -> Callable[[dict[str, Any]], Reply]:
     return respond
 
 
-if __name__ == "__main__":  # a server to point a pipeline at by hand; --tool-calls N: a model that calls tools
-    import sys
+if __name__ == "__main__":  # a server to point a pipeline at by hand; --tool-calls N: a model that calls tools;
+    import sys  # --reply FILE: a model that answers every request with the text of FILE
 
     n = int(sys.argv[sys.argv.index("--tool-calls") + 1]) if "--tool-calls" in sys.argv else 0
-    with FakeOpenAI(tool_caller(n) if n else echo) as srv:
+    from pathlib import Path
+
+    fixed = Path(sys.argv[sys.argv.index("--reply") + 1]).read_text() if "--reply" in sys.argv else None
+    with FakeOpenAI((lambda body: Reply(fixed)) if fixed is not None else tool_caller(n) if n else echo) as srv:
         print(srv.api_base, flush=True)
         threading.Event().wait()

@@ -132,6 +132,11 @@ def test_spec_imports_nothing_downstream() -> None:
     assert _wrong_way("goatclaw.spec", ("goatclaw.engine", "goatclaw.cli", "goatclaw.api", "goatclaw.store")) == []
 
 
+def test_the_planner_imports_only_the_api_and_the_llm_room() -> None:
+    ours = {n for n in IMPORTS["goatclaw.planner"] if n.startswith("goatclaw")}
+    assert {n for n in ours if not n.startswith(("goatclaw.api", "goatclaw.llm", "goatclaw.errors"))} <= {"goatclaw"}
+
+
 def test_engine_never_imports_the_cli() -> None:
     assert _wrong_way("goatclaw.engine", ("goatclaw.cli",)) == []
 
@@ -163,6 +168,8 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     # the MCP SDK: its client half where tools come from (docs/mcp.md), its server half beside the
     # other faces of the public API (docs/mcp-server.md); DESIGN.md's two rooms, so no arrow points back up
     ("mcp", ("goatclaw.tools.mcp", "goatclaw.server.mcp")),
+    ("prompt_toolkit", "goatclaw.cli.shell"),  # the interactive shell
+    ("keyring", "goatclaw.providers"),  # keys goatclaw init stored in the OS keyring
 ])
 def test_each_library_has_one_owner(library: str, owner: str | tuple[str, ...]) -> None:
     assert importers_of(library) == ({owner} if isinstance(owner, str) else set(owner))

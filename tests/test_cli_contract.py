@@ -39,14 +39,14 @@ FREE_TEXT = {
     "apply --run", "apply --address", "why run", "why task", "runs show run", "runs report run", "runs events run",
     "runs logs run", "runs logs task", "runs replay run", "runs list --pipeline", "breakers reset key",
     "plugins show name", "audit show --run", "audit show --action", "dlq list --run", "memory search query",
-    "test --case", "mcp tools server",
+    "test --case", "mcp tools server", "run goal", "run --model",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
     "* --var": "topics", "* --llm": "sometimes", "apply --executor": "mainframe", "* --report": "pdf",
     "* --only": "nosuch", "* --since": "-5d", "* --older-than": "-5d", "watch --debounce": "-1s",
     "schema name": "nosuch", "* --kind": "nosuch", "memory graph --format": "nosuch",
-    "mcp serve --http": "localhost:http",
+    "mcp serve --http": "localhost:http", "init --provider": "nosuch", "init --key-store": "nosuch",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],

@@ -7,6 +7,16 @@ import sys
 __all__ = ["main"]
 
 
+def _on_terminal() -> bool:
+    """Whether a person is at this process's terminal (stdin and stdout), and not in CI."""
+    import os
+
+    try:
+        return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
+    except (AttributeError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
     if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without importing typer, rich, asyncio
@@ -16,6 +26,8 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
         if exit:
             sys.exit(0)
         return 0
+    if (sys.argv[1:] if argv is None else argv) == [] and _on_terminal():  # bare `goatclaw` at a terminal: the shell
+        argv = ["shell"]
     from goatclaw.cli.app import app
     from goatclaw.cli.terminal import guarded_output
 

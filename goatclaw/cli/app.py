@@ -31,7 +31,7 @@ app = typer.Typer(
     name="goatclaw",
     help="Declarative YAML pipelines for LLM and agent workflows.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # typer's completion for bash, zsh and fish: --install-completion, --show-completion
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     cls=options.Commands,  # a refused command line, at any depth: one line and exit 2
@@ -169,7 +169,7 @@ def main_options(
 @app.command()
 @handles_errors
 def apply(
-    file: Annotated[Path, typer.Argument(help="The pipeline file.")],
+    file: Annotated[Path, typer.Argument(help="The pipeline file.", autocompletion=options.complete_pipeline_files)],
     var: Annotated[list[str] | None, typer.Option(
         "--var", "-v", callback=options.var_pairs, help="Set a variable the pipeline declares: key=value (YAML value).")
     ] = None,
@@ -435,7 +435,8 @@ def runs_list(
 @runs_app.command("show")
 @handles_errors
 def runs_show(
-    run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.")] = "last",
+    run: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'last'.",
+                                       autocompletion=options.complete_run_ids)] = "last",
     store: Annotated[Path | None, typer.Option("--store", help="The store file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -617,9 +618,12 @@ def doctor(
 from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
 from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
+from goatclaw.cli import goal as _goal  # noqa: E402, F401  (run "GOAL": goatclaw/planner.py)
 from goatclaw.cli import history as _history  # noqa: E402, F401
+from goatclaw.cli import init as _init  # noqa: E402, F401  (init)
 from goatclaw.cli import mcp as _mcp  # noqa: E402, F401  (mcp tools)
 from goatclaw.cli import mcp_serve as _mcp_serve  # noqa: E402, F401  (mcp serve; the group: cli/mcp_group.py)
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
+from goatclaw.cli import shell as _shell  # noqa: E402, F401  (shell: the interactive prompt)
 from goatclaw.cli import test as _test  # noqa: E402, F401  (test)
 from goatclaw.cli import watch as _watch  # noqa: E402, F401  (watch)

@@ -25,7 +25,8 @@ try:  # typer 0.28 carries its own copy of click; earlier releases use click its
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as _click_errors  # type: ignore[no-redef]
 
-__all__ = ["MAX_ID", "Commands", "check_against", "duration", "executor_name", "finite", "json_problems", "llm_mode",
+__all__ = ["MAX_ID", "Commands", "check_against", "complete_pipeline_files", "complete_run_ids", "duration",
+           "executor_name", "finite", "json_problems", "llm_mode",
            "memory_kind", "one_of", "positive", "problem_data", "seconds", "usage_line", "var_pairs"]
 
 #: The largest id or count a command takes: SQLite's largest integer.
@@ -187,3 +188,23 @@ def json_problems(enabled: bool) -> Iterator[None]:
             problem = Problem(None, hint, str(exc.message))
             print(json.dumps({"ok": False, "status": "invalid", "problems": [problem_data(problem)]}, indent=2))
         raise
+
+
+def complete_pipeline_files(incomplete: str) -> list[str]:
+    """Shell completion (bash, zsh, fish): the pipeline files here and under ``pipelines/`` that start so."""
+    from pathlib import Path
+
+    found = sorted({*Path.cwd().glob("*.yaml"), *Path.cwd().glob("pipelines/*.yaml")})
+    names = [str(p.relative_to(Path.cwd())) for p in found if p.name != "goatclaw.yaml"]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_run_ids(incomplete: str) -> list[str]:
+    """Shell completion: the latest runs' ids (and ``last``) in the project's store that start so."""
+    try:
+        from goatclaw.api import load_project_for, past_runs
+
+        ids = [r["id"] for r in past_runs(load_project_for(None).store_path, None, limit=50)] + ["last"]
+    except Exception:  # a missing, locked or foreign store: nothing to offer, never an error in the shell
+        ids = ["last"]
+    return [i for i in ids if i.startswith(incomplete)]

@@ -140,7 +140,10 @@ async def _call(model: str, request: Request, endpoint: tuple[str | None, str | 
         kwargs["api_base"] = api_base
     if api_key is not None:
         kwargs["api_key"] = api_key
-    if request.output == "json" and _supports_json_mode(litellm, model):
+    if request.output == "json" and request.response_schema is not None and _supports_schema(litellm, model):
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "answer", "schema": dict(request.response_schema), "strict": False}}
+    elif request.output == "json" and _supports_json_mode(litellm, model):
         kwargs["response_format"] = {"type": "json_object"}
     if request.tools:
         kwargs["tools"] = [dict(t) for t in request.tools]
@@ -208,6 +211,14 @@ def _supports_json_mode(litellm: Any, model: str) -> bool:
     except Exception:
         return False
     return "response_format" in params
+
+
+def _supports_schema(litellm: Any, model: str) -> bool:
+    """Whether litellm says ``model`` takes ``response_format: json_schema`` (structured output)."""
+    try:
+        return bool(litellm.supports_response_schema(model=model))
+    except Exception:
+        return False
 
 
 _CLASSES = (  # litellm exception name → goatclaw error class; the first match in the MRO wins

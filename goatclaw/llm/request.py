@@ -66,6 +66,10 @@ class Request:
     #: Route the chain by what the request needs (tools, images, JSON mode, its context length): a model whose
     #: entry in litellm's model map says it lacks one is skipped (``llm.skip``); an unknown model is tried.
     route: bool = True
+    #: With ``output: json``: a JSON Schema the provider is asked to hold the answer to (structured output,
+    #: ``response_format: json_schema``) where litellm says the model supports it; the reply is not validated
+    #: against it here (``schema`` does that). Part of the request key only when set.
+    response_schema: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -138,6 +142,8 @@ def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[
             "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
     if request.tools:  # only then: the keys (and cassettes) of calls without tools stay what they were
         body["tools"] = [dict(t) for t in request.tools]
+    if request.response_schema is not None:
+        body["response_schema"] = request.response_schema
     return _mask(body, masks)
 
 

@@ -137,6 +137,14 @@ def load_text(text: str, *, file: str = "<string>", limits: Limits | None = None
     return Document(file, builder.root, builder.locations, builder.key_locations, builder.problems, text)
 
 
+def dump_yaml(data: Any) -> str:
+    """``data`` (plain JSON-like values) as block-style YAML text, keys in their order (``goatclaw run``'s plans).
+
+    Safe dumping quotes what YAML 1.1 would read back as something else (``no``, ``on``, ``1e3``).
+    """
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC (nested use is fine): large files load about 3x faster without it.
