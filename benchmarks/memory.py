@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from goatclaw.memory.embedders import WordLlamaEmbedder, normalise
 from goatclaw.memory import store as memory_store
+from goatclaw.memory.embedders import WordLlamaEmbedder, normalise
 from goatclaw.memory.index import rerank_count
 from goatclaw.memory.store import KINDS, MemoryStore, open_memory
 
