@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from local_http import serving
@@ -98,7 +98,8 @@ def test_dedupe_on_columns_and_drop_nulls_everywhere(ws: Path) -> None:
 
 def test_a_bad_step_is_invalid_input(ws: Path) -> None:
     c = ctx_for(ws)
-    assert "unknown step" in fails(data(c, files={"s": "data/sales.csv"}, steps=[{"explode": 1}]), "invalid_input").message
+    err = fails(data(c, files={"s": "data/sales.csv"}, steps=[{"explode": 1}]), "invalid_input")
+    assert "unknown step" in err.message
     err = fails(data(c, files={"s": "data/sales.csv"}, steps=[{"cast": {"amount": "INT); DROP TABLE x; --"}}]),
                 "invalid_input")
     assert "SQL type" in err.message
@@ -134,9 +135,9 @@ def test_sql_cannot_read_a_file_that_is_not_granted(ws: Path) -> None:
 
 
 class _Csv(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         _Csv.hits.append(self.path)
         body = b"a\n1\n"
         self.send_response(200)
