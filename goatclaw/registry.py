@@ -47,6 +47,12 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "llm": "goatclaw.tasks.llm:llm",
     "mcp": "goatclaw.tasks.mcp:mcp",
     "agent": "goatclaw.tasks.agent:agent",
+    "file.copy": "goatclaw.tasks.fileops:copy",
+    "file.move": "goatclaw.tasks.fileops:move",
+    "file.delete": "goatclaw.tasks.fileops:delete",
+    "file.mkdir": "goatclaw.tasks.fileops:mkdir",
+    "file.archive": "goatclaw.tasks.fileops:archive",
+    "file.extract": "goatclaw.tasks.fileops:extract",
     "data": "goatclaw.tasks.data:data",
     "data.convert": "goatclaw.tasks.data:convert",
 }
