@@ -53,6 +53,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.mkdir": "goatclaw.tasks.fileops:mkdir",
     "file.archive": "goatclaw.tasks.fileops:archive",
     "file.extract": "goatclaw.tasks.fileops:extract",
+    "check": "goatclaw.tasks.health:check",
     "data": "goatclaw.tasks.data:data",
     "data.convert": "goatclaw.tasks.data:convert",
 }
