@@ -41,6 +41,7 @@ EXTRAS: Mapping[str, tuple[str, ...]] = {
     "dask": ("dask", "distributed"),
     "otel": ("opentelemetry",),
     "mcp": ("mcp", "mcp_types"),
+    "data": ("duckdb",),
 }
 
 

@@ -47,6 +47,15 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "llm": "goatclaw.tasks.llm:llm",
     "mcp": "goatclaw.tasks.mcp:mcp",
     "agent": "goatclaw.tasks.agent:agent",
+    "file.copy": "goatclaw.tasks.fileops:copy",
+    "file.move": "goatclaw.tasks.fileops:move",
+    "file.delete": "goatclaw.tasks.fileops:delete",
+    "file.mkdir": "goatclaw.tasks.fileops:mkdir",
+    "file.archive": "goatclaw.tasks.fileops:archive",
+    "file.extract": "goatclaw.tasks.fileops:extract",
+    "check": "goatclaw.tasks.health:check",
+    "data": "goatclaw.tasks.data:data",
+    "data.convert": "goatclaw.tasks.data:convert",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
@@ -56,6 +65,8 @@ BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "agent": ("llm", ("litellm",)),
     "memory": ("memory", ("numpy",)),
     "mcp": ("mcp", ("mcp",)),
+    "data": ("data", ("duckdb",)),
+    "data.convert": ("data", ("duckdb",)),
 }
 
 
