@@ -47,6 +47,8 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "llm": "goatclaw.tasks.llm:llm",
     "mcp": "goatclaw.tasks.mcp:mcp",
     "agent": "goatclaw.tasks.agent:agent",
+    "research": "goatclaw.tasks.research:research",
+    "code": "goatclaw.tasks.code:code",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
@@ -56,6 +58,8 @@ BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "agent": ("llm", ("litellm",)),
     "memory": ("memory", ("numpy",)),
     "mcp": ("mcp", ("mcp",)),
+    "research": ("research", ("trafilatura", "numpy")),
+    "code": ("llm", ("litellm",)),
 }
 
 
