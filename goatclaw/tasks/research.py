@@ -207,7 +207,7 @@ def _ranked(question: str, pages: Sequence[Page], size: int, keep: int,
 
 
 def _messages(question: str, passages: Sequence[tuple[Page, str]]) -> list[dict[str, str]]:
-    listed = "\n\n".join(f"[{i}] {page.title or page.url} ({page.url})\n{text}"
+    listed = "\n\n".join(f"[{i}] {page.title or page.url}\n{text}"  # no URL: a replay must not depend on a port
                          for i, (page, text) in enumerate(passages, 1))
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": f"Question: {question}\n\nPassages:\n\n{listed}"}]
