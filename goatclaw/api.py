@@ -46,7 +46,43 @@ from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
-           "mcp_tools", "parse_var", "past_runs", "permissions_of", "plan", "registry_for", "run", "schema_text"]
+           "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "registry_for", "run",
+           "schema_text"]
+
+
+_TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
+
+
+def pipeline_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """The pipeline file's JSON Schema for editors: the shipped one, plus each built-in task's ``with:`` keys.
+
+    A task whose ``uses`` is a built-in gets that plugin's arguments (the same schema ``validate``
+    and the tool loop use) under ``with``, so yaml-language-server completes them; a value may
+    always be a ``${{ }}`` template instead.
+    """
+    import json
+
+    from goatclaw.registry import BUILTIN_TASKS
+    from goatclaw.tools import parameters_of
+
+    schema = json.loads(schema_text("pipeline"))
+    reg = registry or default_registry()
+    branches = []
+    shipped = {b.get("if", {}).get("properties", {}).get("uses", {}).get("const")
+               for b in schema["$defs"]["task"].get("allOf", [])}
+    for name in sorted(set(BUILTIN_TASKS) - shipped):  # llm and agent have hand-written ones in the file
+        try:
+            params = parameters_of(reg.task(name))
+        except PluginError:
+            continue  # an extra is missing: no completion for it, validate says why
+        params["properties"] = {k: {"anyOf": [v, _TEMPLATED], **({"description": v["description"]}
+                                                                if "description" in v else {})}
+                                for k, v in params.get("properties", {}).items()}
+        doc = reg.task(name).doc
+        branches.append({"if": {"properties": {"uses": {"const": name}}, "required": ["uses"]},
+                         "then": {"properties": {"with": {**params, "description": f"{name}: {doc}"}}}})
+    schema["$defs"]["task"]["allOf"] = [*schema["$defs"]["task"].get("allOf", []), *branches]
+    return schema
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:

@@ -2,7 +2,7 @@
 
 goatclaw's distribution is ``goatclaw-pipelines`` (the PyPI name ``goatclaw`` belongs to an
 unrelated project); the import package and the command are ``goatclaw``. The default
-install runs every built-in task but ``mcp``, ``llm`` included. Four parts are extras, each imported
+install runs every built-in task but ``mcp`` and ``research``, ``llm`` included. Five parts are extras, each imported
 only where it is used:
 
 =========  =======================================  =====================================
@@ -12,6 +12,7 @@ memory     numpy, wordllama (offline embeddings)    the ``memory`` task, ``goatc
 dask       dask.distributed                         ``apply --executor dask``
 otel       the OpenTelemetry SDK, OTLP/HTTP         spans, when ``OTEL_*`` is set
 mcp        the official MCP SDK (``mcp`` 2.x)       ``mcp_servers:``, the ``mcp`` task, ``goatclaw mcp``
+research   trafilatura (readable text of pages)     the ``research`` task (with ``memory`` for ranking)
 =========  =======================================  =====================================
 
 A missing extra is said once, as :func:`missing_message` words it: which extra, which
@@ -42,6 +43,7 @@ EXTRAS: Mapping[str, tuple[str, ...]] = {
     "otel": ("opentelemetry",),
     "mcp": ("mcp", "mcp_types"),
     "data": ("duckdb",),
+    "research": ("trafilatura",),
 }
 
 

@@ -56,6 +56,8 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "check": "goatclaw.tasks.health:check",
     "data": "goatclaw.tasks.data:data",
     "data.convert": "goatclaw.tasks.data:convert",
+    "research": "goatclaw.tasks.research:research",
+    "code": "goatclaw.tasks.code:code",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
@@ -67,6 +69,8 @@ BUILTIN_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "mcp": ("mcp", ("mcp",)),
     "data": ("data", ("duckdb",)),
     "data.convert": ("data", ("duckdb",)),
+    "research": ("research", ("trafilatura", "numpy")),
+    "code": ("llm", ("litellm",)),
 }
 
 

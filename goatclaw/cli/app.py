@@ -388,6 +388,11 @@ def schema(
 
     if name not in SCHEMAS:
         raise typer.BadParameter(f"unknown schema '{name}' (use one of: {', '.join(SCHEMAS)})", param_hint="NAME")
+    if name == "pipeline":  # with each built-in task's with: keys, for editors
+        from goatclaw.api import pipeline_schema
+
+        sys.stdout.write(json.dumps(pipeline_schema(), indent=2, ensure_ascii=False) + "\n")
+        return
     sys.stdout.write(schema_text(name))
 
 

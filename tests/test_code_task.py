@@ -1,0 +1,114 @@
+"""The ``code`` task through the front door: real files, real py_compile/ruff/pytest runs, the model
+over HTTP through litellm (tests/openai_server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai_server import FakeOpenAI, Reply, scripted
+
+import goatclaw
+from goatclaw import llm as room
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+BROKEN = (REPO / "pipelines" / "code" / "repo" / "calc.py").read_text()
+FIXED = BROKEN.replace("(len(values) + 1)", "len(values)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def litellm_imported() -> None:
+    room._litellm()
+
+
+@pytest.fixture(autouse=True)
+def venv_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks' programs (python3 with pytest, ruff) are this interpreter's."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def files(content: str, path: str = "calc.py") -> Reply:
+    return Reply(json.dumps({"summary": "s", "files": [{"path": path, "content": content}]}))
+
+
+def code_pipeline(write, srv, extra: str = "", shell: str = "[python3, ruff]") -> Path:
+    shutil.copytree(REPO / "pipelines" / "code" / "repo", Path.cwd() / "work")
+    return write(f"""
+        version: 1
+        permissions: {{shell: {shell}, network: ["127.0.0.1"], files: {{read: [work/], write: [work/]}}}}
+        tasks:
+          c:
+            uses: code
+            retry: {{attempts: 1}}
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              api_key: sk-test
+              goal: fix the failing test
+              folder: work
+              checks: [py_compile, ruff, pytest]
+              {extra}
+        """)
+
+
+def test_a_failing_check_goes_back_to_the_model_until_the_test_passes(write_pipeline, project) -> None:
+    wrong = BROKEN.replace("(len(values) + 1)", "(len(values) - 1)")
+    with FakeOpenAI(scripted(files(wrong), files(FIXED))) as srv:
+        result = goatclaw.run(code_pipeline(write_pipeline, srv))
+        second = srv.requests[1]["messages"][-1]["content"]
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    out = result.tasks["c"].output
+    assert out["rounds"] == 2 and out["passed"] and out["files"] == ["calc.py"]
+    assert "These checks failed" in second and "FAILED test_calc.py::test_mean" in second  # pytest's real output
+    assert [c["exit_code"] for c in out["checks"]] == [0, 0, 0]
+    assert "+    return sum(values) / len(values)" in out["diff"]
+    assert (project / "work" / "calc.py").read_text() == FIXED
+
+
+def test_checks_that_still_fail_after_max_rounds_fail_the_task(write_pipeline) -> None:
+    with FakeOpenAI(scripted(files("def mean(:\n"))) as srv:
+        result = goatclaw.run(code_pipeline(write_pipeline, srv, "max_rounds: 2"))
+    assert result.tasks["c"].error_class == "invalid_output"
+    assert "still fail after 2 rounds" in result.tasks["c"].error and "py_compile" in result.tasks["c"].error
+
+
+def test_a_path_outside_the_folder_is_refused_and_nothing_is_written(write_pipeline, project) -> None:
+    with FakeOpenAI(scripted(files("print('pwned')\n", "../evil.py"))) as srv:
+        result = goatclaw.run(code_pipeline(write_pipeline, srv))
+    assert result.tasks["c"].error_class == "permission_denied"
+    assert not (project / "evil.py").exists()
+
+
+def test_a_check_whose_program_is_not_granted_never_runs(write_pipeline) -> None:
+    with FakeOpenAI(scripted(files(FIXED))) as srv:
+        result = goatclaw.run(code_pipeline(write_pipeline, srv, shell="[python3]"))
+    assert result.tasks["c"].error_class == "permission_denied" and "ruff" in result.tasks["c"].error
+
+
+def test_review_mode_returns_located_findings_and_writes_nothing(write_pipeline, project) -> None:
+    review = Reply(json.dumps({"summary": "one bug", "findings": [
+        {"file": "calc.py", "line": 8, "message": "divides by one too many"},
+        {"file": "calc.py", "line": 999, "message": "past the end"},
+        {"file": "nowhere.py", "line": 1, "message": "no such file"}]}))
+    with FakeOpenAI(scripted(review)) as srv:
+        result = goatclaw.run(code_pipeline(write_pipeline, srv, "mode: review"))
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    out = result.tasks["c"].output
+    assert out["findings"] == ["calc.py:8: divides by one too many"]
+    assert len(out["dropped"]) == 2 and out["files"] == [] and out["diff"] == ""
+    assert (project / "work" / "calc.py").read_text() == BROKEN
+
+
+def test_the_shipped_code_fix_replays_offline_from_its_cassette(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "goatclaw", "test", "pipelines/code-fix.test.yaml"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "OPENAI_API_KEY": "sk-none",
+                               "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "✓ pipelines/code-fix.test.yaml::the-failing-test-passes" in done.stdout
