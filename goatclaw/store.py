@@ -315,6 +315,30 @@ def _m017_task_logs(db: Connection) -> None:
     )
 
 
+def _m018_approvals(db: Connection) -> None:
+    # A run waiting for a person (issue 21): one row per request, its evidence (upstream outputs,
+    # cost, permissions, the inputs' JSON Schema) as JSON; ``decision`` stays NULL until decided.
+    _script(
+        db,
+        """
+        CREATE TABLE approvals (
+            run_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            requested_at REAL NOT NULL,
+            timeout REAL,
+            evidence TEXT NOT NULL DEFAULT '{}',
+            decision TEXT,
+            decided_by TEXT,
+            decided_at REAL,
+            inputs TEXT,
+            reason TEXT,
+            PRIMARY KEY (run_id, task_id)
+        );
+        CREATE INDEX approvals_waiting ON approvals (decision, requested_at)
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -329,6 +353,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("011_rate_windows", _m011_rate_windows),
     ("016_taint", _m016_taint),
     ("017_task_logs", _m017_task_logs),
+    ("018_approvals", _m018_approvals),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
@@ -596,6 +621,48 @@ class Store:
         return found | (frozenset(json.loads(last[1])) if last is not None else frozenset()), False
 
     # -- reading ---------------------------------------------------------------------
+
+    def request_approval(self, run_id: str, task_id: str, evidence: Mapping[str, Any], *,
+                         timeout: float | None = None, now: float | None = None) -> None:
+        """Store (or renew, undecided) the approval request of ``task_id`` in ``run_id``."""
+        row = (run_id, task_id, time.time() if now is None else now, timeout, json.dumps(evidence, default=str))
+        self.commit(lambda db: db.execute(
+            "INSERT INTO approvals (run_id, task_id, requested_at, timeout, evidence) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, task_id) DO UPDATE SET requested_at = excluded.requested_at, "
+            "timeout = excluded.timeout, evidence = excluded.evidence WHERE decision IS NULL", row),
+            what=f"the approval request of {run_id}/{task_id}")
+
+    def approvals(self, run_id: str | None = None, *, waiting: bool = True) -> list[dict[str, Any]]:
+        """Approval requests (only undecided ones unless ``waiting=False``), oldest first."""
+        sql, args = "SELECT * FROM approvals WHERE 1 = 1", []
+        if waiting:
+            sql += " AND decision IS NULL"
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        cur = self.db.execute(sql + " ORDER BY requested_at", args)
+        names = [c[0] for c in cur.description]
+        out = []
+        for r in cur.fetchall():
+            row = dict(zip(names, r, strict=True))
+            row["evidence"] = _loads_or(row["evidence"])
+            row["inputs"] = _loads(row["inputs"])
+            out.append(row)
+        return out
+
+    def decide_approval(self, run_id: str, task_id: str, decision: str, *, by: str,
+                        inputs: Mapping[str, Any] | None = None, reason: str | None = None,
+                        now: float | None = None) -> bool:
+        """Record ``approved``/``rejected`` on an undecided request; False if none was waiting."""
+        if decision not in ("approved", "rejected"):
+            raise ValueError(f"decision must be approved or rejected, not {decision!r}")
+        row = (decision, by, time.time() if now is None else now,
+               None if inputs is None else json.dumps(dict(inputs), default=str), reason, run_id, task_id)
+        cur = self.commit(lambda db: db.execute(
+            "UPDATE approvals SET decision = ?, decided_by = ?, decided_at = ?, inputs = ?, reason = ? "
+            "WHERE run_id = ? AND task_id = ? AND decision IS NULL", row),
+            what=f"the approval decision of {run_id}/{task_id}")
+        return bool(cur.rowcount)
 
     def runs(self, *, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
         """The latest runs, newest first."""
