@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import _err, _in_ci, _out, _print_costs, app, apply, handles_errors
@@ -154,7 +155,7 @@ def show_plan(planned: Any, path: Path | None, out: Console) -> None:
     _print_costs(pipeline, file, False)
     out.print(f"  planning: {len(planned.calls)} call{'s' if len(planned.calls) != 1 else ''}, "
               f"{usd(planned.spent_usd)}", highlight=False)
-    out.print(f"[bold]{shown(str(path or planned.path))}[/]", markup=True, soft_wrap=True)
+    out.print(Text(shown(str(path or planned.path)), style="bold"), soft_wrap=True)
     for line in planned.text.splitlines():
         out.print(shown(line, width=300), highlight=False, soft_wrap=True, markup=False)
     if path is None:

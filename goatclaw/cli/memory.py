@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
@@ -60,7 +61,7 @@ def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
             head += f" {m.score:5.3f}"
         seen = f" ×{m.count}" if m.count > 1 else ""
         where = " ".join(f"{k}={m.metadata[k]}" for k in ("pipeline", "task") if m.metadata.get(k))
-        console.print(f"{head} {_when(m.last_seen)}{seen}  [dim]{shown(where, markup=True)}[/dim]", markup=True)
+        console.print(Text.assemble(Text.from_markup(head), f" {_when(m.last_seen)}{seen}  ", (shown(where), "dim")))
         console.print(f"       {shown(m.text, lines=3)}", markup=False)
 
 
@@ -217,8 +218,8 @@ def _print_explanations(run_id: str, found: list[Any]) -> None:
         message = str(e.error or "")
         if e.error_class and message.startswith(f"{e.error_class}: "):  # the class is in the parentheses already
             message = message[len(e.error_class) + 2:]
-        console.print(f"[bold red]✗ {shown(e.task, markup=True)}[/bold red] ({e.error_class}): "
-                      f"{shown(message, markup=True)}", markup=True, highlight=False)
+        console.print(Text.assemble((f"✗ {shown(e.task)}", "bold red"), f" ({e.error_class}): {shown(message)}"),
+                      highlight=False)
         if not e.similar:
             console.print("  nothing like it was seen before")
         for s in e.similar:

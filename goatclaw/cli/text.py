@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 
-from rich.markup import escape
-
 from goatclaw.errors import error_line
 
 __all__ = ["error_text", "item_label", "shown"]
@@ -27,12 +25,13 @@ def _escape_control(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
-def shown(text: object, *, lines: int = 1, width: int = 160, markup: bool = False) -> str:
+def shown(text: object, *, lines: int = 1, width: int = 160) -> str:
     """``text`` as at most ``lines`` lines of at most ``width`` characters each, control characters escaped.
 
-    Blank lines are skipped; what is left out is said (``… (+11 lines)``). ``markup``
-    escapes rich markup too, for a string printed with ``markup=True``; text handed to
-    ``rich.text.Text`` or printed with ``markup=False`` needs no more than the default.
+    Blank lines are skipped; what is left out is said (``… (+11 lines)``). Print the result
+    as ``rich.text.Text`` or with ``markup=False``, never inside a markup string: rich's
+    ``escape`` cannot keep a trailing backslash as written (it doubles it, or one is lost
+    before a closing tag), so no escaping makes task text safe to splice into markup.
     """
     if text is None:
         return ""
@@ -43,7 +42,7 @@ def shown(text: object, *, lines: int = 1, width: int = 160, markup: bool = Fals
     if rest > 0:
         kept[-1] += f" … (+{rest} line{'s' if rest != 1 else ''})"
     out = "\n".join(kept)
-    return escape(out) if markup else out
+    return out
 
 
 def _clip(row: str, width: int) -> str:
