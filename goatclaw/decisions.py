@@ -94,7 +94,7 @@ def checked_inputs(request: Mapping[str, Any], inputs: Mapping[str, Any] | None)
             values[name] = prop["default"]
     problems = check_instance(values, dict(schema))
     if problems:
-        raise SpecError([Problem(None, "inputs", f"{request['task_id']}: {message}") for message in problems])
+        raise SpecError([Problem(None, f"{request['task_id']}.inputs", message) for message in problems])
     return values
 
 
