@@ -473,7 +473,12 @@ async def adecide(run_id: str, task_id: str | None = None, *, approve: bool, who
         decisions.record(db, run.id, request["task_id"], approve=approve, who=who, inputs=values, reason=reason)
     if not resume or (run.status == "running" and owner_state(run.owner) is Liveness.ALIVE):
         return None
-    return await arun(_run_file(run, found), resume=run.id, store=path, **options)
+    try:
+        return await arun(_run_file(run, found), resume=run.id, store=path, **options)
+    except SpecError:
+        raise  # the file is invalid now: its located problems say why
+    except GoatclawError as exc:  # refused to resume (the file changed, it is missing): the decision stands
+        raise GoatclawError(f"the decision is recorded, but run {run.id} was not resumed: {exc.message}") from exc
 
 
 def _decisions_project(project: Project | str | os.PathLike[str] | None) -> Project:

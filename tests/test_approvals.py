@@ -334,7 +334,7 @@ def test_evidence_masks_secrets_and_bounds_large_outputs(write_pipeline: Callabl
         """)
     assert cli("apply", "p.yaml")[0] == 4
     code, out = cli("approvals", "--json")
-    assert "tok-s3cr3t-value" not in out
+    assert code == 0 and "tok-s3cr3t-value" not in out
     ev = json.loads(out)[0]["evidence"]
     assert ev["upstream"]["token"] == "the token is ***" and ev["message"] == "Use ***?"
     assert ev["upstream"]["big"].endswith("(20,002 characters, cut at 4,000)")
@@ -428,3 +428,14 @@ def test_approval_round_trip_in_two_processes(release: Path, project: Path, stor
     with Store.open(store_path) as db:
         assert [r.id for r in db.runs()] == [run.id]  # the same run, not a new one
         assert db.run(run.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_a_changed_pipeline_keeps_the_decision_and_says_how_to_resume(release: Path, project: Path) -> None:
+    assert cli("apply", "p.yaml")[0] == 4
+    release.write_text(release.read_text().replace("name: release", "name: release\ndescription: changed"))
+    code, out = cli("approve", "last", "--input", "env=prod", "--as", "ann")
+    assert code == 1
+    assert "the decision is recorded, but run" in out and "--force" in out
+    code, out = cli("apply", "p.yaml", "--resume", "--force")
+    assert code == 0, out
+    assert effects(project) == {"build": 1, "side": 1, "deploy prod x2 by ann": 1}

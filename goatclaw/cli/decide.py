@@ -127,7 +127,9 @@ def _decide(run: str, task: str | None, *, approve: bool, who: str | None, input
         result = border.run(decision)
     verb = "approved" if approve else "rejected"
     if result is None:
-        print(f"{verb}: {run}{' ' + task if task else ''} (the run was not resumed here)")
+        why = ("resume it with: goatclaw apply FILE --resume --run RUN" if not resume else
+               "it is going on in another process, which takes the decision when it reaches the task")
+        print(f"{verb}: {run}{' ' + task if task else ''}; the run was not resumed here: {why}")
         return
     if mode == "json":
         from goatclaw.jsontext import dumps_pretty
