@@ -361,6 +361,7 @@ def test_a_run_without_a_store_cannot_wait(write_pipeline: Callable[..., Path]) 
     ("{uses: echo, approval: {inputs: {type: object, properties: {n: {type: nope}}}}}", "not a valid JSON Schema"),
     ("{uses: approval, with: {message: hi}}", "message"),
     ("{uses: echo, approval: 'Go ${{ tasks.nope.output }}?'}", "unknown task 'nope'"),
+    ("{uses: echo, approval: true}\n  u: {uses: echo, fallback: t}", "cannot wait for an approval"),
 ])
 def test_bad_approvals_are_located_errors(write_pipeline: Callable[..., Path], task: str, said: str) -> None:
     path = write_pipeline(f"version: 1\nname: bad\ntasks:\n  t: {task}\n")

@@ -106,7 +106,7 @@ def bounded(output: Any, limit: int = MAX_EVIDENCE_CHARS) -> Any:
 
 
 def approval_problems(pipeline: Pipeline) -> list[Problem]:
-    """Gates that cannot work: outside ``tasks:``, inputs that are no JSON Schema of an object."""
+    """Gates that cannot work: outside ``tasks:``, on a fallback, inputs that are no JSON Schema of an object."""
     problems = []
     for group in (pipeline.on_failure, pipeline.finally_):
         for task in group.values():
@@ -114,8 +114,13 @@ def approval_problems(pipeline: Pipeline) -> list[Problem]:
                 where = (*task.path, "uses") if task.uses == "approval" else (*task.path, "approval")
                 problems.append(Problem(pipeline.locate(where), dotted(where), f"an approval cannot be in "
                                         f"{task.group}: the run has ended by then; put it under tasks:"))
+    fallbacks = {t.fallback for t in pipeline.tasks.values() if t.fallback}
     for task in pipeline.tasks.values():
         policy = task.approval
+        if policy is not None and task.id in fallbacks:
+            where = (*task.path, "uses") if task.uses == "approval" else (*task.path, "approval")
+            problems.append(Problem(pipeline.locate(where), dotted(where), f"'{task.id}' is a fallback (it stands "
+                                    "in at once when a task fails): it cannot wait for an approval"))
         if policy is None or policy.inputs is None:
             continue
         where = (*task.path, "approval", "inputs")

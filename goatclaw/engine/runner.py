@@ -588,6 +588,10 @@ class _Runner(OutputChecks, ToolCalls):
             self.recorder.event("approval.requested", task.id, said)
         return False
 
+    def _decision_of(self, tid: str) -> dict[str, Any] | None:
+        res = self.result.tasks.get(tid)
+        return res.approval if res is not None else None
+
     def _after_gate(self, task: Task) -> list[str]:
         """What an approval lets run: the gated task itself (unless it is ``uses: approval``) and all after it."""
         follows = [t for t in self.plan.order if t in self.selected and task.id in self.plan.ancestors(t)]
@@ -832,7 +836,7 @@ class _Runner(OutputChecks, ToolCalls):
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
                            cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id),
                            tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
-                           mcp=mcp_servers(), approval=self.result.tasks[task.id].approval)
+                           mcp=mcp_servers(), approval=self._decision_of(task.id))
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""
