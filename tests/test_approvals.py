@@ -440,3 +440,16 @@ def test_a_changed_pipeline_keeps_the_decision_and_says_how_to_resume(release: P
     code, out = cli("apply", "p.yaml", "--resume", "--force")
     assert code == 0, out
     assert effects(project) == {"build": 1, "side": 1, "deploy prod x2 by ann": 1}
+
+
+def test_prune_keeps_a_waiting_run_and_drops_a_decided_ones_requests(release: Path, store_path: Path) -> None:
+    assert cli("apply", "p.yaml")[0] == 4
+    time.sleep(0.01)
+    code, out = cli("runs", "prune", "--older-than", "0s")
+    assert code == 0 and "deleted 0 runs" in out, out
+    assert len(goatclaw.approvals()) == 1
+    assert cli("reject", "last", "--reason", "no")[0] == 1
+    time.sleep(0.01)
+    code, out = cli("runs", "prune", "--older-than", "0s")
+    assert code == 0 and "deleted 1 run" in out, out
+    assert goatclaw.approvals(waiting=False) == []
