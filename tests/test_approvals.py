@@ -453,3 +453,11 @@ def test_prune_keeps_a_waiting_run_and_drops_a_decided_ones_requests(release: Pa
     code, out = cli("runs", "prune", "--older-than", "0s")
     assert code == 0 and "deleted 1 run" in out, out
     assert goatclaw.approvals(waiting=False) == []
+
+
+def test_a_junit_report_of_a_waiting_run_does_not_pass_the_waiting_task(release: Path, project: Path) -> None:
+    code, out = cli("apply", "p.yaml", "--report", "junit:out/r.xml")
+    assert code == 4, out
+    report = (project / "out" / "r.xml").read_text()
+    gate = report[report.index('name="gate"'):]
+    assert "<skipped" in gate.split("</testcase>")[0] and "waiting" in gate.split("</testcase>")[0]
