@@ -461,3 +461,31 @@ def test_a_junit_report_of_a_waiting_run_does_not_pass_the_waiting_task(release:
     report = (project / "out" / "r.xml").read_text()
     gate = report[report.index('name="gate"'):]
     assert "<skipped" in gate.split("</testcase>")[0] and "waiting" in gate.split("</testcase>")[0]
+
+
+def test_a_decision_recorded_while_the_run_goes_on_is_taken_before_it_stops(write_pipeline: Callable[..., Path],
+                                                                            project: Path) -> None:
+    """Another approver decides b_ok (a real second process) after this run found it waiting: the run goes on."""
+    write_pipeline(f"""
+        version: 1
+        name: together
+        tasks:
+          a_ok: {{uses: approval}}
+          b_ok: {{uses: approval}}
+          a:
+            uses: shell
+            needs: a_ok
+            with:
+              script: 'echo a >> effects.log; "$PY" -m goatclaw approve ${{{{ run.id }}}} b_ok --as bob --no-resume'
+              env: {{PY: "{sys.executable}"}}
+          b:
+            uses: shell
+            needs: b_ok
+            with: {{script: "echo b >> effects.log"}}
+        """)
+    assert cli("apply", "p.yaml")[0] == 4
+    code, out = cli("approve", "last", "a_ok", "--as", "ann", "--output", "plain")
+    assert code == 0, out
+    assert effects(project) == {"a": 1, "b": 1}
+    decided = {r["task_id"]: r["decided_by"] for r in goatclaw.approvals(waiting=False)}
+    assert decided == {"a_ok": "ann", "b_ok": "bob"}

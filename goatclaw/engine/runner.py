@@ -401,10 +401,14 @@ class _Runner(OutputChecks, ToolCalls):
         for tid in sel:
             if tid in seeded:
                 self._complete(tid)
-        if not sel or self.done >= len(sel):
-            return
+        while sel and self.done < len(sel):
+            await self._work()
+            self._release_decided()  # decisions recorded while this run went on (another approver): go on
+
+    async def _work(self) -> None:
+        """Run the workers until every selected task is done (or held at an approval)."""
         limit = self.opts.concurrency or self.pipeline.concurrency
-        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(sel))))]
+        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(self.selected))))]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -504,6 +508,23 @@ class _Runner(OutputChecks, ToolCalls):
             self.done += 1
             stack += self.plan.dependents[current]
         self._wake_if_done()
+
+    def _release_decided(self) -> None:
+        """Waiting tasks whose decision came meanwhile go back to the ready heap; the rest stay held."""
+        assert self.recorder is not None
+        waiting = [tid for tid in self.held if self.result.tasks[tid].status is TaskState.WAITING]
+        decided = {tid for tid in waiting if (row := Gate(self.pipeline.tasks[tid], self.result.run_id,
+                                                             self.recorder.store, self.recorder.redactor).stored())
+                   and row["decision"] is not None}
+        if not decided:
+            return
+        self.done -= len(self.held)
+        self.held = set()
+        for tid in waiting:
+            if tid not in decided:
+                self._hold(tid)
+        for tid in decided:
+            self._push(tid)
 
     def _wake_if_done(self) -> None:
         if self.done >= len(self.selected):

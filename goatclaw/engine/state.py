@@ -41,7 +41,7 @@ _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
                                   TaskState.CANCELLED, TaskState.SUCCEEDED, TaskState.CACHED}),
     TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED,
                                   TaskState.CANCELLED, TaskState.CACHED, TaskState.WAITING}),
-    TaskState.WAITING: frozenset({TaskState.CANCELLED}),
+    TaskState.WAITING: frozenset({TaskState.CANCELLED, TaskState.RUNNING}),  # running: decided while the run went on
 }
 
 
