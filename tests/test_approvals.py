@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -415,6 +416,7 @@ def _goatclaw(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_approval_round_trip_in_two_processes(release: Path, project: Path, store_path: Path) -> None:
     first = _goatclaw(project, "apply", "p.yaml", "--output", "plain")
     assert first.returncode == 4, first.stdout + first.stderr  # the process ended; the run waits in the store
@@ -489,3 +491,43 @@ def test_a_decision_recorded_while_the_run_goes_on_is_taken_before_it_stops(writ
     assert effects(project) == {"a": 1, "b": 1}
     decided = {r["task_id"]: r["decided_by"] for r in goatclaw.approvals(waiting=False)}
     assert decided == {"a_ok": "ann", "b_ok": "bob"}
+
+
+@pytest.mark.slow  # imports litellm
+def test_a_pipeline_called_as_a_tool_cannot_wait(write_pipeline: Callable[..., Path], srv: Any,
+                                                  store_path: Path) -> None:
+    """A model's tool call waits for its answer, not for a person: the child's approval fails, nothing waits."""
+    from openai_server import Reply, final, scripted, tool_call
+
+    write_pipeline("""
+        version: 1
+        name: gated
+        description: A pipeline with an approval in it.
+        tasks:
+          ok: {uses: approval}
+          after: {uses: echo, needs: ok, with: {value: done}}
+        """, name="pipelines/gated.yaml")
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("gated", {})]), final)
+    tools = json.dumps([{"pipeline": "pipelines/gated.yaml"}])
+    write_pipeline(f"""
+        version: 1
+        name: caller
+        tasks:
+          ask:
+            uses: llm
+            retry: {{attempts: 1}}
+            with:
+              model: openai/gpt-4o-mini
+              api_base: {srv.api_base}
+              api_key: sk-test
+              prompt: use the tools
+              tools: {tools}
+        """)
+    result = goatclaw.run("p.yaml")
+    assert result.status is not goatclaw.RunStatus.WAITING
+    with Store.open(store_path) as db:
+        assert [r.status for r in db.runs() if r.pipeline == "gated"] == ["failed"]
+        [child] = [r for r in db.runs() if r.pipeline == "gated"]
+        ok = next(t for t in db.tasks(child.id) if t.task_id == "ok")
+        assert "cannot wait inside a pipeline called as a tool" in (ok.error or "")
+    assert goatclaw.approvals(waiting=False) == []

@@ -596,6 +596,9 @@ class _Runner(OutputChecks, ToolCalls):
         A rejection raises ``TaskError(rejected)``; see goatclaw.engine.gates.
         """
         assert self.recorder is not None
+        if self.opts.parent:  # its caller (a model's tool call) is waiting for an answer, not for a person
+            raise TaskError("an approval cannot wait inside a pipeline called as a tool: the calling task holds "
+                            "the run", error_class="invalid_input")
         gate = Gate(task, self.result.run_id, self.recorder.store, self.recorder.redactor)
         res.approval = gate.decision()
         if res.approval is not None:
