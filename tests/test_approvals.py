@@ -384,6 +384,7 @@ def test_an_approval_cannot_be_in_finally(write_pipeline: Callable[..., Path]) -
     assert code == 2 and "p.yaml:6:" in out and "cannot be in finally" in out
 
 
+@pytest.mark.slow  # reads litellm's price map
 def test_the_cost_of_what_follows_is_estimated_as_plan_cost_does(write_pipeline: Callable[..., Path],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-used")  # the llm task does not run: nobody approves it here
