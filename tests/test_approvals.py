@@ -532,3 +532,20 @@ def test_a_pipeline_called_as_a_tool_cannot_wait(write_pipeline: Callable[..., P
         ok = next(t for t in db.tasks(child.id) if t.task_id == "ok")
         assert "cannot wait inside a pipeline called as a tool" in (ok.error or "")
     assert goatclaw.approvals(waiting=False) == []
+
+
+def test_approve_with_json_output_masks_the_runs_secrets(write_pipeline: Callable[..., Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPLOY_TOKEN", "tok-s3cr3t-value")
+    write_pipeline("""
+        version: 1
+        name: leaky
+        secrets: [DEPLOY_TOKEN]
+        tasks:
+          gate: {uses: approval}
+          use: {uses: echo, needs: gate, with: {value: "token ${{ secrets.DEPLOY_TOKEN }}"}}
+        """)
+    assert cli("apply", "p.yaml")[0] == 4
+    code, out = cli("approve", "last", "--output", "json")
+    assert code == 0, out
+    assert json.loads(out)["tasks"]["use"]["output"] == "token ***"

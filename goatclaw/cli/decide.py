@@ -23,7 +23,17 @@ from rich.console import Console
 from rich.text import Text
 
 from goatclaw.cli import options
-from goatclaw.cli.app import JsonOption, Output, StoreOption, _out, _output_mode, _plain, app, handles_errors
+from goatclaw.cli.app import (
+    JsonOption,
+    Output,
+    StoreOption,
+    _open_store,
+    _out,
+    _output_mode,
+    _plain,
+    app,
+    handles_errors,
+)
 from goatclaw.cli.text import shown
 
 __all__ = ["approvals_list", "approve", "print_approvals", "reject"]
@@ -132,9 +142,14 @@ def _decide(run: str, task: str | None, *, approve: bool, who: str | None, input
         print(f"{verb}: {run}{' ' + task if task else ''}; the run was not resumed here: {why}")
         return
     if mode == "json":
+        from goatclaw.api import redactor_for
         from goatclaw.jsontext import dumps_pretty
 
-        print(dumps_pretty(result.to_dict()))
+        with _open_store(store) as db:  # the run's own pipeline declares the secrets to mask
+            row = db.run(result.run_id)
+        pipeline = goatclaw.load(row.file) if row is not None and row.file else None
+        text = dumps_pretty(result.to_dict())
+        print(redactor_for(pipeline).mask(text) if pipeline is not None else text)
     else:
         print_result(result, _out() if mode == "rich" else _plain())
     code = ci.exit_code(result)
