@@ -1,0 +1,623 @@
+"""The JSON API's routes: projects, pipelines, runs and their events, login; health, metrics, the document.
+
+Every route finds the shared :class:`~goatclaw.server.app.Server` at
+``request.app.state.goatclaw`` and checks its principal with
+:func:`~goatclaw.server.auth.require` before anything else. Task outputs, errors and events
+come from pipeline runs (files, programs, models, the web): the answers that carry them say
+``"untrusted": true``; secrets declared by the pipelines were masked before they were stored.
+
+A route that changes something writes its audit row (who, what) before doing it, and
+answers 503 when the row cannot be written: nothing changes unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
+
+import goatclaw
+from goatclaw.server import openapi
+from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
+from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY
+from goatclaw.server.routing import Operation, Param, route
+from goatclaw.server.runs import Job, QueueFull, Stopping, new_run_id
+
+__all__ = ["routes", "server_of"]
+
+_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
+_MAX_LISTED = 1000
+_HEARTBEAT = 15.0  # seconds between comments on an idle event stream (proxies close silent connections)
+_POLL = 0.5  # the longest an event stream waits before looking at the store again
+_REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def server_of(request: Request) -> Any:
+    """The :class:`~goatclaw.server.app.Server` of the app serving ``request``."""
+    return request.app.state.goatclaw
+
+
+def _served(request: Request, scope: str) -> Any:
+    """The route's project, once the principal may use ``scope`` in it (401/403, or 404 for no such project)."""
+    require(request, scope)
+    name = request.path_params["project"]
+    found = server_of(request).project(name)
+    require(request, scope, project=name)
+    return found
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body (400 when it is not one)."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the body must be a JSON object")
+    return data
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    value = data.get(key, default)
+    if value is not default and not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise HTTPException(422, f"'{key}' must be {names}")
+    return value
+
+
+async def _audited(request: Request, action: str, detail: dict[str, Any], *, run_id: str | None = None,
+                   task_id: str | None = None, store: Path | None = None) -> None:
+    """Write the change's audit row before doing it (503 when it cannot be written)."""
+    server = server_of(request)
+    name = request.path_params.get("project")
+    target = store or (server.projects[name].store if name in server.projects else server.home.store)
+    row = {"principal": principal_of(request).label, "client": request.scope.get(CLIENT_KEY), **detail}
+    try:
+        await server.stores.audit(target, action, row, run_id=run_id, task_id=task_id)
+    except goatclaw.GoatclawError as exc:
+        raise HTTPException(503, f"the change was not made: its audit row could not be written ({exc})") from None
+    request.scope[AUDITED_KEY] = True
+
+
+# -- open routes ------------------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    """Liveness and the queue's state (no authentication: for load balancers and systemd)."""
+    server = server_of(request)
+    status = "stopping" if server.queue.stopping else "ok"
+    return JSONResponse({"status": status, "version": goatclaw.__version__,
+                         "runs": {"running": server.queue.running, "queued": server.queue.queued},
+                         "uptime": round(time.time() - server.started_at, 3)}, status_code=503 if
+                        server.queue.stopping else 200)
+
+
+async def openapi_document(request: Request) -> Response:
+    """The OpenAPI 3.1 document of every route of this app."""
+    return JSONResponse(openapi.document(request.app.routes))
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text: requests, latencies, refusals, runs, blocked clients."""
+    require(request, "read")
+    from goatclaw.server.metrics import exposition
+
+    return PlainTextResponse(exposition(server_of(request)), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# -- login ------------------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    """A browser login: user name, password and TOTP code; a session cookie."""
+    server = server_of(request)
+    data = await _body(request)
+    name, password, code = (_field(data, k, str, "") for k in ("username", "password", "code"))
+    if not name or not password or not code:
+        raise HTTPException(422, "give 'username', 'password' and 'code' (the TOTP code)")
+    client = request.scope.get(CLIENT_KEY)
+    done = await anyio.to_thread.run_sync(server.auth.login, name, password, code, client)
+    if done is None:
+        request.scope[FINDING_KEY] = "failed_login"
+        await _audited(request, "auth.login_failed", {"user": name[:64]})
+        raise HTTPException(401, "wrong user name, password or code")
+    await _audited(request, "auth.login", {"user": name})
+    answer = JSONResponse({"principal": done.principal.to_dict(), "csrf_token": done.csrf,
+                           "expires_at": done.expires_at})
+    answer.set_cookie(SESSION_COOKIE, done.cookie, max_age=max(1, int(done.expires_at - server.clock())),
+                      httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+    return answer
+
+
+async def logout(request: Request) -> Response:
+    """End the browser session of the request (a token is revoked with ``goatclaw tokens revoke``)."""
+    who = require(request, "read")
+    await _audited(request, "auth.logout", {"user": who.name})
+    await anyio.to_thread.run_sync(server_of(request).auth.logout, who)
+    answer = Response(status_code=204)
+    answer.delete_cookie(SESSION_COOKIE, path="/")
+    return answer
+
+
+async def me(request: Request) -> Response:
+    """Who the request comes from: kind, name, scopes, projects (and the session's CSRF token)."""
+    who = require(request, "read")
+    return JSONResponse({**who.to_dict(), "csrf_token": who.csrf})
+
+
+# -- projects and pipelines -------------------------------------------------------------------------
+
+
+async def projects(request: Request) -> Response:
+    """The projects this principal may use."""
+    who = require(request, "read")
+    rows = [{"name": p.name, "pipelines": f"/api/projects/{p.name}/pipelines", "runs": f"/api/projects/{p.name}/runs"}
+            for p in server_of(request).projects.values() if who.in_project(p.name)]
+    return JSONResponse({"projects": rows})
+
+
+async def pipelines(request: Request) -> Response:
+    """The pipeline files of the project: path, name, description, and their vars as a JSON Schema."""
+    served = _served(request, "read")
+    rows = await anyio.to_thread.run_sync(_pipeline_rows, served)
+    return JSONResponse({"project": served.name, "pipelines": rows})
+
+
+async def pipeline(request: Request) -> Response:
+    """One pipeline, checked: its vars' schema, tasks, plan levels, permissions, or its problems (422)."""
+    served = _served(request, "read")
+    file = served.inside(request.path_params["path"])
+    loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+    return JSONResponse(await anyio.to_thread.run_sync(_pipeline_detail, served, loaded))
+
+
+def _pipeline_rows(served: Any) -> list[dict[str, Any]]:
+    rows = []
+    for file in _pipeline_files(served.root):
+        head = _heading(file)
+        try:
+            loaded = goatclaw.load(file, project=served.project)
+        except goatclaw.GoatclawError as exc:
+            problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
+            rows.append({"path": served.shown(file), **head, "valid": False, "problems": problems})
+            continue
+        rows.append({"path": served.shown(file), "name": loaded.name, "description": loaded.description,
+                     "valid": True, "vars_schema": vars_schema(loaded), "tasks": list(loaded.tasks)})
+    return rows
+
+
+def _pipeline_detail(served: Any, loaded: Any) -> dict[str, Any]:
+    from goatclaw.api import permissions_of
+
+    compiled = goatclaw.plan(loaded)
+    return json.loads(json.dumps({
+        "path": served.shown(loaded.file), "name": loaded.name, "description": loaded.description,
+        "vars_schema": vars_schema(loaded), "levels": [list(level) for level in compiled.levels],
+        "tasks": {tid: {"uses": t.uses, "needs": list(t.needs)} for tid, t in loaded.tasks.items()},
+        "permissions": permissions_of(loaded)}, default=str))
+
+
+def vars_schema(loaded: Any) -> dict[str, Any]:
+    """A JSON Schema of a pipeline's vars, from their defaults (what a trigger's ``vars`` may hold)."""
+    props = {}
+    for key, value in loaded.vars.items():
+        kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
+        if isinstance(value, list | tuple):
+            kind = "array"
+        elif isinstance(value, Mapping):
+            kind = "object"
+        props[key] = {**({"type": kind} if kind else {}), "default": json.loads(json.dumps(value, default=str))}
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def _pipeline_files(root: Path) -> list[Path]:
+    """YAML files under ``root`` with a top-level ``tasks:`` (hidden folders and symlinks out of it skipped)."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if not name.endswith((".yaml", ".yml")) or name.endswith((".test.yaml", ".test.yml")) \
+                    or name in ("goatclaw.yaml", "goatclaw.yml"):
+                continue
+            path = Path(folder) / name
+            if path.resolve().is_relative_to(root) and re.search(r"^tasks\s*:", _head(path), re.MULTILINE):
+                found.append(path)
+                if len(found) >= _MAX_LISTED:
+                    return found
+    return found
+
+
+def _head(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.read(256_000)
+    except OSError:
+        return ""
+
+
+def _heading(path: Path) -> dict[str, str | None]:
+    head = _head(path)
+    found: dict[str, str | None] = {"name": path.stem, "description": None}
+    for key in ("name", "description"):
+        match = re.search(rf"^{key}\s*:\s*(\S.*?)\s*$", head, re.MULTILINE)
+        if match and not match[1].startswith(("|", ">", "#")):
+            found[key] = match[1].strip("'\"")
+    return found
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+
+async def trigger(request: Request) -> Response:
+    """Start a run of a pipeline of the project (202 with its id), or plan it (``dry_run``)."""
+    served = _served(request, "run")
+    data = await _body(request)
+    path = _field(data, "pipeline", str)
+    if not path:
+        raise HTTPException(422, "give 'pipeline': the pipeline file's path inside the project")
+    variables = _field(data, "vars", dict, {})
+    only = _field(data, "only", list, [])
+    if not all(isinstance(t, str) for t in only):
+        raise HTTPException(422, "'only' must be a list of task ids")
+    dry_run = _field(data, "dry_run", bool, False)
+    file = served.inside(path)
+    loaded = await _load(served, file)
+    _check_names(loaded, variables, only, served)
+    if dry_run:
+        compiled = goatclaw.plan(loaded)
+        return JSONResponse({"dry_run": True, "pipeline": loaded.name, "path": served.shown(file),
+                             "levels": [list(level) for level in compiled.levels]})
+    run_id = new_run_id()
+    job = Job(run_id, served.name, loaded, served.store, vars=dict(variables), only=tuple(only),
+              principal=principal_of(request).label)
+    _has_room(request)
+    await _audited(request, "run.triggered", {"pipeline": loaded.name, "path": served.shown(file),
+                                              "vars": sorted(variables), "only": list(only)}, run_id=run_id)
+    return _queued(request, served, _submit(request, job))
+
+
+async def _load(served: Any, file: Path) -> Any:
+    """The checked pipeline (422 with its located problems when it is invalid)."""
+    try:
+        return await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+    except goatclaw.SpecError as exc:
+        problems = [str(p).replace(str(served.root) + os.sep, "") for p in exc.problems]
+        raise HTTPException(422, "the pipeline is invalid: " + "; ".join(problems)) from None
+
+
+def _check_names(loaded: Any, variables: Mapping[str, Any], only: list[str], served: Any) -> None:
+    """Vars the pipeline does not declare and tasks it does not have are refused (as ``apply`` does)."""
+    undeclared = [k for k in variables if k not in loaded.vars]
+    if undeclared:
+        raise HTTPException(422, f"{', '.join(map(repr, undeclared))} not declared in {served.shown(loaded.file)} "
+                                 f"(its vars: {', '.join(loaded.vars) or 'none'})")
+    unknown = [t for t in only if t not in loaded.tasks]
+    if unknown:
+        raise HTTPException(422, f"no task {', '.join(map(repr, unknown))} in {served.shown(loaded.file)}")
+
+
+def _has_room(request: Request) -> None:
+    """Refuse before auditing when the queue is full or the server stopping (nothing was asked of it)."""
+    queue = server_of(request).queue
+    if queue.stopping:
+        raise HTTPException(503, "the server is stopping: it starts no new run", {"Retry-After": "5"})
+    if queue.queued >= queue.max_queued + max(0, queue.max_running - queue.running):
+        raise HTTPException(429, f"the run queue is full ({queue.running} running, {queue.queued} waiting); "
+                                 "try again later", {"Retry-After": "1"})
+
+
+def _submit(request: Request, job: Job) -> Job:
+    try:
+        return server_of(request).queue.submit(job)
+    except QueueFull as exc:
+        raise HTTPException(429, str(exc), {"Retry-After": "1"}) from None
+    except Stopping as exc:
+        raise HTTPException(503, str(exc), {"Retry-After": "5"}) from None
+
+
+def _queued(request: Request, served: Any, job: Job) -> Response:
+    base = f"/api/projects/{served.name}/runs/{job.run_id}"
+    return JSONResponse({**job.to_dict(), "links": {"run": base, "events": base + "/events",
+                                                    "cancel": base + "/cancel"}},
+                        status_code=202, headers={"Location": base})
+
+
+async def runs(request: Request) -> Response:
+    """The project's latest runs, newest first, with those still waiting in this server's queue."""
+    served = _served(request, "read")
+    limit = _int_param(request, "limit", 20, 1, 1000)
+    name = request.query_params.get("pipeline")
+    stored = await server_of(request).stores.call(served.store, lambda db: db.runs(limit=limit, pipeline=name))
+    queue = server_of(request).queue
+    waiting = [j.to_dict() for j in queue.jobs.values() if j.project == served.name and j.state == "queued"
+               and (name is None or j.pipeline.name == name)]
+    rows = [{"id": r.id, "pipeline": r.pipeline, "path": served.shown(r.file), "status": r.status,
+             "started_at": r.started_at, "finished_at": r.finished_at, "duration": r.duration, "error": r.error,
+             "interrupted": r.interrupted} for r in stored]
+    return JSONResponse({"project": served.name, "queued": waiting, "runs": rows, "untrusted": True})
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(key)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise HTTPException(400, f"'{key}' must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def _run_ref(request: Request) -> str:
+    ref = request.path_params["run_id"]
+    if not _REF.fullmatch(ref):
+        raise HTTPException(400, "a run id has letters, digits, '.', '_' and '-' only")
+    return str(ref)
+
+
+async def _stored_run(request: Request, served: Any, ref: str) -> Any:
+    """The stored run ``ref`` (id, unique prefix or ``last``), or ``None``; 409 for an ambiguous prefix."""
+    def find(db: Any) -> Any:
+        return db.run(ref)
+
+    try:
+        return await server_of(request).stores.call(served.store, find)
+    except goatclaw.StoreError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+async def run(request: Request) -> Response:
+    """One run: status, each task's result, the failed attempts, the LLM calls' cost; or its place in the queue."""
+    served = _served(request, "read")
+    ref = _run_ref(request)
+    job = server_of(request).queue.job(ref)
+    row = await _stored_run(request, served, ref)
+    if row is None:
+        if job is None or job.project != served.name:
+            raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
+        return JSONResponse({"id": job.run_id, "status": job.status or "queued", "error": job.error, "tasks": [],
+                             "server": job.to_dict()})
+    job = server_of(request).queue.job(row.id)
+    return JSONResponse(await server_of(request).stores.call(served.store, lambda db: _run_data(db, row, served, job)))
+
+
+def _run_data(db: Any, row: Any, served: Any, job: Job | None) -> dict[str, Any]:
+    from goatclaw.history import llm_costs
+
+    tasks = [{"id": t.task_id, "status": t.status, "attempts": t.attempts, "started_at": t.started_at,
+              "finished_at": t.finished_at, "plugin": t.plugin, "output": t.output, "error": t.error,
+              "error_class": t.error_class} for t in db.tasks(row.id)]
+    return json.loads(json.dumps({
+        "id": row.id, "pipeline": row.pipeline, "path": served.shown(row.file), "status": row.status,
+        "started_at": row.started_at, "finished_at": row.finished_at, "duration": row.duration,
+        "error": row.error, "vars": row.vars, "summary": row.summary, "interrupted": row.interrupted,
+        "tasks": tasks, "attempts": db.attempts(row.id), "llm": llm_costs(db.events(row.id)),
+        "server": job.to_dict() if job is not None and job.project == served.name else None,
+        "untrusted": True}, default=str))
+
+
+async def task(request: Request) -> Response:
+    """One task of a run: its result, every attempt, and its log lines."""
+    served = _served(request, "read")
+    row = await _stored_run(request, served, _run_ref(request))
+    if row is None:
+        raise HTTPException(404, f"no run '{request.path_params['run_id']}' in the project '{served.name}'")
+    task_id = request.path_params["task_id"]
+
+    def read(db: Any) -> dict[str, Any] | None:
+        found = [t for t in db.tasks(row.id) if t.task_id == task_id]
+        if not found:
+            return None
+        t = found[0]
+        return json.loads(json.dumps({
+            "run_id": row.id, "id": t.task_id, "status": t.status, "attempts": t.attempts, "plugin": t.plugin,
+            "started_at": t.started_at, "finished_at": t.finished_at, "output": t.output, "error": t.error,
+            "error_class": t.error_class, "attempt_rows": db.attempts(row.id, task_id),
+            "logs": db.logs(row.id, task_id), "untrusted": True}, default=str))
+
+    data = await server_of(request).stores.call(served.store, read)
+    if data is None:
+        raise HTTPException(404, f"no task '{task_id}' in run {row.id}")
+    return JSONResponse(data)
+
+
+async def events(request: Request) -> Response:
+    """A run's events as Server-Sent Events: the stored ones, then live ones until the run ends.
+
+    Each event's ``id`` is its sequence number: a client that reconnects with ``Last-Event-ID``
+    (or ``?after=N``) gets the events after it, none twice, none lost. The stream ends with an
+    ``end`` event carrying the run's status.
+    """
+    served = _served(request, "read")
+    ref = _run_ref(request)
+    server = server_of(request)
+    job = server.queue.job(ref)
+    row = await _stored_run(request, served, ref)
+    if row is None and (job is None or job.project != served.name):
+        raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
+    run_id = row.id if row is not None else ref
+    after = _after(request)
+    stream = _event_stream(server, served, run_id, after)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _after(request: Request) -> int:
+    text = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not text.isdigit():
+        raise HTTPException(400, "Last-Event-ID (or ?after) must be an event's sequence number")
+    return int(text)
+
+
+async def _event_stream(server: Any, served: Any, run_id: str, after: int) -> AsyncIterator[bytes]:
+    """Stored events after ``after``, woken by the run's bus while it runs; ``end`` when it has ended."""
+    last_sent = time.monotonic()
+    yield b"retry: 2000\n\n"
+    while True:
+        job = server.queue.job(run_id)
+        woken = job.woken() if job is not None else None  # armed before reading: a wake-up is never missed
+
+        def read(db: Any, since: int = after) -> tuple[list[dict[str, Any]], Any]:
+            return db.events(run_id, after=since, limit=500), db.run(run_id)
+
+        batch, row = await server.stores.call(served.store, read)
+        for ev in batch:
+            after = ev["seq"]
+            text = json.dumps(ev, ensure_ascii=False, default=str)
+            yield f"id: {ev['seq']}\nevent: {ev['topic']}\ndata: {text}\n\n".encode()
+        if batch:
+            last_sent = time.monotonic()
+            continue
+        ended = _ended(job, row)
+        if ended is not None or server.stopped:
+            status = ended or (row.status if row is not None else "unknown")
+            yield f"event: end\ndata: {json.dumps({'run_id': run_id, 'status': status})}\n\n".encode()
+            return
+        if time.monotonic() - last_sent >= _HEARTBEAT:
+            yield b": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await _wait(woken, _POLL)
+
+
+def _ended(job: Job | None, row: Any) -> str | None:
+    """The run's final status once nothing more will be stored for it, else ``None``."""
+    if job is not None and job.state != "done":
+        return None
+    if row is None:
+        return job.status if job is not None else "unknown"
+    if row.status == "running" and not row.interrupted and (job is None or job.state != "done"):
+        return None  # another process on this store runs it: follow it
+    if row.status == "running" and job is not None and job.state == "done":
+        return job.status or "failed"
+    return "interrupted" if row.interrupted else str(row.status)
+
+
+async def _wait(event: asyncio.Event | None, timeout: float) -> None:
+    if event is None:
+        await asyncio.sleep(timeout)
+        return
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel a run this server queued or is running (the engine records it ``cancelled``: resumable)."""
+    served = _served(request, "run")
+    ref = _run_ref(request)
+    queue = server_of(request).queue
+    row = await _stored_run(request, served, ref)
+    run_id = row.id if row is not None else ref
+    job = queue.job(run_id)
+    if job is None or job.project != served.name or job.state == "done":
+        if row is None:
+            raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
+        raise HTTPException(409, f"run {run_id} is not running in this server (it is {row.status})")
+    await _audited(request, "run.cancelled", {"was": job.state}, run_id=run_id)
+    was = queue.cancel(run_id)
+    return JSONResponse({"run_id": run_id, "was": was, "status": "cancelling" if was == "running" else "cancelled"},
+                        status_code=202)
+
+
+async def resume(request: Request) -> Response:
+    """Resume a stored run that did not finish, under its own id (what succeeded does not run again)."""
+    served = _served(request, "run")
+    row = await _stored_run(request, served, _run_ref(request))
+    if row is None:
+        raise HTTPException(404, f"no run '{request.path_params['run_id']}' in the project '{served.name}'")
+    if row.status == "succeeded":
+        raise HTTPException(409, f"run {row.id} succeeded: there is nothing to resume")
+    job = server_of(request).queue.job(row.id)
+    if job is not None and job.state != "done":
+        raise HTTPException(409, f"run {row.id} is {job.state} in this server already")
+    if not row.file:
+        raise HTTPException(409, f"run {row.id} has no pipeline file to resume from")
+    file = served.inside(served.shown(row.file) or "")
+    loaded = await _load(served, file)
+    _has_room(request)
+    await _audited(request, "run.resumed", {"pipeline": loaded.name, "path": served.shown(file)}, run_id=row.id)
+    resumed = Job(row.id, served.name, loaded, served.store, resume=True, principal=principal_of(request).label)
+    server_of(request).queue.jobs.pop(row.id, None)  # a finished job of this id: the resume replaces it
+    return _queued(request, served, _submit(request, resumed))
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+_P = "/api/projects/{project}"
+_LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}, "How many runs.")
+_ERR = {"$ref": "#/components/schemas/Error"}
+_DENIED = {401: ("No principal (no token or session)", _ERR), 403: ("Not allowed (scope or project)", _ERR)}
+_MISSING = {404: ("No such project, run or file", _ERR)}
+_TRIGGER_BODY = {"$ref": "#/components/schemas/Trigger"}
+
+
+def routes() -> list[BaseRoute]:
+    """The JSON API's routes, in the order Starlette matches them."""
+    return [
+        route("/health", health, ["GET"], Operation("Liveness and the run queue's state", tag="server",
+                                                   responses={200: ("Serving", None), 503: ("Stopping", None)})),
+        route("/metrics", metrics, ["GET"], Operation("Prometheus metrics (text format 0.0.4)", "read", tag="server",
+                                                      content_type="text/plain",
+                                                      responses={200: ("The metrics", None), **_DENIED})),
+        route("/openapi.json", openapi_document, ["GET"], Operation("This document", tag="server",
+                                                                    responses={200: ("OpenAPI 3.1", None)})),
+        route("/auth/login", login, ["POST"], Operation(
+            "Log in with a password and a TOTP code; sets the session cookie", tag="auth",
+            body={"$ref": "#/components/schemas/Login"},
+            responses={200: ("Logged in", {"$ref": "#/components/schemas/Session"}), 401: ("Wrong credentials", _ERR),
+                       422: ("A field is missing", _ERR)})),
+        route("/auth/logout", logout, ["POST"], Operation("End the session", "read", tag="auth",
+                                                          responses={204: ("Logged out", None), **_DENIED})),
+        route("/auth/me", me, ["GET"], Operation("Who is asking", "read", tag="auth", responses={
+            200: ("The principal", {"$ref": "#/components/schemas/Principal"}), **_DENIED})),
+        route("/api/projects", projects, ["GET"], Operation("The projects this principal may use", "read",
+                                                            tag="projects", responses={200: ("Projects", None),
+                                                                                       **_DENIED})),
+        route(f"{_P}/pipelines", pipelines, ["GET"], Operation(
+            "The project's pipelines and their vars' schemas", "read", tag="pipelines",
+            responses={200: ("Pipelines", None), **_DENIED, **_MISSING})),
+        route(f"{_P}/pipelines/{{path:path}}", pipeline, ["GET"], Operation(
+            "One pipeline: vars' schema, tasks, plan levels, permissions", "read", tag="pipelines",
+            responses={200: ("The pipeline", None), 422: ("It is invalid", _ERR), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs", runs, ["GET"], Operation("The latest runs", "read", params=[
+            _LIMIT, Param("pipeline", {"type": "string"}, "Only this pipeline's runs (its name).")],
+            responses={200: ("Runs", None), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs", trigger, ["POST"], Operation(
+            "Trigger a run (or plan it with dry_run)", "run", body=_TRIGGER_BODY,
+            responses={202: ("Queued", {"$ref": "#/components/schemas/Queued"}), 200: ("The plan (dry_run)", None),
+                       422: ("Invalid pipeline, vars or tasks", _ERR), 429: ("The queue is full", _ERR),
+                       503: ("Stopping, or the audit row could not be written", _ERR), **_DENIED, **_MISSING}),
+            name="trigger"),
+        route(f"{_P}/runs/{{run_id}}", run, ["GET"], Operation(
+            "One run: tasks, attempts, LLM costs", "read",
+            responses={200: ("The run", {"$ref": "#/components/schemas/Run"}), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs/{{run_id}}/tasks/{{task_id}}", task, ["GET"], Operation(
+            "One task of a run: result, attempts, logs", "read",
+            responses={200: ("The task", None), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs/{{run_id}}/events", events, ["GET"], Operation(
+            "The run's events as Server-Sent Events (stored, then live; Last-Event-ID resumes)", "read",
+            content_type="text/event-stream",
+            params=[Param("after", {"type": "integer", "minimum": 0}, "Only events after this sequence number."),
+                    Param("Last-Event-ID", {"type": "string"}, "As after (what EventSource sends).", where="header")],
+            responses={200: ("The event stream", None), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs/{{run_id}}/cancel", cancel, ["POST"], Operation(
+            "Cancel a queued or running run (it stays resumable)", "run",
+            responses={202: ("Cancelling", None), 409: ("Not running here", _ERR), **_DENIED, **_MISSING})),
+        route(f"{_P}/runs/{{run_id}}/resume", resume, ["POST"], Operation(
+            "Resume a run that did not finish, under its own id", "run",
+            responses={202: ("Queued", {"$ref": "#/components/schemas/Queued"}), 409: ("Nothing to resume", _ERR),
+                       429: ("The queue is full", _ERR), **_DENIED, **_MISSING})),
+    ]
