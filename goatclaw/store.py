@@ -799,9 +799,10 @@ class Store:
         if (digest is None) == (user is None):
             raise ValueError("give exactly one of digest and user")
         column, value = ("hash", digest) if digest is not None else ("user", user)
+        when = time.time() if now is None else now
         cur = self.commit(lambda db: db.execute(
-            f"UPDATE sessions SET revoked_at = ? WHERE {column} = ? AND revoked_at IS NULL",
-            (time.time() if now is None else now, value)), what="a session's revocation")
+            f"UPDATE sessions SET revoked_at = ? WHERE {column} = ? AND revoked_at IS NULL AND expires_at > ?",
+            (when, value, when)), what="a session's revocation")
         return int(cur.rowcount)
 
     def _auth_rows(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:

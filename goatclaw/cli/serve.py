@@ -86,7 +86,6 @@ def serve(
         _err().print("warning: no user or token yet: every API call will be refused. Make one with "
                      "`goatclaw tokens create NAME --scope run`.", soft_wrap=True, markup=False)
     run_server(app_, host=host, port=port, log_level=log_level)
-    sys.exit(0)
 
 
 def _folders(values: list[str]) -> dict[str, str] | list[str]:
