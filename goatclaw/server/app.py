@@ -98,6 +98,8 @@ class Server:
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
     stopped: bool = False
+    #: Checked pipelines by file, with the (mtime, size) they were loaded at: a changed file is loaded again.
+    pipelines: dict[Path, tuple[tuple[int, int], Any]] = field(default_factory=dict)
 
     @property
     def home(self) -> ServedProject:

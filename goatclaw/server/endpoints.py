@@ -275,7 +275,7 @@ async def trigger(request: Request) -> Response:
         raise HTTPException(422, "'only' must be a list of task ids")
     dry_run = _field(data, "dry_run", bool, False)
     file = served.inside(path)
-    loaded = await _load(served, file)
+    loaded = await _load(request, served, file)
     _check_names(loaded, variables, only, served)
     if dry_run:
         compiled = goatclaw.plan(loaded)
@@ -290,10 +290,18 @@ async def trigger(request: Request) -> Response:
     return _queued(request, served, _submit(request, job))
 
 
-async def _load(served: Any, file: Path) -> Any:
-    """The checked pipeline (422 with its located problems when it is invalid)."""
+async def _load(request: Request, served: Any, file: Path) -> Any:
+    """The checked pipeline (422 with its located problems when it is invalid); loaded again when it changed."""
+    cache = server_of(request).pipelines
+    stat = file.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    found = cache.get(file)
+    if found is not None and found[0] == stamp:
+        return found[1]
     try:
-        return await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+        loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+        cache[file] = (stamp, loaded)
+        return loaded
     except goatclaw.SpecError as exc:
         problems = [str(p).replace(str(served.root) + os.sep, "") for p in exc.problems]
         raise HTTPException(422, "the pipeline is invalid: " + "; ".join(problems)) from None
@@ -546,7 +554,7 @@ async def resume(request: Request) -> Response:
     if not row.file:
         raise HTTPException(409, f"run {row.id} has no pipeline file to resume from")
     file = served.inside(served.shown(row.file) or "")
-    loaded = await _load(served, file)
+    loaded = await _load(request, served, file)
     _has_room(request)
     await _audited(request, "run.resumed", {"pipeline": loaded.name, "path": served.shown(file)}, run_id=row.id)
     resumed = Job(row.id, served.name, loaded, served.store, resume=True, principal=principal_of(request).label)

@@ -99,16 +99,8 @@ class RunQueue:
         self.stopping = False
         self.counts: dict[str, int] = {}  # finished runs by status
         self.refused = {"full": 0, "stopping": 0}
-
-    @property
-    def queued(self) -> int:
-        """Jobs waiting for a slot."""
-        return sum(1 for j in self.jobs.values() if j.state == "queued")
-
-    @property
-    def running(self) -> int:
-        """Runs in flight."""
-        return sum(1 for j in self.jobs.values() if j.state == "running")
+        self.queued = 0  # jobs waiting for a slot
+        self.running = 0  # runs in flight
 
     def start(self) -> None:
         """Start the workers on the running loop."""
@@ -127,6 +119,7 @@ class RunQueue:
         if job.run_id in self.jobs:
             raise goatclaw.GoatclawError(f"run {job.run_id} is already queued or running in this server")
         self.jobs[job.run_id] = job
+        self.queued += 1
         self._waiting.put_nowait(job)
         self._forget_old()
         return job
@@ -141,6 +134,7 @@ class RunQueue:
         if job is None or job.state == "done":
             return None
         if job.state == "queued":
+            self.queued -= 1
             job.state, job.status, job.error = "done", "cancelled", "cancelled before it started"
             job.wake()
             return "queued"
@@ -154,6 +148,7 @@ class RunQueue:
         waiting = [j for j in self.jobs.values() if j.state == "queued"]
         for job in waiting:
             job.state, job.status, job.error = "done", "failed", NOT_STARTED
+        self.queued = 0
         flying = [j.task for j in self.jobs.values() if j.state == "running" and j.task is not None]
         deadline = time.monotonic() + grace
         while flying and time.monotonic() < deadline and not force():
@@ -178,6 +173,8 @@ class RunQueue:
             if job.state != "queued" or self.stopping:
                 continue
             job.state = "running"
+            self.queued -= 1
+            self.running += 1
             job.task = asyncio.create_task(self._run(job), name=f"goatclaw-run-{job.run_id}")
             await asyncio.wait([job.task])
 
@@ -196,6 +193,7 @@ class RunQueue:
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             job.state = "done"
+            self.running -= 1
             self.counts[job.status or "failed"] = self.counts.get(job.status or "failed", 0) + 1
             job.wake()
 
