@@ -57,9 +57,11 @@ def _grace(value: str | None) -> str | None:
 @app.command("serve")
 @handles_errors
 def serve(
-    host: Annotated[str, typer.Option("--host", help="The address to listen on (0.0.0.0: every interface, "
-                                                     "as in a container).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port.")] = 8750,
+    host: Annotated[str, typer.Option("--host", envvar="GOATCLAW_SERVE_HOST",
+                                      help="The address to listen on (0.0.0.0: every interface, as the Docker "
+                                           "image does).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, envvar="GOATCLAW_SERVE_PORT",
+                                      help="The port.")] = 8750,
     project: Annotated[list[str] | None, typer.Option(
         "--project", metavar="DIR|NAME=DIR", callback=_project_arg,
         help="A project folder to serve (default: the current folder); repeatable. The first is the home "
