@@ -436,3 +436,41 @@ def test_metrics_are_prometheus_text(demo: Path) -> None:
     requests = {(s.labels["route"], s.labels["status"]): s.value for s in families["goatclaw_http_requests"].samples}
     assert requests[("/api/projects/{project}/runs", "202")] == 1
     assert families["goatclaw_http_request_duration_seconds"].type == "histogram"
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def test_tokens_and_users_commands(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from goatclaw.cli.app import app
+
+    monkeypatch.chdir(demo)
+    runner = CliRunner()
+    made = runner.invoke(app, ["tokens", "create", "ci", "--scope", "run", "--project", "demo"])
+    assert made.exit_code == 0, made.output
+    text = made.stdout.strip().splitlines()[-1]
+    assert text.startswith("gct_")
+    listed = runner.invoke(app, ["tokens", "list", "--json"])
+    [row] = json.loads(listed.stdout)
+    assert (row["name"], row["scopes"], row["projects"]) == ("ci", ["run"], ["demo"])
+    assert text not in listed.stdout and text.split("_", 2)[2] not in listed.stdout
+    with live(build_app([demo])) as server, server.client(text) as http:
+        assert http.get("/api/projects/demo/runs").status_code == 200
+        assert runner.invoke(app, ["tokens", "revoke", "ci"]).exit_code == 0
+        assert http.get("/api/projects/demo/runs").status_code == 401
+    assert runner.invoke(app, ["tokens", "revoke", "ci"]).exit_code == 1  # nothing live to revoke
+    added = runner.invoke(app, ["users", "add", "ann", "--scope", "read", "--password-stdin"],
+                          input="a long passphrase\n")
+    assert added.exit_code == 0, added.output
+    assert "otpauth://totp/goatclaw:ann?secret=" in added.stdout
+    again = runner.invoke(app, ["users", "add", "ann", "--scope", "read", "--password-stdin"], input="another one\n")
+    assert again.exit_code == 2 and "there is a user 'ann' already" in again.output
+    short = runner.invoke(app, ["users", "add", "bob", "--scope", "read", "--password-stdin"], input="short\n")
+    assert short.exit_code == 2 and "at least 8 characters" in short.output
+    users = json.loads(runner.invoke(app, ["users", "list", "--json"]).stdout)
+    assert [u["name"] for u in users] == ["ann"] and "password" not in users[0] and "totp_secret" not in users[0]
+    assert runner.invoke(app, ["users", "disable", "ann"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["users", "list", "--json"]).stdout)[0]["disabled_at"] is not None
+    assert runner.invoke(app, ["users", "disable", "nobody"]).exit_code == 2

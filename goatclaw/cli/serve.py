@@ -30,10 +30,60 @@ app.add_typer(tokens_app, name="tokens")
 
 HomeStore = Annotated[Path | None, typer.Option(
     "--store", help="The home store (default: the store of the project in the current folder).")]
-Scopes = Annotated[list[str], typer.Option("--scope", "-s", help="read, run, approve or admin (comma-separated "
-                                                                  "or repeated); any scope includes read.")]
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _scopes(values: list[str] | None) -> list[str] | None:
+    """``--scope``: known scopes only (checked before the store is opened)."""
+    from goatclaw.server.accounts import SCOPES
+
+    for value in values or []:
+        for scope in filter(None, (s.strip() for s in value.split(","))):
+            if scope not in SCOPES:
+                raise typer.BadParameter(f"unknown scope '{scope}' (scopes: {', '.join(SCOPES)})")
+    return values
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Project names of ``--project`` on a token or user: what a server names its projects."""
+    for value in values or []:
+        if not _NAME.fullmatch(value):
+            raise typer.BadParameter(f"'{value}' cannot name a project (letters, digits, '.', '_', '-', '@')")
+    return values
+
+
+def _user(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise typer.BadParameter(f"'{value}' cannot name a user (letters, digits, '.', '_', '-', '@'; up to 64)")
+    return value
+
+
+def _host(value: str) -> str:
+    """``--host``: an IP address or a host name."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value.strip("[]")
+    except ValueError:
+        if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*", value):
+            return value
+    raise typer.BadParameter(f"'{value}' is not an IP address or a host name")
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in _LOG_LEVELS:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(_LOG_LEVELS)}")
+    return value.lower()
+
+
+Scopes = Annotated[list[str], typer.Option("--scope", "-s", callback=_scopes,
+                                           help="read, run, approve or admin (comma-separated or repeated); "
+                                                "any scope includes read.")]
 Projects = Annotated[list[str] | None, typer.Option(
-    "--project", "-p", help="Only this project (its name on the server); repeatable. None: every project.")]
+    "--project", "-p", callback=_names,
+    help="Only this project (its name on the server); repeatable. None: every project.")]
 
 
 def _project_arg(values: list[str] | None) -> list[str] | None:
@@ -57,7 +107,7 @@ def _grace(value: str | None) -> str | None:
 @app.command("serve")
 @handles_errors
 def serve(
-    host: Annotated[str, typer.Option("--host", envvar="GOATCLAW_SERVE_HOST",
+    host: Annotated[str, typer.Option("--host", envvar="GOATCLAW_SERVE_HOST", callback=_host,
                                       help="The address to listen on (0.0.0.0: every interface, as the Docker "
                                            "image does).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, envvar="GOATCLAW_SERVE_PORT",
@@ -69,7 +119,8 @@ def serve(
     grace: Annotated[str | None, typer.Option(
         "--grace", callback=_grace, help="On SIGTERM, how long runs in flight may finish before they are "
                                          "cancelled (default: server.grace, else 30s).")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    log_level: Annotated[str, typer.Option("--log-level", callback=_log_level,
+                                           help="uvicorn's log level: " + ", ".join(_LOG_LEVELS) + ".")] = "info",
 ) -> None:
     """Serve the HTTP API: trigger runs, follow their events, approve; tokens and users say who may."""
     from goatclaw.cli import options
@@ -129,7 +180,7 @@ def _when(ts: float | None) -> str:
 @users_app.command("add")
 @handles_errors
 def users_add(
-    name: Annotated[str, typer.Argument(help="The user name (what they log in with).")],
+    name: Annotated[str, typer.Argument(help="The user name (what they log in with).", callback=_user)],
     scope: Scopes,
     project: Projects = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin's first "
