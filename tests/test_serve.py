@@ -383,6 +383,15 @@ def test_forwarded_for_counts_only_from_trusted_proxies(tmp_path: Path) -> None:
         assert http.get("/api/projects", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
 
 
+def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "demo", server="ip: {trusted_proxies: [127.0.0.1/32]}")
+    accounts.add_user(store_of(folder), "ann", "correct horse", ["read"], totp_secret=SECRET)
+    with live(build_app([folder])) as server, server.client() as http:
+        login = {"username": "ann", "password": "correct horse", "code": pyotp.TOTP(SECRET).now()}
+        answer = http.post("/auth/login", json=login, headers={"X-Forwarded-Proto": "https"})
+        assert answer.status_code == 200 and "Secure" in answer.headers["set-cookie"]
+
+
 def test_every_change_is_audited_with_its_principal(demo: Path) -> None:
     key = token(demo, "run", name="ci")
     accounts.add_user(store_of(demo), "ann", "correct horse", ["read"], totp_secret=SECRET)

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 import goatclaw
 from goatclaw.server import openapi
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
-from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY
+from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.routing import Operation, Param, route
 from goatclaw.server.runs import Job, QueueFull, Stopping, new_run_id
 
@@ -139,7 +139,7 @@ async def login(request: Request) -> Response:
     answer = JSONResponse({"principal": done.principal.to_dict(), "csrf_token": done.csrf,
                            "expires_at": done.expires_at})
     answer.set_cookie(SESSION_COOKIE, done.cookie, max_age=max(1, int(done.expires_at - server.clock())),
-                      httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+                      httponly=True, samesite="strict", secure=bool(request.scope.get(HTTPS_KEY)), path="/")
     return answer
 
 
@@ -548,6 +548,8 @@ async def resume(request: Request) -> Response:
         raise HTTPException(404, f"no run '{request.path_params['run_id']}' in the project '{served.name}'")
     if row.status == "succeeded":
         raise HTTPException(409, f"run {row.id} succeeded: there is nothing to resume")
+    if row.status == "running" and not row.interrupted:
+        raise HTTPException(409, f"run {row.id} is running (in this server or another process on this store)")
     job = server_of(request).queue.job(row.id)
     if job is not None and job.state != "done":
         raise HTTPException(409, f"run {row.id} is {job.state} in this server already")

@@ -49,8 +49,8 @@ from goatclaw.security.threat import Finding, ThreatScore
 from goatclaw.server.auth import ANONYMOUS, PRINCIPAL_KEY, SESSION_COOKIE, Authenticator, Principal
 from goatclaw.server.settings import Network, ServerSettings
 
-__all__ = ["AUDITED_KEY", "CLIENT_KEY", "FINDING_KEY", "WEIGHTS", "ClientThreats", "Gatekeeper", "RateLimits",
-           "client_address"]
+__all__ = ["AUDITED_KEY", "CLIENT_KEY", "FINDING_KEY", "HTTPS_KEY", "WEIGHTS", "ClientThreats", "Gatekeeper",
+           "RateLimits", "client_address"]
 
 log = logging.getLogger("goatclaw.server")
 
@@ -67,6 +67,7 @@ WEIGHTS: dict[str, float] = {
 }
 #: ``scope`` keys the gate sets (the client's address) and routes may set (a finding, "audited").
 CLIENT_KEY = "goatclaw.client"
+HTTPS_KEY = "goatclaw.https"  # the client reached us over TLS (directly, or at a trusted proxy)
 FINDING_KEY = "goatclaw.finding"
 AUDITED_KEY = "goatclaw.audited"
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -237,6 +238,7 @@ class Gatekeeper:
         started = time.perf_counter()
         client = client_address(scope, self.settings.trusted_proxies)
         scope[CLIENT_KEY] = client
+        scope[HTTPS_KEY] = _https(scope, self.settings.trusted_proxies)
         refusal = self._at_the_door(client, scope["path"])
         if refusal is None:
             principal, refusal = await self._authenticate(scope, client)
@@ -308,7 +310,9 @@ class Gatekeeper:
             route = getattr(scope.get("route"), "path", None) or "(unmatched)"
             self.counters.answered(scope["method"], route, status, time.perf_counter() - started)
             self._judge(scope, client, status)
-        if scope["method"] in _CHANGES and not scope.get(AUDITED_KEY) and status != 429:
+        principal = scope.get(PRINCIPAL_KEY, ANONYMOUS)
+        if scope["method"] in _CHANGES and not scope.get(AUDITED_KEY) and status != 429 and (
+                principal.kind != "anonymous" or status < 400):  # a refused stranger changed nothing
             await self._audit_after(scope, client, status)
 
     def _judge(self, scope: dict[str, Any], client: str, status: int) -> None:
@@ -335,6 +339,15 @@ class Gatekeeper:
         except Exception as exc:  # the answer is sent: say loudly that its row is missing
             log.error("goatclaw serve: could not audit %s %s by %s: %s", scope["method"], scope["path"],
                       principal.label, exc)
+
+
+def _https(scope: dict[str, Any], trusted: tuple[Network, ...]) -> bool:
+    """Whether the client's connection is TLS: ours, or a trusted proxy's (``X-Forwarded-Proto: https``)."""
+    if scope.get("scheme") == "https":
+        return True
+    peer = (scope.get("client") or ("", 0))[0]
+    return bool(trusted) and _in(str(peer), trusted) and _headers(scope).get("x-forwarded-proto", "").split(",")[
+        0].strip().lower() == "https"
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
