@@ -12,8 +12,9 @@ Two servers run as subprocesses on 127.0.0.1, each under uvicorn with the same s
   real run of a two-task pipeline that the server then runs into its store.
 
 In each phase ``--clients`` clients (asyncio, one connection each) send requests back to
-back for ``--seconds``: against bare, ``POST /runs``; against goatclaw, a trigger, then a
-``GET`` of the run, then a ``GET /api/projects`` (auth and routing only). After the
+back for ``--seconds``: against bare, ``POST /runs``; against goatclaw, first ``GET
+/api/projects`` alone (the gate and routing, no run going), then a trigger, a ``GET`` of the
+run and a ``GET /api/projects`` in turn. After the
 goatclaw phase the benchmark waits for the queue to empty and checks every run it was
 answered 202 for: stored, succeeded, its events numbered 1..n with no gap, ``run.started``
 first and ``run.succeeded`` last, and for a sample the event stream (SSE) gives exactly the
@@ -251,6 +252,12 @@ def goatclaw_phase(folder: Path, clients: int, seconds: float, sample: int) -> d
                 await timed(connection, tally, "goatclaw GET run", "GET", f"/api/projects/bench/runs/{run_id}")
             await timed(connection, tally, "goatclaw GET /api/projects", "GET", "/api/projects")
 
+        async def gate_only(connection: Connection, tally: Tally) -> None:
+            await timed(connection, tally, "goatclaw GET /api/projects, no runs going", "GET", "/api/projects")
+
+        cpu0 = cpu_seconds(proc.pid)
+        gate, gate_took = asyncio.run(hammer(port, headers, clients, seconds, gate_only))
+        gate_cpu = cpu_seconds(proc.pid) - cpu0
         cpu0 = cpu_seconds(proc.pid)
         tally, took = asyncio.run(hammer(port, headers, clients, seconds, steps))
         drained_at = time.monotonic()
@@ -265,6 +272,7 @@ def goatclaw_phase(folder: Path, clients: int, seconds: float, sample: int) -> d
     finally:
         stop(proc)
     return {"tally": tally, "took": took, "cpu": cpu, "drain": drain, "accepted": accepted,
+            "gate": {"tally": gate, "took": gate_took, "cpu": gate_cpu},
             "check": check_store(store, accepted), "streamed": streamed}
 
 
@@ -331,7 +339,7 @@ def report(args: Any, bare: dict[str, Any], ours: dict[str, Any], before: tuple[
           f"{before[0]:.2f} before, {after[0]:.2f} after; the clients and the server share the cores)\n")
     print("| requests | count | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
-    for phase in (bare, ours):
+    for phase in (bare, ours["gate"], ours):
         tally = phase["tally"]
         for kind, values in tally.latency.items():
             bad = sum(n for s, n in tally.statuses[kind].items() if not 200 <= s < 300)
@@ -344,10 +352,15 @@ def report(args: Any, bare: dict[str, Any], ours: dict[str, Any], before: tuple[
     trigger = ours["tally"].latency.get("goatclaw POST runs (trigger)", [])
     bare_post = bare["tally"].latency.get("bare POST /runs", [])
     check, streamed = ours["check"], ours["streamed"]
+    gate = ours["gate"]
+    gate_requests = sum(len(v) for v in gate["tally"].latency.values())
+    gate_cpu_ms = gate["cpu"] / max(1, gate_requests) * 1000
     print("\n| per triggered run | goatclaw | bare Starlette POST | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| server CPU ms (goatclaw: the trigger, its GETs and the run itself) | {run_cpu_ms:.2f} | "
           f"{bare_cpu_ms:.2f} | {run_cpu_ms / bare_cpu_ms if bare_cpu_ms else float('nan'):.1f} |")
+    print(f"| server CPU ms per request through the gate alone (GET /api/projects, no runs) | {gate_cpu_ms:.2f} | "
+          f"{bare_cpu_ms:.2f} | {gate_cpu_ms / bare_cpu_ms if bare_cpu_ms else float('nan'):.1f} |")
     print(f"| trigger answer p50 ms | {pct(trigger, 0.5):.1f} | {pct(bare_post, 0.5):.1f} | "
           f"{pct(trigger, 0.5) / pct(bare_post, 0.5) if bare_post else float('nan'):.1f} |")
     print(f"\nruns accepted {runs:,} ({runs / ours['took']:,.0f}/s); all done {ours['drain']:.1f} s after the load "
