@@ -112,6 +112,7 @@ def test_an_invalid_pipeline_is_refused_with_its_located_problems(demo: Path) ->
         assert "pipelines/bad.yaml:6:" in answer.json()["error"] and "ghost" in answer.json()["error"]
         listed = {p["path"]: p for p in http.get("/api/projects/demo/pipelines").json()["pipelines"]}
         assert listed["pipelines/bad.yaml"]["valid"] is False
+        assert listed["pipelines/bad.yaml"]["problems"][0].startswith("pipelines/bad.yaml:6:")  # no server path
         assert listed["pipelines/hello.yaml"]["vars_schema"]["properties"]["who"] == {"type": "string",
                                                                                         "default": "world"}
         detail = http.get("/api/projects/demo/pipelines/pipelines/hello.yaml").json()

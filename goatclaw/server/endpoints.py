@@ -12,12 +12,11 @@ answers 503 when the row cannot be written: nothing changes unrecorded.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import openapi
+from goatclaw.server import folder, openapi, streams
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.routing import Operation, Param, route
@@ -36,10 +35,6 @@ from goatclaw.server.runs import Job, QueueFull, Stopping, new_run_id
 
 __all__ = ["routes", "server_of"]
 
-_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
-_MAX_LISTED = 1000
-_HEARTBEAT = 15.0  # seconds between comments on an idle event stream (proxies close silent connections)
-_POLL = 0.5  # the longest an event stream waits before looking at the store again
 _REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -173,7 +168,7 @@ async def projects(request: Request) -> Response:
 async def pipelines(request: Request) -> Response:
     """The pipeline files of the project: path, name, description, and their vars as a JSON Schema."""
     served = _served(request, "read")
-    rows = await anyio.to_thread.run_sync(_pipeline_rows, served)
+    rows = await anyio.to_thread.run_sync(folder.pipeline_rows, served)
     return JSONResponse({"project": served.name, "pipelines": rows})
 
 
@@ -182,81 +177,7 @@ async def pipeline(request: Request) -> Response:
     served = _served(request, "read")
     file = served.inside(request.path_params["path"])
     loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
-    return JSONResponse(await anyio.to_thread.run_sync(_pipeline_detail, served, loaded))
-
-
-def _pipeline_rows(served: Any) -> list[dict[str, Any]]:
-    rows = []
-    for file in _pipeline_files(served.root):
-        head = _heading(file)
-        try:
-            loaded = goatclaw.load(file, project=served.project)
-        except goatclaw.GoatclawError as exc:
-            problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
-            rows.append({"path": served.shown(file), **head, "valid": False, "problems": problems})
-            continue
-        rows.append({"path": served.shown(file), "name": loaded.name, "description": loaded.description,
-                     "valid": True, "vars_schema": vars_schema(loaded), "tasks": list(loaded.tasks)})
-    return rows
-
-
-def _pipeline_detail(served: Any, loaded: Any) -> dict[str, Any]:
-    from goatclaw.api import permissions_of
-
-    compiled = goatclaw.plan(loaded)
-    return json.loads(json.dumps({
-        "path": served.shown(loaded.file), "name": loaded.name, "description": loaded.description,
-        "vars_schema": vars_schema(loaded), "levels": [list(level) for level in compiled.levels],
-        "tasks": {tid: {"uses": t.uses, "needs": list(t.needs)} for tid, t in loaded.tasks.items()},
-        "permissions": permissions_of(loaded)}, default=str))
-
-
-def vars_schema(loaded: Any) -> dict[str, Any]:
-    """A JSON Schema of a pipeline's vars, from their defaults (what a trigger's ``vars`` may hold)."""
-    props = {}
-    for key, value in loaded.vars.items():
-        kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
-        if isinstance(value, list | tuple):
-            kind = "array"
-        elif isinstance(value, Mapping):
-            kind = "object"
-        props[key] = {**({"type": kind} if kind else {}), "default": json.loads(json.dumps(value, default=str))}
-    return {"type": "object", "properties": props, "additionalProperties": False}
-
-
-def _pipeline_files(root: Path) -> list[Path]:
-    """YAML files under ``root`` with a top-level ``tasks:`` (hidden folders and symlinks out of it skipped)."""
-    found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-        for name in sorted(files):
-            if not name.endswith((".yaml", ".yml")) or name.endswith((".test.yaml", ".test.yml")) \
-                    or name in ("goatclaw.yaml", "goatclaw.yml"):
-                continue
-            path = Path(folder) / name
-            if path.resolve().is_relative_to(root) and re.search(r"^tasks\s*:", _head(path), re.MULTILINE):
-                found.append(path)
-                if len(found) >= _MAX_LISTED:
-                    return found
-    return found
-
-
-def _head(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.read(256_000)
-    except OSError:
-        return ""
-
-
-def _heading(path: Path) -> dict[str, str | None]:
-    head = _head(path)
-    found: dict[str, str | None] = {"name": path.stem, "description": None}
-    for key in ("name", "description"):
-        match = re.search(rf"^{key}\s*:\s*(\S.*?)\s*$", head, re.MULTILINE)
-        if match and not match[1].startswith(("|", ">", "#")):
-            found[key] = match[1].strip("'\"")
-    return found
+    return JSONResponse(await anyio.to_thread.run_sync(folder.pipeline_detail, served, loaded))
 
 
 # -- runs -------------------------------------------------------------------------------------------
@@ -456,70 +377,9 @@ async def events(request: Request) -> Response:
     if row is None and (job is None or job.project != served.name):
         raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
     run_id = row.id if row is not None else ref
-    after = _after(request)
-    stream = _event_stream(server, served, run_id, after)
+    stream = streams.event_stream(server, served, run_id, streams.after_of(request))
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _after(request: Request) -> int:
-    text = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not text.isdigit():
-        raise HTTPException(400, "Last-Event-ID (or ?after) must be an event's sequence number")
-    return int(text)
-
-
-async def _event_stream(server: Any, served: Any, run_id: str, after: int) -> AsyncIterator[bytes]:
-    """Stored events after ``after``, woken by the run's bus while it runs; ``end`` when it has ended."""
-    last_sent = time.monotonic()
-    yield b"retry: 2000\n\n"
-    while True:
-        job = server.queue.job(run_id)
-        woken = job.woken() if job is not None else None  # armed before reading: a wake-up is never missed
-
-        def read(db: Any, since: int = after) -> tuple[list[dict[str, Any]], Any]:
-            return db.events(run_id, after=since, limit=500), db.run(run_id)
-
-        batch, row = await server.stores.call(served.store, read)
-        for ev in batch:
-            after = ev["seq"]
-            text = json.dumps(ev, ensure_ascii=False, default=str)
-            yield f"id: {ev['seq']}\nevent: {ev['topic']}\ndata: {text}\n\n".encode()
-        if batch:
-            last_sent = time.monotonic()
-            continue
-        ended = _ended(job, row)
-        if ended is not None or server.stopped:
-            status = ended or (row.status if row is not None else "unknown")
-            yield f"event: end\ndata: {json.dumps({'run_id': run_id, 'status': status})}\n\n".encode()
-            return
-        if time.monotonic() - last_sent >= _HEARTBEAT:
-            yield b": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await _wait(woken, _POLL)
-
-
-def _ended(job: Job | None, row: Any) -> str | None:
-    """The run's final status once nothing more will be stored for it, else ``None``."""
-    if job is not None and job.state != "done":
-        return None
-    if row is None:
-        return job.status if job is not None else "unknown"
-    if row.status == "running" and not row.interrupted and (job is None or job.state != "done"):
-        return None  # another process on this store runs it: follow it
-    if row.status == "running" and job is not None and job.state == "done":
-        return job.status or "failed"
-    return "interrupted" if row.interrupted else str(row.status)
-
-
-async def _wait(event: asyncio.Event | None, timeout: float) -> None:
-    if event is None:
-        await asyncio.sleep(timeout)
-        return
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        pass
 
 
 async def cancel(request: Request) -> Response:
