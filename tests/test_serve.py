@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyotp
@@ -484,3 +486,30 @@ def test_tokens_and_users_commands(demo: Path, monkeypatch: pytest.MonkeyPatch) 
     assert runner.invoke(app, ["users", "disable", "ann"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["users", "list", "--json"]).stdout)[0]["disabled_at"] is not None
     assert runner.invoke(app, ["users", "disable", "nobody"]).exit_code == 2
+
+
+def test_a_service_starts_runs_through_the_queue(demo: Path) -> None:
+    """What a scheduler does: a service of the app triggers a run without HTTP, checked and audited the same way."""
+    import contextlib
+
+    from goatclaw.server.runs import Refused
+    from goatclaw.server.triggers import trigger
+
+    started: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def scheduler(server: Any) -> AsyncIterator[None]:
+        job = await trigger(server, server.project("demo"), "pipelines/hello.yaml", vars={"who": "cron"},
+                            who="schedule:hourly", action="schedule.fired", detail={"cron": "0 * * * *"})
+        started.append(job.run_id)
+        with pytest.raises(Refused) as refused:
+            await trigger(server, server.project("demo"), "pipelines/hello.yaml", vars={"nope": 1}, who="x")
+        assert refused.value.status == 422
+        yield
+
+    key = token(demo, "read")
+    with live(build_app([demo], services=[scheduler])) as server, server.client(key) as http:
+        done = run_to_end(http, "demo", started[0])
+        assert {t["id"]: t["output"] for t in done["tasks"]}["greet"] == "hello cron"
+    [row] = goatclaw.audit_log(store_of(demo), action="schedule.fired")
+    assert row.run_id == started[0] and row.data["principal"] == "schedule:hourly" and row.data["cron"] == "0 * * * *"

@@ -13,7 +13,6 @@ answers 503 when the row cannot be written: nothing changes unrecorded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -27,11 +26,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import folder, openapi, streams
+from goatclaw.server import folder, openapi, streams, triggers
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.routing import Operation, Param, route
-from goatclaw.server.runs import Job, QueueFull, Stopping, new_run_id
+from goatclaw.server.runs import Job
 
 __all__ = ["routes", "server_of"]
 
@@ -175,8 +174,8 @@ async def pipelines(request: Request) -> Response:
 async def pipeline(request: Request) -> Response:
     """One pipeline, checked: its vars' schema, tasks, plan levels, permissions, or its problems (422)."""
     served = _served(request, "read")
-    file = served.inside(request.path_params["path"])
-    loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+    file = triggers.inside(served, request.path_params["path"])
+    loaded = await triggers.load_pipeline(server_of(request), served, file)
     return JSONResponse(await anyio.to_thread.run_sync(folder.pipeline_detail, served, loaded))
 
 
@@ -194,68 +193,16 @@ async def trigger(request: Request) -> Response:
     only = _field(data, "only", list, [])
     if not all(isinstance(t, str) for t in only):
         raise HTTPException(422, "'only' must be a list of task ids")
-    dry_run = _field(data, "dry_run", bool, False)
-    file = served.inside(path)
-    loaded = await _load(request, served, file)
-    _check_names(loaded, variables, only, served)
-    if dry_run:
+    if _field(data, "dry_run", bool, False):
+        loaded = await triggers.load_pipeline(server_of(request), served, triggers.inside(served, path))
+        triggers.check_names(loaded, variables, only, served)
         compiled = goatclaw.plan(loaded)
-        return JSONResponse({"dry_run": True, "pipeline": loaded.name, "path": served.shown(file),
+        return JSONResponse({"dry_run": True, "pipeline": loaded.name, "path": served.shown(loaded.file),
                              "levels": [list(level) for level in compiled.levels]})
-    run_id = new_run_id()
-    job = Job(run_id, served.name, loaded, served.store, vars=dict(variables), only=tuple(only),
-              principal=principal_of(request).label)
-    _has_room(request)
-    await _audited(request, "run.triggered", {"pipeline": loaded.name, "path": served.shown(file),
-                                              "vars": sorted(variables), "only": list(only)}, run_id=run_id)
-    return _queued(request, served, _submit(request, job))
-
-
-async def _load(request: Request, served: Any, file: Path) -> Any:
-    """The checked pipeline (422 with its located problems when it is invalid); loaded again when it changed."""
-    cache = server_of(request).pipelines
-    stat = file.stat()
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    found = cache.get(file)
-    if found is not None and found[0] == stamp:
-        return found[1]
-    try:
-        loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
-        cache[file] = (stamp, loaded)
-        return loaded
-    except goatclaw.SpecError as exc:
-        problems = [str(p).replace(str(served.root) + os.sep, "") for p in exc.problems]
-        raise HTTPException(422, "the pipeline is invalid: " + "; ".join(problems)) from None
-
-
-def _check_names(loaded: Any, variables: Mapping[str, Any], only: list[str], served: Any) -> None:
-    """Vars the pipeline does not declare and tasks it does not have are refused (as ``apply`` does)."""
-    undeclared = [k for k in variables if k not in loaded.vars]
-    if undeclared:
-        raise HTTPException(422, f"{', '.join(map(repr, undeclared))} not declared in {served.shown(loaded.file)} "
-                                 f"(its vars: {', '.join(loaded.vars) or 'none'})")
-    unknown = [t for t in only if t not in loaded.tasks]
-    if unknown:
-        raise HTTPException(422, f"no task {', '.join(map(repr, unknown))} in {served.shown(loaded.file)}")
-
-
-def _has_room(request: Request) -> None:
-    """Refuse before auditing when the queue is full or the server stopping (nothing was asked of it)."""
-    queue = server_of(request).queue
-    if queue.stopping:
-        raise HTTPException(503, "the server is stopping: it starts no new run", {"Retry-After": "5"})
-    if queue.queued >= queue.max_queued + max(0, queue.max_running - queue.running):
-        raise HTTPException(429, f"the run queue is full ({queue.running} running, {queue.queued} waiting); "
-                                 "try again later", {"Retry-After": "1"})
-
-
-def _submit(request: Request, job: Job) -> Job:
-    try:
-        return server_of(request).queue.submit(job)
-    except QueueFull as exc:
-        raise HTTPException(429, str(exc), {"Retry-After": "1"}) from None
-    except Stopping as exc:
-        raise HTTPException(503, str(exc), {"Retry-After": "5"}) from None
+    job = await triggers.trigger(server_of(request), served, path, vars=variables, only=only,
+                                 who=principal_of(request).label, client=request.scope.get(CLIENT_KEY))
+    request.scope[AUDITED_KEY] = True
+    return _queued(request, served, job)
 
 
 def _queued(request: Request, served: Any, job: Job) -> Response:
@@ -410,19 +357,10 @@ async def resume(request: Request) -> Response:
         raise HTTPException(409, f"run {row.id} succeeded: there is nothing to resume")
     if row.status == "running" and not row.interrupted:
         raise HTTPException(409, f"run {row.id} is running (in this server or another process on this store)")
-    job = server_of(request).queue.job(row.id)
-    if job is not None and job.state != "done":
-        raise HTTPException(409, f"run {row.id} is {job.state} in this server already")
-    if not row.file:
-        raise HTTPException(409, f"run {row.id} has no pipeline file to resume from")
-    file = served.inside(served.shown(row.file) or "")
-    loaded = await _load(request, served, file)
-    _has_room(request)
-    await _audited(request, "run.resumed", {"pipeline": loaded.name, "path": served.shown(file)}, run_id=row.id)
-    resumed = Job(row.id, served.name, loaded, served.store, resume=True, principal=principal_of(request).label)
-    server_of(request).queue.jobs.pop(row.id, None)  # a finished job of this id: the resume replaces it
-    return _queued(request, served, _submit(request, resumed))
-
+    job = await triggers.resume(server_of(request), served, row, who=principal_of(request).label,
+                                client=request.scope.get(CLIENT_KEY))
+    request.scope[AUDITED_KEY] = True
+    return _queued(request, served, job)
 
 # -- the table ---------------------------------------------------------------------------------------
 
