@@ -296,6 +296,21 @@ def test_totp_login_session_logout_and_replay(demo: Path) -> None:
         assert "correct horse" not in str(db.user("ann"))
 
 
+def test_a_form_login_goes_to_next_on_this_server_only(demo: Path) -> None:
+    accounts.add_user(store_of(demo), "ann", "correct horse", ["read"], totp_secret=SECRET)
+    now = [time.time()]
+    with live(build_app([demo], clock=lambda: now[0])) as server, server.client() as http:
+        form = {"username": "ann", "password": "correct horse", "code": pyotp.TOTP(SECRET).at(now[0]),
+                "next": "/ui/runs"}
+        answer = http.post("/auth/login", data=form)
+        assert answer.status_code == 303 and answer.headers["location"] == "/ui/runs"
+        assert http.get("/auth/me").json()["name"] == "ann"
+        now[0] += 30
+        form.update(code=pyotp.TOTP(SECRET).at(now[0]), next="//evil.example/x")
+        elsewhere = http.post("/auth/login", data=form)
+        assert elsewhere.status_code == 200 and "location" not in elsewhere.headers  # not an open redirect
+
+
 def test_an_expired_session_and_a_disabled_user(demo: Path) -> None:
     accounts.add_user(store_of(demo), "bob", "long enough", ["read"], totp_secret=SECRET)
     now = [time.time()]

@@ -22,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 import goatclaw
@@ -116,10 +116,32 @@ async def metrics(request: Request) -> Response:
 # -- login ------------------------------------------------------------------------------------------
 
 
+async def _login_fields(request: Request) -> dict[str, Any]:
+    """The login's fields: a JSON object, or an HTML form (``application/x-www-form-urlencoded``)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return await _body(request)
+    from urllib.parse import parse_qsl
+
+    try:
+        return dict(parse_qsl((await request.body()).decode("utf-8"), strict_parsing=False))
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the form is not UTF-8") from None
+
+
+def _local_path(value: Any) -> str | None:
+    """A ``next`` to go to after a form login: a path of this server only (never another site)."""
+    if isinstance(value, str) and value.startswith("/") and not value.startswith(("//", "/\\")) and len(value) < 2048:
+        return value
+    return None
+
+
 async def login(request: Request) -> Response:
-    """A browser login: user name, password and TOTP code; a session cookie."""
+    """A browser login: user name, password and TOTP code; a session cookie.
+
+    From an HTML form with a ``next`` field (a path of this server), a success is a 303 to it.
+    """
     server = server_of(request)
-    data = await _body(request)
+    data = await _login_fields(request)
     name, password, code = (_field(data, k, str, "") for k in ("username", "password", "code"))
     if not name or not password or not code:
         raise HTTPException(422, "give 'username', 'password' and 'code' (the TOTP code)")
@@ -130,8 +152,9 @@ async def login(request: Request) -> Response:
         await _audited(request, "auth.login_failed", {"user": name[:64]})
         raise HTTPException(401, "wrong user name, password or code")
     await _audited(request, "auth.login", {"user": name})
-    answer = JSONResponse({"principal": done.principal.to_dict(), "csrf_token": done.csrf,
-                           "expires_at": done.expires_at})
+    target = _local_path(data.get("next"))
+    answer: Response = RedirectResponse(target, status_code=303) if target else JSONResponse(
+        {"principal": done.principal.to_dict(), "csrf_token": done.csrf, "expires_at": done.expires_at})
     answer.set_cookie(SESSION_COOKIE, done.cookie, max_age=max(1, int(done.expires_at - server.clock())),
                       httponly=True, samesite="strict", secure=bool(request.scope.get(HTTPS_KEY)), path="/")
     return answer
