@@ -101,6 +101,9 @@ def test_dry_run_only_and_bad_requests(demo: Path) -> None:
         broken = http.post("/api/projects/demo/runs", content=b"{not json",
                            headers={"content-type": "application/json"})
         assert broken.status_code == 400 and "not JSON" in broken.json()["error"]
+        huge = http.post("/api/projects/demo/runs", content=b"x" * (2 * 1024 * 1024),
+                         headers={"content-type": "application/json"})
+        assert huge.status_code == 413  # server.max_body: 1 MiB
         assert http.get("/api/projects/nowhere/runs").status_code == 404
 
 
