@@ -155,7 +155,7 @@ def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, sett
 
     served = served_projects(projects)
     home = next(iter(served.values()))
-    chosen = settings or ServerSettings.from_data(home.project.data.get("server"))
+    chosen = settings or _settings_of(home)
     stores = Stores()
     server = Server(
         projects=served, settings=chosen, stores=stores,
@@ -177,6 +177,14 @@ def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, sett
     setattr(app.state, STATE_KEY, server)
     server.services = tuple(services)
     return app
+
+
+def _settings_of(home: ServedProject) -> ServerSettings:
+    """``server:`` of the home project's goatclaw.yaml (a CIDR range or duration it cannot read: exit 2)."""
+    try:
+        return ServerSettings.from_data(home.project.data.get("server"))
+    except ValueError as exc:
+        raise ServeError(f"{home.project.file or home.root}: server: {exc}") from None
 
 
 def _store_of(server: Server, scope: Mapping[str, Any]) -> Path:
