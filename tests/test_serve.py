@@ -93,6 +93,7 @@ def test_dry_run_only_and_bad_requests(demo: Path) -> None:
             ({"pipeline": "../../etc/passwd"}, 404, "no file"),
             ({"pipeline": "pipelines/missing.yaml"}, 404, "no file"),
             ({}, 422, "give 'pipeline'"),
+            ({"pipeline": "pipelines/hello.yaml", "var": {"who": "x"}}, 422, "unknown field 'var'"),
             ({"pipeline": "pipelines/hello.yaml", "vars": [1]}, 422, "'vars' must be dict"),
         ]
         for body, status, words in cases:
@@ -101,6 +102,9 @@ def test_dry_run_only_and_bad_requests(demo: Path) -> None:
         broken = http.post("/api/projects/demo/runs", content=b"{not json",
                            headers={"content-type": "application/json"})
         assert broken.status_code == 400 and "not JSON" in broken.json()["error"]
+        nan = http.post("/api/projects/demo/runs", headers={"content-type": "application/json"},
+                        content=b'{"pipeline": "pipelines/hello.yaml", "vars": {"who": NaN}}')
+        assert nan.status_code == 400 and "NaN is not a JSON number" in nan.json()["error"]
         huge = http.post("/api/projects/demo/runs", content=b"x" * (2 * 1024 * 1024),
                          headers={"content-type": "application/json"})
         assert huge.status_code == 413  # server.max_body: 1 MiB

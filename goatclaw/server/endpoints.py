@@ -57,12 +57,22 @@ async def _body(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except ValueError as exc:
         raise HTTPException(400, f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the body must be a JSON object")
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json would take NaN and Infinity
+
+
+def _only_keys(data: Mapping[str, Any], *keys: str) -> None:
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise HTTPException(422, f"unknown field {', '.join(map(repr, unknown))} (fields: {', '.join(keys)})")
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
@@ -209,6 +219,7 @@ async def trigger(request: Request) -> Response:
     """Start a run of a pipeline of the project (202 with its id), or plan it (``dry_run``)."""
     served = _served(request, "run")
     data = await _body(request)
+    _only_keys(data, "pipeline", "vars", "only", "dry_run")
     path = _field(data, "pipeline", str)
     if not path:
         raise HTTPException(422, "give 'pipeline': the pipeline file's path inside the project")
