@@ -156,7 +156,9 @@ def token(folder: Path, *scopes: str, projects: list[str] | None = None, name: s
 
 
 def run_to_end(http: httpx.Client, project: str, run_id: str, timeout: float = 30) -> dict:
+    """The run once it has stopped (ended, or waiting for a person) and this server holds no job of it."""
     def done() -> dict | None:
         data = http.get(f"/api/projects/{project}/runs/{run_id}").json()
-        return data if data["status"] not in ("running", "queued") else None
+        state = (data.get("server") or {}).get("state", "done")
+        return data if data["status"] not in ("running", "queued") and state == "done" else None
     return wait_for(done, timeout)
