@@ -15,15 +15,19 @@ the store (see :mod:`goatclaw.security.audit` for the format and what it guarant
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from goatclaw.errors import StoreError
-from goatclaw.security.audit import AuditRow, Verdict, audit_key, verify
+from goatclaw.security.audit import AuditRow, Verdict, audit_key, sealer, verify
 from goatclaw.store import Store
 
-__all__ = ["AuditRow", "Verdict", "audit_log", "verify_audit"]
+__all__ = ["AuditRow", "Verdict", "audit_log", "audit_record", "verify_audit"]
 
 
 def _open(store: str | os.PathLike[str]) -> Store:
@@ -49,6 +53,24 @@ def audit_log(store: str | os.PathLike[str], *, run: str | None = None, action: 
     if action is not None:
         rows = [r for r in rows if r.action == action or r.action.startswith(action + ".")]
     return rows[-limit:] if limit else rows
+
+
+def audit_record(store: str | os.PathLike[str] | Store, action: str, detail: Mapping[str, Any], *,
+                 run_id: str | None = None, task_id: str | None = None, ts: float | None = None) -> None:
+    """Append one row to the store's audit chain (keyed with the audit key when there is one).
+
+    What a face of the API records about a change it was asked for (``goatclaw serve``: who
+    triggered, cancelled or approved what). ``detail`` must hold no secret: it is stored as
+    given. ``store`` is a path or an open :class:`~goatclaw.store.Store`. A row that cannot be
+    written raises :class:`~goatclaw.errors.StoreError`; it is never dropped silently.
+    """
+    text = json.dumps(dict(detail), sort_keys=True, ensure_ascii=False, default=str)
+    row = (time.time() if ts is None else ts, run_id, task_id, action, text)
+    if isinstance(store, Store):
+        store.append_audit([row], sealer(audit_key()))
+        return
+    with Store.open(store) as db:
+        db.append_audit([row], sealer(audit_key()))
 
 
 def verify_audit(store: str | os.PathLike[str], *, key: str | bytes | None = None,

@@ -2,7 +2,7 @@
 
 goatclaw's distribution is ``goatclaw-pipelines`` (the PyPI name ``goatclaw`` belongs to an
 unrelated project); the import package and the command are ``goatclaw``. The default
-install runs every built-in task but ``mcp`` and ``research``, ``llm`` included. Five parts are extras, each imported
+install runs every built-in task but ``mcp`` and ``research``, ``llm`` included. Six parts are extras, each imported
 only where it is used:
 
 =========  =======================================  =====================================
@@ -13,6 +13,7 @@ dask       dask.distributed                         ``apply --executor dask``
 otel       the OpenTelemetry SDK, OTLP/HTTP         spans, when ``OTEL_*`` is set
 mcp        the official MCP SDK (``mcp`` 2.x)       ``mcp_servers:``, the ``mcp`` task, ``goatclaw mcp``
 research   trafilatura (readable text of pages)     the ``research`` task (with ``memory`` for ranking)
+serve      starlette, uvicorn, argon2-cffi, pyotp   ``goatclaw serve``, ``goatclaw users``, ``goatclaw tokens``
 =========  =======================================  =====================================
 
 A missing extra is said once, as :func:`missing_message` words it: which extra, which
@@ -44,6 +45,7 @@ EXTRAS: Mapping[str, tuple[str, ...]] = {
     "mcp": ("mcp", "mcp_types"),
     "data": ("duckdb",),
     "research": ("trafilatura",),
+    "serve": ("starlette", "uvicorn", "argon2", "pyotp"),
 }
 
 

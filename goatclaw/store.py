@@ -11,7 +11,9 @@ timings, output or error; the successful attempt is this row), ``attempts`` (eve
 attempt that failed or was cancelled: the retry history), ``events`` (the append-only
 log, numbered per run), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
 that failed for good and event subscribers that raised, with what they were given),
-``audit`` and ``audit_head`` (the hash-chained record of every side effect, across runs).
+``audit`` and ``audit_head`` (the hash-chained record of every side effect, across runs),
+``users``, ``api_tokens`` and ``sessions`` (who may use ``goatclaw serve``: only hashes of
+passwords, token secrets and session cookies).
 
 :meth:`Store.commit` is the one place rows are committed: a failure that may pass (a
 full disk, a busy or failing file) is tried again for about two seconds, and what stays
@@ -339,6 +341,47 @@ def _m018_approvals(db: Connection) -> None:
     )
 
 
+def _m020_server_auth(db: Connection) -> None:
+    # Who may use `goatclaw serve` (goatclaw.server.auth): users (argon2 password hash, TOTP secret),
+    # API tokens (only the SHA-256 of the secret part is kept) and browser sessions (the SHA-256 of
+    # the cookie). Scopes and projects are JSON lists; projects NULL means every project.
+    _script(
+        db,
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password TEXT NOT NULL,
+            totp_secret TEXT,
+            totp_step INTEGER NOT NULL DEFAULT 0,
+            scopes TEXT NOT NULL,
+            projects TEXT,
+            created_at REAL NOT NULL,
+            disabled_at REAL
+        );
+        CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            projects TEXT,
+            created_at REAL NOT NULL,
+            created_by TEXT,
+            expires_at REAL,
+            revoked_at REAL
+        );
+        CREATE TABLE sessions (
+            hash TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            revoked_at REAL,
+            client TEXT
+        );
+        CREATE INDEX sessions_by_user ON sessions (user, expires_at)
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -354,6 +397,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("016_taint", _m016_taint),
     ("017_task_logs", _m017_task_logs),
     ("018_approvals", _m018_approvals),
+    ("020_server_auth", _m020_server_auth),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
@@ -672,6 +716,114 @@ class Store:
             return bool(cur.rowcount)
 
         return self.commit(write, what=f"the approval decision of {run_id}/{task_id}")
+
+    # -- who may use the server (goatclaw.server.auth) ----------------------------------------
+
+    def add_user(self, name: str, password: str, totp_secret: str | None, scopes: Sequence[str],
+                 projects: Sequence[str] | None, *, now: float | None = None) -> bool:
+        """Add a user (``password``: its argon2 hash); False when the name is taken."""
+        row = (name, password, totp_secret, json.dumps(list(scopes)),
+               None if projects is None else json.dumps(list(projects)), time.time() if now is None else now)
+        cur = self.commit(lambda db: db.execute(
+            "INSERT INTO users (name, password, totp_secret, scopes, projects, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO NOTHING", row), what=f"the user {name}")
+        return bool(cur.rowcount)
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        """One user's row (``scopes`` and ``projects`` parsed), or None."""
+        rows = self._auth_rows("SELECT * FROM users WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user, by name."""
+        return self._auth_rows("SELECT * FROM users ORDER BY name", ())
+
+    def set_user(self, name: str, *, password: str | None = None, disabled_at: float | bool | None = False) -> bool:
+        """Change a user's password hash and/or disabled time (``None``: enabled again); False if no such user."""
+        sets, args = [], []
+        if password is not None:
+            sets.append("password = ?")
+            args.append(password)
+        if disabled_at is not False:
+            sets.append("disabled_at = ?")
+            args.append(disabled_at)
+        if not sets:
+            return self.user(name) is not None
+        cur = self.commit(lambda db: db.execute(f"UPDATE users SET {', '.join(sets)} WHERE name = ?", (*args, name)),
+                          what=f"the user {name}")
+        return bool(cur.rowcount)
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        """Take TOTP time step ``step`` for ``name`` once: False when it (or a later one) was used already."""
+        cur = self.commit(lambda db: db.execute("UPDATE users SET totp_step = ? WHERE name = ? AND totp_step < ?",
+                                                (step, name, step)), what=f"the user {name}'s last code")
+        return bool(cur.rowcount)
+
+    def add_token(self, token_id: str, name: str, digest: str, scopes: Sequence[str],
+                  projects: Sequence[str] | None, *, created_by: str | None = None,
+                  expires_at: float | None = None, now: float | None = None) -> None:
+        """Store an API token by its public id (``digest``: the SHA-256 of its secret, never the secret)."""
+        row = (token_id, name, digest, json.dumps(list(scopes)),
+               None if projects is None else json.dumps(list(projects)), time.time() if now is None else now,
+               created_by, expires_at)
+        self.commit(lambda db: db.execute(
+            "INSERT INTO api_tokens (id, name, hash, scopes, projects, created_at, created_by, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row), what=f"the token {name}")
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """One token's row by its public id, or None."""
+        rows = self._auth_rows("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+        return rows[0] if rows else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token (revoked ones too), oldest first."""
+        return self._auth_rows("SELECT * FROM api_tokens ORDER BY created_at, id", ())
+
+    def revoke_token(self, ref: str, *, now: float | None = None) -> int:
+        """Revoke the tokens whose id or name is ``ref`` (not yet revoked); how many."""
+        when = time.time() if now is None else now
+        cur = self.commit(lambda db: db.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
+            (when, ref, ref)), what=f"the revocation of token {ref}")
+        return int(cur.rowcount)
+
+    def add_session(self, digest: str, user: str, *, expires_at: float, client: str | None = None,
+                    now: float | None = None) -> None:
+        """Store a browser session by the SHA-256 of its cookie."""
+        row = (digest, user, time.time() if now is None else now, expires_at, client)
+        self.commit(lambda db: db.execute("INSERT INTO sessions (hash, user, created_at, expires_at, client) "
+                                          "VALUES (?, ?, ?, ?, ?)", row), what=f"a session of {user}")
+
+    def session(self, digest: str) -> dict[str, Any] | None:
+        """A session's row by the SHA-256 of its cookie, or None."""
+        cur = self.db.execute("SELECT hash, user, created_at, expires_at, revoked_at, client FROM sessions "
+                              "WHERE hash = ?", (digest,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip(("hash", "user", "created_at", "expires_at", "revoked_at",
+                                                  "client"), row, strict=True))
+
+    def revoke_sessions(self, *, digest: str | None = None, user: str | None = None,
+                        now: float | None = None) -> int:
+        """Revoke one session (by its hash) or every session of ``user``; how many were live."""
+        if (digest is None) == (user is None):
+            raise ValueError("give exactly one of digest and user")
+        column, value = ("hash", digest) if digest is not None else ("user", user)
+        when = time.time() if now is None else now
+        cur = self.commit(lambda db: db.execute(
+            f"UPDATE sessions SET revoked_at = ? WHERE {column} = ? AND revoked_at IS NULL AND expires_at > ?",
+            (when, value, when)), what="a session's revocation")
+        return int(cur.rowcount)
+
+    def _auth_rows(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, args)
+        names = [c[0] for c in cur.description]
+        out = []
+        for r in cur.fetchall():
+            row = dict(zip(names, r, strict=True))
+            row["scopes"] = _loads(row["scopes"]) or []
+            row["projects"] = _loads(row["projects"])
+            out.append(row)
+        return out
 
     def runs(self, *, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
         """The latest runs, newest first."""

@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "goatclaw"
 
 HEAVY_AT_IMPORT = ["yaml", "jinja2", "networkx", "jsonschema", "sqlean", "rich", "typer", "litellm", "dask",
-                   "wordllama", "mcp"]
-HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "mcp", "numpy", "httpx", "openai", "sqlite_vec"]
+                   "wordllama", "mcp", "starlette", "uvicorn"]
+HEAVY_FOR_CLI = ["litellm", "dask", "distributed", "wordllama", "mcp", "numpy", "httpx", "openai", "sqlite_vec",
+                 "starlette", "uvicorn", "argon2", "pyotp"]
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -151,6 +152,17 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     users = importers_of(library)
     assert users, f"nobody imports {library}?"
     assert {u for u in users if not u.startswith("goatclaw.cli")} == set()
+
+
+@pytest.mark.parametrize("library", ["starlette", "uvicorn", "argon2", "pyotp"])
+def test_only_the_server_room_imports_the_web_libraries(library: str) -> None:
+    users = importers_of(library)
+    assert users, f"nobody imports {library}?"
+    assert {u for u in users if not u.startswith("goatclaw.server.")} == set()
+
+
+def test_the_server_room_calls_the_api_not_the_engine() -> None:
+    assert _wrong_way("goatclaw.server", ("goatclaw.engine", "goatclaw.cli")) == []
 
 
 @pytest.mark.parametrize(("library", "owner"), [

@@ -433,7 +433,8 @@ def test_the_dockerfile_installs_goatclaw_and_runs_it() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert 'ENTRYPOINT ["goatclaw"]' in text
-    assert re.search(r'^RUN pip install \. ', text, re.M)
+    assert re.search(r'^RUN pip install "\.\[serve\]" ', text, re.M)  # the HTTP API's extra too (docs/serve.md)
+    assert re.search(r"GOATCLAW_SERVE_HOST=0\.0\.0\.0", text) and re.search(r"^EXPOSE 8750$", text, re.M)
     assert re.search(r"^USER \w+", text, re.M)  # not root
     for copied in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for name in copied.split():

@@ -42,6 +42,7 @@ FREE_TEXT = {
     "test --case", "mcp tools server", "run goal", "run --model",
     "approve run", "approve task", "approve --as", "reject run", "reject task", "reject --as", "reject --reason",
     "approvals --run",
+    "users disable name", "tokens create name", "tokens revoke ref",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
@@ -50,6 +51,9 @@ BAD_TEXT = {
     "schema name": "nosuch", "* --kind": "nosuch", "memory graph --format": "nosuch",
     "mcp serve --http": "localhost:http", "init --provider": "nosuch", "init --key-store": "nosuch",
     "approve --input": "env",
+    "* --scope": "nosuch", "users add --project": "no such", "tokens create --project": "no such",
+    "serve --project": "no/such/folder", "serve --host": "not a host", "serve --grace": "-1s",
+    "serve --log-level": "loud", "tokens create --expires": "-1s", "users add name": "a:b",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],
