@@ -40,9 +40,13 @@ _EXPORTS: dict[str, str] = {
     "TaskState": "goatclaw.engine.state",
     "TaskTimeout": "goatclaw.errors",
     "TemplateError": "goatclaw.errors",
+    "adecide": "goatclaw.api",
+    "approvals": "goatclaw.api",
     "arun": "goatclaw.api",
     "audit_log": "goatclaw.audit",
     "check": "goatclaw.api",
+    "decide": "goatclaw.api",
+    "expire_approvals": "goatclaw.api",
     "fail": "goatclaw.plugin",
     "load": "goatclaw.api",
     "plan": "goatclaw.api",
@@ -69,7 +73,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names load lazily
-    from goatclaw.api import arun, check, load, plan, run
+    from goatclaw.api import adecide, approvals, arun, check, decide, expire_approvals, load, plan, run
     from goatclaw.audit import audit_log, verify_audit
     from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
     from goatclaw.errors import (

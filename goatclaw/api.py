@@ -23,6 +23,7 @@ from typing import Any
 from goatclaw import llm as llm_room
 from goatclaw import tracing
 from goatclaw.engine.executor import Executor, make_executor, started
+from goatclaw.engine.gates import approval_problems
 from goatclaw.engine.guard import permission_problems, sink_vars, untrusted_sink_reason
 from goatclaw.engine.inputs import input_problems
 from goatclaw.engine.runner import RunOptions, execute
@@ -45,9 +46,9 @@ from goatclaw.tools import mcp as mcp_room
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
-           "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "registry_for", "run",
-           "schema_text"]
+__all__ = ["adecide", "append_run_events", "approvals", "arun", "check", "choose_model", "decide", "dump_yaml",
+           "expire_approvals", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "past_runs",
+           "permissions_of", "pipeline_schema", "plan", "registry_for", "run", "schema_text"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
@@ -127,6 +128,7 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += model_problems(pipeline, project.root, tape, mode=str(mode))
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
+    problems += approval_problems(pipeline)  # approval: only in tasks:, inputs a JSON Schema of an object
     problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 
@@ -337,6 +339,7 @@ async def arun(
     stored_vars: dict[str, Any] | None = None
     if resume:
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
+        expire_approvals(store=store_path)  # a request past its timeout is a rejection before the run reaches it
     session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette, cache=cache)
     tracer = None
     if tracing.enabled():  # OTEL_* set: the run and its tasks become spans (the otel extra)
@@ -362,6 +365,7 @@ async def arun(
         cache=cache and session.mode == "live",
         load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
         approver=approver,
+        evidence=functools.partial(_approval_evidence, pipeline, project, registry or _registry_for(project)),
     )
     session.secrets = [v for v in options.secrets.values() if v]
     servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)
@@ -374,9 +378,145 @@ async def arun(
                 tracer.close()
     if max_cost is not None and result.ok and session.spent_usd > max_cost:
         _overspent(result, session.spent_usd, max_cost, store_path)
-    if store_path is not None:
+    if store_path is not None and result.status is not RunStatus.WAITING:  # memory learns from runs that ended
         await _remember(result, pipeline, project, options.secrets, options.registry)
     return result
+
+
+def _approval_evidence(pipeline: Pipeline, project: Project, registry: Registry,
+                       downstream: Sequence[str]) -> dict[str, Any]:
+    """What an approval request shows of the tasks that follow it: their cost estimate and permissions.
+
+    The same as ``goatclaw plan --cost`` (llm tasks only; litellm's price map is read only when
+    one follows) and ``goatclaw plan --permissions`` (what each plugin needs: its side effects).
+    """
+    follows = set(downstream)
+    cost: list[dict[str, Any]] = []
+    if any(pipeline.tasks[t].uses == "llm" for t in follows if t in pipeline.tasks):
+        cost = [row for row in llm_room.estimate_costs(pipeline, project.model) if row["task"] in follows]
+    known = [row["usd"] for row in cost if row["usd"] is not None]
+    permissions = [{k: row[k] for k in ("task", "uses", "needs", "granted")}
+                   for row in permissions_of(pipeline, registry=registry) if row["task"] in follows]
+    return {"cost": {"tasks": cost, "usd": sum(known) if known else 0.0, "unpriced": len(cost) - len(known)},
+            "permissions": permissions}
+
+
+# -- approvals -------------------------------------------------------------------------
+
+
+def approvals(*, store: str | os.PathLike[str] | None = None, project: Project | str | os.PathLike[str] | None = None,
+              run_id: str | None = None, waiting: bool = True) -> list[dict[str, Any]]:
+    """Approval requests, oldest first: undecided ones (all with ``waiting=False``), of one run if ``run_id``.
+
+    Each is ``{run_id, task_id, pipeline, requested_at, timeout, expires_at, evidence, decision,
+    decided_by, decided_at, inputs, reason}``; ``evidence`` holds the message, the upstream
+    outputs (bounded, secrets masked), the downstream tasks with their cost estimate and
+    permissions, and the inputs' JSON Schema. Requests past their timeout become rejections first.
+    ``store`` is the store file (default: the project's); ``project`` a Project or its folder.
+    """
+    from goatclaw import decisions
+
+    with _decisions_store(store, project) as db:
+        decisions.expire(db)
+        return decisions.listing(db, run_id, waiting=waiting)
+
+
+def expire_approvals(*, store: str | os.PathLike[str] | None = None,
+                     project: Project | str | os.PathLike[str] | None = None,
+                     now: float | None = None) -> list[dict[str, Any]]:
+    """Turn undecided requests past their ``timeout`` into rejections (by ``timeout``, audited); those decisions.
+
+    The runs stay ``waiting`` until resumed (``decide`` or ``arun(resume=...)`` does it): the task
+    then fails with error class ``rejected``. ``now`` is the clock (seconds since the epoch).
+    """
+    from goatclaw import decisions
+
+    with _decisions_store(store, project) as db:
+        return decisions.expire(db, now)
+
+
+def decide(run_id: str, task_id: str | None = None, *, approve: bool, who: str,
+           inputs: Mapping[str, Any] | None = None, reason: str | None = None,
+           store: str | os.PathLike[str] | None = None, project: Project | str | os.PathLike[str] | None = None,
+           resume: bool = True, **options: Any) -> RunResult | None:
+    """Approve or reject a waiting request, then resume its run (see :func:`adecide`)."""
+    return asyncio.run(adecide(run_id, task_id, approve=approve, who=who, inputs=inputs, reason=reason, store=store,
+                               project=project, resume=resume, **options))
+
+
+async def adecide(run_id: str, task_id: str | None = None, *, approve: bool, who: str,
+                  inputs: Mapping[str, Any] | None = None, reason: str | None = None,
+                  store: str | os.PathLike[str] | None = None,
+                  project: Project | str | os.PathLike[str] | None = None, resume: bool = True,
+                  **options: Any) -> RunResult | None:
+    """Record a decision on run ``run_id``'s approval of ``task_id``, then resume the run under its own id.
+
+    ``run_id`` may be a unique prefix or ``last``; ``task_id`` may be left out when the run
+    waits for exactly one approval. ``inputs`` are checked against the request's JSON Schema
+    (:class:`SpecError`, exit code 2, when they do not fit). A request decided already (or
+    timed out) is refused with :class:`GoatclawError`: a decision is final. The decision
+    (who, when, inputs, reason) is a row of the audit chain.
+
+    With ``resume`` the run goes on in this process (what finished never runs again) and its
+    :class:`RunResult` is returned; ``options`` go to :func:`arun` (``bus``, ``force``, ``llm``, …).
+    Returns ``None`` without ``resume``, or when the run is going on in another live process
+    (which reads the decision when it reaches the task).
+    """
+    from goatclaw import decisions
+
+    found = _decisions_project(project)
+    path = _decisions_path(store, found)
+    with _decisions_store(path, found) as db:
+        decisions.expire(db)
+        run, request = decisions.pick(db, run_id, task_id)
+        values = decisions.checked_inputs(request, inputs) if approve else None
+        decisions.record(db, run.id, request["task_id"], approve=approve, who=who, inputs=values, reason=reason)
+    if not resume or (run.status == "running" and owner_state(run.owner) is Liveness.ALIVE):
+        return None
+    try:
+        return await arun(_run_file(run, found), resume=run.id, store=path, **options)
+    except SpecError:
+        raise  # the file is invalid now: its located problems say why
+    except GoatclawError as exc:  # refused to resume (the file changed, it is missing): the decision stands
+        raise GoatclawError(f"the decision is recorded, but run {run.id} was not resumed: {exc.message}") from exc
+
+
+def _decisions_project(project: Project | str | os.PathLike[str] | None) -> Project:
+    """``project`` as a Project: given, found from its folder (or goatclaw.yaml), or the current one."""
+    if isinstance(project, Project):
+        return project
+    if project is None:
+        return load_project_for(None)
+    where = Path(project)
+    file = where if where.is_file() else find_project_file(where)
+    return load_project(file, root=where if where.is_dir() else where.parent)
+
+
+def _decisions_path(store: str | os.PathLike[str] | None, project: Project) -> Path:
+    if store is not None:
+        return Path(store)
+    env = os.environ.get("GOATCLAW_STORE")
+    return Path(env) if env else project.store_path
+
+
+def _decisions_store(store: str | os.PathLike[str] | None, project: Project | str | os.PathLike[str] | None) -> Store:
+    """The store holding the requests (refused when there is none: nothing ever waited there)."""
+    from goatclaw.errors import StoreError
+
+    path = Path(store) if store is not None else _decisions_path(None, _decisions_project(project))
+    if not path.is_file():
+        raise StoreError(f"no store at {path} (run a pipeline first, or pass the store)")
+    return Store.open(path)
+
+
+def _run_file(run: Any, project: Project) -> Path:
+    """The pipeline file of a stored run: as stored, or relative to the project's folder."""
+    if run.file is None:
+        raise GoatclawError(f"run {run.id} has no pipeline file to resume from")
+    file = Path(run.file)
+    if not file.is_absolute() and not file.is_file() and (project.root / file).is_file():
+        return project.root / file
+    return file
 
 
 def mcp_pool(project: Project, secrets: Mapping[str, str] | None = None, *, mode: str = "live",

@@ -53,6 +53,7 @@ ERROR_CLASSES = (
     "permission_denied",
     "upstream",
     "internal",
+    "rejected",  # a person rejected the task's approval, or it timed out (docs/approvals.md)
 )
 
 

@@ -312,6 +312,8 @@ def _task_template_problems(pipeline: Pipeline, task: Task, upstream: Any,
     names = TASK_NAMES | (FOREACH_NAMES if task.foreach is not None else frozenset())
     found: list[tuple[tuple[str | int, ...], TemplateRefs | TemplateError, frozenset[str]]] = []
     found += [((*task.path, "with", *p), r, names) for p, r in check_value(dict(task.with_))]
+    if task.approval is not None and task.approval.message is not None:  # rendered when the request is made
+        found += [((*task.path, "approval"), r, TASK_NAMES) for _, r in check_value(task.approval.message)]
     if isinstance(task.if_, str):
         found.append(((*task.path, "if"), check_expression(task.if_), names))
     if isinstance(task.foreach, str):
@@ -356,7 +358,8 @@ def _field_problems(pipeline: Pipeline, refs: TemplateRefs, known: Mapping[str, 
     for tid, name in dict.fromkeys(refs.task_fields):
         if tid not in known:
             continue
-        fields = TASK_FIELDS | ({"outputs"} if known[tid].foreach is not None else frozenset())
+        fields = TASK_FIELDS | ({"outputs"} if known[tid].foreach is not None else frozenset()) | (
+            {"approval"} if known[tid].approval is not None else frozenset())
         if name == "outputs" and name not in fields:
             out.append(f"task '{tid}' has no foreach, so it has no 'outputs' (did you mean 'tasks.{tid}.output'?)")
         elif name not in fields:

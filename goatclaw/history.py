@@ -278,8 +278,8 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
         dead = db.db.execute("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0]
         day = time.time() - 86400
         done, failed = db.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status != "
-            "'running'", (day,)).fetchone()
+            "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM runs WHERE started_at >= ? AND status NOT IN "
+            "('running', 'waiting')", (day,)).fetchone()
         interrupted = [r.id for r in db.running() if r.interrupted]
         lost = {run: why for run, why in db.incomplete_runs() if run not in interrupted}
     return {"store": str(path), "size": path.stat().st_size, "wal_size": wal.stat().st_size if wal.exists() else 0,
@@ -291,19 +291,20 @@ def health(store: str | os.PathLike[str]) -> dict[str, Any]:
 def prune(store: str | os.PathLike[str], *, older_than: float, dry_run: bool = False) -> dict[str, int]:
     """Delete runs (with their tasks, attempts, events and dead letters) started over ``older_than`` seconds ago.
 
-    Runs still running are kept; a run left ``running`` by a process that is gone
+    Runs still running or waiting for an approval are kept; a run left ``running`` by a process that is gone
     (interrupted) goes like a finished one. Cached outputs older than that go too.
     """
     cutoff = time.time() - older_than
     with Store.open(store) as db:
-        ids = [r[0] for r in db.db.execute("SELECT id FROM runs WHERE started_at < ? AND status != 'running'",
-                                           (cutoff,))]
+        ids = [r[0] for r in db.db.execute("SELECT id FROM runs WHERE started_at < ? AND status NOT IN "
+                                           "('running', 'waiting')", (cutoff,))]  # a waiting run awaits a person
         ids += [r.id for r in db.running() if r.interrupted and r.started_at < cutoff]
         counts = {"runs": len(ids)}
         if dry_run:
             return counts
         with db.transaction() as conn:
             for table, column in (("events", "run_id"), ("task_logs", "run_id"), ("attempts", "run_id"),
+                                  ("approvals", "run_id"),
                                   ("tasks", "run_id"), ("dead_letters", "run_id"), ("runs", "id")):
                 total = 0
                 for start in range(0, len(ids), 500):

@@ -201,6 +201,9 @@ class TaskContext:
     #: ``await ctx.mcp.call(server, tool, arguments)``. Check ``ctx.permissions.check_mcp`` first;
     #: the ``mcp`` task does.
     mcp: Any = field(default=None, repr=False)
+    #: The decision of the task's approval (``approval:``; the output of ``uses: approval``), when it has
+    #: one: ``{approved, by, at, inputs, reason}``, ``inputs`` as the approver filled them in.
+    approval: Mapping[str, Any] | None = None
 
     @property
     def logger(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -58,6 +58,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "data.convert": "goatclaw.tasks.data:convert",
     "research": "goatclaw.tasks.research:research",
     "code": "goatclaw.tasks.code:code",
+    "approval": "goatclaw.tasks.approval:approval",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.

@@ -35,7 +35,7 @@ __all__ = ["FORMATS", "ItemReport", "RunReport", "TaskReport", "build", "parse_t
 
 FORMATS = ("junit", "json", "markdown")
 _FAILED = ("failed",)
-_NOT_RUN = ("skipped", "upstream_failed", "cancelled", "pending", "running")
+_NOT_RUN = ("skipped", "upstream_failed", "cancelled", "pending", "running", "waiting")  # waiting: an approval
 #: the runner's message for a fan-out with ``fail_fast: false`` (every item ran to its end)
 _ALL_ITEMS_RAN = re.compile(r"^\d+ of \d+ items failed")
 # XML 1.0 cannot hold most control characters (nor lone surrogates, U+FFFE, U+FFFF), even escaped: a report
@@ -417,7 +417,7 @@ def _over_budget(report: RunReport) -> str:
 
 
 _ICON = {"succeeded": "✅", "cached": "✅", "failed": "❌", "skipped": "⏭️", "upstream_failed": "⛔",
-         "cancelled": "⏹️"}
+         "cancelled": "⏹️", "waiting": "⏸️"}
 
 
 def _md(text: Any) -> str:

@@ -403,8 +403,8 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
 LOST_ACTION = "store.lost"
 
-#: Run statuses a resume picks up by default (a run killed mid-way is still ``running``).
-UNFINISHED = ("running", "failed", "cancelled")
+#: Run statuses a resume picks up by default (a run killed mid-way is still ``running``; ``waiting``: at an approval).
+UNFINISHED = ("running", "failed", "cancelled", "waiting")
 
 
 @dataclass(frozen=True)
@@ -696,17 +696,26 @@ class Store:
 
     def decide_approval(self, run_id: str, task_id: str, decision: str, *, by: str,
                         inputs: Mapping[str, Any] | None = None, reason: str | None = None,
-                        now: float | None = None) -> bool:
-        """Record ``approved``/``rejected`` on an undecided request; False if none was waiting."""
+                        now: float | None = None, audit: tuple[Any, ...] | None = None,
+                        seal: AuditSeal | None = None) -> bool:
+        """Record ``approved``/``rejected`` on an undecided request; False if none was waiting.
+
+        ``audit`` is the decision's audit row ``(ts, run_id, task_id, action, detail_json)``,
+        linked by ``seal`` and committed in the same transaction, only if the decision was recorded.
+        """
         if decision not in ("approved", "rejected"):
             raise ValueError(f"decision must be approved or rejected, not {decision!r}")
         row = (decision, by, time.time() if now is None else now,
                None if inputs is None else json.dumps(dict(inputs), default=str), reason, run_id, task_id)
-        cur = self.commit(lambda db: db.execute(
-            "UPDATE approvals SET decision = ?, decided_by = ?, decided_at = ?, inputs = ?, reason = ? "
-            "WHERE run_id = ? AND task_id = ? AND decision IS NULL", row),
-            what=f"the approval decision of {run_id}/{task_id}")
-        return bool(cur.rowcount)
+
+        def write(db: Connection) -> bool:
+            cur = db.execute("UPDATE approvals SET decision = ?, decided_by = ?, decided_at = ?, inputs = ?, "
+                             "reason = ? WHERE run_id = ? AND task_id = ? AND decision IS NULL", row)
+            if cur.rowcount and audit is not None:
+                self._append_audit(db, [audit], seal)
+            return bool(cur.rowcount)
+
+        return self.commit(write, what=f"the approval decision of {run_id}/{task_id}")
 
     # -- who may use the server (goatclaw.server.auth) ----------------------------------------
 

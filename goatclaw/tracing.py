@@ -46,7 +46,8 @@ __all__ = ["RunTracer", "attach", "enabled"]
 log = logging.getLogger("goatclaw.tracing")
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cached", "upstream_failed", "cancelled", "stubbed"})
+_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cached", "upstream_failed", "cancelled", "stubbed",
+                       "waiting"})  # waiting: at an approval; the resumed run has spans of its own
 _provider: Any = None
 _log_provider: Any = None
 #: The bus topic of a task's log line (goatclaw.engine.tasklogs.TOPIC; this room does not import the engine).

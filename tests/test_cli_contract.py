@@ -41,6 +41,8 @@ FREE_TEXT = {
     "plugins show name", "audit show --run", "audit show --action", "dlq list --run", "memory search query",
     "test --case", "mcp tools server", "run goal", "run --model",
     "users disable name", "tokens create name", "tokens revoke ref",
+    "approve run", "approve task", "approve --as", "reject run", "reject task", "reject --as", "reject --reason",
+    "approvals --run",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
@@ -51,6 +53,7 @@ BAD_TEXT = {
     "* --scope": "nosuch", "users add --project": "no such", "tokens create --project": "no such",
     "serve --project": "no/such/folder", "serve --host": "not a host", "serve --grace": "-1s",
     "serve --log-level": "loud", "tokens create --expires": "-1s", "users add name": "a:b",
+    "approve --input": "env",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],

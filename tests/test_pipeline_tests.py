@@ -278,7 +278,8 @@ def test_the_shipped_pipeline_tests_pass_offline(tmp_path: Path) -> None:
     assert {s.name for s in suites} == {"pipelines/quickstart.test.yaml", "pipelines/llm-digest.test.yaml",
                                         "pipelines/llm-cascade.test.yaml", "pipelines/agent-research.test.yaml",
                                         "pipelines/summarise-the-languages-catalogue-into-out.test.yaml",
-                                        "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml"}
+                                        "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml",
+                                        "pipelines/approval-example.test.yaml"}
     assert "✓ pipelines/llm-cascade.test.yaml::cheap-first-then-escalate" in done.stdout
     assert "✓ pipelines/agent-research.test.yaml::reaches-its-goal-from-the-cassette" in done.stdout
 

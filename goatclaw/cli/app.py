@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 a task failed (or another runtime error), 2 the pipeline or
 project file is invalid (or the command line is), 3 the run was blocked by its threat
-score, 130 cancelled (143 by SIGTERM, 129 by SIGHUP).
+score, 4 the run is waiting for an approval (``goatclaw approve``; nothing is left running),
+130 cancelled (143 by SIGTERM, 129 by SIGHUP).
 """
 
 from __future__ import annotations
@@ -623,6 +624,7 @@ def doctor(
 from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify)
 from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
+from goatclaw.cli import decide as _decide  # noqa: E402, F401  (approve, reject, approvals)
 from goatclaw.cli import goal as _goal  # noqa: E402, F401  (run "GOAL": goatclaw/planner.py)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import init as _init  # noqa: E402, F401  (init)

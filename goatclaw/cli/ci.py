@@ -18,7 +18,15 @@ from rich.markup import escape
 from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
 
-__all__ = ["finish", "load_checked", "report_targets"]
+__all__ = ["exit_code", "finish", "load_checked", "report_targets"]
+
+#: The exit code of a run that did not succeed, by its status (anything else: 1).
+RUN_EXIT_CODES = {"cancelled": 130, "blocked": 3, "waiting": 4}
+
+
+def exit_code(result: Any) -> int:
+    """A run's exit code: 0 succeeded, 4 waiting for an approval, 3 blocked, 130 cancelled, 1 otherwise."""
+    return 0 if result.ok else RUN_EXIT_CODES.get(result.status.value, 1)
 
 
 class ReportFormat(str, Enum):
@@ -71,7 +79,7 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
     from goatclaw.money import usd
     from goatclaw.reports import build, write
 
-    code = 0 if result.ok else {"cancelled": 130, "blocked": 3}.get(result.status.value, 1)
+    code = exit_code(result)
     if result.store_path is None or not (targets or max_cost is not None or fail_on is FailOn.warn):
         return code  # nothing asks for the stored run to be read back
     report = build(result.store_path, result.run_id, max_cost=max_cost)

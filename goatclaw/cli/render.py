@@ -44,8 +44,10 @@ STYLE = {
     "interrupted": ("↯", "magenta"),  # a run left running by a process that is gone
     "blocked": ("⛔", "bold red"),
     "retrying": ("↻", "yellow"),
+    "waiting": ("⏸", "yellow"),  # a task (and its run) at an approval: goatclaw approve RUN
 }
-_TERMINAL_TOPICS = ("succeeded", "failed", "skipped", "upstream_failed", "cancelled", "cached")
+#: The task events that end a task in this process (``waiting``: until a decision resumes the run).
+_TERMINAL_TOPICS = ("succeeded", "failed", "skipped", "upstream_failed", "cancelled", "cached", "waiting")
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -355,6 +357,10 @@ def print_result(result: RunResult, console: Console) -> None:
     for tid, t in result.tasks.items():
         if t.status.value == "failed":
             console.print(Text(f"  ✗ {tid}: {error_text(t.error_class, t.error)}", style="red"), soft_wrap=True)
+        elif t.status.value == "waiting":
+            console.print(Text(f"  ⏸ {tid} waits for approval: goatclaw approve {result.run_id} {tid} "
+                               f"(or goatclaw reject {result.run_id} {tid} --reason ...)", style="yellow"),
+                          soft_wrap=True)
 
 
 def reuse_note(result: RunResult) -> str:

@@ -27,6 +27,7 @@ from goatclaw.engine import tasklogs
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
+from goatclaw.engine.gates import Evidence, Gate
 from goatclaw.engine.guard import Guard
 from goatclaw.engine.metrics import critical_path
 from goatclaw.engine.readback import UNTRUSTED_EVENT, ReadBack
@@ -88,6 +89,7 @@ class RunOptions:
     parent: Mapping[str, Any] | None = None  # a child run (a pipeline tool): the calling run, task and depth
     ceiling: Any = None  # a child run: the calling task's Grant, which none of its tasks exceeds
     approver: Any = None  # decides tool calls a task's approve: names (toolcalls.Approver); None: they are refused
+    evidence: Evidence | None = None  # an approval request's cost and permissions of what follows (goatclaw.api)
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -135,6 +137,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.pending: dict[str, int] = {}
         self.blocked: set[str] = set()  # tasks with a need that failed for good
         self.live: set[str] = set()  # tasks with a need that was not skipped
+        self.held: set[str] = set()  # tasks waiting for an approval, and everything downstream of them
         self.done = 0
         self.context: dict[str, Any] = {}
         self.hooks = Hooks.build(self.pipeline.hooks, options.hooks, self.registry)  # None: no hooks
@@ -245,6 +248,8 @@ class _Runner(OutputChecks, ToolCalls):
             self.recorder = None
 
     def _final_status(self) -> RunStatus:
+        if any(res.status is TaskState.WAITING for res in self.result.tasks.values()):
+            return RunStatus.WAITING  # not over, even if another branch failed: a decision resumes it
         for tid, res in self.result.tasks.items():
             if res.status in (TaskState.UPSTREAM_FAILED, TaskState.CANCELLED):
                 return RunStatus.FAILED
@@ -260,6 +265,8 @@ class _Runner(OutputChecks, ToolCalls):
         if not (p.on_failure or p.finally_):
             return
         status = self._final_status()
+        if status is RunStatus.WAITING:  # the run has not ended: they run when it does
+            return
         self.context["run"] = {**self.context["run"], "status": status.value, "errors": self._errors()}
         self.task_contexts.clear()  # they copied the old run view
         if status is RunStatus.FAILED and p.on_failure:
@@ -351,6 +358,9 @@ class _Runner(OutputChecks, ToolCalls):
                 res.items = len(row.output)
             self.seeded.add(row.task_id)
             self.recorder.event("task.resumed", row.task_id, {"status": row.status})
+            if self.pipeline.tasks[row.task_id].approval is not None and row.status != TaskState.SKIPPED.value:
+                res.approval = Gate(self.pipeline.tasks[row.task_id], self.result.run_id, self.recorder.store,
+                                    self.recorder.redactor).decision()  # tasks.<id>.approval, as when it ran
         self.result.resumed = tuple(t for t in self.selected if t in self.seeded)
         store = self.recorder.store
         if self.seeded and store is not None and self.readback is not None:  # what they carried when they ran
@@ -391,10 +401,14 @@ class _Runner(OutputChecks, ToolCalls):
         for tid in sel:
             if tid in seeded:
                 self._complete(tid)
-        if not sel or self.done >= len(sel):
-            return
+        while sel and self.done < len(sel):
+            await self._work()
+            self._release_decided()  # decisions recorded while this run went on (another approver): go on
+
+    async def _work(self) -> None:
+        """Run the workers until every selected task is done (or held at an approval)."""
         limit = self.opts.concurrency or self.pipeline.concurrency
-        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(sel))))]
+        workers = [asyncio.create_task(self._worker()) for _ in range(max(1, min(limit, len(self.selected))))]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -429,7 +443,10 @@ class _Runner(OutputChecks, ToolCalls):
                 task = tasks[tid]
                 await self._run_task(task)
                 await self._screen(task)  # may stop the run before its dependents are released
-                self._complete(tid)
+                if self.result.tasks[tid].status is TaskState.WAITING:
+                    self._hold(tid)
+                else:
+                    self._complete(tid)
                 continue
             if self.done >= total:
                 return
@@ -478,7 +495,39 @@ class _Runner(OutputChecks, ToolCalls):
                         stack.append(dep)
                     else:
                         self._push(dep)
-        if self.done >= len(sel):
+        self._wake_if_done()
+
+    def _hold(self, tid: str) -> None:
+        """``tid`` waits for an approval: it and what is downstream of it are done for this process."""
+        stack, sel = [tid], self.selected
+        while stack:
+            current = stack.pop()
+            if current in self.held or current not in sel:
+                continue
+            self.held.add(current)
+            self.done += 1
+            stack += self.plan.dependents[current]
+        self._wake_if_done()
+
+    def _release_decided(self) -> None:
+        """Waiting tasks whose decision came meanwhile go back to the ready heap; the rest stay held."""
+        assert self.recorder is not None
+        waiting = [tid for tid in self.held if self.result.tasks[tid].status is TaskState.WAITING]
+        decided = {tid for tid in waiting if (row := Gate(self.pipeline.tasks[tid], self.result.run_id,
+                                                             self.recorder.store, self.recorder.redactor).stored())
+                   and row["decision"] is not None}
+        if not decided:
+            return
+        self.done -= len(self.held)
+        self.held = set()
+        for tid in waiting:
+            if tid not in decided:
+                self._hold(tid)
+        for tid in decided:
+            self._push(tid)
+
+    def _wake_if_done(self) -> None:
+        if self.done >= len(self.selected):
             while self.waiters:
                 waiter = self.waiters.popleft()
                 if not waiter.done():
@@ -510,6 +559,8 @@ class _Runner(OutputChecks, ToolCalls):
         try:
             if task.if_ is not None and not self._condition(task):
                 res.move(TaskState.SKIPPED)
+            elif task.approval is not None and not self._approved(task, res):
+                res.move(TaskState.WAITING)
             else:
                 plugin = self._plugin(task)
                 self._refuse_untrusted(task)
@@ -530,13 +581,45 @@ class _Runner(OutputChecks, ToolCalls):
                 res.move(TaskState.SUCCEEDED)
             else:
                 res.move(TaskState.FAILED)
-                self._dead_letter(task, res)
+                if res.error_class != "rejected":  # a person's no is a decision, not a letter to replay
+                    self._dead_letter(task, res)
         finally:
             res.finished_at = time.time()
             self._settle(task, res)
             rec.task_finished(res)
-            if self.hooks and res.status is not TaskState.CANCELLED:
+            if self.hooks and res.status not in (TaskState.CANCELLED, TaskState.WAITING):
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
+
+    def _approved(self, task: Task, res: TaskResult) -> bool:
+        """Whether ``task``'s approval was given (its decision kept on ``res``); asks for it the first time.
+
+        A rejection raises ``TaskError(rejected)``; see goatclaw.engine.gates.
+        """
+        assert self.recorder is not None
+        if self.opts.parent:  # its caller (a model's tool call) is waiting for an answer, not for a person
+            raise TaskError("an approval cannot wait inside a pipeline called as a tool: the calling task holds "
+                            "the run", error_class="invalid_input")
+        gate = Gate(task, self.result.run_id, self.recorder.store, self.recorder.redactor)
+        res.approval = gate.decision()
+        if res.approval is not None:
+            self.recorder.event("approval.granted", task.id, {"by": res.approval["by"]})
+            return True
+        if gate.stored() is None:  # the first time here: ask (a request that waits already is not renewed)
+            upstream = {n: self.result.tasks[n].output for n in task.needs if n in self.result.tasks}
+            shown = gate.request(self._context_for(task), upstream, self._after_gate(task), self.opts.evidence)
+            said = {"message": shown["message"], "timeout": shown["timeout"]}
+            self.recorder.audited("approval.requested", task.id, said)
+            self.recorder.event("approval.requested", task.id, said)
+        return False
+
+    def _decision_of(self, tid: str) -> dict[str, Any] | None:
+        res = self.result.tasks.get(tid)
+        return res.approval if res is not None else None
+
+    def _after_gate(self, task: Task) -> list[str]:
+        """What an approval lets run: the gated task itself (unless it is ``uses: approval``) and all after it."""
+        follows = [t for t in self.plan.order if t in self.selected and task.id in self.plan.ancestors(t)]
+        return follows if task.uses == "approval" else [task.id, *follows]
 
     def _dead_letter(self, task: Task, res: TaskResult) -> None:
         """A task failed for good: keep its rendered inputs and error for ``goatclaw dlq``."""
@@ -777,7 +860,7 @@ class _Runner(OutputChecks, ToolCalls):
                            self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
                            cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id),
                            tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
-                           mcp=mcp_servers())
+                           mcp=mcp_servers(), approval=self._decision_of(task.id))
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""

@@ -26,10 +26,11 @@ class TaskState(str, enum.Enum):
     UPSTREAM_FAILED = "upstream_failed"
     CANCELLED = "cancelled"
     CACHED = "cached"
+    WAITING = "waiting"  # for a person's decision (an approval): not done, and nothing held while it waits
 
     def is_terminal(self) -> bool:
         """Whether the task is done, one way or another."""
-        return self not in (TaskState.PENDING, TaskState.RUNNING)
+        return self not in (TaskState.PENDING, TaskState.RUNNING, TaskState.WAITING)
 
     def __str__(self) -> str:
         return self.value
@@ -39,7 +40,8 @@ _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED, TaskState.UPSTREAM_FAILED,
                                   TaskState.CANCELLED, TaskState.SUCCEEDED, TaskState.CACHED}),
     TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED,
-                                  TaskState.CANCELLED, TaskState.CACHED}),
+                                  TaskState.CANCELLED, TaskState.CACHED, TaskState.WAITING}),
+    TaskState.WAITING: frozenset({TaskState.CANCELLED, TaskState.RUNNING}),  # running: decided while the run went on
 }
 
 
@@ -51,6 +53,7 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"  # stopped by its threat score (goatclaw.security.threat)
+    WAITING = "waiting"  # stopped at an approval: a decision resumes it (docs/approvals.md); no process held
 
     def __str__(self) -> str:
         return self.value
@@ -73,6 +76,7 @@ class TaskResult:
     fallback: str | None = None  # the task whose output stands in for this one
     cache_hits: int = 0  # calls (items of a fan-out) answered from the task cache
     fixes: int = 0  # fix attempts (fix:) its output needed, counted apart from retries
+    approval: dict[str, Any] | None = None  # the decision its approval gate got (``tasks.<id>.approval``)
 
     @property
     def duration(self) -> float | None:
@@ -92,6 +96,8 @@ class TaskResult:
         view: dict[str, Any] = {"status": self.status.value, "output": self.output, "error": self.error}
         if self.items is not None:
             view["outputs"] = self.output
+        if self.approval is not None:
+            view["approval"] = self.approval
         return view
 
 

@@ -47,7 +47,8 @@ KEYED = "hmac:"
 
 #: The side effects the built-in tasks and the engine record.
 ACTIONS = ("process.started", "file.written", "request.sent", "llm.called", "secret.read", "permission.denied",
-           "threat.detected", "run.blocked")
+           "threat.detected", "run.blocked", "approval.requested", "approval.approved", "approval.rejected",
+           "approval.expired")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 from goatclaw.errors import Location
 
 __all__ = [
+    "ApprovalPolicy",
     "Budget",
     "BreakerPolicy",
     "CachePolicy",
@@ -234,6 +235,35 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ApprovalPolicy:
+    """A person's approval before a task runs (``approval:``, or the task ``uses: approval``)."""
+
+    message: str | None = None  # a template over upstream tasks, rendered when the request is made
+    timeout: float | None = None  # seconds the request may wait; past them it counts as a rejection
+    inputs: Mapping[str, Any] | None = None  # the JSON Schema of what the approver fills in
+
+    @classmethod
+    def from_task(cls, d: Mapping[str, Any]) -> ApprovalPolicy | None:
+        """From a task's ``approval:`` (``true``, a message, or a mapping); a ``uses: approval`` task always has one.
+
+        A ``uses: approval`` task's own ``timeout:`` (not one inherited from ``defaults:``) is
+        its approval's timeout when ``approval:`` gives none.
+        """
+        raw = d.get("approval")
+        gate = d.get("uses") == "approval"
+        if raw is None or raw is False:
+            raw = {} if gate else None
+        if raw is None:
+            return None
+        data = {"message": raw} if isinstance(raw, str) else raw if isinstance(raw, dict) else {}
+        timeout = data.get("timeout", d.get("timeout") if gate else None)
+        inputs = data.get("inputs")
+        return cls(message=data["message"] if isinstance(data.get("message"), str) else None,
+                   timeout=_duration(timeout),
+                   inputs=MappingProxyType(dict(inputs)) if isinstance(inputs, dict) else None)
+
+
+@dataclass(frozen=True)
 class Defaults:
     """Task settings that apply where a task says nothing."""
 
@@ -269,6 +299,7 @@ class Task:
     permissions: Permissions = NO_PERMISSIONS
     trust: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    approval: ApprovalPolicy | None = None  # a person approves before it runs (docs/approvals.md)
     name: str | None = None
     description: str | None = None
     order: int = 0
@@ -418,6 +449,7 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
                     breaker=defaults.breaker, cache=defaults.cache,
                     name=name if isinstance(name, str) else None,
                     description=description if isinstance(description, str) else None,
+                    approval=ApprovalPolicy.from_task(d) if uses == "approval" else None,
                     order=order, path=path, group=group)
     fix = d.get("fix")
     return Task(
@@ -448,6 +480,7 @@ def _task(tid: str, d: dict[str, Any], defaults: Defaults, order: int, group: st
         trust=_strings(d.get("trust")),
         env=MappingProxyType({str(k): str(v) for k, v in d["env"].items()}) if isinstance(d.get("env"), dict)
         else _EMPTY,
+        approval=ApprovalPolicy.from_task(d),
         name=d["name"] if isinstance(d.get("name"), str) else None,
         description=d["description"] if isinstance(d.get("description"), str) else None,
         order=order,
