@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyotp
@@ -93,6 +95,7 @@ def test_dry_run_only_and_bad_requests(demo: Path) -> None:
             ({"pipeline": "../../etc/passwd"}, 404, "no file"),
             ({"pipeline": "pipelines/missing.yaml"}, 404, "no file"),
             ({}, 422, "give 'pipeline'"),
+            ({"pipeline": "pipelines/hello.yaml", "var": {"who": "x"}}, 422, "unknown field 'var'"),
             ({"pipeline": "pipelines/hello.yaml", "vars": [1]}, 422, "'vars' must be dict"),
         ]
         for body, status, words in cases:
@@ -101,6 +104,12 @@ def test_dry_run_only_and_bad_requests(demo: Path) -> None:
         broken = http.post("/api/projects/demo/runs", content=b"{not json",
                            headers={"content-type": "application/json"})
         assert broken.status_code == 400 and "not JSON" in broken.json()["error"]
+        nan = http.post("/api/projects/demo/runs", headers={"content-type": "application/json"},
+                        content=b'{"pipeline": "pipelines/hello.yaml", "vars": {"who": NaN}}')
+        assert nan.status_code == 400 and "NaN is not a JSON number" in nan.json()["error"]
+        huge = http.post("/api/projects/demo/runs", content=b"x" * (2 * 1024 * 1024),
+                         headers={"content-type": "application/json"})
+        assert huge.status_code == 413  # server.max_body: 1 MiB
         assert http.get("/api/projects/nowhere/runs").status_code == 404
 
 
@@ -338,6 +347,21 @@ def test_totp_login_session_logout_and_replay(demo: Path) -> None:
         assert "correct horse" not in str(db.user("ann"))
 
 
+def test_a_form_login_goes_to_next_on_this_server_only(demo: Path) -> None:
+    accounts.add_user(store_of(demo), "ann", "correct horse", ["read"], totp_secret=SECRET)
+    now = [time.time()]
+    with live(build_app([demo], clock=lambda: now[0])) as server, server.client() as http:
+        form = {"username": "ann", "password": "correct horse", "code": pyotp.TOTP(SECRET).at(now[0]),
+                "next": "/ui/runs"}
+        answer = http.post("/auth/login", data=form)
+        assert answer.status_code == 303 and answer.headers["location"] == "/ui/runs"
+        assert http.get("/auth/me").json()["name"] == "ann"
+        now[0] += 30
+        form.update(code=pyotp.TOTP(SECRET).at(now[0]), next="//evil.example/x")
+        elsewhere = http.post("/auth/login", data=form)
+        assert elsewhere.status_code == 200 and "location" not in elsewhere.headers  # not an open redirect
+
+
 def test_an_expired_session_and_a_disabled_user(demo: Path) -> None:
     accounts.add_user(store_of(demo), "bob", "long enough", ["read"], totp_secret=SECRET)
     now = [time.time()]
@@ -528,3 +552,30 @@ def test_tokens_and_users_commands(demo: Path, monkeypatch: pytest.MonkeyPatch) 
     assert runner.invoke(app, ["users", "disable", "ann"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["users", "list", "--json"]).stdout)[0]["disabled_at"] is not None
     assert runner.invoke(app, ["users", "disable", "nobody"]).exit_code == 2
+
+
+def test_a_service_starts_runs_through_the_queue(demo: Path) -> None:
+    """What a scheduler does: a service of the app triggers a run without HTTP, checked and audited the same way."""
+    import contextlib
+
+    from goatclaw.server.runs import Refused
+    from goatclaw.server.triggers import trigger
+
+    started: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def scheduler(server: Any) -> AsyncIterator[None]:
+        job = await trigger(server, server.project("demo"), "pipelines/hello.yaml", vars={"who": "cron"},
+                            who="schedule:hourly", action="schedule.fired", detail={"cron": "0 * * * *"})
+        started.append(job.run_id)
+        with pytest.raises(Refused) as refused:
+            await trigger(server, server.project("demo"), "pipelines/hello.yaml", vars={"nope": 1}, who="x")
+        assert refused.value.status == 422
+        yield
+
+    key = token(demo, "read")
+    with live(build_app([demo], services=[scheduler])) as server, server.client(key) as http:
+        done = run_to_end(http, "demo", started[0])
+        assert {t["id"]: t["output"] for t in done["tasks"]}["greet"] == "hello cron"
+    [row] = goatclaw.audit_log(store_of(demo), action="schedule.fired")
+    assert row.run_id == started[0] and row.data["principal"] == "schedule:hourly" and row.data["cron"] == "0 * * * *"

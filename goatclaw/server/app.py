@@ -16,8 +16,10 @@ The app is routes as a plain list (:func:`goatclaw.server.endpoints.routes`, eac
 itself for ``/openapi.json``), one middleware (:class:`goatclaw.server.guard.Gatekeeper`: address
 lists, threat scores, rate limits, authentication, audit), and a lifespan that starts the run
 queue's workers and drains them when the server stops. Other rooms add their routes with
-``extra_routes``; they find the shared state at ``request.app.state.goatclaw`` (a
-:class:`Server`) and the principal with :func:`goatclaw.server.auth.principal_of`.
+``extra_routes`` and their long-lived parts (a scheduler) with ``services``; they find the
+shared state at ``request.app.state.goatclaw`` (a :class:`Server`), the principal with
+:func:`goatclaw.server.auth.principal_of`, and start runs with
+:func:`goatclaw.server.triggers.trigger` (checked, audited, through the bounded queue).
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ import goatclaw
 from goatclaw import api
 from goatclaw.server.auth import Authenticator
 from goatclaw.server.guard import ClientThreats, Counters, Gatekeeper, RateLimits
-from goatclaw.server.runs import RunQueue
+from goatclaw.server.runs import Refused, RunQueue
 from goatclaw.server.settings import ServerSettings
 from goatclaw.server.stores import Stores
 
-__all__ = ["STATE_KEY", "ServedProject", "Server", "build_app", "served_projects"]
+__all__ = ["STATE_KEY", "ServedProject", "Server", "Service", "build_app", "served_projects"]
 
 #: ``app.state`` attribute holding the :class:`Server`.
 STATE_KEY = "goatclaw"
+#: A long-lived part of the server: given the :class:`Server`, an async context manager it runs inside.
+Service = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
 
 
 class ServeError(goatclaw.GoatclawError):
@@ -65,13 +69,6 @@ class ServedProject:
     root: Path
     project: Any  # goatclaw.spec.project.Project
     store: Path
-
-    def inside(self, path: str) -> Path:
-        """``path`` (relative to the project folder) resolved, refused (404) when it leaves the folder."""
-        candidate = (self.root / path).resolve()
-        if not candidate.is_relative_to(self.root) or not candidate.is_file():
-            raise HTTPException(404, f"no file '{path}' in the project '{self.name}'")
-        return candidate
 
     def shown(self, path: str | Path | None) -> str | None:
         """A path as the API shows it: relative to the project folder when inside it."""
@@ -98,6 +95,7 @@ class Server:
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
     stopped: bool = False
+    services: tuple[Any, ...] = ()  # started inside the lifespan (build_app's ``services``)
     #: Checked pipelines by file, with the (mtime, size) they were loaded at: a changed file is loaded again.
     pipelines: dict[Path, tuple[tuple[int, int], Any]] = field(default_factory=dict)
 
@@ -110,7 +108,7 @@ class Server:
         """A hosted project by name (404 when there is none)."""
         found = self.projects.get(name)
         if found is None:
-            raise HTTPException(404, f"no project '{name}' on this server")
+            raise Refused(f"no project '{name}' on this server", 404)
         return found
 
 
@@ -142,19 +140,22 @@ def _name_of(root: Path) -> str:
 
 
 def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, settings: ServerSettings | None = None,
-              extra_routes: Sequence[BaseRoute] = (), clock: Callable[[], float] = time.time,
+              extra_routes: Sequence[BaseRoute] = (), services: Sequence[Service] = (),
+              clock: Callable[[], float] = time.time,
               monotonic: Callable[[], float] = time.monotonic, runner: Any = None) -> Starlette:
     """The Starlette app serving ``projects`` (see the module docstring).
 
     ``settings`` default to the home project's ``server:`` section; ``clock`` (wall time:
     session expiry) and ``monotonic`` (rate windows, blocks) are there for tests to move;
-    ``runner`` replaces how a job runs (default: :func:`goatclaw.arun`).
+    ``runner`` replaces how a job runs (default: :func:`goatclaw.arun`). ``services`` are
+    started with the app and stopped before its runs are drained: each is a function of the
+    :class:`Server` giving an async context manager (a scheduler's loop lives inside it).
     """
     from goatclaw.server import endpoints
 
     served = served_projects(projects)
     home = next(iter(served.values()))
-    chosen = settings or ServerSettings.from_data(home.project.data.get("server"))
+    chosen = settings or _settings_of(home)
     stores = Stores()
     server = Server(
         projects=served, settings=chosen, stores=stores,
@@ -170,10 +171,20 @@ def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, sett
         counters=server.counters, store_of=lambda scope: _store_of(server, scope), audit=stores.audit,
     )
     app = Starlette(routes=[*endpoints.routes(), *extra_routes], middleware=[gate], lifespan=_lifespan,
-                    exception_handlers={HTTPException: _http_error, goatclaw.GoatclawError: _goatclaw_error},
+                    exception_handlers={HTTPException: _http_error, Refused: _refused,
+                                        goatclaw.GoatclawError: _goatclaw_error},
                     max_body_size=chosen.max_body)
     setattr(app.state, STATE_KEY, server)
+    server.services = tuple(services)
     return app
+
+
+def _settings_of(home: ServedProject) -> ServerSettings:
+    """``server:`` of the home project's goatclaw.yaml (a CIDR range or duration it cannot read: exit 2)."""
+    try:
+        return ServerSettings.from_data(home.project.data.get("server"))
+    except ValueError as exc:
+        raise ServeError(f"{home.project.file or home.root}: server: {exc}") from None
 
 
 def _store_of(server: Server, scope: Mapping[str, Any]) -> Path:
@@ -189,7 +200,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     server: Server = getattr(app.state, STATE_KEY)
     server.queue.start()
     try:
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            for service in server.services:
+                await stack.enter_async_context(service(server))
+            yield
     finally:
         if not server.queue.stopping:  # serving.py drains first on SIGTERM; a test's shutdown lands here
             await server.queue.drain(server.settings.grace)
@@ -203,6 +217,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """A run the server will not start or resume: its status, ``{"error": …}``, and ``Retry-After`` if any."""
+    assert isinstance(exc, Refused)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
 async def _goatclaw_error(request: Request, exc: Exception) -> Response:

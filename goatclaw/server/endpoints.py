@@ -13,7 +13,6 @@ answers 503 when the row cannot be written: nothing changes unrecorded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -23,15 +22,15 @@ from typing import Any
 import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import folder, openapi, streams
+from goatclaw.server import folder, openapi, streams, triggers
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.routing import Operation, Param, route
-from goatclaw.server.runs import Job, QueueFull, Stopping, new_run_id
+from goatclaw.server.runs import Job
 
 __all__ = ["routes", "server_of"]
 
@@ -58,12 +57,22 @@ async def _body(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except ValueError as exc:
         raise HTTPException(400, f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the body must be a JSON object")
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json would take NaN and Infinity
+
+
+def _only_keys(data: Mapping[str, Any], *keys: str) -> None:
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise HTTPException(422, f"unknown field {', '.join(map(repr, unknown))} (fields: {', '.join(keys)})")
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
@@ -117,10 +126,32 @@ async def metrics(request: Request) -> Response:
 # -- login ------------------------------------------------------------------------------------------
 
 
+async def _login_fields(request: Request) -> dict[str, Any]:
+    """The login's fields: a JSON object, or an HTML form (``application/x-www-form-urlencoded``)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return await _body(request)
+    from urllib.parse import parse_qsl
+
+    try:
+        return dict(parse_qsl((await request.body()).decode("utf-8"), strict_parsing=False))
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the form is not UTF-8") from None
+
+
+def _local_path(value: Any) -> str | None:
+    """A ``next`` to go to after a form login: a path of this server only (never another site)."""
+    if isinstance(value, str) and value.startswith("/") and not value.startswith(("//", "/\\")) and len(value) < 2048:
+        return value
+    return None
+
+
 async def login(request: Request) -> Response:
-    """A browser login: user name, password and TOTP code; a session cookie."""
+    """A browser login: user name, password and TOTP code; a session cookie.
+
+    From an HTML form with a ``next`` field (a path of this server), a success is a 303 to it.
+    """
     server = server_of(request)
-    data = await _body(request)
+    data = await _login_fields(request)
     name, password, code = (_field(data, k, str, "") for k in ("username", "password", "code"))
     if not name or not password or not code:
         raise HTTPException(422, "give 'username', 'password' and 'code' (the TOTP code)")
@@ -131,8 +162,9 @@ async def login(request: Request) -> Response:
         await _audited(request, "auth.login_failed", {"user": name[:64]})
         raise HTTPException(401, "wrong user name, password or code")
     await _audited(request, "auth.login", {"user": name})
-    answer = JSONResponse({"principal": done.principal.to_dict(), "csrf_token": done.csrf,
-                           "expires_at": done.expires_at})
+    target = _local_path(data.get("next"))
+    answer: Response = RedirectResponse(target, status_code=303) if target else JSONResponse(
+        {"principal": done.principal.to_dict(), "csrf_token": done.csrf, "expires_at": done.expires_at})
     answer.set_cookie(SESSION_COOKIE, done.cookie, max_age=max(1, int(done.expires_at - server.clock())),
                       httponly=True, samesite="strict", secure=bool(request.scope.get(HTTPS_KEY)), path="/")
     return answer
@@ -175,8 +207,8 @@ async def pipelines(request: Request) -> Response:
 async def pipeline(request: Request) -> Response:
     """One pipeline, checked: its vars' schema, tasks, plan levels, permissions, or its problems (422)."""
     served = _served(request, "read")
-    file = served.inside(request.path_params["path"])
-    loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
+    file = triggers.inside(served, request.path_params["path"])
+    loaded = await triggers.load_pipeline(server_of(request), served, file)
     return JSONResponse(await anyio.to_thread.run_sync(folder.pipeline_detail, served, loaded))
 
 
@@ -187,6 +219,7 @@ async def trigger(request: Request) -> Response:
     """Start a run of a pipeline of the project (202 with its id), or plan it (``dry_run``)."""
     served = _served(request, "run")
     data = await _body(request)
+    _only_keys(data, "pipeline", "vars", "only", "dry_run")
     path = _field(data, "pipeline", str)
     if not path:
         raise HTTPException(422, "give 'pipeline': the pipeline file's path inside the project")
@@ -194,68 +227,16 @@ async def trigger(request: Request) -> Response:
     only = _field(data, "only", list, [])
     if not all(isinstance(t, str) for t in only):
         raise HTTPException(422, "'only' must be a list of task ids")
-    dry_run = _field(data, "dry_run", bool, False)
-    file = served.inside(path)
-    loaded = await _load(request, served, file)
-    _check_names(loaded, variables, only, served)
-    if dry_run:
+    if _field(data, "dry_run", bool, False):
+        loaded = await triggers.load_pipeline(server_of(request), served, triggers.inside(served, path))
+        triggers.check_names(loaded, variables, only, served)
         compiled = goatclaw.plan(loaded)
-        return JSONResponse({"dry_run": True, "pipeline": loaded.name, "path": served.shown(file),
+        return JSONResponse({"dry_run": True, "pipeline": loaded.name, "path": served.shown(loaded.file),
                              "levels": [list(level) for level in compiled.levels]})
-    run_id = new_run_id()
-    job = Job(run_id, served.name, loaded, served.store, vars=dict(variables), only=tuple(only),
-              principal=principal_of(request).label)
-    _has_room(request)
-    await _audited(request, "run.triggered", {"pipeline": loaded.name, "path": served.shown(file),
-                                              "vars": sorted(variables), "only": list(only)}, run_id=run_id)
-    return _queued(request, served, _submit(request, job))
-
-
-async def _load(request: Request, served: Any, file: Path) -> Any:
-    """The checked pipeline (422 with its located problems when it is invalid); loaded again when it changed."""
-    cache = server_of(request).pipelines
-    stat = file.stat()
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    found = cache.get(file)
-    if found is not None and found[0] == stamp:
-        return found[1]
-    try:
-        loaded = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, project=served.project))
-        cache[file] = (stamp, loaded)
-        return loaded
-    except goatclaw.SpecError as exc:
-        problems = [str(p).replace(str(served.root) + os.sep, "") for p in exc.problems]
-        raise HTTPException(422, "the pipeline is invalid: " + "; ".join(problems)) from None
-
-
-def _check_names(loaded: Any, variables: Mapping[str, Any], only: list[str], served: Any) -> None:
-    """Vars the pipeline does not declare and tasks it does not have are refused (as ``apply`` does)."""
-    undeclared = [k for k in variables if k not in loaded.vars]
-    if undeclared:
-        raise HTTPException(422, f"{', '.join(map(repr, undeclared))} not declared in {served.shown(loaded.file)} "
-                                 f"(its vars: {', '.join(loaded.vars) or 'none'})")
-    unknown = [t for t in only if t not in loaded.tasks]
-    if unknown:
-        raise HTTPException(422, f"no task {', '.join(map(repr, unknown))} in {served.shown(loaded.file)}")
-
-
-def _has_room(request: Request) -> None:
-    """Refuse before auditing when the queue is full or the server stopping (nothing was asked of it)."""
-    queue = server_of(request).queue
-    if queue.stopping:
-        raise HTTPException(503, "the server is stopping: it starts no new run", {"Retry-After": "5"})
-    if queue.queued >= queue.max_queued + max(0, queue.max_running - queue.running):
-        raise HTTPException(429, f"the run queue is full ({queue.running} running, {queue.queued} waiting); "
-                                 "try again later", {"Retry-After": "1"})
-
-
-def _submit(request: Request, job: Job) -> Job:
-    try:
-        return server_of(request).queue.submit(job)
-    except QueueFull as exc:
-        raise HTTPException(429, str(exc), {"Retry-After": "1"}) from None
-    except Stopping as exc:
-        raise HTTPException(503, str(exc), {"Retry-After": "5"}) from None
+    job = await triggers.trigger(server_of(request), served, path, vars=variables, only=only,
+                                 who=principal_of(request).label, client=request.scope.get(CLIENT_KEY))
+    request.scope[AUDITED_KEY] = True
+    return _queued(request, served, job)
 
 
 def _queued(request: Request, served: Any, job: Job) -> Response:
@@ -410,19 +391,10 @@ async def resume(request: Request) -> Response:
         raise HTTPException(409, f"run {row.id} succeeded: there is nothing to resume")
     if row.status == "running" and not row.interrupted:
         raise HTTPException(409, f"run {row.id} is running (in this server or another process on this store)")
-    job = server_of(request).queue.job(row.id)
-    if job is not None and job.state != "done":
-        raise HTTPException(409, f"run {row.id} is {job.state} in this server already")
-    if not row.file:
-        raise HTTPException(409, f"run {row.id} has no pipeline file to resume from")
-    file = served.inside(served.shown(row.file) or "")
-    loaded = await _load(request, served, file)
-    _has_room(request)
-    await _audited(request, "run.resumed", {"pipeline": loaded.name, "path": served.shown(file)}, run_id=row.id)
-    resumed = Job(row.id, served.name, loaded, served.store, resume=True, principal=principal_of(request).label)
-    server_of(request).queue.jobs.pop(row.id, None)  # a finished job of this id: the resume replaces it
-    return _queued(request, served, _submit(request, resumed))
-
+    job = await triggers.resume(server_of(request), served, row, who=principal_of(request).label,
+                                client=request.scope.get(CLIENT_KEY))
+    request.scope[AUDITED_KEY] = True
+    return _queued(request, served, job)
 
 # -- approvals --------------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ FINDING_KEY = "goatclaw.finding"
 AUDITED_KEY = "goatclaw.audited"
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _OPEN_PATHS = frozenset({"/health"})  # no rate limit: load balancers ask often
+_LOGIN = "/auth/login"
 
 
 def client_address(scope: dict[str, Any], trusted: tuple[Network, ...]) -> str:
@@ -280,7 +281,7 @@ class Gatekeeper:
             principal = await anyio.to_thread.run_sync(self.auth.from_token, text.strip())
             if principal is None:
                 return ANONYMOUS, (401, "bad_token", "the token is not valid (unknown, revoked or expired)", None)
-        else:
+        elif scope["path"] != _LOGIN:  # a login makes a new session: an old cookie plays no part in it
             cookie = _cookie(headers.get("cookie", ""), SESSION_COOKIE)
             if cookie:
                 principal = await anyio.to_thread.run_sync(self.auth.from_session, cookie)

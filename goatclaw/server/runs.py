@@ -29,19 +29,33 @@ from typing import Any
 
 import goatclaw
 
-__all__ = ["Job", "QueueFull", "RunQueue", "Stopping", "new_run_id"]
+__all__ = ["Job", "QueueFull", "Refused", "RunQueue", "Stopping", "new_run_id"]
 
 log = logging.getLogger("goatclaw.server")
 
 NOT_STARTED = "not started: the server stopped before a slot was free; resume the run to run it"
 
 
-class QueueFull(goatclaw.GoatclawError):
-    """Every slot of the queue is taken: try again later."""
+class Refused(goatclaw.GoatclawError):
+    """A request the server will not carry out, with the HTTP status that says why (and when to try again)."""
+
+    def __init__(self, message: str, status: int = 409, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
-class Stopping(goatclaw.GoatclawError):
-    """The server is stopping (SIGTERM): it starts no new run."""
+class QueueFull(Refused):
+    """Every slot of the queue is taken: try again later (429)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 429, 1)
+
+
+class Stopping(Refused):
+    """The server is stopping (SIGTERM): it starts no new run (503)."""
+
+    def __init__(self, message: str = "the server is stopping: it starts no new run") -> None:
+        super().__init__(message, 503, 5)
 
 
 def new_run_id() -> str:
@@ -110,19 +124,23 @@ class RunQueue:
 
     def submit(self, job: Job) -> Job:
         """Queue ``job``; :class:`QueueFull` or :class:`Stopping` when it cannot be."""
-        if self.stopping or self._waiting is None:
-            self.refused["stopping"] += 1
-            raise Stopping("the server is stopping: it starts no new run")
-        if self.queued >= self.max_queued + max(0, self.max_running - self.running):
-            self.refused["full"] += 1
-            raise QueueFull(f"the run queue is full ({self.running} running, {self.queued} waiting); try again later")
+        self.check_room()
         if job.run_id in self.jobs:
-            raise goatclaw.GoatclawError(f"run {job.run_id} is already queued or running in this server")
+            raise Refused(f"run {job.run_id} is already queued or running in this server")
         self.jobs[job.run_id] = job
         self.queued += 1
         self._waiting.put_nowait(job)
         self._forget_old()
         return job
+
+    def check_room(self) -> None:
+        """Raise :class:`Stopping` or :class:`QueueFull` when a job submitted now would be refused."""
+        if self.stopping or self._waiting is None:
+            self.refused["stopping"] += 1
+            raise Stopping()
+        if self.queued >= self.max_queued + max(0, self.max_running - self.running):
+            self.refused["full"] += 1
+            raise QueueFull(f"the run queue is full ({self.running} running, {self.queued} waiting); try again later")
 
     def job(self, run_id: str) -> Job | None:
         """The job of ``run_id`` if this server queued or ran it (recently)."""
