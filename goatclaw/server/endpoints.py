@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import folder, openapi, streams, triggers
+from goatclaw.server import decisions, folder, openapi, streams, triggers
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.routing import Operation, Param, route
@@ -396,78 +396,6 @@ async def resume(request: Request) -> Response:
     request.scope[AUDITED_KEY] = True
     return _queued(request, served, job)
 
-# -- approvals --------------------------------------------------------------------------------------
-
-
-async def approvals(request: Request) -> Response:
-    """The project's approval requests, oldest first: waiting ones (``?all=true``: decided ones too)."""
-    served = _served(request, "read")
-    run_id = request.query_params.get("run")
-    waiting = request.query_params.get("all", "false").lower() not in ("1", "true", "yes")
-    if not served.store.is_file():
-        return JSONResponse({"project": served.name, "approvals": [], "untrusted": True})
-    rows = await anyio.to_thread.run_sync(lambda: goatclaw.approvals(store=served.store, project=served.project,
-                                                                       run_id=run_id, waiting=waiting))
-    return JSONResponse(json.loads(json.dumps({"project": served.name, "approvals": rows, "untrusted": True},
-                                              default=str)))
-
-
-async def approve(request: Request) -> Response:
-    """Approve a waiting run's request (with the inputs its schema asks for); the run is queued to go on."""
-    return await _decide(request, approve=True)
-
-
-async def reject(request: Request) -> Response:
-    """Reject a waiting run's request (with a reason); the run goes on, the task failing as ``rejected``."""
-    return await _decide(request, approve=False)
-
-
-async def _decide(request: Request, *, approve: bool) -> Response:
-    """Record the decision through the public API (audited there too), then resume the run through the queue."""
-    served = _served(request, "approve")
-    ref = _run_ref(request)
-    data = await _body(request)
-    task_id = _field(data, "task", str)
-    inputs = _field(data, "inputs", dict)
-    reason = _field(data, "reason", str)
-    if inputs is not None and not approve:
-        raise HTTPException(422, "a rejection takes a 'reason', not 'inputs'")
-    who = principal_of(request)
-    row = await _stored_run(request, served, ref)
-    if row is None:
-        raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
-    verb = "approved" if approve else "rejected"
-    await _audited(request, f"approval.{verb}", {"task": task_id, "inputs": sorted(inputs or {}),
-                                                 "reason": reason}, run_id=row.id, task_id=task_id)
-    try:
-        await anyio.to_thread.run_sync(lambda: goatclaw.decide(
-            row.id, task_id, approve=approve, who=who.label, inputs=inputs, reason=reason, store=served.store,
-            project=served.project, resume=False))
-    except goatclaw.SpecError as exc:
-        raise HTTPException(422, "the inputs do not fit the request's schema: " + "; ".join(
-            str(p) for p in exc.problems)) from None
-    except goatclaw.StoreError:
-        raise
-    except goatclaw.GoatclawError as exc:
-        raise HTTPException(409, str(exc)) from None
-    answer: dict[str, Any] = {"run_id": row.id, "decision": verb, "by": who.label}
-    fresh = await _stored_run(request, served, row.id)
-    if fresh is not None and fresh.status == "running" and not fresh.interrupted:
-        answer["resumed"] = "the run is going on and takes the decision when it reaches the task"
-        return JSONResponse(answer, status_code=202)
-    job = server_of(request).queue.job(row.id)
-    if job is not None and job.state != "done":
-        answer["resumed"] = f"the run is {job.state} in this server"
-        return JSONResponse(answer, status_code=202)
-    loaded = await _load(request, served, served.inside(served.shown(row.file) or ""))
-    resumed = Job(row.id, served.name, loaded, served.store, resume=True, principal=who.label)
-    server_of(request).queue.jobs.pop(row.id, None)
-    queued = _submit(request, resumed)
-    return JSONResponse({**answer, "resumed": "queued", **queued.to_dict(),
-                         "links": {"run": f"/api/projects/{served.name}/runs/{row.id}",
-                                   "events": f"/api/projects/{served.name}/runs/{row.id}/events"}}, status_code=202)
-
-
 # -- the table ---------------------------------------------------------------------------------------
 
 _P = "/api/projects/{project}"
@@ -534,19 +462,5 @@ def routes() -> list[BaseRoute]:
             "Resume a run that did not finish, under its own id", "run",
             responses={202: ("Queued", {"$ref": "#/components/schemas/Queued"}), 409: ("Nothing to resume", _ERR),
                        429: ("The queue is full", _ERR), **_DENIED, **_MISSING})),
-        route(f"{_P}/approvals", approvals, ["GET"], Operation(
-            "Approval requests (waiting; all=true: decided too) with their evidence", "read", tag="approvals",
-            params=[Param("run", {"type": "string"}, "Only this run's requests."),
-                    Param("all", {"type": "boolean", "default": False}, "Decided requests too.")],
-            responses={200: ("Requests", None), **_DENIED, **_MISSING})),
-        route(f"{_P}/runs/{{run_id}}/approve", approve, ["POST"], Operation(
-            "Approve a waiting request; the run goes on (queued)", "approve", tag="approvals",
-            body={"$ref": "#/components/schemas/Decision"},
-            responses={202: ("Recorded; the run goes on", None), 409: ("Nothing waits, or decided already", _ERR),
-                       422: ("The inputs do not fit the request's schema", _ERR), **_DENIED, **_MISSING})),
-        route(f"{_P}/runs/{{run_id}}/reject", reject, ["POST"], Operation(
-            "Reject a waiting request; the run goes on and the task fails as rejected", "approve",
-            tag="approvals", body={"$ref": "#/components/schemas/Decision"},
-            responses={202: ("Recorded; the run goes on", None), 409: ("Nothing waits, or decided already", _ERR),
-                       **_DENIED, **_MISSING})),
+        *decisions.routes(),
     ]
