@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import triggers
+from goatclaw.server import requests, triggers
 from goatclaw.server.auth import principal_of
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY
 from goatclaw.server.routing import Operation, Param, route
@@ -34,16 +34,9 @@ _DENIED = {401: ("No principal (no token or session)", _ERR), 403: ("Not allowed
 _MISSING = {404: ("No such project or run", _ERR)}
 
 
-def _api() -> Any:
-    from goatclaw.server import endpoints  # the shared helpers (project, body, run lookup)
-
-    return endpoints
-
-
 async def approvals(request: Request) -> Response:
     """The project's approval requests, oldest first: waiting ones (``?all=true``: decided ones too)."""
-    api = _api()
-    served = api._served(request, "read")
+    served = requests.served(request, "read")
     run_id = request.query_params.get("run")
     waiting = request.query_params.get("all", "false").lower() not in ("1", "true", "yes")
     if not served.store.is_file():
@@ -66,30 +59,29 @@ async def reject(request: Request) -> Response:
 
 async def _decide(request: Request, *, approve: bool) -> Response:
     """Record the decision through the public API, then resume the run through the queue."""
-    api = _api()
-    served = api._served(request, "approve")
-    ref = api._run_ref(request)
-    data = await api._body(request)
-    api._only_keys(data, "task", "inputs", "reason")
-    task_id = api._field(data, "task", str)
-    inputs = api._field(data, "inputs", dict)
-    reason = api._field(data, "reason", str)
+    served = requests.served(request, "approve")
+    ref = requests.run_ref(request)
+    data = await requests.json_body(request)
+    requests.only_keys(data, "task", "inputs", "reason")
+    task_id = requests.field(data, "task", str)
+    inputs = requests.field(data, "inputs", dict)
+    reason = requests.field(data, "reason", str)
     if inputs is not None and not approve:
         raise HTTPException(422, "a rejection takes a 'reason', not 'inputs'")
     who = principal_of(request)
-    row = await api._stored_run(request, served, ref)
+    row = await requests.stored_run(request, served, ref)
     if row is None:
         raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
     verb = "approved" if approve else "rejected"
-    await api._audited(request, f"approval.{verb}", {"task": task_id, "inputs": sorted(inputs or {}),
+    await requests.audited(request, f"approval.{verb}", {"task": task_id, "inputs": sorted(inputs or {}),
                                                      "reason": reason}, run_id=row.id, task_id=task_id)
     await _record(row.id, task_id, approve=approve, who=who.label, inputs=inputs, reason=reason, served=served)
     answer: dict[str, Any] = {"run_id": row.id, "decision": verb, "by": who.label}
-    fresh = await api._stored_run(request, served, row.id)
+    fresh = await requests.stored_run(request, served, row.id)
     if fresh is not None and fresh.status == "running" and not fresh.interrupted:
         return JSONResponse({**answer, "resumed": "the run is going on and takes the decision at the task"},
                             status_code=202)
-    job = await triggers.resume(api.server_of(request), served, fresh or row, who=who.label,
+    job = await triggers.resume(requests.server_of(request), served, fresh or row, who=who.label,
                                 client=request.scope.get(CLIENT_KEY), action="run.resumed",
                                 detail={"after": f"approval.{verb}"})
     request.scope[AUDITED_KEY] = True

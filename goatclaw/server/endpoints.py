@@ -13,10 +13,7 @@ answers 503 when the row cannot be written: nothing changes unrecorded.
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -26,75 +23,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import decisions, folder, openapi, streams, triggers
+from goatclaw.server import decisions, folder, openapi, requests, streams, triggers
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
+from goatclaw.server.requests import server_of
 from goatclaw.server.routing import Operation, Param, route
 from goatclaw.server.runs import Job
 
 __all__ = ["routes", "server_of"]
 
-_REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def server_of(request: Request) -> Any:
-    """The :class:`~goatclaw.server.app.Server` of the app serving ``request``."""
-    return request.app.state.goatclaw
-
-
-def _served(request: Request, scope: str) -> Any:
-    """The route's project, once the principal may use ``scope`` in it (401/403, or 404 for no such project)."""
-    require(request, scope)
-    name = request.path_params["project"]
-    found = server_of(request).project(name)
-    require(request, scope, project=name)
-    return found
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    """The request's JSON object body (400 when it is not one)."""
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise HTTPException(400, f"the body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "the body must be a JSON object")
-    return data
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")  # Python's json would take NaN and Infinity
-
-
-def _only_keys(data: Mapping[str, Any], *keys: str) -> None:
-    unknown = sorted(set(data) - set(keys))
-    if unknown:
-        raise HTTPException(422, f"unknown field {', '.join(map(repr, unknown))} (fields: {', '.join(keys)})")
-
-
-def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-    value = data.get(key, default)
-    if value is not default and not isinstance(value, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise HTTPException(422, f"'{key}' must be {names}")
-    return value
-
-
-async def _audited(request: Request, action: str, detail: dict[str, Any], *, run_id: str | None = None,
-                   task_id: str | None = None, store: Path | None = None) -> None:
-    """Write the change's audit row before doing it (503 when it cannot be written)."""
-    server = server_of(request)
-    name = request.path_params.get("project")
-    target = store or (server.projects[name].store if name in server.projects else server.home.store)
-    row = {"principal": principal_of(request).label, "client": request.scope.get(CLIENT_KEY), **detail}
-    try:
-        await server.stores.audit(target, action, row, run_id=run_id, task_id=task_id)
-    except goatclaw.GoatclawError as exc:
-        raise HTTPException(503, f"the change was not made: its audit row could not be written ({exc})") from None
-    request.scope[AUDITED_KEY] = True
 
 
 # -- open routes ------------------------------------------------------------------------------------
@@ -120,7 +57,8 @@ async def metrics(request: Request) -> Response:
     require(request, "read")
     from goatclaw.server.metrics import exposition
 
-    return PlainTextResponse(exposition(server_of(request)), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(exposition(server_of(request)),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 # -- login ------------------------------------------------------------------------------------------
@@ -129,7 +67,7 @@ async def metrics(request: Request) -> Response:
 async def _login_fields(request: Request) -> dict[str, Any]:
     """The login's fields: a JSON object, or an HTML form (``application/x-www-form-urlencoded``)."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        return await _body(request)
+        return await requests.json_body(request)
     from urllib.parse import parse_qsl
 
     try:
@@ -152,16 +90,16 @@ async def login(request: Request) -> Response:
     """
     server = server_of(request)
     data = await _login_fields(request)
-    name, password, code = (_field(data, k, str, "") for k in ("username", "password", "code"))
+    name, password, code = (requests.field(data, k, str, "") for k in ("username", "password", "code"))
     if not name or not password or not code:
         raise HTTPException(422, "give 'username', 'password' and 'code' (the TOTP code)")
     client = request.scope.get(CLIENT_KEY)
     done = await anyio.to_thread.run_sync(server.auth.login, name, password, code, client)
     if done is None:
         request.scope[FINDING_KEY] = "failed_login"
-        await _audited(request, "auth.login_failed", {"user": name[:64]})
+        await requests.audited(request, "auth.login_failed", {"user": name[:64]})
         raise HTTPException(401, "wrong user name, password or code")
-    await _audited(request, "auth.login", {"user": name})
+    await requests.audited(request, "auth.login", {"user": name})
     target = _local_path(data.get("next"))
     answer: Response = RedirectResponse(target, status_code=303) if target else JSONResponse(
         {"principal": done.principal.to_dict(), "csrf_token": done.csrf, "expires_at": done.expires_at})
@@ -173,7 +111,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """End the browser session of the request (a token is revoked with ``goatclaw tokens revoke``)."""
     who = require(request, "read")
-    await _audited(request, "auth.logout", {"user": who.name})
+    await requests.audited(request, "auth.logout", {"user": who.name})
     await anyio.to_thread.run_sync(server_of(request).auth.logout, who)
     answer = Response(status_code=204)
     answer.delete_cookie(SESSION_COOKIE, path="/")
@@ -199,14 +137,14 @@ async def projects(request: Request) -> Response:
 
 async def pipelines(request: Request) -> Response:
     """The pipeline files of the project: path, name, description, and their vars as a JSON Schema."""
-    served = _served(request, "read")
+    served = requests.served(request, "read")
     rows = await anyio.to_thread.run_sync(folder.pipeline_rows, served)
     return JSONResponse({"project": served.name, "pipelines": rows})
 
 
 async def pipeline(request: Request) -> Response:
     """One pipeline, checked: its vars' schema, tasks, plan levels, permissions, or its problems (422)."""
-    served = _served(request, "read")
+    served = requests.served(request, "read")
     file = triggers.inside(served, request.path_params["path"])
     loaded = await triggers.load_pipeline(server_of(request), served, file)
     return JSONResponse(await anyio.to_thread.run_sync(folder.pipeline_detail, served, loaded))
@@ -217,17 +155,17 @@ async def pipeline(request: Request) -> Response:
 
 async def trigger(request: Request) -> Response:
     """Start a run of a pipeline of the project (202 with its id), or plan it (``dry_run``)."""
-    served = _served(request, "run")
-    data = await _body(request)
-    _only_keys(data, "pipeline", "vars", "only", "dry_run")
-    path = _field(data, "pipeline", str)
+    served = requests.served(request, "run")
+    data = await requests.json_body(request)
+    requests.only_keys(data, "pipeline", "vars", "only", "dry_run")
+    path = requests.field(data, "pipeline", str)
     if not path:
         raise HTTPException(422, "give 'pipeline': the pipeline file's path inside the project")
-    variables = _field(data, "vars", dict, {})
-    only = _field(data, "only", list, [])
+    variables = requests.field(data, "vars", dict, {})
+    only = requests.field(data, "only", list, [])
     if not all(isinstance(t, str) for t in only):
         raise HTTPException(422, "'only' must be a list of task ids")
-    if _field(data, "dry_run", bool, False):
+    if requests.field(data, "dry_run", bool, False):
         loaded = await triggers.load_pipeline(server_of(request), served, triggers.inside(served, path))
         triggers.check_names(loaded, variables, only, served)
         compiled = goatclaw.plan(loaded)
@@ -248,8 +186,8 @@ def _queued(request: Request, served: Any, job: Job) -> Response:
 
 async def runs(request: Request) -> Response:
     """The project's latest runs, newest first, with those still waiting in this server's queue."""
-    served = _served(request, "read")
-    limit = _int_param(request, "limit", 20, 1, 1000)
+    served = requests.served(request, "read")
+    limit = requests.int_param(request, "limit", 20, 1, 1000)
     name = request.query_params.get("pipeline")
     stored = await server_of(request).stores.call(served.store, lambda db: db.runs(limit=limit, pipeline=name))
     queue = server_of(request).queue
@@ -261,39 +199,12 @@ async def runs(request: Request) -> Response:
     return JSONResponse({"project": served.name, "queued": waiting, "runs": rows, "untrusted": True})
 
 
-def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(key)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise HTTPException(400, f"'{key}' must be a whole number from {low} to {high}")
-    return int(text)
-
-
-def _run_ref(request: Request) -> str:
-    ref = request.path_params["run_id"]
-    if not _REF.fullmatch(ref):
-        raise HTTPException(400, "a run id has letters, digits, '.', '_' and '-' only")
-    return str(ref)
-
-
-async def _stored_run(request: Request, served: Any, ref: str) -> Any:
-    """The stored run ``ref`` (id, unique prefix or ``last``), or ``None``; 409 for an ambiguous prefix."""
-    def find(db: Any) -> Any:
-        return db.run(ref)
-
-    try:
-        return await server_of(request).stores.call(served.store, find)
-    except goatclaw.StoreError as exc:
-        raise HTTPException(409, str(exc)) from None
-
-
 async def run(request: Request) -> Response:
     """One run: status, each task's result, the failed attempts, the LLM calls' cost; or its place in the queue."""
-    served = _served(request, "read")
-    ref = _run_ref(request)
+    served = requests.served(request, "read")
+    ref = requests.run_ref(request)
     job = server_of(request).queue.job(ref)
-    row = await _stored_run(request, served, ref)
+    row = await requests.stored_run(request, served, ref)
     if row is None:
         if job is None or job.project != served.name:
             raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
@@ -320,8 +231,8 @@ def _run_data(db: Any, row: Any, served: Any, job: Job | None) -> dict[str, Any]
 
 async def task(request: Request) -> Response:
     """One task of a run: its result, every attempt, and its log lines."""
-    served = _served(request, "read")
-    row = await _stored_run(request, served, _run_ref(request))
+    served = requests.served(request, "read")
+    row = await requests.stored_run(request, served, requests.run_ref(request))
     if row is None:
         raise HTTPException(404, f"no run '{request.path_params['run_id']}' in the project '{served.name}'")
     task_id = request.path_params["task_id"]
@@ -350,11 +261,11 @@ async def events(request: Request) -> Response:
     (or ``?after=N``) gets the events after it, none twice, none lost. The stream ends with an
     ``end`` event carrying the run's status.
     """
-    served = _served(request, "read")
-    ref = _run_ref(request)
+    served = requests.served(request, "read")
+    ref = requests.run_ref(request)
     server = server_of(request)
     job = server.queue.job(ref)
-    row = await _stored_run(request, served, ref)
+    row = await requests.stored_run(request, served, ref)
     if row is None and (job is None or job.project != served.name):
         raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
     run_id = row.id if row is not None else ref
@@ -365,17 +276,17 @@ async def events(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     """Cancel a run this server queued or is running (the engine records it ``cancelled``: resumable)."""
-    served = _served(request, "run")
-    ref = _run_ref(request)
+    served = requests.served(request, "run")
+    ref = requests.run_ref(request)
     queue = server_of(request).queue
-    row = await _stored_run(request, served, ref)
+    row = await requests.stored_run(request, served, ref)
     run_id = row.id if row is not None else ref
     job = queue.job(run_id)
     if job is None or job.project != served.name or job.state == "done":
         if row is None:
             raise HTTPException(404, f"no run '{ref}' in the project '{served.name}'")
         raise HTTPException(409, f"run {run_id} is not running in this server (it is {row.status})")
-    await _audited(request, "run.cancelled", {"was": job.state}, run_id=run_id)
+    await requests.audited(request, "run.cancelled", {"was": job.state}, run_id=run_id)
     was = queue.cancel(run_id)
     return JSONResponse({"run_id": run_id, "was": was, "status": "cancelling" if was == "running" else "cancelled"},
                         status_code=202)
@@ -383,8 +294,8 @@ async def cancel(request: Request) -> Response:
 
 async def resume(request: Request) -> Response:
     """Resume a stored run that did not finish, under its own id (what succeeded does not run again)."""
-    served = _served(request, "run")
-    row = await _stored_run(request, served, _run_ref(request))
+    served = requests.served(request, "run")
+    row = await requests.stored_run(request, served, requests.run_ref(request))
     if row is None:
         raise HTTPException(404, f"no run '{request.path_params['run_id']}' in the project '{served.name}'")
     if row.status == "succeeded":
