@@ -166,3 +166,25 @@ def sse(text: str) -> list[dict[str, str]]:
         if "event" in fields or "data" in fields:
             found.append(fields)
     return found
+
+
+def store_of(folder: Path) -> Path:
+    """The store of a project made by :func:`make_project`."""
+    return folder / ".goatclaw" / "goatclaw.db"
+
+
+def token(folder: Path, *scopes: str, projects: list[str] | None = None, name: str = "t") -> str:
+    """A new API token of the project's store with ``scopes`` (and ``projects``)."""
+    from goatclaw.server import accounts
+
+    text, _ = accounts.create_token(store_of(folder), name, scopes, projects=projects)
+    return text
+
+
+def run_to_end(http: httpx.Client, project: str, run_id: str, timeout: float = 30) -> dict:
+    """The run once it has stopped (ended, or waiting for a person) and this server holds no job of it."""
+    def done() -> dict | None:
+        data = http.get(f"/api/projects/{project}/runs/{run_id}").json()
+        state = (data.get("server") or {}).get("state", "done")
+        return data if data["status"] not in ("running", "queued") and state == "done" else None
+    return wait_for(done, timeout)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
-from live_server import live, make_project, sse, wait_for
+from live_server import live, make_project, run_to_end, sse, store_of, token, wait_for
 
 import goatclaw
 from goatclaw.server import accounts
@@ -32,24 +32,6 @@ SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 @pytest.fixture
 def demo(tmp_path: Path) -> Path:
     return make_project(tmp_path / "demo")
-
-
-def store_of(folder: Path) -> Path:
-    return folder / ".goatclaw" / "goatclaw.db"
-
-
-def token(folder: Path, *scopes: str, projects: list[str] | None = None, name: str = "t") -> str:
-    text, _ = accounts.create_token(store_of(folder), name, scopes, projects=projects)
-    return text
-
-
-def run_to_end(http: httpx.Client, project: str, run_id: str, timeout: float = 30) -> dict:
-    """The run once it has stopped (ended, or waiting for a person)."""
-    def done() -> dict | None:
-        data = http.get(f"/api/projects/{project}/runs/{run_id}").json()
-        return data if data["status"] not in ("running", "queued") and (data.get("server") or {}).get(
-            "state", "done") == "done" else None
-    return wait_for(done, timeout)
 
 
 # -- runs -----------------------------------------------------------------------------------------

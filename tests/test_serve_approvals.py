@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from live_server import live, make_project, sse
-from test_serve import run_to_end, store_of, token
+from live_server import live, make_project, run_to_end, sse, store_of, token
 
 import goatclaw
 from goatclaw.server.app import build_app
