@@ -59,6 +59,32 @@ PIPELINES = {
             with:
               script: "[ -f go.flag ] && echo flagged || { sleep ${{ vars.seconds }}; echo slept; }"
     """,
+    # waits for a person between `build` and `publish` (docs/approvals.md)
+    "pipelines/gated.yaml": """
+        version: 1
+        name: gated
+        tasks:
+          build:
+            uses: echo
+            with: {version: "1.0"}
+          review:
+            uses: approval
+            needs: build
+            approval:
+              message: Release ${{ tasks.build.output.version }}?
+              inputs:
+                type: object
+                required: [channel]
+                properties:
+                  channel: {type: string, enum: [stable, beta]}
+          publish:
+            uses: echo
+            needs: review
+            with:
+              value: >-
+                ${{ tasks.build.output.version }} on ${{ tasks.review.output.inputs.channel }}
+                by ${{ tasks.review.output.by }}
+    """,
 }
 
 

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute
 
 import goatclaw
-from goatclaw.server import folder, openapi, requests, streams, triggers
+from goatclaw.server import decisions, folder, openapi, requests, streams, triggers
 from goatclaw.server.auth import SESSION_COOKIE, principal_of, require
 from goatclaw.server.guard import AUDITED_KEY, CLIENT_KEY, FINDING_KEY, HTTPS_KEY
 from goatclaw.server.requests import server_of
@@ -373,4 +373,5 @@ def routes() -> list[BaseRoute]:
             "Resume a run that did not finish, under its own id", "run",
             responses={202: ("Queued", {"$ref": "#/components/schemas/Queued"}), 409: ("Nothing to resume", _ERR),
                        429: ("The queue is full", _ERR), **_DENIED, **_MISSING})),
+        *decisions.routes(),
     ]

@@ -37,6 +37,10 @@ SCHEMAS: dict[str, Any] = {
         "vars": {"type": "object", "description": "Values for the pipeline's declared vars"},
         "only": {"type": "array", "items": {"type": "string"}, "description": "Run these tasks and their needs"},
         "dry_run": {"type": "boolean", "default": False, "description": "Plan only: nothing runs"}}},
+    "Decision": {"type": "object", "additionalProperties": False, "properties": {
+        "task": {"type": "string", "description": "The waiting task (needed when the run waits for several)"},
+        "inputs": {"type": "object", "description": "What the request's inputs schema asks for (approve only)"},
+        "reason": {"type": "string"}}},
     "Queued": {"type": "object", "required": ["run_id", "state"], "properties": {
         "run_id": {"type": "string"}, "project": {"type": "string"},
         "state": {"enum": ["queued", "running", "done"]}, "status": {"type": ["string", "null"]},
