@@ -127,6 +127,10 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += model_problems(pipeline, project.root, tape, mode=str(mode))
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
+    if pipeline.schedules or pipeline.webhook is not None:  # cron and time zones (cronsim: only for such files)
+        from goatclaw.schedule import schedule_problems, webhook_problems
+
+        problems += schedule_problems(pipeline) + webhook_problems(pipeline)
     problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
 

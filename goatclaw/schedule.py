@@ -1,0 +1,222 @@
+"""The timetable: when a pipeline's ``schedule:`` fires, and what to fire after downtime.
+
+A :class:`Timetable` is one checked :class:`~goatclaw.spec.model.Schedule` with its cron
+expression compiled (by `cronsim <https://pypi.org/project/cronsim/>`_, the evaluator
+Healthchecks.io runs in production) in its IANA time zone. Every method takes the time
+it asks about (``now``, seconds since the epoch) instead of reading a clock, so the
+server's loop and the tests decide what time it is.
+
+Times are read as the wall clock of the schedule's time zone, as cron does:
+
+* **Spring forward** (the clock jumps from 02:00 to 03:00): a fire whose time does not
+  exist that day (``30 2 * * *``) happens once, at the first moment after the gap (03:00).
+  An expression that fires every few minutes (``*/15 * * * *``) skips the missing hour.
+* **Fall back** (the clock goes from 03:00 back to 02:00): a fire at a fixed time in the
+  repeated hour (``30 2 * * *``) happens once, at its first occurrence; an expression
+  whose hour field is ``*`` (``*/15 * * * *``) follows the clock and fires in both passes
+  of that hour, as Vixie cron and cronie do.
+
+Under ``UTC`` (the default) neither happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from goatclaw.errors import Problem
+from goatclaw.spec.loader import dotted
+from goatclaw.spec.model import Pipeline, Schedule
+
+__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "schedule_problems", "timezone_error",
+           "webhook_problems"]
+
+#: The ``@`` shorthands cron users know, as the five fields they stand for.
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: The most missed fires ``catch_up: all`` runs after downtime (the latest ones; older ones are dropped).
+MAX_CATCH_UP = 100
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+
+
+def _expand(expr: str) -> str:
+    return MACROS.get(expr.strip().lower(), expr.strip())
+
+
+def cron_error(expr: str) -> str | None:
+    """Why ``expr`` is not a usable five-field cron expression, or ``None`` if it is."""
+    fields = _expand(expr).split()
+    if expr.strip().startswith("@") and expr.strip().lower() not in MACROS:
+        return f"unknown cron shorthand '{expr.strip()}' (use one of {', '.join(sorted(MACROS))})"
+    if len(fields) != 5:
+        return (f"'{expr}' has {len(fields)} field{'s' if len(fields) != 1 else ''}; a cron expression has five: "
+                f"{' '.join(_FIELDS)} (e.g. '0 7 * * 1-5')")
+    try:
+        CronSim(" ".join(fields), datetime(2000, 1, 1))
+    except CronSimError as exc:
+        return f"'{expr}' is not a valid cron expression: {str(exc).lower()} (fields: {' '.join(_FIELDS)})"
+    return None
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def timezone_error(name: str) -> str | None:
+    """Why ``name`` is not an IANA time zone this machine knows, or ``None``."""
+    try:
+        _zone(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return f"unknown time zone '{name}' (an IANA name such as UTC, Europe/Berlin or America/New_York)"
+    return None
+
+
+@dataclass(frozen=True)
+class Timetable:
+    """The fire times of one schedule. Build with :meth:`of` (checked: a bad schedule raises ``ValueError``)."""
+
+    schedule: Schedule
+    expression: str
+    zone: ZoneInfo
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> Timetable:
+        """The timetable of a checked schedule; ``ValueError`` for a bad cron expression or time zone."""
+        why = cron_error(schedule.cron) or timezone_error(schedule.timezone)
+        if why:
+            raise ValueError(why)
+        return cls(schedule, " ".join(_expand(schedule.cron).split()), _zone(schedule.timezone))
+
+    def _forward(self, after: float) -> Iterator[float]:
+        start = datetime.fromtimestamp(after, self.zone).replace(microsecond=0)
+        for when in CronSim(self.expression, start):
+            yield when.timestamp()
+
+    def next_after(self, after: float) -> float:
+        """The first fire strictly after ``after``."""
+        for when in self._forward(after):
+            if when > after:
+                return when
+        raise ValueError(f"'{self.schedule.cron}' never fires")  # pragma: no cover - cronsim refuses those
+
+    def upcoming(self, now: float, n: int = 5) -> list[float]:
+        """The next ``n`` fires after ``now``."""
+        out: list[float] = []
+        for when in self._forward(now):
+            if when > now:
+                out.append(when)
+                if len(out) >= n:
+                    break
+        return out
+
+    def latest_until(self, now: float) -> float | None:
+        """The last fire at or before ``now`` (``None`` if there was none in the last 5 years)."""
+        start = datetime.fromtimestamp(now, self.zone).replace(microsecond=0)
+        for when in CronSim(self.expression, start, reverse=True):
+            t = when.timestamp()
+            if t <= now:
+                return t if now - t < 5 * 366 * 86400 else None
+        return None  # pragma: no cover - the iteration is endless
+
+    def missed(self, done_until: float | None, now: float) -> list[float]:
+        """What to fire at ``now`` for the fires after ``done_until`` and up to ``now``, per ``catch_up``.
+
+        ``done_until`` is the time up to which every fire was handled (fired or skipped);
+        ``None`` (a schedule never seen before) misses nothing. ``latest`` gives the last
+        missed fire, ``all`` every one (the latest :data:`MAX_CATCH_UP`), ``none`` nothing.
+        """
+        if done_until is None or now <= done_until or self.schedule.catch_up == "none":
+            return []
+        if self.schedule.catch_up == "latest":
+            last = self.latest_until(now)
+            return [last] if last is not None and last > done_until else []
+        fires: list[float] = []
+        for when in self._forward(done_until):
+            if when > now:
+                break
+            if when > done_until:
+                fires.append(when)
+                if len(fires) > MAX_CATCH_UP:
+                    del fires[0]
+        return fires
+
+    def local(self, when: float) -> str:
+        """``when`` as the schedule's wall clock, ISO 8601 with its offset (``2026-12-04T07:00:00+01:00``)."""
+        return datetime.fromtimestamp(when, self.zone).isoformat()
+
+
+def schedule_problems(pipeline: Pipeline) -> list[Problem]:
+    """Bad cron expressions, unknown time zones and repeated schedule names, at file:line:col."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for schedule in pipeline.schedules:
+        written = isinstance(_data_at(pipeline, schedule.path), dict)
+        where = (*schedule.path, "cron") if written else schedule.path
+        why = cron_error(schedule.cron)
+        if why:
+            problems.append(Problem(pipeline.locate(where), dotted(where), why))
+        zone = timezone_error(schedule.timezone)
+        if zone:
+            problems.append(Problem(pipeline.locate((*schedule.path, "timezone")), dotted((*schedule.path, "timezone")),
+                                    zone))
+        for name in schedule.vars:
+            if name not in pipeline.vars:
+                at = (*schedule.path, "vars", name)
+                problems.append(Problem(pipeline.locate(at, key=True), dotted(at),
+                                        f"the pipeline declares no var '{name}' (declare it under vars: with a default)"))
+        if schedule.name in seen:
+            at = (*schedule.path, "name") if written else schedule.path
+            problems.append(Problem(pipeline.locate(at), dotted(at), f"two schedules are named '{schedule.name}' "
+                                    "(a schedule's name keeps its memory of the last fire: give each its own)"))
+        seen.add(schedule.name)
+    return problems
+
+
+def webhook_problems(pipeline: Pipeline) -> list[Problem]:
+    """A webhook without a secret, or whose vars the pipeline does not declare, at file:line:col."""
+    hook = pipeline.webhook
+    if hook is None:
+        return []
+    problems: list[Problem] = []
+    if hook.secret is None:
+        problems.append(Problem(pipeline.locate(hook.path, key=True), dotted(hook.path),
+                                "a webhook needs the secret its sender signs with: on: {webhook: {secret: NAME}} "
+                                "(NAME an environment variable or .env entry); unsigned, anyone could run this "
+                                "pipeline"))
+    for name in hook.vars:
+        if name not in pipeline.vars:
+            where = (*hook.path, "vars", name)
+            problems.append(Problem(pipeline.locate(where, key=True), dotted(where),
+                                    f"the pipeline declares no var '{name}' (declare it under vars: with a default)"))
+    if hook.schema is not None:
+        from goatclaw.spec.schema import check_schema
+
+        why = check_schema(dict(hook.schema))
+        if why:
+            where = (*hook.path, "schema")
+            problems.append(Problem(pipeline.locate(where), dotted(where), f"not a valid JSON Schema: {why}"))
+    return problems
+
+
+def _data_at(pipeline: Pipeline, path: tuple[str | int, ...]) -> Any:
+    data: Any = pipeline.source.data if pipeline.source is not None else None
+    for key in path:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
