@@ -16,6 +16,7 @@ import contextvars
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
            "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "registry_for", "run",
-           "schema_text"]
+           "scheduled_pipelines", "schedules", "schema_text"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
@@ -254,6 +255,80 @@ def redactor_for(pipeline: Pipeline) -> Any:
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
     return Redactor(with_audit_key(read_secrets(pipeline.secrets, project.root)))
+
+
+_TRIGGERED = re.compile(r"^(schedule|on)\s*:", re.MULTILINE)
+
+
+def scheduled_pipelines(project: Project | None = None, *,
+                        registry: Registry | None = None) -> tuple[list[Pipeline], list[Problem]]:
+    """The project's pipelines that start by themselves (``schedule:``) or by a webhook (``on: webhook``).
+
+    Every pipeline file under the project folder that says either is checked in full; the
+    valid ones come first, sorted by file, then the errors of those that are not (a pipeline
+    with an invalid schedule is never run on it).
+    """
+    from goatclaw.spec.project import pipeline_files
+
+    project = project or load_project_for(None)
+    pipelines: list[Pipeline] = []
+    problems: list[Problem] = []
+    for file in pipeline_files(project.root):
+        try:
+            if not _TRIGGERED.search(file.read_text(encoding="utf-8", errors="replace")[:256_000]):
+                continue
+        except OSError:
+            continue
+        pipeline, found = check(file, project=project, registry=registry)
+        errors = [p for p in found if p.severity == "error"]
+        if errors or pipeline is None:
+            problems += errors or found
+        elif pipeline.schedules or pipeline.webhook is not None:
+            pipelines.append(pipeline)
+    return pipelines, problems
+
+
+def schedules(project: Project | None = None, *, now: float | None = None, next: int = 5,
+              store: str | os.PathLike[str] | bool | None = True) -> list[dict[str, Any]]:
+    """Each schedule of the project's pipelines with its next ``next`` fires after ``now`` (default: the clock).
+
+    One entry per schedule: ``pipeline``, ``file`` (relative to the project), ``schedule``
+    (its name), ``cron``, ``timezone``, ``overlap``, ``catch_up``, ``next`` (ISO 8601 in the
+    schedule's zone) and ``next_ts`` (epoch seconds), and from the store (``store``: as in
+    :func:`arun`) what the server's scheduler remembers: ``last_fire``, ``last_run``,
+    ``last_status``. A pipeline whose file has errors is an entry with ``error`` instead.
+    """
+    import time
+
+    from goatclaw.schedule import Timetable, pipeline_key
+
+    project = project or load_project_for(None)
+    now = time.time() if now is None else now
+    pipelines, problems = scheduled_pipelines(project)
+    remembered = _schedule_state(_store_path(store, project))
+    out: list[dict[str, Any]] = []
+    for pipeline in pipelines:
+        key = pipeline_key(pipeline)
+        for schedule in pipeline.schedules:
+            table = Timetable.of(schedule)
+            fires = table.upcoming(now, next)
+            state = remembered.get((key, schedule.name), {})
+            out.append({"pipeline": pipeline.name, "file": key, "schedule": schedule.name, "cron": schedule.cron,
+                        "timezone": schedule.timezone, "overlap": schedule.overlap, "catch_up": schedule.catch_up,
+                        "next": [table.local(t) for t in fires], "next_ts": fires,
+                        "last_fire": state.get("last_fire"), "last_run": state.get("last_run"),
+                        "last_status": state.get("last_status")})
+    for problem in problems:
+        file = problem.location.file if problem.location is not None else None
+        out.append({"pipeline": None, "file": file, "error": str(problem)})
+    return out
+
+
+def _schedule_state(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    if path is None or not path.is_file():
+        return {}
+    with Store.open(path) as db:
+        return db.schedule_state()
 
 
 def plan(pipeline: Pipeline) -> Plan:

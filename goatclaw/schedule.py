@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,8 +35,8 @@ from goatclaw.errors import Problem
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Schedule
 
-__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "schedule_problems", "timezone_error",
-           "webhook_problems"]
+__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "pipeline_key", "schedule_problems",
+           "timezone_error", "webhook_problems"]
 
 #: The ``@`` shorthands cron users know, as the five fields they stand for.
 MACROS = {
@@ -159,6 +160,17 @@ class Timetable:
         return datetime.fromtimestamp(when, self.zone).isoformat()
 
 
+def pipeline_key(pipeline: Pipeline) -> str:
+    """How the store names a scheduled pipeline: its file relative to the project folder (posix), else its name."""
+    if pipeline.file is None:
+        return pipeline.name
+    file = Path(pipeline.file).resolve()
+    root = getattr(pipeline.project, "root", None)
+    if root is not None and file.is_relative_to(Path(root).resolve()):
+        return file.relative_to(Path(root).resolve()).as_posix()
+    return file.as_posix()
+
+
 def schedule_problems(pipeline: Pipeline) -> list[Problem]:
     """Bad cron expressions, unknown time zones and repeated schedule names, at file:line:col."""
     problems: list[Problem] = []
@@ -176,8 +188,7 @@ def schedule_problems(pipeline: Pipeline) -> list[Problem]:
         for name in schedule.vars:
             if name not in pipeline.vars:
                 at = (*schedule.path, "vars", name)
-                problems.append(Problem(pipeline.locate(at, key=True), dotted(at),
-                                        f"the pipeline declares no var '{name}' (declare it under vars: with a default)"))
+                problems.append(Problem(pipeline.locate(at, key=True), dotted(at), _undeclared(name)))
         if schedule.name in seen:
             at = (*schedule.path, "name") if written else schedule.path
             problems.append(Problem(pipeline.locate(at), dotted(at), f"two schedules are named '{schedule.name}' "
@@ -200,8 +211,7 @@ def webhook_problems(pipeline: Pipeline) -> list[Problem]:
     for name in hook.vars:
         if name not in pipeline.vars:
             where = (*hook.path, "vars", name)
-            problems.append(Problem(pipeline.locate(where, key=True), dotted(where),
-                                    f"the pipeline declares no var '{name}' (declare it under vars: with a default)"))
+            problems.append(Problem(pipeline.locate(where, key=True), dotted(where), _undeclared(name)))
     if hook.schema is not None:
         from goatclaw.spec.schema import check_schema
 
@@ -210,6 +220,10 @@ def webhook_problems(pipeline: Pipeline) -> list[Problem]:
             where = (*hook.path, "schema")
             problems.append(Problem(pipeline.locate(where), dotted(where), f"not a valid JSON Schema: {why}"))
     return problems
+
+
+def _undeclared(name: str) -> str:
+    return f"the pipeline declares no var '{name}' (declare it under vars: with a default)"
 
 
 def _data_at(pipeline: Pipeline, path: tuple[str | int, ...]) -> Any:
