@@ -21,6 +21,7 @@ Under ``UTC`` (the default) neither happens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,13 +125,18 @@ class Timetable:
                     break
         return out
 
-    def latest_until(self, now: float) -> float | None:
-        """The last fire at or before ``now`` (``None`` if there was none in the last 5 years)."""
-        start = datetime.fromtimestamp(now, self.zone).replace(microsecond=0)
+    def _backward(self, now: float) -> Iterator[float]:
+        """Fires at or before ``now``, latest first (cronsim's reverse iteration excludes its start: start a second on)."""
+        start = datetime.fromtimestamp(math.floor(now) + 1, self.zone)
         for when in CronSim(self.expression, start, reverse=True):
             t = when.timestamp()
             if t <= now:
-                return t if now - t < 5 * 366 * 86400 else None
+                yield t
+
+    def latest_until(self, now: float) -> float | None:
+        """The last fire at or before ``now`` (``None`` if there was none in the last 5 years)."""
+        for t in self._backward(now):
+            return t if now - t < 5 * 366 * 86400 else None
         return None  # pragma: no cover - the iteration is endless
 
     def missed(self, done_until: float | None, now: float) -> list[float]:
@@ -138,22 +144,20 @@ class Timetable:
 
         ``done_until`` is the time up to which every fire was handled (fired or skipped);
         ``None`` (a schedule never seen before) misses nothing. ``latest`` gives the last
-        missed fire, ``all`` every one (the latest :data:`MAX_CATCH_UP`), ``none`` nothing.
+        missed fire, ``all`` every one, oldest first (the latest :data:`MAX_CATCH_UP` of them),
+        ``none`` nothing.
         """
         if done_until is None or now <= done_until or self.schedule.catch_up == "none":
             return []
-        if self.schedule.catch_up == "latest":
-            last = self.latest_until(now)
-            return [last] if last is not None and last > done_until else []
+        limit = 1 if self.schedule.catch_up == "latest" else MAX_CATCH_UP
         fires: list[float] = []
-        for when in self._forward(done_until):
-            if when > now:
+        for t in self._backward(now):  # from now back: a year of downtime costs no more than an hour of it
+            if t <= done_until:
                 break
-            if when > done_until:
-                fires.append(when)
-                if len(fires) > MAX_CATCH_UP:
-                    del fires[0]
-        return fires
+            fires.append(t)
+            if len(fires) >= limit:
+                break
+        return fires[::-1]
 
     def local(self, when: float) -> str:
         """``when`` as the schedule's wall clock, ISO 8601 with its offset (``2026-12-04T07:00:00+01:00``)."""
