@@ -126,7 +126,7 @@ class Timetable:
         return out
 
     def _backward(self, now: float) -> Iterator[float]:
-        """Fires at or before ``now``, latest first (cronsim's reverse iteration excludes its start: start a second on)."""
+        """Fires at or before ``now``, latest first (cronsim's reverse excludes its start: start a second later)."""
         start = datetime.fromtimestamp(math.floor(now) + 1, self.zone)
         for when in CronSim(self.expression, start, reverse=True):
             t = when.timestamp()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -70,7 +71,7 @@ def test_fall_back_a_fixed_time_fires_once_an_interval_follows_the_clock() -> No
     assert [local(f) for f in fires] == ["2026-10-25T02:00:00+02:00", "2026-10-25T02:30:00+02:00",
                                          "2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00",
                                          "2026-10-25T03:00:00+01:00"]
-    assert all(b - a == 30 * 60 for a, b in zip(fires, fires[1:], strict=False))
+    assert all(b - a == 30 * 60 for a, b in itertools.pairwise(fires))
     # resuming from the second 02:00 (after a restart) does not fire the first pass again
     second = at(2026, 10, 25, 2, 0, fold=1)
     assert local(every_half_hour.next_after(second)) == "2026-10-25T02:30:00+01:00"

@@ -61,8 +61,11 @@ Sleep = Callable[[float], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Fire:
-    """What the scheduler did at one scheduled time: ``fired``, ``skipped``, ``queued``, ``cancelled`` (the run it
-    replaced), ``finished`` or ``failed`` (the trigger raised), with the run id when known."""
+    """What the scheduler did about one scheduled time, with the run id when known.
+
+    ``action`` is ``fired``, ``skipped``, ``queued``, ``cancelled`` (the run was cancelled),
+    ``finished`` (the trigger returned) or ``failed`` (the trigger raised).
+    """
 
     pipeline: str
     schedule: str
@@ -82,7 +85,8 @@ class _Slot:
     table: Timetable
     key: str
     done_until: float = 0.0
-    running: asyncio.Task[Any] | None = None
+    running: asyncio.Future[Any] | None = None  # the trigger's run
+    settling: asyncio.Task[None] | None = None  # waits for it, then remembers how it ended
     running_at: float | None = None
     queued: float | None = None
     loop: asyncio.Task[None] | None = None
@@ -118,6 +122,7 @@ class Scheduler:
         self._given = pipelines
         self._slots: list[_Slot] = []
         self._stopping = False
+        self._settling: set[asyncio.Task[None]] = set()  # every run's settling task until it is done
         #: The latest things done (newest last): what tests and the server's status page read.
         self.history: deque[Fire] = deque(maxlen=history)
 
@@ -148,12 +153,12 @@ class Scheduler:
         await asyncio.gather(*loops, return_exceptions=True)
         for slot in self._slots:
             slot.queued = None
-        runs = [s.running for s in self._slots if s.running is not None and not s.running.done()]
         if cancel_runs:
-            for run in runs:
-                run.cancel()
-        if runs:
-            await asyncio.wait(runs, timeout=timeout)
+            for slot in self._slots:
+                if slot.running is not None:
+                    slot.running.cancel()
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=timeout)
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
@@ -191,7 +196,7 @@ class Scheduler:
             await self._mark(slot, done_until=now, fired=fires[-1] if fires else None)
             for i, fire in enumerate(fires):
                 if i and slot.busy:  # catch_up: all runs the missed fires one after another
-                    await asyncio.wait([slot.running])  # type: ignore[list-item]
+                    await asyncio.wait([slot.settling])  # type: ignore[list-item]
                 await self._fire(slot, fire, late=True)
 
     async def _fire(self, slot: _Slot, at: float, *, late: bool) -> None:
@@ -207,41 +212,40 @@ class Scheduler:
                 self.history.append(Fire(slot.key, slot.name, at, "queued", late))
             return
         if slot.busy and overlap == "cancel":
-            assert slot.running is not None
+            assert slot.running is not None and slot.settling is not None
             slot.running.cancel()
-            await asyncio.wait([slot.running])
-            self.history.append(Fire(slot.key, slot.name, slot.running_at or at, "cancelled", late,
-                                     detail=f"replaced by the fire of {slot.table.local(at)}"))
+            await asyncio.wait([slot.settling])
         self._start(slot, at, late)
 
     def _start(self, slot: _Slot, at: float, late: bool) -> None:
+        """Start the run (the trigger, in a task of its own) and the task that settles it when it ends."""
         self.history.append(Fire(slot.key, slot.name, at, "fired", late))
         slot.running_at = at
-        slot.running = asyncio.create_task(self._run(slot, at, late), name=f"scheduled run {slot.key}#{slot.name}")
+        run = asyncio.ensure_future(self.trigger(str(slot.pipeline.file), dict(slot.table.schedule.vars),
+                                                 trigger="schedule"))
+        slot.running = run
+        slot.settling = asyncio.create_task(self._settle(slot, run, at, late),
+                                            name=f"scheduled run {slot.key}#{slot.name}")
+        self._settling.add(slot.settling)
+        slot.settling.add_done_callback(self._settling.discard)
 
-    async def _run(self, slot: _Slot, at: float, late: bool) -> None:
-        try:
-            result = await self.trigger(str(slot.pipeline.file), dict(slot.table.schedule.vars), trigger="schedule")
-        except asyncio.CancelledError:
+    async def _settle(self, slot: _Slot, run: asyncio.Future[Any], at: float, late: bool) -> None:
+        """Wait for the run, remember how it ended, then start the queued fire (never cancelled itself)."""
+        await asyncio.wait([run])
+        if run.cancelled():
+            self.history.append(Fire(slot.key, slot.name, at, "cancelled", late))
             await self._mark(slot, done_until=slot.done_until, status="cancelled")
-            raise
-        except Exception as exc:
+        elif (exc := run.exception()) is not None:
             message = f"schedule {slot.key}#{slot.name}: the run of {slot.table.local(at)} could not start: " \
                       f"{type(exc).__name__}: {exc}"
             self._error(message)
             self.history.append(Fire(slot.key, slot.name, at, "failed", late, detail=message))
             await self._mark(slot, done_until=slot.done_until, status="error")
         else:
-            run_id, status = _outcome(result)
+            run_id, status = _outcome(run.result())
             self.history.append(Fire(slot.key, slot.name, at, "finished", late, run_id, status))
             await self._mark(slot, done_until=slot.done_until, run=run_id, status=status)
-        finally:
-            self._next_queued(slot)
-
-    def _next_queued(self, slot: _Slot) -> None:
-        """When a run ends: start the queued fire, if any (and the scheduler is not stopping)."""
         queued, slot.queued = slot.queued, None
-        slot.running = None
         if queued is not None and not self._stopping:
             self._start(slot, queued, late=False)
 

@@ -1,0 +1,289 @@
+"""The server's scheduler (goatclaw/server/scheduler.py): real runs through goatclaw.arun, the clock injected.
+
+Each pipeline's task is a real plugin that waits for the test to let it finish, so a run is
+"still running" exactly as long as a test needs; the clock moves only when the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import goatclaw
+from goatclaw.server.scheduler import Scheduler
+from goatclaw.store import Store
+
+T0 = datetime(2026, 12, 3, 8, 0, 30, tzinfo=UTC).timestamp()
+
+
+class ManualClock:
+    """Time that moves only by :meth:`advance`; :meth:`sleep` waits until it has moved."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self._sleepers: list[asyncio.Event] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        event = asyncio.Event()
+        self._sleepers.append(event)
+        await event.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        sleepers, self._sleepers = self._sleepers, []
+        for event in sleepers:
+            event.set()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait (in real time) until ``condition()`` holds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+class Gate:
+    """A task plugin whose runs wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.started = 0
+        self.finished = 0
+
+    async def __call__(self, ctx: Any, *, label: str = "") -> str:
+        self.started += 1
+        await self.open.wait()
+        self.finished += 1
+        return f"done {label}"
+
+
+def setup(project: Path, schedule: str) -> tuple[Gate, goatclaw.Registry, Callable[..., Awaitable[Any]]]:
+    (project / "pipelines").mkdir(exist_ok=True)
+    (project / "pipelines" / "gated.yaml").write_text(textwrap.dedent(f"""\
+        version: 1
+        name: gated
+        vars: {{label: plain}}
+        schedule: {schedule}
+        tasks:
+          wait: {{uses: gate, with: {{label: "${{{{ vars.label }}}}"}}}}
+        """))
+    gate = Gate()
+    registry = goatclaw.Registry(entry_points=False)
+    registry.register_task("gate", gate)
+
+    async def trigger(pipeline_path: str, vars: dict[str, Any], trigger: str = "schedule") -> Any:
+        assert trigger == "schedule"
+        return await goatclaw.arun(pipeline_path, vars=vars, registry=registry)
+
+    return gate, registry, trigger
+
+
+def scheduler(project: Path, registry: goatclaw.Registry, trigger: Any, clock: ManualClock,
+              store: Path) -> Scheduler:
+    pipelines, problems = goatclaw.scheduled_pipelines(registry=registry)
+    assert problems == []
+    return Scheduler(project, trigger, store=store, pipelines=pipelines, clock=clock, sleep=clock.sleep)
+
+
+def actions(s: Scheduler) -> list[tuple[str, str]]:
+    return [(datetime.fromtimestamp(f.at, UTC).strftime("%H:%M"), f.action) for f in s.history]
+
+
+def stored_runs(store: Path) -> list[str]:
+    with Store.open(store) as db:
+        return sorted(r.status for r in db.runs(pipeline="gated"))
+
+
+def test_skip_a_fire_while_the_last_run_runs(project: Path, store_path: Path) -> None:
+    gate, registry, trigger = setup(project, '{cron: "* * * * *", overlap: skip}')
+    clock = ManualClock(T0)
+
+    async def main() -> Scheduler:
+        s = scheduler(project, registry, trigger, clock, store_path)
+        await s.start()
+        clock.advance(30)  # 08:01: the first fire
+        await until(lambda: gate.started == 1)
+        clock.advance(60)  # 08:02: its run still waits at the gate
+        await until(lambda: ("08:02", "skipped") in actions(s))
+        gate.open.set()
+        await until(lambda: ("08:01", "finished") in actions(s))
+        clock.advance(60)  # 08:03: nothing runs any more, so it fires
+        await until(lambda: actions(s).count(("08:03", "finished")) == 1)
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert actions(s) == [("08:01", "fired"), ("08:02", "skipped"), ("08:01", "finished"), ("08:03", "fired"),
+                          ("08:03", "finished")]
+    assert gate.started == 2 and stored_runs(store_path) == ["succeeded", "succeeded"]
+    with Store.open(store_path) as db:
+        state = db.schedule_state()[("pipelines/gated.yaml", "0")]
+    assert state["done_until"] == T0 + 150 and state["last_fire"] == T0 + 150 and state["last_status"] == "succeeded"
+    assert state["last_run"] == s.history[-1].run_id
+
+
+def test_queue_one_fire_behind_the_running_run(project: Path, store_path: Path) -> None:
+    gate, registry, trigger = setup(project, '{cron: "* * * * *", overlap: queue}')
+    clock = ManualClock(T0)
+
+    async def main() -> Scheduler:
+        s = scheduler(project, registry, trigger, clock, store_path)
+        await s.start()
+        clock.advance(30)
+        await until(lambda: gate.started == 1)
+        clock.advance(60)  # 08:02 queued behind the 08:01 run
+        await until(lambda: ("08:02", "queued") in actions(s))
+        clock.advance(60)  # 08:03: one is queued already
+        await until(lambda: ("08:03", "skipped") in actions(s))
+        assert gate.started == 1
+        gate.open.set()  # the 08:01 run ends, and the queued one starts at once
+        await until(lambda: ("08:02", "finished") in actions(s))
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert actions(s) == [("08:01", "fired"), ("08:02", "queued"), ("08:03", "skipped"), ("08:01", "finished"),
+                          ("08:02", "fired"), ("08:02", "finished")]
+    assert stored_runs(store_path) == ["succeeded", "succeeded"]
+
+
+def test_cancel_the_running_run_for_the_new_fire(project: Path, store_path: Path) -> None:
+    gate, registry, trigger = setup(project, '{cron: "* * * * *", overlap: cancel}')
+    clock = ManualClock(T0)
+
+    async def main() -> Scheduler:
+        s = scheduler(project, registry, trigger, clock, store_path)
+        await s.start()
+        clock.advance(30)
+        await until(lambda: gate.started == 1)
+        clock.advance(60)  # 08:02: the 08:01 run is cancelled and a new one starts
+        await until(lambda: gate.started == 2)
+        gate.open.set()
+        await until(lambda: ("08:02", "finished") in actions(s))
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert actions(s) == [("08:01", "fired"), ("08:01", "cancelled"), ("08:02", "fired"), ("08:02", "finished")]
+    assert stored_runs(store_path) == ["cancelled", "succeeded"]
+    assert gate.finished == 1
+
+
+@pytest.mark.parametrize(("catch_up", "expected"), [
+    ("latest", [("12:00", "fired"), ("12:00", "finished")]),
+    ("all", [(f"{h:02}:00", a) for h in (9, 10, 11, 12) for a in ("fired", "finished")]),
+    ("none", [("09:00", "skipped")]),  # noted once, at the first missed fire
+])
+def test_a_restart_catches_up_what_it_missed(project: Path, store_path: Path, catch_up: str,
+                                             expected: list[tuple[str, str]]) -> None:
+    gate, registry, trigger = setup(project, f'{{cron: "0 * * * *", catch_up: {catch_up}, vars: {{label: hourly}}}}')
+    gate.open.set()  # every run finishes at once
+    first = ManualClock(datetime(2026, 12, 3, 7, 59, 30, tzinfo=UTC).timestamp())
+
+    async def before_the_outage() -> Scheduler:
+        s = scheduler(project, registry, trigger, first, store_path)
+        await s.start()
+        first.advance(30)  # 08:00 fires
+        await until(lambda: ("08:00", "finished") in actions(s))
+        await s.stop()
+        return s
+
+    assert actions(asyncio.run(before_the_outage())) == [("08:00", "fired"), ("08:00", "finished")]
+    later = ManualClock(datetime(2026, 12, 3, 12, 30, 0, tzinfo=UTC).timestamp())  # down from 08:00 to 12:30
+
+    async def after_it() -> Scheduler:
+        s = scheduler(project, registry, trigger, later, store_path)
+        await s.start()
+        await until(lambda: len(s.history) >= len(expected) and not any(x["running"] for x in s.status()))
+        await asyncio.sleep(0.1)  # nothing more comes
+        await s.stop()
+        return s
+
+    s = asyncio.run(after_it())
+    assert actions(s) == expected  # none: the missed ones are skipped, noted once at the first missed hour
+    assert all(f.late for f in s.history)
+    assert [x["next"] for x in s.status()] == [datetime(2026, 12, 3, 13, 0, tzinfo=UTC).timestamp()]
+    assert len(stored_runs(store_path)) == 1 + sum(a == "finished" for _, a in expected)
+    with Store.open(store_path) as db:
+            assert all(r.vars == {"label": "hourly"} for r in db.runs(pipeline="gated"))  # the schedule's vars
+
+
+def test_a_restart_in_the_same_minute_does_not_fire_again(project: Path, store_path: Path) -> None:
+    gate, registry, trigger = setup(project, '"* * * * *"')
+    gate.open.set()
+    clock = ManualClock(T0)
+
+    async def twice() -> tuple[Scheduler, Scheduler]:
+        a = scheduler(project, registry, trigger, clock, store_path)
+        await a.start()
+        clock.advance(30)
+        await until(lambda: ("08:01", "finished") in actions(a))
+        await a.stop()
+        clock.advance(10)  # 08:01:10, restarted
+        b = scheduler(project, registry, trigger, clock, store_path)
+        await b.start()
+        await asyncio.sleep(0.2)
+        clock.advance(50)  # 08:02 is the next fire
+        await until(lambda: ("08:02", "finished") in actions(b))
+        await b.stop()
+        return a, b
+
+    _, b = asyncio.run(twice())
+    assert actions(b) == [("08:02", "fired"), ("08:02", "finished")]
+    assert stored_runs(store_path) == ["succeeded", "succeeded"]
+
+
+def test_stop_cancels_the_running_run_and_ends_every_loop(project: Path, store_path: Path) -> None:
+    gate, registry, trigger = setup(project, '"* * * * *"')
+    clock = ManualClock(T0)
+
+    async def main() -> set[asyncio.Task[Any]]:
+        s = scheduler(project, registry, trigger, clock, store_path)
+        await s.start()
+        clock.advance(30)
+        await until(lambda: gate.started == 1)
+        await s.stop()
+        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+    assert asyncio.run(main()) == set()
+    assert stored_runs(store_path) == ["cancelled"]
+    with Store.open(store_path) as db:
+        assert db.schedule_state()[("pipelines/gated.yaml", "0")]["last_status"] == "cancelled"
+
+
+def test_a_trigger_that_raises_is_reported_and_the_schedule_goes_on(project: Path, store_path: Path) -> None:
+    _, registry, _ = setup(project, '"* * * * *"')
+    clock = ManualClock(T0)
+    errors: list[str] = []
+    calls = 0
+
+    async def broken(pipeline_path: str, vars: dict[str, Any], trigger: str = "schedule") -> Any:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("the queue is full")
+
+    async def main() -> Scheduler:
+        pipelines, _ = goatclaw.scheduled_pipelines(registry=registry)
+        s = Scheduler(project, broken, store=store_path, pipelines=pipelines, clock=clock, sleep=clock.sleep,
+                      on_error=errors.append)
+        await s.start()
+        clock.advance(60)
+        await until(lambda: len(errors) == 1)
+        clock.advance(60)
+        await until(lambda: len(errors) == 2)
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert [a for _, a in actions(s)] == ["fired", "failed", "fired", "failed"]
+    assert "the run of 2026-12-03T08:01:00+00:00 could not start: RuntimeError: the queue is full" in errors[0]
