@@ -22,7 +22,7 @@ Under ``UTC`` (the default) neither happens.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -36,7 +36,7 @@ from goatclaw.errors import Problem
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Schedule
 
-__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "pipeline_key", "schedule_problems",
+__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "payload_vars", "pipeline_key", "schedule_problems",
            "timezone_error", "webhook_problems"]
 
 #: The ``@`` shorthands cron users know, as the five fields they stand for.
@@ -224,6 +224,54 @@ def webhook_problems(pipeline: Pipeline) -> list[Problem]:
             where = (*hook.path, "schema")
             problems.append(Problem(pipeline.locate(where), dotted(where), f"not a valid JSON Schema: {why}"))
     return problems
+
+
+def payload_vars(pipeline: Pipeline, payload: Any) -> tuple[dict[str, Any], list[str]]:
+    """A webhook payload checked against ``on.webhook.schema`` and the vars its ``vars:`` paths pick out.
+
+    Returns ``(vars, problems)``: each problem names where in the payload it is
+    (``payload.head_commit.id: ...``); with any problem, ``vars`` is empty. The payload is
+    the sender's data: its schema check runs its patterns on RE2 (no catastrophic backtracking).
+    """
+    hook = pipeline.webhook
+    if hook is None:
+        return {}, ["this pipeline has no webhook"]
+    problems: list[str] = []
+    if hook.schema is not None:
+        from goatclaw.spec.schema import check_instance
+
+        problems += check_instance(payload, _plain(hook.schema), root="payload")
+        if problems:
+            return {}, problems
+    found: dict[str, Any] = {}
+    for name, path in hook.vars.items():
+        value, ok = _pick(payload, path)
+        if ok:
+            found[name] = value
+        else:
+            problems.append(f"payload.{path}: not in the payload (on.webhook.vars.{name} reads it)")
+    return ({} if problems else found), problems
+
+
+def _pick(data: Any, path: str) -> tuple[Any, bool]:
+    """``data`` at a dotted path (``commits.0.id``: a number indexes a list)."""
+    for part in path.split("."):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None, False
+    return data, True
+
+
+def _plain(value: Any) -> Any:
+    """A frozen mapping (and what it holds) as plain dicts and lists, as jsonschema expects."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _undeclared(name: str) -> str:
