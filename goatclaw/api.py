@@ -132,8 +132,33 @@ def _check(path: str | os.PathLike[str], project: Project | None,
         from goatclaw.schedule import schedule_problems, webhook_problems
 
         problems += schedule_problems(pipeline) + webhook_problems(pipeline)
+        problems += _webhook_sinks(pipeline, registry or _registry_for(project))
     problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
+
+
+def _webhook_sinks(pipeline: Pipeline, registry: Registry) -> list[Problem]:
+    """Warnings for webhook vars (the sender's data) that reach a command, a path or a URL unconstrained.
+
+    A var whose payload field the webhook's ``schema`` pins down (``enum``, ``const`` or a
+    ``pattern``) is taken as checked.
+    """
+    hook = pipeline.webhook
+    if hook is None or not hook.vars:
+        return []
+    from goatclaw.schedule import constrained
+
+    reach = sink_vars(pipeline, registry)
+    problems = []
+    for name, field in hook.vars.items():
+        where = reach.get(name) or reach.get("*")
+        if where and not constrained(hook.schema, field):
+            path = (*hook.path, "vars", name)
+            problems.append(Problem(pipeline.locate(path), dotted(path), (
+                f"var '{name}' comes from the webhook's payload (the sender's data) and reaches {where}: pin "
+                f"'{field}' down in on.webhook.schema (an enum, a const or a pattern) before it becomes a command, "
+                "a path or a URL"), severity="warn"))
+    return problems
 
 
 def _tool_file(root: Path, file: Any) -> Path | None:

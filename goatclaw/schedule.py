@@ -36,8 +36,8 @@ from goatclaw.errors import Problem
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import Pipeline, Schedule
 
-__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "cron_error", "payload_vars", "pipeline_key", "schedule_problems",
-           "timezone_error", "webhook_problems"]
+__all__ = ["MACROS", "MAX_CATCH_UP", "Timetable", "constrained", "cron_error", "payload_vars", "pipeline_key",
+           "schedule_problems", "timezone_error", "webhook_problems"]
 
 #: The ``@`` shorthands cron users know, as the five fields they stand for.
 MACROS = {
@@ -251,6 +251,20 @@ def payload_vars(pipeline: Pipeline, payload: Any) -> tuple[dict[str, Any], list
         else:
             problems.append(f"payload.{path}: not in the payload (on.webhook.vars.{name} reads it)")
     return ({} if problems else found), problems
+
+
+def constrained(schema: Mapping[str, Any] | None, path: str) -> bool:
+    """Whether ``schema`` pins the payload field at dotted ``path`` down: an ``enum``, a ``const`` or a ``pattern``."""
+    node: Any = schema
+    for part in path.split("."):
+        if not isinstance(node, Mapping):
+            return False
+        if part.isdigit() and isinstance(node.get("items"), Mapping):
+            node = node["items"]
+        else:
+            props = node.get("properties")
+            node = props.get(part) if isinstance(props, Mapping) else None
+    return isinstance(node, Mapping) and any(k in node for k in ("enum", "const", "pattern"))
 
 
 def _pick(data: Any, path: str) -> tuple[Any, bool]:

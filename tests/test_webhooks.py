@@ -213,3 +213,24 @@ def test_a_webhook_var_must_be_declared_and_a_secret_named(write_pipeline: Calla
     assert f"{path}:2:34: on.webhook.vars.ref: the pipeline declares no var 'ref' (declare it under vars: with a " \
            "default)" in shown
     assert any(s.startswith(f"{path}:2:53: on.webhook.schema: not a valid JSON Schema: ") for s in shown)
+
+
+def test_a_webhook_var_that_reaches_a_command_unpinned_is_a_warning(write_pipeline: Callable[..., Path]) -> None:
+    path = write_pipeline("""
+        version: 1
+        vars: {ref: none, sha: none}
+        permissions: {shell: true}
+        on:
+          webhook:
+            secret: S
+            schema: {type: object, properties: {ref: {type: string, pattern: "^refs/heads/[a-z]+$"}}}
+            vars: {ref: ref, sha: head_commit.id}
+        tasks:
+          build: {uses: shell, with: {run: [git, checkout, "${{ vars.sha }}"]}}
+          tag: {uses: shell, with: {run: [echo, "${{ vars.ref }}"]}}
+        """)
+    _, problems = goatclaw.check(path)
+    assert [(str(p), p.severity) for p in problems] == [(
+        f"{path}:8:27: on.webhook.vars.sha: var 'sha' comes from the webhook's payload (the sender's data) and "
+        "reaches build.with.run: pin 'head_commit.id' down in on.webhook.schema (an enum, a const or a pattern) "
+        "before it becomes a command, a path or a URL", "warn")]  # ref is pinned by its pattern
