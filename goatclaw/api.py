@@ -47,8 +47,8 @@ from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
-           "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "registry_for", "run",
-           "scheduled_pipelines", "schedules", "schema_text"]
+           "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "project_at",
+           "registry_for", "run", "scheduled_pipelines", "schedules", "schema_text", "store_path_of"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
@@ -285,17 +285,32 @@ def redactor_for(pipeline: Pipeline) -> Any:
 _TRIGGERED = re.compile(r"^(schedule|on)\s*:", re.MULTILINE)
 
 
-def scheduled_pipelines(project: Project | None = None, *,
+def project_at(project: Project | str | os.PathLike[str] | None = None) -> Project:
+    """``project`` itself, or the project of a folder (its ``goatclaw.yaml``, else the embedded defaults there).
+
+    ``None`` is the project of the current folder.
+    """
+    if isinstance(project, Project):
+        return project
+    if project is None:
+        return load_project_for(None)
+    root = Path(project).resolve()
+    file = root / "goatclaw.yaml" if (root / "goatclaw.yaml").is_file() else None
+    return load_project(file, root=root)
+
+
+def scheduled_pipelines(project: Project | str | os.PathLike[str] | None = None, *,
                         registry: Registry | None = None) -> tuple[list[Pipeline], list[Problem]]:
     """The project's pipelines that start by themselves (``schedule:``) or by a webhook (``on: webhook``).
 
-    Every pipeline file under the project folder that says either is checked in full; the
-    valid ones come first, sorted by file, then the errors of those that are not (a pipeline
-    with an invalid schedule is never run on it).
+    ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current
+    one's). Every pipeline file under the project folder that says either is checked in full;
+    the result is the valid ones, sorted by file, and the errors of those that are not (a
+    pipeline with an invalid schedule is never run on it).
     """
     from goatclaw.spec.project import pipeline_files
 
-    project = project or load_project_for(None)
+    project = project_at(project)
     pipelines: list[Pipeline] = []
     problems: list[Problem] = []
     for file in pipeline_files(project.root):
@@ -313,7 +328,7 @@ def scheduled_pipelines(project: Project | None = None, *,
     return pipelines, problems
 
 
-def schedules(project: Project | None = None, *, now: float | None = None, next: int = 5,
+def schedules(project: Project | str | os.PathLike[str] | None = None, *, now: float | None = None, next: int = 5,
               store: str | os.PathLike[str] | bool | None = True) -> list[dict[str, Any]]:
     """Each schedule of the project's pipelines with its next ``next`` fires after ``now`` (default: the clock).
 
@@ -327,7 +342,7 @@ def schedules(project: Project | None = None, *, now: float | None = None, next:
 
     from goatclaw.schedule import Timetable, pipeline_key
 
-    project = project or load_project_for(None)
+    project = project_at(project)
     now = time.time() if now is None else now
     pipelines, problems = scheduled_pipelines(project)
     remembered = _schedule_state(_store_path(store, project))
@@ -712,6 +727,14 @@ def _says(pipeline: Pipeline, key: str) -> bool:
     """Whether the pipeline file itself sets ``key`` (so it beats the project's setting)."""
     data = pipeline.source.data if pipeline.source is not None else None
     return isinstance(data, dict) and key in data
+
+
+def store_path_of(project: Project, store: str | os.PathLike[str] | bool | None = True) -> Path | None:
+    """The store file a run of ``project`` uses, for ``store`` as :func:`arun` takes it.
+
+    ``True``: ``$GOATCLAW_STORE``, else the project's; ``False``/``None``: none.
+    """
+    return _store_path(store, project)
 
 
 def _store_path(store: str | os.PathLike[str] | bool | None, project: Project) -> Path | None:

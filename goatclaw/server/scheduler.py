@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import goatclaw
+from goatclaw import api
 from goatclaw.schedule import Timetable, pipeline_key
 
 __all__ = ["GRACE", "MAX_NAP", "Fire", "Scheduler", "Trigger"]
@@ -103,19 +104,21 @@ class _Slot:
 class Scheduler:
     """Fires the schedules of ``pipelines`` (default: every scheduled pipeline of ``project``) through ``trigger``.
 
-    ``store`` is the store file that remembers the last fire of each schedule (``None``: remember
-    nothing, so nothing is caught up after a restart). ``clock`` returns epoch seconds and
+    ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder. ``store`` is the store
+    file that remembers the last fire of each schedule (``True``: the one the project's runs use,
+    as :func:`goatclaw.arun` finds it; ``None``: remember nothing, so nothing is caught up after a
+    restart). ``clock`` returns epoch seconds and
     ``sleep`` waits (both injectable). ``on_error(message)`` hears about what could not be
     done (a store that refused a write, a trigger that raised); it is logged too.
     """
 
-    def __init__(self, project: Any, trigger: Trigger, *, store: str | Path | None = None,
+    def __init__(self, project: Any, trigger: Trigger, *, store: str | Path | bool | None = True,
                  pipelines: Sequence[Any] | None = None, clock: Clock = time.time,
                  sleep: Sleep = asyncio.sleep, on_error: Callable[[str], None] | None = None,
                  history: int = 1000) -> None:
-        self.project = project
+        self.project = api.project_at(project)
         self.trigger = trigger
-        self.store = Path(store) if store is not None else None
+        self.store = api.store_path_of(self.project, store)
         self.clock = clock
         self.sleep = sleep
         self.on_error = on_error

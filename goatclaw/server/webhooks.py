@@ -69,11 +69,13 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
                    path: str = "/hooks/{pipeline}") -> list[Route]:
     """The routes that serve the webhooks of ``pipelines`` (default: every one of ``project`` with ``on: webhook``).
 
+    ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current one).
+
     ``secrets(name)`` gives a secret's value (default: the environment, else the project's
     ``.env``, read at each request so a rotated secret takes effect). Pipelines are found by
     their ``name:``; two with one name is a :class:`goatclaw.GoatclawError`.
     """
-    project = project or api.load_project_for(None)
+    project = api.project_at(project)
     if pipelines is None:
         found, problems = goatclaw.scheduled_pipelines(project)
         for problem in problems:
