@@ -287,3 +287,31 @@ def test_a_trigger_that_raises_is_reported_and_the_schedule_goes_on(project: Pat
     s = asyncio.run(main())
     assert [a for _, a in actions(s)] == ["fired", "failed", "fired", "failed"]
     assert "the run of 2026-12-03T08:01:00+00:00 could not start: RuntimeError: the queue is full" in errors[0]
+
+
+def test_a_project_folder_with_its_own_store_by_default(project: Path, store_path: Path) -> None:
+    (project / "pipelines").mkdir()
+    (project / "pipelines" / "tick.yaml").write_text(
+        'version: 1\nname: tick\nschedule: "*/5 * * * *"\ntasks:\n  t: {uses: echo, with: {message: tick}}\n')
+    (project / "pipelines" / "broken.yaml").write_text('version: 1\nschedule: "0 0 31 2 *"\ntasks:\n  t: {uses: echo}\n')
+    clock = ManualClock(T0)
+    errors: list[str] = []
+
+    async def trigger(pipeline_path: str, vars: dict[str, Any], trigger: str = "schedule") -> Any:
+        return await goatclaw.arun(pipeline_path, vars=vars)
+
+    async def main() -> Scheduler:
+        s = Scheduler(str(project), trigger, clock=clock, sleep=clock.sleep, on_error=errors.append)
+        await s.start()
+        clock.advance(5 * 60)  # 08:05:30: the 08:05 fire, 30 s late, is on time
+        await until(lambda: ("08:05", "finished") in actions(s))
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert [f.late for f in s.history] == [False, False] and s.history[-1].status == "succeeded"
+    assert [x["file"] for x in s.status()] == ["pipelines/tick.yaml"]
+    assert len(errors) == 1 and errors[0].startswith("not scheduled: ") and "broken.yaml:2:11: schedule:" in errors[0]
+    with Store.open(store_path) as db:  # goatclaw.yaml's store, where the runs are too
+        assert db.schedule_state()[("pipelines/tick.yaml", "0")]["last_run"] == s.history[-1].run_id
+        assert db.run(s.history[-1].run_id or "") is not None
