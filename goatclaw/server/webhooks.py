@@ -120,7 +120,10 @@ class _Endpoint:
         if pipeline is None:
             return await self._deny(request, 404, f"no webhook '{name}'")
         hook = pipeline.webhook
-        body = await _body(request, hook.max_bytes)
+        try:
+            body = await _body(request, hook.max_bytes)
+        except ClientDisconnect:
+            return _answer(400, "the client went away before the body ended")
         if body is None:
             return _answer(413, f"the body is over {hook.max_bytes} bytes")
         secret = self.secrets(hook.secret) if hook.secret else None
@@ -170,14 +173,11 @@ async def _body(request: Request, limit: int) -> bytes | None:
         return None
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-    except ClientDisconnect:
-        return None
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
