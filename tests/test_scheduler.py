@@ -293,7 +293,8 @@ def test_a_project_folder_with_its_own_store_by_default(project: Path, store_pat
     (project / "pipelines").mkdir()
     (project / "pipelines" / "tick.yaml").write_text(
         'version: 1\nname: tick\nschedule: "*/5 * * * *"\ntasks:\n  t: {uses: echo, with: {message: tick}}\n')
-    (project / "pipelines" / "broken.yaml").write_text('version: 1\nschedule: "0 0 31 2 *"\ntasks:\n  t: {uses: echo}\n')
+    (project / "pipelines" / "broken.yaml").write_text(
+        'version: 1\nschedule: "0 0 31 2 *"\ntasks:\n  t: {uses: echo}\n')
     clock = ManualClock(T0)
     errors: list[str] = []
 
@@ -315,3 +316,29 @@ def test_a_project_folder_with_its_own_store_by_default(project: Path, store_pat
     with Store.open(store_path) as db:  # goatclaw.yaml's store, where the runs are too
         assert db.schedule_state()[("pipelines/tick.yaml", "0")]["last_run"] == s.history[-1].run_id
         assert db.run(s.history[-1].run_id or "") is not None
+
+
+def test_a_trigger_that_is_not_a_coroutine_is_reported_and_does_not_end_the_loop(project: Path,
+                                                                                 store_path: Path) -> None:
+    _, registry, _ = setup(project, '"* * * * *"')
+    clock = ManualClock(T0)
+    errors: list[str] = []
+
+    def not_async(pipeline_path: str, vars: dict[str, Any], trigger: str = "schedule") -> str:
+        return "r-1"  # returns at once, not an awaitable
+
+    async def main() -> Scheduler:
+        pipelines, _ = goatclaw.scheduled_pipelines(registry=registry)
+        s = Scheduler(project, not_async, store=store_path, pipelines=pipelines, clock=clock, sleep=clock.sleep,
+                      on_error=errors.append)
+        await s.start()
+        clock.advance(30)
+        await until(lambda: len(errors) == 1)
+        clock.advance(60)  # the loop slept MAX_NAP, and tries the next fire
+        await until(lambda: len(errors) == 2)
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    assert errors[0].startswith("schedule pipelines/gated.yaml#0: TypeError: ")
+    assert list(s.history) == []  # nothing counts as fired

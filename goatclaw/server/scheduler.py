@@ -181,26 +181,34 @@ class Scheduler:
 
     async def _loop(self, slot: _Slot) -> None:
         while not self._stopping:
-            due = slot.table.next_after(slot.done_until)
-            now = self.clock()
-            if now < due:
-                await self.sleep(min(due - now, MAX_NAP))
-                continue
-            if now - due <= GRACE:
-                slot.done_until = due
-                await self._mark(slot, done_until=due, fired=due)
-                await self._fire(slot, due, late=False)
-                continue
-            fires = slot.table.missed(slot.done_until, now)
-            slot.done_until = now
-            if not fires:
-                self.history.append(Fire(slot.key, slot.name, due, "skipped", late=True,
-                                         detail=f"catch_up: {slot.table.schedule.catch_up}"))
-            await self._mark(slot, done_until=now, fired=fires[-1] if fires else None)
-            for i, fire in enumerate(fires):
-                if i and slot.busy:  # catch_up: all runs the missed fires one after another
-                    await asyncio.wait([slot.settling])  # type: ignore[list-item]
-                await self._fire(slot, fire, late=True)
+            try:
+                await self._step(slot)
+            except Exception as exc:  # a bug or a trigger that is not a coroutine: said, and the schedule goes on
+                self._error(f"schedule {slot.key}#{slot.name}: {type(exc).__name__}: {exc}")
+                await self.sleep(MAX_NAP)
+
+    async def _step(self, slot: _Slot) -> None:
+        """Sleep toward the next fire, or fire what is due (on time by ``overlap``, late by ``catch_up``)."""
+        due = slot.table.next_after(slot.done_until)
+        now = self.clock()
+        if now < due:
+            await self.sleep(min(due - now, MAX_NAP))
+            return
+        if now - due <= GRACE:
+            slot.done_until = due
+            await self._mark(slot, done_until=due, fired=due)
+            await self._fire(slot, due, late=False)
+            return
+        fires = slot.table.missed(slot.done_until, now)
+        slot.done_until = now
+        if not fires:
+            self.history.append(Fire(slot.key, slot.name, due, "skipped", late=True,
+                                     detail=f"catch_up: {slot.table.schedule.catch_up}"))
+        await self._mark(slot, done_until=now, fired=fires[-1] if fires else None)
+        for i, fire in enumerate(fires):
+            if i and slot.busy:  # catch_up: all runs the missed fires one after another
+                await asyncio.wait([slot.settling])  # type: ignore[list-item]
+            await self._fire(slot, fire, late=True)
 
     async def _fire(self, slot: _Slot, at: float, *, late: bool) -> None:
         overlap = slot.table.schedule.overlap
@@ -222,10 +230,10 @@ class Scheduler:
 
     def _start(self, slot: _Slot, at: float, late: bool) -> None:
         """Start the run (the trigger, in a task of its own) and the task that settles it when it ends."""
-        self.history.append(Fire(slot.key, slot.name, at, "fired", late))
-        slot.running_at = at
         run = asyncio.ensure_future(self.trigger(str(slot.pipeline.file), dict(slot.table.schedule.vars),
                                                  trigger="schedule"))
+        self.history.append(Fire(slot.key, slot.name, at, "fired", late))
+        slot.running_at = at
         slot.running = run
         slot.settling = asyncio.create_task(self._settle(slot, run, at, late),
                                             name=f"scheduled run {slot.key}#{slot.name}")
