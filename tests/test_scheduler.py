@@ -342,3 +342,48 @@ def test_a_trigger_that_is_not_a_coroutine_is_reported_and_does_not_end_the_loop
     s = asyncio.run(main())
     assert errors[0].startswith("schedule pipelines/gated.yaml#0: TypeError: ")
     assert list(s.history) == []  # nothing counts as fired
+
+
+def test_reload_takes_up_edited_new_and_removed_schedules(project: Path, store_path: Path) -> None:
+    folder = project / "pipelines"
+    folder.mkdir()
+
+    def write(name: str, cron: str) -> None:
+        (folder / f"{name}.yaml").write_text(
+            f'version: 1\nname: {name}\nschedule: "{cron}"\ntasks:\n  t: {{uses: echo, with: {{message: {name}}}}}\n')
+
+    write("a", "*/5 * * * *")
+    write("b", "0 * * * *")
+    clock = ManualClock(T0)  # 08:00:30
+
+    async def trigger(pipeline_path: str, vars: dict[str, Any], trigger: str = "schedule") -> Any:
+        return await goatclaw.arun(pipeline_path, vars=vars)
+
+    async def main() -> Scheduler:
+        s = Scheduler(project, trigger, clock=clock, sleep=clock.sleep)
+        await s.start()
+        assert [(x["file"], x["cron"]) for x in s.status()] == [("pipelines/a.yaml", "*/5 * * * *"),
+                                                                ("pipelines/b.yaml", "0 * * * *")]
+        write("a", "* * * * *")  # edited
+        (folder / "b.yaml").unlink()  # removed
+        write("c", "*/2 * * * *")  # new
+        await s.reload()
+        assert [(x["file"], x["cron"]) for x in s.status()] == [("pipelines/a.yaml", "* * * * *"),
+                                                                ("pipelines/c.yaml", "*/2 * * * *")]
+        clock.advance(30)  # 08:01: a, under its new cron
+        await until(lambda: len([f for f in s.history if f.action == "finished"]) == 1)
+        clock.advance(60)  # 08:02: a and c
+        await until(lambda: len([f for f in s.history if f.action == "finished"]) == 3)
+        clock.advance(58 * 60)  # 09:00: a's and c's fires since 08:02 are late, caught up once each; b is gone
+        await until(lambda: len([f for f in s.history if f.action == "finished"]) == 5)
+        await asyncio.sleep(0.2)
+        await s.stop()
+        return s
+
+    s = asyncio.run(main())
+    fired = sorted((f.pipeline, datetime.fromtimestamp(f.at, UTC).strftime("%H:%M")) for f in s.history
+                   if f.action == "fired")
+    assert ("pipelines/b.yaml", "09:00") not in fired
+    assert [f for f in fired if f[1] in ("08:01", "08:02")] == [("pipelines/a.yaml", "08:01"),
+                                                                ("pipelines/a.yaml", "08:02"),
+                                                                ("pipelines/c.yaml", "08:02")]

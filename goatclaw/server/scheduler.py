@@ -126,6 +126,7 @@ class Scheduler:
         self._slots: list[_Slot] = []
         self._stopping = False
         self._settling: set[asyncio.Task[None]] = set()  # every run's settling task until it is done
+        self._runs: set[asyncio.Future[Any]] = set()  # every run still going, of any schedule (removed ones too)
         #: The latest things done (newest last): what tests and the server's status page read.
         self.history: deque[Fire] = deque(maxlen=history)
 
@@ -134,17 +135,54 @@ class Scheduler:
     async def start(self) -> None:
         """Load the schedules, read what the store remembers, and start one loop per schedule."""
         pipelines = list(self._given) if self._given is not None else await asyncio.to_thread(self._scheduled)
+        await self._add(pipelines, {})
+
+    async def reload(self, pipelines: Sequence[Any] | None = None) -> None:
+        """Take up edited pipeline files: ``pipelines``, else the project's scheduled pipelines read again.
+
+        A schedule that is unchanged goes on untouched. One that is new starts like at
+        :meth:`start`; one that changed (its cron, time zone, overlap, catch-up or vars)
+        starts over from the time it had handled; one that is gone stops. A run that a
+        stopped or changed schedule started goes on to its end (:meth:`stop` still cancels it).
+        """
+        fresh = list(pipelines) if pipelines is not None else await asyncio.to_thread(self._scheduled)
+        wanted = {(pipeline_key(p), s.name): s for p in fresh for s in p.schedules}
+        kept, retired = [], []
+        for slot in self._slots:
+            same = wanted.get((slot.key, slot.name)) == slot.table.schedule
+            (kept if same else retired).append(slot)
+        for slot in retired:
+            if slot.loop is not None:
+                slot.loop.cancel()
+            slot.queued = None
+        await asyncio.gather(*(s.loop for s in retired if s.loop is not None), return_exceptions=True)
+        carried = {(s.key, s.name): s.done_until for s in retired}
+        self._slots = kept
+        known = {(s.key, s.name) for s in kept}
+        await self._add([p for p in fresh if any((pipeline_key(p), s.name) not in known for s in p.schedules)],
+                        carried, skip=known)
+        for slot in kept:  # the file may have changed elsewhere: runs read it anew anyway
+            slot.pipeline = next(p for p in fresh if pipeline_key(p) == slot.key)
+
+    async def _add(self, pipelines: Sequence[Any], carried: dict[tuple[str, str], float], *,
+                   skip: set[tuple[str, str]] | None = None) -> None:
+        """A slot and a loop for each schedule of ``pipelines`` (not in ``skip``), from where it had got to."""
         remembered = await asyncio.to_thread(self._remembered)
         now = self.clock()
+        added = []
         for pipeline in pipelines:
             for schedule in pipeline.schedules:
                 slot = _Slot(pipeline, Timetable.of(schedule), pipeline_key(pipeline))
+                if skip and (slot.key, slot.name) in skip:
+                    continue
                 state = remembered.get((slot.key, slot.name))
-                slot.done_until = float(state["done_until"]) if state else now
+                slot.done_until = max(carried.get((slot.key, slot.name), 0.0),
+                                      float(state["done_until"]) if state else 0.0) or now
                 if state is None:
-                    await self._mark(slot, done_until=now)  # from now on, a fire not made counts as missed
-                self._slots.append(slot)
-        for slot in self._slots:
+                    await self._mark(slot, done_until=slot.done_until)  # from now on, a fire not made is missed
+                added.append(slot)
+        self._slots += added
+        for slot in added:
             slot.loop = asyncio.create_task(self._loop(slot), name=f"schedule {slot.key}#{slot.name}")
 
     async def stop(self, *, cancel_runs: bool = True, timeout: float = 30.0) -> None:
@@ -157,9 +195,8 @@ class Scheduler:
         for slot in self._slots:
             slot.queued = None
         if cancel_runs:
-            for slot in self._slots:
-                if slot.running is not None:
-                    slot.running.cancel()
+            for run in list(self._runs):
+                run.cancel()
         if self._settling:
             await asyncio.wait(set(self._settling), timeout=timeout)
 
@@ -235,6 +272,8 @@ class Scheduler:
         self.history.append(Fire(slot.key, slot.name, at, "fired", late))
         slot.running_at = at
         slot.running = run
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
         slot.settling = asyncio.create_task(self._settle(slot, run, at, late),
                                             name=f"scheduled run {slot.key}#{slot.name}")
         self._settling.add(slot.settling)
