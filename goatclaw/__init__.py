@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "load": "goatclaw.api",
     "plan": "goatclaw.api",
     "run": "goatclaw.api",
+    "scheduled_pipelines": "goatclaw.api",
+    "schedules": "goatclaw.api",
     "task": "goatclaw.plugin",
     "verify_audit": "goatclaw.audit",
     "watch": "goatclaw.watcher",
@@ -73,7 +75,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names load lazily
-    from goatclaw.api import adecide, approvals, arun, check, decide, expire_approvals, load, plan, run
+    from goatclaw.api import (
+        adecide,
+        approvals,
+        arun,
+        check,
+        decide,
+        expire_approvals,
+        load,
+        plan,
+        run,
+        scheduled_pipelines,
+        schedules,
+    )
     from goatclaw.audit import audit_log, verify_audit
     from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
     from goatclaw.errors import (

@@ -16,6 +16,7 @@ import contextvars
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 __all__ = ["adecide", "append_run_events", "approvals", "arun", "check", "choose_model", "decide", "dump_yaml",
            "expire_approvals", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "past_runs",
-           "permissions_of", "pipeline_schema", "plan", "registry_for", "run", "schema_text"]
+           "permissions_of", "pipeline_schema", "plan", "project_at", "registry_for", "run", "scheduled_pipelines",
+           "schedules", "schema_text", "store_path_of"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
@@ -129,8 +131,37 @@ def _check(path: str | os.PathLike[str], project: Project | None,
     problems += permission_problems(pipeline, project.root, registry or _registry_for(project))
     problems += input_problems(pipeline)  # inputs: globs stay inside the project folder
     problems += approval_problems(pipeline)  # approval: only in tasks:, inputs a JSON Schema of an object
+    if pipeline.schedules or pipeline.webhook is not None:  # cron and time zones (cronsim: only for such files)
+        from goatclaw.schedule import schedule_problems, webhook_problems
+
+        problems += schedule_problems(pipeline) + webhook_problems(pipeline)
+        problems += _webhook_sinks(pipeline, registry or _registry_for(project))
     problems += _pipeline_tool_problems(pipeline, project, registry, llm)
     return pipeline, sorted(set(problems), key=Problem.sort_key)
+
+
+def _webhook_sinks(pipeline: Pipeline, registry: Registry) -> list[Problem]:
+    """Warnings for webhook vars (the sender's data) that reach a command, a path or a URL unconstrained.
+
+    A var whose payload field the webhook's ``schema`` pins down (``enum``, ``const`` or a
+    ``pattern``) is taken as checked.
+    """
+    hook = pipeline.webhook
+    if hook is None or not hook.vars:
+        return []
+    from goatclaw.schedule import constrained
+
+    reach = sink_vars(pipeline, registry)
+    problems = []
+    for name, field in hook.vars.items():
+        where = reach.get(name) or reach.get("*")
+        if where and not constrained(hook.schema, field):
+            path = (*hook.path, "vars", name)
+            problems.append(Problem(pipeline.locate(path), dotted(path), (
+                f"var '{name}' comes from the webhook's payload (the sender's data) and reaches {where}: pin "
+                f"'{field}' down in on.webhook.schema (an enum, a const or a pattern) before it becomes a command, "
+                "a path or a URL"), severity="warn"))
+    return problems
 
 
 def _tool_file(root: Path, file: Any) -> Path | None:
@@ -252,6 +283,95 @@ def redactor_for(pipeline: Pipeline) -> Any:
 
     project: Project = pipeline.project or load_project_for(pipeline.file)
     return Redactor(with_audit_key(read_secrets(pipeline.secrets, project.root)))
+
+
+_TRIGGERED = re.compile(r"^(schedule|on)\s*:", re.MULTILINE)
+
+
+def project_at(project: Project | str | os.PathLike[str] | None = None) -> Project:
+    """``project`` itself, or the project of a folder (its ``goatclaw.yaml``, else the embedded defaults there).
+
+    ``None`` is the project of the current folder.
+    """
+    if isinstance(project, Project):
+        return project
+    if project is None:
+        return load_project_for(None)
+    root = Path(project).resolve()
+    file = root / "goatclaw.yaml" if (root / "goatclaw.yaml").is_file() else None
+    return load_project(file, root=root)
+
+
+def scheduled_pipelines(project: Project | str | os.PathLike[str] | None = None, *,
+                        registry: Registry | None = None) -> tuple[list[Pipeline], list[Problem]]:
+    """The project's pipelines that start by themselves (``schedule:``) or by a webhook (``on: webhook``).
+
+    ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current
+    one's). Every pipeline file under the project folder that says either is checked in full;
+    the result is the valid ones, sorted by file, and the errors of those that are not (a
+    pipeline with an invalid schedule is never run on it).
+    """
+    from goatclaw.spec.project import pipeline_files
+
+    project = project_at(project)
+    pipelines: list[Pipeline] = []
+    problems: list[Problem] = []
+    for file in pipeline_files(project.root):
+        try:
+            if not _TRIGGERED.search(file.read_text(encoding="utf-8", errors="replace")[:256_000]):
+                continue
+        except OSError:
+            continue
+        pipeline, found = check(file, project=project, registry=registry)
+        errors = [p for p in found if p.severity == "error"]
+        if errors or pipeline is None:
+            problems += errors or found
+        elif pipeline.schedules or pipeline.webhook is not None:
+            pipelines.append(pipeline)
+    return pipelines, problems
+
+
+def schedules(project: Project | str | os.PathLike[str] | None = None, *, now: float | None = None, next: int = 5,
+              store: str | os.PathLike[str] | bool | None = True) -> list[dict[str, Any]]:
+    """Each schedule of the project's pipelines with its next ``next`` fires after ``now`` (default: the clock).
+
+    One entry per schedule: ``pipeline``, ``file`` (relative to the project), ``schedule``
+    (its name), ``cron``, ``timezone``, ``overlap``, ``catch_up``, ``next`` (ISO 8601 in the
+    schedule's zone) and ``next_ts`` (epoch seconds), and from the store (``store``: as in
+    :func:`arun`) what the server's scheduler remembers: ``last_fire``, ``last_run``,
+    ``last_status``. A pipeline whose file has errors is an entry with ``error`` instead.
+    """
+    import time
+
+    from goatclaw.schedule import Timetable, pipeline_key
+
+    project = project_at(project)
+    now = time.time() if now is None else now
+    pipelines, problems = scheduled_pipelines(project)
+    remembered = _schedule_state(_store_path(store, project))
+    out: list[dict[str, Any]] = []
+    for pipeline in pipelines:
+        key = pipeline_key(pipeline)
+        for schedule in pipeline.schedules:
+            table = Timetable.of(schedule)
+            fires = table.upcoming(now, next)
+            state = remembered.get((key, schedule.name), {})
+            out.append({"pipeline": pipeline.name, "file": key, "schedule": schedule.name, "cron": schedule.cron,
+                        "timezone": schedule.timezone, "overlap": schedule.overlap, "catch_up": schedule.catch_up,
+                        "next": [table.local(t) for t in fires], "next_ts": fires,
+                        "last_fire": state.get("last_fire"), "last_run": state.get("last_run"),
+                        "last_status": state.get("last_status")})
+    for problem in problems:
+        file = problem.location.file if problem.location is not None else None
+        out.append({"pipeline": None, "file": file, "error": str(problem)})
+    return out
+
+
+def _schedule_state(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    if path is None or not path.is_file():
+        return {}
+    with Store.open(path) as db:
+        return db.schedule_state()
 
 
 def plan(pipeline: Pipeline) -> Plan:
@@ -748,6 +868,14 @@ def _says(pipeline: Pipeline, key: str) -> bool:
     """Whether the pipeline file itself sets ``key`` (so it beats the project's setting)."""
     data = pipeline.source.data if pipeline.source is not None else None
     return isinstance(data, dict) and key in data
+
+
+def store_path_of(project: Project, store: str | os.PathLike[str] | bool | None = True) -> Path | None:
+    """The store file a run of ``project`` uses, for ``store`` as :func:`arun` takes it.
+
+    ``True``: ``$GOATCLAW_STORE``, else the project's; ``False``/``None``: none.
+    """
+    return _store_path(store, project)
 
 
 def _store_path(store: str | os.PathLike[str] | bool | None, project: Project) -> Path | None:

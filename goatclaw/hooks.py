@@ -12,6 +12,9 @@ method that does not takes only the arguments it names)::
     on_run_end(*, run_id, pipeline, status, error, duration, workspace)
 
 Methods may be ``async``. Synchronous ones run on the event loop, so they should be quick.
+A method that names a ``mask`` parameter also gets the run's secret masker: ``mask(value)``
+returns ``value`` (a string, or data holding strings) with every declared secret replaced by
+``***``, so a hook that sends anything out of the process masks it as the store does.
 Hooks come from the ``goatclaw.hooks`` entry-point group (named in a pipeline's
 ``hooks:``; a class is instantiated with the entry's ``with:``) or from Python
 (``goatclaw.run(..., hooks=[obj])``). A hook that raises is reported (event
@@ -78,6 +81,7 @@ class Hooks:
         self._hooks = hooks
         self._problems = problems  # (hook, message, fail_run): hooks that could not be set up
         self._emit: Emit | None = None
+        self._mask: Callable[[Any], Any] | None = None  # the run's redactor (mask_data), for hooks that ask
         self._started = time.time()
         #: The first failure of a ``fail_run: true`` hook: the run ends failed with this error.
         self.fatal: str | None = None
@@ -130,6 +134,8 @@ class Hooks:
                 continue
             method, accepted = entry
             given = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+            if accepted is not None and "mask" in accepted:
+                given["mask"] = self._mask if self._mask is not None else _unmasked
             try:
                 result = method(**given)
                 if inspect.isawaitable(result):
@@ -140,8 +146,9 @@ class Hooks:
     # -- the events, as the engine calls them ------------------------------------------
 
     async def run_started(self, *, run_id: str, pipeline: str, tasks: list[str], workspace: Any,
-                          emit: Emit) -> None:
-        """Attach ``emit`` and call ``on_run_start``."""
+                          emit: Emit, mask: Callable[[Any], Any] | None = None) -> None:
+        """Attach ``emit`` (and the run's secret masker ``mask``) and call ``on_run_start``."""
+        self._mask = mask
         self.attach(emit)
         await self.call("on_run_start", run_id=run_id, pipeline=pipeline, tasks=tasks, workspace=workspace)
 
@@ -173,6 +180,11 @@ class Hooks:
         if self._emit is not None:
             self._emit("hook.failed", task_id, {"hook": hook, "event": event, "error": error, "fail_run": fail_run,
                                                 "message": message})
+
+
+def _unmasked(value: Any) -> Any:
+    """The masker of a run without secrets."""
+    return value
 
 
 def _instantiate(registry: Registry, name: str, args: Mapping[str, Any]) -> Any:

@@ -27,8 +27,8 @@ from goatclaw.errors import PluginError, Problem
 from goatclaw.extras import DISTRIBUTION, missing, missing_message
 from goatclaw.plugin import PluginSpec, spec_of
 
-__all__ = ["BUILTIN_TASKS", "GROUPS", "HOOK_EVENTS", "KINDS", "Plugin", "PluginInfo", "Registry", "default_registry",
-           "reference_problems"]
+__all__ = ["BUILTIN_HOOKS", "BUILTIN_TASKS", "GROUPS", "HOOK_EVENTS", "KINDS", "Plugin", "PluginInfo", "Registry",
+           "default_registry", "reference_problems"]
 
 GROUPS = ("goatclaw.tasks", "goatclaw.validators", "goatclaw.hooks")
 #: The entry-point group of each kind of plugin.
@@ -59,6 +59,11 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "research": "goatclaw.tasks.research:research",
     "code": "goatclaw.tasks.code:code",
     "approval": "goatclaw.tasks.approval:approval",
+}
+
+#: Built-in lifecycle hooks (``hooks: [{use: notify, with: ...}]``), loaded the same way.
+BUILTIN_HOOKS: Mapping[str, str] = {
+    "notify": "goatclaw.notify:Notify",
 }
 
 #: Built-in tasks that need an extra: the extra, and the modules without which the task cannot run at all.
@@ -321,12 +326,16 @@ class Registry:
             version = _own_version()
             for name, ref in BUILTIN_TASKS.items():
                 sources["goatclaw.tasks"][name] = _Source(name, ref, "goatclaw", version)
+            for name, ref in BUILTIN_HOOKS.items():
+                sources["goatclaw.hooks"][name] = _Source(name, ref, "goatclaw", version)
             if self._use_entry_points:
                 for group in GROUPS:
                     for ep in metadata.entry_points(group=group):
                         dist = getattr(ep, "dist", None)
                         package = dist.name if dist is not None else "?"
-                        if _normal(package) == DISTRIBUTION or (group == "goatclaw.tasks" and ep.name in BUILTIN_TASKS):
+                        builtin = (group == "goatclaw.tasks" and ep.name in BUILTIN_TASKS) or (
+                            group == "goatclaw.hooks" and ep.name in BUILTIN_HOOKS)
+                        if _normal(package) == DISTRIBUTION or builtin:
                             continue  # built-ins come from the table above; they cannot be shadowed
                         sources[group][ep.name] = _Source(ep.name, ep.value, package,
                                                           dist.version if dist is not None else "",

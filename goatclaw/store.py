@@ -382,6 +382,28 @@ def _m020_server_auth(db: Connection) -> None:
     )
 
 
+def _m021_schedules(db: Connection) -> None:
+    # What the server's scheduler remembers per schedule (issue 21): ``done_until`` is the scheduled
+    # time up to which every fire was handled (fired or skipped), so a restart knows what it missed;
+    # the last fire, its run and how it ended are for `goatclaw schedules list`.
+    _script(
+        db,
+        """
+        CREATE TABLE schedules (
+            pipeline TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            done_until REAL NOT NULL,
+            last_fire REAL,
+            last_run TEXT,
+            last_status TEXT,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (pipeline, schedule)
+        )
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -398,6 +420,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("017_task_logs", _m017_task_logs),
     ("018_approvals", _m018_approvals),
     ("020_server_auth", _m020_server_auth),
+    ("021_schedules", _m021_schedules),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
@@ -824,6 +847,35 @@ class Store:
             row["projects"] = _loads(row["projects"])
             out.append(row)
         return out
+    def schedule_state(self, pipeline: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+        """What the scheduler remembers, by ``(pipeline, schedule)`` (of one pipeline file's key, or all)."""
+        sql, args = "SELECT * FROM schedules", ()
+        if pipeline is not None:
+            sql, args = sql + " WHERE pipeline = ?", (pipeline,)
+        cur = self.db.execute(sql, args)
+        names = [c[0] for c in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return {(r["pipeline"], r["schedule"]): r for r in rows}
+
+    def mark_schedule(self, pipeline: str, schedule: str, *, cron: str, done_until: float,
+                      fired: float | None = None, run: str | None = None, status: str | None = None,
+                      now: float | None = None) -> None:
+        """Record that every fire of a schedule up to ``done_until`` is handled; ``fired``: one was started then.
+
+        ``done_until`` never moves back. ``run``/``status`` are the last fired run's id and how it
+        ended: a new ``fired`` clears them unless given; a call without ``fired`` fills them in.
+        """
+        row = (pipeline, schedule, cron, done_until, fired, run, status, time.time() if now is None else now)
+        self.commit(lambda db: db.execute(
+            "INSERT INTO schedules (pipeline, schedule, cron, done_until, last_fire, last_run, last_status, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, schedule) DO UPDATE SET "
+            "cron = excluded.cron, done_until = MAX(done_until, excluded.done_until), "
+            "last_run = CASE WHEN excluded.last_fire IS NOT NULL THEN excluded.last_run "
+            "ELSE COALESCE(excluded.last_run, last_run) END, "
+            "last_status = CASE WHEN excluded.last_fire IS NOT NULL THEN excluded.last_status "
+            "ELSE COALESCE(excluded.last_status, last_status) END, "
+            "last_fire = COALESCE(excluded.last_fire, last_fire), updated_at = excluded.updated_at", row),
+            what=f"the state of schedule {pipeline}#{schedule}")
 
     def runs(self, *, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
         """The latest runs, newest first."""

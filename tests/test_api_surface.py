@@ -175,12 +175,14 @@ def test_the_server_room_calls_the_api_not_the_engine() -> None:
     ("re2", "goatclaw.regex"),
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
-    ("httpx", ("goatclaw.tasks.http", "goatclaw.providers")),  # providers: the Ollama probe of goatclaw doctor
+    # providers: the Ollama probe of goatclaw doctor; notify: the notify hook's one POST of a run's result
+    ("httpx", ("goatclaw.tasks.http", "goatclaw.providers", "goatclaw.notify")),
     ("litellm", "goatclaw.llm.provider"),  # the LLM room's one border with litellm
     # the MCP SDK: its client half where tools come from (docs/mcp.md), its server half beside the
     # other faces of the public API (docs/mcp-server.md); DESIGN.md's two rooms, so no arrow points back up
     ("mcp", ("goatclaw.tools.mcp", "goatclaw.server.mcp")),
     ("prompt_toolkit", "goatclaw.cli.shell"),  # the interactive shell
+    ("cronsim", "goatclaw.schedule"),  # cron expressions of schedule: (the timetable)
     ("keyring", "goatclaw.providers"),  # keys goatclaw init stored in the OS keyring
 ])
 def test_each_library_has_one_owner(library: str, owner: str | tuple[str, ...]) -> None:

@@ -221,7 +221,7 @@ def yaml_kind(block: Block) -> str:
         return "pre-commit"
     data = yaml.safe_load(block.text)
     assert isinstance(data, dict), f"{block.name}: a YAML block must be a mapping"
-    keys = set(data)
+    keys = {"on" if k is True else k for k in data}  # PyYAML reads a bare `on:` key as True; goatclaw does not
     if path.endswith("goatclaw.yaml"):
         return "project"
     if path.endswith(".test.yaml") or ("tests" in keys and keys <= TEST_KEYS):

@@ -631,6 +631,7 @@ from goatclaw.cli import init as _init  # noqa: E402, F401  (init)
 from goatclaw.cli import mcp as _mcp  # noqa: E402, F401  (mcp tools)
 from goatclaw.cli import mcp_serve as _mcp_serve  # noqa: E402, F401  (mcp serve; the group: cli/mcp_group.py)
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
+from goatclaw.cli import schedules as _schedules  # noqa: E402, F401  (schedules list)
 from goatclaw.cli import serve as _serve  # noqa: E402, F401  (serve, users, tokens: goatclaw/server/)
 from goatclaw.cli import shell as _shell  # noqa: E402, F401  (shell: the interactive prompt)
 from goatclaw.cli import test as _test  # noqa: E402, F401  (test)

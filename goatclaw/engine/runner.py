@@ -156,7 +156,7 @@ class _Runner(OutputChecks, ToolCalls):
                 assert self.recorder is not None
                 await self.hooks.run_started(run_id=self.result.run_id, pipeline=self.pipeline.name,
                                              tasks=list(self.selected), workspace=self.opts.workspace,
-                                             emit=self.recorder.event)
+                                             emit=self.recorder.event, mask=self.recorder.redactor.mask_data)
             await self._with_pipeline_timeout(self._schedule())
             await self._after_graph()
         except RunBlocked as exc:

@@ -30,7 +30,9 @@ __all__ = [
     "Pipeline",
     "RetryPolicy",
     "Rule",
+    "Schedule",
     "Task",
+    "Webhook",
     "build_defaults",
     "build_pipeline",
     "parse_duration",
@@ -313,6 +315,34 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """One ``schedule:`` entry: when the server starts a run (the timetable is :mod:`goatclaw.schedule`)."""
+
+    cron: str
+    name: str = "0"
+    timezone: str = "UTC"
+    overlap: str = "skip"  # skip | queue | cancel
+    catch_up: str = "latest"  # latest | all | none
+    vars: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    path: tuple[str | int, ...] = ("schedule",)  # where it is written (for located errors)
+
+
+#: The largest webhook body accepted when ``max_bytes`` is not given (1 MiB).
+WEBHOOK_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """``on: webhook``: a signed POST starts a run, its payload checked and offered as vars."""
+
+    secret: str | None = None  # the environment variable (or .env entry) holding the signing secret
+    schema: Mapping[str, Any] | None = None
+    vars: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # var name -> dotted path into the payload
+    max_bytes: int = WEBHOOK_MAX_BYTES
+    path: tuple[str | int, ...] = ("on",)
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A checked pipeline file. Build it with :func:`goatclaw.load`."""
 
@@ -334,6 +364,9 @@ class Pipeline:
     max_output_bytes: int | None = None
     #: What a run of the pipeline gives back as a whole (a pipeline tool's result): name -> template over tasks.
     outputs: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: When ``goatclaw serve`` starts runs by itself (``schedule:``), and whether a webhook may (``on:``).
+    schedules: tuple[Schedule, ...] = ()
+    webhook: Webhook | None = None
     file: Path | None = None
     digest: str = ""
     source: Any = field(default=None, repr=False, compare=False)  # the loader Document
@@ -374,11 +407,53 @@ def build_pipeline(doc: Any, *, default_name: str = "pipeline", project_defaults
         threat_threshold=data.get("threat_threshold") if isinstance(data.get("threat_threshold"), (int, float))
         else None,
         max_output_bytes=data.get("max_output_bytes") if isinstance(data.get("max_output_bytes"), int) else None,
+        schedules=_schedules(data.get("schedule")),
+        webhook=_webhook(data.get("on")),
         file=file,
         digest=_digest(doc, data),
         source=doc,
         project=project,
     )
+
+
+def _schedules(data: Any) -> tuple[Schedule, ...]:
+    """``schedule:`` as written: one cron expression, one mapping, or a list of either."""
+    if data is None:
+        return ()
+    entries = list(enumerate(data)) if isinstance(data, list) else [(None, data)]
+    out = []
+    for i, entry in entries:
+        path: tuple[str | int, ...] = ("schedule",) if i is None else ("schedule", i)
+        if isinstance(entry, str):
+            out.append(Schedule(cron=entry, name=str(i or 0), path=path))
+        elif isinstance(entry, dict) and isinstance(entry.get("cron"), str):
+            name, zone = entry.get("name"), entry.get("timezone")
+            overlap, catch_up = entry.get("overlap"), entry.get("catch_up")
+            out.append(Schedule(
+                cron=entry["cron"], name=name if isinstance(name, str) else str(i or 0),
+                timezone=zone if isinstance(zone, str) else "UTC",
+                overlap=overlap if overlap in ("skip", "queue", "cancel") else "skip",
+                catch_up=catch_up if catch_up in ("latest", "all", "none") else "latest",
+                vars=_freeze(entry.get("vars")), path=path))
+    return tuple(out)
+
+
+def _webhook(data: Any) -> Webhook | None:
+    """``on: webhook`` or ``on: {webhook: {secret, schema, vars, max_bytes}}``."""
+    if data == "webhook":
+        return Webhook()
+    settings = data.get("webhook") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        return Webhook(path=("on", "webhook")) if isinstance(data, dict) and "webhook" in data else None
+    secret, schema, max_bytes = settings.get("secret"), settings.get("schema"), settings.get("max_bytes")
+    fields = settings.get("vars") if isinstance(settings.get("vars"), dict) else {}
+    return Webhook(
+        secret=secret if isinstance(secret, str) else None,
+        schema=MappingProxyType(dict(schema)) if isinstance(schema, dict) else None,
+        vars=MappingProxyType({str(k): v for k, v in fields.items() if isinstance(v, str)}),
+        max_bytes=max_bytes if isinstance(max_bytes, int) and not isinstance(max_bytes, bool) and max_bytes > 0
+        else WEBHOOK_MAX_BYTES,
+        path=("on", "webhook"))
 
 
 def _digest(doc: Any, data: Any) -> str:

@@ -129,3 +129,38 @@ def _executor_address(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("address")
     return str(value) if "://" in str(value) else None
+
+
+_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
+
+
+def pipeline_files(root: Path, *, limit: int = 1000) -> list[Path]:
+    """YAML files under ``root`` that look like pipelines (a top-level ``tasks:``), sorted; hidden folders skipped.
+
+    Test files (``*.test.yaml``) and project files are not pipelines; a symlink pointing out
+    of ``root`` is not listed (nor read). At most ``limit`` files.
+    """
+    import os
+    import re
+
+    root = root.resolve()
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if not name.endswith((".yaml", ".yml")) or name.endswith((".test.yaml", ".test.yml")) \
+                    or name in ("goatclaw.yaml", "goatclaw.yml"):
+                continue
+            path = Path(folder) / name
+            try:
+                if not path.resolve().is_relative_to(root):
+                    continue
+                with path.open(encoding="utf-8", errors="replace") as handle:
+                    head = handle.read(256_000)
+            except OSError:
+                continue
+            if re.search(r"^tasks\s*:", head, re.MULTILINE):
+                found.append(path)
+                if len(found) >= limit:
+                    return found
+    return found

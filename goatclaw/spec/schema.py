@@ -169,17 +169,20 @@ _FAST_READY: set[str] = set()
 
 
 def check_instance(instance: Any, schema: dict[str, Any],
-                   formats: Mapping[str, Callable[[str], bool]] | None = None) -> list[str]:
+                   formats: Mapping[str, Callable[[str], bool]] | None = None, *, root: str | None = None) -> list[str]:
     """Validate plain data against a user-supplied schema; messages with their paths.
 
     The schema and the data are both the user's, so ``pattern`` and ``patternProperties``
     run on RE2 (linear time: ``^(a+)+$`` cannot stall a run), and ``format`` is enforced
     by ``formats`` (name -> check; unknown formats are annotations, as the spec says).
+    ``root`` names the data in every message (``payload.a.b: ...``, ``payload: ...``).
     """
     validator = _instance_validator(schema, formats)
     out = []
     for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
         where = dotted(tuple(err.absolute_path))
+        if root is not None:
+            where = f"{root}{'' if not where or where.startswith('[') else '.'}{where}"
         out.append(f"{where}: {err.message}" if where else err.message)
     return out
 

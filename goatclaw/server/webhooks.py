@@ -1,0 +1,198 @@
+"""Webhooks: ``POST /hooks/{pipeline}`` starts a run of a pipeline that says ``on: webhook``.
+
+::
+
+    routes = webhook_routes(trigger, project=project, on_denied=threats.count)
+    app = Starlette(routes=[*routes, ...])
+
+What a request goes through, in order (nothing of the sender's is parsed before it is authenticated):
+
+1. the pipeline is one of the project's with ``on: webhook`` (else 404, reported as denied);
+2. the body is at most ``max_bytes`` (``on.webhook.max_bytes``, default 1 MiB), by its
+   ``Content-Length`` and as it is read (else 413);
+3. ``X-Hub-Signature-256: sha256=<hex>`` is the HMAC-SHA256 of the body under the secret
+   named by ``on.webhook.secret`` (read from the environment, else the project's ``.env``),
+   compared in constant time, as GitHub signs its deliveries (missing or wrong: 401, reported
+   as denied; a secret not set on the server: 503);
+4. the body is JSON (strict: no ``NaN``; else 400 saying where) and satisfies
+   ``on.webhook.schema`` (else 422 with each problem located in the payload);
+5. the ``on.webhook.vars`` paths pick the run's vars out of the payload (a missing one: 422);
+6. ``trigger(pipeline_path, vars, trigger="webhook")`` starts the run; its answer (a run id,
+   or anything with ``run_id``) is the 202 response's ``run``. A trigger that raises is 503.
+
+``trigger`` here *starts* a run and returns (a sender such as GitHub waits at most ten
+seconds for the answer); the scheduler's trigger, by contrast, runs one to its end.
+``on_denied(client, reason)`` hears of every refused caller (its IP address and why), so the
+server's threat score can count it; it may be async.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import goatclaw
+from goatclaw import api
+from goatclaw.errors import GoatclawError
+from goatclaw.schedule import payload_vars
+
+__all__ = ["SIGNATURE_HEADER", "sign", "webhook_routes"]
+
+_log = logging.getLogger("goatclaw.server.webhooks")
+
+#: The header that carries the body's signature (GitHub's convention; Gitea and others send it too).
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+_PREFIX = "sha256="
+
+Trigger = Callable[..., Awaitable[Any]]
+Denied = Callable[[str, str], Any]
+Secrets = Callable[[str], str | None]
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value of ``body`` under ``secret``: ``sha256=<hex>``."""
+    return _PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence[Any] | None = None,
+                   secrets: Secrets | None = None, on_denied: Denied | None = None,
+                   path: str = "/hooks/{pipeline}") -> list[Route]:
+    """The routes that serve the webhooks of ``pipelines`` (default: every one of ``project`` with ``on: webhook``).
+
+    ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current one).
+
+    ``secrets(name)`` gives a secret's value (default: the environment, else the project's
+    ``.env``, read at each request so a rotated secret takes effect). Pipelines are found by
+    their ``name:``; two with one name is a :class:`goatclaw.GoatclawError`.
+    """
+    project = api.project_at(project)
+    if pipelines is None:
+        found, problems = goatclaw.scheduled_pipelines(project)
+        for problem in problems:
+            _log.warning("not served as a webhook: %s", problem)
+        pipelines = found
+    hooks: dict[str, Any] = {}
+    for pipeline in pipelines:
+        if pipeline.webhook is None:
+            continue
+        if pipeline.name in hooks:
+            raise GoatclawError(f"two webhook pipelines are named '{pipeline.name}': {hooks[pipeline.name].file} and "
+                                f"{pipeline.file} (POST /hooks/<name> must name one)")
+        hooks[pipeline.name] = pipeline
+    endpoint = _Endpoint(hooks, trigger, secrets or _secrets_of(project.root), on_denied)
+    return [Route(path, endpoint, methods=["POST"], name="webhook")]
+
+
+def _secrets_of(root: Path) -> Secrets:
+    def read(name: str) -> str | None:
+        return api.read_secrets([name], root).get(name) or None
+
+    return read
+
+
+class _Endpoint:
+    """The ASGI endpoint of the webhook route (a class, so Starlette hands it the request)."""
+
+    def __init__(self, hooks: Mapping[str, Any], trigger: Trigger, secrets: Secrets, on_denied: Denied | None) -> None:
+        self.hooks = hooks
+        self.trigger = trigger
+        self.secrets = secrets
+        self.on_denied = on_denied
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> JSONResponse:
+        """The recipe: find the pipeline, bound the body, check the signature, the payload, start the run."""
+        name = request.path_params.get("pipeline", "")
+        pipeline = self.hooks.get(name)
+        if pipeline is None:
+            return await self._deny(request, 404, f"no webhook '{name}'")
+        hook = pipeline.webhook
+        try:
+            body = await _body(request, hook.max_bytes)
+        except ClientDisconnect:
+            return _answer(400, "the client went away before the body ended")
+        if body is None:
+            return _answer(413, f"the body is over {hook.max_bytes} bytes")
+        secret = self.secrets(hook.secret) if hook.secret else None
+        if not secret:
+            _log.warning("webhook '%s': its secret %s is not set on the server", name, hook.secret)
+            return _answer(503, f"the webhook's secret ({hook.secret}) is not set on the server")
+        refused = _signature_problem(request.headers.get(SIGNATURE_HEADER), secret, body)
+        if refused:
+            return await self._deny(request, 401, refused)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _answer(400, f"the body is not JSON: {exc}")
+        variables, problems = payload_vars(pipeline, payload)
+        if problems:
+            return _answer(422, "the payload does not fit the webhook", problems=problems)
+        return await self._start(pipeline, variables)
+
+    async def _start(self, pipeline: Any, variables: dict[str, Any]) -> JSONResponse:
+        try:
+            started = await self.trigger(str(pipeline.file), variables, trigger="webhook")
+        except Exception as exc:
+            _log.warning("webhook '%s': the run could not start: %s: %s", pipeline.name, type(exc).__name__, exc)
+            return _answer(503, f"the run could not start: {type(exc).__name__}: {exc}")
+        run = started if isinstance(started, str) else getattr(started, "run_id", None)
+        if run is None and isinstance(started, Mapping):
+            run = started.get("run_id")
+        return JSONResponse({"pipeline": pipeline.name, "run": run, "vars": sorted(variables)}, status_code=202)
+
+    async def _deny(self, request: Request, status: int, reason: str) -> JSONResponse:
+        client = request.client.host if request.client is not None else "unknown"
+        _log.info("webhook refused %s: %s", client, reason)
+        if self.on_denied is not None:
+            try:
+                outcome = self.on_denied(client, reason)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # the caller is refused all the same; the failure is said
+                _log.warning("webhook: on_denied failed: %s: %s", type(exc).__name__, exc)
+        return _answer(status, reason)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` when it is (or says it is) over ``limit`` bytes; read no further than that."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _signature_problem(header: str | None, secret: str, body: bytes) -> str | None:
+    """Why the signature header does not prove the body came from the secret's holder, or ``None``."""
+    if not header:
+        return f"missing {SIGNATURE_HEADER} (sha256=<hex HMAC of the body>)"
+    given = header.strip()
+    if not given.lower().startswith(_PREFIX):
+        return f"{SIGNATURE_HEADER} must be sha256=<hex>"
+    expected = sign(secret, body)
+    if not hmac.compare_digest(expected.encode(), (_PREFIX + given[len(_PREFIX):].lower()).encode()):
+        return f"{SIGNATURE_HEADER} does not match the body"
+    return None
+
+
+def _answer(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
