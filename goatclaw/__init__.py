@@ -40,10 +40,13 @@ _EXPORTS: dict[str, str] = {
     "TaskState": "goatclaw.engine.state",
     "TaskTimeout": "goatclaw.errors",
     "TemplateError": "goatclaw.errors",
+    "afork": "goatclaw.api",
     "arun": "goatclaw.api",
     "audit_log": "goatclaw.audit",
     "check": "goatclaw.api",
+    "diff_runs": "goatclaw.api",
     "fail": "goatclaw.plugin",
+    "fork": "goatclaw.api",
     "load": "goatclaw.api",
     "plan": "goatclaw.api",
     "run": "goatclaw.api",
@@ -69,7 +72,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time names load lazily
-    from goatclaw.api import arun, check, load, plan, run
+    from goatclaw.api import afork, arun, check, diff_runs, fork, load, plan, run
     from goatclaw.audit import audit_log, verify_audit
     from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
     from goatclaw.errors import (
