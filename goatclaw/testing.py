@@ -117,6 +117,15 @@ class PipelineTest:
     def __str__(self) -> str:
         return f"{self.file}::{self.name}"
 
+    @property
+    def tape(self) -> Path | None:
+        """The cassette the run replays or records (``None``: live, or the pipeline's own ``NAME.cassette.json``)."""
+        return self.cassette if self.llm in ("replay", "record") else None
+
+    def with_llm(self, mode: str | None) -> PipelineTest:
+        """The case with its LLM mode overridden (``goatclaw test --llm record`` records the cassette)."""
+        return self if mode is None else dataclasses.replace(self, llm=mode)
+
     def locate(self, *path: str | int) -> Location | None:
         """Where ``tests.<name>.<path>`` is written in the test file."""
         return None if self.doc is None else self.doc.locate(("tests", self.spec_name, *path))
@@ -244,7 +253,7 @@ def _case(file: Path, doc: Document, pipeline: Pipeline, data: Mapping[str, Any]
         file=file, name=name, pipeline=pipeline,
         vars={**data.get("vars", {}), **spec.get("vars", {})},
         stubs={**data.get("stubs", {}), **spec.get("stubs", {})},
-        llm=llm, cassette=None if cassette is None or llm != "replay" else file.parent / str(cassette),
+        llm=llm, cassette=None if cassette is None else file.parent / str(cassette),
         only=tuple(spec.get("only", ())), expect=spec["expect"], doc=doc,
     )
 
@@ -273,7 +282,7 @@ def _case_problems(case: PipelineTest) -> list[Problem]:
                                      key=True))
     for i, item in enumerate(case.expect.get("asserts", ())):
         problems += _assert_problems(case, i, item, known)
-    if case.cassette is not None and not is_file(case.cassette):
+    if case.cassette is not None and case.llm == "replay" and not is_file(case.cassette):
         problems.append(_problem(case, ("cassette",), f"no cassette file {case.cassette}"))
     return problems
 
@@ -322,7 +331,7 @@ async def _arun_case(case: PipelineTest) -> CaseResult:
     try:
         with scratch_workspace(case.pipeline) as workspace:
             run = await arun(case.pipeline, vars=case.vars, stubs=case.stubs, only=case.only, store=False,
-                             cache=False, llm=case.llm, cassette=case.cassette, workspace=workspace, bus=bus)
+                             cache=False, llm=case.llm, cassette=case.tape, workspace=workspace, bus=bus)
     except GoatclawError as exc:  # the run could not start (a bad cassette, an unknown --only …)
         return CaseResult(case, (Check(f"the run did not start: {exc}", case.locate()),),
                           time.perf_counter() - started)
@@ -431,7 +440,7 @@ async def _judging(case: PipelineTest, items: Sequence[Any]) -> Any:
     from goatclaw.api import llm_session, load_project_for
 
     project = case.pipeline.project or load_project_for(case.pipeline.file)
-    session = llm_session(case.pipeline, project, case.llm, None, cassette=case.cassette, cache=False)
+    session = llm_session(case.pipeline, project, case.llm, None, cassette=case.tape, cache=False)
     async with room.using(session):
         yield _rubric_judge(session)
 

@@ -437,3 +437,46 @@ def test_fail_on_regression_needs_a_baseline_and_a_bad_baseline_is_refused(proje
     bad = runner.invoke(app, ["test", "--baseline", "bad.json"])
     assert bad.exit_code != 0 and "bad.json is not a baseline" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_llm_record_writes_the_judges_answers_too_and_the_eval_replays_offline(
+        project: Path, write_pipeline: Callable[..., Path], srv: FakeOpenAI) -> None:
+    srv.respond = lambda body: _judge(body) if "strict reviewer" in body["messages"][0]["content"] \
+        else Reply(f"The capital is {body['messages'][-1]['content'].split()[-1]}")
+    write_pipeline(f"""
+        version: 1
+        name: asked
+        vars: {{city: Paris}}
+        tasks:
+          ask:
+            uses: llm
+            retry: {{attempts: 1}}
+            with: {{model: openai/gpt-4o-mini, prompt: 'Say ${{{{ vars.city }}}}', temperature: 0,
+                    api_base: '{srv.api_base}', api_key: sk-test}}
+        """, name="asked.yaml")
+    write(project, f"""
+        version: 1
+        pipeline: asked.yaml
+        llm: replay
+        tests:
+          cities:
+            cases: [{{city: Paris}}, {{city: Rome}}]
+            expect:
+              asserts:
+                - {{llm_rubric: Names Paris, task: ask, model: openai/gpt-4o-mini, api_base: '{srv.api_base}',
+                    api_key: sk-test, name: judge}}
+        """, "asked.test.yaml")
+    runner = CliRunner()
+    recorded = runner.invoke(app, ["test", "--llm", "record"])
+    assert recorded.exit_code == 1, recorded.output  # Rome does not name Paris: the judge fails it
+    assert len(srv.requests) == 4  # two answers, two judgements
+    tape = json.loads((project / "asked.cassette.json").read_text())
+    assert len(tape["exchanges"]) == 4
+    srv.requests.clear()
+    replayed = runner.invoke(app, ["test"])
+    assert replayed.exit_code == 1, replayed.output
+    assert srv.requests == []  # offline: every answer, the judge's too, from the cassette
+    assert "✓ asked.test.yaml::cities[1]" in replayed.stdout and "✗ asked.test.yaml::cities[2]" in replayed.stdout
+    assert "judge: fail, score 0.2 (threshold 0.5): wrong city" in replayed.stdout
+    judge_row = next(line for line in replayed.stdout.splitlines() if line.startswith("judge "))
+    assert judge_row.split() == ["judge", "1/2", "(50%)", "0.550"]  # the mean of the scores 0.9 and 0.2

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from goatclaw.cli import options
 from goatclaw.cli.app import _err, _out, app, handles_errors
 from goatclaw.cli.text import shown
 
@@ -39,6 +40,10 @@ def test(
     ] = 0.0,
     cost_tolerance: Annotated[float | None, typer.Option(
         "--cost-tolerance", min=0.0, help="The most cost may rise, as a fraction (0.2: 20%); unset: not compared.")
+    ] = None,
+    llm: Annotated[str | None, typer.Option(
+        "--llm", callback=options.llm_mode,
+        help="Override every case's LLM mode: live, record (write the cassette, judges' answers too) or replay.")
     ] = None,
     latency_tolerance: Annotated[float | None, typer.Option(
         "--latency-tolerance", min=0.0, help="The most p95 latency may rise, as a fraction; unset: not compared.")
@@ -70,7 +75,7 @@ def test(
                 out.print(Text(f"    {p}", style="red"), soft_wrap=True)
             continue
         for c in cases:
-            result = c.run()
+            result = c.with_llm(llm).run()
             results.append(result)
             _print_case(result, out)
     elapsed = time.perf_counter() - started
