@@ -411,9 +411,10 @@ def fork(run: str, task: str, **options: Any) -> RunResult:
     return asyncio.run(afork(run, task, **options))
 
 
-def diff_runs(a: str, b: str, *, store: str | os.PathLike[str] | None = None) -> Any:
+def diff_runs(a: str, b: str | None = None, *, store: str | os.PathLike[str] | None = None) -> Any:
     """Stored runs ``a`` and ``b`` compared task by task: a :class:`goatclaw.rundiff.RunDiff`.
 
+    Without ``b``, ``a`` is a fork and is compared with the run it forks (``b`` is ``a`` then).
     Per task: status, the output's diff, cost, tokens, duration and the rules' verdicts;
     ``goatclaw.rundiff.render(d, "markdown")`` writes it for a pull request comment.
     """

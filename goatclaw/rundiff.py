@@ -72,9 +72,14 @@ class RunDiff:
         return doc
 
 
-def diff(store: str | os.PathLike[str], a: str, b: str) -> RunDiff:
-    """Runs ``a`` and ``b`` (ids, unique prefixes or ``last``) of ``store`` compared task by task."""
+def diff(store: str | os.PathLike[str], a: str, b: str | None = None) -> RunDiff:
+    """Runs ``a`` and ``b`` (ids, unique prefixes or ``last``) of ``store`` compared task by task.
+
+    Without ``b``, ``a`` is a fork (``goatclaw runs fork``) and is compared with the run it forks.
+    """
     with Store.open(store) as db:
+        if b is None:
+            a, b = _origin(db, a), a
         ra, rb = _row(db, a), _row(db, b)
         ta, tb = {t.task_id: t for t in db.tasks(ra.id)}, {t.task_id: t for t in db.tasks(rb.id)}
         ea, eb = db.events(ra.id), db.events(rb.id)
@@ -88,6 +93,15 @@ def diff(store: str | os.PathLike[str], a: str, b: str) -> RunDiff:
                    tokens=(ca["prompt_tokens"] + ca["completion_tokens"],
                            cb["prompt_tokens"] + cb["completion_tokens"]),
                    duration=(ra.duration, rb.duration), tasks=tasks, forked=forked)
+
+
+def _origin(db: Store, ref: str) -> str:
+    """The run that run ``ref`` forks (its ``run.forked`` event); an error for a run that is no fork."""
+    row = _row(db, ref)
+    note = next((e["data"] for e in db.events(row.id) if e["topic"] == "run.forked"), None)
+    if not note or not isinstance(note.get("from_run"), str):
+        raise GoatclawError(f"run {row.id} is not a fork: name the two runs to compare (goatclaw runs diff A B)")
+    return str(note["from_run"])
 
 
 def _row(db: Store, ref: str) -> Any:

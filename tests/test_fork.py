@@ -90,6 +90,7 @@ def test_a_prompt_change_forked_at_its_task_sends_only_the_changed_requests(
     assert len(srv.requests) == 1  # only summary's prompt changed; title asked the same and got the stored answer
     assert srv.requests[0]["messages"][-1]["content"].startswith("Summarise in one line: [gpt-4o-mini] Facts")
     assert "1 LLM calls sent" in done.stderr and "1 answered from the stored run" in done.stderr
+    assert "facts succeeded before: kept, not run again" in done.stdout and "facts succeeded in" not in done.stdout
     with Store.open(store_path) as db:
         fork = db.runs(limit=1)[0]
         tasks = {t.task_id: t for t in db.tasks(fork.id)}
@@ -114,6 +115,11 @@ def test_a_prompt_change_forked_at_its_task_sends_only_the_changed_requests(
     assert re.search(r"\$0\.0000\d+ → \$0 ", rows["title"]), rows["title"]  # the stored answer cost nothing
     assert "-[gpt-4o-mini] Summarise: [gpt-4o-mini] Facts about go" in out
     assert "+[gpt-4o-mini] Summarise in one line: [gpt-4o-mini] Facts about go" in out
+
+    alone = CliRunner().invoke(app, ["runs", "diff", "last"])  # one run, a fork: compared with the run it forks
+    assert alone.exit_code == 0 and alone.stdout == out
+    not_a_fork = CliRunner().invoke(app, ["runs", "diff", run_id])
+    assert not_a_fork.exit_code == 1 and "is not a fork" in not_a_fork.output
 
     md = CliRunner().invoke(app, ["runs", "diff", run_id, fork.id, "--format", "markdown", "--changed"])
     assert md.exit_code == 0, md.output

@@ -80,7 +80,7 @@ def runs_fork(
     print_result(result, _out())
     _err().print(f"fork of {run} at '{from_task}': {calls['live']:.0f} LLM calls sent ({usd(calls['cost'])}), "
                  f"{calls['stored']:.0f} answered from the stored run; "
-                 f"compare: goatclaw runs diff {run} {result.run_id}",
+                 f"compare: goatclaw runs diff {result.run_id}",
                  highlight=False, markup=False, soft_wrap=True)
     if not result.ok:
         raise typer.Exit(1)
@@ -89,9 +89,11 @@ def runs_fork(
 @runs_app.command("diff")
 @handles_errors
 def runs_diff(
-    a: Annotated[str, typer.Argument(help="The first run (an id, a unique prefix, or 'last').",
-                                     autocompletion=options.complete_run_ids)],
-    b: Annotated[str, typer.Argument(help="The second run.", autocompletion=options.complete_run_ids)] = "last",
+    a: Annotated[str, typer.Argument(help="The first run (an id, a unique prefix, or 'last'); alone, a fork.",
+                                     autocompletion=options.complete_run_ids)] = "last",
+    b: Annotated[str | None, typer.Argument(
+        help="The second run (default: A is a fork, compared with the run it forks).",
+        autocompletion=options.complete_run_ids)] = None,
     fmt: Annotated[DiffFormat, typer.Option("--format", "-f", help="text, markdown (a PR comment) or json.")
                    ] = DiffFormat.text,
     changed: Annotated[bool, typer.Option("--changed", help="Only tasks where something changed.")] = False,

@@ -356,7 +356,7 @@ class _Runner(OutputChecks, ToolCalls):
             self.recorder.event("task.resumed", row.task_id, {"status": row.status})
             if self.opts.seed_only is not None:  # a fork is a run of its own: it holds the outputs it took
                 res.output_json = to_json(row.output)
-                self.recorder.task_finished(res)
+                self.recorder.task_kept(res)
         self.result.resumed = tuple(t for t in self.selected if t in self.seeded)
         store = self.recorder.store
         if self.seeded and store is not None and self.readback is not None:  # what they carried when they ran
