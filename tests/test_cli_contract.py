@@ -40,6 +40,7 @@ FREE_TEXT = {
     "runs logs run", "runs logs task", "runs replay run", "runs list --pipeline", "breakers reset key",
     "plugins show name", "audit show --run", "audit show --action", "dlq list --run", "memory search query",
     "test --case", "mcp tools server", "run goal", "run --model",
+    "runs diff a", "runs diff b", "runs fork run", "runs fork --from", "runs fork --model",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
@@ -47,6 +48,7 @@ BAD_TEXT = {
     "* --only": "nosuch", "* --since": "-5d", "* --older-than": "-5d", "watch --debounce": "-1s",
     "schema name": "nosuch", "* --kind": "nosuch", "memory graph --format": "nosuch",
     "mcp serve --http": "localhost:http", "init --provider": "nosuch", "init --key-store": "nosuch",
+    "runs fork --set": "topics=x",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],

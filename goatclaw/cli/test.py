@@ -36,17 +36,20 @@ def test(
         "--fail-on-regression", help="Exit 1 when a score dropped (or cost, latency rose) past the tolerance.")
     ] = False,
     tolerance: Annotated[float, typer.Option(
-        "--tolerance", min=0.0, max=1.0, help="The most a pass rate or mean score may drop (0.05: five points).")
+        "--tolerance", min=0.0, max=1.0, callback=options.finite,
+        help="The most a pass rate or mean score may drop (0.05: five points).")
     ] = 0.0,
     cost_tolerance: Annotated[float | None, typer.Option(
-        "--cost-tolerance", min=0.0, help="The most cost may rise, as a fraction (0.2: 20%); unset: not compared.")
+        "--cost-tolerance", min=0.0, callback=options.finite,
+        help="The most cost may rise, as a fraction (0.2: 20%); unset: not compared.")
     ] = None,
     llm: Annotated[str | None, typer.Option(
         "--llm", callback=options.llm_mode,
         help="Override every case's LLM mode: live, record (write the cassette, judges' answers too) or replay.")
     ] = None,
     latency_tolerance: Annotated[float | None, typer.Option(
-        "--latency-tolerance", min=0.0, help="The most p95 latency may rise, as a fraction; unset: not compared.")
+        "--latency-tolerance", min=0.0, callback=options.finite,
+        help="The most p95 latency may rise, as a fraction; unset: not compared.")
     ] = None,
 ) -> None:
     """Run pipeline tests: each case runs its pipeline with vars, stubs or a cassette and checks what it expects."""
