@@ -435,7 +435,9 @@ def test_fail_on_regression_needs_a_baseline_and_a_bad_baseline_is_refused(proje
     assert no_base.exit_code == 2 and "--fail-on-regression needs --baseline" in no_base.output
     (project / "bad.json").write_text("[1, 2]")
     bad = runner.invoke(app, ["test", "--baseline", "bad.json"])
-    assert bad.exit_code != 0 and "bad.json is not a baseline" in bad.output
+    assert bad.exit_code == 2 and "bad.json is not a baseline" in bad.output
+    missing = runner.invoke(app, ["test", "--baseline", "nowhere.json"])
+    assert missing.exit_code == 2 and "cannot read the baseline nowhere.json" in missing.output
     assert "Traceback" not in bad.output
 
 

@@ -59,7 +59,10 @@ def test(
     targets = _targets(report)
     if fail_on_regression and baseline is None:
         raise typer.BadParameter("--fail-on-regression needs --baseline FILE", param_hint="--fail-on-regression")
-    base = load_baseline(baseline) if baseline is not None else None
+    try:
+        base = load_baseline(baseline) if baseline is not None else None
+    except GoatclawError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--baseline") from None
     out = _out()
     started = time.perf_counter()
     results: list[Any] = []
