@@ -176,3 +176,35 @@ def test_a_fork_refuses_what_it_cannot_do(project: Path, write_pipeline: Callabl
     assert bad_set.exit_code == 2 and "expected vars.NAME=VALUE" in bad_set.output
     missing = runner.invoke(app, ["runs", "fork", run_id, "--from", "nope"])
     assert missing.exit_code == 1 and "has no task 'nope'" in missing.output and "Traceback" not in missing.output
+
+
+def test_diff_shows_the_rule_verdicts_side_by_side(project: Path, write_pipeline: Callable[..., Path],
+                                                   store_path: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        name: ruled
+        vars: {n: 3}
+        tasks:
+          count:
+            uses: echo
+            with: {value: "${{ vars.n }}"}
+            validate:
+              - expr: "output > 2"
+          after:
+            uses: echo
+            needs: count
+            with: {value: done}
+        """, name="ruled.yaml")
+    first = goatclaw.run(path)
+    assert first.ok
+    fork = goatclaw.fork(first.run_id, "count", vars={"n": 1})
+    assert not fork.ok and fork.tasks["count"].error_class == "validation"
+    d = goatclaw.diff_runs(fork.run_id)
+    count = next(t for t in d.tasks if t.task == "count")
+    assert count.status == ("succeeded", "failed") and count.rules == {"rule 1 (expr)": (True, False)}
+    assert count.changed
+    text = CliRunner().invoke(app, ["runs", "diff", fork.run_id]).stdout
+    row = next(line for line in text.splitlines() if line.startswith("count "))
+    assert "succeeded → failed" in row and "rule 1 (expr): pass → fail" in row
+    after = next(line for line in text.splitlines() if line.startswith("after "))
+    assert "succeeded → upstream_failed" in after
