@@ -86,7 +86,7 @@ class Observation:
     last_task: str | None = None
     #: How a rubric is judged: ``(rubric, value, options) -> (passed, score, why)``.
     judge: Callable[[str, Any, Mapping[str, Any]], Awaitable[tuple[bool, float | None, str]]] | None = None
-    #: The embedder ``similar`` uses: texts -> unit vectors (``None``: the memory room's default).
+    #: The embedder ``similar`` uses: texts -> unit vectors (``None``: the memory room's default, wordllama).
     embed: Callable[[Sequence[str]], Any] | None = None
 
 

@@ -393,7 +393,7 @@ async def _judge_all(case: PipelineTest, run: RunResult, seen: Observation) -> t
     failures = list(_judge_status(case, run))
     context = assert_context(run, {**case.pipeline.vars, **case.vars})
     items = list(case.expect.get("asserts", ()))
-    judged = dataclasses.replace(seen, context=context, last_task=_last_task(case, run))
+    judged = dataclasses.replace(seen, context=context, last_task=_last_task(case, run), embed=_embedder(case))
     outcomes: list[Outcome] = []
     async with _judging(case, items) as judge_fn:
         judged = dataclasses.replace(judged, judge=judge_fn)
@@ -420,6 +420,20 @@ async def _judge_item(case: PipelineTest, i: int, item: Any, context: Mapping[st
     if failure is None:
         return Outcome(label, True), None
     return Outcome(label, False, None, "; ".join(failure[1]), failure[0]), Check(failure[0], where, failure[1])
+
+
+def _embedder(case: PipelineTest) -> Any:
+    """What ``similar`` embeds with: the project's memory embedder (``memory.embedder``; default wordllama)."""
+    project = case.pipeline.project
+    settings = project.data.get("memory") if project is not None and isinstance(project.data, Mapping) else None
+    name = settings.get("embedder") if isinstance(settings, Mapping) else None
+
+    def embed(texts: Sequence[str]) -> Any:
+        from goatclaw.memory.embedders import embedder_for
+
+        return embedder_for(str(name) if name else None).embed(list(texts))
+
+    return embed
 
 
 def _last_task(case: PipelineTest, run: RunResult) -> str | None:

@@ -482,3 +482,22 @@ def test_llm_record_writes_the_judges_answers_too_and_the_eval_replays_offline(
     assert "judge: fail, score 0.2 (threshold 0.5): wrong city" in replayed.stdout
     judge_row = next(line for line in replayed.stdout.splitlines() if line.startswith("judge "))
     assert judge_row.split() == ["judge", "1/2", "(50%)", "0.550"]  # the mean of the scores 0.9 and 0.2
+
+
+def test_similar_uses_the_projects_memory_embedder(project: Path, answers: Path, srv: FakeOpenAI,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``memory.embedder: litellm/<model>`` in goatclaw.yaml: similar embeds with that model (the local server)."""
+    (project / "goatclaw.yaml").write_text((project / "goatclaw.yaml").read_text()
+                                           + "memory: {embedder: litellm/openai/text-embedding-3-small}\n")
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.api_base)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    same, other = outcomes(project, """
+        - {similar: The capital of France is Paris., task: answer, threshold: 0.99}
+        - {similar: Something else entirely, task: answer, threshold: 0.99}
+        """)
+    assert same.passed and same.score == pytest.approx(1.0, abs=1e-5)  # one text, one deterministic vector
+    assert not other.passed
+    embedded = [r["input"] for r in srv.requests if "input" in r]
+    assert embedded == [["The capital of France is Paris.", "The capital of France is Paris."],
+                        ["The capital of France is Paris.", "Something else entirely"]]
+    assert {r["model"] for r in srv.requests} == {"text-embedding-3-small"}
