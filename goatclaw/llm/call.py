@@ -2,7 +2,7 @@
 
 ::
 
-    request ─▶ for each model: key ─▶ replay? cassette ─▶ cache? store ─▶ budget ─▶ rate limit
+    request ─▶ for each model: key ─▶ replay? cassette ─▶ a fork? stored answer ─▶ cache? store ─▶ budget ─▶ rate limit
                                      ─▶ litellm.acompletion ─▶ parse (text | json [+ schema])
                                      ─▶ cache put, cassette put ─▶ Response (hops, usage, cost)
 
