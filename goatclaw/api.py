@@ -47,10 +47,10 @@ from goatclaw.tools import mcp as mcp_room
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
-__all__ = ["adecide", "append_run_events", "approvals", "arun", "check", "choose_model", "decide", "dump_yaml",
-           "expire_approvals", "load", "load_project_for", "mcp_pool", "mcp_tools", "parse_var", "past_runs",
-           "permissions_of", "pipeline_schema", "plan", "project_at", "registry_for", "run", "scheduled_pipelines",
-           "schedules", "schema_text", "store_path_of"]
+__all__ = ["adecide", "afork", "append_run_events", "approvals", "arun", "check", "choose_model", "decide",
+           "diff_runs", "dump_yaml", "expire_approvals", "fork", "load", "load_project_for", "mcp_pool", "mcp_tools",
+           "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "project_at", "registry_for", "run",
+           "scheduled_pipelines", "schedules", "schema_text", "store_path_of"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
@@ -405,6 +405,8 @@ async def arun(
     force: bool = False,
     cache: bool = True,
     seed_from: str | None = None,
+    seed_only: Sequence[str] | None = None,
+    answers: Mapping[str, Mapping[str, Any]] | None = None,
     llm: str | None = None,
     max_cost: float | None = None,
     stubs: Mapping[str, Any] | None = None,
@@ -425,7 +427,9 @@ async def arun(
     outputs and do not run again; a changed pipeline file is refused unless ``force``.
     ``cache=False`` ignores the task cache. ``seed_from`` names a stored run whose
     finished tasks count as done in this new run (how ``goatclaw dlq replay`` re-runs one
-    task in its original context).
+    task in its original context); ``seed_only`` limits that to these tasks (a fork). ``answers``
+    maps LLM request keys to the answers a past run got: a live call with such a request is
+    answered with it (``source: stored``, no cost) instead of being sent (see :func:`fork`).
 
     ``executor`` runs the task bodies: an :class:`~goatclaw.engine.executor.Executor`, or
     ``local`` or ``dask`` (default: ``executor:`` in goatclaw.yaml); ``executor_address`` is
@@ -461,6 +465,8 @@ async def arun(
         run_id, stored_vars = _resumable(pipeline, store_path, resume, vars, force)
         expire_approvals(store=store_path)  # a request past its timeout is a rejection before the run reaches it
     session = llm_session(pipeline, project, llm, store_path, max_cost=max_cost, cassette=cassette, cache=cache)
+    if answers:
+        session.answers = dict(answers)
     tracer = None
     if tracing.enabled():  # OTEL_* set: the run and its tasks become spans (the otel extra)
         bus = bus or Bus()
@@ -481,6 +487,7 @@ async def arun(
         hooks=tuple(hooks),
         resume=bool(resume),
         seed_from=seed_from,
+        seed_only=frozenset(seed_only) if seed_only is not None else None,
         stubs=dict(stubs or {}),
         cache=cache and session.mode == "live",
         load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
@@ -637,6 +644,45 @@ def _run_file(run: Any, project: Project) -> Path:
     if not file.is_absolute() and not file.is_file() and (project.root / file).is_file():
         return project.root / file
     return file
+async def afork(run: str, task: str, *, store: str | os.PathLike[str] | None = None,
+                vars: Mapping[str, Any] | None = None, model: str | None = None,
+                edit: str | os.PathLike[str] | None = None, bus: Bus | None = None,
+                registry: Registry | None = None) -> RunResult:
+    """Fork stored run ``run`` at ``task`` on the running event loop (see :func:`fork`)."""
+    from goatclaw.forking import afork as fork_run
+
+    path = Path(store) if store is not None else _store_path(True, load_project_for(None))
+    assert path is not None
+    return await fork_run(path, run, task, vars=vars, model=model, edit=edit, bus=bus, registry=registry)
+
+
+def fork(run: str, task: str, **options: Any) -> RunResult:
+    """A new run of stored run ``run`` that re-runs ``task`` and every task after it, with one change.
+
+    Tasks not downstream of ``task`` keep their stored outputs and do not run; the LLM calls
+    of the tasks that run again whose request did not change get the stored answer
+    (``source: stored``, $0), so only what changed costs money. Options: ``store`` (default:
+    the project's), ``vars`` (changed variables), ``model`` (the model of ``task`` and the
+    ``llm``/``agent`` tasks after it), ``edit`` (an edited pipeline file to run instead), ``bus``,
+    ``registry``. The new run records a ``run.forked`` event (see :mod:`goatclaw.forking`).
+    """
+    return asyncio.run(afork(run, task, **options))
+
+
+def diff_runs(a: str, b: str | None = None, *, store: str | os.PathLike[str] | None = None) -> Any:
+    """Stored runs ``a`` and ``b`` compared task by task: a :class:`goatclaw.rundiff.RunDiff`.
+
+    Without ``b``, ``a`` is a fork and is compared with the run it forks (``b`` is ``a`` then).
+    Per task: status, the output's diff, cost, tokens, duration and the rules' verdicts;
+    ``goatclaw.rundiff.render(d, "markdown")`` writes it for a pull request comment.
+    """
+    from goatclaw.rundiff import diff
+
+    path = Path(store) if store is not None else _store_path(True, load_project_for(None))
+    assert path is not None
+    if not path.is_file():
+        raise GoatclawError(f"no store at {path}")
+    return diff(path, a, b)
 
 
 def mcp_pool(project: Project, secrets: Mapping[str, str] | None = None, *, mode: str = "live",

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -50,6 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from goatclaw.assertions import Observation, Outcome, call_cost, evaluate, is_assertion
+from goatclaw.assertions import parse as parse_assertion
+from goatclaw.assertions import problems as assertion_problems
+from goatclaw.datasets import Regression, Summary, Tolerances, compare, load_baseline, summarise
+from goatclaw.datasets import render as render_report
 from goatclaw.engine.state import RunResult
 from goatclaw.errors import GoatclawError, Location, Problem, SpecError, TemplateError, error_line
 from goatclaw.spec.loader import Document, dotted, load_file
@@ -58,8 +64,9 @@ from goatclaw.spec.schema import check_document
 from goatclaw.template import compile_expression
 from goatclaw.userfile import is_file
 
-__all__ = ["CaseResult", "Check", "PipelineTest", "PipelineTestFailed", "collect", "discover", "load_tests",
-           "run_pipeline_test", "run_tests"]
+__all__ = ["CaseResult", "Check", "PipelineTest", "PipelineTestFailed", "Regression", "Summary", "Tolerances",
+           "collect", "compare", "discover", "load_baseline", "load_tests", "render_report", "run_pipeline_test",
+           "run_tests", "summarise"]
 
 SUFFIX = ".test.yaml"
 _SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".goatclaw", ".tox", ".mypy_cache",
@@ -97,13 +104,31 @@ class PipelineTest:
     only: tuple[str, ...] = ()
     expect: Mapping[str, Any] = field(default_factory=dict, repr=False)
     doc: Document | None = field(default=None, repr=False, compare=False)
+    #: A case of a dataset: the name of the case in the file it came from (its rows are named ``name[id]``).
+    dataset: str | None = None
+    #: The dataset row this case runs (its columns are among ``vars``).
+    row: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def spec_name(self) -> str:
+        """The case's name in the file (a dataset row's case: the dataset's)."""
+        return self.dataset or self.name
 
     def __str__(self) -> str:
         return f"{self.file}::{self.name}"
 
+    @property
+    def tape(self) -> Path | None:
+        """The cassette the run replays or records (``None``: live, or the pipeline's own ``NAME.cassette.json``)."""
+        return self.cassette if self.llm in ("replay", "record") else None
+
+    def with_llm(self, mode: str | None) -> PipelineTest:
+        """The case with its LLM mode overridden (``goatclaw test --llm record`` records the cassette)."""
+        return self if mode is None else dataclasses.replace(self, llm=mode)
+
     def locate(self, *path: str | int) -> Location | None:
         """Where ``tests.<name>.<path>`` is written in the test file."""
-        return None if self.doc is None else self.doc.locate(("tests", self.name, *path))
+        return None if self.doc is None else self.doc.locate(("tests", self.spec_name, *path))
 
     async def arun(self) -> CaseResult:
         """Run the case on the running event loop and judge it."""
@@ -129,6 +154,12 @@ class CaseResult:
     failures: tuple[Check, ...]
     duration: float
     run: RunResult | None = None
+    #: Every assertion's outcome (expressions too), in the order written: what a dataset's summary counts.
+    outcomes: tuple[Outcome, ...] = ()
+    #: What the run's LLM calls cost in dollars (a replayed answer at what it cost when recorded).
+    cost_usd: float = 0.0
+    #: LLM tokens, prompt and completion.
+    tokens: int = 0
 
     @property
     def passed(self) -> bool:
@@ -188,7 +219,7 @@ def load_tests(path: str | os.PathLike[str]) -> list[PipelineTest]:
     problems = [p for case in cases for p in _case_problems(case)]
     if problems:
         raise SpecError(problems)
-    return cases
+    return [row for case in cases for row in _expand(case, data["tests"][case.name])]
 
 
 def _errors(problems: Sequence[Problem]) -> list[Problem]:
@@ -222,9 +253,21 @@ def _case(file: Path, doc: Document, pipeline: Pipeline, data: Mapping[str, Any]
         file=file, name=name, pipeline=pipeline,
         vars={**data.get("vars", {}), **spec.get("vars", {})},
         stubs={**data.get("stubs", {}), **spec.get("stubs", {})},
-        llm=llm, cassette=None if cassette is None or llm != "replay" else file.parent / str(cassette),
+        llm=llm, cassette=None if cassette is None else file.parent / str(cassette),
         only=tuple(spec.get("only", ())), expect=spec["expect"], doc=doc,
     )
+
+
+def _expand(case: PipelineTest, spec: Mapping[str, Any]) -> list[PipelineTest]:
+    """A case with ``cases:`` becomes one case per dataset row (``name[id]``), each row's columns as vars."""
+    if "cases" not in spec:
+        return [case]
+    from goatclaw.datasets import read_rows
+
+    where = case.doc.locate(("tests", case.name, "cases")) if case.doc is not None else None
+    rows = read_rows(spec["cases"], case.file.parent, where, f"tests.{case.name}.cases")
+    return [dataclasses.replace(case, name=f"{case.name}[{row_id}]", vars={**case.vars, **row}, dataset=case.name,
+                                row=row) for row_id, row in rows]
 
 
 def _case_problems(case: PipelineTest) -> list[Problem]:
@@ -238,18 +281,32 @@ def _case_problems(case: PipelineTest) -> list[Problem]:
             problems.append(_problem(case, path, f"the pipeline '{case.pipeline.name}' has no task '{tid}'",
                                      key=True))
     for i, item in enumerate(case.expect.get("asserts", ())):
-        source = item if isinstance(item, str) else item["that"]
-        try:
-            compile_expression(source)
-        except TemplateError as exc:
-            problems.append(_problem(case, ("expect", "asserts", i), exc.message))
-    if case.cassette is not None and not is_file(case.cassette):
+        problems += _assert_problems(case, i, item, known)
+    if case.cassette is not None and case.llm == "replay" and not is_file(case.cassette):
         problems.append(_problem(case, ("cassette",), f"no cassette file {case.cassette}"))
     return problems
 
 
+def _assert_problems(case: PipelineTest, i: int, item: Any, known: set[str]) -> list[Problem]:
+    """An expression that does not compile; an assertion's bad pattern or template, or unknown task."""
+    path: tuple[str | int, ...] = ("expect", "asserts", i)
+    if is_assertion(item):
+        assertion = parse_assertion(item)
+        found = [_problem(case, (*path, *sub), why) for sub, why in assertion_problems(assertion)]
+        if assertion.task is not None and assertion.task not in known:
+            found.append(_problem(case, (*path, "task"), f"the pipeline '{case.pipeline.name}' has no task "
+                                                          f"'{assertion.task}'"))
+        return found
+    source = item if isinstance(item, str) else item["that"]
+    try:
+        compile_expression(source)
+    except TemplateError as exc:
+        return [_problem(case, path, exc.message)]
+    return []
+
+
 def _problem(case: PipelineTest, path: tuple[str | int, ...], message: str, *, key: bool = False) -> Problem:
-    full = ("tests", case.name, *path)
+    full = ("tests", case.spec_name, *path)
     spec_path = full if _has(case, full) else tuple(path)
     loc = case.doc.locate(spec_path, key=key) if case.doc is not None else None
     return Problem(loc, dotted(spec_path), message)
@@ -264,16 +321,26 @@ def _has(case: PipelineTest, path: tuple[str | int, ...]) -> bool:
 
 async def _arun_case(case: PipelineTest) -> CaseResult:
     from goatclaw.api import arun
+    from goatclaw.events import Bus
 
     started = time.perf_counter()
+    events: list[tuple[str, str | None, Mapping[str, Any]]] = []
+    bus = Bus()
+    for topic in ("llm.call", "tool.started"):
+        bus.subscribe(topic, lambda e: events.append((e.topic, e.task, e.data)))
     try:
         with scratch_workspace(case.pipeline) as workspace:
             run = await arun(case.pipeline, vars=case.vars, stubs=case.stubs, only=case.only, store=False,
-                             cache=False, llm=case.llm, cassette=case.cassette, workspace=workspace)
+                             cache=False, llm=case.llm, cassette=case.tape, workspace=workspace, bus=bus)
     except GoatclawError as exc:  # the run could not start (a bad cassette, an unknown --only …)
         return CaseResult(case, (Check(f"the run did not start: {exc}", case.locate()),),
                           time.perf_counter() - started)
-    return CaseResult(case, tuple(judge(case, run)), time.perf_counter() - started, run)
+    seconds = time.perf_counter() - started
+    failures, outcomes = await _judge_all(case, run, Observation(run, tuple(events), seconds))
+    cost = sum(call_cost(data) for topic, _task, data in events if topic == "llm.call")
+    tokens = sum(int((data.get("usage") or {}).get("total_tokens") or 0) for topic, _t, data in events
+                 if topic == "llm.call")
+    return CaseResult(case, tuple(failures), seconds, run, tuple(outcomes), cost, tokens)
 
 
 @contextlib.contextmanager
@@ -296,7 +363,20 @@ def scratch_workspace(pipeline: Pipeline) -> Iterator[Path]:
 
 
 def judge(case: PipelineTest, run: RunResult) -> Iterator[Check]:
-    """Every expectation of ``case`` that ``run`` does not meet."""
+    """Every expectation of ``case`` that ``run`` does not meet (expressions only: see :func:`ajudge` for the rest)."""
+    expect = case.expect
+    yield from _judge_status(case, run)
+    context = assert_context(run, {**case.pipeline.vars, **case.vars})
+    for i, item in enumerate(expect.get("asserts", ())):
+        if is_assertion(item):
+            continue
+        source, message = (item, None) if isinstance(item, str) else (item["that"], item.get("message"))
+        failure = check_assert(source, context, message)
+        if failure is not None:
+            yield Check(failure[0], case.locate("expect", "asserts", i), failure[1])
+
+
+def _judge_status(case: PipelineTest, run: RunResult) -> Iterator[Check]:
     expect = case.expect
     if "status" in expect and run.status.value != expect["status"]:
         failed = [f"{tid}: {t.status.value}: {error_line(t.error_class, t.error)}" for tid, t in run.tasks.items()
@@ -306,12 +386,97 @@ def judge(case: PipelineTest, run: RunResult) -> Iterator[Check]:
                     case.locate("expect", "status"), tuple(why + failed))
     for tid, want in expect.get("tasks", {}).items():
         yield from _judge_task(case, run, tid, want if isinstance(want, Mapping) else {"status": want})
+
+
+async def _judge_all(case: PipelineTest, run: RunResult, seen: Observation) -> tuple[list[Check], list[Outcome]]:
+    """The failed checks and every assertion's outcome: status and tasks, then each ``asserts`` item in order."""
+    failures = list(_judge_status(case, run))
     context = assert_context(run, {**case.pipeline.vars, **case.vars})
-    for i, item in enumerate(expect.get("asserts", ())):
-        source, message = (item, None) if isinstance(item, str) else (item["that"], item.get("message"))
-        failure = check_assert(source, context, message)
-        if failure is not None:
-            yield Check(failure[0], case.locate("expect", "asserts", i), failure[1])
+    items = list(case.expect.get("asserts", ()))
+    judged = dataclasses.replace(seen, context=context, last_task=_last_task(case, run), embed=_embedder(case))
+    outcomes: list[Outcome] = []
+    async with _judging(case, items) as judge_fn:
+        judged = dataclasses.replace(judged, judge=judge_fn)
+        for i, item in enumerate(items):
+            outcome, check = await _judge_item(case, i, item, context, judged)
+            outcomes.append(outcome)
+            if check is not None:
+                failures.append(check)
+    return failures, outcomes
+
+
+async def _judge_item(case: PipelineTest, i: int, item: Any, context: Mapping[str, Any],
+                      seen: Observation) -> tuple[Outcome, Check | None]:
+    where = case.locate("expect", "asserts", i)
+    if is_assertion(item):
+        outcome = await evaluate(parse_assertion(item), seen)
+        if outcome.passed:
+            return outcome, None
+        details = tuple(d for d in (outcome.found, outcome.message) if d)
+        return outcome, Check(f"assert {outcome.label}: failed", where, details)
+    source, message = (item, None) if isinstance(item, str) else (item["that"], item.get("message"))
+    failure = check_assert(source, context, message)
+    label = message or source
+    if failure is None:
+        return Outcome(label, True), None
+    return Outcome(label, False, None, "; ".join(failure[1]), failure[0]), Check(failure[0], where, failure[1])
+
+
+def _embedder(case: PipelineTest) -> Any:
+    """What ``similar`` embeds with: the project's memory embedder (``memory.embedder``; default wordllama)."""
+    project = case.pipeline.project
+    settings = project.data.get("memory") if project is not None and isinstance(project.data, Mapping) else None
+    name = settings.get("embedder") if isinstance(settings, Mapping) else None
+
+    def embed(texts: Sequence[str]) -> Any:
+        from goatclaw.memory.embedders import embedder_for
+
+        return embedder_for(str(name) if name else None).embed(list(texts))
+
+    return embed
+
+
+def _last_task(case: PipelineTest, run: RunResult) -> str | None:
+    """The last task of the plan that is part of the run: what an assertion without ``task:`` checks."""
+    from goatclaw.api import plan
+
+    order = [t for t in plan(case.pipeline).order if t in run.tasks]
+    return order[-1] if order else None
+
+
+@contextlib.asynccontextmanager
+async def _judging(case: PipelineTest, items: Sequence[Any]) -> Any:
+    """The judge ``llm_rubric`` assertions ask (in the case's LLM mode and cassette), or ``None`` without any."""
+    if not any(isinstance(i, Mapping) and "llm_rubric" in i for i in items):
+        yield None
+        return
+    from goatclaw import llm as room
+    from goatclaw.api import llm_session, load_project_for
+
+    project = case.pipeline.project or load_project_for(case.pipeline.file)
+    session = llm_session(case.pipeline, project, case.llm, None, cassette=case.tape, cache=False)
+    async with room.using(session):
+        yield _rubric_judge(session)
+
+
+def _rubric_judge(session: Any) -> Any:
+    """``(rubric, value, options) -> (passed, score, why)`` through the validation room's judge prompt."""
+    from goatclaw import llm as room
+    from goatclaw.validation import JUDGE_SCHEMA, judge_messages, judge_verdict
+
+    async def ask(rubric: str, value: Any, options: Mapping[str, Any]) -> tuple[bool, float | None, str]:
+        model = options.get("model") or session.model
+        if not model:
+            raise GoatclawError("llm_rubric needs a model: give it model:, or set model: in goatclaw.yaml")
+        request = room.Request(models=(str(model),), messages=tuple(judge_messages(rubric, value)), temperature=0,
+                               output="json", schema=JUDGE_SCHEMA, api_base=options.get("api_base"),
+                               api_key=options.get("api_key"))
+        response = await room.complete(request)
+        passed, why = judge_verdict(response.data, float(options.get("threshold", 0.5)))
+        score = response.data.get("score") if isinstance(response.data, Mapping) else None
+        return passed, float(score) if isinstance(score, (int, float)) else None, why
+
+    return ask
 
 
 def _judge_task(case: PipelineTest, run: RunResult, tid: str, want: Mapping[str, Any]) -> Iterator[Check]:

@@ -43,6 +43,7 @@ FREE_TEXT = {
     "approve run", "approve task", "approve --as", "reject run", "reject task", "reject --as", "reject --reason",
     "approvals --run",
     "users disable name", "tokens create name", "tokens revoke ref",
+    "runs diff a", "runs diff b", "runs fork run", "runs fork --from", "runs fork --model",
 }
 #: Text parameters and a value each must refuse (``*`` is any command).
 BAD_TEXT = {
@@ -54,6 +55,7 @@ BAD_TEXT = {
     "* --scope": "nosuch", "users add --project": "no such", "tokens create --project": "no such",
     "serve --project": "no/such/folder", "serve --host": "not a host", "serve --grace": "-1s",
     "serve --log-level": "loud", "tokens create --expires": "-1s", "users add name": "a:b",
+    "runs fork --set": "topics=x",
 }
 #: Bad values by parameter type (click's type names); booleans and paths have none of their own.
 BAD_BY_TYPE = {"int": ["abc", str(10**30)], "int range": ["abc", str(10**30), "-1"], "float": ["abc", "nan"],

@@ -279,9 +279,14 @@ def test_the_shipped_pipeline_tests_pass_offline(tmp_path: Path) -> None:
                                         "pipelines/llm-cascade.test.yaml", "pipelines/agent-research.test.yaml",
                                         "pipelines/summarise-the-languages-catalogue-into-out.test.yaml",
                                         "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml",
-                                        "pipelines/approval-example.test.yaml"}
+                                        "pipelines/approval-example.test.yaml", "pipelines/capitals-eval.test.yaml"}
     assert "✓ pipelines/llm-cascade.test.yaml::cheap-first-then-escalate" in done.stdout
     assert "✓ pipelines/agent-research.test.yaml::reaches-its-goal-from-the-cassette" in done.stdout
+    # the eval: a dataset of four rows, graded offline (the judge's answers are in the cassette too)
+    assert [line.split("  ")[0] for line in done.stdout.splitlines() if "capitals-eval" in line and "✓" in line] == [
+        f"✓ pipelines/capitals-eval.test.yaml::capitals[{row}]" for row in ("fr", "jp", "ke", "au")]
+    assert "pipelines/capitals-eval.test.yaml::capitals: 4/4 rows passed (100%)" in done.stdout
+    assert "judge-accepts-the-fact" in done.stdout and "close-to-reference" in done.stdout
 
 
 def test_the_junit_report_of_a_failing_test_run_is_valid(project: Path, counting: Path) -> None:

@@ -625,6 +625,7 @@ from goatclaw.cli import audit as _audit  # noqa: E402, F401  (audit show|verify
 from goatclaw.cli import cache as _cache  # noqa: E402, F401  (cache list|clear)
 from goatclaw.cli import ci as _ci  # noqa: E402, F401  (runs report)
 from goatclaw.cli import decide as _decide  # noqa: E402, F401  (approve, reject, approvals)
+from goatclaw.cli import evals as _evals  # noqa: E402, F401  (runs fork|diff)
 from goatclaw.cli import goal as _goal  # noqa: E402, F401  (run "GOAL": goatclaw/planner.py)
 from goatclaw.cli import history as _history  # noqa: E402, F401
 from goatclaw.cli import init as _init  # noqa: E402, F401  (init)

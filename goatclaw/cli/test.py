@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from goatclaw.cli import options
 from goatclaw.cli.app import _err, _out, app, handles_errors
 from goatclaw.cli.text import shown
 
@@ -27,13 +28,41 @@ def test(
         help="Test files or folders searched for *.test.yaml (default: the current folder).")] = None,
     case: Annotated[list[str] | None, typer.Option("--case", "-k", help="Run only cases with this name.")] = None,
     report: Annotated[list[str] | None, typer.Option(
-        "--report", metavar="junit:PATH", help="Also write a JUnit report of the test cases.")] = None,
+        "--report", metavar="FORMAT:PATH",
+        help="Also write a report: junit:PATH, json:PATH (also a baseline) or markdown:PATH (appended).")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="Compare each dataset's scores, cost and latency with this JSON report.")] = None,
+    fail_on_regression: Annotated[bool, typer.Option(
+        "--fail-on-regression", help="Exit 1 when a score dropped (or cost, latency rose) past the tolerance.")
+    ] = False,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, max=1.0, callback=options.finite,
+        help="The most a pass rate or mean score may drop (0.05: five points).")
+    ] = 0.0,
+    cost_tolerance: Annotated[float | None, typer.Option(
+        "--cost-tolerance", min=0.0, callback=options.finite,
+        help="The most cost may rise, as a fraction (0.2: 20%); unset: not compared.")
+    ] = None,
+    llm: Annotated[str | None, typer.Option(
+        "--llm", callback=options.llm_mode,
+        help="Override every case's LLM mode: live, record (write the cassette, judges' answers too) or replay.")
+    ] = None,
+    latency_tolerance: Annotated[float | None, typer.Option(
+        "--latency-tolerance", min=0.0, callback=options.finite,
+        help="The most p95 latency may rise, as a fraction; unset: not compared.")
+    ] = None,
 ) -> None:
     """Run pipeline tests: each case runs its pipeline with vars, stubs or a cassette and checks what it expects."""
     from goatclaw.errors import GoatclawError, SpecError
-    from goatclaw.testing import discover, load_tests
+    from goatclaw.testing import Tolerances, compare, discover, load_baseline, load_tests, summarise
 
-    targets = _junit_targets(report)
+    targets = _targets(report)
+    if fail_on_regression and baseline is None:
+        raise typer.BadParameter("--fail-on-regression needs --baseline FILE", param_hint="--fail-on-regression")
+    try:
+        base = load_baseline(baseline) if baseline is not None else None
+    except GoatclawError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--baseline") from None
     out = _out()
     started = time.perf_counter()
     results: list[Any] = []
@@ -44,7 +73,7 @@ def test(
         raise typer.BadParameter(exc.message, param_hint="PATHS") from None
     for file in files:
         try:
-            cases = [c for c in load_tests(file) if not case or c.name in case]
+            cases = [c for c in load_tests(file) if not case or c.name in case or c.spec_name in case]
         except SpecError as exc:
             invalid += 1
             out.print(Text(f"E {file}: invalid test file", style="bold red"), soft_wrap=True)
@@ -52,28 +81,88 @@ def test(
                 out.print(Text(f"    {p}", style="red"), soft_wrap=True)
             continue
         for c in cases:
-            result = c.run()
+            result = c.with_llm(llm).run()
             results.append(result)
             _print_case(result, out)
     elapsed = time.perf_counter() - started
+    summaries = summarise(results)
+    _print_datasets(summaries, out)
+    regressions = compare(summaries, base, Tolerances(tolerance, cost_tolerance, latency_tolerance)) \
+        if base is not None else []
+    _print_regressions(regressions, base is not None, out)
     _summary(results, invalid, len(files), elapsed, out)
-    for path in targets:
-        _write_junit(results, path, elapsed)
+    for fmt, path in targets:
+        _write_report(fmt, path, results, summaries, regressions, elapsed)
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)
     if invalid:
         raise typer.Exit(2)
     if not results or any(not r.passed for r in results):
         raise typer.Exit(1)
+    if fail_on_regression and regressions:
+        raise typer.Exit(1)
 
 
-def _junit_targets(specs: list[str] | None) -> list[Path]:
+def _targets(specs: list[str] | None) -> list[tuple[str, Path]]:
     out = []
     for spec in specs or []:
         fmt, sep, path = spec.partition(":")
-        if fmt != "junit" or not sep or not path:
-            raise typer.BadParameter(f"expected junit:PATH, got '{spec}'", param_hint="--report")
-        out.append(Path(path))
+        if fmt not in ("junit", "json", "markdown") or not sep or not path:
+            raise typer.BadParameter(f"expected junit:PATH, json:PATH or markdown:PATH, got '{spec}'",
+                                     param_hint="--report")
+        out.append((fmt, Path(path)))
     return out
+
+
+def _write_report(fmt: str, path: Path, results: list[Any], summaries: list[Any], regressions: list[Any],
+                  elapsed: float) -> None:
+    from goatclaw.errors import GoatclawError
+    from goatclaw.testing import render_report
+
+    if fmt == "junit":
+        _write_junit(results, path, elapsed)
+        return
+    text = render_report(summaries, fmt, results=results, regressions=regressions)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a" if fmt == "markdown" else "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise GoatclawError(f"cannot write the {fmt} report to {path}: {exc.strerror or exc}") from None
+
+
+def _print_datasets(summaries: list[Any], out: Any) -> None:
+    """The summary table of each dataset (a case run over many rows)."""
+    from rich.table import Table
+
+    for s in (s for s in summaries if s.cases > 1):
+        lat = s.latency_ms
+        out.print(Text.assemble((f"\n{s.name}", "bold"), f": {s.passed}/{s.cases} rows passed ({s.pass_rate:.0%}), "
+                                f"${s.cost_usd:.4f}, {s.tokens} tokens, latency p50 {lat.get('p50', 0):.0f}ms "
+                                f"p95 {lat.get('p95', 0):.0f}ms"), soft_wrap=True)
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        table.add_column("assertion")
+        table.add_column("pass rate", justify="right")
+        table.add_column("mean score", justify="right")
+        for label, a in s.assertions.items():
+            style = "green" if a["passed"] == a["total"] else "red"
+            table.add_row(Text(shown(label, width=80)), Text(f"{a['passed']}/{a['total']} ({a['rate']:.0%})",
+                                                             style=style),
+                          "" if a["score"] is None else f"{a['score']:.3f}")
+        out.print(table)
+        for w in s.worst:
+            out.print(Text(f"  worst: {w['case']}: {w['failed']} failed: {shown(w['why'], width=200)}", style="red"),
+                      soft_wrap=True)
+
+
+def _print_regressions(regressions: list[Any], compared: bool, out: Any) -> None:
+    if not compared:
+        return
+    if not regressions:
+        out.print(Text("baseline: no regression", style="green"))
+        return
+    out.print(Text(f"baseline: {len(regressions)} regression{'s' if len(regressions) != 1 else ''}", style="bold red"))
+    for r in regressions:
+        out.print(Text(f"  {shown(str(r), width=300)}", style="red"), soft_wrap=True)
 
 
 def _print_case(result: Any, out: Any) -> None:

@@ -201,11 +201,7 @@ class Recorder:
 
     def task_finished(self, res: TaskResult) -> None:
         """A task reached a terminal state: store its row and publish ``task.<state>``."""
-        output = res.output_json
-        if output is None and res.output is not None:
-            output = dumps(res.output)
-        self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
-                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id)))
+        self.task_kept(res)
         topic = _TOPICS[res.status]
         duration = None if res.duration is None else round(res.duration, 6)
         if res.error is None and res.items is None:
@@ -223,6 +219,14 @@ class Recorder:
                 data["items"] = res.items
             self.event(topic, res.id, data, ts=res.finished_at)
         self._schedule_flush()
+
+    def task_kept(self, res: TaskResult) -> None:
+        """Store a task's row without publishing anything (a fork's copy of a task it did not run)."""
+        output = res.output_json
+        if output is None and res.output is not None:
+            output = dumps(res.output)
+        self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
+                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id)))
 
     def attempt(self, task_id: str, index: int | None, attempt: int, status: str, started: float,
                 error_class: str | None, error: str | None) -> None:

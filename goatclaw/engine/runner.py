@@ -84,6 +84,7 @@ class RunOptions:
     resume: bool = False  # run_id names a stored run: keep what finished, run the rest
     cache: bool = True  # reuse stored outputs of cacheable tasks
     seed_from: str | None = None  # a stored run whose finished tasks this new run takes as done (dlq replay)
+    seed_only: frozenset[str] | None = None  # only these of seed_from's tasks (a fork: those before its task)
     stubs: Mapping[str, Any] = field(default_factory=dict)  # task id -> its given output; it does not run
     load: Callable[[Path], Any] | None = None  # path -> checked Pipeline, for pipeline tools (goatclaw.load)
     parent: Mapping[str, Any] | None = None  # a child run (a pipeline tool): the calling run, task and depth
@@ -351,6 +352,8 @@ class _Runner(OutputChecks, ToolCalls):
             res = self.result.tasks.get(row.task_id)
             if res is None or row.status not in keep or row.task_id not in self.pipeline.tasks:
                 continue
+            if self.opts.seed_only is not None and row.task_id not in self.opts.seed_only:
+                continue
             res.status = TaskState(row.status)
             res.output, res.attempts = row.output, row.attempts
             res.started_at, res.finished_at = row.started_at, row.finished_at
@@ -361,6 +364,9 @@ class _Runner(OutputChecks, ToolCalls):
             if self.pipeline.tasks[row.task_id].approval is not None and row.status != TaskState.SKIPPED.value:
                 res.approval = Gate(self.pipeline.tasks[row.task_id], self.result.run_id, self.recorder.store,
                                     self.recorder.redactor).decision()  # tasks.<id>.approval, as when it ran
+            if self.opts.seed_only is not None:  # a fork is a run of its own: it holds the outputs it took
+                res.output_json = to_json(row.output)
+                self.recorder.task_kept(res)
         self.result.resumed = tuple(t for t in self.selected if t in self.seeded)
         store = self.recorder.store
         if self.seeded and store is not None and self.readback is not None:  # what they carried when they ran

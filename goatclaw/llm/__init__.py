@@ -3,7 +3,7 @@
 :func:`complete` sends one :class:`Request` through a chain of models (the primary,
 then its fallbacks) and returns a :class:`Response`::
 
-    request ─▶ for each model: key ─▶ replay? cassette ─▶ cache? store ─▶ budget ─▶ rate limit
+    request ─▶ for each model: key ─▶ replay? cassette ─▶ a fork? stored answer ─▶ cache? store ─▶ budget ─▶ rate limit
                                      ─▶ litellm.acompletion ─▶ parse (text | json [+ schema])
                                      ─▶ cache put, cassette put ─▶ Response (hops, usage, cost)
 

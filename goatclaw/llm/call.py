@@ -2,7 +2,7 @@
 
 ::
 
-    request ─▶ for each model: key ─▶ replay? cassette ─▶ cache? store ─▶ budget ─▶ rate limit
+    request ─▶ for each model: key ─▶ replay? cassette ─▶ a fork? stored answer ─▶ cache? store ─▶ budget ─▶ rate limit
                                      ─▶ litellm.acompletion ─▶ parse (text | json [+ schema])
                                      ─▶ cache put, cassette put ─▶ Response (hops, usage, cost)
 
@@ -78,7 +78,7 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
         response.skipped = skipped
         if emit is not None:
             emit("llm.call", model=response.model, usage=response.usage, cost_usd=response.cost_usd,
-                 latency_ms=response.latency_ms, source=response.source, key=response.key)
+                 latency_ms=response.latency_ms, source=response.source, key=response.key, answer=response.answer)
         return response
     assert last is not None
     raise _with_hops(last, hops)
@@ -94,6 +94,9 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     """
     if s.mode == "replay":
         return _replayed(s, model, key, request)
+    stored = s.answers.get(key) if s.mode == "live" else None
+    if stored is not None:  # a fork: the run it forks already had this request answered
+        return _response(stored, model, key, request, source="stored")
     # a recording calls the model every time
     cached = _cached(s, key, request) if s.mode == "live" and reusable(request) else None
     if cached is not None:
@@ -175,7 +178,8 @@ def _replay_chain(s: Session, request: Request, masks: Sequence[str], emit: Emit
     model, key = next(((m, k) for m, k in keys if s.cassette is not None and s.cassette.get(k)), keys[0])
     response = _replayed(s, model, key, request)
     if emit is not None:
-        emit("llm.call", model=model, usage=response.usage, cost_usd=0.0, latency_ms=0.0, source="cassette", key=key)
+        emit("llm.call", model=model, usage=response.usage, cost_usd=0.0, latency_ms=0.0, source="cassette", key=key,
+             answer=response.answer)
     return response
 
 

@@ -77,7 +77,7 @@ class Response:
     """The answer: ``text``, ``data`` (parsed JSON, or ``None`` for text), and what it cost.
 
     ``model`` is the model that answered; ``hops`` the models that failed before it
-    (``{model, error_class, message}``); ``source`` is ``live``, ``cache`` or ``cassette``
+    (``{model, error_class, message}``); ``source`` is ``live``, ``cache``, ``cassette`` or ``stored`` (a fork's)
     (only a ``live`` answer costs anything: ``cost_usd`` is 0 otherwise).
     """
 
@@ -94,6 +94,8 @@ class Response:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     #: The models of the chain skipped for lacking what the request needs (``{model, lacks}``).
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: The answer as it was stored (text, usage, what it cost when it was made, tool calls): what a fork reuses.
+    answer: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_output(self) -> dict[str, Any]:
         """The JSON-serialisable form a task returns (``skipped`` only when a model was skipped)."""
@@ -200,7 +202,13 @@ def _response(answer: Mapping[str, Any], model: str, key: str, request: Request,
     return Response(text=text, data=data, model=model, usage=dict(answer.get("usage", {})),
                     cost_usd=float(answer.get("cost_usd", 0.0)) if source == "live" else 0.0,
                     latency_ms=float(answer.get("latency_ms", 0.0)) if source == "live" else 0.0,
-                    hops=[], source=source, key=key, tool_calls=calls)
+                    hops=[], source=source, key=key, tool_calls=calls, answer=_kept(answer))
+
+
+def _kept(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """What of an answer a run's ``llm.call`` event keeps, so that a fork can answer the same request again."""
+    keep = ("text", "usage", "cost_usd", "model", "served_by", "latency_ms", "tool_calls")
+    return {k: answer[k] for k in keep if k in answer}
 
 
 def _reject_constant(name: str) -> Any:

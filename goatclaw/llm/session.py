@@ -109,6 +109,9 @@ class Session:
     cascade_feedback: bool = False
     #: Why ``model`` is the default when no file named it (zero-config choice), else ``None``.
     chosen: str | None = None
+    #: Request key -> the answer a past run got (a fork's: ``goatclaw runs fork``); such a request is not sent
+    #: again, whatever its temperature, and its answer is ``source: stored`` at no cost.
+    answers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     spent_usd: float = 0.0
     reserved_usd: float = 0.0  # estimates of calls in flight, so concurrent calls cannot overspend together
     _store: Any = field(default=None, repr=False)
