@@ -339,6 +339,19 @@ def _m018_approvals(db: Connection) -> None:
     )
 
 
+def _m025_dashboard_indexes(db: Connection) -> None:
+    # The dashboard (issue 22): the runs list filtered by status stays an index range at 10,000 runs, and
+    # the cost of a page of runs or of a month reads only LLM-call events (partial: no other event pays).
+    _script(
+        db,
+        """
+        CREATE INDEX runs_by_status ON runs (status, started_at);
+        CREATE INDEX events_llm_by_run ON events (run_id) WHERE topic = 'llm.call';
+        CREATE INDEX events_llm_by_ts ON events (ts) WHERE topic = 'llm.call'
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -354,6 +367,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("016_taint", _m016_taint),
     ("017_task_logs", _m017_task_logs),
     ("018_approvals", _m018_approvals),
+    ("025_dashboard_indexes", _m025_dashboard_indexes),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).

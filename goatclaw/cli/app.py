@@ -631,4 +631,5 @@ from goatclaw.cli import mcp_serve as _mcp_serve  # noqa: E402, F401  (mcp serve
 from goatclaw.cli import memory as _memory  # noqa: E402, F401
 from goatclaw.cli import shell as _shell  # noqa: E402, F401  (shell: the interactive prompt)
 from goatclaw.cli import test as _test  # noqa: E402, F401  (test)
+from goatclaw.cli import ui as _ui  # noqa: E402, F401  (ui: the web dashboard, goatclaw/server/ui/)
 from goatclaw.cli import watch as _watch  # noqa: E402, F401  (watch)
