@@ -45,7 +45,11 @@ class RunFilter:
                    size=_int(params.get("size"), 50, 1, 500))
 
     def where(self) -> tuple[str, list[Any]]:
-        """The ``WHERE`` clause and its arguments (indexed: status and pipeline go through their indexes)."""
+        """The ``WHERE`` clause and its arguments.
+
+        Status and pipeline go through indexes; ``q`` searches ids, pipeline names, the run's
+        error and its tasks' errors.
+        """
         clauses, args = ["1 = 1"], []
         if self.status:
             clauses.append("status = ?")
@@ -55,8 +59,9 @@ class RunFilter:
             args.append(self.pipeline)
         if self.q:
             like = "%" + self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            clauses.append("(id LIKE ? ESCAPE '\\' OR pipeline LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\')")
-            args += [like, like, like]
+            clauses.append("(id LIKE ? ESCAPE '\\' OR pipeline LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\' OR "
+                           "EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = runs.id AND t.error LIKE ? ESCAPE '\\'))")
+            args += [like, like, like, like]
         return " AND ".join(clauses), args
 
     def query(self, **change: Any) -> str:
