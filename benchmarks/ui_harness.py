@@ -21,11 +21,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "build_store", "chromium", "page_timing", "served"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "build_store", "chromium", "page_timing", "run_pipeline", "served"]
 
 #: Debian's package: Playwright drives it and never downloads a browser of its own.
 CHROMIUM = "/usr/bin/chromium"
@@ -56,15 +57,21 @@ PIPELINES = ("nightly-etl", "flaky-report", "topic-digest", "invoice-scan", "cod
 MODELS = ("gpt-4o-mini", "claude-haiku", "llama3")
 
 
-def _seed(folder: Path, store: Path) -> list[str]:
-    """Run the two seed pipelines for real; their run ids."""
+def run_pipeline(path: str | os.PathLike[str], **options: Any) -> Any:
+    """:func:`goatclaw.run` in a thread of its own: Playwright's sync API holds an event loop in this one."""
     import goatclaw
 
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(goatclaw.run, str(path), **options).result()
+
+
+def _seed(folder: Path, store: Path) -> list[str]:
+    """Run the two seed pipelines for real; their run ids."""
     ids = []
     for name, text in (("good.yaml", _GOOD), ("bad.yaml", _BAD)):
         path = folder / name
         path.write_text(textwrap.dedent(text).lstrip())
-        ids.append(goatclaw.run(str(path), store=str(store)).run_id)
+        ids.append(run_pipeline(path, store=str(store)).run_id)
     return ids
 
 
