@@ -341,13 +341,14 @@ def _m018_approvals(db: Connection) -> None:
 
 def _m025_dashboard_indexes(db: Connection) -> None:
     # The dashboard (issue 22): the runs list filtered by status stays an index range at 10,000 runs, and
-    # the cost of a page of runs or of a month reads only LLM-call events (partial: no other event pays).
+    # the cost of a page of runs or of a month reads only LLM-call events (partial: no other event pays;
+    # the one by time covers the costs page's scan, so its rows are read in index order, not looked up).
     _script(
         db,
         """
         CREATE INDEX runs_by_status ON runs (status, started_at);
         CREATE INDEX events_llm_by_run ON events (run_id) WHERE topic = 'llm.call';
-        CREATE INDEX events_llm_by_ts ON events (ts) WHERE topic = 'llm.call'
+        CREATE INDEX events_llm_by_ts ON events (ts, run_id, data) WHERE topic = 'llm.call'
         """,
     )
 

@@ -54,9 +54,10 @@ def browser() -> Iterator[Any]:
 class Tab:
     """A browser page signed in to one served dashboard, refusing (and counting) every request off 127.0.0.1."""
 
-    def __init__(self, browser: Any, url: str, auth: LocalAuth) -> None:
+    def __init__(self, browser: Any, url: str, auth: LocalAuth, *, bypass_csp: bool = False) -> None:
         self.url = url
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # bypass_csp: only for axe, whose script the test injects inline (the pages' CSP refuses inline script)
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=bypass_csp)
         self.outside: list[str] = []
         self.errors: list[str] = []
         self.context.route("**/*", self._route)
@@ -92,12 +93,12 @@ class Tab:
 def tab(browser: Any, store_path: Path) -> Iterator[Any]:
     tabs: list[Tab] = []
 
-    def open_tab(scopes: frozenset[str] = frozenset({"admin"})) -> Tab:
+    def open_tab(scopes: frozenset[str] = frozenset({"admin"}), *, bypass_csp: bool = False) -> Tab:
         auth = LocalAuth(scopes=scopes)
         server = served(local_app(store_path, auth))
         url = server.__enter__()
         servers.append(server)
-        tabs.append(Tab(browser, url, auth))
+        tabs.append(Tab(browser, url, auth, bypass_csp=bypass_csp))
         return tabs[-1]
 
     servers: list[Any] = []
@@ -220,7 +221,8 @@ def _thousand(project: Path) -> Path:
         for i in range(99):
             needs = f", needs: [{prev}]" if prev else ""
             lines.append(f"  s{s}_t{i}: {{uses: echo, with: {{value: {i}}}{needs}}}")
-        lines.append(f"  join{s}: {{uses: echo, with: {{value: {s}}}, needs: [{', '.join(f's{s}_t{i}' for i in range(99))}]}}")
+        fan = ", ".join(f"s{s}_t{i}" for i in range(99))
+        lines.append(f"  join{s}: {{uses: echo, with: {{value: {s}}}, needs: [{fan}]}}")
         prev = f"join{s}"
     path = project / "thousand.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -271,7 +273,7 @@ def test_the_main_pages_have_no_serious_accessibility_violations(tab: Any, proje
     path = project / "nightly.yaml"
     path.write_text(textwrap.dedent(FLAKY) % "echo 'disk full' >&2; exit 3")
     failed = run_pipeline(path, store=str(store_path))
-    t = tab()
+    t = tab(bypass_csp=True)
     report = {}
     for where in MAIN_PAGES:
         page = t.go(where.format(run=failed.run_id))

@@ -93,7 +93,7 @@ class Dashboard:
             Route("/approvals/{run_id}/{task_id}", self.post("approve", self.do_decide), methods=["POST"]),
             Route("/dead-letters/{letter_id:int}/replay", self.post("run", self.do_replay), methods=["POST"]),
             Route("/breakers/reset", self.post("admin", self.do_reset), methods=["POST"]),
-            Mount("/static", app=StaticFiles(directory=STATIC), name="ui_static"),
+            Mount("/static", app=_Assets(directory=STATIC), name="ui_static"),
         ]
         return routes
 
@@ -152,7 +152,8 @@ class Dashboard:
 
     def _context(self, request: Request, who: Principal, data: dict[str, Any], part: str | None,
                  started: float) -> dict[str, Any]:
-        return {**data, "base": _base(request), "who": who, "csrf": self.auth.csrf_token(request),
+        return {**data, "base": _base(request), "who": who, "version": _version(),
+                "csrf": self.auth.csrf_token(request),
                 "can": who.can, "nav": NAV, "path": request.url.path, "part": part,
                 "message": request.query_params.get("msg"), "error": request.query_params.get("err"),
                 "query": dict(request.query_params), "took_ms": lambda: (time.perf_counter() - started) * 1000}
@@ -377,6 +378,26 @@ class Dashboard:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+class _Assets(StaticFiles):
+    """The shipped assets, cacheable for a day.
+
+    The vendored ones sit under versioned folders, and the pages name ours with the goatclaw
+    version (``?v=``), so an upgrade is never served stale.
+    """
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "public, max-age=86400"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+def _version() -> str:
+    import goatclaw
+
+    return goatclaw.__version__
 
 
 def _base(request: Request) -> str:
