@@ -153,11 +153,18 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     assert {u for u in users if not u.startswith("goatclaw.cli")} == set()
 
 
+def test_only_the_server_room_imports_the_web_framework() -> None:
+    for library in ("starlette", "uvicorn"):
+        users = importers_of(library)
+        assert users and all(u.startswith("goatclaw.server") for u in users), (library, users)
+
+
 @pytest.mark.parametrize(("library", "owner"), [
     ("yaml", "goatclaw.spec.loader"),
     ("jsonschema", "goatclaw.spec.schema"),
     ("fastjsonschema", "goatclaw.spec.schema"),
-    ("jinja2", "goatclaw.template"),
+    # the sandbox pipeline files render in, and the dashboard's own page templates (autoescaped, from the package)
+    ("jinja2", ("goatclaw.template", "goatclaw.server.ui.render")),
     ("networkx", "goatclaw.graph"),
     ("sqlean", "goatclaw.store"),
     ("re2", "goatclaw.regex"),
