@@ -66,6 +66,17 @@ class Dashboard:
         self.actions = actions
         self.poll = poll
         self._plans: dict[tuple[str, float, int], dict[str, Any] | None] = {}
+        #: Answers that depend only on what a cheap key says has not changed (see :meth:`_memo`).
+        self._memos: dict[str, tuple[Any, Any]] = {}
+
+    def _memo(self, name: str, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or the answer kept for ``name`` while ``key`` (read from the store) is the same."""
+        kept = self._memos.get(name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        value = compute()
+        self._memos[name] = (key, value)
+        return value
 
     def routes(self) -> list[BaseRoute]:
         """Every route: pages and twins (the ``.json`` one first, so it wins), the stream, the POSTs, the assets."""
@@ -187,8 +198,12 @@ class Dashboard:
             t["n"], t["detail"] = i, t["id"] in detailed
         detail["graph"] = graph_view(detail["tasks"])
         detail["timeline"] = queries.timeline(detail)
-        detail["seen_before"] = _seen_before(self.store, row.id) if any(
-            t["status"] == "failed" for t in detail["tasks"]) else []
+        if any(t["status"] == "failed" for t in detail["tasks"]):
+            with self._db() as db:  # memory changes when a run is remembered: its failures' count and last sighting
+                mark = db.db.execute("SELECT COUNT(*), MAX(last_seen) FROM memories").fetchone()
+            detail["seen_before"] = self._memo(f"seen:{row.id}", tuple(mark), lambda: _seen_before(self.store, row.id))
+        else:
+            detail["seen_before"] = []
         detail["actions"] = _run_actions(detail["run"], self.actions)
         for a in detail["approvals"]:
             a["fields"] = forms.fields((a.get("evidence") or {}).get("inputs"))
@@ -259,8 +274,11 @@ class Dashboard:
     def costs_data(self, request: Request, who: Principal) -> dict[str, Any]:
         """LLM spend per day (a chart), per model and per pipeline."""
         days = queries._int(request.query_params.get("days"), 30, 1, 366)
-        with self._db() as db:
-            found = queries.costs(db, days=days)
+        with self._db() as db:  # the same LLM calls in the window on the same day: the same answer
+            mark = db.db.execute("SELECT COUNT(*), MAX(ts) FROM events WHERE topic = 'llm.call' AND ts >= ?",
+                                 (time.time() - days * 86400,)).fetchone()
+            found = dict(self._memo(f"costs:{days}", (*mark, time.strftime("%Y-%m-%d %H")),
+                                    lambda: queries.costs(db, days=days)))
         found["chart"] = queries.bar_chart(found["per_day"], "day")
         return found
 
@@ -270,7 +288,9 @@ class Dashboard:
 
         run = request.query_params.get("run") or None
         rows = goatclaw.audit_log(self.store, run=run, limit=200)
-        verdict = goatclaw.verify_audit(self.store)
+        with self._db() as db:  # verified again when the chain's head moves (a row was added) or a run is incomplete
+            mark = (db.audit_head(), tuple(db.incomplete_runs()))
+        verdict = self._memo("audit", mark, lambda: goatclaw.verify_audit(self.store))
         return {"run": run, "rows": [{"seq": r.seq, "ts": r.ts, "run_id": r.run_id, "task_id": r.task_id,
                                       "action": r.action, "data": r.data, "hash": r.hash} for r in reversed(rows)],
                 "verdict": {"ok": verdict.ok, "rows": verdict.rows, "text": str(verdict), "seq": verdict.seq}}

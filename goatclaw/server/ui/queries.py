@@ -95,10 +95,16 @@ def run_summary(row: RunRow, cost: float | None = None, trigger: str | None = No
 def runs_page(db: Store, f: RunFilter) -> dict[str, Any]:
     """One page of runs, newest first, with the total that matches and the pipelines to filter by."""
     where, args = f.where()
-    total = db.db.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", args).fetchone()[0]
-    rows = [_row(r) for r in db.db.execute(
-        f"SELECT * FROM runs WHERE {where} ORDER BY started_at DESC LIMIT ? OFFSET ?",
-        [*args, f.size, (f.page - 1) * f.size])]
+    if f.q:  # a search scans: once, for the ids in order; the page's rows are then looked up by id
+        ids = [i for (i,) in db.db.execute(f"SELECT id FROM runs WHERE {where} ORDER BY started_at DESC", args)]
+        total, chosen = len(ids), ids[(f.page - 1) * f.size: f.page * f.size]
+        found = {r[0]: _row(r) for r in db.db.execute(f"SELECT * FROM runs WHERE id IN ({_in(chosen)})", chosen)}
+        rows = [found[i] for i in chosen if i in found]
+    else:
+        total = db.db.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", args).fetchone()[0]
+        rows = [_row(r) for r in db.db.execute(
+            f"SELECT * FROM runs WHERE {where} ORDER BY started_at DESC LIMIT ? OFFSET ?",
+            [*args, f.size, (f.page - 1) * f.size])]
     ids = [r.id for r in rows]
     cost, trigger = _costs_of(db, ids), _triggers_of(db, ids)
     pipelines = [p for (p,) in db.db.execute("SELECT DISTINCT pipeline FROM runs ORDER BY pipeline LIMIT 500")]
