@@ -299,8 +299,10 @@ def test_pages_render_under_300ms_over_10000_runs(tab: Any, project: Path, store
     times = {}
     for where in pages:
         t.go(where)  # warm: the first visit of a page pays for compiling its template
-        times[where] = min(page_timing(t.go(where))["dom"] for _ in range(3))
+        times[where] = min(page_timing(t.go(where))["dom"] for _ in range(5))
     t.shot("runs-10000")
-    (ARTIFACTS / "render-10000.txt").write_text("\n".join(f"{w}: {ms:.1f} ms" for w, ms in times.items()) + "\n")
+    load = os.getloadavg()[0]
+    (ARTIFACTS / "render-10000.txt").write_text("\n".join(f"{w}: {ms:.1f} ms" for w, ms in times.items())
+                                                + f"\nload average {load:.2f} on {os.cpu_count()} cpus\n")
     slow = {w: ms for w, ms in times.items() if ms >= BUDGET_MS}
-    assert not slow, f"pages over {BUDGET_MS:.0f} ms with 10,000 runs: {slow} (all: {times})"
+    assert not slow, f"pages over {BUDGET_MS:.0f} ms with 10,000 runs (load {load:.1f}): {slow} (all: {times})"

@@ -95,8 +95,9 @@ def run_summary(row: RunRow, cost: float | None = None, trigger: str | None = No
 def runs_page(db: Store, f: RunFilter) -> dict[str, Any]:
     """One page of runs, newest first, with the total that matches and the pipelines to filter by."""
     where, args = f.where()
-    if f.q:  # a search scans: once, for the ids in order; the page's rows are then looked up by id
-        ids = [i for (i,) in db.db.execute(f"SELECT id FROM runs WHERE {where} ORDER BY started_at DESC", args)]
+    if f.q:  # a search scans the table once (in its order: faster than the start index's lookups), sorts here
+        found_ids = db.db.execute(f"SELECT id, started_at FROM runs NOT INDEXED WHERE {where}", args).fetchall()
+        ids = [i for i, _ in sorted(found_ids, key=lambda r: r[1], reverse=True)]
         total, chosen = len(ids), ids[(f.page - 1) * f.size: f.page * f.size]
         found = {r[0]: _row(r) for r in db.db.execute(f"SELECT * FROM runs WHERE id IN ({_in(chosen)})", chosen)}
         rows = [found[i] for i in chosen if i in found]
