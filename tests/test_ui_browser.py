@@ -306,3 +306,71 @@ def test_pages_render_under_300ms_over_10000_runs(tab: Any, project: Path, store
                                                 + f"\nload average {load:.2f} on {os.cpu_count()} cpus\n")
     slow = {w: ms for w, ms in times.items() if ms >= BUDGET_MS}
     assert not slow, f"pages over {BUDGET_MS:.0f} ms with 10,000 runs (load {load:.1f}): {slow} (all: {times})"
+
+
+RELEASE = """
+version: 1
+name: release
+tasks:
+  build:
+    uses: echo
+    with: {value: {version: "1.4.2"}}
+  review:
+    uses: approval
+    needs: build
+    approval:
+      message: Release ${{ tasks.build.output.version }}?
+      inputs:
+        type: object
+        required: [channel]
+        properties:
+          channel: {type: string, enum: [stable, beta]}
+          note: {type: string, default: ""}
+  publish:
+    uses: echo
+    needs: review
+    with:
+      value: >-
+        ${{ tasks.build.output.version }} on ${{ tasks.review.output.inputs.channel }}
+        by ${{ tasks.review.output.by }}
+"""
+
+
+def test_approve_a_waiting_run_from_the_page(tab: Any, project: Path, store_path: Path) -> None:
+    import goatclaw
+
+    if getattr(goatclaw, "adecide", None) is None:
+        pytest.skip("this goatclaw has no approval API (goatclaw.adecide) yet")
+    path = project / "release.yaml"
+    path.write_text(textwrap.dedent(RELEASE).lstrip())
+    waiting = run_pipeline(path, store=str(store_path))
+    assert waiting.status.value == "waiting"
+    reader = tab(frozenset({"read"}))
+    page = reader.go("/approvals")
+    assert page.locator(f'[data-approval="{waiting.run_id}/review"]').is_visible()
+    assert page.locator("form.decide").count() == 0  # a read session sees the request, not the form
+    t = tab()
+    page = t.go("/approvals")
+    card = page.locator(f'[data-approval="{waiting.run_id}/review"]')
+    assert "Release 1.4.2?" in card.inner_text()
+    card.get_by_label("channel").select_option("beta")
+    card.get_by_label("Reason").fill("looks good")
+    t.shot("approval-form")
+    card.get_by_role("button", name="Approve").click()
+    page.wait_for_load_state("load")
+    assert "approved review" in page.locator(".flash.ok").inner_text()
+
+    def finished() -> Any:
+        with Store.open(store_path) as db:
+            row = db.run(waiting.run_id)
+            return row if row is not None and row.status not in ("running", "waiting") else None
+    row = _wait(finished, what="the approved run to finish")
+    assert row.status == "succeeded"
+    with Store.open(store_path) as db:
+        outputs = {t.task_id: t.output for t in db.tasks(waiting.run_id)}
+        decided = db.approvals(waiting.run_id, waiting=False)
+    assert outputs["publish"] == "1.4.2 on beta by local"
+    assert decided[0]["decision"] == "approved" and decided[0]["reason"] == "looks good"
+    page = t.go(f"/runs/{waiting.run_id}")
+    assert "s-succeeded" in page.locator('[data-node="publish"]').get_attribute("class")
+    t.shot("approval-run-succeeded")

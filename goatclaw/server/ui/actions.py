@@ -131,14 +131,21 @@ class LocalActions:
 
     async def decide(self, run_id: str, task_id: str | None, *, approve: bool, who: str,
                      inputs: Mapping[str, Any] | None, reason: str | None) -> Any:
-        """See :meth:`Actions.decide`: :func:`goatclaw.adecide` (the approval API)."""
+        """See :meth:`Actions.decide`: :func:`goatclaw.adecide` records it; the resume runs on this loop.
+
+        The decision is recorded (and its inputs checked) before this returns; the rest of the
+        run then goes on in the background, so the page answers at once and shows it running.
+        """
         import goatclaw
 
         adecide = getattr(goatclaw, "adecide", None)
         if adecide is None:
             raise GoatclawError("this goatclaw has no approval API (goatclaw.adecide) yet")
-        return await adecide(run_id, task_id, approve=approve, who=who, inputs=dict(inputs or {}) or None,
-                             reason=reason, store=self.store)
+        row = self._row(run_id)
+        await adecide(row.id, task_id, approve=approve, who=who, inputs=dict(inputs) if inputs else None,
+                      reason=reason, store=self.store, resume=False)
+        pipeline = self._pipeline(row)
+        return await self._launch(row.id, goatclaw.arun(pipeline, store=self.store, resume=row.id))
 
     @staticmethod
     def _pipeline(row: Any) -> Any:
