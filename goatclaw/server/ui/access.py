@@ -38,8 +38,8 @@ class Principal:
     scopes: frozenset[str]
 
     def can(self, scope: str) -> bool:
-        """Whether this principal may do what ``scope`` allows (``admin`` allows everything)."""
-        return "admin" in self.scopes or scope in self.scopes
+        """Whether this principal may do what ``scope`` allows (``admin`` allows everything, any scope ``read``)."""
+        return "admin" in self.scopes or scope in self.scopes or (scope == "read" and bool(self.scopes))
 
     def to_dict(self) -> dict[str, Any]:
         """The principal as the pages' JSON twins show it."""

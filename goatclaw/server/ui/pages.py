@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -92,7 +92,7 @@ class Dashboard:
             ("/costs", "costs.html", self.costs_data),
             ("/audit", "audit.html", self.audit_data),
         ]
-        routes: list[BaseRoute] = [Route("/", self.home, name="ui_home")]
+        routes: list[BaseRoute] = [Route("/", self.home, name="ui_home"), Route("/login", self.login)]
         for path, template, data in pages:
             routes.append(Route(path + ".json", self.view(template, data, twin=True)))
             routes.append(Route(path, self.view(template, data, twin=False)))
@@ -124,12 +124,26 @@ class Dashboard:
                                 max_age=int(self.auth.ttl))
             return response
         who = self.auth.principal(request)
+        if who is not None and not who.can("read"):
+            return _plain(f"{who.name} may not see this dashboard (no scope for this project)", 403)
         if who is not None:
             return who
         login = self.auth.login_url(request)
         if login is not None and "application/json" not in request.headers.get("accept", ""):
-            return RedirectResponse(f"{login}?next={quote(str(request.url.path))}", status_code=303)
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"{login}?{urlencode({'next': here})}", status_code=303)
         return _plain("sign in first (goatclaw ui prints a link with a one-time token)", 401)
+
+    async def login(self, request: Request) -> Response:
+        """``/login``: the server's sign-in form (user, password, TOTP code); none for ``goatclaw ui``."""
+        endpoint = getattr(self.auth, "login_endpoint", None)
+        if endpoint is None:
+            return _plain("goatclaw ui has no login: open the link with the one-time token it printed", 404)
+        target = _back(request, request.query_params.get("next"))
+        html = await run_in_threadpool(render, "login.html", {
+            "base": _base(request), "endpoint": endpoint, "next": target, "version": _version(),
+            "error": request.query_params.get("err")})
+        return _html(html)
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -448,7 +462,7 @@ def _with(url: str, **params: str) -> str:
 def _security(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make form POSTs say Origin: null
     response.headers["X-Frame-Options"] = "DENY"
     return response
 

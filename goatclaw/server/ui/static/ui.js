@@ -121,7 +121,27 @@
     }
   }
 
+  function login(form) {
+    // the server's login is JSON (POST /auth/login): its rate limits, threat score and audit apply
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      const body = {};
+      new FormData(form).forEach(function (v, k) { body[k] = v; });
+      const shown = document.getElementById("login-error");
+      fetch(form.getAttribute("action"), {method: "POST", headers: {"Content-Type": "application/json"},
+                                          body: JSON.stringify(body), credentials: "same-origin"})
+        .then(function (r) {
+          if (r.ok) { location.assign(form.dataset.next); return null; }
+          return r.json().then(function (d) { throw new Error(d.detail || d.error || ("HTTP " + r.status)); },
+                               function () { throw new Error("HTTP " + r.status); });
+        })
+        .catch(function (err) { shown.textContent = err.message; shown.hidden = false; });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    const form = document.getElementById("login");
+    if (form) login(form);
     const canvas = document.getElementById("graph");
     const source = document.getElementById("graph-data");
     const data = source ? JSON.parse(source.textContent) : null;
