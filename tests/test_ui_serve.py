@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,28 @@ def test_a_read_user_sees_everything_and_changes_nothing(browser: Any, server: t
     assert status == 403
     with Store.open(store_path) as db:
         assert len(db.runs(limit=10)) == 1
+
+
+def test_re_run_and_cancel_go_through_the_servers_queue(browser: Any, server: tuple[str, str], project: Path,
+                                                        store_path: Path) -> None:
+    url, _ = server
+    slow = project / "slow.yaml"
+    slow.write_text("version: 1\nname: slow\ntasks:\n  wait: {uses: shell, with: {run: [sleep, '0']}}\n")
+    first = run_pipeline(slow, store=str(store_path))
+    slow.write_text("version: 1\nname: slow\ntasks:\n  wait: {uses: shell, with: {run: [sleep, '60']}}\n")
+    page = sign_in(browser, url, f"/ui/runs/{first.run_id}", "ann", "correct horse battery", ADMIN_SECRET)
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_selector('#run[data-status="running"]')
+    new = page.url.rsplit("/", 1)[1]
+    assert new != first.run_id
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_load_state("load")
+    assert "cancelled run" in page.locator(".flash.ok").inner_text()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with Store.open(store_path) as db:
+            row = db.run(new)
+        if row is not None and row.status == "cancelled":
+            break
+        time.sleep(0.1)
+    assert row is not None and row.status == "cancelled"  # resumable, like any cancelled run

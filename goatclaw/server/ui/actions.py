@@ -72,17 +72,26 @@ class LocalActions:
         task = asyncio.get_running_loop().create_task(coro)
         self.started[run_id] = task
         task.add_done_callback(lambda t: self._ended(run_id, t))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not task.done():
-            with Store.open(self.store) as db:
-                row = db.run(run_id)
-            if row is not None and row.status == "running":
-                break
-            await asyncio.sleep(0.05)
+        await self._stored(run_id, task.done, wait=wait)
         if task.done() and not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             raise GoatclawError(str(exc)) if not isinstance(exc, GoatclawError) else exc
         return run_id
+
+    async def _stored(self, run_id: str, done: Any, *, wait: float = 10.0) -> None:
+        """Wait (up to ``wait`` seconds, or until ``done()``) for the run to be stored as running: its page exists."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not done():
+            with Store.open(self.store) as db:
+                row = db.run(run_id)
+            if row is not None and row.status == "running":
+                return
+            await asyncio.sleep(0.05)
+
+    def cancellable(self, run_id: str) -> bool:
+        """Whether :meth:`cancel` can stop the run (this process started it and it is still going)."""
+        task = self.started.get(run_id)
+        return task is not None and not task.done()
 
     def _ended(self, run_id: str, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:

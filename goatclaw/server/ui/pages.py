@@ -218,7 +218,7 @@ class Dashboard:
             detail["seen_before"] = self._memo(f"seen:{row.id}", tuple(mark), lambda: _seen_before(self.store, row.id))
         else:
             detail["seen_before"] = []
-        detail["actions"] = _run_actions(detail["run"], self.actions)
+        detail["actions"] = _run_actions(detail["run"], self._actions(request))
         for a in detail["approvals"]:
             a["fields"] = forms.fields((a.get("evidence") or {}).get("inputs"))
         return detail
@@ -357,7 +357,12 @@ class Dashboard:
 
     # -- actions -------------------------------------------------------------------------
 
-    def post(self, scope: str, do: Callable[[Request, Any, Principal], Awaitable[str]]
+    def _actions(self, request: Request) -> Actions:
+        """The actions for this request (the server's are bound to the app serving it)."""
+        bind = getattr(self.actions, "for_request", None)
+        return bind(request) if bind is not None else self.actions
+
+    def post(self, scope: str, do: Callable[[Request, Any, Principal, Actions], Awaitable[str]]
              ) -> Callable[[Request], Awaitable[Response]]:
         """A POST endpoint: signed in, allowed ``scope``, the CSRF token right; then ``do``, then back to a page."""
         async def endpoint(request: Request) -> Response:
@@ -371,29 +376,29 @@ class Dashboard:
                 return _plain("the form's CSRF token is missing or wrong: reload the page and try again", 403)
             back = _back(request, form.get("back"))
             try:
-                message = await do(request, form, who)
+                message = await do(request, form, who, self._actions(request))
             except GoatclawError as exc:
                 return RedirectResponse(_with(back, err=str(exc)), status_code=303)
             target = _base(request) + message if message.startswith("/") else _with(back, msg=message)
             return RedirectResponse(target, status_code=303)
         return endpoint
 
-    async def do_rerun(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_rerun(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Re-run: to the new run's page."""
-        new = await self.actions.rerun(request.path_params["run_id"], who=who.name)
+        new = await actions.rerun(request.path_params["run_id"], who=who.name)
         return f"/runs/{new}"
 
-    async def do_resume(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_resume(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Resume: back to the run's page, now running again."""
-        run_id = await self.actions.resume(request.path_params["run_id"], who=who.name)
+        run_id = await actions.resume(request.path_params["run_id"], who=who.name)
         return f"/runs/{run_id}"
 
-    async def do_cancel(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_cancel(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Cancel a run this process started."""
-        await self.actions.cancel(request.path_params["run_id"], who=who.name)
+        await actions.cancel(request.path_params["run_id"], who=who.name)
         return f"cancelled run {request.path_params['run_id']}; it can be resumed"
 
-    async def do_decide(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_decide(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Approve or reject, with the typed inputs and a reason."""
         run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
         approve = form.get("decision") == "approve"
@@ -403,18 +408,18 @@ class Dashboard:
             raise GoatclawError(f"run {run_id} has no undecided approval of '{task_id}'")
         inputs = forms.typed_inputs((found.get("evidence") or {}).get("inputs"), form) if approve else None
         reason = str(form.get("reason") or "").strip() or None
-        await self.actions.decide(run_id, task_id, approve=approve, who=who.name, inputs=inputs, reason=reason)
+        await actions.decide(run_id, task_id, approve=approve, who=who.name, inputs=inputs, reason=reason)
         return f"{'approved' if approve else 'rejected'} {task_id} of run {run_id}"
 
-    async def do_replay(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_replay(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Replay a dead letter: to the new run's page."""
-        new = await self.actions.replay(request.path_params["letter_id"], who=who.name)
+        new = await actions.replay(request.path_params["letter_id"], who=who.name)
         return f"/runs/{new}"
 
-    async def do_reset(self, request: Request, form: Any, who: Principal) -> str:
+    async def do_reset(self, request: Request, form: Any, who: Principal, actions: Actions) -> str:
         """Reset one breaker (or all when no key is posted)."""
         key = str(form.get("key") or "") or None
-        count = await self.actions.reset_breaker(key, who=who.name)
+        count = await actions.reset_breaker(key, who=who.name)
         return f"reset {count} breaker{'s' if count != 1 else ''}"
 
 
@@ -503,9 +508,9 @@ def _load_plan(file: str) -> dict[str, Any] | None:
 def _run_actions(run: Mapping[str, Any], actions: Actions) -> dict[str, bool]:
     """Which buttons the run page offers (the scope is checked again on POST)."""
     status = run["status"]
-    owned = getattr(actions, "started", None)
+    cancellable = getattr(actions, "cancellable", None)
     return {"rerun": bool(run.get("file")), "resume": status in ("failed", "cancelled", "interrupted"),
-            "cancel": status == "running" and (owned is None or run["id"] in owned)}
+            "cancel": status == "running" and (cancellable is None or cancellable(run["id"]))}
 
 
 def _seen_before(store: Path, run_id: str) -> list[dict[str, Any]]:
