@@ -243,6 +243,23 @@ def test_a_graph_of_1000_tasks_stays_usable(tab: Any, project: Path, store_path:
     assert timing["dom"] < 3000, timing  # drawn and interactive in well under a few seconds on this machine
 
 
+def test_a_graph_too_big_for_dagre_is_laid_out_by_level(tab: Any, project: Path, store_path: Path) -> None:
+    lines = ["version: 1", "name: chain", "tasks:", "  t0: {uses: echo, with: {value: 0}}"]
+    lines += [f"  t{i}: {{uses: echo, with: {{value: {i}}}, needs: [t{i - 1}]}}" for i in range(1, 400)]
+    (project / "chain.yaml").write_text("\n".join(lines) + "\n")
+    result = run_pipeline(project / "chain.yaml", store=str(store_path))
+    assert result.ok
+    t = tab()
+    page = t.go(f"/runs/{result.run_id}")
+    page.wait_for_selector("#graph[data-drawn]")
+    assert page.locator("#graph").get_attribute("data-layout") == "levels"  # 400 nodes: nothing to collapse
+    assert page.locator(".graph-canvas .node").count() == 400
+    xs = page.evaluate("""() => [...document.querySelectorAll('.graph-canvas .node')].slice(0, 3)
+        .map(g => g.getAttribute('transform'))""")
+    assert len(set(xs)) == 3  # one level each, left to right
+    t.shot("graph-400-chain-levels")
+
+
 def test_a_read_only_session_sees_no_button_that_changes_anything(tab: Any, project: Path,
                                                                    store_path: Path) -> None:
     path = project / "nightly.yaml"
