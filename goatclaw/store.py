@@ -404,6 +404,20 @@ def _m021_schedules(db: Connection) -> None:
     )
 
 
+def _m025_dashboard_indexes(db: Connection) -> None:
+    # The dashboard (issue 22): the runs list filtered by status stays an index range at 10,000 runs, and
+    # the cost of a page of runs or of a month reads only LLM-call events (partial: no other event pays;
+    # the one by time covers the costs page's scan, so its rows are read in index order, not looked up).
+    _script(
+        db,
+        """
+        CREATE INDEX runs_by_status ON runs (status, started_at);
+        CREATE INDEX events_llm_by_run ON events (run_id) WHERE topic = 'llm.call';
+        CREATE INDEX events_llm_by_ts ON events (ts, run_id, data) WHERE topic = 'llm.call'
+        """,
+    )
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -421,6 +435,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("018_approvals", _m018_approvals),
     ("020_server_auth", _m020_server_auth),
     ("021_schedules", _m021_schedules),
+    ("025_dashboard_indexes", _m025_dashboard_indexes),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).

@@ -636,4 +636,5 @@ from goatclaw.cli import schedules as _schedules  # noqa: E402, F401  (schedules
 from goatclaw.cli import serve as _serve  # noqa: E402, F401  (serve, users, tokens: goatclaw/server/)
 from goatclaw.cli import shell as _shell  # noqa: E402, F401  (shell: the interactive prompt)
 from goatclaw.cli import test as _test  # noqa: E402, F401  (test)
+from goatclaw.cli import ui as _ui  # noqa: E402, F401  (ui: the web dashboard, goatclaw/server/ui/)
 from goatclaw.cli import watch as _watch  # noqa: E402, F401  (watch)

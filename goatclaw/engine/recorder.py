@@ -56,6 +56,8 @@ _WRITER_ANSWER_SECONDS = 300.0
 _ROWS = ("events", "tasks", "attempts", "cache", "dead", "audit", "origins", "logs")
 #: Task log lines are committed at most this long after they are logged (``runs logs --follow`` sees them).
 _LOG_FLUSH_SECONDS = 0.25
+#: Task starts are committed at most this long after they happen (a reader of the store sees tasks running).
+_START_FLUSH_SECONDS = 0.2
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
@@ -99,6 +101,7 @@ class Recorder:
         self.denials_audited: set[str | None] = set()  # tasks whose permission.denied is in the chain already
         self._bus_errors = len(bus.errors)
         self._flush_pending = False
+        self._start_flush_pending = False
         self._writer: _Writer | None = None
         #: The first commit that failed for good: nothing more starts, and the run ends failed.
         self.failure: StoreError | None = None
@@ -198,6 +201,26 @@ class Recorder:
         """A task began; refused (:meth:`check`) once a commit failed for good."""
         self.check()
         self.event("task.started", task_id, None, ts=at)
+        self._flush_starts()
+
+    def _flush_starts(self) -> None:
+        """Commit task starts within :data:`_START_FLUSH_SECONDS`, not only with the next task to finish.
+
+        A reader of the store (the dashboard's live run, ``runs events --follow``) then sees a
+        long task running while it runs; at most a few extra commits a second, whatever the run.
+        """
+        if self._start_flush_pending or self.store is None or self._loop is None:
+            return
+        self._start_flush_pending = True
+
+        def flush() -> None:
+            self._start_flush_pending = False
+            self._write()
+
+        try:
+            asyncio.get_running_loop().call_later(_START_FLUSH_SECONDS, flush)
+        except RuntimeError:
+            self._start_flush_pending = False
 
     def task_finished(self, res: TaskResult) -> None:
         """A task reached a terminal state: store its row and publish ``task.<state>``."""
