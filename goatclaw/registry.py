@@ -43,6 +43,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.write": "goatclaw.tasks.files:write",
     "file.list": "goatclaw.tasks.files:list_files",
     "http": "goatclaw.tasks.http:http",
+    "graphql": "goatclaw.tasks.graphql:graphql",
     "memory": "goatclaw.tasks.memory:memory",
     "llm": "goatclaw.tasks.llm:llm",
     "mcp": "goatclaw.tasks.mcp:mcp",
