@@ -55,6 +55,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.archive": "goatclaw.tasks.fileops:archive",
     "file.extract": "goatclaw.tasks.fileops:extract",
     "check": "goatclaw.tasks.health:check",
+    "wait": "goatclaw.tasks.wait:wait",
     "data": "goatclaw.tasks.data:data",
     "data.convert": "goatclaw.tasks.data:convert",
     "research": "goatclaw.tasks.research:research",
