@@ -42,6 +42,7 @@ BUILTIN_TASKS: Mapping[str, str] = {
     "file.read": "goatclaw.tasks.files:read",
     "file.write": "goatclaw.tasks.files:write",
     "file.list": "goatclaw.tasks.files:list_files",
+    "file.glob": "goatclaw.tasks.files:glob",
     "http": "goatclaw.tasks.http:http",
     "graphql": "goatclaw.tasks.graphql:graphql",
     "memory": "goatclaw.tasks.memory:memory",

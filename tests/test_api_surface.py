@@ -161,6 +161,7 @@ def test_only_the_cli_imports_terminal_libraries(library: str) -> None:
     ("networkx", "goatclaw.graph"),
     ("sqlean", "goatclaw.store"),
     ("re2", "goatclaw.regex"),
+    ("jmespath", "goatclaw.tasks.jmes"),  # select: and paginate: of http and graphql
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     ("httpx", ("goatclaw.tasks.http", "goatclaw.providers")),  # providers: the Ollama probe of goatclaw doctor
