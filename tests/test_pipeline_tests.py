@@ -278,9 +278,14 @@ def test_the_shipped_pipeline_tests_pass_offline(tmp_path: Path) -> None:
     assert {s.name for s in suites} == {"pipelines/quickstart.test.yaml", "pipelines/llm-digest.test.yaml",
                                         "pipelines/llm-cascade.test.yaml", "pipelines/agent-research.test.yaml",
                                         "pipelines/summarise-the-languages-catalogue-into-out.test.yaml",
-                                        "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml"}
+                                        "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml",
+                                        "pipelines/csv-report.test.yaml", "pipelines/api-harvest.test.yaml",
+                                        "pipelines/deploy-and-wait.test.yaml"}
     assert "✓ pipelines/llm-cascade.test.yaml::cheap-first-then-escalate" in done.stdout
     assert "✓ pipelines/agent-research.test.yaml::reaches-its-goal-from-the-cassette" in done.stdout
+    assert "✓ pipelines/api-harvest.test.yaml::harvests-every-page" in done.stdout
+    assert "✓ pipelines/deploy-and-wait.test.yaml::deploys-v2-and-waits-for-health" in done.stdout
+    assert "✓ pipelines/csv-report.test.yaml::cleans-and-reports" in done.stdout
 
 
 def test_the_junit_report_of_a_failing_test_run_is_valid(project: Path, counting: Path) -> None:
