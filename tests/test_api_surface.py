@@ -174,6 +174,7 @@ def test_the_server_room_calls_the_api_not_the_engine() -> None:
     ("networkx", "goatclaw.graph"),
     ("sqlean", "goatclaw.store"),
     ("re2", "goatclaw.regex"),
+    ("jmespath", "goatclaw.tasks.jmes"),  # select: and paginate: of http and graphql
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     # providers: the Ollama probe of goatclaw doctor; notify: the notify hook's one POST of a run's result

@@ -279,9 +279,14 @@ def test_the_shipped_pipeline_tests_pass_offline(tmp_path: Path) -> None:
                                         "pipelines/llm-cascade.test.yaml", "pipelines/agent-research.test.yaml",
                                         "pipelines/summarise-the-languages-catalogue-into-out.test.yaml",
                                         "pipelines/research-digest.test.yaml", "pipelines/code-fix.test.yaml",
-                                        "pipelines/approval-example.test.yaml", "pipelines/capitals-eval.test.yaml"}
+                                        "pipelines/approval-example.test.yaml", "pipelines/capitals-eval.test.yaml",
+                                        "pipelines/csv-report.test.yaml", "pipelines/api-harvest.test.yaml",
+                                        "pipelines/deploy-and-wait.test.yaml"}
     assert "✓ pipelines/llm-cascade.test.yaml::cheap-first-then-escalate" in done.stdout
     assert "✓ pipelines/agent-research.test.yaml::reaches-its-goal-from-the-cassette" in done.stdout
+    assert "✓ pipelines/api-harvest.test.yaml::harvests-every-page" in done.stdout
+    assert "✓ pipelines/deploy-and-wait.test.yaml::deploys-v2-and-waits-for-health" in done.stdout
+    assert "✓ pipelines/csv-report.test.yaml::cleans-and-reports" in done.stdout
     # the eval: a dataset of four rows, graded offline (the judge's answers are in the cassette too)
     assert [line.split("  ")[0] for line in done.stdout.splitlines() if "capitals-eval" in line and "✓" in line] == [
         f"✓ pipelines/capitals-eval.test.yaml::capitals[{row}]" for row in ("fr", "jp", "ke", "au")]

@@ -1,4 +1,4 @@
-"""``file.read``, ``file.write`` and ``file.list``: files inside the workspace.
+"""``file.read``, ``file.write``, ``file.list`` and ``file.glob``: files inside the workspace.
 
 Every path is relative to the workspace and resolved (symlinks included) before use; the
 real path must be inside a root of ``permissions.files.read`` (``file.read``, ``file.list``)
@@ -20,10 +20,12 @@ from typing import Any, Literal, NoReturn
 from goatclaw.plugin import TaskContext, fail, task
 from goatclaw.userfile import FileTooLarge, read_bytes
 
-__all__ = ["list_files", "read", "write"]
+__all__ = ["glob", "list_files", "read", "write"]
 
 #: The largest file ``file.read`` returns: outputs are stored and handed to later tasks.
 MAX_READ_BYTES = 10 * 1024 * 1024
+#: The most paths ``file.glob`` may be asked to return.
+MAX_GLOB_RESULTS = 100_000
 
 _READ_FORMATS = ("text", "json", "yaml", "lines")
 _WRITE_FORMATS = ("text", "json")
@@ -90,6 +92,30 @@ def list_files(ctx: TaskContext, *, pattern: str = "*", path: str = ".", recursi
     found = {entry.relative_to(base).as_posix() for entry in matches
              if _inside(entry, base) and ctx.grant.may_read(entry) and (entry.is_file() if files_only else True)}
     return sorted(found)
+
+
+@task(cacheable=False, permissions=("files.read",), sinks=("path", "patterns"))
+def glob(ctx: TaskContext, *, patterns: str | list[str], path: str = ".", exclude: list[str] | None = None,
+         files_only: bool = True, limit: int = 10_000, details: bool = False) -> dict[str, Any]:
+    """Find workspace paths under ``path`` matching glob ``patterns`` (``**`` spans folders), minus ``exclude``.
+
+    ``*`` and ``?`` never match ``/``; ``**`` as a whole segment matches any number of folders.
+    ``path`` may be a folder above the read grants (the workspace, say): only granted files are listed.
+    The walk never follows a link into a folder; a linked file is listed only if its target is
+    readable under the grant. Returns ``{"paths": [...], "count", "truncated"}`` (sorted, relative
+    to the workspace, at most ``limit``); ``details: true`` makes each path ``{path, bytes, modified}``.
+    """
+    root = _glob_root(ctx, path)
+    if not root.is_dir():
+        fail(f"cannot glob in '{path}': no such directory in the workspace", error_class="invalid_input")
+    wanted = _matchers(patterns, "patterns")
+    skipped = _matchers(exclude or [], "exclude")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_GLOB_RESULTS:
+        fail(f"limit must be a whole number from 1 to {MAX_GLOB_RESULTS:,}, not {limit!r}", error_class="invalid_input")
+    found, truncated = _walk_matching(ctx, root, wanted, skipped, files_only, limit)
+    paths = sorted(found)
+    listed: list[Any] = [_described(ctx, p) for p in paths] if details else paths
+    return {"paths": listed, "count": len(paths), "truncated": truncated}
 
 
 # -- reading -------------------------------------------------------------------------
@@ -250,6 +276,98 @@ def _check_pattern(pattern: str) -> None:
     parts = PurePosixPath(pattern).parts
     if pattern.startswith(("/", "\\")) or ".." in parts:
         fail(f"pattern '{pattern}' reaches outside the listed directory", error_class="permission_denied")
+
+
+def _glob_root(ctx: TaskContext, path: str) -> Path:
+    """Where the walk starts: ``path`` if readable, or a folder holding a read grant (only granted files are listed)."""
+    target = ctx.path(path)
+    roots = ctx.grant.files_read or ()
+    if not ctx.grant.may_read(target) and any((ctx.workspace / str(r)).resolve().is_relative_to(target)
+                                              for r in roots):
+        return target
+    return ctx.require_read(path)  # readable, or refused (and audited) here
+
+
+def _matchers(patterns: Any, name: str) -> list[Any]:
+    """Each glob of ``patterns`` as a linear-time regular expression over a POSIX relative path."""
+    from goatclaw.regex import RegexError, compile_linear
+
+    items = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(items, list) or (name == "patterns" and not items):
+        fail(f"{name} must be a glob such as '**/*.py' or a list of them", error_class="invalid_input")
+    out = []
+    for pattern in items:
+        _check_pattern(pattern)
+        try:
+            out.append(compile_linear(_glob_regex(pattern.strip("/"))))
+        except RegexError as exc:
+            fail(f"{name}: '{pattern}' is not a glob goatclaw can match: {exc}", error_class="invalid_input")
+    return out
+
+
+def _glob_regex(pattern: str) -> str:
+    """``pattern`` as a regular expression: ``**`` segments span folders, ``*`` and ``?`` stay in one name."""
+    import re
+
+    parts = []
+    segments = pattern.split("/")
+    for number, segment in enumerate(segments, start=1):
+        if segment == "**":
+            parts.append(".*/" if number == len(segments) else "(?:[^/]+/)*")  # a last ** takes everything below
+            continue
+        out, i = "", 0
+        while i < len(segment):
+            c = segment[i]
+            close = segment.find("]", i + 2) if c == "[" else -1
+            if c == "*":
+                out += "[^/]*"
+            elif c == "?":
+                out += "[^/]"
+            elif close > 0:
+                body = segment[i + 1:close]
+                negate = body[:1] in ("!", "^")
+                body = body[1:] if negate else body
+                out += "[" + ("^/" if negate else "") + body.replace("\\", "\\\\").replace("/", "") + "]"
+                i = close
+            else:
+                out += re.escape(c)
+            i += 1
+        parts.append(out + "/")
+    return "^" + "".join(parts).removesuffix("/") + "$"
+
+
+def _walk_matching(ctx: TaskContext, root: Path, wanted: list[Any], skipped: list[Any], files_only: bool,
+                   limit: int) -> tuple[set[str], bool]:
+    """Paths under ``root`` (relative to the workspace) that a pattern matches, walking without following links."""
+    base = ctx.workspace.resolve()
+    found: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        rel_here = here.relative_to(root).as_posix()
+        prefix = "" if rel_here == "." else rel_here + "/"
+        dirs[:] = sorted(d for d in dirs if not any(m.search(prefix + d) for m in skipped))
+        names = files if files_only else [*files, *dirs]
+        for name in sorted(names):
+            rel = prefix + name
+            if not any(m.search(rel) for m in wanted) or any(m.search(rel) for m in skipped):
+                continue
+            entry = here / name
+            if not (_inside(entry, base) and ctx.grant.may_read(entry)):
+                continue  # a link out of the grant, or a file the grant leaves out
+            if files_only and not entry.is_file():
+                continue
+            if len(found) >= limit:
+                return found, True
+            found.add(entry.relative_to(base).as_posix())
+    return found, False
+
+
+def _described(ctx: TaskContext, rel: str) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    info = (ctx.workspace.resolve() / rel).stat()
+    return {"path": rel, "bytes": info.st_size,
+            "modified": datetime.fromtimestamp(info.st_mtime, UTC).isoformat(timespec="seconds")}
 
 
 def _inside(entry: Path, base: Path) -> bool:

@@ -14,22 +14,34 @@ task's sinks (a ``shell`` command, a ``file.write`` path) only through ``trust:`
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json as jsonlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from urllib.parse import urljoin
 
 from goatclaw.plugin import TaskContext, fail, task
+from goatclaw.tasks.httpauth import Auth, parse_auth
+from goatclaw.tasks.jmes import compile_expression
+from goatclaw.tasks.pagination import Page, Pager
 
 if TYPE_CHECKING:  # only for annotations; importing httpx costs time every CLI start would pay
     import httpx
 
-__all__ = ["http"]
+__all__ = ["Call", "Reply", "Session", "http"]
 
 #: The largest response body read; a larger one fails the task rather than filling the store.
 MAX_BODY_BYTES = 10 * 1024 * 1024
+#: How many times one request is sent again after waiting for a 429's or 503's ``Retry-After``.
+IN_PLACE_RETRIES = 3
+#: ``max_wait`` when paginating and not given: a page that asks to wait is waited for, not the whole harvest redone.
+DEFAULT_PAGE_WAIT = 30.0
+#: The largest ``max_wait`` accepted.
+MAX_WAIT_LIMIT = 3600.0
 _EXCERPT_CHARS = 500
 
 
@@ -37,53 +49,185 @@ _EXCERPT_CHARS = 500
 async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict[str, str] | None = None,
                params: dict[str, Any] | None = None, json: Any = None, body: str | None = None,
                expect: list[int] | int | None = None, timeout: float = 30,
-               response: Literal["auto", "json", "text"] = "auto", follow_redirects: bool = True) -> dict[str, Any]:
+               response: Literal["auto", "json", "text"] = "auto", follow_redirects: bool = True,
+               auth: dict[str, Any] | None = None, paginate: dict[str, Any] | None = None,
+               select: str | None = None, max_wait: float | None = None) -> dict[str, Any]:
     """Send an HTTP request; returns status, headers, body (parsed when JSON) and the final URL.
 
     ``json`` sends a JSON body, ``body`` a text one (not both). ``expect`` lists the
     statuses that count as success (default: any 2xx). ``response`` says how to read the
-    body: ``auto`` parses it when the server says it is JSON.
+    body: ``auto`` parses it when the server says it is JSON. ``auth`` adds credentials
+    (``bearer``, ``basic``, ``api_key``, ``oauth2`` client credentials), ``paginate`` follows
+    pages (``link``, ``next_url``, ``cursor``, ``page``, ``offset``) into ``items``, ``select``
+    picks from the JSON body (each item when paginating) with JMESPath. A 429 or 503 whose
+    ``Retry-After`` is at most ``max_wait`` seconds (default 0, or 30 when paginating) is
+    waited for and sent again (3 times at most) instead of failing the task.
     """
-    import httpx
-
     _check_options(url, json, body, response, timeout)
+    call = Call(str(method).upper(), url, dict(headers or {}), dict(params or {}), json, body)
     expected = _expected(expect)
-    ctx.require_network(url, sending={"headers": headers, "params": params, "json": json, "body": body})
+    picker = compile_expression(select, "select") if select is not None else None
+    pager = Pager.parse(paginate) if paginate is not None else None
+    limit = _max_wait(max_wait, paginating=pager is not None)
+    signer = parse_auth(auth)
+    async with Session(ctx, timeout=timeout, follow_redirects=follow_redirects, max_wait=limit,
+                       auth=signer) as session:
+        if pager is not None:
+            async def fetch(page_url: str, page_params: dict[str, Any]) -> Page:
+                reply = await session.send(call.to(page_url, page_params), expected, response)
+                return Page(reply.body, reply.url, reply.next_link(), reply.status)
+            return await pager.harvest(fetch, call.url, call.params, picker)
+        reply = await session.send(call, expected, response)
+    out = reply.output()
+    if picker is not None:
+        out["body"] = picker.search(out["body"])
+    return out
 
-    async def check_hop(request: httpx.Request) -> None:  # every request, redirects included
-        ctx.require_network(str(request.url), sending={"headers": dict(request.headers), "body": _content(request)})
 
-    async def throttle_hop(request: httpx.Request) -> None:  # rate_limits.side_effects, per host
-        await ctx.throttle("http", request.url.host)
+@dataclass(frozen=True)
+class Call:
+    """One request to make: method, URL, headers, query parameters and a JSON or text body."""
 
-    attempted: list[httpx.Request] = []  # every hop that went out, answered or not
-    answered: set[int] = set()
+    method: str
+    url: str
+    headers: dict[str, Any]
+    params: dict[str, Any]
+    json: Any = None
+    body: str | None = None
 
-    async def note_hop(request: httpx.Request) -> None:
-        attempted.append(request)
+    def to(self, url: str, params: dict[str, Any]) -> Call:
+        """The same request to another URL with other parameters (the next page)."""
+        return replace(self, url=url, params=params)
 
-    async def audit_hop(response: httpx.Response) -> None:  # each hop that got an answer
-        request = response.request
-        answered.add(id(request))
-        ctx.audit("request.sent", method=request.method, host=request.url.host, url=str(request.url),
-                  status=response.status_code)
+    def sending(self) -> dict[str, Any]:
+        """What goes with the request, for the secret check of ``permissions.network``."""
+        return {"headers": self.headers, "params": self.params, "json": self.json, "body": self.body}
 
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=follow_redirects,
-                                 event_hooks={"request": [check_hop, throttle_hop, note_hop],
-                                              "response": [audit_hop]}) as client:
-        request = _build(client, method, url, headers, params, json, body)
+
+@dataclass(frozen=True)
+class Reply:
+    """A response read: status, headers, the body (parsed when JSON), the final URL and its links."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+    url: str
+    links: dict[str, str] = field(default_factory=dict)
+
+    def output(self) -> dict[str, Any]:
+        """The ``http`` task's output for a single request."""
+        return {"status": self.status, "headers": self.headers, "body": self.body, "url": self.url}
+
+    def next_link(self) -> str | None:
+        """The ``Link: <…>; rel="next"`` URL, made absolute against the response's URL."""
+        target = self.links.get("next")
+        return urljoin(self.url, target) if target else None
+
+
+class Session:
+    """One httpx client under a task's grants: each hop checked, throttled and audited.
+
+    Every request first passes ``permissions.network`` with what it sends (credentials
+    included), and so does every redirect hop. ``auth`` signs each request and, for OAuth2,
+    fetches the token through this same session. A 429 or 503 asking to wait at most
+    ``max_wait`` seconds is waited for in place (:data:`IN_PLACE_RETRIES` times).
+    """
+
+    def __init__(self, ctx: TaskContext, *, timeout: float | None, follow_redirects: bool = True,
+                 max_wait: float = 0.0, auth: Auth | None = None) -> None:
+        self.ctx = ctx
+        self.timeout = timeout
+        self.max_wait = max_wait
+        self.auth = auth
+        self._follow = follow_redirects
+        self._client: httpx.AsyncClient | None = None
+        self._attempted: list[httpx.Request] = []
+        self._answered: set[int] = set()
+
+    async def __aenter__(self) -> Session:
+        import httpx
+
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=self._follow,
+                                         event_hooks={"request": [self._check_hop, self._throttle_hop,
+                                                                  self._note_hop],
+                                                      "response": [self._audit_hop]})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def send(self, call: Call, expected: Iterable[int] = range(200, 300),
+                   response: str = "auto") -> Reply:
+        """Send ``call`` (signed, checked, waited on when the server asks); fail on an unexpected status."""
+        resp, raw = await self.exchange(call, expected)
+        return Reply(resp.status_code, dict(resp.headers), _parse_body(resp, raw, response), str(resp.url),
+                     {rel: link["url"] for rel, link in resp.links.items() if "url" in link})
+
+    async def exchange(self, call: Call, expected: Iterable[int] = range(200, 300), *,
+                       sign: bool = True) -> tuple[httpx.Response, bytes]:
+        """The response to ``call`` and its body, after the in-place waits and one token refresh at most.
+
+        ``sign=False`` sends it without the session's credentials (the OAuth2 token request itself).
+        """
+        refreshed = False
+        waits = 0
+        while True:
+            signed = await self.auth.sign(self, call) if self.auth is not None and sign else call
+            self.ctx.require_network(signed.url, sending=signed.sending())
+            resp, raw = await self._once(signed)
+            if resp.status_code in expected:
+                return resp, raw
+            if resp.status_code == 401 and sign and self.auth is not None and not refreshed and self.auth.refreshable:
+                refreshed = True
+                self.auth.forget()  # a cached token the server no longer takes: fetch a new one, once
+                continue
+            wait = _retry_after(resp.headers.get("retry-after")) if resp.status_code in (429, 503) else None
+            if wait is not None and wait <= self.max_wait and waits < IN_PLACE_RETRIES:
+                waits += 1
+                self.ctx.emit("http.retry_after", url=str(resp.url), status=resp.status_code, wait=round(wait, 3))
+                await asyncio.sleep(wait)
+                continue
+            _fail_status(resp, raw)
+
+    async def _once(self, call: Call) -> tuple[httpx.Response, bytes]:
+        assert self._client is not None, "use the session in 'async with'"
+        request = _build(self._client, call.method, call.url, call.headers, call.params, call.json, call.body)
         try:
-            resp, raw = await _send(client, request, timeout)
+            return await _send(self._client, request, self.timeout)
         except Exception as exc:  # a hop that went out and got no answer (refused, reset, timed out)
-            for hop in attempted:
-                if id(hop) not in answered:
-                    ctx.audit("request.failed", method=hop.method, host=hop.url.host, url=str(hop.url),
-                              error_class=getattr(exc, "error_class", type(exc).__name__))
+            for hop in self._attempted:
+                if id(hop) not in self._answered:
+                    self._answered.add(id(hop))
+                    self.ctx.audit("request.failed", method=hop.method, host=hop.url.host, url=str(hop.url),
+                                   error_class=getattr(exc, "error_class", type(exc).__name__))
             raise
-    if resp.status_code not in expected:
-        _fail_status(resp, raw)
-    return {"status": resp.status_code, "headers": dict(resp.headers), "body": _parse_body(resp, raw, response),
-            "url": str(resp.url)}
+
+    async def _check_hop(self, request: httpx.Request) -> None:  # every request, redirects included
+        self.ctx.require_network(str(request.url), sending={"headers": dict(request.headers),
+                                                             "body": _content(request)})
+
+    async def _throttle_hop(self, request: httpx.Request) -> None:  # rate_limits.side_effects, per host
+        await self.ctx.throttle("http", request.url.host)
+
+    async def _note_hop(self, request: httpx.Request) -> None:
+        self._attempted.append(request)
+
+    async def _audit_hop(self, response: httpx.Response) -> None:  # each hop that got an answer
+        request = response.request
+        self._answered.add(id(request))
+        self.ctx.audit("request.sent", method=request.method, host=request.url.host, url=str(request.url),
+                       status=response.status_code)
+
+
+def _max_wait(value: float | None, *, paginating: bool) -> float:
+    """The longest ``Retry-After`` waited in place: ``max_wait``, else 30 s when paginating, else 0."""
+    if value is None:
+        return DEFAULT_PAGE_WAIT if paginating else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_WAIT_LIMIT:
+        fail(f"max_wait must be a number of seconds from 0 to {MAX_WAIT_LIMIT:g}, not {value!r}",
+             error_class="invalid_input")
+    return float(value)
 
 
 def _check_options(url: str, json: Any, body: str | None, response: str, timeout: float | None) -> None:
@@ -124,8 +268,10 @@ def _build(client: httpx.AsyncClient, method: str, url: str, headers: dict[str, 
     import httpx
 
     try:
+        target = httpx.URL(url)  # build_request(params=…) would drop the URL's own query: merge instead
+        target = target.copy_merge_params(params) if params else target
         return client.build_request(
-            str(method).upper(), url, params=params, json=json, content=body,
+            str(method).upper(), target, json=json, content=body,
             headers={str(k): str(v) for k, v in (headers or {}).items()},
         )
     except (httpx.InvalidURL, httpx.UnsupportedProtocol, TypeError, ValueError, AttributeError) as exc:
