@@ -18,14 +18,10 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from goatclaw import llm as llm_room
-from goatclaw import tracing
-from goatclaw.engine.executor import Executor, make_executor, started
 from goatclaw.engine.guard import permission_problems, sink_vars, untrusted_sink_reason
 from goatclaw.engine.inputs import input_problems
-from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
 from goatclaw.events import Bus
@@ -41,9 +37,13 @@ from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document, schema_text
 from goatclaw.store import Store
-from goatclaw.tools import mcp as mcp_room
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
+
+if TYPE_CHECKING:  # imported where a run needs them: `goatclaw validate` never loads the engine or the LLM room
+    from goatclaw import llm as llm_room
+    from goatclaw.engine.executor import Executor
+    from goatclaw.tools import mcp as mcp_room
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
            "mcp_tools", "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "registry_for", "run",
@@ -326,6 +326,12 @@ async def arun(
     function of a :class:`goatclaw.engine.toolcalls.Approval` returning ``True`` to run the call
     (it may block, or be async); without one those calls are refused (``approval_required``).
     """
+    from goatclaw import llm as llm_room
+    from goatclaw import tracing
+    from goatclaw.engine.executor import started
+    from goatclaw.engine.runner import RunOptions, execute
+    from goatclaw.tools import mcp as mcp_room
+
     audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry, llm=llm)
@@ -386,6 +392,8 @@ def mcp_pool(project: Project, secrets: Mapping[str, str] | None = None, *, mode
     ``secrets`` are what ``${{ secrets.X }}`` in their ``env``/``headers`` read (default: each
     name they use, from the environment or ``.env``); those values are masked in the cassette.
     """
+    from goatclaw.tools import mcp as mcp_room
+
     configs = mcp_room.server_configs(project.mcp_servers)
     if secrets is None:
         names = sorted({n for c in configs.values() for n in mcp_room.secret_names(c)})
@@ -400,6 +408,8 @@ async def mcp_tools(server: str, *, project: Project | None = None) -> list[dict
 
     The server is started for the question and stopped after it (``goatclaw mcp tools``).
     """
+    from goatclaw.tools import mcp as mcp_room
+
     project = project or load_project_for(None)
     async with mcp_room.using(mcp_pool(project)) as servers:
         return [t.as_data() for t in await servers.tools(server)]
@@ -418,6 +428,8 @@ def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Pat
 
 def _executor(given: Executor | str | None, address: str | None, project: Project) -> Executor | None:
     """The run's executor: the one given, or one built from its name and goatclaw.yaml (``None``: the runner's own)."""
+    from goatclaw.engine.executor import Executor, make_executor
+
     if isinstance(given, Executor):
         return given
     kind = given or ("dask" if address else project.executor)
@@ -470,6 +482,8 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     The answer cache is the run's store unless ``cache`` is false (``--no-cache``) or
     goatclaw.yaml says ``llm: {cache: false}``; ``llm.cache.ttl`` bounds its answers' age.
     """
+    from goatclaw import llm as llm_room
+
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
     mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
     if mode not in llm_room.MODES:
@@ -539,6 +553,8 @@ def _has_llm_tasks(pipeline: Pipeline) -> bool:
 
 def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
     """goatclaw.yaml's model entries that say where they are served; keys read from the environment or .env."""
+    from goatclaw import llm as llm_room
+
     if not project.endpoints:
         return {}
     dotenv = read_dotenv(project.root)
@@ -552,6 +568,7 @@ def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
 
 def _cache_ttl(setting: Any) -> float:
     """``llm.cache.ttl`` in seconds (schema-checked), else the default of a week."""
+    from goatclaw import llm as llm_room
     from goatclaw.spec.model import parse_duration
 
     ttl = setting.get("ttl") if isinstance(setting, Mapping) else None

@@ -5,7 +5,6 @@ project file is invalid (or the command line is), 3 the run was blocked by its t
 score, 130 cancelled (143 by SIGTERM, 129 by SIGHUP).
 """
 
-from __future__ import annotations
 
 import functools
 import json

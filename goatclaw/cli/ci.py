@@ -5,7 +5,6 @@ and :func:`finish` after it; importing this module registers ``goatclaw runs rep
 Reports are built from the store (:mod:`goatclaw.reports`), never from the live run.
 """
 
-from __future__ import annotations
 
 import sys
 from enum import Enum

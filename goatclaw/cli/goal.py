@@ -6,7 +6,6 @@ Exit codes: those of ``apply`` when the plan runs; 0 when it is shown (no termin
 the bound (its last problems shown, nothing run).
 """
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

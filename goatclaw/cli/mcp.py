@@ -5,7 +5,6 @@ started for the question (over stdio or streamable HTTP, as ``mcp_servers:`` say
 stopped after it; the tools come from :func:`goatclaw.api.mcp_tools`.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json

@@ -6,7 +6,6 @@ flight (that run is recorded as cancelled), 2 the command line is invalid. An in
 pipeline never ends the watch: its located problems are shown and the next save is awaited.
 """
 
-from __future__ import annotations
 
 import asyncio
 import signal
