@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     if (sys.argv[1:] if argv is None else argv) == [] and _on_terminal():  # bare `goatclaw` at a terminal: the shell
         argv = ["shell"]
     from goatclaw.cli.app import app
+    from goatclaw.cli.options import only_command
     from goatclaw.cli.terminal import guarded_output
+
+    app = only_command(app, sys.argv[1:] if argv is None else argv)  # typer builds the command that runs, alone
 
     for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
         if hasattr(stream, "reconfigure"):

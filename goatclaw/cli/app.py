@@ -90,7 +90,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from goatclaw.cli.render import print_problems
+        from goatclaw.cli.problems import print_problems
         from goatclaw.errors import GoatclawError, SpecError
 
         try:
@@ -285,7 +285,7 @@ def validate(
 ) -> None:
     """Check pipeline files (and *.test.yaml pipeline tests) without running anything; problems at file:line:col."""
     import goatclaw
-    from goatclaw.cli.render import print_problems
+    from goatclaw.cli.problems import print_problems
 
     failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
     all_problems = []
