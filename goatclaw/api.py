@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import logging
@@ -24,7 +23,6 @@ from goatclaw.engine.guard import permission_problems, sink_vars, untrusted_sink
 from goatclaw.engine.inputs import input_problems
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
-from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
@@ -36,13 +34,13 @@ from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_f
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document, schema_text
-from goatclaw.store import Store
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 if TYPE_CHECKING:  # imported where a run needs them: `goatclaw validate` never loads the engine or the LLM room
     from goatclaw import llm as llm_room
     from goatclaw.engine.executor import Executor
+    from goatclaw.events import Bus
     from goatclaw.tools import mcp as mcp_room
 
 __all__ = ["append_run_events", "arun", "check", "choose_model", "dump_yaml", "load", "load_project_for", "mcp_pool",
@@ -226,6 +224,8 @@ def append_run_events(store_path: str | os.PathLike[str], run_id: str,
     """
     import json
 
+    from goatclaw.store import Store
+
     if not events:
         return
     with Store.open(store_path) as db:
@@ -237,6 +237,8 @@ def append_run_events(store_path: str | os.PathLike[str], run_id: str,
 
 def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str | None, limit: int = 5) -> list[dict[str, Any]]:
     """The latest stored runs of ``pipeline`` (``None``: of any): ``{id, status, error}``; ``[]`` without a store."""
+    from goatclaw.store import Store
+
     if store_path is None or not Path(store_path).is_file():
         return []
     with Store.open(store_path) as db:
@@ -260,6 +262,8 @@ def plan(pipeline: Pipeline) -> Plan:
 def run(pipeline: Pipeline | str | os.PathLike[str], *, vars: Mapping[str, Any] | None = None,
         **options: Any) -> RunResult:
     """Run a pipeline to the end and return its :class:`RunResult` (see :func:`arun` for options)."""
+    import asyncio
+
     return asyncio.run(arun(pipeline, vars=vars, **options))
 
 
@@ -330,6 +334,7 @@ async def arun(
     from goatclaw import tracing
     from goatclaw.engine.executor import started
     from goatclaw.engine.runner import RunOptions, execute
+    from goatclaw.events import Bus
     from goatclaw.tools import mcp as mcp_room
 
     audit_key()  # taken from the environment before any task, worker or writer process can inherit it
@@ -419,6 +424,7 @@ def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Pat
     """A run whose calls cost more than ``max_cost`` (estimates let them through) fails, in the store too."""
     result.status = RunStatus.FAILED
     from goatclaw.money import usd
+    from goatclaw.store import Store
 
     result.error = f"the run cost {usd(spent)}, over max_cost {usd(max_cost)}"
     if store_path is not None:
@@ -443,6 +449,8 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
 async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],
                     registry: Registry | None = None) -> None:
     """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
+    import asyncio
+
     from goatclaw.memory.learn import MemorySettings, remember_run
 
     settings = MemorySettings.from_data(project.data.get("memory"))
@@ -578,6 +586,8 @@ def _cache_ttl(setting: Any) -> float:
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,
                force: bool) -> tuple[str, dict[str, Any]]:
     """The stored run to resume and its variables; refuses a run that would not finish the same way."""
+    from goatclaw.store import Store
+
     if store_path is None or not store_path.exists():
         raise GoatclawError("--resume needs the store, and there is none yet" if store_path is None
                             else f"--resume: no store at {store_path}")

@@ -6,7 +6,6 @@ stopped after it; the tools come from :func:`goatclaw.api.mcp_tools`.
 """
 
 
-import asyncio
 import json
 from typing import Annotated
 
@@ -37,6 +36,8 @@ def mcp_tools(
         _err().print(f"[red]error:[/] no MCP server '{escape(server)}' in mcp_servers: of {escape(str(where))} "
                      f"(servers: {escape(known)})", markup=True, soft_wrap=True)
         raise typer.Exit(2)
+    import asyncio
+
     try:
         tools = asyncio.run(listed(server, project=project))
     except TaskError as exc:
