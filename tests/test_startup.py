@@ -84,3 +84,47 @@ def test_an_unwritable_cache_is_no_cache(tmp_path: Path) -> None:
     for _ in range(2):
         done = _help(blocked / "cache")
         assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["typer"], done.stderr
+
+
+#: What ``validate`` has no use for: the LLM room and its clients, Dask, the memory's numpy and embedder, the
+#: graph library (networkx is only for analysis and export), the web and MCP rooms, the engine's run-time
+#: half, the store, rich's tables and live view and typer's markdown help, process pools.
+NOT_FOR_VALIDATE = ["litellm", "openai", "httpx", "dask", "distributed", "numpy", "wordllama", "sqlite_vec",
+                    "networkx", "jsonschema", "mcp", "starlette", "uvicorn", "goatclaw.engine.runner",
+                    "goatclaw.engine.executor", "goatclaw.engine.sentry", "goatclaw.llm", "goatclaw.tracing",
+                    "goatclaw.store", "goatclaw.events", "rich.table", "rich.live", "markdown_it",
+                    "concurrent.futures.process", "multiprocessing"]
+#: And, for a pipeline without a task that runs a process or a server (no shell, no mcp): no event loop, no TLS.
+NOT_FOR_VALIDATE_WITHOUT_SHELL = ["asyncio", "ssl"]
+
+
+def _imported_by(argv: list[str], names: list[str], cwd: Path = REPO) -> dict[str, object]:
+    code = ("import json, sys\n"
+            "from goatclaw.cli import main\n"
+            f"code = main({argv!r}, exit=False)\n"
+            f"print(json.dumps({{'code': code, 'heavy': sorted(m for m in {names!r} if m in sys.modules)}}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_validate_imports_nothing_it_does_not_need() -> None:
+    found = _imported_by(["validate", "pipelines/quickstart.yaml"], NOT_FOR_VALIDATE)
+    assert found == {"code": 0, "heavy": []}
+
+
+def test_validate_without_a_shell_task_imports_no_event_loop(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n"
+                                     "  b: {uses: file.read, needs: a, with: {path: 'x-${{ tasks.a.output }}.txt'}}\n"
+                                     "permissions: {files: {read: ['.']}}\n")
+    found = _imported_by(["validate", "p.yaml"], NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL, cwd=tmp_path)
+    assert found == {"code": 0, "heavy": []}
+
+
+def test_the_probe_sees_what_a_run_imports(tmp_path: Path) -> None:
+    """The probe above can fail: ``apply`` of the same pipeline does load the runner, the store and asyncio."""
+    (tmp_path / "p.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n")
+    found = _imported_by(["apply", "p.yaml", "--store", str(tmp_path / "s.db"), "--output", "json"],
+                         NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL, cwd=tmp_path)
+    assert found["code"] == 0
+    assert {"goatclaw.engine.runner", "goatclaw.store", "asyncio"} <= set(found["heavy"])  # type: ignore[arg-type]
