@@ -17,6 +17,14 @@ three ways in the same process:
 screen, durability during the run); ``floor / bare`` is what storing the run costs at
 the least. A second table times a 10k-task pipeline from the YAML file to a stored run
 (load + schema + graph + run + store), the issue's 2 s target.
+
+The fan-out table runs one ``foreach`` over 10k, 100k and 1M items given as a var (the
+shape of an eval over a dataset), then a task reading ``tasks.each.outputs``, each size in
+a fresh process, next to a bare asyncio pool doing the same items (a no-op coroutine per
+item, outputs and their JSON kept in lists) in its own fresh process. Memory is the
+process's peak resident set: its growth during the run per item (the items list itself
+is built before), and the whole peak per item. Issue 24's target: ≤ 1 KiB per finished
+item and a flat cost per item from 10k to 1M.
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import goatclaw
 from goatclaw.engine.state import TaskResult, TaskState, to_json
@@ -249,6 +261,91 @@ def e2e(n: int = 10_000) -> None:
     print(f"| `goatclaw apply` as a new process (imports and JSON output included) | {(c1 - c0) * 1000:,.0f} ms |")
 
 
+FANOUT_YAML = """version: 1
+name: fanout
+vars: {items: []}
+tasks:
+  each: {uses: echo, foreach: '${{ vars.items }}', with: {value: '${{ item }}'}}
+  count: {uses: echo, needs: each, with: {value: '${{ tasks.each.outputs | length }}'}}
+"""
+
+
+def _rss() -> int:
+    """This process's resident set now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _bare_fanout(items: list[Any], concurrency: int) -> tuple[list[Any], str]:
+    """The least a fan-out can do: ``concurrency`` workers, a no-op coroutine per item, outputs and JSON kept."""
+    outputs: list[Any] = [None] * len(items)
+    texts = ["null"] * len(items)
+    indexes = iter(range(len(items)))
+
+    async def noop(value: Any) -> Any:
+        return value
+
+    async def worker() -> None:
+        for i in indexes:
+            outputs[i] = await noop(items[i])
+            texts[i] = to_json(outputs[i])
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outputs, "[" + ",".join(texts) + "]"
+
+
+def fanout_one(way: str, n: int, concurrency: int) -> dict[str, float]:
+    """One fan-out of ``n`` items (``way``: goatclaw or bare), in this (fresh) process: times and memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fanout.yaml"
+        path.write_text(FANOUT_YAML)
+        pipeline = goatclaw.load(path)
+        items = list(range(n))
+        gc.collect()
+        before = _rss()
+        c0, t0 = time.process_time(), time.perf_counter()
+        if way == "bare":
+            outputs, _ = asyncio.run(_bare_fanout(items, concurrency))
+            count = len(outputs)
+        else:
+            result = goatclaw.run(pipeline, vars={"items": items}, store=Path(tmp) / "fanout.db", cache=False,
+                                  concurrency=concurrency)
+            assert result.ok, result.error
+            count = result.tasks["count"].output
+        t1, c1 = time.perf_counter(), time.process_time()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert count == n, count
+    return {"wall": t1 - t0, "cpu": c1 - c0, "peak": peak, "before": before}
+
+
+def fanout_table(sizes: list[int], concurrency: int) -> None:
+    """The fan-out rows: goatclaw and the bare pool at each size, each in a fresh interpreter."""
+    rows = []
+    for n in sizes:
+        got = {}
+        for way in ("bare", "goatclaw"):
+            out = subprocess.run([sys.executable, __file__, "--fanout-one", f"{way}:{n}", "--concurrency",
+                                  str(concurrency)], check=True, capture_output=True, text=True).stdout
+            got[way] = json.loads(out.strip().splitlines()[-1])
+        rows.append((n, got))
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\none foreach over N items from a var, then a task reading its outputs; echo, store on, concurrency "
+          f"{concurrency}; each in a fresh process ({load})\n")
+    print("| items | goatclaw wall | goatclaw CPU µs/item | bare pool CPU µs/item | goatclaw / bare "
+          "| peak RSS | RSS growth / item | peak RSS / item | bare: growth / item |")
+    print("|------:|------:|------:|------:|------:|------:|------:|------:|------:|")
+    first = rows[0][1]["goatclaw"]["cpu"] / rows[0][0]
+    for n, got in rows:
+        g, b = got["goatclaw"], got["bare"]
+        print(f"| {n:,} | {g['wall']:,.2f} s | {g['cpu'] / n * 1e6:.1f} | {b['cpu'] / n * 1e6:.1f} "
+              f"| {g['cpu'] / b['cpu']:.1f}x | {g['peak'] / 2**20:,.0f} MiB "
+              f"| {(g['peak'] - g['before']) / n:,.0f} B | {g['peak'] / n:,.0f} B "
+              f"| {(b['peak'] - b['before']) / n:,.0f} B |")
+    last = rows[-1][1]["goatclaw"]["cpu"] / rows[-1][0]
+    print(f"\ngoatclaw's CPU per item at {rows[-1][0]:,} items / at {rows[0][0]:,}: **{last / first:.2f}x** "
+          "(1.00x is flat)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -257,10 +354,17 @@ def main() -> int:
     parser.add_argument("--e2e", action="store_true", help="only the 10k file-to-stored-run timing")
     parser.add_argument("--templated", type=int, default=10_000, metavar="N",
                         help="tasks of the templated-against-constant table (0: skip it)")
+    parser.add_argument("--foreach", default="10000,100000,1000000", metavar="SIZES",
+                        help="items of the fan-out table ('' : skip it)")
+    parser.add_argument("--fanout-one", metavar="WAY:N", help=argparse.SUPPRESS)  # one fan-out, in a fresh process
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, once: checks the benchmark runs (CI)")
     args = parser.parse_args()
+    if args.fanout_one:
+        way, _, n = args.fanout_one.partition(":")
+        print(json.dumps(fanout_one(way, int(n), args.concurrency)))
+        return 0
     if args.smoke:
-        args.sizes, args.repeat, args.templated = "200", 1, 200
+        args.sizes, args.repeat, args.templated, args.foreach = "200", 1, 200, "200,400"
     if args.e2e:
         e2e(200 if args.smoke else 10_000)
         return 0
@@ -308,6 +412,8 @@ def main() -> int:
 
     if args.templated:
         templated_table(args.templated, args.concurrency, args.repeat)
+    if args.foreach:
+        fanout_table([int(n) for n in args.foreach.split(",")], args.concurrency)
     # file to stored run, in a fresh interpreter (a user's process never starts with a 100k-task heap)
     subprocess.run([sys.executable, __file__, "--e2e", *(["--smoke"] if args.smoke else [])], check=True)
     return 0

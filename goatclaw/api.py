@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import logging
@@ -19,18 +18,13 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from goatclaw import llm as llm_room
-from goatclaw import tracing
-from goatclaw.engine.executor import Executor, make_executor, started
 from goatclaw.engine.gates import approval_problems
 from goatclaw.engine.guard import permission_problems, sink_vars, untrusted_sink_reason
 from goatclaw.engine.inputs import input_problems
-from goatclaw.engine.runner import RunOptions, execute
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
 from goatclaw.errors import GoatclawError, PluginError, Problem, SpecError
-from goatclaw.events import Bus
 from goatclaw.graph import Plan, build_plan, compile_plan, graph_problems
 from goatclaw.graph import check_templates as _check_templates
 from goatclaw.liveness import Liveness, current_owner, owner_pid, owner_state
@@ -42,10 +36,15 @@ from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_f
 from goatclaw.spec.model import Pipeline, build_pipeline
 from goatclaw.spec.project import Project, find_project_file, load_project
 from goatclaw.spec.schema import check_document, schema_text
-from goatclaw.store import Store
-from goatclaw.tools import mcp as mcp_room
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
+
+if TYPE_CHECKING:  # imported where a run needs them: `goatclaw validate` never loads the engine or the LLM room
+    from goatclaw import llm as llm_room
+    from goatclaw.engine.executor import Executor
+    from goatclaw.events import Bus
+    from goatclaw.store import Store
+    from goatclaw.tools import mcp as mcp_room
 
 __all__ = ["adecide", "afork", "append_run_events", "approvals", "arun", "check", "choose_model", "decide",
            "diff_runs", "dump_yaml", "expire_approvals", "fork", "load", "load_project_for", "mcp_pool", "mcp_tools",
@@ -259,6 +258,8 @@ def append_run_events(store_path: str | os.PathLike[str], run_id: str,
     """
     import json
 
+    from goatclaw.store import Store
+
     if not events:
         return
     with Store.open(store_path) as db:
@@ -270,6 +271,8 @@ def append_run_events(store_path: str | os.PathLike[str], run_id: str,
 
 def past_runs(store_path: str | os.PathLike[str] | None, pipeline: str | None, limit: int = 5) -> list[dict[str, Any]]:
     """The latest stored runs of ``pipeline`` (``None``: of any): ``{id, status, error}``; ``[]`` without a store."""
+    from goatclaw.store import Store
+
     if store_path is None or not Path(store_path).is_file():
         return []
     with Store.open(store_path) as db:
@@ -368,6 +371,8 @@ def schedules(project: Project | str | os.PathLike[str] | None = None, *, now: f
 
 
 def _schedule_state(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
+    from goatclaw.store import Store
+
     if path is None or not path.is_file():
         return {}
     with Store.open(path) as db:
@@ -382,6 +387,8 @@ def plan(pipeline: Pipeline) -> Plan:
 def run(pipeline: Pipeline | str | os.PathLike[str], *, vars: Mapping[str, Any] | None = None,
         **options: Any) -> RunResult:
     """Run a pipeline to the end and return its :class:`RunResult` (see :func:`arun` for options)."""
+    import asyncio
+
     return asyncio.run(arun(pipeline, vars=vars, **options))
 
 
@@ -452,6 +459,13 @@ async def arun(
     function of a :class:`goatclaw.engine.toolcalls.Approval` returning ``True`` to run the call
     (it may block, or be async); without one those calls are refused (``approval_required``).
     """
+    from goatclaw import llm as llm_room
+    from goatclaw import tracing
+    from goatclaw.engine.executor import started
+    from goatclaw.engine.runner import RunOptions, execute
+    from goatclaw.events import Bus
+    from goatclaw.tools import mcp as mcp_room
+
     audit_key()  # taken from the environment before any task, worker or writer process can inherit it
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, registry=registry, llm=llm)
@@ -517,6 +531,8 @@ def _approval_evidence(pipeline: Pipeline, project: Project, registry: Registry,
     The same as ``goatclaw plan --cost`` (llm tasks only; litellm's price map is read only when
     one follows) and ``goatclaw plan --permissions`` (what each plugin needs: its side effects).
     """
+    from goatclaw import llm as llm_room
+
     follows = set(downstream)
     cost: list[dict[str, Any]] = []
     if any(pipeline.tasks[t].uses == "llm" for t in follows if t in pipeline.tasks):
@@ -567,6 +583,8 @@ def decide(run_id: str, task_id: str | None = None, *, approve: bool, who: str,
            store: str | os.PathLike[str] | None = None, project: Project | str | os.PathLike[str] | None = None,
            resume: bool = True, **options: Any) -> RunResult | None:
     """Approve or reject a waiting request, then resume its run (see :func:`adecide`)."""
+    import asyncio
+
     return asyncio.run(adecide(run_id, task_id, approve=approve, who=who, inputs=inputs, reason=reason, store=store,
                                project=project, resume=resume, **options))
 
@@ -629,6 +647,7 @@ def _decisions_path(store: str | os.PathLike[str] | None, project: Project) -> P
 def _decisions_store(store: str | os.PathLike[str] | None, project: Project | str | os.PathLike[str] | None) -> Store:
     """The store holding the requests (refused when there is none: nothing ever waited there)."""
     from goatclaw.errors import StoreError
+    from goatclaw.store import Store
 
     path = Path(store) if store is not None else _decisions_path(None, _decisions_project(project))
     if not path.is_file():
@@ -666,6 +685,8 @@ def fork(run: str, task: str, **options: Any) -> RunResult:
     ``llm``/``agent`` tasks after it), ``edit`` (an edited pipeline file to run instead), ``bus``,
     ``registry``. The new run records a ``run.forked`` event (see :mod:`goatclaw.forking`).
     """
+    import asyncio
+
     return asyncio.run(afork(run, task, **options))
 
 
@@ -692,6 +713,8 @@ def mcp_pool(project: Project, secrets: Mapping[str, str] | None = None, *, mode
     ``secrets`` are what ``${{ secrets.X }}`` in their ``env``/``headers`` read (default: each
     name they use, from the environment or ``.env``); those values are masked in the cassette.
     """
+    from goatclaw.tools import mcp as mcp_room
+
     configs = mcp_room.server_configs(project.mcp_servers)
     if secrets is None:
         names = sorted({n for c in configs.values() for n in mcp_room.secret_names(c)})
@@ -706,6 +729,8 @@ async def mcp_tools(server: str, *, project: Project | None = None) -> list[dict
 
     The server is started for the question and stopped after it (``goatclaw mcp tools``).
     """
+    from goatclaw.tools import mcp as mcp_room
+
     project = project or load_project_for(None)
     async with mcp_room.using(mcp_pool(project)) as servers:
         return [t.as_data() for t in await servers.tools(server)]
@@ -715,6 +740,7 @@ def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Pat
     """A run whose calls cost more than ``max_cost`` (estimates let them through) fails, in the store too."""
     result.status = RunStatus.FAILED
     from goatclaw.money import usd
+    from goatclaw.store import Store
 
     result.error = f"the run cost {usd(spent)}, over max_cost {usd(max_cost)}"
     if store_path is not None:
@@ -724,6 +750,8 @@ def _overspent(result: RunResult, spent: float, max_cost: float, store_path: Pat
 
 def _executor(given: Executor | str | None, address: str | None, project: Project) -> Executor | None:
     """The run's executor: the one given, or one built from its name and goatclaw.yaml (``None``: the runner's own)."""
+    from goatclaw.engine.executor import Executor, make_executor
+
     if isinstance(given, Executor):
         return given
     kind = given or ("dask" if address else project.executor)
@@ -737,6 +765,8 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
 async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],
                     registry: Registry | None = None) -> None:
     """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
+    import asyncio
+
     from goatclaw.memory.learn import MemorySettings, remember_run
 
     settings = MemorySettings.from_data(project.data.get("memory"))
@@ -776,6 +806,8 @@ def llm_session(pipeline: Pipeline, project: Project, mode: str | None, store_pa
     The answer cache is the run's store unless ``cache`` is false (``--no-cache``) or
     goatclaw.yaml says ``llm: {cache: false}``; ``llm.cache.ttl`` bounds its answers' age.
     """
+    from goatclaw import llm as llm_room
+
     settings = project.data.get("llm") if isinstance(project.data.get("llm"), Mapping) else {}
     mode = mode or os.environ.get("GOATCLAW_LLM") or settings.get("mode") or "live"
     if mode not in llm_room.MODES:
@@ -845,6 +877,8 @@ def _has_llm_tasks(pipeline: Pipeline) -> bool:
 
 def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
     """goatclaw.yaml's model entries that say where they are served; keys read from the environment or .env."""
+    from goatclaw import llm as llm_room
+
     if not project.endpoints:
         return {}
     dotenv = read_dotenv(project.root)
@@ -858,6 +892,7 @@ def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:
 
 def _cache_ttl(setting: Any) -> float:
     """``llm.cache.ttl`` in seconds (schema-checked), else the default of a week."""
+    from goatclaw import llm as llm_room
     from goatclaw.spec.model import parse_duration
 
     ttl = setting.get("ttl") if isinstance(setting, Mapping) else None
@@ -867,6 +902,8 @@ def _cache_ttl(setting: Any) -> float:
 def _resumable(pipeline: Pipeline, store_path: Path | None, ref: str | bool, vars: Mapping[str, Any] | None,
                force: bool) -> tuple[str, dict[str, Any]]:
     """The stored run to resume and its variables; refuses a run that would not finish the same way."""
+    from goatclaw.store import Store
+
     if store_path is None or not store_path.exists():
         raise GoatclawError("--resume needs the store, and there is none yet" if store_path is None
                             else f"--resume: no store at {store_path}")

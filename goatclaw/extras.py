@@ -27,7 +27,6 @@ import importlib.util
 import json
 import shlex
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -104,6 +103,8 @@ def install_line(extra: str) -> str:
 
 def _origin() -> tuple[Path, bool] | None:
     """The local folder goatclaw was installed from and whether editable (PEP 610), else ``None``."""
+    from importlib import metadata  # 15 ms of imports (email, zipfile): only when an install line is said
+
     try:
         text = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
     except metadata.PackageNotFoundError:

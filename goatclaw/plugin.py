@@ -22,7 +22,6 @@ scheduler. The built-in tasks are written against exactly this contract.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import threading
@@ -108,6 +107,8 @@ async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     executor, which ``asyncio.run`` waits for), an abandoned thread holds neither the run
     nor the process's exit. The caller's context variables go with the call.
     """
+    import asyncio  # here: a plugin module that only declares its task (validate loads it) needs no event loop
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
     context = contextvars.copy_context()

@@ -1,8 +1,10 @@
-"""Start-up: ``goatclaw --version`` answers without importing the CLI's libraries."""
+"""Start-up: ``--version`` and a cached ``--help`` answer without the CLI's libraries; ``validate``, no heavy ones."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,100 @@ def test_version_as_a_user_runs_it() -> None:
     done = subprocess.run([sys.executable, "-m", "goatclaw", "--version"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("goatclaw 0.") and done.stderr == ""
+
+
+def _help(cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``goatclaw --help`` in a new process, its help cache in ``cache``; on the last line, what it imported."""
+    code = ("import json, sys\n"
+            "from goatclaw.cli import main\n"
+            "code = main(['--help'], exit=False)\n"
+            "print(json.dumps({'code': code, 'typer': 'typer' in sys.modules, 'rich': 'rich' in sys.modules}))\n")
+    environ = {**os.environ, "GOATCLAW_CACHE_DIR": str(cache), "COLUMNS": "80", **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=environ)
+
+
+def test_help_is_typer_s_text_then_the_same_text_from_the_cache(tmp_path: Path) -> None:
+    first = _help(tmp_path)
+    assert first.returncode == 0, first.stderr
+    *text, last = first.stdout.splitlines(keepends=True)
+    assert json.loads(last) == {"code": 0, "typer": True, "rich": True}  # a miss: typer rendered it
+    assert "Usage: goatclaw [OPTIONS] COMMAND [ARGS]..." in "".join(text) and "validate" in "".join(text)
+    assert len(list(tmp_path.glob("help-*.txt"))) == 1
+    again = _help(tmp_path)
+    *cached, last = again.stdout.splitlines(keepends=True)
+    assert json.loads(last) == {"code": 0, "typer": False, "rich": False}  # a hit: neither imported
+    assert cached == text and again.stderr == ""
+
+
+def test_another_terminal_width_is_another_entry(tmp_path: Path) -> None:
+    narrow, wide = _help(tmp_path), _help(tmp_path, COLUMNS="120")
+    assert json.loads(wide.stdout.splitlines()[-1])["typer"]  # not the 80-column text
+    assert max(len(line) for line in wide.stdout.splitlines()[:-1]) == 120
+    assert max(len(line) for line in narrow.stdout.splitlines()[:-1]) == 80
+    assert len(list(tmp_path.glob("help-*.txt"))) == 2
+    assert _help(tmp_path, COLUMNS="120").stdout == wide.stdout.replace('"typer": true, "rich": true',
+                                                                        '"typer": false, "rich": false')
+
+
+def test_an_edited_cli_file_is_another_key(tmp_path: Path) -> None:
+    from goatclaw.cli import helpcache
+
+    for source in (REPO / "goatclaw" / "cli").glob("*.py"):
+        shutil.copy2(source, tmp_path / source.name)
+    before = helpcache._code_key(tmp_path)
+    assert helpcache._code_key(tmp_path) == before
+    os.utime(tmp_path / "app.py", ns=(0, (tmp_path / "app.py").stat().st_mtime_ns + 1))
+    assert helpcache._code_key(tmp_path) != before
+
+
+def test_an_unwritable_cache_is_no_cache(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    for _ in range(2):
+        done = _help(blocked / "cache")
+        assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["typer"], done.stderr
+
+
+#: What ``validate`` has no use for: the LLM room and its clients, Dask, the memory's numpy and embedder, the
+#: graph library (networkx is only for analysis and export), the web and MCP rooms, the engine's run-time
+#: half, the store, rich's tables and live view and typer's markdown help, process pools.
+NOT_FOR_VALIDATE = ["litellm", "openai", "httpx", "dask", "distributed", "numpy", "wordllama", "sqlite_vec",
+                    "networkx", "jsonschema", "mcp", "starlette", "uvicorn", "goatclaw.engine.runner",
+                    "goatclaw.engine.executor", "goatclaw.engine.sentry", "goatclaw.llm", "goatclaw.tracing",
+                    "goatclaw.store", "goatclaw.events", "rich.table", "rich.live", "markdown_it",
+                    "concurrent.futures.process", "multiprocessing"]
+#: And, for a pipeline without a task that runs a process or a server (no shell, no mcp): no event loop, no TLS.
+NOT_FOR_VALIDATE_WITHOUT_SHELL = ["asyncio", "ssl"]
+
+
+def _imported_by(argv: list[str], names: list[str], cwd: Path = REPO) -> dict[str, object]:
+    code = ("import json, sys\n"
+            "from goatclaw.cli import main\n"
+            f"code = main({argv!r}, exit=False)\n"
+            f"print(json.dumps({{'code': code, 'heavy': sorted(m for m in {names!r} if m in sys.modules)}}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_validate_imports_nothing_it_does_not_need() -> None:
+    found = _imported_by(["validate", "pipelines/quickstart.yaml"], NOT_FOR_VALIDATE)
+    assert found == {"code": 0, "heavy": []}
+
+
+def test_validate_without_a_shell_task_imports_no_event_loop(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n"
+                                     "  b: {uses: file.read, needs: a, with: {path: 'x-${{ tasks.a.output }}.txt'}}\n"
+                                     "permissions: {files: {read: ['.']}}\n")
+    found = _imported_by(["validate", "p.yaml"], NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL, cwd=tmp_path)
+    assert found == {"code": 0, "heavy": []}
+
+
+def test_the_probe_sees_what_a_run_imports(tmp_path: Path) -> None:
+    """The probe above can fail: ``apply`` of the same pipeline does load the runner, the store and asyncio."""
+    (tmp_path / "p.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n")
+    found = _imported_by(["apply", "p.yaml", "--store", str(tmp_path / "s.db"), "--output", "json"],
+                         NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL, cwd=tmp_path)
+    assert found["code"] == 0
+    assert {"goatclaw.engine.runner", "goatclaw.store", "asyncio"} <= set(found["heavy"])  # type: ignore[arg-type]

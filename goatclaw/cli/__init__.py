@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 __all__ = ["main"]
 
@@ -17,6 +18,15 @@ def _on_terminal() -> bool:
         return False
 
 
+def _record_help() -> Any:
+    """``sys.stdout`` replaced by a :class:`~goatclaw.cli.helpcache.Recording` of it (restored by the caller)."""
+    from goatclaw.cli.helpcache import Recording
+
+    recording = Recording(sys.stdout)
+    sys.stdout = recording  # type: ignore[assignment]
+    return recording
+
+
 def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     """Run the CLI with ``argv`` (default: the process arguments); return or exit with its code."""
     if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without importing typer, rich, asyncio
@@ -26,15 +36,29 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
         if exit:
             sys.exit(0)
         return 0
+    help_asked = (sys.argv[1:] if argv is None else argv) == ["--help"]
+    if help_asked:  # the text typer printed last time, when neither the code nor the terminal changed
+        from goatclaw.cli import helpcache
+
+        text = helpcache.read()
+        if text is not None:
+            code = helpcache.show(text)
+            if exit:
+                sys.exit(code)
+            return code
     if (sys.argv[1:] if argv is None else argv) == [] and _on_terminal():  # bare `goatclaw` at a terminal: the shell
         argv = ["shell"]
     from goatclaw.cli.app import app
+    from goatclaw.cli.options import only_command
     from goatclaw.cli.terminal import guarded_output
+
+    app = only_command(app, sys.argv[1:] if argv is None else argv)  # typer builds the command that runs, alone
 
     for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     with guarded_output() as output:  # `goatclaw … | head -2`: the reader going away is not the command's failure
+        recording = _record_help() if help_asked else None
         try:
             app(args=argv, prog_name="goatclaw", standalone_mode=True)
             code = 0
@@ -42,7 +66,13 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code
             code = getattr(exc, "exit_code", 130)
+        if recording is not None:
+            sys.stdout = recording.stream
     code = output.exit_code(code)
+    if recording is not None and code == 0 and recording.parts:
+        from goatclaw.cli import helpcache
+
+        helpcache.write(recording.text())
     if exit:
         sys.exit(code)
     return code

@@ -6,7 +6,6 @@ score, 4 the run is waiting for an approval (``goatclaw approve``; nothing is le
 130 cancelled (143 by SIGTERM, 129 by SIGHUP).
 """
 
-from __future__ import annotations
 
 import functools
 import json
@@ -92,7 +91,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from goatclaw.cli.render import print_problems
+        from goatclaw.cli.problems import print_problems
         from goatclaw.errors import GoatclawError, SpecError
 
         try:
@@ -287,7 +286,7 @@ def validate(
 ) -> None:
     """Check pipeline files (and *.test.yaml pipeline tests) without running anything; problems at file:line:col."""
     import goatclaw
-    from goatclaw.cli.render import print_problems
+    from goatclaw.cli.problems import print_problems
 
     failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
     all_problems = []

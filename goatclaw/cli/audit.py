@@ -5,7 +5,6 @@ exits 0 with the row count when the chain is intact, 1 naming the first altered 
 missing row when it is not.
 """
 
-from __future__ import annotations
 
 import json
 from datetime import datetime

@@ -4,7 +4,6 @@ Registered on the app by importing this module (``goatclaw.cli.app`` does). The 
 from :meth:`goatclaw.store.Store.cache_entries` and go with :meth:`~goatclaw.store.Store.clear_caches`.
 """
 
-from __future__ import annotations
 
 import json
 from datetime import datetime

@@ -5,7 +5,6 @@ and :func:`finish` after it; importing this module registers ``goatclaw runs rep
 Reports are built from the store (:mod:`goatclaw.reports`), never from the live run.
 """
 
-from __future__ import annotations
 
 import sys
 from enum import Enum
@@ -57,7 +56,7 @@ def load_checked(file: Path, fail_on: FailOn, llm: str | None = None) -> Any:
     ``llm`` is the run's ``--llm`` mode: a replay needs no API key, so none is warned about.
     """
     import goatclaw
-    from goatclaw.cli.render import print_problems
+    from goatclaw.cli.problems import print_problems
     from goatclaw.errors import SpecError
 
     pipeline, problems = goatclaw.check(file, llm=llm)

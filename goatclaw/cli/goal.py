@@ -6,7 +6,6 @@ Exit codes: those of ``apply`` when the plan runs; 0 when it is shown (no termin
 the bound (its last problems shown, nothing run).
 """
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -83,7 +82,7 @@ def _interactive() -> bool:
 def ask_choice(path: Path) -> str:
     """``run / edit / save / cancel`` on the terminal; ``edit`` opens $EDITOR and checks the file again."""
     import goatclaw
-    from goatclaw.cli.render import print_problems
+    from goatclaw.cli.problems import print_problems
     from goatclaw.errors import SpecError
 
     while True:
@@ -114,7 +113,7 @@ def _draft_line(draft: Any, console: Console) -> None:
 
 def _refuse(planned: Any) -> None:
     """The model never produced a valid pipeline: its last problems, exit 2, nothing run."""
-    from goatclaw.cli.render import print_problems
+    from goatclaw.cli.problems import print_problems
 
     err = _err()
     err.print(f"error: {planned.model} gave no valid pipeline in {len(planned.drafts)} drafts; the last one's "

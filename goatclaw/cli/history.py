@@ -4,7 +4,6 @@ Registered on the app by importing this module (``goatclaw.cli.app`` does). Each
 parses, calls :mod:`goatclaw.history` or the store, and hands the result to a renderer.
 """
 
-from __future__ import annotations
 
 import json
 from typing import Annotated, Any

@@ -6,7 +6,6 @@ is stored only where the user chooses: the OS keyring (``keyring``, through
 in goatclaw.yaml, which is committed.
 """
 
-from __future__ import annotations
 
 import os
 import sys

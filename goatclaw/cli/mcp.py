@@ -5,9 +5,7 @@ started for the question (over stdio or streamable HTTP, as ``mcp_servers:`` say
 stopped after it; the tools come from :func:`goatclaw.api.mcp_tools`.
 """
 
-from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated
 
@@ -38,6 +36,8 @@ def mcp_tools(
         _err().print(f"[red]error:[/] no MCP server '{escape(server)}' in mcp_servers: of {escape(str(where))} "
                      f"(servers: {escape(known)})", markup=True, soft_wrap=True)
         raise typer.Exit(2)
+    import asyncio
+
     try:
         tools = asyncio.run(listed(server, project=project))
     except TaskError as exc:

@@ -7,7 +7,6 @@ Claude Desktop, Cursor or VS Code start), or streamable HTTP with ``--http HOST:
 1 the ``mcp`` extra is missing.
 """
 
-from __future__ import annotations
 
 import ipaddress
 import os

@@ -5,7 +5,6 @@ parses, calls :mod:`goatclaw.memory`, and prints through the console it is given
 memory package (sqlite-vec, the embedder) is imported only when a command runs.
 """
 
-from __future__ import annotations
 
 import json
 from collections.abc import Iterator

@@ -19,10 +19,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from goatclaw.cli.problems import print_problems
 from goatclaw.cli.terminal import printable
 from goatclaw.cli.text import error_text, item_label, shown
 from goatclaw.engine.state import RunResult
-from goatclaw.errors import Problem
 from goatclaw.events import Bus, Event
 from goatclaw.graph import Plan
 from goatclaw.liveness import owner_pid
@@ -292,30 +292,6 @@ class LiveView:
         text = incident_text(ev.topic, ev.task, ev.data)
         if text:
             self.incidents.append(text)
-
-
-def _gh_data(text: str) -> str:
-    """Escape a GitHub Actions workflow-command message."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_property(text: str) -> str:
-    """Escape a GitHub Actions workflow-command property value."""
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def print_problems(problems: list[Problem], console: Console, *, fmt: str = "text") -> None:
-    """Located problems, one line each (``github`` prints Actions annotations)."""
-    for p in problems:
-        if fmt == "github":
-            loc = p.location
-            where = f" file={_gh_property(loc.file)},line={loc.line},col={loc.col}" if loc else ""
-            level = "warning" if p.severity == "warn" else "error"
-            msg = _gh_data(f"{p.path}: {p.message}" if p.path else p.message)
-            console.print(f"::{level}{where}::{msg}", markup=False, highlight=False, soft_wrap=True)
-        else:
-            warn = p.severity == "warn"  # labelled: a warning does not fail validate, an error does
-            console.print(Text(f"warning: {p}" if warn else str(p), style="yellow" if warn else "red"), soft_wrap=True)
 
 
 def print_plan(plan: Plan, console: Console) -> None:

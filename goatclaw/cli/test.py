@@ -4,7 +4,6 @@ Registered on the app by importing this module. Exit codes: 0 every case passed,
 case failed (or none was found), 2 a test file (or its pipeline) is invalid.
 """
 
-from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET

@@ -6,9 +6,7 @@ flight (that run is recorded as cancelled), 2 the command line is invalid. An in
 pipeline never ends the watch: its located problems are shown and the next save is awaited.
 """
 
-from __future__ import annotations
 
-import asyncio
 import signal
 from enum import Enum
 from pathlib import Path
@@ -72,6 +70,8 @@ def watch(
     _check_file(target, run_options)
     mode = "plain" if _in_ci() or output is WatchOutput.plain else (
         "rich" if output is WatchOutput.rich or _out().is_terminal else "plain")
+    import asyncio
+
     summary = asyncio.run(_session(target, run_options, quiet, once_per_change, poll, clear, mode))
     if summary.cancelled:
         raise typer.Exit(130)
@@ -93,6 +93,8 @@ def _check_file(target: Path, run_options: dict[str, Any]) -> None:
 async def _session(target: Path, run_options: dict[str, Any], debounce: float, once_per_change: bool, poll: bool,
                    clear: bool, mode: str) -> Any:
     """The watch loop with its view; SIGINT and SIGTERM stop it (a second Ctrl-C interrupts at once)."""
+    import asyncio
+
     import goatclaw
     from goatclaw.watcher import Watcher
 

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from goatclaw.engine.sentry import Sentry
 from goatclaw.errors import PluginError, Problem, TaskError, TemplateError
 from goatclaw.security.permissions import FIELDS, Grant, build_grant, model_hosts, root_problem, widenings, within
 from goatclaw.security.pycalls import static_refusal
 from goatclaw.security.taint import ALL_UPSTREAM, RUN_ERRORS, Flow, RuntimeTaint, TaskFlows, follow
-from goatclaw.security.threat import ThreatScore
 from goatclaw.spec.loader import dotted
 from goatclaw.spec.model import NO_PERMISSIONS, Permissions, Pipeline, Task
 from goatclaw.template import check_expression, check_value, has_template
@@ -530,10 +528,15 @@ def _block_problems(pipeline: Pipeline, denied: Mapping[str, tuple[str, ...]]) -
     ``foreach`` or none, its needs certain to succeed), so that the prediction never cries wolf.
     """
     certain = _certain_denials(pipeline, denied)
+    if not certain:
+        return []
+    from goatclaw.engine.sentry import Sentry  # the run's screen (asyncio, the store): only when it is asked
+    from goatclaw.security.threat import ThreatScore
+
     score = ThreatScore(Sentry.threshold_of(pipeline))
     for tid in certain:
         score.denied(f"task {tid}")
-    if not certain or not score.blocked:
+    if not score.blocked:
         return []
     fields = sorted({f for tid in certain for f in denied[tid]}, key=list(_FIELD_PATH).index)
     grant = _suggested_grant(pipeline, {tid: denied[tid] for tid in certain}, fields)

@@ -27,6 +27,7 @@ from goatclaw.engine import tasklogs
 from goatclaw.engine.breaker import Breakers, breaker_key
 from goatclaw.engine.checks import OutputChecks
 from goatclaw.engine.executor import Executor, LocalExecutor
+from goatclaw.engine.fanout import fan_out
 from goatclaw.engine.gates import Evidence, Gate
 from goatclaw.engine.guard import Guard
 from goatclaw.engine.metrics import critical_path
@@ -683,42 +684,31 @@ class _Runner(OutputChecks, ToolCalls):
         return compiled
 
     async def _foreach(self, task: Task, plugin: Plugin, res: TaskResult) -> tuple[list[Any], str]:
+        """Every item of a fan-out, ``concurrency`` at a time; (outputs in item order, their JSON list).
+
+        A fixed pool of workers takes the items in order, so a fan-out over a million items
+        holds a handful of coroutines, not one asyncio task per item (engine/fanout.py).
+        """
         items = self._items(task)
         res.items = len(items)
         limit = task.concurrency or self.opts.concurrency or self.pipeline.concurrency
-        gate = asyncio.Semaphore(limit)
         outputs: list[Any] = [None] * len(items)
         texts: list[str] = ["null"] * len(items)
+        context = self._context_for(task)
 
-        async def one(index: int, item: Any) -> None:
-            async with gate:
-                ctx = {**self._context_for(task), "item": item, "index": index}
-                try:
-                    outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
-                except TaskError as exc:
-                    if task.fail_fast:  # the task fails with this item's error: say which item it was
-                        raise _item_error(exc, index) from exc
-                    raise
-
-        if task.fail_fast:
+        async def one(index: int) -> None:
+            ctx = {**context, "item": items[index], "index": index}
             try:
-                async with asyncio.TaskGroup() as group:
-                    for i, item in enumerate(items):
-                        group.create_task(one(i, item))
-            except* TaskError as eg:
-                first = eg.exceptions[0]
-                assert isinstance(first, TaskError)
-                raise first from None
-            return outputs, "[" + ",".join(texts) + "]"
-        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)), return_exceptions=True)
-        errors = [(i, e) for i, e in enumerate(results) if isinstance(e, BaseException)]
-        for _, e in errors:
-            if not isinstance(e, TaskError):
-                raise e
+                outputs[index], texts[index] = await self._attempts(task, plugin, res, ctx, index)
+            except TaskError as exc:
+                if task.fail_fast:  # the task fails with this item's error: say which item it was
+                    raise _item_error(exc, index) from exc
+                raise
+
+        errors = await fan_out(len(items), limit, one, fail_fast=task.fail_fast)
         if errors:
-            first = errors[0][1]
-            assert isinstance(first, TaskError)
-            raise TaskError(f"{len(errors)} of {len(items)} items failed; item {errors[0][0]}: {first.message}",
+            index, first = errors[0]
+            raise TaskError(f"{len(errors)} of {len(items)} items failed; item {index}: {first.message}",
                             error_class=first.error_class)
         return outputs, "[" + ",".join(texts) + "]"
 
