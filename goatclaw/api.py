@@ -420,6 +420,7 @@ async def arun(
     cassette: str | os.PathLike[str] | None = None,
     workspace: str | os.PathLike[str] | None = None,
     approver: Any = None,
+    trigger: str | None = None,
 ) -> RunResult:
     """Run a pipeline on the running event loop.
 
@@ -458,6 +459,8 @@ async def arun(
     ``approver`` decides the tool calls an ``llm`` or ``agent`` task's ``approve:`` names: a
     function of a :class:`goatclaw.engine.toolcalls.Approval` returning ``True`` to run the call
     (it may block, or be async); without one those calls are refused (``approval_required``).
+    ``trigger`` says what started the run (``cli``, ``api``, ``schedule``, ``webhook``, …): its
+    ``run.started`` event records it, and the dashboard shows it.
     """
     from goatclaw import llm as llm_room
     from goatclaw import tracing
@@ -506,6 +509,7 @@ async def arun(
         cache=cache and session.mode == "live",
         load=functools.partial(load, project=project, registry=registry, llm=llm),  # pipeline tools' files
         approver=approver,
+        trigger=trigger,
         evidence=functools.partial(_approval_evidence, pipeline, project, registry or _registry_for(project)),
     )
     session.secrets = [v for v in options.secrets.values() if v]

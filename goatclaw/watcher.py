@@ -273,7 +273,7 @@ class Watcher:
         self.current = (file, reasons, run_id)
         self._emit("watch.run", file=shown, pipeline=pipeline.name, run_id=run_id, reasons=reasons, warnings=warnings)
         try:
-            result = await api.arun(pipeline, bus=self.bus, run_id=run_id, **self.run_options)
+            result = await api.arun(pipeline, bus=self.bus, run_id=run_id, **{"trigger": "watch", **self.run_options})
         except asyncio.CancelledError:
             self._emit("watch.finished", file=shown, run_id=run_id, status=RunStatus.CANCELLED.value, ran=[],
                        cached=[], result=None)

@@ -236,7 +236,7 @@ def apply(
     run = functools.partial(goatclaw.arun, pipeline, vars=variables, concurrency=concurrency, only=only or (),
                             store=store if store is not None else True, bus=bus, force=force, cache=not no_cache,
                             resume=resume_run or resume, llm=llm, max_cost=max_cost,
-                            executor=executor, executor_address=address, approver=approver)
+                            executor=executor, executor_address=address, approver=approver, trigger="cli")
     if mode == "rich":
         console = _out()
         with LiveView(bus, console, logs=logs) as view:

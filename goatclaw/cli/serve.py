@@ -122,13 +122,13 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", callback=_log_level,
                                            help="uvicorn's log level: " + ", ".join(_LOG_LEVELS) + ".")] = "info",
 ) -> None:
-    """Serve the HTTP API: trigger runs, follow their events, approve; tokens and users say who may."""
+    """Serve the HTTP API, the dashboard (/ui), schedules and webhooks; tokens and users say who may."""
     from goatclaw.cli import options
-    from goatclaw.server.app import build_app
+    from goatclaw.server.services import serving_app
     from goatclaw.server.serving import serve as run_server
 
     folders: dict[str, str] | list[str] = _folders(project or [str(Path.cwd())])
-    app_ = build_app(folders)
+    app_ = serving_app(folders)
     server = app_.state.goatclaw
     if grace is not None:
         server.settings = server.settings.but(grace=options.seconds(grace))

@@ -109,10 +109,11 @@ class Recorder:
     # -- run -------------------------------------------------------------------------
 
     def start_run(self, pipeline: Pipeline, *, vars: dict[str, Any], started_at: float, tasks: list[str],
-                  resume: bool = False) -> None:
+                  resume: bool = False, trigger: str | None = None) -> None:
         """Record the run as started (committed at once: a crash after this still shows the run).
 
         With ``resume`` the stored run is marked running again and its event numbers go on.
+        ``trigger`` (what started it: ``cli``, ``schedule``, …) goes into the ``run.started`` event.
         """
         self.plugins = {tid: t.uses for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_)
                         for tid, t in group.items()}
@@ -127,7 +128,8 @@ class Recorder:
         except RuntimeError:
             self._loop = None
         self._loop_thread = threading.get_ident()
-        self.event("run.resumed" if resume else "run.started", None, {"pipeline": pipeline.name, "tasks": tasks})
+        started = {"pipeline": pipeline.name, "tasks": tasks, **({"trigger": trigger} if trigger else {})}
+        self.event("run.resumed" if resume else "run.started", None, started)
         self._write()
         self.check()
         self._run_token = tasklogs.run_started(self)

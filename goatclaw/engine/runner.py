@@ -92,6 +92,7 @@ class RunOptions:
     ceiling: Any = None  # a child run: the calling task's Grant, which none of its tasks exceeds
     approver: Any = None  # decides tool calls a task's approve: names (toolcalls.Approver); None: they are refused
     evidence: Evidence | None = None  # an approval request's cost and permissions of what follows (goatclaw.api)
+    trigger: str | None = None  # what started the run (cli, api, schedule, webhook…): in its run.started event
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -194,7 +195,7 @@ class _Runner(OutputChecks, ToolCalls):
         if any(t.breaker is not None for t in self.all_tasks.values()):
             self._breakers()
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
-                                tasks=list(self.selected), resume=self.opts.resume)
+                                tasks=list(self.selected), resume=self.opts.resume, trigger=self.opts.trigger)
         if self.opts.parent:  # a pipeline tool's child run: who called it
             self.recorder.event("run.parent", None, dict(self.opts.parent))
         self.sentry = Sentry(self.recorder, threshold=Sentry.threshold_of(self.pipeline))

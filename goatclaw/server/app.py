@@ -96,6 +96,7 @@ class Server:
     started_at: float = field(default_factory=time.time)
     stopped: bool = False
     services: tuple[Any, ...] = ()  # started inside the lifespan (build_app's ``services``)
+    schedulers: dict[str, Any] = field(default_factory=dict)  # by project, while the schedules service runs
     #: Checked pipelines by file, with the (mtime, size) they were loaded at: a changed file is loaded again.
     pipelines: dict[Path, tuple[tuple[int, int], Any]] = field(default_factory=dict)
 

@@ -253,7 +253,7 @@ class _Tools:
             file = self.served.inside(path)
             pipeline = await anyio.to_thread.run_sync(lambda: goatclaw.load(file, llm=llm))
             _check_names(pipeline, variables, only, self.served)
-            result = await goatclaw.arun(pipeline, vars=dict(variables), only=tuple(only), llm=llm,
+            result = await goatclaw.arun(pipeline, vars=dict(variables), only=tuple(only), llm=llm, trigger="mcp",
                                          store=self.served.store if self.served.store is not None else True)
         except goatclaw.SpecError as exc:
             return _invalid(exc, self.served)

@@ -75,6 +75,7 @@ class Job:
     only: tuple[str, ...] = ()
     resume: bool = False
     principal: str = "anonymous"
+    trigger: str = "api"  # what asked for it: api, schedule, webhook, dashboard (the run.started event says it)
     queued_at: float = field(default_factory=time.time)
     state: str = "queued"  # queued, running, done
     status: str | None = None  # the run's status once done (succeeded, failed, cancelled, blocked)
@@ -228,7 +229,7 @@ async def _arun(job: Job, bus: goatclaw.Bus) -> Any:
     if job.resume:
         return await goatclaw.arun(job.pipeline, store=job.store, bus=bus, resume=job.run_id)
     return await goatclaw.arun(job.pipeline, vars=job.vars, only=job.only, store=job.store, bus=bus,
-                               run_id=job.run_id)
+                               run_id=job.run_id, trigger=job.trigger)
 
 
 def _record_not_started(jobs: list[Job]) -> None:

@@ -67,8 +67,11 @@ def check_names(loaded: Any, variables: Mapping[str, Any], only: Sequence[str], 
 
 async def trigger(server: Any, served: Any, path: str, *, vars: Mapping[str, Any] | None = None,
                   only: Sequence[str] = (), who: str, client: str | None = None, action: str = "run.triggered",
-                  detail: Mapping[str, Any] | None = None) -> Job:
-    """Queue a new run of the pipeline at ``path`` of ``served`` for ``who`` (audited as ``action``)."""
+                  detail: Mapping[str, Any] | None = None, source: str = "api") -> Job:
+    """Queue a new run of the pipeline at ``path`` of ``served`` for ``who`` (audited as ``action``).
+
+    ``source`` is what asked (``api``, ``schedule``, ``webhook``): the run's ``run.started`` event says it.
+    """
     file = inside(served, path)
     loaded = await load_pipeline(server, served, file)
     variables = dict(vars or {})
@@ -79,7 +82,7 @@ async def trigger(server: Any, served: Any, path: str, *, vars: Mapping[str, Any
         "principal": who, "client": client, "pipeline": loaded.name, "path": served.shown(file),
         "vars": sorted(variables), "only": list(only), **(detail or {})})
     return server.queue.submit(Job(run_id, served.name, loaded, served.store, vars=variables, only=tuple(only),
-                                   principal=who))
+                                   principal=who, trigger=source))
 
 
 async def resume(server: Any, served: Any, row: Any, *, who: str, client: str | None = None,

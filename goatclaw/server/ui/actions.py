@@ -104,7 +104,8 @@ class LocalActions:
         row = self._row(run_id)
         pipeline = self._pipeline(row)
         new = _new_run_id()
-        return await self._launch(new, goatclaw.arun(pipeline, vars=row.vars, store=self.store, run_id=new))
+        return await self._launch(new, goatclaw.arun(pipeline, vars=row.vars, store=self.store, run_id=new,
+                                                              trigger="dashboard"))
 
     async def resume(self, run_id: str, *, who: str) -> str:
         """See :meth:`Actions.resume`."""

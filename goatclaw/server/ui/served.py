@@ -91,7 +91,8 @@ class ServeActions(LocalActions):
 
         served = self._served()
         pipeline = await anyio.to_thread.run_sync(lambda: goatclaw.load(self._file(row), project=served.project))
-        job = Job(run_id, served.name, pipeline, served.store, vars=vars, resume=resume, principal=who)
+        job = Job(run_id, served.name, pipeline, served.store, vars=vars, resume=resume, principal=who,
+                  trigger="dashboard")
         if resume:
             self.server.queue.jobs.pop(run_id, None)  # a finished job of this id: the resume replaces it
         self.server.queue.submit(job)  # QueueFull and Stopping are GoatclawErrors: the page says them
