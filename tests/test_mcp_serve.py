@@ -369,12 +369,18 @@ def test_the_inspector_calls_a_tool_over_http(project: Path, http_server: str) -
 # --- the room's borders -----------------------------------------------------------------------------------
 
 
+_COLLECTED: list[bool] = []
+
+
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     # Finalizers of objects earlier tests left behind (a leaked client socket warns when collected)
     # must not run inside CPython 3.11's AST constructor: it then fails with "AST constructor
-    # recursion depth mismatch". Collect first, and parse with the collector off.
-    gc.collect()
+    # recursion depth mismatch". Collect first (once: a full collection of the suite's heap is
+    # slow, and Dask's gc callback measures each one), and parse with the collector off.
+    if not _COLLECTED:
+        gc.collect()
+        _COLLECTED.append(True)
     gc.disable()
     try:
         tree = ast.parse(path.read_text())
