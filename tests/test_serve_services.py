@@ -177,9 +177,12 @@ def test_a_signed_webhook_starts_a_run_and_a_bad_signature_counts_against_the_se
         run_id = answer.json()["run"]
         data = run_to_end(reader, "demo", run_id)
         assert data["status"] == "succeeded" and data["tasks"][0]["output"] == "deploying abc123 of refs/heads/main"
-        also = http.post("/hooks/demo/deploy", content=body, headers=good)  # the project-qualified path
+        delivered = {**good, "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+        also = http.post("/hooks/demo/deploy", content=body, headers=delivered)  # the project-qualified path
         assert also.status_code == 202 and also.json()["run"] != run_id
         run_to_end(reader, "demo", also.json()["run"])
+        replayed = http.post("/hooks/demo/deploy", content=body, headers=delivered)  # captured and sent again
+        assert replayed.status_code == 409 and "received already" in replayed.json()["error"]
 
         unfit = json.dumps({"ref": "main", "head_commit": {"id": "x"}}).encode()
         resigned = {**good, "X-Hub-Signature-256": sign(SECRET, unfit)}

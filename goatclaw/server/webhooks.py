@@ -17,7 +17,9 @@ What a request goes through, in order (nothing of the sender's is parsed before 
 4. the body is JSON (strict: no ``NaN``; else 400 saying where) and satisfies
    ``on.webhook.schema`` (else 422 with each problem located in the payload);
 5. the ``on.webhook.vars`` paths pick the run's vars out of the payload (a missing one: 422);
-6. ``trigger(pipeline_path, vars, trigger="webhook")`` starts the run; its answer (a run id,
+6. a delivery id (``X-GitHub-Delivery``, else ``X-Delivery-Id``) seen before for this pipeline
+   is a replay: 409, nothing starts (the last :data:`DELIVERIES` ids are kept, in memory);
+7. ``trigger(pipeline_path, vars, trigger="webhook")`` starts the run; its answer (a run id,
    or anything with ``run_id``) is the 202 response's ``run``. A trigger that raises is 503.
 
 ``trigger`` here *starts* a run and returns (a sender such as GitHub waits at most ten
@@ -32,6 +34,7 @@ import hashlib
 import hmac
 import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +49,16 @@ from goatclaw import api
 from goatclaw.errors import GoatclawError
 from goatclaw.schedule import payload_vars
 
-__all__ = ["SIGNATURE_HEADER", "sign", "webhook_routes"]
+__all__ = ["DELIVERIES", "DELIVERY_HEADERS", "SIGNATURE_HEADER", "sign", "webhook_routes"]
 
 _log = logging.getLogger("goatclaw.server.webhooks")
 
 #: The header that carries the body's signature (GitHub's convention; Gitea and others send it too).
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+#: Headers naming a delivery: a signed request sent again with the same id is a replay.
+DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Delivery-Id")
+#: How many delivery ids each endpoint remembers.
+DELIVERIES = 10_000
 _PREFIX = "sha256="
 
 Trigger = Callable[..., Awaitable[Any]]
@@ -108,6 +115,7 @@ class _Endpoint:
         self.trigger = trigger
         self.secrets = secrets
         self.on_denied = on_denied
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (pipeline, delivery id), oldest first
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         response = await self.handle(Request(scope, receive))
@@ -140,12 +148,22 @@ class _Endpoint:
         variables, problems = payload_vars(pipeline, payload)
         if problems:
             return _answer(422, "the payload does not fit the webhook", problems=problems)
-        return await self._start(pipeline, variables)
+        delivery = next((request.headers[h] for h in DELIVERY_HEADERS if request.headers.get(h)), None)
+        key = None if delivery is None else (name, delivery[:200])
+        if key is not None:
+            if key in self.seen:
+                return _answer(409, f"delivery {delivery[:200]} was received already: not started again")
+            self.seen[key] = None
+            while len(self.seen) > DELIVERIES:
+                self.seen.popitem(last=False)
+        return await self._start(pipeline, variables, key)
 
-    async def _start(self, pipeline: Any, variables: dict[str, Any]) -> JSONResponse:
+    async def _start(self, pipeline: Any, variables: dict[str, Any], key: tuple[str, str] | None) -> JSONResponse:
         try:
             started = await self.trigger(str(pipeline.file), variables, trigger="webhook")
         except Exception as exc:
+            if key is not None:  # not started: the sender's redelivery of it is welcome
+                self.seen.pop(key, None)
             _log.warning("webhook '%s': the run could not start: %s: %s", pipeline.name, type(exc).__name__, exc)
             return _answer(503, f"the run could not start: {type(exc).__name__}: {exc}")
         run = started if isinstance(started, str) else getattr(started, "run_id", None)
