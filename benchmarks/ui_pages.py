@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # last: this folder's dask.py must not shadow dask
 from ui_harness import CHROMIUM, build_store, chromium, page_timing, served
 
 BUDGET_MS = 300.0

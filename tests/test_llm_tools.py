@@ -323,7 +323,8 @@ def test_a_tools_parameters_come_from_the_plugins_signature_without_the_fixed_ar
     schema = parameters_of(http, {"method": "GET", "headers": {"x": "1"}})
     assert schema["required"] == ["url"] and schema["additionalProperties"] is False
     assert set(schema["properties"]) == {"url", "params", "json", "body", "expect", "timeout", "response",
-                                         "follow_redirects"}  # method and headers are fixed: the model never sees them
+                                         "follow_redirects", "paginate", "auth", "select", "max_wait"}
+    # method and headers are fixed: the model never sees them
     assert schema["properties"]["response"] == {"enum": ["auto", "json", "text"], "default": "auto"}
     assert schema["properties"]["expect"] == {"anyOf": [{"type": "array", "items": {"type": "integer"}},
                                                         {"type": "integer"}, {"type": "null"}]}

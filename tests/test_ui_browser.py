@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/dask.py must not shadow dask (spawned workers too)
 from ui_harness import CHROMIUM, build_store, chromium, page_timing, run_pipeline, served  # noqa: E402
 
 pytest.importorskip("playwright", reason="playwright is not installed (it is in the dev extra)")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/dask.py must not shadow dask (spawned workers too)
 from ui_harness import CHROMIUM, chromium, run_pipeline, served  # noqa: E402
 
 pytest.importorskip("goatclaw.server.auth", reason="this goatclaw has no server (goatclaw serve) yet")
