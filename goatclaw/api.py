@@ -34,7 +34,7 @@ from goatclaw.security.auditkey import audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.loader import dotted, dump_yaml, gc_frozen, gc_paused, load_file, load_text
 from goatclaw.spec.model import Pipeline, build_pipeline
-from goatclaw.spec.project import Project, find_project_file, load_project
+from goatclaw.spec.project import Project, find_project_file, load_project, pipeline_files
 from goatclaw.spec.schema import check_document, schema_text
 from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # imported where a run needs them: `goatclaw validate` never 
 
 __all__ = ["adecide", "afork", "append_run_events", "approvals", "arun", "check", "choose_model", "decide",
            "diff_runs", "dump_yaml", "expire_approvals", "fork", "load", "load_project_for", "mcp_pool", "mcp_tools",
-           "parse_var", "past_runs", "permissions_of", "pipeline_schema", "plan", "project_at", "registry_for", "run",
-           "scheduled_pipelines", "schedules", "schema_text", "store_path_of"]
+           "parse_var", "past_runs", "permissions_of", "pipeline_files", "pipeline_schema", "plan", "project_at",
+           "registry_for", "run", "scheduled_pipelines", "schedules", "schema_text", "store_path_of"]
 
 
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}

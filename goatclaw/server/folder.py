@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import goatclaw
+from goatclaw import api
 
 __all__ = ["MAX_LISTED", "pipeline_detail", "pipeline_files", "pipeline_rows", "vars_schema"]
 
-_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
 #: The most pipeline files one listing gives.
 MAX_LISTED = 1000
 
@@ -67,19 +67,7 @@ def vars_schema(loaded: Any) -> dict[str, Any]:
 
 def pipeline_files(root: Path) -> list[Path]:
     """YAML files under ``root`` with a top-level ``tasks:`` (hidden folders and symlinks out of it skipped)."""
-    found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-        for name in sorted(files):
-            if not name.endswith((".yaml", ".yml")) or name.endswith((".test.yaml", ".test.yml")) \
-                    or name in ("goatclaw.yaml", "goatclaw.yml"):
-                continue
-            path = Path(folder) / name
-            if path.resolve().is_relative_to(root) and re.search(r"^tasks\s*:", _head(path), re.MULTILINE):
-                found.append(path)
-                if len(found) >= MAX_LISTED:
-                    return found
-    return found
+    return api.pipeline_files(root, limit=MAX_LISTED)
 
 
 def _head(path: Path) -> str:
