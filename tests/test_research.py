@@ -154,6 +154,47 @@ def test_a_searxng_search_finds_the_pages_and_skips_what_does_not_load(write_pip
     assert [(p["url"], p["from"]) for p in pages] == [(f"{site}/limits.html", "url"), (f"{site}/wal.html", "search")]
 
 
+PROVIDER = """
+from goatclaw.tasks.search import SearchHit
+
+
+class SiteIndex:
+    \"\"\"A search provider of a package: the site's pages whose name holds a word of the query.\"\"\"
+
+    def __init__(self, config):
+        self.base, self.pages = config["base"], config["pages"]
+
+    async def search(self, ctx, query, limit):
+        words = query.lower().split()
+        return [SearchHit(f"{self.base}/{p}", p) for p in self.pages if any(w in p for w in words)][:limit]
+
+
+def factory(config):
+    return SiteIndex(config)
+"""
+
+
+def test_a_search_provider_from_an_installed_package(write_pipeline, site, model, tmp_path, monkeypatch) -> None:
+    """A package's entry point in ``goatclaw.search`` is a provider like the shipped ones."""
+    packages = tmp_path / "site-packages"
+    (packages / "site_index_search-1.0.dist-info").mkdir(parents=True)
+    (packages / "site_index_search-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: site-index-search\nVersion: 1.0\n")
+    (packages / "site_index_search-1.0.dist-info" / "entry_points.txt").write_text(
+        "[goatclaw.search]\nsite-index = site_index_search:factory\n")
+    (packages / "site_index_search.py").write_text(PROVIDER)
+    monkeypatch.syspath_prepend(str(packages))
+    result = goatclaw.run(research_pipeline(write_pipeline, model, f'search: {{provider: site-index, base: "{site}", '
+                                                                   'pages: [wal.html, limits.html, about.html]}'))
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    # the question's words "wal" and "its" name two of the three pages
+    assert [(p["url"], p["from"]) for p in result.tasks["r"].output["pages"]] == [
+        (f"{site}/wal.html", "search"), (f"{site}/limits.html", "search")]
+    unknown = goatclaw.run(research_pipeline(write_pipeline, model, "search: {provider: nosuch}"))
+    assert unknown.tasks["r"].error_class == "invalid_input"
+    assert "unknown provider 'nosuch'" in unknown.tasks["r"].error and "site-index" in unknown.tasks["r"].error
+
+
 def test_a_page_on_a_host_the_task_is_not_granted_is_never_fetched(write_pipeline, site, model) -> None:
     path = research_pipeline(write_pipeline, model, f'urls: ["{site}/wal.html"]',
                              permissions="permissions: {network: [api.openai.com]}")

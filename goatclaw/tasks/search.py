@@ -11,6 +11,10 @@ taking the rest of the mapping. Shipped:
   list in the answer), ``url_field``, ``title_field``, ``snippet_field``. ``brave`` and ``tavily``
   are presets of it (give ``headers`` with your key, say ``X-Subscription-Token``).
 
+A package adds a provider with an entry point in the group ``goatclaw.search`` whose name is the
+``provider:`` and whose object is a factory like the shipped ones: it takes the rest of the
+``search:`` mapping and returns a :class:`SearchProvider`. A built-in name cannot be replaced.
+
 Every request goes through :func:`goatclaw.tasks.http.http` with the task's context: the
 task's ``permissions.network`` must allow the search host (and list it by name when a
 header carries a secret), and it is throttled, audited and untrusted like any request.
@@ -25,7 +29,10 @@ from typing import Any, Protocol
 from goatclaw.plugin import TaskContext, fail
 from goatclaw.tasks.http import http
 
-__all__ = ["PROVIDERS", "JsonSearch", "SearchHit", "SearchProvider", "provider_for"]
+__all__ = ["ENTRY_POINT_GROUP", "PROVIDERS", "JsonSearch", "SearchHit", "SearchProvider", "provider_for"]
+
+#: The entry-point group of third-party search providers (a name -> a factory of a provider).
+ENTRY_POINT_GROUP = "goatclaw.search"
 
 
 @dataclass(frozen=True)
@@ -115,11 +122,35 @@ PROVIDERS: dict[str, Callable[[Mapping[str, Any]], SearchProvider]] = {
 
 
 def provider_for(search: Any) -> SearchProvider:
-    """The provider a ``search:`` mapping names (``provider`` defaults to ``searxng``)."""
+    """The provider a ``search:`` mapping names (``provider`` defaults to ``searxng``): shipped, or a package's."""
     if not isinstance(search, Mapping):
         fail("search must be a mapping {provider, url, ...}", error_class="invalid_input")
     config = {k: v for k, v in search.items() if k not in ("provider", "results_limit")}
     name = search.get("provider", "searxng")
-    if name not in PROVIDERS:
-        fail(f"search: unknown provider '{name}' (known: {', '.join(sorted(PROVIDERS))})", error_class="invalid_input")
-    return PROVIDERS[name](config)
+    factory = PROVIDERS.get(name) if isinstance(name, str) else None
+    if factory is None:
+        factory = _installed(name)
+    provider = factory(config)
+    if not callable(getattr(provider, "search", None)):
+        fail(f"search: provider '{name}' gave {type(provider).__name__}, which has no search(ctx, query, limit)",
+             error_class="invalid_input")
+    return provider
+
+
+def _installed(name: Any) -> Callable[[Mapping[str, Any]], SearchProvider]:
+    """The factory an installed package declares for ``name`` in :data:`ENTRY_POINT_GROUP`, or a clear failure."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if not isinstance(name, str) or name not in found:
+        known = ", ".join(sorted({*PROVIDERS, *found}))
+        fail(f"search: unknown provider '{name}' (known: {known})", error_class="invalid_input")
+    point = found[name]
+    try:
+        factory = point.load()
+    except Exception as exc:  # a broken third-party package: say which, never crash the run
+        fail(f"search: provider '{name}' ({point.value}) failed to load: {type(exc).__name__}: {exc}",
+             error_class="invalid_input")
+    if not callable(factory):
+        fail(f"search: provider '{name}' ({point.value}) is not a factory", error_class="invalid_input")
+    return factory  # type: ignore[no-any-return]
