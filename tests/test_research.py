@@ -66,6 +66,20 @@ class Site(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """``/tavily``: Tavily's shape, a JSON body with the query and a bearer key in, ``results`` out."""
+        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok = (self.path == "/tavily" and self.headers.get("Authorization") == "Bearer tvly-test"
+              and "WAL" in asked["query"])
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        body = json.dumps({"query": asked.get("query"), "results": [
+            {"url": f"{base}/limits.html", "title": "Limits", "content": "x", "score": 0.9}] if ok else []}).encode()
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
 
 @pytest.fixture
 def site() -> Iterator[str]:
@@ -193,6 +207,15 @@ def test_a_search_provider_from_an_installed_package(write_pipeline, site, model
     unknown = goatclaw.run(research_pipeline(write_pipeline, model, "search: {provider: nosuch}"))
     assert unknown.tasks["r"].error_class == "invalid_input"
     assert "unknown provider 'nosuch'" in unknown.tasks["r"].error and "site-index" in unknown.tasks["r"].error
+
+
+def test_the_tavily_preset_posts_the_query_as_json(write_pipeline, site, model) -> None:
+    result = goatclaw.run(research_pipeline(write_pipeline, model, f'search: {{provider: tavily, url: "{site}/tavily", '
+                                                                   'headers: {Authorization: Bearer tvly-test}}\n'
+                                                                   f'              urls: ["{site}/wal.html"]'))
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    assert [(p["url"], p["from"]) for p in result.tasks["r"].output["pages"]] == [
+        (f"{site}/wal.html", "url"), (f"{site}/limits.html", "search")]
 
 
 def test_a_page_on_a_host_the_task_is_not_granted_is_never_fetched(write_pipeline, site, model) -> None:

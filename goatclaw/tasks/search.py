@@ -7,9 +7,11 @@ taking the rest of the mapping. Shipped:
 * ``searxng``: a self-hosted SearXNG instance's JSON API (``url: http://host:8888``,
   optionally ``categories``, ``engines``, ``language``); the instance must allow ``format=json``.
 * ``json``: any hosted JSON search API, described by config: ``url``, ``query_param``,
-  ``params``, ``headers`` (which may read secrets), ``results`` (the dotted path of the result
-  list in the answer), ``url_field``, ``title_field``, ``snippet_field``. ``brave`` and ``tavily``
-  are presets of it (give ``headers`` with your key, say ``X-Subscription-Token``).
+  ``params``, ``headers`` (which may read secrets), ``method`` (``GET``, or ``POST`` to send the
+  query and ``params`` as a JSON body), ``results`` (the dotted path of the result list in the
+  answer), ``url_field``, ``title_field``, ``snippet_field``. ``brave`` and ``tavily`` (a POST)
+  are presets of it (give ``headers`` with your key: ``X-Subscription-Token`` for Brave,
+  ``Authorization: Bearer …`` for Tavily).
 
 A package adds a provider with an entry point in the group ``goatclaw.search`` whose name is the
 ``provider:`` and whose object is a factory like the shipped ones: it takes the rest of the
@@ -65,11 +67,17 @@ class JsonSearch:
     title_field: str = "title"
     snippet_field: str = "content"
     timeout: float = 20
+    method: str = "GET"
 
     async def search(self, ctx: TaskContext, query: str, limit: int) -> list[SearchHit]:
-        """The first ``limit`` results the API lists for ``query``."""
-        answer = await http(ctx, url=self.url, params={**(self.params or {}), self.query_param: query},
-                            headers=dict(self.headers or {}), response="json", timeout=self.timeout)
+        """The first ``limit`` results the API lists for ``query`` (GET: in the query string; POST: a JSON body)."""
+        asked = {**(self.params or {}), self.query_param: query}
+        if str(self.method).upper() == "POST":
+            answer = await http(ctx, url=self.url, method="POST", json=asked, headers=dict(self.headers or {}),
+                                response="json", timeout=self.timeout)
+        else:
+            answer = await http(ctx, url=self.url, params=asked, headers=dict(self.headers or {}),
+                                response="json", timeout=self.timeout)
         listed = _at(answer["body"], self.results)
         if not isinstance(listed, list):
             fail(f"search: {self.url} answered without a list at '{self.results}'", error_class="invalid_output")
@@ -117,7 +125,8 @@ PROVIDERS: dict[str, Callable[[Mapping[str, Any]], SearchProvider]] = {
     "json": _json,
     "brave": _preset(url="https://api.search.brave.com/res/v1/web/search", results="web.results",
                      snippet_field="description"),
-    "tavily": _preset(url="https://api.tavily.com/search", query_param="query", snippet_field="content"),
+    "tavily": _preset(url="https://api.tavily.com/search", method="POST", query_param="query",
+                      snippet_field="content"),
 }
 
 
