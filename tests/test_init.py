@@ -53,6 +53,14 @@ def test_init_writes_the_schemas_its_modelines_name(here: Path) -> None:
     assert (here / "schemas" / "test.schema.json").is_file()
 
 
+def test_init_beside_an_invalid_project_file_still_writes_the_schemas(here: Path) -> None:
+    (here / "goatclaw.yaml").write_text("version: 1\nnope: 3\n")
+    result = CliRunner().invoke(app, ["init"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (here / "schemas" / "pipeline.schema.json").is_file()
+    assert (here / "goatclaw.yaml").read_text() == "version: 1\nnope: 3\n"
+
+
 def test_init_never_overwrites_what_exists(here: Path) -> None:
     (here / "goatclaw.yaml").write_text("version: 1\n# mine\n")
     result = CliRunner().invoke(app, ["init"], catch_exceptions=False)

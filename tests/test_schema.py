@@ -102,6 +102,15 @@ def test_schema_pipeline_adds_the_installed_plugins_with_keys() -> None:
     assert built_in == shipped["$defs"]["task"]["allOf"]
 
 
+def test_schema_pipeline_under_an_invalid_project_file_is_a_located_error(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "goatclaw.yaml").write_text("version: 1\nnope: 3\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 2 and "goatclaw.yaml:2:1: nope: unknown field 'nope'" in result.output
+    assert CliRunner().invoke(app, ["schema", "--builtins"]).exit_code == 0  # needs no project
+
+
 def test_validation_leaves_the_generated_branches_to_the_plugins(write_pipeline: Callable[..., Path]) -> None:
     """A with: mistake is reported once, by the plugin's check, not a second time by the editor's branch."""
     from goatclaw.spec.schema import GENERATED, load_schema

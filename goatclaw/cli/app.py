@@ -379,6 +379,7 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
 
 
 @app.command()
+@handles_errors
 def schema(
     name: Annotated[str, typer.Argument(help="pipeline, goatclaw (the project file) or test (*.test.yaml).")
                     ] = "pipeline",

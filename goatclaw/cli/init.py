@@ -101,8 +101,13 @@ def _write_schemas(root: Path) -> None:
     import json
 
     from goatclaw.api import load_project_for, pipeline_schema, registry_for, schema_text
+    from goatclaw.errors import SpecError
 
-    pipeline = pipeline_schema(registry_for(load_project_for(root / "goatclaw.yaml")))
+    try:
+        registry = registry_for(load_project_for(root / "goatclaw.yaml"))
+    except SpecError:  # a goatclaw.yaml that was there already and is invalid: every installed plugin
+        registry = None
+    pipeline = pipeline_schema(registry)
     _write_new(root / "schemas" / "pipeline.schema.json", json.dumps(pipeline, indent=2, ensure_ascii=False) + "\n")
     for name in ("goatclaw", "test"):
         _write_new(root / "schemas" / f"{name}.schema.json", schema_text(name))
