@@ -28,7 +28,7 @@ from urllib.parse import urljoin
 
 from goatclaw.plugin import TaskContext, fail, task
 from goatclaw.tasks.httpauth import Auth, parse_auth
-from goatclaw.tasks.jmes import compile_expression
+from goatclaw.tasks.jmes import compile_select
 from goatclaw.tasks.pagination import Page, Pager
 
 if TYPE_CHECKING:  # only for annotations; importing httpx costs time every CLI start would pay
@@ -65,14 +65,15 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
     body: ``auto`` parses it when the server says it is JSON. ``auth`` adds credentials
     (``bearer``, ``basic``, ``api_key``, ``oauth2`` client credentials), ``paginate`` follows
     pages (``link``, ``next_url``, ``cursor``, ``page``, ``offset``) into ``items``, ``select``
-    picks from the JSON body (each item when paginating) with JMESPath. A 429 or 503 whose
+    picks from the JSON body (each item when paginating) with JMESPath, or with JSONPath (RFC 9535)
+    when it starts with ``$``. A 429 or 503 whose
     ``Retry-After`` is at most ``max_wait`` seconds (default 0, or 30 when paginating) is
     waited for and sent again (3 times at most) instead of failing the task.
     """
     _check_options(url, json, body, response, timeout)
     call = Call(str(method).upper(), url, dict(headers or {}), dict(params or {}), json, body)
     expected = _expected(expect)
-    picker = compile_expression(select, "select") if select is not None else None
+    picker = compile_select(select) if select is not None else None
     pager = Pager.parse(paginate) if paginate is not None else None
     limit = _max_wait(max_wait, paginating=pager is not None)
     signer = parse_auth(auth)

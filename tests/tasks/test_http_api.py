@@ -219,6 +219,32 @@ def test_select_picks_fields_of_each_item_and_of_a_single_body(api: str, tmp_pat
     assert single["body"] == ["item-4", "item-5", "item-6"] and single["status"] == 200
 
 
+def test_select_may_be_jsonpath(api: str, tmp_path: Path) -> None:
+    """A select: starting with $ is RFC 9535 JSONPath: a singular query gives its value, any other a list."""
+    single = run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[*].name"))
+    assert single["body"] == ["item-4", "item-5", "item-6"]
+    filtered = run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[?@.id > 4].id"))
+    assert filtered["body"] == [5, 6]
+    assert run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[0].name"))["body"] == "item-4"
+    assert run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.nothing.here"))["body"] is None
+    out = run(http(ctx_for(tmp_path), url=api + "/pages", paginate={"page": "page", "items": "data"},
+                   select="$.name"))
+    assert out["items"] == [f"item-{i}" for i in range(1, 8)]  # per item, singular: the value itself
+
+
+@pytest.mark.parametrize(("query", "why"), [
+    ("$.data[?match(@.name, '(a+)+$')]", "match() is not available"),
+    ("$.data[?search(@.name, 'a')]", "search() is not available"),
+    ("$.data[?@.name =~ /a+/]", "unexpected token"),  # the library's regex extension: strict mode refuses it
+    ("$.data[", "unexpected end of query"),
+])
+def test_jsonpath_refuses_regular_expressions_and_bad_queries_before_sending(api: str, tmp_path: Path, query: str,
+                                                                            why: str) -> None:
+    Api.hits.clear()
+    message = fails(http(ctx_for(tmp_path), url=api + "/pages", select=query), "invalid_input").message
+    assert why in message and "select" in message and Api.hits == []
+
+
 def test_bad_options_fail_before_anything_is_sent(api: str, tmp_path: Path) -> None:
     ctx = ctx_for(tmp_path)
     assert "JMESPath" in fails(http(ctx, url=api + "/pages", select="data[".strip()), "invalid_input").message
