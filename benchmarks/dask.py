@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # This file is named dask.py: its folder must not come before site-packages on sys.path, or
-# `import dask` would import this file. It goes last, so that bench_tasks (and nothing else
+# `import dask` would import this file. It goes last, so that dask_plugins (and nothing else
 # here) is still importable, by this process and by the workers it spawns with this sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
@@ -40,7 +40,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-import bench_tasks  # noqa: E402
+import dask_plugins  # noqa: E402
 import distributed  # noqa: E402
 
 import goatclaw  # noqa: E402
@@ -63,8 +63,8 @@ tasks:
 
 def registry() -> Registry:
     reg = Registry(entry_points=False)
-    reg.register_task("noop", bench_tasks.noop)
-    reg.register_task("spin", bench_tasks.spin)
+    reg.register_task("noop", dask_plugins.noop)
+    reg.register_task("spin", dask_plugins.spin)
     return reg
 
 
@@ -84,7 +84,7 @@ async def goatclaw_run(folder: Path, fn: str, n: int, inflight: int, ms: float, 
 async def raw_submit(client: distributed.Client, fn: Callable[..., Any], n: int, inflight: int, ms: float) -> float:
     """The same function through Dask alone: submit, await, at most ``inflight`` at a time."""
     ctx = TaskContext("bench", "work")
-    kwargs = {"ms": ms} if fn is bench_tasks.spin else {}
+    kwargs = {"ms": ms} if fn is dask_plugins.spin else {}
     gate = asyncio.Semaphore(inflight)
 
     async def one(i: int) -> int:
@@ -121,7 +121,7 @@ async def measure(address: str, folder: Path, n: int, workers: int, ms: float, r
     try:
         async with distributed.Client(address, asynchronous=True, set_as_default=False) as client:
             for fn_name, inflight in (("noop", 1), ("noop", 4 * workers), ("spin", 1), ("spin", 4 * workers)):
-                fn = getattr(bench_tasks, fn_name)
+                fn = getattr(dask_plugins, fn_name)
                 count = n if fn_name == "noop" else max(workers, n // 4)
                 for ex in (local, remote):  # warm: worker imports, the process pool
                     await goatclaw_run(folder, fn_name, min(count, 4 * workers), inflight, ms, ex)

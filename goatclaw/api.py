@@ -55,36 +55,55 @@ __all__ = ["adecide", "afork", "append_run_events", "approvals", "arun", "check"
 _TEMPLATED = {"type": "string", "pattern": "\\$\\{\\{", "description": "A ${{ }} template, known at run time."}
 
 
-def pipeline_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """The pipeline file's JSON Schema for editors: the shipped one, plus each built-in task's ``with:`` keys.
+def pipeline_schema(registry: Registry | None = None, *, tasks: bool = True) -> dict[str, Any]:
+    """The pipeline file's JSON Schema for editors: the core schema plus each task's ``with:`` keys.
 
-    A task whose ``uses`` is a built-in gets that plugin's arguments (the same schema ``validate``
-    and the tool loop use) under ``with``, so yaml-language-server completes them; a value may
-    always be a ``${{ }}`` template instead.
+    Every task ``registry`` knows (default: the built-ins and the installed plugins) that has no
+    hand-written branch gets one, marked :data:`~goatclaw.spec.schema.GENERATED`: under
+    ``uses: <name>``, ``with`` holds that plugin's arguments (the JSON Schema ``validate`` and the
+    tool loop use), each of which may be a ``${{ }}`` template instead, so yaml-language-server
+    completes and checks them. A built-in that cannot load here (its extra is missing) keeps the
+    branch of the shipped file; a plugin that cannot load gets none. The shipped
+    ``schemas/pipeline.schema.json`` is this schema over the built-ins alone
+    (``goatclaw schema pipeline --builtins``); ``tasks=False`` gives the core, as validation reads it.
     """
     import json
 
-    from goatclaw.registry import BUILTIN_TASKS
+    from goatclaw.spec.schema import without_generated
+
+    shipped = json.loads(schema_text("pipeline"))
+    schema = without_generated(shipped)
+    if not tasks:
+        return schema
+    task = schema["$defs"]["task"]
+    written = {_branch_task(b) for b in task.get("allOf", [])}  # llm and agent: hand-written in the file
+    fallback = {_branch_task(b): b for b in shipped["$defs"]["task"].get("allOf", [])}
+    reg = registry or default_registry()
+    branches = [b for name in sorted(set(reg.names()) - written)
+                if (b := _with_branch(reg, name) or fallback.get(name)) is not None]
+    return {**schema, "$defs": {**schema["$defs"], "task": {**task, "allOf": [*task.get("allOf", []), *branches]}}}
+
+
+def _branch_task(branch: Mapping[str, Any]) -> str | None:
+    """The task an ``if: {uses: const}`` branch of the task schema is for."""
+    return branch.get("if", {}).get("properties", {}).get("uses", {}).get("const")
+
+
+def _with_branch(reg: Registry, name: str) -> dict[str, Any] | None:
+    """The generated ``if uses: name then with: <its arguments>`` branch, or None when the plugin cannot load."""
+    from goatclaw.spec.schema import GENERATED
     from goatclaw.tools import parameters_of
 
-    schema = json.loads(schema_text("pipeline"))
-    reg = registry or default_registry()
-    branches = []
-    shipped = {b.get("if", {}).get("properties", {}).get("uses", {}).get("const")
-               for b in schema["$defs"]["task"].get("allOf", [])}
-    for name in sorted(set(BUILTIN_TASKS) - shipped):  # llm and agent have hand-written ones in the file
-        try:
-            params = parameters_of(reg.task(name))
-        except PluginError:
-            continue  # an extra is missing: no completion for it, validate says why
-        params["properties"] = {k: {"anyOf": [v, _TEMPLATED], **({"description": v["description"]}
-                                                                if "description" in v else {})}
-                                for k, v in params.get("properties", {}).items()}
-        doc = reg.task(name).doc
-        branches.append({"if": {"properties": {"uses": {"const": name}}, "required": ["uses"]},
-                         "then": {"properties": {"with": {**params, "description": f"{name}: {doc}"}}}})
-    schema["$defs"]["task"]["allOf"] = [*schema["$defs"]["task"].get("allOf", []), *branches]
-    return schema
+    try:
+        plugin = reg.task(name)
+        params = parameters_of(plugin)
+    except PluginError:
+        return None  # an extra or a package is missing: validate says why
+    params["properties"] = {k: {"anyOf": [v, _TEMPLATED], **({"description": v["description"]}
+                                                            if "description" in v else {})}
+                            for k, v in params.get("properties", {}).items()}
+    return {"$comment": GENERATED, "if": {"properties": {"uses": {"const": name}}, "required": ["uses"]},
+            "then": {"properties": {"with": {**params, "description": f"{name}: {plugin.doc}"}}}}
 
 
 def load_project_for(path: str | os.PathLike[str] | None = None) -> Project:

@@ -164,7 +164,7 @@ def similar_goals(project: Any, goal: str, *, limit: int = 3, threshold: float =
 
 def _schema_digest() -> tuple[dict[str, Any], str]:
     """The pipeline JSON Schema (for structured output) and a digest of it for the prompt."""
-    schema = json.loads(api.schema_text("pipeline"))
+    schema = api.pipeline_schema(tasks=False)  # the core: the tasks' arguments are listed apart, in the prompt
     lines = ["top-level keys:"]
     lines += [f"  {k}: {v.get('description', '')}" for k, v in schema["properties"].items()]
     defs = schema["$defs"]

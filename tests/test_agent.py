@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import goatclaw
 from goatclaw import llm as room
 from goatclaw.cli.app import app
+from goatclaw.registry import default_registry
 from goatclaw.store import Store
 
 pytestmark = pytest.mark.slow
@@ -610,3 +611,36 @@ def test_validate_checks_a_pipeline_tools_file_and_its_fixed_vars(write_pipeline
     assert "nowhere" in shown["tasks.ask.with.tools[0].pipeline"]
     assert "has no var 'wrod'" in shown["tasks.ask.with.tools[1].with.wrod"]
     assert all(p.location is not None for p in problems if p.path.startswith("tasks.ask.with.tools"))
+
+
+def test_the_specialists_are_tools_of_the_agent(write_pipeline, srv, project, store_path) -> None:
+    """Each specialist is offered with its with: schema (fixed arguments left out); a data call runs as an attempt.
+
+    A model may choose a tool's sinks (a path, a URL, a command, the SQL) only where the tool's entry trusts it to
+    (``trust:``); without it the tool is refused (tests/test_tool_sinks.py), which the last run here shows.
+    """
+    (project / "data").mkdir()
+    (project / "data" / "orders.csv").write_text("region,qty\nnorth,3\nsouth,4\nnorth,5\n")
+    asked = "SELECT region, sum(qty) AS qty FROM orders GROUP BY region ORDER BY region"
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("data", {"query": asked})]),
+                           lambda body: Reply("north " + str(json.loads(_tool_messages(body)[0]["content"])
+                                                             ["rows"][0]["qty"])))
+    names = ["data", "http", "graphql", "wait", "check", "file.glob", "file.archive", "code"]
+    # a model may choose a tool's sinks (paths, URLs, commands, SQL) only where the entry trusts it to
+    tools = [{"uses": n, "trust": list(default_registry().task(n).spec.sinks)} for n in names]
+    tools[0]["with"] = {"files": {"orders": "data/orders.csv"}}
+    result = goatclaw.run(agent_pipeline(write_pipeline, srv, tools))
+    assert result.ok, result.tasks["work"].error
+    offered = {t["function"]["name"]: t["function"]["parameters"] for t in srv.requests[0]["tools"]}
+    assert set(offered) == {"data", "http", "graphql", "wait", "check", "file_glob", "file_archive", "code"}
+    assert "query" in offered["data"]["properties"] and "files" not in offered["data"]["properties"]  # fixed
+    assert {"paginate", "auth", "select"} <= set(offered["http"]["properties"])
+    assert {"goal", "folder", "mode", "checks"} <= set(offered["code"]["properties"])
+    assert {"http", "tcp", "file", "command"} <= set(offered["wait"]["properties"])
+    assert result.tasks["work"].output["text"] == "north 8"
+    topics = [e["topic"] for e in _events(store_path, result.run_id)]
+    assert topics == ["tool.started", "tool.succeeded"]
+    srv.respond = scripted(Reply(None, tool_calls=[tool_call("data", {"query": asked})]), Reply("done"))
+    untrusted = goatclaw.run(agent_pipeline(write_pipeline, srv, [{"uses": "data"}]))
+    call = untrusted.tasks["work"].output["trajectory"][0]["calls"][0]
+    assert call["error_class"] == "permission_denied" and "query" in call["result"]

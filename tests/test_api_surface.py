@@ -175,6 +175,7 @@ def test_the_server_room_calls_the_api_not_the_engine() -> None:
     ("sqlean", "goatclaw.store"),
     ("re2", "goatclaw.regex"),
     ("jmespath", "goatclaw.tasks.jmes"),  # select: and paginate: of http and graphql
+    ("jsonpath", "goatclaw.tasks.jsonpath"),  # a select: that starts with $ (RFC 9535)
     ("distributed", "goatclaw.engine.dask"),  # imported only when the dask executor is chosen
     ("dotenv", "goatclaw.providers"),  # .env files: read once, by python-dotenv
     # providers: the Ollama probe of goatclaw doctor; notify: the notify hook's one POST of a run's result

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
-HELPERS = {"bench_tasks.py",  # plugins benchmarks/dask.py imports by name, not a benchmark itself
+HELPERS = {"dask_plugins.py",  # plugins benchmarks/dask.py imports by name, not a benchmark itself
            "ui_harness.py"}  # the store, server and browser of benchmarks/ui_pages.py and tests/test_ui_browser.py
 TABLE = re.compile(r"^\|.*\|[ \t]*\n\|[ \t]*:?-{2,}.*\|[ \t]*$", re.MULTILINE)
 

@@ -112,3 +112,44 @@ def test_the_shipped_code_fix_replays_offline_from_its_cassette(tmp_path) -> Non
                                "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "✓ pipelines/code-fix.test.yaml::the-failing-test-passes" in done.stdout
+
+
+def test_tests_mode_writes_a_test_file_that_runs_and_never_the_code_under_test(write_pipeline, project) -> None:
+    extra = ("from calc import mean\n\n\ndef test_mean_of_one() -> None:\n"
+             "    assert mean([4.0]) == 4.0\n")
+    with FakeOpenAI(scripted(files(extra, "test_more.py"))) as srv:
+        path = code_pipeline(write_pipeline, srv, "mode: tests")
+        (project / "work" / "calc.py").write_text(FIXED)
+        result = goatclaw.run(path)
+        system = srv.requests[0]["messages"][0]["content"]
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    out = result.tasks["c"].output
+    assert "Write tests (pytest)" in system and out["files"] == ["test_more.py"]
+    assert "3 passed" in out["checks"][2]["output"]  # the model's test ran beside the two there
+    # the model may not "fix" the code under test in this mode: refused before anything is written
+    shutil.rmtree(project / "work")
+    cheat = Reply(json.dumps({"summary": "s", "files": [{"path": "test_ok.py", "content": "def test_x(): pass\n"},
+                                                       {"path": "calc.py", "content": "def mean(v): return 2.0\n"}]}))
+    with FakeOpenAI(scripted(cheat)) as srv:
+        refused = goatclaw.run(code_pipeline(write_pipeline, srv, "mode: tests"))
+    assert refused.tasks["c"].error_class == "permission_denied" and "calc.py" in refused.tasks["c"].error
+    assert (project / "work" / "calc.py").read_text() == BROKEN and not (project / "work" / "test_ok.py").exists()
+
+
+def test_generate_mode_creates_new_files_that_pass_the_checks(write_pipeline, project) -> None:
+    module = '"""Statistics."""\n\n\ndef median(values: list[float]) -> float:\n    """The middle value."""\n' \
+             '    ordered = sorted(values)\n    mid = len(ordered) // 2\n' \
+             '    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2\n'
+    test = '"""median."""\n\nfrom stats import median\n\n\ndef test_median() -> None:\n' \
+           '    assert median([3.0, 1.0, 2.0]) == 2.0 and median([1.0, 2.0]) == 1.5\n'
+    answer = Reply(json.dumps({"summary": "s", "files": [{"path": "stats.py", "content": module},
+                                                        {"path": "test_stats.py", "content": test}]}))
+    with FakeOpenAI(scripted(answer)) as srv:
+        path = code_pipeline(write_pipeline, srv, "mode: generate")
+        for name in ("calc.py", "test_calc.py"):
+            (project / "work" / name).unlink()
+        result = goatclaw.run(path)
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    out = result.tasks["c"].output
+    assert out["files"] == ["stats.py", "test_stats.py"] and [c["exit_code"] for c in out["checks"]] == [0, 0, 0]
+    assert "+def median(values: list[float]) -> float:" in out["diff"] and "1 passed" in out["checks"][2]["output"]

@@ -34,6 +34,33 @@ def test_init_writes_a_commented_project_file_and_a_first_pipeline_that_runs(her
     assert (here / "out" / "hello.txt").read_text() == "Hello, world!"
 
 
+def test_init_writes_the_schemas_its_modelines_name(here: Path) -> None:
+    """An editor opening the new files finds their schemas; the pipeline's completes research's with: keys."""
+    import json
+    import re
+
+    import jsonschema
+
+    result = CliRunner().invoke(app, ["init"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for written in (here / "goatclaw.yaml", here / "pipelines" / "hello.yaml"):
+        modeline = re.match(r"# yaml-language-server: \$schema=(\S+)", written.read_text())
+        assert modeline and (written.parent / modeline.group(1)).is_file(), written
+    schema = json.loads((here / "schemas" / "pipeline.schema.json").read_text())
+    editor = jsonschema.Draft202012Validator(schema)
+    doc = {"version": 1, "tasks": {"r": {"uses": "research", "with": {"questoin": "why?"}}}}
+    assert any("questoin" in e.message for e in editor.iter_errors(doc))
+    assert (here / "schemas" / "test.schema.json").is_file()
+
+
+def test_init_beside_an_invalid_project_file_still_writes_the_schemas(here: Path) -> None:
+    (here / "goatclaw.yaml").write_text("version: 1\nnope: 3\n")
+    result = CliRunner().invoke(app, ["init"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (here / "schemas" / "pipeline.schema.json").is_file()
+    assert (here / "goatclaw.yaml").read_text() == "version: 1\nnope: 3\n"
+
+
 def test_init_never_overwrites_what_exists(here: Path) -> None:
     (here / "goatclaw.yaml").write_text("version: 1\n# mine\n")
     result = CliRunner().invoke(app, ["init"], catch_exceptions=False)

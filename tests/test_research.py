@@ -66,6 +66,20 @@ class Site(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """``/tavily``: Tavily's shape, a JSON body with the query and a bearer key in, ``results`` out."""
+        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok = (self.path == "/tavily" and self.headers.get("Authorization") == "Bearer tvly-test"
+              and "WAL" in asked["query"])
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        body = json.dumps({"query": asked.get("query"), "results": [
+            {"url": f"{base}/limits.html", "title": "Limits", "content": "x", "score": 0.9}] if ok else []}).encode()
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
 
 @pytest.fixture
 def site() -> Iterator[str]:
@@ -152,6 +166,56 @@ def test_a_searxng_search_finds_the_pages_and_skips_what_does_not_load(write_pip
     assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
     pages = result.tasks["r"].output["pages"]
     assert [(p["url"], p["from"]) for p in pages] == [(f"{site}/limits.html", "url"), (f"{site}/wal.html", "search")]
+
+
+PROVIDER = """
+from goatclaw.tasks.search import SearchHit
+
+
+class SiteIndex:
+    \"\"\"A search provider of a package: the site's pages whose name holds a word of the query.\"\"\"
+
+    def __init__(self, config):
+        self.base, self.pages = config["base"], config["pages"]
+
+    async def search(self, ctx, query, limit):
+        words = query.lower().split()
+        return [SearchHit(f"{self.base}/{p}", p) for p in self.pages if any(w in p for w in words)][:limit]
+
+
+def factory(config):
+    return SiteIndex(config)
+"""
+
+
+def test_a_search_provider_from_an_installed_package(write_pipeline, site, model, tmp_path, monkeypatch) -> None:
+    """A package's entry point in ``goatclaw.search`` is a provider like the shipped ones."""
+    packages = tmp_path / "site-packages"
+    (packages / "site_index_search-1.0.dist-info").mkdir(parents=True)
+    (packages / "site_index_search-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: site-index-search\nVersion: 1.0\n")
+    (packages / "site_index_search-1.0.dist-info" / "entry_points.txt").write_text(
+        "[goatclaw.search]\nsite-index = site_index_search:factory\n")
+    (packages / "site_index_search.py").write_text(PROVIDER)
+    monkeypatch.syspath_prepend(str(packages))
+    result = goatclaw.run(research_pipeline(write_pipeline, model, f'search: {{provider: site-index, base: "{site}", '
+                                                                   'pages: [wal.html, limits.html, about.html]}'))
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    # the question's words "wal" and "its" name two of the three pages
+    assert [(p["url"], p["from"]) for p in result.tasks["r"].output["pages"]] == [
+        (f"{site}/wal.html", "search"), (f"{site}/limits.html", "search")]
+    unknown = goatclaw.run(research_pipeline(write_pipeline, model, "search: {provider: nosuch}"))
+    assert unknown.tasks["r"].error_class == "invalid_input"
+    assert "unknown provider 'nosuch'" in unknown.tasks["r"].error and "site-index" in unknown.tasks["r"].error
+
+
+def test_the_tavily_preset_posts_the_query_as_json(write_pipeline, site, model) -> None:
+    result = goatclaw.run(research_pipeline(write_pipeline, model, f'search: {{provider: tavily, url: "{site}/tavily", '
+                                                                   'headers: {Authorization: Bearer tvly-test}}\n'
+                                                                   f'              urls: ["{site}/wal.html"]'))
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    assert [(p["url"], p["from"]) for p in result.tasks["r"].output["pages"]] == [
+        (f"{site}/wal.html", "url"), (f"{site}/limits.html", "search")]
 
 
 def test_a_page_on_a_host_the_task_is_not_granted_is_never_fetched(write_pipeline, site, model) -> None:

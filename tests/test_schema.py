@@ -49,18 +49,79 @@ def test_repository_schemas_folder_holds_the_shipped_schemas(name: str) -> None:
         PACKAGE_SCHEMAS / f"{name}.schema.json").read_bytes()
 
 
-@pytest.mark.parametrize(("args", "name"), [((), "pipeline"), (("pipeline",), "pipeline"), (("goatclaw",), "goatclaw")])
-def test_schema_command_prints_the_schema(args: tuple[str, ...], name: str) -> None:
+@pytest.mark.parametrize(("args", "name"), [(("pipeline", "--builtins"), "pipeline"), (("goatclaw",), "goatclaw"),
+                                           (("test",), "test")])
+def test_schema_command_prints_the_shipped_schema(args: tuple[str, ...], name: str) -> None:
+    """``goatclaw schema pipeline --builtins`` is the shipped file: regenerate it when a built-in's arguments change."""
     result = CliRunner().invoke(app, ["schema", *args])
     assert result.exit_code == 0, result.output
+    shipped = (PACKAGE_SCHEMAS / f"{name}.schema.json").read_text()
+    assert result.stdout == shipped, ("the shipped schema is stale: goatclaw schema pipeline --builtins "
+                                      "> goatclaw/schemas/pipeline.schema.json")
+
+
+def test_the_shipped_schema_completes_the_with_keys_of_every_built_in_task() -> None:
+    """What an editor reads through the modeline: each built-in's with: keys, typed, a template allowed anywhere."""
+    from goatclaw.registry import BUILTIN_TASKS
+
+    shipped = json.loads((PACKAGE_SCHEMAS / "pipeline.schema.json").read_text())
+    branches = {b["if"]["properties"]["uses"]["const"]: b for b in shipped["$defs"]["task"]["allOf"]}
+    assert set(branches) == set(BUILTIN_TASKS)
+    assert {n for n, b in branches.items() if "$comment" not in b} == {"llm", "agent"}  # hand-written in the file
+    research = branches["research"]["then"]["properties"]["with"]
+    assert {"question", "urls", "search", "memory", "fix_attempts", "max_pages"} <= set(research["properties"])
+    assert research["required"] == ["question"] and research["additionalProperties"] is False
+    http = branches["http"]["then"]["properties"]["with"]
+    assert {"paginate", "auth", "select", "max_wait"} <= set(http["properties"])
+    editor = jsonschema.Draft202012Validator(shipped)
+
+    def problems(uses: str, with_: dict[str, object]) -> list[str]:
+        return [e.message for e in editor.iter_errors({"version": 1, "tasks": {"t": {"uses": uses, "with": with_}}})]
+
+    assert problems("research", {"question": "${{ vars.q }}", "max_pages": 3}) == []
+    assert problems("research", {"question": "q", "max_pages": "${{ vars.n }}"}) == []
+    assert any("questoin" in m for m in problems("research", {"questoin": "why?"}))
+    assert any("'question' is a required property" in m for m in problems("research", {"urls": ["https://a.b"]}))
+    assert problems("research", {"question": "q", "max_pages": "three"})
+    assert problems("wait", {"durration": "1s"}) and problems("wait", {"duration": "1s"}) == []
+
+
+def test_schema_pipeline_adds_the_installed_plugins_with_keys() -> None:
+    """Without --builtins the schema also completes the plugins this project can use (the example plugin here)."""
+    pytest.importorskip("goatclaw_example", reason="the example plugin is not installed (plugins/goatclaw-example)")
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
-    shipped = json.loads((PACKAGE_SCHEMAS / f"{name}.schema.json").read_text())
-    if name == "pipeline":  # the shipped schema plus, per other built-in task, its with: keys (for editors)
-        kept = len(shipped["$defs"]["task"]["allOf"])
-        added = printed["$defs"]["task"]["allOf"][kept:]
-        del printed["$defs"]["task"]["allOf"][kept:]
-        assert {b["if"]["properties"]["uses"]["const"] for b in added} >= {"research", "code", "http", "shell"}
-    assert printed == shipped
+    shipped = json.loads((PACKAGE_SCHEMAS / "pipeline.schema.json").read_text())
+    branches = {b["if"]["properties"]["uses"]["const"]: b for b in printed["$defs"]["task"]["allOf"]}
+    assert {"slugify", "text.stats"} <= set(branches)
+    slug = branches["slugify"]["then"]["properties"]["with"]
+    assert slug["required"] == ["text"] and slug["additionalProperties"] is False
+    built_in = [b for b in printed["$defs"]["task"]["allOf"] if b["if"]["properties"]["uses"]["const"]
+                not in ("slugify", "text.stats")]
+    assert built_in == shipped["$defs"]["task"]["allOf"]
+
+
+def test_schema_pipeline_under_an_invalid_project_file_is_a_located_error(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "goatclaw.yaml").write_text("version: 1\nnope: 3\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 2 and "goatclaw.yaml:2:1: nope: unknown field 'nope'" in result.output
+    assert CliRunner().invoke(app, ["schema", "--builtins"]).exit_code == 0  # needs no project
+
+
+def test_validation_leaves_the_generated_branches_to_the_plugins(write_pipeline: Callable[..., Path]) -> None:
+    """A with: mistake is reported once, by the plugin's check, not a second time by the editor's branch."""
+    from goatclaw.spec.schema import GENERATED, load_schema
+
+    assert all(b.get("$comment") != GENERATED for b in load_schema("pipeline")["$defs"]["task"]["allOf"])
+    path = write_pipeline("version: 1\ntasks:\n  a:\n    uses: wait\n    with: {durration: 1s}\n")
+    found = problems_of(path)
+    assert len([p for p in found if "durration" in p]) == 1, found
+    templated = write_pipeline("version: 1\nvars: {n: 2}\ntasks:\n  a:\n    uses: wait\n"
+                               "    with: {duration: '${{ vars.n }}'}\n")
+    assert problems_of(templated) == []
 
 
 def test_schema_command_refuses_an_unknown_schema() -> None:

@@ -379,19 +379,25 @@ def _print_costs(pipeline: Any, file: Path, as_json: bool) -> None:
 
 
 @app.command()
+@handles_errors
 def schema(
     name: Annotated[str, typer.Argument(help="pipeline, goatclaw (the project file) or test (*.test.yaml).")
                     ] = "pipeline",
+    builtins: Annotated[bool, typer.Option("--builtins", help="pipeline: the with: keys of the built-in tasks "
+                                           "only, not the installed plugins' (what the shipped file holds).")
+                        ] = False,
 ) -> None:
-    """Print a JSON Schema (for editors and other tools)."""
+    """Print a JSON Schema (for editors and other tools); the pipeline's completes each task's with: keys."""
     from goatclaw.spec.schema import SCHEMAS, schema_text
 
     if name not in SCHEMAS:
         raise typer.BadParameter(f"unknown schema '{name}' (use one of: {', '.join(SCHEMAS)})", param_hint="NAME")
-    if name == "pipeline":  # with each built-in task's with: keys, for editors
-        from goatclaw.api import pipeline_schema
+    if name == "pipeline":  # with each task's with: keys: the built-ins', and the project's plugins' too
+        from goatclaw.api import load_project_for, pipeline_schema, registry_for
+        from goatclaw.registry import Registry
 
-        sys.stdout.write(json.dumps(pipeline_schema(), indent=2, ensure_ascii=False) + "\n")
+        registry = Registry(entry_points=False) if builtins else registry_for(load_project_for(None))
+        sys.stdout.write(json.dumps(pipeline_schema(registry), indent=2, ensure_ascii=False) + "\n")
         return
     sys.stdout.write(schema_text(name))
 

@@ -70,7 +70,7 @@ def init(
         "--key-store", metavar="WHERE", callback=options.one_of("keyring", "dotenv", "none"),
         help="Where a key typed in is kept: keyring, dotenv, or none.")] = None,
 ) -> None:
-    """Start a project here: a commented goatclaw.yaml and pipelines/hello.yaml; on a terminal, a provider and key."""
+    """Start a project: goatclaw.yaml, pipelines/hello.yaml, schemas/ for editors; on a terminal, a provider and key."""
     from goatclaw.providers import DEFAULT_MODELS, PROVIDERS, choose_model, key_status
 
     root = Path.cwd()
@@ -85,10 +85,32 @@ def init(
     model = DEFAULT_MODELS.get(provider) if provider else None
     _write_new(root / "goatclaw.yaml", project_text(model))
     _write_new(root / "pipelines" / "hello.yaml", FIRST_PIPELINE)
+    _write_schemas(root)
     if provider and not PROVIDERS[provider].local and asking and not key_status(PROVIDERS[provider], root)[0]:
         _ask_key(root, PROVIDERS[provider].keys[0], key_store)
     _err().print("next: goatclaw apply pipelines/hello.yaml, or goatclaw run \"a goal in plain words\"",
                  highlight=False)
+
+
+def _write_schemas(root: Path) -> None:
+    """The schemas the modelines name (``schemas/``): editors complete each task's ``with:``, plugins' too.
+
+    ``goatclaw schema > schemas/pipeline.schema.json`` refreshes the pipeline's after an upgrade
+    or a new plugin; nothing here is overwritten.
+    """
+    import json
+
+    from goatclaw.api import load_project_for, pipeline_schema, registry_for, schema_text
+    from goatclaw.errors import SpecError
+
+    try:
+        registry = registry_for(load_project_for(root / "goatclaw.yaml"))
+    except SpecError:  # a goatclaw.yaml that was there already and is invalid: every installed plugin
+        registry = None
+    pipeline = pipeline_schema(registry)
+    _write_new(root / "schemas" / "pipeline.schema.json", json.dumps(pipeline, indent=2, ensure_ascii=False) + "\n")
+    for name in ("goatclaw", "test"):
+        _write_new(root / "schemas" / f"{name}.schema.json", schema_text(name))
 
 
 def _terminal() -> bool:

@@ -33,7 +33,13 @@ from goatclaw.errors import Problem
 from goatclaw.regex import RegexError, compile_linear
 from goatclaw.spec.loader import Document, dotted
 
-__all__ = ["check_document", "check_instance", "load_schema", "schema_problems", "schema_text"]
+__all__ = ["GENERATED", "check_document", "check_instance", "load_schema", "schema_problems", "schema_text",
+           "without_generated"]
+
+#: The ``$comment`` that marks a task's ``with:`` branch generated from its plugin (``goatclaw schema``)
+#: in the pipeline schema. Editors read them; validation leaves them out, because each plugin checks its
+#: own ``with:`` (templated values, missing extras) with better messages, and a mistake is reported once.
+GENERATED = "generated from the task's with: arguments (goatclaw schema); validate checks with: per plugin"
 
 SCHEMAS = ("pipeline", "goatclaw", "test")
 #: Documents with more nodes than this are checked by the compiled fast path first.
@@ -51,9 +57,18 @@ def schema_text(name: str = "pipeline") -> str:
 
 @cache
 def load_schema(name: str = "pipeline") -> dict[str, Any]:
-    """A shipped schema as data."""
+    """A shipped schema as data, as validation uses it (without the :data:`GENERATED` editor branches)."""
     data: dict[str, Any] = json.loads(schema_text(name))
-    return data
+    return without_generated(data)
+
+
+def without_generated(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without the generated per-task ``with:`` branches (``schema`` itself is left as it is)."""
+    task = schema.get("$defs", {}).get("task")
+    if not isinstance(task, dict) or not any(b.get("$comment") == GENERATED for b in task.get("allOf", [])):
+        return schema
+    kept = [b for b in task["allOf"] if b.get("$comment") != GENERATED]
+    return {**schema, "$defs": {**schema["$defs"], "task": {**task, "allOf": kept}}}
 
 
 @cache

@@ -9,7 +9,7 @@
 
 ``mode: review`` writes nothing: the model returns findings, each located ``file:line: message``
 (a finding naming a file that is not in the folder, or a line past its end, is dropped and
-reported). The output::
+reported); ``mode: tests`` may write test files only, never the code under test. The output::
 
     {"mode", "passed": true, "rounds": 2, "files": ["src/calc.py"], "diff": "--- a/src/calc.py …",
      "checks": [{"name": "pytest", "argv": [...], "exit_code": 0, "passed": true, "output": "…"}],
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from goatclaw.plugin import TaskContext, fail, task
@@ -153,6 +153,24 @@ def _messages(goal: str, mode: str, root: Path, files: dict[str, str]) -> list[d
                                         f"{listing}"}]
 
 
+def _entries(files: Any) -> list[tuple[str, str]]:
+    """The ``(path, content)`` pairs of the model's ``files`` (malformed entries are left out)."""
+    pairs = []
+    for entry in files if isinstance(files, list) else []:
+        path, content = (entry.get("path"), entry.get("content")) if isinstance(entry, dict) else (None, None)
+        if isinstance(path, str) and isinstance(content, str) and path.strip():
+            pairs.append((path, content))
+    return pairs
+
+
+def _is_test_file(rel: str) -> bool:
+    """A path ``mode: tests`` may write: a pytest file, a conftest.py, or anything under a ``tests`` folder."""
+    parts = PurePosixPath(rel).parts
+    name = parts[-1]
+    return "tests" in parts[:-1] or name == "conftest.py" or (
+        name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")))
+
+
 class _Session:
     """One code task: the conversation, the files as they were, the checks."""
 
@@ -186,7 +204,8 @@ class _Session:
         results: list[dict[str, Any]] = []
         for rounds in range(1, max_rounds + 1):
             response = await self.ask()
-            touched = self.write(response.data.get("files") if isinstance(response.data, dict) else None)
+            touched = self.write(response.data.get("files") if isinstance(response.data, dict) else None,
+                                 tests_only=mode == "tests")
             results = [await self.check(name, argv, touched) for name, argv in self.commands]
             failed = [r for r in results if not r["passed"]]
             self.ctx.emit("code.round", round=rounds, files=touched, failed=[r["name"] for r in failed])
@@ -203,19 +222,15 @@ class _Session:
              files=sorted(self.before), diff=self.diff(), checks=results)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def write(self, files: Any) -> list[str]:
-        """Write the model's files (each inside the folder and the write grant); the relative paths written."""
+    def write(self, files: Any, *, tests_only: bool = False) -> list[str]:
+        """Write the model's files (each inside the folder and the write grant); the relative paths written.
+
+        Every path is checked before any file is written, so a refused one leaves the folder as it was.
+        With ``tests_only`` (``mode: tests``) only test files may be written (:func:`_is_test_file`).
+        """
+        planned = [(self._target(path, tests_only), content) for path, content in _entries(files)]
         written = []
-        for entry in files if isinstance(files, list) else []:
-            path, content = (entry.get("path"), entry.get("content")) if isinstance(entry, dict) else (None, None)
-            if not isinstance(path, str) or not isinstance(content, str) or not path.strip():
-                continue
-            target = (self.root / path).resolve()
-            if not target.is_relative_to(self.root):
-                fail(f"code: the model named a path outside the folder '{self.folder}': {path!r}",
-                     error_class="permission_denied")
-            rel = target.relative_to(self.root).as_posix()
-            real = self.ctx.require_write(target.relative_to(self.ctx.workspace.resolve()))
+        for (rel, real), content in planned:
             if rel not in self.before:
                 self.before[rel] = real.read_text(encoding="utf-8") if real.is_file() else None
             real.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +239,18 @@ class _Session:
                            bytes=len(content.encode()), by="code")
             written.append(rel)
         return written
+
+    def _target(self, path: str, tests_only: bool) -> tuple[str, Path]:
+        """``(path relative to the folder, real path)`` of a file the model names, or a refusal."""
+        target = (self.root / path).resolve()
+        if not target.is_relative_to(self.root):
+            fail(f"code: the model named a path outside the folder '{self.folder}': {path!r}",
+                 error_class="permission_denied")
+        rel = target.relative_to(self.root).as_posix()
+        if tests_only and not _is_test_file(rel):
+            fail(f"code: in mode tests the model may write test files only (test_*.py, *_test.py, conftest.py "
+                 f"or under tests/), not {rel!r}", error_class="permission_denied")
+        return rel, self.ctx.require_write(target.relative_to(self.ctx.workspace.resolve()))
 
     async def check(self, name: str, argv: list[str], touched: list[str]) -> dict[str, Any]:
         """One check, run through the ``shell`` task in the folder (its program must be granted)."""

@@ -22,8 +22,8 @@ error's code means (``extensions.code`` or ``type``): ``UNAUTHENTICATED``/``FORB
 ``auth``, ``BAD_USER_INPUT``/``GRAPHQL_VALIDATION_FAILED``/``GRAPHQL_PARSE_FAILED`` are
 ``invalid_input``, ``RATE_LIMITED``/``THROTTLED`` are ``rate_limit``, ``INTERNAL_SERVER_ERROR``
 is ``server_error``; any other is ``upstream``. With ``partial: true`` a response that has
-data *and* errors succeeds, the errors listed in the output. Paths in ``paginate`` and
-``select`` are JMESPath over ``data``.
+data *and* errors succeeds, the errors listed in the output. Paths in ``paginate`` are JMESPath
+over ``data``, and so is ``select`` (or JSONPath, when it starts with ``$``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 from goatclaw.plugin import TaskContext, fail, task
 from goatclaw.tasks.http import Call, Session, _check_options, _max_wait
 from goatclaw.tasks.httpauth import parse_auth
-from goatclaw.tasks.jmes import compile_expression
+from goatclaw.tasks.jmes import compile_expression, compile_select
 from goatclaw.tasks.pagination import Page, Pager
 
 __all__ = ["ERROR_CLASSES", "graphql"]
@@ -70,7 +70,7 @@ async def graphql(ctx: TaskContext, *, url: str, query: str, variables: dict[str
         fail("query must be the text of a GraphQL query or mutation", error_class="invalid_input")
     if variables is not None and not isinstance(variables, Mapping):
         fail(f"variables must be a mapping, not {type(variables).__name__}", error_class="invalid_input")
-    picker = compile_expression(select, "select") if select is not None else None
+    picker = compile_select(select) if select is not None else None
     pager = _pager(paginate) if paginate is not None else None
     base = Call("POST", url, {"Accept": "application/graphql-response+json, application/json", **(headers or {})},
                 {}, None)

@@ -18,6 +18,8 @@ import asyncio
 import email.utils
 import json as jsonlib
 import math
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from urllib.parse import urljoin
 
 from goatclaw.plugin import TaskContext, fail, task
 from goatclaw.tasks.httpauth import Auth, parse_auth
-from goatclaw.tasks.jmes import compile_expression
+from goatclaw.tasks.jmes import compile_select
 from goatclaw.tasks.pagination import Page, Pager
 
 if TYPE_CHECKING:  # only for annotations; importing httpx costs time every CLI start would pay
@@ -42,6 +44,10 @@ IN_PLACE_RETRIES = 3
 DEFAULT_PAGE_WAIT = 30.0
 #: The largest ``max_wait`` accepted.
 MAX_WAIT_LIMIT = 3600.0
+#: Until when (``time.monotonic()``) each host (``host:port``) asked this process to wait, by its last
+#: ``Retry-After``: a request to it is held until then when the task may wait that long (``max_wait``).
+_HOST_PAUSES: dict[str, float] = {}
+_HOST_PAUSES_LOCK = threading.Lock()
 _EXCERPT_CHARS = 500
 
 
@@ -59,14 +65,15 @@ async def http(ctx: TaskContext, *, url: str, method: str = "GET", headers: dict
     body: ``auto`` parses it when the server says it is JSON. ``auth`` adds credentials
     (``bearer``, ``basic``, ``api_key``, ``oauth2`` client credentials), ``paginate`` follows
     pages (``link``, ``next_url``, ``cursor``, ``page``, ``offset``) into ``items``, ``select``
-    picks from the JSON body (each item when paginating) with JMESPath. A 429 or 503 whose
+    picks from the JSON body (each item when paginating) with JMESPath, or with JSONPath (RFC 9535)
+    when it starts with ``$``. A 429 or 503 whose
     ``Retry-After`` is at most ``max_wait`` seconds (default 0, or 30 when paginating) is
     waited for and sent again (3 times at most) instead of failing the task.
     """
     _check_options(url, json, body, response, timeout)
     call = Call(str(method).upper(), url, dict(headers or {}), dict(params or {}), json, body)
     expected = _expected(expect)
-    picker = compile_expression(select, "select") if select is not None else None
+    picker = compile_select(select) if select is not None else None
     pager = Pager.parse(paginate) if paginate is not None else None
     limit = _max_wait(max_wait, paginating=pager is not None)
     signer = parse_auth(auth)
@@ -183,6 +190,8 @@ class Session:
                 self.auth.forget()  # a cached token the server no longer takes: fetch a new one, once
                 continue
             wait = _retry_after(resp.headers.get("retry-after")) if resp.status_code in (429, 503) else None
+            if wait is not None:
+                _pause_host(resp.url.netloc.decode("ascii", "replace"), wait)
             if wait is not None and wait <= self.max_wait and waits < IN_PLACE_RETRIES:
                 waits += 1
                 self.ctx.emit("http.retry_after", url=str(resp.url), status=resp.status_code, wait=round(wait, 3))
@@ -208,7 +217,17 @@ class Session:
                                                              "body": _content(request)})
 
     async def _throttle_hop(self, request: httpx.Request) -> None:  # rate_limits.side_effects, per host
+        await self._held_by_host(request)
         await self.ctx.throttle("http", request.url.host)
+
+    async def _held_by_host(self, request: httpx.Request) -> None:
+        """Wait out the host's last ``Retry-After`` when this task may wait that long; else send (it will say)."""
+        host = request.url.netloc.decode("ascii", "replace")
+        with _HOST_PAUSES_LOCK:
+            left = _HOST_PAUSES.get(host, 0.0) - time.monotonic()
+        if 0 < left <= self.max_wait:
+            self.ctx.emit("http.host_paused", host=host, wait=round(left, 3))
+            await asyncio.sleep(left)
 
     async def _note_hop(self, request: httpx.Request) -> None:
         self._attempted.append(request)
@@ -334,6 +353,17 @@ def _fail_status(resp: httpx.Response, raw: bytes) -> NoReturn:
     if 400 <= status <= 499:
         fail(message, error_class="invalid_input", **details)
     fail(message, error_class="upstream", **details)  # 1xx/3xx that was not expected
+
+
+def _pause_host(host: str, seconds: float) -> None:
+    """Remember that ``host`` asked to be left alone for ``seconds`` (a later, longer ask wins)."""
+    until = time.monotonic() + min(seconds, MAX_WAIT_LIMIT)
+    with _HOST_PAUSES_LOCK:
+        if len(_HOST_PAUSES) > 1000:  # bounded: forget the pauses that are over
+            now = time.monotonic()
+            for old in [h for h, t in _HOST_PAUSES.items() if t <= now]:
+                del _HOST_PAUSES[old]
+        _HOST_PAUSES[host] = max(until, _HOST_PAUSES.get(host, 0.0))
 
 
 def _retry_after(value: str | None) -> float | None:

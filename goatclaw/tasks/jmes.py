@@ -12,7 +12,7 @@ from typing import Any
 
 from goatclaw.plugin import fail
 
-__all__ = ["Expression", "compile_expression"]
+__all__ = ["Expression", "compile_expression", "compile_select"]
 
 
 class Expression:
@@ -47,6 +47,15 @@ def compile_expression(text: Any, source: str) -> Expression:
         return Expression(text, source, jmespath.compile(text))
     except jmespath.exceptions.JMESPathError as exc:
         fail(f"{source}: '{text}' is not a valid JMESPath expression: {_one_line(exc)}", error_class="invalid_input")
+
+
+def compile_select(text: Any, source: str = "select") -> Any:
+    """A ``select:``: JSONPath when it starts with ``$`` (:mod:`goatclaw.tasks.jsonpath`), else JMESPath."""
+    if isinstance(text, str) and text.lstrip().startswith("$"):
+        from goatclaw.tasks.jsonpath import compile_jsonpath
+
+        return compile_jsonpath(text.strip(), source)
+    return compile_expression(text, source)
 
 
 def _one_line(exc: Exception) -> str:

@@ -7,9 +7,15 @@ taking the rest of the mapping. Shipped:
 * ``searxng``: a self-hosted SearXNG instance's JSON API (``url: http://host:8888``,
   optionally ``categories``, ``engines``, ``language``); the instance must allow ``format=json``.
 * ``json``: any hosted JSON search API, described by config: ``url``, ``query_param``,
-  ``params``, ``headers`` (which may read secrets), ``results`` (the dotted path of the result
-  list in the answer), ``url_field``, ``title_field``, ``snippet_field``. ``brave`` and ``tavily``
-  are presets of it (give ``headers`` with your key, say ``X-Subscription-Token``).
+  ``params``, ``headers`` (which may read secrets), ``method`` (``GET``, or ``POST`` to send the
+  query and ``params`` as a JSON body), ``results`` (the dotted path of the result list in the
+  answer), ``url_field``, ``title_field``, ``snippet_field``. ``brave`` and ``tavily`` (a POST)
+  are presets of it (give ``headers`` with your key: ``X-Subscription-Token`` for Brave,
+  ``Authorization: Bearer …`` for Tavily).
+
+A package adds a provider with an entry point in the group ``goatclaw.search`` whose name is the
+``provider:`` and whose object is a factory like the shipped ones: it takes the rest of the
+``search:`` mapping and returns a :class:`SearchProvider`. A built-in name cannot be replaced.
 
 Every request goes through :func:`goatclaw.tasks.http.http` with the task's context: the
 task's ``permissions.network`` must allow the search host (and list it by name when a
@@ -25,7 +31,10 @@ from typing import Any, Protocol
 from goatclaw.plugin import TaskContext, fail
 from goatclaw.tasks.http import http
 
-__all__ = ["PROVIDERS", "JsonSearch", "SearchHit", "SearchProvider", "provider_for"]
+__all__ = ["ENTRY_POINT_GROUP", "PROVIDERS", "JsonSearch", "SearchHit", "SearchProvider", "provider_for"]
+
+#: The entry-point group of third-party search providers (a name -> a factory of a provider).
+ENTRY_POINT_GROUP = "goatclaw.search"
 
 
 @dataclass(frozen=True)
@@ -58,11 +67,17 @@ class JsonSearch:
     title_field: str = "title"
     snippet_field: str = "content"
     timeout: float = 20
+    method: str = "GET"
 
     async def search(self, ctx: TaskContext, query: str, limit: int) -> list[SearchHit]:
-        """The first ``limit`` results the API lists for ``query``."""
-        answer = await http(ctx, url=self.url, params={**(self.params or {}), self.query_param: query},
-                            headers=dict(self.headers or {}), response="json", timeout=self.timeout)
+        """The first ``limit`` results the API lists for ``query`` (GET: in the query string; POST: a JSON body)."""
+        asked = {**(self.params or {}), self.query_param: query}
+        if str(self.method).upper() == "POST":
+            answer = await http(ctx, url=self.url, method="POST", json=asked, headers=dict(self.headers or {}),
+                                response="json", timeout=self.timeout)
+        else:
+            answer = await http(ctx, url=self.url, params=asked, headers=dict(self.headers or {}),
+                                response="json", timeout=self.timeout)
         listed = _at(answer["body"], self.results)
         if not isinstance(listed, list):
             fail(f"search: {self.url} answered without a list at '{self.results}'", error_class="invalid_output")
@@ -110,16 +125,41 @@ PROVIDERS: dict[str, Callable[[Mapping[str, Any]], SearchProvider]] = {
     "json": _json,
     "brave": _preset(url="https://api.search.brave.com/res/v1/web/search", results="web.results",
                      snippet_field="description"),
-    "tavily": _preset(url="https://api.tavily.com/search", query_param="query", snippet_field="content"),
+    "tavily": _preset(url="https://api.tavily.com/search", method="POST", query_param="query",
+                      snippet_field="content"),
 }
 
 
 def provider_for(search: Any) -> SearchProvider:
-    """The provider a ``search:`` mapping names (``provider`` defaults to ``searxng``)."""
+    """The provider a ``search:`` mapping names (``provider`` defaults to ``searxng``): shipped, or a package's."""
     if not isinstance(search, Mapping):
         fail("search must be a mapping {provider, url, ...}", error_class="invalid_input")
     config = {k: v for k, v in search.items() if k not in ("provider", "results_limit")}
     name = search.get("provider", "searxng")
-    if name not in PROVIDERS:
-        fail(f"search: unknown provider '{name}' (known: {', '.join(sorted(PROVIDERS))})", error_class="invalid_input")
-    return PROVIDERS[name](config)
+    factory = PROVIDERS.get(name) if isinstance(name, str) else None
+    if factory is None:
+        factory = _installed(name)
+    provider = factory(config)
+    if not callable(getattr(provider, "search", None)):
+        fail(f"search: provider '{name}' gave {type(provider).__name__}, which has no search(ctx, query, limit)",
+             error_class="invalid_input")
+    return provider
+
+
+def _installed(name: Any) -> Callable[[Mapping[str, Any]], SearchProvider]:
+    """The factory an installed package declares for ``name`` in :data:`ENTRY_POINT_GROUP`, or a clear failure."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if not isinstance(name, str) or name not in found:
+        known = ", ".join(sorted({*PROVIDERS, *found}))
+        fail(f"search: unknown provider '{name}' (known: {known})", error_class="invalid_input")
+    point = found[name]
+    try:
+        factory = point.load()
+    except Exception as exc:  # a broken third-party package: say which, never crash the run
+        fail(f"search: provider '{name}' ({point.value}) failed to load: {type(exc).__name__}: {exc}",
+             error_class="invalid_input")
+    if not callable(factory):
+        fail(f"search: provider '{name}' ({point.value}) is not a factory", error_class="invalid_input")
+    return factory  # type: ignore[no-any-return]

@@ -6,10 +6,12 @@ import io
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import goatclaw
 from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext
 from goatclaw.security.permissions import build_grant
@@ -126,3 +128,90 @@ def test_extracting_through_a_link_in_the_destination_is_refused(ws: Path, tmp_p
     _zip(ws / "out/ok.zip", "sub/f.txt")
     fails(lambda: extract(c, archive="out/ok.zip", destination="out/dest"), "permission_denied")
     assert not (tmp_path / "elsewhere" / "f.txt").exists()
+
+
+@pytest.mark.parametrize("op", ["copy-to", "move-from", "move-to", "delete-in", "mkdir-in", "archive-to",
+                                "extract-to", "extract-into"])
+def test_every_operation_refuses_a_link_out_of_its_grant(ws: Path, tmp_path: Path, op: str) -> None:
+    """out/escape is a link inside the write grant to a folder outside the workspace: nothing may go through it."""
+    c = ctx_for(ws)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("kept")
+    (ws / "out" / "escape").symlink_to(outside)
+    _zip(ws / "out/ok.zip", "f.txt")
+    calls = {
+        "copy-to": lambda: copy(c, source="src/a.txt", destination="out/escape/a.txt"),
+        "move-from": lambda: move(c, source="out/escape/kept.txt", destination="out/kept.txt"),
+        "move-to": lambda: move(c, source="out/ok.zip", destination="out/escape/ok.zip"),
+        "delete-in": lambda: delete(c, path="out/escape/kept.txt"),
+        "mkdir-in": lambda: mkdir(c, path="out/escape/new"),
+        "archive-to": lambda: archive(c, source="src", output="out/escape/src.zip"),
+        "extract-to": lambda: extract(c, archive="out/ok.zip", destination="out/escape"),
+        "extract-into": lambda: extract(c, archive="out/ok.zip", destination="out/escape/sub"),
+    }
+    fails(calls[op], "permission_denied")
+    assert sorted(p.name for p in outside.iterdir()) == ["kept.txt"] and (outside / "kept.txt").read_text() == "kept"
+    assert (ws / "out/ok.zip").exists() and not (ws / "out/kept.txt").exists()
+
+
+def test_moving_a_link_moves_the_link_not_what_it_names(ws: Path, tmp_path: Path) -> None:
+    c = ctx_for(ws)
+    (ws / "out" / "escape").symlink_to(tmp_path / "secret.txt")
+    move(c, source="out/escape", destination="out/still-a-link")
+    assert (ws / "out/still-a-link").is_symlink() and (tmp_path / "secret.txt").read_text() == "hunter2"
+    fails(lambda: copy(c, source="out/still-a-link", destination="out/copied.txt"), "permission_denied")
+
+
+def test_file_operations_through_the_front_door(project: Path, write_pipeline: Callable[..., Path]) -> None:
+    """A pipeline packs, unpacks, copies, moves and deletes inside its grants; a link out fails the task."""
+    (project / "site" / "css").mkdir(parents=True)
+    (project / "site" / "index.html").write_text("<h1>hi</h1>")
+    (project / "site" / "css" / "a.css").write_text("h1 {}")
+    (project / "elsewhere").mkdir()
+    path = write_pipeline("""
+        version: 1
+        permissions: {files: {read: [site/, build/], write: [build/]}}
+        tasks:
+          folder: {uses: file.mkdir, with: {path: build/stage}}
+          pack:
+            uses: file.archive
+            needs: folder
+            with: {source: site, output: build/site.zip}
+          unpack:
+            uses: file.extract
+            needs: pack
+            with: {archive: build/site.zip, destination: build/stage}
+          keep:
+            uses: file.copy
+            needs: unpack
+            with: {source: build/stage/site/index.html, destination: build/index.html}
+          rename:
+            uses: file.move
+            needs: keep
+            with: {source: build/index.html, destination: build/home.html}
+          tidy:
+            uses: file.delete
+            needs: rename
+            with: {path: build/stage, recursive: true}
+          found:
+            uses: file.glob
+            needs: tidy
+            with: {patterns: "build/**"}
+        """)
+    assert goatclaw.check(path)[1] == []
+    result = goatclaw.run(path)
+    assert result.ok, {t: r.error for t, r in result.tasks.items() if r.error}
+    assert result.outputs["unpack"]["members"] == ["site/css/a.css", "site/index.html"]
+    assert result.outputs["found"]["paths"] == ["build/home.html", "build/site.zip"]
+    assert (project / "build/home.html").read_text() == "<h1>hi</h1>"
+    (project / "build" / "out").symlink_to(project / "elsewhere")
+    leak = write_pipeline("""
+        version: 1
+        permissions: {files: {read: [site/], write: [build/]}}
+        tasks:
+          leak: {uses: file.copy, with: {source: site/index.html, destination: build/out/index.html}}
+        """, name="leak.yaml")
+    failed = goatclaw.run(leak)
+    assert failed.tasks["leak"].error_class == "permission_denied", failed.tasks["leak"].error
+    assert list((project / "elsewhere").iterdir()) == []

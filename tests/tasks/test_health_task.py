@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import goatclaw
 from goatclaw.errors import TaskError
 from goatclaw.plugin import TaskContext
 from goatclaw.security.permissions import Grant
@@ -32,3 +34,20 @@ def test_check_reads_only_a_granted_path(tmp_path: Path) -> None:
     with pytest.raises(TaskError) as info:
         check(ctx, path="/")
     assert info.value.error_class == "permission_denied"
+
+
+def test_check_in_a_pipeline_gates_what_follows(project: Path, write_pipeline: Callable[..., Path]) -> None:
+    """Through the front door: a host past a threshold fails the check as ``unhealthy``; what needs it does not run."""
+    path = write_pipeline("""
+        version: 1
+        permissions: {files: {read: [.]}}
+        tasks:
+          roomy: {uses: check, with: {path: ., min_free_disk_bytes: 1, max_load_per_cpu: 10000}}
+          impossible: {uses: check, retry: {attempts: 1}, with: {path: ., min_free_disk_percent: 100.5}}
+          deploy: {uses: echo, needs: impossible, with: {value: never}}
+        """)
+    assert goatclaw.check(path)[1] == []
+    result = goatclaw.run(path)
+    assert result.tasks["roomy"].output["failed"] == []
+    assert result.tasks["impossible"].error_class == "unhealthy" and "disk free" in result.tasks["impossible"].error
+    assert result.tasks["deploy"].status.value == "upstream_failed"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import Awaitable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -218,6 +219,32 @@ def test_select_picks_fields_of_each_item_and_of_a_single_body(api: str, tmp_pat
     assert single["body"] == ["item-4", "item-5", "item-6"] and single["status"] == 200
 
 
+def test_select_may_be_jsonpath(api: str, tmp_path: Path) -> None:
+    """A select: starting with $ is RFC 9535 JSONPath: a singular query gives its value, any other a list."""
+    single = run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[*].name"))
+    assert single["body"] == ["item-4", "item-5", "item-6"]
+    filtered = run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[?@.id > 4].id"))
+    assert filtered["body"] == [5, 6]
+    assert run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.data[0].name"))["body"] == "item-4"
+    assert run(http(ctx_for(tmp_path), url=api + "/pages?page=2", select="$.nothing.here"))["body"] is None
+    out = run(http(ctx_for(tmp_path), url=api + "/pages", paginate={"page": "page", "items": "data"},
+                   select="$.name"))
+    assert out["items"] == [f"item-{i}" for i in range(1, 8)]  # per item, singular: the value itself
+
+
+@pytest.mark.parametrize(("query", "why"), [
+    ("$.data[?match(@.name, '(a+)+$')]", "match() is not available"),
+    ("$.data[?search(@.name, 'a')]", "search() is not available"),
+    ("$.data[?@.name =~ /a+/]", "unexpected token"),  # the library's regex extension: strict mode refuses it
+    ("$.data[", "unexpected end of query"),
+])
+def test_jsonpath_refuses_regular_expressions_and_bad_queries_before_sending(api: str, tmp_path: Path, query: str,
+                                                                            why: str) -> None:
+    Api.hits.clear()
+    message = fails(http(ctx_for(tmp_path), url=api + "/pages", select=query), "invalid_input").message
+    assert why in message and "select" in message and Api.hits == []
+
+
 def test_bad_options_fail_before_anything_is_sent(api: str, tmp_path: Path) -> None:
     ctx = ctx_for(tmp_path)
     assert "JMESPath" in fails(http(ctx, url=api + "/pages", select="data[".strip()), "invalid_input").message
@@ -250,6 +277,55 @@ def test_a_page_asking_to_wait_is_waited_for_and_fetched_again(api: str, tmp_pat
     Api.flaky_left = 1  # a wait longer than max_wait is not waited in place: the task fails with retry_after
     assert fails(http(ctx_for(tmp_path), url=api + "/flaky", paginate={"page": "page"}, max_wait=0.5),
                  "rate_limit").retry_after == 1
+
+
+class Crowded(BaseHTTPRequestHandler):
+    """Answers its first request 429 with ``Retry-After: 1`` and any other within that second 429 too."""
+
+    seen: ClassVar[list[tuple[float, int]]] = []  # (monotonic time, status) of each request
+    until: ClassVar[float] = 0.0
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        now = time.monotonic()
+        with Api.lock:
+            if not Crowded.seen:
+                Crowded.until = now + 1.0
+            status = 429 if now < Crowded.until else 200
+            Crowded.seen.append((now, status))
+        body = b"{}"
+        self.send_response(status)
+        self.send_header("Retry-After", "1") if status == 429 else None
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_host_s_retry_after_holds_the_other_requests_to_it(tmp_path: Path) -> None:
+    """One task is told to wait: another task's request to that host waits too instead of being refused."""
+    Crowded.seen = []
+    events: list = []
+
+    async def both(base: str) -> list[dict[str, Any]]:
+        first = asyncio.ensure_future(http(ctx_for(tmp_path), url=base + "/a", max_wait=2))
+        await asyncio.sleep(0.2)  # the first has its 429 by now
+        second = http(ctx_for(tmp_path, events=events), url=base + "/b", max_wait=2)
+        return list(await asyncio.gather(first, second))
+
+    with serving(Crowded) as base:
+        outs = run(both(base))
+    assert [o["status"] for o in outs] == [200, 200]
+    assert [status for _, status in Crowded.seen] == [429, 200, 200]  # the second was never refused
+    held = [d for t, d in events if t == "http.host_paused"]
+    assert len(held) == 1 and 0.5 < held[0]["wait"] <= 1.0
+    Crowded.seen = []  # a task that may not wait that long is not held: it sends, and the host says no
+    with serving(Crowded) as base:
+        assert fails(http(ctx_for(tmp_path), url=base + "/a"), "rate_limit").retry_after == 1
+        assert fails(http(ctx_for(tmp_path), url=base + "/b"), "rate_limit").retry_after == 1
+    assert [status for _, status in Crowded.seen] == [429, 429]
 
 
 def test_every_page_is_checked_against_the_grant(api: str, tmp_path: Path) -> None:
