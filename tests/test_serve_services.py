@@ -122,6 +122,12 @@ def test_a_schedule_fires_through_the_server_when_the_injected_clock_reaches_it(
                                   if f["action"] == "finished"])
         assert fires[0]["run_id"] == row["id"] and fires[0]["status"] == "succeeded" and fires[0]["late"] is False
         assert http.get("/api/projects/demo/schedules").json()["schedules"][0]["next"] == T0 + 570
+        # the dashboard's pipelines page lists the schedule with the run it fired last
+        [shown] = http.get("/ui/pipelines.json").json()["schedules"]
+        assert shown["pipeline"] == "tick" and shown["cron"] == "*/5 * * * *" and shown["last_run"] == row["id"]
+        assert shown["last_status"] == "succeeded" and len(shown["next"]) == 3
+        page = http.get("/ui/pipelines").text
+        assert "*/5 * * * *" in page and row["id"] in page
     store = store_of(demo)
     assert run_started(store, row["id"])["trigger"] == "schedule"
     fired = [d for a, d in audit_actions(store) if a == "schedule.fired"]

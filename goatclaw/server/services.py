@@ -277,7 +277,7 @@ def _dashboards(served: Mapping[str, Any]) -> list[BaseRoute]:
     mounts: list[BaseRoute] = []
     items = list(served.items())
     for name, project in items[1:]:
-        mounts.append(dashboard_mount(project.store, project=name, path=f"/projects/{name}/ui"))
+        mounts.append(dashboard_mount(project.store, project=name, path=f"/projects/{name}/ui", root=project.root))
     home_name, home = items[0]
-    mounts.append(dashboard_mount(home.store, project=home_name))
+    mounts.append(dashboard_mount(home.store, project=home_name, root=home.root))
     return mounts

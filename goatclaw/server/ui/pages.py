@@ -46,22 +46,27 @@ LIVE_TOPICS = ("run.", "task.started", "task.succeeded", "task.failed", "task.sk
 
 
 def ui_routes(store: str | os.PathLike[str], *, auth: Auth, actions: Actions | None = None,
-              poll: float = 0.25) -> list[BaseRoute]:
+              poll: float = 0.25, project: str | os.PathLike[str] | None = None) -> list[BaseRoute]:
     """The dashboard's routes over the store at ``store``.
 
     ``auth`` says who a request is (:class:`~goatclaw.server.ui.access.LocalAuth` for
     ``goatclaw ui``, the server's for ``goatclaw serve``); ``actions`` does what the buttons
     ask (default: :class:`~goatclaw.server.ui.actions.LocalActions`, in this process);
-    ``poll`` is how often the event stream looks for new events.
+    ``poll`` is how often the event stream looks for new events; ``project`` is the project
+    folder whose pipelines' schedules the pipelines page lists (default: the current project,
+    when its store is ``store``).
     """
-    return Dashboard(Path(store), auth, actions or LocalActions(store), poll=poll).routes()
+    return Dashboard(Path(store), auth, actions or LocalActions(store), poll=poll,
+                     project=Path(project) if project is not None else None).routes()
 
 
 class Dashboard:
     """The pages over one store: views (data → template or JSON), the event stream and the actions."""
 
-    def __init__(self, store: Path, auth: Auth, actions: Actions, *, poll: float = 0.25) -> None:
+    def __init__(self, store: Path, auth: Auth, actions: Actions, *, poll: float = 0.25,
+                 project: Path | None = None) -> None:
         self.store = store
+        self.project = project
         self.auth = auth
         self.actions = actions
         self.poll = poll
@@ -261,7 +266,7 @@ class Dashboard:
                 "(SELECT status FROM runs r2 WHERE r2.pipeline = r.pipeline ORDER BY started_at DESC LIMIT 1) "
                 "FROM runs r GROUP BY pipeline ORDER BY pipeline").fetchall()
         return {"pipelines": [{"name": p, "runs": n, "last_started_at": last, "file": file, "last_status": status}
-                              for p, n, last, file, status in rows], "schedules": _schedules(self.store)}
+                              for p, n, last, file, status in rows], "schedules": _schedules(self.store, self.project)}
 
     def pipeline_data(self, request: Request, who: Principal) -> dict[str, Any]:
         """One pipeline: its graph from its file as it is now, and its latest runs."""
@@ -548,6 +553,20 @@ def _memories(store: Path, q: str, kind: str | None) -> dict[str, Any]:
         return {"memories": [m.to_dict() for m in found], "unavailable": None, "total": mem.count()}
 
 
-def _schedules(store: Path) -> list[dict[str, Any]] | None:
-    """The schedules and their next runs, from the schedules API when this goatclaw has one (else ``None``)."""
-    return None
+def _schedules(store: Path, project: Path | None) -> list[dict[str, Any]] | None:
+    """The project's schedules: next fires and what the server's scheduler last did (``None``: no project known).
+
+    ``project`` is the project folder; without one, the current project is used when its store
+    is this dashboard's (``goatclaw ui`` in a project folder), else there is nothing to list.
+    """
+    import goatclaw
+    from goatclaw.api import load_project_for, store_path_of
+
+    try:
+        found = load_project_for(project / "goatclaw.yaml" if project is not None else None)
+        if project is None and Path(store_path_of(found) or "").resolve() != store.resolve():
+            return None
+        rows = goatclaw.schedules(found, next=3, store=store)
+    except GoatclawError:
+        return None
+    return [{**row, "next": row.get("next_ts") or []} for row in rows]

@@ -143,7 +143,10 @@ class ServeActions(LocalActions):
 
 
 def dashboard_mount(store: str | os.PathLike[str], *, project: str | None = None, path: str = "/ui",
-                    actions: Actions | None = None) -> Mount:
-    """The dashboard's routes over ``store`` at ``path``, signed in and running runs through the server."""
-    return Mount(path, routes=ui_routes(store, auth=ServeAuth(project),
+                    actions: Actions | None = None, root: str | os.PathLike[str] | None = None) -> Mount:
+    """The dashboard's routes over ``store`` at ``path``, signed in and running runs through the server.
+
+    ``root`` is the project's folder (its schedules are listed on the pipelines page).
+    """
+    return Mount(path, routes=ui_routes(store, auth=ServeAuth(project), project=root,
                                         actions=actions or ServeActions(store, project)))
