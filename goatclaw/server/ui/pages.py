@@ -265,8 +265,10 @@ class Dashboard:
                 "(SELECT file FROM runs r2 WHERE r2.pipeline = r.pipeline ORDER BY started_at DESC LIMIT 1), "
                 "(SELECT status FROM runs r2 WHERE r2.pipeline = r.pipeline ORDER BY started_at DESC LIMIT 1) "
                 "FROM runs r GROUP BY pipeline ORDER BY pipeline").fetchall()
+        schedules = self._memo("schedules", _schedules_key(self.store, self.project),
+                               lambda: _schedules(self.store, self.project))
         return {"pipelines": [{"name": p, "runs": n, "last_started_at": last, "file": file, "last_status": status}
-                              for p, n, last, file, status in rows], "schedules": _schedules(self.store, self.project)}
+                              for p, n, last, file, status in rows], "schedules": schedules}
 
     def pipeline_data(self, request: Request, who: Principal) -> dict[str, Any]:
         """One pipeline: its graph from its file as it is now, and its latest runs."""
@@ -551,6 +553,29 @@ def _memories(store: Path, q: str, kind: str | None) -> dict[str, Any]:
         mem = MemoryStore(db, settings.embedder)
         found = mem.search(q, k=30, kind=kind) if q else mem.list(kind=kind, limit=50)
         return {"memories": [m.to_dict() for m in found], "unavailable": None, "total": mem.count()}
+
+
+def _schedules_key(store: Path, project: Path | None) -> tuple[Any, ...]:
+    """What the schedules listing depends on: the pipeline files as they are, the scheduler's rows, the minute."""
+    import time
+
+    from goatclaw.api import pipeline_files
+
+    files: tuple[tuple[str, int], ...] = ()
+    if project is not None:
+        stamps = []
+        for path in pipeline_files(project):
+            try:
+                stamps.append((str(path), path.stat().st_mtime_ns))
+            except OSError:
+                continue
+        files = tuple(stamps)
+    try:
+        with Store.open(store) as db:
+            marked = tuple(db.db.execute("SELECT COUNT(*), MAX(updated_at) FROM schedules").fetchone())
+    except GoatclawError:  # the store cannot be read: the listing says what it can without it
+        marked = None
+    return files, marked, int(time.time() // 60)
 
 
 def _schedules(store: Path, project: Path | None) -> list[dict[str, Any]] | None:
