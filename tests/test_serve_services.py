@@ -266,3 +266,17 @@ def test_the_dashboard_is_served_at_ui_and_shows_what_triggered_each_run(demo: P
         assert page.status_code == 200 and run_id in page.text
         with server.client() as nobody:
             assert nobody.get("/ui/runs.json", follow_redirects=False).status_code in (302, 303, 401)
+
+
+def test_a_schedule_added_while_serving_is_taken_up_at_the_next_reload(demo: Path) -> None:
+    clock = ThreadClock(T0)
+    with live(serving_app([demo], clock=clock, sleep=clock.sleep)) as server, \
+            server.client(token(demo, "read")) as http:
+        assert http.get("/api/projects/demo/schedules").json()["schedules"] == []
+        write(demo, "nightly.yaml", 'version: 1\nname: nightly\nschedule: "0 2 * * *"\ntasks:\n  t: {uses: echo}\n')
+        clock.advance(61)  # the schedules are read again every minute
+        listed = wait_for(lambda: http.get("/api/projects/demo/schedules").json()["schedules"])
+        assert [(s["file"], s["cron"]) for s in listed] == [("pipelines/nightly.yaml", "0 2 * * *")]
+        (demo / "pipelines" / "nightly.yaml").unlink()
+        clock.advance(61)
+        wait_for(lambda: http.get("/api/projects/demo/schedules").json()["schedules"] == [])

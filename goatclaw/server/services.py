@@ -12,8 +12,9 @@
   hosted project fires its pipelines' ``schedule:`` entries. A fire is a run like one the API
   triggers (checked, audited as ``schedule.fired`` by ``schedule:<pipeline>``, through the
   bounded queue, drained on SIGTERM); the scheduler waits for it to end, which is what
-  ``overlap`` goes by, and cancelling it cancels the run. ``GET /api/projects/{project}/schedules``
-  shows each schedule's next fire and what it did last.
+  ``overlap`` goes by, and cancelling it cancels the run. The pipeline files are read again
+  every minute, so a new, changed or removed ``schedule:`` is taken up without a restart.
+  ``GET /api/projects/{project}/schedules`` shows each schedule's next fire and what it did last.
 * **webhooks** (:func:`webhooks`): ``POST /hooks/{pipeline}`` for the home project and
   ``POST /hooks/{project}/{pipeline}`` for each hosted project start a run of a pipeline with
   ``on: webhook`` (the signature is the proof: no token; the gate's address lists, rate limits
@@ -85,12 +86,29 @@ def serving_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, da
 # -- schedules ------------------------------------------------------------------------------------
 
 
-def schedules(*, clock: Callable[[], float] | None = None, sleep: Sleep = asyncio.sleep) -> Service:
-    """The service that runs one :class:`Scheduler` per hosted project (kept in ``server.schedulers``)."""
+def schedules(*, clock: Callable[[], float] | None = None, sleep: Sleep = asyncio.sleep,
+              reload_every: float = 60.0) -> Service:
+    """The service that runs one :class:`Scheduler` per hosted project (kept in ``server.schedulers``).
+
+    Every ``reload_every`` seconds (of ``sleep``) each scheduler reads its project's pipeline
+    files again: a new, changed or removed ``schedule:`` is taken up without a restart.
+    """
+
+    async def reloading(started: dict[str, Scheduler]) -> None:
+        while True:
+            await sleep(reload_every)
+            for name, scheduler in started.items():
+                try:
+                    await scheduler.reload()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the schedules it had go on; what failed is said
+                    log.warning("goatclaw serve: reloading the schedules of %s: %s: %s", name, type(exc).__name__, exc)
 
     @contextlib.asynccontextmanager
     async def service(server: Any) -> AsyncIterator[dict[str, Scheduler]]:
         started: dict[str, Scheduler] = {}
+        reloader: asyncio.Task[None] | None = None
         try:
             for served in server.projects.values():
                 scheduler = Scheduler(served.project, _schedule_trigger(server, served), store=served.store,
@@ -99,8 +117,13 @@ def schedules(*, clock: Callable[[], float] | None = None, sleep: Sleep = asynci
                 await scheduler.start()
                 started[served.name] = scheduler
             server.schedulers = started
+            reloader = asyncio.create_task(reloading(started), name="goatclaw-schedules-reload")
             yield started
         finally:
+            if reloader is not None:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
             for scheduler in started.values():  # loops end; the runs they started are the queue's to drain
                 await scheduler.stop(cancel_runs=False, timeout=0)
 
