@@ -63,3 +63,8 @@ def spin(ctx: TaskContext, *, beat: str) -> None:
         i += 1
         if i % 20_000 == 0:
             path.write_text(str(i))
+
+
+def masked_forms(ctx: TaskContext) -> int:
+    """How many secret forms this task's redactor knows where it runs (the audit key must not be one)."""
+    return len(ctx.redactor._names) if ctx.redactor is not None else -1

@@ -40,7 +40,7 @@ def cluster() -> Iterator[Any]:
 
 def registry() -> Registry:
     reg = Registry()
-    for name in ("burn", "where", "die_once", "spin"):
+    for name in ("burn", "where", "die_once", "spin", "masked_forms"):
         reg.register_task(name, getattr(dask_tasks, name))
     return reg
 
@@ -125,6 +125,28 @@ def test_events_and_outputs_are_stored_by_the_driver(cluster: Any, write_pipelin
         db.close()
     assert "test.where" in topics  # emitted on a worker, recorded in the driver's store
     assert stored == result.outputs["hash"]
+
+
+@pytest.mark.slow
+def test_the_audit_key_never_travels_to_a_worker(cluster: Any, write_pipeline: Callable[..., Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from goatclaw.security.auditkey import KEY_ENV, forget_audit_key
+
+    monkeypatch.setenv(KEY_ENV, "the-audit-key-of-this-test-0123456789")
+    path = write_pipeline("""
+        version: 1
+        name: keyless
+        tasks:
+          there: {uses: masked_forms}
+          here: {uses: masked_forms, run_on: local}
+    """)
+    try:
+        result = goatclaw.run(path, registry=registry(), executor="dask", executor_address=cluster.scheduler_address)
+    finally:
+        forget_audit_key()
+    assert result.ok, result.error
+    assert result.outputs["here"] > 0  # on the driver the key (and its encoded forms) is masked
+    assert result.outputs["there"] == 0  # a worker knows no secret this pipeline did not declare
 
 
 @pytest.mark.slow

@@ -257,8 +257,17 @@ class Outcome:
 
 
 def pack_context(ctx: TaskContext) -> bytes:
-    """The context as bytes a worker can load: no callback, plain mappings for read-only views."""
-    plain = dataclasses.replace(ctx, _emit=None, tools=None, mcp=None, env=dict(ctx.env), secrets=dict(ctx.secrets))
+    """The context as bytes a worker can load: no callback, plain mappings for read-only views.
+
+    The run's redactor masks the audit key too; a worker gets one built from the task's own
+    secrets only, so the key never leaves the driver (a worker on another machine could
+    otherwise seal audit rows). What the worker returns is masked again by the driver.
+    """
+    from goatclaw.security.secrets import Redactor
+
+    redactor = Redactor(dict(ctx.secrets)) if ctx.redactor is not None else None
+    plain = dataclasses.replace(ctx, _emit=None, tools=None, mcp=None, env=dict(ctx.env), secrets=dict(ctx.secrets),
+                                redactor=redactor)
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     # read-only mapping proxies (in grants) cannot be pickled; they travel as the dicts they show
