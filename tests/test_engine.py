@@ -31,6 +31,10 @@ from goatclaw.store import Store
 @goatclaw.task(cpu_bound=True)
 def whoami(ctx: goatclaw.TaskContext, n: int = 0) -> dict[str, int]:
     """Report the process that ran the body."""
+    ctx.emit("test.crunched", pid=os.getpid())
+    if n < 0:
+        ctx.audit("test.refused", n=n)
+        raise goatclaw.TaskError("no negative numbers", error_class="validation")
     return {"pid": os.getpid(), "square": n * n}
 
 
@@ -575,10 +579,33 @@ def test_cpu_bound_plugin_runs_in_a_worker_process(write_pipeline: Callable[...,
         tasks:
           crunch: {uses: whoami, with: {n: 12}}
         """)
-    result = run_file(path, registry_with(whoami=whoami))
+    bus = goatclaw.Bus()
+    seen: list[Any] = []
+    bus.subscribe("*", lambda e: seen.append((e.topic, dict(e.data))))
+    result = run_file(path, registry_with(whoami=whoami), bus=bus)
     assert result.ok, result.to_dict()
     assert result.outputs["crunch"]["square"] == 144
     assert result.outputs["crunch"]["pid"] != os.getpid()
+    # what the plugin emitted in the worker process is an event of the run, as if emitted here
+    assert [d["pid"] for t, d in seen if t == "test.crunched"] == [result.outputs["crunch"]["pid"]]
+
+
+def test_a_cpu_bound_plugins_audit_rows_and_events_survive_its_failure(write_pipeline: Callable[..., Path],
+                                                                       tmp_path: Path) -> None:
+    path = write_pipeline("""
+        version: 1
+        tasks:
+          crunch: {uses: whoami, with: {n: -1}}
+        """)
+    store = tmp_path / "s.db"
+    result = run_file(path, registry_with(whoami=whoami), store=store)
+    assert not result.ok and result.tasks["crunch"].error_class == "validation"
+    from goatclaw.store import Store
+
+    with Store.open(store) as db:
+        topics = [e["topic"] for e in db.events(result.run_id)]
+        actions = [row[0] for row in db.db.execute("SELECT action FROM audit WHERE run_id = ?", (result.run_id,))]
+    assert "test.crunched" in topics and "test.refused" in actions
 
 
 @pytest.mark.parametrize("bad", [{1, 2}, float("nan"), {"x": float("inf")}, object()], ids=repr)

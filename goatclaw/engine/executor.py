@@ -140,12 +140,16 @@ def _thread_cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tuple[bool, Any, dict[str, float]]:
+def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]
+                     ) -> tuple[bool, Any, dict[str, float], list[tuple[str, dict[str, Any]]]]:
     """In a pool worker: call ``fn`` and measure the CPU time it took (the worker runs one call at a time).
 
-    Returns ``(ok, output or exception, resources)``; ``max_rss_mb`` is the worker process's
-    peak so far, which bounds the call's own.
+    Returns ``(ok, output or exception, resources, events)``; ``max_rss_mb`` is the worker
+    process's peak so far, which bounds the call's own; ``events`` are what the plugin emitted,
+    for the parent to record.
     """
+    events: list[tuple[str, dict[str, Any]]] = []
+    ctx._emit = lambda topic, data: events.append((topic, data))
     before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         ok, value = True, fn(ctx, **kwargs)
@@ -155,7 +159,7 @@ def _call_in_process(fn: Any, ctx: TaskContext, kwargs: Mapping[str, Any]) -> tu
     usage = {"cpu_user_s": round(after.ru_utime - before.ru_utime, 6),
              "cpu_system_s": round(after.ru_stime - before.ru_stime, 6),
              "max_rss_mb": round(after.ru_maxrss / 1024, 3), "pid": os.getpid()}
-    return ok, value, usage
+    return ok, value, usage, events
 
 
 class LocalExecutor(Executor):
@@ -191,7 +195,8 @@ class LocalExecutor(Executor):
                                         secrets=dict(ctx.secrets))
         loop = asyncio.get_running_loop()
         try:
-            ok, value, usage = await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx, dict(kwargs))
+            ok, value, usage, events = await loop.run_in_executor(pool, _call_in_process, plugin.fn, plain_ctx,
+                                                                  dict(kwargs))
         except asyncio.CancelledError:
             self._kill(pool)
             raise
@@ -199,6 +204,9 @@ class LocalExecutor(Executor):
             self._kill(pool)
             raise TaskError(f"the worker process running '{plugin.name}' died: {exc}",
                             error_class="connection") from None
+        if ctx._emit is not None:  # what the plugin emitted in the pool, recorded as if emitted here
+            for topic, data in events:
+                ctx._emit(topic, data)
         ctx.emit("task.resources", **usage, process="pool")
         if not ok:
             raise value
