@@ -168,6 +168,49 @@ def test_a_searxng_search_finds_the_pages_and_skips_what_does_not_load(write_pip
     assert [(p["url"], p["from"]) for p in pages] == [(f"{site}/limits.html", "url"), (f"{site}/wal.html", "search")]
 
 
+class SlowSite(BaseHTTPRequestHandler):
+    """Every page takes a while; the class counts how many requests are in flight at once."""
+
+    lock = __import__("threading").Lock()
+    in_flight = 0
+    most = 0
+    served = 0
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        """``/page-N.html``: a short article, after 0.2 s."""
+        import time
+
+        cls = type(self)
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most = max(cls.most, cls.in_flight)
+        try:
+            time.sleep(0.2)
+            body = (SITE / "wal.html").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+                cls.served += 1
+
+
+def test_pages_are_fetched_a_few_at_a_time_however_many_are_asked(write_pipeline, model) -> None:
+    from goatclaw.tasks.research import FETCH_CONCURRENCY
+
+    with serving(SlowSite) as base:
+        urls = ", ".join(f'"{base}/page-{i}.html"' for i in range(15))
+        goatclaw.run(research_pipeline(write_pipeline, model, f"max_pages: 15\n              urls: [{urls}]"))
+    assert SlowSite.served == 15
+    assert 1 < SlowSite.most <= FETCH_CONCURRENCY  # concurrent, and bounded
+
+
 PROVIDER = """
 from goatclaw.tasks.search import SearchHit
 

@@ -113,16 +113,26 @@ def _urls(urls: Any) -> list[str]:
     return list(dict.fromkeys(u.strip() for u in urls))
 
 
+#: The most pages one research task fetches (and extracts) at once, whatever ``max_pages`` is.
+FETCH_CONCURRENCY = 6
+
+
 async def _pages(ctx: TaskContext, question: str, urls: list[str], search: Any, limit: int,
                  timeout: float) -> list[Page]:
-    """The pages of ``urls`` and of the search results, fetched concurrently, ``limit`` at most."""
+    """The pages of ``urls`` and of the search results, ``limit`` at most, :data:`FETCH_CONCURRENCY` at a time."""
     found = {u: SearchHit(u) for u in urls}
     if search is not None:
         wanted = search.get("results_limit", limit) if isinstance(search, dict) else limit
         for hit in await provider_for(search).search(ctx, question, _count("search.results_limit", wanted) or limit):
             found.setdefault(hit.url, hit)
     chosen = list(found.values())[:limit]
-    return [p for p in await asyncio.gather(*(_page(ctx, h, h.url in urls, timeout) for h in chosen)) if p.text]
+    gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(hit: SearchHit) -> Page:
+        async with gate:
+            return await _page(ctx, hit, hit.url in urls, timeout)
+
+    return [p for p in await asyncio.gather(*(one(h) for h in chosen)) if p.text]
 
 
 async def _page(ctx: TaskContext, hit: SearchHit, given: bool, timeout: float) -> Page:
