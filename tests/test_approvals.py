@@ -107,6 +107,8 @@ def test_apply_stops_waiting_and_approve_resumes_without_running_anything_twice(
     assert request["expires_at"] == pytest.approx(request["requested_at"] + 3600)
     code, out = cli("approvals")
     assert "Ship v1.2?" in out and "then runs: deploy [shell]" in out and "--input env=" in out
+    code, out = cli("runs", "show", "last")  # the run says what it waits for, and how to decide it
+    assert code == 0 and "approval of gate waiting: Ship v1.2?" in out and f"goatclaw approve {run.id} gate" in out
 
     code, out = cli("approve", "last", "--input", "env=prod", "--as", "ann", "--output", "plain")
     assert code == 0, out
@@ -141,6 +143,10 @@ def test_reject_fails_the_gate_and_its_dependents_do_not_run(release: Path, proj
         assert db.dead_letters(run_id=run.id) == []  # a person's no is not a dead letter
     assert effects(project) == {"build": 1, "side": 1}
     assert [r.action for r in goatclaw.audit_log(store_path, action="approval.rejected")] == ["approval.rejected"]
+    code, out = cli("runs", "show", "last")
+    assert "approval of gate rejected by bob at " in out and ": not on a Friday" in out
+    code, out = cli("runs", "show", "last", "--json")
+    assert [(r["task_id"], r["decision"]) for r in json.loads(out)["approvals"]] == [("gate", "rejected")]
     code, out = cli("approve", "last", "--input", "env=prod")
     assert code == 1 and "already rejected by bob" in out
 

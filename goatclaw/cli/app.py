@@ -466,6 +466,7 @@ def runs_show(
         failed = {t.task_id for t in tasks if t.status == "failed"}
         logs = [line for line in db.logs(row.id) if line["task"] in failed] if failed else []
         all_events = db.events(row.id)
+        requests = db.approvals(row.id, waiting=False)
         events = [e for e in all_events
                   if e["topic"].startswith("breaker.") or e["topic"] in ("task.fallback", "task.fix", "task.escalate")
                   or (e["topic"] == "task.rule" and e["data"].get("severity") == "warn")]  # warn rules: shown
@@ -475,9 +476,10 @@ def runs_show(
 
         print(dumps_pretty({"run": row.__dict__, "tasks": [t.__dict__ for t in tasks], "attempts": attempts,
                             "incidents": events, "llm": llm, "resources": resources(all_events),
-                            "failed_logs": logs}))
+                            "failed_logs": logs, "approvals": requests}))
     else:
         print_run(row, tasks, attempts, _out(), events)
+        _print_approvals(row.id, requests)
         print_failed_logs(tasks, logs, _out())
         print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
         print_resources(resources(all_events), _out())
@@ -490,6 +492,29 @@ def runs_show(
             from goatclaw.cli.memory import print_seen_before
 
             print_seen_before(db.path, row.id, _out())
+
+
+def _print_approvals(run_id: str, requests: list[dict[str, Any]]) -> None:
+    """Each approval request of the run: what it asks and who decided it, or how to decide it."""
+    import datetime
+
+    from rich.text import Text
+
+    for r in requests:
+        message = str((r.get("evidence") or {}).get("message") or "")
+        if r["decision"] is None:
+            line = Text.assemble("  approval of ", (r["task_id"], "bold"), " waiting: ", message)
+            if r.get("timeout"):
+                ends = datetime.datetime.fromtimestamp(r["requested_at"] + r["timeout"]).isoformat(" ", "seconds")
+                line.append(f" (a rejection at {ends})")
+            line.append(f"\n    goatclaw approve {run_id} {r['task_id']}  |  goatclaw reject {run_id} "
+                        f"{r['task_id']} --reason …", style="dim")
+        else:
+            when = datetime.datetime.fromtimestamp(r["decided_at"]).isoformat(" ", "seconds") if r["decided_at"] else ""
+            line = Text.assemble("  approval of ", (r["task_id"], "bold"), f" {r['decision']} by ",
+                                 str(r["decided_by"]), f" at {when}",
+                                 *((": ", str(r["reason"])) if r.get("reason") else ()))
+        _out().print(line, soft_wrap=True, highlight=False)
 
 
 breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)
