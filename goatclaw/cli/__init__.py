@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
         argv = ["shell"]
     from goatclaw.cli.app import app
     from goatclaw.cli.options import only_command
-    from goatclaw.cli.terminal import guarded_output
+    from goatclaw.cli.streams import guarded_output
 
     app = only_command(app, sys.argv[1:] if argv is None else argv)  # typer builds the command that runs, alone
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
+from goatclaw.cli.lines import escape
 
 __all__ = ["exit_code", "finish", "load_checked", "report_targets"]
 
