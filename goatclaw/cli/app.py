@@ -20,7 +20,7 @@ import typer
 
 from goatclaw import __version__
 from goatclaw.cli import options
-from goatclaw.cli.lines import escape, write_line
+from goatclaw.cli.lines import escape
 from goatclaw.cli.options import MAX_ID
 
 if TYPE_CHECKING:  # rich is imported by the consoles, when a command prints with one (validate does not)
@@ -292,35 +292,11 @@ def validate(
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
 ) -> None:
     """Check pipeline files (and *.test.yaml pipeline tests) without running anything; problems at file:line:col."""
-    import goatclaw
-    from goatclaw.cli.problems import print_problems
+    from goatclaw.cli.validating import validate_files  # also what `validate FILE…` runs without typer (cli/__init__)
 
-    failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
-    all_problems = []
-    for file in files:
-        problems = _test_file_problems(file) if file.name.endswith((".test.yaml", ".test.yml")) else \
-            goatclaw.check(file)[1]
-        all_problems += problems
-        if fmt is ProblemFormat.text and not [p for p in problems if p.severity in failing]:
-            write_line(sys.stderr, ("✓", "green"), (f" {file}", None))
-    if fmt is ProblemFormat.json:
-        print(json.dumps([options.problem_data(p) for p in all_problems], indent=2))
-    else:
-        print_problems(all_problems, sys.stdout if fmt is ProblemFormat.github else sys.stderr, fmt=fmt.value)
-    if any(p.severity in failing for p in all_problems):
-        raise typer.Exit(2)
-
-
-def _test_file_problems(file: Path) -> list[Any]:
-    """A pipeline test file checked as one: its schema, its pipeline and the tasks it names."""
-    from goatclaw.errors import SpecError
-    from goatclaw.testing import load_tests
-
-    try:
-        load_tests(file)
-    except SpecError as exc:
-        return list(exc.problems)
-    return []
+    code = validate_files(files, fmt.value, fail_on.value)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
