@@ -276,6 +276,19 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set, in bytes (``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux keeps that across ``exec``, so a process
+    started from a parent with a large heap reports the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 async def _bare_fanout(items: list[Any], concurrency: int) -> tuple[list[Any], str]:
     """The least a fan-out can do: ``concurrency`` workers, a no-op coroutine per item, outputs and JSON kept."""
     outputs: list[Any] = [None] * len(items)
@@ -313,7 +326,7 @@ def fanout_one(way: str, n: int, concurrency: int) -> dict[str, float]:
             assert result.ok, result.error
             count = result.tasks["count"].output
         t1, c1 = time.perf_counter(), time.process_time()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _peak_rss()
     assert count == n, count
     return {"wall": t1 - t0, "cpu": c1 - c0, "peak": peak, "before": before}
 

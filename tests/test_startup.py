@@ -92,9 +92,10 @@ def test_an_unwritable_cache_is_no_cache(tmp_path: Path) -> None:
 NOT_FOR_VALIDATE = ["litellm", "openai", "httpx", "dask", "distributed", "numpy", "wordllama", "sqlite_vec",
                     "networkx", "jsonschema", "mcp", "starlette", "uvicorn", "goatclaw.engine.runner",
                     "goatclaw.engine.executor", "goatclaw.engine.sentry", "goatclaw.llm", "goatclaw.tracing",
-                    "goatclaw.store", "goatclaw.events", "rich.table", "rich.live", "markdown_it",
+                    "goatclaw.store", "goatclaw.events", "rich", "markdown_it",
                     "concurrent.futures.process", "multiprocessing"]
-#: And, for a pipeline without a task that runs a process or a server (no shell, no mcp): no event loop, no TLS.
+#: And, for a pipeline without an mcp task (a shell task's module imports asyncio only to run a process): no event
+#: loop, no TLS.
 NOT_FOR_VALIDATE_WITHOUT_SHELL = ["asyncio", "ssl"]
 
 
@@ -109,7 +110,7 @@ def _imported_by(argv: list[str], names: list[str], cwd: Path = REPO) -> dict[st
 
 
 def test_validate_imports_nothing_it_does_not_need() -> None:
-    found = _imported_by(["validate", "pipelines/quickstart.yaml"], NOT_FOR_VALIDATE)
+    found = _imported_by(["validate", "pipelines/quickstart.yaml"], NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL)
     assert found == {"code": 0, "heavy": []}
 
 
@@ -128,3 +129,29 @@ def test_the_probe_sees_what_a_run_imports(tmp_path: Path) -> None:
                          NOT_FOR_VALIDATE + NOT_FOR_VALIDATE_WITHOUT_SHELL, cwd=tmp_path)
     assert found["code"] == 0
     assert {"goatclaw.engine.runner", "goatclaw.store", "asyncio"} <= set(found["heavy"])  # type: ignore[arg-type]
+
+
+def test_validate_of_files_alone_is_answered_without_typer() -> None:
+    found = _imported_by(["validate", "pipelines/quickstart.yaml"], ["typer", "click", "rich"])
+    assert found == {"code": 0, "heavy": []}
+    with_option = _imported_by(["validate", "--format", "text", "pipelines/quickstart.yaml"], ["typer"])
+    assert with_option == {"code": 0, "heavy": ["typer"]}  # an option: typer parses it, as before
+
+
+def test_the_shortcut_prints_and_exits_as_the_typer_command(tmp_path: Path) -> None:
+    """``validate FILE…`` (cli/validating.py) and ``validate --format text FILE…`` (typer): same lines, same code."""
+    (tmp_path / "bad.yaml").write_text("version: 1\ntasks:\n  a: {uses: nope}\n  b: {uses: echo, needs: zz}\n")
+    (tmp_path / "good.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n")
+    runs = []
+    for options in ([], ["--format", "text"]):
+        for files in (["good.yaml"], ["bad.yaml", "good.yaml", "missing.yaml"]):
+            done = subprocess.run([sys.executable, "-m", "goatclaw", "validate", *options, *files], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+            runs.append((done.returncode, done.stdout, done.stderr))
+    shortcut, typer_path = runs[:2], runs[2:]
+    assert shortcut == typer_path
+    assert shortcut[0] == (0, "", "✓ good.yaml\n")
+    code, out, err = shortcut[1]
+    assert code == 2 and out == "" and "bad.yaml:3:13: tasks.a.uses: unknown task 'nope'" in err
+    assert "✓ good.yaml" in err and "missing.yaml: cannot read" in err

@@ -48,11 +48,8 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
             return code
     if (sys.argv[1:] if argv is None else argv) == [] and _on_terminal():  # bare `goatclaw` at a terminal: the shell
         argv = ["shell"]
-    from goatclaw.cli.app import app
-    from goatclaw.cli.options import only_command
-    from goatclaw.cli.terminal import guarded_output
-
-    app = only_command(app, sys.argv[1:] if argv is None else argv)  # typer builds the command that runs, alone
+    from goatclaw.cli.streams import guarded_output
+    from goatclaw.cli.validating import shortcut
 
     for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
         if hasattr(stream, "reconfigure"):
@@ -60,8 +57,16 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     with guarded_output() as output:  # `goatclaw … | head -2`: the reader going away is not the command's failure
         recording = _record_help() if help_asked else None
         try:
-            app(args=argv, prog_name="goatclaw", standalone_mode=True)
-            code = 0
+            # `validate FILE…` without typer (cli/validating.py); any other command line goes through the app
+            quick = shortcut(sys.argv[1:] if argv is None else argv)
+            if quick is None:
+                from goatclaw.cli.app import app
+                from goatclaw.cli.options import only_command
+
+                # typer builds the command that runs, alone
+                app = only_command(app, sys.argv[1:] if argv is None else argv)
+                app(args=argv, prog_name="goatclaw", standalone_mode=True)
+            code = quick or 0
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         except KeyboardInterrupt as exc:  # a stop signal (cli/border.py) carries its own code

@@ -14,16 +14,17 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from goatclaw import __version__
 from goatclaw.cli import options
+from goatclaw.cli.lines import escape
 from goatclaw.cli.options import MAX_ID
-from goatclaw.cli.terminal import SafeConsole
+
+if TYPE_CHECKING:  # rich is imported by the consoles, when a command prints with one (validate does not)
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,16 +74,22 @@ class FailOn(str, Enum):
     warn = "warn"
 
 
-def _out() -> Console:
+def _out() -> "Console":
+    from goatclaw.cli.terminal import SafeConsole
+
     return SafeConsole(highlight=False, soft_wrap=False)
 
 
-def _err() -> Console:
+def _err() -> "Console":
+    from goatclaw.cli.terminal import SafeConsole
+
     return SafeConsole(stderr=True, highlight=False)
 
 
-def _plain() -> Console:
+def _plain() -> "Console":
     """The console of plain output (pipes, logs, CI): no colour, lines as long as they are."""
+    from goatclaw.cli.terminal import SafeConsole
+
     return SafeConsole(highlight=False, no_color=True, soft_wrap=True)
 
 
@@ -285,35 +292,11 @@ def validate(
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="error, or warn: warnings fail too.")] = FailOn.error,
 ) -> None:
     """Check pipeline files (and *.test.yaml pipeline tests) without running anything; problems at file:line:col."""
-    import goatclaw
-    from goatclaw.cli.problems import print_problems
+    from goatclaw.cli.validating import validate_files  # also what `validate FILE…` runs without typer (cli/__init__)
 
-    failing = ("error", "warn") if fail_on is FailOn.warn else ("error",)
-    all_problems = []
-    for file in files:
-        problems = _test_file_problems(file) if file.name.endswith((".test.yaml", ".test.yml")) else \
-            goatclaw.check(file)[1]
-        all_problems += problems
-        if fmt is ProblemFormat.text and not [p for p in problems if p.severity in failing]:
-            _err().print(f"[green]✓[/] {escape(str(file))}", markup=True)
-    if fmt is ProblemFormat.json:
-        print(json.dumps([options.problem_data(p) for p in all_problems], indent=2))
-    else:
-        print_problems(all_problems, _out() if fmt is ProblemFormat.github else _err(), fmt=fmt.value)
-    if any(p.severity in failing for p in all_problems):
-        raise typer.Exit(2)
-
-
-def _test_file_problems(file: Path) -> list[Any]:
-    """A pipeline test file checked as one: its schema, its pipeline and the tasks it names."""
-    from goatclaw.errors import SpecError
-    from goatclaw.testing import load_tests
-
-    try:
-        load_tests(file)
-    except SpecError as exc:
-        return list(exc.problems)
-    return []
+    code = validate_files(files, fmt.value, fail_on.value)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

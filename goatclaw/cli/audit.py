@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _out, _store_file, app, handles_errors
+from goatclaw.cli.lines import escape
 
 __all__ = ["audit_app"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
+from goatclaw.cli.lines import escape
 
 __all__ = ["exit_code", "finish", "load_checked", "report_targets"]
 
@@ -38,6 +38,8 @@ class ReportFormat(str, Enum):
 
 def report_targets(specs: list[str] | None) -> list[tuple[str, Path]]:
     """``--report FORMAT:PATH`` options, checked before anything runs (a bad one is a usage error)."""
+    if not specs:  # the common case: no report, and no import of the reports module (the store, XML) for it
+        return []
     from goatclaw.errors import GoatclawError
     from goatclaw.reports import parse_target
 
@@ -75,12 +77,12 @@ def finish(result: Any, targets: list[tuple[str, Path]], *, fail_on: FailOn, max
     A run that ended well still fails with 1 when ``--fail-on warn`` and a ``warn`` rule
     rejected an output, or when its LLM calls cost more than ``--max-cost``.
     """
-    from goatclaw.money import usd
-    from goatclaw.reports import build, write
-
     code = exit_code(result)
     if result.store_path is None or not (targets or max_cost is not None or fail_on is FailOn.warn):
         return code  # nothing asks for the stored run to be read back
+    from goatclaw.money import usd
+    from goatclaw.reports import build, write
+
     report = build(result.store_path, result.run_id, max_cost=max_cost)
     for path in write(report, targets):
         _err().print(f"report: {path}", highlight=False, soft_wrap=True)

@@ -16,11 +16,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import (
@@ -35,6 +33,9 @@ from goatclaw.cli.app import (
     handles_errors,
 )
 from goatclaw.cli.text import shown
+
+if TYPE_CHECKING:  # rich is imported when a command prints with it, not when the app is built
+    from rich.console import Console
 
 __all__ = ["approvals_list", "approve", "print_approvals", "reject"]
 
@@ -159,6 +160,8 @@ def _decide(run: str, task: str | None, *, approve: bool, who: str | None, input
 
 def print_approvals(rows: list[dict[str, Any]], console: Console) -> None:
     """Each request: run, task, pipeline, since when, until when, the message, then its evidence (escaped)."""
+    from rich.text import Text
+
     if not rows:
         console.print("no approval is waiting")
         return
@@ -189,6 +192,8 @@ def print_approvals(rows: list[dict[str, Any]], console: Console) -> None:
 
 def _print_follows(evidence: dict[str, Any], console: Console) -> None:
     """What approving lets run: each task with what its plugin needs, and the cost estimate."""
+    from rich.text import Text
+
     needs = {p["task"]: p.get("needs") or [] for p in evidence.get("permissions") or []}
     follows = evidence.get("downstream") or []
     if follows:

@@ -9,15 +9,16 @@ the bound (its last problems shown, nothing run).
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import _err, _in_ci, _out, _print_costs, app, apply, handles_errors
 from goatclaw.cli.text import shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["ask_choice", "run_goal", "show_plan"]
 
@@ -101,7 +102,7 @@ def ask_choice(path: Path) -> str:
         _err().print(f"{path}: valid", highlight=False)
 
 
-def _draft_line(draft: Any, console: Console) -> None:
+def _draft_line(draft: Any, console: "Console") -> None:
     if draft.text is None:
         console.print(f"draft {draft.attempt}: not a JSON object", highlight=False)
     elif draft.errors:
@@ -137,8 +138,10 @@ def _save(planned: Any) -> Path:
     return planned.save()
 
 
-def show_plan(planned: Any, path: Path | None, out: Console) -> None:
+def show_plan(planned: Any, path: Path | None, out: "Console") -> None:
     """The plan: the graph, each task's permissions, the cost estimate, and the YAML (shown escaped)."""
+    from rich.text import Text
+
     import goatclaw
     from goatclaw.api import permissions_of
     from goatclaw.cli.render import print_permissions, print_plan

@@ -10,9 +10,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from goatclaw.cli.app import JsonOption, _err, _out, handles_errors
+from goatclaw.cli.lines import escape
 from goatclaw.cli.mcp_group import mcp_app
 
 __all__ = ["mcp_app"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import JsonOption, StoreOption, _open_store, _out, app, handles_errors
@@ -50,6 +49,8 @@ def _when(ts: float | None) -> str:
 
 
 def _print_memories(rows: list[Any], *, scores: bool = False) -> None:
+    from rich.text import Text
+
     console = _out()
     if not rows:
         console.print("no memories")
@@ -210,6 +211,8 @@ def why(
 
 
 def _print_explanations(run_id: str, found: list[Any]) -> None:
+    from rich.text import Text
+
     console = _out()
     if not found:
         console.print(f"run {run_id} has no failed task")

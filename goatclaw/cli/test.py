@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import _err, _out, app, handles_errors
@@ -52,6 +51,8 @@ def test(
     ] = None,
 ) -> None:
     """Run pipeline tests: each case runs its pipeline with vars, stubs or a cassette and checks what it expects."""
+    from rich.text import Text
+
     from goatclaw.errors import GoatclawError, SpecError
     from goatclaw.testing import Tolerances, compare, discover, load_baseline, load_tests, summarise
 
@@ -132,6 +133,7 @@ def _write_report(fmt: str, path: Path, results: list[Any], summaries: list[Any]
 def _print_datasets(summaries: list[Any], out: Any) -> None:
     """The summary table of each dataset (a case run over many rows)."""
     from rich.table import Table
+    from rich.text import Text
 
     for s in (s for s in summaries if s.cases > 1):
         lat = s.latency_ms
@@ -154,6 +156,8 @@ def _print_datasets(summaries: list[Any], out: Any) -> None:
 
 
 def _print_regressions(regressions: list[Any], compared: bool, out: Any) -> None:
+    from rich.text import Text
+
     if not compared:
         return
     if not regressions:
@@ -165,6 +169,8 @@ def _print_regressions(regressions: list[Any], compared: bool, out: Any) -> None
 
 
 def _print_case(result: Any, out: Any) -> None:
+    from rich.text import Text
+
     ms = f"{result.duration * 1000:.0f}ms"
     if result.passed:
         out.print(Text.assemble(("✓ ", "green"), result.name, (f"  {ms}", "dim")), soft_wrap=True)
@@ -176,6 +182,8 @@ def _print_case(result: Any, out: Any) -> None:
 
 
 def _summary(results: list[Any], invalid: int, files: int, elapsed: float, out: Any) -> None:
+    from rich.text import Text
+
     passed = sum(1 for r in results if r.passed)
     failed = len(results) - passed
     if not results and not invalid:

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from goatclaw.cli import options
 from goatclaw.cli.app import _in_ci, _out, app, handles_errors
-from goatclaw.cli.terminal import SafeConsole
 
 __all__ = ["watch"]
 
@@ -124,6 +122,7 @@ class _View:
 
     def __init__(self, bus: Any, mode: str, *, clear: bool) -> None:
         from goatclaw.cli.render import PlainView
+        from goatclaw.cli.terminal import SafeConsole
 
         self.mode = mode
         self.clear = clear
@@ -148,6 +147,8 @@ class _View:
             self.live = None
 
     def _say(self, text: str, style: str = "") -> None:
+        from rich.text import Text
+
         self.console.print(Text(text, style=style), soft_wrap=True)
 
     def _relay(self, ev: Any) -> None:

@@ -32,17 +32,19 @@ counts the memory of the goatclaw process that forked the command in it.
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import logging  # asyncio is imported in the functions that run a process: `validate` loads this module
 import os
 import signal
 import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from goatclaw.plugin import TaskContext, fail, task
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["shell"]
 
@@ -74,6 +76,8 @@ async def shell(ctx: TaskContext, *, run: list[str] | None = None, script: str |
     relative to the workspace. ``input`` is sent to stdin. With ``check`` (the default) a
     non-zero exit fails the task. ``timeout`` (seconds) bounds the command itself.
     """
+    import asyncio
+
     argv = _argv(run, script, shell)
     ctx.require_shell(argv[0])  # for a script: the shell itself (which can then run anything)
     workdir = _workdir(ctx, cwd)
@@ -175,6 +179,8 @@ class _Process:
     """
 
     def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio
+
         self.popen = popen
         self.pid = popen.pid
         self.returncode: int | None = None
@@ -190,6 +196,8 @@ class _Process:
     @classmethod
     async def attach(cls, popen: subprocess.Popen[bytes]) -> _Process:
         """Wrap ``popen`` and connect its stdout and stderr to stream readers."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         proc = cls(popen, loop)
         try:
@@ -222,6 +230,8 @@ class _Process:
 
     async def wait(self) -> int:
         """The exit code, once the command has exited (negative: killed by that signal)."""
+        import asyncio
+
         return await asyncio.shield(self._exited)
 
     def close_pipes(self) -> None:
@@ -246,6 +256,8 @@ class _Running:
     """
 
     def __init__(self, proc: _Process, input: str | None, log: Any = None) -> None:
+        import asyncio
+
         self.proc = proc
         self.stdout, self.stderr = _Capture("stdout"), _Capture("stderr", log)
         self.io = [asyncio.ensure_future(self.stdout.read(proc.stdout)),
@@ -255,6 +267,8 @@ class _Running:
         self.sampler = asyncio.ensure_future(self._sample_memory())
 
     async def _sample_memory(self) -> None:
+        import asyncio
+
         delay = 0.005
         while self.proc.returncode is None:
             hwm = _vm_hwm(self.proc.pid)
@@ -265,6 +279,8 @@ class _Running:
 
     async def finish(self) -> None:
         """Wait until the command is done; kill what it left running that holds its pipes open."""
+        import asyncio
+
         pending = set(self.io)
         while pending and self.proc.returncode is None:
             _, pending = await asyncio.wait(pending, timeout=_POLL_SECONDS)
@@ -289,6 +305,8 @@ class _Running:
 
     async def stop_io(self) -> None:
         """Stop reading and feeding (a no-op once the pipes have closed)."""
+        import asyncio
+
         for job in (*self.io, self.sampler):
             job.cancel()
         await asyncio.gather(*self.io, self.sampler, return_exceptions=True)
@@ -296,6 +314,8 @@ class _Running:
 
     async def _settled(self, within: float) -> bool:
         """Whether the command has exited and its pipes have closed within ``within`` seconds."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         pending = [job for job in self.io if not job.done()]
@@ -321,6 +341,8 @@ async def _feed(proc: _Process, input: str | None) -> None:
     The write blocks while the pipe is full; it ends when the command reads everything,
     exits, or is killed (the pipe breaks). A daemon thread never holds the run's end.
     """
+    import asyncio
+
     stdin = proc.stdin
     if input is None or stdin is None:
         return
