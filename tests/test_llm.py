@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai_server import FakeOpenAI, Reply, echo
 
 import goatclaw
@@ -341,3 +343,27 @@ def test_the_example_replays_offline_from_its_cassette(tmp_path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OPENAI_API_KEY": "sk-none"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(secret=st.one_of(st.text(alphabet="abcdefXYZ0123456789-_", min_size=8, max_size=20), _TEXT.filter(
+    lambda s: len(s) >= 8)), before=_TEXT, after=_TEXT, inside=st.booleans(), encoded=st.sampled_from(
+    ["plain", "base64", "hex", "json", "none"]))
+def test_a_request_key_is_the_key_of_the_request_masked_value_by_value(secret: str, before: str, after: str,
+                                                                       inside: bool, encoded: str) -> None:
+    """The fast path (no secret in the canonical JSON: no masking) gives the key the masked request gives."""
+    import base64
+    import hashlib
+
+    from goatclaw.llm import request as req
+
+    form = {"plain": secret, "base64": base64.b64encode(secret.encode()).decode(), "hex": secret.encode().hex(),
+            "json": json.dumps(secret)[1:-1], "none": ""}[encoded]
+    content = before + (form if inside else "") + after
+    request = room.Request(models=("m",), messages=({"role": "user", "content": content},
+                                                    {"role": "system", "content": after}))
+    slow = hashlib.sha256(req._canonical(req._masked_request("m", request, [secret])).encode()).hexdigest()
+    assert room.request_key("m", request, [secret]) == slow

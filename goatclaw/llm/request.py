@@ -136,7 +136,22 @@ def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
     Secrets are masked first, so a replay in CI with other (or dummy) secret values finds
     the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
     """
-    return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+    if masks and not _plain(tuple(masks)):
+        return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+    text = _canonical(_masked_request(model, request, ()))
+    if masks and _redactor(tuple(masks)).contains(text):  # a secret is in it: masked value by value, as always
+        text = _canonical(_masked_request(model, request, masks))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _plain(masks: tuple[str, ...]) -> bool:
+    """Whether every secret is printable ASCII without a quote or backslash.
+
+    Then a string holds a secret's form exactly when its JSON text does, so a request whose
+    canonical JSON shows no secret needs no masking (the same key, without walking it).
+    """
+    return all(m.isascii() and m.isprintable() and '"' not in m and "\\" not in m for m in masks)
 
 
 def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
