@@ -39,6 +39,7 @@ def serve(store: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int =
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
+    sock.listen(2048)  # listening before the URL is printed: a visit that comes first waits, never refused
     server = uvicorn.Server(uvicorn.Config(local_app(Path(store), auth), log_level="warning", access_log=False))
     say(f"http://{host}:{bound}/runs?token={auth.token}")
     server.run(sockets=[sock])
