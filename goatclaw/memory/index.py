@@ -21,16 +21,26 @@ highest id held are read) and ``vectors_removed`` (a delete or a re-embedding: r
 whole). Checking them costs one indexed read per query, so a memory another process added
 a moment ago is found. Metadata (counts, last seen) is not held: hits are read from the
 rows, as for sqlite-vec.
+
+A query runs its products on one BLAS thread (:func:`one_thread`). A k-NN scan is bound by
+memory bandwidth, so a second thread cannot make it faster, and on a loaded machine OpenBLAS's
+threads wait for a core and spin: on benchmarks/memory.py at 100k wordllama vectors (2 shared
+cores, load ~1.5) one thread answers in 1.5 ms where numpy's default threads take 7.9 ms; at 1M
+an exact scan takes the same 126 ms either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import functools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-__all__ = ["ADDED", "ENERGY", "LARGE", "PREFILTER_MIN", "REMOVED", "VectorIndex", "bump", "rerank_count"]
+__all__ = ["ADDED", "ENERGY", "LARGE", "PREFILTER_MIN", "REMOVED", "VectorIndex", "bump", "one_thread",
+           "rerank_count"]
 
 #: ``memory_meta`` keys: how many times vectors were added, and removed or replaced.
 ADDED, REMOVED = "vectors_added", "vectors_removed"
@@ -51,6 +61,19 @@ LARGE = 250_000
 def rerank_count(want: int, n: int) -> int:
     """How many candidates of the projection are scored exactly: generous, since a miss costs recall."""
     return min(n, max(1000, 50 * want, n // 100))
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """The process's BLAS libraries (found once: a few milliseconds; limiting them then costs ~20 µs)."""
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run numpy's BLAS on one thread inside the block (the setting is restored after it)."""
+    with _controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 def bump(db: Any, key: str) -> None:
@@ -121,7 +144,12 @@ class VectorIndex:
         if kind is not None and code is None:
             return []
         skip = set(exclude)
-        want = k + len(skip)
+        with one_thread():
+            found = self._search(q, k + len(skip), code)
+        return [(i, s) for i, s in found if i not in skip][:k]
+
+    def _search(self, q: np.ndarray, want: int, code: int | None) -> list[tuple[int, float]]:
+        """The ``want`` best ``(id, cosine)`` pairs, of kind ``code`` when it is not ``None``."""
         rows: np.ndarray | None = None
         if self.basis is not None:
             rough = self.projected @ (q @ self.basis)
@@ -136,9 +164,7 @@ class VectorIndex:
         top = _best(scores, want)
         top = top[np.argsort(-scores[top], kind="stable")]
         picked = rows[top] if rows is not None else top
-        found = [(int(self.ids[i]), float(s)) for i, s in zip(picked, scores[top], strict=True) if np.isfinite(s)]
-        return [(i, s) for i, s in found if i not in skip][:k]
-
+        return [(int(self.ids[i]), float(s)) for i, s in zip(picked, scores[top], strict=True) if np.isfinite(s)]
 
     def _read(self, db: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = db.execute(f"SELECT rowid, embedding, kind FROM memory_vectors{where} ORDER BY rowid").fetchall()
