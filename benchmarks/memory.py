@@ -137,9 +137,12 @@ def main() -> None:
                      f"{statistics.median(idx_ms) / statistics.median(vec_ms):.2f}x"))
         rows.append(("in-memory index recall@10 against exact numpy", f"{recall / (10 * len(qvecs)):.3f}"))
         rows.append(("in-memory index: first search (reads every vector)", f"{first_ms:,.0f} ms"))
-        basis = memory_store._INDEXES[str(mem.store.path)].basis
-        rows.append(("in-memory index prefilter", "none: exact scan" if basis is None else
-                     f"{basis.shape[1]} of {emb.dim} dimensions, best {rerank_count(10, args.n):,} re-ranked"))
+        index = memory_store._INDEXES[str(mem.store.path)]
+        best = f"best {rerank_count(10, args.n):,} re-ranked"
+        rows.append(("in-memory index prefilter",
+                     f"{index.basis.shape[1]} of {emb.dim} dimensions (SVD), {best}" if index.basis is not None else
+                     f"int8 codes of all {emb.dim} dimensions, {best}" if index.scale is not None else
+                     "none: exact scan"))
         rows.append(("same top-10 set, sqlite-vec vs numpy", f"{agree}/{len(qvecs)}"))
         size = (Path(tmp) / "bench.db").stat().st_size + sum(p.stat().st_size for p in Path(tmp).glob("bench.db-*"))
         rows.append(("store file size", f"{size / 2**20:,.0f} MiB"))

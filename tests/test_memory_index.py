@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from goatclaw.memory import index as index_module
 from goatclaw.memory import store as memory_store
 from goatclaw.memory.embedders import WordLlamaEmbedder, normalise
 from goatclaw.memory.index import PREFILTER_MIN
@@ -139,3 +140,38 @@ def test_past_the_prefilter_size_the_index_keeps_recall_and_random_vectors_are_s
         memory_store._SEARCHES.pop(str(path), None)
     assert (index.basis is not None) is prefiltered
     assert found / (10 * len(queries)) >= 0.99
+
+
+def test_spread_out_vectors_past_the_quantise_size_are_prefiltered_by_int8_codes_and_keep_recall(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "QUANTISE_MIN", PREFILTER_MIN)  # 200k real vectors would make a slow test
+    n = PREFILTER_MIN + 5000
+    vectors = _vectors(n, 6)
+    path = tmp_path / "big.db"
+    with open_memory(path, WordLlamaEmbedder()) as mem:
+        mem.add_embedded(_items(n), vectors, merge_threshold=None)
+        held = MemoryStore(mem.store, WordLlamaEmbedder(), index=True)
+        exact = MemoryStore(mem.store, WordLlamaEmbedder(), index=False)
+        try:
+            queries = _vectors(40, 7)
+            found = 0
+            for q in queries:
+                tenth = float(np.partition(vectors @ q, -10)[-10])
+                found += sum(h.score >= tenth - 1e-5 for h in held.search_vector(q, k=10))
+            index = memory_store._INDEXES[str(path)]
+            assert index.basis is None and index.scale is not None and index.quantised.shape == (n, DIM)
+            assert found / (10 * len(queries)) >= 0.99
+            # the kind filter: the same answer as sqlite-vec's
+            for q in queries[:10]:
+                want = [h.id for h in exact.search_vector(q, k=10, kind="failure")]
+                assert [h.id for h in held.search_vector(q, k=10, kind="failure")] == want
+            # rows added later are quantised with the fitted scale and found at once
+            extra = _vectors(5, 8)
+            mem.add_embedded(_items(5, start=n), extra, merge_threshold=None)
+            for v in extra:
+                top = held.search_vector(v, k=1)
+                assert top and top[0].text == exact.search_vector(v, k=1)[0].text and top[0].score > 0.999
+            assert len(index.quantised) == len(index.ids) == n + 5
+        finally:
+            memory_store._INDEXES.pop(str(path), None)
+            memory_store._SEARCHES.pop(str(path), None)

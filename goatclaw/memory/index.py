@@ -12,8 +12,11 @@ vectors the index also keeps a projection onto the few directions that carry mos
 vectors' energy (a truncated SVD of a sample, kept only when it needs at most half the
 dimensions): a query scores that small matrix first and re-ranks the best
 :func:`rerank_count` candidates exactly. Real embeddings concentrate their energy (wordllama:
-most of it in a few dozen directions), so this keeps recall@10 at 0.99 and more; random
-vectors do not, and are scanned exactly. ``benchmarks/memory.py`` measures both.
+most of it in a few dozen directions), so this keeps recall@10 at 0.99 and more. Vectors
+whose energy is spread out (random ones) get no projection; past :data:`QUANTISE_MIN` the
+index keeps them a second time as int8 codes instead (each dimension scaled to its largest
+magnitude), a quarter of the bytes to read: a query scores the codes a block at a time and
+re-ranks the best :func:`rerank_count` exactly. ``benchmarks/memory.py`` measures both.
 
 The matrix is kept fresh by two counters in ``memory_meta`` that every writer bumps in the
 same transaction as its change: ``vectors_added`` (new vectors: only the rows past the
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["ADDED", "ENERGY", "LARGE", "PREFILTER_MIN", "REMOVED", "VectorIndex", "bump", "one_thread",
+__all__ = ["ADDED", "ENERGY", "LARGE", "PREFILTER_MIN", "QUANTISE_MIN", "REMOVED", "VectorIndex", "bump", "one_thread",
            "rerank_count"]
 
 #: ``memory_meta`` keys: how many times vectors were added, and removed or replaced.
@@ -48,6 +51,10 @@ ADDED, REMOVED = "vectors_added", "vectors_removed"
 PREFILTER_MIN = 20_000
 #: The share of the vectors' energy (squared singular values) the projection keeps.
 ENERGY = 0.99
+#: From this many vectors on, a store without a projection also keeps int8 codes (below, the exact scan is as fast).
+QUANTISE_MIN = 200_000
+#: Rows of int8 codes widened to float32 at a time (a block that stays in cache).
+BLOCK = 4096
 #: The sample the projection is fitted on.
 SAMPLE = 20_000
 
@@ -93,6 +100,9 @@ class VectorIndex:
         self._codes: dict[str, int] = {}
         self.basis: np.ndarray | None = None  # dim x d: the projection, when the vectors concentrate
         self.projected = np.zeros((0, 0), dtype=np.float32)
+        self.scale: np.ndarray | None = None  # per dimension: 127 / its largest magnitude, when codes are kept
+        self.quantised = np.zeros((0, 0), dtype=np.int8)
+        self._fitted = 0  # how many vectors there were when the prefilter was last chosen
         self._seen: tuple[int, int] | None = None  # (added, removed) when last read
 
     def __len__(self) -> int:
@@ -115,13 +125,18 @@ class VectorIndex:
                 self.kinds = np.concatenate([self.kinds, kinds])
                 if self.basis is not None:
                     self.projected = np.concatenate([self.projected, matrix @ self.basis])
-                elif len(self.ids) >= PREFILTER_MIN:
-                    self._fit()
+                elif self.scale is not None:
+                    self.quantised = np.concatenate([self.quantised, self._quantise(matrix)])
+                elif len(self.ids) >= max(PREFILTER_MIN, 2 * self._fitted) or \
+                        self._fitted < QUANTISE_MIN <= len(self.ids):
+                    self._fit()  # not on every append: an SVD of the sample takes a second or two
         self._seen = (added, removed)
 
     def _fit(self) -> None:
-        """The projection for the prefilter, or none (too few vectors, or their energy is spread out)."""
+        """The prefilter: a projection, int8 codes (energy spread out), or none (too few vectors)."""
         self.basis, self.projected = None, np.zeros((0, 0), dtype=np.float32)
+        self.scale, self.quantised = None, np.zeros((0, 0), dtype=np.int8)
+        self._fitted = len(self.ids)
         if len(self.ids) < PREFILTER_MIN:
             return
         step = max(1, len(self.ids) // SAMPLE)
@@ -130,9 +145,38 @@ class VectorIndex:
         floor = self.dim * 3 // 8 if len(self.ids) >= LARGE else self.dim // 8
         d = max(int(np.searchsorted(energy, ENERGY * energy[-1]) + 1), floor)
         if d > self.dim // 2:
+            if len(self.ids) >= QUANTISE_MIN:
+                peak = np.abs(self.matrix).max(axis=0)
+                self.scale = (127.0 / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+                self.quantised = self._quantise(self.matrix)
             return
         self.basis = np.ascontiguousarray(vt[:d].T, dtype=np.float32)
         self.projected = np.ascontiguousarray(self.matrix @ self.basis)
+
+    def _quantise(self, matrix: np.ndarray) -> np.ndarray:
+        """Int8 codes of ``matrix`` (a later row past the fitted peak is clipped: only its rough score suffers)."""
+        assert self.scale is not None
+        out = np.empty(matrix.shape, dtype=np.int8)
+        for start in range(0, len(matrix), 65536):
+            block = matrix[start:start + 65536] * self.scale
+            np.clip(np.rint(block, out=block), -127, 127, out=block)
+            out[start:start + 65536] = block
+        return out
+
+    def _rough(self, q: np.ndarray) -> np.ndarray:
+        """The prefilter's scores of every row for the unit query ``q``."""
+        if self.basis is not None:
+            return self.projected @ (q @ self.basis)
+        assert self.scale is not None
+        qs = q / self.scale  # codes . (q / scale) ~ vectors . q
+        out = np.empty(len(self.quantised), dtype=np.float32)
+        buf = np.empty((BLOCK, self.dim), dtype=np.float32)
+        for start in range(0, len(out), BLOCK):
+            block = self.quantised[start:start + BLOCK]
+            wide = buf[:len(block)]
+            np.copyto(wide, block, casting="unsafe")
+            np.matmul(wide, qs, out=out[start:start + len(block)])
+        return out
 
     def search(self, vector: np.ndarray, k: int, kind: str | None = None,
                exclude: Iterable[int] = ()) -> list[tuple[int, float]]:
@@ -151,8 +195,8 @@ class VectorIndex:
     def _search(self, q: np.ndarray, want: int, code: int | None) -> list[tuple[int, float]]:
         """The ``want`` best ``(id, cosine)`` pairs, of kind ``code`` when it is not ``None``."""
         rows: np.ndarray | None = None
-        if self.basis is not None:
-            rough = self.projected @ (q @ self.basis)
+        if self.basis is not None or self.scale is not None:
+            rough = self._rough(q)
             if code is not None:
                 rough = np.where(self.kinds == code, rough, -np.inf)
             rows = _best(rough, rerank_count(want, len(rough)))
