@@ -142,31 +142,36 @@ def test_past_the_prefilter_size_the_index_keeps_recall_and_random_vectors_are_s
     assert found / (10 * len(queries)) >= 0.99
 
 
-def test_spread_out_vectors_past_the_quantise_size_are_prefiltered_by_int8_codes_and_keep_recall(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize(("make", "projected"), [(_clustered, True), (_vectors, False)])
+def test_past_the_quantise_size_the_prefilter_scans_int8_codes_and_keeps_recall(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, projected: bool) -> None:
     monkeypatch.setattr(index_module, "QUANTISE_MIN", PREFILTER_MIN)  # 200k real vectors would make a slow test
     n = PREFILTER_MIN + 5000
-    vectors = _vectors(n, 6)
+    drawn = make(n + 45, 6)  # one draw: rows added later and queries come from the same distribution
+    vectors, extra, queries = drawn[:n], drawn[n:n + 5], drawn[n + 5:]
+    kinds = np.array([KINDS[i % len(KINDS)] for i in range(n)])
     path = tmp_path / "big.db"
     with open_memory(path, WordLlamaEmbedder()) as mem:
         mem.add_embedded(_items(n), vectors, merge_threshold=None)
         held = MemoryStore(mem.store, WordLlamaEmbedder(), index=True)
         exact = MemoryStore(mem.store, WordLlamaEmbedder(), index=False)
         try:
-            queries = _vectors(40, 7)
-            found = 0
+            found = found_kind = 0
             for q in queries:
-                tenth = float(np.partition(vectors @ q, -10)[-10])
+                scores = vectors @ q
+                tenth = float(np.partition(scores, -10)[-10])
                 found += sum(h.score >= tenth - 1e-5 for h in held.search_vector(q, k=10))
+                tenth = float(np.partition(scores[kinds == "failure"], -10)[-10])
+                hits = held.search_vector(q, k=10, kind="failure")
+                assert len(hits) == 10 and {h.kind for h in hits} == {"failure"}
+                found_kind += sum(h.score >= tenth - 1e-5 for h in hits)
             index = memory_store._INDEXES[str(path)]
-            assert index.basis is None and index.scale is not None and index.quantised.shape == (n, DIM)
-            assert found / (10 * len(queries)) >= 0.99
-            # the kind filter: the same answer as sqlite-vec's
-            for q in queries[:10]:
-                want = [h.id for h in exact.search_vector(q, k=10, kind="failure")]
-                assert [h.id for h in held.search_vector(q, k=10, kind="failure")] == want
-            # rows added later are quantised with the fitted scale and found at once
-            extra = _vectors(5, 8)
+            assert (index.basis is not None) is projected and index.scale is not None
+            assert index.quantised.shape == (n, index.basis.shape[1] if projected else DIM)
+            assert not index.projected.size  # the codes replace the float32 projection
+            assert found / (10 * len(queries)) >= 0.99 and found_kind / (10 * len(queries)) >= 0.99
+            # rows added later are coded with the fitted scale and found at once
             mem.add_embedded(_items(5, start=n), extra, merge_threshold=None)
             for v in extra:
                 top = held.search_vector(v, k=1)
