@@ -18,7 +18,7 @@ the prefilter scans is held as int8 codes (each column scaled to its largest mag
 quarter of the bytes to read: the projection, or the vectors themselves when there is none.
 A query widens the codes to float32 a cache-sized block at a time and re-ranks the best
 :func:`rerank_count` exactly. Measured at 1M (one thread, load ~0.5): wordllama vectors
-60 -> 41 ms (96 projected dimensions, recall 1.0), random vectors 152 -> ~90 ms (recall 1.0).
+60 -> 41 ms (96 projected dimensions, recall 1.0), random vectors 152 -> 95 ms (recall 1.0).
 ``benchmarks/memory.py`` measures both.
 
 The matrix is kept fresh by two counters in ``memory_meta`` that every writer bumps in the
@@ -31,8 +31,9 @@ rows, as for sqlite-vec.
 A query runs its products on one BLAS thread (:func:`one_thread`). A k-NN scan is bound by
 memory bandwidth, so a second thread cannot make it faster, and on a loaded machine OpenBLAS's
 threads wait for a core and spin: on benchmarks/memory.py at 100k wordllama vectors (2 shared
-cores, load ~1.5) one thread answers in 1.5 ms where numpy's default threads take 7.9 ms; at 1M
-an exact scan takes the same 126 ms either way.
+cores, load ~1.5) one thread answers in 1.5 ms where numpy's default threads take 7.9 ms. It has
+a cost on a quiet machine: there numpy's two threads scan 1M float32 vectors in 93 ms against
+165 ms on one, and the int8 scan of random vectors on one thread (100 ms) does not beat them.
 """
 
 from __future__ import annotations
