@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from goatclaw.memory import index as index_module
 from goatclaw.memory import store as memory_store
 from goatclaw.memory.embedders import WordLlamaEmbedder, normalise
 from goatclaw.memory.index import PREFILTER_MIN
@@ -139,3 +140,43 @@ def test_past_the_prefilter_size_the_index_keeps_recall_and_random_vectors_are_s
         memory_store._SEARCHES.pop(str(path), None)
     assert (index.basis is not None) is prefiltered
     assert found / (10 * len(queries)) >= 0.99
+
+
+
+@pytest.mark.parametrize(("make", "projected"), [(_clustered, True), (_vectors, False)])
+def test_past_the_quantise_size_the_prefilter_scans_int8_codes_and_keeps_recall(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, projected: bool) -> None:
+    monkeypatch.setattr(index_module, "QUANTISE_MIN", PREFILTER_MIN)  # 200k real vectors would make a slow test
+    n = PREFILTER_MIN + 5000
+    drawn = make(n + 45, 6)  # one draw: rows added later and queries come from the same distribution
+    vectors, extra, queries = drawn[:n], drawn[n:n + 5], drawn[n + 5:]
+    kinds = np.array([KINDS[i % len(KINDS)] for i in range(n)])
+    path = tmp_path / "big.db"
+    with open_memory(path, WordLlamaEmbedder()) as mem:
+        mem.add_embedded(_items(n), vectors, merge_threshold=None)
+        held = MemoryStore(mem.store, WordLlamaEmbedder(), index=True)
+        exact = MemoryStore(mem.store, WordLlamaEmbedder(), index=False)
+        try:
+            found = found_kind = 0
+            for q in queries:
+                scores = vectors @ q
+                tenth = float(np.partition(scores, -10)[-10])
+                found += sum(h.score >= tenth - 1e-5 for h in held.search_vector(q, k=10))
+                tenth = float(np.partition(scores[kinds == "failure"], -10)[-10])
+                hits = held.search_vector(q, k=10, kind="failure")
+                assert len(hits) == 10 and {h.kind for h in hits} == {"failure"}
+                found_kind += sum(h.score >= tenth - 1e-5 for h in hits)
+            index = memory_store._INDEXES[str(path)]
+            assert (index.basis is not None) is projected and index.scale is not None
+            assert index.quantised.shape == (n, index.basis.shape[1] if projected else DIM)
+            assert not index.projected.size  # the codes replace the float32 projection
+            assert found / (10 * len(queries)) >= 0.99 and found_kind / (10 * len(queries)) >= 0.99
+            # rows added later are coded with the fitted scale and found at once
+            mem.add_embedded(_items(5, start=n), extra, merge_threshold=None)
+            for v in extra:
+                top = held.search_vector(v, k=1)
+                assert top and top[0].text == exact.search_vector(v, k=1)[0].text and top[0].score > 0.999
+            assert len(index.quantised) == len(index.ids) == n + 5
+        finally:
+            memory_store._INDEXES.pop(str(path), None)
+            memory_store._SEARCHES.pop(str(path), None)
