@@ -189,6 +189,8 @@ def test_a_signed_webhook_starts_a_run_and_a_bad_signature_counts_against_the_se
         run_to_end(reader, "demo", also.json()["run"])
         replayed = http.post("/hooks/demo/deploy", content=body, headers=delivered)  # captured and sent again
         assert replayed.status_code == 409 and "received already" in replayed.json()["error"]
+        elsewhere = http.post("/hooks/deploy", content=body, headers=delivered)  # again, on the home project's path
+        assert elsewhere.status_code == 409
 
         unfit = json.dumps({"ref": "main", "head_commit": {"id": "x"}}).encode()
         resigned = {**good, "X-Hub-Signature-256": sign(SECRET, unfit)}

@@ -186,10 +186,8 @@ def webhooks(served: Mapping[str, Any], server: Callable[[], Any]) -> list[BaseR
     """The webhook routes of every hosted project (``server()`` gives the :class:`Server` at request time)."""
     routes: list[BaseRoute] = []
     for i, (name, project) in enumerate(served.items()):
-        trigger = _webhook_trigger(server, name)
-        routes += webhook_routes(trigger, project=project.project, path=f"/hooks/{name}/{{pipeline}}")
-        if i == 0:
-            routes += webhook_routes(trigger, project=project.project, path="/hooks/{pipeline}")
+        paths = [f"/hooks/{name}/{{pipeline}}", *(["/hooks/{pipeline}"] if i == 0 else [])]
+        routes += webhook_routes(_webhook_trigger(server, name), project=project.project, path=paths)
     return routes
 
 

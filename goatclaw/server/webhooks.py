@@ -73,10 +73,12 @@ def sign(secret: str, body: bytes) -> str:
 
 def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence[Any] | None = None,
                    secrets: Secrets | None = None, on_denied: Denied | None = None,
-                   path: str = "/hooks/{pipeline}") -> list[Route]:
+                   path: str | Sequence[str] = "/hooks/{pipeline}") -> list[Route]:
     """The routes that serve the webhooks of ``pipelines`` (default: every one of ``project`` with ``on: webhook``).
 
     ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current one).
+    ``path`` may be several paths: one endpoint serves them all (a delivery replayed on another
+    of them is still a replay).
 
     ``secrets(name)`` gives a secret's value (default: the environment, else the project's
     ``.env``, read at each request so a rotated secret takes effect). Pipelines are found by
@@ -97,7 +99,8 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
                                 f"{pipeline.file} (POST /hooks/<name> must name one)")
         hooks[pipeline.name] = pipeline
     endpoint = _Endpoint(hooks, trigger, secrets or _secrets_of(project.root), on_denied)
-    return [Route(path, endpoint, methods=["POST"], name="webhook")]
+    paths = [path] if isinstance(path, str) else list(path)
+    return [Route(p, endpoint, methods=["POST"], name="webhook") for p in paths]
 
 
 def _secrets_of(root: Path) -> Secrets:
