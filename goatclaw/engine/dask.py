@@ -33,6 +33,7 @@ import contextlib
 import copyreg
 import ctypes
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -263,9 +264,7 @@ def pack_context(ctx: TaskContext) -> bytes:
     secrets only, so the key never leaves the driver (a worker on another machine could
     otherwise seal audit rows). What the worker returns is masked again by the driver.
     """
-    from goatclaw.security.secrets import Redactor
-
-    redactor = Redactor(dict(ctx.secrets)) if ctx.redactor is not None else None
+    redactor = _task_redactor(tuple(sorted(ctx.secrets.items()))) if ctx.redactor is not None else None
     plain = dataclasses.replace(ctx, _emit=None, tools=None, mcp=None, env=dict(ctx.env), secrets=dict(ctx.secrets),
                                 redactor=redactor)
     buffer = io.BytesIO()
@@ -274,6 +273,14 @@ def pack_context(ctx: TaskContext) -> bytes:
     pickler.dispatch_table = {**copyreg.dispatch_table, types.MappingProxyType: _proxy_reduce}  # type: ignore[misc]
     pickler.dump(plain)
     return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=64)
+def _task_redactor(secrets: tuple[tuple[str, str], ...]) -> Any:
+    """A redactor of these secrets only, built once per set (its patterns compile once, not per task)."""
+    from goatclaw.security.secrets import Redactor
+
+    return Redactor(dict(secrets))
 
 
 def _proxy_reduce(proxy: types.MappingProxyType[Any, Any]) -> tuple[Any, ...]:
