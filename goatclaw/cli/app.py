@@ -462,7 +462,9 @@ def runs_show(
                             "failed_logs": logs, "approvals": requests}))
     else:
         print_run(row, tasks, attempts, _out(), events)
-        _print_approvals(row.id, requests)
+        from goatclaw.cli.decide import print_run_approvals
+
+        print_run_approvals(row.id, requests, _out())
         print_failed_logs(tasks, logs, _out())
         print_critical_path(row.summary.get("critical_path") or [], row.duration, _out())
         print_resources(resources(all_events), _out())
@@ -475,29 +477,6 @@ def runs_show(
             from goatclaw.cli.memory import print_seen_before
 
             print_seen_before(db.path, row.id, _out())
-
-
-def _print_approvals(run_id: str, requests: list[dict[str, Any]]) -> None:
-    """Each approval request of the run: what it asks and who decided it, or how to decide it."""
-    import datetime
-
-    from rich.text import Text
-
-    for r in requests:
-        message = str((r.get("evidence") or {}).get("message") or "")
-        if r["decision"] is None:
-            line = Text.assemble("  approval of ", (r["task_id"], "bold"), " waiting: ", message)
-            if r.get("timeout"):
-                ends = datetime.datetime.fromtimestamp(r["requested_at"] + r["timeout"]).isoformat(" ", "seconds")
-                line.append(f" (a rejection at {ends})")
-            line.append(f"\n    goatclaw approve {run_id} {r['task_id']}  |  goatclaw reject {run_id} "
-                        f"{r['task_id']} --reason …", style="dim")
-        else:
-            when = datetime.datetime.fromtimestamp(r["decided_at"]).isoformat(" ", "seconds") if r["decided_at"] else ""
-            line = Text.assemble("  approval of ", (r["task_id"], "bold"), f" {r['decision']} by ",
-                                 str(r["decided_by"]), f" at {when}",
-                                 *((": ", str(r["reason"])) if r.get("reason") else ()))
-        _out().print(line, soft_wrap=True, highlight=False)
 
 
 breakers_app = typer.Typer(help="Circuit breakers: list them, reset them.", no_args_is_help=True)

@@ -190,6 +190,29 @@ def print_approvals(rows: list[dict[str, Any]], console: Console) -> None:
             console.print(Text(f"  --input {name}=…  ({kind}, {need})"), soft_wrap=True)
 
 
+def print_run_approvals(run_id: str, requests: list[dict[str, Any]], console: Console) -> None:
+    """Each approval request of the run: what it asks and who decided it, or how to decide it."""
+    import datetime
+
+    from rich.text import Text
+
+    for r in requests:
+        message = shown(str((r.get("evidence") or {}).get("message") or ""), lines=5)  # may quote task output
+        if r["decision"] is None:
+            line = Text.assemble("  approval of ", (r["task_id"], "bold"), " waiting: ", message)
+            if r.get("timeout"):
+                ends = datetime.datetime.fromtimestamp(r["requested_at"] + r["timeout"]).isoformat(" ", "seconds")
+                line.append(f" (a rejection at {ends})")
+            line.append(f"\n    goatclaw approve {run_id} {r['task_id']}  |  goatclaw reject {run_id} "
+                        f"{r['task_id']} --reason …", style="dim")
+        else:
+            when = datetime.datetime.fromtimestamp(r["decided_at"]).isoformat(" ", "seconds") if r["decided_at"] else ""
+            line = Text.assemble("  approval of ", (r["task_id"], "bold"), f" {r['decision']} by ",
+                                 shown(str(r["decided_by"])), f" at {when}",
+                                 *((": ", shown(str(r["reason"]))) if r.get("reason") else ()))
+        console.print(line, soft_wrap=True, highlight=False)
+
+
 def _print_follows(evidence: dict[str, Any], console: Console) -> None:
     """What approving lets run: each task with what its plugin needs, and the cost estimate."""
     from rich.text import Text
