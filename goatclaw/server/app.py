@@ -113,8 +113,14 @@ class Server:
         return found
 
 
-def served_projects(folders: Sequence[str | Path] | Mapping[str, str | Path]) -> dict[str, ServedProject]:
-    """Hosted projects from folders (named after the folder) or ``{name: folder}``; checked, in order."""
+def served_projects(folders: Sequence[str | Path] | Mapping[str, str | Path | ServedProject]
+                    ) -> dict[str, ServedProject]:
+    """Hosted projects from folders (named after the folder) or ``{name: folder}``; checked, in order.
+
+    ``{name: ServedProject}`` (what this returned before) is taken as it is.
+    """
+    if isinstance(folders, Mapping) and folders and all(isinstance(v, ServedProject) for v in folders.values()):
+        return dict(folders)  # type: ignore[arg-type]
     pairs = list(folders.items()) if isinstance(folders, Mapping) else [(None, f) for f in folders]
     if not pairs:
         raise ServeError("serve at least one project folder")
@@ -140,7 +146,8 @@ def _name_of(root: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", root.name).strip("-.") or "project"
 
 
-def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, settings: ServerSettings | None = None,
+def build_app(projects: Sequence[str | Path] | Mapping[str, str | Path | ServedProject], *,
+              settings: ServerSettings | None = None,
               extra_routes: Sequence[BaseRoute] = (), services: Sequence[Service] = (),
               clock: Callable[[], float] = time.time,
               monotonic: Callable[[], float] = time.monotonic, runner: Any = None) -> Starlette:

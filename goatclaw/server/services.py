@@ -70,7 +70,7 @@ def serving_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, da
     """
     from goatclaw.server.app import served_projects
 
-    served = served_projects(projects)  # checked once here for the routes; build_app checks them again
+    served = served_projects(projects)  # checked once, for the routes and the app
     holder: dict[str, Any] = {}
     extra: list[BaseRoute] = [*schedule_routes(), *webhooks(served, lambda: holder["server"])]
     if dashboard:
@@ -78,7 +78,7 @@ def serving_app(projects: Sequence[str | Path] | Mapping[str, str | Path], *, da
     extra += list(options.pop("extra_routes", ()))
     services = [schedules(clock=clock, sleep=sleep), approval_timeouts(approvals_every, clock=clock, sleep=sleep),
                 *options.pop("services", ())]
-    app = build_app(projects, extra_routes=extra, services=services, **options)
+    app = build_app(served, extra_routes=extra, services=services, **options)
     holder["server"] = app.state.goatclaw
     return app
 
