@@ -195,7 +195,7 @@ async def floor_loop(tasks: list[tuple[str, list[str]]], concurrency: int, store
                 res.output_json = text = to_json(output)
                 res.attempts, res.status = 1, TaskState.SUCCEEDED
                 res.finished_at = finished = time.time()
-                rows.append(("floor", tid, "succeeded", 1, started, finished, text, None, None, "echo"))
+                rows.append(("floor", tid, "succeeded", 1, started, finished, text, None, None, "echo", None, None))
                 seq += 1
                 events.append(("floor", seq, finished, "task.succeeded", tid,
                                f'{{"attempts": 1, "duration": {finished - started:.6f}}}'))

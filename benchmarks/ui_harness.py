@@ -116,7 +116,8 @@ def _copy(conn: object, rows: dict[str, list[tuple[object, ...]]], n: int, rng: 
             for i in at:
                 r[i] = None if r[i] is None else float(r[i]) + shift
             ex(f"INSERT INTO {table} VALUES ({','.join('?' * len(r))})", r)
-    last = 0
+    # the llm.call event added below is numbered past every event, those its task rows stand for too
+    last = max((int(seq) for r in rows["tasks"] for seq in r[10:12] if seq is not None), default=0)
     for r in rows["events"]:
         r = list(r)
         r[0], r[2] = new_id, float(r[2]) + shift

@@ -9,11 +9,21 @@ functions recorded in the ``migrations`` table.
 Tables: ``runs`` (one row a run), ``tasks`` (each task's final result: status, attempts,
 timings, output or error; the successful attempt is this row), ``attempts`` (every
 attempt that failed or was cancelled: the retry history), ``events`` (the append-only
-log, numbered per run), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
+log, numbered per run; see below), ``cache`` (task outputs by cache key), ``dead_letters`` (tasks
 that failed for good and event subscribers that raised, with what they were given),
 ``audit`` and ``audit_head`` (the hash-chained record of every side effect, across runs),
 ``users``, ``api_tokens`` and ``sessions`` (who may use ``goatclaw serve``: only hashes of
 passwords, token secrets and session cookies).
+
+A task's ``task.started`` and its plain ``task.succeeded`` (``cached``, ``skipped``) events,
+whose data is only its attempts and duration, are not stored as rows of ``events``: the
+task's row keeps their numbers (``started_seq``, ``finished_seq``) and :meth:`Store.events`
+reads them back in their place, with the same number, time, topic and data. One row a task
+instead of three is most of what storing a run costs. A start is stored as an event of its
+own when the task is still running at a commit (a reader then sees it running), and an end
+with more to say (an error, a fan-out's item count) always is. A resumed run's numbered
+rows are turned into events first (:meth:`Store.resume_run`), since its tasks' rows may be
+written again.
 
 :meth:`Store.commit` is the one place rows are committed: a failure that may pass (a
 full disk, a busy or failing file) is tried again for about two seconds, and what stays
@@ -418,6 +428,27 @@ def _m025_dashboard_indexes(db: Connection) -> None:
     )
 
 
+def _m026_task_event_seqs(db: Connection) -> None:
+    # A task's start and plain end are kept in its row (see the module docstring): one row a task, not three.
+    _script(db, "ALTER TABLE tasks ADD COLUMN started_seq INTEGER; ALTER TABLE tasks ADD COLUMN finished_seq INTEGER")
+
+
+#: The topics of the events a task row can stand for (a plain end: attempts and duration, nothing else).
+DERIVED_ENDS = frozenset({"succeeded", "cached", "skipped"})
+#: A run's events: the stored ones and those its task rows stand for, merged by number (see the module docstring).
+_EVENTS_SQL = (
+    "SELECT seq, ts, topic, task_id, data, 0, 0, 0 FROM events WHERE run_id = ?1 AND seq > ?2 "
+    "UNION ALL SELECT started_seq, started_at, 'task.started', task_id, NULL, 0, 0, 0 FROM tasks "
+    "WHERE run_id = ?1 AND started_seq > ?2 "
+    "UNION ALL SELECT finished_seq, finished_at, 'task.' || status, task_id, NULL, 1, attempts, "
+    "finished_at - started_at FROM tasks WHERE run_id = ?1 AND finished_seq > ?2 ORDER BY 1")
+
+
+def plain_end(attempts: int, duration: float | None) -> str:
+    """The data of a task's plain end event as stored JSON text (what a task row stands for)."""
+    return f'{{"attempts": {attempts}, "duration": {"null" if duration is None else f"{duration:.6f}"}}}'
+
+
 #: Ordered, named migrations; each runs once, in its own transaction.
 MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("001_core", _m001_core),
@@ -436,6 +467,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[Connection], None]]] = (
     ("020_server_auth", _m020_server_auth),
     ("021_schedules", _m021_schedules),
     ("025_dashboard_indexes", _m025_dashboard_indexes),
+    ("026_task_event_seqs", _m026_task_event_seqs),
 )
 
 #: The audit action of the row that records rows of a run lost when the store failed for good (with counts and cause).
@@ -591,6 +623,7 @@ class Store:
         def write(db: Connection) -> int:
             db.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, owner = ? WHERE id = ?",
                        (current_owner(), run_id))
+            _materialise(db, run_id)  # its tasks' rows may be written again: their events become rows of their own
             return int(db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0)
 
         return self.commit(write, what=f"run {run_id}'s resumption")
@@ -639,7 +672,7 @@ class Store:
             db.executemany("INSERT INTO dead_letters (kind, run_id, task_id, topic, inputs, error_class, error, "
                            "created_at) VALUES (?,?,?,?,?,?,?,?)", dead)
         if tasks:
-            db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?)", tasks)
+            db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
         if attempts:
             db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?)", attempts)
         if events:
@@ -937,12 +970,11 @@ class Store:
         return [dict(zip(cols, r, strict=True)) for r in self.db.execute(sql + " ORDER BY started_at", args)]
 
     def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Events of a run with ``seq > after``, in order."""
-        sql = "SELECT seq, ts, topic, task_id, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [{"seq": s, "ts": ts, "topic": t, "task": task, "data": _loads(d) or {}}
-                for s, ts, t, task, d in self.db.execute(sql, (run_id, after))]
+        """Events of a run with ``seq > after``, in order (those its task rows stand for included)."""
+        sql = _EVENTS_SQL + (f" LIMIT {int(limit)}" if limit else "")
+        return [{"seq": s, "ts": ts, "topic": t, "task": task,
+                 "data": json.loads(plain_end(attempts, duration)) if end else _loads(d) or {}}
+                for s, ts, t, task, d, end, attempts, duration in self.db.execute(sql, (run_id, after))]
 
     def logs(self, run_id: str, task_id: str | None = None, *, after: int = 0) -> list[dict[str, Any]]:
         """A run's task log lines (optionally one task's) with ``id > after``, in the order they were logged."""
@@ -1188,6 +1220,20 @@ class DeadLetter:
 
 _DEAD_COLS = ("id, kind, run_id, task_id, topic, inputs, error_class, error, created_at, replayed_at, "
               "replay_status")
+
+
+def _materialise(db: Connection, run_id: str) -> None:
+    """The events ``run_id``'s task rows stand for, stored as rows of ``events`` (the rows' numbers cleared)."""
+    rows = [(run_id, seq, ts, "task.started", task_id, None) for seq, ts, task_id in db.execute(
+        "SELECT started_seq, started_at, task_id FROM tasks WHERE run_id = ? AND started_seq IS NOT NULL", (run_id,))]
+    rows += [(run_id, seq, ts, f"task.{status}", task_id, plain_end(attempts, duration))
+             for seq, ts, status, task_id, attempts, duration in db.execute(
+                 "SELECT finished_seq, finished_at, status, task_id, attempts, finished_at - started_at FROM tasks "
+                 "WHERE run_id = ? AND finished_seq IS NOT NULL", (run_id,))]
+    if rows:
+        db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", rows)
+        db.execute("UPDATE tasks SET started_seq = NULL, finished_seq = NULL WHERE run_id = ? "
+                   "AND (started_seq IS NOT NULL OR finished_seq IS NOT NULL)", (run_id,))
 
 
 def _dead(r: Sequence[Any]) -> DeadLetter:

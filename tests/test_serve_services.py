@@ -246,8 +246,7 @@ def test_an_overdue_approval_becomes_a_rejection_and_the_server_ends_its_run(dem
     actions = [a for a, _ in audit_actions(store_of(demo))]
     assert "approval.expired" in actions and "approval.timeout.resumed" in actions
     with Store.open(store_of(demo)) as db:  # build ran once: the resume kept it
-        starts = db.db.execute("SELECT count(*) FROM events WHERE run_id = ? AND task_id = 'build' "
-                               "AND topic = 'task.started'", (run_id,)).fetchone()[0]
+        starts = sum(1 for e in db.events(run_id) if e["task"] == "build" and e["topic"] == "task.started")
     assert starts == 1
 
 

@@ -272,8 +272,10 @@ def test_a_commit_that_failed_keeps_its_batch_for_a_later_try(write_pipeline, st
 def test_a_store_truncated_during_the_run_fails_it_loudly(write_pipeline, project, store_path) -> None:
     with Store.open(store_path) as db:  # a store with history: pages past the cut hold rows of the tables
         filler = '"' + "x" * 300 + '"'
-        db.write_batch(events=[("20200101-000000-000000", i, 1.0, "filler", None, filler) for i in range(3000)])
-        db.write_batch(events=[("20991231-000000-000000", i, 1.0, "filler", None, filler) for i in range(3000)])
+        for run in ("20200101-000000-000000", "20991231-000000-000000"):  # rows before and after the run's own
+            db.write_batch(events=[(run, i, 1.0, "filler", None, filler) for i in range(3000)],
+                           tasks=[(run, f"t{i}", "succeeded", 1, 1.0, 2.0, filler, None, None, "echo", None, None)
+                                  for i in range(3000)])
         db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def cut(ctx: goatclaw.TaskContext) -> str:

@@ -40,7 +40,7 @@ from goatclaw.security.audit import sealer
 from goatclaw.security.auditkey import audit_key, with_audit_key
 from goatclaw.security.secrets import Redactor
 from goatclaw.spec.model import Pipeline
-from goatclaw.store import LOST_ACTION, Store, TaskRow, describe_rows
+from goatclaw.store import DERIVED_ENDS, LOST_ACTION, Store, TaskRow, describe_rows, plain_end
 
 __all__ = ["Recorder"]
 
@@ -60,6 +60,8 @@ _LOG_FLUSH_SECONDS = 0.25
 _START_FLUSH_SECONDS = 0.2
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
+#: The states whose plain end a task row stands for (goatclaw.store: one row a task, its events read from it).
+_DERIVED = frozenset(state for state in TaskState if state.value in DERIVED_ENDS)
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
 _EVENT_JSON = dumps
 
@@ -83,6 +85,9 @@ class Recorder:
         self.seq = 0
         self.plugins: dict[str, str] = {}  # task id -> plugin, stored with each task row
         self.events: list[tuple[Any, ...]] = []
+        #: Tasks started since the last commit: ``task id -> (seq, ts)`` of their ``task.started``, which their
+        #: row keeps if they end before the next commit (else it is stored as an event then: see :meth:`_take`).
+        self.starts: dict[str, tuple[int, float]] = {}
         self.tasks: list[tuple[Any, ...]] = []
         self.attempts: list[tuple[Any, ...]] = []
         self.cache: list[tuple[Any, ...]] = []
@@ -200,9 +205,18 @@ class Recorder:
     # -- tasks -----------------------------------------------------------------------
 
     def task_started(self, task_id: str, at: float) -> None:
-        """A task began; refused (:meth:`check`) once a commit failed for good."""
+        """A task began; refused (:meth:`check`) once a commit failed for good.
+
+        Published at once; stored with the task's row if it ends before the next commit.
+        """
         self.check()
-        self.event("task.started", task_id, None, ts=at)
+        self.seq += 1
+        if self.bus.handlers("task.started"):
+            self.publish("task.started", task_id, {}, seq=self.seq, ts=at)
+        if self.store is not None:
+            self.starts[task_id] = (self.seq, at)
+        if len(self.bus.errors) > self._bus_errors:
+            self._subscriber_failed()
         self._flush_starts()
 
     def _flush_starts(self) -> None:
@@ -225,33 +239,50 @@ class Recorder:
             self._start_flush_pending = False
 
     def task_finished(self, res: TaskResult) -> None:
-        """A task reached a terminal state: store its row and publish ``task.<state>``."""
-        self.task_kept(res)
+        """A task reached a terminal state: store its row and publish ``task.<state>``.
+
+        A plain end (no error, no fan-out) of a task that succeeded, was cached or skipped is
+        kept in the task's row with its start, not as event rows (goatclaw.store).
+        """
         topic = _TOPICS[res.status]
-        duration = None if res.duration is None else round(res.duration, 6)
-        if res.error is None and res.items is None:
-            # the common case, formatted without the json module (this runs once per task)
-            shown = "null" if res.duration is None else f"{res.duration:.6f}"
-            text = f'{{"attempts": {res.attempts}, "duration": {shown}}}'
-            self.event(topic, res.id, None, ts=res.finished_at, text=text,
-                       lazy=lambda: {"attempts": res.attempts, "duration": duration})
-        else:
-            data: dict[str, Any] = {"attempts": res.attempts, "duration": duration}
-            if res.error is not None:
-                data["error"] = res.error
-                data["error_class"] = res.error_class
-            if res.items is not None:
-                data["items"] = res.items
-            self.event(topic, res.id, data, ts=res.finished_at)
+        start = self.starts.pop(res.id, None)
+        if res.error is None and res.items is None and res.status in _DERIVED and res.finished_at is not None:
+            text = plain_end(res.attempts, res.duration)
+            if self.store is None or self._mask(text) is text:
+                self.seq += 1
+                if self.bus.handlers(topic):
+                    duration = None if res.duration is None else round(res.duration, 6)
+                    self.publish(topic, res.id, {"attempts": res.attempts, "duration": duration}, seq=self.seq,
+                                 ts=res.finished_at)
+                self._keep_row(res, None if start is None else start[0], self.seq)
+                if len(self.bus.errors) > self._bus_errors:
+                    self._subscriber_failed()
+                self._schedule_flush()
+                return
+        if start is not None:
+            self.events.append((self.run_id, start[0], start[1], "task.started", res.id, None))
+        self.task_kept(res)
+        data: dict[str, Any] = {"attempts": res.attempts, "duration": None if res.duration is None
+                                else round(res.duration, 6)}
+        if res.error is not None:
+            data["error"] = res.error
+            data["error_class"] = res.error_class
+        if res.items is not None:
+            data["items"] = res.items
+        self.event(topic, res.id, data, ts=res.finished_at)
         self._schedule_flush()
 
     def task_kept(self, res: TaskResult) -> None:
         """Store a task's row without publishing anything (a fork's copy of a task it did not run)."""
+        self._keep_row(res, None, None)
+
+    def _keep_row(self, res: TaskResult, started_seq: int | None, finished_seq: int | None) -> None:
         output = res.output_json
         if output is None and res.output is not None:
             output = dumps(res.output)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
-                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id)))
+                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id),
+                           started_seq, finished_seq))
 
     def attempt(self, task_id: str, index: int | None, attempt: int, status: str, started: float,
                 error_class: str | None, error: str | None) -> None:
@@ -416,7 +447,8 @@ class Recorder:
         self._write()
 
     def _write(self) -> None:
-        if self.store is None or not (self.events or self.tasks or self.attempts or self.audit or self.logs):
+        if self.store is None or not (self.events or self.tasks or self.attempts or self.audit or self.logs
+                                      or self.starts):
             return
         if self._writer is not None:
             self._send(self._take())
@@ -467,6 +499,9 @@ class Recorder:
 
     def _take(self, run: tuple[Any, ...] | None = None) -> dict[str, Any]:
         """Everything buffered, as one batch (the buffers start again empty)."""
+        if self.starts:  # tasks still running: their starts are stored as events now (readers see them run)
+            self.events += [(self.run_id, seq, ts, "task.started", tid, None) for tid, (seq, ts) in self.starts.items()]
+            self.starts = {}
         batch = {"events": self.events, "tasks": self.tasks, "attempts": self.attempts, "run": run,
                  "cache": self.cache, "dead": self.dead, "origins": self.origins, "seal": self._seal}
         self.origins = []
