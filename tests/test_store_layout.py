@@ -100,3 +100,26 @@ def test_a_resumed_run_keeps_every_event_of_its_first_try(write_pipeline, projec
     assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
     assert left == 0
     assert [e["topic"] for e in after if e["task"] == "f"][-1] == "task.succeeded"
+
+
+def test_the_writer_process_is_used_only_where_it_has_a_core(monkeypatch) -> None:
+    import os
+
+    import pytest
+
+    from goatclaw.engine import recorder
+
+    big, small = recorder._PROCESS_WRITER_TASKS, recorder._PROCESS_WRITER_TASKS - 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert recorder._writer_wanted(big) and not recorder._writer_wanted(small)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 1.0, 1.0))  # no core to spare: in-line is faster
+    assert not recorder._writer_wanted(big)
+    monkeypatch.setenv(recorder.WRITER_ENV, "process")
+    assert recorder._writer_wanted(10)
+    monkeypatch.setenv(recorder.WRITER_ENV, "inline")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not recorder._writer_wanted(big)
+    monkeypatch.setenv(recorder.WRITER_ENV, "thread")
+    with pytest.raises(goatclaw.GoatclawError, match="GOATCLAW_WRITER must be auto, process or inline, not 'thread'"):
+        recorder._writer_wanted(big)

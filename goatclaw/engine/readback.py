@@ -70,6 +70,14 @@ class ReadBack:
             with self._lock:  # items of a fan-out mark the same task from several threads
                 self.runtime.mark(task, data.get("origins") or (), str(data.get("how") or ""))
 
+    def quiet(self, task_id: str) -> bool:
+        """Whether :meth:`settle` has nothing to do for ``task_id`` (no reads, writes or marks: most tasks).
+
+        Read without the lock: the task's own reports came before it finished, and other
+        tasks' only ever add entries of their own.
+        """
+        return task_id not in self._reads and task_id not in self._writes and not self.runtime
+
     def settle(self, task_id: str, also: Iterable[str] = ()) -> frozenset[str]:
         """``task_id`` finished: record its writes, resolve its reads; what its output carries at run time."""
         with self._lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 from goatclaw.engine import tasklogs
 from goatclaw.engine.state import RunResult, RunStatus, TaskResult, TaskState
-from goatclaw.errors import StoreError
+from goatclaw.errors import GoatclawError, StoreError
 from goatclaw.events import Bus, Event
 from goatclaw.jsontext import dumps, plain
 from goatclaw.plugin import AUDIT_PREFIX
@@ -45,10 +46,12 @@ from goatclaw.store import DERIVED_ENDS, LOST_ACTION, Store, TaskRow, describe_r
 __all__ = ["Recorder"]
 
 _FLUSH_ROWS = 2000
-#: From this many tasks on, a child process commits the rows; smaller runs write in-line.
-#: (benchmarks/engine.py: in-line is faster up to a few thousand no-op tasks; forking the
-#: writer and copying pages on write cost more than the commits it takes over.)
+#: From this many tasks on, a child process may commit the rows (see :func:`_writer_wanted`); smaller
+#: runs write in-line. (benchmarks/engine.py: in-line is faster up to a few thousand no-op tasks;
+#: forking the writer and copying pages on write cost more than the commits it takes over.)
 _PROCESS_WRITER_TASKS = 4000
+#: Chooses where a run's rows are committed: ``auto`` (the default), ``process`` or ``inline``.
+WRITER_ENV = "GOATCLAW_WRITER"
 _PROCESS_FLUSH_SECONDS = 0.01
 #: How long the end of a run waits for the writer process to commit what it was sent.
 _WRITER_ANSWER_SECONDS = 300.0
@@ -82,6 +85,7 @@ class Recorder:
         self.secrets = tuple(sorted((s for s in values if s and len(s) >= 3), key=len, reverse=True))
         #: Masks the secrets (by name) and their encoded forms (base64, URL, hex, JSON) in everything written.
         self.redactor = Redactor(secrets if isinstance(secrets, Mapping) else self.secrets)
+        self._masks = bool(self.redactor)  # whether anything is masked at all (no secrets, no audit key: nothing)
         self.seq = 0
         self.plugins: dict[str, str] = {}  # task id -> plugin, stored with each task row
         self.events: list[tuple[Any, ...]] = []
@@ -141,7 +145,7 @@ class Recorder:
         if self.store is not None and not self._capturing:
             tasklogs.install()
             self._capturing = True
-        if self.store is not None and len(tasks) >= _PROCESS_WRITER_TASKS:
+        if self.store is not None and _writer_wanted(len(tasks)):
             self._writer = _Writer(self.store, self.run_id)
 
     def finish_run(self, result: RunResult) -> None:
@@ -209,7 +213,8 @@ class Recorder:
 
         Published at once; stored with the task's row if it ends before the next commit.
         """
-        self.check()
+        if self.failure is not None or self._writer is not None:
+            self.check()
         self.seq += 1
         if self.bus.handlers("task.started"):
             self.publish("task.started", task_id, {}, seq=self.seq, ts=at)
@@ -217,7 +222,8 @@ class Recorder:
             self.starts[task_id] = (self.seq, at)
         if len(self.bus.errors) > self._bus_errors:
             self._subscriber_failed()
-        self._flush_starts()
+        if not self._start_flush_pending:
+            self._flush_starts()
 
     def _flush_starts(self) -> None:
         """Commit task starts within :data:`_START_FLUSH_SECONDS`, not only with the next task to finish.
@@ -248,7 +254,7 @@ class Recorder:
         start = self.starts.pop(res.id, None)
         if res.error is None and res.items is None and res.status in _DERIVED and res.finished_at is not None:
             text = plain_end(res.attempts, res.duration)
-            if self.store is None or self._mask(text) is text:
+            if self.store is None or not self._masks or self._mask(text) is text:
                 self.seq += 1
                 if self.bus.handlers(topic):
                     duration = None if res.duration is None else round(res.duration, 6)
@@ -257,7 +263,8 @@ class Recorder:
                 self._keep_row(res, None if start is None else start[0], self.seq)
                 if len(self.bus.errors) > self._bus_errors:
                     self._subscriber_failed()
-                self._schedule_flush()
+                if not self._flush_pending:
+                    self._schedule_flush()
                 return
         if start is not None:
             self.events.append((self.run_id, start[0], start[1], "task.started", res.id, None))
@@ -277,12 +284,13 @@ class Recorder:
         self._keep_row(res, None, None)
 
     def _keep_row(self, res: TaskResult, started_seq: int | None, finished_seq: int | None) -> None:
-        output = res.output_json
+        output, error = res.output_json, res.error
         if output is None and res.output is not None:
             output = dumps(res.output)
+        if self._masks:
+            output, error = self._mask(output), self._mask(error)
         self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
-                           self._mask(output), self._mask(res.error), res.error_class, self.plugins.get(res.id),
-                           started_seq, finished_seq))
+                           output, error, res.error_class, self.plugins.get(res.id), started_seq, finished_seq))
 
     def attempt(self, task_id: str, index: int | None, attempt: int, status: str, started: float,
                 error_class: str | None, error: str | None) -> None:
@@ -425,7 +433,7 @@ class Recorder:
     # -- writing ---------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_pending or self.store is None:
+        if self._flush_pending or self.store is None:  # (task_finished checks the first on its own, the hot path)
             return
         if len(self.tasks) >= _FLUSH_ROWS:
             self.flush()
@@ -525,6 +533,31 @@ class Recorder:
 
     def _mask(self, text: str | None) -> str | None:
         return self.redactor.mask(text)
+
+
+def _writer_wanted(tasks: int) -> bool:
+    """Whether a run of ``tasks`` tasks hands its commits to a writer process (:data:`WRITER_ENV`).
+
+    ``process`` always does and ``inline`` never does. ``auto`` does from
+    :data:`_PROCESS_WRITER_TASKS` tasks on, and only while the machine has a core to spare
+    (load average at most the cores less one): the writer overlaps SQLite's work with the
+    run only on a core of its own. On a busy machine it waits for one, and committing
+    in-line is faster (benchmarks/engine.py: 10k no-op tasks at load 3 on 2 cores, 25 µs a
+    task in-line against 32 through the writer).
+    """
+    how = os.environ.get(WRITER_ENV, "auto").strip().lower() or "auto"
+    if how not in ("auto", "process", "inline"):
+        raise GoatclawError(f"{WRITER_ENV} must be auto, process or inline, not {how!r}")
+    if how != "auto":
+        return how == "process"
+    if tasks < _PROCESS_WRITER_TASKS:
+        return False
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average here: assume the machine is as busy as it can be
+        return False
+    return cores >= 2 and load <= cores - 1
 
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:

@@ -132,6 +132,9 @@ class _Runner(OutputChecks, ToolCalls):
         self.sentry: Sentry | None = None  # threat score and the engine's own audit rows (set when the run opens)
         self.secret_reads: SecretReads | None = None  # ``secrets`` as templates see it, when there are any
         self.specs: dict[str, PluginSpec | None] = {}  # plugin name -> its plugin's declarations (for the sentry)
+        self.screened: dict[str, bool] = {}  # plugin name -> whether the sentry scans its outputs
+        self.plugins: dict[str, Plugin] = {}  # plugin name -> the plugin, looked up once a run
+        self.output_limit = self.pipeline.max_output_bytes or MAX_OUTPUT_BYTES
         self.breakers: Breakers | None = None
         self.breaker_keys: dict[str, str] = {}
         self.breaker_successes: dict[str, int] = {}
@@ -441,6 +444,7 @@ class _Runner(OutputChecks, ToolCalls):
         bus = self.bus
         sentry = self.sentry
         tasks = self.pipeline.tasks
+        results = self.result.tasks
         assert sentry is not None
         while True:
             if self.ready and not sentry.threat.blocked:
@@ -450,8 +454,10 @@ class _Runner(OutputChecks, ToolCalls):
                 tid = heapq.heappop(self.ready)[2]
                 task = tasks[tid]
                 await self._run_task(task)
-                await self._screen(task)  # may stop the run before its dependents are released
-                if self.result.tasks[tid].status is TaskState.WAITING:
+                res = results[tid]
+                if res.error_class is not None or self._screened(task.uses) or sentry.threat.blocked:
+                    await self._screen(task)  # may stop the run before its dependents are released
+                if res.status is TaskState.WAITING:
                     self._hold(tid)
                 else:
                     self._complete(tid)
@@ -465,13 +471,24 @@ class _Runner(OutputChecks, ToolCalls):
     async def _screen(self, task: Task) -> None:
         """Threat-score a finished task (its denial or its output); raises :class:`RunBlocked` at the threshold."""
         assert self.sentry is not None
-        spec = self.specs.get(task.uses, False)
+        await self.sentry.screen(task.id, self.result.tasks[task.id], self._spec(task.uses))
+
+    def _spec(self, uses: str) -> PluginSpec | None:
+        """The declarations of the plugin ``uses`` names (``None``: no such plugin), looked up once a run."""
+        spec = self.specs.get(uses, False)
         if spec is False:
             try:
-                spec = self.specs[task.uses] = self.registry.task(task.uses).spec
+                spec = self.specs[uses] = self.registry.task(uses).spec
             except PluginError:
-                spec = self.specs[task.uses] = None
-        await self.sentry.screen(task.id, self.result.tasks[task.id], spec)  # type: ignore[arg-type]
+                spec = self.specs[uses] = None
+        return spec  # type: ignore[return-value]
+
+    def _screened(self, uses: str) -> bool:
+        """Whether a successful output of ``uses`` is scanned (:meth:`Sentry.screen`; a denial always counts)."""
+        screened = self.screened.get(uses)
+        if screened is None:
+            screened = self.screened[uses] = Sentry.scans(self._spec(uses))
+        return screened
 
     def _complete(self, tid: str) -> None:
         """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
@@ -503,7 +520,8 @@ class _Runner(OutputChecks, ToolCalls):
                         stack.append(dep)
                     else:
                         self._push(dep)
-        self._wake_if_done()
+        if self.done >= len(sel):
+            self._wake_if_done()
 
     def _hold(self, tid: str) -> None:
         """``tid`` waits for an approval: it and what is downstream of it are done for this process."""
@@ -620,10 +638,6 @@ class _Runner(OutputChecks, ToolCalls):
             self.recorder.event("approval.requested", task.id, said)
         return False
 
-    def _decision_of(self, tid: str) -> dict[str, Any] | None:
-        res = self.result.tasks.get(tid)
-        return res.approval if res is not None else None
-
     def _after_gate(self, task: Task) -> list[str]:
         """What an approval lets run: the gated task itself (unless it is ``uses: approval``) and all after it."""
         follows = [t for t in self.plan.order if t in self.selected and task.id in self.plan.ancestors(t)]
@@ -669,10 +683,14 @@ class _Runner(OutputChecks, ToolCalls):
             raise TaskError(f"if: {exc.message}", error_class=exc.error_class) from None
 
     def _plugin(self, task: Task) -> Plugin:
+        plugin = self.plugins.get(task.uses)
+        if plugin is not None:
+            return plugin
         try:
-            return self.registry.task(task.uses)
+            plugin = self.plugins[task.uses] = self.registry.task(task.uses)
         except PluginError as exc:
             raise TaskError(exc.message, error_class="invalid_input") from None
+        return plugin
 
     def _inputs(self, task: Task) -> Compiled:
         compiled = self.compiled.get(task.id)
@@ -756,10 +774,11 @@ class _Runner(OutputChecks, ToolCalls):
         The successful attempt is the task's own row; the attempts table keeps the failures.
         With ``fix:``, a rejected output goes through the fix loop (``compiled`` is given there).
         """
-        if compiled is None and (cascade := self._cascade_of(task, context)) is not None:
-            return await self._cascade_loop(task, plugin, res, context, index, cascade)
-        if compiled is None and task.fix is not None and task.validate:
-            return await self._fix_loop(task, plugin, res, context, index)
+        if compiled is None and task.validate:  # a cascade and a fix loop both need rules to judge by
+            if (cascade := self._cascade_of(task, context)) is not None:
+                return await self._cascade_loop(task, plugin, res, context, index, cascade)
+            if task.fix is not None:
+                return await self._fix_loop(task, plugin, res, context, index)
         compiled = compiled or self._inputs(task)
         res.attempts = res.attempts or 1
         started = time.time()
@@ -820,44 +839,41 @@ class _Runner(OutputChecks, ToolCalls):
     async def _attempt(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
                        attempt: int, index: int | None) -> tuple[Any, str]:
         """One attempt; what is logged meanwhile is its log (goatclaw.engine.tasklogs)."""
-        assert self.recorder is not None
+        assert self.recorder is not None and self.sentry is not None
         token = tasklogs.enter(self.recorder, task.id, index, attempt)
         try:
-            return await self._attempt_body(task, plugin, compiled, context, attempt, index)
+            try:
+                kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
+            except TemplateError as exc:
+                raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
+            if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
+                self.sentry.secrets_read(task.id, index, self.secret_reads.taken())
+            ctx = self._task_context(task, attempt, context.get("item") if index is not None else None, index)
+            if task.breaker is not None:
+                result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
+            elif task.timeout is None and self.inline_async and plugin.is_async:
+                output = await plugin.fn(ctx, **kwargs)  # the common case, one coroutine layer less
+                result = output, to_json(output)
+            else:
+                result = await self._call(task, plugin, ctx, kwargs)
+            if len(result[1]) * 4 > self.output_limit:  # UTF-8: at most 4 bytes a character
+                self._check_size(result[1])
+            if task.validate:
+                await self._check_output(task, result[0], context, index, kwargs)
+            return result
         finally:
             tasklogs.leave(token)
-
-    async def _attempt_body(self, task: Task, plugin: Plugin, compiled: Compiled, context: Mapping[str, Any],
-                            attempt: int, index: int | None) -> tuple[Any, str]:
-        try:
-            kwargs = compiled.render(context, limit=task.timeout)  # rendering cannot outlast the task's timeout
-        except TemplateError as exc:
-            raise TaskError(f"with: {exc.message}", error_class=exc.error_class) from None
-        assert self.recorder is not None and self.sentry is not None
-        if self.secret_reads is not None and self.secret_reads.read:  # resolved for this task's templates
-            self.sentry.secrets_read(task.id, index, self.secret_reads.taken())
-        ctx = self._task_context(task, attempt, context.get("item") if index is not None else None, index)
-        if task.breaker is not None:
-            result = await self._guarded(task, plugin, ctx, kwargs, task.breaker)
-        elif task.timeout is None and self.inline_async and plugin.is_async:
-            output = await plugin.fn(ctx, **kwargs)  # the common case, one coroutine layer less
-            result = output, to_json(output)
-        else:
-            result = await self._call(task, plugin, ctx, kwargs)
-        self._check_size(result[1])
-        if task.validate:
-            await self._check_output(task, result[0], context, index, kwargs)
-        return result
 
     def _task_context(self, task: Task, attempt: int, item: Any, index: int | None) -> TaskContext:
         """What a plugin (or the engine on the task's behalf) gets: the task's grant, secrets and event channel."""
         assert self.recorder is not None
+        res = self.result.tasks.get(task.id)
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self._task_event,
-                           self.opts.store_path, redactor=self.recorder.redactor, cache=self._cache_word(task),
-                           cache_ttl=task.cache.ttl, origins=self.guard.carried(task.id),
-                           tools=self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
-                           mcp=mcp_servers(), approval=self._decision_of(task.id))
+                           self.opts.store_path, self.recorder.redactor, self._cache_word(task), task.cache.ttl,
+                           self.guard.carried(task.id),
+                           self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
+                           mcp_servers(), None if res is None else res.approval)
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""
@@ -868,6 +884,8 @@ class _Runner(OutputChecks, ToolCalls):
     def _settle(self, task: Task, res: TaskResult) -> None:
         """What ``task``'s output carries at run time (kept as an event, for a resume)."""
         assert self.recorder is not None and self.readback is not None
+        if res.fallback is None and self.readback.quiet(task.id):
+            return
         origins = self.readback.settle(task.id, (res.fallback,) if res.fallback else ())
         if origins:
             how = self.guard.runtime.how(task.id)
@@ -903,7 +921,7 @@ class _Runner(OutputChecks, ToolCalls):
 
         Statically (what the templates read), and at run time (a file or memory an untrusted flow wrote, read back).
         """
-        flows = self.guard.flows(task.id) or self.guard.runtime.flows(task.id)
+        flows = self.guard.flows(task.id) or (self.guard.runtime.flows(task.id) if self.guard.runtime else None)
         if flows:
             assert self.recorder is not None
             self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,

@@ -96,6 +96,11 @@ class Sentry:
             self.recorder.audited("permission.denied", task_id, {"error": message})
         self._record(task_id, self.threat.denied(message))
 
+    @staticmethod
+    def scans(spec: PluginSpec | None) -> bool:
+        """Whether the outputs of the plugin ``spec`` declares are scanned (it reaches out, or is not pure)."""
+        return spec is not None and bool(spec.permissions or spec.side_effects or not spec.cacheable)
+
     async def screen(self, task_id: str, res: TaskResult, spec: PluginSpec | None) -> None:
         """Score a finished task (a denial, its output); raise :class:`RunBlocked` at the threshold.
 
@@ -105,8 +110,7 @@ class Sentry:
         """
         if res.error_class == "permission_denied" and res.status is TaskState.FAILED:
             self.denied(task_id, res.error or "")
-        elif (spec is not None and res.status in (TaskState.SUCCEEDED, TaskState.CACHED)
-                and (spec.permissions or spec.side_effects or not spec.cacheable)):
+        elif res.status in (TaskState.SUCCEEDED, TaskState.CACHED) and self.scans(spec):
             text = res.output_json if res.output_json is not None else dumps(res.output)
             untrusted = bool(getattr(spec, "untrusted_output", False)) or "network" in spec.permissions
             if len(text) > INLINE_SCAN_CHARS:

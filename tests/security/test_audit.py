@@ -147,8 +147,8 @@ def test_a_run_without_side_effects_adds_no_audit_rows(write_pipeline, store_pat
 
 def test_the_chain_spans_runs_and_survives_the_writer_process_and_concurrent_runs(project, store_path,
                                                                                  monkeypatch) -> None:
-    # 600 tasks: the recorder hands its rows to the writer process (from 500 tasks on, here)
-    monkeypatch.setattr(recorder, "_PROCESS_WRITER_TASKS", 500)
+    # the recorder hands its rows to the writer process (GOATCLAW_WRITER=process)
+    monkeypatch.setenv(recorder.WRITER_ENV, "process")
     tasks = {f"t{i}": {"uses": "note", "with": {"n": i}} for i in range(600)}
     (project / "big.yaml").write_text(json.dumps({"version": 1, "name": "big", "concurrency": 16, "tasks": tasks}))
     (project / "small.yaml").write_text(json.dumps({"version": 1, "name": "small", "concurrency": 4, "tasks": {
@@ -385,7 +385,7 @@ def test_keyed_rows_need_the_key_and_a_pinned_keyed_from_refuses_a_plain_rebuild
 def test_a_run_with_the_audit_key_writes_a_keyed_chain_and_never_shows_the_key(
         project, write_pipeline, store_path, monkeypatch) -> None:
     monkeypatch.setenv("GOATCLAW_AUDIT_KEY", KEY.decode())
-    monkeypatch.setattr(recorder, "_PROCESS_WRITER_TASKS", 50)  # the writer process seals with the key too
+    monkeypatch.setenv(recorder.WRITER_ENV, "process")  # the writer process seals with the key too
     tasks = {f"n{i}": {"uses": "note", "with": {"n": i}} for i in range(60)}
     tasks["leak"] = {"uses": "echo", "with": {"value": "${{ env.GOATCLAW_AUDIT_KEY }}"}}
     tasks["say"] = {"uses": "shell", "with": {"script": 'echo "key=$GOATCLAW_AUDIT_KEY"'}}
