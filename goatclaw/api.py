@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -795,17 +795,40 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     settings = MemorySettings.from_data(project.data.get("memory"))
     if not settings.enabled or result.store_path is None:
         return
-    plugins = {tid: t.uses or "" for tid, t in pipeline.tasks.items()}
-    paths = {tid: t.with_["path"] for tid, t in pipeline.tasks.items()
-             if t.uses == "file.read" and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]}
+    # built only if the run has something to teach (most runs that succeed do not): see remember_run
+    plugins = _Lazy(lambda: {tid: t.uses or "" for tid, t in pipeline.tasks.items()})
+    paths = _Lazy(lambda: {tid: t.with_["path"] for tid, t in pipeline.tasks.items() if t.uses == "file.read"
+                           and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]})
+    origins = _Lazy(lambda: _untrusted_outputs(pipeline, project, registry or _registry_for(project)))
     try:
-        origins = _untrusted_outputs(pipeline, project, registry or _registry_for(project))
         await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
                                 secrets=secrets, paths=paths, origins=origins)
     except GoatclawError as exc:
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
+class _Lazy(Mapping[str, Any]):
+    """A mapping built by ``make`` when it is first read."""
+
+    def __init__(self, make: Callable[[], Mapping[str, Any]]) -> None:
+        self._make: Callable[[], Mapping[str, Any]] | None = make
+        self._data: Mapping[str, Any] = {}
+
+    def _built(self) -> Mapping[str, Any]:
+        if self._make is not None:
+            self._data, self._make = self._make(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._built()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 def _untrusted_outputs(pipeline: Pipeline, project: Project, registry: Registry) -> dict[str, frozenset[str]]:

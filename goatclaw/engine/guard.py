@@ -43,7 +43,11 @@ def _where(pipeline: Pipeline, path: tuple[str | int, ...], what: str) -> dict[s
 
 
 def _tasks(pipeline: Pipeline) -> dict[str, Task]:
-    return {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}
+    """Every task of ``pipeline``, the ``on_failure`` and ``finally`` ones too (built once; not to be changed)."""
+    found = pipeline.memo.get("all tasks")
+    if found is None:
+        found = pipeline.memo["all tasks"] = {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}
+    return found  # type: ignore[no-any-return]
 
 
 class Guard:

@@ -324,8 +324,9 @@ class _Runner(OutputChecks, ToolCalls):
                     warmups[task.uses] = self.registry.task(task.uses).spec.warmup  # type: ignore[assignment]
                 except PluginError:
                     warmups[task.uses] = None  # type: ignore[assignment]  # the task reports it when it runs
-            if "llm room" not in warmups and (any(r.kind == "judge" for r in task.validate) or (
-                    task.fix is not None and task.fix.mode == "repair")):
+            if (task.validate or task.fix is not None) and "llm room" not in warmups and (
+                    any(r.kind == "judge" for r in task.validate)
+                    or (task.fix is not None and task.fix.mode == "repair")):
                 from goatclaw import llm as room
 
                 warmups["llm room"] = room.warm

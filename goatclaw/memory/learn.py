@@ -90,7 +90,7 @@ def remember_run(store_path: str | os.PathLike[str], run_id: str, *, settings: M
     if not settings.enabled:
         return 0
     mask = _masker(secrets or {})
-    plugins = plugins or {}
+    plugins = plugins if plugins is not None else {}  # (not ``or``: that would build a lazy mapping here)
     with Store.open(store_path) as store:
         run = store.run(run_id)
         if run is None or not (settings.runs or settings.outputs or _worth_a_look(store, run.pipeline, run_id)):
