@@ -33,9 +33,15 @@ class Liveness(str, Enum):
 
 
 def current_owner() -> str:
-    """The owner tag of this process."""
+    """The owner tag of this process (read once a process: a forked child reads its own)."""
+    global _owner
     pid = os.getpid()
-    return f"{socket.gethostname()}:{_boot_id()}:{pid}:{_start_ticks(pid)}"
+    if _owner is None or _owner[0] != pid:
+        _owner = (pid, f"{socket.gethostname()}:{_boot_id()}:{pid}:{_start_ticks(pid)}")
+    return _owner[1]
+
+
+_owner: tuple[int, str] | None = None
 
 
 def owner_pid(owner: str | None) -> int | None:

@@ -496,6 +496,7 @@ class _Runner(OutputChecks, ToolCalls):
         stack = [tid]
         sel = self.selected
         results = self.result.tasks
+        dependents = self.plan.dependents
         pending, blocked, live, seeded = self.pending, self.blocked, self.live, self.seeded
         while stack:
             current = stack.pop()
@@ -504,15 +505,16 @@ class _Runner(OutputChecks, ToolCalls):
             blocks = state in _BLOCKING and not (
                 state is TaskState.FAILED and self.pipeline.tasks[current].continue_on_error)
             skipped = state is TaskState.SKIPPED
-            for dep in self.plan.dependents[current]:
+            for dep in dependents[current]:
                 if dep not in sel:
                     continue
                 if blocks:
                     blocked.add(dep)
                 if not skipped:
                     live.add(dep)
-                pending[dep] -= 1
-                if pending[dep] == 0 and dep not in seeded:
+                left = pending[dep] - 1
+                pending[dep] = left
+                if left == 0 and dep not in seeded:
                     if dep in blocked:
                         self._mark(dep, TaskState.UPSTREAM_FAILED)
                         stack.append(dep)
@@ -594,8 +596,8 @@ class _Runner(OutputChecks, ToolCalls):
                 if task.foreach is not None:
                     res.output, res.output_json = await self._foreach(task, plugin, res)
                 else:
-                    res.output, res.output_json = await self._attempts(task, plugin, res, self._context_for(task),
-                                                                       None)
+                    attempts = self._attempts if self.cache is not None else self._run_attempts  # no cache: no detour
+                    res.output, res.output_json = await attempts(task, plugin, res, self._context_for(task), None)
                 res.move(TaskState.CACHED if res.cache_hits and res.cache_hits == (res.items or 1)
                          else TaskState.SUCCEEDED)
         except asyncio.CancelledError:
