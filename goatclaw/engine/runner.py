@@ -48,6 +48,7 @@ from goatclaw.plugin import PluginSpec, TaskContext
 from goatclaw.registry import Plugin, Registry, default_registry
 from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.ratelimit import LIMITS
+from goatclaw.spec.loader import gc_frozen
 from goatclaw.spec.model import BreakerPolicy, Task
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
@@ -163,7 +164,8 @@ class _Runner(OutputChecks, ToolCalls):
                 await self.hooks.run_started(run_id=self.result.run_id, pipeline=self.pipeline.name,
                                              tasks=list(self.selected), workspace=self.opts.workspace,
                                              emit=self.recorder.event, mask=self.recorder.redactor.mask_data)
-            await self._with_pipeline_timeout(self._schedule())
+            with gc_frozen():  # the run's own state, built by _open (a result a task, ...), is never rescanned
+                await self._with_pipeline_timeout(self._schedule())
             await self._after_graph()
         except RunBlocked as exc:
             return await self._blocked(str(exc))
