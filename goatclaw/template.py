@@ -17,6 +17,7 @@ Templates are compiled once per task definition and rendered many times.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import json
@@ -32,11 +33,13 @@ from typing import Any
 import jinja2
 from jinja2 import filters, nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.environment import TemplateExpression
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 
 from goatclaw import sizes
+from goatclaw.codecache import CodeCache, file_stamp
 from goatclaw.errors import TemplateError
 from goatclaw.sizes import TooLarge
 
@@ -169,6 +172,18 @@ class _Environment(ImmutableSandboxedEnvironment):
     def joined(self, values: tuple[Any, ...]) -> str:
         """``a ~ b ~ c``: the strings joined, refused before building past the bound."""
         return _concat([str(v) for v in values])
+
+    def compile(self, *args: Any, **kwargs: Any) -> Any:
+        """Jinja2's compile; the code object is also handed to :func:`_capturing`'s list when one is open."""
+        code = super().compile(*args, **kwargs)
+        captured = _CAPTURED.get()
+        if captured is not None and not isinstance(code, str):
+            captured.append(code)
+        return code
+
+
+#: Where :meth:`_Environment.compile` puts the code it compiles, while an expression is compiled for the cache.
+_CAPTURED: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("goatclaw_template_code", default=None)
 
 
 def _check_product(left: Any, right: Any, memo: dict[int, tuple[Any, int]]) -> None:
@@ -343,6 +358,19 @@ def _reject_constant(name: str) -> Any:
 
 
 _ENV: _Environment | None = None
+_CODE: CodeCache | None = None
+
+
+def _code_cache() -> CodeCache:
+    """The on-disk cache of compiled templates and their refs (goatclaw/codecache.py).
+
+    Its salt is Jinja2's version and this file (the environment's options, its code
+    generator): what the compiled code depends on besides the source.
+    """
+    global _CODE
+    if _CODE is None:
+        _CODE = CodeCache("templates", "jinja2", jinja2.__version__, file_stamp(__file__))
+    return _CODE
 
 
 def environment() -> _Environment:
@@ -605,17 +633,40 @@ def _compile_expression(source: str) -> Expression:
     parts = _dotted_parts(source)
     if parts is not None:
         return Expression(source, _dotted_fn(source, parts))
+    return Expression(source, _jinja_expression(source))
+
+
+def _jinja_expression(source: str) -> Any:
+    """``environment().compile_expression(source, undefined_to_none=False)``, its code from the disk cache when kept."""
+    env = environment()
+    code = _code_cache().get("expression", source)
+    if code is not None:
+        return TemplateExpression(env.template_class.from_code(env, code, env.make_globals(None), None), False)
+    captured: list[Any] = []
+    token = _CAPTURED.set(captured)
     try:
-        fn = environment().compile_expression(source, undefined_to_none=False)
+        fn = env.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"invalid expression: {exc.message}{_habit(source)}", lineno=exc.lineno) from None
-    return Expression(source, fn)
+    finally:
+        _CAPTURED.reset(token)
+    if len(captured) == 1:
+        _code_cache().put("expression", source, captured[0])
+    return fn
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _template(text: str) -> jinja2.Template:
-    """The compiled template of ``text`` (cached by source; a Template renders any number of times)."""
-    return environment().from_string(text)
+    """The compiled template of ``text`` (cached by source; a Template renders any number of times).
+
+    ``environment().from_string(text)``, its code from the disk cache when kept.
+    """
+    env = environment()
+    code = _code_cache().get("template", text)
+    if code is None:
+        code = env.compile(text)
+        _code_cache().put("template", text, code)
+    return env.template_class.from_code(env, code, env.make_globals(None), None)
 
 
 class Compiled:
@@ -798,6 +849,19 @@ def _dotted_refs(parts: tuple[str, ...]) -> TemplateRefs:
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _refs(text: str) -> TemplateRefs | TemplateError:
+    """What ``text`` reads (or its syntax error); the refs of a valid text are kept in the disk cache."""
+    kept = _code_cache().get("refs", text)
+    if kept is not None:
+        names, tasks, run_errors, var_names, task_fields = kept
+        return TemplateRefs(frozenset(names), tasks, run_errors, var_names, task_fields)
+    found = _parsed_refs(text)
+    if isinstance(found, TemplateRefs):
+        _code_cache().put("refs", text, (tuple(sorted(found.names)), found.tasks, found.run_errors, found.vars,
+                                         found.task_fields))
+    return found
+
+
+def _parsed_refs(text: str) -> TemplateRefs | TemplateError:
     try:
         ast = environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:

@@ -130,9 +130,11 @@ def test_what_the_check_built_is_frozen_for_the_run_and_unfrozen_after(project: 
 
 
 @pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many times Jinja2 compiled each source (into Python code), counted from here on."""
+def compiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, int]:
+    """How many times Jinja2 compiled each source (into Python code), counted from here on (no code cache yet)."""
     import jinja2
+
+    monkeypatch.setenv("GOATCLAW_CACHE_DIR", str(tmp_path / "code-cache"))  # goatclaw/codecache.py: empty
 
     real = jinja2.Environment.compile
     counts: dict[str, int] = {}

@@ -155,3 +155,46 @@ def test_the_shortcut_prints_and_exits_as_the_typer_command(tmp_path: Path) -> N
     code, out, err = shortcut[1]
     assert code == 2 and out == "" and "bad.yaml:3:13: tasks.a.uses: unknown task 'nope'" in err
     assert "✓ good.yaml" in err and "missing.yaml: cannot read" in err
+
+
+#: What ``apply`` of a pipeline without an llm, agent or mcp task has no use for: the LLM room's clients, Dask, the
+#: memory's numpy and embedder, the graph library, jsonschema (a valid file), the web and MCP rooms, typer and rich
+#: (into a pipe: plain lines, cli/applying.py and cli/plain.py), the process pool and the store's writer process.
+NOT_FOR_APPLY = ["litellm", "openai", "httpx", "dask", "distributed", "numpy", "wordllama", "sqlite_vec", "networkx",
+                 "jsonschema", "mcp", "starlette", "uvicorn", "typer", "click", "rich", "markdown_it",
+                 "concurrent.futures.process", "multiprocessing"]
+
+
+def test_apply_into_a_pipe_imports_nothing_its_tasks_do_not_need(tmp_path: Path) -> None:
+    found = _imported_by(["apply", "pipelines/quickstart.yaml", "--store", str(tmp_path / "s.db")],
+                         [*NOT_FOR_APPLY, "goatclaw.engine.runner", "goatclaw.store", "asyncio"])
+    assert found == {"code": 0, "heavy": ["asyncio", "goatclaw.engine.runner", "goatclaw.store"]}  # it did run
+
+
+def test_the_apply_shortcut_prints_and_exits_as_the_typer_command(tmp_path: Path) -> None:
+    """``apply FILE --store S`` (cli/applying.py) and ``apply FILE --store S --output plain`` (typer): the same."""
+    import re
+
+    (tmp_path / "ok.yaml").write_text("version: 1\ntasks:\n  a: {uses: echo, with: {value: 1}}\n"
+                                      "  b: {uses: echo, needs: a, with: {value: '${{ tasks.a.output + 1 }}'}}\n")
+    (tmp_path / "bad.yaml").write_text("version: 1\ntasks:\n  a: {uses: nope}\n")
+    (tmp_path / "fails.yaml").write_text("version: 1\npermissions: {shell: [bash]}\n"
+                                         "tasks:\n  a: {uses: shell, with: {script: 'echo no >&2; exit 3'}}\n")
+    (tmp_path / "warns.yaml").write_text("version: 1\ntasks:\n  a:\n    uses: echo\n    with: {value: 1}\n"
+                                         "    validate: [{expr: 'output == 2', severity: warn}]\n")
+    (tmp_path / "a-folder").mkdir()
+    runs = []
+    for options, db in (([], "shortcut.db"), (["--output", "plain"], "typer.db")):  # each its own store: no cache hits
+        for file, store in (("ok.yaml", db), ("bad.yaml", db), ("fails.yaml", db), ("warns.yaml", db),
+                            ("missing.yaml", db), ("ok.yaml", "a-folder")):
+            done = subprocess.run([sys.executable, "-m", "goatclaw", "apply", file, "--store", store, *options],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+            text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "RUN", done.stdout + "\n--\n" + done.stderr)
+            runs.append((done.returncode, re.sub(r"\d+(\.\d+)?m?s\b", "T", text)))
+    shortcut, typer_path = runs[:6], runs[6:]
+    assert shortcut == typer_path
+    assert [code for code, _ in shortcut] == [0, 2, 1, 0, 2, 1]
+    assert "✓ run RUN succeeded in T (2 succeeded)" in shortcut[0][1]
+    assert "bad.yaml:3:13: tasks.a.uses: unknown task 'nope'" in shortcut[1][1]
+    assert "cannot open the store" in shortcut[5][1]

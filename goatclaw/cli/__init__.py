@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
             return code
     if (sys.argv[1:] if argv is None else argv) == [] and _on_terminal():  # bare `goatclaw` at a terminal: the shell
         argv = ["shell"]
+    from goatclaw.cli import applying, validating
     from goatclaw.cli.streams import guarded_output
-    from goatclaw.cli.validating import shortcut
 
     for stream in (sys.stdout, sys.stderr):  # a lone surrogate in an output is shown escaped, never a traceback
         if hasattr(stream, "reconfigure"):
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None, *, exit: bool = True) -> int:
     with guarded_output() as output:  # `goatclaw … | head -2`: the reader going away is not the command's failure
         recording = _record_help() if help_asked else None
         try:
-            # `validate FILE…` without typer (cli/validating.py); any other command line goes through the app
-            quick = shortcut(sys.argv[1:] if argv is None else argv)
+            # `validate FILE…` (cli/validating.py) and `apply FILE [--store PATH]` into a pipe (cli/applying.py)
+            # without typer; any other command line goes through the app
+            args = sys.argv[1:] if argv is None else argv
+            quick = validating.shortcut(args)
+            if quick is None:
+                quick = applying.shortcut(args)
             if quick is None:
                 from goatclaw.cli.app import app
                 from goatclaw.cli.options import only_command

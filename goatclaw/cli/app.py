@@ -221,7 +221,6 @@ def apply(
     from goatclaw.api import parse_var
     from goatclaw.cli import border, ci
     from goatclaw.cli.approve import terminal_approver
-    from goatclaw.cli.render import LiveView, PlainView, print_plan, print_result
 
     targets = ci.report_targets(report)
     mode = _output_mode(output)
@@ -236,6 +235,8 @@ def apply(
 
             print(json.dumps(plan_data(plan), indent=2))
         else:
+            from goatclaw.cli.render import print_plan
+
             print_plan(plan, _out())
         return
     bus = goatclaw.Bus()
@@ -245,16 +246,25 @@ def apply(
                             resume=resume_run or resume, llm=llm, max_cost=max_cost,
                             executor=executor, executor_address=address, approver=approver, trigger="cli")
     if mode == "rich":
+        from goatclaw.cli.render import LiveView, print_result
+
         console = _out()
         with LiveView(bus, console, logs=logs) as view:
             if approver is not None:
                 approver.live = view.live  # stopped while asking
             result = border.run(run())
         print_result(result, console)
-    elif mode == "plain":
-        PlainView(bus, timestamps=_in_ci(), footer=False, logs=logs)  # print_result writes the final line
+    elif mode == "plain":  # into a pipe or a log: without rich (cli/plain.py), unless a terminal takes its styles
+        from goatclaw.cli.plain import PlainView, plain_stream, write_result
+
+        PlainView(bus, timestamps=_in_ci(), footer=False, logs=logs)  # the result's lines end it
         result = border.run(run())
-        print_result(result, _plain())
+        if plain_stream(sys.stdout):
+            write_result(result, sys.stdout)
+        else:
+            from goatclaw.cli.render import print_result
+
+            print_result(result, _plain())
     else:
         result = border.run(run())
         from goatclaw.api import redactor_for

@@ -15,17 +15,11 @@ import typer
 
 from goatclaw.cli import options
 from goatclaw.cli.app import FailOn, _err, _open_store, handles_errors, runs_app
+from goatclaw.cli.applying import RUN_EXIT_CODES, exit_code  # a run's exit code: the typer-free `apply` needs it too
 from goatclaw.cli.lines import escape
 
-__all__ = ["exit_code", "finish", "load_checked", "report_targets"]
+__all__ = ["RUN_EXIT_CODES", "exit_code", "finish", "load_checked", "report_targets"]
 
-#: The exit code of a run that did not succeed, by its status (anything else: 1).
-RUN_EXIT_CODES = {"cancelled": 130, "blocked": 3, "waiting": 4}
-
-
-def exit_code(result: Any) -> int:
-    """A run's exit code: 0 succeeded, 4 waiting for an approval, 3 blocked, 130 cancelled, 1 otherwise."""
-    return 0 if result.ok else RUN_EXIT_CODES.get(result.status.value, 1)
 
 
 class ReportFormat(str, Enum):

@@ -7,11 +7,10 @@ to the run's event bus; the library itself never prints.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -19,8 +18,25 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from goatclaw.cli.plain import (
+    _TERMINAL_TOPICS,
+    FAILED_LOG_LINES,
+    LOG_TOPIC,
+    STYLE,
+    PlainView,
+    _fmt_duration,
+    _Warnings,
+    counts_text,
+    incident_text,
+    level_name,
+    live_log_line,
+    log_line,
+    result_lines,
+    reuse_note,
+    tool_text,
+    warning_text,
+)
 from goatclaw.cli.problems import print_problems
-from goatclaw.cli.terminal import printable
 from goatclaw.cli.text import error_text, item_label, shown
 from goatclaw.engine.state import RunResult
 from goatclaw.events import Bus, Event
@@ -29,139 +45,9 @@ from goatclaw.liveness import owner_pid
 from goatclaw.money import usd
 from goatclaw.store import DeadLetter, RunRow, TaskRow
 
-__all__ = ["LiveView", "PlainView", "counts_text", "print_plan", "print_plugin", "print_plugins", "print_problems",
-           "print_run", "print_runs", "warning_text"]
-
-STYLE = {
-    "pending": ("·", "dim"),
-    "running": ("▶", "cyan"),
-    "succeeded": ("✓", "green"),
-    "cached": ("✓", "green"),
-    "failed": ("✗", "red"),
-    "skipped": ("↷", "yellow"),
-    "upstream_failed": ("⊘", "red"),
-    "cancelled": ("■", "magenta"),
-    "interrupted": ("↯", "magenta"),  # a run left running by a process that is gone
-    "blocked": ("⛔", "bold red"),
-    "retrying": ("↻", "yellow"),
-    "waiting": ("⏸", "yellow"),  # a task (and its run) at an approval: goatclaw approve RUN
-}
-#: The task events that end a task in this process (``waiting``: until a decision resumes the run).
-_TERMINAL_TOPICS = ("succeeded", "failed", "skipped", "upstream_failed", "cancelled", "cached", "waiting")
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 120:
-        return f"{seconds:.2f}s"
-    return f"{seconds / 60:.1f}m"
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """``1 failed, 2 succeeded``: a run's task counts, the same words under the live table and in the summary."""
-    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-
-
-def warning_text(task: str | None, data: dict[str, Any]) -> str | None:
-    """The line for a ``task.rule`` event of a ``severity: warn`` rule that did not pass, else None."""
-    if data.get("passed") is not False or data.get("severity") != "warn":
-        return None
-    from goatclaw.validation import rule_label
-
-    return (f"warning: {item_label(task, data.get('item'))}: {rule_label(data.get('rule'), data.get('kind'))}: "
-            f"{shown(data.get('message'))}")
-
-
-class _Warnings:
-    """Each warn rule's failure once per task, item and rule (a fix loop judges an output again)."""
-
-    def __init__(self) -> None:
-        self.seen: set[tuple[Any, ...]] = set()
-
-    def first(self, ev: Event) -> str | None:
-        text = warning_text(ev.task, ev.data)
-        key = (ev.task, ev.data.get("item"), ev.data.get("rule"))
-        if text is None or key in self.seen:
-            return None
-        self.seen.add(key)
-        return text
-
-
-class PlainView:
-    """One line per task event, for pipes, logs and CI (``timestamps`` adds the time).
-
-    ``footer=False`` leaves out the line at the run's end, for a caller that prints the
-    run's summary itself (``apply``), so that the final line is printed once.
-    """
-
-    def __init__(self, bus: Bus, *, stream: TextIO | None = None, timestamps: bool = False,
-                 footer: bool = True, logs: bool = False) -> None:
-        self.stream = stream or sys.stdout
-        self.timestamps = timestamps
-        self.footer = footer
-        self.warnings = _Warnings()
-        if logs:  # apply --logs: each task's log lines as they come
-            bus.subscribe(LOG_TOPIC, self._on_log)
-        bus.subscribe("task.*", self._on_task)
-        bus.subscribe("run.*", self._on_run)
-        bus.subscribe("breaker.*", self._on_incident)
-        bus.subscribe("hook.*", self._on_incident)
-        bus.subscribe("threat.*", self._on_incident)
-        bus.subscribe("ratelimit.*", self._on_incident)
-        bus.subscribe("tool.*", self._on_tool)
-
-    def _on_tool(self, ev: Event) -> None:
-        if ev.topic != "tool.started":  # one line a call, when it ends (or is refused)
-            self._line(ev, f"    {tool_text(ev.topic, ev.task, ev.data)}")
-
-    def _on_incident(self, ev: Event) -> None:
-        text = incident_text(ev.topic, ev.task, ev.data)
-        if text:
-            self._line(ev, f"  ! {text}")
-
-    def _on_log(self, ev: Event) -> None:
-        print(printable(f"    {live_log_line(ev)}"), file=self.stream, flush=True)
-
-    def _on_rule(self, ev: Event) -> None:
-        text = self.warnings.first(ev)
-        if text:
-            self._line(ev, f"  ! {text}")
-
-    def _line(self, ev: Event, text: str) -> None:
-        stamp = datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S ") if self.timestamps else ""
-        print(printable(f"{stamp}{text}"), file=self.stream, flush=True)  # a task's error cannot drive the terminal
-
-    def _on_run(self, ev: Event) -> None:
-        if ev.topic in ("run.started", "run.resumed"):
-            count = len(ev.data.get("tasks", []))
-            self._line(ev, f"run {ev.run_id} {ev.topic[4:]}: {ev.data.get('pipeline')} ({count} tasks)")
-        elif self.footer:
-            self._line(ev, f"run {ev.run_id} {ev.topic.split('.', 1)[1]} in {_fmt_duration(ev.data.get('duration'))}")
-
-    def _on_task(self, ev: Event) -> None:
-        kind = ev.topic.split(".", 1)[1]
-        d = ev.data
-        if kind == "started":
-            self._line(ev, f"  ▶ {ev.task} started")
-        elif kind == "resumed":
-            self._line(ev, f"  {STYLE['succeeded'][0]} {ev.task} {d.get('status')} before: kept, not run again")
-        elif kind == "fallback":
-            self._line(ev, f"  ! {incident_text(ev.topic, ev.task, d)}")
-        elif kind == "rule":
-            self._on_rule(ev)
-        elif kind == "retrying":
-            self._line(ev, f"  ↻ {item_label(ev.task, d.get('item'))} attempt {d.get('attempt')} failed "
-                           f"({error_text(d.get('error_class'), d.get('error'))}); retrying in {d.get('delay')}s")
-        elif kind in _TERMINAL_TOPICS:
-            icon = STYLE[kind][0]
-            extra = f" in {_fmt_duration(d.get('duration'))}" if d.get("duration") is not None else ""
-            attempts = f", {d['attempts']} attempts" if d.get("attempts", 1) > 1 else ""
-            error = f": {shown(d.get('error'))}" if d.get("error") else ""
-            self._line(ev, f"  {icon} {ev.task} {kind}{extra}{attempts}{error}")
-
+__all__ = ["FAILED_LOG_LINES", "LOG_TOPIC", "STYLE", "LiveView", "PlainView", "counts_text", "incident_text",
+           "level_name", "live_log_line", "log_line", "print_plan", "print_plugin", "print_plugins", "print_problems",
+           "print_result", "print_run", "print_runs", "reuse_note", "tool_text", "warning_text"]
 
 class LiveView:
     """A live table of the run on a terminal: each task's state, attempt and duration."""
@@ -320,35 +206,9 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 
 def print_result(result: RunResult, console: Console) -> None:
-    """A one-line summary of a finished run."""
-    icon, style = STYLE.get(result.status.value, ("?", ""))
-    counts = counts_text(result.counts())
-    dur = _fmt_duration(None if result.finished_at is None else result.finished_at - result.started_at)
-    console.print(Text(f"{icon} run {result.run_id} {result.status.value} in {dur} ({counts})", style=style))
-    if result.error:
-        console.print(Text(f"  {shown(result.error)}", style="red"))
-    reused = reuse_note(result)
-    if reused:
-        console.print(Text(f"  {reused}", style="dim"))
-    for tid, t in result.tasks.items():
-        if t.status.value == "failed":
-            console.print(Text(f"  ✗ {tid}: {error_text(t.error_class, t.error)}", style="red"), soft_wrap=True)
-        elif t.status.value == "waiting":
-            console.print(Text(f"  ⏸ {tid} waits for approval: goatclaw approve {result.run_id} {tid} "
-                               f"(or goatclaw reject {result.run_id} {tid} --reason ...)", style="yellow"),
-                          soft_wrap=True)
-
-
-def reuse_note(result: RunResult) -> str:
-    """What a run took from before instead of running: ``3 tasks from cache, 2 kept by the resume``."""
-    cached = result.counts().get("cached", 0)
-    parts = [f"{cached} task{'s' if cached != 1 else ''} from cache"] if cached else []
-    if result.resumed:
-        parts.append(f"{len(result.resumed)} kept from before")
-    ran = sum(1 for tid, t in result.tasks.items() if t.status.value != "cached" and tid not in result.resumed)
-    if parts and not ran:
-        parts.append("nothing ran")
-    return ", ".join(parts)
+    """A one-line summary of a finished run (and a line for each task that failed or waits)."""
+    for text, style, soft_wrap in result_lines(result):
+        console.print(Text(text, style=style), soft_wrap=soft_wrap)
 
 
 def _run_status(run: RunRow) -> str:
@@ -368,58 +228,6 @@ def print_runs(runs: list[RunRow], console: Console) -> None:
         table.add_row(r.id, r.pipeline, Text(status, style=style),
                       datetime.fromtimestamp(r.started_at).strftime("%m-%d %H:%M"), _fmt_duration(r.duration), counts)
     console.print(table)
-
-
-def incident_text(topic: str, task: str | None, data: dict[str, Any]) -> str | None:
-    """A line for the events that explain a run's recoveries (breakers, fallbacks, fixes), else None."""
-    if topic == "breaker.opened":
-        return (f"breaker '{data.get('key')}' opened after {data.get('failures')} failures "
-                f"(half-opens in {data.get('reset')}s)")
-    if topic == "breaker.half_open":
-        return f"breaker '{data.get('key')}' half-open: one probe call goes through"
-    if topic == "breaker.closed":
-        return f"breaker '{data.get('key')}' closed again"
-    if topic == "hook.failed":
-        return shown(data.get("message") or f"hook '{data.get('hook')}' failed in {data.get('event')}")
-    if topic == "task.fix":
-        outcome = (f"fixed after {data.get('attempt')} attempt{'s' if data.get('attempt') != 1 else ''}"
-                   if data.get("passed") else f"fix attempt {data.get('attempt')} still rejected")
-        return (f"{item_label(task, data.get('item'))} rejected because {shown(data.get('rejected'))}; {outcome} "
-                f"({data.get('mode')})")
-    if topic == "task.escalate":
-        return (f"{item_label(task, data.get('item'))}: {data.get('model')} passed over for {data.get('to')} "
-                f"({shown(data.get('reason'))})")
-    if topic == "task.fallback":
-        return (f"{task} failed ({error_text(data.get('error_class'), data.get('error'))}); fallback "
-                f"'{data.get('fallback')}' stands in")
-    if topic == "task.rule":
-        return warning_text(task, data)
-    if topic == "threat.blocked":
-        return f"run blocked: {shown(data.get('reason'))}"
-    if topic.startswith("threat."):
-        return (f"threat in {task}: {data.get('kind')} {shown(data.get('detail'))} (+{data.get('weight'):g}, score "
-                f"{data.get('score'):g} of {data.get('threshold'):g})")
-    if topic == "ratelimit.wait":
-        return (f"{task} waits {data.get('wait')}s: at most {data.get('limit')} {data.get('kind')} side effects "
-                f"per {data.get('per_seconds'):g}s" + (f" to {data['key']}" if data.get("key") else ""))
-    return None
-
-
-def tool_text(topic: str, task: str | None, data: dict[str, Any]) -> str:
-    """A tool call of ``task``'s model as one line (the ``tool.*`` events of docs/llm.md, Tools)."""
-    name, kind = data.get("tool"), topic.split(".", 1)[1]
-    took = f" in {_fmt_duration(data['duration'])}" if data.get("duration") is not None else ""
-    if kind == "started":
-        return f"⚒ {task} calls {name}"
-    if kind == "succeeded":
-        return f"⚒ {task} → {name} " + ("answered from the cache" if data.get("cached") else f"succeeded{took}")
-    if kind == "failed":
-        return f"⚒ {task} → {name} failed{took}: {data.get('error_class')}: {data.get('error')}"
-    if kind == "retrying":
-        return f"⚒ {task} → {name} retries in {data.get('delay')}s: {data.get('error_class')}: {data.get('error')}"
-    if kind == "child":
-        return f"⚒ {task} → pipeline {data.get('pipeline')}: run {data.get('run_id')} {data.get('status')}"
-    return f"⚒ {task}: {name} not offered: {data.get('reason')}"
 
 
 def print_run(run: RunRow, tasks: list[TaskRow], attempts: list[dict[str, Any]], console: Console,
@@ -592,35 +400,6 @@ def event_line(ev: dict[str, Any]) -> str:
     stamp = datetime.fromtimestamp(ev["ts"]).strftime("%H:%M:%S.%f")[:-3]
     data = json.dumps(ev["data"], ensure_ascii=False, default=str) if ev["data"] else ""
     return f"{ev['seq']:>6} {stamp} {ev['topic']:<22} {ev['task'] or '-'} {data}".rstrip()
-
-
-_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
-#: How many of a failed task's last log lines ``runs show`` prints.
-FAILED_LOG_LINES = 20
-
-
-def level_name(level: int) -> str:
-    """A :mod:`logging` level number as its lower-case name (``level 5`` for one without a name)."""
-    return _LEVELS.get(level) or f"level {level}"
-
-
-#: The bus topic of a task's log lines (goatclaw.engine.tasklogs.TOPIC; published only when heard).
-LOG_TOPIC = "log.task"
-
-
-def live_log_line(ev: Event) -> str:
-    """A ``log.task`` event as the line ``runs logs`` prints for it (the message bounded to one line)."""
-    d = ev.data
-    return log_line({"ts": ev.ts, "level": d.get("level", 20), "task": ev.task, "item": -1 if d.get("item") is None
-                     else d["item"], "attempt": d.get("attempt", 1), "source": d.get("source", ""),
-                     "message": shown(str(d.get("message", "")), width=400)})
-
-
-def log_line(line: dict[str, Any], *, task: bool = True) -> str:
-    """One stored task log line: ``time level task[item] #attempt source: message``."""
-    stamp = datetime.fromtimestamp(line["ts"]).strftime("%H:%M:%S.%f")[:-3]
-    who = (item_label(line["task"], line["item"]) + f" #{line['attempt']} ") if task else ""
-    return f"{stamp} {level_name(line['level']):<8} {who}{line['source']}: {line['message']}"
 
 
 def print_failed_logs(tasks: list[TaskRow], logs: list[dict[str, Any]], console: Console) -> None:

@@ -20,14 +20,15 @@ import resource
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from goatclaw.errors import GoatclawError, TaskError
 from goatclaw.extras import install_line
 from goatclaw.plugin import TaskContext
 from goatclaw.registry import Plugin
+
+if TYPE_CHECKING:  # the worker pool (multiprocessing, about 7 ms of imports) is imported by the first cpu_bound call
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor", "started"]
 
@@ -187,6 +188,8 @@ class LocalExecutor(Executor):
         cannot be stopped any other way; calls that were in flight in them fail with error
         class ``connection`` (retryable), and the next call starts a new pool.
         """
+        from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._processes)
         pool = self._pool

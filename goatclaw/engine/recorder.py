@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import pickle
 import threading
@@ -627,6 +626,8 @@ class _Writer:
     """
 
     def __init__(self, store: Store, run_id: str) -> None:
+        import multiprocessing  # only runs this large have a writer: a small run does not pay its imports (7 ms)
+
         ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_writer_main, args=(child, str(store.path), run_id),
