@@ -251,20 +251,19 @@ class Recorder:
         """
         topic = _TOPICS[res.status]
         start = self.starts.pop(res.id, None)
-        if res.error is None and res.items is None and res.status in _DERIVED and res.finished_at is not None:
-            text = plain_end(res.attempts, res.duration)
-            if self.store is None or not self._masks or self._mask(text) is text:
-                self.seq += 1
-                if self.bus.handlers(topic):
-                    duration = None if res.duration is None else round(res.duration, 6)
-                    self.publish(topic, res.id, {"attempts": res.attempts, "duration": duration}, seq=self.seq,
-                                 ts=res.finished_at)
-                self._keep_row(res, None if start is None else start[0], self.seq)
-                if len(self.bus.errors) > self._bus_errors:
-                    self._subscriber_failed()
-                if not self._flush_pending:
-                    self._schedule_flush()
-                return
+        if res.error is None and res.items is None and res.status in _DERIVED and res.finished_at is not None and (
+                self.store is None or not self._masks or self._plain_end_kept(res)):
+            self.seq += 1
+            if self.bus.handlers(topic):
+                duration = None if res.duration is None else round(res.duration, 6)
+                self.publish(topic, res.id, {"attempts": res.attempts, "duration": duration}, seq=self.seq,
+                             ts=res.finished_at)
+            self._keep_row(res, None if start is None else start[0], self.seq)
+            if len(self.bus.errors) > self._bus_errors:
+                self._subscriber_failed()
+            if not self._flush_pending:
+                self._schedule_flush()
+            return
         if start is not None:
             self.events.append((self.run_id, start[0], start[1], "task.started", res.id, None))
         self.task_kept(res)
@@ -277,6 +276,11 @@ class Recorder:
             data["items"] = res.items
         self.event(topic, res.id, data, ts=res.finished_at)
         self._schedule_flush()
+
+    def _plain_end_kept(self, res: TaskResult) -> bool:
+        """Whether masking leaves ``res``'s plain end as it is (a secret like ``1, "d`` would mask it in an event)."""
+        text = plain_end(res.attempts, res.duration)
+        return self._mask(text) == text
 
     def task_kept(self, res: TaskResult) -> None:
         """Store a task's row without publishing anything (a fork's copy of a task it did not run)."""

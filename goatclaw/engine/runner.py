@@ -143,7 +143,8 @@ class _Runner(OutputChecks, ToolCalls):
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.pending: dict[str, int] = {}
         self.blocked: set[str] = set()  # tasks with a need that failed for good
-        self.live: set[str] = set()  # tasks with a need that was not skipped
+        self.skips: dict[str, int] = {}  # tasks with a need that was skipped: how many were
+        self.needs_counted: dict[str, int] = {}  # each task's needs in this run (those selected)
         self.held: set[str] = set()  # tasks waiting for an approval, and everything downstream of them
         self.done = 0
         self.context: dict[str, Any] = {}
@@ -408,6 +409,7 @@ class _Runner(OutputChecks, ToolCalls):
             self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
         else:  # every task but standby fallbacks, which nothing needs
             self.pending = {tid: len(needs[tid]) for tid in sel}
+        self.needs_counted = dict(self.pending)
         seeded = self.seeded
         for tid in sel:
             if self.pending[tid] == 0 and tid not in seeded:
@@ -494,12 +496,16 @@ class _Runner(OutputChecks, ToolCalls):
         return screened
 
     def _complete(self, tid: str) -> None:
-        """Count ``tid`` as done and release its dependents (settling blocked ones at once)."""
+        """Count ``tid`` as done and release its dependents (settling blocked ones at once).
+
+        A dependent whose needs all failed for good is ``upstream_failed``, one whose needs were
+        all skipped is skipped; a need that succeeded touches nothing but the count (the common case).
+        """
         stack = [tid]
         sel = self.selected
         results = self.result.tasks
         dependents = self.plan.dependents
-        pending, blocked, live, seeded = self.pending, self.blocked, self.live, self.seeded
+        pending, blocked, skips, seeded = self.pending, self.blocked, self.skips, self.seeded
         while stack:
             current = stack.pop()
             self.done += 1
@@ -512,15 +518,15 @@ class _Runner(OutputChecks, ToolCalls):
                     continue
                 if blocks:
                     blocked.add(dep)
-                if not skipped:
-                    live.add(dep)
+                if skipped:
+                    skips[dep] = skips.get(dep, 0) + 1
                 left = pending[dep] - 1
                 pending[dep] = left
                 if left == 0 and dep not in seeded:
                     if dep in blocked:
                         self._mark(dep, TaskState.UPSTREAM_FAILED)
                         stack.append(dep)
-                    elif dep not in live:
+                    elif dep in skips and skips[dep] == self.needs_counted[dep]:  # every need was skipped
                         self._mark(dep, TaskState.SKIPPED)
                         stack.append(dep)
                     else:
