@@ -101,9 +101,8 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     cached = _cached(s, key, request) if s.mode == "live" and reusable(request) else None
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
-    await ready()  # the budget and the rate limits count tokens with litellm
     try:
-        reserved = await _admit(s, model, request)
+        reserved = await _admitted(s, model, request)
     except TaskError as err:
         cheaper = s.downgrade
         if err.error_class != "budget" or not cheaper or cheaper == model:
@@ -124,6 +123,14 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     response = _response(answer, model, key, request, source="live")
     _remember(s, model, key, request, answer, masks)
     return response
+
+
+async def _admitted(s: Session, model: str, request: Request) -> float:
+    """What :func:`_admit` reserves for the call; nothing to wait for or count without a budget or limits."""
+    if s.budget_usd is None and not s.rate_limits:
+        return 0.0
+    await ready()  # the budget and the rate limits count tokens with litellm
+    return await _admit(s, model, request)
 
 
 #: Above this many estimated prompt tokens (characters / 4) a chain is routed by context length too.

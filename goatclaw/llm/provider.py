@@ -47,6 +47,8 @@ def _litellm() -> Any:
 
 _IMPORT: concurrent.futures.Future[Any] | None = None
 _IMPORT_LOCK = threading.Lock()
+#: litellm once the import thread has finished importing it: :func:`ready`'s answer without the future's locks.
+_LOADED: Any = None
 
 #: How often :func:`ready` looks whether the import thread is done (the loop stays free meanwhile).
 IMPORT_POLL_SECONDS = 0.005
@@ -97,10 +99,14 @@ async def ready() -> Any:
     Polls the import thread's future rather than chaining a callback to it, so that a
     cancelled caller (or a loop that closes first) leaves nothing behind.
     """
+    global _LOADED
+    if _LOADED is not None:
+        return _LOADED
     future = preload()
     while not future.done():
         await asyncio.sleep(IMPORT_POLL_SECONDS)
-    return future.result()
+    _LOADED = future.result()
+    return _LOADED
 
 
 def _imported() -> Any:
@@ -129,12 +135,15 @@ async def _call(model: str, request: Request, endpoint: tuple[str | None, str | 
 
     ``endpoint`` is the ``(api_base, api_key)`` the call uses (``goatclaw.llm.endpoint``).
     """
-    litellm = await ready()
+    litellm = _LOADED or await ready()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
-    for name in ("temperature", "max_tokens", "timeout"):
-        if getattr(request, name) is not None:
-            kwargs[name] = getattr(request, name)
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        kwargs["max_tokens"] = request.max_tokens
+    if request.timeout is not None:
+        kwargs["timeout"] = request.timeout
     api_base, api_key = endpoint
     if api_base is not None:
         kwargs["api_base"] = api_base

@@ -136,10 +136,11 @@ def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
     Secrets are masked first, so a replay in CI with other (or dummy) secret values finds
     the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
     """
-    if masks and not _plain(tuple(masks)):
+    masks = tuple(masks)
+    if masks and not _plain(masks):
         return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
-    text = _canonical(_masked_request(model, request, ()))
-    if masks and _redactor(tuple(masks)).contains(text):  # a secret is in it: masked value by value, as always
+    text = _canonical(_body(model, request, copy=False))
+    if masks and _redactor(masks).contains(text):  # a secret is in it: masked value by value, as always
         text = _canonical(_masked_request(model, request, masks))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -155,22 +156,46 @@ def _plain(masks: tuple[str, ...]) -> bool:
 
 
 def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
-    body = {"model": model, "messages": [dict(m) for m in request.messages], "temperature": request.temperature,
+    """The request as a cassette keeps it: its own copy of what shapes the answer, secrets masked."""
+    return _mask(_body(model, request, copy=True), masks)
+
+
+def _body(model: str, request: Request, *, copy: bool) -> dict[str, Any]:
+    """What shapes the answer, as the key hashes it.
+
+    ``copy=False`` leaves the messages and tools that are already plain dicts as they are
+    (for a JSON text made at once, not for anything kept).
+    """
+    if copy:
+        messages = [dict(m) for m in request.messages]
+    else:
+        messages = [m if type(m) is dict else dict(m) for m in request.messages]
+    body = {"model": model, "messages": messages, "temperature": request.temperature,
             "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
     if request.tools:  # only then: the keys (and cassettes) of calls without tools stay what they were
-        body["tools"] = [dict(t) for t in request.tools]
+        body["tools"] = [dict(t) if copy or type(t) is not dict else t for t in request.tools]
     if request.response_schema is not None:
         body["response_schema"] = request.response_schema
-    return _mask(body, masks)
+    return body
+
+
+#: The canonical JSON of a request or an answer (built once: ``json.dumps`` makes an encoder a call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
-def _masks(values: Sequence[str]) -> list[str]:
+def _masks(values: Sequence[str]) -> tuple[str, ...]:
     """Secret values to hide, longest first (so a secret containing another is hidden whole)."""
-    return sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+    return _ordered_masks(tuple(values))
+
+
+@functools.lru_cache(maxsize=64)
+def _ordered_masks(values: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`_masks` once per set of values (a run's secrets and keys are the same call after call)."""
+    return tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True))
 
 
 def _mask(value: Any, masks: Sequence[str]) -> Any:

@@ -132,6 +132,8 @@ class Session:
 
     def limiters(self, model: str) -> list[SlidingWindow]:
         """The limiters that apply to ``model``: its own and its provider's (in ``limits_store`` when set)."""
+        if not self.rate_limits:
+            return []
         provider = model.split("/", 1)[0] if "/" in model else model
         names = dict.fromkeys((model, provider))
         return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"), self.limits_store)
