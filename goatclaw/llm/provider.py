@@ -333,15 +333,29 @@ def _answer_of(raw: Any, model: str, latency_ms: float) -> dict[str, Any]:
         text = message.content or ""
     except (AttributeError, IndexError, TypeError):
         raise TaskError(f"{model}: the response has no message", error_class="invalid_output") from None
-    usage = getattr(raw, "usage", None)
-    counts = {name: int(getattr(usage, name, 0) or 0) for name in ("prompt_tokens", "completion_tokens",
-                                                                     "total_tokens")}
+    usage = _field(raw, "usage")
+    counts = {"prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+              "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+              "total_tokens": int(getattr(usage, "total_tokens", 0) or 0)}
     answer = {"text": text, "usage": counts, "cost_usd": _response_cost(raw, model, counts),
               "model": model, "served_by": str(getattr(raw, "model", "") or model), "latency_ms": latency_ms}
-    calls = _tool_calls_of(message, model)
-    if calls:  # only then, so that answers without tools are kept as they always were
-        answer["tool_calls"] = calls
+    if getattr(message, "tool_calls", None):  # only then, so that answers without tools are kept as they always were
+        answer["tool_calls"] = _tool_calls_of(message, model)
     return answer
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name``, or ``None``; read straight from a pydantic model's private or extra values when it is one.
+
+    A litellm response keeps ``usage`` among its extra values and ``_hidden_params`` among
+    its private ones, where pydantic's ``__getattr__`` looks last (a microsecond each);
+    anything else (another kind of response, a plain object) is read with ``getattr``.
+    """
+    if name not in getattr(obj, "__dict__", ()):
+        for values in (getattr(obj, "__pydantic_private__", None), getattr(obj, "__pydantic_extra__", None)):
+            if type(values) is dict and name in values:
+                return values[name]
+    return getattr(obj, name, None)
 
 
 def _tool_calls_of(message: Any, model: str) -> list[dict[str, Any]]:
@@ -360,7 +374,7 @@ def _tool_calls_of(message: Any, model: str) -> list[dict[str, Any]]:
 
 def _response_cost(raw: Any, model: str, usage: Mapping[str, int]) -> float:
     """The cost litellm computed for the call, else the price map; 0 for a model it cannot price."""
-    hidden = getattr(raw, "_hidden_params", None) or {}
+    hidden = _field(raw, "_hidden_params") or {}
     cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
     if isinstance(cost, (int, float)) and math.isfinite(cost):
         return float(cost)
