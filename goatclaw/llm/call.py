@@ -54,8 +54,8 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     _check(request)
     s = session()
     request = _routed(request, s)
-    keys = [request.api_key or "", *(e.api_key or "" for e in request.endpoints.values())]
-    masks = _masks([*s.secrets, *secrets, *keys])
+    keys = [e.api_key or "" for e in request.endpoints.values()] if request.endpoints else ()
+    masks = _masks((*s.secrets, *secrets, request.api_key or "", *keys))
     hops: list[dict[str, Any]] = []
     last: TaskError | None = None
     if s.mode == "replay":
@@ -102,7 +102,7 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
     try:
-        reserved = await _admitted(s, model, request)
+        reserved = await _admit(s, model, request) if s.budget_usd is not None or s.rate_limits else 0.0
     except TaskError as err:
         cheaper = s.downgrade
         if err.error_class != "budget" or not cheaper or cheaper == model:
@@ -125,14 +125,6 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     return response
 
 
-async def _admitted(s: Session, model: str, request: Request) -> float:
-    """What :func:`_admit` reserves for the call; nothing to wait for or count without a budget or limits."""
-    if s.budget_usd is None and not s.rate_limits:
-        return 0.0
-    await ready()  # the budget and the rate limits count tokens with litellm
-    return await _admit(s, model, request)
-
-
 #: Above this many estimated prompt tokens (characters / 4) a chain is routed by context length too.
 LONG_PROMPT_TOKENS = 4000
 
@@ -145,7 +137,7 @@ async def _route(request: Request, s: Session, emit: Emit | None) -> tuple[Reque
     ``details["incapable"]``) before anything is sent.
     """
     wanted = needs(request) if request.route else {}
-    tokens = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
+    tokens = sum([len(str(m.get("content", ""))) for m in request.messages]) // 4 + 1
     long = request.route and tokens > LONG_PROMPT_TOKENS
     if not (wanted or long or s.prefer == "cheapest"):
         return request, []

@@ -112,9 +112,12 @@ def needs(request: Request) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if request.tools:
         found["tools"] = True
-    if any(isinstance(m.get("content"), list) and any(isinstance(p, Mapping) and p.get("type") == "image_url"
-                                                      for p in m["content"]) for m in request.messages):
-        found["vision"] = True
+    for m in request.messages:
+        content = m.get("content")
+        if type(content) is not str and isinstance(content, list) and any(
+                isinstance(p, Mapping) and p.get("type") == "image_url" for p in content):
+            found["vision"] = True
+            break
     if request.output == "json":
         found["json_mode"] = True
     return found
@@ -122,7 +125,7 @@ def needs(request: Request) -> dict[str, Any]:
 
 def _check(request: Request) -> None:
     """Refuse a request that no model could answer."""
-    if not request.models or not all(isinstance(m, str) and m for m in request.models):
+    if not request.models or not all([isinstance(m, str) and m for m in request.models]):
         raise TaskError("no model given: set model: on the task or in goatclaw.yaml", error_class="invalid_input")
     if not request.messages:
         raise TaskError("no messages: give a prompt or messages", error_class="invalid_input")
@@ -137,22 +140,28 @@ def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
     the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
     """
     masks = tuple(masks)
-    if masks and not _plain(masks):
-        return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+    found = _key_redactor(masks) if masks else None
+    if found is False:
+        return _sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
     text = _canonical(_body(model, request, copy=False))
-    if masks and _redactor(masks).contains(text):  # a secret is in it: masked value by value, as always
+    if found is not None and found.contains(text):  # a secret is in it: masked value by value, as always
         text = _canonical(_masked_request(model, request, masks))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _sha256(text.encode()).hexdigest()
+
+
+_sha256 = hashlib.sha256
 
 
 @functools.lru_cache(maxsize=16)
-def _plain(masks: tuple[str, ...]) -> bool:
-    """Whether every secret is printable ASCII without a quote or backslash.
+def _key_redactor(masks: tuple[str, ...]) -> Redactor | Literal[False]:
+    """The redactor that finds these secrets in a request's canonical JSON, or ``False`` when it cannot.
 
-    Then a string holds a secret's form exactly when its JSON text does, so a request whose
-    canonical JSON shows no secret needs no masking (the same key, without walking it).
+    It can when every secret is printable ASCII without a quote or backslash: then a string
+    holds a secret's form exactly when its JSON text does, so a request whose canonical
+    JSON shows no secret needs no masking (the same key, without walking it).
     """
-    return all(m.isascii() and m.isprintable() and '"' not in m and "\\" not in m for m in masks)
+    plain = all(m.isascii() and m.isprintable() and '"' not in m and "\\" not in m for m in masks)
+    return _redactor(masks) if plain else False
 
 
 def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:

@@ -209,6 +209,7 @@ async def _admit(s: Session, model: str, request: Request) -> float:
     limiters = s.limiters(model)
     if s.budget_usd is None and not limiters:
         return 0.0
+    await ready()  # the budget and the rate limits count tokens with litellm
     prompt_tokens = _prompt_tokens(model, request)
     for limiter in limiters:
         await limiter.acquire(prompt_tokens + (request.max_tokens or 0))
