@@ -393,8 +393,12 @@ def _prompt_tokens(model: str, request: Request) -> int:
 UNKNOWN_OUTPUT_LIMIT = 4096
 
 
+@functools.lru_cache(maxsize=256)
 def _output_limit(model: str) -> int:
-    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens."""
+    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens.
+
+    Asked once per model (litellm's ``get_model_info`` reads the map, and asks a local Ollama of its models).
+    """
     litellm = _litellm()
     try:
         info = litellm.get_model_info(model=model)
@@ -405,13 +409,50 @@ def _output_limit(model: str) -> int:
 
 
 def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Dollars for these tokens from litellm's price map; 0 for a model it does not price."""
+    """Dollars for these tokens from litellm's price map; 0 for a model it does not price.
+
+    A model priced flat by the token (see :func:`_flat_prices`) is priced from the two rates
+    litellm gives it, the sums litellm's ``cost_per_token`` makes (which costs 0.1 ms a call:
+    it reads the whole entry for tiers every time); any other asks litellm.
+    """
+    flat = _flat_prices(model)
+    if flat is not None:
+        return float(prompt_tokens * flat[0]) + float(completion_tokens * flat[1])
     litellm = _litellm()
     try:
         a, b = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         return float(a) + float(b)
     except Exception:
         return 0.0
+
+
+#: The price keys of an entry priced flat by the token: prompt and completion tokens cost their rate whatever the
+#: count (the cached, batch, flex, priority, reasoning and web-search prices do not apply to a call counted in prompt
+#: and completion tokens alone, as the budget's estimate and an unpriced response are).
+_FLAT_KEYS = frozenset({f"{rate}{tier}" for rate in ("input_cost_per_token", "output_cost_per_token",
+                                                     "cache_read_input_token_cost", "cache_creation_input_token_cost")
+                        for tier in ("", "_batches", "_flex", "_priority")}
+                       | {"output_cost_per_reasoning_token", "search_context_cost_per_query"})
+
+
+@functools.lru_cache(maxsize=256)
+def _flat_prices(model: str) -> tuple[float, float] | None:
+    """``model``'s dollars per prompt and per completion token, as litellm prices one of each, if it is priced flat.
+
+    Flat: its model-map entry holds no price but :data:`_FLAT_KEYS` (no tiers above a token
+    count, no price per character, second or image). ``None`` otherwise, or when litellm
+    cannot price it. Asked once per model: the map is litellm's bundled one, read at import.
+    """
+    entry = model_entry(model)
+    if entry is None or any(("cost" in k or "tier" in k or "above" in k) and k not in _FLAT_KEYS for k in entry):
+        return None
+    litellm = _litellm()
+    try:
+        prompt = float(litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=0)[0])
+        completion = float(litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1)[1])
+    except Exception:
+        return None
+    return prompt, completion
 
 
 def _cost_or_none(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
