@@ -367,3 +367,34 @@ def test_a_request_key_is_the_key_of_the_request_masked_value_by_value(secret: s
                                                     {"role": "system", "content": after}))
     slow = hashlib.sha256(req._canonical(req._masked_request("m", request, [secret])).encode()).hexdigest()
     assert room.request_key("m", request, [secret]) == slow
+
+
+_JSONISH = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _TEXT),
+                        lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
+                                                st.dictionaries(_TEXT, inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSONISH)
+def test_the_canonical_json_is_what_json_dumps_writes(value: Any) -> None:
+    """Request keys (and so every recorded cassette) hash this text: the encoder built once writes what dumps did."""
+    from goatclaw.llm import request as req
+
+    value = {"value": value, "other": Path("x")}  # not JSON: its str()
+    assert req._canonical(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                               default=str)
+
+
+def test_an_answer_is_read_from_a_plain_response_object_too() -> None:
+    """Usage and cost come from where pydantic keeps them in litellm's responses, and by attribute otherwise."""
+    from types import SimpleNamespace
+
+    from goatclaw.llm import provider
+
+    message = SimpleNamespace(content="hi", tool_calls=None)
+    raw = SimpleNamespace(choices=[SimpleNamespace(message=message)], model="served",
+                          usage=SimpleNamespace(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+                          _hidden_params={"response_cost": 0.25})
+    answer = provider._answer_of(raw, "openai/gpt-4o-mini", 1.5)
+    assert answer == {"text": "hi", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                      "cost_usd": 0.25, "model": "openai/gpt-4o-mini", "served_by": "served", "latency_ms": 1.5}

@@ -151,3 +151,36 @@ def test_two_processes_share_the_processes_per_minute_limit(project, write_pipel
     done = _in_two_processes(project, path)
     assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
     assert len((project / "started.txt").read_text().split()) == 2
+
+
+def test_a_flat_priced_model_costs_what_litellm_prices_it_at() -> None:
+    """The budget's estimates price a flat-priced model from its two rates: litellm's figure, to the last bit."""
+    import importlib
+    import random
+
+    provider = importlib.import_module("goatclaw.llm.provider")
+    litellm = room._litellm()
+    chat = [m for m, e in sorted(litellm.model_cost.items()) if isinstance(e, dict) and e.get("mode") == "chat"]
+    assert provider._flat_prices("openai/gpt-4o-mini") is not None
+    pick = random.Random(24)
+    flat = [m for m in pick.sample(chat, 150) if provider._flat_prices(m) is not None]
+    assert len(flat) > 50
+    for model in ["openai/gpt-4o-mini", *flat]:
+        prompt, completion = pick.randint(0, 300_000), pick.randint(0, 60_000)
+        a, b = litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+        assert provider._cost(model, prompt, completion) == float(a) + float(b), model
+
+
+def test_a_model_priced_by_tier_is_priced_by_litellm_every_time() -> None:
+    """A price that changes above a token count is litellm's to work out, call by call."""
+    import importlib
+
+    provider = importlib.import_module("goatclaw.llm.provider")
+    litellm = room._litellm()
+    tiered = [m for m, e in sorted(litellm.model_cost.items()) if isinstance(e, dict) and e.get("mode") == "chat"
+              and (any("above_" in k for k in e) or "tiered_pricing" in e)]
+    assert tiered
+    assert all(provider._flat_prices(m) is None for m in tiered)
+    model = next(m for m in tiered if any(k.startswith("input_cost_per_token_above_") for k in litellm.model_cost[m]))
+    a, b = litellm.cost_per_token(model=model, prompt_tokens=300_000, completion_tokens=10)
+    assert provider._cost(model, 300_000, 10) == float(a) + float(b)

@@ -54,8 +54,8 @@ async def complete(request: Request, *, emit: Emit | None = None, secrets: Seque
     _check(request)
     s = session()
     request = _routed(request, s)
-    keys = [request.api_key or "", *(e.api_key or "" for e in request.endpoints.values())]
-    masks = _masks([*s.secrets, *secrets, *keys])
+    keys = [e.api_key or "" for e in request.endpoints.values()] if request.endpoints else ()
+    masks = _masks((*s.secrets, *secrets, request.api_key or "", *keys))
     hops: list[dict[str, Any]] = []
     last: TaskError | None = None
     if s.mode == "replay":
@@ -101,9 +101,8 @@ async def _answer(s: Session, model: str, key: str, request: Request, masks: Seq
     cached = _cached(s, key, request) if s.mode == "live" and reusable(request) else None
     if cached is not None:
         return _response(cached, model, key, request, source="cache")
-    await ready()  # the budget and the rate limits count tokens with litellm
     try:
-        reserved = await _admit(s, model, request)
+        reserved = await _admit(s, model, request) if s.budget_usd is not None or s.rate_limits else 0.0
     except TaskError as err:
         cheaper = s.downgrade
         if err.error_class != "budget" or not cheaper or cheaper == model:
@@ -138,7 +137,7 @@ async def _route(request: Request, s: Session, emit: Emit | None) -> tuple[Reque
     ``details["incapable"]``) before anything is sent.
     """
     wanted = needs(request) if request.route else {}
-    tokens = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 1
+    tokens = sum([len(str(m.get("content", ""))) for m in request.messages]) // 4 + 1
     long = request.route and tokens > LONG_PROMPT_TOKENS
     if not (wanted or long or s.prefer == "cheapest"):
         return request, []

@@ -47,6 +47,8 @@ def _litellm() -> Any:
 
 _IMPORT: concurrent.futures.Future[Any] | None = None
 _IMPORT_LOCK = threading.Lock()
+#: litellm once the import thread has finished importing it: :func:`ready`'s answer without the future's locks.
+_LOADED: Any = None
 
 #: How often :func:`ready` looks whether the import thread is done (the loop stays free meanwhile).
 IMPORT_POLL_SECONDS = 0.005
@@ -97,10 +99,14 @@ async def ready() -> Any:
     Polls the import thread's future rather than chaining a callback to it, so that a
     cancelled caller (or a loop that closes first) leaves nothing behind.
     """
+    global _LOADED
+    if _LOADED is not None:
+        return _LOADED
     future = preload()
     while not future.done():
         await asyncio.sleep(IMPORT_POLL_SECONDS)
-    return future.result()
+    _LOADED = future.result()
+    return _LOADED
 
 
 def _imported() -> Any:
@@ -129,12 +135,15 @@ async def _call(model: str, request: Request, endpoint: tuple[str | None, str | 
 
     ``endpoint`` is the ``(api_base, api_key)`` the call uses (``goatclaw.llm.endpoint``).
     """
-    litellm = await ready()
+    litellm = _LOADED or await ready()
     kwargs: dict[str, Any] = {"model": model, "messages": [dict(m) for m in request.messages],
                               "num_retries": 0, "max_retries": 0}
-    for name in ("temperature", "max_tokens", "timeout"):
-        if getattr(request, name) is not None:
-            kwargs[name] = getattr(request, name)
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        kwargs["max_tokens"] = request.max_tokens
+    if request.timeout is not None:
+        kwargs["timeout"] = request.timeout
     api_base, api_key = endpoint
     if api_base is not None:
         kwargs["api_base"] = api_base
@@ -324,15 +333,29 @@ def _answer_of(raw: Any, model: str, latency_ms: float) -> dict[str, Any]:
         text = message.content or ""
     except (AttributeError, IndexError, TypeError):
         raise TaskError(f"{model}: the response has no message", error_class="invalid_output") from None
-    usage = getattr(raw, "usage", None)
-    counts = {name: int(getattr(usage, name, 0) or 0) for name in ("prompt_tokens", "completion_tokens",
-                                                                     "total_tokens")}
+    usage = _field(raw, "usage")
+    counts = {"prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+              "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+              "total_tokens": int(getattr(usage, "total_tokens", 0) or 0)}
     answer = {"text": text, "usage": counts, "cost_usd": _response_cost(raw, model, counts),
               "model": model, "served_by": str(getattr(raw, "model", "") or model), "latency_ms": latency_ms}
-    calls = _tool_calls_of(message, model)
-    if calls:  # only then, so that answers without tools are kept as they always were
-        answer["tool_calls"] = calls
+    if getattr(message, "tool_calls", None):  # only then, so that answers without tools are kept as they always were
+        answer["tool_calls"] = _tool_calls_of(message, model)
     return answer
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name``, or ``None``; read straight from a pydantic model's private or extra values when it is one.
+
+    A litellm response keeps ``usage`` among its extra values and ``_hidden_params`` among
+    its private ones, where pydantic's ``__getattr__`` looks last (a microsecond each);
+    anything else (another kind of response, a plain object) is read with ``getattr``.
+    """
+    if name not in getattr(obj, "__dict__", ()):
+        for values in (getattr(obj, "__pydantic_private__", None), getattr(obj, "__pydantic_extra__", None)):
+            if type(values) is dict and name in values:
+                return values[name]
+    return getattr(obj, name, None)
 
 
 def _tool_calls_of(message: Any, model: str) -> list[dict[str, Any]]:
@@ -351,7 +374,7 @@ def _tool_calls_of(message: Any, model: str) -> list[dict[str, Any]]:
 
 def _response_cost(raw: Any, model: str, usage: Mapping[str, int]) -> float:
     """The cost litellm computed for the call, else the price map; 0 for a model it cannot price."""
-    hidden = getattr(raw, "_hidden_params", None) or {}
+    hidden = _field(raw, "_hidden_params") or {}
     cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
     if isinstance(cost, (int, float)) and math.isfinite(cost):
         return float(cost)
@@ -370,8 +393,12 @@ def _prompt_tokens(model: str, request: Request) -> int:
 UNKNOWN_OUTPUT_LIMIT = 4096
 
 
+@functools.lru_cache(maxsize=256)
 def _output_limit(model: str) -> int:
-    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens."""
+    """The most tokens ``model`` can answer with (litellm's model map), the worst case of a call without max_tokens.
+
+    Asked once per model (litellm's ``get_model_info`` reads the map, and asks a local Ollama of its models).
+    """
     litellm = _litellm()
     try:
         info = litellm.get_model_info(model=model)
@@ -382,13 +409,50 @@ def _output_limit(model: str) -> int:
 
 
 def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Dollars for these tokens from litellm's price map; 0 for a model it does not price."""
+    """Dollars for these tokens from litellm's price map; 0 for a model it does not price.
+
+    A model priced flat by the token (see :func:`_flat_prices`) is priced from the two rates
+    litellm gives it, the sums litellm's ``cost_per_token`` makes (which costs 0.1 ms a call:
+    it reads the whole entry for tiers every time); any other asks litellm.
+    """
+    flat = _flat_prices(model)
+    if flat is not None:
+        return float(prompt_tokens * flat[0]) + float(completion_tokens * flat[1])
     litellm = _litellm()
     try:
         a, b = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         return float(a) + float(b)
     except Exception:
         return 0.0
+
+
+#: The price keys of an entry priced flat by the token: prompt and completion tokens cost their rate whatever the
+#: count (the cached, batch, flex, priority, reasoning and web-search prices do not apply to a call counted in prompt
+#: and completion tokens alone, as the budget's estimate and an unpriced response are).
+_FLAT_KEYS = frozenset({f"{rate}{tier}" for rate in ("input_cost_per_token", "output_cost_per_token",
+                                                     "cache_read_input_token_cost", "cache_creation_input_token_cost")
+                        for tier in ("", "_batches", "_flex", "_priority")}
+                       | {"output_cost_per_reasoning_token", "search_context_cost_per_query"})
+
+
+@functools.lru_cache(maxsize=256)
+def _flat_prices(model: str) -> tuple[float, float] | None:
+    """``model``'s dollars per prompt and per completion token, as litellm prices one of each, if it is priced flat.
+
+    Flat: its model-map entry holds no price but :data:`_FLAT_KEYS` (no tiers above a token
+    count, no price per character, second or image). ``None`` otherwise, or when litellm
+    cannot price it. Asked once per model: the map is litellm's bundled one, read at import.
+    """
+    entry = model_entry(model)
+    if entry is None or any(("cost" in k or "tier" in k or "above" in k) and k not in _FLAT_KEYS for k in entry):
+        return None
+    litellm = _litellm()
+    try:
+        prompt = float(litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=0)[0])
+        completion = float(litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1)[1])
+    except Exception:
+        return None
+    return prompt, completion
 
 
 def _cost_or_none(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -112,9 +112,12 @@ def needs(request: Request) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if request.tools:
         found["tools"] = True
-    if any(isinstance(m.get("content"), list) and any(isinstance(p, Mapping) and p.get("type") == "image_url"
-                                                      for p in m["content"]) for m in request.messages):
-        found["vision"] = True
+    for m in request.messages:
+        content = m.get("content")
+        if type(content) is not str and isinstance(content, list) and any(
+                isinstance(p, Mapping) and p.get("type") == "image_url" for p in content):
+            found["vision"] = True
+            break
     if request.output == "json":
         found["json_mode"] = True
     return found
@@ -122,7 +125,7 @@ def needs(request: Request) -> dict[str, Any]:
 
 def _check(request: Request) -> None:
     """Refuse a request that no model could answer."""
-    if not request.models or not all(isinstance(m, str) and m for m in request.models):
+    if not request.models or not all([isinstance(m, str) and m for m in request.models]):
         raise TaskError("no model given: set model: on the task or in goatclaw.yaml", error_class="invalid_input")
     if not request.messages:
         raise TaskError("no messages: give a prompt or messages", error_class="invalid_input")
@@ -136,41 +139,87 @@ def request_key(model: str, request: Request, masks: Sequence[str] = ()) -> str:
     Secrets are masked first, so a replay in CI with other (or dummy) secret values finds
     the same key; the transport (``api_base``, ``api_key``, ``timeout``) is left out.
     """
-    if masks and not _plain(tuple(masks)):
-        return hashlib.sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
-    text = _canonical(_masked_request(model, request, ()))
-    if masks and _redactor(tuple(masks)).contains(text):  # a secret is in it: masked value by value, as always
+    masks = tuple(masks)
+    found = _key_redactor(masks) if masks else None
+    if found is False:
+        return _sha256(_canonical(_masked_request(model, request, masks)).encode()).hexdigest()
+    text = _canonical(_body(model, request, copy=False))
+    if found is not None and found.contains(text):  # a secret is in it: masked value by value, as always
         text = _canonical(_masked_request(model, request, masks))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _sha256(text.encode()).hexdigest()
+
+
+_sha256 = hashlib.sha256
 
 
 @functools.lru_cache(maxsize=16)
-def _plain(masks: tuple[str, ...]) -> bool:
-    """Whether every secret is printable ASCII without a quote or backslash.
+def _key_redactor(masks: tuple[str, ...]) -> Redactor | Literal[False]:
+    """The redactor that finds these secrets in a request's canonical JSON, or ``False`` when it cannot.
 
-    Then a string holds a secret's form exactly when its JSON text does, so a request whose
-    canonical JSON shows no secret needs no masking (the same key, without walking it).
+    It can when every secret is printable ASCII without a quote or backslash: then a string
+    holds a secret's form exactly when its JSON text does, so a request whose canonical
+    JSON shows no secret needs no masking (the same key, without walking it).
     """
-    return all(m.isascii() and m.isprintable() and '"' not in m and "\\" not in m for m in masks)
+    plain = all(m.isascii() and m.isprintable() and '"' not in m and "\\" not in m for m in masks)
+    return _redactor(masks) if plain else False
 
 
 def _masked_request(model: str, request: Request, masks: Sequence[str]) -> dict[str, Any]:
-    body = {"model": model, "messages": [dict(m) for m in request.messages], "temperature": request.temperature,
+    """The request as a cassette keeps it: its own copy of what shapes the answer, secrets masked."""
+    return _mask(_body(model, request, copy=True), masks)
+
+
+def _body(model: str, request: Request, *, copy: bool) -> dict[str, Any]:
+    """What shapes the answer, as the key hashes it.
+
+    ``copy=False`` leaves the messages and tools that are already plain dicts as they are
+    (for a JSON text made at once, not for anything kept).
+    """
+    if copy:
+        messages = [dict(m) for m in request.messages]
+    else:
+        messages = [m if type(m) is dict else dict(m) for m in request.messages]
+    body = {"model": model, "messages": messages, "temperature": request.temperature,
             "max_tokens": request.max_tokens, "output": request.output, "schema": request.schema}
     if request.tools:  # only then: the keys (and cassettes) of calls without tools stay what they were
-        body["tools"] = [dict(t) for t in request.tools]
+        body["tools"] = [dict(t) if copy or type(t) is not dict else t for t in request.tools]
     if request.response_schema is not None:
         body["response_schema"] = request.response_schema
-    return _mask(body, masks)
+    return body
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def _encoder() -> Callable[[Any], str]:
+    """The canonical JSON of a request or an answer: sorted keys, no spaces, unicode kept, ``str()`` of the rest.
+
+    Built once, and straight on the C encoder where there is one (``json.dumps`` builds an
+    encoder and three Python frames a call: a fifth of a request key's time). Without its
+    circular-reference check, a request that contains itself fails with ``RecursionError``
+    rather than ``ValueError``: it fails either way, it is never sent.
+    """
+    from json import encoder
+
+    if encoder.c_make_encoder is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+    chunks = encoder.c_make_encoder(None, str, encoder.encode_basestring, None, ":", ",", True, False, True)
+
+    def canonical(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return canonical
 
 
-def _masks(values: Sequence[str]) -> list[str]:
+_canonical = _encoder()
+
+
+def _masks(values: Sequence[str]) -> tuple[str, ...]:
     """Secret values to hide, longest first (so a secret containing another is hidden whole)."""
-    return sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+    return _ordered_masks(tuple(values))
+
+
+@functools.lru_cache(maxsize=64)
+def _ordered_masks(values: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`_masks` once per set of values (a run's secrets and keys are the same call after call)."""
+    return tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True))
 
 
 def _mask(value: Any, masks: Sequence[str]) -> Any:
@@ -211,13 +260,18 @@ def _response(answer: Mapping[str, Any], model: str, key: str, request: Request,
 
     An answer that calls tools is not the final answer: its text is not parsed.
     """
-    text = str(answer.get("text", ""))
+    text = answer.get("text", "")
+    if type(text) is not str:
+        text = str(text)
     calls = [dict(c) for c in answer.get("tool_calls") or ()]
     data = _parse(text, model, request) if request.output == "json" and not calls else None
+    live = source == "live"
     return Response(text=text, data=data, model=model, usage=dict(answer.get("usage", {})),
-                    cost_usd=float(answer.get("cost_usd", 0.0)) if source == "live" else 0.0,
-                    latency_ms=float(answer.get("latency_ms", 0.0)) if source == "live" else 0.0,
-                    hops=[], source=source, key=key, tool_calls=calls, answer=_kept(answer))
+                    cost_usd=float(answer.get("cost_usd", 0.0)) if live else 0.0,
+                    latency_ms=float(answer.get("latency_ms", 0.0)) if live else 0.0,
+                    hops=[], source=source, key=key, tool_calls=calls,
+                    # a live answer is what the provider border keeps of a response: all of it
+                    answer=dict(answer) if live else _kept(answer))
 
 
 def _kept(answer: Mapping[str, Any]) -> dict[str, Any]:

@@ -132,6 +132,8 @@ class Session:
 
     def limiters(self, model: str) -> list[SlidingWindow]:
         """The limiters that apply to ``model``: its own and its provider's (in ``limits_store`` when set)."""
+        if not self.rate_limits:
+            return []
         provider = model.split("/", 1)[0] if "/" in model else model
         names = dict.fromkeys((model, provider))
         return [_limiter(n, self.rate_limits[n].get("rpm"), self.rate_limits[n].get("tpm"), self.limits_store)
@@ -207,6 +209,7 @@ async def _admit(s: Session, model: str, request: Request) -> float:
     limiters = s.limiters(model)
     if s.budget_usd is None and not limiters:
         return 0.0
+    await ready()  # the budget and the rate limits count tokens with litellm
     prompt_tokens = _prompt_tokens(model, request)
     for limiter in limiters:
         await limiter.acquire(prompt_tokens + (request.max_tokens or 0))
