@@ -109,7 +109,7 @@ class Redactor:
         while pattern.search(text) is not None:
             text = pattern.sub(MASK, text)
         wrapped = self._wrapped
-        if wrapped is not None and ("\n" in text or "\r" in text or "\\n" in text or "\\r" in text):
+        if wrapped is not None and _may_wrap(text):
             while wrapped.search(text) is not None:
                 text = wrapped.sub(MASK, text)
         return text
@@ -131,7 +131,7 @@ class Redactor:
         if not text or self._pattern is None:
             return False
         return self._pattern.search(text) is not None or (
-            self._wrapped is not None and self._wrapped.search(text) is not None)
+            self._wrapped is not None and _may_wrap(text) and self._wrapped.search(text) is not None)
 
     def found(self, text: str | None) -> list[str]:
         """The names of the secrets whose forms appear in ``text``, sorted."""
@@ -162,3 +162,8 @@ _JOINED = re.compile(r"\r|\n|\\r|\\n")
 
 #: A redactor that masks nothing.
 NOTHING = Redactor()
+
+
+def _may_wrap(text: str) -> bool:
+    """Whether ``text`` has a line break (or its JSON escape) a wrapped secret could span: the only case to look at."""
+    return "\n" in text or "\r" in text or "\\n" in text or "\\r" in text
