@@ -40,6 +40,8 @@ from goatclaw.tools.plugins import model_sinks, trust_of
 from goatclaw.validation import budget_problems, llm_problems, rule_problem
 
 if TYPE_CHECKING:  # imported where a run needs them: `goatclaw validate` never loads the engine or the LLM room
+    from concurrent.futures import ThreadPoolExecutor
+
     from goatclaw import llm as llm_room
     from goatclaw.engine.executor import Executor
     from goatclaw.events import Bus
@@ -801,12 +803,23 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
                            and isinstance(t.with_.get("path"), str) and "${{" not in t.with_["path"]})
     origins = _Lazy(lambda: _untrusted_outputs(pipeline, project, registry or _registry_for(project)))
     try:
-        await asyncio.to_thread(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
-                                secrets=secrets, paths=paths, origins=origins)
+        work = functools.partial(remember_run, result.store_path, result.run_id, settings=settings, plugins=plugins,
+                                 secrets=secrets, paths=paths, origins=origins)
+        # a thread kept for it across the process's runs: asyncio.run's own executor would start one and
+        # join it for every run (a millisecond and a half of a one-task run)
+        await asyncio.get_running_loop().run_in_executor(_memory_thread(), contextvars.copy_context().run, work)
     except GoatclawError as exc:
         logging.getLogger("goatclaw.memory").warning("memory: %s", exc)
     except ImportError as exc:  # goatclaw[memory] is not installed: nothing to remember with
         logging.getLogger("goatclaw.memory").debug("memory: %s", exc)
+
+
+@functools.cache
+def _memory_thread() -> ThreadPoolExecutor:
+    """The thread memory learns from runs in (one a process, started when first needed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="goatclaw-memory")
 
 
 class _Lazy(Mapping[str, Any]):

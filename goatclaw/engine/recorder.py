@@ -62,6 +62,7 @@ _LOG_FLUSH_SECONDS = 0.25
 _START_FLUSH_SECONDS = 0.2
 
 _TOPICS = {state: f"task.{state.value}" for state in TaskState}
+_VALUES = {state: state.value for state in TaskState}  # (an enum's .value is a property: slow, once a task)
 #: The states whose plain end a task row stands for (goatclaw.store: one row a task, its events read from it).
 _DERIVED = frozenset(state for state in TaskState if state.value in DERIVED_ENDS)
 #: Every event's data as JSON text (orjson; the stdlib for what it refuses).
@@ -292,7 +293,7 @@ class Recorder:
             output = dumps(res.output)
         if self._masks:
             output, error = self._mask(output), self._mask(error)
-        self.tasks.append((self.run_id, res.id, res.status.value, res.attempts, res.started_at, res.finished_at,
+        self.tasks.append((self.run_id, res.id, _VALUES[res.status], res.attempts, res.started_at, res.finished_at,
                            output, error, res.error_class, self.plugins.get(res.id), started_seq, finished_seq))
 
     def attempt(self, task_id: str, index: int | None, attempt: int, status: str, started: float,

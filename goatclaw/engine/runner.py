@@ -450,6 +450,7 @@ class _Runner(OutputChecks, ToolCalls):
         sentry = self.sentry
         tasks = self.pipeline.tasks
         results = self.result.tasks
+        screened = self.screened
         assert sentry is not None
         while True:
             if self.ready and not sentry.threat.blocked:
@@ -460,7 +461,8 @@ class _Runner(OutputChecks, ToolCalls):
                 task = tasks[tid]
                 await self._run_task(task)
                 res = results[tid]
-                if res.error_class is not None or self._screened(task.uses) or sentry.threat.blocked:
+                if res.error_class is not None or (screened.get(task.uses, True) and self._screened(task.uses)) \
+                        or sentry.threat.blocked:
                     await self._screen(task)  # may stop the run before its dependents are released
                 if res.status is TaskState.WAITING:
                     self._hold(tid)
