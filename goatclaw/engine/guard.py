@@ -91,6 +91,8 @@ class Guard:
 
     def grant(self, task: Task) -> Grant:
         """What ``task`` may do (a task without ``permissions:`` shares the pipeline's grant)."""
+        if task.permissions is NO_PERMISSIONS and self.ceiling is None and self._base is not None:
+            return self._base  # most tasks: the pipeline's grant, as it is
         grant = self._grants.get(task.id)
         if grant is None:
             if task.permissions is NO_PERMISSIONS or task.permissions == NO_PERMISSIONS:

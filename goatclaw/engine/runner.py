@@ -123,6 +123,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.selected = _select(plan, options.only, self.standby)
         # permissions (the store protected wherever it is) and untrusted flows
         self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path, options.ceiling)
+        self.static_flows = self.guard.all_flows()  # untrusted data that reaches a sink without trust:, by task
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
@@ -152,6 +153,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
         self.cache: TaskCache | None = None  # reused outputs (a run with a store, unless --no-cache)
         self.readback: ReadBack | None = None  # files and memories an untrusted flow wrote, read back
+        self.mcp = mcp_servers()  # the run's MCP servers (set around the whole run: goatclaw.api.arun)
 
     # -- the recipe ------------------------------------------------------------------
 
@@ -886,7 +888,7 @@ class _Runner(OutputChecks, ToolCalls):
                            self.opts.store_path, self.recorder.redactor, self._cache_word(task), task.cache.ttl,
                            self.guard.carried(task.id),
                            self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
-                           mcp_servers(), None if res is None else res.approval)
+                           self.mcp, None if res is None else res.approval)
 
     def _task_event(self, topic: str, data: dict[str, Any]) -> None:
         """What a plugin emits: the run's read-back bookkeeping hears it first, then the recorder."""
@@ -934,7 +936,7 @@ class _Runner(OutputChecks, ToolCalls):
 
         Statically (what the templates read), and at run time (a file or memory an untrusted flow wrote, read back).
         """
-        flows = self.guard.flows(task.id) or (self.guard.runtime.flows(task.id) if self.guard.runtime else None)
+        flows = self.static_flows.get(task.id) or (self.guard.runtime.flows(task.id) if self.guard.runtime else None)
         if flows:
             assert self.recorder is not None
             self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,
