@@ -14,11 +14,20 @@ dimensions): a query scores that small matrix first and re-ranks the best
 :func:`rerank_count` candidates exactly. Real embeddings concentrate their energy (wordllama:
 most of it in a few dozen directions), so this keeps recall@10 at 0.99 and more. Vectors
 whose energy is spread out (random ones) get no projection. Past :data:`QUANTISE_MIN` what
-the prefilter scans is held as int8 codes (each column scaled to its largest magnitude), a
-quarter of the bytes to read: the projection, or the vectors themselves when there is none.
-A query widens the codes to float32 a cache-sized block at a time and re-ranks the best
-:func:`rerank_count` exactly. Measured at 1M (one thread, load ~0.5): wordllama vectors
-60 -> 41 ms (96 projected dimensions, recall 1.0), random vectors 152 -> 95 ms (recall 1.0).
+the prefilter scans is held as codes. A projection is held as int8 codes (each column scaled
+to its largest magnitude, a quarter of the bytes), widened to float32 a cache-sized block at
+a time. Vectors without one are held as two-bit sign codes (64 bytes a row at 256
+dimensions, a sixteenth of float32): centred on a sample's mean and turned onto its principal
+axes, each value becomes two signs, its own and that of what is left once the dimension's
+mean magnitude is taken off. The query is binarised the same way (:data:`SIGN_PLANES`), and
+a row's rough score is a weighted count of the bits they differ in: XOR and
+``np.bitwise_count``, nothing widened. On random vectors the estimate has to be good: at 1M
+the 10th neighbour's cosine is ~0.27 against a spread of 1/16 (4.3 sd), one sign bit a
+dimension correlates ~0.8 with the cosine and must keep 2-3% of the rows for recall 0.99,
+two bits keep the top 10 within the best 0.3%; the best :func:`rerank_count` (1%) are scored
+exactly. Measured at 1M on one thread: wordllama vectors 60 -> 41 ms (load ~0.5; 96 projected
+dimensions as int8, recall 1.0); random vectors, interleaved in one process at load ~4-5, 178 ms
+with int8 codes -> 34 ms with sign codes against 113 ms for numpy's brute force (recall 1.0).
 ``benchmarks/memory.py`` measures both.
 
 The matrix is kept fresh by two counters in ``memory_meta`` that every writer bumps in the
@@ -31,9 +40,10 @@ rows, as for sqlite-vec.
 A query runs its products on one BLAS thread (:func:`one_thread`). A k-NN scan is bound by
 memory bandwidth, so a second thread cannot make it faster, and on a loaded machine OpenBLAS's
 threads wait for a core and spin: on benchmarks/memory.py at 100k wordllama vectors (2 shared
-cores, load ~1.5) one thread answers in 1.5 ms where numpy's default threads take 7.9 ms. It has
-a cost on a quiet machine: there numpy's two threads scan 1M float32 vectors in 93 ms against
-165 ms on one, and the int8 scan of random vectors on one thread (100 ms) does not beat them.
+cores, load ~1.5) one thread answers in 1.5 ms where numpy's default threads take 7.9 ms. On a
+quiet machine numpy's two threads scan 1M float32 vectors faster (93 ms against 165 ms on one);
+the prefilters on one thread beat both. The sign codes' XOR and popcount are numpy ufuncs on one
+thread whatever BLAS does.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 __all__ = ["ADDED", "ENERGY", "LARGE", "PREFILTER_MIN", "QUANTISE_MIN", "REMOVED", "VectorIndex", "bump", "one_thread",
-           "rerank_count"]
+           "rerank_count", "sign_rerank_count"]
 
 #: ``memory_meta`` keys: how many times vectors were added, and removed or replaced.
 ADDED, REMOVED = "vectors_added", "vectors_removed"
@@ -69,6 +79,15 @@ SIGN_WEIGHT = 16
 SIGN_ROWS = 8192
 #: Every this-many-th rough score is counted to place the cut (a histogram of a sample, not a partition).
 SIGN_SAMPLE = 8
+#: The heaviest terms that score every row; the rest score only the best :data:`SIGN_WIDEN` x the re-ranked
+#: count of those (on 1M random vectors the top 10 lie within the best 1.04% of the first three terms' scores).
+SIGN_FIRST = 3
+SIGN_WIDEN = 4
+
+
+def sign_rerank_count(want: int, n: int) -> int:
+    """How many rows the sign codes hand to the exact scores (their top 10 lie within the best 0.3% at 1M)."""
+    return min(n, max(2000, 50 * want, n // 200))
 
 
 #: From this many vectors on the projection keeps at least 3/8 of the dimensions: the more vectors, the closer
@@ -228,56 +247,23 @@ class VectorIndex:
         return out
 
     def _sign_candidates(self, q: np.ndarray, count: int, code: int | None) -> np.ndarray:
-        """About ``count`` rows the sign codes score best for the unit query ``q`` (of kind ``code`` first)."""
-        rough = self._sign_scores(q)
+        """About ``count`` rows the sign codes score best for the unit query ``q`` (of kind ``code`` only).
+
+        Two passes: the heaviest :data:`SIGN_FIRST` terms score every row, the best :data:`SIGN_WIDEN` x
+        ``count`` of those are scored with the rest too (their codes gathered), and the best ``count`` of
+        the sums are kept. Lower is nearer (see :func:`_differ_counts`).
+        """
+        terms = sorted(_query_planes(q @ self.rotation, self.spread), key=lambda term: -term[1])
+        dtype = np.uint16 if _ceiling(self.dim) < 1 << 16 else np.uint32
+        rough = _differ_counts(self.signs, terms[:SIGN_FIRST], dtype)
         if code is not None:
             rough[self.kinds != code] = _ceiling(self.dim)  # past every real score
-        if count >= len(rough):
-            return np.arange(len(rough))
-        # the threshold from a sample's histogram: a partition of every row costs more than the scan saves
-        sample = rough[::SIGN_SAMPLE]
-        cut = int(np.searchsorted(np.cumsum(np.bincount(sample)), max(1, count // SIGN_SAMPLE)))
-        rows = np.flatnonzero(rough <= cut)
-        if len(rows) > 2 * count:  # many rows tie on the cut (duplicates): keep the best count of them
-            rows = rows[np.argpartition(rough[rows], count - 1)[:count]]
+        rows = _lowest(rough, SIGN_WIDEN * count)
+        if len(terms) > SIGN_FIRST and len(rows):
+            rough = rough[rows] + _differ_counts(self.signs[:, rows], terms[SIGN_FIRST:], dtype)
+            rows = rows[_lowest(rough, count)]
         return rows
 
-    def _sign_scores(self, q: np.ndarray) -> np.ndarray:
-        """Per row, a weighted count of the bits its sign codes differ from the query's planes: lower is nearer.
-
-        With y = (x - centre) @ rotation, q . x = (q @ rotation) . y + q . centre, the last the same for every
-        row; q @ rotation . y ~ sum over code planes r and query planes p of w_rp (s_p . S_r), and s . S = dim - 2 *
-        (the bits s and S differ in), so ranking by sum w_rp * differing bits is ranking by the estimate. The
-        query is binarised too (each plane the sign of what the planes before it leave), so each term is an
-        XOR and a popcount over 32 bytes a row at 256 dimensions.
-        """
-        terms = _query_planes(q @ self.rotation, self.spread)
-        words = self.signs.shape[2]
-        acc = np.empty(len(self.ids), dtype=np.uint16 if _ceiling(self.dim) < 1 << 16 else np.uint32)
-        rows = SIGN_ROWS
-        tiled = [(plane, weight, np.tile(bits, rows)) for plane, weight, bits in terms]
-        flat = self.signs.reshape(2, -1)
-        xor = np.empty(rows * words, dtype=np.uint64)
-        counts = np.empty(rows * words, dtype=np.uint8)
-        total = np.empty(rows * words // 4, dtype=np.uint32)
-        term = np.empty(rows, dtype=acc.dtype)
-        for start in range(0, len(acc), rows):
-            m = min(rows, len(acc) - start)
-            out, diff, ones, sums = acc[start:start + m], xor[:m * words], counts[:m * words], total[:m * words // 4]
-            for i, (plane, weight, bits) in enumerate(tiled):
-                np.bitwise_xor(flat[plane, start * words:(start + m) * words], bits[:m * words], out=diff)
-                np.bitwise_count(diff, out=ones)
-                # four words' counts summed at once: the top byte of (4 bytes) * 0x01010101. A group whose 256
-                # bits all differ wraps to 0: only a vector opposite to the query looks near, and is re-ranked out
-                np.multiply(ones.view(np.uint32), 0x01010101, out=sums)
-                sums >>= 24
-                differ = sums if words == 4 else sums.reshape(m, words // 4).sum(axis=1, dtype=np.uint32)
-                if i == 0:
-                    np.multiply(differ, weight, out=out, casting="unsafe")
-                else:
-                    np.multiply(differ, weight, out=term[:m], casting="unsafe")
-                    out += term[:m]
-        return acc
 
     def _rough(self, q: np.ndarray) -> np.ndarray:
         """The prefilter's scores of every row for the unit query ``q``."""
@@ -313,7 +299,7 @@ class VectorIndex:
         """The ``want`` best ``(id, cosine)`` pairs, of kind ``code`` when it is not ``None``."""
         rows: np.ndarray | None = None
         if self.centre is not None:
-            rows = self._sign_candidates(q, rerank_count(want, len(self.ids)), code)
+            rows = self._sign_candidates(q, sign_rerank_count(want, len(self.ids)), code)
             scores = self.matrix[rows] @ q
         elif self.basis is not None or self.scale is not None:
             rough = self._rough(q)
@@ -351,6 +337,57 @@ def _counters(db: Any) -> tuple[int, int]:
     return int(rows.get(ADDED, 0)), int(rows.get(REMOVED, 0))
 
 
+
+
+def _lowest(rough: np.ndarray, count: int) -> np.ndarray:
+    """The positions of about ``count`` of the lowest values, in order of position.
+
+    The cut comes from the histogram of a sample (every :data:`SIGN_SAMPLE`-th value): a partition of every
+    row costs more than the rest of the scan. When many rows tie on the cut (duplicates) the best ``count``
+    of them are kept.
+    """
+    if count >= len(rough):
+        return np.arange(len(rough))
+    sample = rough[::SIGN_SAMPLE] if len(rough) >= SIGN_SAMPLE * 1000 else rough
+    share = max(1, count * len(sample) // len(rough))
+    cut = int(np.searchsorted(np.cumsum(np.bincount(sample)), share))
+    rows = np.flatnonzero(rough <= cut)
+    if len(rows) > 2 * count:
+        rows = np.sort(rows[np.argpartition(rough[rows], count - 1)[:count]])
+    return rows
+
+
+def _differ_counts(signs: np.ndarray, terms: list[tuple[int, int, np.ndarray]], dtype: type) -> np.ndarray:
+    """Per row of ``signs`` (2 x rows x words), the sum of each term's weight x the bits the row differs in.
+
+    With y = (x - centre) @ rotation, q . x = (q @ rotation) . y + q . centre, the last the same for every
+    row; (q @ rotation) . y ~ sum over code planes r and query planes p of w_rp (s_p . S_r), and s . S = dim
+    - 2 x (the bits s and S differ in), so ranking by the weighted differing bits, lowest first, is ranking
+    by the estimate. Each term is an XOR and a popcount, 32 bytes a row at 256 dimensions.
+    """
+    words = signs.shape[2]
+    acc = np.zeros(signs.shape[1], dtype=dtype)
+    rows = SIGN_ROWS
+    tiled = [(plane, weight, np.tile(bits, rows)) for plane, weight, bits in terms]
+    flat = signs.reshape(2, -1)
+    xor = np.empty(rows * words, dtype=np.uint64)
+    counts = np.empty(rows * words, dtype=np.uint8)
+    total = np.empty(rows * words // 4, dtype=np.uint32)
+    term = np.empty(rows, dtype=dtype)
+    for start in range(0, len(acc), rows):
+        m = min(rows, len(acc) - start)
+        out, diff, ones, sums = acc[start:start + m], xor[:m * words], counts[:m * words], total[:m * words // 4]
+        for plane, weight, bits in tiled:
+            np.bitwise_xor(flat[plane, start * words:(start + m) * words], bits[:m * words], out=diff)
+            np.bitwise_count(diff, out=ones)
+            # four words' counts summed at once: the top byte of (4 bytes) * 0x01010101. A group whose 256
+            # bits all differ wraps to 0: only a vector opposite to the query looks near, and is re-ranked out
+            np.multiply(ones.view(np.uint32), 0x01010101, out=sums)
+            sums >>= 24
+            differ = sums if words == 4 else sums.reshape(m, words // 4).sum(axis=1, dtype=np.uint32)
+            np.multiply(differ, weight, out=term[:m], casting="unsafe")
+            out += term[:m]
+    return acc
 
 
 def _words(dim: int) -> int:
