@@ -24,10 +24,13 @@ a row's rough score is a weighted count of the bits they differ in: XOR and
 ``np.bitwise_count``, nothing widened. On random vectors the estimate has to be good: at 1M
 the 10th neighbour's cosine is ~0.27 against a spread of 1/16 (4.3 sd), one sign bit a
 dimension correlates ~0.8 with the cosine and must keep 2-3% of the rows for recall 0.99,
-two bits keep the top 10 within the best 0.3%; the best :func:`rerank_count` (1%) are scored
-exactly. Measured at 1M on one thread: wordllama vectors 60 -> 41 ms (load ~0.5; 96 projected
-dimensions as int8, recall 1.0); random vectors, interleaved in one process at load ~4-5, 178 ms
-with int8 codes -> 34 ms with sign codes against 113 ms for numpy's brute force (recall 1.0).
+two bits keep the top 10 within the best 0.3%. The three heaviest of the five terms score
+every row and the rest only the best 2% of those; the best :func:`sign_rerank_count` (0.5% at
+1M) are scored exactly. Measured at 1M on one thread: wordllama vectors 60 -> 41 ms (load
+~0.5; 96 projected dimensions as int8, recall 1.0); random vectors on benchmarks/memory.py
+125 ms with int8 codes (numpy's brute force on one thread 92 ms, load 2.2) -> 32 ms with sign
+codes (numpy 109 ms, load 1.2; recall 0.999), and 30 ms with the cache emptied before each
+query (41 ms scoring every term on every row).
 ``benchmarks/memory.py`` measures both.
 
 The matrix is kept fresh by two counters in ``memory_meta`` that every writer bumps in the
@@ -247,7 +250,7 @@ class VectorIndex:
         return out
 
     def _sign_candidates(self, q: np.ndarray, count: int, code: int | None) -> np.ndarray:
-        """About ``count`` rows the sign codes score best for the unit query ``q`` (of kind ``code`` only).
+        """About ``count`` rows the sign codes score best for the unit query ``q`` (of kind ``code`` first).
 
         Two passes: the heaviest :data:`SIGN_FIRST` terms score every row, the best :data:`SIGN_WIDEN` x
         ``count`` of those are scored with the rest too (their codes gathered), and the best ``count`` of
