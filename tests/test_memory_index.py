@@ -144,7 +144,7 @@ def test_past_the_prefilter_size_the_index_keeps_recall_and_random_vectors_are_s
 
 
 @pytest.mark.parametrize(("make", "projected"), [(_clustered, True), (_vectors, False)])
-def test_past_the_quantise_size_the_prefilter_scans_int8_codes_and_keeps_recall(
+def test_past_the_quantise_size_the_prefilter_scans_int8_or_sign_codes_and_keeps_recall(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, projected: bool) -> None:
     monkeypatch.setattr(index_module, "QUANTISE_MIN", PREFILTER_MIN)  # 200k real vectors would make a slow test
     n = PREFILTER_MIN + 5000
@@ -167,16 +167,63 @@ def test_past_the_quantise_size_the_prefilter_scans_int8_codes_and_keeps_recall(
                 assert len(hits) == 10 and {h.kind for h in hits} == {"failure"}
                 found_kind += sum(h.score >= tenth - 1e-5 for h in hits)
             index = memory_store._INDEXES[str(path)]
-            assert (index.basis is not None) is projected and index.scale is not None
-            assert index.quantised.shape == (n, index.basis.shape[1] if projected else DIM)
-            assert not index.projected.size  # the codes replace the float32 projection
+            assert (index.basis is not None) is projected
+            if projected:  # the projection held as int8 codes, in place of its float32 copy
+                assert index.scale is not None and index.centre is None and not index.projected.size
+                assert index.quantised.shape == (n, index.basis.shape[1])
+            else:  # energy spread out: two bit planes of signs, 32 bytes each a row at 256 dimensions
+                assert index.scale is None and index.centre is not None and not index.quantised.size
+                assert index.signs.shape == (2, n, DIM // 64) and index.signs.dtype == np.uint64
             assert found / (10 * len(queries)) >= 0.99 and found_kind / (10 * len(queries)) >= 0.99
             # rows added later are coded with the fitted scale and found at once
             mem.add_embedded(_items(5, start=n), extra, merge_threshold=None)
             for v in extra:
                 top = held.search_vector(v, k=1)
                 assert top and top[0].text == exact.search_vector(v, k=1)[0].text and top[0].score > 0.999
-            assert len(index.quantised) == len(index.ids) == n + 5
+            assert (len(index.quantised) if projected else index.signs.shape[1]) == len(index.ids) == n + 5
+        finally:
+            memory_store._INDEXES.pop(str(path), None)
+            memory_store._SEARCHES.pop(str(path), None)
+
+
+class Sized:
+    """An embedder of another dimension as far as the store knows (only pre-computed vectors are added)."""
+
+    name = "sized"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError("the test adds vectors already embedded")
+
+
+@pytest.mark.parametrize(("dim", "offset"), [(100, 2.0), (384, 0.0)])
+def test_sign_codes_keep_recall_at_other_dimensions_and_off_centre(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dim: int, offset: float) -> None:
+    # 100 bits pad the words with zeros, 384 need two groups of four words; vectors sharing a common component
+    # (offset) would all carry the same signs were the codes not taken about the sample's mean
+    monkeypatch.setattr(index_module, "QUANTISE_MIN", PREFILTER_MIN)
+    n = PREFILTER_MIN + 5000
+    rng = np.random.default_rng(7)
+    common = normalise(rng.standard_normal((1, dim)))[0]
+    drawn = normalise(rng.standard_normal((n + 30, dim)) / np.sqrt(dim) + offset * common).astype(np.float32)
+    vectors, queries = drawn[:n], drawn[n:]
+    path = tmp_path / "sized.db"
+    with open_memory(path, Sized(dim)) as mem:
+        mem.add_embedded(_items(n), vectors, merge_threshold=None)
+        held = MemoryStore(mem.store, Sized(dim), index=True)
+        try:
+            found = 0
+            for q in queries:
+                tenth = float(np.partition(vectors @ q, -10)[-10])
+                hits = held.search_vector(q, k=10)
+                assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                found += sum(h.score >= tenth - 1e-5 for h in hits)
+            index = memory_store._INDEXES[str(path)]
+            assert index.basis is None and index.centre is not None
+            assert index.signs.shape == (2, n, -(-dim // 256) * 4)
+            assert found / (10 * len(queries)) >= 0.99
         finally:
             memory_store._INDEXES.pop(str(path), None)
             memory_store._SEARCHES.pop(str(path), None)
