@@ -113,7 +113,10 @@ def test_the_writer_process_is_used_only_where_it_has_a_core(monkeypatch) -> Non
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
     assert recorder._writer_wanted(big) and not recorder._writer_wanted(small)
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 1.0, 1.0))  # no core to spare: in-line is faster
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.5, 1.0, 1.0))  # no two cores to spare: in-line is faster
+    assert not recorder._writer_wanted(big)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # two cores: the writer would share one
     assert not recorder._writer_wanted(big)
     monkeypatch.setenv(recorder.WRITER_ENV, "process")
     assert recorder._writer_wanted(10)

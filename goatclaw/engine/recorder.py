@@ -543,11 +543,12 @@ def _writer_wanted(tasks: int) -> bool:
     """Whether a run of ``tasks`` tasks hands its commits to a writer process (:data:`WRITER_ENV`).
 
     ``process`` always does and ``inline`` never does. ``auto`` does from
-    :data:`_PROCESS_WRITER_TASKS` tasks on, and only while the machine has a core to spare
-    (load average at most the cores less one): the writer overlaps SQLite's work with the
-    run only on a core of its own. On a busy machine it waits for one, and committing
-    in-line is faster (benchmarks/engine.py: 10k no-op tasks at load 3 on 2 cores, 25 µs a
-    task in-line against 32 through the writer).
+    :data:`_PROCESS_WRITER_TASKS` tasks on, and only while the machine has two cores to spare
+    (load average at most the cores less two): the writer overlaps SQLite's work with the
+    run only on a core of its own, next to the run's. With one row a task, committing
+    in-line costs the run little, and the writer loses wherever it shares a core
+    (benchmarks/engine.py on 2 cores, 10k no-op tasks: 25.6 µs a task in-line against 32.5
+    through the writer at load 1, 25 against 32 at load 3; at 100k 29.7 against 30.4).
     """
     how = os.environ.get(WRITER_ENV, "auto").strip().lower() or "auto"
     if how not in ("auto", "process", "inline"):
@@ -561,7 +562,7 @@ def _writer_wanted(tasks: int) -> bool:
         load = os.getloadavg()[0]
     except OSError:  # no load average here: assume the machine is as busy as it can be
         return False
-    return cores >= 2 and load <= cores - 1
+    return cores >= 3 and load <= cores - 2
 
 
 def _merge(batches: list[dict[str, Any]]) -> dict[str, Any]:
