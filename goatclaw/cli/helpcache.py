@@ -19,6 +19,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TextIO
 
+from goatclaw.codecache import cache_dir
+
 __all__ = ["Recording", "read", "show", "write"]
 
 #: Environment variables that change what rich or typer print (colour, width, terminal detection).
@@ -91,16 +93,9 @@ class Recording:
 
 
 def _file() -> Path:
-    return _cache_dir() / f"help-{_code_key()}-{_terminal_key()}.txt"
+    return cache_dir() / f"help-{_code_key()}-{_terminal_key()}.txt"
 
 
-def _cache_dir() -> Path:
-    """The cache folder of goatclaw/spec/schema.py's compiled validators (the same rule, not its imports)."""
-    explicit = os.environ.get("GOATCLAW_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "goatclaw"
 
 
 def _code_key(cli: Path | None = None) -> str:

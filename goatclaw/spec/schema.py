@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # jsonschema is imported only when a document has problems to
     import jsonschema
     from jsonschema.exceptions import ValidationError
 
+from goatclaw.codecache import cache_dir
 from goatclaw.errors import Problem
 from goatclaw.regex import RegexError, compile_linear
 from goatclaw.spec.loader import Document, dotted
@@ -103,19 +104,12 @@ def _cache_file(name: str) -> Path:
     """Where the compiled validator of ``name`` is cached: keyed by the schema text, fastjsonschema and Python."""
     key = hashlib.sha256("\0".join((schema_text(name), fastjsonschema.VERSION,
                                      importlib.util.MAGIC_NUMBER.hex())).encode()).hexdigest()[:32]
-    return _cache_dir() / f"schema-{name}-{key}.bin"
+    return cache_dir() / f"schema-{name}-{key}.bin"
 
 
 _FIRST_DEF = re.compile(r"^def (\w+)\(", re.MULTILINE)
 
 
-def _cache_dir() -> Path:
-    """``$GOATCLAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/goatclaw``, else ``~/.cache/goatclaw``."""
-    explicit = os.environ.get("GOATCLAW_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "goatclaw"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
