@@ -27,7 +27,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from goatclaw.engine import tasklogs
@@ -215,13 +215,10 @@ class Recorder:
         """
         if self.failure is not None or self._writer is not None:
             self.check()
-        self.seq += 1
-        if self.bus.handlers("task.started"):
-            self.publish("task.started", task_id, {}, seq=self.seq, ts=at)
+        seq = self._numbered("task.started", task_id, None, at)
         if self.store is not None:
-            self.starts[task_id] = (self.seq, at)
-        if len(self.bus.errors) > self._bus_errors:
-            self._subscriber_failed()
+            self.starts[task_id] = (seq, at)
+        self._check_subscribers()
         if not self._start_flush_pending:
             self._flush_starts()
 
@@ -254,22 +251,17 @@ class Recorder:
         start = self.starts.pop(res.id, None)
         if res.error is None and res.items is None and res.status in _DERIVED and res.finished_at is not None and (
                 self.store is None or not self._masks or self._plain_end_kept(res)):
-            self.seq += 1
-            if self.bus.handlers(topic):
-                duration = None if res.duration is None else round(res.duration, 6)
-                self.publish(topic, res.id, {"attempts": res.attempts, "duration": duration}, seq=self.seq,
-                             ts=res.finished_at)
-            self._keep_row(res, None if start is None else start[0], self.seq)
-            if len(self.bus.errors) > self._bus_errors:
-                self._subscriber_failed()
+            seq = self._numbered(topic, res.id, lambda: {"attempts": res.attempts, "duration": _rounded(res.duration)},
+                                 res.finished_at)
+            self._keep_row(res, None if start is None else start[0], seq)
+            self._check_subscribers()
             if not self._flush_pending:
                 self._schedule_flush()
             return
         if start is not None:
             self.events.append((self.run_id, start[0], start[1], "task.started", res.id, None))
         self.task_kept(res)
-        data: dict[str, Any] = {"attempts": res.attempts, "duration": None if res.duration is None
-                                else round(res.duration, 6)}
+        data: dict[str, Any] = {"attempts": res.attempts, "duration": _rounded(res.duration)}
         if res.error is not None:
             data["error"] = res.error
             data["error_class"] = res.error_class
@@ -398,24 +390,33 @@ class Recorder:
     # -- events ----------------------------------------------------------------------
 
     def event(self, topic: str, task_id: str | None, data: dict[str, Any] | None, *, ts: float | None = None,
-              text: str | None = None, lazy: Any = None, publish: bool = True) -> None:
-        """Publish an event now (unless ``publish`` is false: see :meth:`publish`) and buffer it for the store.
-
-        ``text`` is the data already as JSON (then ``lazy`` builds the dict for subscribers).
-        """
-        self.seq += 1
+              publish: bool = True) -> None:
+        """Publish an event now (unless ``publish`` is false: see :meth:`publish`) and buffer it for the store."""
         ts = time.time() if ts is None else ts
-        if publish and self.bus.handlers(topic):
-            payload = data if data is not None else (lazy() if lazy is not None else {})
-            self.publish(topic, task_id, payload, seq=self.seq, ts=ts)
+        if publish:
+            seq = self._numbered(topic, task_id, data, ts)
+        else:
+            self.seq += 1
+            seq = self.seq
         if self.store is not None:
-            if text is None and data is not None:
-                text = _EVENT_JSON(data)
-            text = self._mask(text)
-            self.events.append((self.run_id, self.seq, ts, topic, task_id, text))
+            text = self._mask(_EVENT_JSON(data)) if data is not None else None
+            self.events.append((self.run_id, seq, ts, topic, task_id, text))
             if len(self.events) >= _FLUSH_ROWS:
                 self.flush()
-        if len(self.bus.errors) > self._bus_errors:  # after this event is numbered and kept
+        self._check_subscribers()
+
+    def _numbered(self, topic: str, task_id: str | None, data: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+                  ts: float) -> int:
+        """The next event number, with the event published under it (``data`` may be built only if heard)."""
+        self.seq += 1
+        if self.bus.handlers(topic):
+            payload = {} if data is None else data() if callable(data) else data
+            self.publish(topic, task_id, payload, seq=self.seq, ts=ts)
+        return self.seq
+
+    def _check_subscribers(self) -> None:
+        """Subscribers that raised on events numbered so far become dead letters (after the event is kept)."""
+        if len(self.bus.errors) > self._bus_errors:
             self._subscriber_failed()
 
     def publish(self, topic: str, task_id: str | None, data: dict[str, Any], *, seq: int, ts: float) -> None:
@@ -537,6 +538,11 @@ class Recorder:
 
     def _mask(self, text: str | None) -> str | None:
         return self.redactor.mask(text)
+
+
+def _rounded(duration: float | None) -> float | None:
+    """A duration as events give it (to the microsecond)."""
+    return None if duration is None else round(duration, 6)
 
 
 def _writer_wanted(tasks: int) -> bool:
