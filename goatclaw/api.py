@@ -202,7 +202,7 @@ def _pipeline_tool_problems(pipeline: Pipeline, project: Project, registry: Regi
     """A ``pipeline:`` tool's file is checked too; its first error, and ``with:`` vars it lacks, at the entry."""
     problems: list[Problem] = []
     here = Path(pipeline.file).resolve() if pipeline.file else None
-    for task in {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}.values():
+    for task in pipeline.all_tasks().values():
         entries = task.with_.get("tools") if task.uses in ("llm", "agent") else None
         for i, entry in enumerate(entries if isinstance(entries, (list, tuple)) else ()):
             file = entry.get("pipeline") if isinstance(entry, Mapping) else None

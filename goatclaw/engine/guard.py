@@ -42,14 +42,6 @@ def _where(pipeline: Pipeline, path: tuple[str | int, ...], what: str) -> dict[s
     return out
 
 
-def _tasks(pipeline: Pipeline) -> dict[str, Task]:
-    """Every task of ``pipeline``, the ``on_failure`` and ``finally`` ones too (built once; not to be changed)."""
-    found = pipeline.memo.get("all tasks")
-    if found is None:
-        found = pipeline.memo["all tasks"] = {**pipeline.tasks, **pipeline.on_failure, **pipeline.finally_}
-    return found  # type: ignore[no-any-return]
-
-
 class Guard:
     """The grants and refused flows of one pipeline, computed when first asked and kept."""
 
@@ -67,7 +59,7 @@ class Guard:
         self._flows: dict[str, list[Flow]] | None = None
         self._origins: dict[str, frozenset[str]] = {}  # statically: what each task's output carries
         self._infos: dict[str, TaskFlows | None] = {}
-        self._all = _tasks(pipeline)
+        self._all = pipeline.all_tasks()
         #: What the run finds at run time (files and memories an untrusted flow wrote, read back).
         self.runtime = RuntimeTaint(self.info, self._upstream, tuple(pipeline.tasks))
 
@@ -156,7 +148,7 @@ class Guard:
 
     def _follow(self) -> tuple[dict[str, frozenset[str]], dict[str, list[Flow]]]:
         p = self.pipeline
-        tasks = _tasks(p)
+        tasks = p.all_tasks()
         by_plugin = {uses: self.spec_of(uses) for uses in {t.uses for t in tasks.values()}}
         if not any(s is not None and s.untrusted_output for s in by_plugin.values()):
             return {}, {}
@@ -268,7 +260,7 @@ def sink_vars(pipeline: Pipeline, registry: Any) -> dict[str, str]:
     Statically, like the taint analysis: a condition that would keep the flow from happening
     at run time is not seen, so this errs on the side of refusing.
     """
-    tasks = _tasks(pipeline)
+    tasks = pipeline.all_tasks()
     reads: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = {}
     for tid, task in tasks.items():
         fvars, ftasks, _ = _var_refs(task.foreach) if task.foreach is not None else (frozenset(), frozenset(), False)
@@ -335,7 +327,7 @@ def permission_problems(pipeline: Pipeline, workspace: Path, registry: Any) -> l
     guard = Guard(pipeline, workspace, registry)
     problems = _root_problems(pipeline, workspace) + _widening_problems(pipeline, guard, workspace)
     problems += _call_problems(pipeline, guard, workspace)
-    tasks = _tasks(pipeline)
+    tasks = pipeline.all_tasks()
     denied: dict[str, tuple[str, ...]] = {}  # task id -> the permission fields it needs and is not granted
     for task in tasks.values():
         spec = guard.spec(task) if task.uses else None
@@ -361,7 +353,7 @@ def _root_problems(pipeline: Pipeline, workspace: Path) -> list[Problem]:
     base = Path(workspace).resolve()
     problems = []
     owners = [(("permissions",), pipeline.permissions)]
-    owners += [((*t.path, "permissions"), t.permissions) for t in _tasks(pipeline).values()]
+    owners += [((*t.path, "permissions"), t.permissions) for t in pipeline.all_tasks().values()]
     for path, perms in owners:
         for name in ("files.read", "files.write"):
             for n, root in enumerate(getattr(perms, name.replace(".", "_"), None) or ()):
@@ -379,7 +371,7 @@ _CALLS = {"python": "function"}
 def _call_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> list[Problem]:
     """A constant ``module:name`` that is certain to be refused because it walks out of the granted module."""
     problems = []
-    for task in _tasks(pipeline).values():
+    for task in pipeline.all_tasks().values():
         ref = task.with_.get(_CALLS.get(task.uses or "", ""))
         if not isinstance(ref, str) or has_template(ref) or ref.count(":") != 1 or not all(ref.split(":")):
             continue
@@ -411,7 +403,7 @@ def _widening_problems(pipeline: Pipeline, guard: Guard, workspace: Path) -> lis
                                         f"project {project.file} grants; a pipeline may only narrow it"))
     base = guard.base()
     nothing = Permissions()
-    for task in _tasks(pipeline).values():
+    for task in pipeline.all_tasks().values():
         if task.permissions == nothing:  # most tasks say nothing: nothing to widen
             continue
         for name, extra in widenings(base, task.permissions, workspace):
@@ -647,7 +639,7 @@ def permissions_table(pipeline: Pipeline, workspace: Path, registry: Any) -> lis
     """Per task: its plugin, what the plugin declares it needs, what it is granted and its refused flows."""
     guard = Guard(pipeline, workspace, registry)
     rows = []
-    for tid, task in _tasks(pipeline).items():
+    for tid, task in pipeline.all_tasks().items():
         spec = guard.spec(task)
         rows.append({"task": tid, "uses": task.uses, "needs": list(spec.permissions) if spec else [],
                      "untrusted_output": bool(spec and spec.untrusted_output),

@@ -118,12 +118,11 @@ class _Runner(OutputChecks, ToolCalls):
         self.inline_async = type(self.executor) is LocalExecutor
         self.bus = options.bus or Bus()
         self.rng = random.Random(options.seed)
-        self.all_tasks = {**plan.pipeline.tasks, **plan.pipeline.on_failure, **plan.pipeline.finally_}
+        self.all_tasks = plan.pipeline.all_tasks()
         self.standby = _standby(plan.pipeline)
         self.selected = _select(plan, options.only, self.standby)
         # permissions (the store protected wherever it is) and untrusted flows
         self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path, options.ceiling)
-        self.static_flows = self.guard.all_flows()  # untrusted data that reaches a sink without trust:, by task
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
         self.result = RunResult(run_id=options.run_id or new_run_id(), pipeline=self.pipeline.name,
                                 tasks={tid: TaskResult(tid) for tid in self.selected},
@@ -145,7 +144,6 @@ class _Runner(OutputChecks, ToolCalls):
         self.pending: dict[str, int] = {}
         self.blocked: set[str] = set()  # tasks with a need that failed for good
         self.skips: dict[str, int] = {}  # tasks with a need that was skipped: how many were
-        self.needs_counted: dict[str, int] = {}  # each task's needs in this run (those selected)
         self.held: set[str] = set()  # tasks waiting for an approval, and everything downstream of them
         self.done = 0
         self.context: dict[str, Any] = {}
@@ -411,7 +409,6 @@ class _Runner(OutputChecks, ToolCalls):
             self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
         else:  # every task but standby fallbacks, which nothing needs
             self.pending = {tid: len(needs[tid]) for tid in sel}
-        self.needs_counted = dict(self.pending)
         seeded = self.seeded
         for tid in sel:
             if self.pending[tid] == 0 and tid not in seeded:
@@ -452,7 +449,6 @@ class _Runner(OutputChecks, ToolCalls):
         sentry = self.sentry
         tasks = self.pipeline.tasks
         results = self.result.tasks
-        screened = self.screened
         assert sentry is not None
         while True:
             if self.ready and not sentry.threat.blocked:
@@ -463,8 +459,7 @@ class _Runner(OutputChecks, ToolCalls):
                 task = tasks[tid]
                 await self._run_task(task)
                 res = results[tid]
-                if res.error_class is not None or (screened.get(task.uses, True) and self._screened(task.uses)) \
-                        or sentry.threat.blocked:
+                if res.error_class is not None or self._screened(task.uses) or sentry.threat.blocked:
                     await self._screen(task)  # may stop the run before its dependents are released
                 if res.status is TaskState.WAITING:
                     self._hold(tid)
@@ -530,13 +525,18 @@ class _Runner(OutputChecks, ToolCalls):
                     if dep in blocked:
                         self._mark(dep, TaskState.UPSTREAM_FAILED)
                         stack.append(dep)
-                    elif dep in skips and skips[dep] == self.needs_counted[dep]:  # every need was skipped
+                    elif dep in skips and skips[dep] == self._needs_in_run(dep):  # every need was skipped
                         self._mark(dep, TaskState.SKIPPED)
                         stack.append(dep)
                     else:
                         self._push(dep)
         if self.done >= len(sel):
             self._wake_if_done()
+
+    def _needs_in_run(self, tid: str) -> int:
+        """How many of ``tid``'s needs this run runs (all of them, unless ``--only`` left some out)."""
+        needs = self.plan.needs[tid]
+        return sum(1 for n in needs if n in self.selected) if self.opts.only else len(needs)
 
     def _hold(self, tid: str) -> None:
         """``tid`` waits for an approval: it and what is downstream of it are done for this process."""
@@ -936,7 +936,7 @@ class _Runner(OutputChecks, ToolCalls):
 
         Statically (what the templates read), and at run time (a file or memory an untrusted flow wrote, read back).
         """
-        flows = self.static_flows.get(task.id) or (self.guard.runtime.flows(task.id) if self.guard.runtime else None)
+        flows = self.guard.flows(task.id) or self.guard.runtime.flows(task.id)
         if flows:
             assert self.recorder is not None
             self.recorder.task_event("audit.permission.denied", {"task": task.id, "item": None,

@@ -376,6 +376,13 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, tasks={len(self.tasks)}, file={str(self.file)!r})"
 
+    def all_tasks(self) -> Mapping[str, Task]:
+        """Every task: those of ``tasks``, then the ``on_failure`` and ``finally`` ones (built once, read-only)."""
+        found = self.memo.get("all tasks")
+        if found is None:
+            found = self.memo["all tasks"] = MappingProxyType({**self.tasks, **self.on_failure, **self.finally_})
+        return found  # type: ignore[no-any-return]
+
     def locate(self, path: tuple[str | int, ...], *, key: bool = False) -> Location | None:
         """Where ``path`` (e.g. ``("tasks", "fetch", "needs")``) is in the file, if known."""
         return self.source.locate(path, key=key) if self.source is not None else None
