@@ -436,12 +436,15 @@ def _m026_task_event_seqs(db: Connection) -> None:
 #: The topics of the events a task row can stand for (a plain end: attempts and duration, nothing else).
 DERIVED_ENDS = frozenset({"succeeded", "cached", "skipped"})
 #: A run's events: the stored ones and those its task rows stand for, merged by number (see the module docstring).
+#: Each row ends with what it is (:data:`_STORED`, :data:`_A_START` or :data:`_AN_END`), then an end's attempts
+#: and duration, from which its data is written (:func:`plain_end`).
 _EVENTS_SQL = (
     "SELECT seq, ts, topic, task_id, data, 0, 0, 0 FROM events WHERE run_id = ?1 AND seq > ?2 "
-    "UNION ALL SELECT started_seq, started_at, 'task.started', task_id, NULL, 0, 0, 0 FROM tasks "
+    "UNION ALL SELECT started_seq, started_at, 'task.started', task_id, NULL, 1, 0, 0 FROM tasks "
     "WHERE run_id = ?1 AND started_seq > ?2 "
-    "UNION ALL SELECT finished_seq, finished_at, 'task.' || status, task_id, NULL, 1, attempts, "
+    "UNION ALL SELECT finished_seq, finished_at, 'task.' || status, task_id, NULL, 2, attempts, "
     "finished_at - started_at FROM tasks WHERE run_id = ?1 AND finished_seq > ?2 ORDER BY 1")
+_STORED, _A_START, _AN_END = 0, 1, 2
 
 
 def plain_end(attempts: int, duration: float | None) -> str:
@@ -973,8 +976,8 @@ class Store:
         """Events of a run with ``seq > after``, in order (those its task rows stand for included)."""
         sql = _EVENTS_SQL + (f" LIMIT {int(limit)}" if limit else "")
         return [{"seq": s, "ts": ts, "topic": t, "task": task,
-                 "data": json.loads(plain_end(attempts, duration)) if end else _loads(d) or {}}
-                for s, ts, t, task, d, end, attempts, duration in self.db.execute(sql, (run_id, after))]
+                 "data": json.loads(plain_end(attempts, duration)) if kind == _AN_END else _loads(d) or {}}
+                for s, ts, t, task, d, kind, attempts, duration in self.db.execute(sql, (run_id, after))]
 
     def logs(self, run_id: str, task_id: str | None = None, *, after: int = 0) -> list[dict[str, Any]]:
         """A run's task log lines (optionally one task's) with ``id > after``, in the order they were logged."""
@@ -1224,12 +1227,9 @@ _DEAD_COLS = ("id, kind, run_id, task_id, topic, inputs, error_class, error, cre
 
 def _materialise(db: Connection, run_id: str) -> None:
     """The events ``run_id``'s task rows stand for, stored as rows of ``events`` (the rows' numbers cleared)."""
-    rows = [(run_id, seq, ts, "task.started", task_id, None) for seq, ts, task_id in db.execute(
-        "SELECT started_seq, started_at, task_id FROM tasks WHERE run_id = ? AND started_seq IS NOT NULL", (run_id,))]
-    rows += [(run_id, seq, ts, f"task.{status}", task_id, plain_end(attempts, duration))
-             for seq, ts, status, task_id, attempts, duration in db.execute(
-                 "SELECT finished_seq, finished_at, status, task_id, attempts, finished_at - started_at FROM tasks "
-                 "WHERE run_id = ? AND finished_seq IS NOT NULL", (run_id,))]
+    rows = [(run_id, seq, ts, topic, task_id, plain_end(attempts, duration) if kind == _AN_END else None)
+            for seq, ts, topic, task_id, _, kind, attempts, duration in db.execute(_EVENTS_SQL, (run_id, 0))
+            if kind != _STORED]
     if rows:
         db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", rows)
         db.execute("UPDATE tasks SET started_seq = NULL, finished_seq = NULL WHERE run_id = ? "
