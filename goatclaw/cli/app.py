@@ -20,6 +20,7 @@ import typer
 
 from goatclaw import __version__
 from goatclaw.cli import options
+from goatclaw.cli.applying import in_ci
 from goatclaw.cli.lines import escape
 from goatclaw.cli.options import MAX_ID
 
@@ -282,7 +283,7 @@ def apply(
 
 
 def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return in_ci()  # (the typer-free `apply` asks the same)
 
 
 def _output_mode(output: Output) -> str:

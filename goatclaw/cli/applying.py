@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_EXIT_CODES", "exit_code", "shortcut"]
+__all__ = ["RUN_EXIT_CODES", "exit_code", "in_ci", "shortcut"]
 
 #: The exit code of a run that did not succeed, by its status (anything else: 1).
 RUN_EXIT_CODES = {"cancelled": 130, "blocked": 3, "waiting": 4}
@@ -30,9 +30,14 @@ def exit_code(result: Any) -> int:
     return 0 if result.ok else RUN_EXIT_CODES.get(result.status.value, 1)
 
 
+def in_ci() -> bool:
+    """Whether this runs in CI (``$CI`` says so): logs, never a live view, lines with timestamps."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def _plain_output() -> bool:
     """Whether ``apply`` with ``--output auto`` shows the run as plain lines (cli/app.py ``_output_mode``)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         return True
     try:
         return not sys.stdout.isatty()
@@ -88,7 +93,7 @@ def _apply(file: Path, store: Path | None) -> int:
     pipeline = _load_checked(file)
     bus = goatclaw.Bus()
     approver = terminal_approver()
-    PlainView(bus, timestamps=os.environ.get("CI", "").lower() in ("1", "true", "yes"), footer=False)
+    PlainView(bus, timestamps=in_ci(), footer=False)
     result = border.run(goatclaw.arun(pipeline, vars={}, concurrency=None, only=(),
                                       store=store if store is not None else True, bus=bus, force=False, cache=True,
                                       resume=False, llm=None, max_cost=None, executor=None, executor_address=None,
