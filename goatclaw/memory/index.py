@@ -68,7 +68,8 @@ ADDED, REMOVED = "vectors_added", "vectors_removed"
 PREFILTER_MIN = 20_000
 #: The share of the vectors' energy (squared singular values) the projection keeps.
 ENERGY = 0.99
-#: From this many vectors on, a store without a projection also keeps int8 codes (below, the exact scan is as fast).
+#: From this many vectors on, what the prefilter scans is held as codes: the projection as int8, vectors without one
+#: as sign codes (below, the projection or the exact scan is as fast).
 QUANTISE_MIN = 200_000
 #: Int8 codes widened to float32 at a time (a block that stays in cache: 4 MiB).
 BLOCK = 1 << 20
@@ -163,9 +164,9 @@ class VectorIndex:
                 self.kinds = np.concatenate([self.kinds, kinds])
                 if self.centre is not None:
                     self.signs = np.concatenate([self.signs, self._sign_codes(matrix)], axis=1)
-                elif self.scale is not None:
-                    coded = matrix @ self.basis if self.basis is not None else matrix
-                    self.quantised = np.concatenate([self.quantised, self._quantise(coded)])
+                elif self.scale is not None:  # int8 codes are of the projection (_fit)
+                    assert self.basis is not None
+                    self.quantised = np.concatenate([self.quantised, self._quantise(matrix @ self.basis)])
                 elif self.basis is not None and len(self.ids) < QUANTISE_MIN:
                     self.projected = np.concatenate([self.projected, matrix @ self.basis])
                 elif len(self.ids) >= max(PREFILTER_MIN, 2 * self._fitted) or \
@@ -174,7 +175,7 @@ class VectorIndex:
         self._seen = (added, removed)
 
     def _fit(self) -> None:
-        """The prefilter: a projection, int8 codes (energy spread out), or none (too few vectors)."""
+        """The prefilter: a projection (as int8 codes when large), sign codes (energy spread out), or none (too few)."""
         self.basis, self.projected = None, np.zeros((0, 0), dtype=np.float32)
         self.scale, self.quantised = None, np.zeros((0, 0), dtype=np.int8)
         self.centre, self.signs = None, np.zeros((0, 0, 0), dtype=np.uint64)
@@ -199,7 +200,7 @@ class VectorIndex:
             self.projected = projected
 
     def _code(self, matrix: np.ndarray) -> None:
-        """Keep int8 codes of ``matrix`` (the vectors or their projection), each column scaled to its peak."""
+        """Keep int8 codes of ``matrix`` (the vectors' projection), each column scaled to its peak."""
         peak = np.abs(matrix).max(axis=0)
         self.scale = (127.0 / np.where(peak > 0, peak, 1.0)).astype(np.float32)
         self.quantised = self._quantise(matrix)
@@ -270,10 +271,11 @@ class VectorIndex:
 
     def _rough(self, q: np.ndarray) -> np.ndarray:
         """The prefilter's scores of every row for the unit query ``q``."""
+        assert self.basis is not None  # the projection, held as it is or as int8 codes
+        q = q @ self.basis
         if self.scale is None:
-            assert self.basis is not None
-            return self.projected @ (q @ self.basis)
-        qs = (q @ self.basis if self.basis is not None else q) / self.scale  # codes . (q / scale) ~ vectors . q
+            return self.projected @ q
+        qs = q / self.scale  # codes . (q / scale) ~ projection . q
         out = np.empty(len(self.quantised), dtype=np.float32)
         rows = max(1, BLOCK // self.quantised.shape[1])
         buf = np.empty((rows, self.quantised.shape[1]), dtype=np.float32)
@@ -304,7 +306,7 @@ class VectorIndex:
         if self.centre is not None:
             rows = self._sign_candidates(q, sign_rerank_count(want, len(self.ids)), code)
             scores = self.matrix[rows] @ q
-        elif self.basis is not None or self.scale is not None:
+        elif self.basis is not None:  # a projection (its int8 codes, when large)
             rough = self._rough(q)
             if code is not None:
                 rough = np.where(self.kinds == code, rough, -np.inf)
