@@ -12,7 +12,9 @@ source text; the entry holds the kind and the source again, so a value is only e
 returned for the very text it was compiled from. An entry that cannot be read (missing,
 truncated, from another Python) is a miss; a folder that cannot be written is no cache.
 Entries live in a folder per salt: the first entry under a new salt (an upgrade, an edit)
-removes the folders of the others. A process that misses more than :attr:`CodeCache.MISSES`
+removes the folders of the others but the :data:`KEEP` written last, so that two installs on
+one machine (a checkout and a release, two projects' virtual environments) keep their
+entries instead of removing each other's on every run. A process that misses more than :attr:`CodeCache.MISSES`
 times (a generated pipeline of thousands of distinct templates) stops looking and writing:
 the cache is for the files people run again, not a copy of every template ever checked.
 Nothing here imports more than the standard library.
@@ -27,7 +29,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CodeCache", "cache_dir", "file_stamp"]
+__all__ = ["KEEP", "CodeCache", "cache_dir", "file_stamp"]
+
+#: How many folders of other salts a new salt's folder leaves beside it (the ones written last).
+KEEP = 3
 
 
 def cache_dir() -> Path:
@@ -107,12 +112,18 @@ class CodeCache:
 
 
 def _prune(kept: Path) -> None:
-    """Remove the folders of other salts beside ``kept`` (what an older compiler made); errors are ignored."""
+    """Remove the folders of other salts beside ``kept`` but the :data:`KEEP` written last; errors are ignored."""
     import shutil
 
+    def written(folder: Path) -> int:
+        try:
+            return folder.stat().st_mtime_ns  # a new entry's file changes its folder's time
+        except OSError:
+            return 0
+
     try:
-        others = [p for p in kept.parent.iterdir() if p != kept and p.is_dir()]
+        others = sorted((p for p in kept.parent.iterdir() if p != kept and p.is_dir()), key=written, reverse=True)
     except OSError:
         return
-    for other in others:
+    for other in others[KEEP:]:
         shutil.rmtree(other, ignore_errors=True)

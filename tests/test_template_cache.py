@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from goatclaw.codecache import CodeCache
+from goatclaw.codecache import KEEP, CodeCache
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,15 +89,33 @@ def test_an_entry_is_only_ever_the_value_of_its_own_source(tmp_path: Path, monke
     assert cache.get("expression", "b") is None
 
 
-def test_a_new_salt_removes_the_old_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_salt_removes_the_old_entries_but_the_last_few(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOATCLAW_CACHE_DIR", str(tmp_path))
-    old = CodeCache("t", "jinja2 1")
-    old.put("template", "x", "old")
-    new = CodeCache("t", "jinja2 2")
-    assert new.get("template", "x") is None
-    new.put("template", "x", "new")
-    assert [p.name for p in (tmp_path / "t").iterdir()] == [new.salt]  # the old salt's folder is gone
-    assert CodeCache("t", "jinja2 2").get("template", "x") == "new"
+    caches = [CodeCache("t", f"jinja2 {n}") for n in range(KEEP + 2)]
+    for n, cache in enumerate(caches):
+        assert cache.get("template", "x") is None  # another compiler: not the other's entry
+        cache.put("template", "x", n)
+        os.utime(cache.folder, ns=(n * 10**9, n * 10**9))  # written in this order (a coarse clock could tie them)
+    newest = CodeCache("t", "jinja2 new")
+    newest.put("template", "x", "new")
+    kept = {p.name for p in (tmp_path / "t").iterdir()}
+    assert kept == {newest.salt, *(c.salt for c in caches[-KEEP:])}  # the oldest two salts' folders are gone
+    assert CodeCache("t", "jinja2 new").get("template", "x") == "new"
+    assert CodeCache("t", f"jinja2 {KEEP + 1}").get("template", "x") == KEEP + 1
+
+
+def test_two_installs_on_one_machine_keep_each_others_entries(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout and a release (another salt each) running by turns: neither wipes what the other compiled."""
+    monkeypatch.setenv("GOATCLAW_CACHE_DIR", str(tmp_path))
+    for _ in range(3):
+        for salt in ("checkout", "release"):
+            cache = CodeCache("t", salt)
+            if cache.get("template", "x") is None:
+                cache.put("template", "x", salt)
+    assert CodeCache("t", "checkout").get("template", "x") == "checkout"
+    assert CodeCache("t", "release").get("template", "x") == "release"
+    assert CodeCache("t", "checkout").misses == 0
 
 
 def test_a_process_that_misses_too_often_stops_looking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
