@@ -532,6 +532,7 @@ async def arun(
         approver=approver,
         trigger=trigger,
         evidence=functools.partial(_approval_evidence, pipeline, project, registry or _registry_for(project)),
+        last_look=looked.look if (looked := _FirstLook.wanted(project, store_path)) is not None else None,
     )
     session.secrets = [v for v in options.secrets.values() if v]
     servers = mcp_pool(project, options.secrets, mode=session.mode, cassette=session.cassette)
@@ -545,7 +546,8 @@ async def arun(
     if max_cost is not None and result.ok and session.spent_usd > max_cost:
         _overspent(result, session.spent_usd, max_cost, store_path)
     if store_path is not None and result.status is not RunStatus.WAITING:  # memory learns from runs that ended
-        await _remember(result, pipeline, project, options.secrets, options.registry)
+        await _remember(result, pipeline, project, options.secrets, options.registry,
+                        worth=None if looked is None else looked.worth)
     return result
 
 
@@ -787,9 +789,39 @@ def _executor(given: Executor | str | None, address: str | None, project: Projec
     return make_executor(kind, address=address, workers=project.executor_workers, worker_wait=project.executor_wait)
 
 
+class _FirstLook:
+    """Whether memory has anything to learn from a run, asked of the run's store before it closes.
+
+    Most runs that succeed teach nothing (nothing failed or was retried, no earlier failure
+    to mark fixed): then :func:`_remember` opens the store no second time and starts no thread.
+    """
+
+    def __init__(self) -> None:
+        self.worth: bool | None = None  # None: not asked (the run's last commit failed): remember_run asks
+
+    @classmethod
+    def wanted(cls, project: Project, store_path: Path | None) -> _FirstLook | None:
+        """A look for a run with a store whose memory learns only when there is something to learn; else ``None``."""
+        if store_path is None:
+            return None
+        from goatclaw.memory.learn import MemorySettings
+
+        settings = MemorySettings.from_data(project.data.get("memory"))
+        return cls() if settings.enabled and not (settings.runs or settings.outputs) else None
+
+    def look(self, store: Store, result: RunResult) -> None:
+        """``RunOptions.last_look``: the store still open, everything committed."""
+        from goatclaw.memory.learn import worth_a_look
+
+        self.worth = worth_a_look(store, result)
+
+
 async def _remember(result: RunResult, pipeline: Pipeline, project: Project, secrets: Mapping[str, str],
-                    registry: Registry | None = None) -> None:
-    """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run."""
+                    registry: Registry | None = None, *, worth: bool | None = None) -> None:
+    """Let memory learn from the run (failures, fixes, summary); a memory problem never fails the run.
+
+    ``worth`` is what :class:`_FirstLook` found (``False``: nothing to learn; ``None``: not asked).
+    """
     import asyncio
 
     from goatclaw.memory.learn import MemorySettings, remember_run
@@ -797,6 +829,8 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     settings = MemorySettings.from_data(project.data.get("memory"))
     if not settings.enabled or result.store_path is None:
         return
+    if worth is False and not (settings.runs or settings.outputs):
+        return  # the run's own store said so before it closed
     # built only if the run has something to teach (most runs that succeed do not): see remember_run
     plugins = _Lazy(lambda: {tid: t.uses or "" for tid, t in pipeline.tasks.items()})
     paths = _Lazy(lambda: {tid: t.with_["path"] for tid, t in pipeline.tasks.items() if t.uses == "file.read"
@@ -930,8 +964,7 @@ def _recorded_model(tape: Any) -> tuple[str | None, str | None]:
 
 def _has_llm_tasks(pipeline: Pipeline) -> bool:
     """Whether ``pipeline`` holds an ``llm`` task (only then is a model chosen for it)."""
-    return any(t.uses == "llm" for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_)
-               for t in group.values())
+    return "llm" in pipeline.plugin_names()
 
 
 def _endpoints(project: Project) -> dict[str, llm_room.Endpoint]:

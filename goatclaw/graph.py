@@ -196,6 +196,8 @@ class Plan:
     dependents: Mapping[str, tuple[str, ...]]
     dag: Dag = field(repr=False, compare=False)
     _nx: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: What every run of the plan derives alike (the runner's: its selection, the needs counts), made once.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def graph(self) -> Any:

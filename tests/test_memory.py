@@ -202,6 +202,35 @@ def test_a_clean_run_writes_no_memory(run_fetcher, store_path: Path) -> None:
         assert store.db.execute("SELECT value FROM memory_meta").fetchall() == []  # the embedder never loaded
 
 
+def test_a_run_with_nothing_to_teach_is_judged_before_its_store_closes(run_fetcher, store_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No failure, no retry, no earlier failure to mark fixed: memory does not open the store again."""
+    from goatclaw.memory import learn
+
+    called: list[str] = []
+    real = learn.remember_run
+    monkeypatch.setattr(learn, "remember_run", lambda path, run_id, **kw: called.append(run_id) or real(path, run_id,
+                                                                                                        **kw))
+    clean = run_fetcher("")
+    assert clean.ok and called == []  # judged from its result and one query of the run's own store
+    failed = run_fetcher("HTTP 503 from api.example.com")
+    assert called == [failed.run_id]  # a failure: remembered
+    fixed = run_fetcher("")
+    assert called == [failed.run_id, fixed.run_id]  # nothing failed, but it fixes the failure before it
+    with open_memory(store_path) as m:
+        assert len(m.list(kind="fix")) == 1
+    again = run_fetcher("")
+    assert called == [failed.run_id, fixed.run_id]  # the failure is fixed: nothing to teach again
+
+    def broken(store: Store, result: object) -> bool:
+        raise RuntimeError("the look failed")
+
+    monkeypatch.setattr(learn, "worth_a_look", broken)
+    last = run_fetcher("")
+    assert last.ok and called[-1] == last.run_id  # the look failed: remember_run looks for itself, as before
+    assert again.ok
+
+
 def test_memory_disabled_remembers_nothing(run_fetcher, store_path: Path) -> None:
     run = run_fetcher("HTTP 503 from api.example.com")
     assert remember_run(store_path, run.run_id, settings=MemorySettings(enabled=False)) == 0

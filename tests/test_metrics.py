@@ -36,6 +36,53 @@ def test_tasks_that_did_not_run_are_not_on_the_path() -> None:
     assert critical_path(needs, {"a": t(None, None)}) == []
 
 
+def _critical_path_as_it_was(needs: dict, tasks: dict) -> list[dict]:
+    """The first implementation (spans of every task built first), kept to compare the one-pass one with."""
+    spans = {}
+    last, last_end = None, 0.0
+    for tid, task in tasks.items():
+        if task.started_at is None or task.finished_at is None or tid not in needs:
+            continue
+        spans[tid] = (task.started_at, task.finished_at)
+        if last is None or task.finished_at > last_end or (task.finished_at == last_end and tid > last):
+            last, last_end = tid, task.finished_at
+    path, current = [], last
+    while current is not None:
+        start, end = spans[current]
+        previous, previous_end = None, 0.0
+        for n in needs[current]:
+            span = spans.get(n)
+            if span is None or span[1] > start + 1e-9:
+                continue
+            if previous is None or span[1] > previous_end or (span[1] == previous_end and n > previous):
+                previous, previous_end = n, span[1]
+        ready_at = previous_end if previous is not None else start
+        path.append({"task": current, "duration": round(end - start, 6), "wait": round(max(0.0, start - ready_at), 6)})
+        current = previous
+    return path[::-1]
+
+
+def test_the_one_pass_critical_path_is_the_path_of_the_first_implementation() -> None:
+    import random
+
+    rng = random.Random(5)
+    for case in range(400):
+        n = rng.randint(0, 30)
+        ids = [f"t{i}" for i in range(n)]
+        rng.shuffle(ids)  # ids out of order: ties between equal ends are broken by id, not by position
+        needs = {tid: tuple(rng.sample(ids[:i], min(i, rng.randint(0, 3)))) for i, tid in enumerate(ids)}
+        tasks = {}
+        for tid in ids:
+            if rng.random() < 0.15:
+                tasks[tid] = t(None, None)  # did not run
+                continue
+            start = float(rng.randint(0, 20))  # whole seconds: many equal ends
+            tasks[tid] = t(start, start + rng.randint(0, 5))
+        if ids and rng.random() < 0.3:
+            tasks["extra"] = t(0, 99)  # a task outside the main graph (finally:) never counts
+        assert critical_path(needs, tasks) == _critical_path_as_it_was(needs, tasks), case
+
+
 SLEEPS = """
 version: 1
 name: sleeps

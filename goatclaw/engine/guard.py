@@ -149,7 +149,7 @@ class Guard:
     def _follow(self) -> tuple[dict[str, frozenset[str]], dict[str, list[Flow]]]:
         p = self.pipeline
         tasks = p.all_tasks()
-        by_plugin = {uses: self.spec_of(uses) for uses in {t.uses for t in tasks.values()}}
+        by_plugin = {uses: self.spec_of(uses) for uses in p.plugin_names()}
         if not any(s is not None and s.untrusted_output for s in by_plugin.values()):
             return {}, {}
         specs = {tid: by_plugin[t.uses] for tid, t in tasks.items()}

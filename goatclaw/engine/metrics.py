@@ -20,22 +20,21 @@ def critical_path(needs: Mapping[str, Sequence[str]], tasks: Mapping[str, Any]) 
     ``tasks`` maps ids to results with ``started_at`` and ``finished_at`` (tasks that did
     not run have ``None``); only tasks of the main graph (those in ``needs``) count.
     """
-    spans: dict[str, tuple[float, float]] = {}  # tasks of the main graph that ran: (started, finished)
     last, last_end = None, 0.0
-    for tid, t in tasks.items():
-        start, end = t.started_at, t.finished_at
-        if start is None or end is None or tid not in needs:
+    for tid, t in tasks.items():  # one pass over every task: the task of the main graph that finished last
+        end = t.finished_at
+        if end is None or (last is not None and end < last_end) or t.started_at is None or tid not in needs:
             continue
-        spans[tid] = (start, end)
-        if last is None or end > last_end or (end == last_end and tid > last):
+        if last is None or end > last_end or tid > last:  # (equal ends: the greater id, whatever the order)
             last, last_end = tid, end
     path: list[dict[str, Any]] = []
     current = last
     while current is not None:
-        start, end = spans[current]
+        t = tasks[current]
+        start, end = t.started_at, t.finished_at
         previous, previous_end = None, 0.0  # the need that finished last before this task started
         for n in needs[current]:
-            span = spans.get(n)
+            span = _span(tasks, needs, n)
             if span is None or span[1] > start + 1e-9:
                 continue
             if previous is None or span[1] > previous_end or (span[1] == previous_end and n > previous):
@@ -45,3 +44,11 @@ def critical_path(needs: Mapping[str, Sequence[str]], tasks: Mapping[str, Any]) 
         current = previous
     path.reverse()
     return path
+
+
+def _span(tasks: Mapping[str, Any], needs: Mapping[str, Sequence[str]], tid: str) -> tuple[float, float] | None:
+    """(started, finished) of ``tid`` if it is a task of the main graph that ran."""
+    t = tasks.get(tid)
+    if t is None or t.started_at is None or t.finished_at is None or tid not in needs:
+        return None
+    return t.started_at, t.finished_at

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pickle
 import threading
@@ -87,7 +88,7 @@ class Recorder:
         self.redactor = Redactor(secrets if isinstance(secrets, Mapping) else self.secrets)
         self._masks = bool(self.redactor)  # whether anything is masked at all (no secrets, no audit key: nothing)
         self.seq = 0
-        self.plugins: dict[str, str] = {}  # task id -> plugin, stored with each task row
+        self.plugins: Mapping[str, str] = {}  # task id -> plugin, stored with each task row
         self.events: list[tuple[Any, ...]] = []
         #: Tasks started since the last commit: ``task id -> (seq, ts)`` of their ``task.started``, which their
         #: row keeps if they end before the next commit (else it is stored as an event then: see :meth:`_take`).
@@ -124,8 +125,7 @@ class Recorder:
         With ``resume`` the stored run is marked running again and its event numbers go on.
         ``trigger`` (what started it: ``cli``, ``schedule``, …) goes into the ``run.started`` event.
         """
-        self.plugins = {tid: t.uses for group in (pipeline.tasks, pipeline.on_failure, pipeline.finally_)
-                        for tid, t in group.items()}
+        self.plugins = pipeline.plugins()
         if self.store is not None and resume:
             self.seq = self.store.resume_run(self.run_id)
         elif self.store is not None:
@@ -148,22 +148,25 @@ class Recorder:
         if self.store is not None and _writer_wanted(len(tasks)):
             self._writer = _Writer(self.store, self.run_id)
 
-    def finish_run(self, result: RunResult) -> None:
+    def finish_run(self, result: RunResult, *, last_look: Callable[[Store, RunResult], Any] | None = None) -> None:
         """Record the run's end and commit everything still kept (one transaction).
 
         After a commit that failed, the run ends failed and this raises :class:`StoreError`
         (what was lost, if the last commit fails too: see the module's docstring).
+        ``last_look`` is called with the store and ``result`` once everything is committed,
+        before the store closes; an exception from it is logged, and the run is not touched.
         """
         failure = self._failure()
         if failure is not None:  # a run whose rows could not be committed never reports success
             result.status = RunStatus.FAILED
             result.error = result.error or str(failure)
         topic, ts = f"run.{result.status.value}", time.time()
-        data = {"counts": result.counts(), "error": result.error,
+        counts = result.counts()
+        data = {"counts": counts, "error": result.error,
                 "duration": None if result.finished_at is None else result.finished_at - result.started_at}
         self.event(topic, None, data, ts=ts, publish=False)  # published once it is known whether it was stored
         seq = self.seq
-        summary = json.dumps({"counts": result.counts(), "critical_path": result.critical_path})
+        summary = json.dumps({"counts": counts, "critical_path": result.critical_path})
         run = (result.status.value, result.finished_at, self._mask(result.error), summary, self.run_id)
         try:
             error = self._write_last(run)
@@ -182,6 +185,12 @@ class Recorder:
             if error is None and len(self.bus.errors) > self._bus_errors:
                 self._subscriber_failed()  # a subscriber that raised on the run's end: its dead letter is kept too
                 self._write()
+            if error is None and last_look is not None and self.store is not None:
+                try:
+                    last_look(self.store, result)
+                except Exception:  # a reader's problem, after the run was stored: logged, not the run's
+                    logging.getLogger("goatclaw.engine").debug("the last look at run %s's store failed",
+                                                               self.run_id, exc_info=True)
         finally:
             if self._capturing:
                 tasklogs.uninstall()

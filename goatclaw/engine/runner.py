@@ -14,14 +14,15 @@ import asyncio
 import contextlib
 import heapq
 import json
+import operator
 import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from goatclaw.engine import tasklogs
 from goatclaw.engine.breaker import Breakers, breaker_key
@@ -57,6 +58,8 @@ from goatclaw.tools.mcp import current as mcp_servers
 __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
+_STATUS = operator.attrgetter("status")
+_T = TypeVar("_T")
 #: What a plugin may raise that fails its task. ``KeyboardInterrupt`` and ``SystemExit`` from a
 #: plugin (``sys.exit()`` in a task body) are its failure, not the process's: a real Ctrl-C never
 #: raises inside a run started by the CLI (cli/border.py cancels it instead).
@@ -94,6 +97,9 @@ class RunOptions:
     approver: Any = None  # decides tool calls a task's approve: names (toolcalls.Approver); None: they are refused
     evidence: Evidence | None = None  # an approval request's cost and permissions of what follows (goatclaw.api)
     trigger: str | None = None  # what started the run (cli, api, schedule, webhook…): in its run.started event
+    #: Called with the run's store and result after its last commit, before the store closes; what it
+    #: raises is logged, never the run's (goatclaw.api: whether memory has anything to learn from the run).
+    last_look: Callable[[Store, RunResult], Any] | None = None
 
 
 async def execute(plan: Plan, options: RunOptions) -> RunResult:
@@ -119,8 +125,9 @@ class _Runner(OutputChecks, ToolCalls):
         self.bus = options.bus or Bus()
         self.rng = random.Random(options.seed)
         self.all_tasks = plan.pipeline.all_tasks()
-        self.standby = _standby(plan.pipeline)
-        self.selected = _select(plan, options.only, self.standby)
+        self.standby = _memo(plan.memo, "standby", lambda: _standby(plan.pipeline))
+        self.selected = (_select(plan, options.only, self.standby) if options.only else
+                         _memo(plan.memo, "selected", lambda: _select(plan, (), self.standby)))
         # permissions (the store protected wherever it is) and untrusted flows
         self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path, options.ceiling)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
@@ -198,7 +205,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.recorder = Recorder(store, self.bus, r.run_id, secrets=dict(self.opts.secrets))
         self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried,
                                  self.recorder.file_origins)
-        if any(t.breaker is not None for t in self.all_tasks.values()):
+        if _memo(self.plan.memo, "breakers", lambda: any(t.breaker is not None for t in self.all_tasks.values())):
             self._breakers()
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume, trigger=self.opts.trigger)
@@ -253,17 +260,19 @@ class _Runner(OutputChecks, ToolCalls):
         if self.breakers is not None:
             self.breakers.close()
         if self.recorder is not None:
-            self.recorder.finish_run(r)
+            self.recorder.finish_run(r, last_look=self.opts.last_look)
             self.recorder = None
 
     def _final_status(self) -> RunStatus:
-        if any(res.status is TaskState.WAITING for res in self.result.tasks.values()):
+        states = set(map(_STATUS, self.result.tasks.values()))
+        if TaskState.WAITING in states:
             return RunStatus.WAITING  # not over, even if another branch failed: a decision resumes it
-        for tid, res in self.result.tasks.items():
-            if res.status in (TaskState.UPSTREAM_FAILED, TaskState.CANCELLED):
-                return RunStatus.FAILED
-            if res.status is TaskState.FAILED and not self.all_tasks[tid].continue_on_error:
-                return RunStatus.FAILED
+        if TaskState.UPSTREAM_FAILED in states or TaskState.CANCELLED in states:
+            return RunStatus.FAILED
+        if TaskState.FAILED in states and any(
+                res.status is TaskState.FAILED and not self.all_tasks[tid].continue_on_error
+                for tid, res in self.result.tasks.items()):
+            return RunStatus.FAILED
         return RunStatus.FAILED if self.result.error else RunStatus.SUCCEEDED
 
     # -- after the graph: on_failure and finally -------------------------------------
@@ -319,21 +328,21 @@ class _Runner(OutputChecks, ToolCalls):
         Judge rules and ``fix: {mode: repair}`` call an LLM on the task's behalf: the LLM
         room's warm-up (litellm's import, in a thread) starts for them too.
         """
-        warmups: dict[str, Callable[[], Awaitable[None]]] = {}
-        for tid in self.selected:
-            task = self.all_tasks[tid]
-            if task.uses and task.uses not in warmups:
-                try:
-                    warmups[task.uses] = self.registry.task(task.uses).spec.warmup  # type: ignore[assignment]
-                except PluginError:
-                    warmups[task.uses] = None  # type: ignore[assignment]  # the task reports it when it runs
-            if (task.validate or task.fix is not None) and "llm room" not in warmups and (
-                    any(r.kind == "judge" for r in task.validate)
-                    or (task.fix is not None and task.fix.mode == "repair")):
-                from goatclaw import llm as room
+        if self.opts.only:
+            uses, judged = _warm_uses(self.all_tasks, self.selected)
+        else:  # every run of the pipeline selects the same tasks: looked at once
+            uses, judged = _memo(self.plan.memo, "warm uses", lambda: _warm_uses(self.all_tasks, self.selected))
+        warmups: list[Callable[[], Awaitable[None]] | None] = []
+        for name in uses:
+            try:
+                warmups.append(self.registry.task(name).spec.warmup)
+            except PluginError:
+                pass  # the task reports it when it runs
+        if judged:
+            from goatclaw import llm as room
 
-                warmups["llm room"] = room.warm
-        return [asyncio.ensure_future(_quietly(w)) for w in dict.fromkeys(warmups.values()) if w is not None]
+            warmups.append(room.warm)
+        return [asyncio.ensure_future(_quietly(w)) for w in dict.fromkeys(warmups) if w is not None]
 
     # -- the task cache --------------------------------------------------------------
 
@@ -407,15 +416,18 @@ class _Runner(OutputChecks, ToolCalls):
         sel = self.selected
         if self.opts.only:
             self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
-        else:  # every task but standby fallbacks, which nothing needs
-            self.pending = {tid: len(needs[tid]) for tid in sel}
+            roots = [tid for tid, left in self.pending.items() if left == 0]
+        else:  # every task but standby fallbacks, which nothing needs: the same counts every run, copied
+            counts, roots = _memo(self.plan.memo, "pending", lambda: _pending(needs, sel))
+            self.pending = dict(counts)
         seeded = self.seeded
-        for tid in sel:
-            if self.pending[tid] == 0 and tid not in seeded:
+        for tid in roots:
+            if tid not in seeded:
                 self._push(tid)
-        for tid in sel:
-            if tid in seeded:
-                self._complete(tid)
+        if seeded:
+            for tid in sel:
+                if tid in seeded:
+                    self._complete(tid)
         while sel and self.done < len(sel):
             await self._work()
             self._release_decided()  # decisions recorded while this run went on (another approver): go on
@@ -1049,6 +1061,35 @@ def _group_order(group: Mapping[str, Task]) -> list[str]:
             order += remaining
             break
     return order
+
+
+def _memo(memo: dict[str, Any], key: str, make: Callable[[], _T]) -> _T:
+    """``memo[key]``, made by ``make`` the first time: what every run of a plan derives alike (read-only)."""
+    try:
+        return memo[key]  # type: ignore[no-any-return]
+    except KeyError:
+        found = memo[key] = make()
+        return found
+
+
+def _pending(needs: Mapping[str, Sequence[str]], selected: Mapping[str, None]) -> tuple[dict[str, int], list[str]]:
+    """Each selected task's count of needs (all in the run), and the tasks that need none, in plan order."""
+    counts = {tid: len(needs[tid]) for tid in selected}
+    return counts, [tid for tid, left in counts.items() if left == 0]
+
+
+def _warm_uses(tasks: Mapping[str, Task], selected: Iterable[str]) -> tuple[tuple[str, ...], bool]:
+    """The plugins the selected tasks use, each once, and whether a judge rule or a repair fix calls an LLM."""
+    uses: dict[str, None] = {}
+    judged = False
+    for tid in selected:
+        task = tasks[tid]
+        if task.uses:
+            uses[task.uses] = None
+        if (task.validate or task.fix is not None) and not judged:
+            judged = any(r.kind == "judge" for r in task.validate) or (task.fix is not None
+                                                                       and task.fix.mode == "repair")
+    return tuple(uses), judged
 
 
 def _standby(pipeline: Any) -> frozenset[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,8 @@ class TaskState(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+
+_STATUS = operator.attrgetter("status")
 
 _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED, TaskState.UPSTREAM_FAILED,
@@ -132,9 +136,7 @@ class RunResult:
 
     def counts(self) -> dict[str, int]:
         """How many tasks ended in each state."""
-        out: dict[str, int] = {}
-        for t in self.tasks.values():
-            out[t.status] = out.get(t.status, 0) + 1
+        out = Counter(map(_STATUS, self.tasks.values()))  # in the order the states first appear
         return {state.value: n for state, n in out.items()}
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from goatclaw.memory import knowledge
 from goatclaw.security.secrets import Redactor
 from goatclaw.store import Store, TaskRow
 
-__all__ = ["Explanation", "MemorySettings", "explain", "remember_run"]
+__all__ = ["Explanation", "MemorySettings", "explain", "remember_run", "worth_a_look"]
 
 _FAILED = ("failed",)
 _PASSED = ("succeeded", "cached")
@@ -111,9 +111,27 @@ def _worth_a_look(store: Store, pipeline: str, run_id: str) -> bool:
     if store.db.execute("SELECT 1 FROM tasks WHERE run_id = ? AND (status = 'failed' OR attempts > 1) LIMIT 1",
                         (run_id,)).fetchone():
         return True
-    unfixed = store.db.execute("SELECT 1 FROM memories WHERE kind = 'failure' AND json_extract(metadata, '$.pipeline')"
-                               " = ? AND json_extract(metadata, '$.fixed') IS NULL LIMIT 1", (pipeline,)).fetchone()
-    return unfixed is not None
+    return _unfixed(store, pipeline)
+
+
+def _unfixed(store: Store, pipeline: str) -> bool:
+    """Whether memory holds a failure of ``pipeline`` that no later run fixed."""
+    return store.db.execute("SELECT 1 FROM memories WHERE kind = 'failure' AND json_extract(metadata, '$.pipeline')"
+                            " = ? AND json_extract(metadata, '$.fixed') IS NULL LIMIT 1", (pipeline,)).fetchone() \
+        is not None
+
+
+def worth_a_look(store: Store, result: Any) -> bool:
+    """Whether the run whose result is ``result`` may teach memory anything, asked of its own store before it closes.
+
+    True when a task failed or was retried (its result says so: no rows are read) or its
+    pipeline has a failure no run fixed yet (one query): what :func:`remember_run` would
+    find worth a look. The runner asks it after the run's last commit
+    (``RunOptions.last_look``), so that a run with nothing to teach opens nothing again.
+    """
+    if any(t.status == "failed" or t.attempts > 1 for t in result.tasks.values()):
+        return True
+    return _unfixed(store, result.pipeline)
 
 
 def _collect(store: Store, pipeline: str, run_id: str, tasks: Sequence[TaskRow], plugins: Mapping[str, str],

@@ -383,6 +383,20 @@ class Pipeline:
             found = self.memo["all tasks"] = MappingProxyType({**self.tasks, **self.on_failure, **self.finally_})
         return found  # type: ignore[no-any-return]
 
+    def plugins(self) -> Mapping[str, str]:
+        """Task id -> the plugin it ``uses``, for every task (built once, read-only)."""
+        found = self.memo.get("plugins")
+        if found is None:
+            found = self.memo["plugins"] = MappingProxyType({tid: t.uses for tid, t in self.all_tasks().items()})
+        return found  # type: ignore[no-any-return]
+
+    def plugin_names(self) -> frozenset[str]:
+        """The plugins the tasks use, each once (built once)."""
+        found = self.memo.get("plugin names")
+        if found is None:
+            found = self.memo["plugin names"] = frozenset(self.plugins().values())
+        return found  # type: ignore[no-any-return]
+
     def locate(self, path: tuple[str | int, ...], *, key: bool = False) -> Location | None:
         """Where ``path`` (e.g. ``("tasks", "fetch", "needs")``) is in the file, if known."""
         return self.source.locate(path, key=key) if self.source is not None else None
