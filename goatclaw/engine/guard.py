@@ -114,6 +114,11 @@ class Guard:
         self.all_flows()
         return self._origins.get(task_id, frozenset())
 
+    def untrusted_in_sight(self) -> bool:
+        """Whether any task's output carries untrusted data statically (no flow, no origin: most pipelines)."""
+        self.all_flows()
+        return bool(self._origins or self._flows)
+
     def carried(self, task_id: str) -> frozenset[str]:
         """The untrusted tasks whose data ``task_id``'s inputs carry (after its ``trust:``), static and run-time."""
         self.all_flows()

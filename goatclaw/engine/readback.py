@@ -53,6 +53,8 @@ class ReadBack:
         self._reads: dict[str, list[tuple[str, str]]] = {}
         self._writes: dict[str, list[tuple[str, str | None, str]]] = {}
         self._files: dict[str, tuple[str | None, frozenset[str]]] = {}  # this run's writes: path -> (sha, origins)
+        #: Whether a task reported a read or a write yet (most runs' tasks never do: then nothing is ever settled).
+        self.heard_any = False
 
     def heard(self, topic: str, data: dict[str, Any]) -> None:
         """A task's event (from its plugin, maybe in a thread): note reads, writes and untrusted outputs."""
@@ -60,10 +62,12 @@ class ReadBack:
         if not isinstance(task, str):
             return
         if topic == READ_BACK:
+            self.heard_any = True
             with self._lock:
                 self._reads.setdefault(task, []).append((str(data.get("path")), str(data.get("sha256"))))
         elif topic == _WRITTEN and isinstance(data.get("path"), str):
             sha = data.get("sha256") if data.get("mode", "overwrite") == "overwrite" else None
+            self.heard_any = True
             with self._lock:
                 self._writes.setdefault(task, []).append((self._real(data["path"]), sha, str(data.get("mode"))))
         elif topic == UNTRUSTED:

@@ -59,6 +59,7 @@ __all__ = ["RunOptions", "execute"]
 
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
 _STATUS = operator.attrgetter("status")
+_NOTHING: frozenset[str] = frozenset()
 _T = TypeVar("_T")
 #: What a plugin may raise that fails its task. ``KeyboardInterrupt`` and ``SystemExit`` from a
 #: plugin (``sys.exit()`` in a task body) are its failure, not the process's: a real Ctrl-C never
@@ -158,6 +159,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.seeded: set[str] = set()  # tasks a resume took from the store: done before the run starts
         self.cache: TaskCache | None = None  # reused outputs (a run with a store, unless --no-cache)
         self.readback: ReadBack | None = None  # files and memories an untrusted flow wrote, read back
+        self.untrusted = True  # whether the templates carry untrusted data anywhere (Guard.untrusted_in_sight)
         self.mcp = mcp_servers()  # the run's MCP servers (set around the whole run: goatclaw.api.arun)
 
     # -- the recipe ------------------------------------------------------------------
@@ -212,6 +214,7 @@ class _Runner(OutputChecks, ToolCalls):
         if self.opts.parent:  # a pipeline tool's child run: who called it
             self.recorder.event("run.parent", None, dict(self.opts.parent))
         self.sentry = Sentry(self.recorder, threshold=Sentry.threshold_of(self.pipeline))
+        self.untrusted = self.guard.untrusted_in_sight()  # False: only what comes back at run time can taint
         self.secret_reads = SecretReads(self.opts.secrets) if self.opts.secrets else None
         if self.opts.cache and store is not None:
             self.cache = TaskCache(self.recorder, self.opts.workspace)
@@ -463,7 +466,7 @@ class _Runner(OutputChecks, ToolCalls):
         results = self.result.tasks
         assert sentry is not None
         while True:
-            if self.ready and not sentry.threat.blocked:
+            if self.ready and not (sentry.threat.score and sentry.threat.blocked):  # (no score: not blocked)
                 if bus.congested:  # a queued subscriber is behind: start nothing new until it catches up
                     await bus.wait_ready()
                     continue
@@ -471,7 +474,10 @@ class _Runner(OutputChecks, ToolCalls):
                 task = tasks[tid]
                 await self._run_task(task)
                 res = results[tid]
-                if res.error_class is not None or self._screened(task.uses) or sentry.threat.blocked:
+                screened = self.screened.get(task.uses)
+                if screened is None:
+                    screened = self._screened(task.uses)
+                if res.error_class is not None or screened or (sentry.threat.score and sentry.threat.blocked):
                     await self._screen(task)  # may stop the run before its dependents are released
                 if res.status is TaskState.WAITING:
                     self._hold(tid)
@@ -601,8 +607,8 @@ class _Runner(OutputChecks, ToolCalls):
 
     async def _run_task(self, task: Task) -> None:
         res = self.result.tasks[task.id]
-        rec = self.recorder
-        assert rec is not None
+        rec, readback = self.recorder, self.readback
+        assert rec is not None and readback is not None
         res.move(TaskState.RUNNING)
         res.started_at = time.time()
         rec.task_started(task.id, res.started_at)
@@ -616,7 +622,8 @@ class _Runner(OutputChecks, ToolCalls):
                 res.move(TaskState.WAITING)
             else:
                 plugin = self._plugin(task)
-                self._refuse_untrusted(task)
+                if self.untrusted or self.guard.runtime.seen:
+                    self._refuse_untrusted(task)
                 if task.foreach is not None:
                     res.output, res.output_json = await self._foreach(task, plugin, res)
                 else:
@@ -638,7 +645,8 @@ class _Runner(OutputChecks, ToolCalls):
                     self._dead_letter(task, res)
         finally:
             res.finished_at = time.time()
-            self._settle(task, res)
+            if res.fallback is not None or readback.heard_any or self.guard.runtime.seen:  # (else: nothing to settle)
+                self._settle(task, res)
             rec.task_finished(res)
             if self.hooks and res.status not in (TaskState.CANCELLED, TaskState.WAITING):
                 await self.hooks.task_finished(run_id=self.result.run_id, pipeline=self.pipeline.name, result=res)
@@ -898,7 +906,7 @@ class _Runner(OutputChecks, ToolCalls):
         return TaskContext(self.result.run_id, task.id, attempt, item, index, self.opts.workspace, self.opts.secrets,
                            task.env, task.timeout, self.guard.grant(task), self._task_event,
                            self.opts.store_path, self.recorder.redactor, self._cache_word(task), task.cache.ttl,
-                           self.guard.carried(task.id),
+                           self.guard.carried(task.id) if self.untrusted or self.guard.runtime.seen else _NOTHING,
                            self._toolbox_maker(task, attempt, item, index) if "tools" in task.with_ else None,
                            self.mcp, None if res is None else res.approval)
 

@@ -133,10 +133,12 @@ class RuntimeTaint:
         self._marks: dict[str, tuple[frozenset[str], str]] = {}
         self._settled: dict[str, frozenset[str]] = {}
         self._how: dict[str, str] = {}
+        #: Whether anything untrusted came back in this run so far (an attribute: the runner reads it for every task).
+        self.seen = False
 
     def __bool__(self) -> bool:
         """Whether anything untrusted came back in this run so far."""
-        return bool(self._settled or self._marks)
+        return self.seen
 
     def mark(self, tid: str, origins: Iterable[str], how: str = "") -> None:
         """``tid``'s output holds data that came from ``origins`` (untrusted tasks), ``how`` it got in."""
@@ -145,6 +147,7 @@ class RuntimeTaint:
             return
         old, old_how = self._marks.get(tid, (frozenset(), ""))
         self._marks[tid] = (old | came, old_how or how)
+        self.seen = True
 
     def origins(self, tid: str) -> frozenset[str]:
         """What ``tid``'s output carries, as far as the run has seen (empty before it settled)."""
@@ -174,6 +177,7 @@ class RuntimeTaint:
         came -= trust
         if came:
             self._settled[tid] = frozenset(came)
+            self.seen = True
             how = self._marks.get(tid, (frozenset(), ""))[1] or next(
                 (self._how[r] for r in sorted(self._refs(tid)) if self._how.get(r)), "")
             self._how.setdefault(tid, how)
