@@ -26,6 +26,7 @@ finds (``threat.*`` events and ``threat.detected`` audit rows).
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 from collections import Counter
@@ -53,20 +54,20 @@ PROBE_AFTER = 2
 
 # Outputs are content an attacker may shape: every pattern runs on RE2 (linear time in the text),
 # so a 100 KB body such as "rm -" + "r" * 100000 is scanned in a millisecond, not for minutes.
-_KEY_SHAPES: tuple[tuple[str, Any], ...] = tuple((name, compile_linear(pattern)) for name, pattern in (
+# They are compiled when a first output is scanned (a run whose plugins' outputs are never screened imports no RE2).
+_KEY_SHAPES: tuple[tuple[str, str], ...] = (
     ("openai", r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"),
     ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     ("github_token", r"\b(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}"),
     ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
     ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}"),
     ("stripe_key", r"\b[rs]k_live_[0-9A-Za-z]{20,}"),
-))
-_PRIVATE_KEY = compile_linear(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----")
-_TOKEN = compile_linear(r"[A-Za-z0-9+/_=-]{32,}")
+)
+_PRIVATE_KEY = r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----"
+_TOKEN = r"[A-Za-z0-9+/_=-]{32,}"
 _ENTROPY_BITS = 4.5  # per character; random base64 scores about 5, English words and hex under 4.2
 
-_INJECTION: tuple[tuple[str, Any], ...] = tuple((name, compile_linear(pattern, ignore_case=True))
-                                                          for name, pattern in (
+_INJECTION: tuple[tuple[str, str], ...] = (
     ("ignore_instructions", r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+)*"
                             r"(?:previous|prior|above|earlier|preceding|original)\s+"
                             r"(?:instructions|prompts?|messages|rules|directions|context)"),
@@ -79,7 +80,14 @@ _INJECTION: tuple[tuple[str, Any], ...] = tuple((name, compile_linear(pattern, i
     ("code_exec", r"\b(?:os\.system|subprocess\.(?:run|Popen|call)|eval|exec)\s*\(|__import__\s*\("),
     ("exfiltrate", r"\b(?:send|post|upload|exfiltrate)\s+(?:the\s+|all\s+|your\s+)*(?:secrets?|api\s+keys?|"
                    r"credentials|tokens?|environment\s+variables)\b"),
-))
+)
+
+
+@functools.cache
+def _compiled() -> tuple[Any, tuple[tuple[str, Any], ...], Any, tuple[tuple[str, Any], ...]]:
+    """The patterns on RE2, compiled once: private key, key shapes, token, injection phrases."""
+    return (compile_linear(_PRIVATE_KEY), tuple((name, compile_linear(p)) for name, p in _KEY_SHAPES),
+            compile_linear(_TOKEN), tuple((name, compile_linear(p, ignore_case=True)) for name, p in _INJECTION))
 
 
 @dataclass(frozen=True)
@@ -111,18 +119,19 @@ def scan_secrets(text: str) -> list[Finding]:
     """Secret-shaped strings in ``text``: private keys, known key prefixes, high-entropy tokens."""
     found: list[Finding] = []
     covered: list[tuple[int, int]] = []
-    for match in _PRIVATE_KEY.finditer(text):
+    private_key, key_shapes, token_shape, _ = _compiled()
+    for match in private_key.finditer(text):
         found.append(Finding("private_key", WEIGHTS["private_key"], match.group(0), _fingerprint(
             text[match.start():match.start() + 200])))
         covered.append(match.span())
-    for name, pattern in _KEY_SHAPES:
+    for name, pattern in key_shapes:
         for match in pattern.finditer(text):
             token = match.group(0)
             found.append(Finding("secret_key", WEIGHTS["secret_key"], f"{name} {_shown(token)}", _fingerprint(token)))
             covered.append(match.span())
     covered.sort()
     starts = [start for start, _ in covered]
-    for match in _TOKEN.finditer(text):
+    for match in token_shape.finditer(text):
         token = match.group(0).strip("=")
         if _overlaps(covered, starts, match.start(), match.end()):
             continue
@@ -144,7 +153,7 @@ def _overlaps(covered: list[tuple[int, int]], starts: list[int], start: int, end
 def scan_injection(text: str) -> list[Finding]:
     """Prompt-injection markers in ``text`` (one finding per kind of marker)."""
     found = []
-    for name, pattern in _INJECTION:
+    for name, pattern in _compiled()[3]:
         match = pattern.search(text)
         if match is not None:
             found.append(Finding("injection", WEIGHTS["injection"], f"{name}: {match.group(0)[:80]!r}", name))
