@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 #: What ``--version`` has no use for: the CLI framework, the terminal renderer, the event loop, TLS.
 NOT_FOR_VERSION = ["typer", "click", "rich", "asyncio", "ssl", "yaml", "jinja2"]
@@ -199,3 +201,22 @@ def test_the_apply_shortcut_prints_and_exits_as_the_typer_command(tmp_path: Path
     assert "✓ run RUN succeeded in T (2 succeeded)" in shortcut[0][1]
     assert "bad.yaml:3:13: tasks.a.uses: unknown task 'nope'" in shortcut[1][1]
     assert "cannot open the store" in shortcut[5][1]
+
+
+@pytest.mark.parametrize("value, at_terminal", [("", True), ("1", False), ("true", False), ("yes", False),
+                                                ("YES", False), ("no", True)])
+def test_a_bare_goatclaw_in_ci_is_never_at_a_terminal(value: str, at_terminal: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$CI`` reads the same for the interactive shell as for ``apply``'s lines (cli/applying.py ``in_ci``)."""
+    import io
+
+    from goatclaw.cli import _on_terminal
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty())
+    monkeypatch.setattr(sys, "stdout", Tty())
+    monkeypatch.setenv("CI", value)
+    assert _on_terminal() is at_terminal

@@ -10,10 +10,10 @@ __all__ = ["main"]
 
 def _on_terminal() -> bool:
     """Whether a person is at this process's terminal (stdin and stdout), and not in CI."""
-    import os
+    from goatclaw.cli.applying import in_ci
 
     try:
-        return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
+        return sys.stdin.isatty() and sys.stdout.isatty() and not in_ci()
     except (AttributeError, ValueError):
         return False
 
