@@ -822,6 +822,8 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
 
     ``worth`` is what :class:`_FirstLook` found (``False``: nothing to learn; ``None``: not asked).
     """
+    if worth is False:  # the run's own store said so before it closed (asked only where that settles it)
+        return
     import asyncio
 
     from goatclaw.memory.learn import MemorySettings, remember_run
@@ -829,8 +831,6 @@ async def _remember(result: RunResult, pipeline: Pipeline, project: Project, sec
     settings = MemorySettings.from_data(project.data.get("memory"))
     if not settings.enabled or result.store_path is None:
         return
-    if worth is False and not (settings.runs or settings.outputs):
-        return  # the run's own store said so before it closed
     # built only if the run has something to teach (most runs that succeed do not): see remember_run
     plugins = _Lazy(lambda: {tid: t.uses or "" for tid, t in pipeline.tasks.items()})
     paths = _Lazy(lambda: {tid: t.with_["path"] for tid, t in pipeline.tasks.items() if t.uses == "file.read"
