@@ -466,7 +466,7 @@ class _Runner(OutputChecks, ToolCalls):
         results = self.result.tasks
         assert sentry is not None
         while True:
-            if self.ready and not (sentry.threat.score and sentry.threat.blocked):  # (no score: not blocked)
+            if self.ready and not sentry.threat.blocked:
                 if bus.congested:  # a queued subscriber is behind: start nothing new until it catches up
                     await bus.wait_ready()
                     continue
@@ -474,10 +474,7 @@ class _Runner(OutputChecks, ToolCalls):
                 task = tasks[tid]
                 await self._run_task(task)
                 res = results[tid]
-                screened = self.screened.get(task.uses)
-                if screened is None:
-                    screened = self._screened(task.uses)
-                if res.error_class is not None or screened or (sentry.threat.score and sentry.threat.blocked):
+                if res.error_class is not None or self._screened(task.uses) or sentry.threat.blocked:
                     await self._screen(task)  # may stop the run before its dependents are released
                 if res.status is TaskState.WAITING:
                     self._hold(tid)
