@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from goatclaw.engine import tasklogs
 from goatclaw.engine.breaker import Breakers, breaker_key
@@ -50,7 +50,7 @@ from goatclaw.registry import Plugin, Registry, default_registry
 from goatclaw.security.auditkey import KEY_ENV, KEY_FILE_ENV
 from goatclaw.security.ratelimit import LIMITS
 from goatclaw.spec.loader import gc_frozen
-from goatclaw.spec.model import BreakerPolicy, Task
+from goatclaw.spec.model import BreakerPolicy, Task, memoized
 from goatclaw.store import Store
 from goatclaw.template import Compiled, compile_expression, compile_value, has_template
 from goatclaw.tools.mcp import current as mcp_servers
@@ -60,7 +60,6 @@ __all__ = ["RunOptions", "execute"]
 _BLOCKING = (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED)
 _STATUS = operator.attrgetter("status")
 _NOTHING: frozenset[str] = frozenset()
-_T = TypeVar("_T")
 #: What a plugin may raise that fails its task. ``KeyboardInterrupt`` and ``SystemExit`` from a
 #: plugin (``sys.exit()`` in a task body) are its failure, not the process's: a real Ctrl-C never
 #: raises inside a run started by the CLI (cli/border.py cancels it instead).
@@ -126,9 +125,9 @@ class _Runner(OutputChecks, ToolCalls):
         self.bus = options.bus or Bus()
         self.rng = random.Random(options.seed)
         self.all_tasks = plan.pipeline.all_tasks()
-        self.standby = _memo(plan.memo, "standby", lambda: _standby(plan.pipeline))
+        self.standby = memoized(plan.memo, "standby", lambda: _standby(plan.pipeline))
         self.selected = (_select(plan, options.only, self.standby) if options.only else
-                         _memo(plan.memo, "selected", lambda: _select(plan, (), self.standby)))
+                         memoized(plan.memo, "selected", lambda: _select(plan, (), self.standby)))
         # permissions (the store protected wherever it is) and untrusted flows
         self.guard = Guard(plan.pipeline, options.workspace, self.registry, options.store_path, options.ceiling)
         self.task_contexts: dict[int, dict[str, Any]] = {}  # per grant: the template context with its env
@@ -207,7 +206,7 @@ class _Runner(OutputChecks, ToolCalls):
         self.recorder = Recorder(store, self.bus, r.run_id, secrets=dict(self.opts.secrets))
         self.readback = ReadBack(self.guard.runtime, self.opts.workspace, store, r.run_id, self.guard.carried,
                                  self.recorder.file_origins)
-        if _memo(self.plan.memo, "breakers", lambda: any(t.breaker is not None for t in self.all_tasks.values())):
+        if memoized(self.plan.memo, "breakers", lambda: any(t.breaker is not None for t in self.all_tasks.values())):
             self._breakers()
         self.recorder.start_run(self.pipeline, vars=dict(self.opts.vars), started_at=r.started_at,
                                 tasks=list(self.selected), resume=self.opts.resume, trigger=self.opts.trigger)
@@ -334,7 +333,7 @@ class _Runner(OutputChecks, ToolCalls):
         if self.opts.only:
             uses, judged = _warm_uses(self.all_tasks, self.selected)
         else:  # every run of the pipeline selects the same tasks: looked at once
-            uses, judged = _memo(self.plan.memo, "warm uses", lambda: _warm_uses(self.all_tasks, self.selected))
+            uses, judged = memoized(self.plan.memo, "warm uses", lambda: _warm_uses(self.all_tasks, self.selected))
         warmups: list[Callable[[], Awaitable[None]] | None] = []
         for name in uses:
             try:
@@ -421,7 +420,7 @@ class _Runner(OutputChecks, ToolCalls):
             self.pending = {tid: sum(1 for n in needs[tid] if n in sel) for tid in sel}
             roots = [tid for tid, left in self.pending.items() if left == 0]
         else:  # every task but standby fallbacks, which nothing needs: the same counts every run, copied
-            counts, roots = _memo(self.plan.memo, "pending", lambda: _pending(needs, sel))
+            counts, roots = memoized(self.plan.memo, "pending", lambda: _pending(needs, sel))
             self.pending = dict(counts)
         seeded = self.seeded
         for tid in roots:
@@ -1066,15 +1065,6 @@ def _group_order(group: Mapping[str, Task]) -> list[str]:
             order += remaining
             break
     return order
-
-
-def _memo(memo: dict[str, Any], key: str, make: Callable[[], _T]) -> _T:
-    """``memo[key]``, made by ``make`` the first time: what every run of a plan derives alike (read-only)."""
-    try:
-        return memo[key]  # type: ignore[no-any-return]
-    except KeyError:
-        found = memo[key] = make()
-        return found
 
 
 def _pending(needs: Mapping[str, Sequence[str]], selected: Mapping[str, None]) -> tuple[dict[str, int], list[str]]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from goatclaw.errors import Location
 
@@ -35,8 +35,20 @@ __all__ = [
     "Webhook",
     "build_defaults",
     "build_pipeline",
+    "memoized",
     "parse_duration",
 ]
+
+_T = TypeVar("_T")
+
+
+def memoized(memo: dict[str, Any], key: str, make: Callable[[], _T]) -> _T:
+    """``memo[key]``, made by ``make`` the first time (a pipeline's or a plan's derived data: read-only)."""
+    try:
+        return memo[key]  # type: ignore[no-any-return]
+    except KeyError:
+        found = memo[key] = make()
+        return found
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -378,24 +390,17 @@ class Pipeline:
 
     def all_tasks(self) -> Mapping[str, Task]:
         """Every task: those of ``tasks``, then the ``on_failure`` and ``finally`` ones (built once, read-only)."""
-        found = self.memo.get("all tasks")
-        if found is None:
-            found = self.memo["all tasks"] = MappingProxyType({**self.tasks, **self.on_failure, **self.finally_})
-        return found  # type: ignore[no-any-return]
+        return memoized(self.memo, "all tasks",
+                        lambda: MappingProxyType({**self.tasks, **self.on_failure, **self.finally_}))
 
     def plugins(self) -> Mapping[str, str]:
         """Task id -> the plugin it ``uses``, for every task (built once, read-only)."""
-        found = self.memo.get("plugins")
-        if found is None:
-            found = self.memo["plugins"] = MappingProxyType({tid: t.uses for tid, t in self.all_tasks().items()})
-        return found  # type: ignore[no-any-return]
+        return memoized(self.memo, "plugins",
+                        lambda: MappingProxyType({tid: t.uses for tid, t in self.all_tasks().items()}))
 
     def plugin_names(self) -> frozenset[str]:
         """The plugins the tasks use, each once (built once)."""
-        found = self.memo.get("plugin names")
-        if found is None:
-            found = self.memo["plugin names"] = frozenset(self.plugins().values())
-        return found  # type: ignore[no-any-return]
+        return memoized(self.memo, "plugin names", lambda: frozenset(self.plugins().values()))
 
     def locate(self, path: tuple[str | int, ...], *, key: bool = False) -> Location | None:
         """Where ``path`` (e.g. ``("tasks", "fetch", "needs")``) is in the file, if known."""
