@@ -614,12 +614,22 @@ class Store:
     # -- writing ---------------------------------------------------------------------
 
     def create_run(self, run_id: str, pipeline: str, *, file: str | None, digest: str | None,
-                   vars: dict[str, Any], started_at: float) -> None:
-        """Record a new run as ``running``, owned by this process."""
+                   vars: dict[str, Any], started_at: float, events: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Record a new run as ``running``, owned by this process, with its first ``events`` (one transaction)."""
         row = (run_id, storable(pipeline), None if file is None else storable(file), digest, "running", started_at,
                json.dumps(vars, default=str), current_owner())
-        self.commit(lambda db: db.execute("INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars, "
-                                          "owner) VALUES (?,?,?,?,?,?,?,?)", row), what=f"run {run_id}'s start")
+
+        def write(db: Connection) -> None:
+            db.execute("INSERT INTO runs (id, pipeline, file, digest, status, started_at, vars, owner) "
+                       "VALUES (?,?,?,?,?,?,?,?)", row)
+            if events:
+                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
+
+        try:
+            self.commit(write, what=f"run {run_id}'s start")
+        except UnicodeEncodeError:  # a lone surrogate in an event: escaped, as write_batch does
+            events = [_storable_row(e) for e in events]
+            self.commit(write, what=f"run {run_id}'s start")
 
     def resume_run(self, run_id: str) -> int:
         """Mark a stored run ``running`` again, by this process; its last event number (events continue from it)."""

@@ -266,6 +266,34 @@ def test_a_commit_that_failed_keeps_its_batch_for_a_later_try(write_pipeline, st
     assert goatclaw.verify_audit(store_path).ok  # nothing was lost in the end
 
 
+def test_a_start_the_store_refuses_stops_the_run_before_anything_runs_or_is_heard(
+        write_pipeline, project, store_path) -> None:
+    """The run's row and its ``run.started`` event are one commit: refused, neither is kept nor published."""
+    goatclaw.run(write_pipeline("version: 1\ntasks:\n  t: {uses: echo, with: {message: hi}}\n", "warm.yaml"))
+    db = sqlite3.connect(store_path)  # (the stdlib's sqlite3 is enough to add a trigger)
+    db.execute("CREATE TRIGGER no_new_runs BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'no new runs'); END")
+    db.commit()
+    db.close()
+    path = write_pipeline("version: 1\ntasks:\n  w: {uses: file.write, with: {path: out/w.txt, content: w}}\n")
+    bus = goatclaw.Bus()
+    heard: list[str] = []
+    bus.subscribe("*", lambda event: heard.append(event.topic))
+    with pytest.raises(goatclaw.StoreError) as caught:
+        goatclaw.run(path, bus=bus, cache=False)
+    message = str(caught.value)
+    assert "'s start to the store" in message and str(store_path) in message and "no new runs" in message
+    assert heard == [] and not (project / "out").exists()
+    with Store.open(store_path) as store:
+        runs = store.runs(limit=10)
+        assert [r.pipeline for r in runs] == ["warm"]  # the refused run left no row
+        assert store.db.execute("SELECT COUNT(*) FROM events WHERE run_id NOT IN (SELECT id FROM runs)"
+                                ).fetchone()[0] == 0
+        store.db.execute("DROP TRIGGER no_new_runs")
+    assert goatclaw.run(path, bus=bus, cache=False).ok  # the same run where the store takes it: heard and stored
+    assert heard[0] == "run.started" and heard[-1] == "run.succeeded"
+    assert (project / "out" / "w.txt").read_text() == "w"
+
+
 # -- a store truncated during the run --------------------------------------------------------------
 
 

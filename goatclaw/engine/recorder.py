@@ -126,19 +126,25 @@ class Recorder:
         ``trigger`` (what started it: ``cli``, ``schedule``, …) goes into the ``run.started`` event.
         """
         self.plugins = pipeline.plugins()
-        if self.store is not None and resume:
-            self.seq = self.store.resume_run(self.run_id)
-        elif self.store is not None:
-            self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
-                                  digest=pipeline.digest, vars=self.redactor.mask_data(vars),
-                                  started_at=started_at)
         try:
             self._loop = asyncio.get_running_loop()  # where log lines logged in a plugin's thread schedule their commit
         except RuntimeError:
             self._loop = None
         self._loop_thread = threading.get_ident()
         started = {"pipeline": pipeline.name, "tasks": tasks, **({"trigger": trigger} if trigger else {})}
-        self.event("run.resumed" if resume else "run.started", None, started)
+        if self.store is not None and not resume:  # the run's row and its run.started event: one commit
+            ts = time.time()
+            self.event("run.started", None, started, ts=ts, publish=False)  # published once it is stored
+            first, self.events = self.events, []
+            self.store.create_run(self.run_id, pipeline.name, file=str(pipeline.file) if pipeline.file else None,
+                                  digest=pipeline.digest, vars=self.redactor.mask_data(vars),
+                                  started_at=started_at, events=first)
+            if self.bus.handlers("run.started"):
+                self.publish("run.started", None, started, seq=self.seq, ts=ts)
+        else:
+            if self.store is not None:
+                self.seq = self.store.resume_run(self.run_id)
+            self.event("run.resumed" if resume else "run.started", None, started)
         self._write()
         self.check()
         self._run_token = tasklogs.run_started(self)
