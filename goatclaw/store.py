@@ -822,12 +822,17 @@ class Store:
         """Every user, by name."""
         return self._auth_rows("SELECT * FROM users ORDER BY name", ())
 
-    def set_user(self, name: str, *, password: str | None = None, disabled_at: float | bool | None = False) -> bool:
-        """Change a user's password hash and/or disabled time (``None``: enabled again); False if no such user."""
-        sets, args = [], []
+    def set_user(self, name: str, *, password: str | None = None, disabled_at: float | bool | None = False,
+                 totp_secret: str | None = None) -> bool:
+        """Change a user's password hash, disabled time (``None``: enabled again) or TOTP secret; False if none."""
+        sets: list[str] = []
+        args: list[Any] = []
         if password is not None:
             sets.append("password = ?")
             args.append(password)
+        if totp_secret is not None:
+            sets.append("totp_secret = ?")
+            args.append(totp_secret)
         if disabled_at is not False:
             sets.append("disabled_at = ?")
             args.append(disabled_at)

@@ -287,6 +287,61 @@ def test_totp_login_session_logout_and_replay(demo: Path) -> None:
         assert "correct horse" not in str(db.user("ann"))
 
 
+def _login(http: httpx.Client, secret: str, at: float) -> httpx.Response:
+    return http.post("/auth/login", json={"username": "ann", "password": "correct horse",
+                                          "code": pyotp.TOTP(secret).at(at)})
+
+
+def test_the_totp_secret_is_stored_sealed_under_a_key_beside_the_store(demo: Path) -> None:
+    from goatclaw.server import sealing
+
+    store = store_of(demo)
+    accounts.add_user(store, "ann", "correct horse", ["read"], totp_secret=SECRET)
+    key = Path(f"{store}.key")
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    with _store(demo) as db:
+        stored = db.user("ann")["totp_secret"]
+        raw = db.db.execute("SELECT * FROM users").fetchall()
+    assert stored.startswith("sealed:v1:") and SECRET not in stored and SECRET not in str(raw)
+    assert sealing.unseal(store, "ann", stored) == SECRET
+    with pytest.raises(sealing.SealError, match="another key, or a secret sealed for another user"):
+        sealing.unseal(store, "bob", stored)  # the user's name is bound into the ciphertext
+    now = [time.time()]
+    with live(build_app([demo], clock=lambda: now[0])) as server, server.client() as http:
+        assert _login(http, SECRET, now[0]).status_code == 200
+    # a task may not read the key, as it may not read the store, even granted .goatclaw by name
+    pipeline = demo / "pipelines" / "peek.yaml"
+    pipeline.write_text("version: 1\npermissions: {files: {read: [., .goatclaw]}}\ntasks:\n"
+                        f"  peek: {{uses: file.read, with: {{path: {key.relative_to(demo)}}}}}\n")
+    result = goatclaw.run(pipeline, store=store)
+    assert not result.ok and result.tasks["peek"].error_class == "permission_denied"
+
+
+def test_a_login_with_the_key_gone_is_refused_and_logged(demo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = store_of(demo)
+    accounts.add_user(store, "ann", "correct horse", ["read"], totp_secret=SECRET)
+    Path(f"{store}.key").rename(demo / "elsewhere.key")
+    now = [time.time()]
+    with live(build_app([demo], clock=lambda: now[0])) as server, server.client() as http:
+        assert _login(http, SECRET, now[0]).status_code == 401
+    assert any("login of ann refused" in r.getMessage() and "is missing" in r.getMessage() for r in caplog.records)
+
+
+def test_a_secret_stored_before_sealing_logs_in_and_is_sealed_then(demo: Path) -> None:
+    store = store_of(demo)
+    accounts.add_user(store, "ann", "correct horse", ["read"], totp_secret=SECRET)
+    with _store(demo) as db:  # what a store written by an earlier goatclaw holds
+        db.db.execute("UPDATE users SET totp_secret = ? WHERE name = 'ann'", (SECRET,))
+    now = [time.time()]
+    with live(build_app([demo], clock=lambda: now[0])) as server, server.client() as http:
+        assert _login(http, SECRET, now[0]).status_code == 200
+        with _store(demo) as db:
+            stored = db.user("ann")["totp_secret"]
+        assert stored.startswith("sealed:v1:") and SECRET not in stored
+        now[0] += 30
+        assert _login(http, SECRET, now[0]).status_code == 200  # and the sealed row logs in as well
+
+
 def test_a_form_login_goes_to_next_on_this_server_only(demo: Path) -> None:
     accounts.add_user(store_of(demo), "ann", "correct horse", ["read"], totp_secret=SECRET)
     now = [time.time()]

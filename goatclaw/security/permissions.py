@@ -451,7 +451,7 @@ def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[
     ``where`` is a text, or a mapping from field name to text (where each field was written).
     Each field takes the innermost value said (the validator makes sure it only narrows).
     ``store``: the store files wherever ``store.path`` puts them; each one, with its
-    ``-wal``, ``-shm`` and ``-journal`` files, is protected like ``.env``.
+    ``-wal``, ``-shm`` and ``-journal`` files and its TOTP key (``.key``), is protected like ``.env``.
     """
     values = {name: (EMBEDDED_DEFAULT[name], "embedded default") for name in FIELDS}
     for perms, where in layers:
@@ -466,12 +466,13 @@ def build_grant(layers: Iterable[tuple[Any, str]], workspace: str | os.PathLike[
                  sources={n: w for n, (_, w) in values.items()})
 
 
-#: The files SQLite keeps beside a database: what the store holds is in them too.
-STORE_SIDECARS = ("", "-wal", "-shm", "-journal")
+#: The files SQLite keeps beside a database: what the store holds is in them too; and the key of
+#: the users' sealed TOTP secrets (goatclaw.server.sealing), which is the store's path with ``.key``.
+STORE_SIDECARS = ("", "-wal", "-shm", "-journal", ".key")
 
 
 def store_files(stores: Iterable[str | os.PathLike[str] | None], workspace: str | os.PathLike[str]) -> tuple[str, ...]:
-    """The real paths of the store files (and their WAL, shared-memory and journal files)."""
+    """The real paths of the store files (and their WAL, shared-memory and journal files, and TOTP key)."""
     found: dict[str, None] = {}
     for store in stores:
         if store:

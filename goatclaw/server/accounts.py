@@ -110,8 +110,14 @@ def password_hasher() -> Any:
 def add_user(store: str | os.PathLike[str], name: str, password: str, scopes: Iterable[str], *,
              projects: Sequence[str] | None = None, totp_secret: str | None = None,
              now: float | None = None) -> str:
-    """Add a user with a password (kept as its argon2id hash) and a TOTP secret; the secret (show it once)."""
+    """Add a user with a password (kept as its argon2id hash) and a TOTP secret; the secret (show it once).
+
+    The secret is stored sealed (:mod:`goatclaw.server.sealing`: the key file beside the store is
+    made the first time).
+    """
     import pyotp
+
+    from goatclaw.server.sealing import seal
 
     checked = parse_scopes(scopes)
     if not name.strip() or ":" in name:
@@ -119,8 +125,9 @@ def add_user(store: str | os.PathLike[str], name: str, password: str, scopes: It
     if len(password) < 8:
         raise AuthError("a password needs at least 8 characters")
     secret = totp_secret or pyotp.random_base32()
-    with Store.open(store) as db:
-        if not db.add_user(name, password_hasher().hash(password), secret, checked, _projects(projects), now=now):
+    with Store.open(store) as db:  # (opening makes the store's folder, where the key file goes)
+        sealed = seal(store, name, secret)
+        if not db.add_user(name, password_hasher().hash(password), sealed, checked, _projects(projects), now=now):
             raise AuthError(f"there is a user '{name}' already")
     return secret
 

@@ -9,7 +9,9 @@ Everything lives in the *home* store (the store of the first project the server 
   shown once, when it is made.
 * **Users** (``goatclaw users add``) have an argon2id password hash and a TOTP secret (RFC 6238,
   30 s steps; any authenticator app). A login needs both; a code is accepted once (its time
-  step is remembered), so a code seen over someone's shoulder cannot be replayed.
+  step is remembered), so a code seen over someone's shoulder cannot be replayed. The secret
+  is stored sealed under a key kept beside the store, not in it (:mod:`goatclaw.server.sealing`);
+  a row from before sealing is sealed at its user's next login.
 * **Sessions** are what a browser keeps after a login: a random cookie (``goatclaw_session``,
   HttpOnly, SameSite=Strict) of which the store keeps the SHA-256, with an absolute expiry;
   logging out, disabling the user or ``revoke_sessions`` ends them at once.
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -54,7 +57,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from goatclaw.server.accounts import SCOPES, TOKEN_PREFIX, digest, password_hasher, token_id_of
+from goatclaw.server.sealing import SealError, is_sealed, seal, unseal
 from goatclaw.store import Store
+
+log = logging.getLogger("goatclaw.server")
 
 __all__ = ["ANONYMOUS", "PRINCIPAL_KEY", "SCOPES", "SESSION_COOKIE", "Authenticator", "Denied", "LoginResult",
            "Principal", "principal_of", "require"]
@@ -203,9 +209,20 @@ class Authenticator:
             hasher.verify(user["password"], password)
         except Argon2Error:
             return None
-        step = self._totp_step(user["totp_secret"], code)
+        stored = user["totp_secret"]
+        try:
+            secret = unseal(self.store, name, stored) if is_sealed(stored) else stored
+        except SealError as exc:  # the operator's problem to fix: said in the log, a failed login to the client
+            log.error("goatclaw serve: login of %s refused: %s", name, exc)
+            return None
+        step = self._totp_step(secret, code)
         if step is None or not db.use_totp_step(name, step):
             return None
+        if stored and not is_sealed(stored):  # a row from before sealing: sealed now that its secret was proven
+            try:
+                db.set_user(name, totp_secret=seal(self.store, name, stored))
+            except SealError as exc:
+                log.warning("goatclaw serve: user %s's TOTP secret stays unsealed: %s", name, exc)
         if hasher.check_needs_rehash(user["password"]):
             db.set_user(name, password=hasher.hash(password))
         cookie, now = secrets.token_urlsafe(32), self.clock()
