@@ -3,6 +3,7 @@ over HTTP through litellm (tests/openai_server.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from openai_server import FakeOpenAI, Reply, scripted
 
 import goatclaw
 from goatclaw import llm as room
+from goatclaw.store import Store
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -153,3 +155,44 @@ def test_generate_mode_creates_new_files_that_pass_the_checks(write_pipeline, pr
     out = result.tasks["c"].output
     assert out["files"] == ["stats.py", "test_stats.py"] and [c["exit_code"] for c in out["checks"]] == [0, 0, 0]
     assert "+def median(values: list[float]) -> float:" in out["diff"] and "1 passed" in out["checks"][2]["output"]
+
+
+def test_a_file_the_model_wrote_is_untrusted_when_read_back(write_pipeline, project, store_path) -> None:
+    """The code task's files are its model's output: read back, they cannot reach a command without trust:."""
+    with FakeOpenAI(scripted(files(FIXED))) as srv:
+        assert goatclaw.run(code_pipeline(write_pipeline, srv)).ok
+    load = """
+        version: 1
+        name: load
+        permissions: {shell: [bash], files: {read: [work/]}}
+        tasks:
+          load: {uses: file.read, with: {path: work/calc.py}}
+          act: {uses: shell, needs: load%s, with: {script: "${{ tasks.load.output }}"}}
+        """
+    refused = goatclaw.run(write_pipeline(load % "", "load.yaml")).tasks["act"]
+    assert refused.error_class == "permission_denied", (refused.status, refused.error)
+    assert "carries output of c" in refused.error and "read back from work/calc.py" in refused.error
+    trusted = goatclaw.run(write_pipeline(load % ", trust: [load]", "load.yaml")).tasks["act"]
+    assert trusted.error_class != "permission_denied"  # bash ran the file (a Python module: it fails as a script)
+    with Store.open(store_path) as db:
+        written = [json.loads(r[5]) for r in db.audit_rows() if r[4] == "file.written"]
+    assert written[0]["path"] == "work/calc.py" and written[0]["by"] == "code" and written[0]["from_output"]
+    assert written[0]["sha256"] == hashlib.sha256(FIXED.encode()).hexdigest()
+
+
+def test_the_code_tasks_writes_wait_for_the_file_write_limit(write_pipeline, project, store_path) -> None:
+    # 3 a minute (a number no other test uses: limits are shared by the whole process); the model writes 4 files
+    config = (project / "goatclaw.yaml").read_text()
+    (project / "goatclaw.yaml").write_text(config + "rate_limits:\n  side_effects: {file_writes_per_minute: 3}\n")
+    answer = Reply(json.dumps({"summary": "s", "files": [
+        {"path": f"m{i}.py", "content": f"X = {i}\n"} for i in range(4)]}))
+    with FakeOpenAI(scripted(answer)) as srv:
+        path = code_pipeline(write_pipeline, srv, "mode: generate")
+        text = path.read_text().replace("checks: [py_compile, ruff, pytest]", "checks: [py_compile]")
+        path.write_text(text.replace("    uses: code\n", "    uses: code\n    timeout: 3\n"))
+        result = goatclaw.run(path)
+    assert result.tasks["c"].error_class == "timeout"  # waiting for the window, not refused
+    assert sorted(p.name for p in (project / "work").glob("m*.py")) == ["m0.py", "m1.py", "m2.py"]
+    with Store.open(store_path) as db:
+        waits = [e for e in db.events(result.run_id) if e["topic"] == "ratelimit.wait"]
+    assert len(waits) == 1 and waits[0]["data"]["kind"] == "file" and waits[0]["data"]["limit"] == 3

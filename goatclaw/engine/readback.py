@@ -6,7 +6,9 @@ of the same path, maybe in a later run) are one flow. This module closes that ga
 
 * every file a task writes (the ``file.written`` audit detail: path and sha256) is
   recorded in the store with the untrusted origins the task's inputs carried (``[]`` for a
-  clean write; an append keeps the origins the file had);
+  clean write; an append keeps the origins the file had), and the task itself when the
+  detail says ``from_output`` (the content is the task's own output: the ``code`` task's
+  files are its model's answer);
 * a plugin reading a file says so (``ctx.read_back``); the output of that task then carries
   the origins of the file's last recorded write, and when the file changed since (copied
   over, edited by a shell task) those of every untrusted write of the same content too;
@@ -51,7 +53,7 @@ class ReadBack:
         self.carried = carried  # task id -> what its inputs carry (static and run-time)
         self._lock = threading.Lock()  # plugins running in threads report through here
         self._reads: dict[str, list[tuple[str, str]]] = {}
-        self._writes: dict[str, list[tuple[str, str | None, str]]] = {}
+        self._writes: dict[str, list[tuple[str, str | None, str, bool]]] = {}
         self._files: dict[str, tuple[str | None, frozenset[str]]] = {}  # this run's writes: path -> (sha, origins)
         #: Whether a task reported a read or a write yet (most runs' tasks never do: then nothing is ever settled).
         self.heard_any = False
@@ -69,7 +71,8 @@ class ReadBack:
             sha = data.get("sha256") if data.get("mode", "overwrite") == "overwrite" else None
             self.heard_any = True
             with self._lock:
-                self._writes.setdefault(task, []).append((self._real(data["path"]), sha, str(data.get("mode"))))
+                self._writes.setdefault(task, []).append((self._real(data["path"]), sha, str(data.get("mode")),
+                                                          bool(data.get("from_output"))))
         elif topic == UNTRUSTED:
             with self._lock:  # items of a fan-out mark the same task from several threads
                 self.runtime.mark(task, data.get("origins") or (), str(data.get("how") or ""))
@@ -109,12 +112,12 @@ class ReadBack:
 
     # -- files -----------------------------------------------------------------------
 
-    def _record(self, task_id: str, writes: list[tuple[str, str | None, str]]) -> None:
+    def _record(self, task_id: str, writes: list[tuple[str, str | None, str, bool]]) -> None:
         carried = self.carried(task_id)
         rows = []
         now = time.time()
-        for path, sha, mode in writes:
-            origins = carried
+        for path, sha, mode, from_output in writes:
+            origins = carried | {task_id} if from_output else carried  # the task's own output: it is the origin
             if mode == "append":  # what the file held before stays in it
                 before = self._lookup(path, "")
                 origins = origins | (before[0] if before is not None else frozenset())

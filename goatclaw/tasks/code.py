@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from goatclaw.plugin import TaskContext, fail, task
+from goatclaw.tasks.files import replace_atomically
 from goatclaw.tasks.llm import _chain, _count, _number, _warmup
 from goatclaw.tasks.shell import shell
 
@@ -204,8 +206,8 @@ class _Session:
         results: list[dict[str, Any]] = []
         for rounds in range(1, max_rounds + 1):
             response = await self.ask()
-            touched = self.write(response.data.get("files") if isinstance(response.data, dict) else None,
-                                 tests_only=mode == "tests")
+            touched = await self.write(response.data.get("files") if isinstance(response.data, dict) else None,
+                                       tests_only=mode == "tests")
             results = [await self.check(name, argv, touched) for name, argv in self.commands]
             failed = [r for r in results if not r["passed"]]
             self.ctx.emit("code.round", round=rounds, files=touched, failed=[r["name"] for r in failed])
@@ -222,21 +224,29 @@ class _Session:
              files=sorted(self.before), diff=self.diff(), checks=results)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def write(self, files: Any, *, tests_only: bool = False) -> list[str]:
+    async def write(self, files: Any, *, tests_only: bool = False) -> list[str]:
         """Write the model's files (each inside the folder and the write grant); the relative paths written.
 
         Every path is checked before any file is written, so a refused one leaves the folder as it was.
         With ``tests_only`` (``mode: tests``) only test files may be written (:func:`_is_test_file`).
+        Each file waits for ``rate_limits.side_effects.file_writes_per_minute`` and is replaced
+        atomically, as ``file.write`` does; its audit row says the content is this task's own
+        (untrusted) output, so a task that reads the file back carries it (goatclaw.engine.readback).
         """
         planned = [(self._target(path, tests_only), content) for path, content in _entries(files)]
         written = []
         for (rel, real), content in planned:
             if rel not in self.before:
                 self.before[rel] = real.read_text(encoding="utf-8") if real.is_file() else None
-            real.parent.mkdir(parents=True, exist_ok=True)
-            real.write_text(content, encoding="utf-8")
-            self.ctx.audit("file.written", path=str(real.relative_to(self.ctx.workspace.resolve())),
-                           bytes=len(content.encode()), by="code")
+            data = content.encode("utf-8")
+            await self.ctx.throttle("file")  # wait, never fail
+            try:
+                real.parent.mkdir(parents=True, exist_ok=True)
+                replace_atomically(real, data)
+            except OSError as exc:
+                fail(f"code: cannot write '{rel}': {exc.strerror or exc}", error_class="internal")
+            self.ctx.audit("file.written", path=str(real.relative_to(self.ctx.workspace.resolve())), bytes=len(data),
+                           sha256=hashlib.sha256(data).hexdigest(), mode="overwrite", by="code", from_output=True)
             written.append(rel)
         return written
 

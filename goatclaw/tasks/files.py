@@ -20,7 +20,7 @@ from typing import Any, Literal, NoReturn
 from goatclaw.plugin import TaskContext, fail, task
 from goatclaw.userfile import FileTooLarge, read_bytes
 
-__all__ = ["glob", "list_files", "read", "write"]
+__all__ = ["glob", "list_files", "read", "replace_atomically", "write"]
 
 #: The largest file ``file.read`` returns: outputs are stored and handed to later tasks.
 MAX_READ_BYTES = 10 * 1024 * 1024
@@ -71,7 +71,7 @@ def write(ctx: TaskContext, *, path: str, content: Any, format: Literal["text", 
         if mode == "append":
             _append(target, data, path)
         else:
-            _replace_atomically(target, data)
+            replace_atomically(target, data)
     except OSError as exc:
         fail(f"cannot write '{path}': {exc.strerror or exc}", error_class="internal")
     written = _relative(ctx, target)
@@ -248,7 +248,7 @@ def _append(target: Path, data: bytes, path: str) -> None:
         fh.write(data)
 
 
-def _replace_atomically(target: Path, data: bytes) -> None:
+def replace_atomically(target: Path, data: bytes) -> None:
     """Write to a temporary file beside ``target``, flush it to disk, then rename it over ``target``."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 lets the umask decide the mode, as for any new file; an existing file keeps its mode.
