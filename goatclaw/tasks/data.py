@@ -253,6 +253,7 @@ async def _run(ctx: TaskContext, sources: Mapping[str, tuple[Path, str]], sql: s
         if target.is_dir():
             fail(f"cannot write '{output}': it is a directory", error_class="invalid_input")
         target.parent.mkdir(parents=True, exist_ok=True)
+        await ctx.throttle("file")  # rate_limits.side_effects.file_writes_per_minute: wait, never fail
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     con = _locked_down(sources, tmp)
     try:

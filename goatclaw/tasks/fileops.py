@@ -17,6 +17,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,7 +37,7 @@ def copy(ctx: TaskContext, *, source: str, destination: str, overwrite: bool = F
     src = _existing(ctx, source)
     dst = ctx.require_write(destination)
     _refuse_existing(dst, destination, overwrite)
-    copied = _copy_tree(ctx, src, dst) if src.is_dir() else [_copy_file(src, dst)]
+    copied = _copy_tree(ctx, src, dst) if src.is_dir() else [_copy_file(ctx, src, dst)]
     ctx.audit("file.copied", source=_rel(ctx, src), destination=_rel(ctx, dst), files=len(copied))
     return {"source": _rel(ctx, src), "destination": _rel(ctx, dst), "files": [_rel(ctx, p) for p in copied]}
 
@@ -96,6 +97,7 @@ def archive(ctx: TaskContext, *, source: str | list[str], output: str, overwrite
         files = _walk(ctx, src) if src.is_dir() else [src]
         members += [(f, f.relative_to(src.parent).as_posix()) for f in files]
     dst.parent.mkdir(parents=True, exist_ok=True)
+    ctx.throttle_blocking("file")  # rate_limits.side_effects.file_writes_per_minute: wait, never fail
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         _pack(kind, tmp, members)
@@ -123,7 +125,7 @@ def extract(ctx: TaskContext, *, archive: str, destination: str, overwrite: bool
             fail(f"{archive}: '{name}' exists in '{destination}' (give overwrite: true)", error_class="invalid_input")
         names.append(name)
     dest.mkdir(parents=True, exist_ok=True)
-    written = _unpack(kind, src, dest, plan)
+    written = _unpack(kind, src, dest, plan, lambda: ctx.throttle_blocking("file"))
     ctx.audit("file.extracted", archive=_rel(ctx, src), destination=_rel(ctx, dest), members=len(names),
               bytes=written)
     return {"destination": _rel(ctx, dest), "members": names, "bytes": written}
@@ -182,7 +184,9 @@ def _walk(ctx: TaskContext, root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _copy_file(src: Path, dst: Path) -> Path:
+def _copy_file(ctx: TaskContext, src: Path, dst: Path) -> Path:
+    """Copy one file (its mode too) through a temporary file beside ``dst``, after the file-write limit."""
+    ctx.throttle_blocking("file")  # rate_limits.side_effects.file_writes_per_minute: wait, never fail
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
@@ -200,7 +204,7 @@ def _copy_tree(ctx: TaskContext, src: Path, dst: Path) -> list[Path]:
             if real.is_dir():
                 fail(f"'{_rel(ctx, entry)}' is a link to a folder; refusing to follow it",
                      error_class="permission_denied")
-            out.append(_copy_file(real, dst / entry.relative_to(src)))
+            out.append(_copy_file(ctx, real, dst / entry.relative_to(src)))
         (dst / Path(folder).relative_to(src)).mkdir(parents=True, exist_ok=True)
     return out
 
@@ -275,8 +279,11 @@ def _tar_plan(src: Path, archive: str) -> list[tuple[str, bool, int]]:
     return _bounded(plan, archive)
 
 
-def _unpack(kind: str, src: Path, dest: Path, plan: list[tuple[str, bool, int]]) -> int:
-    """Write the checked members (no link followed: each file is opened with ``O_NOFOLLOW``); bytes written."""
+def _unpack(kind: str, src: Path, dest: Path, plan: list[tuple[str, bool, int]], throttle: Callable[[], Any]) -> int:
+    """Write the checked members (no link followed: each file is opened with ``O_NOFOLLOW``); bytes written.
+
+    ``throttle`` is called before each file is written (the file-write limit).
+    """
     written = 0
     with (zipfile.ZipFile(src) if kind == "zip" else tarfile.open(src)) as box:
         members = box.infolist() if isinstance(box, zipfile.ZipFile) else box.getmembers()
@@ -286,6 +293,7 @@ def _unpack(kind: str, src: Path, dest: Path, plan: list[tuple[str, bool, int]])
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            throttle()
             reader = box.open(member) if isinstance(box, zipfile.ZipFile) else box.extractfile(member)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
             with reader as fin, os.fdopen(fd, "wb") as fout:  # type: ignore[union-attr]

@@ -94,6 +94,37 @@ def test_the_projects_limits_reach_the_tasks_of_a_run(project: Path, write_pipel
     assert 55 < waits[0]["data"]["wait"] <= 60 and waits[0]["data"]["per_seconds"] == 60
 
 
+def test_every_task_that_writes_files_counts_against_the_file_write_limit(project: Path, write_pipeline: Any,
+                                                                          store_path: Path) -> None:
+    # 7 a minute (a number no other test uses: limits are shared by the whole process): the archive (1 file),
+    # its extraction (3) and a folder's copy (3) fill the window; the conversion's output then waits
+    config = (project / "goatclaw.yaml").read_text()
+    (project / "goatclaw.yaml").write_text(config + "rate_limits:\n  side_effects: {file_writes_per_minute: 7}\n")
+    for name in ("a", "b", "c"):
+        (project / "in" / name).parent.mkdir(exist_ok=True)
+        (project / "in" / f"{name}.csv").write_text("x,y\n1,2\n")
+    path = write_pipeline("""
+        version: 1
+        concurrency: 1
+        tasks:
+          pack: {uses: file.archive, with: {source: in, output: out/in.zip}}
+          unpack: {uses: file.extract, needs: [pack], with: {archive: out/in.zip, destination: out/x}}
+          copy: {uses: file.copy, needs: [unpack], with: {source: in, destination: out/copy}}
+          convert:
+            uses: data.convert
+            needs: [copy]
+            timeout: 0.5
+            with: {input: in/a.csv, output: out/a.json}
+        """)
+    result = goatclaw.run(path)
+    assert [result.tasks[t].status.value for t in ("pack", "unpack", "copy")] == ["succeeded"] * 3
+    assert result.tasks["convert"].error_class == "timeout"  # waiting for the window, not refused
+    assert not (project / "out" / "a.json").exists()
+    with Store.open(store_path) as db:
+        waits = [e for e in db.events(result.run_id) if e["topic"] == "ratelimit.wait"]
+    assert [(w["task"], w["data"]["kind"], w["data"]["limit"]) for w in waits] == [("convert", "file", 7)]
+
+
 def test_file_writes_wait_for_their_limit_in_the_thread_they_run_in(tmp_path: Path) -> None:
     """file.write is a blocking plugin: it runs in a thread that gets the run's limits (context variables)."""
     from goatclaw.engine.executor import LocalExecutor
