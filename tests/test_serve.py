@@ -315,6 +315,7 @@ def test_the_totp_secret_is_stored_sealed_under_a_key_beside_the_store(demo: Pat
                         f"  peek: {{uses: file.read, with: {{path: {key.relative_to(demo)}}}}}\n")
     result = goatclaw.run(pipeline, store=store)
     assert not result.ok and result.tasks["peek"].error_class == "permission_denied"
+    assert "is one of the store's files (.goatclaw/goatclaw.db.key)" in result.tasks["peek"].error
 
 
 def test_a_login_with_the_key_gone_is_refused_and_logged(demo: Path, caplog: pytest.LogCaptureFixture) -> None:

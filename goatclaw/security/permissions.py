@@ -258,11 +258,15 @@ class Grant:
             if name == "files.write":
                 self._check_links(target, what)
             return target
-        if reaching:
-            guard = next(g for g in guards if not all(_names(r, base, g) for r in reaching))
-            where = "is" if guard == target else "is inside"
-            self._deny(name, f"{what} {where} {_shown_path(guard, base)}, which a grant must name explicitly; "
-                             "it is not in", roots)
+        if reaching:  # the guard that the grant naming the most of them still misses
+            best = max(reaching, key=lambda r: sum(_names(r, base, g) for g in guards))
+            guard = next(g for g in guards if not _names(best, base, g))
+            if str(guard) in self.protected:
+                said = f"{what} is one of the store's files ({_shown_path(guard, base)}), which a grant must name"
+            else:
+                where = "is" if guard == target else "is inside"
+                said = f"{what} {where} {_shown_path(guard, base)}, which a grant must name"
+            self._deny(name, f"{said} explicitly; it is not in", roots)
         hint = ""
         if not target.is_relative_to(base) and any(not _is_absolute(r) for r in roots):
             hint = "; it is outside the workspace, which only a grant of an absolute folder reaches"
