@@ -234,3 +234,39 @@ def test_a_webhook_var_that_reaches_a_command_unpinned_is_a_warning(write_pipeli
         f"{path}:8:27: on.webhook.vars.sha: var 'sha' comes from the webhook's payload (the sender's data) and "
         "reaches build.with.run: pin 'head_commit.id' down in on.webhook.schema (an enum, a const or a pattern) "
         "before it becomes a command, a path or a URL", "warn")]  # ref is pinned by its pattern
+
+
+def test_webhooks_follow_the_pipeline_files_without_a_restart(server: Server, project: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    deploy = project / "pipelines" / "deploy.yaml"
+    text = deploy.read_text()
+    (project / "pipelines" / "ping.yaml").write_text(textwrap.dedent("""\
+        version: 1
+        name: ping
+        on:
+          webhook: {secret: DEPLOY_HOOK_SECRET}
+        tasks:
+          say: {uses: echo, with: {message: pong}}
+        """))
+    body = b"{}"
+
+    def until(name: str, status: int, body: bytes = body) -> httpx.Response:
+        deadline = time.monotonic() + 10
+        while True:
+            response = post(server, body, signature=sign(SECRET, body), name=name)
+            if response.status_code == status or time.monotonic() > deadline:
+                return response
+            time.sleep(0.2)
+
+    assert until("ping", 202).status_code == 202  # a new file's webhook is served
+    deploy.write_text(text.replace("max_bytes: 400", "max_bytes: 10"))
+    assert until("deploy", 413, PAYLOAD).status_code == 413  # a changed limit holds
+    (project / "pipelines" / "twin.yaml").write_text((project / "pipelines" / "ping.yaml").read_text())
+    time.sleep(1.2)
+    assert post(server, body, signature=sign(SECRET, body), name="ping").status_code == 202  # kept as it was
+    assert any("stay as they were" in r.getMessage() and "named 'ping'" in r.getMessage() for r in caplog.records)
+    (project / "pipelines" / "twin.yaml").unlink()
+    started = len(server.started)
+    deploy.write_text("version: 1\nname: deploy\ntasks:\n  say: {uses: echo, with: {message: hi}}\n")
+    assert until("deploy", 404).status_code == 404  # a webhook taken out of its file no longer starts runs
+    assert len(server.started) == started  # ({} does not fit deploy's schema while it was still served: 422)

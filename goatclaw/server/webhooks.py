@@ -30,10 +30,13 @@ server's threat score can count it; it may be async.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -73,7 +76,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence[Any] | None = None,
                    secrets: Secrets | None = None, on_denied: Denied | None = None,
-                   path: str | Sequence[str] = "/hooks/{pipeline}") -> list[Route]:
+                   path: str | Sequence[str] = "/hooks/{pipeline}", recheck: float = 1.0) -> list[Route]:
     """The routes that serve the webhooks of ``pipelines`` (default: every one of ``project`` with ``on: webhook``).
 
     ``project`` is a :class:`~goatclaw.spec.project.Project` or its folder (default: the current one).
@@ -83,13 +86,43 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
     ``secrets(name)`` gives a secret's value (default: the environment, else the project's
     ``.env``, read at each request so a rotated secret takes effect). Pipelines are found by
     their ``name:``; two with one name is a :class:`goatclaw.GoatclawError`.
+
+    Found in the project (no ``pipelines`` given), the webhooks follow its pipeline files: a
+    request more than ``recheck`` seconds after the last look lists and stats them, and when
+    any changed, was added or went away they are checked again. A new webhook is served, one
+    whose ``on: webhook`` was removed is 404, a changed secret or schema holds at once. An edit
+    that leaves two webhooks with one name keeps the webhooks as they were, and the log says why.
     """
+    from goatclaw.spec.project import pipeline_files_stamp
+
     project = api.project_at(project)
+    rediscover = None
+    stamp: Callable[[], Any] | None = None
     if pipelines is None:
-        found, problems = goatclaw.scheduled_pipelines(project)
-        for problem in problems:
-            _log.warning("not served as a webhook: %s", problem)
-        pipelines = found
+        stamp = functools.partial(pipeline_files_stamp, project.root)
+        seen = stamp()
+        pipelines = _discovered(project)
+
+        def rediscover() -> dict[str, Any]:
+            return _hooks(_discovered(project))
+    endpoint = _Endpoint(_hooks(pipelines), trigger, secrets or _secrets_of(project.root), on_denied,
+                         rediscover=rediscover, stamp=stamp, recheck=recheck)
+    if stamp is not None:
+        endpoint.stamp_seen = seen
+    paths = [path] if isinstance(path, str) else list(path)
+    return [Route(p, endpoint, methods=["POST"], name="webhook") for p in paths]
+
+
+def _discovered(project: Any) -> list[Any]:
+    """The project's pipelines that start by themselves or by a webhook (what fails to check is logged)."""
+    found, problems = goatclaw.scheduled_pipelines(project)
+    for problem in problems:
+        _log.warning("not served as a webhook: %s", problem)
+    return found
+
+
+def _hooks(pipelines: Sequence[Any]) -> dict[str, Any]:
+    """The pipelines with ``on: webhook``, by name; two with one name is a :class:`goatclaw.GoatclawError`."""
     hooks: dict[str, Any] = {}
     for pipeline in pipelines:
         if pipeline.webhook is None:
@@ -98,9 +131,7 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
             raise GoatclawError(f"two webhook pipelines are named '{pipeline.name}': {hooks[pipeline.name].file} and "
                                 f"{pipeline.file} (POST /hooks/<name> must name one)")
         hooks[pipeline.name] = pipeline
-    endpoint = _Endpoint(hooks, trigger, secrets or _secrets_of(project.root), on_denied)
-    paths = [path] if isinstance(path, str) else list(path)
-    return [Route(p, endpoint, methods=["POST"], name="webhook") for p in paths]
+    return hooks
 
 
 def _secrets_of(root: Path) -> Secrets:
@@ -113,12 +144,37 @@ def _secrets_of(root: Path) -> Secrets:
 class _Endpoint:
     """The ASGI endpoint of the webhook route (a class, so Starlette hands it the request)."""
 
-    def __init__(self, hooks: Mapping[str, Any], trigger: Trigger, secrets: Secrets, on_denied: Denied | None) -> None:
+    def __init__(self, hooks: Mapping[str, Any], trigger: Trigger, secrets: Secrets, on_denied: Denied | None, *,
+                 rediscover: Callable[[], Mapping[str, Any]] | None = None, stamp: Callable[[], Any] | None = None,
+                 recheck: float = 1.0) -> None:
         self.hooks = hooks
         self.trigger = trigger
         self.secrets = secrets
         self.on_denied = on_denied
         self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (pipeline, delivery id), oldest first
+        self.rediscover, self.stamp, self.recheck = rediscover, stamp, recheck
+        self.stamp_seen: Any = None  # the pipeline files as they were when the hooks were found
+        self._looked = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def _follow_files(self) -> None:
+        """Find the webhooks again if the project's pipeline files changed (looked at most every ``recheck`` s)."""
+        if self.rediscover is None or self.stamp is None or time.monotonic() - self._looked < self.recheck:
+            return
+        async with self._lock:
+            if time.monotonic() - self._looked < self.recheck:
+                return  # another request looked meanwhile
+            stamp = await asyncio.to_thread(self.stamp)
+            self._looked = time.monotonic()
+            if stamp == self.stamp_seen:
+                return
+            try:
+                hooks = await asyncio.to_thread(self.rediscover)
+            except GoatclawError as exc:  # said once for this state of the files: looked at again when they change
+                _log.warning("webhooks: the pipeline files changed, and the webhooks stay as they were: %s", exc)
+                self.stamp_seen = stamp
+                return
+            self.hooks, self.stamp_seen = hooks, stamp
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         response = await self.handle(Request(scope, receive))
@@ -126,6 +182,7 @@ class _Endpoint:
 
     async def handle(self, request: Request) -> JSONResponse:
         """The recipe: find the pipeline, bound the body, check the signature, the payload, start the run."""
+        await self._follow_files()
         name = request.path_params.get("pipeline", "")
         pipeline = self.hooks.get(name)
         if pipeline is None:

@@ -134,6 +134,27 @@ def _executor_address(value: Any) -> str | None:
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
 
 
+def pipeline_files_stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Each YAML file :func:`pipeline_files` would look at, with its mtime (ns) and size: changes when any does.
+
+    Nothing is read (only listed and stat'ed), so a long-lived process can ask often.
+    """
+    import os
+
+    root = root.resolve()
+    found: list[tuple[str, int, int]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")):
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                found.append((os.path.join(folder, name), st.st_mtime_ns, st.st_size))
+    return tuple(found)
+
+
 def pipeline_files(root: Path, *, limit: int = 1000) -> list[Path]:
     """YAML files under ``root`` that look like pipelines (a top-level ``tasks:``), sorted; hidden folders skipped.
 
