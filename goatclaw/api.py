@@ -326,6 +326,16 @@ def project_at(project: Project | str | os.PathLike[str] | None = None) -> Proje
     return load_project(file, root=root)
 
 
+def pipeline_files_stamp(project: Project | str | os.PathLike[str] | None = None) -> tuple[tuple[str, int, int], ...]:
+    """The project's YAML files with their mtime and size (nothing read): it changes when any file does.
+
+    What a long-lived process (``goatclaw serve``'s webhooks) compares to know when to look again.
+    """
+    from goatclaw.spec.project import pipeline_files_stamp as stamp
+
+    return stamp(project_at(project).root)
+
+
 def scheduled_pipelines(project: Project | str | os.PathLike[str] | None = None, *,
                         registry: Registry | None = None) -> tuple[list[Pipeline], list[Problem]]:
     """The project's pipelines that start by themselves (``schedule:``) or by a webhook (``on: webhook``).

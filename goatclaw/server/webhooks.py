@@ -93,13 +93,11 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
     whose ``on: webhook`` was removed is 404, a changed secret or schema holds at once. An edit
     that leaves two webhooks with one name keeps the webhooks as they were, and the log says why.
     """
-    from goatclaw.spec.project import pipeline_files_stamp
-
     project = api.project_at(project)
     rediscover = None
     stamp: Callable[[], Any] | None = None
     if pipelines is None:
-        stamp = functools.partial(pipeline_files_stamp, project.root)
+        stamp = functools.partial(api.pipeline_files_stamp, project)
         seen = stamp()
         pipelines = _discovered(project)
 
