@@ -94,19 +94,12 @@ def webhook_routes(trigger: Trigger, *, project: Any = None, pipelines: Sequence
     that leaves two webhooks with one name keeps the webhooks as they were, and the log says why.
     """
     project = api.project_at(project)
-    rediscover = None
-    stamp: Callable[[], Any] | None = None
+    follow = None
     if pipelines is None:
-        stamp = functools.partial(api.pipeline_files_stamp, project)
-        seen = stamp()
+        follow = _Follow(functools.partial(api.pipeline_files_stamp, project),
+                         lambda: _hooks(_discovered(project)), recheck)  # its stamp taken before the files are read
         pipelines = _discovered(project)
-
-        def rediscover() -> dict[str, Any]:
-            return _hooks(_discovered(project))
-    endpoint = _Endpoint(_hooks(pipelines), trigger, secrets or _secrets_of(project.root), on_denied,
-                         rediscover=rediscover, stamp=stamp, recheck=recheck)
-    if stamp is not None:
-        endpoint.stamp_seen = seen
+    endpoint = _Endpoint(_hooks(pipelines), trigger, secrets or _secrets_of(project.root), on_denied, follow)
     paths = [path] if isinstance(path, str) else list(path)
     return [Route(p, endpoint, methods=["POST"], name="webhook") for p in paths]
 
@@ -139,40 +132,45 @@ def _secrets_of(root: Path) -> Secrets:
     return read
 
 
+class _Follow:
+    """How an endpoint follows its project's pipeline files: a stamp of them, and the webhooks found again."""
+
+    def __init__(self, stamp: Callable[[], Any], find: Callable[[], Mapping[str, Any]], recheck: float) -> None:
+        self.stamp, self.find, self.recheck = stamp, find, recheck
+        self.seen = stamp()  # the files as they were when the webhooks were found
+        self.looked = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def changed(self) -> Mapping[str, Any] | None:
+        """The webhooks found again if the files changed since (looked at most every ``recheck`` s), else ``None``."""
+        if time.monotonic() - self.looked < self.recheck:
+            return None
+        async with self.lock:
+            if time.monotonic() - self.looked < self.recheck:
+                return None  # another request looked meanwhile
+            stamp = await asyncio.to_thread(self.stamp)
+            self.looked = time.monotonic()
+            if stamp == self.seen:
+                return None
+            self.seen = stamp  # a state of the files that does not check is said once, then looked at when it changes
+            try:
+                return await asyncio.to_thread(self.find)
+            except GoatclawError as exc:
+                _log.warning("webhooks: the pipeline files changed, and the webhooks stay as they were: %s", exc)
+                return None
+
+
 class _Endpoint:
     """The ASGI endpoint of the webhook route (a class, so Starlette hands it the request)."""
 
-    def __init__(self, hooks: Mapping[str, Any], trigger: Trigger, secrets: Secrets, on_denied: Denied | None, *,
-                 rediscover: Callable[[], Mapping[str, Any]] | None = None, stamp: Callable[[], Any] | None = None,
-                 recheck: float = 1.0) -> None:
+    def __init__(self, hooks: Mapping[str, Any], trigger: Trigger, secrets: Secrets, on_denied: Denied | None,
+                 follow: _Follow | None = None) -> None:
         self.hooks = hooks
         self.trigger = trigger
         self.secrets = secrets
         self.on_denied = on_denied
+        self.follow = follow  # None: the pipelines were given, and stay
         self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (pipeline, delivery id), oldest first
-        self.rediscover, self.stamp, self.recheck = rediscover, stamp, recheck
-        self.stamp_seen: Any = None  # the pipeline files as they were when the hooks were found
-        self._looked = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def _follow_files(self) -> None:
-        """Find the webhooks again if the project's pipeline files changed (looked at most every ``recheck`` s)."""
-        if self.rediscover is None or self.stamp is None or time.monotonic() - self._looked < self.recheck:
-            return
-        async with self._lock:
-            if time.monotonic() - self._looked < self.recheck:
-                return  # another request looked meanwhile
-            stamp = await asyncio.to_thread(self.stamp)
-            self._looked = time.monotonic()
-            if stamp == self.stamp_seen:
-                return
-            try:
-                hooks = await asyncio.to_thread(self.rediscover)
-            except GoatclawError as exc:  # said once for this state of the files: looked at again when they change
-                _log.warning("webhooks: the pipeline files changed, and the webhooks stay as they were: %s", exc)
-                self.stamp_seen = stamp
-                return
-            self.hooks, self.stamp_seen = hooks, stamp
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         response = await self.handle(Request(scope, receive))
@@ -180,7 +178,8 @@ class _Endpoint:
 
     async def handle(self, request: Request) -> JSONResponse:
         """The recipe: find the pipeline, bound the body, check the signature, the payload, start the run."""
-        await self._follow_files()
+        if self.follow is not None and (hooks := await self.follow.changed()) is not None:
+            self.hooks = hooks
         name = request.path_params.get("pipeline", "")
         pipeline = self.hooks.get(name)
         if pipeline is None:

@@ -7,7 +7,7 @@ folder it is in, which is also the workspace that tasks' relative paths start fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -134,24 +134,29 @@ def _executor_address(value: Any) -> str | None:
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist", "site-packages"})
 
 
+def _yaml_files(root: Path) -> Iterator[Path]:
+    """Every ``.yaml``/``.yml`` file under ``root`` (resolved), sorted, hidden and tool folders skipped."""
+    import os
+
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")):
+                yield Path(folder) / name
+
+
 def pipeline_files_stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
     """Each YAML file :func:`pipeline_files` would look at, with its mtime (ns) and size: changes when any does.
 
     Nothing is read (only listed and stat'ed), so a long-lived process can ask often.
     """
-    import os
-
-    root = root.resolve()
     found: list[tuple[str, int, int]] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-        for name in sorted(files):
-            if name.endswith((".yaml", ".yml")):
-                try:
-                    st = os.stat(os.path.join(folder, name))
-                except OSError:
-                    continue
-                found.append((os.path.join(folder, name), st.st_mtime_ns, st.st_size))
+    for path in _yaml_files(root.resolve()):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(found)
 
 
@@ -161,27 +166,22 @@ def pipeline_files(root: Path, *, limit: int = 1000) -> list[Path]:
     Test files (``*.test.yaml``) and project files are not pipelines; a symlink pointing out
     of ``root`` is not listed (nor read). At most ``limit`` files.
     """
-    import os
     import re
 
     root = root.resolve()
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-        for name in sorted(files):
-            if not name.endswith((".yaml", ".yml")) or name.endswith((".test.yaml", ".test.yml")) \
-                    or name in ("goatclaw.yaml", "goatclaw.yml"):
+    for path in _yaml_files(root):
+        if path.name.endswith((".test.yaml", ".test.yml")) or path.name in ("goatclaw.yaml", "goatclaw.yml"):
+            continue
+        try:
+            if not path.resolve().is_relative_to(root):
                 continue
-            path = Path(folder) / name
-            try:
-                if not path.resolve().is_relative_to(root):
-                    continue
-                with path.open(encoding="utf-8", errors="replace") as handle:
-                    head = handle.read(256_000)
-            except OSError:
-                continue
-            if re.search(r"^tasks\s*:", head, re.MULTILINE):
-                found.append(path)
-                if len(found) >= limit:
-                    return found
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                head = handle.read(256_000)
+        except OSError:
+            continue
+        if re.search(r"^tasks\s*:", head, re.MULTILINE):
+            found.append(path)
+            if len(found) >= limit:
+                return found
     return found
